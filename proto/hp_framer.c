@@ -1,0 +1,2 @@
+/* placeholder: being written */
+typedef int hp_placeholder_;

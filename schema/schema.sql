@@ -1,0 +1,103 @@
+-- heapprof database schema, version 1.
+--
+-- The public, stable interface is the set of VIEWS at the end of this file
+-- (sessions, frames, stack_frames, allocations, timeline); schema/README.md documents
+-- them. The tables are storage, designed for fast batched ingestion by heapprofd, and
+-- may change from one user_version to the next.
+--
+-- All timestamps are integer nanoseconds since the Unix epoch.
+-- application_id 0x68707266 is 'hprf'. Bump user_version on any storage change and
+-- teach schema/hp_schema.c to refuse (or migrate) older and newer versions.
+PRAGMA application_id = 1752199782;
+PRAGMA user_version = 1;
+
+CREATE TABLE IF NOT EXISTS session (
+  id                    INTEGER PRIMARY KEY,
+  pid                   INTEGER NOT NULL,
+  ppid                  INTEGER NOT NULL,
+  argv                  TEXT    NOT NULL,             -- JSON array of strings
+  executable            TEXT    NOT NULL,
+  python_version        TEXT    NOT NULL,
+  started_ns            INTEGER NOT NULL,
+  ended_ns              INTEGER,                      -- NULL while running
+  sample_interval_bytes INTEGER NOT NULL,             -- 1: every allocation; 0: size buckets
+  sample_buckets        TEXT,                         -- JSON [[max_size, rate], ...] or NULL
+  max_stack_depth       INTEGER NOT NULL,
+  status                TEXT    NOT NULL DEFAULT 'running'
+                        CHECK (status IN ('running', 'exited', 'disconnected', 'protocol_error')),
+  error                 TEXT,                         -- why a protocol_error session was closed
+  events_received       INTEGER NOT NULL DEFAULT 0,
+  events_dropped        INTEGER NOT NULL DEFAULT 0
+);
+
+-- Frames and stacks are interned across sessions: one row per distinct value.
+CREATE TABLE IF NOT EXISTS frame (
+  id       INTEGER PRIMARY KEY,
+  function TEXT    NOT NULL,
+  filename TEXT    NOT NULL,
+  lineno   INTEGER NOT NULL,
+  UNIQUE (filename, lineno, function)
+);
+
+CREATE TABLE IF NOT EXISTS stack (
+  id        INTEGER PRIMARY KEY,
+  hash      INTEGER NOT NULL,   -- hash of (truncated, frame ids); collisions compared in full
+  depth     INTEGER NOT NULL,
+  truncated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stack_by_hash ON stack (hash);
+
+CREATE TABLE IF NOT EXISTS stack_frame (
+  stack_id INTEGER NOT NULL,
+  depth    INTEGER NOT NULL,    -- 0 is the innermost frame, where the allocation happened
+  frame_id INTEGER NOT NULL,
+  PRIMARY KEY (stack_id, depth)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS stack_frame_by_frame ON stack_frame (frame_id);
+
+-- One row per sampled allocation. freed_ns is filled in when its free arrives.
+CREATE TABLE IF NOT EXISTS alloc (
+  id         INTEGER PRIMARY KEY,
+  session_id INTEGER NOT NULL,
+  ts_ns      INTEGER NOT NULL,
+  thread_id  INTEGER NOT NULL,
+  domain     INTEGER NOT NULL,  -- 0 raw, 1 mem, 2 obj
+  address    INTEGER NOT NULL,
+  size       INTEGER NOT NULL,
+  est_bytes  INTEGER NOT NULL,
+  stack_id   INTEGER,           -- NULL: no Python stack (e.g. raw domain without the GIL)
+  freed_ns   INTEGER
+);
+CREATE INDEX IF NOT EXISTS alloc_by_session_ts ON alloc (session_id, ts_ns);
+
+-- Estimated live heap per timeline interval: the highest level reached within the
+-- interval (so short spikes keep their true height) and the level at its end.
+CREATE TABLE IF NOT EXISTS timeline_point (
+  session_id INTEGER NOT NULL,
+  ts_ns      INTEGER NOT NULL,  -- start of the interval
+  live_bytes INTEGER NOT NULL,  -- highest estimated live bytes within the interval
+  live_count INTEGER NOT NULL,  -- estimated live allocations at that highest point
+  end_bytes  INTEGER NOT NULL,  -- estimated live bytes at the end of the interval
+  PRIMARY KEY (session_id, ts_ns)
+) WITHOUT ROWID;
+
+-- ---------------------------------------------------------------- public views
+CREATE VIEW IF NOT EXISTS sessions AS
+  SELECT id AS session_id, pid, ppid, argv, executable, python_version, started_ns,
+         ended_ns, sample_interval_bytes, status, events_received, events_dropped
+  FROM session;
+
+CREATE VIEW IF NOT EXISTS frames AS
+  SELECT id AS frame_id, function, filename, lineno FROM frame;
+
+CREATE VIEW IF NOT EXISTS stack_frames AS
+  SELECT stack_id, depth, frame_id FROM stack_frame;
+
+CREATE VIEW IF NOT EXISTS allocations AS
+  SELECT session_id, id AS alloc_id, ts_ns, thread_id,
+         CASE domain WHEN 0 THEN 'raw' WHEN 1 THEN 'mem' ELSE 'obj' END AS domain,
+         address, size, est_bytes, stack_id, freed_ns
+  FROM alloc;
+
+CREATE VIEW IF NOT EXISTS timeline AS
+  SELECT session_id, ts_ns, live_bytes, live_count FROM timeline_point;
