@@ -1,2 +1,390 @@
-/* placeholder: being written */
-typedef int hp_placeholder_;
+/* hp_schema.c — open a heapprof database for recording: create it, or verify it is ours.
+ *
+ * Sits between the daemon's store thread and the file on disk. The order of operations is
+ * the contract: every check runs on a read-only connection first, and only a file that is
+ * missing, empty, or a heapprof database of our version is ever opened read-write. So a
+ * foreign file (not SQLite, another application's database, a newer heapprof's database)
+ * is refused without a single byte written: no WAL switch, no schema, no header pragma.
+ * schema/README.md documents what the schema means; schema.sql is the schema itself. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "hp_error.h"
+#include "hp_schema.h"
+
+/* Generated from schema.sql by embed_sql.py. */
+extern const char hp_schema_sql_text[];
+
+/* How long a statement waits for another connection's lock (a reader checkpointing, a
+ * second daemon starting) before giving up with SQLITE_BUSY. */
+#define HP_SCHEMA_BUSY_TIMEOUT_MS 5000
+
+/* The first 16 bytes of every SQLite 3 database file (the SQLite file format, section 1.3). */
+static const char sqlite_magic[16] = "SQLite format 3";
+
+/* What a read-only look at the file found. */
+typedef enum {
+  DB_MISSING,   /* no file: create it */
+  DB_EMPTY,     /* a 0-byte file or an SQLite database with nothing in it: apply the schema */
+  DB_OURS,      /* a heapprof database of our version: append to it */
+} db_state;
+
+/* One line for users into errbuf; returns rc so callers can `return fail(...)`. */
+static int fail(char *errbuf, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *errbuf, size_t errlen, int rc, const char *fmt, ...) {
+  if (errbuf != NULL && errlen > 0) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errbuf, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return rc;
+}
+
+static int refuse_foreign(const char *path, unsigned app_id, char *errbuf, size_t errlen) {
+  return fail(errbuf, errlen, -HP_ESCHEMA,
+              "%s: not a heapprof database (application_id 0x%08x, expected 0x%08x); "
+              "refusing to touch it", path, app_id, (unsigned)HP_SCHEMA_APPLICATION_ID);
+}
+
+/* Runs a statement that yields one integer. SQLITE_NOTADB and SQLITE_CORRUPT come back
+ * as they are so that the caller can tell "not a database" from other failures. */
+static int query_int(sqlite3 *db, const char *sql, long long *out) {
+  sqlite3_stmt *stmt = NULL;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &stmt, NULL);
+  if (rc != SQLITE_OK)
+    return rc;
+  rc = sqlite3_step(stmt);
+  if (rc == SQLITE_ROW) {
+    *out = sqlite3_column_int64(stmt, 0);
+    rc = SQLITE_OK;
+  } else if (rc == SQLITE_DONE) {
+    rc = SQLITE_ERROR;   /* every statement used here returns a row */
+  }
+  sqlite3_finalize(stmt);
+  return rc;
+}
+
+/* stat() said ENOENT: tell a missing file (fine, we create it) from a missing directory. */
+static int check_parent_dir(const char *path, char *errbuf, size_t errlen) {
+  char *dir = strdup(path);
+  struct stat st;
+  int rc = 0;
+
+  if (dir == NULL)
+    return fail(errbuf, errlen, -HP_ENOMEM, "%s: out of memory", path);
+  char *slash = strrchr(dir, '/');
+  if (slash == NULL) {
+    strcpy(dir, ".");
+  } else if (slash == dir) {
+    slash[1] = '\0';     /* "/x.sqlite": the parent is the root */
+  } else {
+    *slash = '\0';
+  }
+  if (stat(dir, &st) != 0) {
+    int err = errno;
+    if (err == ENOENT)
+      rc = fail(errbuf, errlen, -ENOENT,
+                "%s: cannot create the database: directory %s does not exist", path, dir);
+    else
+      rc = fail(errbuf, errlen, -err, "%s: cannot create the database: %s: %s",
+                path, dir, strerror(err));
+  } else if (!S_ISDIR(st.st_mode)) {
+    rc = fail(errbuf, errlen, -ENOTDIR,
+              "%s: cannot create the database: %s is not a directory", path, dir);
+  }
+  free(dir);
+  return rc;
+}
+
+/* A cheap first look at the raw header, so that a text file or an executable gets a
+ * precise message; SQLite itself would only say "file is not a database" later. */
+static int check_header(const char *path, off_t size, char *errbuf, size_t errlen) {
+  char head[sizeof sqlite_magic];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    return fail(errbuf, errlen, -err, "%s: cannot read: %s", path, strerror(err));
+  }
+  ssize_t n = read(fd, head, sizeof head);
+  int err = errno;
+  close(fd);
+  if (n < 0)
+    return fail(errbuf, errlen, -err, "%s: cannot read: %s", path, strerror(err));
+  /* 100 bytes is the size of the SQLite database header; anything shorter is not one. */
+  if (size < 100 || (size_t)n != sizeof head || memcmp(head, sqlite_magic, sizeof head) != 0)
+    return fail(errbuf, errlen, -HP_ESCHEMA,
+                "%s: not a heapprof database (not an SQLite file); refusing to touch it", path);
+  return 0;
+}
+
+/* Every table and view that schema.sql creates must exist in a database that claims to be
+ * ours. The names come from applying the embedded schema to an in-memory database, so
+ * they are spelled only in schema.sql. */
+static int check_objects(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
+  sqlite3 *ref = NULL;
+  sqlite3_stmt *list = NULL, *probe = NULL;
+  int rc;
+
+  if (sqlite3_open_v2(":memory:", &ref, SQLITE_OPEN_READWRITE | SQLITE_OPEN_MEMORY, NULL)
+          != SQLITE_OK ||
+      sqlite3_exec(ref, hp_schema_sql_text, NULL, NULL, NULL) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot load the built-in schema: %s", path,
+              ref != NULL ? sqlite3_errmsg(ref) : "out of memory");
+    goto out_close_ref;
+  }
+  if (sqlite3_prepare_v2(ref,
+                         "SELECT type, name FROM sqlite_schema "
+                         "WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' "
+                         "ESCAPE '\\' ORDER BY type, name",
+                         -1, &list, NULL) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(ref));
+    goto out_close_ref;
+  }
+  if (sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_schema WHERE type = ?1 AND name = ?2",
+                         -1, &probe, NULL) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(db));
+    goto out_finalize;
+  }
+  while ((rc = sqlite3_step(list)) == SQLITE_ROW) {
+    const char *type = (const char *)sqlite3_column_text(list, 0);
+    const char *name = (const char *)sqlite3_column_text(list, 1);
+    sqlite3_reset(probe);
+    if (sqlite3_bind_text(probe, 1, type, -1, SQLITE_TRANSIENT) != SQLITE_OK ||
+        sqlite3_bind_text(probe, 2, name, -1, SQLITE_TRANSIENT) != SQLITE_OK ||
+        sqlite3_step(probe) != SQLITE_ROW) {
+      rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(db));
+      goto out_finalize;
+    }
+    if (sqlite3_column_int(probe, 0) != 1) {
+      rc = fail(errbuf, errlen, -HP_ESCHEMA,
+                "%s: damaged heapprof database (%s %s is missing); refusing to touch it",
+                path, type, name);
+      goto out_finalize;
+    }
+  }
+  if (rc != SQLITE_DONE) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(ref));
+    goto out_finalize;
+  }
+  rc = 0;
+out_finalize:
+  sqlite3_finalize(probe);
+  sqlite3_finalize(list);
+out_close_ref:
+  sqlite3_close(ref);
+  return rc;
+}
+
+/* Reads application_id, user_version and the object count of an existing file through a
+ * read-only connection, and decides. Nothing here can write to the file. */
+static int inspect_sqlite(const char *path, db_state *state, char *errbuf, size_t errlen) {
+  sqlite3 *ro = NULL;
+  long long app_id = 0, version = 0, objects = 0;
+  int rc = sqlite3_open_v2(path, &ro, SQLITE_OPEN_READONLY, NULL);
+  if (rc != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot open: %s", path,
+              ro != NULL ? sqlite3_errmsg(ro) : "out of memory");
+    goto out_close;
+  }
+  sqlite3_busy_timeout(ro, HP_SCHEMA_BUSY_TIMEOUT_MS);
+  if ((rc = query_int(ro, "PRAGMA application_id", &app_id)) != SQLITE_OK ||
+      (rc = query_int(ro, "PRAGMA user_version", &version)) != SQLITE_OK ||
+      (rc = query_int(ro, "SELECT count(*) FROM sqlite_schema", &objects)) != SQLITE_OK) {
+    if (rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT)
+      rc = fail(errbuf, errlen, -HP_ESCHEMA,
+                "%s: not a heapprof database (not a valid SQLite file: %s); "
+                "refusing to touch it", path, sqlite3_errstr(rc));
+    else
+      rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot read: %s", path, sqlite3_errmsg(ro));
+    goto out_close;
+  }
+
+  if (app_id == HP_SCHEMA_APPLICATION_ID) {
+    if (version > HP_SCHEMA_VERSION) {
+      rc = fail(errbuf, errlen, -HP_ENEWER,
+                "%s: written by a newer heapprof (schema version %lld, this heapprof knows "
+                "up to %d); refusing to touch it", path, version, HP_SCHEMA_VERSION);
+    } else if (version < HP_SCHEMA_VERSION) {
+      rc = fail(errbuf, errlen, -HP_ESCHEMA,
+                "%s: heapprof database of unsupported schema version %lld (expected %d); "
+                "refusing to touch it", path, version, HP_SCHEMA_VERSION);
+    } else {
+      rc = check_objects(ro, path, errbuf, errlen);
+      *state = DB_OURS;
+    }
+  } else if (app_id == 0 && version == 0 && objects == 0) {
+    /* An SQLite database nobody has put anything in: claim it. */
+    *state = DB_EMPTY;
+    rc = 0;
+  } else {
+    rc = refuse_foreign(path, (unsigned)app_id, errbuf, errlen);
+  }
+out_close:
+  sqlite3_close(ro);
+  return rc;
+}
+
+static int inspect(const char *path, db_state *state, char *errbuf, size_t errlen) {
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    int err = errno;
+    if (err != ENOENT)
+      return fail(errbuf, errlen, -err, "%s: cannot open: %s", path, strerror(err));
+    int rc = check_parent_dir(path, errbuf, errlen);
+    if (rc == 0)
+      *state = DB_MISSING;
+    return rc;
+  }
+  if (S_ISDIR(st.st_mode))
+    return fail(errbuf, errlen, -EISDIR, "%s: is a directory, not a database file", path);
+  if (!S_ISREG(st.st_mode))
+    return fail(errbuf, errlen, -HP_ESCHEMA,
+                "%s: not a heapprof database (not a regular file); refusing to touch it", path);
+  if (st.st_size > 0) {
+    int rc = check_header(path, st.st_size, errbuf, errlen);
+    if (rc != 0)
+      return rc;
+  }
+  /* Even a 0-byte file goes through SQLite: a database whose content still sits in its
+   * -wal file has an empty or stale main file, and only SQLite reads both. */
+  return inspect_sqlite(path, state, errbuf, errlen);
+}
+
+/* Applies schema.sql to the database this connection holds, inside one write transaction
+ * that first re-checks emptiness: another process may have created the file between our
+ * look and our open. */
+static int apply_schema(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
+  long long app_id = 0, objects = 0;
+  int rc;
+
+  if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    return fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot start the schema transaction: %s",
+                path, sqlite3_errmsg(db));
+  if (query_int(db, "PRAGMA application_id", &app_id) != SQLITE_OK ||
+      query_int(db, "SELECT count(*) FROM sqlite_schema", &objects) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(db));
+    goto out_rollback;
+  }
+  if (objects != 0) {
+    /* Lost a race with another creator. Only our own schema of our version is fine. */
+    if (app_id != HP_SCHEMA_APPLICATION_ID) {
+      rc = refuse_foreign(path, (unsigned)app_id, errbuf, errlen);
+      goto out_rollback;
+    }
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return 0;
+  }
+  if (sqlite3_exec(db, hp_schema_sql_text, NULL, NULL, NULL) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot create the schema: %s", path,
+              sqlite3_errmsg(db));
+    goto out_rollback;
+  }
+  if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot commit the schema: %s", path,
+              sqlite3_errmsg(db));
+    goto out_rollback;
+  }
+  return 0;
+out_rollback:
+  sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
+}
+
+/* Switches to WAL; PRAGMA journal_mode answers with the mode in force afterwards, which
+ * stays the old one where WAL is impossible (some network file systems). */
+static int set_wal(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
+  sqlite3_stmt *stmt = NULL;
+  int rc = 0;
+
+  if (sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &stmt, NULL) != SQLITE_OK ||
+      sqlite3_step(stmt) != SQLITE_ROW) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot switch to WAL mode: %s", path,
+              sqlite3_errmsg(db));
+    goto out_finalize;
+  }
+  const char *mode = (const char *)sqlite3_column_text(stmt, 0);
+  if (mode == NULL || strcmp(mode, "wal") != 0)
+    rc = fail(errbuf, errlen, -HP_ESQLITE,
+              "%s: cannot switch to WAL mode (journal mode stays %s)", path,
+              mode != NULL ? mode : "unknown");
+out_finalize:
+  sqlite3_finalize(stmt);
+  return rc;
+}
+
+int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errlen) {
+  sqlite3 *db = NULL;
+  db_state state = DB_MISSING;
+  long long version = 0;
+  int rc;
+
+  if (errbuf != NULL && errlen > 0)
+    errbuf[0] = '\0';
+  if (db_out == NULL)
+    return fail(errbuf, errlen, -HP_EINVAL, "hp_schema_open: db_out is NULL");
+  *db_out = NULL;
+  if (path == NULL || path[0] == '\0')
+    return fail(errbuf, errlen, -HP_EINVAL, "database path is empty");
+
+  rc = inspect(path, &state, errbuf, errlen);
+  if (rc != 0)
+    return rc;
+
+  /* Decided. Only now may the file be created or written. */
+  int flags = SQLITE_OPEN_READWRITE | (state == DB_MISSING ? SQLITE_OPEN_CREATE : 0);
+  if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot open for writing: %s", path,
+              db != NULL ? sqlite3_errmsg(db) : "out of memory");
+    goto out_close;
+  }
+  /* SQLite silently falls back to read-only for a write-protected file; a recorder that
+   * cannot write must say so now, not at its first batch. */
+  if (sqlite3_db_readonly(db, "main") != 0) {
+    rc = fail(errbuf, errlen, -EACCES, "%s: cannot open for writing: permission denied", path);
+    goto out_close;
+  }
+  sqlite3_busy_timeout(db, HP_SCHEMA_BUSY_TIMEOUT_MS);
+
+  /* WAL lets readers (the CLI, a notebook) query while the daemon records, without
+   * blocking it. It cannot be switched inside a transaction, so it comes first. */
+  rc = set_wal(db, path, errbuf, errlen);
+  if (rc != 0)
+    goto out_close;
+  /* With WAL, NORMAL loses at most the last commits on power loss, never consistency. */
+  if (sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(db));
+    goto out_close;
+  }
+
+  if (state != DB_OURS) {
+    rc = apply_schema(db, path, errbuf, errlen);
+    if (rc != 0)
+      goto out_close;
+  }
+  /* Whoever created it, the file must now be ours at our version. */
+  if (query_int(db, "PRAGMA user_version", &version) != SQLITE_OK ||
+      version != HP_SCHEMA_VERSION) {
+    rc = fail(errbuf, errlen, -HP_ESCHEMA,
+              "%s: schema version is %lld after opening, expected %d", path, version,
+              HP_SCHEMA_VERSION);
+    goto out_close;
+  }
+  *db_out = db;
+  return 0;
+out_close:
+  sqlite3_close(db);
+  return rc;
+}
+
+const char *hp_schema_sql(void) {
+  return hp_schema_sql_text;
+}
