@@ -126,9 +126,11 @@ static int check_header(const char *path, off_t size, char *errbuf, size_t errle
   return 0;
 }
 
-/* Every table and view that schema.sql creates must exist in a database that claims to be
- * ours. The names come from applying the embedded schema to an in-memory database, so
- * they are spelled only in schema.sql. */
+/* Every table that schema.sql creates must exist in a database that claims to be ours:
+ * without them it is damaged, and appending to it would fail later and obscurely. (Views
+ * and indexes are not checked: opening re-applies schema.sql, whose statements are all
+ * IF NOT EXISTS, and so restores them.) The names come from applying the embedded schema
+ * to an in-memory database, so they are spelled only in schema.sql. */
 static int check_objects(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
   sqlite3 *ref = NULL;
   sqlite3_stmt *list = NULL, *probe = NULL;
@@ -143,7 +145,7 @@ static int check_objects(sqlite3 *db, const char *path, char *errbuf, size_t err
   }
   if (sqlite3_prepare_v2(ref,
                          "SELECT type, name FROM sqlite_schema "
-                         "WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' "
+                         "WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' "
                          "ESCAPE '\\' ORDER BY type, name",
                          -1, &list, NULL) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(ref));
@@ -259,29 +261,32 @@ static int inspect(const char *path, db_state *state, char *errbuf, size_t errle
   return inspect_sqlite(path, state, errbuf, errlen);
 }
 
-/* Applies schema.sql to the database this connection holds, inside one write transaction
- * that first re-checks emptiness: another process may have created the file between our
- * look and our open. */
+/* Applies schema.sql inside one write transaction. To an empty database it adds
+ * everything; to one of ours (every statement is IF NOT EXISTS) it adds only views and
+ * indexes that a database of this version lacks. The transaction first re-checks what
+ * inspect() saw: another process may have created or replaced the file since. */
 static int apply_schema(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
-  long long app_id = 0, objects = 0;
+  long long app_id = 0, version = 0, objects = 0;
   int rc;
 
   if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
     return fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot start the schema transaction: %s",
                 path, sqlite3_errmsg(db));
   if (query_int(db, "PRAGMA application_id", &app_id) != SQLITE_OK ||
+      query_int(db, "PRAGMA user_version", &version) != SQLITE_OK ||
       query_int(db, "SELECT count(*) FROM sqlite_schema", &objects) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(db));
     goto out_rollback;
   }
-  if (objects != 0) {
-    /* Lost a race with another creator. Only our own schema of our version is fine. */
-    if (app_id != HP_SCHEMA_APPLICATION_ID) {
-      rc = refuse_foreign(path, (unsigned)app_id, errbuf, errlen);
-      goto out_rollback;
-    }
-    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    return 0;
+  if (objects != 0 && app_id != HP_SCHEMA_APPLICATION_ID) {
+    rc = refuse_foreign(path, (unsigned)app_id, errbuf, errlen);
+    goto out_rollback;
+  }
+  if (objects != 0 && version != HP_SCHEMA_VERSION) {
+    rc = fail(errbuf, errlen, version > HP_SCHEMA_VERSION ? -HP_ENEWER : -HP_ESCHEMA,
+              "%s: schema version changed to %lld while opening (expected %d); "
+              "refusing to touch it", path, version, HP_SCHEMA_VERSION);
+    goto out_rollback;
   }
   if (sqlite3_exec(db, hp_schema_sql_text, NULL, NULL, NULL) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot create the schema: %s", path,
@@ -365,11 +370,9 @@ int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errl
     goto out_close;
   }
 
-  if (state != DB_OURS) {
-    rc = apply_schema(db, path, errbuf, errlen);
-    if (rc != 0)
-      goto out_close;
-  }
+  rc = apply_schema(db, path, errbuf, errlen);
+  if (rc != 0)
+    goto out_close;
   /* Whoever created it, the file must now be ours at our version. */
   if (query_int(db, "PRAGMA user_version", &version) != SQLITE_OK ||
       version != HP_SCHEMA_VERSION) {

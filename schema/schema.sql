@@ -1,7 +1,7 @@
 -- heapprof database schema, version 1.
 --
 -- The public, stable interface is the set of VIEWS at the end of this file
--- (sessions, frames, stack_frames, allocations, timeline); schema/README.md documents
+-- (sessions, frames, stack_frames, stacks, allocations, timeline); schema/README.md documents
 -- them. The tables are storage, designed for fast batched ingestion by heapprofd, and
 -- may change from one user_version to the next.
 --
@@ -84,7 +84,8 @@ CREATE TABLE IF NOT EXISTS timeline_point (
 -- ---------------------------------------------------------------- public views
 CREATE VIEW IF NOT EXISTS sessions AS
   SELECT id AS session_id, pid, ppid, argv, executable, python_version, started_ns,
-         ended_ns, sample_interval_bytes, status, events_received, events_dropped
+         ended_ns, sample_interval_bytes, status, events_received, events_dropped,
+         sample_buckets, max_stack_depth, error
   FROM session;
 
 CREATE VIEW IF NOT EXISTS frames AS
@@ -93,6 +94,9 @@ CREATE VIEW IF NOT EXISTS frames AS
 CREATE VIEW IF NOT EXISTS stack_frames AS
   SELECT stack_id, depth, frame_id FROM stack_frame;
 
+CREATE VIEW IF NOT EXISTS stacks AS
+  SELECT id AS stack_id, depth, truncated FROM stack;
+
 CREATE VIEW IF NOT EXISTS allocations AS
   SELECT session_id, id AS alloc_id, ts_ns, thread_id,
          CASE domain WHEN 0 THEN 'raw' WHEN 1 THEN 'mem' ELSE 'obj' END AS domain,
@@ -100,4 +104,4 @@ CREATE VIEW IF NOT EXISTS allocations AS
   FROM alloc;
 
 CREATE VIEW IF NOT EXISTS timeline AS
-  SELECT session_id, ts_ns, live_bytes, live_count FROM timeline_point;
+  SELECT session_id, ts_ns, live_bytes, live_count, end_bytes FROM timeline_point;

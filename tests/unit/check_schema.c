@@ -130,8 +130,8 @@ static void assert_is_new_heapprof_db(sqlite3 *db) {
   ck_assert_int_eq(int_query(db, "PRAGMA user_version"), HP_SCHEMA_VERSION);
   ck_assert_int_eq(int_query(db,
                              "SELECT count(*) FROM sqlite_schema WHERE type = 'view' AND name IN "
-                             "('sessions', 'frames', 'stack_frames', 'allocations', 'timeline')"),
-                   5);
+                             "('sessions', 'frames', 'stack_frames', 'stacks', 'allocations', 'timeline')"),
+                   6);
   ck_assert_int_eq(int_query(db, "SELECT count(*) FROM sessions"), 0);
   ck_assert_int_eq(int_query(db, "SELECT count(*) FROM allocations"), 0);
   sqlite3_stmt *st = NULL;
@@ -207,6 +207,22 @@ START_TEST(reopen_keeps_data_and_appends_sessions) {
   db = NULL;
   ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
   ck_assert_int_eq(int_query(db, "SELECT count(*) FROM sessions"), 2);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+END_TEST
+
+START_TEST(reopen_restores_missing_views) {
+  /* A database of this version written before a view was added gets the view. */
+  sqlite3 *db = NULL;
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
+  exec_ok(db, insert_session);
+  exec_ok(db, "DROP VIEW timeline; DROP VIEW sessions;");
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+  db = NULL;
+  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
+  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM sessions"), 1);
+  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM timeline"), 0);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
 END_TEST
@@ -367,6 +383,7 @@ Suite *schema_suite(void) {
   tcase_add_test(core, open_treats_empty_file_as_new);
   tcase_add_test(core, open_claims_empty_sqlite_database);
   tcase_add_test(core, reopen_keeps_data_and_appends_sessions);
+  tcase_add_test(core, reopen_restores_missing_views);
   tcase_add_test(core, open_while_another_connection_holds_it);
   tcase_add_test(core, schema_text_is_embedded);
   suite_add_tcase(s, core);
