@@ -1,0 +1,53 @@
+/* hp_conn.h — one agent stream: reassembly, decoding and stream-order rules.
+ *
+ * server.c feeds the bytes it reads from one socket; conn turns them into validated
+ * messages for a sink (the store, or a test). It enforces the order PROTOCOL.md
+ * requires: HELLO first and once; frame and stack ids defined once, before use;
+ * nothing after GOODBYE. A message that breaks a rule is not passed on; everything
+ * before it was. Loop thread only; no libuv, no SQLite, so tests drive it directly. */
+#ifndef HP_CONN_H
+#define HP_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hp_proto.h"
+
+/* Receivers of validated messages. Each returns 0 or a negative -HP_E* code, which
+ * stops the stream (e.g. -HP_ENOMEM). Messages are borrowed for the call only. */
+typedef struct {
+  int (*hello)(void *ctx, const hp_hello *m);
+  int (*frame_def)(void *ctx, const hp_frame_def *m);
+  int (*stack_def)(void *ctx, const hp_stack_def *m);
+  int (*events)(void *ctx, const hp_event *events, uint32_t count);
+  int (*counters)(void *ctx, const hp_counters *m);
+  int (*goodbye)(void *ctx, const hp_goodbye *m);
+} hp_conn_sink;
+
+typedef enum {
+  HP_CONN_EXPECT_HELLO = 0,  /* nothing valid received yet */
+  HP_CONN_STREAMING,         /* HELLO accepted */
+  HP_CONN_DONE,              /* GOODBYE accepted */
+  HP_CONN_FAILED,            /* a protocol error closed the stream */
+} hp_conn_state;
+
+typedef struct hp_conn hp_conn;  /* opaque */
+
+/* sink is borrowed for the life of the conn. NULL on OOM. */
+hp_conn *hp_conn_new(const hp_conn_sink *sink, void *ctx);
+void hp_conn_free(hp_conn *c);   /* NULL is a no-op */
+
+/* Feeds len bytes read from the socket. Returns 0 (more wanted), 1 (GOODBYE accepted:
+ * the stream is complete), or a negative -HP_E* code: the stream is broken for good
+ * and hp_conn_error() says why in one line. */
+int hp_conn_feed(hp_conn *c, const uint8_t *data, size_t len);
+
+/* Applies one decoded message (what hp_conn_feed does per frame); same returns. */
+int hp_conn_handle(hp_conn *c, const hp_msg *m);
+
+hp_conn_state hp_conn_get_state(const hp_conn *c);
+const char *hp_conn_error(const hp_conn *c);     /* "" while no error */
+uint64_t hp_conn_events(const hp_conn *c);       /* events accepted */
+size_t hp_conn_buffered(const hp_conn *c);       /* bytes held by the framer */
+
+#endif /* HP_CONN_H */

@@ -1,0 +1,36 @@
+/* hp_map.h — open-addressing hash map from a 64-bit key to a small fixed value.
+ *
+ * Used by the daemon for everything it keys by an integer: the agent's frame and
+ * stack ids of one stream (conn.c checks definitions, store.c maps them to database
+ * ids) and the live sampled addresses of one session (store.c pairs frees with
+ * allocations). Memory is proportional to the entries held: the table grows at half
+ * load and shrinks again when it falls to an eighth, so an address map follows the
+ * live sampled allocations of its session, not their history.
+ * Not thread-safe: each map belongs to one thread. */
+#ifndef HP_MAP_H
+#define HP_MAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+  int64_t a, b, c;   /* meaning chosen by the owner of the map */
+} hp_map_val;
+
+typedef struct hp_map hp_map;  /* opaque */
+
+hp_map *hp_map_new(void);                 /* NULL on OOM */
+void    hp_map_free(hp_map *m);           /* NULL is a no-op */
+/* Inserts or replaces. 0, or -HP_ENOMEM (the map is unchanged). */
+int     hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v);
+/* Pointer to the value (valid until the next put/del/free), or NULL. */
+hp_map_val *hp_map_get(const hp_map *m, uint64_t key);
+/* 1 removed, 0 not present. */
+int     hp_map_del(hp_map *m, uint64_t key);
+size_t  hp_map_count(const hp_map *m);
+size_t  hp_map_capacity(const hp_map *m); /* slots allocated, for bound tests */
+
+/* Test hook: make the n-th allocation from now fail (0 disables). */
+void    hp_map_fail_alloc_after(unsigned n);
+
+#endif /* HP_MAP_H */

@@ -1,0 +1,68 @@
+/* hp_store.h — the storage thread: a bounded work queue in front of SQLite.
+ *
+ * The loop thread (server.c, through conn's sink) pushes copies of validated messages;
+ * the store thread alone owns the sqlite3 connection. It interns frames and stacks
+ * across sessions, maps each session's agent ids to database ids, pairs frees with
+ * sampled allocations, keeps the timeline, and commits in transactions bounded by rows
+ * and by time (HP_STORE_COMMIT_MS) so that readers see recent data within a second.
+ *
+ * Pushing never blocks and never waits on SQLite. The queue is bounded in bytes:
+ * hp_store_pause_if_full() tells the loop to stop reading sockets, and the store calls
+ * on_resume (from its own thread; use uv_async_send) once it has drained the queue
+ * below the low-water mark. */
+#ifndef HP_STORE_H
+#define HP_STORE_H
+
+#include <stdint.h>
+#include <sqlite3.h>
+
+#include "hp_proto.h"
+
+#define HP_STORE_COMMIT_MS        200          /* longest a transaction stays open */
+#define HP_STORE_DEFAULT_ROWS     65536        /* rows per transaction */
+#define HP_STORE_QUEUE_HIGH       (16u << 20)  /* bytes queued: stop reading sockets */
+#define HP_STORE_QUEUE_LOW        (4u << 20)   /* bytes queued: read again */
+
+typedef enum {
+  HP_SESSION_EXITED = 0,       /* GOODBYE received */
+  HP_SESSION_DISCONNECTED,     /* the stream ended without GOODBYE */
+  HP_SESSION_PROTOCOL_ERROR,   /* closed by the daemon for bad input */
+} hp_session_end;
+
+typedef struct {
+  sqlite3 *db;                 /* from hp_schema_open; the store takes ownership */
+  int64_t timeline_interval_ns;
+  uint32_t batch_rows;         /* 0: HP_STORE_DEFAULT_ROWS */
+  uint32_t commit_ms;          /* 0: HP_STORE_COMMIT_MS */
+  size_t queue_high, queue_low;/* 0: the defaults above */
+  void (*on_resume)(void *ctx);/* called on the store thread */
+  void *ctx;
+} hp_store_config;
+
+typedef struct hp_store hp_store;                  /* opaque */
+typedef struct hp_store_session hp_store_session;  /* opaque; lives until its end is stored */
+
+/* Starts the store thread. 0 and *out, or a negative code (cfg->db is then closed). */
+int hp_store_start(hp_store **out, const hp_store_config *cfg);
+/* Stores everything queued, commits, closes the database and joins the thread.
+ * Returns 0, or the first storage error seen during the run. NULL is a no-op. */
+int hp_store_stop(hp_store *s);
+
+/* Loop thread only. The session handle is valid until hp_store_session_end(). */
+hp_store_session *hp_store_session_start(hp_store *s, const hp_hello *h, int64_t peer_pid);
+int hp_store_frame_def(hp_store *s, hp_store_session *ss, const hp_frame_def *m);
+int hp_store_stack_def(hp_store *s, hp_store_session *ss, const hp_stack_def *m);
+int hp_store_events(hp_store *s, hp_store_session *ss, const hp_event *ev, uint32_t n);
+int hp_store_counters(hp_store *s, hp_store_session *ss, uint64_t events_dropped);
+int hp_store_goodbye(hp_store *s, hp_store_session *ss, const hp_goodbye *m);
+/* Last call for a session: reason is copied (NULL for none). Never fails: the end
+ * record is preallocated with the session, so a session always gets its status. */
+void hp_store_session_end(hp_store *s, hp_store_session *ss, hp_session_end how,
+                          const char *reason);
+
+/* 1 when the queue is over its high-water mark: the caller must stop reading, and
+ * on_resume will be called once it has drained; 0 otherwise. */
+int hp_store_pause_if_full(hp_store *s);
+size_t hp_store_queued_bytes(hp_store *s);
+
+#endif /* HP_STORE_H */

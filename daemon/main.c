@@ -1,0 +1,191 @@
+/* main.c — heapprofd: command line, start-up order and exit status.
+ *
+ * Pipeline: main -> server (libuv) -> conn (decode) -> store (SQLite thread) ->
+ * timeline. Start-up checks the socket path before touching the database, so that a
+ * refused socket never creates or modifies a database file. Exit status: 0 after a
+ * clean SIGINT/SIGTERM shutdown, 1 on a runtime error, 2 on a usage error. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "hp_log.h"
+#include "hp_schema.h"
+#include "hp_server.h"
+#include "hp_store.h"
+
+#ifndef HP_VERSION
+#define HP_VERSION "unknown"
+#endif
+
+static const char usage_text[] =
+  "usage: heapprofd --db PATH [--socket PATH] [options]\n"
+  "\n"
+  "Receives the streams of profiled Python processes (heapprof agents) and stores\n"
+  "them in a SQLite database that can be queried while it records.\n"
+  "\n"
+  "  --db PATH               database to write (created if missing; an existing\n"
+  "                          heapprof database gets new sessions appended)\n"
+  "  --socket PATH           Unix socket to listen on (default:\n"
+  "                          $XDG_RUNTIME_DIR/heapprofd.sock, else\n"
+  "                          /tmp/heapprofd-$UID/heapprofd.sock)\n"
+  "  --timeline-interval MS  timeline resolution in milliseconds (default 100)\n"
+  "  --batch-rows N          rows per database transaction (default 65536); a\n"
+  "                          transaction also commits at least every 200 ms\n"
+  "  --log-level LEVEL       error, warn, info (default) or debug\n"
+  "  --help                  show this help and exit\n"
+  "  --version               show the version and exit\n"
+  "\n"
+  "On start heapprofd prints one line, \"heapprofd: listening on PATH\". It logs to\n"
+  "stderr. SIGINT or SIGTERM stops it after storing everything received.\n";
+
+static int usage_error(const char *fmt, const char *arg) {
+  fprintf(stderr, "heapprofd: ");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\nTry 'heapprofd --help'.\n");
+  return 2;
+}
+
+/* Parses a decimal integer in [lo, hi]; 0 on success. */
+static int parse_num(const char *s, long long lo, long long hi, long long *out) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+int main(int argc, char **argv) {
+  const char *db_path = NULL, *socket_arg = NULL;
+  long long interval_ms = 100, batch_rows = HP_STORE_DEFAULT_ROWS;
+  static const struct option opts[] = {
+    {"db", required_argument, NULL, 'd'},
+    {"socket", required_argument, NULL, 's'},
+    {"timeline-interval", required_argument, NULL, 't'},
+    {"batch-rows", required_argument, NULL, 'b'},
+    {"log-level", required_argument, NULL, 'l'},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+  };
+  opterr = 0;
+  int opt;
+  while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+    switch (opt) {
+    case 'd': db_path = optarg; break;
+    case 's': socket_arg = optarg; break;
+    case 't':
+      if (parse_num(optarg, 1, 3600000, &interval_ms) < 0)
+        return usage_error("--timeline-interval: '%s' is not a number of milliseconds "
+                           "from 1 to 3600000", optarg);
+      break;
+    case 'b':
+      if (parse_num(optarg, 1, 10000000, &batch_rows) < 0)
+        return usage_error("--batch-rows: '%s' is not a number from 1 to 10000000", optarg);
+      break;
+    case 'l': {
+      int lvl = hp_log_parse_level(optarg);
+      if (lvl < 0)
+        return usage_error("--log-level: '%s' is not one of error, warn, info, debug", optarg);
+      hp_log_set_level((hp_log_level)lvl);
+      break;
+    }
+    case 'h': fputs(usage_text, stdout); return 0;
+    case 'V': printf("heapprofd %s (protocol %u, schema %d)\n", HP_VERSION, HP_PROTO_VERSION,
+                     HP_SCHEMA_VERSION);
+              return 0;
+    case ':': return usage_error("option %s needs a value", argv[optind - 1]);
+    default:  return usage_error("unknown option '%s'", argv[optind - 1]);
+    }
+  }
+  if (optind < argc)
+    return usage_error("unexpected argument '%s'", argv[optind]);
+  if (db_path == NULL)
+    return usage_error("%s", "--db PATH is required");
+
+  char path[PATH_MAX];
+  int default_dir = 0;
+  if (socket_arg != NULL) {
+    snprintf(path, sizeof path, "%s", socket_arg);
+  } else {
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    if (xdg != NULL && xdg[0] == '/') {
+      snprintf(path, sizeof path, "%s/heapprofd.sock", xdg);
+    } else {
+      snprintf(path, sizeof path, "/tmp/heapprofd-%u/heapprofd.sock", (unsigned)getuid());
+      default_dir = 1;
+    }
+  }
+
+  char err[1024];
+  if (hp_server_check_path(path, default_dir, err, sizeof err) < 0) {
+    fprintf(stderr, "heapprofd: %s\n", err);
+    return 1;
+  }
+  sqlite3 *db = NULL;
+  if (hp_schema_open(db_path, &db, err, sizeof err) < 0) {
+    fprintf(stderr, "heapprofd: %s\n", err);
+    return 1;
+  }
+  signal(SIGPIPE, SIG_IGN);
+
+  int status = 1;
+  uv_loop_t *loop = uv_default_loop();
+  hp_server *srv = hp_server_new(loop);
+  if (srv == NULL) {
+    fprintf(stderr, "heapprofd: cannot set up the event loop\n");
+    sqlite3_close(db);
+    return 1;
+  }
+  hp_store *store = NULL;
+  hp_store_config cfg = {
+    .db = db,
+    .timeline_interval_ns = interval_ms * 1000000LL,
+    .batch_rows = (uint32_t)batch_rows,
+    .on_resume = hp_server_wake,
+    .ctx = srv,
+  };
+  int rc = hp_store_start(&store, &cfg);
+  if (rc < 0) {
+    fprintf(stderr, "heapprofd: cannot start storage on %s: %s\n", db_path, hp_strerror(rc));
+    goto out_close_loop;
+  }
+  if (hp_server_listen(srv, path, store, err, sizeof err) < 0) {
+    fprintf(stderr, "heapprofd: %s\n", err);
+    goto out_stop_store;
+  }
+  printf("heapprofd: listening on %s\n", path);
+  fflush(stdout);
+  hp_log(HP_LOG_INFO, "recording into %s (timeline interval %lld ms)", db_path, interval_ms);
+
+  uv_run(loop, UV_RUN_DEFAULT);
+  status = 0;
+
+out_stop_store:
+  /* Everything the loop queued is stored before the database closes. */
+  if (hp_store_stop(store) < 0 && status == 0)
+    hp_log(HP_LOG_ERROR, "some data could not be stored (see the errors above)");
+out_close_loop:
+  uv_walk(loop, close_walk_cb, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  hp_server_free(srv);  /* removes the socket, after the database is closed */
+  if (uv_loop_close(loop) != 0)
+    hp_log(HP_LOG_DEBUG, "event loop closed with handles still open");
+  if (status == 0)
+    hp_log(HP_LOG_INFO, "stopped");
+  return status;
+}

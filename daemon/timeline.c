@@ -1,0 +1,104 @@
+/* timeline.c — per-session live-heap intervals (see hp_timeline.h for the contract).
+ * Sits at the end of the daemon pipeline: store.c feeds it paired events and writes
+ * the rows it completes into timeline_point. */
+#include "hp_timeline.h"
+
+#include <stdlib.h>
+
+struct hp_timeline {
+  int64_t interval;
+  int64_t cur;          /* start of the open interval; valid when started */
+  int started;
+  int changed;          /* an event landed in the open interval */
+  int64_t live_b, live_c;
+  int64_t max_b, max_c; /* highest level in the open interval, and the count then */
+};
+
+hp_timeline *hp_timeline_new(int64_t interval_ns) {
+  if (interval_ns <= 0)
+    return NULL;
+  hp_timeline *t = calloc(1, sizeof *t);
+  if (t != NULL)
+    t->interval = interval_ns;
+  return t;
+}
+
+void hp_timeline_free(hp_timeline *t) { free(t); }
+
+static int64_t interval_of(const hp_timeline *t, int64_t ts) {
+  int64_t r = ts % t->interval;
+  if (r < 0)
+    r += t->interval;
+  return ts - r;
+}
+
+/* Completes the open interval, given that the next activity is at interval `next`
+ * (INT64_MAX for "none"). Emits the open interval if it changed, then the interval
+ * after it if the level dropped below the maximum and that interval would otherwise
+ * have no row. */
+static int close_open(hp_timeline *t, int64_t next, hp_tl_row *out) {
+  int n = 0;
+  if (!t->changed)
+    return 0;
+  out[n++] = (hp_tl_row){t->cur, t->max_b, t->max_c, t->live_b};
+  int64_t after = t->cur + t->interval;
+  if (t->live_b != t->max_b && after < next)
+    out[n++] = (hp_tl_row){after, t->live_b, t->live_c, t->live_b};
+  t->changed = 0;
+  return n;
+}
+
+static void open_at(hp_timeline *t, int64_t iv) {
+  t->cur = iv;
+  t->started = 1;
+  t->changed = 0;
+  t->max_b = t->live_b;  /* the level carried in is reached at the interval start */
+  t->max_c = t->live_c;
+}
+
+int hp_timeline_add(hp_timeline *t, int64_t ts_ns, int64_t dbytes, int64_t dcount,
+                    hp_tl_row *out) {
+  int n = 0;
+  int64_t iv = interval_of(t, ts_ns);
+  if (!t->started) {
+    open_at(t, iv);
+  } else if (iv > t->cur) {
+    n = close_open(t, iv, out);
+    open_at(t, iv);
+  }
+  t->live_b += dbytes;
+  t->live_c += dcount;
+  if (t->live_b > t->max_b) {
+    t->max_b = t->live_b;
+    t->max_c = t->live_c;
+  }
+  t->changed = 1;
+  return n;
+}
+
+int hp_timeline_advance(hp_timeline *t, int64_t now_ns, hp_tl_row *out) {
+  if (!t->started || !t->changed)
+    return 0;
+  int64_t iv = interval_of(t, now_ns);
+  if (iv <= t->cur + t->interval)
+    return 0;
+  int n = close_open(t, iv, out);
+  open_at(t, iv);
+  return n;
+}
+
+int hp_timeline_current(const hp_timeline *t, hp_tl_row *row) {
+  if (!t->started || !t->changed)
+    return 0;
+  *row = (hp_tl_row){t->cur, t->max_b, t->max_c, t->live_b};
+  return 1;
+}
+
+int hp_timeline_finish(hp_timeline *t, hp_tl_row *out) {
+  if (!t->started)
+    return 0;
+  return close_open(t, INT64_MAX, out);
+}
+
+int64_t hp_timeline_live_bytes(const hp_timeline *t) { return t->live_b; }
+int64_t hp_timeline_live_count(const hp_timeline *t) { return t->live_c; }
