@@ -12,11 +12,16 @@
 #define HP_SCHEMA_VERSION         1          /* PRAGMA user_version */
 #define HP_SCHEMA_APPLICATION_ID  0x68707266 /* PRAGMA application_id, 'hprf' */
 
-/* Opens path read-write (creating it when missing), sets WAL mode and a busy timeout,
- * and applies the schema to an empty database. Returns 0 and *db_out, or
- * -HP_ESCHEMA (not a heapprof database, or not SQLite at all), -HP_ENEWER (newer
- * user_version), -HP_ESQLITE; then *db_out is NULL and errbuf holds one line for users
- * that names the file and the reason. */
+/* Opens path read-write (creating it when missing), sets WAL mode, synchronous=NORMAL
+ * and a busy timeout, and applies the schema to an empty (or 0-byte) database; an
+ * existing heapprof database of this version is opened for appending. Everything is
+ * verified on a read-only connection first, so a refused file is left byte-for-byte
+ * untouched. Returns 0 and *db_out (the caller closes it with sqlite3_close), or
+ * -HP_ESCHEMA (not a heapprof database, not SQLite at all, or damaged), -HP_ENEWER
+ * (newer user_version), -HP_ESQLITE, -HP_EINVAL (NULL/empty arguments), or -errno
+ * (-ENOENT: the directory does not exist, -EISDIR, -EACCES: not writable, ...); then
+ * *db_out is NULL and errbuf (may be NULL) holds one line for users that names the file
+ * and the reason. */
 int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errlen);
 
 /* The embedded schema.sql text (static). */
