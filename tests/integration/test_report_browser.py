@@ -1,0 +1,168 @@
+"""heapprof report in a real headless browser (Debian's chromium over the DevTools pipe,
+see report_browser.py): it loads with no console errors and no network requests, the
+plot and the flame graph render, clicking a later time changes the flame graph,
+dragging a range ranks growth, the leaks tab names the leaking site, and hover, search,
+zoom and sorting work. Screenshots are kept in tests/artifacts/ (git-ignored).
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report_browser  # noqa: E402
+from test_report import PYTHON, SOURCE_ROOT, make_db  # noqa: E402
+
+ARTIFACTS = os.path.join(SOURCE_ROOT, "tests", "artifacts")
+
+
+class ReportInBrowser(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="hp-report-browser-")
+        try:
+            db = os.path.join(cls.tmp.name, "prof.sqlite")
+            make_db(db)
+            cls.html = os.path.join(cls.tmp.name, "report.html")
+            r = subprocess.run([PYTHON, "-m", "heapprof.report", "--db", db, "-o", cls.html],
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise AssertionError(f"heapprof report failed: {r.stderr}")
+            cls.url = "file://" + cls.html
+            cls.browser = report_browser.Browser()
+        except BaseException:
+            cls.tmp.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.browser.close()
+        finally:
+            cls.tmp.cleanup()
+
+    def load(self):
+        page = self.browser.new_page(width=1280, height=900)
+        page.goto(self.url)
+        page.wait_for("window.hpReport && hpReport.flameSummary().length > 0")
+        return page
+
+    def plot_xy(self, page, t):
+        """Viewport coordinates of time t on the plot, halfway up."""
+        return page.eval(f"""(() => {{
+            const u = hpReport.plot(), r = u.over.getBoundingClientRect();
+            return [r.left + u.valToPos({t}, 'x'), r.top + r.height / 2]; }})()""")
+
+    def flame_names(self, page):
+        return {name for _, name, _ in page.eval("hpReport.flameSummary()")}
+
+    def canvas_colours(self, page, selector):
+        """Distinct colours on a canvas (sampled): a blank or one-colour canvas gives <= 1."""
+        return page.eval(f"""(() => {{
+            const c = document.querySelector({selector!r});
+            if (!c || !c.width || !c.height) return 0;
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            const seen = new Set();
+            for (let i = 0; i < d.length; i += 4 * 7) seen.add(d[i] << 16 | d[i+1] << 8 | d[i+2] | d[i+3] << 24);
+            return seen.size; }})()""")
+
+    def screenshot(self, page, name):
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        page.screenshot(os.path.join(ARTIFACTS, name))
+
+    def test_loads_without_console_errors_or_network(self):
+        page = self.load()
+        self.assertEqual(page.console_errors, [])
+        self.assertEqual(page.requests, [self.url])
+
+    def test_plot_and_flame_graph_render(self):
+        page = self.load()
+        self.assertGreater(self.canvas_colours(page, "#timeline canvas"), 5)
+        self.assertGreater(self.canvas_colours(page, "#flame"), 5)
+        # The page opens on the peak: the spike's index dominates it.
+        self.assertIn("(peak)", page.eval("document.getElementById('selection').textContent"))
+        names = self.flame_names(page)
+        self.assertTrue({"<module>", "main", "build_index", "remember"} <= names, names)
+        self.screenshot(page, "report-peak.png")
+        self.assertEqual(page.console_errors, [])
+
+    def test_clicking_a_later_time_changes_the_flame_graph(self):
+        page = self.load()
+        before = page.eval("document.getElementById('flame').toDataURL()")
+        self.assertIn("build_index", self.flame_names(page))
+        x, y = self.plot_xy(page, 8.0)
+        page.click(x, y)
+        page.wait_for("Math.abs(hpReport.state.moment.t - 8.0) < 0.1")
+        names = self.flame_names(page)
+        # At 8 s the index is long gone and the leak has grown.
+        self.assertNotIn("build_index", names)
+        self.assertIn("remember", names)
+        self.assertNotEqual(page.eval("document.getElementById('flame').toDataURL()"), before)
+        sel = page.eval("document.getElementById('selection').textContent")
+        m = re.search(r"t = ([0-9.]+) s", sel)
+        self.assertTrue(m, sel)
+        self.assertAlmostEqual(float(m.group(1)), 8.0, delta=0.06)
+        self.screenshot(page, "report-8s.png")
+        self.assertEqual(page.console_errors, [])
+
+    def test_dragging_a_range_ranks_growth(self):
+        page = self.load()
+        x0, y = self.plot_xy(page, 4.0)
+        x1, _ = self.plot_xy(page, 9.0)
+        page.drag(x0, y, x1, y)
+        page.wait_for("document.getElementById('tab-growth').classList.contains('active')")
+        first = page.eval("document.querySelector('#growth tbody tr').innerText")
+        self.assertIn("remember", first)
+        self.assertIn("cache.py:42", first)
+        self.assertIn("+", first)
+        self.screenshot(page, "report-growth.png")
+        self.assertEqual(page.console_errors, [])
+
+    def test_leaks_tab_names_the_leaking_site(self):
+        page = self.load()
+        r = page.eval("""(() => { const b = document.querySelector('button[data-tab=leaks]')
+                          .getBoundingClientRect(); return [b.left + b.width / 2, b.top + b.height / 2]; })()""")
+        page.click(*r)
+        page.wait_for("document.getElementById('tab-leaks').classList.contains('active')")
+        rows = page.eval("Array.from(document.querySelectorAll('#leaks tbody tr')).map(r => r.innerText)")
+        self.assertEqual(len(rows), 1)
+        self.assertIn("remember", rows[0])
+        self.assertIn("cache.py:42", rows[0])
+        self.assertIn("7.91 MiB", rows[0])              # 81 x 100 KiB
+        self.screenshot(page, "report-leaks.png")
+
+    def test_hover_search_zoom_and_sorting(self):
+        page = self.load()
+        box = page.eval("hpReport.flameBox('build_index')")
+        self.assertIsNotNone(box)
+        page.mouse("mouseMoved", box[0] + box[2] / 2, box[1] + box[3] / 2)
+        page.wait_for("!document.getElementById('tooltip').hidden")
+        tip = page.eval("document.getElementById('tooltip').innerText")
+        self.assertIn("build_index", tip)
+        self.assertIn("indexer.py:30", tip)
+        self.assertIn("MiB", tip)
+        self.assertIn("% of the total", tip)
+
+        page.eval("document.getElementById('search').focus()")
+        page.call("Input.insertText", {"text": "remember"})
+        info = page.wait_for("document.getElementById('search-info').textContent")
+        self.assertIn("matched", info)
+
+        main = page.eval("hpReport.flameBox('main')")
+        page.click(main[0] + 5, main[1] + main[3] / 2)
+        page.wait_for("!document.getElementById('unzoom').disabled")
+        self.assertIn("zoomed into main", page.eval("document.getElementById('flame-caption').textContent"))
+
+        # Top sites: sorting by cumulative puts the outermost frame first.
+        page.eval("document.querySelector('button[data-tab=sites]').click()")
+        page.eval("""Array.from(document.querySelectorAll('#sites th'))
+                     .find(th => th.textContent === 'Cumulative').click()""")
+        first = page.eval("document.querySelector('#sites tbody tr td').innerText")
+        self.assertIn(first, ("<module>", "main"))
+        self.assertEqual(page.console_errors, [])
+
+
+if __name__ == "__main__":
+    unittest.main()

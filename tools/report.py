@@ -1,0 +1,639 @@
+"""heapprof report: one self-contained, interactive HTML file for a recorded session.
+
+This sits at the end of the pipeline (agent -> proto -> daemon -> schema -> tools) and
+reads only the public SQL views documented in schema/README.md (sessions, frames,
+stack_frames, allocations, timeline). It never embeds raw events: a session of a million
+sampled allocations is reduced here to
+
+  * the timeline of the estimated live heap, down-sampled to at most TIMELINE_POINTS
+    points by taking the highest level in each bucket (so spikes keep their height);
+  * live bytes per stack at a bounded number of moments ("steps", uniform over the
+    session, plus the exact moment of the peak), for the top stacks only, with the
+    rest folded into an "other" series so the totals still add up;
+  * the stacks of those top stacks as lists of frame indexes, and the frame table;
+  * what was never freed, grouped by allocation site.
+
+The browser side (report/report.js) builds flame graphs, tables and growth rankings
+from those arrays, so the file stays a few hundred KiB whatever the session's size.
+
+Entry points: `write_report(db_path, out_path, session=None)` for `heapprof run
+--report`, and `register(subparsers)` for the `heapprof report` subcommand.
+"""
+
+import argparse
+import datetime
+import glob
+import heapq
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+# Limits on what the HTML embeds; named once here, checked on the command line.
+DEFAULT_STEPS = 200          # uniform moments at which live bytes per stack are kept
+MAX_STEPS = 1000
+DEFAULT_TOP_STACKS = 400     # stacks kept individually; the rest become "other"
+MAX_TOP_STACKS = 5000
+TIMELINE_POINTS = 4000       # points in the plotted timeline after down-sampling
+MAX_LEAK_SITES = 200         # rows of the leaks tab
+LEAK_STACKS_PER_SITE = 3     # example call paths shown per leaking site
+SQL_CHUNK = 500              # ids per "IN (...)" list, below SQLite's variable limit
+DROP_WARN_FRACTION = 0.0     # any drop makes figures incomplete; say so
+
+APPLICATION_ID = 0x68707266  # 'hprf', schema/schema.sql
+NO_STACK_FRAME = ("[no Python stack]", "<native>", 0)
+
+
+class ReportError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+# ------------------------------------------------------------------ database access
+
+def _open_readonly(db_path):
+    """Opens a heapprof database read-only; a recording in progress is never disturbed
+    (the daemon writes in WAL mode, so readers do not block it). heapprof._db (schema
+    area) does the checks when installed; the fallback keeps the module usable alone."""
+    try:
+        from heapprof import _db
+    except ImportError:
+        _db = None
+    if _db is not None:
+        try:
+            con = _db.open_db(db_path)
+        except _db.DatabaseError as e:
+            raise ReportError(str(e)) from None
+    else:
+        path = Path(db_path)
+        if not path.is_file():
+            raise ReportError(f"{db_path}: no such file")
+        try:
+            con = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True,
+                                  timeout=5.0)
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]
+        except sqlite3.DatabaseError as e:
+            raise ReportError(f"{db_path}: not a heapprof database ({e})") from None
+        if app_id != APPLICATION_ID:
+            con.close()
+            raise ReportError(f"{db_path}: not a heapprof database (application_id "
+                              f"{app_id:#x}, expected {APPLICATION_ID:#x})")
+    try:
+        names = {r[0] for r in con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'view'")}
+    except sqlite3.DatabaseError as e:
+        con.close()
+        raise ReportError(f"{db_path}: not a heapprof database ({e})") from None
+    missing = {"sessions", "frames", "stack_frames", "allocations", "timeline"} - names
+    if missing:
+        con.close()
+        raise ReportError(f"{db_path}: not a heapprof database (missing views "
+                          f"{', '.join(sorted(missing))})")
+    return con
+
+
+def _chunks(seq, n=SQL_CHUNK):
+    seq = list(seq)
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _pick_session(con, db_path, session):
+    rows = con.execute(
+        "SELECT session_id, pid, ppid, argv, executable, python_version, started_ns,"
+        " ended_ns, sample_interval_bytes, status, events_received, events_dropped"
+        " FROM sessions ORDER BY started_ns, session_id").fetchall()
+    if not rows:
+        raise ReportError(f"{db_path} holds no sessions")
+    ids = [r[0] for r in rows]
+    if session is None:
+        # The most recent session is the one a user just recorded.
+        row = rows[-1]
+        if len(rows) > 1:
+            print(f"heapprof report: {db_path} holds {len(rows)} sessions "
+                  f"({', '.join(map(str, ids))}); reporting on session {row[0]} "
+                  f"(choose with --session N)", file=sys.stderr)
+    else:
+        match = [r for r in rows if r[0] == session]
+        if not match:
+            raise ReportError(f"session {session} not found in {db_path} "
+                              f"(sessions: {', '.join(map(str, ids))})")
+        row = match[0]
+    keys = ("id", "pid", "ppid", "argv", "executable", "python_version", "started_ns",
+            "ended_ns", "sample_interval_bytes", "status", "events_received",
+            "events_dropped")
+    s = dict(zip(keys, row))
+    try:
+        argv = json.loads(s["argv"])
+        if not isinstance(argv, list):
+            argv = [str(argv)]
+    except (TypeError, ValueError):
+        argv = [str(s["argv"])]
+    s["argv"] = [str(a) for a in argv]
+    return s
+
+
+# ------------------------------------------------------------------ aggregation
+
+def _session_span(con, s):
+    """First and last instant the report covers, in ns: the session's start (or its first
+    event, if earlier) to its end (or, while running or after a crash, its last event)."""
+    sid = s["id"]
+    lo, hi_a, hi_f = con.execute(
+        "SELECT MIN(ts_ns), MAX(ts_ns), MAX(freed_ns) FROM allocations WHERE session_id = ?",
+        (sid,)).fetchone()
+    t_lo, t_hi = con.execute(
+        "SELECT MIN(ts_ns), MAX(ts_ns) FROM timeline WHERE session_id = ?",
+        (sid,)).fetchone()
+    t0 = min(x for x in (s["started_ns"], lo, t_lo) if x is not None)
+    ends = [x for x in (s["ended_ns"], hi_a, hi_f, t_hi) if x is not None]
+    t1 = max(ends) if ends else t0
+    return t0, max(t1, t0)
+
+
+def _timeline(con, sid, t0, t1):
+    """Down-sampled (ts_ns, live_bytes) from the timeline view, highest level per bucket;
+    empty when the daemon wrote no timeline (then the caller sweeps the events)."""
+    span = max(t1 - t0, 1)
+    rows = con.execute(
+        "SELECT (ts_ns - :t0) * :n / :span AS b, MIN(ts_ns), MAX(live_bytes)"
+        " FROM timeline WHERE session_id = :sid GROUP BY b ORDER BY b",
+        {"t0": t0, "n": TIMELINE_POINTS, "span": span, "sid": sid}).fetchall()
+    return [(r[1], r[2]) for r in rows]
+
+
+def _events(con, sid, lo=None, hi=None):
+    """Allocation (+est_bytes) and free (-est_bytes) events of a session within [lo, hi),
+    sorted by time."""
+    cond_a, cond_f, args = "", "", {"sid": sid}
+    if lo is not None:
+        cond_a = " AND ts_ns >= :lo AND ts_ns < :hi"
+        cond_f = " AND freed_ns >= :lo AND freed_ns < :hi"
+        args.update(lo=lo, hi=hi)
+    ev = con.execute(
+        "SELECT ts_ns, est_bytes FROM allocations WHERE session_id = :sid" + cond_a,
+        args).fetchall()
+    ev += con.execute(
+        "SELECT freed_ns, -est_bytes FROM allocations WHERE session_id = :sid"
+        " AND freed_ns IS NOT NULL" + cond_f, args).fetchall()
+    ev.sort()
+    return ev
+
+
+def _levels(events, level=0):
+    """Yields (ts, live bytes after every event at ts) for time-sorted events. Events at
+    one instant count together, as in the per-stack snapshot of that instant."""
+    i, n = 0, len(events)
+    while i < n:
+        ts = events[i][0]
+        while i < n and events[i][0] == ts:
+            level += events[i][1]
+            i += 1
+        yield ts, level
+
+
+def _live_at(con, sid, ts):
+    return con.execute(
+        "SELECT COALESCE(SUM(est_bytes), 0) FROM allocations WHERE session_id = ?"
+        " AND ts_ns < ? AND (freed_ns IS NULL OR freed_ns >= ?)", (sid, ts, ts)).fetchone()[0]
+
+
+def _find_peak(con, sid, timeline):
+    """Exact (peak_ts, peak_bytes): the timeline names the interval with the highest level,
+    and the events inside that interval pin down the instant."""
+    if not timeline:
+        return None
+    rows = con.execute(
+        "SELECT ts_ns, live_bytes FROM timeline WHERE session_id = ?"
+        " ORDER BY live_bytes DESC, ts_ns LIMIT 1", (sid,)).fetchone()
+    p_ts, p_bytes = rows
+    nxt = con.execute("SELECT MIN(ts_ns) FROM timeline WHERE session_id = ? AND ts_ns > ?",
+                      (sid, p_ts)).fetchone()[0]
+    if nxt is None:
+        # The last interval runs to the last event.
+        last = con.execute(
+            "SELECT MAX(MAX(ts_ns), COALESCE(MAX(freed_ns), 0)) FROM allocations"
+            " WHERE session_id = ?", (sid,)).fetchone()[0]
+        nxt = max(p_ts, last or p_ts) + 1
+    level = best = _live_at(con, sid, p_ts)
+    best_ts = p_ts
+    for t, level in _levels(_events(con, sid, p_ts, nxt), level):
+        if level > best:
+            best, best_ts = level, t
+    # The timeline's level is authoritative for the plot; the instant comes from events.
+    return best_ts, max(p_bytes, best)
+
+
+def _timeline_from_events(con, sid, t0, t1):
+    """Builds the plotted timeline and the peak from the events, for a session whose
+    timeline the daemon never wrote (e.g. it stopped early)."""
+    level, peak, peak_ts = 0, 0, None
+    span = max(t1 - t0, 1)
+    # (level is rebound by the loop; after it, the level at the last event.)
+    buckets = {}
+    for ts, level in _levels(_events(con, sid)):
+        b = (ts - t0) * TIMELINE_POINTS // span
+        cur = buckets.get(b)
+        if cur is None:
+            buckets[b] = [ts, level]
+        elif level > cur[1]:
+            cur[1] = level
+        if level > peak or peak_ts is None:
+            peak, peak_ts = level, ts
+    points = [(v[0], v[1]) for _, v in sorted(buckets.items())]
+    # Anchor the plot at the session's start and end.
+    if not points or points[0][0] > t0:
+        points.insert(0, (t0, 0))
+    if points[-1][0] < t1:
+        points.append((t1, level if peak_ts is not None else 0))
+    return points, (peak_ts, peak) if peak_ts is not None else None
+
+
+def _step_deltas(con, sid, t0, dt, nsteps):
+    """Per stack, {step index: delta bytes}. An allocation made at ts is live at step
+    i (instant t0 + i*dt) from i = ceil((ts - t0)/dt) until its free's ceil index."""
+    per_stack = {}
+    alloc_total = {}
+    q = ("SELECT stack_id, MAX(0, ({col} - :t0 + :dt - 1) / :dt) AS i, SUM(est_bytes)"
+         " FROM allocations WHERE session_id = :sid {extra} GROUP BY stack_id, i")
+    args = {"t0": t0, "dt": dt, "sid": sid}
+    for stack_id, i, b in con.execute(q.format(col="ts_ns", extra=""), args):
+        alloc_total[stack_id] = alloc_total.get(stack_id, 0) + b
+        if i < nsteps:
+            per_stack.setdefault(stack_id, {})
+            per_stack[stack_id][i] = per_stack[stack_id].get(i, 0) + b
+    for stack_id, i, b in con.execute(
+            q.format(col="freed_ns", extra="AND freed_ns IS NOT NULL"), args):
+        if i < nsteps and stack_id in per_stack:
+            d = per_stack[stack_id]
+            d[i] = d.get(i, 0) - b
+    return per_stack, alloc_total
+
+
+def _series(deltas, nsteps):
+    out, level = [0] * nsteps, 0
+    for i in range(nsteps):
+        level += deltas.get(i, 0)
+        out[i] = level
+    return out
+
+
+def _live_by_stack_at(con, sid, ts):
+    return dict(con.execute(
+        "SELECT stack_id, SUM(est_bytes) FROM allocations WHERE session_id = ?"
+        " AND ts_ns <= ? AND (freed_ns IS NULL OR freed_ns > ?) GROUP BY stack_id",
+        (sid, ts, ts)))
+
+
+def _stack_frames(con, stack_ids):
+    """{stack_id: [frame_id, ...] root first}; a NULL stack gets no frames here."""
+    frames = {}
+    ids = [s for s in stack_ids if s is not None]
+    for chunk in _chunks(ids):
+        marks = ",".join("?" * len(chunk))
+        for stack_id, depth, frame_id in con.execute(
+                f"SELECT stack_id, depth, frame_id FROM stack_frames"
+                f" WHERE stack_id IN ({marks})", chunk):
+            frames.setdefault(stack_id, []).append((depth, frame_id))
+    # depth 0 is the innermost frame; a flame graph wants the root first.
+    return {k: [f for _, f in sorted(v, reverse=True)] for k, v in frames.items()}
+
+
+def _frame_rows(con, frame_ids):
+    rows = {}
+    for chunk in _chunks(frame_ids):
+        marks = ",".join("?" * len(chunk))
+        for fid, fn, filename, lineno in con.execute(
+                f"SELECT frame_id, function, filename, lineno FROM frames"
+                f" WHERE frame_id IN ({marks})", chunk):
+            rows[fid] = (fn, filename, lineno)
+    return rows
+
+
+def build_data(db_path, session=None, steps=DEFAULT_STEPS, top_stacks=DEFAULT_TOP_STACKS):
+    """Everything the HTML embeds, as a JSON-ready dict (see module docstring)."""
+    if not 2 <= steps <= MAX_STEPS:
+        raise ReportError(f"--steps {steps} is outside 2..{MAX_STEPS}")
+    if not 1 <= top_stacks <= MAX_TOP_STACKS:
+        raise ReportError(f"--top-stacks {top_stacks} is outside 1..{MAX_TOP_STACKS}")
+    con = _open_readonly(db_path)
+    try:
+        return _build(con, db_path, session, steps, top_stacks)
+    except sqlite3.DatabaseError as e:
+        raise ReportError(f"cannot read {db_path}: {e}") from None
+    finally:
+        con.close()
+
+
+def _build(con, db_path, session, nsteps, top_k):
+    s = _pick_session(con, db_path, session)
+    sid = s["id"]
+    t0, t1 = _session_span(con, s)
+    n_allocs = con.execute("SELECT COUNT(*) FROM allocations WHERE session_id = ?",
+                           (sid,)).fetchone()[0]
+
+    timeline = _timeline(con, sid, t0, t1)
+    if timeline:
+        peak = _find_peak(con, sid, timeline)
+        timeline_source = "timeline"
+    else:
+        timeline, peak = _timeline_from_events(con, sid, t0, t1)
+        timeline_source = "events"
+
+    # Uniform steps over the session, plus the peak's instant so that the flame graph
+    # of the highest moment is exact rather than the nearest step's.
+    dt = max(1, -(-(t1 - t0) // (nsteps - 1)))
+    step_ts = [t0 + i * dt for i in range(nsteps)]
+    deltas, alloc_total = _step_deltas(con, sid, t0, dt, nsteps)
+    at_peak = _live_by_stack_at(con, sid, peak[0]) if peak else {}
+
+    # Top stacks by their highest live level at any kept moment. A stack's total
+    # allocated bytes bounds that level, so stacks are visited in that order and the
+    # walk stops once no remaining stack can enter the top.
+    totals = [0] * nsteps
+    best = []  # min-heap of (level, stack_id)
+    series = {}
+    for stack_id in sorted(alloc_total, key=lambda k: -alloc_total[k]):
+        if len(best) >= top_k and alloc_total[stack_id] <= best[0][0]:
+            break
+        ser = _series(deltas.get(stack_id, {}), nsteps)
+        series[stack_id] = ser
+        level = max(max(ser), at_peak.get(stack_id, 0))
+        if level <= 0:
+            continue
+        if len(best) < top_k:
+            heapq.heappush(best, (level, stack_id if stack_id is not None else -1))
+        elif level > best[0][0]:
+            heapq.heapreplace(best, (level, stack_id if stack_id is not None else -1))
+    # Totals come from every stack, including those the walk skipped.
+    for stack_id, d in deltas.items():
+        for i, b in d.items():
+            totals[i] += b
+    level = 0
+    for i in range(nsteps):
+        level += totals[i]
+        totals[i] = level
+    peak_total = sum(at_peak.values())
+
+    keep = sorted((sid_ if sid_ != -1 else None for _, sid_ in best),
+                  key=lambda k: (k is None, k or 0))
+
+    # Leaks: sampled allocations never freed, grouped by allocation site (innermost frame).
+    leak_rows = con.execute(
+        "SELECT stack_id, SUM(est_bytes), COUNT(*) FROM allocations WHERE session_id = ?"
+        " AND freed_ns IS NULL GROUP BY stack_id", (sid,)).fetchall()
+    leak_stack_ids = [r[0] for r in leak_rows]
+    all_stacks = set(keep) | set(leak_stack_ids)
+    frames_of = _stack_frames(con, all_stacks)
+
+    frame_ids = sorted({f for fl in frames_of.values() for f in fl})
+    frame_rows = _frame_rows(con, frame_ids)
+    frame_index = {}
+    frames = []
+
+    def fidx(frame_id):
+        if frame_id not in frame_index:
+            frame_index[frame_id] = len(frames)
+            frames.append(list(frame_rows.get(frame_id, ("?", "?", 0))))
+        return frame_index[frame_id]
+
+    def stack_path(stack_id):
+        fl = frames_of.get(stack_id) if stack_id is not None else None
+        if not fl:
+            key = ("nostack",)
+            if key not in frame_index:
+                frame_index[key] = len(frames)
+                frames.append(list(NO_STACK_FRAME))
+            return [frame_index[key]]
+        return [fidx(f) for f in fl]
+
+    stacks = []
+    other = list(totals)
+    other_peak = peak_total
+    for stack_id in keep:
+        ser = series[stack_id]
+        for i in range(nsteps):
+            other[i] -= ser[i]
+        pk = at_peak.get(stack_id, 0)
+        other_peak -= pk
+        stacks.append({"id": stack_id, "f": stack_path(stack_id), "v": ser, "p": pk})
+
+    sites = {}
+    for stack_id, b, n in leak_rows:
+        path = stack_path(stack_id)
+        site = path[-1]
+        e = sites.setdefault(site, {"site": site, "bytes": 0, "count": 0, "stacks": []})
+        e["bytes"] += b
+        e["count"] += n
+        e["stacks"].append((b, path))
+    leaks = sorted(sites.values(), key=lambda e: -e["bytes"])[:MAX_LEAK_SITES]
+    for e in leaks:
+        e["stacks"] = [p for _, p in sorted(e["stacks"], key=lambda x: -x[0])
+                       [:LEAK_STACKS_PER_SITE]]
+
+    warnings = []
+    recv, dropped = s["events_received"] or 0, s["events_dropped"] or 0
+    if dropped > DROP_WARN_FRACTION * max(recv + dropped, 1) and dropped > 0:
+        pct = 100.0 * dropped / max(recv + dropped, 1)
+        warnings.append(
+            f"{dropped:,} of {recv + dropped:,} events ({pct:.2g}%) were dropped before "
+            f"reaching the database: every figure below is incomplete (live bytes and "
+            f"leaks may be over- or under-stated).")
+    if s["status"] == "running" and s["ended_ns"] is None:
+        warnings.append("The session was still running when this report was written: "
+                        "it covers the events recorded so far, and \"never freed\" means "
+                        "\"not freed yet\".")
+    elif s["status"] in ("disconnected", "protocol_error"):
+        warnings.append(f"The session ended abnormally ({s['status']}): events after the "
+                        f"break are missing, so frees may be missing too.")
+    if n_allocs == 0:
+        warnings.append("No sampled allocations were recorded in this session.")
+
+    ns = 1e-9
+    pk = None
+    if peak:
+        pk = {"t": (peak[0] - t0) * ns, "bytes": peak[1], "stack_bytes": peak_total,
+              "other": other_peak}
+    return {
+        "format": 1,
+        "generated": datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"),
+        "db": str(db_path),
+        "session": {
+            "id": sid, "pid": s["pid"], "ppid": s["ppid"], "argv": s["argv"],
+            "executable": s["executable"], "python_version": s["python_version"],
+            "started": _iso(s["started_ns"]), "ended": _iso(s["ended_ns"]),
+            "duration_s": ((s["ended_ns"] if s["ended_ns"] is not None else t1)
+                           - s["started_ns"]) * ns,
+            "sample_interval_bytes": s["sample_interval_bytes"], "status": s["status"],
+            "events_received": recv, "events_dropped": dropped,
+            "allocations": n_allocs,
+        },
+        "warnings": warnings,
+        "timeline": {"source": timeline_source,
+                     "t": [round((ts - t0) * ns, 9) for ts, _ in timeline],
+                     "bytes": [b for _, b in timeline]},
+        "peak": pk,
+        "steps": {"t": [round((ts - t0) * ns, 9) for ts in step_ts], "total": totals,
+                  "other": other},
+        "frames": frames,
+        "stacks": stacks,
+        "leaks": leaks,
+        "limits": {"steps": nsteps, "top_stacks": top_k, "leak_sites": MAX_LEAK_SITES},
+    }
+
+
+def _iso(ns):
+    if ns is None:
+        return None
+    return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+# ------------------------------------------------------------------ HTML
+
+def _asset_dirs():
+    """Installed: heapprof/report_assets/ holds everything. Source tree: tools/report/
+    and tools/vendor/uplot/."""
+    here = Path(__file__).resolve().parent
+    return [here / "report_assets", here / "report", here / "vendor" / "uplot"]
+
+
+def _asset(name):
+    for d in _asset_dirs():
+        p = d / name
+        if p.is_file():
+            return p.read_text(encoding="utf-8")
+    raise ReportError(f"report asset {name} is missing from the heapprof installation "
+                      f"(looked in {', '.join(str(d) for d in _asset_dirs())})")
+
+
+def _json_for_script(obj):
+    # "<", ">" and "&" escaped so that no "</script>" or "<!--" can end the data block.
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_html(data):
+    template = _asset("template.html")
+    title = f"heapprof report: session {data['session']['id']}"
+    argv = " ".join(data["session"]["argv"])
+    if argv:
+        title += " - " + argv
+    licence = _asset("uPlot.LICENSE") if _has_asset("uPlot.LICENSE") else _asset("LICENSE")
+    parts = {
+        "<!--HP:TITLE-->": _html_escape(title[:200]),
+        "/*HP:UPLOT_CSS*/": _asset("uPlot.min.css"),
+        "/*HP:CSS*/": _asset("report.css"),
+        "/*HP:UPLOT_JS*/": _asset("uPlot.iife.min.js"),
+        "/*HP:JS*/": _asset("report.js"),
+        "/*HP:DATA*/": _json_for_script(data),
+        "<!--HP:LICENCES-->": "<!--\nuPlot 1.6.32, inlined below, is under this licence:\n"
+                              + licence.replace("--", "- -") + "-->",
+    }
+    out = template
+    for k, v in parts.items():
+        if k not in out:
+            raise ReportError(f"report template lacks the {k} marker")
+        out = out.replace(k, v, 1)
+    return out
+
+
+def _has_asset(name):
+    return any((d / name).is_file() for d in _asset_dirs())
+
+
+def _html_escape(s):
+    return (s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))
+
+
+def write_report(db_path, out_path, session=None, steps=DEFAULT_STEPS,
+                 top_stacks=DEFAULT_TOP_STACKS):
+    """Writes the one-file HTML report of `session` (default: the most recent) of the
+    database at db_path to out_path. Raises ReportError with a one-line message on bad
+    input. The file is written to a temporary name and renamed, so a reader never sees
+    half a report."""
+    data = build_data(db_path, session, steps, top_stacks)
+    html = render_html(data)
+    out = Path(out_path)
+    if out.is_dir():
+        raise ReportError(f"output {out_path} is a directory; give a file name")
+    if not out.parent.is_dir():
+        raise ReportError(f"cannot write {out_path}: directory {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise ReportError(f"cannot write {out_path}: {e.strerror}") from None
+
+
+# ------------------------------------------------------------------ command line
+
+def _positive_int(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _add_arguments(p):
+    p.add_argument("--db", metavar="PATH",
+                   help="heapprof database (default: the newest heapprof-*.sqlite in the "
+                        "current directory)")
+    p.add_argument("--session", type=_positive_int, default=None,
+                   help="session id (default: the most recent session)")
+    p.add_argument("-o", "--output", default="report.html",
+                   help="HTML file to write (default: report.html)")
+    p.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS,
+                   help=f"moments kept for flame graphs (2..{MAX_STEPS}, "
+                        f"default {DEFAULT_STEPS})")
+    p.add_argument("--top-stacks", type=_positive_int, default=DEFAULT_TOP_STACKS,
+                   help=f"stacks kept individually, the rest summed as 'other' "
+                        f"(1..{MAX_TOP_STACKS}, default {DEFAULT_TOP_STACKS})")
+
+
+def _default_db():
+    found = sorted(glob.glob("heapprof-*.sqlite"), key=os.path.getmtime)
+    if not found:
+        raise ReportError("no --db given and no heapprof-*.sqlite in the current directory")
+    return found[-1]
+
+
+def run(args):
+    """Runs the subcommand from parsed arguments; returns the exit status."""
+    try:
+        db = args.db if args.db else _default_db()
+        write_report(db, args.output, args.session, args.steps, args.top_stacks)
+    except ReportError as e:
+        print(f"heapprof report: {e}", file=sys.stderr)
+        return 2
+    print(f"heapprof report: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers):
+    """Adds `report` to the `heapprof` command line (called by heapprof.cli)."""
+    p = subparsers.add_parser(
+        "report", help="write a one-file interactive HTML report of a session",
+        description="Write a self-contained interactive HTML report (timeline, flame "
+                    "graphs, top sites, growth, leaks) of one recorded session.")
+    _add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="heapprof report", description=(
+        "Write a self-contained interactive HTML report of one recorded session."))
+    _add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
