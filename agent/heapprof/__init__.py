@@ -1,0 +1,241 @@
+"""heapprof: a logging, sampling heap profiler for CPython.
+
+    import heapprof
+    heapprof.start(socket='/run/heapprofd.sock')   # or HEAPPROF_SOCKET=... python app.py
+    ...
+    heapprof.stop()                                  # implicit at exit
+
+The native agent (heapprof._agent) samples allocations of all three PEP 445 domains and
+streams them to heapprofd, which writes a SQLite database; heapprof.read() opens one.
+
+Settings, by argument or environment variable:
+    socket           HEAPPROF_SOCKET      heapprofd's Unix socket
+    sample_interval  HEAPPROF_INTERVAL    mean bytes between samples (1 = every allocation)
+    max_stack_depth  HEAPPROF_MAX_DEPTH   Python frames kept per sample
+    on_full          HEAPPROF_ON_FULL     'drop' (default) or 'block' when the buffer is full
+    sample_rates     HEAPPROF_RATES       the original heapprof's {max_size: rate, ...}
+"""
+import os
+import sys
+import threading
+
+__version__ = '0.1.0'
+
+__all__ = ['start', 'stop', 'is_profiling', 'profile', 'read', 'sessions', '__version__']
+
+# The options of the running session, reused by fork children (which start their own
+# session). Protected by _lock.
+_lock = threading.Lock()
+_options = None
+_hooks_registered = False
+
+
+class OptionError(ValueError):
+    """A bad setting; str() is one line naming the setting and the limit."""
+
+
+def _native():
+    from heapprof import _agent as agent
+    return agent
+
+
+def _parse_rates(value):
+    """{128: 1e-4, 8192: 0.1} (dict, or its text, or '128:1e-4,8192:0.1') ->
+    [(max_size, rate), ...] sorted by size."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith('{'):
+            import ast
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise OptionError('sample rates %r: expected {max_size: rate, ...}' % text) from None
+        else:
+            pairs = {}
+            for part in filter(None, (p.strip() for p in text.split(','))):
+                size, sep, rate = part.partition(':')
+                if not sep:
+                    raise OptionError('sample rates %r: expected max_size:rate pairs' % text)
+                try:
+                    pairs[int(size)] = float(rate)
+                except ValueError:
+                    raise OptionError('sample rates %r: %r is not max_size:rate' % (text, part)) from None
+            value = pairs
+    if not isinstance(value, dict) or not value:
+        raise OptionError('sample rates must be a non-empty {max_size: rate} mapping')
+    out = []
+    for size, rate in sorted(value.items()):
+        if not isinstance(size, int) or size < 0:
+            raise OptionError('sample rates: size %r is not a byte count' % (size,))
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError):
+            raise OptionError('sample rates: rate %r for size %d is not a number' % (rate, size)) from None
+        if not 0.0 < rate <= 1.0:
+            raise OptionError('sample rates: rate %g for size %d is outside (0, 1]' % (rate, size))
+        out.append((size, rate))
+    limit = _native().MAX_BUCKETS
+    if len(out) > limit:
+        raise OptionError('sample rates: %d size buckets exceed the limit of %d' % (len(out), limit))
+    return out
+
+
+def _int_setting(name, value, env, lo, hi):
+    if value is None:
+        value = os.environ.get(env) or None
+        if value is None:
+            return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise OptionError('%s %r is not a whole number' % (name, value)) from None
+    if not lo <= n <= hi:
+        raise OptionError('%s %d is outside %d..%d' % (name, n, lo, hi))
+    return n
+
+
+def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates):
+    agent = _native()
+    socket = socket or os.environ.get('HEAPPROF_SOCKET') or None
+    if not socket:
+        raise OptionError('no heapprofd socket: pass socket= or set HEAPPROF_SOCKET')
+    interval = _int_setting('sample interval', sample_interval, 'HEAPPROF_INTERVAL', 1, 1 << 40)
+    depth = _int_setting('max stack depth', max_stack_depth, 'HEAPPROF_MAX_DEPTH', 1,
+                         agent.MAX_STACK_DEPTH)
+    on_full = on_full or os.environ.get('HEAPPROF_ON_FULL') or 'drop'
+    if on_full not in ('drop', 'block'):
+        raise OptionError("on_full %r: expected 'drop' or 'block'" % (on_full,))
+    if sample_rates is None and os.environ.get('HEAPPROF_RATES'):
+        sample_rates = os.environ['HEAPPROF_RATES']
+    rates = _parse_rates(sample_rates) if sample_rates is not None else None
+    if rates is not None and sample_interval is not None:
+        raise OptionError('give either sample_interval or sample_rates, not both')
+    return {
+        'socket': str(socket),
+        'interval': interval if interval is not None else agent.DEFAULT_INTERVAL,
+        'max_depth': depth if depth is not None else agent.DEFAULT_MAX_DEPTH,
+        'block': on_full == 'block',
+        'rates': rates,
+    }
+
+
+def _start_agent(opts):
+    """Starts a session; False (after one stderr line) when heapprofd cannot be reached."""
+    agent = _native()
+    try:
+        agent.start(opts['socket'], opts['interval'], opts['max_depth'], opts['block'],
+                    opts['rates'], list(getattr(sys, 'argv', []) or []),
+                    sys.executable or '', sys.version.split()[0])
+    except OSError as e:
+        sys.stderr.write('heapprof: cannot reach heapprofd at %s (%s); the program runs '
+                         'unprofiled\n' % (opts['socket'], e.strerror or e))
+        return False
+    return True
+
+
+def _register_process_hooks():
+    global _hooks_registered
+    if _hooks_registered:
+        return
+    _hooks_registered = True
+    import atexit
+    atexit.register(stop)
+    if hasattr(os, 'register_at_fork'):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _after_fork_in_child():
+    """A fork child (os.fork, multiprocessing 'fork') gets its own session."""
+    global _lock
+    _lock = threading.Lock()      # the parent's may have been held by another thread
+    try:
+        if not _native().child_needs_restart() or _options is None:
+            return
+        if _start_agent(_options):
+            mp = sys.modules.get('multiprocessing.util')
+            if mp is not None:
+                # multiprocessing children leave through os._exit(), which skips atexit;
+                # its exit function still runs finalizers, so GOODBYE is sent from there.
+                mp.Finalize(None, stop, exitpriority=-100)
+    except Exception as e:  # noqa: BLE001 - never break the child
+        sys.stderr.write('heapprof: could not profile the fork child (%s)\n' % e)
+
+
+def start(socket=None, sample_interval=None, max_stack_depth=None, on_full=None,
+          sample_rates=None):
+    """Starts profiling this process; returns True when profiling.
+
+    Unset arguments come from the environment (see the module docstring), then the
+    defaults. Bad settings raise ValueError. When heapprofd cannot be reached, one line
+    goes to stderr and False is returned: the program goes on unprofiled."""
+    global _options
+    opts = _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates)
+    with _lock:
+        if _native().is_profiling():
+            raise RuntimeError('heapprof is already profiling this process')
+        _register_process_hooks()
+        if not _start_agent(opts):
+            return False
+        _options = opts
+        return True
+
+
+def _start_from_environment():
+    try:
+        start()
+    except (ValueError, RuntimeError) as e:
+        sys.stderr.write('heapprof: %s; the program runs unprofiled\n' % e)
+
+
+def stop():
+    """Stops profiling (sends what is buffered and closes the session). Idempotent."""
+    global _options
+    with _lock:
+        _options = None
+        return_code = _native().stop() if 'heapprof._agent' in sys.modules else 0
+    return return_code == 0
+
+
+def is_profiling():
+    """True while a session is streaming to heapprofd."""
+    return 'heapprof._agent' in sys.modules and _native().is_profiling()
+
+
+class profile:
+    """Context manager (and decorator) profiling its body: `with heapprof.profile(socket=S):`.
+
+    Takes start()'s arguments. If profiling was already on when entered, it is left on."""
+
+    def __init__(self, socket=None, **kwargs):
+        self._args = dict(kwargs, socket=socket)
+        self._started = False
+
+    def __enter__(self):
+        self._started = False if is_profiling() else start(**self._args)
+        return self
+
+    def __exit__(self, *exc):
+        if self._started:
+            stop()
+        return False
+
+    def __call__(self, func):
+        import functools
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with profile(**self._args):
+                return func(*args, **kwargs)
+        return wrapper
+
+
+def read(path, session=None):
+    """Opens a recording: heapprof.reader.read(path, session)."""
+    from heapprof.reader import read as _read
+    return _read(path, session)
+
+
+def sessions(path):
+    """The sessions recorded in a database: heapprof.reader.sessions(path)."""
+    from heapprof.reader import sessions as _sessions
+    return _sessions(path)

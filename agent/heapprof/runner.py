@@ -1,0 +1,355 @@
+"""heapprof.runner — `python -m heapprof run` and `python -m heapprof stats PROGRAM`.
+
+run: profile a program from its first line with a private heapprofd (or a given socket),
+then print a short summary. The program runs as a child process with HEAPPROF_SOCKET
+set, so the start-up hook (heapprof.pth) profiles it, and multiprocessing children too.
+
+stats: run the program in this process with every allocation counted by size class (no
+daemon, no sampling) and print the size histogram, to help choose a sampling interval.
+"""
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+RUN_USAGE = """\
+usage: python -m heapprof run [-o PATH] [--socket S] [--interval N] [--max-depth N]
+                              [--rates R] [--on-full drop|block] (-m MODULE | SCRIPT) [args...]
+
+Profile a Python program and print where its memory went.
+
+  -o, --output PATH   database to write (default: heapprof-<timestamp>.sqlite); ignored
+                      with --socket, where the running heapprofd decides
+  --socket S          stream to an already running heapprofd instead of starting one
+  --interval N        mean bytes between samples (default: the agent's; 1 = every allocation)
+  --max-depth N       Python frames kept per sample
+  --rates R           the original heapprof's size-bucket rates, e.g. "{128: 1e-4, 8192: 0.1}"
+  --on-full MODE      when the send buffer is full: drop (default) or block
+  -m MODULE           run a module, like python -m
+  -h, --help          show this help
+
+The program's exit status is passed through.
+"""
+
+STATS_USAGE = """\
+usage: python -m heapprof stats (-m MODULE | SCRIPT) [args...]
+
+Run a Python program with every allocation counted (no daemon, no sampling) and print
+the allocation size histogram (size range, count, bytes) to stderr, to help choose a
+sampling interval. The program's exit status is passed through.
+"""
+
+DAEMON_START_TIMEOUT = 15.0
+DAEMON_STOP_TIMEOUT = 60.0
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parse(argv, options):
+    """Options (name -> takes a value) up to the program; returns (opts, module, rest)."""
+    opts, i = {}, 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ('-h', '--help'):
+            opts['help'] = True
+            return opts, None, []
+        if a == '-m':
+            if i + 1 >= len(argv):
+                raise UsageError('-m needs a module name')
+            return opts, argv[i + 1], argv[i + 2:]
+        if a == '--':
+            i += 1
+            break
+        if not a.startswith('-') or a == '-':
+            break
+        name, eq, value = a.partition('=')
+        if name not in options:
+            raise UsageError('unknown option %s' % name)
+        if not eq:
+            if i + 1 >= len(argv):
+                raise UsageError('%s needs a value' % name)
+            value = argv[i + 1]
+            i += 1
+        opts[options[name]] = value
+        i += 1
+    rest = argv[i:]
+    if not rest:
+        raise UsageError('no program given (a script or -m MODULE)')
+    return opts, None, rest
+
+
+def _positive_int(name, value, lo=1):
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError('%s %r is not a whole number' % (name, value)) from None
+    if n < lo:
+        raise UsageError('%s %d is below %d' % (name, n, lo))
+    return n
+
+
+def find_heapprofd():
+    """$HEAPPROFD, else heapprofd beside this interpreter (a venv's bin/), else PATH."""
+    env = os.environ.get('HEAPPROFD')
+    if env:
+        return env
+    beside = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), 'heapprofd')
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which('heapprofd')
+
+
+def _start_daemon(exe, db, sock):
+    proc = subprocess.Popen([exe, '--db', db, '--socket', sock], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT
+    lines = []
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip('\n'))
+            if 'listening on' in line:
+                return proc, lines
+    finally:
+        sel.close()
+    proc.kill()
+    proc.wait()
+    detail = lines[-1] if lines else 'no output'
+    raise UsageError('heapprofd did not start (%s)' % detail)
+
+
+def _drain(proc):
+    """Keeps reading the daemon's output (so it never blocks on a full pipe) into a list."""
+    import threading
+    out = []
+
+    def pump():
+        for line in proc.stdout:
+            out.append(line.rstrip('\n'))
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    return t, out
+
+
+def _fmt_bytes(n):
+    n = float(n or 0)
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if abs(n) < 1024 or unit == 'TiB':
+            return ('%d %s' % (n, unit)) if unit == 'B' else ('%.1f %s' % (n, unit))
+        n /= 1024
+
+
+def summarize(db, out=sys.stdout, top=5):
+    """Prints peak/final estimated heap and the top allocation sites per session, using
+    only the public views (sessions, allocations, timeline, stack_frames, frames)."""
+    con = sqlite3.connect('file:%s?mode=ro' % db, uri=True)
+    try:
+        rows = con.execute('SELECT session_id, pid, ppid, status, events_dropped '
+                           'FROM sessions ORDER BY session_id').fetchall()
+        if not rows:
+            out.write('heapprof: no session was recorded\n')
+        for sid, pid, ppid, status, dropped in rows:
+            peak = con.execute('SELECT MAX(live_bytes) FROM timeline WHERE session_id = ?',
+                               (sid,)).fetchone()[0]
+            final, nlive = con.execute(
+                'SELECT COALESCE(SUM(est_bytes), 0), COUNT(*) FROM allocations '
+                'WHERE session_id = ? AND freed_ns IS NULL', (sid,)).fetchone()
+            total, nsamples = con.execute(
+                'SELECT COALESCE(SUM(est_bytes), 0), COUNT(*) FROM allocations '
+                'WHERE session_id = ?', (sid,)).fetchone()
+            if peak is None or peak < final:
+                peak = max(peak or 0, final)
+            out.write('session %d (pid %d, parent %d, %s): peak heap ~%s, at exit ~%s still '
+                      'allocated; %d samples standing for %s allocated%s\n'
+                      % (sid, pid, ppid, status, _fmt_bytes(peak), _fmt_bytes(final),
+                         nsamples, _fmt_bytes(total),
+                         ', %d events dropped' % dropped if dropped else ''))
+            sites = con.execute(
+                'SELECT f.function, f.filename, f.lineno, SUM(a.est_bytes) AS b, '
+                '       SUM(CASE WHEN a.freed_ns IS NULL THEN a.est_bytes ELSE 0 END) '
+                'FROM allocations a JOIN stack_frames sf ON sf.stack_id = a.stack_id '
+                '     AND sf.depth = 0 JOIN frames f ON f.frame_id = sf.frame_id '
+                'WHERE a.session_id = ? GROUP BY f.frame_id ORDER BY b DESC LIMIT ?',
+                (sid, top)).fetchall()
+            if sites:
+                out.write('  top allocation sites (estimated bytes allocated / still live):\n')
+                for func, fname, line, b, live in sites:
+                    out.write('    %10s %10s  %s (%s:%d)\n'
+                              % (_fmt_bytes(b), _fmt_bytes(live), func, fname, line))
+    finally:
+        con.close()
+    out.write('database: %s\n' % db)
+
+
+def _exit_status(returncode):
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_main(argv):
+    """python -m heapprof run ...; returns the program's exit status."""
+    try:
+        opts, module, rest = _parse(argv, {
+            '-o': 'output', '--output': 'output', '--socket': 'socket',
+            '--interval': 'interval', '--max-depth': 'max_depth', '--rates': 'rates',
+            '--on-full': 'on_full'})
+        if opts.get('help'):
+            sys.stdout.write(RUN_USAGE)
+            return 0
+        env = dict(os.environ)
+        if 'interval' in opts:
+            env['HEAPPROF_INTERVAL'] = str(_positive_int('--interval', opts['interval']))
+        if 'max_depth' in opts:
+            env['HEAPPROF_MAX_DEPTH'] = str(_positive_int('--max-depth', opts['max_depth']))
+        if 'rates' in opts:
+            from heapprof import _parse_rates
+            try:
+                _parse_rates(opts['rates'])
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+            env['HEAPPROF_RATES'] = opts['rates']
+        if 'on_full' in opts:
+            if opts['on_full'] not in ('drop', 'block'):
+                raise UsageError("--on-full %r: expected drop or block" % opts['on_full'])
+            env['HEAPPROF_ON_FULL'] = opts['on_full']
+        cmd = [sys.executable] + (['-m', module] + rest if module else rest)
+        if module is None and not os.path.exists(rest[0]):
+            raise UsageError("can't open file %r: no such file" % rest[0])
+    except UsageError as e:
+        sys.stderr.write('heapprof run: %s\n' % e)
+        return 2
+
+    if opts.get('socket'):
+        env['HEAPPROF_SOCKET'] = opts['socket']
+        return _run_child(cmd, env)
+
+    exe = find_heapprofd()
+    if not exe:
+        sys.stderr.write('heapprof run: heapprofd not found (looked for $HEAPPROFD, %s, PATH)\n'
+                         % os.path.join(os.path.dirname(sys.executable), 'heapprofd'))
+        return 2
+    db = os.path.abspath(opts.get('output') or
+                         'heapprof-%s.sqlite' % time.strftime('%Y%m%d-%H%M%S'))
+    with tempfile.TemporaryDirectory(prefix='heapprof-') as tmp:
+        sock = os.path.join(tmp, 'heapprofd.sock')
+        try:
+            daemon, early = _start_daemon(exe, db, sock)
+        except (UsageError, OSError) as e:
+            sys.stderr.write('heapprof run: %s\n' % e)
+            return 2
+        pump, lines = _drain(daemon)
+        try:
+            env['HEAPPROF_SOCKET'] = sock
+            status = _run_child(cmd, env)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=DAEMON_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+            pump.join(timeout=5)
+        if daemon.returncode != 0:
+            sys.stderr.write('heapprof run: heapprofd exited with status %d%s\n'
+                             % (daemon.returncode, (': ' + lines[-1]) if lines else ''))
+    try:
+        summarize(db, sys.stderr)
+    except sqlite3.Error as e:
+        sys.stderr.write('heapprof run: cannot summarise %s: %s\n' % (db, e))
+    return status
+
+
+def _run_child(cmd, env):
+    # Ctrl-C reaches the child (same process group); we wait for it to finish.
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        child = subprocess.Popen(cmd, env=env)
+        return _exit_status(child.wait())
+    except OSError as e:
+        sys.stderr.write('heapprof run: cannot run %s: %s\n' % (cmd[0], e.strerror or e))
+        return 127
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def print_histogram(rows, out):
+    """rows: [(lo, hi, count, bytes)] as heapprof._agent.stats_snapshot() returns."""
+    total_n = sum(r[2] for r in rows) or 1
+    total_b = sum(r[3] for r in rows) or 1
+    out.write('heapprof stats: allocation sizes (every allocation counted)\n')
+    out.write('%-23s %12s %7s %14s %7s %7s\n'
+              % ('size range (bytes)', 'count', 'count%', 'bytes', 'bytes%', 'cum%'))
+    cum = 0
+    for lo, hi, n, b in rows:
+        cum += b
+        rng = '%d' % lo if lo == hi else '%d-%d' % (lo, hi)
+        out.write('%-23s %12d %6.2f%% %14d %6.2f%% %6.2f%%\n'
+                  % (rng, n, 100.0 * n / total_n, b, 100.0 * b / total_b, 100.0 * cum / total_b))
+    out.write('%-23s %12d %7s %14d\n' % ('total', sum(r[2] for r in rows), '',
+                                          sum(r[3] for r in rows)))
+    n_all, b_all = sum(r[2] for r in rows), sum(r[3] for r in rows)
+    if n_all:
+        out.write('mean allocation %.0f bytes. With a sampling interval of I bytes, about '
+                  '%d/I allocations are sampled (e.g. I=65536: %d samples).\n'
+                  % (b_all / n_all, b_all, b_all // 65536))
+
+
+def stats_main(argv):
+    """python -m heapprof stats PROGRAM ...; returns the program's exit status."""
+    try:
+        opts, module, rest = _parse(argv, {})
+        if opts.get('help'):
+            sys.stdout.write(STATS_USAGE)
+            return 0
+        if module is None and not os.path.exists(rest[0]):
+            raise UsageError("can't open file %r: no such file" % rest[0])
+    except UsageError as e:
+        sys.stderr.write('heapprof stats: %s\n' % e)
+        return 2
+    import runpy
+    from heapprof import _agent  # the extension module
+    saved_argv = sys.argv[:]
+    status = 0
+    _agent.stats_enable(True)
+    try:
+        if module:
+            sys.argv = [module] + rest
+            runpy.run_module(module, run_name='__main__', alter_sys=True)
+        else:
+            sys.argv = rest[:]
+            sys.path.insert(0, os.path.dirname(os.path.abspath(rest[0])))
+            runpy.run_path(rest[0], run_name='__main__')
+    except SystemExit as e:
+        code = e.code
+        if code is None:
+            status = 0
+        elif isinstance(code, int):
+            status = code
+        else:
+            sys.stderr.write('%s\n' % code)
+            status = 1
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        status = 1
+    finally:
+        _agent.stats_enable(False)
+        sys.argv = saved_argv
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001
+            pass
+        print_histogram(_agent.stats_snapshot(), sys.stderr)
+    return status

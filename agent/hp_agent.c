@@ -1,0 +1,301 @@
+/* hp_agent.c — session lifecycle, the record path and fork handling (see hp_agent.h).
+ *
+ * Tables (ring, address table, interning) are allocated once and live until the process
+ * ends: a hook running on another thread while a session stops may still touch them,
+ * and freeing them under it would be a use-after-free. Interned frames and stacks keep
+ * their ids for the life of the process; each new stream re-sends their definitions. */
+#include "hp_agent.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hp_addrtab.h"
+#include "hp_ring.h"
+#include "hp_sender.h"
+#include "hp_stats.h"
+
+_Atomic int hp_agent_mode = HP_MODE_OFF;
+hp_sampler_cfg hp_agent_sampler;
+uint32_t hp_agent_max_depth = HP_AGENT_DEFAULT_MAX_DEPTH;
+
+/* Serialises start/stop/fork; taken by the fork prepare handler so that a fork never
+ * copies a half-started or half-stopped session into the child. */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static int g_initialised;                  /* under g_lock */
+static hp_ring *g_ring;                    /* set once under g_lock, then read-only */
+static hp_addrtab *g_addrtab;              /* likewise (replaced only in a fork child) */
+static hp_intern *g_intern;                /* likewise */
+static hp_sender *g_sender;                /* under g_lock */
+static int g_block;                        /* written while mode is OFF */
+static _Atomic uint64_t g_extra_drops;     /* drops not counted by the ring; relaxed */
+static _Atomic pid_t g_pid;                /* pid the session belongs to */
+static int g_child_restart;                /* set in the fork child handler */
+
+static void on_sender_failed(void *arg, int err)
+{
+  (void)arg;
+  (void)err;
+  /* Profiling stops; hooks fall back to pass-through. The session is reaped by the next
+   * hp_agent_stop() (atexit), which reports nothing further. */
+  atomic_store(&hp_agent_mode, HP_MODE_OFF);
+}
+
+static uint64_t sender_dropped(void *arg)
+{
+  (void)arg;
+  return hp_agent_dropped();
+}
+
+static void atfork_prepare(void)
+{
+  pthread_mutex_lock(&g_lock);
+}
+
+static void atfork_parent(void)
+{
+  pthread_mutex_unlock(&g_lock);
+}
+
+/* Only the forking thread exists here: the sender thread and any producer that was
+ * mid-push are gone. Reset everything they could have left half-done. */
+static void atfork_child(void)
+{
+  int was = atomic_load(&hp_agent_mode);
+  atomic_store(&hp_agent_mode, HP_MODE_OFF);
+  g_child_restart = (was == HP_MODE_PROFILE);
+  if (g_sender) {
+    hp_sender_abandon(g_sender);
+    g_sender = NULL;
+  }
+  if (g_ring)
+    hp_ring_reset(g_ring);
+  if (g_addrtab) {
+    /* A fresh table maps zero pages instead of copying the parent's on write. */
+    hp_addrtab *fresh = hp_addrtab_new(HP_ADDRTAB_DEFAULT_SLOTS);
+    if (fresh) {
+      hp_addrtab_free(g_addrtab);
+      g_addrtab = fresh;
+    } else {
+      hp_addrtab_clear(g_addrtab);
+    }
+  }
+  atomic_store(&g_extra_drops, 0);
+  atomic_store(&g_pid, getpid());
+  if (was == HP_MODE_STATS)
+    atomic_store(&hp_agent_mode, HP_MODE_STATS);
+  pthread_mutex_unlock(&g_lock);
+}
+
+int hp_agent_init(void)
+{
+  int rc = 0;
+  pthread_mutex_lock(&g_lock);
+  if (g_initialised)
+    goto out_unlock;
+  g_ring = hp_ring_new(HP_RING_DEFAULT_CAPACITY);
+  g_addrtab = hp_addrtab_new(HP_ADDRTAB_DEFAULT_SLOTS);
+  g_intern = hp_intern_new(0, 0);
+  if (!g_ring || !g_addrtab || !g_intern) {
+    rc = -HP_ENOMEM;
+    goto out_free;
+  }
+  if (pthread_atfork(atfork_prepare, atfork_parent, atfork_child) != 0) {
+    rc = -HP_ENOMEM;
+    goto out_free;
+  }
+  hp_sampler_configure_interval(&hp_agent_sampler, HP_SAMPLER_DEFAULT_INTERVAL);
+  atomic_store(&g_pid, getpid());
+  g_initialised = 1;
+  goto out_unlock;
+
+out_free:
+  hp_ring_free(g_ring);
+  hp_addrtab_free(g_addrtab);
+  hp_intern_free(g_intern);
+  g_ring = NULL;
+  g_addrtab = NULL;
+  g_intern = NULL;
+out_unlock:
+  pthread_mutex_unlock(&g_lock);
+  return rc;
+}
+
+int hp_agent_start(const hp_agent_opts *o)
+{
+  int rc, fd = -1;
+  hp_event scratch;
+  if (!g_initialised || !o->socket_path || o->max_depth == 0 ||
+      o->max_depth > HP_MAX_STACK_DEPTH)
+    return -HP_EINVAL;
+  pthread_mutex_lock(&g_lock);
+  if (g_sender || atomic_load(&hp_agent_mode) != HP_MODE_OFF) {
+    rc = -HP_EINVAL;
+    goto out_unlock;
+  }
+  hp_sampler_cfg cfg = hp_agent_sampler;
+  rc = o->nbuckets ? hp_sampler_configure_buckets(&cfg, o->buckets, o->nbuckets)
+                   : hp_sampler_configure_interval(&cfg, o->sample_interval);
+  if (rc < 0)
+    goto out_unlock;
+  if ((rc = hp_sender_connect(o->socket_path, &fd)) < 0)
+    goto out_unlock;
+  /* Leftovers of an earlier session (a hook that raced its stop) must not leak into
+   * this stream. No sender runs now, so this thread may consume. */
+  while (hp_ring_pop(g_ring, &scratch))
+    ;
+  hp_ring_reset(g_ring);
+  hp_addrtab_clear(g_addrtab);
+  atomic_store(&g_extra_drops, 0);
+  hp_agent_sampler = cfg;
+  hp_agent_max_depth = o->max_depth;
+  g_block = o->block_when_full;
+  atomic_store(&g_pid, getpid());
+
+  hp_hello h = {
+    .version = HP_PROTO_VERSION,
+    .pid = getpid(),
+    .ppid = getppid(),
+    .argc = o->argc,
+    .argv = o->argv,
+    .executable = o->executable,
+    .python_version = o->python_version,
+    .start_wall_ns = hp_wall_ns(),
+    .start_mono_ns = hp_now_ns(),
+    .sample_interval_bytes = o->nbuckets ? 0 : o->sample_interval,
+    .max_stack_depth = o->max_depth,
+    .nbuckets = o->nbuckets,
+    .buckets = o->buckets,
+  };
+  hp_sender_cfg scfg = { .ring = g_ring, .intern = g_intern, .dropped = sender_dropped,
+                         .failed = on_sender_failed, .arg = NULL,
+                         .socket_path = o->socket_path };
+  g_sender = hp_sender_start(fd, &h, &scfg, &rc);
+  if (!g_sender)
+    goto out_unlock;
+  atomic_store(&hp_agent_mode, HP_MODE_PROFILE);
+  rc = 0;
+out_unlock:
+  pthread_mutex_unlock(&g_lock);
+  return rc;
+}
+
+int hp_agent_stop(void)
+{
+  int rc = 0;
+  pthread_mutex_lock(&g_lock);
+  if (atomic_load(&hp_agent_mode) == HP_MODE_PROFILE)
+    atomic_store(&hp_agent_mode, HP_MODE_OFF);
+  if (g_sender) {
+    rc = hp_sender_stop(g_sender);
+    g_sender = NULL;
+  }
+  pthread_mutex_unlock(&g_lock);
+  return rc;
+}
+
+int hp_agent_is_profiling(void)
+{
+  return atomic_load(&hp_agent_mode) == HP_MODE_PROFILE;
+}
+
+void hp_agent_stats_enable(int on)
+{
+  pthread_mutex_lock(&g_lock);
+  if (on && atomic_load(&hp_agent_mode) == HP_MODE_OFF) {
+    hp_stats_reset();
+    atomic_store(&hp_agent_mode, HP_MODE_STATS);
+  } else if (!on && atomic_load(&hp_agent_mode) == HP_MODE_STATS) {
+    atomic_store(&hp_agent_mode, HP_MODE_OFF);
+  }
+  pthread_mutex_unlock(&g_lock);
+}
+
+int hp_agent_child_needs_restart(void)
+{
+  pthread_mutex_lock(&g_lock);
+  int r = g_child_restart;
+  g_child_restart = 0;
+  pthread_mutex_unlock(&g_lock);
+  return r;
+}
+
+/* A process that forked without running the fork handlers (raw clone, vfork) must not
+ * feed the parent's ring: nobody drains it there. */
+static int wrong_process(void)
+{
+  if (getpid() == atomic_load_explicit(&g_pid, memory_order_relaxed))
+    return 0;
+  atomic_store(&hp_agent_mode, HP_MODE_OFF);
+  return 1;
+}
+
+static __attribute__((noinline)) int push_blocking(const hp_event *ev)
+{
+  uint64_t deadline = hp_now_ns() + HP_AGENT_BLOCK_TIMEOUT_NS;
+  struct timespec ts = { 0, 50000 };
+  do {
+    if (hp_ring_try_push(g_ring, ev) == 0)
+      return 0;
+    if (atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE)
+      break;
+    nanosleep(&ts, NULL);
+  } while (hp_now_ns() < deadline);
+  atomic_fetch_add_explicit(&g_extra_drops, 1, memory_order_relaxed);
+  return -HP_EFULL;
+}
+
+static int push(const hp_event *ev)
+{
+  return g_block ? push_blocking(ev) : hp_ring_push(g_ring, ev);
+}
+
+void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t est_bytes,
+                           uint32_t stack_id)
+{
+  if (wrong_process())
+    return;
+  if (hp_addrtab_insert(g_addrtab, (uintptr_t)ptr) < 0) {
+    /* Without a table entry its free could not be reported: the sample would look
+     * leaked forever. Dropping it keeps the live heap honest; the loss is counted. */
+    atomic_fetch_add_explicit(&g_extra_drops, 1, memory_order_relaxed);
+    return;
+  }
+  hp_event ev = { .kind = HP_EV_ALLOC, .domain = (uint8_t)domain, .stack_id = stack_id,
+                  .ts_ns = hp_now_ns(), .thread_id = (uint64_t)pthread_self(),
+                  .address = (uint64_t)(uintptr_t)ptr, .size = size,
+                  .est_bytes = est_bytes };
+  if (push(&ev) < 0)
+    hp_addrtab_remove(g_addrtab, (uintptr_t)ptr);
+}
+
+void hp_agent_record_free(void *ptr)
+{
+  if (!hp_addrtab_remove(g_addrtab, (uintptr_t)ptr))
+    return;
+  if (wrong_process())
+    return;
+  hp_event ev = { .kind = HP_EV_FREE, .ts_ns = hp_now_ns(),
+                  .thread_id = (uint64_t)pthread_self(),
+                  .address = (uint64_t)(uintptr_t)ptr };
+  push(&ev);
+}
+
+hp_intern *hp_agent_intern(void)
+{
+  return g_intern;
+}
+
+uint64_t hp_agent_dropped(void)
+{
+  uint64_t ring = g_ring ? hp_ring_dropped(g_ring) : 0;
+  return ring + atomic_load_explicit(&g_extra_drops, memory_order_relaxed);
+}
+
+void hp_agent_count_drop(void)
+{
+  atomic_fetch_add_explicit(&g_extra_drops, 1, memory_order_relaxed);
+}

@@ -1,0 +1,76 @@
+/* hp_agent.h — the agent engine: one profiling session of this process.
+ *
+ * Owns the sampler configuration, the event ring, the sampled-address table, the
+ * frame/stack interning tables and the sender thread, and handles fork. The PEP 445
+ * hooks (hp_hooks.c) decide what to sample and call hp_agent_record_*; module.c (the
+ * Python binding) calls start/stop. Pure C: no Python API here.
+ *
+ * Thread rules: hp_agent_record_* run on any allocating thread and never block (except
+ * in block mode, bounded by HP_AGENT_BLOCK_TIMEOUT_NS), never allocate and never fail
+ * the caller. start/stop/fork handling are serialised by the agent lock. */
+#ifndef HP_AGENT_H
+#define HP_AGENT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hp_intern.h"
+#include "hp_proto.h"
+#include "hp_sampler.h"
+
+#define HP_AGENT_DEFAULT_MAX_DEPTH   128u
+#define HP_AGENT_BLOCK_TIMEOUT_NS    1000000000ull  /* block mode: then drop and count */
+
+enum { HP_MODE_OFF = 0, HP_MODE_PROFILE = 1, HP_MODE_STATS = 2 };
+
+/* Read by every hook (relaxed): HP_MODE_*. Written under the agent lock. */
+extern _Atomic int hp_agent_mode;
+/* Written only while hp_agent_mode is OFF; read by the hooks. */
+extern hp_sampler_cfg hp_agent_sampler;
+extern uint32_t hp_agent_max_depth;
+
+typedef struct {
+  const char *socket_path;
+  uint64_t sample_interval;        /* >= 1; ignored when nbuckets > 0 */
+  const hp_bucket *buckets;        /* bucket sampling when nbuckets > 0 */
+  uint32_t nbuckets;
+  uint32_t max_depth;              /* 1..HP_MAX_STACK_DEPTH */
+  int block_when_full;             /* on_full='block' */
+  uint32_t argc;
+  const hp_str *argv;              /* borrowed for the call */
+  hp_str executable, python_version;
+} hp_agent_opts;
+
+/* Registers the fork handlers and allocates the tables; idempotent. 0 or -HP_ENOMEM. */
+int hp_agent_init(void);
+/* Connects and starts a session. 0; -HP_EINVAL (bad options; already profiling);
+ * -errno from connect (the caller tells the user and runs unprofiled). */
+int hp_agent_start(const hp_agent_opts *o);
+/* Stops the session: drains, GOODBYE, joins. 0, or the error that ended the stream.
+ * A no-op (0) when not profiling. */
+int hp_agent_stop(void);
+int hp_agent_is_profiling(void);
+/* Stats mode on/off (no session, no daemon). */
+void hp_agent_stats_enable(int on);
+
+/* In a fork child: 1 if the parent was profiling when it forked (the child then starts
+ * its own session, with ppid = the parent's pid, by calling hp_agent_start again), else
+ * 0. Reading it clears it. */
+int hp_agent_child_needs_restart(void);
+
+/* Hot-path entry points, called by the hooks for sampled allocations and every free
+ * while profiling. */
+void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t est_bytes,
+                           uint32_t stack_id);
+/* Looks ptr up; if it was sampled, forgets it and queues a FREE (before the caller
+ * really frees it, so the address cannot be reused first). */
+void hp_agent_record_free(void *ptr);
+
+hp_intern *hp_agent_intern(void);
+/* Cumulative drops of the current session (ring full, address table full, block
+ * timeouts, interning tables full). */
+uint64_t hp_agent_dropped(void);
+void hp_agent_count_drop(void);
+
+#endif /* HP_AGENT_H */

@@ -1,0 +1,274 @@
+/* hp_hooks.c — PEP 445 hooks: the per-allocation fast path, sampling, and the stack walk.
+ *
+ * Pipeline position: the program's allocation -> these hooks -> hp_sampler (decide) ->
+ * stack walk + interning (sampled only) -> hp_agent_record_* -> ring -> sender thread.
+ *
+ * The stack walk reads CPython 3.11's interpreter frames directly
+ * (tstate->cframe->current_frame, ->previous, ->f_code, ->prev_instr), the way
+ * tracemalloc does: PyThreadState_GetFrame()/PyFrame_GetBack() would create frame
+ * objects, i.e. allocate, inside an allocator hook. Incomplete frames (still setting
+ * up, before their first RESUME) are skipped. Only the thread that holds the GIL walks
+ * its stack; any other caller (raw domain without the GIL) records stack id 0 without
+ * touching Python state.
+ *
+ * Re-entry: a thread-local flag is set while a hook runs the real allocator and while
+ * agent code runs. PyObject_Malloc falls through to PyMem_RawMalloc above 512 bytes;
+ * the flag makes the inner raw call a plain pass-through, so one request is counted
+ * once, in the domain the program asked for. The agent's own allocations (e.g. the
+ * UTF-8 copy PyUnicode_AsUTF8AndSize may cache) pass through unprofiled. */
+#include <Python.h>
+
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#define HP_FRAMES_SUPPORTED 1
+#define Py_BUILD_CORE 1
+#include <internal/pycore_frame.h>
+#undef Py_BUILD_CORE
+#else
+#define HP_FRAMES_SUPPORTED 0
+#endif
+
+#include <errno.h>
+#include <stdatomic.h>
+
+#include "hp_agent.h"
+#include "hp_hooks.h"
+#include "hp_stats.h"
+
+typedef struct {
+  PyMemAllocatorEx prev;
+  hp_domain domain;
+} hook_ctx;
+
+/* Written once by hp_hooks_install() under the GIL before the hooks go live. */
+static hook_ctx g_ctx[3];
+static int g_installed;
+
+typedef struct {
+  hp_sampler_tls sampler;
+  int reentrant;
+} hook_tls;
+
+/* initial-exec: a fixed offset from the thread pointer, no __tls_get_addr call (which
+ * may itself allocate on a thread's first access in a dlopen()ed library). */
+static __thread hook_tls t_tls __attribute__((tls_model("initial-exec")));
+
+int hp_hooks_enter_agent(void)
+{
+  int prev = t_tls.reentrant;
+  t_tls.reentrant = 1;
+  return prev;
+}
+
+void hp_hooks_leave_agent(int previous)
+{
+  t_tls.reentrant = previous;
+}
+
+#if HP_FRAMES_SUPPORTED
+/* Direct-mapped cache (code, instruction offset) -> frame id, so that a hit skips the
+ * line-table scan of PyCode_Addr2Line. Only interned code objects enter it and those
+ * are kept alive, so a cached code pointer is never reused. Protected by the GIL. */
+#define FRAME_CACHE_SIZE 8192u
+static struct {
+  PyCodeObject *code;
+  int lasti;
+  uint32_t id;
+} g_frame_cache[FRAME_CACHE_SIZE];
+
+static uint32_t intern_new_frame(hp_intern *in, PyCodeObject *code, int line)
+{
+  PyObject *et, *ev, *tb;
+  Py_ssize_t nlen = 0, flen = 0;
+  /* Keep any exception the program is raising right now; AsUTF8 may set its own. */
+  PyErr_Fetch(&et, &ev, &tb);
+  const char *name = PyUnicode_AsUTF8AndSize(code->co_qualname, &nlen);
+  if (!name) {
+    PyErr_Clear();
+    name = "?";
+    nlen = 1;
+  }
+  const char *file = PyUnicode_AsUTF8AndSize(code->co_filename, &flen);
+  if (!file) {
+    PyErr_Clear();
+    file = "?";
+    flen = 1;
+  }
+  PyErr_Restore(et, ev, tb);
+  int64_t id = hp_intern_frame_add(in, (uintptr_t)code, line, name, (size_t)nlen, file,
+                                   (size_t)flen);
+  if (id <= 0)
+    return 0;
+  /* The key is the code object's address: keep it alive so the address is never
+   * handed to different code. Bounded by HP_INTERN_MAX_FRAMES. */
+  Py_INCREF(code);
+  return (uint32_t)id;
+}
+
+static uint32_t frame_id(hp_intern *in, _PyInterpreterFrame *f)
+{
+  PyCodeObject *code = f->f_code;
+  int lasti = _PyInterpreterFrame_LASTI(f);
+  size_t slot = (((uintptr_t)code >> 4) * 31u + (unsigned)lasti) & (FRAME_CACHE_SIZE - 1);
+  if (g_frame_cache[slot].code == code && g_frame_cache[slot].lasti == lasti)
+    return g_frame_cache[slot].id;
+  int line = PyCode_Addr2Line(code, lasti * (int)sizeof(_Py_CODEUNIT));
+  uint32_t id = hp_intern_frame_find(in, (uintptr_t)code, line);
+  if (id == 0)
+    id = intern_new_frame(in, code, line);
+  if (id != 0) {
+    g_frame_cache[slot].code = code;
+    g_frame_cache[slot].lasti = lasti;
+    g_frame_cache[slot].id = id;
+  }
+  return id;
+}
+
+/* Stack id of the calling thread's Python stack, 0 when there is none or it cannot be
+ * interned (counted as a drop of stack information, not of the event). */
+static uint32_t walk_stack(PyThreadState *ts)
+{
+  uint32_t ids[HP_MAX_STACK_DEPTH];
+  uint32_t depth = 0, max = hp_agent_max_depth;
+  uint8_t truncated = 0;
+  hp_intern *in = hp_agent_intern();
+  _PyCFrame *cf = ts->cframe;
+  if (!cf)
+    return 0;
+  for (_PyInterpreterFrame *f = cf->current_frame; f; f = f->previous) {
+    if (_PyFrame_IsIncomplete(f))
+      continue;
+    if (depth == max) {
+      truncated = 1;
+      break;
+    }
+    uint32_t id = frame_id(in, f);
+    if (id == 0)
+      return 0;
+    ids[depth++] = id;
+  }
+  if (depth == 0)
+    return 0;
+  int64_t sid = hp_intern_stack_add(in, ids, depth, truncated);
+  return sid > 0 ? (uint32_t)sid : 0;
+}
+#endif
+
+/* The sampled path: off the fast path, never inlined into it. */
+static __attribute__((noinline)) void record_sample(hp_domain domain, void *ptr, size_t size,
+                                                    uint64_t est)
+{
+  int saved_errno = errno;
+  uint32_t stack_id = HP_NO_STACK;
+#if HP_FRAMES_SUPPORTED
+  PyThreadState *ts = _PyThreadState_UncheckedGet();
+  /* The GIL holder's thread state equals this thread's own only if we hold the GIL. */
+  if (ts && ts == PyGILState_GetThisThreadState())
+    stack_id = walk_stack(ts);
+#endif
+  hp_agent_record_alloc(domain, ptr, size, est, stack_id);
+  errno = saved_errno;
+}
+
+static inline void after_alloc(hook_tls *t, hp_domain domain, void *ptr, size_t size)
+{
+  int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
+  uint64_t est;
+  if (mode == HP_MODE_PROFILE) {
+    if (hp_sampler_sample(&hp_agent_sampler, &t->sampler, size, &est))
+      record_sample(domain, ptr, size, est);
+  } else if (mode == HP_MODE_STATS) {
+    hp_stats_add(size);
+  }
+}
+
+static void *hook_malloc(void *ctx, size_t size)
+{
+  hook_ctx *c = ctx;
+  hook_tls *t = &t_tls;
+  if (t->reentrant || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
+    return c->prev.malloc(c->prev.ctx, size);
+  t->reentrant = 1;
+  void *p = c->prev.malloc(c->prev.ctx, size);
+  if (p)
+    after_alloc(t, c->domain, p, size);
+  t->reentrant = 0;
+  return p;
+}
+
+static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+  hook_ctx *c = ctx;
+  hook_tls *t = &t_tls;
+  if (t->reentrant || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
+    return c->prev.calloc(c->prev.ctx, nelem, elsize);
+  t->reentrant = 1;
+  void *p = c->prev.calloc(c->prev.ctx, nelem, elsize);
+  if (p)   /* a product that overflows was refused by the real calloc */
+    after_alloc(t, c->domain, p, nelem * elsize);
+  t->reentrant = 0;
+  return p;
+}
+
+/* realloc is a free of the old block and an allocation of the new one. The free is
+ * queued before the real realloc, which may release the old address to other threads.
+ * (If the real realloc then fails, the old block lives on unreported: rare, and a
+ * lost sample rather than a wrong pairing.) */
+static void *hook_realloc(void *ctx, void *ptr, size_t size)
+{
+  hook_ctx *c = ctx;
+  hook_tls *t = &t_tls;
+  int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
+  if (t->reentrant || mode == HP_MODE_OFF)
+    return c->prev.realloc(c->prev.ctx, ptr, size);
+  t->reentrant = 1;
+  if (ptr && mode == HP_MODE_PROFILE) {
+    int saved_errno = errno;
+    hp_agent_record_free(ptr);
+    errno = saved_errno;
+  }
+  void *p = c->prev.realloc(c->prev.ctx, ptr, size);
+  if (p)
+    after_alloc(t, c->domain, p, size);
+  t->reentrant = 0;
+  return p;
+}
+
+static void hook_free(void *ctx, void *ptr)
+{
+  hook_ctx *c = ctx;
+  hook_tls *t = &t_tls;
+  if (t->reentrant || !ptr ||
+      atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE) {
+    c->prev.free(c->prev.ctx, ptr);
+    return;
+  }
+  t->reentrant = 1;
+  int saved_errno = errno;
+  hp_agent_record_free(ptr);
+  errno = saved_errno;
+  /* Still flagged: PyObject_Free of a large block reaches the raw free hook next. */
+  c->prev.free(c->prev.ctx, ptr);
+  t->reentrant = 0;
+}
+
+int hp_hooks_install(void)
+{
+  static const PyMemAllocatorDomain domains[3] = { PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM,
+                                                   PYMEM_DOMAIN_OBJ };
+  static const hp_domain ours[3] = { HP_DOMAIN_RAW, HP_DOMAIN_MEM, HP_DOMAIN_OBJ };
+  if (!HP_FRAMES_SUPPORTED)
+    return -HP_EINVAL;
+  if (g_installed)
+    return 0;
+  for (int i = 0; i < 3; i++) {
+    PyMem_GetAllocator(domains[i], &g_ctx[i].prev);
+    g_ctx[i].domain = ours[i];
+  }
+  for (int i = 0; i < 3; i++) {
+    PyMemAllocatorEx a = { .ctx = &g_ctx[i], .malloc = hook_malloc, .calloc = hook_calloc,
+                           .realloc = hook_realloc, .free = hook_free };
+    PyMem_SetAllocator(domains[i], &a);
+  }
+  g_installed = 1;
+  return 0;
+}

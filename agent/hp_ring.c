@@ -1,0 +1,119 @@
+/* hp_ring.c — a bounded multi-producer, single-consumer ring.
+ *
+ * Each slot carries a sequence number (the well-known bounded-queue design by Dmitry
+ * Vyukov): a producer claims position pos with one compare-and-swap on the shared head
+ * when the slot's sequence equals pos, writes the record, then publishes it by storing
+ * pos + 1 into the sequence. The consumer takes position pos once the sequence reads
+ * pos + 1 and frees the slot for the next lap by storing pos + capacity. */
+#include "hp_ring.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+
+typedef struct {
+  _Atomic size_t seq;
+  hp_event ev;
+} hp_slot;
+
+struct hp_ring {
+  /* Written by producers (CAS); cache-line separated from the consumer's index. */
+  _Alignas(64) _Atomic size_t head;
+  _Alignas(64) size_t tail;              /* consumer only */
+  _Atomic uint64_t dropped;              /* any thread, relaxed: a statistic */
+  size_t mask;
+  hp_slot *slots;
+};
+
+hp_ring *hp_ring_new(size_t capacity)
+{
+  size_t cap = 2;
+  while (cap < capacity && cap < ((size_t)1 << 30))
+    cap <<= 1;
+  hp_ring *r = aligned_alloc(64, sizeof(*r));
+  if (!r)
+    return NULL;
+  r->slots = calloc(cap, sizeof(hp_slot));
+  if (!r->slots) {
+    free(r);
+    return NULL;
+  }
+  r->mask = cap - 1;
+  hp_ring_reset(r);
+  return r;
+}
+
+void hp_ring_free(hp_ring *r)
+{
+  if (!r)
+    return;
+  free(r->slots);
+  free(r);
+}
+
+void hp_ring_reset(hp_ring *r)
+{
+  for (size_t i = 0; i <= r->mask; i++)
+    atomic_store_explicit(&r->slots[i].seq, i, memory_order_relaxed);
+  atomic_store_explicit(&r->head, 0, memory_order_relaxed);
+  r->tail = 0;
+  atomic_store_explicit(&r->dropped, 0, memory_order_release);
+}
+
+int hp_ring_push(hp_ring *r, const hp_event *ev)
+{
+  int rc = hp_ring_try_push(r, ev);
+  if (rc < 0)
+    atomic_fetch_add_explicit(&r->dropped, 1, memory_order_relaxed);
+  return rc;
+}
+
+int hp_ring_try_push(hp_ring *r, const hp_event *ev)
+{
+  size_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
+  for (;;) {
+    hp_slot *s = &r->slots[pos & r->mask];
+    size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+    intptr_t dif = (intptr_t)seq - (intptr_t)pos;
+    if (dif == 0) {
+      if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + 1,
+                                                memory_order_relaxed, memory_order_relaxed)) {
+        s->ev = *ev;
+        atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
+        return 0;
+      }
+      /* pos was reloaded by the failed CAS. */
+    } else if (dif < 0) {
+      return -HP_EFULL;
+    } else {
+      pos = atomic_load_explicit(&r->head, memory_order_relaxed);
+    }
+  }
+}
+
+int hp_ring_pop(hp_ring *r, hp_event *out)
+{
+  size_t pos = r->tail;
+  hp_slot *s = &r->slots[pos & r->mask];
+  size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+  if (seq != pos + 1)
+    return 0;
+  *out = s->ev;
+  r->tail = pos + 1;
+  atomic_store_explicit(&s->seq, pos + r->mask + 1, memory_order_release);
+  return 1;
+}
+
+uint64_t hp_ring_dropped(const hp_ring *r)
+{
+  return atomic_load_explicit(&((hp_ring *)r)->dropped, memory_order_relaxed);
+}
+
+void hp_ring_count_drop(hp_ring *r)
+{
+  atomic_fetch_add_explicit(&r->dropped, 1, memory_order_relaxed);
+}
+
+size_t hp_ring_capacity(const hp_ring *r)
+{
+  return r->mask + 1;
+}

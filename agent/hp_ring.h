@@ -1,0 +1,36 @@
+/* hp_ring.h — bounded ring of event records from the allocation hooks to the sender thread.
+ *
+ * Producers: any thread, including threads without the GIL; a push never blocks, never
+ * allocates and never makes a system call: when the ring is full the record is dropped
+ * and counted. Consumer: the sender thread only (or the owner while no sender runs).
+ * Order: records come out in the order their pushes claimed a slot, so a FREE pushed
+ * before the real free() precedes any later ALLOC of the same address. */
+#ifndef HP_RING_H
+#define HP_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hp_proto.h"
+
+#define HP_RING_DEFAULT_CAPACITY  (1u << 17)   /* records (64 bytes each) */
+
+typedef struct hp_ring hp_ring;   /* opaque */
+
+hp_ring *hp_ring_new(size_t capacity);            /* rounded up to a power of two; NULL on OOM */
+void     hp_ring_free(hp_ring *r);                /* NULL is a no-op */
+/* 0, or -HP_EFULL: the record was dropped and counted. */
+int      hp_ring_push(hp_ring *r, const hp_event *ev);
+/* Like hp_ring_push() but a full ring is not counted (block mode retries). */
+int      hp_ring_try_push(hp_ring *r, const hp_event *ev);
+/* 1 and fills *out, or 0 when empty (or the next record is still being written). */
+int      hp_ring_pop(hp_ring *r, hp_event *out);
+uint64_t hp_ring_dropped(const hp_ring *r);
+/* Counts a record the caller gave up on (block mode timeout) as dropped. */
+void     hp_ring_count_drop(hp_ring *r);
+size_t   hp_ring_capacity(const hp_ring *r);
+/* Empties the ring and zeroes the drop count. Only while no other thread uses it
+ * (e.g. in a fork child, where the other threads are gone mid-push). */
+void     hp_ring_reset(hp_ring *r);
+
+#endif /* HP_RING_H */

@@ -1,0 +1,80 @@
+/* hp_sampler.h — which allocations the agent records, and what each sample stands for.
+ *
+ * Sits between the allocation hooks and the ring: the hook asks hp_sampler_sample() for
+ * every allocation; only a "yes" costs more than a few instructions.
+ *
+ * Poisson mode (interval I > 1): the allocated bytes of each thread are treated as a
+ * line on which sample points fall as a Poisson process with one point per I bytes on
+ * average. An allocation of s bytes is sampled when at least one point falls inside it,
+ * which happens with probability p(s) = 1 - exp(-s/I). Because the gaps between points
+ * are exponential (memoryless), this probability holds for every allocation no matter
+ * what came before it, so the Horvitz-Thompson estimate
+ *
+ *     est_bytes(s) = s / p(s) = s / (1 - exp(-s/I))
+ *
+ * makes the sum of est_bytes over samples an unbiased estimate of the bytes allocated
+ * (E[sum] = sum over all allocations of p(s) * s/p(s) = true total). For s << I it is
+ * about I + s/2; for s >> I it tends to s. (max(s, I) is close but biased low near
+ * s ~ I.) Interval 1 records every allocation with est_bytes = s.
+ *
+ * Bucket mode (the original heapprof's {max_size: rate} form): an allocation of s bytes
+ * falls in the first bucket with s <= max_size and is sampled with that rate (sizes
+ * above the last bucket always); est_bytes = s / rate, again Horvitz-Thompson.
+ *
+ * Thread rules: the configuration is written only while sampling is off (a generation
+ * number tells threads to redraw); each thread owns its hp_sampler_tls. No locks, no
+ * system calls except one clock read when a thread's generator is first seeded. */
+#ifndef HP_SAMPLER_H
+#define HP_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hp_proto.h"
+
+#define HP_SAMPLER_DEFAULT_INTERVAL  (64u * 1024u)   /* bytes; see bench/README.md */
+
+typedef struct {
+  uint64_t interval;               /* Poisson mean interval; 0 in bucket mode */
+  uint32_t generation;             /* bumped by every configure call, never 0 */
+  uint32_t nbuckets;
+  hp_bucket buckets[HP_MAX_BUCKETS];
+} hp_sampler_cfg;
+
+/* Per-thread state; all zero is a valid "not yet seeded" state (thread-local storage). */
+typedef struct {
+  int64_t countdown;               /* bytes until the next sample point */
+  uint64_t rng;                    /* xorshift64* state, never 0 once seeded */
+  uint32_t generation;             /* configuration this countdown was drawn for */
+} hp_sampler_tls;
+
+/* 0, or -HP_EINVAL for interval 0. */
+int hp_sampler_configure_interval(hp_sampler_cfg *cfg, uint64_t interval);
+/* 0, or -HP_EINVAL when n is 0 or over HP_MAX_BUCKETS, sizes are not increasing, or a
+ * rate is outside (0, 1]. */
+int hp_sampler_configure_buckets(hp_sampler_cfg *cfg, const hp_bucket *b, uint32_t n);
+
+/* Slow path of hp_sampler_sample(): never call directly. */
+int hp_sampler_sample_slow(const hp_sampler_cfg *cfg, hp_sampler_tls *t, size_t size,
+                           uint64_t *est_bytes);
+
+/* 1 and sets *est_bytes when this allocation is sampled, else 0. The fast path is a
+ * compare and a subtraction. */
+static inline int hp_sampler_sample(const hp_sampler_cfg *cfg, hp_sampler_tls *t,
+                                    size_t size, uint64_t *est_bytes)
+{
+  if (t->generation == cfg->generation && (uint64_t)t->countdown > size &&
+      cfg->interval > 1) {
+    t->countdown -= (int64_t)size;
+    return 0;
+  }
+  return hp_sampler_sample_slow(cfg, t, size, est_bytes);
+}
+
+/* The estimate a sample of size bytes stands for in Poisson mode with interval. */
+uint64_t hp_sampler_estimate(uint64_t interval, uint64_t size);
+
+/* Seeds t deterministically (tests); otherwise seeding is automatic. */
+void hp_sampler_seed(hp_sampler_tls *t, uint64_t seed);
+
+#endif /* HP_SAMPLER_H */

@@ -1,0 +1,301 @@
+/* hp_sender.c — the sender thread (see hp_sender.h). */
+#include "hp_sender.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+struct hp_sender {
+  pthread_t thread;
+  int fd;
+  hp_sender_cfg cfg;
+  char *socket_path;
+  hp_hello hello;            /* strings point into hello_block */
+  hp_str *argv;
+  char *hello_block;
+  hp_bucket *buckets;
+  hp_encoder *enc;           /* sender thread only */
+  hp_event *batch;           /* sender thread only */
+  uint32_t frames_sent, stacks_sent;   /* sender thread only */
+  _Atomic int stop;          /* set by hp_sender_stop() */
+  _Atomic int error;         /* first write error, set by the thread */
+  _Atomic uint64_t events_sent;
+};
+
+uint64_t hp_now_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t hp_wall_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int hp_sender_connect(const char *path, int *fd_out)
+{
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  size_t n = strlen(path);
+  if (n == 0)
+    return -EINVAL;
+  if (n >= sizeof(sa.sun_path))
+    return -ENAMETOOLONG;
+  memcpy(sa.sun_path, path, n);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  int rc;
+  do
+    rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+  while (rc < 0 && errno == EINTR);
+  if (rc < 0) {
+    int err = -errno;
+    close(fd);
+    return err;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+/* Writes all of buf; -errno on failure. MSG_NOSIGNAL: a dead daemon gives EPIPE here
+ * instead of killing the program with SIGPIPE. */
+static int write_all(int fd, const uint8_t *buf, size_t len)
+{
+  while (len > 0) {
+    ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    buf += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static int flush_encoder(hp_sender *s)
+{
+  size_t len;
+  const uint8_t *data = hp_encoder_data(s->enc, &len);
+  int rc = len ? write_all(s->fd, data, len) : 0;
+  hp_encoder_reset(s->enc);
+  return rc;
+}
+
+static int flush_if_big(hp_sender *s)
+{
+  size_t len;
+  hp_encoder_data(s->enc, &len);
+  return len >= HP_SENDER_FLUSH_BYTES ? flush_encoder(s) : 0;
+}
+
+/* Emits definitions published since the last call. Stacks are read first: a stack is
+ * published after its frames, so every frame a visible stack uses is visible too. */
+static int send_defs(hp_sender *s)
+{
+  const hp_intern *in = s->cfg.intern;
+  uint32_t nstacks = hp_intern_stack_count(in);
+  uint32_t nframes = hp_intern_frame_count(in);
+  int rc = 0;
+  for (uint32_t id = s->frames_sent + 1; id <= nframes; id++) {
+    hp_intern_frame f;
+    hp_intern_frame_get(in, id, &f);
+    hp_frame_def d = { .frame_id = id, .function = f.function, .filename = f.filename,
+                       .lineno = f.lineno };
+    if ((rc = hp_encode_frame_def(s->enc, &d)) < 0 || (rc = flush_if_big(s)) < 0)
+      return rc;
+    s->frames_sent = id;
+  }
+  for (uint32_t id = s->stacks_sent + 1; id <= nstacks; id++) {
+    hp_intern_stack st;
+    hp_intern_stack_get(in, id, &st);
+    hp_stack_def d = { .stack_id = id, .truncated = st.truncated, .depth = st.depth,
+                       .frame_ids = st.frame_ids };
+    if ((rc = hp_encode_stack_def(s->enc, &d)) < 0 || (rc = flush_if_big(s)) < 0)
+      return rc;
+    s->stacks_sent = id;
+  }
+  return 0;
+}
+
+static int send_counters(hp_sender *s)
+{
+  hp_counters c = { .ts_ns = hp_now_ns(),
+                    .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
+                    .sample_interval_bytes = s->hello.sample_interval_bytes };
+  int rc = hp_encode_counters(s->enc, &c);
+  return rc < 0 ? rc : flush_encoder(s);
+}
+
+static void report_failure(hp_sender *s, int err)
+{
+  char line[512];
+  int n = snprintf(line, sizeof(line),
+                   "heapprof: lost the connection to heapprofd at %s (%s); profiling "
+                   "stopped, the program continues\n", s->socket_path, hp_strerror(err));
+  if (n > 0) {
+    ssize_t w = write(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    (void)w;
+  }
+  if (s->cfg.failed)
+    s->cfg.failed(s->cfg.arg, err);
+}
+
+static void *sender_main(void *arg)
+{
+  hp_sender *s = arg;
+  int rc = hp_encode_hello(s->enc, &s->hello);
+  if (rc == 0)
+    rc = flush_encoder(s);
+  uint64_t last_counters = hp_now_ns();
+  while (rc == 0) {
+    int stopping = atomic_load_explicit(&s->stop, memory_order_acquire);
+    uint32_t n = 0;
+    while (n < HP_SENDER_BATCH && hp_ring_pop(s->cfg.ring, &s->batch[n]))
+      n++;
+    if ((rc = send_defs(s)) < 0)
+      break;
+    if (n > 0) {
+      if ((rc = hp_encode_events(s->enc, s->batch, n)) < 0 || (rc = flush_encoder(s)) < 0)
+        break;
+      atomic_fetch_add_explicit(&s->events_sent, n, memory_order_relaxed);
+    } else if ((rc = flush_encoder(s)) < 0) {
+      break;
+    }
+    uint64_t now = hp_now_ns();
+    if (now - last_counters >= HP_SENDER_COUNTERS_NS) {
+      if ((rc = send_counters(s)) < 0)
+        break;
+      last_counters = now;
+    }
+    if (n == 0) {
+      if (stopping)
+        break;
+      struct timespec ts = { 0, (long)HP_SENDER_IDLE_NS };
+      nanosleep(&ts, NULL);
+    }
+  }
+  if (rc == 0) {
+    hp_goodbye g = { .ts_ns = hp_now_ns(),
+                     .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0 };
+    if ((rc = send_counters(s)) == 0 && (rc = hp_encode_goodbye(s->enc, &g)) == 0)
+      rc = flush_encoder(s);
+  }
+  if (rc < 0) {
+    atomic_store(&s->error, rc);
+    report_failure(s, rc);
+  }
+  return NULL;
+}
+
+static void sender_release(hp_sender *s)
+{
+  if (s->fd >= 0)
+    close(s->fd);
+  hp_encoder_free(s->enc);
+  free(s->batch);
+  free(s->hello_block);
+  free(s->argv);
+  free(s->buckets);
+  free(s->socket_path);
+  free(s);
+}
+
+/* Deep copy of the HELLO strings into one block. */
+static int copy_hello(hp_sender *s, const hp_hello *h)
+{
+  size_t total = h->executable.len + h->python_version.len;
+  for (uint32_t i = 0; i < h->argc; i++)
+    total += h->argv[i].len;
+  s->hello = *h;
+  s->hello_block = malloc(total + 1);
+  s->argv = calloc(h->argc ? h->argc : 1, sizeof(hp_str));
+  s->buckets = calloc(h->nbuckets ? h->nbuckets : 1, sizeof(hp_bucket));
+  if (!s->hello_block || !s->argv || !s->buckets)
+    return -HP_ENOMEM;
+  char *p = s->hello_block;
+#define COPY_STR_(dst, src) do { if ((src).len) memcpy(p, (src).ptr, (src).len); \
+    (dst).ptr = p; (dst).len = (src).len; p += (src).len; } while (0)
+  for (uint32_t i = 0; i < h->argc; i++)
+    COPY_STR_(s->argv[i], h->argv[i]);
+  COPY_STR_(s->hello.executable, h->executable);
+  COPY_STR_(s->hello.python_version, h->python_version);
+#undef COPY_STR_
+  for (uint32_t i = 0; i < h->nbuckets; i++)
+    s->buckets[i] = h->buckets[i];
+  s->hello.argv = s->argv;
+  s->hello.buckets = s->buckets;
+  return 0;
+}
+
+hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *cfg,
+                           int *err)
+{
+  int rc = -HP_ENOMEM;
+  hp_sender *s = calloc(1, sizeof(*s));
+  if (!s) {
+    close(fd);
+    goto out;
+  }
+  s->fd = fd;
+  s->cfg = *cfg;
+  atomic_init(&s->stop, 0);
+  atomic_init(&s->error, 0);
+  atomic_init(&s->events_sent, 0);
+  s->socket_path = strdup(cfg->socket_path ? cfg->socket_path : "?");
+  s->enc = hp_encoder_new(HP_SENDER_FLUSH_BYTES + (64u << 10));
+  s->batch = malloc(HP_SENDER_BATCH * sizeof(hp_event));
+  if (!s->socket_path || !s->enc || !s->batch || (rc = copy_hello(s, hello)) < 0) {
+    rc = -HP_ENOMEM;
+    goto out_release;
+  }
+  int prc = pthread_create(&s->thread, NULL, sender_main, s);
+  if (prc != 0) {
+    rc = -prc;
+    goto out_release;
+  }
+  return s;
+
+out_release:
+  sender_release(s);
+out:
+  *err = rc;
+  return NULL;
+}
+
+int hp_sender_stop(hp_sender *s)
+{
+  if (!s)
+    return 0;
+  atomic_store_explicit(&s->stop, 1, memory_order_release);
+  pthread_join(s->thread, NULL);
+  int rc = atomic_load(&s->error);
+  sender_release(s);
+  return rc;
+}
+
+void hp_sender_abandon(hp_sender *s)
+{
+  if (!s)
+    return;
+  sender_release(s);
+}
+
+uint64_t hp_sender_events_sent(const hp_sender *s)
+{
+  return atomic_load_explicit(&((hp_sender *)s)->events_sent, memory_order_relaxed);
+}

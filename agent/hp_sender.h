@@ -1,0 +1,55 @@
+/* hp_sender.h — the agent's one native sender thread: ring -> msgpack frames -> socket.
+ *
+ * The thread sends HELLO, then repeatedly pops the event ring, emits FRAME_DEF and
+ * STACK_DEF for every interned id not sent yet on this stream (before the events that
+ * may use them: an event popped from the ring was pushed after its stack was
+ * published), then the EVENTS batch; COUNTERS about once a second; GOODBYE at stop.
+ * Only this thread blocks on the socket. It never touches Python state and allocates
+ * with libc only. A write error (the daemon went away) ends the thread after one line
+ * on stderr and a call to the failure callback; the program goes on unprofiled. */
+#ifndef HP_SENDER_H
+#define HP_SENDER_H
+
+#include <stdint.h>
+
+#include "hp_intern.h"
+#include "hp_proto.h"
+#include "hp_ring.h"
+
+#define HP_SENDER_BATCH          4096u        /* events per EVENTS message */
+#define HP_SENDER_FLUSH_BYTES    (256u << 10) /* write once this much is encoded */
+#define HP_SENDER_IDLE_NS        1000000ull   /* poll period when the ring is empty */
+#define HP_SENDER_COUNTERS_NS    1000000000ull
+
+typedef struct hp_sender hp_sender;  /* opaque */
+
+typedef struct {
+  hp_ring *ring;                         /* borrowed until hp_sender_stop/abandon */
+  hp_intern *intern;                     /* borrowed likewise */
+  uint64_t (*dropped)(void *arg);        /* cumulative drops, read by the sender thread */
+  void (*failed)(void *arg, int err);    /* called once from the sender thread */
+  void *arg;
+  const char *socket_path;               /* for messages only; copied */
+} hp_sender_cfg;
+
+/* Connects a stream socket to a Unix socket path. 0 and *fd_out, or -errno
+ * (-ENAMETOOLONG for a path over the sun_path limit). */
+int hp_sender_connect(const char *path, int *fd_out);
+
+/* Takes ownership of fd (closed on failure too); hello is deep-copied. NULL and *err on
+ * failure (-HP_ENOMEM, or -errno from pthread_create). */
+hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *cfg,
+                           int *err);
+/* Sends what is left in the ring and GOODBYE, joins the thread, closes the socket,
+ * frees. Returns 0, or the error that stopped the thread earlier. NULL is a no-op. */
+int hp_sender_stop(hp_sender *s);
+/* For a fork child, where the thread no longer exists: closes the socket and frees
+ * without joining or sending. NULL is a no-op. */
+void hp_sender_abandon(hp_sender *s);
+/* Events, frame and stack definitions written so far (for tests and stats). */
+uint64_t hp_sender_events_sent(const hp_sender *s);
+
+uint64_t hp_now_ns(void);        /* CLOCK_MONOTONIC */
+uint64_t hp_wall_ns(void);       /* CLOCK_REALTIME */
+
+#endif /* HP_SENDER_H */

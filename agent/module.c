@@ -1,0 +1,262 @@
+/* module.c — heapprof._agent: the Python binding of the agent engine. No logic here:
+ * argument conversion and calls into hp_agent / hp_hooks / hp_stats (tracemalloc's
+ * split between _tracemalloc's binding and its engine). The pure-Python package
+ * (heapprof/__init__.py) reads the environment and options and calls these. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hp_agent.h"
+#include "hp_hooks.h"
+#include "hp_stats.h"
+
+static int str_arg(PyObject *o, hp_str *out)
+{
+  Py_ssize_t n;
+  const char *s = PyUnicode_AsUTF8AndSize(o, &n);
+  if (!s)
+    return -1;
+  if ((size_t)n > HP_MAX_STR_BYTES)
+    n = HP_MAX_STR_BYTES;   /* argv entries and paths are informational: cut, not refused */
+  out->ptr = s;
+  out->len = (uint32_t)n;
+  return 0;
+}
+
+/* start(socket, interval, max_depth, block, buckets, argv, executable, python_version)
+ * buckets: None or a sequence of (max_size, rate). Raises ValueError for bad options,
+ * OSError(errno, message) when the daemon cannot be reached. */
+static PyObject *agent_start(PyObject *self, PyObject *args)
+{
+  (void)self;
+  const char *sock;
+  unsigned long long interval;
+  unsigned int max_depth;
+  int block;
+  PyObject *buckets_obj, *argv_obj, *exe_obj, *ver_obj;
+  hp_bucket buckets[HP_MAX_BUCKETS];
+  hp_str *argv = NULL;
+  PyObject *argv_seq = NULL, *result = NULL;
+  if (!PyArg_ParseTuple(args, "sKIpOOUU", &sock, &interval, &max_depth, &block,
+                        &buckets_obj, &argv_obj, &exe_obj, &ver_obj))
+    return NULL;
+  hp_agent_opts o = { .socket_path = sock, .sample_interval = interval,
+                      .max_depth = max_depth, .block_when_full = block };
+  if (max_depth < 1 || max_depth > HP_MAX_STACK_DEPTH) {
+    PyErr_Format(PyExc_ValueError, "max stack depth %u is outside 1..%u", max_depth,
+                 HP_MAX_STACK_DEPTH);
+    return NULL;
+  }
+  if (buckets_obj != Py_None) {
+    PyObject *seq = PySequence_Fast(buckets_obj, "sample rates must be a sequence");
+    if (!seq)
+      return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1 || n > (Py_ssize_t)HP_MAX_BUCKETS) {
+      PyErr_Format(PyExc_ValueError, "sample rates: %zd size buckets, allowed 1..%u", n,
+                   HP_MAX_BUCKETS);
+      Py_DECREF(seq);
+      return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+      unsigned long long sz;
+      double rate;
+      if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "Kd;sample rate entries are "
+                            "(max_size, rate)", &sz, &rate)) {
+        Py_DECREF(seq);
+        return NULL;
+      }
+      buckets[i].max_size = sz;
+      buckets[i].rate = rate;
+    }
+    Py_DECREF(seq);
+    o.buckets = buckets;
+    o.nbuckets = (uint32_t)n;
+  } else if (interval < 1) {
+    PyErr_SetString(PyExc_ValueError, "sample interval must be at least 1 byte");
+    return NULL;
+  }
+  argv_seq = PySequence_Fast(argv_obj, "argv must be a sequence of str");
+  if (!argv_seq)
+    return NULL;
+  Py_ssize_t argc = PySequence_Fast_GET_SIZE(argv_seq);
+  if (argc > (Py_ssize_t)HP_MAX_ARGV)
+    argc = HP_MAX_ARGV;
+  argv = calloc((size_t)(argc ? argc : 1), sizeof(hp_str));
+  if (!argv) {
+    PyErr_NoMemory();
+    goto out;
+  }
+  for (Py_ssize_t i = 0; i < argc; i++)
+    if (str_arg(PySequence_Fast_GET_ITEM(argv_seq, i), &argv[i]) < 0)
+      goto out;
+  if (str_arg(exe_obj, &o.executable) < 0 || str_arg(ver_obj, &o.python_version) < 0)
+    goto out;
+  o.argc = (uint32_t)argc;
+  o.argv = argv;
+
+  if (hp_hooks_install() < 0) {
+    PyErr_SetString(PyExc_RuntimeError, "heapprof: this Python version is not supported");
+    goto out;
+  }
+  int rc = hp_agent_start(&o);
+  if (rc == -HP_EINVAL) {
+    PyErr_SetString(PyExc_ValueError, hp_agent_is_profiling()
+                    ? "heapprof is already profiling this process"
+                    : "invalid sampling options (bucket sizes must increase, rates in (0, 1])");
+    goto out;
+  }
+  if (rc < 0) {
+    if (rc > -1000) {
+      errno = -rc;
+      PyErr_SetFromErrnoWithFilename(PyExc_OSError, sock);
+    } else {
+      PyErr_Format(PyExc_OSError, "%s: %s", sock, hp_strerror(rc));
+    }
+    goto out;
+  }
+  result = Py_NewRef(Py_None);
+out:
+  free(argv);
+  Py_XDECREF(argv_seq);
+  return result;
+}
+
+static PyObject *agent_stop(PyObject *self, PyObject *unused)
+{
+  (void)self;
+  (void)unused;
+  int rc;
+  /* The sender may need a moment to drain; other Python threads can run meanwhile. */
+  Py_BEGIN_ALLOW_THREADS
+  rc = hp_agent_stop();
+  Py_END_ALLOW_THREADS
+  return PyLong_FromLong(rc);
+}
+
+static PyObject *agent_is_profiling(PyObject *self, PyObject *unused)
+{
+  (void)self;
+  (void)unused;
+  return PyBool_FromLong(hp_agent_is_profiling());
+}
+
+static PyObject *agent_child_needs_restart(PyObject *self, PyObject *unused)
+{
+  (void)self;
+  (void)unused;
+  return PyBool_FromLong(hp_agent_child_needs_restart());
+}
+
+static PyObject *agent_dropped(PyObject *self, PyObject *unused)
+{
+  (void)self;
+  (void)unused;
+  return PyLong_FromUnsignedLongLong(hp_agent_dropped());
+}
+
+static PyObject *agent_stats_enable(PyObject *self, PyObject *arg)
+{
+  (void)self;
+  int on = PyObject_IsTrue(arg);
+  if (on < 0)
+    return NULL;
+  if (on && hp_hooks_install() < 0) {
+    PyErr_SetString(PyExc_RuntimeError, "heapprof: this Python version is not supported");
+    return NULL;
+  }
+  hp_agent_stats_enable(on);
+  Py_RETURN_NONE;
+}
+
+/* [(lo, hi, count, bytes), ...] for the non-empty size classes, smallest first. */
+static PyObject *agent_stats_snapshot(PyObject *self, PyObject *unused)
+{
+  (void)self;
+  (void)unused;
+  uint64_t count[HP_STATS_CLASSES], bytes[HP_STATS_CLASSES];
+  hp_stats_snapshot(count, bytes);
+  PyObject *list = PyList_New(0);
+  if (!list)
+    return NULL;
+  for (unsigned c = 0; c < HP_STATS_CLASSES; c++) {
+    if (!count[c])
+      continue;
+    uint64_t lo, hi;
+    hp_stats_class_bounds(c, &lo, &hi);
+    PyObject *t = Py_BuildValue("(KKKK)", (unsigned long long)lo, (unsigned long long)hi,
+                                (unsigned long long)count[c], (unsigned long long)bytes[c]);
+    if (!t || PyList_Append(list, t) < 0) {
+      Py_XDECREF(t);
+      Py_DECREF(list);
+      return NULL;
+    }
+    Py_DECREF(t);
+  }
+  return list;
+}
+
+static PyObject *agent_sample_estimate(PyObject *self, PyObject *args)
+{
+  (void)self;
+  unsigned long long interval, size;
+  if (!PyArg_ParseTuple(args, "KK", &interval, &size))
+    return NULL;
+  return PyLong_FromUnsignedLongLong(hp_sampler_estimate(interval, size));
+}
+
+static PyMethodDef agent_methods[] = {
+  {"start", agent_start, METH_VARARGS,
+   "start(socket, interval, max_depth, block, buckets, argv, executable, python_version)"},
+  {"stop", agent_stop, METH_NOARGS, "stop() -> 0 or the negative error that ended the stream"},
+  {"is_profiling", agent_is_profiling, METH_NOARGS, "is_profiling() -> bool"},
+  {"child_needs_restart", agent_child_needs_restart, METH_NOARGS,
+   "In a fork child: True once if the parent was profiling."},
+  {"dropped", agent_dropped, METH_NOARGS, "Records dropped in the current session."},
+  {"stats_enable", agent_stats_enable, METH_O, "stats_enable(on): stats mode"},
+  {"stats_snapshot", agent_stats_snapshot, METH_NOARGS,
+   "[(lo, hi, count, bytes), ...] per size class"},
+  {"sample_estimate", agent_sample_estimate, METH_VARARGS,
+   "sample_estimate(interval, size) -> est_bytes of one sample"},
+  {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef agent_module = {
+  PyModuleDef_HEAD_INIT, "heapprof._agent",
+  "heapprof's native agent: PEP 445 hooks, sampler and sender thread.", -1, agent_methods,
+  NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__agent(void)
+{
+#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030C0000
+  PyErr_Format(PyExc_ImportError,
+               "heapprof supports CPython 3.11 only (it reads 3.11's interpreter frames); "
+               "this is %s", Py_GetVersion());
+  return NULL;
+#else
+  if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+    PyErr_SetString(PyExc_ImportError,
+                    "heapprof profiles the main interpreter only; sub-interpreters are refused");
+    return NULL;
+  }
+  if (hp_agent_init() < 0) {
+    PyErr_NoMemory();
+    return NULL;
+  }
+  PyObject *m = PyModule_Create(&agent_module);
+  if (!m)
+    return NULL;
+  if (PyModule_AddIntConstant(m, "DEFAULT_INTERVAL", HP_SAMPLER_DEFAULT_INTERVAL) < 0 ||
+      PyModule_AddIntConstant(m, "DEFAULT_MAX_DEPTH", HP_AGENT_DEFAULT_MAX_DEPTH) < 0 ||
+      PyModule_AddIntConstant(m, "MAX_STACK_DEPTH", HP_MAX_STACK_DEPTH) < 0 ||
+      PyModule_AddIntConstant(m, "MAX_BUCKETS", HP_MAX_BUCKETS) < 0) {
+    Py_DECREF(m);
+    return NULL;
+  }
+  return m;
+#endif
+}
