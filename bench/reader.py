@@ -1,0 +1,185 @@
+"""Reader benchmark: how long the analysis queries take on a large recorded session.
+
+Builds (once, cached under bench/out/) a database with N sampled allocations written through
+the storage tables the way heapprofd writes them, then times every Reader operation a user
+waits for and prints a table. The issue's bar: a snapshot or a time series never takes more
+than a second on a 10-million-allocation session.
+
+    python bench/reader.py [--rows 10000000] [--repeat 3] [--rebuild]
+
+Run it with the interpreter the heapprof package is installed into (the venv's python).
+The synthetic workload: 60 s of allocations from 2,000 stacks over 400 frames, most freed
+within ~50 ms, a slowly growing set kept for seconds, 1% never freed, and a spike at 30 s.
+"""
+import argparse
+import os
+import random
+import shutil
+import sqlite3
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_ROOT = os.path.dirname(HERE)
+NS = 1_000_000_000
+START_NS = 1_700_000_000 * NS
+DURATION_NS = 60 * NS
+TIMELINE_STEP_NS = 100_000_000
+# What the Reader would like schema.sql to add (see bench/README.md, "Reader").
+PROPOSED_INDEXES = """
+CREATE INDEX IF NOT EXISTS alloc_by_session_freed ON alloc (session_id, freed_ns);
+CREATE INDEX IF NOT EXISTS alloc_by_session_stack ON alloc (session_id, stack_id);
+"""
+
+
+def _schema_sql():
+    with open(os.path.join(SOURCE_ROOT, 'schema', 'schema.sql'), encoding='utf-8') as f:
+        return f.read()
+
+
+def build(path, rows, seed=1):
+    """Writes a synthetic session of `rows` allocations to path (replacing it)."""
+    for suffix in ('', '-wal', '-shm', '.tmp'):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    tmp = path + '.tmp'
+    rng = random.Random(seed)
+    db = sqlite3.connect(tmp)
+    db.executescript(_schema_sql())
+    db.execute('PRAGMA journal_mode=WAL')
+    db.execute('PRAGMA synchronous=OFF')
+    nframes, nstacks = 400, 2000
+    db.executemany('INSERT INTO frame(id, function, filename, lineno) VALUES (?,?,?,?)',
+                   [(i, 'func_%d' % i, '/app/mod_%d.py' % (i % 40), 10 + i) for i in range(1, nframes + 1)])
+    stack_rows, sf_rows = [], []
+    for s in range(1, nstacks + 1):
+        depth = rng.randint(3, 12)
+        frames = [rng.randint(1, nframes) for _ in range(depth)]
+        stack_rows.append((s, s * 2654435761 % (1 << 62), depth, 0))
+        sf_rows.extend((s, d, f) for d, f in enumerate(frames))
+    db.executemany('INSERT INTO stack(id, hash, depth, truncated) VALUES (?,?,?,?)', stack_rows)
+    db.executemany('INSERT INTO stack_frame(stack_id, depth, frame_id) VALUES (?,?,?)', sf_rows)
+    db.execute("INSERT INTO session(id, pid, ppid, argv, executable, python_version, started_ns,"
+               " ended_ns, sample_interval_bytes, max_stack_depth, status, events_received,"
+               " events_dropped) VALUES (1, 4242, 1, '[\"bench.py\"]', '/usr/bin/python3',"
+               " '3.11.7', ?, ?, 4096, 64, 'exited', ?, 0)",
+               (START_NS, START_NS + DURATION_NS, rows * 2))
+    step = DURATION_NS / rows
+    nsteps = DURATION_NS // TIMELINE_STEP_NS + 1
+    delta = [0] * (nsteps + 1)      # level change per timeline step, for the timeline rows
+    batch = []
+    spike_lo, spike_hi = START_NS + 30 * NS, START_NS + 31 * NS
+    for i in range(rows):
+        ts = START_NS + int(i * step)
+        size = int(rng.lognormvariate(5, 1.5)) + 1
+        est = max(size, 4096)
+        r = rng.random()
+        if r < 0.01:
+            freed = None
+        elif r < 0.06:
+            freed = ts + int(rng.expovariate(1 / (5 * NS)))
+        else:
+            freed = ts + int(rng.expovariate(1 / (50_000_000)))
+        if spike_lo <= ts < spike_hi and r > 0.5:
+            freed = spike_hi + int(rng.random() * 10_000_000)
+            est *= 4
+        if freed is not None and freed > START_NS + DURATION_NS:
+            freed = None
+        stack = rng.randint(1, nstacks)
+        batch.append((i + 1, 1, ts, 1, 1, 0x10000 + i * 16, size, est, stack, freed))
+        delta[(ts - START_NS) // TIMELINE_STEP_NS] += est
+        if freed is not None:
+            delta[(freed - START_NS) // TIMELINE_STEP_NS] -= est
+        if len(batch) == 100_000:
+            db.executemany('INSERT INTO alloc VALUES (?,?,?,?,?,?,?,?,?,?)', batch)
+            batch.clear()
+    db.executemany('INSERT INTO alloc VALUES (?,?,?,?,?,?,?,?,?,?)', batch)
+    # Timeline rows: the level at the end of each step (the daemon stores the maximum within the
+    # step; for this benchmark only the row count matters).
+    level, tl = 0, []
+    for k in range(nsteps):
+        level += delta[k]
+        tl.append((1, START_NS + k * TIMELINE_STEP_NS, level, 0, level))
+    db.executemany('INSERT INTO timeline_point VALUES (?,?,?,?,?)', tl)
+    db.commit()
+    db.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+    db.close()
+    os.replace(tmp, path)
+
+
+def _time(fn, repeat):
+    best = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--rows', type=int, default=10_000_000)
+    ap.add_argument('--repeat', type=int, default=3)
+    ap.add_argument('--rebuild', action='store_true')
+    ap.add_argument('--build-only', action='store_true')
+    args = ap.parse_args(argv)
+    out = os.path.join(HERE, 'out')
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, 'reader-%d.sqlite' % args.rows)
+    if args.rebuild or not os.path.exists(path):
+        t0 = time.perf_counter()
+        print('building %s (%d allocations)...' % (path, args.rows), file=sys.stderr)
+        build(path, args.rows)
+        print('built in %.1f s' % (time.perf_counter() - t0), file=sys.stderr)
+    if args.build_only:
+        return 0
+
+    indexed = path.replace('.sqlite', '-indexed.sqlite')
+    if args.rebuild or not os.path.exists(indexed):
+        print('adding the proposed indexes in a copy: %s' % indexed, file=sys.stderr)
+        shutil.copyfile(path, indexed)
+        db = sqlite3.connect(indexed)
+        db.executescript(PROPOSED_INDEXES)
+        db.close()
+    results = [run_ops(path, args.repeat), run_ops(indexed, args.repeat)]
+    print('heapprof Reader on %d sampled allocations (best of %d, SQLite %s)'
+          % (args.rows, args.repeat, sqlite3.sqlite_version))
+    print('%-40s %14s %14s' % ('operation (seconds)', 'schema v1', '+ indexes'))
+    print('-' * 70)
+    for (name, a), (_, b) in zip(*results):
+        print('%-40s %14.3f %14.3f' % (name, a, b))
+    print('+ indexes: ' + ' '.join(PROPOSED_INDEXES.split()))
+    return 0
+
+
+def run_ops(path, repeat):
+    import heapprof.reader as hr
+    r = hr.read(path)
+    site = r.top_sites(30.5, n=1)[0]
+    site_key = '%s:%d' % (site.filename, site.lineno)
+    ops = [
+        ('open + metadata', lambda: hr.read(path).close()),
+        ('timeline (total live bytes series)', lambda: r.timeline()),
+        ('peak', lambda: r.peak()),
+        ('snapshot_at(1 s)', lambda: r.snapshot_at(1.0)),
+        ('snapshot_at(30.5 s, spike)', lambda: r.snapshot_at(30.5)),
+        ('snapshot_at(59 s)', lambda: r.snapshot_at(59.0)),
+        ('snapshot_at(end)', lambda: r.snapshot_at(r.duration)),
+        ('site_series(1 site, whole session)', lambda: r.site_series([site_key])),
+        ('top_sites(30.5 s, self+cumulative)', lambda: r.top_sites(30.5)),
+        ('flame(30.5 s) folded', lambda: r.flame(30.5)),
+        ('flow([10, 30.5, 50] s)', lambda: r.flow([10.0, 30.5, 50.0])),
+        ('leaks()', lambda: r.leaks()),
+        ('size_histogram()', lambda: r.size_histogram()),
+    ]
+    out = []
+    for name, fn in ops:
+        out.append((name, _time(fn, repeat)))
+        print('  %s: %-40s %.3f' % (os.path.basename(path), name, out[-1][1]), file=sys.stderr)
+    r.close()
+    return out
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""heapprof._fmt — terminal formatting shared by the heapprof subcommands.
+
+Human units, aligned tables and the one honest label every figure table carries: the bytes
+and counts are estimates from sampled allocations, not exact measurements.
+"""
+import os
+
+ESTIMATE_NOTE = ('figures are estimates from sampled allocations '
+                 '(each sample stands for its est_bytes)')
+
+
+def human_bytes(n):
+    """1536 -> '1.5 KiB'; negative values keep their sign."""
+    if n is None:
+        return '-'
+    sign = '-' if n < 0 else ''
+    n = abs(float(n))
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if n < 1024 or unit == 'TiB':
+            return '%s%d %s' % (sign, n, unit) if unit == 'B' else '%s%.1f %s' % (sign, n, unit)
+        n /= 1024
+    return '%s%.1f PiB' % (sign, n)
+
+
+def human_count(n):
+    if n is None:
+        return '-'
+    n = float(n)
+    for unit in ('', 'k', 'M', 'G'):
+        if abs(n) < 1000 or unit == 'G':
+            return ('%d' % n) if unit == '' else '%.1f%s' % (n, unit)
+        n /= 1000
+    return '%.1fT' % n
+
+
+def human_seconds(t):
+    return '%.3f s' % t
+
+
+def percent(part, whole):
+    return '%5.1f%%' % (100.0 * part / whole) if whole else '    -'
+
+
+def site_name(filename, lineno, function, width=None):
+    """'function (file:line)', shortened from the left of the path to fit width."""
+    if not filename:
+        text = function
+    else:
+        text = '%s (%s:%d)' % (function, _short_path(filename), lineno)
+    if width and len(text) > width:
+        text = '...' + text[-(width - 3):]
+    return text
+
+
+def _short_path(path):
+    """A path relative to the working directory when it is under it, else as recorded."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith('..') else path
+
+
+def table(headers, rows, align=None):
+    """Lines of an aligned table; align is a string of 'l'/'r' per column (default: first
+    column left, the rest right)."""
+    cols = len(headers)
+    align = align or ('l' + 'r' * (cols - 1))
+    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(cols)]
+
+    def fmt(r):
+        parts = [r[i].ljust(widths[i]) if align[i] == 'l' else r[i].rjust(widths[i])
+                 for i in range(cols)]
+        return '  '.join(parts).rstrip()
+    out = [fmt(cells[0]), '  '.join('-' * w for w in widths)]
+    out.extend(fmt(r) for r in cells[1:])
+    return out

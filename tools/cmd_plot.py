@@ -1,0 +1,112 @@
+"""heapprof plot — the estimated live heap over time, and chosen file:line sites.
+
+PNG, SVG or PDF through matplotlib when it is importable; otherwise (or for -o X.csv) a CSV of
+the same series: t_seconds, total_live_bytes, then <site> bytes and <site> fraction of the
+total for each --site.
+"""
+import csv
+import io
+import os
+import sys
+
+from heapprof import _fmt
+from heapprof.cli import UsageError, add_db_options, open_reader, write_output
+
+IMAGE_FORMATS = ('.png', '.svg', '.pdf')
+
+
+def register(subparsers):
+    p = subparsers.add_parser('plot', help='time plot of the live heap (PNG/SVG, or CSV)',
+                              description=__doc__.split('\n\n')[1].replace('\n', ' '))
+    add_db_options(p)
+    p.add_argument('-o', '--output', required=True, metavar='FILE',
+                   help='output file: .png, .svg or .pdf (matplotlib), or .csv')
+    p.add_argument('--site', action='append', default=[], metavar='FILE:LINE',
+                   help='also plot the live bytes allocated while FILE:LINE was on the stack, '
+                        'and their fraction of the total (repeatable; FILE may be a path '
+                        'suffix)')
+    p.set_defaults(func=run)
+
+
+def series(r, sites):
+    """(header, rows) of the CSV: one row per timeline interval."""
+    total = r.timeline()
+    per_site = r.site_series(sites) if sites else {}
+    header = ['t_seconds', 'total_live_bytes']
+    for s in sites:
+        header += ['%s bytes' % s, '%s fraction' % s]
+    rows = []
+    for k, (t, b) in enumerate(total):
+        row = ['%.6f' % t, b]
+        for s in sites:
+            sb = per_site[s][k][1]
+            row += [sb, '%.6f' % (min(sb / b, 1.0) if b > 0 else 0.0)]
+        rows.append(row)
+    return header, rows
+
+
+def to_csv(header, rows):
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator='\n')
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _plot(path, r, header, rows, sites):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    ts = [float(row[0]) for row in rows]
+    mib = 1024.0 * 1024.0
+    nplots = 2 if sites else 1
+    fig, axes = plt.subplots(nplots, 1, figsize=(10, 4 * nplots), squeeze=False, sharex=True)
+    ax = axes[0][0]
+    ax.step(ts, [row[1] / mib for row in rows], where='post', label='total')
+    for i, s in enumerate(sites):
+        ax.step(ts, [row[2 + 2 * i] / mib for row in rows], where='post', label=s)
+    ax.set_ylabel('estimated live heap (MiB)')
+    ax.set_title('heapprof: session %d (pid %d), estimates from sampled allocations'
+                 % (r.metadata.session_id, r.metadata.pid))
+    ax.legend(loc='best')
+    if sites:
+        ax2 = axes[1][0]
+        for i, s in enumerate(sites):
+            ax2.step(ts, [float(row[3 + 2 * i]) for row in rows], where='post', label=s)
+        ax2.set_ylabel('fraction of the live heap')
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc='best')
+    axes[-1][0].set_xlabel('seconds from the session start')
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(args):
+    out = args.output
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in IMAGE_FORMATS + ('.csv',):
+        raise UsageError('%s: the plot format is chosen by the extension: .png, .svg, .pdf or '
+                         '.csv' % out)
+    with open_reader(args) as r:
+        header, rows = series(r, args.site)
+        if not rows:
+            raise UsageError('session %d has no timeline points to plot yet'
+                             % r.metadata.session_id)
+        if ext == '.csv':
+            write_output(out, to_csv(header, rows))
+            print('wrote %s (%d points)' % (out, len(rows)))
+            return 0
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            csv_path = os.path.splitext(out)[0] + '.csv'
+            write_output(csv_path, to_csv(header, rows))
+            sys.stderr.write('heapprof: matplotlib is not installed, so no %s plot; wrote the '
+                             'same series as CSV to %s (pip install matplotlib for plots)\n'
+                             % (ext[1:].upper(), csv_path))
+            return 0
+        _plot(out, r, header, rows, args.site)
+        print('wrote %s (%d points, peak %s)' % (out, len(rows),
+                                                 _fmt.human_bytes(max(x[1] for x in rows))))
+    return 0

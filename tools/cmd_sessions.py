@@ -1,0 +1,48 @@
+"""heapprof sessions — the table of sessions recorded in a database."""
+import datetime
+
+from heapprof import _fmt
+from heapprof import reader as _reader
+from heapprof.cli import add_db_options, db_path
+
+
+def register(subparsers):
+    p = subparsers.add_parser('sessions', help='list the sessions recorded in a database',
+                              description='List the sessions (profiled processes) in a database.')
+    add_db_options(p, session=False)
+    p.set_defaults(func=run)
+
+
+def _when(ns):
+    return datetime.datetime.fromtimestamp(ns / 1e9).strftime('%Y-%m-%d %H:%M:%S')
+
+
+def _interval(n):
+    if n == 1:
+        return 'every alloc'
+    if n == 0:
+        return 'size buckets'
+    return 'every ' + _fmt.human_bytes(n)
+
+
+def run(args):
+    path = db_path(args)
+    rows = _reader.sessions(path)
+    if not rows:
+        print('%s holds no sessions yet' % path)
+        return 0
+    table = []
+    for s in rows:
+        cmd = ' '.join(s.argv)
+        if len(cmd) > 50:
+            cmd = cmd[:47] + '...'
+        table.append((s.session_id, s.pid, s.ppid, s.status, _when(s.started_ns),
+                      '%.2f s' % s.duration, _interval(s.sample_interval_bytes),
+                      _fmt.human_count(s.events_received), _fmt.human_count(s.events_dropped),
+                      cmd))
+    print('\n'.join(_fmt.table(
+        ('session', 'pid', 'ppid', 'status', 'started', 'duration', 'sampling', 'events',
+         'dropped', 'command'), table, align='rrrllrlrrl')))
+    if any(s.events_dropped for s in rows):
+        print('note: sessions with dropped events have incomplete figures')
+    return 0

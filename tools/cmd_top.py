@@ -1,0 +1,110 @@
+"""heapprof top — the allocation sites holding the most live memory at one time.
+
+With --follow it is a live view: while heapprofd is still recording the session, it redraws
+the top sites and the current live heap every second (the database is in WAL mode, so reading
+never blocks the recording), and exits when the session ends or on Ctrl-C.
+"""
+import sys
+import time
+
+from heapprof import _fmt
+from heapprof.cli import add_at_option, add_db_options, open_reader
+
+CLEAR = '\x1b[H\x1b[2J'
+
+
+def register(subparsers):
+    p = subparsers.add_parser('top', help='top allocation sites at a time (self and cumulative)',
+                              description='Top allocation sites by estimated live bytes at a '
+                                          'time: self (allocated at that line) and cumulative '
+                                          '(allocated while that line was on the stack).')
+    add_db_options(p)
+    add_at_option(p, default='peak')
+    p.add_argument('-n', '--limit', type=int, default=20, metavar='N',
+                   help='sites to show (default: 20)')
+    p.add_argument('--by', choices=('self', 'cumulative'), default='self',
+                   help='order by self or cumulative bytes (default: self)')
+    p.add_argument('--follow', action='store_true',
+                   help='live view of a session still recording: redraw every second until '
+                        'it ends (Ctrl-C quits); --at is ignored')
+    p.add_argument('--refresh', type=float, default=1.0, metavar='SECONDS',
+                   help='redraw period of --follow (default: 1)')
+    p.set_defaults(func=run)
+
+
+def _describe(meta):
+    cmd = ' '.join(meta.argv)
+    if len(cmd) > 60:
+        cmd = cmd[:57] + '...'
+    return 'session %d (pid %d, %s)' % (meta.session_id, meta.pid, cmd)
+
+
+def render(r, t, label, limit, by, width=100):
+    """Lines of the top table at t seconds."""
+    sites = r.top_sites(t, n=None, by=by)
+    total = sum(s.self_bytes for s in sites)
+    samples = sum(s.samples for s in sites)
+    meta = r.metadata
+    lines = ['heapprof top: %s at %.3f s%s' % (_describe(meta), t, label),
+             'live heap: %s in %s sampled allocations (sampling %s); %s'
+             % (_fmt.human_bytes(total), _fmt.human_count(samples),
+                'every allocation' if meta.sample_interval_bytes == 1 else
+                'every %s' % _fmt.human_bytes(meta.sample_interval_bytes)
+                if meta.sample_interval_bytes else 'by size buckets',
+                _fmt.ESTIMATE_NOTE)]
+    if meta.events_dropped:
+        lines.append('warning: %s events were dropped; figures are incomplete'
+                     % _fmt.human_count(meta.events_dropped))
+    if not sites:
+        lines.append('no live sampled allocations at this time')
+        return lines
+    rows = []
+    for i, s in enumerate(sites[:limit], 1):
+        rows.append((i, _fmt.human_bytes(s.self_bytes), _fmt.percent(s.self_bytes, total),
+                     _fmt.human_count(s.self_count), _fmt.human_bytes(s.cum_bytes),
+                     _fmt.percent(s.cum_bytes, total),
+                     _fmt.site_name(s.filename, s.lineno, s.function, width=width)))
+    lines.extend(_fmt.table(('#', 'self', 'self%', 'est.count', 'cumulative', 'cum%', 'site'),
+                            rows, align='rrrrrrl'))
+    return lines
+
+
+def run(args):
+    if args.limit < 1:
+        from heapprof.cli import UsageError
+        raise UsageError('--limit must be at least 1, not %d' % args.limit)
+    if args.follow:
+        return follow(args)
+    with open_reader(args) as r:
+        t = r.resolve_time(args.at)
+        label = ' (%s)' % args.at.strip().lower() if args.at.strip().lower() in ('peak', 'end') \
+            else ''
+        print('\n'.join(render(r, t, label, args.limit, args.by)))
+    return 0
+
+
+def follow(args):
+    """Redraws until the session is no longer 'running'; Ctrl-C exits quietly."""
+    if args.refresh <= 0:
+        from heapprof.cli import UsageError
+        raise UsageError('--refresh must be a positive number of seconds')
+    out = sys.stdout
+    with open_reader(args) as r:
+        try:
+            while True:
+                meta = r.refresh()
+                t = r.duration
+                live = ' (live, every %gs; Ctrl-C quits)' % args.refresh \
+                    if meta.status == 'running' else ' (session %s)' % meta.status
+                lines = render(r, t, live, args.limit, args.by)
+                out.write(CLEAR + '\n'.join(lines) + '\n')
+                out.flush()
+                if meta.status != 'running':
+                    out.write('session %d ended: %s\n' % (meta.session_id, meta.status))
+                    out.flush()
+                    return 0
+                time.sleep(args.refresh)
+        except KeyboardInterrupt:
+            out.write('\n')
+            out.flush()
+            return 0

@@ -1,0 +1,571 @@
+"""heapprof.reader — the Python API over a recorded heapprof database.
+
+Last stage of the pipeline (agent -> proto -> daemon -> schema -> tools). Everything here is
+SQL over the public views documented in schema/README.md (sessions, frames, stack_frames,
+allocations, timeline); the storage tables are never named, so the daemon may change them.
+
+Times given to and returned by a Reader are float seconds from the session's start. Byte
+figures are estimates: each sampled allocation carries est_bytes, the unbiased number of bytes
+it stands for, and sums of est_bytes estimate the true totals.
+
+    r = heapprof.read('prof.sqlite')          # newest session
+    t, peak_bytes = r.peak()
+    for s in r.top_sites(t):
+        print(s.filename, s.lineno, s.self_bytes)
+"""
+import collections
+import json
+import linecache
+import sqlite3
+
+from heapprof import _db
+
+__all__ = ['read', 'sessions', 'Reader', 'ReaderError', 'Session', 'Frame', 'SiteStat',
+           'LeakSite', 'SizeBucket', 'FlowGraph', 'NO_STACK_LABEL']
+
+NS = 1_000_000_000
+# Stack id NULL in the allocations view: no Python stack (e.g. raw domain without the GIL).
+NO_STACK_LABEL = '[no Python stack]'
+# Bound on ids in one IN (...) list: SQLite's default limit on host parameters is 32766.
+_CHUNK = 900
+# Past this share of a session's allocations, live-at-T queries read the allocations freed
+# after T (through an index on freed_ns, when there is one) rather than those made before T.
+# From bench/reader.py: the two plans cost the same at about 0.7-0.8 of the rows.
+_FREED_SCAN_FROM = 0.75
+
+
+class ReaderError(ValueError):
+    """A request the database cannot answer; str() is one line meant for users."""
+
+
+Session = collections.namedtuple('Session', [
+    'session_id', 'pid', 'ppid', 'argv', 'executable', 'python_version', 'started_ns',
+    'ended_ns', 'sample_interval_bytes', 'status', 'events_received', 'events_dropped',
+    'last_ns'])
+Session.__doc__ = """One recorded process. argv is a list; ended_ns is None while running;
+last_ns is the end, or for a running session the latest recorded event."""
+Session.duration = property(lambda s: (s.last_ns - s.started_ns) / NS)
+
+Frame = collections.namedtuple('Frame', ['frame_id', 'function', 'filename', 'lineno', 'line'])
+Frame.__doc__ = 'One frame of a stack; line is the source text, or None when unreadable.'
+
+SiteStat = collections.namedtuple('SiteStat', [
+    'frame_id', 'function', 'filename', 'lineno', 'self_bytes', 'self_count', 'cum_bytes',
+    'cum_count', 'samples'])
+SiteStat.__doc__ = """Live memory attributed to one code location (a frame) at one time.
+self: allocations made at this line (innermost frame); cumulative: allocations made while this
+line was on the stack. *_count are estimated allocation counts; samples is the number of
+sampled allocations behind the self figures. frame_id is None for NO_STACK_LABEL."""
+
+LeakSite = collections.namedtuple('LeakSite', [
+    'frame_id', 'function', 'filename', 'lineno', 'bytes', 'count', 'samples', 'first_t',
+    'last_t'])
+LeakSite.__doc__ = """Allocations made at one site (innermost frame) and never freed:
+estimated bytes and count, sampled allocations, first and last allocation time (s)."""
+
+SizeBucket = collections.namedtuple('SizeBucket', ['lo', 'hi', 'samples', 'est_count',
+                                                   'est_bytes'])
+SizeBucket.__doc__ = 'Sampled allocations with lo <= size <= hi (requested bytes).'
+
+FlowGraph = collections.namedtuple('FlowGraph', ['times', 'totals', 'nodes', 'edges'])
+FlowGraph.__doc__ = """Live memory at several times as a caller->callee graph.
+times: the times (s); totals: live bytes at each time; nodes: {frame_id: (Frame, [cum bytes
+per time], [self bytes per time])}; edges: {(caller_id, callee_id): [bytes per time]}.
+frame_id None is the pseudo-frame NO_STACK_LABEL."""
+
+
+def _session_from_row(row, last_ns):
+    (sid, pid, ppid, argv, exe, pyver, started, ended, interval, status, received,
+     dropped) = row
+    try:
+        argv = json.loads(argv)
+        if not isinstance(argv, list):
+            argv = [str(argv)]
+    except ValueError:
+        argv = [argv]
+    return Session(sid, pid, ppid, argv, exe, pyver, started, ended, interval, status,
+                   received, dropped, last_ns)
+
+
+_SESSION_COLUMNS = ('session_id, pid, ppid, argv, executable, python_version, started_ns, '
+                    'ended_ns, sample_interval_bytes, status, events_received, events_dropped')
+
+
+def _last_ns(con, session_id, started_ns, ended_ns):
+    """The end of a session; while it runs, its latest recorded instant."""
+    if ended_ns is not None:
+        return ended_ns
+    a = con.execute('SELECT MAX(ts_ns) FROM allocations WHERE session_id = ?',
+                    (session_id,)).fetchone()[0]
+    t = con.execute('SELECT MAX(ts_ns) FROM timeline WHERE session_id = ?',
+                    (session_id,)).fetchone()[0]
+    return max(x for x in (started_ns, a, t) if x is not None)
+
+
+def _load_sessions(con):
+    rows = con.execute('SELECT %s FROM sessions ORDER BY session_id' % _SESSION_COLUMNS)
+    return [_session_from_row(r, _last_ns(con, r[0], r[6], r[7])) for r in rows.fetchall()]
+
+
+def sessions(path):
+    """All sessions recorded in the database at path, oldest first."""
+    con = _db.open_db(path, readonly=True)
+    try:
+        return _load_sessions(con)
+    finally:
+        con.close()
+
+
+def read(path, session=None):
+    """A Reader over one session of the database at path (the newest when session is None)."""
+    return Reader(path, session)
+
+
+def _frame_label(fr):
+    if fr is None:
+        return NO_STACK_LABEL
+    return '%s (%s:%d)' % (fr.function, fr.filename, fr.lineno)
+
+
+class Reader:
+    """Read-only view of one session. Cheap to create; holds one SQLite connection."""
+
+    def __init__(self, path, session=None):
+        self.path = path
+        self._con = _db.open_db(path, readonly=True)
+        try:
+            self.metadata = self._pick_session(session)
+        except BaseException:
+            self._con.close()
+            raise
+        self.session_id = self.metadata.session_id
+        self._stacks = {}     # stack_id -> tuple of frame ids, innermost first
+        self._frames = {}     # frame_id -> Frame
+        self._freed_index = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def close(self):
+        self._con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _pick_session(self, session):
+        con = self._con
+        if session is None:
+            row = con.execute('SELECT %s FROM sessions ORDER BY started_ns DESC, session_id DESC'
+                              ' LIMIT 1' % _SESSION_COLUMNS).fetchone()
+            if row is None:
+                raise ReaderError('%s holds no recorded sessions yet' % self.path)
+        else:
+            try:
+                session = int(session)
+            except (TypeError, ValueError):
+                raise ReaderError('session must be a number, not %r' % (session,)) from None
+            row = con.execute('SELECT %s FROM sessions WHERE session_id = ?' % _SESSION_COLUMNS,
+                              (session,)).fetchone()
+            if row is None:
+                ids = [r[0] for r in con.execute('SELECT session_id FROM sessions'
+                                                 ' ORDER BY session_id')]
+                known = ', '.join(map(str, ids[:20])) + (', ...' if len(ids) > 20 else '')
+                raise ReaderError('session %d is not in %s (sessions: %s)'
+                                  % (session, self.path, known or 'none'))
+        return _session_from_row(row, _last_ns(con, row[0], row[6], row[7]))
+
+    def refresh(self):
+        """Re-reads the session's metadata (status, end, counters) of a session still recording."""
+        self.metadata = self._pick_session(self.session_id)
+        return self.metadata
+
+    # ---------------------------------------------------------------- time
+    @property
+    def duration(self):
+        """Seconds from the start to the end (or, while recording, to the latest event)."""
+        return self.metadata.duration
+
+    def _ns(self, t):
+        """Absolute ns for t seconds from the start, refusing times outside the session."""
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise ReaderError('time must be a number of seconds, not %r' % (t,)) from None
+        # Half a microsecond of slack: times printed with 6 decimals must round-trip.
+        if not (-5e-7 <= t <= self.duration + 5e-7) or t != t:
+            raise ReaderError('time %g s is outside session %d, which runs from 0 to %.3f s'
+                              % (t, self.session_id, self.duration))
+        ns = self.metadata.started_ns + int(round(t * NS))
+        return min(max(ns, self.metadata.started_ns), self.metadata.last_ns)
+
+    def _t(self, ns):
+        return (ns - self.metadata.started_ns) / NS
+
+    def resolve_time(self, spec):
+        """Seconds for a user's time: a number of seconds, 'peak' or 'end' (or 'start')."""
+        if isinstance(spec, str):
+            word = spec.strip().lower()
+            if word == 'peak':
+                return self.peak()[0]
+            if word == 'end':
+                return self.duration
+            if word == 'start':
+                return 0.0
+            try:
+                spec = float(word.rstrip('s'))
+            except ValueError:
+                raise ReaderError("time must be seconds from the start, 'peak' or 'end', not %r"
+                                  % spec) from None
+        self._ns(spec)
+        return float(spec)
+
+    # ---------------------------------------------------------------- timeline and peak
+    def timeline(self):
+        """[(t, live_bytes)]: the estimated live heap per timeline interval (the highest level
+        reached within the interval that starts at t)."""
+        rows = self._con.execute('SELECT ts_ns, live_bytes FROM timeline WHERE session_id = ?'
+                                 ' ORDER BY ts_ns', (self.session_id,)).fetchall()
+        return [(self._t(ts), b) for ts, b in rows]
+
+    def peak(self):
+        """(t, live_bytes) of the highest estimated live heap. The timeline gives the interval;
+        the instant within it is where the sampled allocations and frees of that interval
+        reach their highest running level."""
+        con, sid = self._con, self.session_id
+        row = con.execute('SELECT ts_ns, live_bytes FROM timeline WHERE session_id = ?'
+                          ' ORDER BY live_bytes DESC, ts_ns LIMIT 1', (sid,)).fetchone()
+        if row is None:
+            return 0.0, 0
+        a, peak_bytes = row
+        nxt = con.execute('SELECT MIN(ts_ns) FROM timeline WHERE session_id = ? AND ts_ns > ?',
+                          (sid, a)).fetchone()[0]
+        b = nxt if nxt is not None else self.metadata.last_ns + 1
+        events = [(ts, est) for ts, est in con.execute(
+            'SELECT ts_ns, est_bytes FROM allocations WHERE session_id = ? AND ts_ns >= ?'
+            ' AND ts_ns < ?', (sid, a, b))]
+        events += [(fr, -est) for fr, est in con.execute(
+            'SELECT freed_ns, est_bytes FROM allocations WHERE session_id = ? AND freed_ns >= ?'
+            ' AND freed_ns < ? AND ts_ns < ?', (sid, a, b, b))]
+        # Frees before allocations at the same instant: an allocation is live at [ts, freed).
+        events.sort(key=lambda e: (e[0], e[1] > 0))
+        best_ns, best, level = a, 0, 0
+        for ts, d in events:
+            level += d
+            if level > best:
+                best, best_ns = level, ts
+        best_ns = min(max(best_ns, self.metadata.started_ns), self.metadata.last_ns)
+        return self._t(best_ns), peak_bytes
+
+    # ---------------------------------------------------------------- snapshots
+    def _live_sql(self, cols, ns):
+        """(sql, params): a SELECT of cols over the allocations live at ns.
+
+        Live at ns means ts_ns <= ns < freed_ns (or never freed). Early in a session the
+        (session_id, ts_ns) index reaches them in few rows; late in a long session that range
+        covers nearly every row, while the allocations freed after ns are few: when an index
+        on freed_ns exists (see bench/README.md, "Reader"), read them through it instead."""
+        sid = self.session_id
+        if self._has_freed_index() and self._fraction_before(ns) > _FREED_SCAN_FROM:
+            return ('SELECT %s FROM allocations WHERE session_id = ? AND freed_ns > ?'
+                    ' AND +ts_ns <= ? UNION ALL SELECT %s FROM allocations WHERE session_id = ?'
+                    ' AND freed_ns IS NULL AND +ts_ns <= ?' % (cols, cols),
+                    (sid, ns, ns, sid, ns))
+        return ('SELECT %s FROM allocations WHERE session_id = ? AND ts_ns <= ?'
+                ' AND (freed_ns IS NULL OR freed_ns > ?)' % cols, (sid, ns, ns))
+
+    def _has_freed_index(self):
+        if self._freed_index is None:
+            self._freed_index = self._con.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index'"
+                " AND sql LIKE '%(session_id, freed_ns%'").fetchone()[0] > 0
+        return self._freed_index
+
+    def _fraction_before(self, ns):
+        """Rough share of the session's allocations recorded up to ns, from alloc ids (which
+        grow in arrival order); three index look-ups."""
+        q = ('SELECT alloc_id FROM allocations WHERE session_id = ? AND ts_ns <= ?'
+             ' ORDER BY ts_ns DESC LIMIT 1')
+        sid = self.session_id
+        first = self._con.execute('SELECT alloc_id FROM allocations WHERE session_id = ?'
+                                  ' ORDER BY ts_ns LIMIT 1', (sid,)).fetchone()
+        last = self._con.execute(q, (sid, 1 << 62)).fetchone()
+        at = self._con.execute(q, (sid, ns)).fetchone()
+        if first is None or at is None or last[0] <= first[0]:
+            return 0.0
+        return (at[0] - first[0]) / (last[0] - first[0])
+
+    def _live_by_stack(self, t):
+        """{stack_id: (est bytes, est count, samples)} live at t seconds."""
+        sql, params = self._live_sql(
+            'stack_id, est_bytes, CAST(est_bytes AS REAL) / MAX(size, 1) AS n', self._ns(t))
+        rows = self._con.execute('SELECT stack_id, SUM(est_bytes), SUM(n), COUNT(*) FROM (%s)'
+                                 ' GROUP BY stack_id' % sql, params)
+        return {sid: (b, c, n) for sid, b, c, n in rows}
+
+    def snapshot_at(self, t):
+        """{stack_id: estimated live bytes} at t seconds from the start. Key None collects the
+        allocations recorded without a Python stack."""
+        return {sid: v[0] for sid, v in self._live_by_stack(t).items()}
+
+    def live_bytes_at(self, t):
+        """Estimated live bytes at t (the sum of snapshot_at(t))."""
+        sql, params = self._live_sql('est_bytes', self._ns(t))
+        return self._con.execute('SELECT COALESCE(SUM(est_bytes), 0) FROM (%s)' % sql,
+                                 params).fetchone()[0]
+
+    # ---------------------------------------------------------------- stacks and frames
+    def _load_stacks(self, stack_ids):
+        need = [s for s in stack_ids if s is not None and s not in self._stacks]
+        found = collections.defaultdict(list)
+        for i in range(0, len(need), _CHUNK):
+            part = need[i:i + _CHUNK]
+            q = ('SELECT stack_id, depth, frame_id FROM stack_frames WHERE stack_id IN (%s)'
+                 % ','.join('?' * len(part)))
+            for sid, depth, fid in self._con.execute(q, part):
+                found[sid].append((depth, fid))
+        for sid in need:
+            self._stacks[sid] = tuple(f for _, f in sorted(found.get(sid, ())))
+        self._load_frames({f for s in need for f in self._stacks[s]})
+
+    def _load_frames(self, frame_ids):
+        need = [f for f in frame_ids if f not in self._frames]
+        for i in range(0, len(need), _CHUNK):
+            part = need[i:i + _CHUNK]
+            q = ('SELECT frame_id, function, filename, lineno FROM frames WHERE frame_id IN (%s)'
+                 % ','.join('?' * len(part)))
+            for fid, fn, filename, lineno in self._con.execute(q, part):
+                self._frames[fid] = Frame(fid, fn, filename, lineno, None)
+        for f in need:
+            if f not in self._frames:   # a stack naming an unknown frame: show it, not crash
+                self._frames[f] = Frame(f, '<frame %d>' % f, '<unknown>', 0, None)
+
+    def _frames_of(self, stack_id):
+        """Frames of a stack, innermost first (empty for None)."""
+        if stack_id is None:
+            return ()
+        if stack_id not in self._stacks:
+            self._load_stacks([stack_id])
+        return tuple(self._frames[f] for f in self._stacks[stack_id])
+
+    def trace(self, stack_id):
+        """The frames of one stack, innermost (the allocating line) first, each with its source
+        line when the file is readable here."""
+        if stack_id is None:
+            return []
+        exists = self._con.execute('SELECT 1 FROM stack_frames WHERE stack_id = ? LIMIT 1',
+                                   (stack_id,)).fetchone()
+        if exists is None:
+            raise ReaderError('stack %r is not in %s' % (stack_id, self.path))
+        out = []
+        for fr in self._frames_of(stack_id):
+            text = linecache.getline(fr.filename, fr.lineno).strip() if fr.lineno > 0 else ''
+            out.append(fr._replace(line=text or None))
+        return out
+
+    # ---------------------------------------------------------------- sites
+    def top_sites(self, t, n=20, by='self'):
+        """Sites (frames) holding the most live memory at t, by 'self' or 'cumulative' bytes."""
+        if by not in ('self', 'cumulative'):
+            raise ReaderError("order must be 'self' or 'cumulative', not %r" % (by,))
+        live = self._live_by_stack(t)
+        self._load_stacks(list(live))
+        acc = {}   # frame_id -> [self_b, self_c, cum_b, cum_c, samples]
+        for sid, (b, c, k) in live.items():
+            frames = self._stacks.get(sid, ()) if sid is not None else ()
+            leaf = frames[0] if frames else None
+            e = acc.setdefault(leaf, [0, 0.0, 0, 0.0, 0])
+            e[0] += b
+            e[1] += c
+            e[4] += k
+            for fid in set(frames) or (None,):
+                e = acc.setdefault(fid, [0, 0.0, 0, 0.0, 0])
+                e[2] += b
+                e[3] += c
+        out = []
+        for fid, (sb, sc, cb, cc, k) in acc.items():
+            fr = self._frames.get(fid) if fid is not None else None
+            if fr is None:
+                fr = Frame(None, NO_STACK_LABEL, '', 0, None)
+            out.append(SiteStat(fid, fr.function, fr.filename, fr.lineno, sb, round(sc), cb,
+                                round(cc), k))
+        key = (lambda s: (-s.self_bytes, -s.cum_bytes)) if by == 'self' else \
+              (lambda s: (-s.cum_bytes, -s.self_bytes))
+        out.sort(key=lambda s: key(s) + (s.filename, s.lineno, s.function))
+        if by == 'self':
+            out = [s for s in out if s.self_bytes > 0]
+        return out if n is None else out[:n]
+
+    def leaks(self, n=None):
+        """Sites whose sampled allocations were never freed (still live at the end of the
+        recording), largest first."""
+        rows = self._con.execute(
+            'SELECT stack_id, SUM(est_bytes), SUM(CAST(est_bytes AS REAL) / MAX(size, 1)),'
+            ' COUNT(*), MIN(ts_ns), MAX(ts_ns) FROM allocations WHERE session_id = ?'
+            ' AND freed_ns IS NULL GROUP BY stack_id', (self.session_id,)).fetchall()
+        self._load_stacks([r[0] for r in rows])
+        acc = {}
+        for sid, b, c, k, lo, hi in rows:
+            frames = self._stacks.get(sid, ()) if sid is not None else ()
+            leaf = frames[0] if frames else None
+            e = acc.setdefault(leaf, [0, 0.0, 0, lo, hi])
+            e[0] += b
+            e[1] += c
+            e[2] += k
+            e[3] = min(e[3], lo)
+            e[4] = max(e[4], hi)
+        out = []
+        for fid, (b, c, k, lo, hi) in acc.items():
+            fr = self._frames.get(fid) if fid is not None else None
+            if fr is None:
+                fr = Frame(None, NO_STACK_LABEL, '', 0, None)
+            out.append(LeakSite(fid, fr.function, fr.filename, fr.lineno, b, round(c), k,
+                                self._t(lo), self._t(hi)))
+        out.sort(key=lambda s: (-s.bytes, s.filename, s.lineno, s.function))
+        return out if n is None else out[:n]
+
+    def _match_sites(self, site):
+        """Frame ids at a 'file:line' site; the file may be given by a path suffix."""
+        if not isinstance(site, str) or ':' not in site:
+            raise ReaderError("a site is written file:line (e.g. app.py:42), not %r" % (site,))
+        filename, _, line = site.rpartition(':')
+        try:
+            lineno = int(line)
+        except ValueError:
+            raise ReaderError("a site is written file:line (e.g. app.py:42), not %r"
+                              % (site,)) from None
+        ids = [fid for fid, fn in self._con.execute(
+            'SELECT frame_id, filename FROM frames WHERE lineno = ?', (lineno,))
+            if fn == filename or fn.endswith('/' + filename)]
+        if not ids:
+            raise ReaderError('no recorded frame at %s in %s' % (site, self.path))
+        return ids
+
+    def site_series(self, sites):
+        """{site: [(t, bytes)]} for each 'file:line' site: the estimated live bytes allocated
+        while that line was on the stack (cumulative), at the timeline's times, as the
+        highest level within each interval (the same meaning as timeline())."""
+        times = [ts for ts, in self._con.execute(
+            'SELECT ts_ns FROM timeline WHERE session_id = ? ORDER BY ts_ns',
+            (self.session_id,))]
+        out = {}
+        for site in sites:
+            fids = self._match_sites(site)
+            stacks = set()
+            for i in range(0, len(fids), _CHUNK):
+                part = fids[i:i + _CHUNK]
+                stacks.update(s for s, in self._con.execute(
+                    'SELECT DISTINCT stack_id FROM stack_frames WHERE frame_id IN (%s)'
+                    % ','.join('?' * len(part)), part))
+            events = []
+            stacks = sorted(stacks)
+            for i in range(0, len(stacks), _CHUNK):
+                part = stacks[i:i + _CHUNK]
+                for ts, fr, est in self._con.execute(
+                        'SELECT ts_ns, freed_ns, est_bytes FROM allocations WHERE session_id = ?'
+                        ' AND stack_id IN (%s)' % ','.join('?' * len(part)),
+                        [self.session_id] + part):
+                    events.append((ts, est))
+                    if fr is not None:
+                        events.append((fr, -est))
+            out[site] = [(self._t(ts), b) for ts, b in _max_per_interval(events, times)]
+        return out
+
+    # ---------------------------------------------------------------- histogram
+    def size_histogram(self):
+        """Sampled allocations by requested size, in power-of-two buckets (1, 2, 3-4, 5-8,
+        ...); empty buckets between the smallest and largest are kept."""
+        rows = self._con.execute(
+            'SELECT %s AS b, COUNT(*), SUM(CAST(est_bytes AS REAL) / MAX(size, 1)),'
+            ' SUM(est_bytes) FROM allocations WHERE session_id = ? GROUP BY b ORDER BY b'
+            % _size_bucket_sql(0, 64), (self.session_id,)).fetchall()
+        if not rows:
+            return []
+        got = {b: (n, c, e) for b, n, c, e in rows}
+        out = []
+        for k in range(rows[0][0], rows[-1][0] + 1):
+            lo = 0 if k == 0 else (1 << (k - 1)) + 1
+            hi = 1 << k
+            n, c, e = got.get(k, (0, 0.0, 0))
+            out.append(SizeBucket(lo, hi, n, round(c), e))
+        return out
+
+    # ---------------------------------------------------------------- flame and flow
+    def flame(self, t):
+        """Folded stacks at t: {'outer;...;inner': estimated live bytes}; each frame is
+        'function (file:line)'. The values sum to the snapshot's total."""
+        live = self.snapshot_at(t)
+        self._load_stacks(list(live))
+        out = collections.Counter()
+        for sid, b in live.items():
+            frames = self._frames_of(sid)
+            if frames:
+                key = ';'.join(_frame_label(f).replace(';', ',') for f in reversed(frames))
+            else:
+                key = NO_STACK_LABEL
+            out[key] += b
+        return dict(out)
+
+    def flame_stacks(self, t):
+        """[(frames outermost first, bytes)] at t: flame data with Frame objects."""
+        live = self.snapshot_at(t)
+        self._load_stacks(list(live))
+        return [(tuple(reversed(self._frames_of(sid))), b) for sid, b in
+                sorted(live.items(), key=lambda kv: -kv[1])]
+
+    def flow(self, times):
+        """Caller->callee graph of live memory at each of times (seconds); see FlowGraph."""
+        times = [float(t) for t in times]
+        if not times:
+            raise ReaderError('flow needs at least one time')
+        nodes, edges, totals = {}, {}, []
+        k = len(times)
+        for i, t in enumerate(times):
+            live = self.snapshot_at(t)
+            self._load_stacks(list(live))
+            totals.append(sum(live.values()))
+            for sid, b in live.items():
+                fids = self._stacks.get(sid, ()) if sid is not None else ()
+                if not fids:
+                    fids = (None,)
+                for j, fid in enumerate(fids):
+                    if fid not in nodes:
+                        fr = self._frames[fid] if fid is not None else \
+                            Frame(None, NO_STACK_LABEL, '', 0, None)
+                        nodes[fid] = (fr, [0] * k, [0] * k)
+                    if j == 0:
+                        nodes[fid][2][i] += b
+                for fid in set(fids):
+                    nodes[fid][1][i] += b
+                for pair in {(fids[j + 1], fids[j]) for j in range(len(fids) - 1)}:
+                    edges.setdefault(pair, [0] * k)[i] += b
+        return FlowGraph(times, totals, nodes, edges)
+
+
+def _max_per_interval(events, times):
+    """[(t_k, highest level within [t_k, t_k+1))] for a step function given as (ns, delta)
+    events; an event at ns applies from ns on."""
+    events.sort(key=lambda e: (e[0], e[1] > 0))
+    out, level, j, n = [], 0, 0, len(events)
+    for k, start in enumerate(times):
+        while j < n and events[j][0] <= start:
+            level += events[j][1]
+            j += 1
+        best = level
+        end = times[k + 1] if k + 1 < len(times) else None
+        while j < n and (end is None or events[j][0] < end):
+            level += events[j][1]
+            j += 1
+            best = max(best, level)
+        out.append((start, best))
+    return out
+
+
+def _size_bucket_sql(lo, hi):
+    """SQL for the bucket k in [lo, hi] with 2**(k-1) < size <= 2**k, as a binary search
+    (six comparisons a row instead of up to 64)."""
+    if lo == hi:
+        return str(lo)
+    mid = (lo + hi) // 2
+    return 'CASE WHEN size <= %d THEN %s ELSE %s END' % (
+        1 << mid, _size_bucket_sql(lo, mid), _size_bucket_sql(mid + 1, hi))
