@@ -1,0 +1,286 @@
+/* check_conn.c — the stream-order state machine of one agent connection, driven both
+ * with decoded messages (hp_conn_handle) and with encoded bytes split at every offset
+ * (hp_conn_feed), as a libuv read callback may deliver them. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hp_conn.h"
+#include "hp_error.h"
+#include "hp_proto.h"
+
+/* ------------------------------------------------------------------ recording sink */
+
+typedef struct {
+  int hello, frames, stacks, batches, counters, goodbye;
+  uint64_t events;
+  uint32_t last_stack_id;
+  int fail_with;    /* returned by every callback when nonzero */
+} rec;
+
+static int r_hello(void *c, const hp_hello *m) { rec *r = c; (void)m; r->hello++; return r->fail_with; }
+static int r_frame(void *c, const hp_frame_def *m) { rec *r = c; (void)m; r->frames++; return r->fail_with; }
+static int r_stack(void *c, const hp_stack_def *m) {
+  rec *r = c; r->stacks++; r->last_stack_id = m->stack_id; return r->fail_with;
+}
+static int r_events(void *c, const hp_event *e, uint32_t n) {
+  rec *r = c; (void)e; r->batches++; r->events += n; return r->fail_with;
+}
+static int r_counters(void *c, const hp_counters *m) { rec *r = c; (void)m; r->counters++; return r->fail_with; }
+static int r_goodbye(void *c, const hp_goodbye *m) { rec *r = c; (void)m; r->goodbye++; return r->fail_with; }
+static const hp_conn_sink sink = {r_hello, r_frame, r_stack, r_events, r_counters, r_goodbye};
+
+static rec R;
+static hp_conn *C;
+static void setup(void) { memset(&R, 0, sizeof R); C = hp_conn_new(&sink, &R); ck_assert_ptr_nonnull(C); }
+static void teardown(void) { hp_conn_free(C); }
+
+/* ------------------------------------------------------------------ message builders */
+
+static hp_str S(const char *s) { return (hp_str){s, (uint32_t)strlen(s)}; }
+static const hp_str argv_[] = {{"python", 6}, {"x.py", 4}};
+
+static hp_msg hello(uint32_t version) {
+  hp_msg m = {.type = HP_MSG_HELLO};
+  m.u.hello = (hp_hello){.version = version, .pid = 42, .ppid = 1, .argc = 2, .argv = argv_,
+                         .executable = S("/usr/bin/python3"), .python_version = S("3.11.2"),
+                         .start_wall_ns = 1700000000000000000ULL, .start_mono_ns = 1000,
+                         .sample_interval_bytes = 1, .max_stack_depth = 64};
+  return m;
+}
+static hp_msg frame(uint32_t id) {
+  hp_msg m = {.type = HP_MSG_FRAME_DEF};
+  m.u.frame_def = (hp_frame_def){id, S("f"), S("x.py"), (int32_t)id};
+  return m;
+}
+static uint32_t ids_[4] = {1, 2, 3, 4};
+static hp_msg stack(uint32_t id, uint32_t depth, const uint32_t *frames) {
+  hp_msg m = {.type = HP_MSG_STACK_DEF};
+  m.u.stack_def = (hp_stack_def){.stack_id = id, .truncated = 0, .depth = depth, .frame_ids = frames};
+  return m;
+}
+static hp_event evs_[3];
+static hp_msg events(uint32_t stack_id) {
+  evs_[0] = (hp_event){.kind = HP_EV_ALLOC, .domain = HP_DOMAIN_OBJ, .stack_id = stack_id,
+                       .ts_ns = 2000, .thread_id = 1, .address = 0x1000, .size = 32, .est_bytes = 32};
+  evs_[1] = (hp_event){.kind = HP_EV_ALLOC, .domain = HP_DOMAIN_MEM, .stack_id = HP_NO_STACK,
+                       .ts_ns = 2001, .thread_id = 1, .address = 0x2000, .size = 64, .est_bytes = 64};
+  evs_[2] = (hp_event){.kind = HP_EV_FREE, .ts_ns = 2002, .thread_id = 1, .address = 0x1000};
+  hp_msg m = {.type = HP_MSG_EVENTS};
+  m.u.events = (hp_events){3, evs_};
+  return m;
+}
+static hp_msg goodbye(void) {
+  hp_msg m = {.type = HP_MSG_GOODBYE};
+  m.u.goodbye = (hp_goodbye){3000, 5};
+  return m;
+}
+
+static void handle_ok(hp_msg m) { ck_assert_int_eq(hp_conn_handle(C, &m), 0); }
+
+/* ------------------------------------------------------------------ order */
+
+START_TEST(conn_accepts_a_well_ordered_stream) {
+  ck_assert_int_eq(hp_conn_get_state(C), HP_CONN_EXPECT_HELLO);
+  handle_ok(hello(HP_PROTO_VERSION));
+  ck_assert_int_eq(hp_conn_get_state(C), HP_CONN_STREAMING);
+  handle_ok(frame(1));
+  handle_ok(frame(2));
+  handle_ok(stack(7, 2, ids_));
+  handle_ok(events(7));
+  hp_msg cm = {.type = HP_MSG_COUNTERS};
+  handle_ok(cm);
+  hp_msg g = goodbye();
+  ck_assert_int_eq(hp_conn_handle(C, &g), 1);
+  ck_assert_int_eq(hp_conn_get_state(C), HP_CONN_DONE);
+  ck_assert_int_eq(R.hello, 1);
+  ck_assert_int_eq(R.frames, 2);
+  ck_assert_int_eq(R.stacks, 1);
+  ck_assert_uint_eq(R.events, 3);
+  ck_assert_int_eq(R.counters, 1);
+  ck_assert_int_eq(R.goodbye, 1);
+  ck_assert_uint_eq(hp_conn_events(C), 3);
+  ck_assert_str_eq(hp_conn_error(C), "");
+}
+END_TEST
+
+START_TEST(conn_rejects_events_before_hello) {
+  hp_msg m = events(0);
+  ck_assert_int_eq(hp_conn_handle(C, &m), -HP_EORDER);
+  ck_assert_ptr_nonnull(strstr(hp_conn_error(C), "EVENTS before HELLO"));
+  ck_assert_int_eq(R.batches, 0);
+  ck_assert_int_eq(hp_conn_get_state(C), HP_CONN_FAILED);
+  /* A failed stream accepts nothing more, not even a HELLO. */
+  hp_msg h = hello(HP_PROTO_VERSION);
+  ck_assert_int_eq(hp_conn_handle(C, &h), -HP_ECLOSED);
+  ck_assert_int_eq(R.hello, 0);
+}
+END_TEST
+
+START_TEST(conn_rejects_second_hello) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  hp_msg h = hello(HP_PROTO_VERSION);
+  ck_assert_int_eq(hp_conn_handle(C, &h), -HP_EORDER);
+  ck_assert_int_eq(R.hello, 1);
+}
+END_TEST
+
+START_TEST(conn_rejects_wrong_version) {
+  hp_msg h = hello(HP_PROTO_VERSION + 1);
+  ck_assert_int_eq(hp_conn_handle(C, &h), -HP_EVERSION);
+  ck_assert_ptr_nonnull(strstr(hp_conn_error(C), "protocol version"));
+  ck_assert_int_eq(R.hello, 0);
+}
+END_TEST
+
+START_TEST(conn_rejects_duplicate_frame_and_stack) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  handle_ok(frame(1));
+  hp_msg f = frame(1);
+  ck_assert_int_eq(hp_conn_handle(C, &f), -HP_EDUP);
+  ck_assert_ptr_nonnull(strstr(hp_conn_error(C), "frame id 1 defined twice"));
+  ck_assert_int_eq(R.frames, 1);
+
+  teardown();
+  setup();
+  handle_ok(hello(HP_PROTO_VERSION));
+  handle_ok(frame(1));
+  handle_ok(stack(3, 1, ids_));
+  hp_msg s = stack(3, 1, ids_);
+  ck_assert_int_eq(hp_conn_handle(C, &s), -HP_EDUP);
+  ck_assert_int_eq(R.stacks, 1);
+}
+END_TEST
+
+START_TEST(conn_rejects_stack_with_undefined_frame) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  handle_ok(frame(1));
+  hp_msg s = stack(5, 3, ids_);  /* frames 2 and 3 were never defined */
+  ck_assert_int_eq(hp_conn_handle(C, &s), -HP_EUNDEF);
+  ck_assert_ptr_nonnull(strstr(hp_conn_error(C), "frame id 2"));
+  ck_assert_int_eq(R.stacks, 0);
+}
+END_TEST
+
+START_TEST(conn_rejects_events_with_undefined_stack_as_a_batch) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  hp_msg e = events(9);
+  ck_assert_int_eq(hp_conn_handle(C, &e), -HP_EUNDEF);
+  ck_assert_ptr_nonnull(strstr(hp_conn_error(C), "stack id 9"));
+  ck_assert_int_eq(R.batches, 0);  /* nothing of the bad batch is passed on */
+  ck_assert_uint_eq(hp_conn_events(C), 0);
+}
+END_TEST
+
+START_TEST(conn_rejects_messages_after_goodbye) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  hp_msg g = goodbye();
+  ck_assert_int_eq(hp_conn_handle(C, &g), 1);
+  hp_msg e = events(0);
+  ck_assert_int_eq(hp_conn_handle(C, &e), -HP_EORDER);
+  ck_assert_ptr_nonnull(strstr(hp_conn_error(C), "after GOODBYE"));
+  ck_assert_int_eq(R.batches, 0);
+}
+END_TEST
+
+START_TEST(conn_stops_when_the_sink_fails) {
+  R.fail_with = -HP_ENOMEM;
+  hp_msg h = hello(HP_PROTO_VERSION);
+  ck_assert_int_eq(hp_conn_handle(C, &h), -HP_ENOMEM);
+  ck_assert_int_eq(hp_conn_get_state(C), HP_CONN_FAILED);
+  ck_assert_ptr_nonnull(strstr(hp_conn_error(C), "out of memory"));
+}
+END_TEST
+
+/* ------------------------------------------------------------------ bytes */
+
+static hp_encoder *encode_stream(void) {
+  hp_encoder *e = hp_encoder_new(256);
+  ck_assert_ptr_nonnull(e);
+  hp_msg h = hello(HP_PROTO_VERSION), f1 = frame(1), f2 = frame(2), s = stack(7, 2, ids_),
+         ev = events(7), g = goodbye();
+  ck_assert_int_eq(hp_encode_hello(e, &h.u.hello), 0);
+  ck_assert_int_eq(hp_encode_frame_def(e, &f1.u.frame_def), 0);
+  ck_assert_int_eq(hp_encode_frame_def(e, &f2.u.frame_def), 0);
+  ck_assert_int_eq(hp_encode_stack_def(e, &s.u.stack_def), 0);
+  ck_assert_int_eq(hp_encode_events(e, ev.u.events.events, ev.u.events.count), 0);
+  ck_assert_int_eq(hp_encode_goodbye(e, &g.u.goodbye), 0);
+  return e;
+}
+
+START_TEST(conn_feed_split_at_every_offset) {
+  hp_encoder *e = encode_stream();
+  size_t len;
+  const uint8_t *p = hp_encoder_data(e, &len);
+  for (size_t cut = 0; cut <= len; cut++) {
+    teardown();
+    setup();
+    int rc1 = hp_conn_feed(C, p, cut);
+    ck_assert_int_ge(rc1, 0);
+    int rc2 = hp_conn_feed(C, p + cut, len - cut);
+    ck_assert_msg(rc1 == 1 || rc2 == 1, "cut %zu: goodbye not seen (%s)", cut, hp_conn_error(C));
+    ck_assert_int_eq(R.hello, 1);
+    ck_assert_int_eq(R.frames, 2);
+    ck_assert_int_eq(R.stacks, 1);
+    ck_assert_uint_eq(R.events, 3);
+    ck_assert_int_eq(R.goodbye, 1);
+  }
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(conn_feed_rejects_oversized_frame_length) {
+  uint8_t hdr[4] = {0x7f, 0xff, 0xff, 0xff};
+  ck_assert_int_lt(hp_conn_feed(C, hdr, sizeof hdr), 0);
+  ck_assert_ptr_nonnull(strstr(hp_conn_error(C), "exceeds the limit"));
+  ck_assert_int_eq(R.hello, 0);
+}
+END_TEST
+
+START_TEST(conn_feed_rejects_garbage_after_good_data) {
+  hp_encoder *e = hp_encoder_new(256);
+  hp_msg h = hello(HP_PROTO_VERSION);
+  ck_assert_int_eq(hp_encode_hello(e, &h.u.hello), 0);
+  size_t len;
+  const uint8_t *p = hp_encoder_data(e, &len);
+  ck_assert_int_eq(hp_conn_feed(C, p, len), 0);
+  /* A small frame whose payload is not a msgpack array of a known message. */
+  uint8_t junk[] = {0, 0, 0, 3, 0xc1, 0xc1, 0xc1};
+  ck_assert_int_lt(hp_conn_feed(C, junk, sizeof junk), 0);
+  ck_assert_ptr_nonnull(strstr(hp_conn_error(C), "bad frame"));
+  ck_assert_int_eq(R.hello, 1);
+  ck_assert_int_eq(hp_conn_get_state(C), HP_CONN_FAILED);
+  hp_encoder_free(e);
+}
+END_TEST
+
+Suite *conn_suite(void) {
+  Suite *s = suite_create("conn");
+  TCase *order = tcase_create("order");
+  tcase_add_checked_fixture(order, setup, teardown);
+  tcase_add_test(order, conn_accepts_a_well_ordered_stream);
+  tcase_add_test(order, conn_rejects_events_before_hello);
+  tcase_add_test(order, conn_rejects_second_hello);
+  tcase_add_test(order, conn_rejects_wrong_version);
+  tcase_add_test(order, conn_rejects_duplicate_frame_and_stack);
+  tcase_add_test(order, conn_rejects_stack_with_undefined_frame);
+  tcase_add_test(order, conn_rejects_events_with_undefined_stack_as_a_batch);
+  tcase_add_test(order, conn_rejects_messages_after_goodbye);
+  tcase_add_test(order, conn_stops_when_the_sink_fails);
+  suite_add_tcase(s, order);
+  TCase *bytes = tcase_create("bytes");
+  tcase_add_checked_fixture(bytes, setup, teardown);
+  tcase_add_test(bytes, conn_feed_split_at_every_offset);
+  tcase_add_test(bytes, conn_feed_rejects_oversized_frame_length);
+  tcase_add_test(bytes, conn_feed_rejects_garbage_after_good_data);
+  suite_add_tcase(s, bytes);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(conn_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

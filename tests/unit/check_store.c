@@ -1,0 +1,242 @@
+/* check_store.c — the storage thread against a real SQLite database: pairing frees
+ * with sampled allocations (before and after their row is committed), frames and
+ * stacks shared across sessions, session end states, the timeline's spike height,
+ * and the queue's backpressure signal. */
+#include <check.h>
+#include <ftw.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hp_error.h"
+#include "hp_proto.h"
+#include "hp_schema.h"
+#include "hp_store.h"
+
+static char tmpdir[256], dbpath[512];
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st; (void)flag; (void)ftw;
+  return remove(p);
+}
+static void setup(void) {
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/hp-check-store-XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+  snprintf(dbpath, sizeof dbpath, "%s/t.sqlite", tmpdir);
+}
+static void teardown(void) { nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
+
+static atomic_int resumed;
+static void on_resume(void *ctx) { (void)ctx; atomic_fetch_add(&resumed, 1); }
+
+static hp_store *start(uint32_t batch_rows, size_t high, int64_t interval_ns) {
+  sqlite3 *db;
+  char err[256];
+  ck_assert_msg(hp_schema_open(dbpath, &db, err, sizeof err) == 0, "%s", err);
+  hp_store_config cfg = {.db = db, .timeline_interval_ns = interval_ns,
+                         .batch_rows = batch_rows, .queue_high = high,
+                         .queue_low = high ? high / 2 : 0, .on_resume = on_resume};
+  hp_store *s;
+  ck_assert_int_eq(hp_store_start(&s, &cfg), 0);
+  return s;
+}
+
+static sqlite3 *reopen(void) {
+  sqlite3 *db;
+  ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
+  return db;
+}
+
+static int64_t q1(sqlite3 *db, const char *sql) {
+  sqlite3_stmt *st;
+  ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
+                sqlite3_errmsg(db));
+  ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+  int64_t v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+static const char *qs(sqlite3 *db, const char *sql, char *buf, size_t n) {
+  sqlite3_stmt *st;
+  ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+  ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+  const unsigned char *t = sqlite3_column_text(st, 0);
+  snprintf(buf, n, "%s", t ? (const char *)t : "(null)");
+  sqlite3_finalize(st);
+  return buf;
+}
+
+#define WALL0 1700000000000000000ULL
+#define MONO0 5000000000ULL
+
+static hp_str S(const char *s) { return (hp_str){s, (uint32_t)strlen(s)}; }
+static const hp_str argv_[] = {{"python", 6}, {"say \"hi\"", 8}};
+
+static hp_hello hello(int64_t pid) {
+  return (hp_hello){.version = HP_PROTO_VERSION, .pid = pid, .ppid = 1, .argc = 2, .argv = argv_,
+                    .executable = S("/usr/bin/python3"), .python_version = S("3.11.2"),
+                    .start_wall_ns = WALL0, .start_mono_ns = MONO0, .sample_interval_bytes = 1,
+                    .max_stack_depth = 64};
+}
+
+static hp_event alloc_ev(uint64_t ms, uint64_t addr, uint64_t size, uint32_t stack) {
+  return (hp_event){.kind = HP_EV_ALLOC, .domain = HP_DOMAIN_OBJ, .stack_id = stack,
+                    .ts_ns = MONO0 + ms * 1000000ULL, .thread_id = 7, .address = addr,
+                    .size = size, .est_bytes = size};
+}
+static hp_event free_ev(uint64_t ms, uint64_t addr) {
+  return (hp_event){.kind = HP_EV_FREE, .ts_ns = MONO0 + ms * 1000000ULL, .thread_id = 7,
+                    .address = addr};
+}
+
+static hp_store_session *session_with_stack(hp_store *s, int64_t pid) {
+  hp_hello h = hello(pid);
+  hp_store_session *ss = hp_store_session_start(s, &h, pid);
+  ck_assert_ptr_nonnull(ss);
+  /* Agent ids differ between the sessions on purpose; the rows must still be shared. */
+  uint32_t f1 = (uint32_t)pid * 10 + 1, f2 = (uint32_t)pid * 10 + 2;
+  hp_frame_def a = {f1, S("inner"), S("mod.py"), 10};
+  hp_frame_def b = {f2, S("<module>"), S("main.py"), 3};
+  ck_assert_int_eq(hp_store_frame_def(s, ss, &a), 0);
+  ck_assert_int_eq(hp_store_frame_def(s, ss, &b), 0);
+  uint32_t ids[2] = {f1, f2};
+  hp_stack_def st = {.stack_id = (uint32_t)pid, .truncated = 0, .depth = 2, .frame_ids = ids};
+  ck_assert_int_eq(hp_store_stack_def(s, ss, &st), 0);
+  return ss;
+}
+
+START_TEST(store_pairs_frees_and_shares_frames_across_sessions) {
+  /* batch_rows 2 forces rows out of `pending` and commits mid-stream, so frees are
+   * paired both with pending rows and with rows already in the table. */
+  hp_store *s = start(2, 0, 100000000);
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_store_session *b = session_with_stack(s, 2);
+  hp_event ev[] = {
+    alloc_ev(1, 0x1000, 100, 1), alloc_ev(2, 0x2000, 50, 1), free_ev(3, 0x1000),
+    alloc_ev(4, 0x3000, 30, HP_NO_STACK), alloc_ev(5, 0x4000, 10, 1), alloc_ev(6, 0x5000, 10, 1),
+    free_ev(7, 0x2000), free_ev(8, 0xdead),
+  };
+  ck_assert_int_eq(hp_store_events(s, a, ev, 8), 0);
+  hp_event evb[] = {alloc_ev(1, 0x1000, 100, 2), alloc_ev(2, 0x2000, 50, 2)};
+  ck_assert_int_eq(hp_store_events(s, b, evb, 2), 0);
+  hp_goodbye g = {MONO0 + 9000000ULL, 5};
+  ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  hp_store_session_end(s, b, HP_SESSION_PROTOCOL_ERROR, "stack id 9 was never defined");
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = reopen();
+  char buf[256];
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM frames"), 2);
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM stacks"), 1);
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM stack_frames"), 2);
+  ck_assert_str_eq(qs(db, "SELECT f.function FROM stack_frames s JOIN frames f USING (frame_id)"
+                          " WHERE s.depth = 0", buf, sizeof buf), "inner");
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 1"), 5);
+  ck_assert_int_eq(q1(db, "SELECT freed_ns - ts_ns FROM allocations WHERE session_id = 1"
+                          " AND address = 4096"), 2000000);
+  ck_assert_int_eq(q1(db, "SELECT freed_ns FROM allocations WHERE session_id = 1 AND address = 8192"),
+                   (int64_t)WALL0 + 7000000);
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE freed_ns IS NULL"
+                          " AND session_id = 1"), 3);
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE stack_id IS NULL"), 1);
+  ck_assert_int_eq(q1(db, "SELECT count(DISTINCT stack_id) FROM allocations"), 1);
+  ck_assert_str_eq(qs(db, "SELECT status FROM sessions WHERE session_id = 1", buf, sizeof buf),
+                   "exited");
+  ck_assert_int_eq(q1(db, "SELECT events_received FROM sessions WHERE session_id = 1"), 8);
+  ck_assert_int_eq(q1(db, "SELECT events_dropped FROM sessions WHERE session_id = 1"), 5);
+  ck_assert_int_eq(q1(db, "SELECT ended_ns FROM sessions WHERE session_id = 1"),
+                   (int64_t)WALL0 + 9000000);
+  ck_assert_str_eq(qs(db, "SELECT argv FROM sessions WHERE session_id = 1", buf, sizeof buf),
+                   "[\"python\",\"say \\\"hi\\\"\"]");
+  ck_assert_int_eq(q1(db, "SELECT json_valid(argv) FROM sessions WHERE session_id = 1"), 1);
+  ck_assert_str_eq(qs(db, "SELECT status || ': ' || error FROM sessions WHERE session_id = 2",
+                      buf, sizeof buf), "protocol_error: stack id 9 was never defined");
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 2"), 2);
+  ck_assert_int_eq(q1(db, "SELECT ended_ns IS NOT NULL FROM sessions WHERE session_id = 2"), 1);
+  sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(store_timeline_keeps_spike_height_and_drop) {
+  hp_store *s = start(0, 0, 100000000);  /* 100 ms intervals */
+  hp_store_session *a = session_with_stack(s, 1);
+  /* WALL0 is a multiple of 100 ms, so ms offsets map onto intervals directly. */
+  hp_event ev[] = {
+    alloc_ev(10, 0x1000, 1000, 1),
+    alloc_ev(20, 0x2000, 1000000, 1),   /* spike: 1 MB for 10 ms */
+    free_ev(30, 0x2000),
+    alloc_ev(350, 0x3000, 1, 1),        /* three intervals later */
+  };
+  ck_assert_int_eq(hp_store_events(s, a, ev, 4), 0);
+  hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = reopen();
+  char sql[256];
+  snprintf(sql, sizeof sql, "SELECT live_bytes FROM timeline WHERE ts_ns = %llu",
+           (unsigned long long)WALL0);
+  ck_assert_int_eq(q1(db, sql), 1001000);
+  snprintf(sql, sizeof sql, "SELECT live_count FROM timeline WHERE ts_ns = %llu",
+           (unsigned long long)WALL0);
+  ck_assert_int_eq(q1(db, sql), 2);
+  snprintf(sql, sizeof sql, "SELECT live_bytes FROM timeline WHERE ts_ns = %llu",
+           (unsigned long long)WALL0 + 100000000);
+  ck_assert_int_eq(q1(db, sql), 1000);
+  snprintf(sql, sizeof sql, "SELECT live_bytes FROM timeline WHERE ts_ns = %llu",
+           (unsigned long long)WALL0 + 300000000);
+  ck_assert_int_eq(q1(db, sql), 1001);
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM timeline"), 3);
+  ck_assert_str_eq(
+    (const char *)(q1(db, "SELECT status = 'disconnected' FROM sessions") ? "y" : "n"), "y");
+  sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(store_signals_full_queue_then_resumes) {
+  atomic_store(&resumed, 0);
+  hp_store *s = start(0, 4096, 100000000);
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_event ev[200];
+  for (int i = 0; i < 200; i++)
+    ev[i] = alloc_ev((uint64_t)i, 0x10000 + 16u * (uint64_t)i, 16, 1);
+  /* Push until the store reports full; it cannot drain 12 KB of events instantly. */
+  int full = 0;
+  for (int i = 0; i < 1000 && !full; i++) {
+    ck_assert_int_eq(hp_store_events(s, a, ev, 200), 0);
+    full = hp_store_pause_if_full(s);
+  }
+  ck_assert_int_eq(full, 1);
+  struct timespec d = {0, 5000000};
+  for (int i = 0; i < 1000 && atomic_load(&resumed) == 0; i++)
+    nanosleep(&d, NULL);
+  ck_assert_int_eq(atomic_load(&resumed), 1);
+  ck_assert_uint_lt(hp_store_queued_bytes(s), 4096);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+}
+END_TEST
+
+Suite *store_suite(void) {
+  Suite *s = suite_create("store");
+  TCase *core = tcase_create("core");
+  tcase_add_checked_fixture(core, setup, teardown);
+  tcase_set_timeout(core, 30);
+  tcase_add_test(core, store_pairs_frees_and_shares_frames_across_sessions);
+  tcase_add_test(core, store_timeline_keeps_spike_height_and_drop);
+  tcase_add_test(core, store_signals_full_queue_then_resumes);
+  suite_add_tcase(s, core);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(store_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
