@@ -1,0 +1,146 @@
+/* check_addrtab.c — the sampled-address set: insert/lookup/remove, collisions,
+ * tombstone reuse, bounded probing with counted overflow, concurrent threads. */
+#include <check.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "hp_addrtab.h"
+#include "hp_error.h"
+
+START_TEST(insert_contains_remove)
+{
+  hp_addrtab *t = hp_addrtab_new(1024);
+  ck_assert_ptr_nonnull(t);
+  ck_assert_int_eq(hp_addrtab_contains(t, 0x1000), 0);
+  ck_assert_int_eq(hp_addrtab_insert(t, 0x1000), 0);
+  ck_assert_int_eq(hp_addrtab_insert(t, 0x2000), 0);
+  ck_assert_int_eq(hp_addrtab_contains(t, 0x1000), 1);
+  ck_assert_int_eq(hp_addrtab_contains(t, 0x2000), 1);
+  ck_assert_int_eq(hp_addrtab_contains(t, 0x3000), 0);
+  ck_assert_int_eq(hp_addrtab_remove(t, 0x1000), 1);
+  ck_assert_int_eq(hp_addrtab_remove(t, 0x1000), 0);   /* second free: not reported again */
+  ck_assert_int_eq(hp_addrtab_contains(t, 0x1000), 0);
+  ck_assert_int_eq(hp_addrtab_contains(t, 0x2000), 1);
+  ck_assert_int_eq(hp_addrtab_remove(t, 0x9990), 0);   /* never inserted */
+  ck_assert_int_eq(hp_addrtab_insert(t, 0), -HP_EINVAL);
+  ck_assert_int_eq(hp_addrtab_insert(t, 1), -HP_EINVAL);
+  hp_addrtab_free(t);
+  hp_addrtab_free(NULL);
+}
+END_TEST
+
+/* 100 keys in the smallest table (128 slots) must collide; every key stays findable,
+ * removal in the middle of a probe chain keeps later keys findable (tombstones), and
+ * tombstones are reused. */
+START_TEST(collisions_and_tombstones)
+{
+  hp_addrtab *t = hp_addrtab_new(1);
+  int inserted[100];
+  int n_ok = 0;
+  for (uintptr_t i = 0; i < 100; i++) {
+    inserted[i] = hp_addrtab_insert(t, 0x10000 + i * 16) == 0;
+    n_ok += inserted[i];
+  }
+  ck_assert_int_ge(n_ok, 90);
+  for (uintptr_t i = 0; i < 100; i++)
+    ck_assert_int_eq(hp_addrtab_contains(t, 0x10000 + i * 16), inserted[i]);
+  for (uintptr_t i = 0; i < 100; i += 2)
+    ck_assert_int_eq(hp_addrtab_remove(t, 0x10000 + i * 16), inserted[i]);
+  for (uintptr_t i = 1; i < 100; i += 2)
+    ck_assert_int_eq(hp_addrtab_contains(t, 0x10000 + i * 16), inserted[i]);
+  /* Reinsert into the tombstones, many times over: the table must not clog up. */
+  for (int round = 0; round < 50; round++) {
+    for (uintptr_t i = 0; i < 100; i += 2)
+      if (inserted[i])
+        ck_assert_int_eq(hp_addrtab_insert(t, 0x10000 + i * 16), 0);
+    for (uintptr_t i = 0; i < 100; i += 2)
+      if (inserted[i])
+        ck_assert_int_eq(hp_addrtab_remove(t, 0x10000 + i * 16), 1);
+  }
+  hp_addrtab_free(t);
+}
+END_TEST
+
+START_TEST(full_table_refuses_and_counts)
+{
+  hp_addrtab *t = hp_addrtab_new(1);   /* 128 slots */
+  int refused = 0;
+  for (uintptr_t i = 0; i < 1000; i++)
+    if (hp_addrtab_insert(t, 0x100000 + i * 64) == -HP_EFULL)
+      refused++;
+  ck_assert_int_ge(refused, 1000 - 128);
+  ck_assert_uint_eq(hp_addrtab_overflows(t), (uint64_t)refused);
+  hp_addrtab_clear(t);
+  ck_assert_uint_eq(hp_addrtab_overflows(t), 0);
+  ck_assert_int_eq(hp_addrtab_contains(t, 0x100000), 0);
+  ck_assert_int_eq(hp_addrtab_insert(t, 0x100000), 0);
+  hp_addrtab_free(t);
+}
+END_TEST
+
+#define THREADS 4
+#define PER_THREAD 20000u
+static hp_addrtab *g_t;
+
+static void *churn(void *arg)
+{
+  uintptr_t base = 0x1000000 * ((uintptr_t)arg + 1);
+  for (int round = 0; round < 5; round++) {
+    for (uintptr_t i = 0; i < PER_THREAD; i++)
+      if (hp_addrtab_insert(g_t, base + i * 16) != 0)
+        return (void *)1;
+    for (uintptr_t i = 0; i < PER_THREAD; i++)
+      if (hp_addrtab_remove(g_t, base + i * 16) != 1)
+        return (void *)2;
+  }
+  for (uintptr_t i = 0; i < PER_THREAD; i += 7)
+    if (hp_addrtab_insert(g_t, base + i * 16) != 0)
+      return (void *)3;
+  return NULL;
+}
+
+START_TEST(concurrent_threads_see_their_own_keys)
+{
+  g_t = hp_addrtab_new(1u << 18);
+  pthread_t th[THREADS];
+  for (uintptr_t i = 0; i < THREADS; i++)
+    ck_assert_int_eq(pthread_create(&th[i], NULL, churn, (void *)i), 0);
+  for (int i = 0; i < THREADS; i++) {
+    void *rc;
+    pthread_join(th[i], &rc);
+    ck_assert_ptr_null(rc);
+  }
+  for (uintptr_t k = 0; k < THREADS; k++) {
+    uintptr_t base = 0x1000000 * (k + 1);
+    for (uintptr_t i = 0; i < PER_THREAD; i++)
+      ck_assert_int_eq(hp_addrtab_contains(g_t, base + i * 16), i % 7 == 0);
+  }
+  hp_addrtab_free(g_t);
+}
+END_TEST
+
+Suite *addrtab_suite(void)
+{
+  Suite *s = suite_create("addrtab");
+  TCase *core = tcase_create("core");
+  tcase_add_test(core, insert_contains_remove);
+  tcase_add_test(core, collisions_and_tombstones);
+  suite_add_tcase(s, core);
+  TCase *limits = tcase_create("limits");
+  tcase_add_test(limits, full_table_refuses_and_counts);
+  suite_add_tcase(s, limits);
+  TCase *threads = tcase_create("threads");
+  tcase_set_timeout(threads, 60);
+  tcase_add_test(threads, concurrent_threads_see_their_own_keys);
+  suite_add_tcase(s, threads);
+  return s;
+}
+
+int main(void)
+{
+  SRunner *sr = srunner_create(addrtab_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,151 @@
+/* check_ring.c — the MPSC event ring: order, bounds, counted drops, concurrent producers. */
+#include <check.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "hp_ring.h"
+
+static hp_event ev_n(uint64_t tid, uint64_t n)
+{
+  hp_event e = { .kind = HP_EV_ALLOC, .thread_id = tid, .address = n, .size = n };
+  return e;
+}
+
+START_TEST(ring_is_fifo)
+{
+  hp_ring *r = hp_ring_new(16);
+  ck_assert_ptr_nonnull(r);
+  hp_event e;
+  ck_assert_int_eq(hp_ring_pop(r, &e), 0);
+  for (uint64_t lap = 0; lap < 5; lap++) {   /* several laps around the slots */
+    for (uint64_t i = 0; i < 10; i++) {
+      hp_event in = ev_n(1, lap * 100 + i);
+      ck_assert_int_eq(hp_ring_push(r, &in), 0);
+    }
+    for (uint64_t i = 0; i < 10; i++) {
+      ck_assert_int_eq(hp_ring_pop(r, &e), 1);
+      ck_assert_uint_eq(e.address, lap * 100 + i);
+    }
+    ck_assert_int_eq(hp_ring_pop(r, &e), 0);
+  }
+  ck_assert_uint_eq(hp_ring_dropped(r), 0);
+  hp_ring_free(r);
+  hp_ring_free(NULL);
+}
+END_TEST
+
+START_TEST(ring_capacity_rounds_up_to_power_of_two)
+{
+  hp_ring *r = hp_ring_new(100);
+  ck_assert_uint_eq(hp_ring_capacity(r), 128);
+  hp_ring_free(r);
+}
+END_TEST
+
+START_TEST(full_ring_drops_and_counts)
+{
+  hp_ring *r = hp_ring_new(8);
+  hp_event e = ev_n(1, 1);
+  for (int i = 0; i < 8; i++)
+    ck_assert_int_eq(hp_ring_push(r, &e), 0);
+  ck_assert_int_eq(hp_ring_push(r, &e), -HP_EFULL);
+  ck_assert_int_eq(hp_ring_push(r, &e), -HP_EFULL);
+  ck_assert_uint_eq(hp_ring_dropped(r), 2);
+  /* try_push refuses without counting (block mode retries). */
+  ck_assert_int_eq(hp_ring_try_push(r, &e), -HP_EFULL);
+  ck_assert_uint_eq(hp_ring_dropped(r), 2);
+  hp_ring_count_drop(r);
+  ck_assert_uint_eq(hp_ring_dropped(r), 3);
+  hp_event out;
+  ck_assert_int_eq(hp_ring_pop(r, &out), 1);
+  ck_assert_int_eq(hp_ring_push(r, &e), 0);
+  hp_ring_reset(r);
+  ck_assert_int_eq(hp_ring_pop(r, &out), 0);
+  ck_assert_uint_eq(hp_ring_dropped(r), 0);
+  hp_ring_free(r);
+}
+END_TEST
+
+#define PRODUCERS 4
+#define PER_PRODUCER 200000u
+
+static hp_ring *g_r;
+static atomic_int g_go;
+
+static void *producer(void *arg)
+{
+  uint64_t tid = (uint64_t)(uintptr_t)arg;
+  while (!atomic_load(&g_go))
+    ;
+  for (uint64_t i = 0; i < PER_PRODUCER; i++) {
+    hp_event e = ev_n(tid, i);
+    hp_ring_push(g_r, &e);
+  }
+  return NULL;
+}
+
+/* Four producers and one consumer: every record arrives at most once, each producer's
+ * records in its own order, and received + dropped accounts for every push. */
+START_TEST(mpsc_threads_keep_per_producer_order_and_count_drops)
+{
+  g_r = hp_ring_new(1024);
+  pthread_t th[PRODUCERS];
+  atomic_store(&g_go, 0);
+  for (uintptr_t i = 0; i < PRODUCERS; i++)
+    ck_assert_int_eq(pthread_create(&th[i], NULL, producer, (void *)i), 0);
+  int64_t last[PRODUCERS];
+  for (int i = 0; i < PRODUCERS; i++)
+    last[i] = -1;
+  uint64_t received = 0;
+  atomic_store(&g_go, 1);
+  int done = 0;
+  for (;;) {
+    hp_event e;
+    if (hp_ring_pop(g_r, &e)) {
+      ck_assert_uint_lt(e.thread_id, PRODUCERS);
+      ck_assert_int_gt((int64_t)e.address, last[e.thread_id]);
+      ck_assert_uint_eq(e.size, e.address);
+      last[e.thread_id] = (int64_t)e.address;
+      received++;
+      continue;
+    }
+    if (done)
+      break;
+    if (received + hp_ring_dropped(g_r) == (uint64_t)PRODUCERS * PER_PRODUCER) {
+      for (int i = 0; i < PRODUCERS; i++)
+        pthread_join(th[i], NULL);
+      done = 1;
+    }
+  }
+  ck_assert_uint_eq(received + hp_ring_dropped(g_r), (uint64_t)PRODUCERS * PER_PRODUCER);
+  ck_assert_uint_gt(received, 0);
+  hp_ring_free(g_r);
+}
+END_TEST
+
+Suite *ring_suite(void)
+{
+  Suite *s = suite_create("ring");
+  TCase *core = tcase_create("core");
+  tcase_add_test(core, ring_is_fifo);
+  tcase_add_test(core, ring_capacity_rounds_up_to_power_of_two);
+  suite_add_tcase(s, core);
+  TCase *limits = tcase_create("limits");
+  tcase_add_test(limits, full_ring_drops_and_counts);
+  suite_add_tcase(s, limits);
+  TCase *threads = tcase_create("threads");
+  tcase_set_timeout(threads, 60);
+  tcase_add_test(threads, mpsc_threads_keep_per_producer_order_and_count_drops);
+  suite_add_tcase(s, threads);
+  return s;
+}
+
+int main(void)
+{
+  SRunner *sr = srunner_create(ring_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
