@@ -99,30 +99,28 @@ def _chunks(seq, n=SQL_CHUNK):
 
 
 def _pick_session(con, db_path, session):
-    rows = con.execute(
-        "SELECT session_id, pid, ppid, argv, executable, python_version, started_ns,"
-        " ended_ns, sample_interval_bytes, status, events_received, events_dropped"
-        " FROM sessions ORDER BY started_ns, session_id").fetchall()
+    # SELECT * and columns by name: optional columns (sample_buckets, error) may be
+    # absent from databases written before they were added to the view.
+    cur = con.execute("SELECT * FROM sessions ORDER BY started_ns, session_id")
+    cols = [d[0] for d in cur.description]
+    rows = [dict(zip(cols, r)) for r in cur.fetchall()]
     if not rows:
         raise ReportError(f"{db_path} holds no sessions")
-    ids = [r[0] for r in rows]
+    ids = [r["session_id"] for r in rows]
     if session is None:
         # The most recent session is the one a user just recorded.
-        row = rows[-1]
+        s = rows[-1]
         if len(rows) > 1:
             print(f"heapprof report: {db_path} holds {len(rows)} sessions "
-                  f"({', '.join(map(str, ids))}); reporting on session {row[0]} "
+                  f"({', '.join(map(str, ids))}); reporting on session {s['session_id']} "
                   f"(choose with --session N)", file=sys.stderr)
     else:
-        match = [r for r in rows if r[0] == session]
+        match = [r for r in rows if r["session_id"] == session]
         if not match:
             raise ReportError(f"session {session} not found in {db_path} "
                               f"(sessions: {', '.join(map(str, ids))})")
-        row = match[0]
-    keys = ("id", "pid", "ppid", "argv", "executable", "python_version", "started_ns",
-            "ended_ns", "sample_interval_bytes", "status", "events_received",
-            "events_dropped")
-    s = dict(zip(keys, row))
+        s = match[0]
+    s["id"] = s["session_id"]
     try:
         argv = json.loads(s["argv"])
         if not isinstance(argv, list):
@@ -436,16 +434,17 @@ def _build(con, db_path, session, nsteps, top_k):
     if dropped > DROP_WARN_FRACTION * max(recv + dropped, 1) and dropped > 0:
         pct = 100.0 * dropped / max(recv + dropped, 1)
         warnings.append(
-            f"{dropped:,} of {recv + dropped:,} events ({pct:.2g}%) were dropped before "
-            f"reaching the database: every figure below is incomplete (live bytes and "
-            f"leaks may be over- or under-stated).")
+            f"{dropped:,} of {recv + dropped:,} events ({pct:.2g}%) were dropped by the "
+            f"profiled process (its buffer was full): every figure below is incomplete "
+            f"and may understate the memory used.")
     if s["status"] == "running" and s["ended_ns"] is None:
         warnings.append("The session was still running when this report was written: "
                         "it covers the events recorded so far, and \"never freed\" means "
                         "\"not freed yet\".")
     elif s["status"] in ("disconnected", "protocol_error"):
-        warnings.append(f"The session ended abnormally ({s['status']}): events after the "
-                        f"break are missing, so frees may be missing too.")
+        why = f": {s['error']}" if s.get("error") else ""
+        warnings.append(f"The session ended abnormally ({s['status']}{why}); events after "
+                        f"the break are missing, so frees may be missing too.")
     if n_allocs == 0:
         warnings.append("No sampled allocations were recorded in this session.")
 
@@ -467,7 +466,8 @@ def _build(con, db_path, session, nsteps, top_k):
                            - s["started_ns"]) * ns,
             "sample_interval_bytes": s["sample_interval_bytes"], "status": s["status"],
             "events_received": recv, "events_dropped": dropped,
-            "allocations": n_allocs,
+            "allocations": n_allocs, "sample_buckets": _buckets(s.get("sample_buckets")),
+            "max_stack_depth": s.get("max_stack_depth"), "error": s.get("error"),
         },
         "warnings": warnings,
         "timeline": {"source": timeline_source,
@@ -481,6 +481,17 @@ def _build(con, db_path, session, nsteps, top_k):
         "leaks": leaks,
         "limits": {"steps": nsteps, "top_stacks": top_k, "leak_sites": MAX_LEAK_SITES},
     }
+
+
+def _buckets(text):
+    """sample_buckets as [[max_size, rate], ...], or None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        b = json.loads(text)
+    except ValueError:
+        return None
+    return b if isinstance(b, list) else None
 
 
 def _iso(ns):

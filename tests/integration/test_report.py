@@ -70,7 +70,8 @@ def exact_peak(events):
     return best, sum(live_at(events, best).values())
 
 
-def make_db(path, *, timeline=True, dropped=0, sessions=1, empty=False, status="exited"):
+def make_db(path, *, timeline=True, dropped=0, sessions=1, empty=False, status="exited",
+            error=None):
     """Builds a heapprof database at path through schema.sql holding `sessions` copies of
     the scenario (the last one is the newest). Returns the scenario's events."""
     with open(os.path.join(SOURCE_ROOT, "schema", "schema.sql"), encoding="utf-8") as f:
@@ -118,6 +119,8 @@ def make_db(path, *, timeline=True, dropped=0, sessions=1, empty=False, status="
                     "INSERT INTO timeline_point (session_id, ts_ns, live_bytes, live_count,"
                     " end_bytes) VALUES (?,?,?,?,?)",
                     [(sid, t + base, hi, n, end) for t, hi, n, end in timeline_of(events)])
+        if error is not None:
+            con.execute("UPDATE session SET error = ?", (error,))
         con.commit()
     finally:
         con.close()
@@ -278,6 +281,14 @@ class ReportLimits(unittest.TestCase):
         self.assertIn("37 of", text)
         self.assertIn("incomplete", text)
         self.assertIn("still running", text)
+
+    def test_abnormal_end_is_explained(self):
+        make_db(self.db, status="protocol_error", error="frame of 9 MiB exceeds the 4 MiB limit")
+        d, _ = self.data()
+        text = " ".join(d["warnings"])
+        self.assertIn("protocol_error", text)
+        self.assertIn("frame of 9 MiB exceeds the 4 MiB limit", text)
+        self.assertEqual(d["session"]["error"], "frame of 9 MiB exceeds the 4 MiB limit")
 
     def test_newest_session_by_default_and_session_flag(self):
         make_db(self.db, sessions=3)

@@ -88,13 +88,18 @@
   function samplingText() {
     const n = S.sample_interval_bytes;
     if (n === 1) return "every allocation";
-    if (n === 0) return "by size buckets";
+    if (n === 0) {
+      if (!S.sample_buckets) return "by size buckets";
+      return "by size buckets: " + S.sample_buckets.map(b =>
+        (b[0] == null ? "larger" : "\u2264 " + fmtBytes(b[0])) + ": rate " + b[1]).join(", ");
+    }
     return "one sample per " + fmtBytes(n) + " allocated (on average)";
   }
   const facts = document.getElementById("facts");
   [["Command line", S.argv.join(" ")], ["Executable", S.executable], ["pid / parent pid", S.pid + " / " + S.ppid],
    ["Python version", S.python_version], ["Started", S.started], ["Ended", S.ended || "(not recorded)"],
-   ["Duration", fmtSecs(S.duration_s)], ["Status", S.status], ["Sampling", samplingText()],
+   ["Duration", fmtSecs(S.duration_s)], ["Status", S.status + (S.error ? ": " + S.error : "")],
+   ["Sampling", samplingText()], ["Stack depth kept", S.max_stack_depth == null ? "?" : S.max_stack_depth + " frames"],
    ["Events received", S.events_received.toLocaleString("en")],
    ["Events dropped", S.events_dropped.toLocaleString("en") +
      (S.events_dropped > 0 ? " \u2014 figures are incomplete" : "")],
