@@ -155,7 +155,7 @@ hp_framer *hp_framer_new(uint32_t max_frame);         /* 0 means HP_MAX_FRAME_BY
 void hp_framer_free(hp_framer *f);
 /* Copies len bytes in. 0, or -HP_ENOMEM. */
 int hp_framer_feed(hp_framer *f, const uint8_t *data, size_t len);
-/* 1 and sets *payload/*len (borrowed until the next feed/next/free) when a whole frame
+/* 1 and sets *payload and *len (borrowed until the next feed/next/free) when a whole frame
  * is buffered; 0 when more bytes are needed; -HP_ETOOBIG when the announced length
  * exceeds max_frame (the stream cannot be resynchronised after that). */
 int hp_framer_next(hp_framer *f, const uint8_t **payload, uint32_t *len);

@@ -1,0 +1,1394 @@
+/* check_codec.c — unit tests of the proto encoder and decoder (proto/hp_encode.c,
+ * proto/hp_decode.c, proto/hp_check.c).
+ *
+ * Round trips go through the real encoder and the real decoder. Malformed input is built
+ * with msgpack-c's own packer, independently of our encoder, so that a bug shared by
+ * both sides of the codec cannot hide itself. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "hp_proto.h"
+#include "hp_proto_int.h"
+
+Suite *codec_suite(void);
+
+/* ------------------------------------------------------------------ helpers */
+
+/* Payload of the only frame in an encoder, checked against its header. */
+static const uint8_t *only_payload(hp_encoder *e, size_t *len) {
+  size_t n;
+  const uint8_t *p = hp_encoder_data(e, &n);
+  ck_assert_uint_ge(n, HP_FRAME_HEADER_BYTES);
+  uint32_t hdr = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+  ck_assert_uint_eq(hdr, n - HP_FRAME_HEADER_BYTES);
+  *len = n - HP_FRAME_HEADER_BYTES;
+  return p + HP_FRAME_HEADER_BYTES;
+}
+
+static int decode_only(hp_decoder *d, hp_encoder *e, hp_msg *m) {
+  size_t len;
+  const uint8_t *p = only_payload(e, &len);
+  return hp_decoder_decode(d, p, len, m);
+}
+
+static int str_is(hp_str s, const char *want) {
+  return s.len == strlen(want) && memcmp(s.ptr, want, s.len) == 0;
+}
+
+static hp_str S(const char *s) {
+  hp_str r = { s, (uint32_t)strlen(s) };
+  return r;
+}
+
+/* Builder for hand-made payloads: a canonical valid message of each type, in which the
+ * element at position `bad` (1-based, 0 for none) is replaced by calling `repl`. */
+typedef void (*repl_fn)(msgpack_packer *pk);
+
+static void repl_str(msgpack_packer *pk) { msgpack_pack_str_with_body(pk, "x", 1); }
+static void repl_nil(msgpack_packer *pk) { msgpack_pack_nil(pk); }
+static void repl_map(msgpack_packer *pk) { msgpack_pack_map(pk, 0); }
+static void repl_float(msgpack_packer *pk) { msgpack_pack_double(pk, 1.5); }
+static void repl_int(msgpack_packer *pk) { msgpack_pack_uint32(pk, 7); }
+
+#define FIELD(k, expr) do { if ((k) == bad) repl(pk); else { expr; } } while (0)
+
+static void pack_str(msgpack_packer *pk, const char *s) {
+  msgpack_pack_str_with_body(pk, s, strlen(s));
+}
+
+static void pack_valid(msgpack_packer *pk, int type, unsigned bad, repl_fn repl) {
+  switch (type) {
+  case HP_MSG_HELLO:
+    msgpack_pack_array(pk, 13);
+    FIELD(1, msgpack_pack_uint8(pk, 1));
+    FIELD(2, pack_str(pk, "heapprof"));
+    FIELD(3, msgpack_pack_uint8(pk, 1));
+    FIELD(4, msgpack_pack_int64(pk, 4242));
+    FIELD(5, msgpack_pack_int64(pk, 1));
+    FIELD(6, msgpack_pack_array(pk, 2); pack_str(pk, "prog.py"); pack_str(pk, "-v"));
+    FIELD(7, pack_str(pk, "/usr/bin/python3"));
+    FIELD(8, pack_str(pk, "3.11.2"));
+    FIELD(9, msgpack_pack_uint64(pk, 1700000000000000000ull));
+    FIELD(10, msgpack_pack_uint64(pk, 5000));
+    FIELD(11, msgpack_pack_uint64(pk, 0));
+    FIELD(12, msgpack_pack_uint32(pk, 64));
+    FIELD(13, msgpack_pack_array(pk, 2);
+          msgpack_pack_array(pk, 2); msgpack_pack_uint64(pk, 64); msgpack_pack_double(pk, 0.01);
+          msgpack_pack_array(pk, 2); msgpack_pack_uint64(pk, 1u << 20);
+          msgpack_pack_double(pk, 1.0));
+    break;
+  case HP_MSG_FRAME_DEF:
+    msgpack_pack_array(pk, 5);
+    FIELD(1, msgpack_pack_uint8(pk, 2));
+    FIELD(2, msgpack_pack_uint32(pk, 7));
+    FIELD(3, pack_str(pk, "main"));
+    FIELD(4, pack_str(pk, "prog.py"));
+    FIELD(5, msgpack_pack_int32(pk, 12));
+    break;
+  case HP_MSG_STACK_DEF:
+    msgpack_pack_array(pk, 4);
+    FIELD(1, msgpack_pack_uint8(pk, 3));
+    FIELD(2, msgpack_pack_uint32(pk, 9));
+    FIELD(3, msgpack_pack_false(pk));
+    FIELD(4, msgpack_pack_array(pk, 2); msgpack_pack_uint32(pk, 7); msgpack_pack_uint32(pk, 8));
+    break;
+  case HP_MSG_EVENTS:
+    msgpack_pack_array(pk, 3);
+    FIELD(1, msgpack_pack_uint8(pk, 4));
+    FIELD(2, msgpack_pack_uint64(pk, 1000));
+    FIELD(3, msgpack_pack_array(pk, 2);
+          msgpack_pack_array(pk, 8); msgpack_pack_uint8(pk, 0); msgpack_pack_int64(pk, 0);
+          msgpack_pack_uint64(pk, 1); msgpack_pack_uint8(pk, 1);
+          msgpack_pack_uint64(pk, 0x7f0000001000ull); msgpack_pack_uint64(pk, 32);
+          msgpack_pack_uint64(pk, 512); msgpack_pack_uint32(pk, 9);
+          msgpack_pack_array(pk, 4); msgpack_pack_uint8(pk, 1); msgpack_pack_int64(pk, 5);
+          msgpack_pack_uint64(pk, 1); msgpack_pack_uint64(pk, 0x7f0000001000ull));
+    break;
+  case HP_MSG_COUNTERS:
+    msgpack_pack_array(pk, 4);
+    FIELD(1, msgpack_pack_uint8(pk, 5));
+    FIELD(2, msgpack_pack_uint64(pk, 2000));
+    FIELD(3, msgpack_pack_uint64(pk, 3));
+    FIELD(4, msgpack_pack_uint64(pk, 4096));
+    break;
+  case HP_MSG_GOODBYE:
+    msgpack_pack_array(pk, 3);
+    FIELD(1, msgpack_pack_uint8(pk, 6));
+    FIELD(2, msgpack_pack_uint64(pk, 3000));
+    FIELD(3, msgpack_pack_uint64(pk, 3));
+    break;
+  default:
+    ck_abort_msg("bad type in test");
+  }
+}
+
+static const unsigned nelem_of[] = { 0, 13, 5, 4, 3, 4, 3 };
+
+/* Decodes the hand-made message; returns the code and keeps the error text. */
+static int decode_built(int type, unsigned bad, repl_fn repl, char *err, size_t errlen) {
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  pack_valid(&pk, type, bad, repl);
+  hp_decoder *d = hp_decoder_new();
+  ck_assert_ptr_nonnull(d);
+  hp_msg m;
+  int rc = hp_decoder_decode(d, (const uint8_t *)sb.data, sb.size, &m);
+  if (err != NULL)
+    snprintf(err, errlen, "%s", hp_decoder_error(d));
+  if (rc == 0)
+    ck_assert_int_eq(m.type, type);
+  hp_decoder_free(d);
+  msgpack_sbuffer_destroy(&sb);
+  return rc;
+}
+
+/* Decodes raw bytes with a fresh decoder. */
+static int decode_bytes(const void *p, size_t len, char *err, size_t errlen) {
+  hp_decoder *d = hp_decoder_new();
+  ck_assert_ptr_nonnull(d);
+  hp_msg m;
+  int rc = hp_decoder_decode(d, p, len, &m);
+  if (err != NULL)
+    snprintf(err, errlen, "%s", hp_decoder_error(d));
+  hp_decoder_free(d);
+  return rc;
+}
+
+/* A complete valid HELLO with bucket sampling. */
+static const hp_str test_argv[] = { { "prog.py", 7 }, { "--flag", 6 }, { "", 0 } };
+static const hp_bucket test_buckets[] = { { 64, 0.01 }, { 4096, 0.25 }, { INT64_MAX, 1.0 } };
+
+static hp_hello make_hello(void) {
+  hp_hello h;
+  memset(&h, 0, sizeof(h));
+  h.version = HP_PROTO_VERSION;
+  h.pid = 4242;
+  h.ppid = 1;
+  h.argc = 3;
+  h.argv = test_argv;
+  h.executable = S("/usr/bin/python3");
+  h.python_version = S("3.11.2");
+  h.start_wall_ns = 1700000000123456789ull;
+  h.start_mono_ns = 987654321ull;
+  h.sample_interval_bytes = 0;
+  h.max_stack_depth = 128;
+  h.nbuckets = 3;
+  h.buckets = test_buckets;
+  return h;
+}
+
+/* ------------------------------------------------------------------ core */
+
+START_TEST(roundtrip_hello_with_buckets) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_decoder *d = hp_decoder_new();
+  hp_hello h = make_hello();
+  ck_assert_int_eq(hp_encode_hello(e, &h), 0);
+  hp_msg m;
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_str_eq(hp_decoder_error(d), "");
+  ck_assert_int_eq(m.type, HP_MSG_HELLO);
+  const hp_hello *g = &m.u.hello;
+  ck_assert_uint_eq(g->version, HP_PROTO_VERSION);
+  ck_assert_int_eq(g->pid, 4242);
+  ck_assert_int_eq(g->ppid, 1);
+  ck_assert_uint_eq(g->argc, 3);
+  ck_assert(str_is(g->argv[0], "prog.py"));
+  ck_assert(str_is(g->argv[1], "--flag"));
+  ck_assert(str_is(g->argv[2], ""));
+  ck_assert(str_is(g->executable, "/usr/bin/python3"));
+  ck_assert(str_is(g->python_version, "3.11.2"));
+  ck_assert_uint_eq(g->start_wall_ns, 1700000000123456789ull);
+  ck_assert_uint_eq(g->start_mono_ns, 987654321ull);
+  ck_assert_uint_eq(g->sample_interval_bytes, 0);
+  ck_assert_uint_eq(g->max_stack_depth, 128);
+  ck_assert_uint_eq(g->nbuckets, 3);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_uint_eq(g->buckets[i].max_size, test_buckets[i].max_size);
+    ck_assert(g->buckets[i].rate == test_buckets[i].rate);
+  }
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(roundtrip_hello_with_interval_and_no_argv) {
+  hp_encoder *e = hp_encoder_new(16);
+  hp_decoder *d = hp_decoder_new();
+  hp_hello h = make_hello();
+  h.argc = 0;
+  h.argv = NULL;
+  h.nbuckets = 0;
+  h.buckets = NULL;
+  h.sample_interval_bytes = 512 * 1024;
+  h.pid = INT32_MAX;
+  h.ppid = 0;
+  h.max_stack_depth = HP_MAX_STACK_DEPTH;
+  ck_assert_int_eq(hp_encode_hello(e, &h), 0);
+  hp_msg m;
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_uint_eq(m.u.hello.argc, 0);
+  ck_assert_uint_eq(m.u.hello.nbuckets, 0);
+  ck_assert_uint_eq(m.u.hello.sample_interval_bytes, 512 * 1024);
+  ck_assert_int_eq(m.u.hello.pid, INT32_MAX);
+  ck_assert_int_eq(m.u.hello.ppid, 0);
+  ck_assert_uint_eq(m.u.hello.max_stack_depth, HP_MAX_STACK_DEPTH);
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(roundtrip_frame_def) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_decoder *d = hp_decoder_new();
+  hp_frame_def f = { UINT32_MAX, S("Klass.method"), S("/src/some file.py"), INT32_MAX };
+  ck_assert_int_eq(hp_encode_frame_def(e, &f), 0);
+  hp_msg m;
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_int_eq(m.type, HP_MSG_FRAME_DEF);
+  ck_assert_uint_eq(m.u.frame_def.frame_id, UINT32_MAX);
+  ck_assert(str_is(m.u.frame_def.function, "Klass.method"));
+  ck_assert(str_is(m.u.frame_def.filename, "/src/some file.py"));
+  ck_assert_int_eq(m.u.frame_def.lineno, INT32_MAX);
+
+  hp_encoder_reset(e);
+  hp_frame_def z = { 1, S(""), S(""), 0 };
+  ck_assert_int_eq(hp_encode_frame_def(e, &z), 0);
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_uint_eq(m.u.frame_def.frame_id, 1);
+  ck_assert_uint_eq(m.u.frame_def.function.len, 0);
+  ck_assert_ptr_nonnull(m.u.frame_def.function.ptr);
+  ck_assert_int_eq(m.u.frame_def.lineno, 0);
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(roundtrip_stack_def_full_depth) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_decoder *d = hp_decoder_new();
+  uint32_t ids[HP_MAX_STACK_DEPTH];
+  for (uint32_t i = 0; i < HP_MAX_STACK_DEPTH; i++)
+    ids[i] = i * 2654435761u | 1u;
+  hp_stack_def s = { 77, 1, HP_MAX_STACK_DEPTH, ids };
+  ck_assert_int_eq(hp_encode_stack_def(e, &s), 0);
+  hp_msg m;
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_int_eq(m.type, HP_MSG_STACK_DEF);
+  ck_assert_uint_eq(m.u.stack_def.stack_id, 77);
+  ck_assert_uint_eq(m.u.stack_def.truncated, 1);
+  ck_assert_uint_eq(m.u.stack_def.depth, HP_MAX_STACK_DEPTH);
+  ck_assert_mem_eq(m.u.stack_def.frame_ids, ids, sizeof(ids));
+
+  hp_encoder_reset(e);
+  uint32_t one = 5;
+  hp_stack_def s1 = { 1, 0, 1, &one };
+  ck_assert_int_eq(hp_encode_stack_def(e, &s1), 0);
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_uint_eq(m.u.stack_def.truncated, 0);
+  ck_assert_uint_eq(m.u.stack_def.depth, 1);
+  ck_assert_uint_eq(m.u.stack_def.frame_ids[0], 5);
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+/* Timestamps out of order (several threads share one ring) and at both extremes. */
+static void fill_events(hp_event *ev, uint32_t n) {
+  memset(ev, 0, sizeof(*ev) * n);
+  for (uint32_t i = 0; i < n; i++) {
+    if (i % 3 == 2) {
+      ev[i].kind = HP_EV_FREE;
+      ev[i].address = 0x7f0000000000ull + 16u * (i - 1);
+    } else {
+      ev[i].kind = HP_EV_ALLOC;
+      ev[i].domain = (uint8_t)(i % 3);
+      ev[i].stack_id = i % 5 == 0 ? HP_NO_STACK : i;
+      ev[i].address = 0x7f0000000000ull + 16u * i;
+      ev[i].size = i * 7u;
+      ev[i].est_bytes = i * 7u + 100000u;
+    }
+    ev[i].thread_id = 140000000000000ull + i % 4;
+    ev[i].ts_ns = 1000000000ull + (uint64_t)i * 1000u - (i % 2 ? 1500u : 0u);
+  }
+}
+
+static void assert_events_eq(const hp_event *a, const hp_event *b, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    ck_assert_uint_eq(a[i].kind, b[i].kind);
+    ck_assert_uint_eq(a[i].ts_ns, b[i].ts_ns);
+    ck_assert_uint_eq(a[i].thread_id, b[i].thread_id);
+    ck_assert_uint_eq(a[i].address, b[i].address);
+    if (a[i].kind == HP_EV_ALLOC) {
+      ck_assert_uint_eq(a[i].domain, b[i].domain);
+      ck_assert_uint_eq(a[i].stack_id, b[i].stack_id);
+      ck_assert_uint_eq(a[i].size, b[i].size);
+      ck_assert_uint_eq(a[i].est_bytes, b[i].est_bytes);
+    } else {
+      ck_assert_uint_eq(b[i].size, 0);
+      ck_assert_uint_eq(b[i].est_bytes, 0);
+      ck_assert_uint_eq(b[i].stack_id, HP_NO_STACK);
+    }
+  }
+}
+
+START_TEST(roundtrip_events_full_batch) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_decoder *d = hp_decoder_new();
+  hp_event *ev = malloc(sizeof(*ev) * HP_MAX_BATCH_EVENTS);
+  fill_events(ev, HP_MAX_BATCH_EVENTS);
+  ck_assert_int_eq(hp_encode_events(e, ev, HP_MAX_BATCH_EVENTS), 0);
+  hp_msg m;
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_int_eq(m.type, HP_MSG_EVENTS);
+  ck_assert_uint_eq(m.u.events.count, HP_MAX_BATCH_EVENTS);
+  assert_events_eq(ev, m.u.events.events, HP_MAX_BATCH_EVENTS);
+  free(ev);
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(roundtrip_events_extreme_values) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_decoder *d = hp_decoder_new();
+  hp_event ev[4];
+  memset(ev, 0, sizeof(ev));
+  ev[0] = (hp_event){ HP_EV_ALLOC, HP_DOMAIN_OBJ, UINT32_MAX, (uint64_t)INT64_MAX, UINT64_MAX,
+                      UINT64_MAX, (uint64_t)INT64_MAX, (uint64_t)INT64_MAX };
+  ev[1] = (hp_event){ HP_EV_FREE, 0, 0, 0, 0, 0, 0, 0 };   /* delta of -INT64_MAX */
+  ev[2] = (hp_event){ HP_EV_ALLOC, HP_DOMAIN_RAW, HP_NO_STACK, (uint64_t)INT64_MAX, 0, 1, 0, 0 };
+  ev[3] = (hp_event){ HP_EV_FREE, 0, 0, 5, 1, UINT64_MAX, 0, 0 };
+  ck_assert_int_eq(hp_encode_events(e, ev, 4), 0);
+  hp_msg m;
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_uint_eq(m.u.events.count, 4);
+  assert_events_eq(ev, m.u.events.events, 4);
+
+  hp_encoder_reset(e);
+  ck_assert_int_eq(hp_encode_events(e, NULL, 0), 0);
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_int_eq(m.type, HP_MSG_EVENTS);
+  ck_assert_uint_eq(m.u.events.count, 0);
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(roundtrip_counters_and_goodbye) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_decoder *d = hp_decoder_new();
+  hp_counters c = { 123456789, 42, (uint64_t)INT64_MAX };
+  hp_goodbye g = { (uint64_t)INT64_MAX, 0 };
+  ck_assert_int_eq(hp_encode_counters(e, &c), 0);
+  hp_msg m;
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_int_eq(m.type, HP_MSG_COUNTERS);
+  ck_assert_uint_eq(m.u.counters.ts_ns, 123456789);
+  ck_assert_uint_eq(m.u.counters.events_dropped, 42);
+  ck_assert_uint_eq(m.u.counters.sample_interval_bytes, (uint64_t)INT64_MAX);
+  hp_encoder_reset(e);
+  ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_int_eq(m.type, HP_MSG_GOODBYE);
+  ck_assert_uint_eq(m.u.goodbye.ts_ns, (uint64_t)INT64_MAX);
+  ck_assert_uint_eq(m.u.goodbye.events_dropped, 0);
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+/* The example in PROTOCOL.md, byte for byte. */
+START_TEST(goodbye_bytes_match_the_spec_example) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_goodbye g = { 1500000000ull, 3 };
+  ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
+  static const uint8_t want[] = { 0x00, 0x00, 0x00, 0x08, 0x93, 0x06, 0xce,
+                                  0x59, 0x68, 0x2f, 0x00, 0x03 };
+  size_t n;
+  const uint8_t *p = hp_encoder_data(e, &n);
+  ck_assert_uint_eq(n, sizeof(want));
+  ck_assert_mem_eq(p, want, sizeof(want));
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(events_bytes_match_the_spec_example) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_event ev[2] = {
+    { HP_EV_ALLOC, HP_DOMAIN_OBJ, 3, 1000, 1, 0x1000, 32, 4096 },
+    { HP_EV_FREE, 0, 0, 990, 1, 0x1000, 0, 0 },
+  };
+  ck_assert_int_eq(hp_encode_events(e, ev, 2), 0);
+  static const uint8_t want[] = {
+    0x00, 0x00, 0x00, 0x1a,
+    0x93, 0x04, 0xcd, 0x03, 0xe8, 0x92,
+    0x98, 0x00, 0x00, 0x01, 0x02, 0xcd, 0x10, 0x00, 0x20, 0xcd, 0x10, 0x00, 0x03,
+    0x94, 0x01, 0xf6, 0x01, 0xcd, 0x10, 0x00,
+  };
+  size_t n;
+  const uint8_t *p = hp_encoder_data(e, &n);
+  ck_assert_uint_eq(n, sizeof(want));
+  ck_assert_mem_eq(p, want, sizeof(want));
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(encoder_appends_frames_and_resets) {
+  hp_encoder *e = hp_encoder_new(8);
+  hp_decoder *d = hp_decoder_new();
+  hp_goodbye g = { 1, 2 };
+  hp_counters c = { 3, 4, 5 };
+  ck_assert_int_eq(hp_encode_counters(e, &c), 0);
+  ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
+  size_t n;
+  const uint8_t *p = hp_encoder_data(e, &n);
+  uint32_t l1 = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+  ck_assert_uint_lt(l1 + 8u, n);
+  hp_msg m;
+  ck_assert_int_eq(hp_decoder_decode(d, p + 4, l1, &m), 0);
+  ck_assert_int_eq(m.type, HP_MSG_COUNTERS);
+  const uint8_t *q = p + 4 + l1;
+  uint32_t l2 = ((uint32_t)q[0] << 24) | ((uint32_t)q[1] << 16) | ((uint32_t)q[2] << 8) | q[3];
+  ck_assert_uint_eq(4u + l1 + 4u + l2, n);
+  ck_assert_int_eq(hp_decoder_decode(d, q + 4, l2, &m), 0);
+  ck_assert_int_eq(m.type, HP_MSG_GOODBYE);
+  ck_assert_uint_eq(m.u.goodbye.events_dropped, 2);
+  hp_encoder_reset(e);
+  hp_encoder_data(e, &n);
+  ck_assert_uint_eq(n, 0);
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(msg_type_names) {
+  ck_assert_str_eq(hp_msg_type_name(HP_MSG_HELLO), "HELLO");
+  ck_assert_str_eq(hp_msg_type_name(HP_MSG_FRAME_DEF), "FRAME_DEF");
+  ck_assert_str_eq(hp_msg_type_name(HP_MSG_STACK_DEF), "STACK_DEF");
+  ck_assert_str_eq(hp_msg_type_name(HP_MSG_EVENTS), "EVENTS");
+  ck_assert_str_eq(hp_msg_type_name(HP_MSG_COUNTERS), "COUNTERS");
+  ck_assert_str_eq(hp_msg_type_name(HP_MSG_GOODBYE), "GOODBYE");
+  ck_assert_str_eq(hp_msg_type_name(0), "unknown");
+  ck_assert_str_eq(hp_msg_type_name(7), "unknown");
+}
+END_TEST
+
+/* The hand-made canonical messages are valid: the error tests below change one thing. */
+START_TEST(decode_hand_made_messages) {
+  char err[256];
+  for (int t = HP_MSG_HELLO; t <= HP_MSG_GOODBYE; t++)
+    ck_assert_msg(decode_built(t, 0, NULL, err, sizeof(err)) == 0, "%s: %s",
+                  hp_msg_type_name(t), err);
+}
+END_TEST
+
+/* The same decoder keeps working across messages of every kind and after errors. */
+START_TEST(decoder_is_reusable_after_errors) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_decoder *d = hp_decoder_new();
+  hp_event ev[3];
+  fill_events(ev, 3);
+  hp_msg m;
+  for (int round = 0; round < 3; round++) {
+    hp_encoder_reset(e);
+    ck_assert_int_eq(hp_encode_events(e, ev, 3), 0);
+    ck_assert_int_eq(decode_only(d, e, &m), 0);
+    assert_events_eq(ev, m.u.events.events, 3);
+    static const uint8_t junk[] = { 0x92, 0x04, 0xc1 };
+    ck_assert_int_eq(hp_decoder_decode(d, junk, sizeof(junk), &m), -HP_EPARSE);
+    ck_assert_str_ne(hp_decoder_error(d), "");
+  }
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ truncation */
+
+static void check_every_prefix_is_truncated(hp_encoder *e) {
+  size_t len;
+  const uint8_t *p = only_payload(e, &len);
+  hp_decoder *d = hp_decoder_new();
+  hp_msg m;
+  for (size_t cut = 0; cut < len; cut++) {
+    /* A heap copy of exactly `cut` bytes, so ASan catches any read past the end. */
+    uint8_t *copy = malloc(cut ? cut : 1);
+    memcpy(copy, p, cut);
+    int rc = hp_decoder_decode(d, copy, cut, &m);
+    ck_assert_msg(rc == -HP_ETRUNC, "cut at %zu of %zu: got %s (%s)", cut, len,
+                  hp_err_name(rc), hp_decoder_error(d));
+    ck_assert_str_ne(hp_decoder_error(d), "");
+    free(copy);
+  }
+  ck_assert_int_eq(hp_decoder_decode(d, p, len, &m), 0);
+  hp_decoder_free(d);
+}
+
+START_TEST(decode_rejects_every_truncation) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_hello h = make_hello();
+  ck_assert_int_eq(hp_encode_hello(e, &h), 0);
+  check_every_prefix_is_truncated(e);
+
+  hp_encoder_reset(e);
+  hp_frame_def f = { 3, S("fn"), S("file.py"), 300 };
+  ck_assert_int_eq(hp_encode_frame_def(e, &f), 0);
+  check_every_prefix_is_truncated(e);
+
+  hp_encoder_reset(e);
+  uint32_t ids[40];
+  for (int i = 0; i < 40; i++)
+    ids[i] = 1000u * (uint32_t)i + 1u;
+  hp_stack_def s = { 300, 0, 40, ids };
+  ck_assert_int_eq(hp_encode_stack_def(e, &s), 0);
+  check_every_prefix_is_truncated(e);
+
+  hp_encoder_reset(e);
+  hp_event ev[20];
+  fill_events(ev, 20);
+  ck_assert_int_eq(hp_encode_events(e, ev, 20), 0);
+  check_every_prefix_is_truncated(e);
+
+  hp_encoder_reset(e);
+  hp_counters c = { 1ull << 40, 70000, 1u << 20 };
+  ck_assert_int_eq(hp_encode_counters(e, &c), 0);
+  check_every_prefix_is_truncated(e);
+
+  hp_encoder_reset(e);
+  hp_goodbye g = { 1ull << 40, 70000 };
+  ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
+  check_every_prefix_is_truncated(e);
+  hp_encoder_free(e);
+}
+END_TEST
+
+/* A 5-byte header announcing 2^32-1 entries must not make anything allocate them. */
+START_TEST(decode_rejects_lying_container_lengths) {
+  static const uint8_t arr32[] = { 0xdd, 0xff, 0xff, 0xff, 0xff };
+  static const uint8_t map32[] = { 0x93, 0x04, 0x00, 0xdf, 0xff, 0xff, 0xff, 0xff };
+  static const uint8_t str32[] = { 0x95, 0x02, 0x01, 0xdb, 0x7f, 0xff, 0xff, 0xff, 0x41 };
+  static const uint8_t nested[] = { 0x93, 0x04, 0x00, 0x91, 0xdd, 0x00, 0x10, 0x00, 0x00 };
+  ck_assert_int_eq(decode_bytes(arr32, sizeof(arr32), NULL, 0), -HP_ETRUNC);
+  ck_assert_int_eq(decode_bytes(map32, sizeof(map32), NULL, 0), -HP_ETRUNC);
+  ck_assert_int_eq(decode_bytes(str32, sizeof(str32), NULL, 0), -HP_ETRUNC);
+  ck_assert_int_eq(decode_bytes(nested, sizeof(nested), NULL, 0), -HP_ETRUNC);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ errors */
+
+START_TEST(decode_rejects_trailing_bytes) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_goodbye g = { 10, 0 };
+  ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
+  size_t len;
+  const uint8_t *p = only_payload(e, &len);
+  uint8_t buf[64];
+  memcpy(buf, p, len);
+  buf[len] = 0x00;
+  char err[256];
+  ck_assert_int_eq(decode_bytes(buf, len + 1, err, sizeof(err)), -HP_ETRAILING);
+  ck_assert_str_eq(err, "1 bytes left over after the GOODBYE (4 bytes)");
+  memcpy(buf + len, p, len);   /* two messages in one payload */
+  ck_assert_int_eq(decode_bytes(buf, 2 * len, NULL, 0), -HP_ETRAILING);
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(decode_rejects_oversized_payload) {
+  size_t len = HP_MAX_FRAME_BYTES + 1u;
+  uint8_t *p = calloc(1, len);
+  char err[256];
+  ck_assert_int_eq(decode_bytes(p, len, err, sizeof(err)), -HP_ETOOBIG);
+  ck_assert_ptr_nonnull(strstr(err, "4194304"));
+  free(p);
+}
+END_TEST
+
+START_TEST(decode_rejects_empty_and_malformed) {
+  char err[256];
+  ck_assert_int_eq(decode_bytes("", 0, err, sizeof(err)), -HP_ETRUNC);
+  static const uint8_t c1[] = { 0xc1 };
+  ck_assert_int_eq(decode_bytes(c1, 1, err, sizeof(err)), -HP_EPARSE);
+  ck_assert_ptr_nonnull(strstr(err, "0xc1"));
+  static const uint8_t notarray[] = { 0x04 };
+  ck_assert_int_eq(decode_bytes(notarray, 1, err, sizeof(err)), -HP_ETYPE);
+  static const uint8_t empty[] = { 0x90 };
+  ck_assert_int_eq(decode_bytes(empty, 1, err, sizeof(err)), -HP_ETYPE);
+  static const uint8_t deep[] = { 0x93, 0x04, 0x00, 0x91, 0x91, 0x91, 0x90 };
+  ck_assert_int_eq(decode_bytes(deep, sizeof(deep), err, sizeof(err)), -HP_EPARSE);
+  ck_assert_ptr_nonnull(strstr(err, "deeper"));
+}
+END_TEST
+
+START_TEST(decode_rejects_unknown_message_type) {
+  char err[256];
+  static const uint8_t t7[] = { 0x92, 0x07, 0x00 };
+  ck_assert_int_eq(decode_bytes(t7, sizeof(t7), err, sizeof(err)), -HP_EMSGTYPE);
+  ck_assert_ptr_nonnull(strstr(err, "unknown message type 7"));
+  static const uint8_t t0[] = { 0x91, 0x00 };
+  ck_assert_int_eq(decode_bytes(t0, sizeof(t0), NULL, 0), -HP_EMSGTYPE);
+  static const uint8_t tbig[] = { 0x91, 0xcf, 0, 0, 0, 1, 0, 0, 0, 1 };
+  ck_assert_int_eq(decode_bytes(tbig, sizeof(tbig), NULL, 0), -HP_EMSGTYPE);
+  static const uint8_t tneg[] = { 0x91, 0xff };
+  ck_assert_int_eq(decode_bytes(tneg, sizeof(tneg), NULL, 0), -HP_EMSGTYPE);
+}
+END_TEST
+
+START_TEST(decode_rejects_wrong_element_count) {
+  char err[256];
+  static const uint8_t short_goodbye[] = { 0x92, 0x06, 0x00 };
+  ck_assert_int_eq(decode_bytes(short_goodbye, 3, err, sizeof(err)), -HP_ETYPE);
+  ck_assert_str_eq(err, "GOODBYE has 2 elements, expected 3");
+  static const uint8_t long_goodbye[] = { 0x94, 0x06, 0x00, 0x00, 0x00 };
+  ck_assert_int_eq(decode_bytes(long_goodbye, 5, err, sizeof(err)), -HP_ETYPE);
+}
+END_TEST
+
+/* Every element of every message, replaced by a value of a wrong type. _i is the
+ * message type; each element is tried with two wrong types. */
+START_TEST(decode_rejects_wrong_type_in_each_position) {
+  int t = _i;
+  char err[256];
+  for (unsigned f = 1; f <= nelem_of[t]; f++) {
+    /* A string where an integer/array/bool goes, an integer where a string goes. */
+    int is_str = (t == HP_MSG_HELLO && (f == 2 || f == 7 || f == 8)) ||
+                 (t == HP_MSG_FRAME_DEF && (f == 3 || f == 4));
+    repl_fn wrongs[2] = { is_str ? repl_int : repl_str, repl_map };
+    if (t == HP_MSG_HELLO && f == 13)
+      wrongs[0] = repl_float;
+    for (int w = 0; w < 2; w++) {
+      int rc = decode_built(t, f, wrongs[w], err, sizeof(err));
+      int want = (t == HP_MSG_HELLO && f == 2) ? -HP_EMAGIC : -HP_ETYPE;
+      ck_assert_msg(rc == want, "%s element %u (wrong %d): got %s: %s", hp_msg_type_name(t), f,
+                    w, hp_err_name(rc), err);
+      if (f > 1) {
+        char where[64];
+        snprintf(where, sizeof(where), "%s field %u (%s)", hp_msg_type_name(t), f,
+                 hp_proto_field_name(t, f));
+        ck_assert_msg(strstr(err, where) != NULL, "'%s' does not name '%s'", err, where);
+      }
+    }
+    /* nil is never a valid value either */
+    ck_assert_int_lt(decode_built(t, f, repl_nil, NULL, 0), 0);
+  }
+}
+END_TEST
+
+/* Wrong types inside events, one position at a time. */
+START_TEST(decode_rejects_wrong_type_inside_events) {
+  for (unsigned kind = 0; kind <= 1; kind++) {
+    unsigned n = kind == 0 ? 8 : 4;
+    for (unsigned f = 1; f <= n; f++) {
+      msgpack_sbuffer sb;
+      msgpack_packer pk;
+      msgpack_sbuffer_init(&sb);
+      msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+      msgpack_pack_array(&pk, 3);
+      msgpack_pack_uint8(&pk, 4);
+      msgpack_pack_uint64(&pk, 100);
+      msgpack_pack_array(&pk, 1);
+      msgpack_pack_array(&pk, n);
+      for (unsigned k = 1; k <= n; k++) {
+        if (k == f)
+          msgpack_pack_str_with_body(&pk, "x", 1);
+        else if (k == 1)
+          msgpack_pack_uint8(&pk, (uint8_t)kind);
+        else
+          msgpack_pack_uint8(&pk, 1);
+      }
+      char err[256];
+      int rc = decode_bytes(sb.data, sb.size, err, sizeof(err));
+      ck_assert_msg(rc == -HP_ETYPE, "kind %u field %u: %s", kind, f, err);
+      if (f > 1) {
+        char where[96];
+        snprintf(where, sizeof(where), "event 0 field %u (%s)", f,
+                 hp_proto_event_field_name(kind, f));
+        ck_assert_msg(strstr(err, where) != NULL, "'%s' lacks '%s'", err, where);
+      }
+      msgpack_sbuffer_destroy(&sb);
+    }
+  }
+}
+END_TEST
+
+START_TEST(decode_rejects_wrong_magic_and_version) {
+  char err[256];
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_array(&pk, 3);
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_str_with_body(&pk, "heapprog", 8);
+  msgpack_pack_uint8(&pk, 1);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_EMAGIC);
+  ck_assert_ptr_nonnull(strstr(err, "HELLO field 2 (magic)"));
+
+  /* A future version with a different shape still gets the version error. */
+  msgpack_sbuffer_clear(&sb);
+  msgpack_pack_array(&pk, 4);
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_str_with_body(&pk, "heapprof", 8);
+  msgpack_pack_uint8(&pk, 2);
+  msgpack_pack_nil(&pk);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_EVERSION);
+  ck_assert_str_eq(err, "HELLO field 3 (version): protocol version 2 is not supported "
+                   "(this heapprof speaks version 1)");
+
+  msgpack_sbuffer_clear(&sb);
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_uint8(&pk, 1);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, NULL, 0), -HP_EMAGIC);
+  msgpack_sbuffer_destroy(&sb);
+
+  hp_encoder *e = hp_encoder_new(0);
+  hp_hello h = make_hello();
+  h.version = 2;
+  ck_assert_int_eq(hp_encode_hello(e, &h), -HP_EVERSION);
+  hp_encoder_free(e);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ limits */
+
+/* Encodes with msgpack-c directly: an EVENTS batch whose one event has `f` (1-based)
+ * set to `v`; other fields valid. */
+static int decode_event_with(unsigned kind, unsigned f, int64_t v, uint64_t base, char *err) {
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  unsigned n = kind == 1 ? 4 : 8;
+  msgpack_pack_array(&pk, 3);
+  msgpack_pack_uint8(&pk, 4);
+  msgpack_pack_uint64(&pk, base);
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_array(&pk, n);
+  for (unsigned k = 1; k <= n; k++) {
+    if (k == f) {
+      if (v < 0)
+        msgpack_pack_int64(&pk, v);
+      else
+        msgpack_pack_uint64(&pk, (uint64_t)v);
+    } else if (k == 1) {
+      msgpack_pack_uint8(&pk, (uint8_t)kind);
+    } else {
+      msgpack_pack_uint8(&pk, 1);
+    }
+  }
+  int rc = decode_bytes(sb.data, sb.size, err, 256);
+  msgpack_sbuffer_destroy(&sb);
+  return rc;
+}
+
+START_TEST(decode_rejects_out_of_range_event_fields) {
+  char err[256];
+  ck_assert_int_eq(decode_event_with(0, 4, 3, 0, err), -HP_ERANGE);   /* domain 3 */
+  ck_assert_str_eq(err, "EVENTS field 3 (events): event 0 field 4 (domain): 3 is out of "
+                   "range 0..2");
+  ck_assert_int_eq(decode_event_with(0, 4, 2, 0, err), 0);
+  ck_assert_int_eq(decode_event_with(2, 1, 2, 0, err), -HP_ERANGE);   /* kind 2 */
+  ck_assert_ptr_nonnull(strstr(err, "(kind)"));
+  ck_assert_int_eq(decode_event_with(0, 8, (int64_t)UINT32_MAX + 1, 0, err), -HP_ERANGE);
+  ck_assert_ptr_nonnull(strstr(err, "(stack_id)"));
+  ck_assert_int_eq(decode_event_with(0, 6, -1, 0, err), -HP_ERANGE);  /* size < 0 */
+  ck_assert_int_eq(decode_event_with(0, 2, -1, 0, err), -HP_ERANGE);  /* ts below 0 */
+  ck_assert_ptr_nonnull(strstr(err, "below 0"));
+  ck_assert_int_eq(decode_event_with(1, 2, -1, 5, err), 0);           /* ts 4 is fine */
+  ck_assert_int_eq(decode_event_with(0, 2, 2, (uint64_t)INT64_MAX - 1, err), -HP_ERANGE);
+  ck_assert_int_eq(decode_event_with(0, 2, 1, (uint64_t)INT64_MAX - 1, err), 0);
+  ck_assert_int_eq(decode_event_with(0, 5, 0, 0, err), 0);            /* address 0 ok */
+}
+END_TEST
+
+START_TEST(decode_rejects_out_of_range_uint64_above_int64) {
+  char err[256];
+  /* size 2^63 does not fit the SQLite INTEGER it is stored in */
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_array(&pk, 3);
+  msgpack_pack_uint8(&pk, 4);
+  msgpack_pack_uint64(&pk, 0);
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_array(&pk, 8);
+  uint64_t vals[8] = { 0, 0, 1, 1, 1, 1ull << 63, 1, 1 };
+  for (int k = 0; k < 8; k++)
+    msgpack_pack_uint64(&pk, vals[k]);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ERANGE);
+  ck_assert_ptr_nonnull(strstr(err, "field 6 (size)"));
+  msgpack_sbuffer_clear(&sb);
+  msgpack_pack_array(&pk, 3);
+  msgpack_pack_uint8(&pk, 6);
+  msgpack_pack_uint64(&pk, 1ull << 63);
+  msgpack_pack_uint64(&pk, 0);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ERANGE);
+  ck_assert_ptr_nonnull(strstr(err, "GOODBYE field 2 (ts)"));
+  msgpack_sbuffer_destroy(&sb);
+}
+END_TEST
+
+START_TEST(decode_rejects_too_deep_stack_with_precise_message) {
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_array(&pk, 4);
+  msgpack_pack_uint8(&pk, 3);
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_false(&pk);
+  msgpack_pack_array(&pk, 600);
+  for (int i = 0; i < 600; i++)
+    msgpack_pack_uint8(&pk, 1);
+  char err[256];
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ELEN);
+  ck_assert_str_eq(err, "STACK_DEF field 4 (frame_ids): 600 entries exceed the limit of 512");
+  msgpack_sbuffer_destroy(&sb);
+}
+END_TEST
+
+START_TEST(decode_rejects_bad_stack_def_values) {
+  char err[256];
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  /* stack id 0 is reserved */
+  msgpack_pack_array(&pk, 4);
+  msgpack_pack_uint8(&pk, 3);
+  msgpack_pack_uint8(&pk, 0);
+  msgpack_pack_true(&pk);
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_uint8(&pk, 1);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ERANGE);
+  ck_assert_ptr_nonnull(strstr(err, "STACK_DEF field 2 (stack_id)"));
+  /* frame id 0 inside */
+  msgpack_sbuffer_clear(&sb);
+  msgpack_pack_array(&pk, 4);
+  msgpack_pack_uint8(&pk, 3);
+  msgpack_pack_uint8(&pk, 5);
+  msgpack_pack_true(&pk);
+  msgpack_pack_array(&pk, 2);
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_uint8(&pk, 0);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ERANGE);
+  ck_assert_ptr_nonnull(strstr(err, "entry 1"));
+  /* empty stack */
+  msgpack_sbuffer_clear(&sb);
+  msgpack_pack_array(&pk, 4);
+  msgpack_pack_uint8(&pk, 3);
+  msgpack_pack_uint8(&pk, 5);
+  msgpack_pack_true(&pk);
+  msgpack_pack_array(&pk, 0);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ELEN);
+  /* frame id above 32 bits */
+  msgpack_sbuffer_clear(&sb);
+  msgpack_pack_array(&pk, 4);
+  msgpack_pack_uint8(&pk, 3);
+  msgpack_pack_uint8(&pk, 5);
+  msgpack_pack_true(&pk);
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_uint64(&pk, 1ull << 32);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ERANGE);
+  msgpack_sbuffer_destroy(&sb);
+}
+END_TEST
+
+START_TEST(decode_rejects_too_many_events) {
+  size_t n = HP_MAX_BATCH_EVENTS + 1u;
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_array(&pk, 3);
+  msgpack_pack_uint8(&pk, 4);
+  msgpack_pack_uint8(&pk, 0);
+  msgpack_pack_array(&pk, n);
+  for (size_t i = 0; i < n; i++) {
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_uint8(&pk, 1);
+  }
+  char err[256];
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ELEN);
+  ck_assert_str_eq(err, "EVENTS field 3 (events): 16385 entries exceed the limit of 16384");
+  msgpack_sbuffer_destroy(&sb);
+}
+END_TEST
+
+static void pack_hello_prefix(msgpack_packer *pk) {
+  msgpack_pack_array(pk, 13);
+  msgpack_pack_uint8(pk, 1);
+  msgpack_pack_str_with_body(pk, "heapprof", 8);
+  msgpack_pack_uint8(pk, 1);
+  msgpack_pack_uint8(pk, 10);
+  msgpack_pack_uint8(pk, 1);
+}
+
+static void pack_hello_suffix(msgpack_packer *pk, uint32_t depth) {
+  msgpack_pack_str_with_body(pk, "/bin/py", 7);
+  msgpack_pack_str_with_body(pk, "3.12", 4);
+  msgpack_pack_uint8(pk, 0);
+  msgpack_pack_uint8(pk, 0);
+  msgpack_pack_uint8(pk, 1);
+  msgpack_pack_uint32(pk, depth);
+  msgpack_pack_array(pk, 0);
+}
+
+START_TEST(decode_rejects_too_many_argv_and_long_strings) {
+  char err[256];
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  pack_hello_prefix(&pk);
+  msgpack_pack_array(&pk, HP_MAX_ARGV + 1);
+  for (unsigned i = 0; i <= HP_MAX_ARGV; i++)
+    msgpack_pack_str_with_body(&pk, "a", 1);
+  pack_hello_suffix(&pk, 16);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ELEN);
+  ck_assert_str_eq(err, "HELLO field 6 (argv): 1025 entries exceed the limit of 1024");
+
+  char *big = malloc(HP_MAX_STR_BYTES + 1);
+  memset(big, 'x', HP_MAX_STR_BYTES + 1);
+  msgpack_sbuffer_clear(&sb);
+  pack_hello_prefix(&pk);
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_str_with_body(&pk, big, HP_MAX_STR_BYTES + 1);
+  pack_hello_suffix(&pk, 16);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ELEN);
+  ck_assert_ptr_nonnull(strstr(err, "entry 0: 4097 bytes exceed the limit of 4096"));
+
+  msgpack_sbuffer_clear(&sb);
+  msgpack_pack_array(&pk, 5);
+  msgpack_pack_uint8(&pk, 2);
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_str_with_body(&pk, big, HP_MAX_STR_BYTES + 1);
+  msgpack_pack_str_with_body(&pk, "f", 1);
+  msgpack_pack_uint8(&pk, 1);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ELEN);
+  ck_assert_str_eq(err, "FRAME_DEF field 3 (function): 4097 bytes exceed the limit of 4096");
+
+  /* exactly at the limit is fine */
+  msgpack_sbuffer_clear(&sb);
+  msgpack_pack_array(&pk, 5);
+  msgpack_pack_uint8(&pk, 2);
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_str_with_body(&pk, big, HP_MAX_STR_BYTES);
+  msgpack_pack_str_with_body(&pk, big, HP_MAX_STR_BYTES);
+  msgpack_pack_uint8(&pk, 1);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), 0);
+
+  /* max_stack_depth above the protocol limit */
+  msgpack_sbuffer_clear(&sb);
+  pack_hello_prefix(&pk);
+  msgpack_pack_array(&pk, 0);
+  pack_hello_suffix(&pk, HP_MAX_STACK_DEPTH + 1);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ERANGE);
+  ck_assert_ptr_nonnull(strstr(err, "HELLO field 12 (max_stack_depth)"));
+  free(big);
+  msgpack_sbuffer_destroy(&sb);
+}
+END_TEST
+
+/* Buckets: rates finite in (0, 1], max_size strictly increasing, only with interval 0. */
+static int decode_hello_buckets(uint64_t interval, const uint64_t *sizes, const double *rates,
+                                int n, char *err) {
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  pack_hello_prefix(&pk);
+  msgpack_pack_array(&pk, 0);
+  msgpack_pack_str_with_body(&pk, "/bin/py", 7);
+  msgpack_pack_str_with_body(&pk, "3.12", 4);
+  msgpack_pack_uint8(&pk, 0);
+  msgpack_pack_uint8(&pk, 0);
+  msgpack_pack_uint64(&pk, interval);
+  msgpack_pack_uint32(&pk, 16);
+  msgpack_pack_array(&pk, (size_t)n);
+  for (int i = 0; i < n; i++) {
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_uint64(&pk, sizes[i]);
+    msgpack_pack_double(&pk, rates[i]);
+  }
+  int rc = decode_bytes(sb.data, sb.size, err, 256);
+  msgpack_sbuffer_destroy(&sb);
+  return rc;
+}
+
+START_TEST(decode_checks_buckets) {
+  char err[256];
+  uint64_t sz[3] = { 10, 100, 1000 };
+  double ok[3] = { 0.5, 0.75, 1.0 };
+  ck_assert_int_eq(decode_hello_buckets(0, sz, ok, 3, err), 0);
+  double zero[3] = { 0.0, 0.75, 1.0 };
+  ck_assert_int_eq(decode_hello_buckets(0, sz, zero, 3, err), -HP_ERANGE);
+  ck_assert_ptr_nonnull(strstr(err, "bucket 0 rate"));
+  double above[3] = { 0.5, 1.5, 1.0 };
+  ck_assert_int_eq(decode_hello_buckets(0, sz, above, 3, err), -HP_ERANGE);
+  double nan3[3] = { 0.5, NAN, 1.0 };
+  ck_assert_int_eq(decode_hello_buckets(0, sz, nan3, 3, err), -HP_ERANGE);
+  double inf3[3] = { 0.5, 0.6, INFINITY };
+  ck_assert_int_eq(decode_hello_buckets(0, sz, inf3, 3, err), -HP_ERANGE);
+  uint64_t same[3] = { 10, 10, 1000 };
+  ck_assert_int_eq(decode_hello_buckets(0, same, ok, 3, err), -HP_ERANGE);
+  ck_assert_ptr_nonnull(strstr(err, "not above the previous"));
+  uint64_t down[3] = { 10, 100, 50 };
+  ck_assert_int_eq(decode_hello_buckets(0, down, ok, 3, err), -HP_ERANGE);
+  ck_assert_int_eq(decode_hello_buckets(0, sz, ok, 0, err), -HP_ERANGE);     /* none */
+  ck_assert_int_eq(decode_hello_buckets(4096, sz, ok, 3, err), -HP_ERANGE);  /* unused */
+  ck_assert_int_eq(decode_hello_buckets(4096, sz, ok, 0, err), 0);
+
+  uint64_t many[HP_MAX_BUCKETS + 1];
+  double r[HP_MAX_BUCKETS + 1];
+  for (unsigned i = 0; i <= HP_MAX_BUCKETS; i++) {
+    many[i] = i + 1;
+    r[i] = 1.0;
+  }
+  ck_assert_int_eq(decode_hello_buckets(0, many, r, HP_MAX_BUCKETS, err), 0);
+  ck_assert_int_eq(decode_hello_buckets(0, many, r, HP_MAX_BUCKETS + 1, err), -HP_ELEN);
+}
+END_TEST
+
+START_TEST(decode_rejects_bad_hello_pids) {
+  char err[256];
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_array(&pk, 13);
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_str_with_body(&pk, "heapprof", 8);
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_int8(&pk, 0);  /* pid 0 */
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_array(&pk, 0);
+  pack_hello_suffix(&pk, 16);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ERANGE);
+  ck_assert_str_eq(err, "HELLO field 4 (pid): 0 is out of range 1..2147483647");
+  msgpack_sbuffer_destroy(&sb);
+}
+END_TEST
+
+/* The encoder refuses what the decoder would refuse, and leaves its buffer untouched. */
+static void assert_refused(hp_encoder *e, int rc, int want) {
+  ck_assert_msg(rc == want, "got %s, want %s", hp_err_name(rc), hp_err_name(want));
+  size_t n;
+  const uint8_t *p = hp_encoder_data(e, &n);
+  /* The buffer still holds exactly the one GOODBYE encoded before. */
+  ck_assert_uint_eq(n, 12);
+  ck_assert_uint_eq(p[4], 0x93);
+  ck_assert_uint_eq(p[5], 0x06);
+}
+
+START_TEST(encode_refuses_over_limit_input_keeping_the_buffer) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_goodbye g = { 1500000000ull, 3 };
+  ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
+
+  hp_hello h = make_hello();
+  h.argc = HP_MAX_ARGV + 1;
+  hp_str *argv = calloc(HP_MAX_ARGV + 1, sizeof(*argv));
+  char *big = malloc(HP_MAX_STR_BYTES + 1);
+  memset(big, 'y', HP_MAX_STR_BYTES + 1);
+  h.argv = argv;
+  assert_refused(e, hp_encode_hello(e, &h), -HP_ELEN);
+  /* 1024 arguments of 4096 bytes: every field is legal, the frame is not */
+  for (unsigned i = 0; i < HP_MAX_ARGV; i++)
+    argv[i] = (hp_str){ big, HP_MAX_STR_BYTES };
+  h.argc = HP_MAX_ARGV;
+  assert_refused(e, hp_encode_hello(e, &h), -HP_ETOOBIG);
+  h = make_hello();
+  h.executable = (hp_str){ big, HP_MAX_STR_BYTES + 1 };
+  assert_refused(e, hp_encode_hello(e, &h), -HP_ELEN);
+  h = make_hello();
+  h.max_stack_depth = HP_MAX_STACK_DEPTH + 1;
+  assert_refused(e, hp_encode_hello(e, &h), -HP_ERANGE);
+  h = make_hello();
+  h.pid = 0;
+  assert_refused(e, hp_encode_hello(e, &h), -HP_ERANGE);
+  h = make_hello();
+  hp_bucket bad_b[2] = { { 100, 0.5 }, { 50, 1.0 } };
+  h.buckets = bad_b;
+  h.nbuckets = 2;
+  assert_refused(e, hp_encode_hello(e, &h), -HP_ERANGE);
+
+  hp_frame_def f = { 0, S("f"), S("x.py"), 1 };
+  assert_refused(e, hp_encode_frame_def(e, &f), -HP_ERANGE);
+  f = (hp_frame_def){ 1, { big, HP_MAX_STR_BYTES + 1 }, S("x.py"), 1 };
+  assert_refused(e, hp_encode_frame_def(e, &f), -HP_ELEN);
+  f = (hp_frame_def){ 1, S("f"), S("x.py"), -1 };
+  assert_refused(e, hp_encode_frame_def(e, &f), -HP_ERANGE);
+
+  uint32_t ids[HP_MAX_STACK_DEPTH + 1];
+  for (unsigned i = 0; i <= HP_MAX_STACK_DEPTH; i++)
+    ids[i] = i + 1;
+  hp_stack_def s = { 0, 0, 3, ids };
+  assert_refused(e, hp_encode_stack_def(e, &s), -HP_ERANGE);
+  s = (hp_stack_def){ 1, 0, HP_MAX_STACK_DEPTH + 1, ids };
+  assert_refused(e, hp_encode_stack_def(e, &s), -HP_ELEN);
+  ids[1] = 0;
+  s = (hp_stack_def){ 1, 0, 3, ids };
+  assert_refused(e, hp_encode_stack_def(e, &s), -HP_ERANGE);
+
+  hp_event *ev = calloc(HP_MAX_BATCH_EVENTS + 1, sizeof(*ev));
+  fill_events(ev, HP_MAX_BATCH_EVENTS + 1);
+  assert_refused(e, hp_encode_events(e, ev, HP_MAX_BATCH_EVENTS + 1), -HP_ELEN);
+  ev[10].domain = 3;
+  ev[10].kind = HP_EV_ALLOC;
+  assert_refused(e, hp_encode_events(e, ev, 20), -HP_ERANGE);
+  fill_events(ev, 20);
+  ev[5].kind = 2;
+  assert_refused(e, hp_encode_events(e, ev, 20), -HP_ERANGE);
+  fill_events(ev, 20);
+  ev[19].ts_ns = 1ull << 63;
+  assert_refused(e, hp_encode_events(e, ev, 20), -HP_ERANGE);
+  fill_events(ev, 20);
+  ev[0].size = 1ull << 63;
+  ev[0].kind = HP_EV_ALLOC;
+  assert_refused(e, hp_encode_events(e, ev, 20), -HP_ERANGE);
+
+  hp_counters c = { 1ull << 63, 0, 0 };
+  assert_refused(e, hp_encode_counters(e, &c), -HP_ERANGE);
+  hp_goodbye gb = { 0, 1ull << 63 };
+  assert_refused(e, hp_encode_goodbye(e, &gb), -HP_ERANGE);
+  free(ev);
+  free(big);
+  free(argv);
+  hp_encoder_free(e);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ random input */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rng(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return rng_state;
+}
+
+static void assert_known_result(hp_decoder *d, int rc, const hp_msg *m) {
+  if (rc == 0) {
+    ck_assert(m->type >= HP_MSG_HELLO && m->type <= HP_MSG_GOODBYE);
+    ck_assert_str_eq(hp_decoder_error(d), "");
+  } else {
+    ck_assert_msg(rc <= -HP_ENOMEM && rc >= -HP_ECLOSED, "unexpected code %d", rc);
+    ck_assert_str_ne(hp_decoder_error(d), "");
+  }
+}
+
+START_TEST(random_bytes_never_crash) {
+  hp_decoder *d = hp_decoder_new();
+  hp_msg m;
+  for (int iter = 0; iter < 20000; iter++) {
+    size_t len = rng() % 64;
+    uint8_t *p = malloc(len ? len : 1);
+    for (size_t i = 0; i < len; i++)
+      p[i] = (uint8_t)rng();
+    if (len > 0 && iter % 2 == 0)
+      p[0] = (uint8_t)(0x90 | (rng() % 14));   /* make it look like a message array */
+    if (len > 1 && iter % 4 == 0)
+      p[1] = (uint8_t)(1 + rng() % 6);
+    int rc = hp_decoder_decode(d, p, len, &m);
+    assert_known_result(d, rc, &m);
+    free(p);
+  }
+  hp_decoder_free(d);
+}
+END_TEST
+
+/* Valid messages with a few bytes flipped: the decoder's hardest inputs. */
+START_TEST(mutated_messages_never_crash) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_hello h = make_hello();
+  ck_assert_int_eq(hp_encode_hello(e, &h), 0);
+  hp_event ev[12];
+  fill_events(ev, 12);
+  ck_assert_int_eq(hp_encode_events(e, ev, 12), 0);
+  uint32_t ids[5] = { 1, 2, 3, 4, 5 };
+  hp_stack_def s = { 9, 1, 5, ids };
+  ck_assert_int_eq(hp_encode_stack_def(e, &s), 0);
+  size_t total;
+  const uint8_t *all = hp_encoder_data(e, &total);
+  hp_decoder *d = hp_decoder_new();
+  hp_msg m;
+  int accepted = 0;
+  size_t offs[3], lens[3], off = 0;
+  for (int k = 0; k < 3; k++) {
+    lens[k] = (uint32_t)all[off] << 24 | (uint32_t)all[off + 1] << 16 |
+              (uint32_t)all[off + 2] << 8 | all[off + 3];
+    offs[k] = off;
+    off += 4 + lens[k];
+  }
+  ck_assert_uint_eq(off, total);
+  for (int iter = 0; iter < 30000; iter++) {
+    int which = (int)(rng() % 3);
+    size_t len = lens[which];
+    const uint8_t *src = all + offs[which] + 4;
+    uint8_t *p = malloc(len);
+    memcpy(p, src, len);
+    int flips = 1 + (int)(rng() % 3);
+    for (int k = 0; k < flips; k++)
+      p[rng() % len] ^= (uint8_t)(1u << (rng() % 8));
+    size_t use = rng() % 8 == 0 ? rng() % (len + 1) : len;
+    int rc = hp_decoder_decode(d, p, use, &m);
+    assert_known_result(d, rc, &m);
+    accepted += rc == 0;
+    free(p);
+  }
+  /* Flipping a low bit of a value usually leaves a valid message: the decoder must not
+   * be rejecting everything. */
+  ck_assert_int_gt(accepted, 100);
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ oom */
+
+/* Fails the _i-th allocation of encoder creation and use; every path reports ENOMEM
+ * and leaves a consistent encoder. */
+START_TEST(encoder_survives_allocation_failure) {
+  hp_proto_test_fail_alloc_after(_i);
+  hp_encoder *e = hp_encoder_new(8);
+  if (e == NULL) {
+    hp_proto_test_fail_alloc_after(-1);
+    ck_assert_int_lt(_i, 2);
+    return;
+  }
+  hp_goodbye g = { 1500000000ull, 3 };
+  hp_hello h = make_hello();
+  size_t n0, n1, n2;
+  hp_encoder_data(e, &n0);
+  int rc1 = hp_encode_goodbye(e, &g);
+  hp_encoder_data(e, &n1);
+  int rc2 = hp_encode_hello(e, &h);
+  hp_encoder_data(e, &n2);
+  hp_proto_test_fail_alloc_after(-1);
+  ck_assert_uint_eq(n0, 0);
+  ck_assert(rc1 == 0 || rc1 == -HP_ENOMEM);
+  ck_assert(rc2 == 0 || rc2 == -HP_ENOMEM);
+  ck_assert_uint_eq(n1, rc1 == 0 ? 12u : 0u);
+  if (rc2 == 0)
+    ck_assert_uint_gt(n2, n1);
+  else
+    ck_assert_uint_eq(n2, n1);
+  size_t n;
+  /* and it works again once memory is back */
+  ck_assert_int_eq(hp_encode_hello(e, &h), 0);
+  hp_decoder *d = hp_decoder_new();
+  hp_msg m;
+  const uint8_t *p = hp_encoder_data(e, &n);
+  size_t off = 0;
+  int frames = 0;
+  while (off < n) {
+    uint32_t l = (uint32_t)p[off] << 24 | (uint32_t)p[off + 1] << 16 |
+                 (uint32_t)p[off + 2] << 8 | p[off + 3];
+    ck_assert_int_eq(hp_decoder_decode(d, p + off + 4, l, &m), 0);
+    off += 4u + l;
+    frames++;
+  }
+  ck_assert_int_eq(frames, 1 + (rc1 == 0) + (rc2 == 0));
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(decoder_reports_enomem_for_event_array) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_event ev[300];
+  fill_events(ev, 300);
+  ck_assert_int_eq(hp_encode_events(e, ev, 300), 0);
+  hp_decoder *d = hp_decoder_new();
+  hp_msg m;
+  hp_proto_test_fail_alloc_after(0);
+  int rc = decode_only(d, e, &m);
+  hp_proto_test_fail_alloc_after(-1);
+  ck_assert_int_eq(rc, -HP_ENOMEM);
+  ck_assert_ptr_nonnull(strstr(hp_decoder_error(d), "out of memory"));
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  assert_events_eq(ev, m.u.events.events, 300);
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+Suite *codec_suite(void) {
+  Suite *s = suite_create("codec");
+  TCase *tc = tcase_create("core");
+  tcase_add_test(tc, roundtrip_hello_with_buckets);
+  tcase_add_test(tc, roundtrip_hello_with_interval_and_no_argv);
+  tcase_add_test(tc, roundtrip_frame_def);
+  tcase_add_test(tc, roundtrip_stack_def_full_depth);
+  tcase_add_test(tc, roundtrip_events_full_batch);
+  tcase_add_test(tc, roundtrip_events_extreme_values);
+  tcase_add_test(tc, roundtrip_counters_and_goodbye);
+  tcase_add_test(tc, goodbye_bytes_match_the_spec_example);
+  tcase_add_test(tc, events_bytes_match_the_spec_example);
+  tcase_add_test(tc, encoder_appends_frames_and_resets);
+  tcase_add_test(tc, msg_type_names);
+  tcase_add_test(tc, decode_hand_made_messages);
+  tcase_add_test(tc, decoder_is_reusable_after_errors);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("errors");
+  tcase_add_test(tc, decode_rejects_every_truncation);
+  tcase_add_test(tc, decode_rejects_lying_container_lengths);
+  tcase_add_test(tc, decode_rejects_trailing_bytes);
+  tcase_add_test(tc, decode_rejects_oversized_payload);
+  tcase_add_test(tc, decode_rejects_empty_and_malformed);
+  tcase_add_test(tc, decode_rejects_unknown_message_type);
+  tcase_add_test(tc, decode_rejects_wrong_element_count);
+  tcase_add_loop_test(tc, decode_rejects_wrong_type_in_each_position, HP_MSG_HELLO,
+                      HP_MSG_GOODBYE + 1);
+  tcase_add_test(tc, decode_rejects_wrong_type_inside_events);
+  tcase_add_test(tc, decode_rejects_wrong_magic_and_version);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("limits");
+  tcase_add_test(tc, decode_rejects_out_of_range_event_fields);
+  tcase_add_test(tc, decode_rejects_out_of_range_uint64_above_int64);
+  tcase_add_test(tc, decode_rejects_too_deep_stack_with_precise_message);
+  tcase_add_test(tc, decode_rejects_bad_stack_def_values);
+  tcase_add_test(tc, decode_rejects_too_many_events);
+  tcase_add_test(tc, decode_rejects_too_many_argv_and_long_strings);
+  tcase_add_test(tc, decode_checks_buckets);
+  tcase_add_test(tc, decode_rejects_bad_hello_pids);
+  tcase_add_test(tc, encode_refuses_over_limit_input_keeping_the_buffer);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("random");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, random_bytes_never_crash);
+  tcase_add_test(tc, mutated_messages_never_crash);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("oom");
+  tcase_add_loop_test(tc, encoder_survives_allocation_failure, 0, 8);
+  tcase_add_test(tc, decoder_reports_enomem_for_event_array);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(codec_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
