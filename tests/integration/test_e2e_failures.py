@@ -1,0 +1,99 @@
+"""End to end: the program is never hurt by the profiler. No daemon: one stderr line,
+same output and status. Daemon killed mid-run: one stderr line, the program finishes
+with its own status. Bad settings: one line, unprofiled."""
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+from agent_e2e_util import (PYTHON, Daemon, clean_env, run_python, write_program)
+
+PROGRAM = '''
+import sys
+total = 0
+for i in range(20000):
+    total += len(bytearray(1000 + i % 100))
+print("total", total)
+sys.exit(7)
+'''
+
+MIDRUN = '''
+import os, sys, time
+flag = sys.argv[1]
+keep = [bytearray(5000) for _ in range(1000)]
+print("ready", flush=True)
+deadline = time.monotonic() + 30
+while not os.path.exists(flag) and time.monotonic() < deadline:
+    time.sleep(0.01)
+n = 0
+for i in range(200000):      # keeps sampling after the daemon is gone
+    n += len(bytearray(100 + i % 50))
+print("finished", n, flush=True)
+sys.exit(5)
+'''
+
+
+class Failures(unittest.TestCase):
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix='hp-agent-fail-')
+        self.tmp = self._tmp.name
+        self.addCleanup(self._tmp.cleanup)
+
+    def test_daemon_not_running(self):
+        path = write_program(self.tmp, 'p.py', PROGRAM)
+        plain = run_python(path, env=clean_env())
+        sock = os.path.join(self.tmp, 'nobody.sock')
+        prof = run_python(path, env=clean_env(HEAPPROF_SOCKET=sock))
+        self.assertEqual(plain.returncode, 7)
+        self.assertEqual(prof.returncode, 7)
+        self.assertEqual(prof.stdout, plain.stdout)
+        lines = prof.stderr.splitlines()
+        self.assertEqual(len(lines), 1, prof.stderr)
+        self.assertTrue(lines[0].startswith('heapprof: cannot reach heapprofd at ' + sock),
+                        lines[0])
+        self.assertIn('unprofiled', lines[0])
+
+    def test_bad_settings_are_one_line(self):
+        for env, words in (({'HEAPPROF_INTERVAL': 'lots'}, 'sample interval'),
+                           ({'HEAPPROF_MAX_DEPTH': '100000'}, 'max stack depth 100000 is outside'),
+                           ({'HEAPPROF_ON_FULL': 'wait'}, 'on_full'),
+                           ({'HEAPPROF_RATES': '{128: 2.0}'}, 'outside (0, 1]')):
+            path = write_program(self.tmp, 'p.py', PROGRAM)
+            prof = run_python(path, env=clean_env(HEAPPROF_SOCKET='/nonexistent.sock', **env))
+            self.assertEqual(prof.returncode, 7)
+            lines = prof.stderr.splitlines()
+            self.assertEqual(len(lines), 1, prof.stderr)
+            self.assertIn(words, lines[0])
+
+    def test_daemon_killed_mid_run(self):
+        daemon = Daemon(self.tmp)
+        self.addCleanup(daemon.kill)
+        path = write_program(self.tmp, 'mid.py', MIDRUN)
+        flag = os.path.join(self.tmp, 'go')
+        child = subprocess.Popen([PYTHON, path, flag], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env=clean_env(HEAPPROF_SOCKET=daemon.socket,
+                                               HEAPPROF_INTERVAL=1))
+        try:
+            self.assertEqual(child.stdout.readline().strip(), 'ready')
+            daemon.proc.send_signal(signal.SIGKILL)
+            daemon.proc.wait(timeout=30)
+            open(flag, 'w').close()
+            out, err = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        self.assertEqual(child.returncode, 5, err)
+        self.assertIn('finished', out)
+        lines = err.splitlines()
+        self.assertEqual(len(lines), 1, err)
+        self.assertIn('lost the connection to heapprofd', lines[0])
+        self.assertIn('the program continues', lines[0])
+
+
+if __name__ == '__main__':
+    unittest.main()

@@ -1,0 +1,111 @@
+"""End to end: os.fork() and multiprocessing children (fork and spawn) are profiled as
+their own sessions with ppid = the parent's pid, and their allocations are recorded."""
+import json
+import os
+import unittest
+
+from agent_e2e_util import DaemonTestCase, line_of, run_python, site, write_program
+
+FORK_PROGRAM = '''
+import os, sys
+
+def child_work():
+    keep = []
+    for _ in range(300):
+        keep.append(bytearray(30000))      # SITE_CHILD
+    return keep
+
+def parent_work():
+    keep = []
+    for _ in range(300):
+        keep.append(bytearray(30000))      # SITE_PARENT
+    return keep
+
+p = parent_work()
+pid = os.fork()
+if pid == 0:
+    k = child_work()
+    print("child", os.getpid(), flush=True)
+    sys.exit(0)      # normal exit: atexit stops the session
+_, status = os.waitpid(pid, 0)
+print("parent", os.getpid(), os.waitstatus_to_exitcode(status), flush=True)
+'''
+
+MP_PROGRAM = '''
+import multiprocessing as mp, os, sys
+
+def child_work(q):
+    keep = []
+    for _ in range(300):
+        keep.append(bytearray(30000))      # SITE_MP
+    q.put(os.getpid())
+
+if __name__ == "__main__":
+    ctx = mp.get_context(sys.argv[1])
+    q = ctx.Queue()
+    p = ctx.Process(target=child_work, args=(q,))
+    p.start()
+    child = q.get(timeout=60)
+    p.join(60)
+    print(os.getpid(), child, p.exitcode, flush=True)
+'''
+
+
+class ForkChildren(DaemonTestCase):
+
+    def check_child_session(self, path, marker, function, parent_pid, child_pid):
+        sessions = self.sessions()
+        by_pid = {s[1]: s for s in sessions}
+        self.assertIn(parent_pid, by_pid, sessions)
+        self.assertIn(child_pid, by_pid, sessions)
+        child = by_pid[child_pid]
+        self.assertEqual(child[2], parent_pid)           # ppid set
+        self.assertNotEqual(child[0], by_pid[parent_pid][0])
+        line = line_of(path, marker)
+        n, est, size, freed, live = site(self.daemon, child[0], function, line)
+        # 300 blocks of 30000 bytes at the default 64 KiB interval: p = 0.37 each,
+        # about 110 samples; the estimate's sd is ~8% of the 9 MB: 35% is > 4 sd.
+        self.assertGreater(n, 50)
+        self.assertAlmostEqual(est / (300 * 30000), 1.0, delta=0.35)
+        # The parent's session has none of the child's allocations.
+        self.assertEqual(site(self.daemon, by_pid[parent_pid][0], function, line)[0], 0)
+        return by_pid
+
+    def test_os_fork(self):
+        path = write_program(self.tmp, 'forker.py', FORK_PROGRAM)
+        r = run_python(path, env=self.profiled_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr, '')
+        lines = dict(l.split(' ', 1) for l in r.stdout.splitlines())
+        child_pid = int(lines['child'])
+        parent_pid, status = map(int, lines['parent'].split())
+        self.assertEqual(status, 0)
+        by_pid = self.check_child_session(path, 'SITE_CHILD', 'child_work', parent_pid,
+                                          child_pid)
+        self.assertEqual(by_pid[child_pid][4], 'exited')   # GOODBYE from the child's atexit
+        # The parent's own site is in the parent's session only.
+        pline = line_of(path, 'SITE_PARENT')
+        self.assertGreater(site(self.daemon, by_pid[parent_pid][0], 'parent_work', pline)[0], 50)
+        self.assertEqual(site(self.daemon, by_pid[child_pid][0], 'parent_work', pline)[0], 0)
+
+    def run_mp(self, method):
+        path = write_program(self.tmp, 'mpprog.py', MP_PROGRAM)
+        r = run_python(path, args=[method], env=self.profiled_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr, '')
+        parent_pid, child_pid, exitcode = map(int, r.stdout.split())
+        self.assertEqual(exitcode, 0)
+        return self.check_child_session(path, 'SITE_MP', 'child_work', parent_pid, child_pid)
+
+    def test_multiprocessing_fork(self):
+        self.run_mp('fork')
+
+    def test_multiprocessing_spawn(self):
+        by_pid = self.run_mp('spawn')
+        # A spawn child is a fresh interpreter started from the inherited HEAPPROF_SOCKET.
+        argvs = [json.loads(s[3]) for s in by_pid.values()]
+        self.assertTrue(any('--multiprocessing-fork' in a for a in argvs), argvs)
+
+
+if __name__ == '__main__':
+    unittest.main()
