@@ -201,6 +201,10 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     return;  /* EAGAIN */
   if (nread != UV_EOF)
     hp_log(HP_LOG_DEBUG, "read from pid %lld: %s", (long long)c->peer_pid, uv_strerror((int)nread));
+  size_t partial = hp_conn_buffered(c->conn);
+  if (partial > 0)
+    hp_log(HP_LOG_WARN, "connection from pid %lld closed inside a frame (%zu bytes of it "
+           "received); the complete frames before it are kept", (long long)c->peer_pid, partial);
   client_finish(c, HP_SESSION_DISCONNECTED, NULL);
 }
 

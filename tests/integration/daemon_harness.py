@@ -1,0 +1,163 @@
+"""Helpers for the heapprofd tests: start the real daemon on a temporary socket and
+database, run the codec-built test client, query the public views.
+
+Every process started here is killed on exit of its context manager, even when the
+test fails; callers keep their files inside a tempfile.TemporaryDirectory."""
+import json
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import time
+
+BUILD_ROOT = os.environ.get("HEAPPROF_BUILD_ROOT", "")
+HEAPPROFD = os.environ.get("HEAPPROFD") or os.path.join(BUILD_ROOT, "daemon", "heapprofd")
+TESTCLIENT = os.environ.get("HEAPPROF_TESTCLIENT") or os.path.join(
+    BUILD_ROOT, "tests", "integration", "hp_testclient")
+
+
+def wait_for(pred, timeout=20.0, interval=0.02, what="condition"):
+    """Polls pred() until it returns a true value; raises AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def query(db, sql, args=()):
+    con = sqlite3.connect(db, timeout=10)
+    try:
+        con.row_factory = sqlite3.Row
+        return [dict(r) for r in con.execute(sql, args)]
+    finally:
+        con.close()
+
+
+def session(db, tag):
+    """The sessions-view row of the test client tagged `tag`, or None."""
+    rows = query(db, "SELECT * FROM sessions WHERE argv = ?", (json.dumps(["hp_testclient", tag],
+                                                                          separators=(",", ":")),))
+    assert len(rows) <= 1, rows
+    return rows[0] if rows else None
+
+
+def finished_session(db, tag, timeout=20.0):
+    """Waits until the session of `tag` has ended (committed) and returns its row."""
+    def done():
+        try:
+            s = session(db, tag)
+        except sqlite3.OperationalError:
+            return None
+        return s if s and s["status"] != "running" else None
+    return wait_for(done, timeout, what="session %s to end" % tag)
+
+
+class Daemon:
+    """A running heapprofd. Use as a context manager."""
+
+    def __init__(self, tmpdir, db=None, sock=None, args=(), env=None):
+        self.db = db or os.path.join(tmpdir, "prof.sqlite")
+        self.sock = sock or os.path.join(tmpdir, "hp.sock")
+        self.logpath = os.path.join(tmpdir, "heapprofd-%d.log" % id(self))
+        self.args = list(args)
+        self.env = env
+        self.proc = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
+    def start(self, timeout=10.0):
+        self._log = open(self.logpath, "wb")
+        self.proc = subprocess.Popen(
+            [HEAPPROFD, "--db", self.db, "--socket", self.sock, "--log-level", "debug"] + self.args,
+            stdout=subprocess.PIPE, stderr=self._log, env=self.env)
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        if line != "heapprofd: listening on %s\n" % self.sock:
+            self.kill()
+            raise AssertionError("heapprofd did not start: stdout %r, log:\n%s" % (line, self.log()))
+
+    def log(self):
+        with open(self.logpath, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wait_log(self, text, timeout=10.0):
+        return wait_for(lambda: text in self.log(), timeout, what="log line %r" % text)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=30.0):
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("heapprofd did not exit within %.0f s after signal %d"
+                                 % (timeout, sig))
+
+    def kill(self):
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.proc.stdout.close()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+def client_cmd(sock, scenario, tag, events=1000, clients=1, batch=1000, extra=()):
+    return [TESTCLIENT, "--socket", sock, "--scenario", scenario, "--tag", tag,
+            "--events", str(events), "--clients", str(clients), "--batch", str(batch)] + list(extra)
+
+
+def run_client(sock, scenario, tag, events=1000, clients=1, batch=1000, extra=(), timeout=60):
+    """Runs the test client to completion; returns its per-client JSON summaries."""
+    p = subprocess.run(client_cmd(sock, scenario, tag, events, clients, batch, extra),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    if p.returncode != 0:
+        raise AssertionError("hp_testclient %s failed (%d): %s" % (scenario, p.returncode,
+                                                                 p.stderr.decode()))
+    return [json.loads(l) for l in p.stdout.decode().splitlines() if l.startswith("{")]
+
+
+class Client:
+    """A test client running in the background. Use as a context manager."""
+
+    def __init__(self, sock, scenario, tag, events=1000, clients=1, batch=1000, extra=()):
+        self.proc = subprocess.Popen(client_cmd(sock, scenario, tag, events, clients, batch, extra),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f and not f.closed:
+                f.close()
+
+    def wait_line(self, text, timeout=30.0):
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().decode() if ready else ""
+        assert line.strip() == text, "client printed %r, expected %r" % (line, text)
+
+    def finish(self, timeout=60.0):
+        if self.proc.stdin:
+            self.proc.stdin.close()
+            self.proc.stdin = None  # communicate() must not flush it again
+        out, err = self.proc.communicate(timeout=timeout)
+        assert self.proc.returncode == 0, err.decode()
+        return [json.loads(l) for l in out.decode().splitlines() if l.startswith("{")]

@@ -1,0 +1,154 @@
+"""heapprofd's socket and database refusals: other users, foreign files, live daemons."""
+import hashlib
+import os
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from daemon_harness import HEAPPROFD, Daemon, query, run_client  # noqa: E402
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def run_d(*args):
+    return subprocess.run([HEAPPROFD] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=20)
+
+
+class Socket(unittest.TestCase):
+    def test_socket_is_private(self):
+        with tempfile.TemporaryDirectory() as tmp, Daemon(tmp) as d:
+            mode = os.stat(d.sock).st_mode
+            self.assertTrue(stat.S_ISSOCK(mode))
+            self.assertEqual(stat.S_IMODE(mode), 0o600)
+
+    @unittest.skipUnless(os.geteuid() == 0, "switching to another uid needs root")
+    def test_peer_of_another_uid_is_refused(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            # The directory must let uid 65534 reach the socket, and the socket must let
+            # it connect, so that the refusal happens at SO_PEERCRED.
+            os.chmod(tmp, 0o711)
+            with Daemon(tmp) as d:
+                os.chmod(d.sock, 0o666)
+                run_client(d.sock, "normal", "intruder", events=100, extra=["--setuid", "65534"])
+                d.wait_log("uid 65534 is not the daemon's uid 0")
+                self.assertIn("refused connection from pid", d.log())
+                self.assertEqual(query(d.db, "SELECT count(*) AS n FROM sessions")[0]["n"], 0)
+                # The daemon still serves its own user.
+                run_client(d.sock, "normal", "owner", events=100)
+                d.wait_log("ended: exited")
+
+    def test_regular_file_at_socket_path_is_refused(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            sock = os.path.join(tmp, "not-a-socket")
+            with open(sock, "w") as f:
+                f.write("precious")
+            db = os.path.join(tmp, "p.sqlite")
+            p = run_d("--db", db, "--socket", sock)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("%s exists and is not a socket" % sock, p.stderr.decode())
+            with open(sock) as f:
+                self.assertEqual(f.read(), "precious")
+            self.assertFalse(os.path.exists(db))  # refused before the database was touched
+
+    def test_socket_of_a_live_daemon_is_refused(self):
+        with tempfile.TemporaryDirectory() as tmp, Daemon(tmp) as d:
+            p = run_d("--db", os.path.join(tmp, "other.sqlite"), "--socket", d.sock)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("another heapprofd is already listening on %s" % d.sock,
+                          p.stderr.decode())
+            # The first daemon is unharmed and its socket still works.
+            run_client(d.sock, "normal", "still-here", events=100)
+            d.wait_log("ended: exited")
+
+    def test_stale_socket_is_replaced(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            sock = os.path.join(tmp, "hp.sock")
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(sock)
+            s.close()  # leaves the socket file with nobody listening
+            with Daemon(tmp, sock=sock) as d:
+                self.assertIn("replaced stale socket", d.log())
+                run_client(d.sock, "normal", "fresh", events=100)
+                d.wait_log("ended: exited")
+
+    def test_socket_dir_writable_by_others_is_refused(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            shared = os.path.join(tmp, "shared")
+            os.mkdir(shared)
+            os.chmod(shared, 0o777)
+            p = run_d("--db", os.path.join(tmp, "p.sqlite"), "--socket",
+                      os.path.join(shared, "hp.sock"))
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("is writable by other users", p.stderr.decode())
+
+    def test_socket_path_too_long_is_refused(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            p = run_d("--db", os.path.join(tmp, "p.sqlite"), "--socket", "/tmp/" + "x" * 200)
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("over the limit of 107", p.stderr.decode())
+
+
+class Database(unittest.TestCase):
+    def check_refused(self, make, text):
+        with tempfile.TemporaryDirectory() as tmp:
+            db = os.path.join(tmp, "foreign.sqlite")
+            make(db)
+            before = digest(db)
+            p = run_d("--db", db, "--socket", os.path.join(tmp, "hp.sock"))
+            self.assertEqual(p.returncode, 1)
+            err = p.stderr.decode()
+            self.assertIn(db, err)
+            self.assertIn(text, err)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertEqual(digest(db), before)
+            self.assertEqual(sorted(os.listdir(tmp)), ["foreign.sqlite"])
+
+    def test_foreign_sqlite_database_is_refused(self):
+        def make(db):
+            import sqlite3
+            con = sqlite3.connect(db)
+            con.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance REAL)")
+            con.execute("INSERT INTO accounts VALUES (1, 10.5)")
+            con.commit()
+            con.close()
+        self.check_refused(make, "not a heapprof database")
+
+    def test_text_file_is_refused(self):
+        def make(db):
+            with open(db, "w") as f:
+                f.write("this is not a database\n" * 100)
+        self.check_refused(make, "not a heapprof database")
+
+    def test_newer_schema_is_refused(self):
+        def make(db):
+            import sqlite3
+            con = sqlite3.connect(db)
+            con.execute("PRAGMA application_id = 1752199782")
+            con.execute("PRAGMA user_version = 99")
+            con.execute("CREATE TABLE session (id INTEGER PRIMARY KEY)")
+            con.commit()
+            con.close()
+        self.check_refused(make, "newer")
+
+    def test_existing_database_gets_sessions_appended(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in (1, 2):
+                with Daemon(tmp) as d:
+                    run_client(d.sock, "normal", "run%d" % n, events=100)
+                    d.wait_log("ended: exited")
+                    self.assertEqual(d.stop(), 0)
+            rows = query(d.db, "SELECT session_id, status FROM sessions ORDER BY session_id")
+            self.assertEqual([(r["session_id"], r["status"]) for r in rows],
+                             [(1, "exited"), (2, "exited")])
+
+
+if __name__ == "__main__":
+    unittest.main()
