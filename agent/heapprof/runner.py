@@ -106,8 +106,11 @@ def find_heapprofd():
 
 
 def _start_daemon(exe, db, sock):
-    proc = subprocess.Popen([exe, '--db', db, '--socket', sock], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        proc = subprocess.Popen([exe, '--db', db, '--socket', sock], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except OSError as e:
+        raise UsageError('cannot start heapprofd %s: %s' % (exe, e.strerror or e)) from None
     deadline = time.monotonic() + DAEMON_START_TIMEOUT
     lines = []
     import selectors

@@ -83,8 +83,11 @@ class Daemon:
 
 
 def run_python(code_or_path, args=(), env=None, timeout=CHILD_TIMEOUT, cwd=None):
-    """Runs a child Python program; returns CompletedProcess (text). Killed on timeout."""
-    argv = [PYTHON] + ([code_or_path] if os.path.exists(code_or_path) else ['-c', code_or_path])
+    """code_or_path: a file, a -X style option (then args follow), or code for -c."""
+    if os.path.exists(code_or_path) or code_or_path.startswith('-'):
+        argv = [PYTHON, code_or_path]
+    else:
+        argv = [PYTHON, '-c', code_or_path]
     return subprocess.run(argv + list(args), env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
