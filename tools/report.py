@@ -36,6 +36,8 @@ MAX_STEPS = 1000
 DEFAULT_TOP_STACKS = 400     # stacks kept individually; the rest become "other"
 MAX_TOP_STACKS = 5000
 TIMELINE_POINTS = 4000       # points in the plotted timeline after down-sampling
+FINE_TIMELINE_POINTS = 1000  # "auto": fewer recorded intervals than this, and at most
+FINE_TIMELINE_MAX_ALLOCS = 200_000  # this many allocations: plot from the events
 MAX_LEAK_SITES = 200         # rows of the leaks tab
 LEAK_STACKS_PER_SITE = 3     # example call paths shown per leaking site
 SQL_CHUNK = 500              # ids per "IN (...)" list, below SQLite's variable limit
@@ -135,29 +137,43 @@ def _pick_session(con, db_path, session):
 
 def _session_span(con, s):
     """First and last instant the report covers, in ns: the session's start (or its first
-    event, if earlier) to its end (or, while running or after a crash, its last event)."""
+    event, if earlier) to its end (or, while running or after a crash, its last event).
+    Timeline intervals are not used: the daemon aligns them to its own clock, so the
+    first may start before the session and the last after it."""
     sid = s["id"]
     lo, hi_a, hi_f = con.execute(
         "SELECT MIN(ts_ns), MAX(ts_ns), MAX(freed_ns) FROM allocations WHERE session_id = ?",
         (sid,)).fetchone()
-    t_lo, t_hi = con.execute(
-        "SELECT MIN(ts_ns), MAX(ts_ns) FROM timeline WHERE session_id = ?",
-        (sid,)).fetchone()
-    t0 = min(x for x in (s["started_ns"], lo, t_lo) if x is not None)
-    ends = [x for x in (s["ended_ns"], hi_a, hi_f, t_hi) if x is not None]
+    t0 = min(x for x in (s["started_ns"], lo) if x is not None)
+    ends = [x for x in (s["ended_ns"], hi_a, hi_f) if x is not None]
     t1 = max(ends) if ends else t0
+    if s["ended_ns"] is None and not ends:
+        # A running session with no events yet: cover up to its last timeline point.
+        t1 = con.execute("SELECT MAX(ts_ns) FROM timeline WHERE session_id = ?",
+                         (sid,)).fetchone()[0] or t0
     return t0, max(t1, t0)
 
 
 def _timeline(con, sid, t0, t1):
-    """Down-sampled (ts_ns, live_bytes) from the timeline view, highest level per bucket;
-    empty when the daemon wrote no timeline (then the caller sweeps the events)."""
+    """Down-sampled (ts_ns, live_bytes) from the timeline view, highest level per bucket,
+    interval starts clamped into [t0, t1], ending with a point at t1; empty when the
+    daemon wrote no timeline (then the caller sweeps the events)."""
     span = max(t1 - t0, 1)
     rows = con.execute(
-        "SELECT (ts_ns - :t0) * :n / :span AS b, MIN(ts_ns), MAX(live_bytes)"
+        "SELECT (MIN(MAX(ts_ns, :t0), :t1) - :t0) * :n / :span AS b,"
+        " MIN(MAX(ts_ns, :t0), :t1), MAX(live_bytes)"
         " FROM timeline WHERE session_id = :sid GROUP BY b ORDER BY b",
-        {"t0": t0, "n": TIMELINE_POINTS, "span": span, "sid": sid}).fetchall()
-    return [(r[1], r[2]) for r in rows]
+        {"t0": t0, "t1": t1, "n": TIMELINE_POINTS, "span": span, "sid": sid}).fetchall()
+    points = [(r[1], r[2]) for r in rows]
+    if points and points[-1][0] < t1:
+        # The level at the end: the last interval's closing level when the view has it.
+        try:
+            end = con.execute("SELECT end_bytes FROM timeline WHERE session_id = ?"
+                              " ORDER BY ts_ns DESC LIMIT 1", (sid,)).fetchone()[0]
+        except sqlite3.OperationalError:
+            end = points[-1][1]
+        points.append((t1, end))
+    return points
 
 
 def _events(con, sid, lo=None, hi=None):
@@ -308,29 +324,37 @@ def _frame_rows(con, frame_ids):
     return rows
 
 
-def build_data(db_path, session=None, steps=DEFAULT_STEPS, top_stacks=DEFAULT_TOP_STACKS):
+def build_data(db_path, session=None, steps=DEFAULT_STEPS, top_stacks=DEFAULT_TOP_STACKS,
+               timeline="auto"):
     """Everything the HTML embeds, as a JSON-ready dict (see module docstring)."""
     if not 2 <= steps <= MAX_STEPS:
         raise ReportError(f"--steps {steps} is outside 2..{MAX_STEPS}")
+    if timeline not in ("auto", "recorded", "events"):
+        raise ReportError(f"timeline {timeline!r} is not one of auto, recorded, events")
     if not 1 <= top_stacks <= MAX_TOP_STACKS:
         raise ReportError(f"--top-stacks {top_stacks} is outside 1..{MAX_TOP_STACKS}")
     con = _open_readonly(db_path)
     try:
-        return _build(con, db_path, session, steps, top_stacks)
+        return _build(con, db_path, session, steps, top_stacks, timeline)
     except sqlite3.DatabaseError as e:
         raise ReportError(f"cannot read {db_path}: {e}") from None
     finally:
         con.close()
 
 
-def _build(con, db_path, session, nsteps, top_k):
+def _build(con, db_path, session, nsteps, top_k, timeline_from):
     s = _pick_session(con, db_path, session)
     sid = s["id"]
     t0, t1 = _session_span(con, s)
     n_allocs = con.execute("SELECT COUNT(*) FROM allocations WHERE session_id = ?",
                            (sid,)).fetchone()[0]
 
-    timeline = _timeline(con, sid, t0, t1)
+    timeline = _timeline(con, sid, t0, t1) if timeline_from != "events" else []
+    if timeline_from == "auto" and len(timeline) < FINE_TIMELINE_POINTS and \
+            n_allocs <= FINE_TIMELINE_MAX_ALLOCS:
+        # A short run has few daemon intervals (a staircase); its events are cheap to
+        # sweep and give the level at every allocation and free instead.
+        timeline = []
     if timeline:
         peak = _find_peak(con, sid, timeline)
         timeline_source = "timeline"
@@ -451,7 +475,7 @@ def _build(con, db_path, session, nsteps, top_k):
     ns = 1e-9
     pk = None
     if peak:
-        pk = {"t": (peak[0] - t0) * ns, "bytes": peak[1], "stack_bytes": peak_total,
+        pk = {"t": (max(peak[0], t0) - t0) * ns, "bytes": peak[1], "stack_bytes": peak_total,
               "other": other_peak}
     return {
         "format": 1,
@@ -560,12 +584,12 @@ def _html_escape(s):
 
 
 def write_report(db_path, out_path, session=None, steps=DEFAULT_STEPS,
-                 top_stacks=DEFAULT_TOP_STACKS):
+                 top_stacks=DEFAULT_TOP_STACKS, timeline="auto"):
     """Writes the one-file HTML report of `session` (default: the most recent) of the
     database at db_path to out_path. Raises ReportError with a one-line message on bad
     input. The file is written to a temporary name and renamed, so a reader never sees
     half a report."""
-    data = build_data(db_path, session, steps, top_stacks)
+    data = build_data(db_path, session, steps, top_stacks, timeline)
     html = render_html(data)
     out = Path(out_path)
     if out.is_dir():
@@ -594,6 +618,10 @@ def _positive_int(text):
 
 
 def _add_arguments(p):
+    p.add_argument("--timeline", choices=("auto", "recorded", "events"), default="auto",
+                   help="what the time plot shows: the daemon's recorded intervals, the "
+                        "level after every allocation and free (exact, slower for big "
+                        "sessions), or auto: events for short sessions (default)")
     p.add_argument("--db", metavar="PATH",
                    help="heapprof database (default: the newest heapprof-*.sqlite in the "
                         "current directory)")
@@ -620,7 +648,8 @@ def run(args):
     """Runs the subcommand from parsed arguments; returns the exit status."""
     try:
         db = args.db if args.db else _default_db()
-        write_report(db, args.output, args.session, args.steps, args.top_stacks)
+        write_report(db, args.output, args.session, args.steps, args.top_stacks,
+                     args.timeline)
     except ReportError as e:
         print(f"heapprof report: {e}", file=sys.stderr)
         return 2

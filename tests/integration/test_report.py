@@ -165,7 +165,7 @@ class ReportData(unittest.TestCase):
         cls.db = os.path.join(cls.tmp.name, "prof.sqlite")
         cls.events = make_db(cls.db)
         cls.out = os.path.join(cls.tmp.name, "report.html")
-        r = run_report("--db", cls.db, "-o", cls.out)
+        r = run_report("--db", cls.db, "-o", cls.out, "--timeline", "recorded")
         if r.returncode != 0:
             raise AssertionError(f"heapprof report failed: {r.stderr}")
         with open(cls.out, encoding="utf-8") as f:
@@ -177,6 +177,7 @@ class ReportData(unittest.TestCase):
         cls.tmp.cleanup()
 
     def test_peak_is_the_exact_instant_and_level(self):
+        self.assertEqual(self.data["timeline"]["source"], "timeline")
         t, b = exact_peak(self.events)
         self.assertAlmostEqual(self.data["peak"]["t"], (t - T0) / S, places=6)
         self.assertEqual(self.data["peak"]["bytes"], b)
@@ -273,6 +274,21 @@ class ReportLimits(unittest.TestCase):
         self.assertAlmostEqual(d["peak"]["t"], (t - T0) / S, places=6)
         self.assertEqual(d["peak"]["bytes"], b)
         self.assertEqual(max(d["timeline"]["bytes"]), b)
+
+    def test_short_session_plots_every_event_and_agrees_on_the_peak(self):
+        events = make_db(self.db)
+        d, _ = self.data()                        # --timeline auto
+        t, b = exact_peak(events)
+        self.assertEqual(d["timeline"]["source"], "events")
+        # Finer than the 101 recorded 100 ms intervals; each point is the highest level
+        # at or after its instant within its bucket, never below the level there.
+        tl = d["timeline"]
+        self.assertGreater(len(tl["t"]), 140)
+        for t_s, v in zip(tl["t"], tl["bytes"]):
+            self.assertGreaterEqual(v, sum(live_at(events, T0 + int(round(t_s * S))).values()))
+        self.assertEqual(max(tl["bytes"]), b)
+        self.assertAlmostEqual(d["peak"]["t"], (t - T0) / S, places=6)
+        self.assertEqual(d["peak"]["bytes"], b)
 
     def test_drops_and_a_running_session_are_warned_about(self):
         make_db(self.db, dropped=37, status="running")

@@ -6,6 +6,7 @@ zoom and sorting work. Screenshots are kept in tests/artifacts/ (git-ignored).
 """
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -18,23 +19,8 @@ from test_report import PYTHON, SOURCE_ROOT, make_db  # noqa: E402
 ARTIFACTS = os.path.join(SOURCE_ROOT, "tests", "artifacts")
 
 
-class ReportInBrowser(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="hp-report-browser-")
-        try:
-            db = os.path.join(cls.tmp.name, "prof.sqlite")
-            make_db(db)
-            cls.html = os.path.join(cls.tmp.name, "report.html")
-            r = subprocess.run([PYTHON, "-m", "heapprof.report", "--db", db, "-o", cls.html],
-                               capture_output=True, text=True, timeout=60)
-            if r.returncode != 0:
-                raise AssertionError(f"heapprof report failed: {r.stderr}")
-            cls.url = "file://" + cls.html
-            cls.browser = report_browser.Browser()
-        except BaseException:
-            cls.tmp.cleanup()
-            raise
+class PageHelpers:
+    """Shared by the test classes: each sets cls.tmp, cls.browser and self.url."""
 
     @classmethod
     def tearDownClass(cls):
@@ -71,6 +57,25 @@ class ReportInBrowser(unittest.TestCase):
     def screenshot(self, page, name):
         os.makedirs(ARTIFACTS, exist_ok=True)
         page.screenshot(os.path.join(ARTIFACTS, name))
+
+
+class ReportInBrowser(PageHelpers, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="hp-report-browser-")
+        try:
+            db = os.path.join(cls.tmp.name, "prof.sqlite")
+            make_db(db)
+            cls.html = os.path.join(cls.tmp.name, "report.html")
+            r = subprocess.run([PYTHON, "-m", "heapprof.report", "--db", db, "-o", cls.html],
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise AssertionError(f"heapprof report failed: {r.stderr}")
+            cls.url = "file://" + cls.html
+            cls.browser = report_browser.Browser()
+        except BaseException:
+            cls.tmp.cleanup()
+            raise
 
     def test_loads_without_console_errors_or_network(self):
         page = self.load()
@@ -161,6 +166,96 @@ class ReportInBrowser(unittest.TestCase):
                      .find(th => th.textContent === 'Cumulative').click()""")
         first = page.eval("document.querySelector('#sites tbody tr td').innerText")
         self.assertIn(first, ("<module>", "main"))
+        self.assertEqual(page.console_errors, [])
+
+
+def heapprofd():
+    return os.environ.get("HEAPPROFD") or os.path.join(
+        os.environ.get("HEAPPROF_BUILD_ROOT", ""), "daemon", "heapprofd")
+
+
+def record(tmp, example, *args):
+    """Profiles examples/<example> with a real heapprofd; returns (db, program stdout)."""
+    db = os.path.join(tmp, example.replace(".py", ".sqlite"))
+    env = dict(os.environ, HEAPPROFD=heapprofd())
+    r = subprocess.run([PYTHON, "-m", "heapprof", "run", "-o", db,
+                        os.path.join(SOURCE_ROOT, "examples", example), *args],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=tmp)
+    if r.returncode != 0 or not os.path.exists(db):
+        raise AssertionError(f"recording {example} failed ({r.returncode}): {r.stderr[-2000:]}")
+    return db, r.stdout
+
+
+def marked_line(example, mark):
+    with open(os.path.join(SOURCE_ROOT, "examples", example), encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if "# " + mark in line:
+                return n
+    raise AssertionError(f"no {mark} in examples/{example}")
+
+
+class RecordedExamplesInBrowser(PageHelpers, unittest.TestCase):
+    """The same page for real recordings: examples/spike.py and examples/leak.py profiled
+    by heapprofd through `python -m heapprof run`."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="hp-report-rec-")
+        try:
+            spike_db, out = record(cls.tmp.name, "spike.py", "20")
+            m = re.search(r"spike_ns (\d+) (\d+)", out)
+            if not m:
+                raise AssertionError(f"spike.py printed no spike_ns line: {out!r}")
+            con = sqlite3.connect(spike_db)
+            started = con.execute("SELECT started_ns FROM sessions").fetchone()[0]
+            con.close()
+            cls.spike = ((int(m.group(1)) - started) / 1e9, (int(m.group(2)) - started) / 1e9)
+            leak_db, _ = record(cls.tmp.name, "leak.py", "150")
+            cls.urls = {}
+            for name, db in (("spike", spike_db), ("leak", leak_db)):
+                html = os.path.join(cls.tmp.name, name + ".html")
+                r = subprocess.run([PYTHON, "-m", "heapprof.report", "--db", db, "-o", html],
+                                   capture_output=True, text=True, timeout=60)
+                if r.returncode != 0:
+                    raise AssertionError(f"heapprof report failed: {r.stderr}")
+                cls.urls[name] = "file://" + html
+            cls.browser = report_browser.Browser()
+        except BaseException:
+            cls.tmp.cleanup()
+            raise
+
+    def open(self, name):
+        self.url = self.urls[name]
+        return self.load()
+
+    def test_spike_peak_and_a_later_time(self):
+        page = self.open("spike")
+        self.assertEqual(page.console_errors, [])
+        self.assertEqual(page.requests, [self.url])
+        self.assertGreater(self.canvas_colours(page, "#timeline canvas"), 5)
+        self.assertGreater(self.canvas_colours(page, "#flame"), 3)
+        # The page opens on the peak, which lies inside the spike, held by make_spike.
+        t_peak = page.eval("hpReport.state.moment.t")
+        start, release = self.spike
+        self.assertGreaterEqual(t_peak, start - 0.01)
+        self.assertLessEqual(t_peak, release + 0.01)
+        self.assertIn("make_spike", self.flame_names(page))
+        self.screenshot(page, "report-recorded-spike.png")
+        before = page.eval("document.getElementById('flame').toDataURL()")
+        x, y = self.plot_xy(page, release + 0.15)
+        page.click(x, y)
+        page.wait_for(f"hpReport.state.moment.t > {release}")
+        self.assertNotIn("make_spike", self.flame_names(page))
+        self.assertNotEqual(page.eval("document.getElementById('flame').toDataURL()"), before)
+        self.assertEqual(page.console_errors, [])
+
+    def test_leaks_tab_names_the_leaking_line(self):
+        page = self.open("leak")
+        page.eval("document.querySelector('button[data-tab=leaks]').click()")
+        first = page.eval("document.querySelector('#leaks tbody tr').innerText")
+        self.assertIn("handle_request", first)
+        self.assertIn("leak.py:%d" % marked_line("leak.py", "LEAK_LINE"), first)
+        self.screenshot(page, "report-recorded-leak.png")
         self.assertEqual(page.console_errors, [])
 
 

@@ -172,7 +172,9 @@
         { label: "seconds since start", values: (u, v) => v.map(x => +x.toFixed(6)) },
         { size: 70, values: (u, v) => v.map(b => fmtBytes(b).replace(/\.0+ /, " ")), incrs: BYTE_INCRS },
       ],
+      // Each point is the highest level of the interval it starts: hold it until the next.
       series: [{}, { label: "estimated live bytes", stroke: "#ea580c", width: 1.5,
+                     paths: uPlot.paths.stepped({ align: 1 }),
                      fill: "rgba(234,88,12,0.14)", points: { show: false } }],
       hooks: { draw: [drawMarks], setSelect: [onSelect] },
     };
