@@ -29,7 +29,10 @@ def ns(seconds):
 
 # Frames as (function, filename, lineno); stacks innermost first, like stack_frames.depth.
 MOD = ("<module>", "app.py", 1)
-MAIN = ("main", "app.py", 12)
+# A file name that would run script, load an image or end the data block if any of it
+# reached the page unescaped (checked here and in the browser).
+HOSTILE = "</script><img src=x onerror=\"console.error('escaped')\">app.py"
+MAIN = ("main", HOSTILE, 12)
 LOAD = ("load_config", "config.py", 20)
 SPIKE = ("build_index", "indexer.py", 30)
 LEAK = ("remember", "cache.py", 42)
@@ -232,6 +235,8 @@ class ReportData(unittest.TestCase):
         self.assertNotRegex(html, r"<link\b")
         self.assertNotRegex(html, r"(?i)@import|url\(\s*['\"]?https?:")
         self.assertIn("default-src 'none'", html)      # the page may not fetch anything
+        self.assertNotIn("<img", html)                    # frame names stay data
+        self.assertEqual(html.count("</script>"), 3)      # data, uPlot, report.js
         self.assertIn("uPlot", html)                      # the library is inlined
         self.assertIn("Permission is hereby granted", html)   # with its licence
         # Aggregates only: the report of 33 stacks stays small.

@@ -166,6 +166,10 @@ class ReportInBrowser(PageHelpers, unittest.TestCase):
                      .find(th => th.textContent === 'Cumulative').click()""")
         first = page.eval("document.querySelector('#sites tbody tr td').innerText")
         self.assertIn(first, ("<module>", "main"))
+        # The hostile file name of `main` shows as text, loads nothing and runs nothing.
+        self.assertIn("onerror", page.eval("document.getElementById('sites').innerText"))
+        self.assertEqual(page.eval("document.images.length"), 0)
+        self.assertEqual(page.requests, [self.url])
         self.assertEqual(page.console_errors, [])
 
 
