@@ -41,7 +41,6 @@ FINE_TIMELINE_MAX_ALLOCS = 200_000  # this many allocations: plot from the event
 MAX_LEAK_SITES = 200         # rows of the leaks tab
 LEAK_STACKS_PER_SITE = 3     # example call paths shown per leaking site
 SQL_CHUNK = 500              # ids per "IN (...)" list, below SQLite's variable limit
-DROP_WARN_FRACTION = 0.0     # any drop makes figures incomplete; say so
 
 APPLICATION_ID = 0x68707266  # 'hprf', schema/schema.sql
 NO_STACK_FRAME = ("[no Python stack]", "<native>", 0)
@@ -212,11 +211,9 @@ def _live_at(con, sid, ts):
         " AND ts_ns < ? AND (freed_ns IS NULL OR freed_ns >= ?)", (sid, ts, ts)).fetchone()[0]
 
 
-def _find_peak(con, sid, timeline):
+def _find_peak(con, sid):
     """Exact (peak_ts, peak_bytes): the timeline names the interval with the highest level,
     and the events inside that interval pin down the instant."""
-    if not timeline:
-        return None
     rows = con.execute(
         "SELECT ts_ns, live_bytes FROM timeline WHERE session_id = ?"
         " ORDER BY live_bytes DESC, ts_ns LIMIT 1", (sid,)).fetchone()
@@ -243,7 +240,6 @@ def _timeline_from_events(con, sid, t0, t1):
     timeline the daemon never wrote (e.g. it stopped early)."""
     level, peak, peak_ts = 0, 0, None
     span = max(t1 - t0, 1)
-    # (level is rebound by the loop; after it, the level at the last event.)
     buckets = {}
     for ts, level in _levels(_events(con, sid)):
         b = (ts - t0) * TIMELINE_POINTS // span
@@ -356,7 +352,7 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
         # sweep and give the level at every allocation and free instead.
         timeline = []
     if timeline:
-        peak = _find_peak(con, sid, timeline)
+        peak = _find_peak(con, sid)
         timeline_source = "timeline"
     else:
         timeline, peak = _timeline_from_events(con, sid, t0, t1)
@@ -455,7 +451,7 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
 
     warnings = []
     recv, dropped = s["events_received"] or 0, s["events_dropped"] or 0
-    if dropped > DROP_WARN_FRACTION * max(recv + dropped, 1) and dropped > 0:
+    if dropped > 0:     # any drop makes the figures incomplete; say so plainly
         pct = 100.0 * dropped / max(recv + dropped, 1)
         warnings.append(
             f"{dropped:,} of {recv + dropped:,} events ({pct:.2g}%) were dropped by the "
