@@ -9,10 +9,12 @@ Runs the installed package: HEAPPROF_PYTHON -m heapprof.report / heapprof.cli.
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 SOURCE_ROOT = os.environ.get("HEAPPROF_SOURCE_ROOT",
@@ -74,7 +76,7 @@ def exact_peak(events):
 
 
 def make_db(path, *, timeline=True, dropped=0, sessions=1, empty=False, status="exited",
-            error=None):
+            error=None, nostack=False):
     """Builds a heapprof database at path through schema.sql holding `sessions` copies of
     the scenario (the last one is the newest). Returns the scenario's events."""
     with open(os.path.join(SOURCE_ROOT, "schema", "schema.sql"), encoding="utf-8") as f:
@@ -122,6 +124,11 @@ def make_db(path, *, timeline=True, dropped=0, sessions=1, empty=False, status="
                     "INSERT INTO timeline_point (session_id, ts_ns, live_bytes, live_count,"
                     " end_bytes) VALUES (?,?,?,?,?)",
                     [(sid, t + base, hi, n, end) for t, hi, n, end in timeline_of(events)])
+        if nostack:
+            # A raw-domain allocation made without the GIL has no Python stack.
+            con.execute("INSERT INTO alloc (session_id, ts_ns, thread_id, domain, address,"
+                        " size, est_bytes, stack_id, freed_ns) VALUES (?,?,2,0,7,?,?,NULL,NULL)",
+                        (sessions, ns(5.0), MiB, MiB))
         if error is not None:
             con.execute("UPDATE session SET error = ?", (error,))
         con.commit()
@@ -321,6 +328,17 @@ class ReportLimits(unittest.TestCase):
         self.assertEqual(d["session"]["id"], 1)
         self.assertEqual(d["session"]["pid"], 4242)
 
+    def test_allocations_without_a_stack_are_shown_as_such(self):
+        make_db(self.db, nostack=True)
+        d, _ = self.data()
+        nostack = [st for st in d["stacks"]
+                   if [d["frames"][fi][0] for fi in st["f"]] == ["[no Python stack]"]]
+        self.assertEqual(len(nostack), 1)
+        self.assertEqual(nostack[0]["v"][-1], MiB)
+        sites = {d["frames"][leak["site"]][0]: leak["bytes"] for leak in d["leaks"]}
+        self.assertEqual(sites["[no Python stack]"], MiB)
+        self.assertEqual(sites["remember"], 81 * 100 * KiB)
+
     def test_empty_session_still_gives_a_report(self):
         make_db(self.db, empty=True)
         d, _ = self.data()
@@ -377,6 +395,57 @@ class ReportErrors(unittest.TestCase):
         make_db(self.db)
         self.fails("--db", self.db, "-o", os.path.join(self.tmp.name, "no", "r.html"),
                    want="does not exist")
+
+
+class ReportWhileRecording(unittest.TestCase):
+    """A report of a recording in progress: heapprofd keeps writing (WAL) while we read."""
+
+    def test_report_during_a_real_recording(self):
+        heapprofd = os.environ.get("HEAPPROFD") or os.path.join(
+            os.environ.get("HEAPPROF_BUILD_ROOT", ""), "daemon", "heapprofd")
+        with tempfile.TemporaryDirectory(prefix="hp-report-live-") as tmp:
+            db, out = os.path.join(tmp, "live.sqlite"), os.path.join(tmp, "live.html")
+            proc = subprocess.Popen(
+                [PYTHON, "-m", "heapprof", "run", "-o", db,
+                 os.path.join(SOURCE_ROOT, "examples", "steady.py"), "6"],
+                cwd=tmp, env=dict(os.environ, HEAPPROFD=heapprofd), start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                deadline = time.monotonic() + 20
+                n = 0
+                while n < 50:
+                    self.assertIsNone(proc.poll(), "the recording ended before we could read it")
+                    self.assertLess(time.monotonic(), deadline, "no allocations recorded in 20 s")
+                    time.sleep(0.1)
+                    n = _count_allocations(db)
+                r = run_report("--db", db, "-o", out)
+                self.assertIsNone(proc.poll(), "the recording ended during the report")
+                self.assertEqual(r.returncode, 0, r.stderr)
+                with open(out, encoding="utf-8") as f:
+                    d = embedded_data(f.read())
+                self.assertEqual(d["session"]["status"], "running")
+                self.assertIn("still running", " ".join(d["warnings"]))
+                self.assertGreaterEqual(d["session"]["allocations"], 50)
+                # The recording goes on undisturbed and ends cleanly.
+                _, err = proc.communicate(timeout=60)
+                self.assertEqual(proc.returncode, 0, err.decode(errors="replace"))
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+
+
+def _count_allocations(db):
+    if not os.path.exists(db):
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM allocations").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0        # not created yet
 
 
 class ReportCommandLine(unittest.TestCase):
