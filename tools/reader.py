@@ -226,7 +226,12 @@ class Reader:
         reached within the interval that starts at t)."""
         rows = self._con.execute('SELECT ts_ns, live_bytes FROM timeline WHERE session_id = ?'
                                  ' ORDER BY ts_ns', (self.session_id,)).fetchall()
-        return [(self._t(ts), b) for ts, b in rows]
+        return [(self._t_clamped(ts), b) for ts, b in rows]
+
+    def _t_clamped(self, ns):
+        # heapprofd aligns intervals to multiples of its interval, so the first one may start
+        # before the session did; the series starts at 0.
+        return max(0.0, self._t(ns))
 
     def peak(self):
         """(t, live_bytes) of the highest estimated live heap. The timeline gives the interval;
@@ -474,7 +479,7 @@ class Reader:
                         [self.session_id] + part + [self.session_id] + part):
                     deltas[ts] += d
             events = sorted(deltas.items()) if len(stacks) > _CHUNK else list(deltas.items())
-            out[site] = [(self._t(ts), b) for ts, b in _max_per_interval(events, times)]
+            out[site] = [(self._t_clamped(ts), b) for ts, b in _max_per_interval(events, times)]
         return out
 
     # ---------------------------------------------------------------- histogram
