@@ -110,6 +110,12 @@ class ReportInBrowser(PageHelpers, unittest.TestCase):
         self.assertTrue(m, sel)
         self.assertAlmostEqual(float(m.group(1)), 8.0, delta=0.06)
         self.screenshot(page, "report-8s.png")
+        # The arrow keys step to the neighbouring kept moments.
+        t = page.eval("hpReport.state.moment.t")
+        page.call("Input.dispatchKeyEvent", {"type": "keyDown", "key": "ArrowRight",
+                                             "code": "ArrowRight", "windowsVirtualKeyCode": 39})
+        page.wait_for(f"hpReport.state.moment.t > {t}")
+        self.assertLess(page.eval("hpReport.state.moment.t") - t, 0.1)
         self.assertEqual(page.console_errors, [])
 
     def test_dragging_a_range_ranks_growth(self):

@@ -468,6 +468,12 @@
         tb.appendChild(row);
       }
       table.appendChild(tb);
+      if (sorted.length > limit) {
+        const more = el("tr"), td = el("td", { colspan: columns.length, class: "caption" },
+          "showing " + limit + " of " + sorted.length + " rows");
+        more.appendChild(td);
+        tb.appendChild(more);
+      }
     }
     render();
   }
@@ -554,6 +560,21 @@
         } },
     ], rows, "bytes", TABLE_ROWS);
   }
+
+  // ------------------------------------------------------------ keyboard
+  // Left/right arrows step through the kept moments; Escape leaves a zoom.
+  document.addEventListener("keydown", e => {
+    if (e.target && (e.target.tagName === "INPUT" || e.target.tagName === "TEXTAREA")) return;
+    if (e.key === "ArrowLeft" || e.key === "ArrowRight") {
+      const i = moments.indexOf(state.moment) + (e.key === "ArrowLeft" ? -1 : 1);
+      if (i >= 0 && i < moments.length) selectMoment(moments[i]);
+      e.preventDefault();
+    } else if (e.key === "Escape" && zoomNode !== root) {
+      state.zoomPath = []; zoomNode = root;
+      document.getElementById("unzoom").disabled = true;
+      drawFlame();
+    }
+  });
 
   // ------------------------------------------------------------ start
   renderLeaks();
