@@ -28,12 +28,20 @@
 /* Upper bound on msgpack objects in one message: four times the largest legal EVENTS
  * batch. Bounds the zone at about 14 MiB even for a hostile 4 MiB frame. */
 #define HP_SCAN_MAX_OBJECTS (4u * (HP_MAX_BATCH_EVENTS * (HP_ALLOC_NELEM + 1u) + 64u))
-/* Zone chunk: one chunk holds about 350 events' objects; chunks beyond the first are
- * freed by msgpack_zone_clear(), so a decoder idles at this size. */
-#define HP_ZONE_CHUNK_BYTES (64u * 1024u)
+/* Zone chunks. msgpack_zone_clear() frees every chunk but the first, so a zone whose
+ * first chunk is too small for the messages it sees mallocs and frees its overflow on
+ * every message (and glibc may mmap/munmap it each time). The decoder therefore starts
+ * small and, when a message needs more, replaces the zone by one whose first chunk
+ * holds the whole message, up to what the largest legal EVENTS batch needs (~3.4 MiB).
+ * A hostile bigger message still decodes, in temporary extra chunks. */
+#define HP_ZONE_MIN_CHUNK_BYTES (64u * 1024u)
+#define HP_ZONE_MAX_CHUNK_BYTES \
+  ((size_t)(HP_MAX_BATCH_EVENTS * (HP_ALLOC_NELEM + 1u) + 64u) * sizeof(msgpack_object) + \
+   64u * 1024u)
 
 struct hp_decoder {
   msgpack_zone *zone;             /* object tree of the current message */
+  size_t zone_chunk;              /* size of its first chunk */
   hp_event *events;               /* decoded EVENTS batch */
   uint32_t events_cap;
   char err[256];                  /* hp_decoder_error(); "" after a success */
@@ -47,9 +55,10 @@ hp_decoder *hp_decoder_new(void) {
   if (d == NULL)
     return NULL;
   memset(d, 0, sizeof(*d));
-  d->zone = msgpack_zone_new(HP_ZONE_CHUNK_BYTES);
+  d->zone = msgpack_zone_new(HP_ZONE_MIN_CHUNK_BYTES);
   if (d->zone == NULL)
     goto out_free_decoder;
+  d->zone_chunk = HP_ZONE_MIN_CHUNK_BYTES;
   return d;
 
 out_free_decoder:
@@ -110,9 +119,43 @@ static inline int scan_len(const uint8_t *p, size_t len, size_t *pos, unsigned n
   return 0;
 }
 
+/* What the scan does with each lead byte: >= 0 is the number of bytes that follow a
+ * scalar whose size the lead byte fixes (fixint, nil, bool, fixed-width numbers,
+ * fixext, fixstr); the negative classes need more work. Table-driven because the scan
+ * runs once per value of every message, nine times per event. */
+enum { SC_FIXARRAY = -1, SC_FIXMAP = -2, SC_VAR = -3, SC_BAD = -4 };
+#define A SC_FIXARRAY
+#define M SC_FIXMAP
+#define V SC_VAR
+#define X SC_BAD
+static const int8_t scan_class[256] = {
+  /* 00 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* 10 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* 20 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* 30 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* 40 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* 50 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* 60 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* 70 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* 80 */ M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M,
+  /* 90 */ A, A, A, A, A, A, A, A, A, A, A, A, A, A, A, A,
+  /* a0 */ 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+  /* b0 */ 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+  /* c0 */ 0, X, 0, 0, V, V, V, V, V, V, 4, 8, 1, 2, 4, 8,
+  /* d0 */ 1, 2, 4, 8, 2, 3, 5, 9, 17, V, V, V, V, V, V, V,
+  /* e0 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* f0 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+#undef A
+#undef M
+#undef V
+#undef X
+
 /* Walks one msgpack value at p[0..]. Returns 0 with *end at the byte after it, or
- * -HP_ETRUNC / -HP_EPARSE / -HP_ELEN. Never reads past p[len-1]. */
-static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end) {
+ * -HP_ETRUNC / -HP_EPARSE / -HP_ELEN. Never reads past p[len-1]. *nobjects is the
+ * number of msgpack values, which bounds what msgpack-c will allocate for them. */
+static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
+                uint64_t *nobjects) {
   uint32_t left[HP_SCAN_MAX_DEPTH + 1]; /* elements still to read at each open level */
   unsigned sp = 0;
   uint64_t pending = 1;                 /* elements still to read at all levels */
@@ -123,84 +166,71 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end) {
     while (left[sp] == 0) {
       if (sp == 0) {
         *end = pos;
+        *nobjects = objects;
         return 0;
       }
       sp--;
     }
     size_t at = pos;
-    if (pos >= len)
+    if (HP_UNLIKELY(pos >= len))
       return scan_truncated(d, p, len, at);
     left[sp]--;
     pending--;
     objects++;
     uint8_t b = p[pos++];
-    uint64_t skip = 0;    /* payload bytes after the header */
-    uint64_t n = 0;       /* elements of a container */
-    int container = 0;
-    unsigned lenbytes = 0;
-    if (b <= 0x7f || b >= 0xe0) {
-      /* positive or negative fixint */
-    } else if (b <= 0x8f) {
-      n = 2u * (b & 0x0fu);
-      container = 1;
-    } else if (b <= 0x9f) {
+    int c = scan_class[b];
+    if (HP_LIKELY(c >= 0)) {
+      if (HP_UNLIKELY((size_t)c > len - pos))
+        return scan_truncated(d, p, len, at);
+      pos += (size_t)c;
+      continue;
+    }
+    uint64_t n;           /* elements of a container */
+    if (c == SC_FIXARRAY) {
       n = b & 0x0fu;
-      container = 1;
-    } else if (b <= 0xbf) {
-      skip = b & 0x1fu;
+    } else if (c == SC_FIXMAP) {
+      n = 2u * (b & 0x0fu);
+    } else if (c == SC_BAD) {
+      return fail(d, -HP_EPARSE, "malformed msgpack: byte 0x%02x at offset %zu is not a "
+                  "valid type", b, at);
     } else {
+      unsigned lenbytes;
+      uint64_t skip = 0;
+      int container = 0;
       switch (b) {
-      case 0xc0: case 0xc2: case 0xc3: break;                     /* nil, false, true */
       case 0xc4: case 0xd9: lenbytes = 1; break;                  /* bin8, str8 */
       case 0xc5: case 0xda: lenbytes = 2; break;                  /* bin16, str16 */
       case 0xc6: case 0xdb: lenbytes = 4; break;                  /* bin32, str32 */
       case 0xc7: lenbytes = 1; skip = 1; break;                   /* ext8 (+type) */
       case 0xc8: lenbytes = 2; skip = 1; break;
       case 0xc9: lenbytes = 4; skip = 1; break;
-      case 0xca: skip = 4; break;                                 /* float32 */
-      case 0xcb: skip = 8; break;                                 /* float64 */
-      case 0xcc: case 0xd0: skip = 1; break;
-      case 0xcd: case 0xd1: skip = 2; break;
-      case 0xce: case 0xd2: skip = 4; break;
-      case 0xcf: case 0xd3: skip = 8; break;
-      case 0xd4: skip = 2; break;                                 /* fixext 1 (+type) */
-      case 0xd5: skip = 3; break;
-      case 0xd6: skip = 5; break;
-      case 0xd7: skip = 9; break;
-      case 0xd8: skip = 17; break;
       case 0xdc: case 0xde: lenbytes = 2; container = 1; break;   /* array16, map16 */
-      case 0xdd: case 0xdf: lenbytes = 4; container = 1; break;   /* array32, map32 */
-      default: /* 0xc1 is never used */
-        return fail(d, -HP_EPARSE, "malformed msgpack: byte 0x%02x at offset %zu is not a "
-                    "valid type", b, at);
+      default: lenbytes = 4; container = 1; break;                /* array32, map32 */
       }
-      if (lenbytes > 0) {
-        uint64_t l;
-        if (scan_len(p, len, &pos, lenbytes, &l) < 0)
-          return scan_truncated(d, p, len, at);
-        if (container)
-          n = (b == 0xde || b == 0xdf) ? 2 * l : l;
-        else
-          skip += l;
-      }
-    }
-    if (skip > len - pos)
-      return scan_truncated(d, p, len, at);
-    pos += (size_t)skip;
-    if (container) {
-      if (sp + 1 > HP_SCAN_MAX_DEPTH)
-        return fail(d, -HP_EPARSE, "%s nests msgpack containers deeper than %u levels "
-                    "(at byte %zu)", peek_type_name(p, len), HP_SCAN_MAX_DEPTH, at);
-      /* Every element takes at least one byte: more elements than bytes left can only
-       * mean a truncated payload (or a lying header, which is the same to us). */
-      pending += n;
-      if (pending > len - pos)
+      uint64_t l;
+      if (scan_len(p, len, &pos, lenbytes, &l) < 0)
         return scan_truncated(d, p, len, at);
-      if (objects + pending > HP_SCAN_MAX_OBJECTS)
-        return fail(d, -HP_ELEN, "%s holds more than %u msgpack values",
-                    peek_type_name(p, len), HP_SCAN_MAX_OBJECTS);
-      left[++sp] = (uint32_t)n;
+      if (!container) {
+        skip += l;
+        if (skip > len - pos)
+          return scan_truncated(d, p, len, at);
+        pos += (size_t)skip;
+        continue;
+      }
+      n = (b == 0xde || b == 0xdf) ? 2 * l : l;
     }
+    if (HP_UNLIKELY(sp + 1 > HP_SCAN_MAX_DEPTH))
+      return fail(d, -HP_EPARSE, "%s nests msgpack containers deeper than %u levels "
+                  "(at byte %zu)", peek_type_name(p, len), HP_SCAN_MAX_DEPTH, at);
+    /* Every element takes at least one byte: more elements than bytes left can only
+     * mean a truncated payload (or a lying header, which is the same to us). */
+    pending += n;
+    if (HP_UNLIKELY(pending > len - pos))
+      return scan_truncated(d, p, len, at);
+    if (HP_UNLIKELY(objects + pending > HP_SCAN_MAX_OBJECTS))
+      return fail(d, -HP_ELEN, "%s holds more than %u msgpack values",
+                  peek_type_name(p, len), HP_SCAN_MAX_OBJECTS);
+    left[++sp] = (uint32_t)n;
   }
 }
 
@@ -633,8 +663,30 @@ static int decode_goodbye(hp_decoder *d, const msgpack_object *el, uint32_t n,
   return hp_check_goodbye(m, &eb);
 }
 
+/* Makes the zone's first chunk big enough for nobjects values (see HP_ZONE_*). */
+static int zone_reserve(hp_decoder *d, uint64_t nobjects) {
+  /* Each container's elements are one zone allocation whose size is a multiple of the
+   * zone's alignment already; the slack covers the chunk header. */
+  uint64_t need = nobjects * sizeof(msgpack_object) + 4096u;
+  if (HP_LIKELY(need <= d->zone_chunk) || d->zone_chunk >= HP_ZONE_MAX_CHUNK_BYTES)
+    return 0;
+  size_t chunk = d->zone_chunk;
+  while (chunk < need && chunk < HP_ZONE_MAX_CHUNK_BYTES)
+    chunk *= 2;
+  if (chunk > HP_ZONE_MAX_CHUNK_BYTES)
+    chunk = HP_ZONE_MAX_CHUNK_BYTES;
+  msgpack_zone *z = msgpack_zone_new(chunk);
+  if (z == NULL)
+    return fail(d, -HP_ENOMEM, "out of memory for a %zu-byte decoding zone", chunk);
+  msgpack_zone_free(d->zone);
+  d->zone = z;
+  d->zone_chunk = chunk;
+  return 0;
+}
+
 int hp_decoder_decode(hp_decoder *d, const uint8_t *payload, size_t len, hp_msg *out) {
   size_t end = 0;
+  uint64_t nobjects = 0;
   int rc;
   d->err[0] = '\0';
   if (payload == NULL && len > 0)
@@ -642,12 +694,14 @@ int hp_decoder_decode(hp_decoder *d, const uint8_t *payload, size_t len, hp_msg 
   if (len > HP_MAX_FRAME_BYTES)
     return fail(d, -HP_ETOOBIG, "payload of %zu bytes exceeds the limit of %u bytes", len,
                 HP_MAX_FRAME_BYTES);
-  if ((rc = scan(d, payload, len, &end)) < 0)
+  if ((rc = scan(d, payload, len, &end, &nobjects)) < 0)
     return rc;
   if (end != len)
     return fail(d, -HP_ETRAILING, "%zu bytes left over after the %s (%zu bytes)",
                 len - end, peek_type_name(payload, len), end);
 
+  if ((rc = zone_reserve(d, nobjects)) < 0)
+    return rc;
   msgpack_zone_clear(d->zone);
   msgpack_object root;
   size_t off = 0;

@@ -77,14 +77,8 @@ static HP_NOINLINE int enc_grow(hp_encoder *e, size_t need) {
 
 static int enc_write(void *data, const char *buf, size_t len) {
   hp_encoder *e = data;
-  if (HP_UNLIKELY(e->cap - e->len < len)) {
-    if (enc_grow(e, len) < 0)
-      return -1;
-  } else if (HP_UNLIKELY(e->len + len - e->frame_start - HP_FRAME_HEADER_BYTES >
-                         HP_MAX_FRAME_BYTES)) {
-    e->err = -HP_ETOOBIG;
+  if (HP_UNLIKELY(e->cap - e->len < len) && enc_grow(e, len) < 0)
     return -1;
-  }
   memcpy(e->buf + e->len, buf, len);
   e->len += len;
   return 0;
@@ -110,11 +104,14 @@ static int frame_begin(hp_encoder *e, msgpack_packer *pk) {
 
 /* Backfills the big-endian payload length, or rolls the buffer back on failure. */
 static int frame_end(hp_encoder *e, int pack_rc) {
-  if (pack_rc != 0) {
+  size_t payload = e->len - e->frame_start - HP_FRAME_HEADER_BYTES;
+  if (pack_rc == 0 && payload > HP_MAX_FRAME_BYTES)
+    e->err = -HP_ETOOBIG;  /* grew into capacity left by an earlier frame */
+  if (pack_rc != 0 || e->err != 0) {
     e->len = e->frame_start;
     return e->err != 0 ? e->err : -HP_ENOMEM;
   }
-  uint32_t n = (uint32_t)(e->len - e->frame_start - HP_FRAME_HEADER_BYTES);
+  uint32_t n = (uint32_t)payload;
   uint8_t *h = e->buf + e->frame_start;
   h[0] = (uint8_t)(n >> 24);
   h[1] = (uint8_t)(n >> 16);
