@@ -27,6 +27,9 @@ int     hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v);
 hp_map_val *hp_map_get(const hp_map *m, uint64_t key);
 /* 1 removed, 0 not present. */
 int     hp_map_del(hp_map *m, uint64_t key);
+/* Removes the entry whose value v points to (as returned by hp_map_get just before),
+ * saving the second lookup of get-then-delete on the free path. */
+void    hp_map_del_at(hp_map *m, hp_map_val *v);
 size_t  hp_map_count(const hp_map *m);
 size_t  hp_map_capacity(const hp_map *m); /* slots allocated, for bound tests */
 

@@ -6,6 +6,7 @@
  * slot of its own outside the table, so an empty table slot can be marked by key 0. */
 #include "hp_map.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,17 +120,8 @@ hp_map_val *hp_map_get(const hp_map *m, uint64_t key) {
   return s ? &s->val : NULL;
 }
 
-int hp_map_del(hp_map *m, uint64_t key) {
-  if (key == 0) {
-    int had = m->has_zero;
-    m->has_zero = 0;
-    return had;
-  }
-  slot *s = find(m, key);
-  if (s == NULL)
-    return 0;
+static void del_slot(hp_map *m, size_t hole) {
   size_t mask = m->cap - 1;
-  size_t hole = (size_t)(s - m->slots);
   /* Backward shift: pull later members of the probe run into the hole whenever
    * their home slot does not lie cyclically between the hole and themselves. */
   for (size_t j = (hole + 1) & mask; m->slots[j].key != 0; j = (j + 1) & mask) {
@@ -145,7 +137,28 @@ int hp_map_del(hp_map *m, uint64_t key) {
   /* Shrinking is best effort: on OOM the map simply stays larger. */
   if (m->cap > HP_MAP_MIN_CAP && m->count * 8 < m->cap)
     (void)rehash(m, m->cap / 2);
+}
+
+int hp_map_del(hp_map *m, uint64_t key) {
+  if (key == 0) {
+    int had = m->has_zero;
+    m->has_zero = 0;
+    return had;
+  }
+  slot *s = find(m, key);
+  if (s == NULL)
+    return 0;
+  del_slot(m, (size_t)(s - m->slots));
   return 1;
+}
+
+void hp_map_del_at(hp_map *m, hp_map_val *v) {
+  if (v == &m->zero_val) {
+    m->has_zero = 0;
+    return;
+  }
+  slot *s = (slot *)((char *)v - offsetof(slot, val));
+  del_slot(m, (size_t)(s - m->slots));
 }
 
 size_t hp_map_count(const hp_map *m) { return m->count + (m->has_zero ? 1 : 0); }

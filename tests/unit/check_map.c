@@ -71,6 +71,29 @@ START_TEST(map_survives_churn_of_clustered_keys) {
 }
 END_TEST
 
+START_TEST(map_del_at_removes_exactly_that_entry) {
+  hp_map *m = hp_map_new();
+  for (uint64_t i = 0; i < 1000; i++) {
+    hp_map_val v = val((int64_t)i);
+    hp_map_put(m, i, &v);  /* includes key 0 */
+  }
+  for (uint64_t i = 0; i < 1000; i += 3) {
+    hp_map_val *g = hp_map_get(m, i);
+    ck_assert_ptr_nonnull(g);
+    hp_map_del_at(m, g);
+  }
+  for (uint64_t i = 0; i < 1000; i++) {
+    hp_map_val *g = hp_map_get(m, i);
+    if (i % 3 == 0)
+      ck_assert_ptr_null(g);
+    else
+      ck_assert_int_eq(g->a, (int64_t)i);
+  }
+  ck_assert_uint_eq(hp_map_count(m), 1000 - 334);
+  hp_map_free(m);
+}
+END_TEST
+
 START_TEST(map_memory_follows_live_entries) {
   hp_map *m = hp_map_new();
   for (uint64_t i = 1; i <= 50000; i++) {
@@ -127,6 +150,7 @@ Suite *map_suite(void) {
   tcase_add_test(core, map_put_get_del_basic);
   tcase_add_test(core, map_key_zero_is_an_ordinary_key);
   tcase_add_test(core, map_survives_churn_of_clustered_keys);
+  tcase_add_test(core, map_del_at_removes_exactly_that_entry);
   tcase_add_test(core, map_memory_follows_live_entries);
   suite_add_tcase(s, core);
   TCase *oom = tcase_create("oom");
