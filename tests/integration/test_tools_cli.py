@@ -3,7 +3,9 @@
 Runs the installed console script (beside HEAPPROF_PYTHON) and `python -m heapprof` as real
 processes. Expected figures come from the scenarios or from direct SQL over the public views.
 """
+import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -17,6 +19,7 @@ import unittest
 import tools_scenarios as sc
 
 from heapprof import _db
+from heapprof import cli
 
 PY = os.environ.get('HEAPPROF_PYTHON', sys.executable)
 SCRIPT = os.path.join(os.path.dirname(PY), 'heapprof')
@@ -61,9 +64,19 @@ class CliTest(unittest.TestCase):
         self.assertNotIn('Traceback', p.stderr)
         return p
 
-    def fails(self, *args, pattern):
-        """A user error: non-zero exit, exactly one line on stderr, no traceback."""
-        p = heapprof(*args)
+    def fails(self, *args, pattern, in_process=False):
+        """A user error: non-zero exit, exactly one line on stderr, no traceback. The big
+        error matrix runs in-process (heapprof.cli.main) to stay fast; the rest as processes."""
+        if in_process:
+            err, out = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                try:
+                    code = cli.main(list(args))
+                except SystemExit as e:
+                    code = e.code
+            p = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+        else:
+            p = heapprof(*args)
         self.assertNotEqual(p.returncode, 0, 'heapprof %s succeeded' % ' '.join(args))
         self.assertNotIn('Traceback', p.stderr)
         lines = p.stderr.splitlines()
@@ -317,22 +330,30 @@ class CliTest(unittest.TestCase):
         con.commit()
         con.close()
         missing = os.path.join(d, 'missing.sqlite')
+        # The same cases as real processes, once each.
+        self.fails('top', '--db', missing, pattern='missing.sqlite: no such file')
+        self.fails('leaks', '--db', text, pattern='not a heapprof database')
+        self.fails('flame', '-o', '-', '--db', self.spike_db, '--at', '99',
+                   pattern='outside session 1')
+        self.fails('stats', '--db', self.both, '--session', '9', pattern='session 9 is not in')
         for cmd in (['sessions'], ['top'], ['leaks'], ['stats'], ['flame', '-o', '-'],
                     ['flow', '-o', '-'], ['plot', '-o', os.path.join(d, 'x.csv')]):
-            self.fails(*cmd, '--db', missing, pattern='missing.sqlite: no such file')
-            self.fails(*cmd, '--db', text, pattern='not a heapprof database')
-            self.fails(*cmd, '--db', other, pattern='not a heapprof database')
+            self.fails(*cmd, '--db', missing, pattern='missing.sqlite: no such file',
+                       in_process=True)
+            self.fails(*cmd, '--db', text, pattern='not a heapprof database', in_process=True)
+            self.fails(*cmd, '--db', other, pattern='not a heapprof database', in_process=True)
         for cmd in (['top'], ['flame', '-o', '-'], ['flow', '-o', '-']):
-            self.fails(*cmd, '--db', self.spike_db, '--at', '99',
+            self.fails(*cmd, '--db', self.spike_db, '--at', '99', in_process=True,
                        pattern=r'time 99 s is outside session 1, which runs from 0 to 3\.000 s')
-            self.fails(*cmd, '--db', self.spike_db, '--at', '-1', pattern='outside session 1')
-            self.fails(*cmd, '--db', self.spike_db, '--at', 'soon',
+            self.fails(*cmd, '--db', self.spike_db, '--at', '-1', pattern='outside session 1',
+                       in_process=True)
+            self.fails(*cmd, '--db', self.spike_db, '--at', 'soon', in_process=True,
                        pattern="time must be seconds from the start, 'peak' or 'end'")
         for cmd in (['top'], ['leaks'], ['stats'], ['flame', '-o', '-'], ['flow', '-o', '-'],
                     ['plot', '-o', os.path.join(d, 'x.csv')]):
-            self.fails(*cmd, '--db', self.both, '--session', '9',
+            self.fails(*cmd, '--db', self.both, '--session', '9', in_process=True,
                        pattern=r'session 9 is not in .*both\.sqlite \(sessions: 1, 2\)')
-            self.fails(*cmd, '--db', self.both, '--session', 'x',
+            self.fails(*cmd, '--db', self.both, '--session', 'x', in_process=True,
                        pattern='session must be a number')
         self.fails('plot', '--db', self.spike_db, '-o', os.path.join(d, 'p.png'), '--site',
                    'nowhere.py:3', pattern='no recorded frame at nowhere.py:3')
