@@ -160,6 +160,9 @@
   const BYTE_INCRS = [];
   for (let k = 0; k < 5; k++) for (let m = 1; m < 1024; m *= 2) BYTE_INCRS.push(m * Math.pow(1024, k));
 
+  const X_MAX = Math.max(S.duration_s || 0, D.timeline.t.length ? D.timeline.t[D.timeline.t.length - 1] : 0,
+                         D.steps.t[D.steps.t.length - 1] || 0, 1e-3);
+
   function makePlot() {
     const xs = D.timeline.t.length ? D.timeline.t : [0];
     const ys = D.timeline.t.length ? D.timeline.bytes : [0];
@@ -167,7 +170,8 @@
       width: plotWidth(), height: 240,
       legend: { show: false },
       cursor: { y: false, drag: { x: true, y: false, setScale: false }, points: { show: false } },
-      scales: { x: { time: false }, y: { range: (u, lo, hi) => [0, Math.max(hi * 1.12, 1)] } },
+      // The whole session, even when it is too short for uPlot's own guess to fit.
+      scales: { x: { time: false, range: () => [0, X_MAX] }, y: { range: (u, lo, hi) => [0, Math.max(hi * 1.12, 1)] } },
       axes: [
         { label: "seconds since start", values: (u, v) => v.map(x => +x.toFixed(6)) },
         { size: 70, values: (u, v) => v.map(b => fmtBytes(b).replace(/\.0+ /, " ")), incrs: BYTE_INCRS },
