@@ -74,6 +74,14 @@ class Daemon:
 
     def __exit__(self, *exc):
         self.kill()
+        self.check_sanitizers()
+
+    def check_sanitizers(self):
+        """Fails on any AddressSanitizer/UBSan report in the daemon's log."""
+        log = self.log() if os.path.exists(self.logpath) else ""
+        for marker in ("runtime error:", "Sanitizer"):
+            if marker in log:
+                raise AssertionError("heapprofd reported a sanitizer error:\n" + log[-4000:])
 
     def start(self, timeout=10.0):
         self._log = open(self.logpath, "wb")

@@ -70,7 +70,10 @@ class BadInput(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.d.kill()
-        cls.tmp.cleanup()
+        try:
+            cls.d.check_sanitizers()
+        finally:
+            cls.tmp.cleanup()
 
     def run_beside_good_session(self, scenario, tag, events=2000):
         """Runs a bad client while a good one streams; checks the good one."""
