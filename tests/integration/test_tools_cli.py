@@ -109,6 +109,19 @@ class CliTest(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(p.stdout, self.ok('sessions', '--db', self.both).stdout)
 
+    def test_run_and_stats_program_go_to_the_agent_runner(self):
+        """`run ...` and `stats PROGRAM` pass their raw arguments to heapprof.runner; `stats`
+        with --db reads the database (tested below)."""
+        p = self.ok('run', '--help')
+        self.assertIn('SCRIPT', p.stdout)
+        prog = os.path.join(self.dir, 'tiny.py')
+        with open(prog, 'w') as f:
+            f.write('import sys\nx = [bytes(100) for _ in range(1000)]\n'
+                    'print("args", sys.argv[1:])\n')
+        p = self.ok('stats', prog, '--db', 'not-ours')
+        self.assertIn("args ['--db', 'not-ours']", p.stdout)
+        self.assertIn('every allocation counted', p.stdout + p.stderr)
+
     def test_no_subcommand_prints_usage_and_fails(self):
         p = heapprof()
         self.assertEqual(p.returncode, 2)
