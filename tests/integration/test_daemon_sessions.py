@@ -44,6 +44,13 @@ class ConcurrentSessions(unittest.TestCase):
                 live = query(d.db, "SELECT sum(est_bytes) AS b FROM allocations"
                              " WHERE session_id = ? AND freed_ns IS NULL", (sid,))[0]["b"]
                 self.assertEqual(last["end_bytes"], live)
+            # The log names each session's start (pid, argv) and end (status, counts).
+            log = d.log()
+            sid = session(d.db, "many-7")["session_id"]
+            self.assertRegex(log, r'session %d \(pid \d+\) started: argv \["hp_testclient","many-7"\]'
+                             % sid)
+            self.assertRegex(log, r"session %d \(pid \d+\) ended: exited, 3000 events, 3 dropped"
+                             % sid)
             self.assertTrue(d.alive())
 
     def test_disconnect_without_goodbye_keeps_everything(self):
