@@ -164,10 +164,11 @@ int hp_check_hello(const hp_hello *m, hp_errbuf *eb) {
                          " entries", m->nbuckets);
   for (uint32_t i = 0; i < m->nbuckets; i++) {
     const hp_bucket *b = &m->buckets[i];
-    if (b->max_size < 1 || b->max_size > HP_MAX_I64)
+    /* max_size may use all 64 bits: UINT64_MAX is the natural "every larger size"
+     * bucket, and the daemon stores buckets as JSON text, not as INTEGER columns. */
+    if (b->max_size < 1)
       return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_HELLO_BUCKETS, "bucket %" PRIu32
-                           " max_size %" PRIu64 " is out of range 1..%" PRIu64, i,
-                           b->max_size, HP_MAX_I64);
+                           " max_size 0 is out of range 1..%" PRIu64, i, UINT64_MAX);
     if (i > 0 && b->max_size <= m->buckets[i - 1].max_size)
       return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_HELLO_BUCKETS, "bucket %" PRIu32
                            " max_size %" PRIu64 " is not above the previous %" PRIu64, i,

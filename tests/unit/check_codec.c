@@ -163,7 +163,7 @@ static int decode_bytes(const void *p, size_t len, char *err, size_t errlen) {
 
 /* A complete valid HELLO with bucket sampling. */
 static const hp_str test_argv[] = { { "prog.py", 7 }, { "--flag", 6 }, { "", 0 } };
-static const hp_bucket test_buckets[] = { { 64, 0.01 }, { 4096, 0.25 }, { INT64_MAX, 1.0 } };
+static const hp_bucket test_buckets[] = { { 64, 0.01 }, { 4096, 0.25 }, { UINT64_MAX, 1.0 } };
 
 static hp_hello make_hello(void) {
   hp_hello h;
@@ -1051,6 +1051,11 @@ START_TEST(decode_checks_buckets) {
   ck_assert_int_eq(decode_hello_buckets(0, sz, ok, 0, err), -HP_ERANGE);     /* none */
   ck_assert_int_eq(decode_hello_buckets(4096, sz, ok, 3, err), -HP_ERANGE);  /* unused */
   ck_assert_int_eq(decode_hello_buckets(4096, sz, ok, 0, err), 0);
+  uint64_t zero_size[3] = { 0, 100, 1000 };
+  ck_assert_int_eq(decode_hello_buckets(0, zero_size, ok, 3, err), -HP_ERANGE);
+  ck_assert_ptr_nonnull(strstr(err, "bucket 0 max_size 0"));
+  uint64_t catch_all[3] = { 10, 100, UINT64_MAX };
+  ck_assert_int_eq(decode_hello_buckets(0, catch_all, ok, 3, err), 0);
 
   uint64_t many[HP_MAX_BUCKETS + 1];
   double r[HP_MAX_BUCKETS + 1];
