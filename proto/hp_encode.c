@@ -57,7 +57,7 @@ void hp_encoder_reset(hp_encoder *e) {
  * an oversized message costs at most HP_MAX_FRAME_BYTES of buffer, not its full size. */
 static HP_NOINLINE int enc_grow(hp_encoder *e, size_t need) {
   size_t payload = e->len - e->frame_start - HP_FRAME_HEADER_BYTES;
-  if (need > HP_MAX_FRAME_BYTES - payload) {
+  if (payload > HP_MAX_FRAME_BYTES || need > HP_MAX_FRAME_BYTES - payload) {
     e->err = -HP_ETOOBIG;
     return -1;
   }

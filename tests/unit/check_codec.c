@@ -1177,6 +1177,39 @@ START_TEST(encode_refuses_over_limit_input_keeping_the_buffer) {
 }
 END_TEST
 
+/* With capacity to spare the packer never asks to grow, so the frame limit must also
+ * be enforced when the frame is closed. */
+START_TEST(encode_refuses_oversized_frame_in_a_roomy_buffer) {
+  hp_encoder *e = hp_encoder_new(8u << 20);
+  hp_goodbye g = { 1500000000ull, 3 };
+  ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
+  char *big = malloc(HP_MAX_STR_BYTES);
+  memset(big, 'z', HP_MAX_STR_BYTES);
+  hp_str *argv = calloc(HP_MAX_ARGV, sizeof(*argv));
+  for (unsigned i = 0; i < HP_MAX_ARGV; i++)
+    argv[i] = (hp_str){ big, HP_MAX_STR_BYTES };
+  hp_hello h = make_hello();
+  h.argv = argv;
+  h.argc = HP_MAX_ARGV;
+  assert_refused(e, hp_encode_hello(e, &h), -HP_ETOOBIG);
+  /* one argument fewer fits, and decodes */
+  h.argc = HP_MAX_ARGV - 2;
+  ck_assert_int_eq(hp_encode_hello(e, &h), 0);
+  size_t n;
+  const uint8_t *p = hp_encoder_data(e, &n);
+  hp_decoder *d = hp_decoder_new();
+  hp_msg m;
+  ck_assert_int_eq(hp_decoder_decode(d, p + 16, n - 16, &m), 0);
+  ck_assert_uint_eq(m.u.hello.argc, HP_MAX_ARGV - 2);
+  ck_assert_uint_eq(m.u.hello.argv[HP_MAX_ARGV - 3].len, HP_MAX_STR_BYTES);
+  ck_assert_mem_eq(m.u.hello.argv[HP_MAX_ARGV - 3].ptr, big, HP_MAX_STR_BYTES);
+  hp_decoder_free(d);
+  free(argv);
+  free(big);
+  hp_encoder_free(e);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ random input */
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -1375,6 +1408,7 @@ Suite *codec_suite(void) {
   tcase_add_test(tc, decode_checks_buckets);
   tcase_add_test(tc, decode_rejects_bad_hello_pids);
   tcase_add_test(tc, encode_refuses_over_limit_input_keeping_the_buffer);
+  tcase_add_test(tc, encode_refuses_oversized_frame_in_a_roomy_buffer);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("random");
