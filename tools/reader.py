@@ -32,6 +32,8 @@ _CHUNK = 900
 # after T (through an index on freed_ns, when there is one) rather than those made before T.
 # From bench/reader.py: the two plans cost the same at about 0.7-0.8 of the rows.
 _FREED_SCAN_FROM = 0.75
+# 'AS MATERIALIZED' appeared in SQLite 3.35; older libraries choose by themselves.
+_MATERIALIZED = 'MATERIALIZED' if sqlite3.sqlite_version_info >= (3, 35) else ''
 
 
 class ReaderError(ValueError):
@@ -465,21 +467,24 @@ class Reader:
                     'SELECT DISTINCT stack_id FROM stack_frames WHERE frame_id IN (%s)'
                     % ','.join('?' * len(part)), part))
             # Net level change per instant, summed and ordered by SQLite: far cheaper than
-            # sorting the allocations and frees in Python.
+            # sorting allocations and frees in Python. The CTE is materialized so the site's
+            # allocations are read once (through an index on stack_id when there is one) and
+            # the frees are not looked up through an index on freed_ns over the whole session.
             deltas = collections.Counter()
             stacks = sorted(stacks)
             for i in range(0, len(stacks), _CHUNK):
                 part = stacks[i:i + _CHUNK]
-                marks = ','.join('?' * len(part))
                 for ts, d in self._con.execute(
-                        'SELECT t, SUM(d) FROM (SELECT ts_ns AS t, est_bytes AS d FROM allocations'
-                        ' WHERE session_id = ? AND stack_id IN (%s) UNION ALL SELECT freed_ns,'
-                        ' -est_bytes FROM allocations WHERE session_id = ? AND stack_id IN (%s)'
-                        ' AND freed_ns IS NOT NULL) GROUP BY t ORDER BY t' % (marks, marks),
-                        [self.session_id] + part + [self.session_id] + part):
+                        'WITH a AS %s (SELECT ts_ns, freed_ns, est_bytes FROM allocations'
+                        ' WHERE session_id = ? AND stack_id IN (%s)) SELECT t, SUM(d) FROM'
+                        ' (SELECT ts_ns AS t, est_bytes AS d FROM a UNION ALL SELECT freed_ns,'
+                        ' -est_bytes FROM a WHERE freed_ns IS NOT NULL) GROUP BY t ORDER BY t'
+                        % (_MATERIALIZED, ','.join('?' * len(part))),
+                        [self.session_id] + part):
                     deltas[ts] += d
             events = sorted(deltas.items()) if len(stacks) > _CHUNK else list(deltas.items())
-            out[site] = [(self._t_clamped(ts), b) for ts, b in _max_per_interval(events, times)]
+            out[site] = [(self._t_clamped(ts), b)
+                         for ts, b in _max_per_interval(events, times)]
         return out
 
     # ---------------------------------------------------------------- histogram
