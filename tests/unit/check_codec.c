@@ -149,6 +149,9 @@ static int decode_built(int type, unsigned bad, repl_fn repl, char *err, size_t 
   return rc;
 }
 
+static void pack_hello_prefix(msgpack_packer *pk);
+static void pack_hello_suffix(msgpack_packer *pk, uint32_t depth);
+
 /* Decodes raw bytes with a fresh decoder. */
 static int decode_bytes(const void *p, size_t len, char *err, size_t errlen) {
   hp_decoder *d = hp_decoder_new();
@@ -717,6 +720,86 @@ START_TEST(decode_rejects_wrong_type_inside_events) {
       msgpack_sbuffer_destroy(&sb);
     }
   }
+}
+END_TEST
+
+/* Wrong types inside HELLO's argv and buckets and STACK_DEF's frame ids. */
+START_TEST(decode_rejects_wrong_type_inside_arrays) {
+  char err[256];
+  msgpack_sbuffer sb;
+  msgpack_packer pk;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  pack_hello_prefix(&pk);
+  msgpack_pack_array(&pk, 2);
+  msgpack_pack_str_with_body(&pk, "a", 1);
+  msgpack_pack_bin_with_body(&pk, "b", 1);   /* bin is not str */
+  pack_hello_suffix(&pk, 16);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ETYPE);
+  ck_assert_str_eq(err, "HELLO field 6 (argv): entry 1: expected a string, got binary");
+
+  static const struct { int shape; const char *want; } cases[] = {
+    { 0, "bucket 0: expected an array [max_size, rate]" },
+    { 1, "bucket 0: expected an array [max_size, rate]" },
+    { 2, "bucket 0 max_size: expected an integer, got a float" },
+    { 3, "bucket 0 rate: expected a float, got an integer" },
+  };
+  for (unsigned c = 0; c < 4; c++) {
+    msgpack_sbuffer_clear(&sb);
+    pack_hello_prefix(&pk);
+    msgpack_pack_array(&pk, 0);
+    msgpack_pack_str_with_body(&pk, "/bin/py", 7);
+    msgpack_pack_str_with_body(&pk, "3.12", 4);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint8(&pk, 0);
+    msgpack_pack_uint32(&pk, 16);
+    msgpack_pack_array(&pk, 1);
+    switch (cases[c].shape) {
+    case 0: msgpack_pack_uint8(&pk, 5); break;                        /* not an array */
+    case 1: msgpack_pack_array(&pk, 3); msgpack_pack_uint8(&pk, 5);   /* 3 elements */
+            msgpack_pack_double(&pk, 0.5); msgpack_pack_nil(&pk); break;
+    case 2: msgpack_pack_array(&pk, 2); msgpack_pack_double(&pk, 5);
+            msgpack_pack_double(&pk, 0.5); break;
+    case 3: msgpack_pack_array(&pk, 2); msgpack_pack_uint8(&pk, 5);
+            msgpack_pack_uint8(&pk, 1); break;
+    }
+    ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ETYPE);
+    ck_assert_msg(strstr(err, cases[c].want) != NULL, "case %u: %s", c, err);
+  }
+
+  /* a float32 rate is accepted and widened exactly */
+  msgpack_sbuffer_clear(&sb);
+  pack_hello_prefix(&pk);
+  msgpack_pack_array(&pk, 0);
+  msgpack_pack_str_with_body(&pk, "/bin/py", 7);
+  msgpack_pack_str_with_body(&pk, "3.12", 4);
+  msgpack_pack_uint8(&pk, 0);
+  msgpack_pack_uint8(&pk, 0);
+  msgpack_pack_uint8(&pk, 0);
+  msgpack_pack_uint32(&pk, 16);
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_array(&pk, 2);
+  msgpack_pack_uint8(&pk, 5);
+  msgpack_pack_float(&pk, 0.25f);
+  hp_decoder *d = hp_decoder_new();
+  hp_msg m;
+  ck_assert_int_eq(hp_decoder_decode(d, (const uint8_t *)sb.data, sb.size, &m), 0);
+  ck_assert(m.u.hello.buckets[0].rate == 0.25);
+  hp_decoder_free(d);
+
+  msgpack_sbuffer_clear(&sb);
+  msgpack_pack_array(&pk, 4);
+  msgpack_pack_uint8(&pk, 3);
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_false(&pk);
+  msgpack_pack_array(&pk, 2);
+  msgpack_pack_uint8(&pk, 1);
+  msgpack_pack_str_with_body(&pk, "7", 1);
+  ck_assert_int_eq(decode_bytes(sb.data, sb.size, err, sizeof(err)), -HP_ETYPE);
+  ck_assert_str_eq(err, "STACK_DEF field 4 (frame_ids): entry 1: expected an integer, "
+                   "got a string");
+  msgpack_sbuffer_destroy(&sb);
 }
 END_TEST
 
@@ -1396,6 +1479,7 @@ Suite *codec_suite(void) {
                       HP_MSG_GOODBYE + 1);
   tcase_add_test(tc, decode_rejects_wrong_type_inside_events);
   tcase_add_test(tc, decode_rejects_wrong_magic_and_version);
+  tcase_add_test(tc, decode_rejects_wrong_type_inside_arrays);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("limits");
