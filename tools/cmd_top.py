@@ -8,6 +8,7 @@ import sys
 import time
 
 from heapprof import _fmt
+from heapprof import reader as _reader
 from heapprof.cli import add_at_option, add_db_options, open_reader
 
 CLEAR = '\x1b[H\x1b[2J'
@@ -89,7 +90,12 @@ def follow(args):
         from heapprof.cli import UsageError
         raise UsageError('--refresh must be a positive number of seconds')
     out = sys.stdout
-    with open_reader(args) as r:
+    try:
+        r = _wait_for_session(args, out)
+    except KeyboardInterrupt:
+        out.write('\n')
+        return 0
+    with r:
         try:
             while True:
                 meta = r.refresh()
@@ -108,3 +114,18 @@ def follow(args):
             out.write('\n')
             out.flush()
             return 0
+
+
+def _wait_for_session(args, out):
+    """The Reader, once the database holds a session: heapprofd may be waiting for its first
+    program when the live view starts."""
+    waiting = False
+    while True:
+        try:
+            return open_reader(args)
+        except _reader.NoSessionsError:
+            if not waiting:
+                out.write('waiting for a program to connect to heapprofd (Ctrl-C quits)...\n')
+                out.flush()
+                waiting = True
+            time.sleep(args.refresh)

@@ -20,7 +20,7 @@ import sqlite3
 
 from heapprof import _db
 
-__all__ = ['read', 'sessions', 'Reader', 'ReaderError', 'Session', 'Frame', 'SiteStat',
+__all__ = ['read', 'sessions', 'Reader', 'ReaderError', 'NoSessionsError', 'Session', 'Frame', 'SiteStat',
            'LeakSite', 'SizeBucket', 'FlowGraph', 'NO_STACK_LABEL']
 
 NS = 1_000_000_000
@@ -38,6 +38,10 @@ _MATERIALIZED = 'MATERIALIZED' if sqlite3.sqlite_version_info >= (3, 35) else ''
 
 class ReaderError(ValueError):
     """A request the database cannot answer; str() is one line meant for users."""
+
+
+class NoSessionsError(ReaderError):
+    """The database holds no session yet (heapprofd is waiting for its first program)."""
 
 
 Session = collections.namedtuple('Session', [
@@ -161,7 +165,7 @@ class Reader:
             row = con.execute('SELECT %s FROM sessions ORDER BY started_ns DESC, session_id DESC'
                               ' LIMIT 1' % _SESSION_COLUMNS).fetchone()
             if row is None:
-                raise ReaderError('%s holds no recorded sessions yet' % self.path)
+                raise NoSessionsError('%s holds no recorded sessions yet' % self.path)
         else:
             try:
                 session = int(session)

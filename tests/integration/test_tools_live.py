@@ -120,6 +120,22 @@ class FollowTest(unittest.TestCase):
         self.assertRegex(frames[-1], r'handle_request \(.*leak\.py:%d\)'
                          % rec.marked_line('leak.py', 'LEAK_LINE'))
 
+    def test_waits_for_the_first_program_to_connect(self):
+        rec.wait_for(lambda: os.path.exists(self.daemon.db), 20, 'heapprofd to create the db')
+        view = LiveView(self.daemon.db)
+        self.addCleanup(view.close)
+        rec.wait_for(lambda: view.pump(0.1) and b'waiting for a program' in view.out, 30,
+                     'the waiting message')
+        self.assertEqual(view.frames(), [view.out.decode()])   # no table drawn yet
+        prog = self.daemon.start('leak.py', 100)
+        self.addCleanup(lambda: prog.poll() is None and prog.kill())
+        status = view.wait_exit(60)
+        self.assertEqual(prog.wait(timeout=30), 0)
+        prog.communicate()
+        self.assertEqual(status, 0, view.out[-2000:])
+        self.assertRegex(view.frames()[-1], r'session \d+ ended: exited')
+        self.assertIn('handle_request', view.frames()[-1])
+
     def test_ctrl_c_exits_quietly(self):
         self.start_program(4000)            # far longer than the test
         view = LiveView(self.daemon.db)
