@@ -8,7 +8,9 @@ ingest_load (K concurrent agents, N events each: allocations and their frees ove
 few stacks), and measures the time from the first byte until every session is
 committed as ended with all its events (polling the public `sessions` view), so the
 rate counts stored events, not merely received ones. The daemon's peak RSS is VmHWM
-from /proc; bytes/event is database + WAL size over the events stored."""
+from /proc; bytes/event is database + WAL size over the events stored. The daemon's
+CPU time (all threads) per event is printed too: on a shared machine it is the figure
+that other processes disturb least."""
 import argparse
 import os
 import signal
@@ -25,6 +27,13 @@ def vm_hwm_kib(pid):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of the whole process (all threads) so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stored(db, clients, n):
@@ -63,6 +72,7 @@ def run_one(build, clients, n, batch, extra):
                 time.sleep(0.005)
             elapsed = time.monotonic() - t0
             hwm = vm_hwm_kib(d.pid)
+            cpu = cpu_seconds(d.pid)
             d.send_signal(signal.SIGTERM)
             d.wait(60)
             size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)
@@ -73,7 +83,7 @@ def run_one(build, clients, n, batch, extra):
                 d.wait()
             d.stdout.close()
     total = clients * n
-    return total, sent_s, elapsed, size / total, hwm
+    return total, sent_s, elapsed, size / total, hwm, cpu
 
 
 def main():
@@ -88,12 +98,15 @@ def main():
     a = ap.parse_args()
     print("heapprofd ingestion: %d concurrent clients, %d events per EVENTS message"
           % (a.clients, a.batch))
-    print("%12s %10s %10s %14s %12s %14s" % ("events", "send s", "stored s", "events/s stored",
-                                            "DB B/event", "peak RSS MiB"))
+    print("%10s %8s %9s %15s %11s %11s %13s %13s" % (
+        "events", "send s", "stored s", "events/s stored", "DB B/event", "peak RSS MiB",
+        "daemon CPU s", "CPU ns/event"))
     for n in [int(x) for x in a.sizes.split(",")]:
-        total, sent_s, elapsed, bpe, hwm = run_one(a.build, a.clients, n, a.batch, a.daemon_arg)
-        print("%12d %10.2f %10.2f %15.0f %12.1f %14.1f"
-              % (total, sent_s, elapsed, total / elapsed, bpe, hwm / 1024.0))
+        total, sent_s, elapsed, bpe, hwm, cpu = run_one(a.build, a.clients, n, a.batch,
+                                                        a.daemon_arg)
+        print("%10d %8.2f %9.2f %15.0f %11.1f %12.1f %13.2f %13.0f"
+              % (total, sent_s, elapsed, total / elapsed, bpe, hwm / 1024.0, cpu,
+                 cpu * 1e9 / total))
         sys.stdout.flush()
 
 

@@ -125,9 +125,10 @@ class WhileRecording(unittest.TestCase):
                 row = wait_for(visible, timeout=5, what="events_received to reach 20000")
                 self.assertEqual(row["status"], "running")
                 self.assertIsNone(row["ended_ns"])
-                n = query(d.db, "SELECT count(*) AS n FROM allocations WHERE session_id = ?",
-                          (row["session_id"],))[0]["n"]
-                self.assertGreater(n, 10000)
+                # Allocation rows follow by the second commit after their arrival.
+                wait_for(lambda: query(d.db, "SELECT count(*) AS n FROM allocations WHERE"
+                                       " session_id = ?", (row["session_id"],))[0]["n"] > 10000,
+                         timeout=3, what="allocation rows of a running session")
                 tl = query(d.db, "SELECT count(*) AS n FROM timeline WHERE session_id = ?",
                            (row["session_id"],))[0]["n"]
                 self.assertGreater(tl, 0)

@@ -162,6 +162,38 @@ START_TEST(store_pairs_frees_and_shares_frames_across_sessions) {
 }
 END_TEST
 
+/* A free that arrives after its allocation row was committed must update that row. */
+START_TEST(store_pairs_free_with_committed_row) {
+  sqlite3 *db;
+  char err[256];
+  ck_assert_msg(hp_schema_open(dbpath, &db, err, sizeof err) == 0, "%s", err);
+  hp_store_config cfg = {.db = db, .timeline_interval_ns = 100000000, .commit_ms = 5};
+  hp_store *s;
+  ck_assert_int_eq(hp_store_start(&s, &cfg), 0);
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_event al = alloc_ev(1, 0x1000, 100, 1);
+  ck_assert_int_eq(hp_store_events(s, a, &al, 1), 0);
+  sqlite3 *rd = reopen();
+  struct timespec d = {0, 5000000};
+  int64_t n = 0;
+  for (int i = 0; i < 2000 && n == 0; i++) {
+    nanosleep(&d, NULL);
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(rd, "SELECT count(*) FROM alloc", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+      n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+  }
+  ck_assert_int_eq(n, 1);  /* committed (and visible to readers) without further events */
+  hp_event fr = free_ev(50, 0x1000);
+  ck_assert_int_eq(hp_store_events(s, a, &fr, 1), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  ck_assert_int_eq(q1(rd, "SELECT freed_ns - ts_ns FROM alloc"), 49000000);
+  sqlite3_close(rd);
+}
+END_TEST
+
 START_TEST(store_timeline_keeps_spike_height_and_drop) {
   hp_store *s = start(0, 0, 100000000);  /* 100 ms intervals */
   hp_store_session *a = session_with_stack(s, 1);
@@ -227,6 +259,7 @@ Suite *store_suite(void) {
   tcase_add_checked_fixture(core, setup, teardown);
   tcase_set_timeout(core, 30);
   tcase_add_test(core, store_pairs_frees_and_shares_frames_across_sessions);
+  tcase_add_test(core, store_pairs_free_with_committed_row);
   tcase_add_test(core, store_timeline_keeps_spike_height_and_drop);
   tcase_add_test(core, store_signals_full_queue_then_resumes);
   suite_add_tcase(s, core);
