@@ -64,11 +64,10 @@ static size_t keep_end(const hp_framer *f) {
 
 static HP_NOINLINE int make_room(hp_framer *f, size_t len) {
   size_t held = f->end - f->start;
-  if (f->start > 0) {
+  if (f->start > 0 && held > 0 && f->buf != NULL)
     memmove(f->buf, f->buf + f->start, held);
-    f->start = 0;
-    f->end = held;
-  }
+  f->start = 0;
+  f->end = held;
   if (f->cap - f->end >= len)
     return 0;
   size_t want = held + len;
