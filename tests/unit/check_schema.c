@@ -24,12 +24,26 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
   return remove(path);
 }
 
-static void setup(void) {
-  snprintf(tmpdir, sizeof tmpdir, "%s/hp-check-schema-XXXXXX",
-           getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp");
+static void setup_in(const char *base) {
+  snprintf(tmpdir, sizeof tmpdir, "%s/hp-check-schema-XXXXXX", base);
   ck_assert_ptr_nonnull(mkdtemp(tmpdir));
   snprintf(dbpath, sizeof dbpath, "%s/prof.sqlite", tmpdir);
   errbuf[0] = '\0';
+}
+
+static void setup(void) {
+  setup_in(getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp");
+}
+
+/* The allocation-failure sweeps open a database some thousands of times; on a disk each
+ * open's fsyncs add up to tens of seconds, on tmpfs they cost nothing. Durability is not
+ * what those tests check. */
+static void setup_fast(void) {
+  struct stat st;
+  if (stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) && access("/dev/shm", W_OK) == 0)
+    setup_in("/dev/shm");
+  else
+    setup();
 }
 
 static void teardown(void) {
@@ -375,6 +389,112 @@ START_TEST(read_only_file_is_refused_for_writing) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ oom */
+
+/* SQLite's allocator wrapped to fail the fail_at-th allocation (SQLite's malloc.test
+ * idea): every early exit of hp_schema_open must close what it opened (ASan checks the
+ * leaks) and report an error, and a refused file must stay untouched even then. */
+static sqlite3_mem_methods real_mem;
+static long alloc_seen, fail_at = -1, failures_injected;
+
+static int should_fail(void) {
+  if (fail_at < 0 || alloc_seen++ != fail_at)
+    return 0;
+  failures_injected++;
+  return 1;
+}
+static void *oom_malloc(int n) { return should_fail() ? NULL : real_mem.xMalloc(n); }
+static void *oom_realloc(void *p, int n) {
+  return should_fail() ? NULL : real_mem.xRealloc(p, n);
+}
+
+static void install_oom_allocator(void) {
+  static int installed;  /* with CK_FORK=no the tests share one process */
+  if (installed)
+    return;
+  installed = 1;
+  ck_assert_int_eq(sqlite3_shutdown(), SQLITE_OK);
+  ck_assert_int_eq(sqlite3_config(SQLITE_CONFIG_GETMALLOC, &real_mem), SQLITE_OK);
+  sqlite3_mem_methods m = real_mem;
+  m.xMalloc = oom_malloc;
+  m.xRealloc = oom_realloc;
+  ck_assert_int_eq(sqlite3_config(SQLITE_CONFIG_MALLOC, &m), SQLITE_OK);
+  ck_assert_int_eq(sqlite3_initialize(), SQLITE_OK);
+}
+
+static void remove_db_files(void) {
+  static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+  for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+    char p[600];
+    snprintf(p, sizeof p, "%s%s", dbpath, suffixes[i]);
+    unlink(p);
+  }
+}
+
+/* The number of allocation failure points tried; more than one open makes in total. */
+#define OOM_MAX_POINTS 20000
+
+START_TEST(create_survives_every_allocation_failure) {
+  install_oom_allocator();
+  long errors = 0, point;
+  for (point = 0; point < OOM_MAX_POINTS; point++) {
+    remove_db_files();
+    alloc_seen = 0;
+    failures_injected = 0;
+    fail_at = point;
+    sqlite3 *db = (sqlite3 *)0x1;
+    int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+    fail_at = -1;
+    if (rc == 0) {
+      ck_assert_ptr_nonnull(db);
+      assert_is_new_heapprof_db(db);
+      ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+    } else {
+      ck_assert_msg(rc < 0, "rc %d", rc);
+      ck_assert_ptr_null(db);
+      ck_assert_msg(strstr(errbuf, dbpath) == errbuf, "message: %s", errbuf);
+      errors++;
+    }
+    if (failures_injected == 0)
+      break;  /* the open finished before reaching this failure point: all covered */
+  }
+  ck_assert_msg(point < OOM_MAX_POINTS, "hp_schema_open made over %d allocations",
+                OOM_MAX_POINTS);
+  ck_assert_int_gt(errors, 0);
+}
+END_TEST
+
+START_TEST(refusal_survives_every_allocation_failure) {
+  make_foreign_db("PRAGMA application_id = 305419896; CREATE TABLE t (x);");
+  size_t before_len, after_len;
+  unsigned char *before = slurp(dbpath, &before_len);
+  install_oom_allocator();
+  long point;
+  for (point = 0; point < OOM_MAX_POINTS; point++) {
+    alloc_seen = 0;
+    failures_injected = 0;
+    fail_at = point;
+    sqlite3 *db = (sqlite3 *)0x1;
+    int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+    fail_at = -1;
+    ck_assert_msg(rc < 0, "point %ld: rc %d", point, rc);
+    ck_assert_ptr_null(db);
+    unsigned char *after = slurp(dbpath, &after_len);
+    ck_assert_uint_eq(after_len, before_len);
+    ck_assert_mem_eq(after, before, before_len);
+    free(after);
+    ck_assert(!side_file_exists("-wal"));
+    if (failures_injected == 0) {
+      ck_assert_int_eq(rc, -HP_ESCHEMA);
+      break;
+    }
+  }
+  ck_assert_msg(point < OOM_MAX_POINTS, "too many allocations");
+  ck_assert_int_gt(point, 0);
+  free(before);
+}
+END_TEST
+
 Suite *schema_suite(void) {
   Suite *s = suite_create("schema");
   TCase *core = tcase_create("core");
@@ -409,6 +529,13 @@ Suite *schema_suite(void) {
     fprintf(stderr, "check_schema: running as root: read_only_file_is_refused_for_writing "
                     "not run\n");
   suite_add_tcase(s, refuse);
+
+  TCase *oomc = tcase_create("oom");
+  tcase_add_checked_fixture(oomc, setup_fast, teardown);
+  tcase_set_timeout(oomc, 60);
+  tcase_add_test(oomc, create_survives_every_allocation_failure);
+  tcase_add_test(oomc, refusal_survives_every_allocation_failure);
+  suite_add_tcase(s, oomc);
   return s;
 }
 
