@@ -171,20 +171,34 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
       }
       sp--;
     }
-    size_t at = pos;
-    if (HP_UNLIKELY(pos >= len))
-      return scan_truncated(d, p, len, at);
+    /* Fast path: a run of scalars whose size the lead byte fixes (nearly every value of
+     * an event), with the counters kept in registers. */
+    uint32_t k = left[sp];
+    uint32_t k0 = k;
+    uint8_t b = 0;
+    int c = 0;
+    while (k > 0) {
+      if (HP_UNLIKELY(pos >= len))
+        return scan_truncated(d, p, len, pos);
+      b = p[pos];
+      c = scan_class[b];
+      if (c < 0)
+        break;
+      if (HP_UNLIKELY((size_t)c >= len - pos))  /* needs 1 + c bytes */
+        return scan_truncated(d, p, len, pos);
+      pos += 1u + (size_t)c;
+      k--;
+    }
+    pending -= k0 - k;
+    objects += k0 - k;
+    left[sp] = k;
+    if (k == 0)
+      continue;
+    /* A container or a variable-length value at p[pos]. */
+    size_t at = pos++;
     left[sp]--;
     pending--;
     objects++;
-    uint8_t b = p[pos++];
-    int c = scan_class[b];
-    if (HP_LIKELY(c >= 0)) {
-      if (HP_UNLIKELY((size_t)c > len - pos))
-        return scan_truncated(d, p, len, at);
-      pos += (size_t)c;
-      continue;
-    }
     uint64_t n;           /* elements of a container */
     if (c == SC_FIXARRAY) {
       n = b & 0x0fu;
