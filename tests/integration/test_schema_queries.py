@@ -126,6 +126,10 @@ EXPECTED = {
         # 12072 is reached in [4,5) and [5,6); the earliest wins.
         (t1(4), 4.0, 12072),
     ],
+    "Exact peak moment from the allocations": [
+        # The running level above peaks at 12072 when alloc 7 arrives at 4.5 s.
+        (t1(4.5), 12072),
+    ],
     "Full stack of one stack_id": [
         (0, "parse", "lib.py", 5, 0),
         (1, "load", "app.py", 20, 0),
