@@ -1,4 +1,4 @@
-/* hp_addrtab.c — lock-free open-addressing set of sampled addresses (see hp_addrtab.h). */
+/* hp_addrtab.c — lock-free bucketed set of sampled addresses (see hp_addrtab.h). */
 #include "hp_addrtab.h"
 
 #include <stdatomic.h>
@@ -7,34 +7,50 @@
 
 #include "hp_error.h"
 
-#define SLOT_EMPTY ((uintptr_t)0)
-#define SLOT_TOMB  ((uintptr_t)1)
+#define EMPTY ((uintptr_t)0)
 
 struct hp_addrtab {
-  size_t mask;
-  int shift;
-  _Atomic uint64_t overflows;
-  _Atomic uintptr_t *slots;
+  size_t nbuckets;                  /* power of two */
+  int shift;                        /* 64 - log2(nbuckets) */
+  _Atomic uint64_t overflows;       /* relaxed: a statistic */
+  _Atomic uint64_t *spilled;        /* one bit per bucket; set once, cleared by clear() */
+  _Atomic uintptr_t *slots;         /* nbuckets * HP_ADDRTAB_BUCKET, 64-byte aligned */
+  void *slots_mem;                  /* what calloc returned */
 };
+
+size_t hp_addrtab_slots_for_interval(uint64_t interval)
+{
+  if (interval == 0)
+    interval = 1;
+  uint64_t want = (8ull << 30) / interval;   /* 8 slots per sample of a 1 GiB heap */
+  if (want < (1u << 16))
+    want = 1u << 16;
+  if (want > HP_ADDRTAB_MAX_SLOTS)
+    want = HP_ADDRTAB_MAX_SLOTS;
+  return (size_t)want;
+}
 
 hp_addrtab *hp_addrtab_new(size_t slots)
 {
-  size_t cap = 2 * HP_ADDRTAB_MAX_PROBE;
-  int bits = 7;
-  while (cap < slots && cap < ((size_t)1 << 32)) {
-    cap <<= 1;
+  size_t nb = HP_ADDRTAB_MIN_SLOTS / HP_ADDRTAB_BUCKET;
+  int bits = 4;
+  while (nb * HP_ADDRTAB_BUCKET < slots && nb * HP_ADDRTAB_BUCKET < HP_ADDRTAB_MAX_SLOTS) {
+    nb <<= 1;
     bits++;
   }
-  hp_addrtab *t = malloc(sizeof(*t));
+  hp_addrtab *t = calloc(1, sizeof(*t));
   if (!t)
     return NULL;
-  /* calloc of a large block maps fresh zero pages: untouched slots cost no memory. */
-  t->slots = calloc(cap, sizeof(*t->slots));
-  if (!t->slots) {
-    free(t);
+  /* calloc of a large block maps fresh zero pages: untouched buckets cost no memory.
+   * 64 extra bytes let us align the buckets to cache lines by hand. */
+  t->slots_mem = calloc(nb * HP_ADDRTAB_BUCKET * sizeof(uintptr_t) + 64, 1);
+  t->spilled = calloc((nb + 63) / 64, sizeof(uint64_t));
+  if (!t->slots_mem || !t->spilled) {
+    hp_addrtab_free(t);
     return NULL;
   }
-  t->mask = cap - 1;
+  t->slots = (_Atomic uintptr_t *)(((uintptr_t)t->slots_mem + 63) & ~(uintptr_t)63);
+  t->nbuckets = nb;
   t->shift = 64 - bits;
   atomic_init(&t->overflows, 0);
   return t;
@@ -44,70 +60,112 @@ void hp_addrtab_free(hp_addrtab *t)
 {
   if (!t)
     return;
-  free((void *)t->slots);
+  free(t->slots_mem);
+  free((void *)t->spilled);
   free(t);
+}
+
+size_t hp_addrtab_slots(const hp_addrtab *t)
+{
+  return t->nbuckets * HP_ADDRTAB_BUCKET;
 }
 
 void hp_addrtab_clear(hp_addrtab *t)
 {
-  memset((void *)t->slots, 0, (t->mask + 1) * sizeof(*t->slots));
+  memset((void *)t->slots, 0, t->nbuckets * HP_ADDRTAB_BUCKET * sizeof(uintptr_t));
+  memset((void *)t->spilled, 0, (t->nbuckets + 63) / 64 * sizeof(uint64_t));
   atomic_store(&t->overflows, 0);
 }
 
-/* Fibonacci hashing of the address without its alignment bits. */
-static size_t home(const hp_addrtab *t, uintptr_t addr)
+/* Fibonacci hashing of the address without its alignment bits; the second bucket uses
+ * another multiplier so that addresses sharing a first bucket spread out. */
+static size_t bucket1(const hp_addrtab *t, uintptr_t addr)
 {
   return (size_t)(((uint64_t)(addr >> 4) * 0x9e3779b97f4a7c15ull) >> t->shift);
 }
 
+static size_t bucket2(const hp_addrtab *t, uintptr_t addr)
+{
+  return (size_t)(((uint64_t)(addr >> 4) * 0xc2b2ae3d27d4eb4full + 0x165667b19e3779f9ull) >>
+                  t->shift);
+}
+
+static int spilled(const hp_addrtab *t, size_t b)
+{
+  uint64_t w = atomic_load_explicit(&t->spilled[b / 64], memory_order_acquire);
+  return (w >> (b % 64)) & 1;
+}
+
+static int bucket_insert(hp_addrtab *t, size_t b, uintptr_t addr)
+{
+  _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
+  for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++) {
+    uintptr_t k = atomic_load_explicit(&s[i], memory_order_relaxed);
+    if (k == EMPTY &&
+        atomic_compare_exchange_strong_explicit(&s[i], &k, addr, memory_order_release,
+                                                memory_order_relaxed))
+      return 1;
+  }
+  return 0;
+}
+
+static int bucket_remove(hp_addrtab *t, size_t b, uintptr_t addr)
+{
+  _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
+  for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++) {
+    uintptr_t k = atomic_load_explicit(&s[i], memory_order_acquire);
+    if (k == addr)
+      /* The CAS decides a racing double free in the program: one remover wins. */
+      return atomic_compare_exchange_strong_explicit(&s[i], &k, EMPTY, memory_order_acq_rel,
+                                                     memory_order_relaxed);
+  }
+  return -1;
+}
+
+static int bucket_contains(const hp_addrtab *t, size_t b, uintptr_t addr)
+{
+  _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
+  for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++)
+    if (atomic_load_explicit(&s[i], memory_order_acquire) == addr)
+      return 1;
+  return 0;
+}
+
 int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr)
 {
-  if (addr <= SLOT_TOMB)
+  if (addr == EMPTY)
     return -HP_EINVAL;
-  size_t i = home(t, addr);
-  for (unsigned n = 0; n < HP_ADDRTAB_MAX_PROBE; n++, i = (i + 1) & t->mask) {
-    uintptr_t k = atomic_load_explicit(&t->slots[i], memory_order_relaxed);
-    while (k == SLOT_EMPTY || k == SLOT_TOMB) {
-      if (atomic_compare_exchange_weak_explicit(&t->slots[i], &k, addr,
-                                                memory_order_release, memory_order_relaxed))
-        return 0;
-    }
-    if (k == addr)
-      return 0;
-  }
+  size_t b1 = bucket1(t, addr);
+  if (bucket_insert(t, b1, addr))
+    return 0;
+  /* Announce the spill before the key lands in the second bucket: whoever later frees
+   * addr learned it after this insert returned, so it sees the bit. */
+  atomic_fetch_or_explicit(&t->spilled[b1 / 64], (uint64_t)1 << (b1 % 64),
+                           memory_order_acq_rel);
+  if (bucket_insert(t, bucket2(t, addr), addr))
+    return 0;
   atomic_fetch_add_explicit(&t->overflows, 1, memory_order_relaxed);
   return -HP_EFULL;
 }
 
 int hp_addrtab_remove(hp_addrtab *t, uintptr_t addr)
 {
-  size_t i = home(t, addr);
-  for (unsigned n = 0; n < HP_ADDRTAB_MAX_PROBE; n++, i = (i + 1) & t->mask) {
-    uintptr_t k = atomic_load_explicit(&t->slots[i], memory_order_acquire);
-    if (k == addr) {
-      /* Only the thread freeing addr removes it; the CAS guards against a racing
-       * double free in the program, where exactly one remover must win. */
-      return atomic_compare_exchange_strong_explicit(&t->slots[i], &k, SLOT_TOMB,
-                                                     memory_order_acq_rel,
-                                                     memory_order_relaxed) ? 1 : 0;
-    }
-    if (k == SLOT_EMPTY)
-      return 0;
-  }
-  return 0;
+  size_t b1 = bucket1(t, addr);
+  int r = bucket_remove(t, b1, addr);
+  if (r >= 0)
+    return r;
+  if (!spilled(t, b1))
+    return 0;
+  r = bucket_remove(t, bucket2(t, addr), addr);
+  return r > 0;
 }
 
 int hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr)
 {
-  size_t i = home(t, addr);
-  for (unsigned n = 0; n < HP_ADDRTAB_MAX_PROBE; n++, i = (i + 1) & t->mask) {
-    uintptr_t k = atomic_load_explicit(&t->slots[i], memory_order_acquire);
-    if (k == addr)
-      return 1;
-    if (k == SLOT_EMPTY)
-      return 0;
-  }
-  return 0;
+  size_t b1 = bucket1(t, addr);
+  if (bucket_contains(t, b1, addr))
+    return 1;
+  return spilled(t, b1) && bucket_contains(t, bucket2(t, addr), addr);
 }
 
 uint64_t hp_addrtab_overflows(const hp_addrtab *t)

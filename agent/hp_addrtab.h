@@ -1,26 +1,39 @@
 /* hp_addrtab.h — the set of live sampled addresses, so that frees can be reported.
  *
- * Every free() of the profiled program looks here once: a miss (the common case: not
- * sampled, or allocated before profiling began) costs one probe sequence and sends
- * nothing. Lock-free open addressing with linear probing over at most
- * HP_ADDRTAB_MAX_PROBE slots; removal leaves a tombstone that later inserts reuse.
- * Any thread may insert, look up and remove concurrently; an address is never inserted
- * twice while live (it is removed before the real free hands it back to the allocator). */
+ * Every free() of the profiled program looks here once, so a miss (the common case: not
+ * sampled, or allocated before profiling began) must be cheap: an address hashes to one
+ * bucket of HP_ADDRTAB_BUCKET slots, exactly one 64-byte cache line. When that bucket is
+ * full, the insert goes to a second bucket and sets the first bucket's "spilled" bit in a
+ * small bitmap; a lookup reads the second bucket only when that bit is set. A miss thus
+ * costs one bit test (L1-resident bitmap) and one cache line, and removal just empties
+ * the slot: no tombstones, so the cost never degrades as addresses churn. Both buckets
+ * full: the insert is refused and counted.
+ *
+ * Lock-free: any thread may insert, look up and remove concurrently (slot updates are
+ * compare-and-swap). An address is never inserted twice while live: it is removed before
+ * the real free hands it back to the allocator. */
 #ifndef HP_ADDRTAB_H
 #define HP_ADDRTAB_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define HP_ADDRTAB_DEFAULT_SLOTS  (1u << 21)   /* 16 MiB of address space, touched lazily */
-#define HP_ADDRTAB_MAX_PROBE      64u
+#define HP_ADDRTAB_BUCKET      8u           /* slots per bucket: one cache line */
+#define HP_ADDRTAB_MIN_SLOTS   (1u << 7)
+#define HP_ADDRTAB_MAX_SLOTS   (1u << 22)   /* 32 MiB of address space, touched lazily */
 
 typedef struct hp_addrtab hp_addrtab;  /* opaque */
 
+/* Slots to allocate for a sampling interval (bucket mode: pass 1): about eight slots per
+ * sampled block of a 1 GiB live heap, within [2^16, HP_ADDRTAB_MAX_SLOTS]. A table
+ * sized for recording everything would cost a cache miss per free at large intervals. */
+size_t hp_addrtab_slots_for_interval(uint64_t interval);
+
 hp_addrtab *hp_addrtab_new(size_t slots);   /* rounded up to a power of two; NULL on OOM */
 void hp_addrtab_free(hp_addrtab *t);        /* NULL is a no-op */
-/* 0, or -HP_EFULL when no free slot lies within the probe limit (counted). Addresses
- * 0 and 1 are reserved and refused with -HP_EINVAL. */
+size_t hp_addrtab_slots(const hp_addrtab *t);
+/* 0, or -HP_EFULL when both buckets are full (counted). Address 0 is refused with
+ * -HP_EINVAL. */
 int  hp_addrtab_insert(hp_addrtab *t, uintptr_t addr);
 /* 1 if addr was present (and is now removed), else 0. */
 int  hp_addrtab_remove(hp_addrtab *t, uintptr_t addr);

@@ -4,7 +4,12 @@
  * Vyukov): a producer claims position pos with one compare-and-swap on the shared head
  * when the slot's sequence equals pos, writes the record, then publishes it by storing
  * pos + 1 into the sequence. The consumer takes position pos once the sequence reads
- * pos + 1 and frees the slot for the next lap by storing pos + capacity. */
+ * pos + 1 and frees the slot for the next lap by storing pos + capacity.
+ *
+ * We store the sequence minus the slot's index (seq - (pos & mask) = the lap base
+ * pos & ~mask), so that all-zero memory is the initial state: a fresh ring is calloc()ed
+ * zero pages that cost no memory until a lap first reaches them, and a reset only has
+ * to clear the slots that were used. */
 #include "hp_ring.h"
 
 #include <stdatomic.h>
@@ -16,7 +21,8 @@ typedef struct {
 } hp_slot;
 
 struct hp_ring {
-  /* Written by producers (CAS); cache-line separated from the consumer's index. */
+  /* Written by producers (CAS); cache-line separated from the consumer's index.
+   * head also tells hp_ring_reset() how many slots were ever touched. */
   _Alignas(64) _Atomic size_t head;
   _Alignas(64) size_t tail;              /* consumer only */
   _Atomic uint64_t dropped;              /* any thread, relaxed: a statistic */
@@ -38,7 +44,9 @@ hp_ring *hp_ring_new(size_t capacity)
     return NULL;
   }
   r->mask = cap - 1;
-  hp_ring_reset(r);
+  atomic_init(&r->head, 0);
+  r->tail = 0;
+  atomic_init(&r->dropped, 0);
   return r;
 }
 
@@ -52,8 +60,11 @@ void hp_ring_free(hp_ring *r)
 
 void hp_ring_reset(hp_ring *r)
 {
-  for (size_t i = 0; i <= r->mask; i++)
-    atomic_store_explicit(&r->slots[i].seq, i, memory_order_relaxed);
+  size_t used = atomic_load_explicit(&r->head, memory_order_relaxed);
+  if (used > r->mask + 1)
+    used = r->mask + 1;
+  for (size_t i = 0; i < used; i++)
+    atomic_store_explicit(&r->slots[i].seq, 0, memory_order_relaxed);
   atomic_store_explicit(&r->head, 0, memory_order_relaxed);
   r->tail = 0;
   atomic_store_explicit(&r->dropped, 0, memory_order_release);
@@ -73,12 +84,12 @@ int hp_ring_try_push(hp_ring *r, const hp_event *ev)
   for (;;) {
     hp_slot *s = &r->slots[pos & r->mask];
     size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-    intptr_t dif = (intptr_t)seq - (intptr_t)pos;
+    intptr_t dif = (intptr_t)seq - (intptr_t)(pos & ~r->mask);
     if (dif == 0) {
       if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + 1,
                                                 memory_order_relaxed, memory_order_relaxed)) {
         s->ev = *ev;
-        atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
+        atomic_store_explicit(&s->seq, (pos & ~r->mask) + 1, memory_order_release);
         return 0;
       }
       /* pos was reloaded by the failed CAS. */
@@ -95,11 +106,11 @@ int hp_ring_pop(hp_ring *r, hp_event *out)
   size_t pos = r->tail;
   hp_slot *s = &r->slots[pos & r->mask];
   size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-  if (seq != pos + 1)
+  if (seq != (pos & ~r->mask) + 1)
     return 0;
   *out = s->ev;
   r->tail = pos + 1;
-  atomic_store_explicit(&s->seq, pos + r->mask + 1, memory_order_release);
+  atomic_store_explicit(&s->seq, (pos & ~r->mask) + r->mask + 1, memory_order_release);
   return 1;
 }
 

@@ -1,5 +1,5 @@
-/* check_addrtab.c — the sampled-address set: insert/lookup/remove, collisions,
- * tombstone reuse, bounded probing with counted overflow, concurrent threads. */
+/* check_addrtab.c — the sampled-address set: insert/lookup/remove, full buckets spilling
+ * to their second bucket, slot reuse, counted overflow, sizing, concurrent threads. */
 #include <check.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -23,16 +23,15 @@ START_TEST(insert_contains_remove)
   ck_assert_int_eq(hp_addrtab_contains(t, 0x2000), 1);
   ck_assert_int_eq(hp_addrtab_remove(t, 0x9990), 0);   /* never inserted */
   ck_assert_int_eq(hp_addrtab_insert(t, 0), -HP_EINVAL);
-  ck_assert_int_eq(hp_addrtab_insert(t, 1), -HP_EINVAL);
   hp_addrtab_free(t);
   hp_addrtab_free(NULL);
 }
 END_TEST
 
-/* 100 keys in the smallest table (128 slots) must collide; every key stays findable,
- * removal in the middle of a probe chain keeps later keys findable (tombstones), and
- * tombstones are reused. */
-START_TEST(collisions_and_tombstones)
+/* 100 keys in the smallest table (16 buckets of 8) fill buckets past 8, so some keys
+ * spill to their second bucket; every inserted key stays findable, removing some keeps
+ * the others (and the spilled ones) findable, and freed slots are reused forever. */
+START_TEST(collisions_and_spills)
 {
   hp_addrtab *t = hp_addrtab_new(1);
   int inserted[100];
@@ -41,14 +40,15 @@ START_TEST(collisions_and_tombstones)
     inserted[i] = hp_addrtab_insert(t, 0x10000 + i * 16) == 0;
     n_ok += inserted[i];
   }
-  ck_assert_int_ge(n_ok, 90);
+  ck_assert_int_ge(n_ok, 80);
+  ck_assert_uint_eq(hp_addrtab_overflows(t), (uint64_t)(100 - n_ok));
   for (uintptr_t i = 0; i < 100; i++)
     ck_assert_int_eq(hp_addrtab_contains(t, 0x10000 + i * 16), inserted[i]);
   for (uintptr_t i = 0; i < 100; i += 2)
     ck_assert_int_eq(hp_addrtab_remove(t, 0x10000 + i * 16), inserted[i]);
   for (uintptr_t i = 1; i < 100; i += 2)
     ck_assert_int_eq(hp_addrtab_contains(t, 0x10000 + i * 16), inserted[i]);
-  /* Reinsert into the tombstones, many times over: the table must not clog up. */
+  /* Reinsert into the freed slots, many times over: the table must not clog up. */
   for (int round = 0; round < 50; round++) {
     for (uintptr_t i = 0; i < 100; i += 2)
       if (inserted[i])
@@ -57,6 +57,18 @@ START_TEST(collisions_and_tombstones)
       if (inserted[i])
         ck_assert_int_eq(hp_addrtab_remove(t, 0x10000 + i * 16), 1);
   }
+  hp_addrtab_free(t);
+}
+END_TEST
+
+START_TEST(sizing_follows_interval)
+{
+  ck_assert_uint_eq(hp_addrtab_slots_for_interval(1), HP_ADDRTAB_MAX_SLOTS);
+  ck_assert_uint_eq(hp_addrtab_slots_for_interval(0), HP_ADDRTAB_MAX_SLOTS);
+  ck_assert_uint_eq(hp_addrtab_slots_for_interval(65536), 1u << 17);
+  ck_assert_uint_eq(hp_addrtab_slots_for_interval(1ull << 30), 1u << 16);
+  hp_addrtab *t = hp_addrtab_new(1000);
+  ck_assert_uint_eq(hp_addrtab_slots(t), 1024);
   hp_addrtab_free(t);
 }
 END_TEST
@@ -124,7 +136,8 @@ Suite *addrtab_suite(void)
   Suite *s = suite_create("addrtab");
   TCase *core = tcase_create("core");
   tcase_add_test(core, insert_contains_remove);
-  tcase_add_test(core, collisions_and_tombstones);
+  tcase_add_test(core, collisions_and_spills);
+  tcase_add_test(core, sizing_follows_interval);
   suite_add_tcase(s, core);
   TCase *limits = tcase_create("limits");
   tcase_add_test(limits, full_table_refuses_and_counts);
