@@ -1449,6 +1449,18 @@ START_TEST(decoder_reports_enomem_for_event_array) {
 }
 END_TEST
 
+START_TEST(constructors_return_null_when_memory_runs_out) {
+  hp_proto_test_fail_alloc_after(0);
+  hp_decoder *d = hp_decoder_new();
+  hp_encoder *e = hp_encoder_new(0);
+  hp_proto_test_fail_alloc_after(-1);
+  ck_assert_ptr_null(d);
+  ck_assert_ptr_null(e);
+  hp_decoder_free(NULL);
+  hp_encoder_free(NULL);
+}
+END_TEST
+
 Suite *codec_suite(void) {
   Suite *s = suite_create("codec");
   TCase *tc = tcase_create("core");
@@ -1504,6 +1516,7 @@ Suite *codec_suite(void) {
   tc = tcase_create("oom");
   tcase_add_loop_test(tc, encoder_survives_allocation_failure, 0, 8);
   tcase_add_test(tc, decoder_reports_enomem_for_event_array);
+  tcase_add_test(tc, constructors_return_null_when_memory_runs_out);
   suite_add_tcase(s, tc);
   return s;
 }
