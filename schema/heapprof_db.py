@@ -22,6 +22,9 @@ __all__ = ["DatabaseError", "open_db", "create_db", "schema_sql", "APPLICATION_I
 _SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
 # The first 16 bytes of every SQLite 3 database file.
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# Primary result codes (sqlite3.h) that mean the file's content is not a database.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
 # How long a statement waits for the writer's lock before failing with "database is locked".
 _BUSY_TIMEOUT_S = 5.0
 
@@ -77,9 +80,14 @@ def _verify(conn, path):
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.DatabaseError as e:
-        raise DatabaseError(f"{path}: not a heapprof database (not a valid SQLite file: "
-                            f"{e})") from None
+    except sqlite3.Error as e:
+        # Only "not a database" and "malformed" say something about the file's content;
+        # anything else (locked, no access to the -shm file) is a problem reading it.
+        code = getattr(e, "sqlite_errorcode", 0) & 0xff
+        if code in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+            raise DatabaseError(f"{path}: not a heapprof database (not a valid SQLite file: "
+                                f"{e})") from None
+        raise DatabaseError(f"{path}: cannot read: {e}") from None
     if app_id != APPLICATION_ID:
         raise DatabaseError(f"{path}: not a heapprof database (application_id "
                             f"0x{app_id & 0xffffffff:08x}, expected 0x{APPLICATION_ID:08x})")

@@ -173,6 +173,26 @@ class DbOpenTest(unittest.TestCase):
             f.write(b"SQLite format 3\x00" + b"\xa5" * 8000)
         self.assert_refused(self.path, "not a heapprof database")
 
+    def test_locked_database_is_a_read_error_not_a_foreign_file(self):
+        # A writer holding an exclusive lock on a rollback-journal database: the reader
+        # times out with "database is locked", which says nothing about the file's kind.
+        con = db.create_db(self.path)
+        con.execute("PRAGMA journal_mode = DELETE")
+        con.execute("PRAGMA locking_mode = EXCLUSIVE")
+        con.execute("BEGIN EXCLUSIVE")
+        con.execute("INSERT INTO frame (function, filename, lineno) VALUES ('f', 'a', 1)")
+        saved = db._BUSY_TIMEOUT_S
+        db._BUSY_TIMEOUT_S = 0.05
+        try:
+            with self.assertRaises(db.DatabaseError) as cm:
+                db.open_db(self.path)
+            self.assertEqual(str(cm.exception),
+                             self.path + ": cannot read: database is locked")
+        finally:
+            db._BUSY_TIMEOUT_S = saved
+            con.execute("ROLLBACK")
+            con.close()
+
     def test_other_application(self):
         self.make_foreign("PRAGMA application_id = 305419896; CREATE TABLE t (x);")
         msg = self.assert_refused(self.path)
