@@ -714,6 +714,9 @@ int hp_decoder_decode(hp_decoder *d, const uint8_t *payload, size_t len, hp_msg 
     return fail(d, -HP_ETRAILING, "%zu bytes left over after the %s (%zu bytes)",
                 len - end, peek_type_name(payload, len), end);
 
+  /* msgpack_unpack() with the decoder's own zone (msgpack-c's zone API) rather than
+   * msgpack_unpack_next(), which frees its msgpack_unpacked zone and allocates a new
+   * one on every call. */
   if ((rc = zone_reserve(d, nobjects)) < 0)
     return rc;
   msgpack_zone_clear(d->zone);
