@@ -1012,10 +1012,14 @@ int hp_store_start(hp_store **out, const hp_store_config *cfg) {
   if (s->pending == NULL)
     goto out_free;
   /* Durability: WAL with synchronous=NORMAL survives a killed process (the OS keeps
-   * what was written); only a power cut can lose the last commits, never corrupt. */
+   * what was written); only a power cut can lose the last commits, never corrupt.
+   * The page cache is 16 MiB because the daemon's RSS must stay flat: a larger cache
+   * just fills up as the database grows. Checkpointing every 8192 WAL pages (32 MiB
+   * with 4 KiB pages) instead of 1000 copies the hot b-tree pages back less often. */
   char *msg = NULL;
-  if (sqlite3_exec(s->db, "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=8192;"
-                   " PRAGMA temp_store=MEMORY;", NULL, NULL, &msg) != SQLITE_OK) {
+  if (sqlite3_exec(s->db, "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-16384;"
+                   " PRAGMA wal_autocheckpoint=8192; PRAGMA temp_store=MEMORY;",
+                   NULL, NULL, &msg) != SQLITE_OK) {
     hp_log(HP_LOG_ERROR, "database: setting pragmas: %s", msg ? msg : "?");
     sqlite3_free(msg);
     rc = -HP_ESQLITE;
