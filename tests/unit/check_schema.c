@@ -355,6 +355,26 @@ START_TEST(missing_directory_is_a_clear_error) {
 }
 END_TEST
 
+START_TEST(relative_paths_resolve_against_the_working_directory) {
+  char cwd[1024];
+  ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+  ck_assert_int_eq(chdir(tmpdir), 0);
+  sqlite3 *db = NULL, *db_missing = (sqlite3 *)0x1;
+  int rc = hp_schema_open("rel.sqlite", &db, errbuf, sizeof errbuf);
+  int rc_missing = hp_schema_open("nodir/rel.sqlite", &db_missing, errbuf, sizeof errbuf);
+  ck_assert_int_eq(chdir(cwd), 0);  /* before any assert can end the test */
+  ck_assert_int_eq(rc, 0);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+  ck_assert_int_eq(rc_missing, -ENOENT);
+  ck_assert_ptr_null(db_missing);
+  ck_assert_str_eq(errbuf, "nodir/rel.sqlite: cannot create the database: directory nodir "
+                           "does not exist");
+  char p[700];
+  snprintf(p, sizeof p, "%s/rel.sqlite", tmpdir);
+  ck_assert(exists(p));
+}
+END_TEST
+
 START_TEST(directory_path_is_refused) {
   sqlite3 *db = NULL;
   int rc = hp_schema_open(tmpdir, &db, errbuf, sizeof errbuf);
@@ -519,6 +539,7 @@ Suite *schema_suite(void) {
   tcase_add_test(refuse, refuses_older_user_version_untouched);
   tcase_add_test(refuse, refuses_heapprof_db_missing_tables_untouched);
   tcase_add_test(refuse, missing_directory_is_a_clear_error);
+  tcase_add_test(refuse, relative_paths_resolve_against_the_working_directory);
   tcase_add_test(refuse, directory_path_is_refused);
   tcase_add_test(refuse, bad_arguments_are_einval);
   /* Root writes through mode bits, so the read-only case cannot be produced as root: it
