@@ -94,8 +94,9 @@ int main(int argc, char **argv) {
                            "from 1 to 3600000", optarg);
       break;
     case 'b':
-      if (parse_num(optarg, 1, 10000000, &batch_rows) < 0)
-        return usage_error("--batch-rows: '%s' is not a number from 1 to 10000000", optarg);
+      /* The store keeps up to two batches of rows in memory (72 bytes each). */
+      if (parse_num(optarg, 1, 1000000, &batch_rows) < 0)
+        return usage_error("--batch-rows: '%s' is not a number from 1 to 1000000", optarg);
       break;
     case 'l': {
       int lvl = hp_log_parse_level(optarg);

@@ -950,7 +950,8 @@ static void *store_main(void *arg) {
       int resume = 0;
       pthread_mutex_lock(&s->mu);
       s->bytes -= cost;
-      if (s->paused && s->bytes < s->cfg.queue_low) {
+      /* No wake-ups once stopping: the loop that would receive them has ended. */
+      if (s->paused && s->bytes < s->cfg.queue_low && !s->stop) {
         s->paused = 0;
         resume = 1;
       }
