@@ -130,9 +130,9 @@ def build_parser():
                     'All byte figures are estimates from sampled allocations.')
     sub = parser.add_subparsers(title='commands', metavar='COMMAND')
     import importlib
+    _register_agent_commands(sub)
     for name in _COMMANDS:
         importlib.import_module('heapprof.cmd_' + name).register(sub)
-    _register_agent_commands(sub)
     _register_report(sub)
     return parser
 
