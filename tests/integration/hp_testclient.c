@@ -17,6 +17,7 @@
  *   truncated     ... then half of an EVENTS frame, then close
  *   disconnect    ... then close without GOODBYE
  *   hold          ... then print "sent", wait for stdin to close, then close
+ *   hold-goodbye  as hold, but sends COUNTERS and GOODBYE after stdin closes
  *   spike         HELLO at a 100 ms boundary; 1000 B live, a 1 MB spike from 10 to
  *                 20 ms, an alloc at 350 ms; then GOODBYE
  * On success it prints one JSON line per client: {"tag":..,"events":..,"allocs":..,
@@ -254,12 +255,14 @@ static void *run_client(void *arg) {
       size_t len;
       const uint8_t *p = hp_encoder_data(e, &len);
       send_all(fd, p, len / 2);
-    } else if (strcmp(sc, "hold") == 0) {
+    } else if (strcmp(sc, "hold") == 0 || strcmp(sc, "hold-goodbye") == 0) {
       printf("sent\n");
       fflush(stdout);
       char b[64];
       while (read(0, b, sizeof b) > 0) {
       }
+      if (strcmp(sc, "hold-goodbye") == 0)
+        send_goodbye(fd, e, 3);
     } else if (strcmp(sc, "disconnect") != 0) {
       fprintf(stderr, "hp_testclient: unknown scenario '%s'\n", sc);
       c->rc = 1;
