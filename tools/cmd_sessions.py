@@ -17,11 +17,12 @@ def _when(ns):
     return datetime.datetime.fromtimestamp(ns / 1e9).strftime('%Y-%m-%d %H:%M:%S')
 
 
-def _interval(n):
+def _interval(n, buckets=None):
     if n == 1:
         return 'every alloc'
     if n == 0:
-        return 'size buckets'
+        return 'by size: ' + ','.join('%s@%g' % (_fmt.human_bytes(m).replace(' ', ''), r)
+                                      for m, r in (buckets or [])) if buckets else 'by size'
     return 'every ' + _fmt.human_bytes(n)
 
 
@@ -37,12 +38,15 @@ def run(args):
         if len(cmd) > 50:
             cmd = cmd[:47] + '...'
         table.append((s.session_id, s.pid, s.ppid, s.status, _when(s.started_ns),
-                      '%.2f s' % s.duration, _interval(s.sample_interval_bytes),
+                      '%.2f s' % s.duration, _interval(s.sample_interval_bytes, s.sample_buckets),
                       _fmt.human_count(s.events_received), _fmt.human_count(s.events_dropped),
                       cmd))
     print('\n'.join(_fmt.table(
         ('session', 'pid', 'ppid', 'status', 'started', 'duration', 'sampling', 'events',
          'dropped', 'command'), table, align='rrrllrlrrl')))
+    for s in rows:
+        if s.error:
+            print('session %d: %s: %s' % (s.session_id, s.status, s.error))
     if any(s.events_dropped for s in rows):
         print('note: sessions with dropped events have incomplete figures')
     return 0

@@ -47,9 +47,12 @@ class NoSessionsError(ReaderError):
 Session = collections.namedtuple('Session', [
     'session_id', 'pid', 'ppid', 'argv', 'executable', 'python_version', 'started_ns',
     'ended_ns', 'sample_interval_bytes', 'status', 'events_received', 'events_dropped',
-    'last_ns'])
+    'last_ns', 'sample_buckets', 'max_stack_depth', 'error'])
 Session.__doc__ = """One recorded process. argv is a list; ended_ns is None while running;
-last_ns is the end, or for a running session the latest recorded event."""
+last_ns is the end, or for a running session the latest recorded event. sample_buckets is
+[[max_size, rate], ...] when sample_interval_bytes is 0 (size-bucket sampling), else None;
+error says why a 'protocol_error' session was closed. The last three are None in databases
+whose sessions view predates them."""
 Session.duration = property(lambda s: (s.last_ns - s.started_ns) / NS)
 
 Frame = collections.namedtuple('Frame', ['frame_id', 'function', 'filename', 'lineno', 'line'])
@@ -82,19 +85,34 @@ frame_id None is the pseudo-frame NO_STACK_LABEL."""
 
 def _session_from_row(row, last_ns):
     (sid, pid, ppid, argv, exe, pyver, started, ended, interval, status, received,
-     dropped) = row
+     dropped) = row[:12]
+    extra = dict(zip(_SESSION_EXTRA, row[12:]))
     try:
         argv = json.loads(argv)
         if not isinstance(argv, list):
             argv = [str(argv)]
     except ValueError:
         argv = [argv]
+    buckets = extra.get('sample_buckets')
+    if buckets is not None:
+        try:
+            buckets = json.loads(buckets)
+        except ValueError:
+            buckets = None
     return Session(sid, pid, ppid, argv, exe, pyver, started, ended, interval, status,
-                   received, dropped, last_ns)
+                   received, dropped, last_ns, buckets, extra.get('max_stack_depth'),
+                   extra.get('error'))
 
 
 _SESSION_COLUMNS = ('session_id, pid, ppid, argv, executable, python_version, started_ns, '
                     'ended_ns, sample_interval_bytes, status, events_received, events_dropped')
+# Columns the sessions view gained later in schema version 1; read when present.
+_SESSION_EXTRA = ('sample_buckets', 'max_stack_depth', 'error')
+
+
+def _session_columns(con):
+    have = {r[1] for r in con.execute('PRAGMA table_info(sessions)')}
+    return ', '.join([_SESSION_COLUMNS] + [c for c in _SESSION_EXTRA if c in have])
 
 
 def _last_ns(con, session_id, started_ns, ended_ns):
@@ -109,7 +127,7 @@ def _last_ns(con, session_id, started_ns, ended_ns):
 
 
 def _load_sessions(con):
-    rows = con.execute('SELECT %s FROM sessions ORDER BY session_id' % _SESSION_COLUMNS)
+    rows = con.execute('SELECT %s FROM sessions ORDER BY session_id' % _session_columns(con))
     return [_session_from_row(r, _last_ns(con, r[0], r[6], r[7])) for r in rows.fetchall()]
 
 
@@ -140,6 +158,7 @@ class Reader:
         self.path = path
         self._con = _db.open_db(path, readonly=True)
         try:
+            self._columns = _session_columns(self._con)
             self.metadata = self._pick_session(session)
         except BaseException:
             self._con.close()
@@ -163,7 +182,7 @@ class Reader:
         con = self._con
         if session is None:
             row = con.execute('SELECT %s FROM sessions ORDER BY started_ns DESC, session_id DESC'
-                              ' LIMIT 1' % _SESSION_COLUMNS).fetchone()
+                              ' LIMIT 1' % self._columns).fetchone()
             if row is None:
                 raise NoSessionsError('%s holds no recorded sessions yet' % self.path)
         else:
@@ -171,7 +190,7 @@ class Reader:
                 session = int(session)
             except (TypeError, ValueError):
                 raise ReaderError('session must be a number, not %r' % (session,)) from None
-            row = con.execute('SELECT %s FROM sessions WHERE session_id = ?' % _SESSION_COLUMNS,
+            row = con.execute('SELECT %s FROM sessions WHERE session_id = ?' % self._columns,
                               (session,)).fetchone()
             if row is None:
                 ids = [r[0] for r in con.execute('SELECT session_id FROM sessions'

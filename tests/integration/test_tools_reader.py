@@ -48,6 +48,23 @@ class ReaderTest(unittest.TestCase):
             self.assertEqual(r.metadata.sample_interval_bytes, 4096)
             self.assertEqual(r.metadata.events_received, len(self.spike.allocs) * 2)
             self.assertEqual(r.metadata.events_dropped, 0)
+            self.assertEqual(r.metadata.max_stack_depth, 64)
+            self.assertIsNone(r.metadata.sample_buckets)
+            self.assertIsNone(r.metadata.error)
+            self.assertAlmostEqual(r.duration, 3.0)
+
+    def test_bucket_sampling_and_broken_sessions_are_described(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = sc.write_db(os.path.join(d, 'b.sqlite'), sc.steady())
+            con = sqlite3.connect(path)
+            con.execute("UPDATE session SET sample_interval_bytes = 0,"
+                        " sample_buckets = '[[128, 0.0001], [8192, 0.1]]',"
+                        " status = 'protocol_error', error = 'EVENTS before HELLO'")
+            con.commit()
+            con.close()
+            (s,) = hr.sessions(path)
+            self.assertEqual(s.sample_buckets, [[128, 0.0001], [8192, 0.1]])
+            self.assertEqual((s.status, s.error), ('protocol_error', 'EVENTS before HELLO'))
 
     # ------------------------------------------------------------ time and peak
     def test_peak_is_when_the_spike_is_held(self):
