@@ -50,7 +50,8 @@ def build(path, rows, seed=1):
     db.execute('PRAGMA synchronous=OFF')
     nframes, nstacks = 400, 2000
     db.executemany('INSERT INTO frame(id, function, filename, lineno) VALUES (?,?,?,?)',
-                   [(i, 'func_%d' % i, '/app/mod_%d.py' % (i % 40), 10 + i) for i in range(1, nframes + 1)])
+                   [(i, 'func_%d' % i, '/app/mod_%d.py' % (i % 40), 10 + i)
+                    for i in range(1, nframes + 1)])
     stack_rows, sf_rows = [], []
     for s in range(1, nstacks + 1):
         depth = rng.randint(3, 12)

@@ -14,7 +14,8 @@ def register(subparsers):
                               description=__doc__.split('\n\n')[1].replace('\n', ' '))
     add_db_options(p)
     add_at_option(p, default='peak')
-    p.add_argument('-o', '--output', required=True, metavar='FILE', help="output file ('-': stdout)")
+    p.add_argument('-o', '--output', required=True, metavar='FILE',
+                   help="output file ('-': stdout)")
     p.add_argument('--format', choices=('folded', 'speedscope'),
                    help='output format (default: speedscope for .json, else folded)')
     p.set_defaults(func=run)

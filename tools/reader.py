@@ -20,8 +20,8 @@ import sqlite3
 
 from heapprof import _db
 
-__all__ = ['read', 'sessions', 'Reader', 'ReaderError', 'NoSessionsError', 'Session', 'Frame', 'SiteStat',
-           'LeakSite', 'SizeBucket', 'FlowGraph', 'NO_STACK_LABEL']
+__all__ = ['read', 'sessions', 'Reader', 'ReaderError', 'NoSessionsError', 'Session', 'Frame',
+           'SiteStat', 'LeakSite', 'SizeBucket', 'FlowGraph', 'NO_STACK_LABEL']
 
 NS = 1_000_000_000
 # Stack id NULL in the allocations view: no Python stack (e.g. raw domain without the GIL).

@@ -131,7 +131,8 @@ class CliTest(unittest.TestCase):
     def test_sessions_table(self):
         out = self.ok('sessions', '--db', self.both).stdout.splitlines()
         self.assertRegex(out[0], r'^session\s+pid\s+ppid\s+status')
-        self.assertRegex(out[2], r'^\s*1\s+1000\s+1\s+exited\s.*3\.00 s\s+every 4\.0 KiB.*spike\.py --flag')
+        self.assertRegex(out[2], r'^\s*1\s+1000\s+1\s+exited\s.*3\.00 s\s+every 4\.0 KiB'
+                                 r'.*spike\.py --flag')
         self.assertRegex(out[3], r'^\s*2\s+2000\s+1\s+exited\s.*leak\.py --flag')
         self.assertEqual(len(out), 4)
 
