@@ -45,6 +45,59 @@ class Socket(unittest.TestCase):
                 run_client(d.sock, "normal", "owner", events=100)
                 d.wait_log("ended: exited")
 
+    @unittest.skipUnless(os.geteuid() == 0, "running the daemon as another uid needs root")
+    def test_default_socket_dir_is_created_private(self):
+        # Run as uid 65534 without XDG_RUNTIME_DIR so that the default directory is
+        # /tmp/heapprofd-65534, which this test may create and remove.
+        uid = 65534
+        rundir = "/tmp/heapprofd-%d" % uid
+        if os.path.lexists(rundir):
+            self.skipTest("%s exists already; not touching it" % rundir)
+        env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+
+        def as_nobody():
+            os.setgid(uid)
+            os.setuid(uid)
+        with tempfile.TemporaryDirectory() as tmp:
+            os.chmod(tmp, 0o711)
+            home = os.path.join(tmp, "nobody")
+            os.mkdir(home, 0o700)
+            os.chown(home, uid, uid)
+            try:
+                # A pre-existing default directory that others can enter is refused.
+                os.mkdir(rundir, 0o755)
+                os.chown(rundir, uid, uid)
+                p = subprocess.run([HEAPPROFD, "--db", os.path.join(home, "p.sqlite")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                   preexec_fn=as_nobody, timeout=20)
+                self.assertEqual(p.returncode, 1)
+                self.assertIn("must be private to uid %d" % uid, p.stderr.decode())
+                os.rmdir(rundir)
+                # Missing: created 0700, and the socket inside it 0600.
+                d = subprocess.Popen([HEAPPROFD, "--db", os.path.join(home, "p.sqlite")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                     preexec_fn=as_nobody)
+                try:
+                    line = d.stdout.readline().decode()
+                    self.assertEqual(line, "heapprofd: listening on %s/heapprofd.sock\n" % rundir)
+                    st = os.lstat(rundir)
+                    self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (uid, 0o700))
+                    st = os.lstat(rundir + "/heapprofd.sock")
+                    self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (uid, 0o600))
+                    d.terminate()
+                    self.assertEqual(d.wait(20), 0)
+                finally:
+                    if d.poll() is None:
+                        d.kill()
+                        d.wait()
+                    d.stdout.close()
+                    d.stderr.close()
+            finally:
+                if os.path.lexists(rundir + "/heapprofd.sock"):
+                    os.unlink(rundir + "/heapprofd.sock")
+                if os.path.lexists(rundir):
+                    os.rmdir(rundir)
+
     def test_regular_file_at_socket_path_is_refused(self):
         with tempfile.TemporaryDirectory() as tmp:
             sock = os.path.join(tmp, "not-a-socket")
