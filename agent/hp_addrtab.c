@@ -14,6 +14,7 @@ struct hp_addrtab {
   int shift;                        /* 64 - log2(nbuckets) */
   _Atomic uint64_t overflows;       /* relaxed: a statistic */
   _Atomic uint64_t *spilled;        /* one bit per bucket; set once, cleared by clear() */
+  _Atomic uint8_t *filter;          /* HP_ADDRTAB_FILTER counters */
   _Atomic uintptr_t *slots;         /* nbuckets * HP_ADDRTAB_BUCKET, 64-byte aligned */
   void *slots_mem;                  /* what calloc returned */
 };
@@ -45,7 +46,8 @@ hp_addrtab *hp_addrtab_new(size_t slots)
    * 64 extra bytes let us align the buckets to cache lines by hand. */
   t->slots_mem = calloc(nb * HP_ADDRTAB_BUCKET * sizeof(uintptr_t) + 64, 1);
   t->spilled = calloc((nb + 63) / 64, sizeof(uint64_t));
-  if (!t->slots_mem || !t->spilled) {
+  t->filter = calloc(HP_ADDRTAB_FILTER, 1);
+  if (!t->slots_mem || !t->spilled || !t->filter) {
     hp_addrtab_free(t);
     return NULL;
   }
@@ -62,6 +64,7 @@ void hp_addrtab_free(hp_addrtab *t)
     return;
   free(t->slots_mem);
   free((void *)t->spilled);
+  free((void *)t->filter);
   free(t);
 }
 
@@ -74,6 +77,7 @@ void hp_addrtab_clear(hp_addrtab *t)
 {
   memset((void *)t->slots, 0, t->nbuckets * HP_ADDRTAB_BUCKET * sizeof(uintptr_t));
   memset((void *)t->spilled, 0, (t->nbuckets + 63) / 64 * sizeof(uint64_t));
+  memset((void *)t->filter, 0, HP_ADDRTAB_FILTER);
   atomic_store(&t->overflows, 0);
 }
 
@@ -88,6 +92,34 @@ static size_t bucket2(const hp_addrtab *t, uintptr_t addr)
 {
   return (size_t)(((uint64_t)(addr >> 4) * 0xc2b2ae3d27d4eb4full + 0x165667b19e3779f9ull) >>
                   t->shift);
+}
+
+static size_t filter_index(uintptr_t addr)
+{
+  return (size_t)(((uint64_t)(addr >> 4) * 0x9e6c63d0676a9a99ull) >> (64 - 15)) &
+         (HP_ADDRTAB_FILTER - 1);   /* keep in step with hp_addrtab_filter_absent() */
+}
+
+static void filter_add(hp_addrtab *t, uintptr_t addr, int delta)
+{
+  _Atomic uint8_t *c = &t->filter[filter_index(addr)];
+  uint8_t v = atomic_load_explicit(c, memory_order_relaxed);
+  do {
+    if (v == 255)
+      return;   /* saturated: sticks at "maybe" */
+  } while (!atomic_compare_exchange_weak_explicit(c, &v, (uint8_t)(v + delta),
+                                                  memory_order_acq_rel, memory_order_relaxed));
+}
+
+/* Same index as hp_addrtab_filter_absent() in the header. */
+static int filter_says_absent(const hp_addrtab *t, uintptr_t addr)
+{
+  return hp_addrtab_filter_absent(t->filter, addr);
+}
+
+const _Atomic uint8_t *hp_addrtab_filter(const hp_addrtab *t)
+{
+  return t->filter;
 }
 
 static int spilled(const hp_addrtab *t, size_t b)
@@ -135,6 +167,7 @@ int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr)
 {
   if (addr == EMPTY)
     return -HP_EINVAL;
+  filter_add(t, addr, +1);
   size_t b1 = bucket1(t, addr);
   if (bucket_insert(t, b1, addr))
     return 0;
@@ -144,24 +177,28 @@ int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr)
                            memory_order_acq_rel);
   if (bucket_insert(t, bucket2(t, addr), addr))
     return 0;
+  filter_add(t, addr, -1);
   atomic_fetch_add_explicit(&t->overflows, 1, memory_order_relaxed);
   return -HP_EFULL;
 }
 
 int hp_addrtab_remove(hp_addrtab *t, uintptr_t addr)
 {
+  if (filter_says_absent(t, addr))
+    return 0;
   size_t b1 = bucket1(t, addr);
   int r = bucket_remove(t, b1, addr);
-  if (r >= 0)
-    return r;
-  if (!spilled(t, b1))
-    return 0;
-  r = bucket_remove(t, bucket2(t, addr), addr);
-  return r > 0;
+  if (r < 0)
+    r = spilled(t, b1) ? bucket_remove(t, bucket2(t, addr), addr) > 0 : 0;
+  if (r)
+    filter_add(t, addr, -1);
+  return r;
 }
 
 int hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr)
 {
+  if (filter_says_absent(t, addr))
+    return 0;
   size_t b1 = bucket1(t, addr);
   if (bucket_contains(t, b1, addr))
     return 1;

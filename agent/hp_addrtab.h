@@ -9,18 +9,26 @@
  * the slot: no tombstones, so the cost never degrades as addresses churn. Both buckets
  * full: the insert is refused and counted.
  *
+ * In front of the buckets sits a counting filter of HP_ADDRTAB_FILTER one-byte counters
+ * (32 KiB, cache-resident): insert increments an address's counter before storing it,
+ * remove decrements after emptying its slot, so a zero counter proves absence without
+ * touching the buckets. At large intervals almost every free stops there. A counter
+ * that reaches 255 sticks (a permanent "maybe").
+ *
  * Lock-free: any thread may insert, look up and remove concurrently (slot updates are
  * compare-and-swap). An address is never inserted twice while live: it is removed before
  * the real free hands it back to the allocator. */
 #ifndef HP_ADDRTAB_H
 #define HP_ADDRTAB_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define HP_ADDRTAB_BUCKET      8u           /* slots per bucket: one cache line */
 #define HP_ADDRTAB_MIN_SLOTS   (1u << 7)
 #define HP_ADDRTAB_MAX_SLOTS   (1u << 22)   /* 32 MiB of address space, touched lazily */
+#define HP_ADDRTAB_FILTER      (1u << 15)   /* counting-filter bytes */
 
 typedef struct hp_addrtab hp_addrtab;  /* opaque */
 
@@ -41,5 +49,16 @@ int  hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr);
 uint64_t hp_addrtab_overflows(const hp_addrtab *t);
 /* Forgets every address. Only while no other thread uses the table. */
 void hp_addrtab_clear(hp_addrtab *t);
+
+/* The counting filter, exposed so that the free hook can inline its negative test:
+ * valid as long as the table. hp_addrtab_filter_absent() is 1 when addr is certainly not
+ * in the table, 0 when it may be (then call hp_addrtab_remove). */
+const _Atomic uint8_t *hp_addrtab_filter(const hp_addrtab *t);
+
+static inline int hp_addrtab_filter_absent(const _Atomic uint8_t *filter, uintptr_t addr)
+{
+  size_t i = (size_t)(((uint64_t)(addr >> 4) * 0x9e6c63d0676a9a99ull) >> (64 - 15));
+  return atomic_load_explicit(&filter[i & (HP_ADDRTAB_FILTER - 1)], memory_order_acquire) == 0;
+}
 
 #endif /* HP_ADDRTAB_H */

@@ -19,6 +19,7 @@
 #include "hp_stats.h"
 
 _Atomic int hp_agent_mode = HP_MODE_OFF;
+const _Atomic uint8_t *hp_agent_free_filter;   /* follows g_addrtab; read by the hooks */
 hp_sampler_cfg hp_agent_sampler;
 uint32_t hp_agent_max_depth = HP_AGENT_DEFAULT_MAX_DEPTH;
 
@@ -85,6 +86,7 @@ static void atfork_child(void)
     if (fresh) {
       hp_addrtab_free(g_addrtab);
       g_addrtab = fresh;
+      hp_agent_free_filter = hp_addrtab_filter(fresh);
       g_addrtab_dirty = 0;
     } else {
       hp_addrtab_clear(g_addrtab);
@@ -161,6 +163,7 @@ int hp_agent_start(const hp_agent_opts *o)
       goto out_unlock;
     }
     g_addrtab = t;
+    hp_agent_free_filter = hp_addrtab_filter(t);
     g_addrtab_dirty = 0;
   }
   /* Clearing touches every page of the table; a fresh one is still all zero pages. */

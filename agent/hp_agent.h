@@ -67,6 +67,10 @@ void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t es
  * really frees it, so the address cannot be reused first). */
 void hp_agent_record_free(void *ptr);
 
+/* The sampled-address filter of the current table (set before profiling turns on):
+ * the free hook's inlined "certainly not sampled" test. */
+extern const _Atomic uint8_t *hp_agent_free_filter;
+
 hp_intern *hp_agent_intern(void);
 /* Cumulative drops of the current session (ring full, address table full, block
  * timeouts, interning tables full). */

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <stdatomic.h>
 
+#include "hp_addrtab.h"
 #include "hp_agent.h"
 #include "hp_hooks.h"
 #include "hp_stats.h"
@@ -181,12 +182,31 @@ static inline void after_alloc(hook_tls *t, hp_domain domain, void *ptr, size_t 
   }
 }
 
+/* Requests pymalloc serves itself (SMALL_REQUEST_THRESHOLD): for these the mem and obj
+ * allocators never call down into the raw domain, so the re-entry flag need not be set
+ * around the real call. Larger requests fall through to PyMem_RawMalloc. */
+#define PYMALLOC_SMALL 512u
+
 static void *hook_malloc(void *ctx, size_t size)
 {
   hook_ctx *c = ctx;
   hook_tls *t = &t_tls;
   if (t->reentrant || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
     return c->prev.malloc(c->prev.ctx, size);
+  if (size <= PYMALLOC_SMALL && c->domain != HP_DOMAIN_RAW) {
+    /* Fast path: no nested hook can run, so the flag is only needed if we sample. */
+    void *p = c->prev.malloc(c->prev.ctx, size);
+    uint64_t est;
+    if (p && atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_PROFILE &&
+        hp_sampler_sample(&hp_agent_sampler, &t->sampler, size, &est)) {
+      t->reentrant = 1;
+      record_sample(c->domain, p, size, est);
+      t->reentrant = 0;
+    } else if (p && atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_STATS) {
+      hp_stats_add(size);
+    }
+    return p;
+  }
   t->reentrant = 1;
   void *p = c->prev.malloc(c->prev.ctx, size);
   if (p)
@@ -233,15 +253,8 @@ static void *hook_realloc(void *ctx, void *ptr, size_t size)
   return p;
 }
 
-static void hook_free(void *ctx, void *ptr)
+static __attribute__((noinline)) void free_slow(hook_ctx *c, hook_tls *t, void *ptr)
 {
-  hook_ctx *c = ctx;
-  hook_tls *t = &t_tls;
-  if (t->reentrant || !ptr ||
-      atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE) {
-    c->prev.free(c->prev.ctx, ptr);
-    return;
-  }
   t->reentrant = 1;
   int saved_errno = errno;
   hp_agent_record_free(ptr);
@@ -249,6 +262,20 @@ static void hook_free(void *ctx, void *ptr)
   /* Still flagged: PyObject_Free of a large block reaches the raw free hook next. */
   c->prev.free(c->prev.ctx, ptr);
   t->reentrant = 0;
+}
+
+static void hook_free(void *ctx, void *ptr)
+{
+  hook_ctx *c = ctx;
+  hook_tls *t = &t_tls;
+  /* Fast path: the counting filter proves most pointers were never sampled. */
+  if (t->reentrant || !ptr ||
+      atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE ||
+      hp_addrtab_filter_absent(hp_agent_free_filter, (uintptr_t)ptr)) {
+    c->prev.free(c->prev.ctx, ptr);
+    return;
+  }
+  free_slow(c, t, ptr);
 }
 
 int hp_hooks_install(void)
