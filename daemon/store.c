@@ -184,8 +184,10 @@ static struct timespec ts_add_ms(struct timespec t, uint32_t ms) {
   return t;
 }
 
+/* Unsigned arithmetic: the clock values come from the agent and must not be able to
+ * provoke signed overflow; nonsense in, nonsense (but defined) out. */
 static int64_t to_wall(const hp_store_session *ss, uint64_t mono) {
-  return ss->start_wall + (int64_t)(mono - (uint64_t)ss->start_mono);
+  return (int64_t)((uint64_t)ss->start_wall + (mono - (uint64_t)ss->start_mono));
 }
 
 /* Records a storage failure. Logging is capped so a full disk cannot flood stderr. */
@@ -791,8 +793,10 @@ static void do_alloc(hp_store *s, hp_store_session *ss, const hp_event *e) {
   /* Estimated number of allocations this sample stands for: est_bytes/size is the
    * inverse sampling probability. */
   int64_t cnt = 1;
-  if (e->size > 0 && e->est_bytes > e->size)
-    cnt = (int64_t)llround((double)e->est_bytes / (double)e->size);
+  if (e->size > 0 && e->est_bytes > e->size) {
+    double ratio = (double)e->est_bytes / (double)e->size;
+    cnt = ratio < 1e18 ? (int64_t)llround(ratio) : (int64_t)1000000000000000000LL;
+  }
 
   uint32_t slot = s->npending++;
   int64_t id = s->pending_base + slot;

@@ -3,6 +3,7 @@
  * the rows it completes into timeline_point. */
 #include "hp_timeline.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 
 struct hp_timeline {
@@ -24,6 +25,14 @@ hp_timeline *hp_timeline_new(int64_t interval_ns) {
 }
 
 void hp_timeline_free(hp_timeline *t) { free(t); }
+
+/* Levels come from agents' estimates: an absurd stream must not overflow (UB). */
+static int64_t sat_add(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r))
+    return b > 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
 
 static int64_t interval_of(const hp_timeline *t, int64_t ts) {
   int64_t r = ts % t->interval;
@@ -66,8 +75,8 @@ int hp_timeline_add(hp_timeline *t, int64_t ts_ns, int64_t dbytes, int64_t dcoun
     n = close_open(t, iv, out);
     open_at(t, iv);
   }
-  t->live_b += dbytes;
-  t->live_c += dcount;
+  t->live_b = sat_add(t->live_b, dbytes);
+  t->live_c = sat_add(t->live_c, dcount);
   if (t->live_b > t->max_b) {
     t->max_b = t->live_b;
     t->max_c = t->live_c;

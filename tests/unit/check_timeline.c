@@ -105,6 +105,16 @@ START_TEST(timeline_late_event_counts_in_current_interval) {
 }
 END_TEST
 
+START_TEST(timeline_saturates_instead_of_overflowing) {
+  hp_tl_row rows[HP_TL_MAX_ROWS], cur;
+  hp_timeline_add(tl, 1005, INT64_MAX, 1, rows);
+  hp_timeline_add(tl, 1006, INT64_MAX, 1, rows);  /* would overflow */
+  ck_assert_int_eq(hp_timeline_live_bytes(tl), INT64_MAX);
+  ck_assert_int_eq(hp_timeline_current(tl, &cur), 1);
+  ck_assert_int_eq(cur.live_bytes, INT64_MAX);
+}
+END_TEST
+
 START_TEST(timeline_rejects_bad_interval) {
   ck_assert_ptr_null(hp_timeline_new(0));
   ck_assert_ptr_null(hp_timeline_new(-5));
@@ -122,6 +132,7 @@ Suite *timeline_suite(void) {
   tcase_add_test(core, timeline_quiet_session_has_nothing_open);
   tcase_add_test(core, timeline_advance_closes_idle_interval_with_drop);
   tcase_add_test(core, timeline_late_event_counts_in_current_interval);
+  tcase_add_test(core, timeline_saturates_instead_of_overflowing);
   tcase_add_test(core, timeline_rejects_bad_interval);
   suite_add_tcase(s, core);
   return s;
