@@ -192,6 +192,93 @@ START_TEST(conn_stops_when_the_sink_fails) {
 }
 END_TEST
 
+/* Random message sequences against a small model of the rules: the verdict on every
+ * message and what reached the sink must match. Ids come from a tiny range so that
+ * duplicates and undefined references are frequent. */
+static uint32_t rng_state;
+static uint32_t rnd(uint32_t n) {
+  rng_state = rng_state * 1664525u + 1013904223u;
+  return (rng_state >> 8) % n;
+}
+
+START_TEST(conn_random_sequences_match_the_model) {
+  rng_state = 12345u + (uint32_t)_i;
+  for (int round = 0; round < 200; round++) {
+    teardown();
+    setup();
+    int state = 0;  /* 0 expect hello, 1 streaming, 2 done, 3 failed */
+    int fdef[6] = {0}, sdef[6] = {0};
+    int want_frames = 0, want_stacks = 0;
+    uint64_t want_events = 0;
+    for (int step = 0; step < 24; step++) {
+      hp_msg m;
+      uint32_t fr[3];
+      int expect;
+      switch (rnd(state == 0 ? 3 : 6)) {
+      case 0:
+        m = hello(HP_PROTO_VERSION);
+        expect = state == 3 ? -HP_ECLOSED : state == 2 ? -HP_EORDER
+               : state == 1 ? -HP_EORDER : 0;
+        if (expect == 0)
+          state = 1;
+        break;
+      case 1: {
+        uint32_t id = 1 + rnd(5);
+        m = frame(id);
+        expect = state == 3 ? -HP_ECLOSED : state != 1 ? -HP_EORDER
+               : fdef[id] ? -HP_EDUP : 0;
+        if (expect == 0) {
+          fdef[id] = 1;
+          want_frames++;
+        }
+        break;
+      }
+      case 2: {
+        uint32_t id = 1 + rnd(5), depth = 1 + rnd(3);
+        for (uint32_t k = 0; k < depth; k++)
+          fr[k] = 1 + rnd(5);
+        m = stack(id, depth, fr);
+        int undef = 0;
+        for (uint32_t k = 0; k < depth; k++)
+          undef |= !fdef[fr[k]];
+        expect = state == 3 ? -HP_ECLOSED : state != 1 ? -HP_EORDER
+               : sdef[id] ? -HP_EDUP : undef ? -HP_EUNDEF : 0;
+        if (expect == 0) {
+          sdef[id] = 1;
+          want_stacks++;
+        }
+        break;
+      }
+      case 3:
+      case 4: {
+        uint32_t sid = rnd(6);  /* 0 = no stack: always valid */
+        m = events(sid);
+        expect = state == 3 ? -HP_ECLOSED : state != 1 ? -HP_EORDER
+               : (sid != 0 && !sdef[sid]) ? -HP_EUNDEF : 0;
+        if (expect == 0)
+          want_events += 3;
+        break;
+      }
+      default:
+        m = goodbye();
+        expect = state == 3 ? -HP_ECLOSED : state != 1 ? -HP_EORDER : 1;
+        if (expect == 1)
+          state = 2;
+        break;
+      }
+      int rc = hp_conn_handle(C, &m);
+      ck_assert_msg(rc == expect, "round %d step %d: %s got %d, want %d (%s)", round, step,
+                    hp_msg_type_name(m.type), rc, expect, hp_conn_error(C));
+      if (expect < 0)
+        state = 3;
+    }
+    ck_assert_int_eq(R.frames, want_frames);
+    ck_assert_int_eq(R.stacks, want_stacks);
+    ck_assert_uint_eq(R.events, want_events);
+  }
+}
+END_TEST
+
 /* ------------------------------------------------------------------ bytes */
 
 static hp_encoder *encode_stream(void) {
@@ -267,6 +354,7 @@ Suite *conn_suite(void) {
   tcase_add_test(order, conn_rejects_events_with_undefined_stack_as_a_batch);
   tcase_add_test(order, conn_rejects_messages_after_goodbye);
   tcase_add_test(order, conn_stops_when_the_sink_fails);
+  tcase_add_loop_test(order, conn_random_sequences_match_the_model, 0, 5);
   suite_add_tcase(s, order);
   TCase *bytes = tcase_create("bytes");
   tcase_add_checked_fixture(bytes, setup, teardown);
