@@ -23,6 +23,9 @@ hp_map *hp_map_new(void);                 /* NULL on OOM */
 void    hp_map_free(hp_map *m);           /* NULL is a no-op */
 /* Inserts or replaces. 0, or -HP_ENOMEM (the map is unchanged). */
 int     hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v);
+/* The value for key, inserted zeroed if absent (*created says which): one probe where
+ * get-then-put takes two. NULL on OOM. Valid until the next put/upsert/del/free. */
+hp_map_val *hp_map_upsert(hp_map *m, uint64_t key, int *created);
 /* Pointer to the value (valid until the next put/del/free), or NULL. */
 hp_map_val *hp_map_get(const hp_map *m, uint64_t key);
 /* 1 removed, 0 not present. */

@@ -113,6 +113,35 @@ int hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v) {
   return 0;
 }
 
+hp_map_val *hp_map_upsert(hp_map *m, uint64_t key, int *created) {
+  if (key == 0) {
+    *created = !m->has_zero;
+    if (*created)
+      m->zero_val = (hp_map_val){0, 0, 0};
+    m->has_zero = 1;
+    return &m->zero_val;
+  }
+  if ((m->count + 1) * 2 > m->cap && rehash(m, m->cap ? m->cap * 2 : HP_MAP_MIN_CAP) < 0) {
+    /* Full and cannot grow: still find an existing entry. */
+    slot *s = find(m, key);
+    *created = 0;
+    return s ? &s->val : NULL;
+  }
+  size_t mask = m->cap - 1;
+  size_t i = mix(key) & mask;
+  for (; m->slots[i].key != 0; i = (i + 1) & mask) {
+    if (m->slots[i].key == key) {
+      *created = 0;
+      return &m->slots[i].val;
+    }
+  }
+  m->slots[i].key = key;
+  m->slots[i].val = (hp_map_val){0, 0, 0};
+  m->count++;
+  *created = 1;
+  return &m->slots[i].val;
+}
+
 hp_map_val *hp_map_get(const hp_map *m, uint64_t key) {
   if (key == 0)
     return m->has_zero ? (hp_map_val *)&m->zero_val : NULL;

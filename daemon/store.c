@@ -804,16 +804,21 @@ static void do_alloc(hp_store *s, hp_store_session *ss, const hp_event *e) {
     .ss = ss, .ts = ts, .thread = (int64_t)e->thread_id,
     .address = (int64_t)e->address, .size = (int64_t)e->size, .est = est, .stack = stack,
     .freed = 0, .domain = e->domain};
-  hp_map_val v = {id, est, cnt};
-  hp_map_val *old = hp_map_get(ss->addrs, e->address);
-  if (old != NULL) {
-    /* The address was handed out again, so its previous block was freed even though
-     * we never saw the free (the agent dropped it). Stop counting it as live. */
-    timeline_add(s, ss, ts, -old->b, -old->c);
-    *old = v;
-  } else if (hp_map_put(ss->addrs, e->address, &v) < 0) {
+  int created;
+  hp_map_val *v = hp_map_upsert(ss->addrs, e->address, &created);
+  if (v == NULL) {
     hp_log(HP_LOG_WARN, "session %" PRId64 ": out of memory tracking address %#" PRIx64
            "; its free will not be paired", ss->id, e->address);
+  } else {
+    if (!created) {
+      /* The address was handed out again, so its previous block was freed even though
+       * we never saw the free (the agent dropped it). Stop counting it as live. */
+      int64_t ob = v->b, oc = v->c;
+      *v = (hp_map_val){id, est, cnt};
+      timeline_add(s, ss, ts, -ob, -oc);
+    } else {
+      *v = (hp_map_val){id, est, cnt};
+    }
   }
   s->txn_rows++;
   timeline_add(s, ss, ts, est, cnt);

@@ -31,6 +31,27 @@ START_TEST(map_put_get_del_basic) {
 }
 END_TEST
 
+START_TEST(map_upsert_inserts_once_then_finds) {
+  hp_map *m = hp_map_new();
+  for (uint64_t k = 0; k < 3000; k++) {
+    int created = -1;
+    hp_map_val *v = hp_map_upsert(m, k * 48, &created);
+    ck_assert_ptr_nonnull(v);
+    ck_assert_int_eq(created, 1);
+    ck_assert_int_eq(v->a, 0);
+    v->a = (int64_t)k + 1;
+  }
+  for (uint64_t k = 0; k < 3000; k++) {
+    int created = -1;
+    hp_map_val *v = hp_map_upsert(m, k * 48, &created);
+    ck_assert_int_eq(created, 0);
+    ck_assert_int_eq(v->a, (int64_t)k + 1);
+  }
+  ck_assert_uint_eq(hp_map_count(m), 3000);
+  hp_map_free(m);
+}
+END_TEST
+
 START_TEST(map_key_zero_is_an_ordinary_key) {
   hp_map *m = hp_map_new();
   hp_map_val v = val(5);
@@ -149,6 +170,7 @@ Suite *map_suite(void) {
   TCase *core = tcase_create("core");
   tcase_set_timeout(core, 30);  /* sanitizer builds on a busy machine */
   tcase_add_test(core, map_put_get_del_basic);
+  tcase_add_test(core, map_upsert_inserts_once_then_finds);
   tcase_add_test(core, map_key_zero_is_an_ordinary_key);
   tcase_add_test(core, map_survives_churn_of_clustered_keys);
   tcase_add_test(core, map_del_at_removes_exactly_that_entry);
