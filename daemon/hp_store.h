@@ -65,4 +65,8 @@ void hp_store_session_end(hp_store *s, hp_store_session *ss, hp_session_end how,
 int hp_store_pause_if_full(hp_store *s);
 size_t hp_store_queued_bytes(hp_store *s);
 
+/* Test hook: the loop-side allocations of this module fail from the n-th one on,
+ * until called again with 0. */
+void hp_store_fail_alloc_after(unsigned n);
+
 #endif /* HP_STORE_H */

@@ -253,6 +253,26 @@ static int begin_txn(hp_store *s) {
   return 0;
 }
 
+/* Test hook (hp_store_fail_alloc_after): loop-side allocations fail from the n-th on
+ * until reset. Loop thread only, like the functions that use it. */
+static unsigned fail_countdown;
+
+void hp_store_fail_alloc_after(unsigned n) { fail_countdown = n; }
+
+static int alloc_fails(void) {
+  if (fail_countdown == 0)
+    return 0;
+  if (fail_countdown > 1) {
+    fail_countdown--;
+    return 0;
+  }
+  return 1;
+}
+
+static void *loop_malloc(size_t n) { return alloc_fails() ? NULL : malloc(n); }
+static void *loop_calloc(size_t n, size_t size) { return alloc_fails() ? NULL : calloc(n, size); }
+static void *loop_realloc(void *p, size_t n) { return alloc_fails() ? NULL : realloc(p, n); }
+
 /* ------------------------------------------------------------------ JSON text */
 
 typedef struct { char *p; size_t len, cap; int oom; } sbuf;
@@ -264,7 +284,7 @@ static void sb_put(sbuf *b, const char *s, size_t n) {
     size_t cap = b->cap ? b->cap * 2 : 256;
     while (cap < b->len + n + 1)
       cap *= 2;
-    char *p = realloc(b->p, cap);
+    char *p = loop_realloc(b->p, cap);
     if (p == NULL) {
       b->oom = 1;
       return;
@@ -299,7 +319,7 @@ static void sb_json_str(sbuf *b, hp_str s) {
 /* ------------------------------------------------------------------ queue (loop side) */
 
 static item *item_new(item_kind kind, hp_store_session *ss, size_t extra) {
-  item *it = malloc(sizeof(item) + extra);
+  item *it = loop_malloc(sizeof(item) + extra);
   if (it == NULL)
     return NULL;
   it->next = NULL;
@@ -338,7 +358,7 @@ static char *copy_cstr(char **cursor, const char *str, size_t len) {
 }
 
 hp_store_session *hp_store_session_start(hp_store *s, const hp_hello *h, int64_t peer_pid) {
-  hp_store_session *ss = calloc(1, sizeof *ss);
+  hp_store_session *ss = loop_calloc(1, sizeof *ss);
   sbuf argv = {0}, buckets = {0};
   item *it = NULL;
   if (ss == NULL)

@@ -253,6 +253,44 @@ START_TEST(store_signals_full_queue_then_resumes) {
 }
 END_TEST
 
+/* Fail the n-th loop-side allocation, for every n that the session's calls reach:
+ * each call must report the failure (NULL or -HP_ENOMEM) and leave nothing behind, and
+ * whatever was accepted must still be stored. ASan builds check the "nothing behind". */
+START_TEST(store_loop_side_oom_sweep) {
+  int n = _i + 1;
+  hp_store *s = start(0, 0, 100000000);
+  hp_store_fail_alloc_after((unsigned)n);
+  hp_hello h = hello(1);
+  hp_store_session *ss = hp_store_session_start(s, &h, 1);
+  int failures = 0;
+  if (ss == NULL) {
+    failures++;
+  } else {
+    hp_frame_def f = {1, S("f"), S("x.py"), 1};
+    uint32_t ids[1] = {1};
+    hp_stack_def st = {.stack_id = 1, .depth = 1, .frame_ids = ids};
+    hp_event ev = alloc_ev(1, 0x10, 8, 1);
+    hp_goodbye g = {MONO0 + 5000000ULL, 0};
+    int rc[5] = {hp_store_frame_def(s, ss, &f), hp_store_stack_def(s, ss, &st),
+                 hp_store_events(s, ss, &ev, 1), hp_store_counters(s, ss, 2),
+                 hp_store_goodbye(s, ss, &g)};
+    for (int i = 0; i < 5; i++) {
+      ck_assert(rc[i] == 0 || rc[i] == -HP_ENOMEM);
+      failures += rc[i] != 0;
+    }
+    hp_store_session_end(s, ss, HP_SESSION_EXITED, NULL);  /* preallocated: never fails */
+  }
+  hp_store_fail_alloc_after(0);
+  ck_assert_int_gt(failures, 0);  /* n is within the allocations these calls make */
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  sqlite3 *db = reopen();
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM sessions"), ss ? 1 : 0);
+  if (ss)
+    ck_assert_int_eq(q1(db, "SELECT count(*) FROM sessions WHERE status = 'exited'"), 1);
+  sqlite3_close(db);
+}
+END_TEST
+
 Suite *store_suite(void) {
   Suite *s = suite_create("store");
   TCase *core = tcase_create("core");
@@ -263,6 +301,13 @@ Suite *store_suite(void) {
   tcase_add_test(core, store_timeline_keeps_spike_height_and_drop);
   tcase_add_test(core, store_signals_full_queue_then_resumes);
   suite_add_tcase(s, core);
+  TCase *oom = tcase_create("oom");
+  tcase_add_checked_fixture(oom, setup, teardown);
+  tcase_set_timeout(oom, 30);
+  /* Session start allocates 3 times before the maps (which have their own hook), plus
+   * the HELLO's JSON buffers and item; then one item per call. */
+  tcase_add_loop_test(oom, store_loop_side_oom_sweep, 0, 9);
+  suite_add_tcase(s, oom);
   return s;
 }
 
