@@ -20,6 +20,7 @@
  *   hold-goodbye  as hold, but sends COUNTERS and GOODBYE after stdin closes
  *   spike         HELLO at a 100 ms boundary; 1000 B live, a 1 MB spike from 10 to
  *                 20 ms, an alloc at 350 ms; then GOODBYE
+ *   spike-idle    as spike without the alloc at 350 ms, then as hold, then GOODBYE
  * On success it prints one JSON line per client: {"tag":..,"events":..,"allocs":..,
  * "frees":..}; exit 0. Exit 1 on a local error (not on the daemon closing on us). */
 #include <errno.h>
@@ -177,7 +178,7 @@ static void send_goodbye(int fd, hp_encoder *e, uint64_t dropped) {
   flush_enc(fd, e);
 }
 
-static void spike(int fd, hp_encoder *e, client *c) {
+static void spike(int fd, hp_encoder *e, client *c, int idle) {
   const uint64_t iv = 100000000ULL;
   uint64_t wall = now_ns(CLOCK_REALTIME) / iv * iv, mono = now_ns(CLOCK_MONOTONIC);
   send_hello(fd, e, c, HP_PROTO_VERSION, wall, mono);
@@ -192,11 +193,19 @@ static void spike(int fd, hp_encoder *e, client *c) {
     {.kind = HP_EV_ALLOC, .domain = 2, .stack_id = 1, .ts_ns = mono + 350 * ms, .address = 0x3000,
      .size = 1, .est_bytes = 1},
   };
-  fatal_enc(hp_encode_events(e, ev, 4), "EVENTS");
+  uint32_t n = idle ? 3 : 4;  /* idle: the spike is the last thing that happens */
+  fatal_enc(hp_encode_events(e, ev, n), "EVENTS");
   flush_enc(fd, e);
-  c->events = 4;
-  c->allocs = 3;
+  c->events = n;
+  c->allocs = n - 1;
   c->frees = 1;
+  if (idle) {
+    printf("sent\n");
+    fflush(stdout);
+    char b[64];
+    while (read(0, b, sizeof b) > 0) {
+    }
+  }
   send_goodbye(fd, e, 0);
 }
 
@@ -211,8 +220,8 @@ static void *run_client(void *arg) {
   uint64_t wall = now_ns(CLOCK_REALTIME), mono = now_ns(CLOCK_MONOTONIC);
   const char *sc = scenario;
 
-  if (strcmp(sc, "spike") == 0) {
-    spike(fd, e, c);
+  if (strcmp(sc, "spike") == 0 || strcmp(sc, "spike-idle") == 0) {
+    spike(fd, e, c, strcmp(sc, "spike-idle") == 0);
   } else if (strcmp(sc, "before-hello") == 0) {
     hp_event ev = {.kind = HP_EV_ALLOC, .ts_ns = mono, .address = 0x10, .size = 8, .est_bytes = 8};
     fatal_enc(hp_encode_events(e, &ev, 1), "EVENTS");

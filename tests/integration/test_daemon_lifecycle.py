@@ -182,5 +182,24 @@ class Timeline(unittest.TestCase):
             self.assertEqual(points[300 * ms]["live_bytes"], 1001)
 
 
+    def test_drop_after_spike_shows_while_the_program_is_idle(self):
+        with tempfile.TemporaryDirectory() as tmp, Daemon(tmp, args=["--timeline-interval", "100"]) as d:
+            with Client(d.sock, "spike-idle", "idle") as c:
+                c.wait_line("sent")
+                row = wait_for(lambda: session(d.db, "idle"), what="session row")
+                t0, sid = row["started_ns"], row["session_id"]
+                # Nothing more happens, yet about a second later the interval after the
+                # spike gets its row with the level after the drop.
+                after = wait_for(lambda: query(d.db, "SELECT * FROM timeline WHERE session_id = ?"
+                                               " AND ts_ns = ?", (sid, t0 + 100000000)),
+                                 timeout=10, what="the row after the spike")
+                self.assertEqual(after[0]["live_bytes"], 1000)
+                spike = query(d.db, "SELECT live_bytes FROM timeline WHERE session_id = ?"
+                              " AND ts_ns = ?", (sid, t0))
+                self.assertEqual(spike[0]["live_bytes"], 1001000)
+                self.assertEqual(session(d.db, "idle")["status"], "running")
+                c.finish()
+
+
 if __name__ == "__main__":
     unittest.main()
