@@ -13,7 +13,9 @@ it stands for, and sums of est_bytes estimate the true totals.
     for s in r.top_sites(t):
         print(s.filename, s.lineno, s.self_bytes)
 """
+import bisect
 import collections
+import itertools
 import json
 import linecache
 import sqlite3
@@ -166,7 +168,7 @@ class Reader:
         self.session_id = self.metadata.session_id
         self._stacks = {}     # stack_id -> tuple of frame ids, innermost first
         self._frames = {}     # frame_id -> Frame
-        self._freed_index = None
+        self._indexes = {}    # leading columns -> whether an index has them
 
     # ---------------------------------------------------------------- lifecycle
     def close(self):
@@ -304,12 +306,17 @@ class Reader:
         return ('SELECT %s FROM allocations WHERE session_id = ? AND ts_ns <= ?'
                 ' AND (freed_ns IS NULL OR freed_ns > ?)' % cols, (sid, ns, ns))
 
+    def _has_index(self, columns):
+        """Whether the database has an index starting with these columns (the optional read
+        indexes of bench/README.md, "Reader"); the plans differ with and without."""
+        if columns not in self._indexes:
+            self._indexes[columns] = self._con.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND sql LIKE ?",
+                ('%%(%s%%' % columns,)).fetchone()[0] > 0
+        return self._indexes[columns]
+
     def _has_freed_index(self):
-        if self._freed_index is None:
-            self._freed_index = self._con.execute(
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index'"
-                " AND sql LIKE '%(session_id, freed_ns%'").fetchone()[0] > 0
-        return self._freed_index
+        return self._has_index('session_id, freed_ns')
 
     def _fraction_before(self, ns):
         """Rough share of the session's allocations recorded up to ns, from alloc ids (which
@@ -493,19 +500,28 @@ class Reader:
             # sorting allocations and frees in Python. The CTE is materialized so the site's
             # allocations are read once (through an index on stack_id when there is one) and
             # the frees are not looked up through an index on freed_ns over the whole session.
-            deltas = collections.Counter()
             stacks = sorted(stacks)
+            # Without an index on stack_id, a plain scan of the table beats walking the
+            # (session_id, ts_ns) index over the whole session ('+' hides that index).
+            sid_col = 'session_id' if self._has_index('session_id, stack_id') else '+session_id'
+            chunks = []
             for i in range(0, len(stacks), _CHUNK):
                 part = stacks[i:i + _CHUNK]
-                for ts, d in self._con.execute(
-                        'WITH a AS %s (SELECT ts_ns, freed_ns, est_bytes FROM allocations'
-                        ' WHERE session_id = ? AND stack_id IN (%s)) SELECT t, SUM(d) FROM'
-                        ' (SELECT ts_ns AS t, est_bytes AS d FROM a UNION ALL SELECT freed_ns,'
-                        ' -est_bytes FROM a WHERE freed_ns IS NOT NULL) GROUP BY t ORDER BY t'
-                        % (_MATERIALIZED, ','.join('?' * len(part))),
-                        [self.session_id] + part):
-                    deltas[ts] += d
-            events = sorted(deltas.items()) if len(stacks) > _CHUNK else list(deltas.items())
+                chunks.append(self._con.execute(
+                    'WITH a AS %s (SELECT ts_ns, freed_ns, est_bytes FROM allocations'
+                    ' WHERE %s = ? AND stack_id IN (%s)) SELECT t, SUM(d) FROM'
+                    ' (SELECT ts_ns AS t, est_bytes AS d FROM a UNION ALL SELECT freed_ns,'
+                    ' -est_bytes FROM a WHERE freed_ns IS NOT NULL) GROUP BY t ORDER BY t'
+                    % (_MATERIALIZED, sid_col, ','.join('?' * len(part))),
+                    [self.session_id] + part).fetchall())
+            if len(chunks) == 1:
+                events = chunks[0]
+            else:
+                merged = collections.Counter()
+                for rows in chunks:
+                    for ts, d in rows:
+                        merged[ts] += d
+                events = sorted(merged.items())
             out[site] = [(self._t_clamped(ts), b)
                          for ts, b in _max_per_interval(events, times)]
         return out
@@ -583,18 +599,20 @@ class Reader:
 
 def _max_per_interval(events, times):
     """[(t_k, highest level within [t_k, t_k+1))] for a step function given as (ns, net
-    delta) events, one per instant, in time order; an event at ns applies from ns on."""
-    out, level, j, n = [], 0, 0, len(events)
+    delta) events, one per instant, in time order; an event at ns applies from ns on.
+    Levels come from itertools.accumulate and each interval's maximum from one slice, so
+    the per-event work runs in C (a site can have a million events)."""
+    if not events:
+        return [(start, 0) for start in times]
+    ts = [e[0] for e in events]
+    levels = list(itertools.accumulate(e[1] for e in events))
+    out = []
     for k, start in enumerate(times):
-        while j < n and events[j][0] <= start:
-            level += events[j][1]
-            j += 1
-        best = level
-        end = times[k + 1] if k + 1 < len(times) else None
-        while j < n and (end is None or events[j][0] < end):
-            level += events[j][1]
-            j += 1
-            best = max(best, level)
+        lo = bisect.bisect_right(ts, start)          # events up to start are applied
+        best = levels[lo - 1] if lo else 0
+        hi = bisect.bisect_left(ts, times[k + 1]) if k + 1 < len(times) else len(ts)
+        if hi > lo:
+            best = max(best, max(levels[lo:hi]))
         out.append((start, best))
     return out
 

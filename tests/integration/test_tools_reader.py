@@ -99,13 +99,16 @@ class ReaderTest(unittest.TestCase):
                             for k, v in scen.live_at(t).items() if v}
                     self.assertEqual(r.snapshot_at(t), want, '%s at %s' % (scen.name, t))
 
-    def test_snapshot_same_with_an_index_on_freed_ns(self):
-        """The late-in-session plan (through an index on freed_ns) gives the same answers."""
+    def test_same_answers_with_the_proposed_read_indexes(self):
+        """The plans used when indexes on freed_ns and stack_id exist (late-in-session
+        snapshots, site series) give the same answers as the plain ones."""
         with tempfile.TemporaryDirectory() as d:
             path = sc.write_db(os.path.join(d, 'idx.sqlite'), sc.spike())
             con = sqlite3.connect(path)
             con.execute('CREATE INDEX IF NOT EXISTS alloc_by_session_freed'
                         ' ON alloc (session_id, freed_ns)')
+            con.execute('CREATE INDEX IF NOT EXISTS alloc_by_session_stack'
+                        ' ON alloc (session_id, stack_id)')
             con.commit()
             con.close()
             with hr.read(path) as r, hr.read(self.spike_db) as plain:
@@ -115,6 +118,12 @@ class ReaderTest(unittest.TestCase):
                     self.assertEqual(r.snapshot_at(t), plain.snapshot_at(t), t)
                     self.assertEqual(r.live_bytes_at(t), plain.live_bytes_at(t), t)
                 self.assertGreater(r._fraction_before(r._ns(2.95)), hr._FREED_SCAN_FROM)
+                self.assertTrue(r._has_index('session_id, stack_id'))
+                self.assertFalse(plain._has_index('session_id, stack_id'))
+                sites = ['spike.py:22', 'spike.py:12', 'spike.py:30', 'spike.py:40']
+                self.assertEqual(r.site_series(sites), plain.site_series(sites))
+                self.assertEqual(r.peak(), plain.peak())
+                self.assertEqual(r.leaks(), plain.leaks())
 
     def test_trace_gives_frames_innermost_first_with_source_lines(self):
         with tempfile.TemporaryDirectory() as d:
