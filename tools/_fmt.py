@@ -5,7 +5,7 @@ and counts are estimates from sampled allocations, not exact measurements.
 """
 import os
 
-ESTIMATE_NOTE = ('figures are estimates from sampled allocations '
+ESTIMATE_NOTE = ('note: figures are estimates from sampled allocations '
                  '(each sample stands for its est_bytes)')
 
 

@@ -22,8 +22,9 @@ def run(args):
         total = sum(s.bytes for s in sites)
         when = 'so far (the session is still recording)' if meta.status == 'running' else \
             'by the end of the recording (%.3f s)' % r.duration
-        print('heapprof leaks: session %d (pid %d): %s never freed %s; %s'
-              % (meta.session_id, meta.pid, _fmt.human_bytes(total), when, _fmt.ESTIMATE_NOTE))
+        print('heapprof leaks: session %d (pid %d): %s never freed %s'
+              % (meta.session_id, meta.pid, _fmt.human_bytes(total), when))
+        print(_fmt.ESTIMATE_NOTE)
         if meta.events_dropped:
             print('warning: %s events were dropped; figures are incomplete'
                   % _fmt.human_count(meta.events_dropped))

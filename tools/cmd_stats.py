@@ -22,9 +22,9 @@ def run(args):
         buckets = r.size_histogram()
         meta = r.metadata
         total = sum(b.est_bytes for b in buckets)
-        print('heapprof stats: session %d (pid %d): sizes of %s sampled allocations; %s'
-              % (meta.session_id, meta.pid, _fmt.human_count(sum(b.samples for b in buckets)),
-                 _fmt.ESTIMATE_NOTE))
+        print('heapprof stats: session %d (pid %d): sizes of %s sampled allocations'
+              % (meta.session_id, meta.pid, _fmt.human_count(sum(b.samples for b in buckets))))
+        print(_fmt.ESTIMATE_NOTE)
         if not buckets:
             print('no sampled allocations')
             return 0

@@ -47,12 +47,12 @@ def render(r, t, label, limit, by, width=100):
     samples = sum(s.samples for s in sites)
     meta = r.metadata
     lines = ['heapprof top: %s at %.3f s%s' % (_describe(meta), t, label),
-             'live heap: %s in %s sampled allocations (sampling %s); %s'
+             'live heap: %s in %s sampled allocations (sampling %s)'
              % (_fmt.human_bytes(total), _fmt.human_count(samples),
                 'every allocation' if meta.sample_interval_bytes == 1 else
                 'every %s' % _fmt.human_bytes(meta.sample_interval_bytes)
-                if meta.sample_interval_bytes else 'by size buckets',
-                _fmt.ESTIMATE_NOTE)]
+                if meta.sample_interval_bytes else 'by size buckets'),
+             _fmt.ESTIMATE_NOTE]
     if meta.events_dropped:
         lines.append('warning: %s events were dropped; figures are incomplete'
                      % _fmt.human_count(meta.events_dropped))
