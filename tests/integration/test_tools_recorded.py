@@ -79,6 +79,16 @@ class RecordedTest(unittest.TestCase):
             # Before and after the spike, its line holds nothing.
             self.assertEqual(sum(s.self_bytes for s in r.top_sites(max(0.0, start - 0.01), n=None)
                                  if s.lineno == line and s.filename == top[0].filename), 0)
+        with self.reader('spike.py') as r:
+            snap = r.snapshot_at(t)
+            biggest = max((k for k in snap if k is not None), key=snap.get)
+            frames = r.trace(biggest)
+        # Innermost first, with the source text read back from examples/spike.py.
+        self.assertEqual(frames[0].lineno, line)
+        self.assertEqual(frames[0].line, 'return [bytearray(64 * 1024) for _ in range(mib * 16)]'
+                                         '  # SPIKE_LINE')
+        self.assertIn('make_spike', [f.function for f in frames])
+        self.assertIn('main', [f.function for f in frames])
         out = run_cli('top', '--db', self.db, '--session',
                       str(self.sessions['spike.py'].session_id), '--at', 'peak')
         first = [l for l in out.splitlines() if re.match(r'^\s*1\s', l)][0]
