@@ -41,6 +41,12 @@ class ReaderTest(unittest.TestCase):
         self.assertAlmostEqual(ss[0].duration, 3.0)
         with hr.read(self.both) as r:
             self.assertEqual(r.session_id, 2)
+        # The package-level entry points are the same API.
+        import heapprof
+        with heapprof.read(self.both, session=1) as r:
+            self.assertIsInstance(r, hr.Reader)
+            self.assertEqual(r.session_id, 1)
+        self.assertEqual(heapprof.sessions(self.both), ss)
         with hr.read(self.both, session=1) as r:
             self.assertEqual(r.metadata.pid, 1000)
             self.assertEqual(r.metadata.status, 'exited')
