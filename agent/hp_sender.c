@@ -162,6 +162,7 @@ static void *sender_main(void *arg)
   if (rc == 0)
     rc = flush_encoder(s);
   uint64_t last_counters = hp_now_ns();
+  uint64_t idle_ns = HP_SENDER_IDLE_NS;
   while (rc == 0) {
     int stopping = atomic_load_explicit(&s->stop, memory_order_acquire);
     uint32_t n = 0;
@@ -183,11 +184,15 @@ static void *sender_main(void *arg)
       last_counters = now;
     }
     /* A thin batch means the ring is nearly empty: wait for more rather than paying a
-     * system call per handful of events. */
+     * system call per handful of events. The wait doubles while the ring stays empty
+     * (an idle program costs few wake-ups) and drops back as soon as events flow. */
     if (n == 0 && stopping)
       break;
+    idle_ns = n == 0 ? (idle_ns * 2 > HP_SENDER_IDLE_MAX_NS ? HP_SENDER_IDLE_MAX_NS
+                                                            : idle_ns * 2)
+                     : HP_SENDER_IDLE_NS;
     if (n < HP_SENDER_BATCH / 4 && !stopping) {
-      struct timespec ts = { 0, (long)HP_SENDER_IDLE_NS };
+      struct timespec ts = { 0, (long)idle_ns };
       nanosleep(&ts, NULL);
     }
   }

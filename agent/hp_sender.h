@@ -18,7 +18,9 @@
 
 #define HP_SENDER_BATCH          4096u        /* events per EVENTS message */
 #define HP_SENDER_FLUSH_BYTES    (256u << 10) /* write once this much is encoded */
-#define HP_SENDER_IDLE_NS        1000000ull   /* poll period when the ring is empty */
+#define HP_SENDER_IDLE_NS        1000000ull   /* poll period while events flow */
+#define HP_SENDER_IDLE_MAX_NS    16000000ull  /* longest poll period of an idle ring; the
+                                                 ring holds 16 ms of 8M events/s */
 #define HP_SENDER_COUNTERS_NS    1000000000ull
 
 typedef struct hp_sender hp_sender;  /* opaque */

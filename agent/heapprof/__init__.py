@@ -17,7 +17,7 @@ Settings, by argument or environment variable:
 """
 import os
 import sys
-import threading
+import _thread
 
 __version__ = '0.1.0'
 
@@ -25,7 +25,7 @@ __all__ = ['start', 'stop', 'is_profiling', 'profile', 'read', 'sessions', '__ve
 
 # The options of the running session, reused by fork children (which start their own
 # session). Protected by _lock.
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 _options = None
 _hooks_registered = False
 
@@ -147,7 +147,7 @@ def _register_process_hooks():
 def _after_fork_in_child():
     """A fork child (os.fork, multiprocessing 'fork') gets its own session."""
     global _lock
-    _lock = threading.Lock()      # the parent's may have been held by another thread
+    _lock = _thread.allocate_lock()      # the parent's may have been held by another thread
     try:
         if not _native().child_needs_restart() or _options is None:
             return

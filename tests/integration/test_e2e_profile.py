@@ -99,7 +99,8 @@ class ProfileFromStartup(DaemonTestCase):
             'JOIN frames f ON f.frame_id = sf.frame_id '
             'WHERE a.session_id = ? AND a.stack_id IN (SELECT a2.stack_id FROM allocations a2 '
             '  JOIN stack_frames s2 ON s2.stack_id = a2.stack_id AND s2.depth = 0 '
-            '  JOIN frames f2 ON f2.frame_id = s2.frame_id WHERE f2.lineno = ? LIMIT 1) '
+            '  JOIN frames f2 ON f2.frame_id = s2.frame_id WHERE f2.lineno = ? '
+            "  AND f2.function = 'Maker.blocks' LIMIT 1) "
             'GROUP BY sf.depth ORDER BY sf.depth', (sid, keep))
         names = [r[0] for r in deepest]
         self.assertEqual(names[0], 'Maker.blocks')
