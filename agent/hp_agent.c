@@ -138,9 +138,14 @@ int hp_agent_start(const hp_agent_opts *o)
       o->max_depth > HP_MAX_STACK_DEPTH)
     return -HP_EINVAL;
   pthread_mutex_lock(&g_lock);
-  if (g_sender || atomic_load(&hp_agent_mode) != HP_MODE_OFF) {
+  if (atomic_load(&hp_agent_mode) != HP_MODE_OFF) {
     rc = -HP_EINVAL;
     goto out_unlock;
+  }
+  if (g_sender) {
+    /* A session whose daemon went away (the sender turned profiling off): reap it. */
+    hp_sender_stop(g_sender);
+    g_sender = NULL;
   }
   hp_sampler_cfg cfg = hp_agent_sampler;
   rc = o->nbuckets ? hp_sampler_configure_buckets(&cfg, o->buckets, o->nbuckets)
