@@ -1,6 +1,7 @@
 /* hp_addrtab.c — lock-free bucketed set of sampled addresses (see hp_addrtab.h). */
 #include "hp_addrtab.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,10 +15,26 @@ struct hp_addrtab {
   int shift;                        /* 64 - log2(nbuckets) */
   _Atomic uint64_t overflows;       /* relaxed: a statistic */
   _Atomic uint64_t *spilled;        /* one bit per bucket; set once, cleared by clear() */
-  _Atomic uint8_t *filter;          /* HP_ADDRTAB_FILTER counters */
+  _Atomic uint8_t *filter;          /* HP_ADDRTAB_FILTER counters, or g_all_maybe */
+  int with_filter;
   _Atomic uintptr_t *slots;         /* nbuckets * HP_ADDRTAB_BUCKET, 64-byte aligned */
   void *slots_mem;                  /* what calloc returned */
 };
+
+/* The filter of tables without one: never zero, so every address is a "maybe". */
+static _Atomic uint8_t g_all_maybe[HP_ADDRTAB_FILTER];
+static pthread_once_t g_all_maybe_once = PTHREAD_ONCE_INIT;
+
+static void fill_all_maybe(void)
+{
+  for (size_t i = 0; i < HP_ADDRTAB_FILTER; i++)
+    atomic_init(&g_all_maybe[i], 255);
+}
+
+int hp_addrtab_filter_for_interval(uint64_t interval)
+{
+  return interval >= 1024;
+}
 
 size_t hp_addrtab_slots_for_interval(uint64_t interval)
 {
@@ -31,7 +48,7 @@ size_t hp_addrtab_slots_for_interval(uint64_t interval)
   return (size_t)want;
 }
 
-hp_addrtab *hp_addrtab_new(size_t slots)
+hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
 {
   size_t nb = HP_ADDRTAB_MIN_SLOTS / HP_ADDRTAB_BUCKET;
   int bits = 4;
@@ -46,7 +63,13 @@ hp_addrtab *hp_addrtab_new(size_t slots)
    * 64 extra bytes let us align the buckets to cache lines by hand. */
   t->slots_mem = calloc(nb * HP_ADDRTAB_BUCKET * sizeof(uintptr_t) + 64, 1);
   t->spilled = calloc((nb + 63) / 64, sizeof(uint64_t));
-  t->filter = calloc(HP_ADDRTAB_FILTER, 1);
+  t->with_filter = with_filter;
+  if (with_filter) {
+    t->filter = calloc(HP_ADDRTAB_FILTER, 1);
+  } else {
+    pthread_once(&g_all_maybe_once, fill_all_maybe);
+    t->filter = g_all_maybe;
+  }
   if (!t->slots_mem || !t->spilled || !t->filter) {
     hp_addrtab_free(t);
     return NULL;
@@ -64,7 +87,8 @@ void hp_addrtab_free(hp_addrtab *t)
     return;
   free(t->slots_mem);
   free((void *)t->spilled);
-  free((void *)t->filter);
+  if (t->with_filter)
+    free((void *)t->filter);
   free(t);
 }
 
@@ -77,7 +101,8 @@ void hp_addrtab_clear(hp_addrtab *t)
 {
   memset((void *)t->slots, 0, t->nbuckets * HP_ADDRTAB_BUCKET * sizeof(uintptr_t));
   memset((void *)t->spilled, 0, (t->nbuckets + 63) / 64 * sizeof(uint64_t));
-  memset((void *)t->filter, 0, HP_ADDRTAB_FILTER);
+  if (t->with_filter)
+    memset((void *)t->filter, 0, HP_ADDRTAB_FILTER);
   atomic_store(&t->overflows, 0);
 }
 
@@ -102,6 +127,8 @@ static size_t filter_index(uintptr_t addr)
 
 static void filter_add(hp_addrtab *t, uintptr_t addr, int delta)
 {
+  if (!t->with_filter)
+    return;
   _Atomic uint8_t *c = &t->filter[filter_index(addr)];
   uint8_t v = atomic_load_explicit(c, memory_order_relaxed);
   do {

@@ -36,8 +36,14 @@ typedef struct hp_addrtab hp_addrtab;  /* opaque */
  * sampled block of a 1 GiB live heap, within [2^16, HP_ADDRTAB_MAX_SLOTS]. A table
  * sized for recording everything would cost a cache miss per free at large intervals. */
 size_t hp_addrtab_slots_for_interval(uint64_t interval);
+/* Whether a table for this interval should keep the counting filter (interval >= 1024). */
+int hp_addrtab_filter_for_interval(uint64_t interval);
 
-hp_addrtab *hp_addrtab_new(size_t slots);   /* rounded up to a power of two; NULL on OOM */
+/* slots is rounded up to a power of two. with_filter: keep the counting filter; without
+ * it (recording everything, where nearly every free is a hit and the filter would be
+ * saturated) the filter reads as "maybe" for every address and costs nothing to keep.
+ * NULL on OOM. */
+hp_addrtab *hp_addrtab_new(size_t slots, int with_filter);
 void hp_addrtab_free(hp_addrtab *t);        /* NULL is a no-op */
 size_t hp_addrtab_slots(const hp_addrtab *t);
 /* 0, or -HP_EFULL when both buckets are full (counted). Address 0 is refused with

@@ -39,6 +39,7 @@ static _Atomic uint64_t g_extra_drops;     /* drops not counted by the ring; rel
 static _Atomic pid_t g_pid;                /* pid the session belongs to */
 static int g_child_restart;                /* set in the fork child handler */
 static int g_addrtab_dirty;                /* under g_lock: a session may have filled it */
+static int g_addrtab_filter;               /* under g_lock: g_addrtab has a filter */
 
 static inline uint64_t event_ts(void);
 
@@ -82,7 +83,7 @@ static void atfork_child(void)
     hp_ring_reset(g_ring);
   if (g_addrtab) {
     /* A fresh table maps zero pages instead of copying the parent's on write. */
-    hp_addrtab *fresh = hp_addrtab_new(hp_addrtab_slots(g_addrtab));
+    hp_addrtab *fresh = hp_addrtab_new(hp_addrtab_slots(g_addrtab), g_addrtab_filter);
     if (fresh) {
       hp_addrtab_free(g_addrtab);
       g_addrtab = fresh;
@@ -159,15 +160,18 @@ int hp_agent_start(const hp_agent_opts *o)
   while (hp_ring_pop(g_ring, &scratch))
     ;
   hp_ring_reset(g_ring);
-  size_t want = hp_addrtab_slots_for_interval(o->nbuckets ? 1 : o->sample_interval);
-  if (!g_addrtab || hp_addrtab_slots(g_addrtab) != want) {
-    hp_addrtab *t = hp_addrtab_new(want);
+  uint64_t like = o->nbuckets ? 1 : o->sample_interval;   /* buckets: may sample a lot */
+  size_t want = hp_addrtab_slots_for_interval(like);
+  int filter = hp_addrtab_filter_for_interval(like);
+  if (!g_addrtab || hp_addrtab_slots(g_addrtab) != want || g_addrtab_filter != filter) {
+    hp_addrtab *t = hp_addrtab_new(want, filter);
     if (!t) {
       close(fd);
       rc = -HP_ENOMEM;
       goto out_unlock;
     }
     g_addrtab = t;
+    g_addrtab_filter = filter;
     hp_agent_free_filter = hp_addrtab_filter(t);
     g_addrtab_dirty = 0;
   }

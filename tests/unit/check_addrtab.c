@@ -9,7 +9,7 @@
 
 START_TEST(insert_contains_remove)
 {
-  hp_addrtab *t = hp_addrtab_new(1024);
+  hp_addrtab *t = hp_addrtab_new(1024, _i);   /* with and without the filter */
   ck_assert_ptr_nonnull(t);
   ck_assert_int_eq(hp_addrtab_contains(t, 0x1000), 0);
   ck_assert_int_eq(hp_addrtab_insert(t, 0x1000), 0);
@@ -33,7 +33,7 @@ END_TEST
  * the others (and the spilled ones) findable, and freed slots are reused forever. */
 START_TEST(collisions_and_spills)
 {
-  hp_addrtab *t = hp_addrtab_new(1);
+  hp_addrtab *t = hp_addrtab_new(1, _i);
   int inserted[100];
   int n_ok = 0;
   for (uintptr_t i = 0; i < 100; i++) {
@@ -61,13 +61,34 @@ START_TEST(collisions_and_spills)
 }
 END_TEST
 
+/* The filter counts per address class: zero after every key of a class is removed, so a
+ * later lookup is answered without the buckets; without a filter it always says maybe. */
+START_TEST(filter_answers_absent_without_touching_buckets)
+{
+  hp_addrtab *t = hp_addrtab_new(1024, 1);
+  const _Atomic uint8_t *f = hp_addrtab_filter(t);
+  ck_assert_int_eq(hp_addrtab_filter_absent(f, 0x5000), 1);
+  ck_assert_int_eq(hp_addrtab_insert(t, 0x5000), 0);
+  ck_assert_int_eq(hp_addrtab_filter_absent(f, 0x5000), 0);
+  ck_assert_int_eq(hp_addrtab_remove(t, 0x5000), 1);
+  ck_assert_int_eq(hp_addrtab_filter_absent(f, 0x5000), 1);
+  hp_addrtab_free(t);
+  t = hp_addrtab_new(1024, 0);
+  ck_assert_int_eq(hp_addrtab_filter_absent(hp_addrtab_filter(t), 0x5000), 0);
+  ck_assert_int_eq(hp_addrtab_remove(t, 0x5000), 0);
+  hp_addrtab_free(t);
+  ck_assert_int_eq(hp_addrtab_filter_for_interval(1), 0);
+  ck_assert_int_eq(hp_addrtab_filter_for_interval(65536), 1);
+}
+END_TEST
+
 START_TEST(sizing_follows_interval)
 {
   ck_assert_uint_eq(hp_addrtab_slots_for_interval(1), HP_ADDRTAB_MAX_SLOTS);
   ck_assert_uint_eq(hp_addrtab_slots_for_interval(0), HP_ADDRTAB_MAX_SLOTS);
   ck_assert_uint_eq(hp_addrtab_slots_for_interval(65536), 1u << 17);
   ck_assert_uint_eq(hp_addrtab_slots_for_interval(1ull << 30), 1u << 16);
-  hp_addrtab *t = hp_addrtab_new(1000);
+  hp_addrtab *t = hp_addrtab_new(1000, 1);
   ck_assert_uint_eq(hp_addrtab_slots(t), 1024);
   hp_addrtab_free(t);
 }
@@ -75,7 +96,7 @@ END_TEST
 
 START_TEST(full_table_refuses_and_counts)
 {
-  hp_addrtab *t = hp_addrtab_new(1);   /* 128 slots */
+  hp_addrtab *t = hp_addrtab_new(1, 1);   /* 128 slots */
   int refused = 0;
   for (uintptr_t i = 0; i < 1000; i++)
     if (hp_addrtab_insert(t, 0x100000 + i * 64) == -HP_EFULL)
@@ -113,7 +134,7 @@ static void *churn(void *arg)
 
 START_TEST(concurrent_threads_see_their_own_keys)
 {
-  g_t = hp_addrtab_new(1u << 18);
+  g_t = hp_addrtab_new(1u << 18, _i);
   pthread_t th[THREADS];
   for (uintptr_t i = 0; i < THREADS; i++)
     ck_assert_int_eq(pthread_create(&th[i], NULL, churn, (void *)i), 0);
@@ -135,8 +156,9 @@ Suite *addrtab_suite(void)
 {
   Suite *s = suite_create("addrtab");
   TCase *core = tcase_create("core");
-  tcase_add_test(core, insert_contains_remove);
-  tcase_add_test(core, collisions_and_spills);
+  tcase_add_loop_test(core, insert_contains_remove, 0, 2);
+  tcase_add_loop_test(core, collisions_and_spills, 0, 2);
+  tcase_add_test(core, filter_answers_absent_without_touching_buckets);
   tcase_add_test(core, sizing_follows_interval);
   suite_add_tcase(s, core);
   TCase *limits = tcase_create("limits");
@@ -144,7 +166,7 @@ Suite *addrtab_suite(void)
   suite_add_tcase(s, limits);
   TCase *threads = tcase_create("threads");
   tcase_set_timeout(threads, 60);
-  tcase_add_test(threads, concurrent_threads_see_their_own_keys);
+  tcase_add_loop_test(threads, concurrent_threads_see_their_own_keys, 0, 2);
   suite_add_tcase(s, threads);
   return s;
 }
