@@ -73,6 +73,12 @@ class Api(DaemonTestCase):
         self.assertIn('cannot reach heapprofd at %s.nope' % self.daemon.socket, err[0])
         sessions = self.sessions()
         self.assertEqual([s[4] for s in sessions], ['exited', 'exited'])
+        # heapprof.sessions()/read() are thin wrappers over heapprof.reader.
+        r = run_python('import heapprof, sys; s = heapprof.sessions(sys.argv[1]); '
+                       'print(len(s), type(heapprof.read(sys.argv[1])).__name__)',
+                       args=[self.daemon.db], env=clean_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ['2', 'Reader'])
         line = line_of(path, 'SITE_INSIDE')
         # Interval 1: every block (a bytearray's buffer has room for a trailing NUL; the
         # object headers and the list's growth at the same line are smaller).

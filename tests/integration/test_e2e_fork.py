@@ -51,7 +51,45 @@ if __name__ == "__main__":
 '''
 
 
+FORK_STORM = '''
+import os, sys, threading
+stop = False
+def churn():
+    # Keeps the sender busy (interval 1) while the main thread forks.
+    while not stop:
+        x = [str(i) for i in range(200)]
+t = threading.Thread(target=churn)
+t.start()
+pids = []
+for i in range(20):
+    pid = os.fork()
+    if pid == 0:
+        keep = [bytearray(1000) for _ in range(100)]
+        sys.exit(0)
+    pids.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+stop = True
+t.join()
+print(codes.count(0), len(set(pids)))
+'''
+
+
 class ForkChildren(DaemonTestCase):
+
+    def test_fork_storm_while_sender_busy_never_hangs(self):
+        # A fork can land while the sender thread is inside malloc, send() or the
+        # encoder: the child must neither deadlock nor inherit a half-used ring.
+        path = write_program(self.tmp, 'storm.py', FORK_STORM)
+        r = run_python(path, env=self.profiled_env(HEAPPROF_INTERVAL=1), timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ['20', '20'])
+        self.assertEqual(r.stderr, '')
+        sessions = self.sessions()
+        self.assertEqual(len(sessions), 21)
+        parent = sessions[0]
+        children = [s for s in sessions if s[2] == parent[1]]
+        self.assertEqual(len(children), 20)
+        self.assertTrue(all(s[4] == 'exited' for s in sessions), sessions)
 
     def check_child_session(self, path, marker, function, parent_pid, child_pid):
         sessions = self.sessions()
