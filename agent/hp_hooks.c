@@ -29,6 +29,7 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <unistd.h>
 
 #include "hp_addrtab.h"
 #include "hp_agent.h"
@@ -124,8 +125,24 @@ static uint32_t frame_id(hp_intern *in, _PyInterpreterFrame *f)
   return id;
 }
 
+/* Said once per process, from the GIL holder, when the interning tables are full. */
+static int g_intern_full_said;
+
+static __attribute__((noinline)) uint32_t intern_full(void)
+{
+  if (!g_intern_full_said) {
+    static const char msg[] = "heapprof: the agent's frame/stack tables are full ("
+                              "HP_INTERN_MAX_FRAMES/HP_INTERN_MAX_STACKS); further samples "
+                              "of new stacks are recorded without a stack\n";
+    g_intern_full_said = 1;
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+  }
+  return 0;
+}
+
 /* Stack id of the calling thread's Python stack, 0 when there is none or it cannot be
- * interned (counted as a drop of stack information, not of the event). */
+ * interned (the event is still recorded, without a stack; see intern_full()). */
 static uint32_t walk_stack(PyThreadState *ts)
 {
   uint32_t ids[HP_MAX_STACK_DEPTH];
@@ -144,13 +161,13 @@ static uint32_t walk_stack(PyThreadState *ts)
     }
     uint32_t id = frame_id(in, f);
     if (id == 0)
-      return 0;
+      return intern_full();
     ids[depth++] = id;
   }
   if (depth == 0)
     return 0;
   int64_t sid = hp_intern_stack_add(in, ids, depth, truncated);
-  return sid > 0 ? (uint32_t)sid : 0;
+  return sid > 0 ? (uint32_t)sid : intern_full();
 }
 #endif
 
