@@ -204,32 +204,54 @@ static inline void after_alloc(hook_tls *t, hp_domain domain, void *ptr, size_t 
  * around the real call. Larger requests fall through to PyMem_RawMalloc. */
 #define PYMALLOC_SMALL 512u
 
-static void *hook_malloc(void *ctx, size_t size)
+/* A request that may reach another hook (raw domain, or above pymalloc's threshold):
+ * flagged so that the nested call passes through. */
+static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hook_tls *t, size_t size)
 {
-  hook_ctx *c = ctx;
-  hook_tls *t = &t_tls;
-  if (t->reentrant || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
-    return c->prev.malloc(c->prev.ctx, size);
-  if (size <= PYMALLOC_SMALL && c->domain != HP_DOMAIN_RAW) {
-    /* Fast path: no nested hook can run, so the flag is only needed if we sample. */
-    void *p = c->prev.malloc(c->prev.ctx, size);
-    uint64_t est;
-    if (p && atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_PROFILE &&
-        hp_sampler_sample(&hp_agent_sampler, &t->sampler, size, &est)) {
-      t->reentrant = 1;
-      record_sample(c->domain, p, size, est);
-      t->reentrant = 0;
-    } else if (p && atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_STATS) {
-      hp_stats_add(size);
-    }
-    return p;
-  }
   t->reentrant = 1;
   void *p = c->prev.malloc(c->prev.ctx, size);
   if (p)
     after_alloc(t, c->domain, p, size);
   t->reentrant = 0;
   return p;
+}
+
+/* A small request whose countdown ran out (or stats mode): the sampler's slow path. */
+static __attribute__((noinline)) void *malloc_small_slow(hook_ctx *c, hook_tls *t, size_t size)
+{
+  uint64_t est;
+  if (atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_STATS) {
+    hp_stats_add(size);
+    return c->prev.malloc(c->prev.ctx, size);
+  }
+  if (!hp_sampler_sample_slow(&hp_agent_sampler, &t->sampler, size, &est))
+    return c->prev.malloc(c->prev.ctx, size);
+  t->reentrant = 1;
+  void *p = c->prev.malloc(c->prev.ctx, size);
+  if (p)
+    record_sample(c->domain, p, size, est);
+  t->reentrant = 0;
+  return p;
+}
+
+static void *hook_malloc(void *ctx, size_t size)
+{
+  hook_ctx *c = ctx;
+  hook_tls *t = &t_tls;
+  int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
+  if (t->reentrant || mode == HP_MODE_OFF)
+    return c->prev.malloc(c->prev.ctx, size);
+  if (size > PYMALLOC_SMALL || c->domain == HP_DOMAIN_RAW)
+    return malloc_flagged(c, t, size);
+  /* Fast path, decided before allocating so that it ends in a tail call: a small
+   * request cannot reach a nested hook, so no re-entry flag is needed unless sampled.
+   * (The countdown test is hp_sampler_sample()'s, spelled out to keep this frameless.) */
+  if (mode == HP_MODE_PROFILE && t->sampler.generation == hp_agent_sampler.generation &&
+      (uint64_t)t->sampler.countdown > size && hp_agent_sampler.interval > 1) {
+    t->sampler.countdown -= (int64_t)size;
+    return c->prev.malloc(c->prev.ctx, size);
+  }
+  return malloc_small_slow(c, t, size);
 }
 
 static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
