@@ -8,6 +8,7 @@ import json
 import re
 import sys
 
+UNITTEST_LINE = re.compile(r"^Ran (\d+) tests? in ", re.M)
 CHECK_LINE = re.compile(r"(\d+)%: Checks: (\d+), Failures: (\d+), Errors: (\d+)")
 PASSED = {"OK", "EXPECTEDFAIL"}
 SKIPPED = {"SKIP"}
@@ -28,7 +29,8 @@ def main(paths):
             if not line.strip():
                 continue
             rec = json.loads(line)
-            suite = (rec.get("suite") or ["?"])[0].split(":")[-1]
+            # Names look like "heapprof:unit+proto / codec-core": project:suites / test.
+            suite = rec["name"].split(" / ")[0].split(":")[-1].split("+")[0]
             key = f"{build}:{suite}"
             result = rec["result"]
             if result in PASSED:
@@ -38,7 +40,10 @@ def main(paths):
             else:
                 per_suite[key]["failed"] += 1
                 failed_names.append(f"{build}: {rec['name']} ({result})")
-            for m in CHECK_LINE.finditer(rec.get("stdout") or ""):
+            output = (rec.get("stdout") or "") + (rec.get("stderr") or "")
+            for m in UNITTEST_LINE.finditer(output):
+                checks["unittest"] += int(m.group(1))
+            for m in CHECK_LINE.finditer(output):
                 checks["checks"] += int(m.group(2))
                 checks["failures"] += int(m.group(3))
                 checks["errors"] += int(m.group(4))
@@ -50,6 +55,7 @@ def main(paths):
         print(f"  {key:<24} {c['passed']:4d} passed {c['failed']:4d} failed {c['skipped']:4d} skipped")
     print(f"  Check unit tests: {checks['checks']} checks, {checks['failures']} failures, "
           f"{checks['errors']} errors")
+    print(f"  Python unittest cases: {checks['unittest']}")
     for name in failed_names:
         print(f"  FAILED: {name}")
     line = f"{total['passed']} passed, {total['failed']} failed"
