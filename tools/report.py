@@ -22,7 +22,6 @@ Entry points: `write_report(db_path, out_path, session=None)` for `heapprof run
 
 import argparse
 import datetime
-import glob
 import heapq
 import json
 import os
@@ -42,7 +41,6 @@ MAX_LEAK_SITES = 200         # rows of the leaks tab
 LEAK_STACKS_PER_SITE = 3     # example call paths shown per leaking site
 SQL_CHUNK = 500              # ids per "IN (...)" list, below SQLite's variable limit
 
-APPLICATION_ID = 0x68707266  # 'hprf', schema/schema.sql
 NO_STACK_FRAME = ("[no Python stack]", "<native>", 0)
 
 
@@ -53,44 +51,13 @@ class ReportError(Exception):
 # ------------------------------------------------------------------ database access
 
 def _open_readonly(db_path):
-    """Opens a heapprof database read-only; a recording in progress is never disturbed
-    (the daemon writes in WAL mode, so readers do not block it). heapprof._db (schema
-    area) does the checks when installed; the fallback keeps the module usable alone."""
+    """Opens a heapprof database read-only through heapprof._db, which verifies it; a
+    recording in progress is never disturbed (WAL: readers do not block the daemon)."""
+    from heapprof import _db
     try:
-        from heapprof import _db
-    except ImportError:
-        _db = None
-    if _db is not None:
-        try:
-            con = _db.open_db(db_path)
-        except _db.DatabaseError as e:
-            raise ReportError(str(e)) from None
-    else:
-        path = Path(db_path)
-        if not path.is_file():
-            raise ReportError(f"{db_path}: no such file")
-        try:
-            con = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True,
-                                  timeout=5.0)
-            app_id = con.execute("PRAGMA application_id").fetchone()[0]
-        except sqlite3.DatabaseError as e:
-            raise ReportError(f"{db_path}: not a heapprof database ({e})") from None
-        if app_id != APPLICATION_ID:
-            con.close()
-            raise ReportError(f"{db_path}: not a heapprof database (application_id "
-                              f"{app_id:#x}, expected {APPLICATION_ID:#x})")
-    try:
-        names = {r[0] for r in con.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'view'")}
-    except sqlite3.DatabaseError as e:
-        con.close()
-        raise ReportError(f"{db_path}: not a heapprof database ({e})") from None
-    missing = {"sessions", "frames", "stack_frames", "allocations", "timeline"} - names
-    if missing:
-        con.close()
-        raise ReportError(f"{db_path}: not a heapprof database (missing views "
-                          f"{', '.join(sorted(missing))})")
-    return con
+        return _db.open_db(db_path)
+    except _db.DatabaseError as e:
+        raise ReportError(str(e)) from None
 
 
 def _chunks(seq, n=SQL_CHUNK):
@@ -633,22 +600,19 @@ def _add_arguments(p):
                         f"(1..{MAX_TOP_STACKS}, default {DEFAULT_TOP_STACKS})")
 
 
-def _default_db():
-    found = sorted(glob.glob("heapprof-*.sqlite"), key=os.path.getmtime)
-    if not found:
-        raise ReportError("no --db given and no heapprof-*.sqlite in the current directory")
-    return found[-1]
-
-
 def run(args):
     """Runs the subcommand from parsed arguments; returns the exit status."""
     try:
-        db = args.db if args.db else _default_db()
+        from heapprof.cli import UsageError, db_path
+        try:
+            db = db_path(args)
+        except UsageError as e:
+            raise ReportError(str(e)) from None
         write_report(db, args.output, args.session, args.steps, args.top_stacks,
                      args.timeline)
     except ReportError as e:
         print(f"heapprof report: {e}", file=sys.stderr)
-        return 2
+        return 1
     print(f"heapprof report: wrote {args.output}", file=sys.stderr)
     return 0
 
