@@ -158,6 +158,21 @@ int hp_conn_handle(hp_conn *c, const hp_msg *m) {
   return fail(c, -HP_EMSGTYPE, "unknown message type %d", (int)m->type);
 }
 
+/* Sizes in MiB when that is exact enough to show the excess ("frame of 9.0 MiB exceeds
+ * the 4 MiB limit"); in bytes when MiB would round to the limit itself. */
+static int fail_too_big(hp_conn *c, uint32_t announced) {
+  const double mib = 1024.0 * 1024.0;
+  char limit[32];
+  if (HP_MAX_FRAME_BYTES % (1024u * 1024u) == 0)
+    snprintf(limit, sizeof limit, "%u MiB", HP_MAX_FRAME_BYTES / (1024u * 1024u));
+  else
+    snprintf(limit, sizeof limit, "%u bytes", HP_MAX_FRAME_BYTES);
+  if ((double)announced - HP_MAX_FRAME_BYTES >= 0.05 * mib)
+    return fail(c, -HP_ETOOBIG, "frame of %.1f MiB exceeds the %s limit",
+                announced / mib, limit);
+  return fail(c, -HP_ETOOBIG, "frame of %u bytes exceeds the %s limit", announced, limit);
+}
+
 int hp_conn_feed(hp_conn *c, const uint8_t *data, size_t len) {
   if (c->state == HP_CONN_FAILED)
     return -HP_ECLOSED;
@@ -173,7 +188,7 @@ int hp_conn_feed(hp_conn *c, const uint8_t *data, size_t len) {
     if (rc == 0)
       return 0;
     if (rc == -HP_ETOOBIG)
-      return fail(c, rc, "frame length exceeds the limit of %u bytes", HP_MAX_FRAME_BYTES);
+      return fail_too_big(c, plen);
     if (rc < 0)
       return fail(c, rc, "framing: %s", hp_strerror(rc));
     hp_msg m;

@@ -20,6 +20,7 @@ struct hp_framer {
   size_t cap;
   uint32_t max_frame;
   int failed;          /* an oversized header was seen; the stream is lost */
+  uint32_t announced;  /* the oversized length, kept so every later next() can name it */
 };
 
 hp_framer *hp_framer_new(uint32_t max_frame) {
@@ -110,15 +111,19 @@ int hp_framer_feed(hp_framer *f, const uint8_t *data, size_t len) {
 }
 
 int hp_framer_next(hp_framer *f, const uint8_t **payload, uint32_t *len) {
-  if (f->failed)
+  if (f->failed) {
+    *len = f->announced;
     return -HP_ETOOBIG;
+  }
   size_t held = f->end - f->start;
   if (held < HP_FRAME_HEADER_BYTES)
     return 0;
   uint32_t n = load_be32(f->buf + f->start);
   if (n > f->max_frame) {
     f->failed = 1;
+    f->announced = n;
     f->start = f->end = 0;
+    *len = n;   /* so the error message can name the announced size */
     return -HP_ETOOBIG;
   }
   if (held - HP_FRAME_HEADER_BYTES < n)

@@ -157,7 +157,8 @@ void hp_framer_free(hp_framer *f);
 int hp_framer_feed(hp_framer *f, const uint8_t *data, size_t len);
 /* 1 and sets *payload and *len (borrowed until the next feed/next/free) when a whole frame
  * is buffered; 0 when more bytes are needed; -HP_ETOOBIG when the announced length
- * exceeds max_frame (the stream cannot be resynchronised after that). */
+ * exceeds max_frame (the stream cannot be resynchronised after that), and then *len is
+ * the announced length, so that messages can name it (on this and every later call). */
 int hp_framer_next(hp_framer *f, const uint8_t **payload, uint32_t *len);
 size_t hp_framer_buffered(const hp_framer *f);        /* bytes held, for bounds/tests */
 

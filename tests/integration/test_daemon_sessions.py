@@ -128,7 +128,7 @@ class BadInput(unittest.TestCase):
         self.check_protocol_error_after_data("garbage", "bad frame")
 
     def test_oversized_frame_length(self):
-        self.check_protocol_error_after_data("oversized", "exceeds the limit of 4194304 bytes")
+        self.check_protocol_error_after_data("oversized", "frame of 2048.0 MiB exceeds the 4 MiB limit")
 
     def check_refused_before_hello(self, scenario, reason):
         tag = "pre-" + scenario

@@ -318,9 +318,25 @@ END_TEST
 
 START_TEST(conn_feed_rejects_oversized_frame_length) {
   uint8_t hdr[4] = {0x7f, 0xff, 0xff, 0xff};
-  ck_assert_int_lt(hp_conn_feed(C, hdr, sizeof hdr), 0);
-  ck_assert_ptr_nonnull(strstr(hp_conn_error(C), "exceeds the limit"));
+  ck_assert_int_eq(hp_conn_feed(C, hdr, sizeof hdr), -HP_ETOOBIG);
+  ck_assert_str_eq(hp_conn_error(C), "frame of 2048.0 MiB exceeds the 4 MiB limit");
   ck_assert_int_eq(R.hello, 0);
+}
+END_TEST
+
+START_TEST(conn_oversized_error_names_the_announced_size) {
+  uint32_t n = 9u * 1024u * 1024u;
+  uint8_t hdr[4] = {(uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n};
+  ck_assert_int_eq(hp_conn_feed(C, hdr, sizeof hdr), -HP_ETOOBIG);
+  ck_assert_str_eq(hp_conn_error(C), "frame of 9.0 MiB exceeds the 4 MiB limit");
+}
+END_TEST
+
+START_TEST(conn_oversized_by_one_byte_is_named_in_bytes) {
+  uint32_t n = HP_MAX_FRAME_BYTES + 1u;
+  uint8_t hdr[4] = {(uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8), (uint8_t)n};
+  ck_assert_int_eq(hp_conn_feed(C, hdr, sizeof hdr), -HP_ETOOBIG);
+  ck_assert_str_eq(hp_conn_error(C), "frame of 4194305 bytes exceeds the 4 MiB limit");
 }
 END_TEST
 
@@ -360,6 +376,8 @@ Suite *conn_suite(void) {
   tcase_add_checked_fixture(bytes, setup, teardown);
   tcase_add_test(bytes, conn_feed_split_at_every_offset);
   tcase_add_test(bytes, conn_feed_rejects_oversized_frame_length);
+  tcase_add_test(bytes, conn_oversized_error_names_the_announced_size);
+  tcase_add_test(bytes, conn_oversized_by_one_byte_is_named_in_bytes);
   tcase_add_test(bytes, conn_feed_rejects_garbage_after_good_data);
   suite_add_tcase(s, bytes);
   return s;

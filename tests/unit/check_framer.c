@@ -184,10 +184,15 @@ START_TEST(refuses_oversized_header_without_buffering_the_frame) {
   ck_assert_int_eq(hp_framer_next(f, &p, &len), 1);
   ck_assert_uint_eq(len, 2);
   ck_assert_uint_eq(p[0], 0xaa);
+  len = 0;
   ck_assert_int_eq(hp_framer_next(f, &p, &len), -HP_ETOOBIG);
+  ck_assert_uint_eq(len, 1001);   /* the announced length, for the error message */
+  len = 0;
   ck_assert_int_eq(hp_framer_next(f, &p, &len), -HP_ETOOBIG);   /* and it stays so */
+  ck_assert_uint_eq(len, 1001);
   ck_assert_int_eq(hp_framer_feed(f, head, sizeof(head)), 0);
   ck_assert_int_eq(hp_framer_next(f, &p, &len), -HP_ETOOBIG);
+  ck_assert_uint_eq(len, 1001);
   ck_assert_uint_eq(hp_framer_buffered(f), 0);
   free(junk);
   hp_framer_free(f);
@@ -204,6 +209,7 @@ START_TEST(refuses_above_default_limit_as_soon_as_header_is_complete) {
   ck_assert_int_eq(hp_framer_next(f, &p, &len), 0);
   ck_assert_int_eq(hp_framer_feed(f, hdr + 3, 1), 0);
   ck_assert_int_eq(hp_framer_next(f, &p, &len), -HP_ETOOBIG);
+  ck_assert_uint_eq(len, HP_MAX_FRAME_BYTES + 1u);
   hp_framer_free(f);
 
   /* exactly at the limit is accepted */
