@@ -102,12 +102,16 @@ case "$MODE" in
 setup) ;;
 
 demo)
-  out=$(mktemp -d)
-  trap 'rm -rf "$out"' EXIT
+  db=$ROOT/heapprof-demo.sqlite
+  html=$ROOT/heapprof-demo.html
+  rm -f "$db" "$db-wal" "$db-shm"
   say "profiling examples/demo.py with a private heapprofd"
-  "$VENV/bin/python" -m heapprof run -o "$out/demo.sqlite" examples/demo.py
+  "$VENV/bin/python" -m heapprof run -o "$db" examples/demo.py
   say "top allocation sites at the peak"
-  "$VENV/bin/heapprof" top --db "$out/demo.sqlite" --at peak
+  "$VENV/bin/heapprof" top --db "$db" --at peak
+  "$VENV/bin/heapprof" report --db "$db" -o "$html"
+  say "explore further: .venv/bin/heapprof --help (database: $(basename "$db"),"
+  say "interactive report: $(basename "$html"), open it in a browser)"
   ;;
 
 test)
