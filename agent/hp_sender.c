@@ -24,7 +24,10 @@ struct hp_sender {
   hp_encoder *enc;           /* sender thread only */
   hp_event *batch;           /* sender thread only */
   uint32_t frames_sent, stacks_sent;   /* sender thread only */
-  _Atomic int stop;          /* set by hp_sender_stop() */
+  _Atomic int stop;          /* set by hp_sender_stop(), under mu to pair with wake */
+  pthread_mutex_t mu;        /* guards the idle wait only; hooks never touch it */
+  pthread_cond_t wake;       /* signalled by hp_sender_stop(): exit without oversleeping */
+  int sync_ready;            /* mu and wake were initialised */
   _Atomic int error;         /* first write error, set by the thread */
   _Atomic uint64_t events_sent;
 };
@@ -155,6 +158,21 @@ static void report_failure(hp_sender *s, int err)
     s->cfg.failed(s->cfg.arg, err);
 }
 
+/* Sleeps up to ns, or until hp_sender_stop() signals. */
+static void idle_wait(hp_sender *s, uint64_t ns)
+{
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_nsec += (long)(ns % 1000000000ull);
+  until.tv_sec += (time_t)(ns / 1000000000ull) + until.tv_nsec / 1000000000L;
+  until.tv_nsec %= 1000000000L;
+  pthread_mutex_lock(&s->mu);
+  while (!atomic_load_explicit(&s->stop, memory_order_acquire))
+    if (pthread_cond_timedwait(&s->wake, &s->mu, &until) != 0)
+      break;
+  pthread_mutex_unlock(&s->mu);
+}
+
 static void *sender_main(void *arg)
 {
   hp_sender *s = arg;
@@ -191,10 +209,8 @@ static void *sender_main(void *arg)
     idle_ns = n == 0 ? (idle_ns * 2 > HP_SENDER_IDLE_MAX_NS ? HP_SENDER_IDLE_MAX_NS
                                                             : idle_ns * 2)
                      : HP_SENDER_IDLE_NS;
-    if (n < HP_SENDER_BATCH / 4 && !stopping) {
-      struct timespec ts = { 0, (long)idle_ns };
-      nanosleep(&ts, NULL);
-    }
+    if (n < HP_SENDER_BATCH / 4 && !stopping)
+      idle_wait(s, idle_ns);
   }
   if (rc == 0) {
     hp_goodbye g = { .ts_ns = hp_now_ns(),
@@ -211,6 +227,10 @@ static void *sender_main(void *arg)
 
 static void sender_release(hp_sender *s)
 {
+  if (s->sync_ready) {
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->mu);
+  }
   if (s->fd >= 0)
     close(s->fd);
   hp_encoder_free(s->enc);
@@ -263,6 +283,19 @@ hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *c
   atomic_init(&s->stop, 0);
   atomic_init(&s->error, 0);
   atomic_init(&s->events_sent, 0);
+  pthread_condattr_t ca;
+  if (pthread_condattr_init(&ca) != 0)
+    goto out_release;
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  int crc = pthread_cond_init(&s->wake, &ca);
+  pthread_condattr_destroy(&ca);
+  if (crc != 0)
+    goto out_release;
+  if (pthread_mutex_init(&s->mu, NULL) != 0) {
+    pthread_cond_destroy(&s->wake);
+    goto out_release;
+  }
+  s->sync_ready = 1;
   s->socket_path = strdup(cfg->socket_path ? cfg->socket_path : "?");
   s->enc = hp_encoder_new(HP_SENDER_FLUSH_BYTES + (64u << 10));
   s->batch = malloc(HP_SENDER_BATCH * sizeof(hp_event));
@@ -288,7 +321,10 @@ int hp_sender_stop(hp_sender *s)
 {
   if (!s)
     return 0;
+  pthread_mutex_lock(&s->mu);
   atomic_store_explicit(&s->stop, 1, memory_order_release);
+  pthread_cond_signal(&s->wake);
+  pthread_mutex_unlock(&s->mu);
   pthread_join(s->thread, NULL);
   int rc = atomic_load(&s->error);
   sender_release(s);
@@ -299,6 +335,9 @@ void hp_sender_abandon(hp_sender *s)
 {
   if (!s)
     return;
+  /* The thread vanished in fork, possibly holding mu: never touch mu or wake again
+   * (destroying a mutex locked by a thread that no longer exists is undefined). */
+  s->sync_ready = 0;
   sender_release(s);
 }
 
