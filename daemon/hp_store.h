@@ -37,6 +37,10 @@ typedef struct {
   size_t queue_high, queue_low;/* 0: the defaults above */
   void (*on_resume)(void *ctx);/* called on the store thread */
   void *ctx;
+  /* SQL run by hp_store_stop() after the final commit, before the database closes:
+   * heapprofd's read indexes (hp_schema_index_sql()), too costly to keep up while
+   * recording. Borrowed until hp_store_stop() returns; NULL: none. */
+  const char *index_sql;
 } hp_store_config;
 
 typedef struct hp_store hp_store;                  /* opaque */
@@ -44,8 +48,10 @@ typedef struct hp_store_session hp_store_session;  /* opaque; lives until its en
 
 /* Starts the store thread. 0 and *out, or a negative code (cfg->db is then closed). */
 int hp_store_start(hp_store **out, const hp_store_config *cfg);
-/* Stores everything queued, commits, closes the database and joins the thread.
- * Returns 0, or the first storage error seen during the run. NULL is a no-op. */
+/* Stores everything queued, commits, joins the thread, builds the indexes of
+ * cfg->index_sql (logging how many allocations and how long) and closes the database.
+ * Returns 0, or the first storage error seen during the run (a failed index build is
+ * logged; the data is intact without it). NULL is a no-op. */
 int hp_store_stop(hp_store *s);
 
 /* Loop thread only. The session handle is valid until hp_store_session_end(). */

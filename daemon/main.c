@@ -39,11 +39,15 @@ static const char usage_text[] =
   "  --batch-rows N          rows per database transaction (default 65536); a\n"
   "                          transaction also commits at least every 200 ms\n"
   "  --log-level LEVEL       error, warn, info (default) or debug\n"
+  "  --no-index              do not build the read indexes at shutdown (by default\n"
+  "                          heapprofd indexes the allocations once it has stopped\n"
+  "                          recording, so that queries over long sessions are fast)\n"
   "  --help                  show this help and exit\n"
   "  --version               show the version and exit\n"
   "\n"
   "On start heapprofd prints one line, \"heapprofd: listening on PATH\". It logs to\n"
-  "stderr. SIGINT or SIGTERM stops it after storing everything received.\n";
+  "stderr. SIGINT or SIGTERM stops it after storing everything received, then it\n"
+  "builds the read indexes (a second SIGINT stops that; the data stays intact).\n";
 
 static int usage_error(const char *fmt, const char *arg) {
   fprintf(stderr, "heapprofd: ");
@@ -72,12 +76,14 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 int main(int argc, char **argv) {
   const char *db_path = NULL, *socket_arg = NULL;
   long long interval_ms = 100, batch_rows = HP_STORE_DEFAULT_ROWS;
+  int no_index = 0;
   static const struct option opts[] = {
     {"db", required_argument, NULL, 'd'},
     {"socket", required_argument, NULL, 's'},
     {"timeline-interval", required_argument, NULL, 't'},
     {"batch-rows", required_argument, NULL, 'b'},
     {"log-level", required_argument, NULL, 'l'},
+    {"no-index", no_argument, NULL, 'n'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -105,6 +111,7 @@ int main(int argc, char **argv) {
       hp_log_set_level((hp_log_level)lvl);
       break;
     }
+    case 'n': no_index = 1; break;
     case 'h': fputs(usage_text, stdout); return 0;
     case 'V': printf("heapprofd %s (protocol %u, schema %d)\n", HP_VERSION, HP_PROTO_VERSION,
                      HP_SCHEMA_VERSION);
@@ -151,6 +158,20 @@ int main(int argc, char **argv) {
   }
   signal(SIGPIPE, SIG_IGN);
 
+  /* The read indexes are built at shutdown; a database that already has them (from an
+   * earlier recording) keeps them up to date on every insert, which costs ingestion. */
+  int idx_present = 0, idx_total = 0;
+  const char *index_sql = no_index ? NULL : hp_schema_index_sql();
+  if (hp_schema_index_count(db, &idx_present, &idx_total) < 0) {
+    hp_log(HP_LOG_WARN, "%s: cannot list its indexes: %s", db_path, sqlite3_errmsg(db));
+  } else if (idx_present > 0) {
+    hp_log(HP_LOG_WARN, "%s already has %d of the %d read indexes: recording into it is "
+           "slower (they are kept up to date on every insert)", db_path, idx_present,
+           idx_total);
+    if (idx_present == idx_total)
+      index_sql = NULL;
+  }
+
   int status = 1;
   uv_loop_t *loop = uv_default_loop();
   hp_server *srv = hp_server_new(loop);
@@ -166,6 +187,7 @@ int main(int argc, char **argv) {
     .batch_rows = (uint32_t)batch_rows,
     .on_resume = hp_server_wake,
     .ctx = srv,
+    .index_sql = index_sql,
   };
   int rc = hp_store_start(&store, &cfg);
   if (rc < 0) {

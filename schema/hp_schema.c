@@ -18,8 +18,9 @@
 #include "hp_error.h"
 #include "hp_schema.h"
 
-/* Generated from schema.sql by embed_sql.py. */
+/* Generated from schema.sql and indexes.sql by embed_sql.py. */
 extern const char hp_schema_sql_text[];
+extern const char hp_schema_index_sql_text[];
 
 /* How long a statement waits for another connection's lock (a reader checkpointing, a
  * second daemon starting) before giving up with SQLITE_BUSY. */
@@ -390,4 +391,52 @@ out_close:
 
 const char *hp_schema_sql(void) {
   return hp_schema_sql_text;
+}
+
+const char *hp_schema_index_sql(void) {
+  return hp_schema_index_sql_text;
+}
+
+/* The index names come from applying indexes.sql to an in-memory copy of the schema,
+ * so that they are spelled only in indexes.sql. */
+int hp_schema_index_count(sqlite3 *db, int *present, int *total) {
+  sqlite3 *ref = NULL;
+  sqlite3_stmt *list = NULL, *probe = NULL;
+  int rc = -HP_ESQLITE, src;
+
+  *present = *total = 0;
+  src = sqlite3_open_v2(":memory:", &ref, SQLITE_OPEN_READWRITE | SQLITE_OPEN_MEMORY, NULL);
+  if (src != SQLITE_OK) {
+    rc = src == SQLITE_NOMEM ? -HP_ENOMEM : -HP_ESQLITE;
+    goto out_close_ref;
+  }
+  if (sqlite3_exec(ref, hp_schema_sql_text, NULL, NULL, NULL) != SQLITE_OK ||
+      sqlite3_exec(ref, "CREATE TEMP TABLE schema_index AS "
+                        "SELECT name FROM main.sqlite_schema WHERE type = 'index'",
+                   NULL, NULL, NULL) != SQLITE_OK ||
+      sqlite3_exec(ref, hp_schema_index_sql_text, NULL, NULL, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(ref, "SELECT name FROM main.sqlite_schema WHERE type = 'index' "
+                              "AND name NOT IN (SELECT name FROM temp.schema_index)",
+                         -1, &list, NULL) != SQLITE_OK ||
+      sqlite3_prepare_v2(db, "SELECT count(*) FROM main.sqlite_schema "
+                             "WHERE type = 'index' AND name = ?1",
+                         -1, &probe, NULL) != SQLITE_OK)
+    goto out_finalize;
+  while ((src = sqlite3_step(list)) == SQLITE_ROW) {
+    sqlite3_reset(probe);
+    if (sqlite3_bind_text(probe, 1, (const char *)sqlite3_column_text(list, 0), -1,
+                          SQLITE_TRANSIENT) != SQLITE_OK ||
+        sqlite3_step(probe) != SQLITE_ROW)
+      goto out_finalize;
+    (*total)++;
+    *present += sqlite3_column_int(probe, 0) > 0;
+  }
+  if (src == SQLITE_DONE)
+    rc = 0;
+out_finalize:
+  sqlite3_finalize(probe);
+  sqlite3_finalize(list);
+out_close_ref:
+  sqlite3_close(ref);
+  return rc;
 }

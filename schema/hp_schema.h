@@ -27,4 +27,14 @@ int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errl
 /* The embedded schema.sql text (static). */
 const char *hp_schema_sql(void);
 
+/* The embedded indexes.sql text (static): the optional read indexes (alloc by
+ * (session_id, freed_ns) and by (session_id, stack_id)) that make queries over long
+ * sessions fast but slow ingestion down, so heapprofd builds them at shutdown. Every
+ * statement is IF NOT EXISTS; run it with sqlite3_exec. */
+const char *hp_schema_index_sql(void);
+
+/* How many of the indexes in indexes.sql db already has (*present) out of how many
+ * there are (*total). 0, or -HP_ESQLITE / -HP_ENOMEM. */
+int hp_schema_index_count(sqlite3 *db, int *present, int *total);
+
 #endif /* HP_SCHEMA_H */

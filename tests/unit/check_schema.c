@@ -269,6 +269,34 @@ START_TEST(schema_text_is_embedded) {
 }
 END_TEST
 
+START_TEST(read_indexes_are_counted_and_not_created_by_open) {
+  sqlite3 *db = NULL;
+  int present = -1, total = -1;
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
+  /* Opening never builds them: they would slow ingestion down. */
+  ck_assert_int_eq(hp_schema_index_count(db, &present, &total), 0);
+  ck_assert_int_eq(present, 0);
+  ck_assert_int_eq(total, 2);
+  ck_assert_ptr_nonnull(strstr(hp_schema_index_sql(), "alloc (session_id, freed_ns)"));
+  exec_ok(db, "CREATE INDEX alloc_by_session_freed ON alloc (session_id, freed_ns)");
+  ck_assert_int_eq(hp_schema_index_count(db, &present, &total), 0);
+  ck_assert_int_eq(present, 1);
+  exec_ok(db, hp_schema_index_sql());
+  exec_ok(db, hp_schema_index_sql());   /* again: IF NOT EXISTS */
+  ck_assert_int_eq(hp_schema_index_count(db, &present, &total), 0);
+  ck_assert_int_eq(present, 2);
+  ck_assert_int_eq(total, 2);
+  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'index' "
+                                 "AND name = 'alloc_by_session_stack'"), 1);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+  /* An indexed database is still a heapprof database of version 1. */
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
+  ck_assert_int_eq(hp_schema_index_count(db, &present, &total), 0);
+  ck_assert_int_eq(present, 2);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ refusals */
 
 START_TEST(refuses_non_sqlite_file_untouched) {
@@ -526,6 +554,7 @@ Suite *schema_suite(void) {
   tcase_add_test(core, reopen_restores_missing_views);
   tcase_add_test(core, open_while_another_connection_holds_it);
   tcase_add_test(core, schema_text_is_embedded);
+  tcase_add_test(core, read_indexes_are_counted_and_not_created_by_open);
   suite_add_tcase(s, core);
 
   TCase *refuse = tcase_create("refuse");
