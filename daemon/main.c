@@ -15,6 +15,7 @@
 
 #include <uv.h>
 
+#include "hp_dblock.h"
 #include "hp_log.h"
 #include "hp_schema.h"
 #include "hp_server.h"
@@ -151,11 +152,44 @@ int main(int argc, char **argv) {
   if (sqlite3_config(SQLITE_CONFIG_MULTITHREAD) != SQLITE_OK ||
       sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) != SQLITE_OK)
     hp_log(HP_LOG_DEBUG, "SQLite refused the threading configuration; using its default");
+  /* The lock comes before the database is opened, so that a second daemon never
+   * writes to it. A lock file that cannot be created (no such directory, no
+   * permission) is reported after hp_schema_open has had its say about the database,
+   * which names the reason more precisely. */
+  hp_dblock *lock = NULL;
+  long holder = 0;
+  int lock_rc = hp_dblock_acquire(db_path, &lock, &holder);
+  if (lock_rc == -EWOULDBLOCK) {
+    if (holder > 0)
+      fprintf(stderr, "heapprofd: %s is being recorded by another heapprofd (pid %ld); "
+              "two daemons on one database are not supported\n", db_path, holder);
+    else
+      fprintf(stderr, "heapprofd: %s is being recorded by another heapprofd; "
+              "two daemons on one database are not supported\n", db_path);
+    return 1;
+  }
   sqlite3 *db = NULL;
   if (hp_schema_open(db_path, &db, err, sizeof err) < 0) {
     fprintf(stderr, "heapprofd: %s\n", err);
+    hp_dblock_release(lock);
     return 1;
   }
+  if (lock_rc < 0) {
+    fprintf(stderr, "heapprofd: cannot create the lock file %s.lock: %s\n", db_path,
+            lock_rc == -HP_ENOMEM ? "out of memory" : strerror(-lock_rc));
+    sqlite3_close(db);
+    return 1;
+  }
+  /* Holding the lock, we know no daemon is writing: sessions still 'running' were left
+   * by one that was killed, and would otherwise stay 'running' forever. */
+  long long stale = 0;
+  if (hp_schema_end_stale_sessions(db, &stale) < 0)
+    hp_log(HP_LOG_WARN, "%s: cannot end the sessions a stopped daemon left running: %s",
+           db_path, sqlite3_errmsg(db));
+  else if (stale > 0)
+    hp_log(HP_LOG_INFO, "%lld session%s left running by a heapprofd that did not stop "
+           "cleanly: marked disconnected, ended at their last event", stale,
+           stale == 1 ? "" : "s");
   signal(SIGPIPE, SIG_IGN);
 
   /* The read indexes are built at shutdown; a database that already has them (from an
@@ -178,6 +212,7 @@ int main(int argc, char **argv) {
   if (srv == NULL) {
     fprintf(stderr, "heapprofd: cannot set up the event loop\n");
     sqlite3_close(db);
+    hp_dblock_release(lock);
     return 1;
   }
   hp_store *store = NULL;
@@ -215,6 +250,7 @@ out_close_loop:
   hp_server_free(srv);  /* removes the socket, after the database is closed */
   if (uv_loop_close(loop) != 0)
     hp_log(HP_LOG_DEBUG, "event loop closed with handles still open");
+  hp_dblock_release(lock);   /* the database is closed: another daemon may take it */
   if (status == 0)
     hp_log(HP_LOG_INFO, "stopped");
   return status;

@@ -440,3 +440,19 @@ out_close_ref:
   sqlite3_close(ref);
   return rc;
 }
+
+/* max(ts_ns) is one descent of alloc_by_session_ts; max(freed_ns) reads the session's
+ * rows once (or one descent of the freed read index when the database has it). A free
+ * is never earlier than its allocation, so the later of the two is the last event. */
+int hp_schema_end_stale_sessions(sqlite3 *db, long long *ended) {
+  static const char sql[] =
+      "UPDATE session SET status = 'disconnected', ended_ns = max(started_ns,"
+      " coalesce((SELECT max(ts_ns) FROM alloc WHERE session_id = session.id), 0),"
+      " coalesce((SELECT max(freed_ns) FROM alloc WHERE session_id = session.id), 0))"
+      " WHERE status = 'running'";
+  *ended = 0;
+  if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
+    return -HP_ESQLITE;
+  *ended = sqlite3_changes64(db);
+  return 0;
+}

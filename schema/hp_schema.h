@@ -33,6 +33,13 @@ const char *hp_schema_sql(void);
  * statement is IF NOT EXISTS; run it with sqlite3_exec. */
 const char *hp_schema_index_sql(void);
 
+/* Ends the sessions a killed heapprofd left 'running': status 'disconnected', ended_ns
+ * the last time recorded for the session (its latest allocation or free, else its
+ * start). Only for a caller that knows no daemon is writing the database (heapprofd
+ * holding its lock, daemon/hp_dblock.h). 0 and *ended (how many sessions), or
+ * -HP_ESQLITE with the database unchanged. */
+int hp_schema_end_stale_sessions(sqlite3 *db, long long *ended);
+
 /* How many of the indexes in indexes.sql db already has (*present) out of how many
  * there are (*total). 0, or -HP_ESQLITE / -HP_ENOMEM. */
 int hp_schema_index_count(sqlite3 *db, int *present, int *total);

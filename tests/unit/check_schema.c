@@ -297,6 +297,36 @@ START_TEST(read_indexes_are_counted_and_not_created_by_open) {
 }
 END_TEST
 
+START_TEST(stale_running_sessions_end_at_their_last_event) {
+  sqlite3 *db = NULL;
+  long long n = -1;
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
+  exec_ok(db, insert_session);   /* 1: running, allocations, the last one freed latest */
+  exec_ok(db, insert_session);   /* 2: running, no allocations */
+  exec_ok(db, insert_session);   /* 3: exited: untouched */
+  exec_ok(db, insert_session);   /* 4: running, last allocation after the last free */
+  exec_ok(db, "UPDATE session SET status = 'exited', ended_ns = 1500 WHERE id = 3");
+  exec_ok(db, "INSERT INTO alloc (session_id, ts_ns, thread_id, domain, address, size,"
+              " est_bytes, stack_id, freed_ns) VALUES"
+              " (1, 2000, 1, 1, 16, 8, 8, NULL, 9000), (1, 5000, 1, 1, 32, 8, 8, NULL, NULL),"
+              " (3, 7000, 1, 1, 16, 8, 8, NULL, 8000),"
+              " (4, 3000, 1, 1, 16, 8, 8, NULL, 4000), (4, 6000, 1, 1, 32, 8, 8, NULL, NULL)");
+  ck_assert_int_eq(hp_schema_end_stale_sessions(db, &n), 0);
+  ck_assert_int_eq(n, 3);
+  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM session WHERE status = 'running'"), 0);
+  ck_assert_int_eq(int_query(db, "SELECT ended_ns FROM session WHERE id = 1"), 9000);
+  ck_assert_int_eq(int_query(db, "SELECT ended_ns FROM session WHERE id = 2"), 1000);
+  ck_assert_int_eq(int_query(db, "SELECT ended_ns FROM session WHERE id = 3"), 1500);
+  ck_assert_int_eq(int_query(db, "SELECT ended_ns FROM session WHERE id = 4"), 6000);
+  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM session WHERE status = 'disconnected'"),
+                   3);
+  ck_assert_int_eq(int_query(db, "SELECT status = 'exited' FROM session WHERE id = 3"), 1);
+  ck_assert_int_eq(hp_schema_end_stale_sessions(db, &n), 0);   /* nothing left to end */
+  ck_assert_int_eq(n, 0);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ refusals */
 
 START_TEST(refuses_non_sqlite_file_untouched) {
@@ -555,6 +585,7 @@ Suite *schema_suite(void) {
   tcase_add_test(core, open_while_another_connection_holds_it);
   tcase_add_test(core, schema_text_is_embedded);
   tcase_add_test(core, read_indexes_are_counted_and_not_created_by_open);
+  tcase_add_test(core, stale_running_sessions_end_at_their_last_event);
   suite_add_tcase(s, core);
 
   TCase *refuse = tcase_create("refuse");
