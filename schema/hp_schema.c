@@ -22,6 +22,13 @@
 extern const char hp_schema_sql_text[];
 extern const char hp_schema_index_sql_text[];
 
+/* Page size of databases heapprofd creates: 16 KiB pages cost the daemon about 8% less
+ * CPU per stored event than SQLite's default 4 KiB (bench/README.md, "Ingestion"): fewer
+ * b-tree pages to split and to write to the WAL per row. */
+#define HP_SCHEMA_PAGE_SIZE 16384
+#define HP_SCHEMA_STR_(x) #x
+#define HP_SCHEMA_STR(x) HP_SCHEMA_STR_(x)
+
 /* How long a statement waits for another connection's lock (a reader checkpointing, a
  * second daemon starting) before giving up with SQLITE_BUSY. */
 #define HP_SCHEMA_BUSY_TIMEOUT_MS 5000
@@ -359,6 +366,16 @@ int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errl
     goto out_close;
   }
   sqlite3_busy_timeout(db, HP_SCHEMA_BUSY_TIMEOUT_MS);
+
+  /* The page size of a database is fixed once its header is written and cannot change
+   * in WAL mode, so it is set before anything else, and only for a file with no header
+   * yet (missing or 0 bytes); an existing database keeps its own. */
+  if (state != DB_OURS &&
+      sqlite3_exec(db, "PRAGMA page_size=" HP_SCHEMA_STR(HP_SCHEMA_PAGE_SIZE), NULL, NULL,
+                   NULL) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(db));
+    goto out_close;
+  }
 
   /* WAL lets readers (the CLI, a notebook) query while the daemon records, without
    * blocking it. It cannot be switched inside a transaction, so it comes first. */

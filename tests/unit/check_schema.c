@@ -269,6 +269,26 @@ START_TEST(schema_text_is_embedded) {
 }
 END_TEST
 
+START_TEST(new_databases_get_16k_pages_existing_ones_keep_theirs) {
+  sqlite3 *db = NULL;
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
+  ck_assert_int_eq(int_query(db, "PRAGMA page_size"), 16384);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+
+  /* A heapprof database made with 4 KiB pages is appended to as it is. */
+  char other[600];
+  snprintf(other, sizeof other, "%s/old.sqlite", tmpdir);
+  ck_assert_int_eq(sqlite3_open(other, &db), SQLITE_OK);
+  exec_ok(db, "PRAGMA page_size=4096");
+  exec_ok(db, hp_schema_sql());
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+  ck_assert_int_eq(hp_schema_open(other, &db, errbuf, sizeof errbuf), 0);
+  ck_assert_int_eq(int_query(db, "PRAGMA page_size"), 4096);
+  exec_ok(db, insert_session);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+END_TEST
+
 START_TEST(read_indexes_are_counted_and_not_created_by_open) {
   sqlite3 *db = NULL;
   int present = -1, total = -1;
@@ -585,6 +605,7 @@ Suite *schema_suite(void) {
   tcase_add_test(core, open_while_another_connection_holds_it);
   tcase_add_test(core, schema_text_is_embedded);
   tcase_add_test(core, read_indexes_are_counted_and_not_created_by_open);
+  tcase_add_test(core, new_databases_get_16k_pages_existing_ones_keep_theirs);
   tcase_add_test(core, stale_running_sessions_end_at_their_last_event);
   suite_add_tcase(s, core);
 
