@@ -2,6 +2,7 @@
 """heapprofd ingestion benchmark: events/s stored, database bytes per event, peak RSS.
 
     python3 bench/ingest.py --build BUILDDIR [--clients 8] [--sizes 250000,1000000,4000000]
+                            [--page-sizes 4096,16384] [--daemon-arg=--no-index]
 
 For each N, starts a fresh heapprofd on a temporary socket and database, runs
 ingest_load (K concurrent agents, N events each: allocations and their frees over a
@@ -10,7 +11,11 @@ committed as ended with all its events (polling the public `sessions` view), so 
 rate counts stored events, not merely received ones. The daemon's peak RSS is VmHWM
 from /proc; bytes/event is database + WAL size over the events stored. The daemon's
 CPU time (all threads) per event is printed too: on a shared machine it is the figure
-that other processes disturb least."""
+that other processes disturb least. "stop s" is the time from SIGTERM to exit, which
+includes building the read indexes (daemon/README.md), and the database size is taken
+after it. With --page-sizes, each size runs once per page size, side by side, on a
+database pre-created empty with that page size (heapprofd claims an empty database
+and keeps its page size)."""
 import argparse
 import os
 import signal
@@ -49,11 +54,16 @@ def stored(db, clients, n):
     return row[0] == clients and row[1] == clients * n
 
 
-def run_one(build, clients, n, batch, extra):
+def run_one(build, clients, n, batch, extra, page_size):
     heapprofd = os.path.join(build, "daemon", "heapprofd")
     load = os.path.join(build, "bench", "ingest_load")
     with tempfile.TemporaryDirectory(prefix="hp-ingest-") as tmp:
         db, sock = os.path.join(tmp, "bench.sqlite"), os.path.join(tmp, "hp.sock")
+        if page_size:
+            con = sqlite3.connect(db)
+            con.execute("PRAGMA page_size = %d" % page_size)
+            con.execute("PRAGMA journal_mode = WAL")   # writes the header: an empty database
+            con.close()
         d = subprocess.Popen([heapprofd, "--db", db, "--socket", sock, "--log-level", "warn"]
                              + extra, stdout=subprocess.PIPE)
         try:
@@ -73,8 +83,13 @@ def run_one(build, clients, n, batch, extra):
             elapsed = time.monotonic() - t0
             hwm = vm_hwm_kib(d.pid)
             cpu = cpu_seconds(d.pid)
+            t_stop = time.monotonic()
             d.send_signal(signal.SIGTERM)
-            d.wait(60)
+            d.wait(600)
+            stop_s = time.monotonic() - t_stop
+            con = sqlite3.connect(db)
+            real_page = con.execute("PRAGMA page_size").fetchone()[0]
+            con.close()
             size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)
                        if f.startswith("bench.sqlite"))
         finally:
@@ -83,7 +98,7 @@ def run_one(build, clients, n, batch, extra):
                 d.wait()
             d.stdout.close()
     total = clients * n
-    return total, sent_s, elapsed, size / total, hwm, cpu
+    return total, sent_s, elapsed, size / total, hwm, cpu, stop_s, real_page
 
 
 def main():
@@ -95,19 +110,23 @@ def main():
     ap.add_argument("--batch", type=int, default=8192, help="events per EVENTS message")
     ap.add_argument("--daemon-arg", action="append", default=[],
                     help="extra heapprofd argument (repeatable)")
+    ap.add_argument("--page-sizes", default="",
+                    help="comma-separated SQLite page sizes to compare (default: the schema's)")
     a = ap.parse_args()
+    pages = [int(x) for x in a.page_sizes.split(",") if x] or [0]
     print("heapprofd ingestion: %d concurrent clients, %d events per EVENTS message"
           % (a.clients, a.batch))
-    print("%10s %8s %9s %15s %11s %11s %13s %13s" % (
-        "events", "send s", "stored s", "events/s stored", "DB B/event", "peak RSS MiB",
-        "daemon CPU s", "CPU ns/event"))
+    print("%10s %6s %8s %9s %15s %11s %11s %13s %13s %7s" % (
+        "events", "page", "send s", "stored s", "events/s stored", "DB B/event", "peak RSS MiB",
+        "daemon CPU s", "CPU ns/event", "stop s"))
     for n in [int(x) for x in a.sizes.split(",")]:
-        total, sent_s, elapsed, bpe, hwm, cpu = run_one(a.build, a.clients, n, a.batch,
-                                                        a.daemon_arg)
-        print("%10d %8.2f %9.2f %15.0f %11.1f %12.1f %13.2f %13.0f"
-              % (total, sent_s, elapsed, total / elapsed, bpe, hwm / 1024.0, cpu,
-                 cpu * 1e9 / total))
-        sys.stdout.flush()
+        for page in pages:
+            total, sent_s, elapsed, bpe, hwm, cpu, stop_s, real_page = run_one(
+                a.build, a.clients, n, a.batch, a.daemon_arg, page)
+            print("%10d %6d %8.2f %9.2f %15.0f %11.1f %12.1f %13.2f %13.0f %7.2f"
+                  % (total, real_page, sent_s, elapsed, total / elapsed, bpe, hwm / 1024.0,
+                     cpu, cpu * 1e9 / total, stop_s))
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":
