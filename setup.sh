@@ -106,10 +106,9 @@ demo)
   html=$ROOT/heapprof-demo.html
   rm -f "$db" "$db-wal" "$db-shm"
   say "profiling examples/demo.py with a private heapprofd"
-  "$VENV/bin/python" -m heapprof run -o "$db" examples/demo.py
+  "$VENV/bin/python" -m heapprof run -o "$db" --report="$html" examples/demo.py
   say "top allocation sites at the peak"
   "$VENV/bin/heapprof" top --db "$db" --at peak
-  "$VENV/bin/heapprof" report --db "$db" -o "$html"
   say "explore further: .venv/bin/heapprof --help (database: $(basename "$db"),"
   say "interactive report: $(basename "$html"), open it in a browser)"
   ;;

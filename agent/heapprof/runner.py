@@ -18,7 +18,8 @@ import time
 
 RUN_USAGE = """\
 usage: python -m heapprof run [-o PATH] [--socket S] [--interval N] [--max-depth N]
-                              [--rates R] [--on-full drop|block] (-m MODULE | SCRIPT) [args...]
+                              [--rates R] [--on-full drop|block] [--report[=HTML]]
+                              (-m MODULE | SCRIPT) [args...]
 
 Profile a Python program and print where its memory went.
 
@@ -29,6 +30,8 @@ Profile a Python program and print where its memory went.
   --max-depth N       Python frames kept per sample
   --rates R           the original heapprof's size-bucket rates, e.g. "{128: 1e-4, 8192: 0.1}"
   --on-full MODE      when the send buffer is full: drop (default) or block
+  --report[=HTML]     also write the interactive HTML report (default: the database's
+                      name with .html); not with --socket
   -m MODULE           run a module, like python -m
   -h, --help          show this help
 
@@ -66,6 +69,10 @@ def _parse(argv, options):
         if a == '--':
             i += 1
             break
+        if a == '--report':         # the one option that may stand without a value
+            opts['report'] = True
+            i += 1
+            continue
         if not a.startswith('-') or a == '-':
             break
         name, eq, value = a.partition('=')
@@ -207,7 +214,7 @@ def run_main(argv):
         opts, module, rest = _parse(argv, {
             '-o': 'output', '--output': 'output', '--socket': 'socket',
             '--interval': 'interval', '--max-depth': 'max_depth', '--rates': 'rates',
-            '--on-full': 'on_full'})
+            '--on-full': 'on_full', '--report': 'report'})
         if opts.get('help'):
             sys.stdout.write(RUN_USAGE)
             return 0
@@ -230,6 +237,9 @@ def run_main(argv):
         cmd = [sys.executable] + (['-m', module] + rest if module else rest)
         if module is None and not os.path.exists(rest[0]):
             raise UsageError("can't open file %r: no such file" % rest[0])
+        if opts.get('report') and opts.get('socket'):
+            raise UsageError('--report needs the private heapprofd: the daemon behind '
+                             '--socket is still recording when the program ends')
     except UsageError as e:
         sys.stderr.write('heapprof run: %s\n' % e)
         return 2
@@ -271,7 +281,31 @@ def run_main(argv):
         summarize(db, sys.stderr)
     except sqlite3.Error as e:
         sys.stderr.write('heapprof run: cannot summarise %s: %s\n' % (db, e))
+    if opts.get('report'):
+        _write_report(db, opts['report'])
     return status
+
+
+def _write_report(db, report):
+    """Writes the HTML report of the program's own session (the one whose parent is this
+    process, not one of its children's); a failure is reported, and the program's exit
+    status still passes through."""
+    from heapprof import report as _report
+    out = os.path.splitext(db)[0] + '.html' if report is True else report
+    con = sqlite3.connect('file:%s?mode=ro' % db, uri=True)
+    try:
+        row = con.execute('SELECT session_id FROM sessions WHERE ppid = ? '
+                          'ORDER BY started_ns DESC LIMIT 1', (os.getpid(),)).fetchone()
+    except sqlite3.Error:
+        row = None
+    finally:
+        con.close()
+    try:
+        _report.write_report(db, out, session=row[0] if row else None)
+    except _report.ReportError as e:
+        sys.stderr.write('heapprof run: no report: %s\n' % e)
+        return
+    sys.stderr.write('report: %s\n' % out)
 
 
 def _run_child(cmd, env):
@@ -318,6 +352,9 @@ def stats_main(argv):
             return 0
         if module is None and not os.path.exists(rest[0]):
             raise UsageError("can't open file %r: no such file" % rest[0])
+        if opts.get('report') and opts.get('socket'):
+            raise UsageError('--report needs the private heapprofd: the daemon behind '
+                             '--socket is still recording when the program ends')
     except UsageError as e:
         sys.stderr.write('heapprof stats: %s\n' % e)
         return 2

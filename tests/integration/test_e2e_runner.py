@@ -2,6 +2,7 @@
 through, database written; -m module; --socket) and `python -m heapprof stats`."""
 import glob
 import os
+import re
 import sqlite3
 import tempfile
 import unittest
@@ -18,6 +19,18 @@ def grow():
 k = grow()
 print("args", sys.argv[1:])
 sys.exit(4)
+'''
+
+
+FORKING_PROGRAM = '''
+import os
+print("pid", os.getpid(), flush=True)
+keep = [bytearray(100000) for _ in range(100)]
+child = os.fork()
+if child == 0:
+    more = [bytearray(100000) for _ in range(300)]
+    os._exit(0)
+os.waitpid(child, 0)
 '''
 
 
@@ -50,6 +63,30 @@ class Runner(unittest.TestCase):
             con.close()
         self.assertEqual(rows, [('exited', 8192)])
         self.assertGreater(est, 200 * 100000 * 0.9)
+
+    def test_run_report_describes_the_programs_own_session(self):
+        # The child forks: two sessions; the report must be of the program, not the child.
+        path = write_program(self.tmp, 'app.py', FORKING_PROGRAM)
+        db = os.path.join(self.tmp, 'rep.sqlite')
+        r = self.heapprof('run', '-o', db, '--report', path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        html = os.path.join(self.tmp, 'rep.html')
+        self.assertIn('report: %s' % html, r.stderr)
+        con = sqlite3.connect(db)
+        try:
+            sessions = dict(con.execute('SELECT pid, session_id FROM sessions').fetchall())
+        finally:
+            con.close()
+        self.assertEqual(len(sessions), 2, sessions)
+        with open(html) as f:
+            text = f.read()
+        parent_pid = int(r.stdout.split()[1])
+        self.assertIn(parent_pid, sessions)
+        pids = {int(p) for p in re.findall(r'"pid":\s*(\d+)', text)}
+        self.assertEqual(pids, {parent_pid})
+        r = self.heapprof('run', '--report', '--socket', '/nonexistent.sock', path)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn('--report needs the private heapprofd', r.stderr)
 
     def test_run_default_db_name_and_module(self):
         write_program(self.tmp, 'appmod.py', PROGRAM)
