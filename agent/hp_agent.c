@@ -213,6 +213,10 @@ out_unlock:
   return rc;
 }
 
+/* Holds g_lock across the sender's join so that a start or a fork never sees half a
+ * session; that is bounded: hp_sender_stop() gives a daemon that reads nothing at most
+ * HP_SENDER_STOP_TIMEOUT_NS, so a fork in another thread (atfork_prepare) or the
+ * program's exit (atexit) waits at most that long. */
 int hp_agent_stop(void)
 {
   int rc = 0;

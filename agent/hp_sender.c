@@ -2,6 +2,7 @@
 #include "hp_sender.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,6 +26,8 @@ struct hp_sender {
   hp_event *batch;           /* sender thread only */
   uint32_t frames_sent, stacks_sent;   /* sender thread only */
   _Atomic int stop;          /* set by hp_sender_stop(), under mu to pair with wake */
+  _Atomic uint64_t stop_deadline_ns;   /* written before stop is set (release) */
+  uint64_t stop_timeout_ns;  /* read-only after start */
   pthread_mutex_t mu;        /* guards the idle wait only; hooks never touch it */
   pthread_cond_t wake;       /* signalled by hp_sender_stop(): exit without oversleeping */
   int sync_ready;            /* mu and wake were initialised */
@@ -73,15 +76,44 @@ int hp_sender_connect(const char *path, int *fd_out)
   return 0;
 }
 
+/* Waits until the socket may take more data. Before stop it waits as long as it takes
+ * (the ring drops meanwhile, the program is not held up), in slices so that a stop is
+ * noticed; after stop only until the stop deadline: -ETIMEDOUT then. A peer that hung up
+ * also returns 0: the next send() reports the error. */
+static int wait_writable(hp_sender *s)
+{
+  int timeout_ms = HP_SENDER_WAIT_SLICE_MS;
+  if (atomic_load_explicit(&s->stop, memory_order_acquire)) {
+    uint64_t deadline = atomic_load_explicit(&s->stop_deadline_ns, memory_order_relaxed);
+    uint64_t now = hp_now_ns();
+    if (now >= deadline)
+      return -ETIMEDOUT;
+    uint64_t left_ms = (deadline - now + 999999u) / 1000000u;
+    if (left_ms < (uint64_t)timeout_ms)
+      timeout_ms = (int)left_ms;
+  }
+  struct pollfd p = { .fd = s->fd, .events = POLLOUT };
+  if (poll(&p, 1, timeout_ms) < 0 && errno != EINTR)
+    return -errno;
+  return 0;
+}
+
 /* Writes all of buf; -errno on failure. MSG_NOSIGNAL: a dead daemon gives EPIPE here
- * instead of killing the program with SIGPIPE. */
-static int write_all(int fd, const uint8_t *buf, size_t len)
+ * instead of killing the program with SIGPIPE. MSG_DONTWAIT: a daemon that stopped
+ * reading must not block this thread beyond what wait_writable() allows. */
+static int write_all(hp_sender *s, const uint8_t *buf, size_t len)
 {
   while (len > 0) {
-    ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+    ssize_t n = send(s->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR)
         continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        int rc = wait_writable(s);
+        if (rc < 0)
+          return rc;
+        continue;
+      }
       return -errno;
     }
     buf += n;
@@ -94,7 +126,7 @@ static int flush_encoder(hp_sender *s)
 {
   size_t len;
   const uint8_t *data = hp_encoder_data(s->enc, &len);
-  int rc = len ? write_all(s->fd, data, len) : 0;
+  int rc = len ? write_all(s, data, len) : 0;
   hp_encoder_reset(s->enc);
   return rc;
 }
@@ -144,12 +176,20 @@ static int send_counters(hp_sender *s)
   return rc < 0 ? rc : flush_encoder(s);
 }
 
-static void report_failure(hp_sender *s, int err)
+/* lost: events taken from the ring but never written, for the stop timeout's message. */
+static void report_failure(hp_sender *s, int err, uint64_t lost)
 {
   char line[512];
-  int n = snprintf(line, sizeof(line),
-                   "heapprof: lost the connection to heapprofd at %s (%s); profiling "
-                   "stopped, the program continues\n", s->socket_path, hp_strerror(err));
+  int n;
+  if (err == -ETIMEDOUT)
+    n = snprintf(line, sizeof(line),
+                 "heapprof: heapprofd at %s did not take data for %.0f s; %llu events "
+                 "lost, the session is incomplete\n", s->socket_path,
+                 (double)s->stop_timeout_ns / 1e9, (unsigned long long)lost);
+  else
+    n = snprintf(line, sizeof(line),
+                 "heapprof: lost the connection to heapprofd at %s (%s); profiling "
+                 "stopped, the program continues\n", s->socket_path, hp_strerror(err));
   if (n > 0) {
     ssize_t w = write(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
     (void)w;
@@ -181,16 +221,19 @@ static void *sender_main(void *arg)
     rc = flush_encoder(s);
   uint64_t last_counters = hp_now_ns();
   uint64_t idle_ns = HP_SENDER_IDLE_NS;
+  uint32_t unsent = 0;       /* popped from the ring, not written yet */
   while (rc == 0) {
     int stopping = atomic_load_explicit(&s->stop, memory_order_acquire);
     uint32_t n = 0;
     while (n < HP_SENDER_BATCH && hp_ring_pop(s->cfg.ring, &s->batch[n]))
       n++;
+    unsent = n;
     if ((rc = send_defs(s)) < 0)
       break;
     if (n > 0) {
       if ((rc = hp_encode_events(s->enc, s->batch, n)) < 0 || (rc = flush_encoder(s)) < 0)
         break;
+      unsent = 0;
       atomic_fetch_add_explicit(&s->events_sent, n, memory_order_relaxed);
     } else if ((rc = flush_encoder(s)) < 0) {
       break;
@@ -219,8 +262,17 @@ static void *sender_main(void *arg)
       rc = flush_encoder(s);
   }
   if (rc < 0) {
+    uint64_t lost = unsent;
+    if (rc == -ETIMEDOUT) {
+      /* The daemon may wake up later: it must see the stream end here, not a frame
+       * that goes on with whatever a later writer puts on this socket. */
+      shutdown(s->fd, SHUT_RDWR);
+      hp_event ev;
+      while (hp_ring_pop(s->cfg.ring, &ev))
+        lost++;
+    }
     atomic_store(&s->error, rc);
-    report_failure(s, rc);
+    report_failure(s, rc, lost);
   }
   return NULL;
 }
@@ -280,6 +332,9 @@ hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *c
   }
   s->fd = fd;
   s->cfg = *cfg;
+  s->stop_timeout_ns = cfg->stop_timeout_ns ? cfg->stop_timeout_ns
+                                            : HP_SENDER_STOP_TIMEOUT_NS;
+  atomic_init(&s->stop_deadline_ns, 0);
   atomic_init(&s->stop, 0);
   atomic_init(&s->error, 0);
   atomic_init(&s->events_sent, 0);
@@ -321,6 +376,8 @@ int hp_sender_stop(hp_sender *s)
 {
   if (!s)
     return 0;
+  atomic_store_explicit(&s->stop_deadline_ns, hp_now_ns() + s->stop_timeout_ns,
+                        memory_order_relaxed);
   pthread_mutex_lock(&s->mu);
   atomic_store_explicit(&s->stop, 1, memory_order_release);
   pthread_cond_signal(&s->wake);

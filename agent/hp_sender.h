@@ -4,9 +4,15 @@
  * STACK_DEF for every interned id not sent yet on this stream (before the events that
  * may use them: an event popped from the ring was pushed after its stack was
  * published), then the EVENTS batch; COUNTERS about once a second; GOODBYE at stop.
- * Only this thread blocks on the socket. It never touches Python state and allocates
+ * Only this thread waits on the socket. It never touches Python state and allocates
  * with libc only. A write error (the daemon went away) ends the thread after one line
- * on stderr and a call to the failure callback; the program goes on unprofiled. */
+ * on stderr and a call to the failure callback; the program goes on unprofiled.
+ *
+ * Never hang the program: while profiling, a daemon that stops reading (SIGSTOPped,
+ * stuck) only makes the sender wait and the ring drop; once hp_sender_stop() is called,
+ * the sender gives the daemon at most the stop timeout to take what is left, then shuts
+ * the socket down, says how many events were lost (one line) and ends, so that the
+ * program's exit is delayed by at most that long. */
 #ifndef HP_SENDER_H
 #define HP_SENDER_H
 
@@ -22,6 +28,9 @@
 #define HP_SENDER_IDLE_MAX_NS    16000000ull  /* longest poll period of an idle ring; the
                                                  ring holds 16 ms of 8M events/s */
 #define HP_SENDER_COUNTERS_NS    1000000000ull
+#define HP_SENDER_STOP_TIMEOUT_NS 5000000000ull /* stop: longest wait for the daemon to
+                                                  take the rest of the stream */
+#define HP_SENDER_WAIT_SLICE_MS  50           /* a blocked write re-checks for stop */
 
 typedef struct hp_sender hp_sender;  /* opaque */
 
@@ -32,6 +41,7 @@ typedef struct {
   void (*failed)(void *arg, int err);    /* called once from the sender thread */
   void *arg;
   const char *socket_path;               /* for messages only; copied */
+  uint64_t stop_timeout_ns;              /* 0: HP_SENDER_STOP_TIMEOUT_NS (tests shorten it) */
 } hp_sender_cfg;
 
 /* Connects a stream socket to a Unix socket path. 0 and *fd_out, or -errno
@@ -43,7 +53,9 @@ int hp_sender_connect(const char *path, int *fd_out);
 hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *cfg,
                            int *err);
 /* Sends what is left in the ring and GOODBYE, joins the thread, closes the socket,
- * frees. Returns 0, or the error that stopped the thread earlier. NULL is a no-op. */
+ * frees. Returns within about the stop timeout even if the daemon reads nothing: then
+ * -ETIMEDOUT (after one line on stderr and the failure callback). Otherwise 0, or the
+ * error that stopped the thread earlier. NULL is a no-op. */
 int hp_sender_stop(hp_sender *s);
 /* For a fork child, where the thread no longer exists: closes the socket and frees
  * without joining or sending. NULL is a no-op. */

@@ -1,8 +1,12 @@
 /* check_sender.c — the sender thread over a socketpair, decoded with the real codec:
  * HELLO first, definitions before the events that use them, GOODBYE last with the drop
- * count; a peer that went away ends the thread with one failure callback. */
+ * count; a peer that went away ends the thread with one failure callback; a peer that
+ * stops reading delays hp_sender_stop() by at most the stop timeout (review item 2: a
+ * SIGSTOPped heapprofd hung the program's exit), a slow one still gets everything. */
 #include <check.h>
 #include <errno.h>
+#include <stdio.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +165,133 @@ START_TEST(connect_reports_errno)
 }
 END_TEST
 
+enum { MANY = 60000 };   /* ~2 MiB encoded: far more than a socketpair buffers */
+
+static hp_ring *ring_with_many_events(void)
+{
+  hp_ring *ring = hp_ring_new(1u << 16);
+  ck_assert_ptr_nonnull(ring);
+  for (uint64_t i = 0; i < MANY; i++) {
+    hp_event e = { .kind = HP_EV_ALLOC, .domain = HP_DOMAIN_RAW, .stack_id = 0,
+                   .ts_ns = 10 + i, .thread_id = 1, .address = 0x100000 + i * 64,
+                   .size = 1000 + i, .est_bytes = 1000 + i };
+    ck_assert_int_eq(hp_ring_push(ring, &e), 0);
+  }
+  return ring;
+}
+
+START_TEST(stop_gives_up_on_a_peer_that_reads_nothing)
+{
+  int sv[2], errpipe[2];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  ck_assert_int_eq(pipe(errpipe), 0);
+  hp_ring *ring = ring_with_many_events();
+  hp_intern *in = hp_intern_new(0, 0);
+  hp_hello h = test_hello();
+  hp_sender_cfg cfg = { .ring = ring, .intern = in, .dropped = fake_drops,
+                        .failed = on_failed, .socket_path = "stopped.sock",
+                        .stop_timeout_ns = 300000000ull };
+  int err = 0;
+  atomic_store(&g_failures, 0);
+  /* The one-line report goes to stderr: catch it. */
+  int saved_stderr = dup(STDERR_FILENO);
+  ck_assert_int_ge(saved_stderr, 0);
+  ck_assert_int_eq(dup2(errpipe[1], STDERR_FILENO), STDERR_FILENO);
+  hp_sender *s = hp_sender_start(sv[0], &h, &cfg, &err);
+  ck_assert_ptr_nonnull(s);
+  /* Returning at all is the point: before the fix this join never ended. */
+  int rc = hp_sender_stop(s);
+  ck_assert_int_eq(dup2(saved_stderr, STDERR_FILENO), STDERR_FILENO);
+  close(saved_stderr);
+  close(errpipe[1]);
+  ck_assert_int_eq(rc, -ETIMEDOUT);
+  ck_assert_int_eq(atomic_load(&g_failures), 1);
+  char msg[1024];
+  ssize_t n = read(errpipe[0], msg, sizeof(msg) - 1);
+  ck_assert_int_gt(n, 0);
+  msg[n] = 0;
+  ck_assert_msg(strstr(msg, "heapprofd at stopped.sock did not take data for 0 s") != NULL,
+                "%s", msg);
+  unsigned long long lost = 0;
+  const char *semi = strstr(msg, "; ");
+  ck_assert_ptr_nonnull(semi);
+  ck_assert_int_eq(sscanf(semi, "; %llu events lost", &lost), 1);
+  ck_assert_uint_gt(lost, 0);
+  ck_assert_uint_le(lost, MANY);
+  ck_assert_ptr_nonnull(strchr(msg, '\n'));
+  ck_assert_ptr_null(strchr(strchr(msg, '\n') + 1, '\n'));   /* one line */
+  /* The stream was shut down: the peer reads what was buffered, then end of file. */
+  uint8_t buf[65536];
+  while ((n = read(sv[1], buf, sizeof(buf))) > 0)
+    ;
+  ck_assert_int_eq(n, 0);
+  close(errpipe[0]);
+  close(sv[1]);
+  hp_ring_free(ring);
+  hp_intern_free(in);
+}
+END_TEST
+
+struct slow_reader {
+  int fd;
+  unsigned events, goodbyes;
+};
+
+static void *slow_reader_main(void *arg)
+{
+  struct slow_reader *r = arg;
+  usleep(200000);        /* the socket buffer fills and the sender has to wait */
+  hp_framer *fm = hp_framer_new(0);
+  hp_decoder *dec = hp_decoder_new();
+  uint8_t buf[65536];
+  ssize_t n;
+  while ((n = read(r->fd, buf, sizeof(buf))) > 0) {
+    if (hp_framer_feed(fm, buf, (size_t)n) != 0)
+      break;
+    const uint8_t *payload;
+    uint32_t len;
+    while (hp_framer_next(fm, &payload, &len) == 1) {
+      hp_msg m;
+      if (hp_decoder_decode(dec, payload, len, &m) != 0)
+        continue;
+      if (m.type == HP_MSG_EVENTS)
+        r->events += m.u.events.count;
+      else if (m.type == HP_MSG_GOODBYE)
+        r->goodbyes++;
+    }
+  }
+  hp_framer_free(fm);
+  hp_decoder_free(dec);
+  return NULL;
+}
+
+START_TEST(stop_waits_for_a_slow_reader)
+{
+  int sv[2];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  hp_ring *ring = ring_with_many_events();
+  hp_intern *in = hp_intern_new(0, 0);
+  hp_hello h = test_hello();
+  hp_sender_cfg cfg = { .ring = ring, .intern = in, .dropped = fake_drops,
+                        .failed = on_failed, .socket_path = "slow.sock" };
+  struct slow_reader r = { .fd = sv[1] };
+  pthread_t t;
+  ck_assert_int_eq(pthread_create(&t, NULL, slow_reader_main, &r), 0);
+  int err = 0;
+  atomic_store(&g_failures, 0);
+  hp_sender *s = hp_sender_start(sv[0], &h, &cfg, &err);
+  ck_assert_ptr_nonnull(s);
+  ck_assert_int_eq(hp_sender_stop(s), 0);
+  ck_assert_int_eq(pthread_join(t, NULL), 0);
+  ck_assert_int_eq(atomic_load(&g_failures), 0);
+  ck_assert_uint_eq(r.events, MANY);
+  ck_assert_uint_eq(r.goodbyes, 1);
+  close(sv[1]);
+  hp_ring_free(ring);
+  hp_intern_free(in);
+}
+END_TEST
+
 Suite *sender_suite(void)
 {
   Suite *s = suite_create("sender");
@@ -170,6 +301,11 @@ Suite *sender_suite(void)
   tcase_add_test(core, peer_gone_ends_thread_with_one_failure);
   tcase_add_test(core, connect_reports_errno);
   suite_add_tcase(s, core);
+  TCase *stuck = tcase_create("stuck_peer");
+  tcase_set_timeout(stuck, 30);
+  tcase_add_test(stuck, stop_gives_up_on_a_peer_that_reads_nothing);
+  tcase_add_test(stuck, stop_waits_for_a_slow_reader);
+  suite_add_tcase(s, stuck);
   return s;
 }
 
