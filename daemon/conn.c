@@ -81,6 +81,9 @@ static int handle_frame_def(hp_conn *c, const hp_frame_def *f) {
     return fail(c, -HP_ERANGE, "FRAME_DEF with frame id 0");
   if (hp_map_get(c->frames, f->frame_id) != NULL)
     return fail(c, -HP_EDUP, "frame id %u defined twice", f->frame_id);
+  if (hp_map_count(c->frames) >= HP_CONN_MAX_FRAMES)
+    return fail(c, -HP_EFULL, "FRAME_DEF of frame id %u exceeds the limit of %u frames "
+                "per session", f->frame_id, HP_CONN_MAX_FRAMES);
   if (hp_map_put(c->frames, f->frame_id, &none) < 0)
     return fail(c, -HP_ENOMEM, "out of memory recording frame id %u", f->frame_id);
   return sink_rc(c, c->sink->frame_def(c->ctx, f), "FRAME_DEF");
@@ -95,6 +98,9 @@ static int handle_stack_def(hp_conn *c, const hp_stack_def *s) {
                 s->stack_id, s->depth, HP_MAX_STACK_DEPTH);
   if (hp_map_get(c->stacks, s->stack_id) != NULL)
     return fail(c, -HP_EDUP, "stack id %u defined twice", s->stack_id);
+  if (hp_map_count(c->stacks) >= HP_CONN_MAX_STACKS)
+    return fail(c, -HP_EFULL, "STACK_DEF of stack id %u exceeds the limit of %u stacks "
+                "per session", s->stack_id, HP_CONN_MAX_STACKS);
   for (uint32_t i = 0; i < s->depth; i++)
     if (hp_map_get(c->frames, s->frame_ids[i]) == NULL)
       return fail(c, -HP_EUNDEF, "stack id %u uses frame id %u, which was never defined",
@@ -208,3 +214,5 @@ hp_conn_state hp_conn_get_state(const hp_conn *c) { return c->state; }
 const char *hp_conn_error(const hp_conn *c) { return c->error; }
 uint64_t hp_conn_events(const hp_conn *c) { return c->events; }
 size_t hp_conn_buffered(const hp_conn *c) { return hp_framer_buffered(c->framer); }
+uint32_t hp_conn_frames(const hp_conn *c) { return (uint32_t)hp_map_count(c->frames); }
+uint32_t hp_conn_stacks(const hp_conn *c) { return (uint32_t)hp_map_count(c->stacks); }

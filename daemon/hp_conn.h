@@ -2,8 +2,8 @@
  *
  * server.c feeds the bytes it reads from one socket; conn turns them into validated
  * messages for a sink (the store, or a test). It enforces the order PROTOCOL.md
- * requires: HELLO first and once; frame and stack ids defined once, before use;
- * nothing after GOODBYE. A message that breaks a rule is not passed on; everything
+ * requires: HELLO first and once; frame and stack ids defined once, before use, and
+ * no more of them than the limits below; nothing after GOODBYE. A message that breaks a rule is not passed on; everything
  * before it was. Loop thread only; no libuv, no SQLite, so tests drive it directly. */
 #ifndef HP_CONN_H
 #define HP_CONN_H
@@ -12,6 +12,14 @@
 #include <stdint.h>
 
 #include "hp_proto.h"
+
+/* Ids one stream may define: every definition costs memory until the session ends (an
+ * id map entry here and one in the store), so a buggy or hostile agent must not grow
+ * them without end. Twice what our agent can define (HP_INTERN_MAX_FRAMES/STACKS in
+ * agent/hp_intern.h, 2^18 each), so a real session never reaches them. Beyond a limit
+ * the stream fails with a protocol error naming it (daemon/README.md, "Limits"). */
+#define HP_CONN_MAX_FRAMES (1u << 19)
+#define HP_CONN_MAX_STACKS (1u << 19)
 
 /* Receivers of validated messages. Each returns 0 or a negative -HP_E* code, which
  * stops the stream (e.g. -HP_ENOMEM). Messages are borrowed for the call only. */
@@ -49,5 +57,7 @@ hp_conn_state hp_conn_get_state(const hp_conn *c);
 const char *hp_conn_error(const hp_conn *c);     /* "" while no error */
 uint64_t hp_conn_events(const hp_conn *c);       /* events accepted */
 size_t hp_conn_buffered(const hp_conn *c);       /* bytes held by the framer */
+uint32_t hp_conn_frames(const hp_conn *c);       /* frame ids defined so far */
+uint32_t hp_conn_stacks(const hp_conn *c);       /* stack ids defined so far */
 
 #endif /* HP_CONN_H */

@@ -22,6 +22,13 @@
 #define HP_STORE_DEFAULT_ROWS     65536        /* rows per transaction */
 #define HP_STORE_QUEUE_HIGH       (16u << 20)  /* bytes queued: stop reading sockets */
 #define HP_STORE_QUEUE_LOW        (4u << 20)   /* bytes queued: read again */
+/* Live sampled allocations tracked per session (to pair their frees): as many as our
+ * agent's own address table can hold (HP_ADDRTAB_MAX_SLOTS, agent/hp_addrtab.h), so a
+ * real session never reaches it; about 256 MiB of map at the limit. Beyond it a new
+ * allocation is dropped and counted in the session's events_dropped (logged once), not
+ * stored: a row whose free could never be paired would look leaked forever. Frees make
+ * room again. daemon/README.md, "Limits". */
+#define HP_STORE_MAX_LIVE_ADDRS   (1u << 22)
 
 typedef enum {
   HP_SESSION_EXITED = 0,       /* GOODBYE received */
@@ -35,6 +42,7 @@ typedef struct {
   uint32_t batch_rows;         /* 0: HP_STORE_DEFAULT_ROWS */
   uint32_t commit_ms;          /* 0: HP_STORE_COMMIT_MS */
   size_t queue_high, queue_low;/* 0: the defaults above */
+  uint32_t max_live_addrs;     /* per session; 0: HP_STORE_MAX_LIVE_ADDRS */
   void (*on_resume)(void *ctx);/* called on the store thread */
   void *ctx;
   /* SQL run by hp_store_stop() after the final commit, before the database closes:

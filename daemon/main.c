@@ -39,6 +39,10 @@ static const char usage_text[] =
   "  --timeline-interval MS  timeline resolution in milliseconds (default 100)\n"
   "  --batch-rows N          rows per database transaction (default 65536); a\n"
   "                          transaction also commits at least every 200 ms\n"
+  "  --max-live-allocs N     live sampled allocations tracked per session (default\n"
+  "                          4194304, about 256 MiB of memory per session at the\n"
+  "                          limit); beyond it new allocations are dropped and\n"
+  "                          counted in the session's events_dropped\n"
   "  --log-level LEVEL       error, warn, info (default) or debug\n"
   "  --no-index              do not build the read indexes at shutdown (by default\n"
   "                          heapprofd indexes the allocations once it has stopped\n"
@@ -77,12 +81,14 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 int main(int argc, char **argv) {
   const char *db_path = NULL, *socket_arg = NULL;
   long long interval_ms = 100, batch_rows = HP_STORE_DEFAULT_ROWS;
+  long long max_live = HP_STORE_MAX_LIVE_ADDRS;
   int no_index = 0;
   static const struct option opts[] = {
     {"db", required_argument, NULL, 'd'},
     {"socket", required_argument, NULL, 's'},
     {"timeline-interval", required_argument, NULL, 't'},
     {"batch-rows", required_argument, NULL, 'b'},
+    {"max-live-allocs", required_argument, NULL, 'm'},
     {"log-level", required_argument, NULL, 'l'},
     {"no-index", no_argument, NULL, 'n'},
     {"help", no_argument, NULL, 'h'},
@@ -104,6 +110,14 @@ int main(int argc, char **argv) {
       /* The store keeps up to two batches of rows in memory (72 bytes each). */
       if (parse_num(optarg, 1, 1000000, &batch_rows) < 0)
         return usage_error("--batch-rows: '%s' is not a number from 1 to 1000000", optarg);
+      break;
+    case 'm':
+      if (parse_num(optarg, 1, HP_STORE_MAX_LIVE_ADDRS, &max_live) < 0) {
+        char fmt[96];
+        snprintf(fmt, sizeof fmt, "--max-live-allocs: '%%s' is not a number from 1 to %u",
+                 HP_STORE_MAX_LIVE_ADDRS);
+        return usage_error(fmt, optarg);
+      }
       break;
     case 'l': {
       int lvl = hp_log_parse_level(optarg);
@@ -220,6 +234,7 @@ int main(int argc, char **argv) {
     .db = db,
     .timeline_interval_ns = interval_ms * 1000000LL,
     .batch_rows = (uint32_t)batch_rows,
+    .max_live_addrs = (uint32_t)max_live,
     .on_resume = hp_server_wake,
     .ctx = srv,
     .index_sql = index_sql,

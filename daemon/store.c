@@ -78,6 +78,7 @@ struct hp_store_session {
                                 c: estimated count */
   hp_timeline *tl;
   uint64_t events_received, events_dropped, unpaired_frees;
+  uint64_t untracked;        /* allocations dropped here: addrs was at max_live_addrs */
   int dirty;                 /* counters changed since the last commit */
   int stored;                /* the session row exists */
   struct hp_store_session *prev, *next;  /* active sessions */
@@ -574,11 +575,17 @@ static int flush_pending_n(hp_store *s, uint32_t count) {
 
 static int flush_pending(hp_store *s) { return flush_pending_n(s, s->npending); }
 
+/* What the session row reports as dropped: the agent's count (absolute, from COUNTERS
+ * and GOODBYE) plus the allocations this store could not track. */
+static int64_t dropped_total(const hp_store_session *ss) {
+  return (int64_t)(ss->events_dropped + ss->untracked);
+}
+
 static int update_counts(hp_store *s, hp_store_session *ss) {
   sqlite3_stmt *st = s->st[ST_UPD_COUNTS];
   sqlite3_bind_int64(st, 1, ss->id);
   sqlite3_bind_int64(st, 2, (int64_t)ss->events_received);
-  sqlite3_bind_int64(st, 3, (int64_t)ss->events_dropped);
+  sqlite3_bind_int64(st, 3, dropped_total(ss));
   ss->dirty = 0;
   return run(s, ST_UPD_COUNTS);
 }
@@ -799,6 +806,24 @@ static void do_free(hp_store *s, hp_store_session *ss, const hp_event *e) {
   timeline_add(s, ss, ts, -est, -cnt);
 }
 
+/* Drops an allocation the address map has no room for (see HP_STORE_MAX_LIVE_ADDRS):
+ * counted, and said once per session. Not stored, because its free could never be
+ * paired; its free arrives as an unpaired free. */
+static __attribute__((noinline)) void drop_untracked(hp_store *s, hp_store_session *ss,
+                                             const hp_event *e, int oom) {
+  if (ss->untracked++ == 0) {
+    if (oom)
+      hp_log(HP_LOG_WARN, "session %" PRId64 ": out of memory tracking address %#" PRIx64
+             "; allocations that cannot be tracked are dropped and counted", ss->id,
+             e->address);
+    else
+      hp_log(HP_LOG_WARN, "session %" PRId64 ": reached the limit of %u live sampled "
+             "allocations per session (--max-live-allocs); further allocations are dropped "
+             "and counted until frees make room", ss->id, s->cfg.max_live_addrs);
+  }
+  ss->dirty = 1;
+}
+
 static void do_alloc(hp_store *s, hp_store_session *ss, const hp_event *e) {
   int64_t stack = 0;
   if (e->stack_id != HP_NO_STACK) {
@@ -818,27 +843,31 @@ static void do_alloc(hp_store *s, hp_store_session *ss, const hp_event *e) {
     cnt = ratio < 1e18 ? (int64_t)llround(ratio) : (int64_t)1000000000000000000LL;
   }
 
+  /* At the limit only an address already live may be reused (that replaces an entry). */
+  int created = 0;
+  hp_map_val *v;
+  if (hp_map_count(ss->addrs) >= s->cfg.max_live_addrs)
+    v = hp_map_get(ss->addrs, e->address);
+  else
+    v = hp_map_upsert(ss->addrs, e->address, &created);
+  if (v == NULL) {
+    drop_untracked(s, ss, e, hp_map_count(ss->addrs) < s->cfg.max_live_addrs);
+    return;
+  }
   uint32_t slot = s->npending++;
   int64_t id = s->pending_base + slot;
   s->pending[slot] = (pending_alloc){
     .ss = ss, .ts = ts, .thread = (int64_t)e->thread_id,
     .address = (int64_t)e->address, .size = (int64_t)e->size, .est = est, .stack = stack,
     .freed = 0, .domain = e->domain};
-  int created;
-  hp_map_val *v = hp_map_upsert(ss->addrs, e->address, &created);
-  if (v == NULL) {
-    hp_log(HP_LOG_WARN, "session %" PRId64 ": out of memory tracking address %#" PRIx64
-           "; its free will not be paired", ss->id, e->address);
+  if (!created) {
+    /* The address was handed out again, so its previous block was freed even though
+     * we never saw the free (the agent dropped it). Stop counting it as live. */
+    int64_t ob = v->b, oc = v->c;
+    *v = (hp_map_val){id, est, cnt};
+    timeline_add(s, ss, ts, -ob, -oc);
   } else {
-    if (!created) {
-      /* The address was handed out again, so its previous block was freed even though
-       * we never saw the free (the agent dropped it). Stop counting it as live. */
-      int64_t ob = v->b, oc = v->c;
-      *v = (hp_map_val){id, est, cnt};
-      timeline_add(s, ss, ts, -ob, -oc);
-    } else {
-      *v = (hp_map_val){id, est, cnt};
-    }
+    *v = (hp_map_val){id, est, cnt};
   }
   s->txn_rows++;
   timeline_add(s, ss, ts, est, cnt);
@@ -896,7 +925,7 @@ static void do_end(hp_store *s, item *it) {
     else
       sqlite3_bind_null(st, 4);
     sqlite3_bind_int64(st, 5, (int64_t)ss->events_received);
-    sqlite3_bind_int64(st, 6, (int64_t)ss->events_dropped);
+    sqlite3_bind_int64(st, 6, dropped_total(ss));
     (void)run(s, ST_END_SESSION);
     s->txn_rows++;
     if (how == HP_SESSION_PROTOCOL_ERROR)
@@ -905,8 +934,13 @@ static void do_end(hp_store *s, item *it) {
     hp_log(HP_LOG_INFO,
            "session %" PRId64 " (pid %" PRId64 ") ended: %s, %" PRIu64 " events, %" PRIu64
            " dropped, %" PRIu64 " unpaired frees, %.3f s",
-           ss->id, ss->pid, end_status(how), ss->events_received, ss->events_dropped,
+           ss->id, ss->pid, end_status(how), ss->events_received, (uint64_t)dropped_total(ss),
            ss->unpaired_frees, (double)(ended - ss->start_wall) / 1e9);
+    if (ss->untracked > 0)
+      hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): %" PRIu64 " allocations "
+             "dropped (counted in events_dropped): over the limit of %u live sampled "
+             "allocations per session, or out of memory", ss->id, ss->pid, ss->untracked,
+             s->cfg.max_live_addrs);
   } else if (how == HP_SESSION_PROTOCOL_ERROR) {
     hp_log(HP_LOG_WARN, "session of pid %" PRId64 " (not stored): protocol error: %s",
            ss->peer_pid, it->u.end.reason);
@@ -1060,6 +1094,8 @@ int hp_store_start(hp_store **out, const hp_store_config *cfg) {
     s->cfg.queue_low = s->cfg.queue_high / 4;
   if (s->cfg.timeline_interval_ns <= 0)
     s->cfg.timeline_interval_ns = 100000000;
+  if (s->cfg.max_live_addrs == 0)
+    s->cfg.max_live_addrs = HP_STORE_MAX_LIVE_ADDRS;
 
   /* One commit's rows kept back plus one commit's new rows, and a margin. */
   s->pending_cap = 2 * s->cfg.batch_rows + HP_STORE_MULTI;

@@ -2,6 +2,7 @@
  * with decoded messages (hp_conn_handle) and with encoded bytes split at every offset
  * (hp_conn_feed), as a libuv read callback may deliver them. */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -357,6 +358,81 @@ START_TEST(conn_feed_rejects_garbage_after_good_data) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ limits */
+
+/* Defines frame ids 1..n (a real agent's ids are dense from 1). */
+static void define_frames(uint32_t n) {
+  for (uint32_t id = 1; id <= n; id++) {
+    hp_msg m = frame(id);
+    ck_assert_int_eq(hp_conn_handle(C, &m), 0);
+  }
+}
+
+START_TEST(conn_accepts_frames_up_to_the_limit_then_names_it) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  define_frames(HP_CONN_MAX_FRAMES);
+  ck_assert_uint_eq(hp_conn_frames(C), HP_CONN_MAX_FRAMES);
+  ck_assert_int_eq(R.frames, (int)HP_CONN_MAX_FRAMES);
+  hp_msg m = frame(HP_CONN_MAX_FRAMES + 1);
+  ck_assert_int_eq(hp_conn_handle(C, &m), -HP_EFULL);
+  ck_assert_int_eq(hp_conn_get_state(C), HP_CONN_FAILED);
+  ck_assert_int_eq(R.frames, (int)HP_CONN_MAX_FRAMES);  /* the one over was not passed on */
+  char want[160];
+  snprintf(want, sizeof want, "FRAME_DEF of frame id %u exceeds the limit of %u frames per "
+           "session", HP_CONN_MAX_FRAMES + 1, HP_CONN_MAX_FRAMES);
+  ck_assert_str_eq(hp_conn_error(C), want);
+  /* The map was not grown by the refused id. */
+  ck_assert_uint_eq(hp_conn_frames(C), HP_CONN_MAX_FRAMES);
+}
+END_TEST
+
+START_TEST(conn_accepts_stacks_up_to_the_limit_then_names_it) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  define_frames(1);
+  for (uint32_t id = 1; id <= HP_CONN_MAX_STACKS; id++) {
+    hp_msg m = stack(id, 1, ids_);
+    ck_assert_int_eq(hp_conn_handle(C, &m), 0);
+  }
+  ck_assert_uint_eq(hp_conn_stacks(C), HP_CONN_MAX_STACKS);
+  /* Events may still use every defined stack. */
+  handle_ok(events(HP_CONN_MAX_STACKS));
+  hp_msg m = stack(HP_CONN_MAX_STACKS + 7, 1, ids_);
+  ck_assert_int_eq(hp_conn_handle(C, &m), -HP_EFULL);
+  ck_assert_int_eq(R.stacks, (int)HP_CONN_MAX_STACKS);
+  ck_assert_uint_eq(R.last_stack_id, HP_CONN_MAX_STACKS);
+  char want[160];
+  snprintf(want, sizeof want, "STACK_DEF of stack id %u exceeds the limit of %u stacks per "
+           "session", HP_CONN_MAX_STACKS + 7, HP_CONN_MAX_STACKS);
+  ck_assert_str_eq(hp_conn_error(C), want);
+}
+END_TEST
+
+/* A duplicate at the limit is still reported as a duplicate: the limit counts distinct
+ * ids, and the more precise error wins. */
+START_TEST(conn_duplicate_at_the_frame_limit_is_a_duplicate) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  define_frames(HP_CONN_MAX_FRAMES);
+  hp_msg m = frame(5);
+  ck_assert_int_eq(hp_conn_handle(C, &m), -HP_EDUP);
+  ck_assert_str_eq(hp_conn_error(C), "frame id 5 defined twice");
+}
+END_TEST
+
+/* The limits are per stream: a second connection starts from zero. */
+START_TEST(conn_limits_are_per_stream) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  define_frames(HP_CONN_MAX_FRAMES);
+  rec r2 = {0};
+  hp_conn *c2 = hp_conn_new(&sink, &r2);
+  ck_assert_ptr_nonnull(c2);
+  hp_msg h = hello(HP_PROTO_VERSION), f = frame(HP_CONN_MAX_FRAMES + 1);
+  ck_assert_int_eq(hp_conn_handle(c2, &h), 0);
+  ck_assert_int_eq(hp_conn_handle(c2, &f), 0);
+  ck_assert_uint_eq(hp_conn_frames(c2), 1);
+  hp_conn_free(c2);
+}
+END_TEST
+
 Suite *conn_suite(void) {
   Suite *s = suite_create("conn");
   TCase *order = tcase_create("order");
@@ -380,6 +456,14 @@ Suite *conn_suite(void) {
   tcase_add_test(bytes, conn_oversized_by_one_byte_is_named_in_bytes);
   tcase_add_test(bytes, conn_feed_rejects_garbage_after_good_data);
   suite_add_tcase(s, bytes);
+  TCase *limits = tcase_create("limits");
+  tcase_add_checked_fixture(limits, setup, teardown);
+  tcase_set_timeout(limits, 60);
+  tcase_add_test(limits, conn_accepts_frames_up_to_the_limit_then_names_it);
+  tcase_add_test(limits, conn_accepts_stacks_up_to_the_limit_then_names_it);
+  tcase_add_test(limits, conn_duplicate_at_the_frame_limit_is_a_duplicate);
+  tcase_add_test(limits, conn_limits_are_per_stream);
+  suite_add_tcase(s, limits);
   return s;
 }
 

@@ -154,7 +154,8 @@ START_TEST(store_pairs_frees_and_shares_frames_across_sessions) {
   ck_assert_str_eq(qs(db, "SELECT argv FROM sessions WHERE session_id = 1", buf, sizeof buf),
                    "[\"python\",\"say \\\"hi\\\"\"]");
   ck_assert_int_eq(q1(db, "SELECT json_valid(argv) FROM sessions WHERE session_id = 1"), 1);
-  ck_assert_str_eq(qs(db, "SELECT status || ': ' || error FROM sessions WHERE session_id = 2",
+  ck_assert_str_eq(qs(db, "SELECT status || ': ' || error FROM sessions"
+                          " JOIN session_settings USING (session_id) WHERE session_id = 2",
                       buf, sizeof buf), "protocol_error: stack id 9 was never defined");
   ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 2"), 2);
   ck_assert_int_eq(q1(db, "SELECT ended_ns IS NOT NULL FROM sessions WHERE session_id = 2"), 1);
@@ -291,6 +292,57 @@ START_TEST(store_loop_side_oom_sweep) {
 }
 END_TEST
 
+/* At max_live_addrs live allocations a session drops (and counts) new allocations
+ * instead of growing its address map; reusing a live address and frees still work,
+ * frees make room again, and another session is not affected. */
+START_TEST(store_drops_allocations_over_the_live_limit) {
+  sqlite3 *db;
+  char err[256];
+  ck_assert_msg(hp_schema_open(dbpath, &db, err, sizeof err) == 0, "%s", err);
+  hp_store_config cfg = {.db = db, .timeline_interval_ns = 100000000, .max_live_addrs = 4};
+  hp_store *s;
+  ck_assert_int_eq(hp_store_start(&s, &cfg), 0);
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_store_session *b = session_with_stack(s, 2);
+  hp_event ev[] = {
+    alloc_ev(1, 0x1000, 100, 1), alloc_ev(2, 0x2000, 100, 1), alloc_ev(3, 0x3000, 100, 1),
+    alloc_ev(4, 0x4000, 100, 1),
+    alloc_ev(5, 0x5000, 100, 1),   /* 5th live: dropped */
+    alloc_ev(6, 0x1000, 40, 1),    /* a live address handed out again: replaces, stored */
+    free_ev(7, 0x2000),            /* paired; makes room */
+    alloc_ev(8, 0x6000, 100, 1),   /* stored */
+    alloc_ev(9, 0x7000, 100, 1),   /* dropped */
+    free_ev(10, 0x5000),           /* the dropped one: unpaired */
+  };
+  ck_assert_int_eq(hp_store_events(s, a, ev, 10), 0);
+  hp_event evb[] = {alloc_ev(1, 0x1000, 10, 2), alloc_ev(2, 0x2000, 10, 2),
+                    alloc_ev(3, 0x3000, 10, 2), alloc_ev(4, 0x4000, 10, 2)};
+  ck_assert_int_eq(hp_store_events(s, b, evb, 4), 0);
+  hp_goodbye g = {MONO0 + 20000000ULL, 2};
+  ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  hp_store_session_end(s, b, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  db = reopen();
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 1"), 6);
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 1"
+                          " AND address IN (20480, 28672)"), 0);
+  ck_assert_int_eq(q1(db, "SELECT freed_ns FROM allocations WHERE session_id = 1"
+                          " AND address = 8192"), (int64_t)WALL0 + 7000000);
+  ck_assert_int_eq(q1(db, "SELECT events_received FROM sessions WHERE session_id = 1"), 10);
+  /* The agent's 2 plus the 2 allocations the daemon could not track. */
+  ck_assert_int_eq(q1(db, "SELECT events_dropped FROM sessions WHERE session_id = 1"), 4);
+  /* Live at the end: 0x1000 (40 B), 0x3000, 0x4000, 0x6000; the dropped ones never
+   * counted, the replaced 0x1000 block stopped counting. */
+  ck_assert_int_eq(q1(db, "SELECT end_bytes FROM timeline_point WHERE session_id = 1"
+                          " ORDER BY ts_ns DESC LIMIT 1"), 340);
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 2"), 4);
+  ck_assert_int_eq(q1(db, "SELECT events_dropped FROM sessions WHERE session_id = 2"), 0);
+  sqlite3_close(db);
+}
+END_TEST
+
 Suite *store_suite(void) {
   Suite *s = suite_create("store");
   TCase *core = tcase_create("core");
@@ -308,6 +360,11 @@ Suite *store_suite(void) {
    * the HELLO's JSON buffers and item; then one item per call. */
   tcase_add_loop_test(oom, store_loop_side_oom_sweep, 0, 9);
   suite_add_tcase(s, oom);
+  TCase *limits = tcase_create("limits");
+  tcase_add_checked_fixture(limits, setup, teardown);
+  tcase_set_timeout(limits, 30);
+  tcase_add_test(limits, store_drops_allocations_over_the_live_limit);
+  suite_add_tcase(s, limits);
   return s;
 }
 
