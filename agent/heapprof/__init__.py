@@ -14,6 +14,11 @@ Settings, by argument or environment variable:
     max_stack_depth  HEAPPROF_MAX_DEPTH   Python frames kept per sample
     on_full          HEAPPROF_ON_FULL     'drop' (default) or 'block' when the buffer is full
     sample_rates     HEAPPROF_RATES       the original heapprof's {max_size: rate, ...}
+
+While a session runs, start() exports these variables (the resolved settings) so that
+spawned children -- multiprocessing 'spawn', subprocesses running Python -- profile
+themselves as their own sessions; stop() puts back what was there before. Fork children
+start their own session at the fork, and stop it when they leave through os._exit().
 """
 import os
 import sys
@@ -28,6 +33,11 @@ __all__ = ['start', 'stop', 'is_profiling', 'profile', 'read', 'sessions', '__ve
 _lock = _thread.allocate_lock()
 _options = None
 _hooks_registered = False
+# What the HEAPPROF_* variables were before start() exported the session's settings
+# (None: nothing exported). Protected by _lock.
+_saved_environ = None
+_ENV_VARS = ('HEAPPROF_SOCKET', 'HEAPPROF_INTERVAL', 'HEAPPROF_MAX_DEPTH', 'HEAPPROF_ON_FULL',
+             'HEAPPROF_RATES')
 
 
 class OptionError(ValueError):
@@ -85,6 +95,7 @@ def _int_setting(name, value, env, lo, hi):
         value = os.environ.get(env) or None
         if value is None:
             return None
+        name = env          # the user set the variable: name it, not the argument
     try:
         n = int(value)
     except (TypeError, ValueError):
@@ -102,12 +113,20 @@ def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates):
     interval = _int_setting('sample interval', sample_interval, 'HEAPPROF_INTERVAL', 1, 1 << 40)
     depth = _int_setting('max stack depth', max_stack_depth, 'HEAPPROF_MAX_DEPTH', 1,
                          agent.MAX_STACK_DEPTH)
-    on_full = on_full or os.environ.get('HEAPPROF_ON_FULL') or 'drop'
+    on_full_name = 'on_full'
+    if not on_full and os.environ.get('HEAPPROF_ON_FULL'):
+        on_full, on_full_name = os.environ['HEAPPROF_ON_FULL'], 'HEAPPROF_ON_FULL'
+    on_full = on_full or 'drop'
     if on_full not in ('drop', 'block'):
-        raise OptionError("on_full %r: expected 'drop' or 'block'" % (on_full,))
-    if sample_rates is None and os.environ.get('HEAPPROF_RATES'):
-        sample_rates = os.environ['HEAPPROF_RATES']
-    rates = _parse_rates(sample_rates) if sample_rates is not None else None
+        raise OptionError("%s %r: expected 'drop' or 'block'" % (on_full_name, on_full))
+    rates = None
+    if sample_rates is not None:
+        rates = _parse_rates(sample_rates)
+    elif os.environ.get('HEAPPROF_RATES'):
+        try:
+            rates = _parse_rates(os.environ['HEAPPROF_RATES'])
+        except OptionError as e:
+            raise OptionError('HEAPPROF_RATES: %s' % e) from None
     if rates is not None and sample_interval is not None:
         raise OptionError('give either sample_interval or sample_rates, not both')
     return {
@@ -133,6 +152,66 @@ def _start_agent(opts):
     return True
 
 
+def _export_environment(opts):
+    """A spawned child does not inherit the session: it starts its own through the
+    start-up hook, which reads these variables. Caller holds _lock."""
+    global _saved_environ
+    if _saved_environ is None:
+        _saved_environ = {k: os.environ.get(k) for k in _ENV_VARS}
+    new = {'HEAPPROF_SOCKET': opts['socket'],
+           'HEAPPROF_MAX_DEPTH': str(opts['max_depth']),
+           'HEAPPROF_ON_FULL': 'block' if opts['block'] else 'drop'}
+    if opts['rates']:
+        new['HEAPPROF_RATES'] = ','.join('%d:%r' % (size, rate) for size, rate in opts['rates'])
+    else:
+        new['HEAPPROF_INTERVAL'] = str(opts['interval'])
+    for k in _ENV_VARS:
+        if k in new:
+            os.environ[k] = new[k]
+        else:
+            os.environ.pop(k, None)   # e.g. an interval that the rates replaced
+
+
+def _restore_environment():
+    """Puts back the variables start() replaced. Caller holds _lock."""
+    global _saved_environ
+    if _saved_environ is None:
+        return
+    for k, v in _saved_environ.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _saved_environ = None
+
+
+def _stop_before_os_exit():
+    """Fork children usually leave through os._exit(), which skips atexit: the events
+    still buffered would be lost and the session would end 'disconnected'. In this
+    child only (the parent's os module is not touched), os._exit first stops the
+    session. Code that kept its own reference to os._exit from before the fork, or
+    calls posix._exit, bypasses this."""
+    real = os._exit
+    if getattr(real, '_heapprof_stops', False):
+        return                          # inherited from a profiled parent that forked
+
+    def _exit(status):
+        # Never block the exit: if another thread is starting or stopping right now,
+        # leave without the GOODBYE rather than wait for it.
+        if _lock.acquire(False):
+            try:
+                _stop_locked()
+            except BaseException:  # noqa: BLE001 - the process is leaving anyway
+                pass
+            finally:
+                _lock.release()
+        real(status)
+    _exit.__doc__ = real.__doc__
+    _exit.__wrapped__ = real
+    _exit._heapprof_stops = True
+    os._exit = _exit
+
+
 def _register_process_hooks():
     global _hooks_registered
     if _hooks_registered:
@@ -152,6 +231,7 @@ def _after_fork_in_child():
         if not _native().child_needs_restart() or _options is None:
             return
         if _start_agent(_options):
+            _stop_before_os_exit()
             mp = sys.modules.get('multiprocessing.util')
             if mp is not None:
                 # multiprocessing children leave through os._exit(), which skips atexit;
@@ -177,6 +257,7 @@ def start(socket=None, sample_interval=None, max_stack_depth=None, on_full=None,
         if not _start_agent(opts):
             return False
         _options = opts
+        _export_environment(opts)
         return True
 
 
@@ -187,12 +268,19 @@ def _start_from_environment():
         sys.stderr.write('heapprof: %s; the program runs unprofiled\n' % e)
 
 
-def stop():
-    """Stops profiling (sends what is buffered and closes the session). Idempotent."""
+def _stop_locked():
     global _options
+    _options = None
+    _restore_environment()
+    return _native().stop() if 'heapprof._agent' in sys.modules else 0
+
+
+def stop():
+    """Stops profiling (sends what is buffered and closes the session). Idempotent.
+    Returns False when the session ended badly (the daemon went away or, at the stop,
+    took nothing for 5 s: one line on stderr said so)."""
     with _lock:
-        _options = None
-        return_code = _native().stop() if 'heapprof._agent' in sys.modules else 0
+        return_code = _stop_locked()
     return return_code == 0
 
 

@@ -113,9 +113,12 @@ def find_heapprofd():
 
 
 def _start_daemon(exe, db, sock):
+    # Its own session: Ctrl-C in the terminal goes to the foreground process group,
+    # i.e. the program (and us); the daemon must keep recording until we stop it.
     try:
         proc = subprocess.Popen([exe, '--db', db, '--socket', sock], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
     except OSError as e:
         raise UsageError('cannot start heapprofd %s: %s' % (exe, e.strerror or e)) from None
     deadline = time.monotonic() + DAEMON_START_TIMEOUT
@@ -187,6 +190,11 @@ def summarize(db, out=sys.stdout, top=5):
                       % (sid, pid, ppid, status, _fmt_bytes(peak), _fmt_bytes(final),
                          nsamples, _fmt_bytes(total),
                          ', %d events dropped' % dropped if dropped else ''))
+            if dropped:
+                # A lost FREE leaves its block looking allocated for ever.
+                out.write('  note: with events dropped, "still allocated" (and blocks never '
+                          'freed) may include blocks whose free was lost; rerun with '
+                          '--on-full block or a larger --interval\n')
             sites = con.execute(
                 'SELECT f.function, f.filename, f.lineno, SUM(a.est_bytes) AS b, '
                 '       SUM(CASE WHEN a.freed_ns IS NULL THEN a.est_bytes ELSE 0 END) '
@@ -202,6 +210,46 @@ def summarize(db, out=sys.stdout, top=5):
     finally:
         con.close()
     out.write('database: %s\n' % db)
+
+
+def _remove_if_no_session(db):
+    """Removes a database this run created when no session reached it (the program
+    could not start), so that a later command's default database is not an empty one.
+    True if removed."""
+    try:
+        con = sqlite3.connect('file:%s?mode=ro' % db, uri=True)
+        try:
+            n = con.execute('SELECT COUNT(*) FROM sessions').fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    if n:
+        return False
+    for path in (db, db + '-wal', db + '-shm', db + '-journal'):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return True
+
+
+def _module_missing(module):
+    """True when `python -m module` would fail with "No module named": the top-level
+    package is found the way the child will look for it (the current directory first,
+    then this interpreter's path). Nothing is imported or run."""
+    import importlib.util
+    top = module.partition('.')[0]
+    if not top or top in sys.builtin_module_names:
+        return False
+    saved = sys.path[:]
+    sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.util.find_spec(top) is None
+    except (ImportError, ValueError):
+        return False          # let the program say what is wrong
+    finally:
+        sys.path[:] = saved
 
 
 def _exit_status(returncode):
@@ -237,6 +285,8 @@ def run_main(argv):
         cmd = [sys.executable] + (['-m', module] + rest if module else rest)
         if module is None and not os.path.exists(rest[0]):
             raise UsageError("can't open file %r: no such file" % rest[0])
+        if module is not None and _module_missing(module):
+            raise UsageError('no module named %r' % module)
         if opts.get('report') and opts.get('socket'):
             raise UsageError('--report needs the private heapprofd: the daemon behind '
                              '--socket is still recording when the program ends')
@@ -255,6 +305,7 @@ def run_main(argv):
         return 2
     db = os.path.abspath(opts.get('output') or
                          'heapprof-%s.sqlite' % time.strftime('%Y%m%d-%H%M%S'))
+    created = not os.path.exists(db)
     with tempfile.TemporaryDirectory(prefix='heapprof-') as tmp:
         sock = os.path.join(tmp, 'heapprofd.sock')
         try:
@@ -277,6 +328,9 @@ def run_main(argv):
         if daemon.returncode != 0:
             sys.stderr.write('heapprof run: heapprofd exited with status %d%s\n'
                              % (daemon.returncode, (': ' + lines[-1]) if lines else ''))
+    if created and _remove_if_no_session(db):
+        sys.stderr.write('heapprof run: no session was recorded; removed the empty %s\n' % db)
+        return status
     try:
         summarize(db, sys.stderr)
     except sqlite3.Error as e:
@@ -308,9 +362,16 @@ def _write_report(db, report):
     sys.stderr.write('report: %s\n' % out)
 
 
+def _ignore_sigint(signum, frame):
+    pass
+
+
 def _run_child(cmd, env):
-    # Ctrl-C reaches the child (same process group); we wait for it to finish.
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C reaches the child (same process group); we wait for it to finish, then
+    # summarise. A do-nothing handler, not SIG_IGN: an ignored signal stays ignored
+    # across exec, so the program would never see its Ctrl-C; a handler is reset to
+    # the default there.
+    old = signal.signal(signal.SIGINT, _ignore_sigint)
     try:
         child = subprocess.Popen(cmd, env=env)
         return _exit_status(child.wait())
