@@ -1,7 +1,7 @@
 /* hp_testclient.c — a scripted heapprof agent built on the codec, for the daemon tests.
  *
  *   hp_testclient --socket PATH --scenario NAME [--tag T] [--events N] [--batch B]
- *                 [--clients K] [--setuid UID]
+ *                 [--clients K] [--setuid UID] [--defs D]
  *
  * Each client sends HELLO with argv ["hp_testclient", TAG] (TAG-i with --clients), so
  * tests find its session by argv. Scenarios (all but the first three start with a
@@ -18,6 +18,9 @@
  *   disconnect    ... then close without GOODBYE
  *   hold          ... then print "sent", wait for stdin to close, then close
  *   hold-goodbye  as hold, but sends COUNTERS and GOODBYE after stdin closes
+ *   many-frames   ... then FRAME_DEFs of new ids until D frames are defined in all
+ *   many-stacks   ... then STACK_DEFs (of frame 1) until D stacks are defined in all
+ *                 (both then GOODBYE, in case the daemon accepted them all)
  *   spike         HELLO at a 100 ms boundary; 1000 B live, a 1 MB spike from 10 to
  *                 20 ms, an alloc at 350 ms; then GOODBYE
  *   spike-idle    as spike without the alloc at 350 ms, then as hold, then GOODBYE
@@ -39,7 +42,7 @@
 #include "hp_proto.h"
 
 static const char *socket_path, *scenario = "normal", *tag = "t";
-static uint32_t nevents = 1000, batch = 1000;
+static uint32_t nevents = 1000, batch = 1000, ndefs = 0;
 
 typedef struct {
   int index;
@@ -169,6 +172,25 @@ static void send_events(int fd, hp_encoder *e, client *c, uint64_t mono, uint32_
   free(buf);
 }
 
+/* Frame or stack definitions of ids 4.. (frames) or 3.. (stacks) up to `total` defined,
+ * after send_defs: a hostile agent growing the daemon's id maps. All name the same
+ * code, so the database stays small; only the ids are new. */
+static void send_many_defs(int fd, hp_encoder *e, int stacks, uint32_t total) {
+  uint32_t one[] = {1};
+  for (uint32_t id = stacks ? 3 : 4; id <= total; id++) {
+    if (stacks) {
+      hp_stack_def st = {.stack_id = id, .truncated = 0, .depth = 1, .frame_ids = one};
+      fatal_enc(hp_encode_stack_def(e, &st), "STACK_DEF");
+    } else {
+      hp_frame_def f = {id, S("alloc_here"), S("lib.py"), 10};
+      fatal_enc(hp_encode_frame_def(e, &f), "FRAME_DEF");
+    }
+    if (id % 1024 == 0)
+      flush_enc(fd, e);
+  }
+  flush_enc(fd, e);
+}
+
 static void send_goodbye(int fd, hp_encoder *e, uint64_t dropped) {
   hp_counters cn = {.ts_ns = now_ns(CLOCK_MONOTONIC), .events_dropped = dropped,
                     .sample_interval_bytes = 1};
@@ -272,6 +294,9 @@ static void *run_client(void *arg) {
       }
       if (strcmp(sc, "hold-goodbye") == 0)
         send_goodbye(fd, e, 3);
+    } else if (strcmp(sc, "many-frames") == 0 || strcmp(sc, "many-stacks") == 0) {
+      send_many_defs(fd, e, strcmp(sc, "many-stacks") == 0, ndefs);
+      send_goodbye(fd, e, 0);
     } else if (strcmp(sc, "disconnect") != 0) {
       fprintf(stderr, "hp_testclient: unknown scenario '%s'\n", sc);
       c->rc = 1;
@@ -297,7 +322,8 @@ int main(int argc, char **argv) {
     {"socket", required_argument, NULL, 's'}, {"scenario", required_argument, NULL, 'c'},
     {"tag", required_argument, NULL, 't'},    {"events", required_argument, NULL, 'n'},
     {"batch", required_argument, NULL, 'b'},  {"clients", required_argument, NULL, 'k'},
-    {"setuid", required_argument, NULL, 'u'}, {NULL, 0, NULL, 0}};
+    {"setuid", required_argument, NULL, 'u'}, {"defs", required_argument, NULL, 'D'},
+    {NULL, 0, NULL, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (opt) {
@@ -308,6 +334,7 @@ int main(int argc, char **argv) {
     case 'b': batch = (uint32_t)strtoul(optarg, NULL, 10); break;
     case 'k': nclients = atoi(optarg); break;
     case 'u': setuid_to = strtol(optarg, NULL, 10); break;
+    case 'D': ndefs = (uint32_t)strtoul(optarg, NULL, 10); break;
     default: return 2;
     }
   }
