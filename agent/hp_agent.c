@@ -37,6 +37,10 @@ static hp_sender *g_sender;                /* under g_lock */
 static int g_block;                        /* written while mode is OFF */
 static _Atomic uint64_t g_extra_drops;     /* drops not counted by the ring; relaxed */
 static _Atomic pid_t g_pid;                /* pid the session belongs to */
+/* Set when a FREE waited HP_AGENT_FREE_WAIT_NS in vain (the sender is stuck): later
+ * FREEs are dropped at once instead of each stalling the program, until one gets in.
+ * Any thread, relaxed: a hint. */
+static _Atomic int g_free_wait_gave_up;
 static int g_child_restart;                /* set in the fork child handler */
 static int g_addrtab_dirty;                /* under g_lock: a session may have filled it */
 static int g_addrtab_filter;               /* under g_lock: g_addrtab has a filter */
@@ -180,6 +184,7 @@ int hp_agent_start(const hp_agent_opts *o)
     hp_addrtab_clear(g_addrtab);
   g_addrtab_dirty = 1;
   atomic_store(&g_extra_drops, 0);
+  atomic_store(&g_free_wait_gave_up, 0);
   hp_agent_sampler = cfg;
   hp_agent_max_depth = o->max_depth;
   g_block = o->block_when_full;
@@ -287,9 +292,9 @@ static int wrong_process(void)
   return 1;
 }
 
-static __attribute__((noinline)) int push_blocking(const hp_event *ev)
+static __attribute__((noinline)) int push_blocking(const hp_event *ev, uint64_t timeout_ns)
 {
-  uint64_t deadline = hp_now_ns() + HP_AGENT_BLOCK_TIMEOUT_NS;
+  uint64_t deadline = hp_now_ns() + timeout_ns;
   struct timespec ts = { 0, 50000 };
   do {
     if (hp_ring_try_push(g_ring, ev) == 0)
@@ -302,9 +307,32 @@ static __attribute__((noinline)) int push_blocking(const hp_event *ev)
   return -HP_EFULL;
 }
 
+/* A FREE in drop mode that found the ring full even with its reserve. */
+static __attribute__((noinline)) int push_free_waiting(const hp_event *ev)
+{
+  if (atomic_load_explicit(&g_free_wait_gave_up, memory_order_relaxed)) {
+    hp_ring_count_drop(g_ring);
+    return -HP_EFULL;
+  }
+  int rc = push_blocking(ev, HP_AGENT_FREE_WAIT_NS);
+  if (rc < 0)
+    atomic_store_explicit(&g_free_wait_gave_up, 1, memory_order_relaxed);
+  return rc;
+}
+
+/* ALLOCs are dropped when only the ring's free reserve is left (hp_ring.h); FREEs use
+ * the reserve, and when even that is full they wait briefly (see push_free_waiting). */
 static int push(const hp_event *ev)
 {
-  return g_block ? push_blocking(ev) : hp_ring_push(g_ring, ev);
+  if (g_block)
+    return push_blocking(ev, HP_AGENT_BLOCK_TIMEOUT_NS);
+  if (ev->kind == HP_EV_ALLOC)
+    return hp_ring_push(g_ring, ev);
+  if (hp_ring_try_push(g_ring, ev) < 0)
+    return push_free_waiting(ev);
+  if (atomic_load_explicit(&g_free_wait_gave_up, memory_order_relaxed))
+    atomic_store_explicit(&g_free_wait_gave_up, 0, memory_order_relaxed);
+  return 0;
 }
 
 void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t est_bytes,

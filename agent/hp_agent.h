@@ -21,6 +21,9 @@
 
 #define HP_AGENT_DEFAULT_MAX_DEPTH   128u
 #define HP_AGENT_BLOCK_TIMEOUT_NS    1000000000ull  /* block mode: then drop and count */
+/* Drop mode: a FREE that finds the ring full (its reserve used up) waits this long for
+ * the sender before it is dropped, because a lost FREE makes its block look leaked. */
+#define HP_AGENT_FREE_WAIT_NS        20000000ull
 
 enum { HP_MODE_OFF = 0, HP_MODE_PROFILE = 1, HP_MODE_STATS = 2 };
 

@@ -9,7 +9,14 @@
  * We store the sequence minus the slot's index (seq - (pos & mask) = the lap base
  * pos & ~mask), so that all-zero memory is the initial state: a fresh ring is calloc()ed
  * zero pages that cost no memory until a lap first reaches them, and a reset only has
- * to clear the slots that were used. */
+ * to clear the slots that were used.
+ *
+ * The free reserve (hp_ring.h): before claiming position pos for an ALLOC, the producer
+ * checks that the slot of position pos + reserve is free for that position's lap, i.e.
+ * that the consumer has emptied it. That is one more cache line, the one a later push
+ * writes anyway, and no shared counter. Racing producers may each see the same free
+ * slot, so a few more ALLOCs than intended can get in; a FREE that then finds the ring
+ * completely full is the caller's to wait for (hp_agent.c). */
 #include "hp_ring.h"
 
 #include <stdatomic.h>
@@ -27,6 +34,7 @@ struct hp_ring {
   _Alignas(64) size_t tail;              /* consumer only */
   _Atomic uint64_t dropped;              /* any thread, relaxed: a statistic */
   size_t mask;
+  size_t reserve;                        /* slots kept for FREE records */
   hp_slot *slots;
 };
 
@@ -44,6 +52,7 @@ hp_ring *hp_ring_new(size_t capacity)
     return NULL;
   }
   r->mask = cap - 1;
+  r->reserve = cap / HP_RING_FREE_RESERVE_DIV;
   atomic_init(&r->head, 0);
   r->tail = 0;
   atomic_init(&r->dropped, 0);
@@ -82,6 +91,12 @@ int hp_ring_try_push(hp_ring *r, const hp_event *ev)
 {
   size_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
   for (;;) {
+    if (ev->kind == HP_EV_ALLOC && r->reserve) {
+      size_t ahead = pos + r->reserve;
+      size_t aseq = atomic_load_explicit(&r->slots[ahead & r->mask].seq, memory_order_relaxed);
+      if ((intptr_t)aseq - (intptr_t)(ahead & ~r->mask) < 0)
+        return -HP_EFULL;   /* only the free reserve is left */
+    }
     hp_slot *s = &r->slots[pos & r->mask];
     size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
     intptr_t dif = (intptr_t)seq - (intptr_t)(pos & ~r->mask);
@@ -127,4 +142,9 @@ void hp_ring_count_drop(hp_ring *r)
 size_t hp_ring_capacity(const hp_ring *r)
 {
   return r->mask + 1;
+}
+
+size_t hp_ring_free_reserve(const hp_ring *r)
+{
+  return r->reserve;
 }

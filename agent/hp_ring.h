@@ -4,7 +4,14 @@
  * allocates and never makes a system call: when the ring is full the record is dropped
  * and counted. Consumer: the sender thread only (or the owner while no sender runs).
  * Order: records come out in the order their pushes claimed a slot, so a FREE pushed
- * before the real free() precedes any later ALLOC of the same address. */
+ * before the real free() precedes any later ALLOC of the same address.
+ *
+ * Frees have reserved space: an ALLOC is refused once fewer than reserve + 1 slots are
+ * free (reserve = capacity / HP_RING_FREE_RESERVE_DIV), a FREE only when the ring is
+ * completely full. A lost FREE is worse than a lost ALLOC: its block would look leaked
+ * forever, while a lost ALLOC only loses one sample (its address is forgotten too).
+ * Each FREE answers an ALLOC that got in, so a burst of frees after allocs are refused
+ * drains into the reserve while the sender catches up. */
 #ifndef HP_RING_H
 #define HP_RING_H
 
@@ -14,12 +21,14 @@
 #include "hp_proto.h"
 
 #define HP_RING_DEFAULT_CAPACITY  (1u << 17)   /* records (64 bytes each) */
+#define HP_RING_FREE_RESERVE_DIV  16u          /* 1/16 of the slots only frees may use */
 
 typedef struct hp_ring hp_ring;   /* opaque */
 
 hp_ring *hp_ring_new(size_t capacity);            /* rounded up to a power of two; NULL on OOM */
 void     hp_ring_free(hp_ring *r);                /* NULL is a no-op */
-/* 0, or -HP_EFULL: the record was dropped and counted. */
+/* 0, or -HP_EFULL: the record was dropped and counted (an ALLOC when the free reserve is
+ * all that is left, a FREE when the ring is full). */
 int      hp_ring_push(hp_ring *r, const hp_event *ev);
 /* Like hp_ring_push() but a full ring is not counted (block mode retries). */
 int      hp_ring_try_push(hp_ring *r, const hp_event *ev);
@@ -29,6 +38,7 @@ uint64_t hp_ring_dropped(const hp_ring *r);
 /* Counts a record the caller gave up on (block mode timeout) as dropped. */
 void     hp_ring_count_drop(hp_ring *r);
 size_t   hp_ring_capacity(const hp_ring *r);
+size_t   hp_ring_free_reserve(const hp_ring *r);   /* slots kept for FREE records */
 /* Empties the ring and zeroes the drop count. Only while no other thread uses it
  * (e.g. in a fork child, where the other threads are gone mid-push). */
 void     hp_ring_reset(hp_ring *r);

@@ -45,9 +45,10 @@ END_TEST
 
 START_TEST(full_ring_drops_and_counts)
 {
-  hp_ring *r = hp_ring_new(8);
+  hp_ring *r = hp_ring_new(16);              /* reserve 1: 15 allocs, then 1 free */
+  ck_assert_uint_eq(hp_ring_free_reserve(r), 1);
   hp_event e = ev_n(1, 1);
-  for (int i = 0; i < 8; i++)
+  for (int i = 0; i < 15; i++)
     ck_assert_int_eq(hp_ring_push(r, &e), 0);
   ck_assert_int_eq(hp_ring_push(r, &e), -HP_EFULL);
   ck_assert_int_eq(hp_ring_push(r, &e), -HP_EFULL);
@@ -57,12 +58,54 @@ START_TEST(full_ring_drops_and_counts)
   ck_assert_uint_eq(hp_ring_dropped(r), 2);
   hp_ring_count_drop(r);
   ck_assert_uint_eq(hp_ring_dropped(r), 3);
+  hp_event f = { .kind = HP_EV_FREE, .address = 9 };
+  ck_assert_int_eq(hp_ring_push(r, &f), 0);
+  ck_assert_int_eq(hp_ring_push(r, &f), -HP_EFULL);
+  ck_assert_uint_eq(hp_ring_dropped(r), 4);
   hp_event out;
   ck_assert_int_eq(hp_ring_pop(r, &out), 1);
-  ck_assert_int_eq(hp_ring_push(r, &e), 0);
+  /* One slot free is the reserve: an alloc still may not take it, a free may. */
+  ck_assert_int_eq(hp_ring_push(r, &e), -HP_EFULL);
+  ck_assert_int_eq(hp_ring_push(r, &f), 0);
   hp_ring_reset(r);
   ck_assert_int_eq(hp_ring_pop(r, &out), 0);
   ck_assert_uint_eq(hp_ring_dropped(r), 0);
+  hp_ring_free(r);
+}
+END_TEST
+
+/* Item 3 of the review: a ring full of allocations still takes the frees of the
+ * allocations it holds, up to the reserve, on every lap; the records come out in order. */
+START_TEST(ring_full_of_allocs_still_accepts_frees_up_to_reserve)
+{
+  hp_ring *r = hp_ring_new(1024);
+  size_t cap = hp_ring_capacity(r), reserve = hp_ring_free_reserve(r);
+  ck_assert_uint_eq(reserve, cap / HP_RING_FREE_RESERVE_DIV);
+  hp_event out;
+  for (uint64_t lap = 0; lap < 3; lap++) {
+    size_t allocs = 0, frees = 0;
+    for (;;) {
+      hp_event a = ev_n(1, allocs + 1);
+      if (hp_ring_push(r, &a) < 0)
+        break;
+      allocs++;
+    }
+    ck_assert_uint_eq(allocs, cap - reserve);
+    for (;;) {
+      hp_event f = { .kind = HP_EV_FREE, .address = frees + 1 };
+      if (hp_ring_push(r, &f) < 0)
+        break;
+      frees++;
+    }
+    ck_assert_uint_eq(frees, reserve);
+    ck_assert_uint_eq(hp_ring_dropped(r), 2 * (lap + 1));
+    for (size_t i = 0; i < allocs + frees; i++) {
+      ck_assert_int_eq(hp_ring_pop(r, &out), 1);
+      ck_assert_int_eq(out.kind, i < allocs ? HP_EV_ALLOC : HP_EV_FREE);
+      ck_assert_uint_eq(out.address, i < allocs ? i + 1 : i - allocs + 1);
+    }
+    ck_assert_int_eq(hp_ring_pop(r, &out), 0);
+  }
   hp_ring_free(r);
 }
 END_TEST
@@ -133,6 +176,7 @@ Suite *ring_suite(void)
   suite_add_tcase(s, core);
   TCase *limits = tcase_create("limits");
   tcase_add_test(limits, full_ring_drops_and_counts);
+  tcase_add_test(limits, ring_full_of_allocs_still_accepts_frees_up_to_reserve);
   suite_add_tcase(s, limits);
   TCase *threads = tcase_create("threads");
   tcase_set_timeout(threads, 60);
