@@ -1,7 +1,10 @@
 """End to end: the program is never hurt by the profiler. No daemon: one stderr line,
 same output and status. Daemon killed mid-run: one stderr line, the program finishes
-with its own status. Bad settings: one line, unprofiled."""
+with its own status. Daemon alive but not reading (SIGSTOP): the exit waits a bounded
+time, one line says what was lost. Bad settings: one line naming the setting,
+unprofiled."""
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -34,6 +37,22 @@ print("finished", n, flush=True)
 sys.exit(5)
 '''
 
+# Records everything, so that a daemon that stops reading fills the socket and the ring.
+STALLED = '''
+import os, sys, time
+flag = sys.argv[1]
+keep = [bytearray(5000) for _ in range(1000)]
+print("ready", flush=True)
+deadline = time.monotonic() + 30
+while not os.path.exists(flag) and time.monotonic() < deadline:
+    time.sleep(0.01)
+n = 0
+for i in range(300000):
+    n += len(bytearray(100 + i % 50))
+print("finished", n, flush=True)
+sys.exit(6)
+'''
+
 
 class Failures(unittest.TestCase):
 
@@ -57,10 +76,13 @@ class Failures(unittest.TestCase):
         self.assertIn('unprofiled', lines[0])
 
     def test_bad_settings_are_one_line(self):
-        for env, words in (({'HEAPPROF_INTERVAL': 'lots'}, 'sample interval'),
-                           ({'HEAPPROF_MAX_DEPTH': '100000'}, 'max stack depth 100000 is outside'),
-                           ({'HEAPPROF_ON_FULL': 'wait'}, 'on_full'),
-                           ({'HEAPPROF_RATES': '{128: 2.0}'}, 'outside (0, 1]')):
+        # The user set a variable, so the line names the variable (review item 11).
+        for env, words in (({'HEAPPROF_INTERVAL': 'lots'}, "HEAPPROF_INTERVAL 'lots' is not"),
+                           ({'HEAPPROF_MAX_DEPTH': '100000'},
+                            'HEAPPROF_MAX_DEPTH 100000 is outside 1..'),
+                           ({'HEAPPROF_ON_FULL': 'wait'},
+                            "HEAPPROF_ON_FULL 'wait': expected 'drop' or 'block'"),
+                           ({'HEAPPROF_RATES': '{128: 2.0}'}, 'HEAPPROF_RATES: sample rates')):
             path = write_program(self.tmp, 'p.py', PROGRAM)
             prof = run_python(path, env=clean_env(HEAPPROF_SOCKET='/nonexistent.sock', **env))
             self.assertEqual(prof.returncode, 7)
@@ -93,6 +115,47 @@ class Failures(unittest.TestCase):
         self.assertEqual(len(lines), 1, err)
         self.assertIn('lost the connection to heapprofd', lines[0])
         self.assertIn('the program continues', lines[0])
+
+    def test_stopped_daemon_does_not_hang_the_exit(self):
+        # Review item 2: a SIGSTOPped heapprofd (alive, reading nothing) blocked the
+        # sender's send() and the atexit join for ever. Now the exit gives it 5 s.
+        daemon = Daemon(self.tmp)
+        self.addCleanup(daemon.kill)
+        path = write_program(self.tmp, 'stalled.py', STALLED)
+        flag = os.path.join(self.tmp, 'go')
+        child = subprocess.Popen([PYTHON, path, flag], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env=clean_env(HEAPPROF_SOCKET=daemon.socket,
+                                               HEAPPROF_INTERVAL=1))
+        stopped = False
+        try:
+            self.assertEqual(child.stdout.readline().strip(), 'ready')
+            daemon.proc.send_signal(signal.SIGSTOP)
+            stopped = True
+            open(flag, 'w').close()
+            # Generous: the bound is 5 s after the program's end; this only catches a hang.
+            out, err = child.communicate(timeout=90)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            if stopped:
+                daemon.proc.send_signal(signal.SIGCONT)
+        self.assertEqual(child.returncode, 6, err)
+        self.assertIn('finished', out)
+        lines = err.splitlines()
+        self.assertEqual(len(lines), 1, err)
+        self.assertIn('heapprofd at %s did not take data for 5 s' % daemon.socket, lines[0])
+        lost = re.search(r'; (\d+) events lost', lines[0])
+        self.assertIsNotNone(lost, lines[0])
+        self.assertGreater(int(lost.group(1)), 0)
+        # Woken up, the daemon reads up to the shut-down stream and ends the session
+        # without a GOODBYE: the database says the session is incomplete.
+        daemon.stop()
+        rows = daemon.query('SELECT status FROM sessions')
+        self.assertEqual(len(rows), 1)
+        self.assertNotEqual(rows[0][0], 'exited')
+        self.assertNotEqual(rows[0][0], 'running')
 
 
 if __name__ == '__main__':

@@ -1,10 +1,13 @@
 """End to end: os.fork() and multiprocessing children (fork and spawn) are profiled as
-their own sessions with ppid = the parent's pid, and their allocations are recorded."""
+their own sessions with ppid = the parent's pid, and their allocations are recorded --
+also when the child leaves through os._exit(), and spawn children of a program that
+called heapprof.start(socket=...) without HEAPPROF_SOCKET in its environment."""
 import json
 import os
 import unittest
 
-from agent_e2e_util import DaemonTestCase, line_of, run_python, site, write_program
+from agent_e2e_util import (DaemonTestCase, clean_env, line_of, run_python, site,
+                             write_program)
 
 FORK_PROGRAM = '''
 import os, sys
@@ -73,6 +76,43 @@ t.join()
 print(codes.count(0), len(set(pids)))
 '''
 
+OS_EXIT_PROGRAM = '''
+import os
+pid = os.fork()
+if pid == 0:
+    keep = []
+    for _ in range(300):
+        keep.append(bytearray(30000))      # SITE_EXIT
+    os._exit(3)                            # skips atexit
+_, status = os.waitpid(pid, 0)
+print(os.getpid(), pid, os.waitstatus_to_exitcode(status), flush=True)
+'''
+
+API_SPAWN_PROGRAM = '''
+import multiprocessing as mp, os, sys
+import heapprof
+
+def child_work(q):
+    keep = []
+    for _ in range(300):
+        keep.append(bytearray(30000))      # SITE_SPAWN
+    q.put(os.getpid())
+
+if __name__ == "__main__":
+    assert "HEAPPROF_SOCKET" not in os.environ
+    heapprof.start(socket=sys.argv[1], sample_interval=4096, on_full="block")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=child_work, args=(q,))
+    p.start()
+    child = q.get(timeout=60)
+    p.join(60)
+    heapprof.stop()
+    print(os.getpid(), child, p.exitcode, flush=True)
+    print(sorted(k for k in os.environ if k.startswith("HEAPPROF_")),
+          os.environ.get("HEAPPROF_INTERVAL"), flush=True)
+'''
+
 
 class ForkChildren(DaemonTestCase):
 
@@ -125,6 +165,52 @@ class ForkChildren(DaemonTestCase):
         pline = line_of(path, 'SITE_PARENT')
         self.assertGreater(site(self.daemon, by_pid[parent_pid][0], 'parent_work', pline)[0], 50)
         self.assertEqual(site(self.daemon, by_pid[child_pid][0], 'parent_work', pline)[0], 0)
+
+    def test_os_exit_child_keeps_all_its_events(self):
+        # Review item 4: os._exit() skips atexit, so the child's last events were lost
+        # and its session ended 'disconnected'.
+        path = write_program(self.tmp, 'exiter.py', OS_EXIT_PROGRAM)
+        r = run_python(path, env=self.profiled_env(HEAPPROF_INTERVAL=1))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr, '')
+        parent_pid, child_pid, status = map(int, r.stdout.split())
+        self.assertEqual(status, 3)                  # the child's own status
+        by_pid = {s[1]: s for s in self.sessions()}
+        child = by_pid[child_pid]
+        self.assertEqual(child[2], parent_pid)
+        self.assertEqual(child[4], 'exited')
+        # Interval 1 records every block: all 300 buffers, the last ones included.
+        n, est, size, freed, live = site(self.daemon, child[0], '<module>',
+                                         line_of(path, 'SITE_EXIT'))
+        self.assertGreaterEqual(n, 300)
+        self.assertGreaterEqual(size, 300 * 30000)
+        self.assertEqual(by_pid[parent_pid][4], 'exited')
+
+    def test_spawn_child_profiled_after_api_start(self):
+        # Review item 5: start(socket=...) did not reach spawn children, which only see
+        # the environment. The child gets the parent's settings; stop() takes them back.
+        path = write_program(self.tmp, 'apispawn.py', API_SPAWN_PROGRAM)
+        r = run_python(path, args=[self.daemon.socket], env=clean_env(HEAPPROF_INTERVAL=999))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr, '')
+        first, second = r.stdout.splitlines()
+        parent_pid, child_pid, exitcode = map(int, first.split())
+        self.assertEqual(exitcode, 0)
+        # After stop() only what the program had before is left.
+        self.assertEqual(second, "['HEAPPROF_INTERVAL'] 999")
+        self.daemon.stop()
+        rows = {pid: (sid, ppid, interval) for sid, pid, ppid, interval in self.daemon.query(
+            'SELECT session_id, pid, ppid, sample_interval_bytes FROM sessions')}
+        self.assertIn(child_pid, rows, rows)
+        sid, ppid, interval = rows[child_pid]
+        self.assertEqual(ppid, parent_pid)
+        self.assertEqual(interval, 4096)
+        self.assertEqual(rows[parent_pid][2], 4096)
+        n, est, size, freed, live = site(self.daemon, sid, 'child_work',
+                                         line_of(path, 'SITE_SPAWN'))
+        # 300 blocks of 30000 bytes at 4096: p = 0.9991 each; est sd is well under 1%.
+        self.assertGreaterEqual(n, 290)
+        self.assertAlmostEqual(est / (300 * 30000), 1.0, delta=0.1)
 
     def run_mp(self, method):
         path = write_program(self.tmp, 'mpprog.py', MP_PROGRAM)

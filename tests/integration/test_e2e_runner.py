@@ -1,13 +1,17 @@
 """End to end: `python -m heapprof run` (private heapprofd, summary, exit status passed
-through, database written; -m module; --socket) and `python -m heapprof stats`."""
+through, database written; -m module; --socket; Ctrl-C goes to the program, not to the
+daemon; no empty database left behind) and `python -m heapprof stats`."""
 import glob
 import os
 import re
+import signal
 import sqlite3
+import subprocess
 import tempfile
 import unittest
 
-from agent_e2e_util import (Daemon, clean_env, heapprofd_path, run_python, write_program)
+from agent_e2e_util import (PYTHON, Daemon, clean_env, heapprofd_path, run_python,
+                            write_program)
 
 PROGRAM = '''
 import sys
@@ -32,6 +36,22 @@ if child == 0:
     os._exit(0)
 os.waitpid(child, 0)
 '''
+
+
+# Waits for Ctrl-C (bounded: a missed SIGINT ends it with 9, not a hung test).
+INTERRUPTIBLE = """
+import sys, time
+keep = [bytearray(100000) for _ in range(200)]     # SITE_KEEP
+print("ready", flush=True)
+deadline = time.monotonic() + 40
+try:
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+sys.exit(9)
+"""
 
 
 class Runner(unittest.TestCase):
@@ -96,6 +116,70 @@ class Runner(unittest.TestCase):
         dbs = glob.glob(os.path.join(self.tmp, 'heapprof-*.sqlite'))
         self.assertEqual(len(dbs), 1, os.listdir(self.tmp))
         self.assertIn('database: %s' % dbs[0], r.stderr)
+
+    def test_ctrl_c_reaches_the_program_and_the_session_is_complete(self):
+        # Review item 1: SIGINT was ignored in the child (SIG_IGN survives exec) and
+        # stopped the daemon (same process group). Ctrl-C is a SIGINT to the terminal's
+        # foreground process group: killpg on a group of our own is the same thing.
+        path = write_program(self.tmp, 'loop.py', INTERRUPTIBLE)
+        db = os.path.join(self.tmp, 'int.sqlite')
+        proc = subprocess.Popen([PYTHON, '-m', 'heapprof', 'run', '-o', db,
+                                 '--interval', '1', path], env=self.env, cwd=self.tmp,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            self.assertEqual(proc.stdout.readline(), 'ready\n')
+            os.killpg(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.assertEqual(proc.returncode, 3, err)      # the program's own status
+        self.assertEqual(out, 'interrupted\n')
+        self.assertNotIn('heapprofd exited', err)
+        self.assertIn('database: %s' % db, err)
+        con = sqlite3.connect(db)
+        try:
+            status = con.execute('SELECT status FROM sessions').fetchall()
+            n, size = con.execute(
+                "SELECT COUNT(*), SUM(a.size) FROM allocations a "
+                "JOIN stack_frames sf ON sf.stack_id = a.stack_id AND sf.depth = 0 "
+                "JOIN frames f ON f.frame_id = sf.frame_id "
+                "WHERE f.function = '<listcomp>' AND f.filename = ?", (path,)).fetchone()
+        finally:
+            con.close()
+        self.assertEqual(status, [('exited',)])
+        # Interval 1 records every block: all 200 data buffers are there.
+        self.assertGreaterEqual(n, 200)
+        self.assertGreaterEqual(size, 200 * 100000)
+
+    def test_run_missing_module_leaves_no_database(self):
+        # Review item 15: the empty heapprof-<ts>.sqlite became the next default --db.
+        r = self.heapprof('run', '-m', 'heapprof_no_such_module_xyz')
+        self.assertNotEqual(r.returncode, 0)
+        self.assertEqual(len(r.stderr.splitlines()), 1, r.stderr)
+        self.assertIn("no module named 'heapprof_no_such_module_xyz'", r.stderr)
+        self.assertEqual(glob.glob(os.path.join(self.tmp, 'heapprof-*')), [])
+
+    def test_database_without_sessions_is_removed_only_then(self):
+        # The run's last resort when no session arrived at all: a real daemon's empty
+        # database is removed with its side files; one with a session is kept.
+        from heapprof import runner
+        empty_dir = os.path.join(self.tmp, 'empty')
+        os.mkdir(empty_dir)
+        daemon = Daemon(empty_dir)
+        self.addCleanup(daemon.kill)
+        daemon.stop()
+        self.assertTrue(os.path.exists(daemon.db))
+        self.assertTrue(runner._remove_if_no_session(daemon.db))
+        self.assertEqual([f for f in os.listdir(empty_dir) if f.startswith('heap.sqlite')], [])
+        path = write_program(self.tmp, 'app.py', PROGRAM)
+        db = os.path.join(self.tmp, 'kept.sqlite')
+        r = self.heapprof('run', '-o', db, path)
+        self.assertEqual(r.returncode, 4, r.stderr)
+        self.assertFalse(runner._remove_if_no_session(db))
+        self.assertTrue(os.path.exists(db))
 
     def test_run_with_socket_of_running_daemon(self):
         daemon = Daemon(self.tmp)
