@@ -1,9 +1,10 @@
 -- heapprof database schema, version 1.
 --
 -- The public, stable interface is the set of VIEWS at the end of this file
--- (sessions, frames, stack_frames, stacks, allocations, timeline); schema/README.md documents
--- them. The tables are storage, designed for fast batched ingestion by heapprofd, and
--- may change from one user_version to the next.
+-- (sessions, frames, stack_frames, allocations, timeline, and the heapprof extensions
+-- stacks, session_settings, timeline_detail); schema/README.md documents them. The
+-- tables are storage, designed for fast batched ingestion by heapprofd, and may change
+-- from one user_version to the next.
 --
 -- All timestamps are integer nanoseconds since the Unix epoch.
 -- application_id 0x68707266 is 'hprf'. Bump user_version on any storage change and
@@ -82,26 +83,48 @@ CREATE TABLE IF NOT EXISTS timeline_point (
 ) WITHOUT ROWID;
 
 -- ---------------------------------------------------------------- public views
+-- Views are dropped and created again each time heapprofd opens a database, so that a
+-- database of this version written with older view definitions gets the current ones
+-- (views hold no data; the tables above are kept as they are). IF NOT EXISTS after
+-- the DROP is redundant, kept so that every CREATE here has the same form (check_schema
+-- looks for it in the embedded text).
+--
+-- sessions, frames, stack_frames, allocations and timeline have exactly the columns of
+-- the public interface, in its order. stacks, session_settings and timeline_detail are
+-- heapprof extensions (schema/README.md).
+DROP VIEW IF EXISTS sessions;
 CREATE VIEW IF NOT EXISTS sessions AS
   SELECT id AS session_id, pid, ppid, argv, executable, python_version, started_ns,
-         ended_ns, sample_interval_bytes, status, events_received, events_dropped,
-         sample_buckets, max_stack_depth, error
+         ended_ns, sample_interval_bytes, status, events_received, events_dropped
   FROM session;
 
+DROP VIEW IF EXISTS session_settings;
+CREATE VIEW IF NOT EXISTS session_settings AS
+  SELECT id AS session_id, sample_buckets, max_stack_depth, error FROM session;
+
+DROP VIEW IF EXISTS frames;
 CREATE VIEW IF NOT EXISTS frames AS
   SELECT id AS frame_id, function, filename, lineno FROM frame;
 
+DROP VIEW IF EXISTS stack_frames;
 CREATE VIEW IF NOT EXISTS stack_frames AS
   SELECT stack_id, depth, frame_id FROM stack_frame;
 
+DROP VIEW IF EXISTS stacks;
 CREATE VIEW IF NOT EXISTS stacks AS
   SELECT id AS stack_id, depth, truncated FROM stack;
 
+DROP VIEW IF EXISTS allocations;
 CREATE VIEW IF NOT EXISTS allocations AS
   SELECT session_id, id AS alloc_id, ts_ns, thread_id,
          CASE domain WHEN 0 THEN 'raw' WHEN 1 THEN 'mem' ELSE 'obj' END AS domain,
          address, size, est_bytes, stack_id, freed_ns
   FROM alloc;
 
+DROP VIEW IF EXISTS timeline;
 CREATE VIEW IF NOT EXISTS timeline AS
+  SELECT session_id, ts_ns, live_bytes, live_count FROM timeline_point;
+
+DROP VIEW IF EXISTS timeline_detail;
+CREATE VIEW IF NOT EXISTS timeline_detail AS
   SELECT session_id, ts_ns, live_bytes, live_count, end_bytes FROM timeline_point;

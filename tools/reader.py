@@ -2,7 +2,8 @@
 
 Last stage of the pipeline (agent -> proto -> daemon -> schema -> tools). Everything here is
 SQL over the public views documented in schema/README.md (sessions, frames, stack_frames,
-allocations, timeline); the storage tables are never named, so the daemon may change them.
+allocations, timeline, and the extension session_settings); the storage tables are never
+named, so the daemon may change them.
 
 Times given to and returned by a Reader are float seconds from the session's start. Byte
 figures are estimates: each sampled allocation carries est_bytes, the unbiased number of bytes
@@ -53,8 +54,9 @@ Session = collections.namedtuple('Session', [
 Session.__doc__ = """One recorded process. argv is a list; ended_ns is None while running;
 last_ns is the end, or for a running session the latest recorded event. sample_buckets is
 [[max_size, rate], ...] when sample_interval_bytes is 0 (size-bucket sampling), else None;
-error says why a 'protocol_error' session was closed. The last three are None in databases
-whose sessions view predates them."""
+error says why a 'protocol_error' session was closed. The last three come from the
+session_settings view (or, in a database whose views predate it, from the end of the
+sessions view), and are None when neither has them."""
 Session.duration = property(lambda s: (s.last_ns - s.started_ns) / NS)
 
 Frame = collections.namedtuple('Frame', ['frame_id', 'function', 'filename', 'lineno', 'line'])
@@ -108,13 +110,24 @@ def _session_from_row(row, last_ns):
 
 _SESSION_COLUMNS = ('session_id, pid, ppid, argv, executable, python_version, started_ns, '
                     'ended_ns, sample_interval_bytes, status, events_received, events_dropped')
-# Columns the sessions view gained later in schema version 1; read when present.
+# heapprof's extra session columns, from the session_settings view. Databases written by an
+# earlier build of schema version 1 (until heapprofd opens them again) lack that view and
+# have some of these at the end of the sessions view instead; a reader cannot add views.
 _SESSION_EXTRA = ('sample_buckets', 'max_stack_depth', 'error')
 
 
 def _session_columns(con):
+    """The '... FROM ...' of a SELECT of session rows: the standard columns, then the
+    extras (NULL where this database lacks one); callers append WHERE/ORDER BY on
+    unqualified standard columns."""
+    have_settings = con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view'"
+                                " AND name = 'session_settings'").fetchone()[0] > 0
+    if have_settings:
+        return ('%s, %s FROM sessions LEFT JOIN session_settings USING (session_id)'
+                % (_SESSION_COLUMNS, ', '.join(_SESSION_EXTRA)))
     have = {r[1] for r in con.execute('PRAGMA table_info(sessions)')}
-    return ', '.join([_SESSION_COLUMNS] + [c for c in _SESSION_EXTRA if c in have])
+    return '%s FROM sessions' % ', '.join(
+        [_SESSION_COLUMNS] + [c if c in have else 'NULL AS ' + c for c in _SESSION_EXTRA])
 
 
 def _last_ns(con, session_id, started_ns, ended_ns):
@@ -129,7 +142,7 @@ def _last_ns(con, session_id, started_ns, ended_ns):
 
 
 def _load_sessions(con):
-    rows = con.execute('SELECT %s FROM sessions ORDER BY session_id' % _session_columns(con))
+    rows = con.execute('SELECT %s ORDER BY session_id' % _session_columns(con))
     return [_session_from_row(r, _last_ns(con, r[0], r[6], r[7])) for r in rows.fetchall()]
 
 
@@ -183,8 +196,8 @@ class Reader:
     def _pick_session(self, session):
         con = self._con
         if session is None:
-            row = con.execute('SELECT %s FROM sessions ORDER BY started_ns DESC, session_id DESC'
-                              ' LIMIT 1' % self._columns).fetchone()
+            row = con.execute('SELECT %s ORDER BY started_ns DESC, session_id DESC LIMIT 1'
+                              % self._columns).fetchone()
             if row is None:
                 raise NoSessionsError('%s holds no recorded sessions yet' % self.path)
         else:
@@ -192,7 +205,7 @@ class Reader:
                 session = int(session)
             except (TypeError, ValueError):
                 raise ReaderError('session must be a number, not %r' % (session,)) from None
-            row = con.execute('SELECT %s FROM sessions WHERE session_id = ?' % self._columns,
+            row = con.execute('SELECT %s WHERE session_id = ?' % self._columns,
                               (session,)).fetchone()
             if row is None:
                 ids = [r[0] for r in con.execute('SELECT session_id FROM sessions'

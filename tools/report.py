@@ -2,7 +2,8 @@
 
 This sits at the end of the pipeline (agent -> proto -> daemon -> schema -> tools) and
 reads only the public SQL views documented in schema/README.md (sessions, frames,
-stack_frames, allocations, timeline). It never embeds raw events: a session of a million
+stack_frames, allocations, timeline, and the extensions session_settings and
+timeline_detail). It never embeds raw events: a session of a million
 sampled allocations is reduced here to
 
   * the timeline of the estimated live heap, down-sampled to at most TIMELINE_POINTS
@@ -66,10 +67,21 @@ def _chunks(seq, n=SQL_CHUNK):
         yield seq[i:i + n]
 
 
+def _has_view(con, name):
+    return con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view' AND name = ?",
+                       (name,)).fetchone()[0] > 0
+
+
 def _pick_session(con, db_path, session):
-    # SELECT * and columns by name: optional columns (sample_buckets, error) may be
-    # absent from databases written before they were added to the view.
-    cur = con.execute("SELECT * FROM sessions ORDER BY started_ns, session_id")
+    # The extras (sample_buckets, max_stack_depth, error) come from session_settings. A
+    # database written by an earlier build of schema version 1 lacks that view and has
+    # some of them at the end of sessions: SELECT * and columns by name cover both.
+    if _has_view(con, "session_settings"):
+        sql = ("SELECT * FROM sessions LEFT JOIN session_settings USING (session_id)"
+               " ORDER BY started_ns, session_id")
+    else:
+        sql = "SELECT * FROM sessions ORDER BY started_ns, session_id"
+    cur = con.execute(sql)
     cols = [d[0] for d in cur.description]
     rows = [dict(zip(cols, r)) for r in cur.fetchall()]
     if not rows:
@@ -132,9 +144,11 @@ def _timeline(con, sid, t0, t1):
         {"t0": t0, "t1": t1, "n": TIMELINE_POINTS, "span": span, "sid": sid}).fetchall()
     points = [(r[1], r[2]) for r in rows]
     if points and points[-1][0] < t1:
-        # The level at the end: the last interval's closing level when the view has it.
+        # The level at the end: the last interval's closing level, from timeline_detail
+        # (or, in a database whose views predate it, from the end of timeline).
+        view = "timeline_detail" if _has_view(con, "timeline_detail") else "timeline"
         try:
-            end = con.execute("SELECT end_bytes FROM timeline WHERE session_id = ?"
+            end = con.execute(f"SELECT end_bytes FROM {view} WHERE session_id = ?"
                               " ORDER BY ts_ns DESC LIMIT 1", (sid,)).fetchone()[0]
         except sqlite3.OperationalError:
             end = points[-1][1]
@@ -422,8 +436,11 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
         pct = 100.0 * dropped / max(recv + dropped, 1)
         warnings.append(
             f"{dropped:,} of {recv + dropped:,} events ({pct:.2g}%) were dropped by the "
-            f"profiled process (its buffer was full): every figure below is incomplete "
-            f"and may understate the memory used.")
+            f"profiled process (its send buffer was full): every figure below is "
+            f"incomplete. Dropped allocations are missing, and an allocation whose free "
+            f"was dropped looks live to the end, so \"never freed\" (Leaks) may include "
+            f"memory that was freed. To record without drops, run again with "
+            f"`heapprof run --on-full block` or a larger --interval.")
     if s["status"] == "running" and s["ended_ns"] is None:
         warnings.append("The session was still running when this report was written: "
                         "it covers the events recorded so far, and \"never freed\" means "

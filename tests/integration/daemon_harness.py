@@ -40,8 +40,9 @@ def query(db, sql, args=()):
 
 def session(db, tag):
     """The sessions-view row of the test client tagged `tag`, or None."""
-    rows = query(db, "SELECT * FROM sessions WHERE argv = ?", (json.dumps(["hp_testclient", tag],
-                                                                          separators=(",", ":")),))
+    argv = json.dumps(["hp_testclient", tag], separators=(",", ":"))
+    rows = query(db, "SELECT * FROM sessions JOIN session_settings USING (session_id)"
+                 " WHERE argv = ?", (argv,))
     assert len(rows) <= 1, rows
     return rows[0] if rows else None
 

@@ -170,7 +170,7 @@ class Timeline(unittest.TestCase):
             t0 = row["started_ns"]  # the client starts on a 100 ms boundary
             self.assertEqual(t0 % 100000000, 0)
             points = {r["ts_ns"] - t0: r for r in query(
-                d.db, "SELECT * FROM timeline WHERE session_id = ?", (row["session_id"],))}
+                d.db, "SELECT * FROM timeline_detail WHERE session_id = ?", (row["session_id"],))}
             ms = 1000000
             self.assertEqual(sorted(points), [0, 100 * ms, 300 * ms])
             # 1000 B live, then a 1 MB spike for 10 ms: the interval keeps the peak.

@@ -39,8 +39,8 @@ class ConcurrentSessions(unittest.TestCase):
             # Each session's timeline ends at its live allocations: 64 of the cycle.
             for s in summaries[:4]:
                 sid = session(d.db, s["tag"])["session_id"]
-                last = query(d.db, "SELECT live_bytes, end_bytes FROM timeline WHERE session_id = ?"
-                             " ORDER BY ts_ns DESC LIMIT 1", (sid,))[0]
+                last = query(d.db, "SELECT live_bytes, end_bytes FROM timeline_detail"
+                             " WHERE session_id = ? ORDER BY ts_ns DESC LIMIT 1", (sid,))[0]
                 live = query(d.db, "SELECT sum(est_bytes) AS b FROM allocations"
                              " WHERE session_id = ? AND freed_ns IS NULL", (sid,))[0]["b"]
                 self.assertEqual(last["end_bytes"], live)

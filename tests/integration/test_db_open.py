@@ -9,6 +9,8 @@ import hashlib
 import importlib.util
 import os
 import re
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -235,6 +237,91 @@ class DbOpenTest(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertEqual(r.stderr, "heapprof: %s: not a heapprof database (not an SQLite "
                          "file)\n" % self.path)
+
+
+BUILD_ROOT = os.environ.get("HEAPPROF_BUILD_ROOT", "")
+HEAPPROFD = os.environ.get("HEAPPROFD") or os.path.join(BUILD_ROOT, "daemon", "heapprofd")
+DAEMON_START_S = 10.0
+DAEMON_STOP_S = 30.0
+
+# The sessions and timeline views as an earlier build of schema version 1 defined them,
+# with heapprof's extra columns at the end and no extension views.
+OLD_VIEWS = """
+DROP VIEW sessions; DROP VIEW timeline; DROP VIEW session_settings; DROP VIEW timeline_detail;
+CREATE VIEW sessions AS
+  SELECT id AS session_id, pid, ppid, argv, executable, python_version, started_ns,
+         ended_ns, sample_interval_bytes, status, events_received, events_dropped,
+         sample_buckets, max_stack_depth, error
+  FROM session;
+CREATE VIEW timeline AS
+  SELECT session_id, ts_ns, live_bytes, live_count, end_bytes FROM timeline_point;
+"""
+
+
+def view_columns(con, view):
+    return [r[1] for r in con.execute("PRAGMA table_info(%s)" % view)]
+
+
+class ViewUpgradeTest(unittest.TestCase):
+    """A database of this schema version written with older view definitions gets the
+    current views when heapprofd opens it again; its data stays."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix="hp-db-views-")
+        self.addCleanup(self._tmp.cleanup)
+        self.path = os.path.join(self._tmp.name, "prof.sqlite")
+        self.assertTrue(os.access(HEAPPROFD, os.X_OK), "no heapprofd at %s" % HEAPPROFD)
+
+    def run_daemon_once(self):
+        """Starts heapprofd on the database, waits until it listens, stops it cleanly."""
+        sock = os.path.join(self._tmp.name, "hp.sock")
+        with open(os.path.join(self._tmp.name, "heapprofd.log"), "wb") as log:
+            proc = subprocess.Popen([HEAPPROFD, "--db", self.path, "--socket", sock,
+                                     "--no-index"], stdout=subprocess.PIPE, stderr=log)
+            try:
+                ready, _, _ = select.select([proc.stdout], [], [], DAEMON_START_S)
+                line = proc.stdout.readline().decode() if ready else ""
+                self.assertEqual(line, "heapprofd: listening on %s\n" % sock)
+                proc.send_signal(signal.SIGTERM)
+                self.assertEqual(proc.wait(DAEMON_STOP_S), 0)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(DAEMON_STOP_S)
+                proc.stdout.close()
+
+    def test_heapprofd_replaces_the_views_of_an_earlier_build(self):
+        con = db.create_db(self.path)
+        con.executescript(OLD_VIEWS)
+        con.execute("INSERT INTO session (id, pid, ppid, argv, executable, python_version,"
+                    " started_ns, ended_ns, sample_interval_bytes, sample_buckets,"
+                    " max_stack_depth, status, error) VALUES (1, 10, 1, '[\"a.py\"]', 'py',"
+                    " '3.11.2', 1000, 2000, 0, '[[128, 0.5]]', 64, 'protocol_error', 'bad')")
+        con.execute("INSERT INTO timeline_point (session_id, ts_ns, live_bytes, live_count,"
+                    " end_bytes) VALUES (1, 1000, 300, 3, 100)")
+        con.close()
+        ro = db.open_db(self.path)
+        self.assertEqual(view_columns(ro, "timeline")[-1], "end_bytes")  # the old form
+        ro.close()
+
+        self.run_daemon_once()
+
+        ro = db.open_db(self.path)
+        try:
+            self.assertEqual(view_columns(ro, "sessions"), [
+                "session_id", "pid", "ppid", "argv", "executable", "python_version",
+                "started_ns", "ended_ns", "sample_interval_bytes", "status",
+                "events_received", "events_dropped"])
+            self.assertEqual(view_columns(ro, "timeline"),
+                             ["session_id", "ts_ns", "live_bytes", "live_count"])
+            self.assertEqual(ro.execute("SELECT * FROM session_settings").fetchall(),
+                             [(1, "[[128, 0.5]]", 64, "bad")])
+            self.assertEqual(ro.execute("SELECT * FROM timeline_detail").fetchall(),
+                             [(1, 1000, 300, 3, 100)])
+            self.assertEqual(ro.execute("SELECT session_id, status FROM sessions").fetchall(),
+                             [(1, "protocol_error")])
+        finally:
+            ro.close()
 
 
 if __name__ == "__main__":

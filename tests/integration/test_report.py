@@ -308,7 +308,42 @@ class ReportLimits(unittest.TestCase):
         text = " ".join(d["warnings"])
         self.assertIn("37 of", text)
         self.assertIn("incomplete", text)
+        self.assertIn("\"never freed\" (Leaks) may include memory that was freed", text)
+        self.assertIn("`heapprof run --on-full block` or a larger --interval", text)
         self.assertIn("still running", text)
+
+    def test_views_of_an_earlier_build_are_read_too(self):
+        # Until heapprofd reopens it, a database of an earlier build of schema version 1
+        # has the extras at the end of sessions/timeline and no extension views. The
+        # report reads the error, the stack depth and the level at the end from either.
+        for old in (False, True):
+            with self.subTest(old_views=old):
+                if os.path.exists(self.db):
+                    os.unlink(self.db)
+                make_db(self.db, status="protocol_error", error="bad frame")
+                con = sqlite3.connect(self.db)
+                # The recorded timeline stops at 9 s; its last interval ended at 12345 B.
+                con.execute("DELETE FROM timeline_point WHERE ts_ns > ?", (T0 + 9 * S,))
+                con.execute("UPDATE timeline_point SET end_bytes = 12345 WHERE ts_ns = ?",
+                            (T0 + 9 * S,))
+                if old:
+                    con.executescript(
+                        "DROP VIEW sessions; DROP VIEW session_settings; DROP VIEW timeline;"
+                        " DROP VIEW timeline_detail;"
+                        " CREATE VIEW sessions AS SELECT id AS session_id, pid, ppid, argv,"
+                        " executable, python_version, started_ns, ended_ns,"
+                        " sample_interval_bytes, status, events_received, events_dropped,"
+                        " sample_buckets, max_stack_depth, error FROM session;"
+                        " CREATE VIEW timeline AS SELECT session_id, ts_ns, live_bytes,"
+                        " live_count, end_bytes FROM timeline_point;")
+                con.commit()
+                con.close()
+                d, _ = self.data("--timeline", "recorded")
+                self.assertEqual(d["session"]["error"], "bad frame")
+                self.assertEqual(d["session"]["max_stack_depth"], 64)
+                self.assertIn("protocol_error: bad frame", " ".join(d["warnings"]))
+                self.assertEqual(d["timeline"]["t"][-1], 10.0)
+                self.assertEqual(d["timeline"]["bytes"][-1], 12345)
 
     def test_abnormal_end_is_explained(self):
         make_db(self.db, status="protocol_error", error="frame of 9 MiB exceeds the 4 MiB limit")

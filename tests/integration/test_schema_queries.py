@@ -84,6 +84,24 @@ TIMELINE = [
     (2, t2(1), 64, 1, 64),
 ]
 
+# The public views with exactly the names and columns of issue 2, in that order.
+PUBLIC_VIEWS = {
+    "sessions": ["session_id", "pid", "ppid", "argv", "executable", "python_version",
+                 "started_ns", "ended_ns", "sample_interval_bytes", "status",
+                 "events_received", "events_dropped"],
+    "frames": ["frame_id", "function", "filename", "lineno"],
+    "stack_frames": ["stack_id", "depth", "frame_id"],
+    "allocations": ["session_id", "alloc_id", "ts_ns", "thread_id", "domain", "address",
+                    "size", "est_bytes", "stack_id", "freed_ns"],
+    "timeline": ["session_id", "ts_ns", "live_bytes", "live_count"],
+}
+# heapprof's extensions: what it records beyond the public views, in views of their own.
+EXTENSION_VIEWS = {
+    "stacks": ["stack_id", "depth", "truncated"],
+    "session_settings": ["session_id", "sample_buckets", "max_stack_depth", "error"],
+    "timeline_detail": ["session_id", "ts_ns", "live_bytes", "live_count", "end_bytes"],
+}
+
 PARAMS = {
     "session": 1,
     "t_ns": t1(4.7),
@@ -119,8 +137,16 @@ EXPECTED = {
         (5, 1024, 1), (6, 0, 0), (7, 0, 0), (8, 0, 0), (9, 0, 0),
     ],
     "(d) Total live bytes over time": [
-        (ts, (ts - S1) / SEC, live, count, end)
-        for (session, ts, live, count, end) in TIMELINE if session == 1
+        (ts, (ts - S1) / SEC, live, count)
+        for (session, ts, live, count, _) in TIMELINE if session == 1
+    ],
+    "Level at the end of each interval (heapprof extension)": [
+        ((ts - S1) / SEC, live, end, live - end)
+        for (session, ts, live, _, end) in TIMELINE if session == 1
+    ],
+    "Sampling settings of every session (heapprof extension)": [
+        (1, 1024, None, 64, "exited", None),
+        (2, 1, None, 32, "running", None),
     ],
     "Peak moment": [
         # 12072 is reached in [4,5) and [5,6); the earliest wins.
@@ -170,7 +196,7 @@ def build_recording(path):
             "INSERT INTO session (id, pid, ppid, argv, executable, python_version, started_ns,"
             " ended_ns, sample_interval_bytes, max_stack_depth, status, events_received,"
             " events_dropped) VALUES (2, 200, 100, '[\"worker.py\"]', '/usr/bin/python3',"
-            " '3.11.7', ?, NULL, 1, 64, 'running', 3, 3)", (S2,))
+            " '3.11.7', ?, NULL, 1, 32, 'running', 3, 3)", (S2,))
         for fid, (func, filename, lineno) in FRAMES.items():
             con.execute("INSERT INTO frame (id, function, filename, lineno) VALUES (?, ?, ?, ?)",
                         (fid, func, filename, lineno))
@@ -299,11 +325,35 @@ class SchemaQueriesTest(unittest.TestCase):
             with self.subTest(query=heading):
                 self.assertFalse(names & storage, "queries storage tables %s" % (names & storage))
 
+    def test_public_views_have_exactly_the_specified_columns(self):
+        # The public interface (issue 2): these names, these columns, in this order.
+        for view, columns in PUBLIC_VIEWS.items():
+            with self.subTest(view=view):
+                got = [r[1] for r in self.con.execute("PRAGMA table_info(%s)" % view)]
+                self.assertEqual(got, columns)
+        for view, columns in EXTENSION_VIEWS.items():
+            with self.subTest(view=view):
+                got = [r[1] for r in self.con.execute("PRAGMA table_info(%s)" % view)]
+                self.assertEqual(got, columns)
+
+    def test_extension_views_match_the_public_ones(self):
+        # session_settings has one row per session, timeline_detail the rows of timeline.
+        self.assertEqual(
+            self.con.execute("SELECT session_id FROM sessions ORDER BY 1").fetchall(),
+            self.con.execute("SELECT session_id FROM session_settings ORDER BY 1").fetchall())
+        self.assertEqual(
+            self.con.execute("SELECT * FROM timeline ORDER BY 1, 2").fetchall(),
+            self.con.execute("SELECT session_id, ts_ns, live_bytes, live_count"
+                             " FROM timeline_detail ORDER BY 1, 2").fetchall())
+        self.assertEqual(
+            self.con.execute("SELECT error, sample_buckets, max_stack_depth"
+                             " FROM session_settings WHERE session_id = 2").fetchone(),
+            (None, None, 32))
+
     def test_readme_documents_every_view_column(self):
         views = [r[0] for r in self.con.execute(
             "SELECT name FROM sqlite_schema WHERE type = 'view' ORDER BY name")]
-        self.assertEqual(views, sorted(["sessions", "frames", "stack_frames", "stacks",
-                                        "allocations", "timeline"]))
+        self.assertEqual(views, sorted(list(PUBLIC_VIEWS) + list(EXTENSION_VIEWS)))
         documented = readme_view_columns()
         for view in views:
             columns = [r[1] for r in self.con.execute("PRAGMA table_info(%s)" % view)]

@@ -72,6 +72,29 @@ class ReaderTest(unittest.TestCase):
             self.assertEqual(s.sample_buckets, [[128, 0.0001], [8192, 0.1]])
             self.assertEqual((s.status, s.error), ('protocol_error', 'EVENTS before HELLO'))
 
+    def test_databases_with_the_views_of_an_earlier_build_are_read(self):
+        # An earlier build of schema version 1 put the extras at the end of sessions and
+        # had no session_settings; a read-only reader cannot update views, so it reads both.
+        for old_columns in (', sample_buckets, max_stack_depth, error', ', error', ''):
+            with self.subTest(extra=old_columns), tempfile.TemporaryDirectory() as d:
+                path = sc.write_db(os.path.join(d, 'old.sqlite'), sc.steady())
+                con = sqlite3.connect(path)
+                con.executescript(
+                    "DROP VIEW sessions; DROP VIEW session_settings;"
+                    " CREATE VIEW sessions AS SELECT id AS session_id, pid, ppid, argv,"
+                    " executable, python_version, started_ns, ended_ns, sample_interval_bytes,"
+                    " status, events_received, events_dropped%s FROM session;"
+                    " UPDATE session SET status = 'protocol_error', error = 'bad frame';"
+                    % old_columns)
+                con.close()
+                (s,) = hr.sessions(path)
+                self.assertEqual(s.status, 'protocol_error')
+                self.assertEqual(s.error, 'bad frame' if 'error' in old_columns else None)
+                self.assertEqual(s.max_stack_depth, 64 if 'max_stack' in old_columns else None)
+                self.assertIsNone(s.sample_buckets)
+                with hr.read(path) as r:
+                    self.assertEqual(r.metadata, s)
+
     # ------------------------------------------------------------ time and peak
     def test_peak_is_when_the_spike_is_held(self):
         with hr.read(self.spike_db) as r:
