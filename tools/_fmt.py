@@ -9,6 +9,25 @@ ESTIMATE_NOTE = ('note: figures are estimates from sampled allocations '
                  '(each sample stands for its est_bytes)')
 
 
+def drop_warning(meta, what):
+    """Lines warning that a session lost events, or [] when it lost none. meta is a
+    reader.Session; what names the figures most affected ('live' or 'never freed').
+
+    A dropped allocation is missing from every figure, and a dropped free leaves its
+    allocation looking live until the end: so live and never-freed figures can be too
+    high as well as too low."""
+    dropped = meta.events_dropped or 0
+    if dropped <= 0:
+        return []
+    total = dropped + (meta.events_received or 0)
+    return ['warning: %s of %s events (%s) were dropped because the program\'s send buffer '
+            'was full: figures are incomplete, and "%s" may include allocations whose free '
+            'was dropped' % (human_count(dropped), human_count(total),
+                             percent(dropped, total).strip(), what),
+            'warning: to record without drops, run again with `heapprof run --on-full block` '
+            '(waits instead of dropping) or a larger --interval']
+
+
 def human_bytes(n):
     """1536 -> '1.5 KiB'; negative values keep their sign."""
     if n is None:

@@ -80,20 +80,29 @@ def _runner(name):
 
 
 def _stats_runs_program(args):
-    """True when `stats` was given a program to run rather than --db."""
+    """True when `stats` was given a program to run rather than a recording to read.
+
+    A recording is named by --db/--session, a program by SCRIPT or -m MODULE (everything
+    after it is the program's). Both at once is refused here with one line, rather than
+    leaving argparse to call the program an unrecognized argument."""
+    recording = None    # the first --db/--session option seen
     i = 0
     while i < len(args):
         a = args[i]
-        if a == '--db' or a.startswith('--db='):
-            return False
         if a in ('-h', '--help'):
             return False
-        if a in ('--session',):
-            i += 2
-        elif a.startswith('-'):
-            i += 1
-        else:
+        name = a.partition('=')[0]
+        if name in ('--db', '--session'):
+            recording = recording or name
+            i += 1 if '=' in a else 2
+            continue
+        if a in ('-m', '--', '-') or not a.startswith('-'):
+            if recording:
+                raise UsageError('stats: use either %s (the histogram of a recording) or '
+                                 'PROGRAM (run it counting every allocation), not both'
+                                 % recording)
             return True
+        i += 1
     return False
 
 

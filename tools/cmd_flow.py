@@ -119,7 +119,7 @@ def run(args):
     write_output(args.output, text)
     if args.output == '-':
         return 0
-    print('wrote %s (%d times)' % (args.output, len(times)))
+    print('wrote %s: live memory at %s' % (args.output, ', '.join(labels)))
     if args.render.lower() != 'none':
         out = render(args.output, args.render)
         if out is None:

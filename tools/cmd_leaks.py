@@ -25,9 +25,8 @@ def run(args):
         print('heapprof leaks: session %d (pid %d): %s never freed %s'
               % (meta.session_id, meta.pid, _fmt.human_bytes(total), when))
         print(_fmt.ESTIMATE_NOTE)
-        if meta.events_dropped:
-            print('warning: %s events were dropped; figures are incomplete'
-                  % _fmt.human_count(meta.events_dropped))
+        for line in _fmt.drop_warning(meta, 'never freed'):
+            print(line)
         if not sites:
             print('no sampled allocation was left unfreed')
             return 0

@@ -48,5 +48,7 @@ def run(args):
         if s.error:
             print('session %d: %s: %s' % (s.session_id, s.status, s.error))
     if any(s.events_dropped for s in rows):
-        print('note: sessions with dropped events have incomplete figures')
+        print('note: sessions with dropped events have incomplete figures, and a dropped '
+              'free makes its allocation look never freed; record with `heapprof run '
+              '--on-full block` or a larger --interval to avoid drops')
     return 0

@@ -20,14 +20,17 @@ def register(subparsers):
                                           'time: self (allocated at that line) and cumulative '
                                           '(allocated while that line was on the stack).')
     add_db_options(p)
+    # No default in argparse: --follow must tell an explicit --at from the default.
     add_at_option(p, default='peak')
+    p.set_defaults(at=None)
     p.add_argument('-n', '--limit', type=int, default=20, metavar='N',
                    help='sites to show (default: 20)')
     p.add_argument('--by', choices=('self', 'cumulative'), default='self',
                    help='order by self or cumulative bytes (default: self)')
     p.add_argument('--follow', action='store_true',
                    help='live view of a session still recording: redraw every second until '
-                        'it ends (Ctrl-C quits); --at is ignored')
+                        'it ends (Ctrl-C quits); always shows the latest moment, so not with '
+                        '--at')
     p.add_argument('--refresh', type=float, default=1.0, metavar='SECONDS',
                    help='redraw period of --follow (default: 1)')
     p.set_defaults(func=run)
@@ -53,9 +56,7 @@ def render(r, t, label, limit, by, width=100):
                 'every %s' % _fmt.human_bytes(meta.sample_interval_bytes)
                 if meta.sample_interval_bytes else 'by size buckets'),
              _fmt.ESTIMATE_NOTE]
-    if meta.events_dropped:
-        lines.append('warning: %s events were dropped; figures are incomplete'
-                     % _fmt.human_count(meta.events_dropped))
+    lines.extend(_fmt.drop_warning(meta, 'live'))
     if not sites:
         lines.append('no live sampled allocations at this time')
         return lines
@@ -75,11 +76,15 @@ def run(args):
         from heapprof.cli import UsageError
         raise UsageError('--limit must be at least 1, not %d' % args.limit)
     if args.follow:
+        if args.at is not None:
+            from heapprof.cli import UsageError
+            raise UsageError('--follow always shows the latest moment; use --at without '
+                             '--follow to see time %s' % args.at)
         return follow(args)
+    at = 'peak' if args.at is None else args.at
     with open_reader(args) as r:
-        t = r.resolve_time(args.at)
-        label = ' (%s)' % args.at.strip().lower() if args.at.strip().lower() in ('peak', 'end') \
-            else ''
+        t = r.resolve_time(at)
+        label = ' (%s)' % at.strip().lower() if at.strip().lower() in ('peak', 'end') else ''
         print('\n'.join(render(r, t, label, args.limit, args.by)))
     return 0
 

@@ -20,6 +20,7 @@ import tools_scenarios as sc
 
 from heapprof import _db
 from heapprof import cli
+from heapprof.reader import read as hr_read
 
 PY = os.environ.get('HEAPPROF_PYTHON', sys.executable)
 SCRIPT = os.path.join(os.path.dirname(PY), 'heapprof')
@@ -205,6 +206,30 @@ class CliTest(unittest.TestCase):
         self.assertEqual(len(rows), 2)
         self.assertIn('estimates from sampled allocations', out)
 
+    def test_dropped_events_are_explained_by_top_and_leaks(self):
+        path = os.path.join(self.dir, 'dropped.sqlite')
+        sc.write_db(path, sc.leak())
+        con = sqlite3.connect(path)
+        con.execute('UPDATE session SET events_received = 3000, events_dropped = 1000')
+        con.commit()
+        con.close()
+        incomplete = ('warning: 1.0k of 4.0k events (25.0%) were dropped because the '
+                      "program's send buffer was full: figures are incomplete, and ")
+        advice = ('warning: to record without drops, run again with `heapprof run --on-full '
+                  'block` (waits instead of dropping) or a larger --interval')
+        for cmd, what in (('leaks', 'never freed'), ('top', 'live')):
+            with self.subTest(cmd=cmd):
+                lines = self.ok(cmd, '--db', path).stdout.splitlines()
+                self.assertIn(incomplete + '"%s" may include allocations whose free was '
+                              'dropped' % what, lines)
+                self.assertIn(advice, lines)
+                # Without drops there is no warning.
+                out = self.ok(cmd, '--db', self.leak_db).stdout
+                self.assertNotIn('warning', out)
+        out = self.ok('sessions', '--db', path).stdout
+        self.assertIn('--on-full block', out)
+        self.assertNotIn('--on-full', self.ok('sessions', '--db', self.leak_db).stdout)
+
     # ------------------------------------------------------------ flame
     def test_flame_folded_parses_and_totals_equal_the_snapshot(self):
         out = os.path.join(self.dir, 'f.folded')
@@ -281,6 +306,16 @@ class CliTest(unittest.TestCase):
         else:
             self.assertIn('graphviz `dot` is not installed', p.stdout)
             sys.stderr.write('[flow: graphviz absent, structure checked only] ')
+
+    def test_flow_says_which_times_it_wrote(self):
+        out = os.path.join(self.dir, 'one.dot')
+        p = self.ok('flow', '--db', self.spike_db, '--render', 'none', '-o', out)
+        with hr_read(self.spike_db) as r:
+            peak = r.peak()[0]
+        self.assertEqual(p.stdout, 'wrote %s: live memory at %.3f s (peak)\n' % (out, peak))
+        p = self.ok('flow', '--db', self.spike_db, '--render', 'none', '-o', out,
+                    '--at', '0.5', '--at', 'end')
+        self.assertEqual(p.stdout, 'wrote %s: live memory at 0.500 s, 3.000 s (end)\n' % out)
 
     def test_flow_refuses_too_many_times(self):
         self.fails('flow', '--db', self.spike_db, '-o', os.path.join(self.dir, 'x.dot'),
@@ -376,6 +411,25 @@ class CliTest(unittest.TestCase):
         self.fails('flame', '--db', self.spike_db, '-o', os.path.join(d, 'no', 'such', 'dir'),
                    pattern='No such file or directory')
         self.fails('top', '--db', self.spike_db, '-n', '0', pattern='--limit must be at least 1')
+
+    def test_contradictory_options_are_refused_in_one_line(self):
+        p = self.fails('top', '--db', self.spike_db, '--follow', '--at', '0.5',
+                       pattern=r'--follow always shows the latest moment; use --at without '
+                               r'--follow to see time 0\.5$')
+        self.assertEqual(p.stdout, '')
+        prog = os.path.join(self.dir, 'never_run.py')
+        marker = os.path.join(self.dir, 'never_run.ran')
+        with open(prog, 'w') as f:
+            f.write('open(%r, "w").close()\n' % marker)
+        for args, opt in ((['--db', self.spike_db, prog], '--db'),
+                          (['--db=' + self.spike_db, '-m', 'json.tool'], '--db'),
+                          (['--session', '1', prog, '--db', 'x'], '--session'),
+                          (['--db', self.spike_db, '--', prog], '--db')):
+            with self.subTest(args=args):
+                self.fails('stats', *args, pattern=r'^heapprof: stats: use either %s \(the '
+                           r'histogram of a recording\) or PROGRAM \(run it counting every '
+                           r'allocation\), not both$' % opt)
+        self.assertFalse(os.path.exists(marker), 'the program ran')
 
     def test_unknown_option_is_a_usage_error(self):
         p = heapprof('top', '--db', self.spike_db, '--bogus')
