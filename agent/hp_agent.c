@@ -46,6 +46,7 @@ static int g_addrtab_dirty;                /* under g_lock: a session may have f
 static int g_addrtab_filter;               /* under g_lock: g_addrtab has a filter */
 
 static inline uint64_t event_ts(void);
+static clockid_t g_ts_clock;
 
 static void on_sender_failed(void *arg, int err)
 {
@@ -185,6 +186,8 @@ int hp_agent_start(const hp_agent_opts *o)
   g_addrtab_dirty = 1;
   atomic_store(&g_extra_drops, 0);
   atomic_store(&g_free_wait_gave_up, 0);
+  g_ts_clock = (!o->nbuckets && o->sample_interval == 1) ? CLOCK_MONOTONIC_COARSE
+                                                          : CLOCK_MONOTONIC;
   hp_agent_sampler = cfg;
   hp_agent_max_depth = o->max_depth;
   g_block = o->block_when_full;
@@ -262,15 +265,21 @@ int hp_agent_child_needs_restart(void)
   return r;
 }
 
-/* Event timestamps: CLOCK_MONOTONIC_COARSE reads the clock value of the last kernel tick
- * (1-4 ms resolution) in ~3 ns where CLOCK_MONOTONIC costs ~20 ns; measured as 16% of the
- * record-everything profile. It is the same clock as CLOCK_MONOTONIC at tick granularity,
- * so HELLO's start_mono_ns still converts it to wall time, and the daemon's timeline
- * (100 ms by default) and free pairing (stream order) do not need finer stamps. */
+/* Event timestamps. When sampling (interval > 1, or bucket rates) events are few and
+ * get CLOCK_MONOTONIC: nanosecond resolution through the vDSO, ~21 ns a read here
+ * against ~3 ns for CLOCK_MONOTONIC_COARSE, i.e. nothing measurable at a few thousand
+ * events a second. Recording everything (interval 1) produces millions of events a
+ * second, where those 18 ns per event were 16% of the profile, so it keeps the coarse
+ * clock: the same clock at kernel-tick resolution (1-4 ms; 4 ms here), whose sub-tick
+ * order is still the stream order the daemon pairs by. Either way HELLO's
+ * start_mono_ns (stamped by this function) converts the stamps to wall time.
+ * Written under g_lock while profiling is off; read by the hooks. */
+static clockid_t g_ts_clock = CLOCK_MONOTONIC;
+
 static inline uint64_t event_ts(void)
 {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  clock_gettime(g_ts_clock, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
