@@ -181,6 +181,35 @@ class Runner(unittest.TestCase):
         self.assertFalse(runner._remove_if_no_session(db))
         self.assertTrue(os.path.exists(db))
 
+    def test_summary_warns_that_drops_can_hide_frees(self):
+        # Review item 3: a dropped FREE makes a block look allocated for ever; the
+        # summary says so when the session dropped events, and only then. The scripted
+        # client's 'normal' session reports 3 drops in its GOODBYE, 'many-frames' none.
+        import io
+        from heapprof import runner
+        client = os.path.join(os.environ.get('HEAPPROF_BUILD_ROOT', ''), 'tests',
+                              'integration', 'hp_testclient')
+        daemon = Daemon(self.tmp)
+        self.addCleanup(daemon.kill)
+        for scenario in ('normal', 'many-frames'):
+            r = subprocess.run([client, '--socket', daemon.socket, '--scenario', scenario,
+                                '--tag', scenario, '--events', '10', '--defs', '5'],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        daemon.stop()
+        out = io.StringIO()
+        runner.summarize(daemon.db, out)
+        lines = out.getvalue().splitlines()
+        heads = [i for i, l in enumerate(lines) if l.startswith('session ')]
+        self.assertEqual(len(heads), 2, lines)
+        first = lines[heads[0]:heads[1]]
+        second = lines[heads[1]:]
+        self.assertIn(', 3 events dropped', first[0])
+        notes = [l for l in first if 'may include blocks whose free was lost' in l]
+        self.assertEqual(len(notes), 1, lines)
+        self.assertIn('--on-full block', notes[0])
+        self.assertFalse([l for l in second if 'free was lost' in l], lines)
+
     def test_run_with_socket_of_running_daemon(self):
         daemon = Daemon(self.tmp)
         self.addCleanup(daemon.kill)
