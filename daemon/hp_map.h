@@ -5,7 +5,8 @@
  * ids) and the live sampled addresses of one session (store.c pairs frees with
  * allocations). Memory is proportional to the entries held: the table grows at half
  * load and shrinks again when it falls to an eighth, so an address map follows the
- * live sampled allocations of its session, not their history.
+ * live sampled allocations of its session, not their history. The map has no limit of
+ * its own: its owners cap the entries (HP_CONN_MAX_FRAMES/STACKS, HP_STORE_MAX_LIVE_ADDRS).
  * Not thread-safe: each map belongs to one thread. */
 #ifndef HP_MAP_H
 #define HP_MAP_H
