@@ -136,8 +136,8 @@ static int check_header(const char *path, off_t size, char *errbuf, size_t errle
 
 /* Every table that schema.sql creates must exist in a database that claims to be ours:
  * without them it is damaged, and appending to it would fail later and obscurely. (Views
- * and indexes are not checked: opening re-applies schema.sql, whose statements are all
- * IF NOT EXISTS, and so restores them.) The names come from applying the embedded schema
+ * and indexes are not checked: opening re-applies schema.sql, which creates missing
+ * tables and indexes and drops and recreates every view, and so restores them.) The names come from applying the embedded schema
  * to an in-memory database, so they are spelled only in schema.sql. */
 static int check_objects(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
   sqlite3 *ref = NULL;
@@ -270,8 +270,9 @@ static int inspect(const char *path, db_state *state, char *errbuf, size_t errle
 }
 
 /* Applies schema.sql inside one write transaction. To an empty database it adds
- * everything; to one of ours (every statement is IF NOT EXISTS) it adds only views and
- * indexes that a database of this version lacks. The transaction first re-checks what
+ * everything; to one of ours it adds the tables and indexes a database of this version
+ * lacks (those statements are IF NOT EXISTS) and redefines every view, so that views
+ * written by an earlier build of this version are brought up to date. The transaction first re-checks what
  * inspect() saw: another process may have created or replaced the file since. */
 static int apply_schema(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
   long long app_id = 0, version = 0, objects = 0;
