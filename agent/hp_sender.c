@@ -183,8 +183,8 @@ static void report_failure(hp_sender *s, int err, uint64_t lost)
   int n;
   if (err == -ETIMEDOUT)
     n = snprintf(line, sizeof(line),
-                 "heapprof: heapprofd at %s did not take data for %.0f s; %llu events "
-                 "lost, the session is incomplete\n", s->socket_path,
+                 "heapprof: heapprofd at %s did not take the rest of the data within "
+                 "%.0f s; %llu events lost, the session is incomplete\n", s->socket_path,
                  (double)s->stop_timeout_ns / 1e9, (unsigned long long)lost);
   else
     n = snprintf(line, sizeof(line),

@@ -10,9 +10,10 @@
  *
  * Never hang the program: while profiling, a daemon that stops reading (SIGSTOPped,
  * stuck) only makes the sender wait and the ring drop; once hp_sender_stop() is called,
- * the sender gives the daemon at most the stop timeout to take what is left, then shuts
- * the socket down, says how many events were lost (one line) and ends, so that the
- * program's exit is delayed by at most that long. */
+ * the sender gives the daemon at most the stop timeout in all (not per write: a daemon
+ * that reads a byte now and then must not hold the exit either) to take what is left,
+ * then shuts the socket down, says how many events were lost (one line) and ends, so
+ * that the program's exit is delayed by at most that long. */
 #ifndef HP_SENDER_H
 #define HP_SENDER_H
 

@@ -318,13 +318,19 @@ def run_main(argv):
             env['HEAPPROF_SOCKET'] = sock
             status = _run_child(cmd, env)
         finally:
-            daemon.send_signal(signal.SIGTERM)
+            # A second Ctrl-C must not cut the daemon's shutdown short (it would leave the
+            # database without its read indexes and print a traceback).
+            old = signal.signal(signal.SIGINT, _ignore_sigint)
             try:
-                daemon.wait(timeout=DAEMON_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-            pump.join(timeout=5)
+                daemon.send_signal(signal.SIGTERM)
+                try:
+                    daemon.wait(timeout=DAEMON_STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+                    daemon.wait()
+                pump.join(timeout=5)
+            finally:
+                signal.signal(signal.SIGINT, old)
         if daemon.returncode != 0:
             sys.stderr.write('heapprof run: heapprofd exited with status %d%s\n'
                              % (daemon.returncode, (': ' + lines[-1]) if lines else ''))

@@ -145,7 +145,7 @@ class Failures(unittest.TestCase):
         self.assertIn('finished', out)
         lines = err.splitlines()
         self.assertEqual(len(lines), 1, err)
-        self.assertIn('heapprofd at %s did not take data for 5 s' % daemon.socket, lines[0])
+        self.assertIn('heapprofd at %s did not take the rest of the data within 5 s' % daemon.socket, lines[0])
         lost = re.search(r'; (\d+) events lost', lines[0])
         self.assertIsNotNone(lost, lines[0])
         self.assertGreater(int(lost.group(1)), 0)

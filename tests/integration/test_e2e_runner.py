@@ -42,9 +42,9 @@ os.waitpid(child, 0)
 INTERRUPTIBLE = """
 import sys, time
 keep = [bytearray(100000) for _ in range(200)]     # SITE_KEEP
-print("ready", flush=True)
 deadline = time.monotonic() + 40
 try:
+    print("ready", flush=True)             # inside: the SIGINT may come right after it
     while time.monotonic() < deadline:
         time.sleep(0.01)
 except KeyboardInterrupt:

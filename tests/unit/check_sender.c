@@ -210,7 +210,7 @@ START_TEST(stop_gives_up_on_a_peer_that_reads_nothing)
   ssize_t n = read(errpipe[0], msg, sizeof(msg) - 1);
   ck_assert_int_gt(n, 0);
   msg[n] = 0;
-  ck_assert_msg(strstr(msg, "heapprofd at stopped.sock did not take data for 0 s") != NULL,
+  ck_assert_msg(strstr(msg, "heapprofd at stopped.sock did not take the rest of the data within 0 s") != NULL,
                 "%s", msg);
   unsigned long long lost = 0;
   const char *semi = strstr(msg, "; ");
