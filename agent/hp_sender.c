@@ -51,6 +51,16 @@ uint64_t hp_wall_ns(void)
 
 int hp_sender_connect(const char *path, int *fd_out)
 {
+  return hp_sender_connect_timeout(path, HP_SENDER_CONNECT_TIMEOUT_NS, fd_out);
+}
+
+/* Non-blocking, because a blocking connect() to a daemon that accepts nothing (SIGSTOPped
+ * with its backlog full) never returns, and the caller holds the agent lock: the
+ * program's start, or a fork child's, would hang. A Unix socket's connect() does not
+ * complete in the background; with the backlog full it fails with EAGAIN and is tried
+ * again. */
+int hp_sender_connect_timeout(const char *path, uint64_t timeout_ns, int *fd_out)
+{
   struct sockaddr_un sa;
   memset(&sa, 0, sizeof(sa));
   sa.sun_family = AF_UNIX;
@@ -60,20 +70,31 @@ int hp_sender_connect(const char *path, int *fd_out)
   if (n >= sizeof(sa.sun_path))
     return -ENAMETOOLONG;
   memcpy(sa.sun_path, path, n);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0)
     return -errno;
-  int rc;
-  do
-    rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
-  while (rc < 0 && errno == EINTR);
-  if (rc < 0) {
-    int err = -errno;
-    close(fd);
-    return err;
+  uint64_t deadline = hp_now_ns() + timeout_ns;
+  int err = 0;
+  while (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN) {
+      err = -errno;
+      goto out_close;
+    }
+    if (hp_now_ns() >= deadline) {
+      err = -ETIMEDOUT;
+      goto out_close;
+    }
+    struct timespec ts = { 0, 1000000 };
+    nanosleep(&ts, NULL);
   }
   *fd_out = fd;
   return 0;
+
+out_close:
+  close(fd);
+  return err;
 }
 
 /* Waits until the socket may take more data. Before stop it waits as long as it takes

@@ -32,6 +32,8 @@
 #define HP_SENDER_STOP_TIMEOUT_NS 5000000000ull /* stop: longest wait for the daemon to
                                                   take the rest of the stream */
 #define HP_SENDER_WAIT_SLICE_MS  50           /* a blocked write re-checks for stop */
+#define HP_SENDER_CONNECT_TIMEOUT_NS 5000000000ull /* a daemon whose listen backlog is
+                                                     full (stopped, swamped) */
 
 typedef struct hp_sender hp_sender;  /* opaque */
 
@@ -45,9 +47,13 @@ typedef struct {
   uint64_t stop_timeout_ns;              /* 0: HP_SENDER_STOP_TIMEOUT_NS (tests shorten it) */
 } hp_sender_cfg;
 
-/* Connects a stream socket to a Unix socket path. 0 and *fd_out, or -errno
- * (-ENAMETOOLONG for a path over the sun_path limit). */
+/* Connects a stream socket to a Unix socket path, waiting at most
+ * HP_SENDER_CONNECT_TIMEOUT_NS for room in the daemon's listen backlog. 0 and *fd_out
+ * (non-blocking: the sender waits with poll()), or -errno (-ENAMETOOLONG for a path over
+ * the sun_path limit, -ETIMEDOUT when the backlog stayed full). */
 int hp_sender_connect(const char *path, int *fd_out);
+/* The same with another time limit (tests). */
+int hp_sender_connect_timeout(const char *path, uint64_t timeout_ns, int *fd_out);
 
 /* Takes ownership of fd (closed on failure too); hello is deep-copied. NULL and *err on
  * failure (-HP_ENOMEM, or -errno from pthread_create). */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "hp_intern.h"
@@ -292,6 +293,38 @@ START_TEST(stop_waits_for_a_slow_reader)
 }
 END_TEST
 
+START_TEST(connect_gives_up_on_a_full_backlog)
+{
+  /* A listener that never accepts, with the smallest backlog: after the connections it
+   * holds, connect() would block for ever. */
+  char path[64];
+  snprintf(path, sizeof(path), "/tmp/hp-check-sender-%d.sock", (int)getpid());
+  unlink(path);
+  int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+  ck_assert_int_ge(lfd, 0);
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  strcpy(sa.sun_path, path);
+  ck_assert_int_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  ck_assert_int_eq(listen(lfd, 0), 0);
+  int fds[8], nfds = 0, rc = 0;
+  while (nfds < 8) {
+    int fd = -1;
+    rc = hp_sender_connect_timeout(path, 100000000ull, &fd);
+    if (rc < 0)
+      break;
+    fds[nfds++] = fd;
+  }
+  ck_assert_int_ge(nfds, 1);               /* the backlog took some */
+  ck_assert_int_eq(rc, -ETIMEDOUT);        /* and then the limit, not a hang */
+  for (int i = 0; i < nfds; i++)
+    close(fds[i]);
+  close(lfd);
+  unlink(path);
+}
+END_TEST
+
 Suite *sender_suite(void)
 {
   Suite *s = suite_create("sender");
@@ -305,6 +338,7 @@ Suite *sender_suite(void)
   tcase_set_timeout(stuck, 30);
   tcase_add_test(stuck, stop_gives_up_on_a_peer_that_reads_nothing);
   tcase_add_test(stuck, stop_waits_for_a_slow_reader);
+  tcase_add_test(stuck, connect_gives_up_on_a_full_backlog);
   suite_add_tcase(s, stuck);
   return s;
 }
