@@ -373,11 +373,21 @@ def _ignore_sigint(signum, frame):
 
 
 def _run_child(cmd, env):
-    # Ctrl-C reaches the child (same process group); we wait for it to finish, then
-    # summarise. A do-nothing handler, not SIG_IGN: an ignored signal stays ignored
-    # across exec, so the program would never see its Ctrl-C; a handler is reset to
-    # the default there.
-    old = signal.signal(signal.SIGINT, _ignore_sigint)
+    # Ctrl-C (SIGINT) and a terminal hangup (SIGHUP) go to the whole foreground process
+    # group: the program gets them itself; we wait for it to finish, then stop the
+    # daemon (in its own session, so untouched) and summarise. Do-nothing handlers, not
+    # SIG_IGN: an ignored signal stays ignored across exec, so the program would never
+    # see its Ctrl-C; a handler is reset to the default there. A SIGTERM sent to us
+    # alone (kill PID) is passed on to the program, so that the daemon is still stopped
+    # cleanly instead of outliving us.
+    child = None
+
+    def forward(signum, frame):
+        if child is not None:
+            child.send_signal(signum)
+    handlers = {signal.SIGINT: _ignore_sigint, signal.SIGHUP: _ignore_sigint,
+                signal.SIGTERM: forward}
+    old = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
     try:
         child = subprocess.Popen(cmd, env=env)
         return _exit_status(child.wait())
@@ -385,7 +395,8 @@ def _run_child(cmd, env):
         sys.stderr.write('heapprof run: cannot run %s: %s\n' % (cmd[0], e.strerror or e))
         return 127
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def print_histogram(rows, out):

@@ -154,6 +154,40 @@ class Runner(unittest.TestCase):
         self.assertGreaterEqual(n, 200)
         self.assertGreaterEqual(size, 200 * 100000)
 
+    def test_hangup_and_terminate_end_the_program_and_stop_the_daemon(self):
+        # The daemon runs in its own session (so that Ctrl-C misses it): a terminal
+        # hangup (SIGHUP to the group) or `kill RUNNER` (SIGTERM to the runner alone)
+        # must still end with the program's status and a cleanly stopped daemon, never
+        # a heapprofd left running after the runner.
+        path = write_program(self.tmp, 'loop.py', INTERRUPTIBLE)
+        for sig, to_group in ((signal.SIGHUP, True), (signal.SIGTERM, False)):
+            db = os.path.join(self.tmp, 'sig%d.sqlite' % sig)
+            proc = subprocess.Popen([PYTHON, '-m', 'heapprof', 'run', '-o', db, path],
+                                    env=self.env, cwd=self.tmp, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+            try:
+                self.assertEqual(proc.stdout.readline(), 'ready\n')
+                if to_group:
+                    os.killpg(proc.pid, sig)
+                else:
+                    proc.send_signal(sig)
+                out, err = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            self.assertEqual(proc.returncode, 128 + sig, err)   # killed by the signal
+            self.assertNotIn('heapprofd exited', err)
+            self.assertIn('database: %s' % db, err)            # summarised after the stop
+            con = sqlite3.connect(db)
+            try:
+                self.assertEqual(con.execute('SELECT COUNT(*) FROM sessions').fetchone()[0], 1)
+            finally:
+                con.close()
+            # The daemon released the database (its lock file goes at a clean exit).
+            self.assertFalse(os.path.exists(db + '.lock'))
+
     def test_run_missing_module_leaves_no_database(self):
         # Review item 15: the empty heapprof-<ts>.sqlite became the next default --db.
         r = self.heapprof('run', '-m', 'heapprof_no_such_module_xyz')
