@@ -204,6 +204,25 @@ static inline void after_alloc(hook_tls *t, hp_domain domain, void *ptr, size_t 
  * around the real call. Larger requests fall through to PyMem_RawMalloc. */
 #define PYMALLOC_SMALL 512u
 
+#define HP_LIKELY(x) __builtin_expect(!!(x), 1)
+
+/* The unsampled fast path of a small mem/obj request, shared by malloc and calloc: one
+ * relaxed load of the mode, one TLS block (flag, generation, countdown), the countdown
+ * step. The countdown test is hp_sampler_sample()'s, spelled out so that the hooks stay
+ * frameless and end in a tail call. (Interval 1 and bucket rates never set the thread's
+ * generation, so they always fail it and take the slow path.) */
+static inline int small_unsampled(hook_tls *t, size_t size)
+{
+  if (HP_LIKELY(atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_PROFILE &&
+                !t->reentrant && size <= PYMALLOC_SMALL &&
+                t->sampler.generation == hp_agent_sampler.generation &&
+                (uint64_t)t->sampler.countdown > size)) {
+    t->sampler.countdown -= (int64_t)size;
+    return 1;
+  }
+  return 0;
+}
+
 /* A request that may reach another hook (raw domain, or above pymalloc's threshold):
  * flagged so that the nested call passes through. */
 static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hook_tls *t, size_t size)
@@ -216,11 +235,16 @@ static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hook_tls *t, 
   return p;
 }
 
-/* A small request whose countdown ran out (or stats mode): the sampler's slow path. */
-static __attribute__((noinline)) void *malloc_small_slow(hook_ctx *c, hook_tls *t, size_t size)
+/* Everything but the mem/obj fast path: off, stats, re-entry, large, or sampled. */
+static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, size_t size)
 {
   uint64_t est;
-  if (atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_STATS) {
+  int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
+  if (t->reentrant || mode == HP_MODE_OFF)
+    return c->prev.malloc(c->prev.ctx, size);
+  if (size > PYMALLOC_SMALL || c->domain == HP_DOMAIN_RAW)
+    return malloc_flagged(c, t, size);
+  if (mode == HP_MODE_STATS) {
     hp_stats_add(size);
     return c->prev.malloc(c->prev.ctx, size);
   }
@@ -234,30 +258,30 @@ static __attribute__((noinline)) void *malloc_small_slow(hook_ctx *c, hook_tls *
   return p;
 }
 
+/* mem and obj domains. */
 static void *hook_malloc(void *ctx, size_t size)
 {
   hook_ctx *c = ctx;
   hook_tls *t = &t_tls;
-  int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
-  if (t->reentrant || mode == HP_MODE_OFF)
+  if (small_unsampled(t, size))
     return c->prev.malloc(c->prev.ctx, size);
-  if (size > PYMALLOC_SMALL || c->domain == HP_DOMAIN_RAW)
-    return malloc_flagged(c, t, size);
-  /* Fast path, decided before allocating so that it ends in a tail call: a small
-   * request cannot reach a nested hook, so no re-entry flag is needed unless sampled.
-   * (The countdown test is hp_sampler_sample()'s, spelled out to keep this frameless.) */
-  if (mode == HP_MODE_PROFILE && t->sampler.generation == hp_agent_sampler.generation &&
-      (uint64_t)t->sampler.countdown > size && hp_agent_sampler.interval > 1) {
-    t->sampler.countdown -= (int64_t)size;
-    return c->prev.malloc(c->prev.ctx, size);
-  }
-  return malloc_small_slow(c, t, size);
+  return malloc_slow(c, t, size);
 }
 
-static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
+/* The raw domain: every profiled request is flagged (it may be the fall-through of a
+ * larger mem/obj request, which arrives here already flagged and passes through). */
+static void *hook_raw_malloc(void *ctx, size_t size)
 {
   hook_ctx *c = ctx;
   hook_tls *t = &t_tls;
+  if (t->reentrant || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
+    return c->prev.malloc(c->prev.ctx, size);
+  return malloc_flagged(c, t, size);
+}
+
+static __attribute__((noinline)) void *calloc_slow(hook_ctx *c, hook_tls *t, size_t nelem,
+                                                   size_t elsize)
+{
   if (t->reentrant || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
     return c->prev.calloc(c->prev.ctx, nelem, elsize);
   t->reentrant = 1;
@@ -266,6 +290,22 @@ static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
     after_alloc(t, c->domain, p, nelem * elsize);
   t->reentrant = 0;
   return p;
+}
+
+/* mem and obj domains (3.11's GC objects and dict keys come through here). */
+static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+  hook_ctx *c = ctx;
+  hook_tls *t = &t_tls;
+  size_t size;
+  if (!__builtin_mul_overflow(nelem, elsize, &size) && small_unsampled(t, size))
+    return c->prev.calloc(c->prev.ctx, nelem, elsize);
+  return calloc_slow(c, t, nelem, elsize);
+}
+
+static void *hook_raw_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+  return calloc_slow(ctx, &t_tls, nelem, elsize);
 }
 
 /* realloc is a free of the old block and an allocation of the new one. The free is
@@ -280,7 +320,8 @@ static void *hook_realloc(void *ctx, void *ptr, size_t size)
   if (t->reentrant || mode == HP_MODE_OFF)
     return c->prev.realloc(c->prev.ctx, ptr, size);
   t->reentrant = 1;
-  if (ptr && mode == HP_MODE_PROFILE) {
+  if (ptr && mode == HP_MODE_PROFILE &&
+      !hp_addrtab_filter_absent(hp_agent_free_filter, (uintptr_t)ptr)) {
     int saved_errno = errno;
     hp_agent_record_free(ptr);
     errno = saved_errno;
@@ -294,6 +335,10 @@ static void *hook_realloc(void *ctx, void *ptr, size_t size)
 
 static __attribute__((noinline)) void free_slow(hook_ctx *c, hook_tls *t, void *ptr)
 {
+  if (t->reentrant || !ptr) {
+    c->prev.free(c->prev.ctx, ptr);
+    return;
+  }
   t->reentrant = 1;
   int saved_errno = errno;
   hp_agent_record_free(ptr);
@@ -306,15 +351,14 @@ static __attribute__((noinline)) void free_slow(hook_ctx *c, hook_tls *t, void *
 static void hook_free(void *ctx, void *ptr)
 {
   hook_ctx *c = ctx;
-  hook_tls *t = &t_tls;
-  /* Fast path: the counting filter proves most pointers were never sampled. */
-  if (t->reentrant || !ptr ||
-      atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE ||
-      hp_addrtab_filter_absent(hp_agent_free_filter, (uintptr_t)ptr)) {
+  /* Fast path: the counting filter proves most pointers were never sampled. No TLS:
+   * the re-entry flag and NULL matter only for the few pointers the filter lets by. */
+  if (atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE ||
+      HP_LIKELY(hp_addrtab_filter_absent(hp_agent_free_filter, (uintptr_t)ptr))) {
     c->prev.free(c->prev.ctx, ptr);
     return;
   }
-  free_slow(c, t, ptr);
+  free_slow(c, &t_tls, ptr);
 }
 
 int hp_hooks_install(void)
@@ -331,7 +375,9 @@ int hp_hooks_install(void)
     g_ctx[i].domain = ours[i];
   }
   for (int i = 0; i < 3; i++) {
-    PyMemAllocatorEx a = { .ctx = &g_ctx[i], .malloc = hook_malloc, .calloc = hook_calloc,
+    int raw = ours[i] == HP_DOMAIN_RAW;
+    PyMemAllocatorEx a = { .ctx = &g_ctx[i], .malloc = raw ? hook_raw_malloc : hook_malloc,
+                           .calloc = raw ? hook_raw_calloc : hook_calloc,
                            .realloc = hook_realloc, .free = hook_free };
     PyMem_SetAllocator(domains[i], &a);
   }

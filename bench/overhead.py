@@ -4,6 +4,11 @@ under heapprof at several sampling intervals (1 = record everything), and under
 `python -X tracemalloc=1` and `=25`; prints wall time and peak RSS as ratios to plain.
 
     python bench/overhead.py [--reps N] [--intervals 1,16384,65536,262144] [--workloads a,b]
+                             [--also LABEL=PYTHON ...]
+
+--also adds the same heapprof columns run by another Python with another heapprof build
+installed (e.g. a venv holding the previous commit), so that two builds are compared side
+by side in one run, under the same load, against the same daemon.
 
 Run it with the Python that has heapprof installed (e.g. the venv's); heapprofd is found as
 $HEAPPROFD, beside that Python, or on PATH. Every configuration of a workload runs once
@@ -53,18 +58,27 @@ def main():
                     help='heapprof sampling intervals to run (1 = every allocation)')
     ap.add_argument('--workloads', default=','.join(WORKLOADS))
     ap.add_argument('--no-tracemalloc', action='store_true')
+    ap.add_argument('--also', action='append', default=[], metavar='LABEL=PYTHON',
+                    help='also run the heapprof columns with this Python (another build)')
     args = ap.parse_args()
+    others = []
+    for spec in args.also:
+        label, sep, exe = spec.partition('=')
+        if not sep or not label or not os.access(exe, os.X_OK):
+            raise SystemExit('--also %r: expected LABEL=PYTHON with an executable PYTHON' % spec)
+        others.append((label, exe))
     intervals = [int(x) for x in args.intervals.split(',') if x]
     workloads = [w for w in args.workloads.split(',') if w]
 
     # As users run it: byte-compiled modules (the package is compiled once below).
     base = {k: v for k, v in os.environ.items()
             if not k.startswith('HEAPPROF_') and k != 'PYTHONDONTWRITEBYTECODE'}
-    subprocess.run([sys.executable, '-c', 'import compileall, os, heapprof; '
-                    'compileall.compile_dir(os.path.dirname(heapprof.__file__), quiet=1)'],
-                   env=base, check=True)
+    for exe in [sys.executable] + [o[1] for o in others]:
+        subprocess.run([exe, '-c', 'import compileall, os, heapprof; '
+                        'compileall.compile_dir(os.path.dirname(heapprof.__file__), quiet=1)'],
+                       env=base, check=True)
     script = os.path.join(HERE, 'overhead_workloads.py')
-    configs = [('plain', [], {})]
+    configs = [('plain', sys.executable, [], {})]
     daemon = None
     tmp = tempfile.TemporaryDirectory(prefix='hp-bench-')
     try:
@@ -80,18 +94,21 @@ def main():
             if 'listening on' not in line:
                 raise SystemExit('heapprofd did not start: %s' % line.strip())
             for i in intervals:
-                name = 'hp I=%s' % ('1 (all)' if i == 1 else ('%dK' % (i // 1024) if i % 1024 == 0 else i))
-                configs.append((name, [], {'HEAPPROF_SOCKET': sock, 'HEAPPROF_INTERVAL': str(i)}))
+                iname = '1 (all)' if i == 1 else ('%dK' % (i // 1024) if i % 1024 == 0 else i)
+                env = {'HEAPPROF_SOCKET': sock, 'HEAPPROF_INTERVAL': str(i)}
+                configs.append(('hp I=%s' % iname, sys.executable, [], env))
+                for label, exe in others:
+                    configs.append(('%s I=%s' % (label, iname), exe, [], env))
         if not args.no_tracemalloc:
-            configs.append(('tracemalloc=1', ['-X', 'tracemalloc=1'], {}))
-            configs.append(('tracemalloc=25', ['-X', 'tracemalloc=25'], {}))
+            configs.append(('tracemalloc=1', sys.executable, ['-X', 'tracemalloc=1'], {}))
+            configs.append(('tracemalloc=25', sys.executable, ['-X', 'tracemalloc=25'], {}))
 
         results = {}   # (workload, config) -> [(wall, rss)]
         for rnd in range(args.reps):
             for w in workloads:
-                for name, xopts, extra in configs:
+                for name, exe, xopts, extra in configs:
                     env = dict(base, **extra)
-                    argv = [sys.executable] + xopts + [script, w]
+                    argv = [exe] + xopts + [script, w]
                     results.setdefault((w, name), []).append(run_once(argv, env))
             print('round %d/%d done' % (rnd + 1, args.reps), file=sys.stderr)
     finally:
