@@ -141,14 +141,33 @@ static __attribute__((noinline)) uint32_t intern_full(void)
   return 0;
 }
 
+/* Direct-mapped cache: hash of the (code, instruction offset) chain -> stack id. A hit
+ * skips the per-frame look-ups and the interning table (hash, probe, compare of the id
+ * list): recording everything, most samples come from a few hundred distinct stacks.
+ * The key is a 64-bit hash of the whole chain, its depth and truncation, so a hit may be
+ * wrong only on a 64-bit hash collision between two stacks in one slot (odds ~2^-64 per
+ * pair). Protected by the GIL, like g_frame_cache. */
+#define STACK_CACHE_SIZE 4096u
+static struct {
+  uint64_t hash;
+  uint32_t id;
+} g_stack_cache[STACK_CACHE_SIZE];
+
+static inline uint64_t chain_mix(uint64_t h, uint64_t v)
+{
+  h = (h ^ v) * 0x9e3779b97f4a7c15ull;
+  return h ^ (h >> 29);
+}
+
 /* Stack id of the calling thread's Python stack, 0 when there is none or it cannot be
  * interned (the event is still recorded, without a stack; see intern_full()). */
 static uint32_t walk_stack(PyThreadState *ts)
 {
+  _PyInterpreterFrame *frames[HP_MAX_STACK_DEPTH];
   uint32_t ids[HP_MAX_STACK_DEPTH];
   uint32_t depth = 0, max = hp_agent_max_depth;
   uint8_t truncated = 0;
-  hp_intern *in = hp_agent_intern();
+  uint64_t h = 0x243f6a8885a308d3ull;
   _PyCFrame *cf = ts->cframe;
   if (!cf)
     return 0;
@@ -159,15 +178,29 @@ static uint32_t walk_stack(PyThreadState *ts)
       truncated = 1;
       break;
     }
-    uint32_t id = frame_id(in, f);
-    if (id == 0)
-      return intern_full();
-    ids[depth++] = id;
+    h = chain_mix(h, (uint64_t)(uintptr_t)f->f_code ^
+                     ((uint64_t)(uint32_t)_PyInterpreterFrame_LASTI(f) << 48));
+    frames[depth++] = f;
   }
   if (depth == 0)
     return 0;
+  h = chain_mix(h, ((uint64_t)depth << 1) | truncated);
+  size_t slot = (size_t)h & (STACK_CACHE_SIZE - 1);
+  if (g_stack_cache[slot].hash == h && g_stack_cache[slot].id != 0)
+    return g_stack_cache[slot].id;
+  hp_intern *in = hp_agent_intern();
+  for (uint32_t i = 0; i < depth; i++) {
+    uint32_t id = frame_id(in, frames[i]);
+    if (id == 0)
+      return intern_full();
+    ids[i] = id;
+  }
   int64_t sid = hp_intern_stack_add(in, ids, depth, truncated);
-  return sid > 0 ? (uint32_t)sid : intern_full();
+  if (sid <= 0)
+    return intern_full();
+  g_stack_cache[slot].hash = h;
+  g_stack_cache[slot].id = (uint32_t)sid;
+  return (uint32_t)sid;
 }
 #endif
 
