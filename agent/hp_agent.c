@@ -363,6 +363,11 @@ void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t es
     hp_addrtab_remove(g_addrtab, (uintptr_t)ptr);
 }
 
+int hp_agent_alloc_room(void)
+{
+  return g_block || hp_ring_alloc_room(g_ring);
+}
+
 void hp_agent_record_free(void *ptr)
 {
   if (!hp_addrtab_remove(g_addrtab, (uintptr_t)ptr))

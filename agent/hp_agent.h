@@ -66,6 +66,11 @@ int hp_agent_child_needs_restart(void);
  * while profiling. */
 void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t est_bytes,
                            uint32_t stack_id);
+/* 0 when a sampled allocation would be dropped now for want of ring space (drop mode,
+ * only the free reserve left): the hook then counts the drop with
+ * hp_agent_count_drop() instead of walking the stack for a record nobody will see.
+ * Always 1 in block mode. */
+int hp_agent_alloc_room(void);
 /* Looks ptr up; if it was sampled, forgets it and queues a FREE (before the caller
  * really frees it, so the address cannot be reused first). */
 void hp_agent_record_free(void *ptr);

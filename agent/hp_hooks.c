@@ -208,6 +208,13 @@ static uint32_t walk_stack(PyThreadState *ts)
 static __attribute__((noinline)) void record_sample(hp_domain domain, void *ptr, size_t size,
                                                     uint64_t est)
 {
+  if (!hp_agent_alloc_room()) {
+    /* Overloaded (recording everything faster than heapprofd stores): this ALLOC would
+     * be refused by the ring anyway. Counting it here saves the stack walk and the
+     * address table's insert and remove. */
+    hp_agent_count_drop();
+    return;
+  }
   int saved_errno = errno;
   uint32_t stack_id = HP_NO_STACK;
 #if HP_FRAMES_SUPPORTED

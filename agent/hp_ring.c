@@ -87,6 +87,13 @@ int hp_ring_push(hp_ring *r, const hp_event *ev)
   return rc;
 }
 
+int hp_ring_alloc_room(const hp_ring *r)
+{
+  size_t ahead = atomic_load_explicit(&((hp_ring *)r)->head, memory_order_relaxed) + r->reserve;
+  size_t seq = atomic_load_explicit(&r->slots[ahead & r->mask].seq, memory_order_relaxed);
+  return (intptr_t)seq - (intptr_t)(ahead & ~r->mask) >= 0;
+}
+
 int hp_ring_try_push(hp_ring *r, const hp_event *ev)
 {
   size_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);

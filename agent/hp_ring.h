@@ -30,6 +30,10 @@ void     hp_ring_free(hp_ring *r);                /* NULL is a no-op */
 /* 0, or -HP_EFULL: the record was dropped and counted (an ALLOC when the free reserve is
  * all that is left, a FREE when the ring is full). */
 int      hp_ring_push(hp_ring *r, const hp_event *ev);
+/* 1 if an ALLOC pushed now would get in (more than the free reserve is free), else 0.
+ * A hint for producers that can skip the work of building a record that would be
+ * dropped; the push itself decides. */
+int      hp_ring_alloc_room(const hp_ring *r);
 /* Like hp_ring_push() but a full ring is not counted (block mode retries). */
 int      hp_ring_try_push(hp_ring *r, const hp_event *ev);
 /* 1 and fills *out, or 0 when empty (or the next record is still being written). */

@@ -85,10 +85,15 @@ START_TEST(ring_full_of_allocs_still_accepts_frees_up_to_reserve)
   for (uint64_t lap = 0; lap < 3; lap++) {
     size_t allocs = 0, frees = 0;
     for (;;) {
+      int room = hp_ring_alloc_room(r);
       hp_event a = ev_n(1, allocs + 1);
-      if (hp_ring_push(r, &a) < 0)
-        break;
-      allocs++;
+      ck_assert_int_eq(room, hp_ring_try_push(r, &a) == 0);
+      if (room) {
+        allocs++;
+        continue;
+      }
+      hp_ring_count_drop(r);
+      break;
     }
     ck_assert_uint_eq(allocs, cap - reserve);
     for (;;) {
@@ -105,6 +110,7 @@ START_TEST(ring_full_of_allocs_still_accepts_frees_up_to_reserve)
       ck_assert_uint_eq(out.address, i < allocs ? i + 1 : i - allocs + 1);
     }
     ck_assert_int_eq(hp_ring_pop(r, &out), 0);
+    ck_assert_int_eq(hp_ring_alloc_room(r), 1);
   }
   hp_ring_free(r);
 }
