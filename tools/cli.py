@@ -33,7 +33,9 @@ def add_db_options(parser, session=True):
                              'current directory)')
     if session:
         parser.add_argument('--session', metavar='ID',
-                            help='session id (default: the newest; see `heapprof sessions`)')
+                            help='session id (default: the newest root session, i.e. not '
+                                 'a child process of another recorded session; see '
+                                 '`heapprof sessions`)')
 
 
 def add_at_option(parser, default='peak', multiple=False):
@@ -57,7 +59,12 @@ def db_path(args):
 
 
 def open_reader(args):
-    return _reader.read(db_path(args), getattr(args, 'session', None))
+    """The Reader of --db/--session. Without --session, when the database holds several
+    sessions, one line on stderr names the one shown (the newest root session)."""
+    r = _reader.read(db_path(args), getattr(args, 'session', None))
+    if r.default_note:
+        sys.stderr.write('%s: %s\n' % (PROG, r.default_note))
+    return r
 
 
 def write_output(path, text):

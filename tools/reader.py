@@ -9,7 +9,7 @@ Times given to and returned by a Reader are float seconds from the session's sta
 figures are estimates: each sampled allocation carries est_bytes, the unbiased number of bytes
 it stands for, and sums of est_bytes estimate the true totals.
 
-    r = heapprof.read('prof.sqlite')          # newest session
+    r = heapprof.read('prof.sqlite')          # newest root session (see default_session)
     t, peak_bytes = r.peak()
     for s in r.top_sites(t):
         print(s.filename, s.lineno, s.self_bytes)
@@ -23,7 +23,7 @@ import sqlite3
 
 from heapprof import _db
 
-__all__ = ['read', 'sessions', 'Reader', 'ReaderError', 'NoSessionsError', 'Session', 'Frame',
+__all__ = ['read', 'sessions', 'default_session', 'Reader', 'ReaderError', 'NoSessionsError', 'Session', 'Frame',
            'SiteStat', 'LeakSite', 'SizeBucket', 'FlowGraph', 'NO_STACK_LABEL']
 
 NS = 1_000_000_000
@@ -146,6 +146,43 @@ def _load_sessions(con):
     return [_session_from_row(r, _last_ns(con, r[0], r[6], r[7])) for r in rows.fetchall()]
 
 
+def _is_root(s, by_pid):
+    """True when no other session is s's parent: one whose pid is s's ppid and which was
+    running when s started (pids are reused, so a same-pid session at another time is not)."""
+    for p in by_pid.get(s.ppid, ()):
+        if p is s:
+            continue
+        end = p.ended_ns if p.ended_ns is not None else float('inf')
+        if p.started_ns <= s.started_ns <= end:
+            return False
+    return True
+
+
+def default_session(all_sessions):
+    """The session shown when none is named: the newest ROOT session, i.e. the newest one
+    started by a process that is not itself recorded in the database. `heapprof run app.py`
+    with multiprocessing records app.py plus its children (resource_tracker, spawn workers),
+    which start later; the newest session overall would be one of those helpers. None when
+    there are no sessions; the newest session if (oddly) none is a root."""
+    if not all_sessions:
+        return None
+    by_pid = collections.defaultdict(list)
+    for s in all_sessions:
+        by_pid[s.pid].append(s)
+    roots = [s for s in all_sessions if _is_root(s, by_pid)] or list(all_sessions)
+    return max(roots, key=lambda s: (s.started_ns, s.session_id))
+
+
+def default_session_note(path, all_sessions, chosen):
+    """The one line telling a user which of several sessions a command shows, or None when
+    the database holds only one."""
+    if len(all_sessions) < 2:
+        return None
+    return ('%s holds %d sessions; showing %d (pid %d, %s) (choose with --session)'
+            % (path, len(all_sessions), chosen.session_id, chosen.pid,
+               ' '.join(map(str, chosen.argv))[:60] or '?'))
+
+
 def sessions(path):
     """All sessions recorded in the database at path, oldest first."""
     con = _db.open_db(path, readonly=True)
@@ -156,7 +193,8 @@ def sessions(path):
 
 
 def read(path, session=None):
-    """A Reader over one session of the database at path (the newest when session is None)."""
+    """A Reader over one session of the database at path (when session is None, the newest
+    root session: see default_session)."""
     return Reader(path, session)
 
 
@@ -171,6 +209,9 @@ class Reader:
 
     def __init__(self, path, session=None):
         self.path = path
+        # Set when session is None and the database holds several: the line naming the
+        # session chosen (see default_session_note).
+        self.default_note = None
         self._con = _db.open_db(path, readonly=True)
         try:
             self._columns = _session_columns(self._con)
@@ -196,10 +237,13 @@ class Reader:
     def _pick_session(self, session):
         con = self._con
         if session is None:
-            row = con.execute('SELECT %s ORDER BY started_ns DESC, session_id DESC LIMIT 1'
-                              % self._columns).fetchone()
-            if row is None:
+            all_sessions = _load_sessions(con)
+            chosen = default_session(all_sessions)
+            if chosen is None:
                 raise NoSessionsError('%s holds no recorded sessions yet' % self.path)
+            # For callers that tell users which session they see (heapprof.cli).
+            self.default_note = default_session_note(self.path, all_sessions, chosen)
+            return chosen
         else:
             try:
                 session = int(session)

@@ -17,7 +17,8 @@ sampled allocations is reduced here to
 The browser side (report/report.js) builds flame graphs, tables and growth rankings
 from those arrays, so the file stays a few hundred KiB whatever the session's size.
 
-Entry points: `write_report(db_path, out_path, session=None)` for `heapprof run
+Entry points: `write_report(db_path, out_path, session=None)` (None: the newest root
+session, as chosen by heapprof.reader.default_session) for `heapprof run
 --report`, and `register(subparsers)` for the `heapprof report` subcommand.
 """
 
@@ -88,12 +89,15 @@ def _pick_session(con, db_path, session):
         raise ReportError(f"{db_path} holds no sessions")
     ids = [r["session_id"] for r in rows]
     if session is None:
-        # The most recent session is the one a user just recorded.
-        s = rows[-1]
-        if len(rows) > 1:
-            print(f"heapprof report: {db_path} holds {len(rows)} sessions "
-                  f"({', '.join(map(str, ids))}); reporting on session {s['session_id']} "
-                  f"(choose with --session N)", file=sys.stderr)
+        # The newest root session: the program the user ran, not one of its child
+        # processes (the same choice as every other heapprof command).
+        from heapprof import reader
+        all_sessions = reader._load_sessions(con)
+        chosen = reader.default_session(all_sessions)
+        s = next(r for r in rows if r["session_id"] == chosen.session_id)
+        note = reader.default_session_note(db_path, all_sessions, chosen)
+        if note:
+            print(f"heapprof report: {note}", file=sys.stderr)
     else:
         match = [r for r in rows if r["session_id"] == session]
         if not match:
@@ -606,7 +610,8 @@ def _add_arguments(p):
                    help="heapprof database (default: the newest heapprof-*.sqlite in the "
                         "current directory)")
     p.add_argument("--session", type=_positive_int, default=None,
-                   help="session id (default: the most recent session)")
+                   help="session id (default: the newest root session, i.e. not a child "
+                        "process of another recorded session)")
     p.add_argument("-o", "--output", default="report.html",
                    help="HTML file to write (default: report.html)")
     p.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS,

@@ -363,6 +363,25 @@ class ReportLimits(unittest.TestCase):
         self.assertEqual(d["session"]["id"], 1)
         self.assertEqual(d["session"]["pid"], 4242)
 
+    def test_default_is_the_program_not_its_child_processes(self):
+        # Sessions 2 and 3 are children of session 1 (ppid = its pid, started while it
+        # ran), like multiprocessing's resource_tracker and workers: the default is 1.
+        make_db(self.db, sessions=3)
+        con = sqlite3.connect(self.db)
+        con.execute("UPDATE session SET ended_ns = ? WHERE id = 1", (T0 + 20 * S,))
+        con.execute("UPDATE session SET ppid = 4242 WHERE id IN (2, 3)")
+        con.commit()
+        con.close()
+        d, r = self.data()
+        self.assertEqual((d["session"]["id"], d["session"]["pid"]), (1, 4242))
+        notes = [ln for ln in r.stderr.splitlines() if "sessions" in ln]
+        self.assertEqual(len(notes), 1, r.stderr)
+        self.assertRegex(notes[0], r"^heapprof report: .*prof\.sqlite holds 3 sessions; "
+                                   r"showing 1 \(pid 4242, .*\) \(choose with --session\)$")
+        d, r = self.data("--session", "3")
+        self.assertEqual(d["session"]["id"], 3)
+        self.assertNotIn("sessions", r.stderr)
+
     def test_allocations_without_a_stack_are_shown_as_such(self):
         make_db(self.db, nostack=True)
         d, _ = self.data()

@@ -137,6 +137,24 @@ class CliTest(unittest.TestCase):
         self.assertRegex(out[3], r'^\s*2\s+2000\s+1\s+exited\s.*leak\.py --flag')
         self.assertEqual(len(out), 4)
 
+    def test_default_session_is_the_program_not_its_child_processes(self):
+        family = sc.family_db(os.path.join(self.dir, 'family.sqlite'))
+        note = (r'^heapprof: .*family\.sqlite holds 3 sessions; showing 1 \(pid 1000, '
+                r'spike\.py --flag\) \(choose with --session\)\n$')
+        for cmd in (['top'], ['leaks'], ['flame', '-o', '-'], ['stats']):
+            p = self.ok(*cmd, '--db', family)
+            self.assertRegex(p.stderr, note, cmd)       # exactly one line
+            if cmd[0] != 'flame':
+                self.assertIn('session 1 (pid 1000', p.stdout, cmd)
+        self.assertIn('make_spike', self.ok('top', '--db', family).stdout)
+        # --session wins, silently.
+        p = self.ok('leaks', '--db', family, '--session', '2')
+        self.assertEqual(p.stderr, '')
+        self.assertIn('session 2 (pid 2000', p.stdout)
+        self.assertIn('handle_request', p.stdout)
+        # A database with one session says nothing about choosing.
+        self.assertEqual(self.ok('top', '--db', self.spike_db).stderr, '')
+
     def test_db_defaults_to_newest_heapprof_file_in_cwd(self):
         with tempfile.TemporaryDirectory() as d:
             p = heapprof('sessions', cwd=d)

@@ -59,6 +59,44 @@ class ReaderTest(unittest.TestCase):
             self.assertIsNone(r.metadata.error)
             self.assertAlmostEqual(r.duration, 3.0)
 
+    def test_default_is_the_newest_root_session_not_a_child_process(self):
+        # Review finding: the default used to be the newest session, which after
+        # `heapprof run app.py` with multiprocessing is a child (resource_tracker, worker).
+        with tempfile.TemporaryDirectory() as d:
+            path = sc.family_db(os.path.join(d, 'family.sqlite'))
+            ss = hr.sessions(path)
+            self.assertEqual([(s.session_id, s.pid, s.ppid) for s in ss],
+                             [(1, 1000, 1), (2, 2000, 1000), (3, 2001, 1000)])
+            self.assertEqual(hr.default_session(ss).session_id, 1)
+            with hr.read(path) as r:
+                self.assertEqual(r.session_id, 1)
+                self.assertEqual(r.metadata.argv, ['spike.py', '--flag'])
+                self.assertRegex(r.default_note, r'family\.sqlite holds 3 sessions; showing 1 '
+                                 r'\(pid 1000, spike\.py --flag\) \(choose with --session\)$')
+            # An explicit session still wins, and then nothing needs explaining.
+            with hr.read(path, session=3) as r:
+                self.assertEqual((r.session_id, r.metadata.pid), (3, 2001))
+                self.assertIsNone(r.default_note)
+            # pids are reused: a session whose ppid is the pid of a session that had already
+            # ended when it started is a root of its own, and being newest it is the default.
+            con = sqlite3.connect(path)
+            con.execute('UPDATE session SET started_ns = started_ns + 7200 * 1000000000,'
+                        ' ended_ns = ended_ns + 7200 * 1000000000 WHERE id = 3')
+            con.commit()
+            con.close()
+            with hr.read(path) as r:
+                self.assertEqual(r.session_id, 3)
+            # A parent still running (no end yet) is a parent of everything started after it.
+            con = sqlite3.connect(path)
+            con.execute("UPDATE session SET ended_ns = NULL, status = 'running' WHERE id = 1")
+            con.commit()
+            con.close()
+            with hr.read(path) as r:
+                self.assertEqual(r.session_id, 1)
+        with hr.read(self.spike_db) as r:
+            self.assertIsNone(r.default_note)      # one session: nothing to say
+        self.assertIsNone(hr.default_session([]))
+
     def test_bucket_sampling_and_broken_sessions_are_described(self):
         with tempfile.TemporaryDirectory() as d:
             path = sc.write_db(os.path.join(d, 'b.sqlite'), sc.steady())

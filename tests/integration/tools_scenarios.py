@@ -9,6 +9,7 @@ what `expected_*` do, independently of heapprof.reader.
 import collections
 import json
 import os
+import sqlite3
 
 from heapprof import _db
 
@@ -197,3 +198,23 @@ def steady(session_id=1):
 def source_env():
     return os.environ.get('HEAPPROF_SOURCE_ROOT', os.path.dirname(os.path.dirname(
         os.path.dirname(os.path.abspath(__file__)))))
+
+
+def family_db(path):
+    """A database like `heapprof run app.py` with multiprocessing writes: the program (spike,
+    session 1, pid 1000) and two child processes that start later while it runs and so are
+    newer sessions: session 2 (pid 2000, like the resource_tracker) and session 3 (pid 2001,
+    a spawn worker), both with ppid 1000. The default session must be 1."""
+    parent = spike(1)
+    kids = [leak(2), steady(3)]
+    for k, child in enumerate(kids):
+        child.pid = 2000 + k
+        child.start_ns = parent.start_ns + int((0.5 + k * 0.5) * NS)
+    write_db(path, parent, *kids)
+    con = sqlite3.connect(path)
+    try:
+        con.execute('UPDATE session SET ppid = 1000 WHERE id IN (2, 3)')
+        con.commit()
+    finally:
+        con.close()
+    return path
