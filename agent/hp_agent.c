@@ -41,6 +41,13 @@ static _Atomic pid_t g_pid;                /* pid the session belongs to */
  * FREEs are dropped at once instead of each stalling the program, until one gets in.
  * Any thread, relaxed: a hint. */
 static _Atomic int g_free_wait_gave_up;
+/* Block mode's give-up latch: set when an event waited HP_AGENT_BLOCK_TIMEOUT_NS in vain
+ * (heapprofd stopped or stuck). Without it every further event would wait the full
+ * timeout and a stuck daemon would hold the program at ~1 event/s. While set, events
+ * are pushed only if there is room at once, else counted as dropped; it clears when the
+ * ring has drained below its free reserve again, and blocking resumes. Relaxed: a hint. */
+static _Atomic int g_block_gave_up;
+static _Atomic int g_block_gave_up_said;   /* the one line is printed once a session */
 static int g_child_restart;                /* set in the fork child handler */
 static int g_addrtab_dirty;                /* under g_lock: a session may have filled it */
 static int g_addrtab_filter;               /* under g_lock: g_addrtab has a filter */
@@ -186,6 +193,8 @@ int hp_agent_start(const hp_agent_opts *o)
   g_addrtab_dirty = 1;
   atomic_store(&g_extra_drops, 0);
   atomic_store(&g_free_wait_gave_up, 0);
+  atomic_store(&g_block_gave_up, 0);
+  atomic_store(&g_block_gave_up_said, 0);
   g_ts_clock = (!o->nbuckets && o->sample_interval == 1) ? CLOCK_MONOTONIC_COARSE
                                                           : CLOCK_MONOTONIC;
   hp_agent_sampler = cfg;
@@ -329,12 +338,43 @@ static __attribute__((noinline)) int push_free_waiting(const hp_event *ev)
   return rc;
 }
 
+/* Block mode, after an event waited the whole timeout: see g_block_gave_up. */
+static __attribute__((noinline)) int push_block_gave_up(const hp_event *ev)
+{
+  if (hp_ring_alloc_room(g_ring)) {
+    atomic_store_explicit(&g_block_gave_up, 0, memory_order_relaxed);
+    return push_blocking(ev, HP_AGENT_BLOCK_TIMEOUT_NS);
+  }
+  if (hp_ring_try_push(g_ring, ev) == 0)
+    return 0;
+  atomic_fetch_add_explicit(&g_extra_drops, 1, memory_order_relaxed);
+  return -HP_EFULL;
+}
+
+static __attribute__((noinline)) int push_block(const hp_event *ev)
+{
+  if (atomic_load_explicit(&g_block_gave_up, memory_order_relaxed))
+    return push_block_gave_up(ev);
+  int rc = push_blocking(ev, HP_AGENT_BLOCK_TIMEOUT_NS);
+  /* A stop (mode no longer PROFILE) also ends the wait: that is not the daemon's fault. */
+  if (rc < 0 && atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_PROFILE) {
+    atomic_store_explicit(&g_block_gave_up, 1, memory_order_relaxed);
+    if (!atomic_exchange(&g_block_gave_up_said, 1)) {
+      static const char msg[] = "heapprof: heapprofd took no data for 1 s; dropping events "
+                                "(block mode)\n";
+      ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+      (void)w;
+    }
+  }
+  return rc;
+}
+
 /* ALLOCs are dropped when only the ring's free reserve is left (hp_ring.h); FREEs use
  * the reserve, and when even that is full they wait briefly (see push_free_waiting). */
 static int push(const hp_event *ev)
 {
   if (g_block)
-    return push_blocking(ev, HP_AGENT_BLOCK_TIMEOUT_NS);
+    return push_block(ev);
   if (ev->kind == HP_EV_ALLOC)
     return hp_ring_push(g_ring, ev);
   if (hp_ring_try_push(g_ring, ev) < 0)
@@ -365,7 +405,10 @@ void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t es
 
 int hp_agent_alloc_room(void)
 {
-  return g_block || hp_ring_alloc_room(g_ring);
+  /* Given up in block mode: like drop mode, skip the stack walk of a sample that would
+   * be dropped (push_block_gave_up clears the latch once there is room). */
+  return (g_block && !atomic_load_explicit(&g_block_gave_up, memory_order_relaxed)) ||
+         hp_ring_alloc_room(g_ring);
 }
 
 void hp_agent_record_free(void *ptr)

@@ -120,15 +120,21 @@ def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates):
     if on_full not in ('drop', 'block'):
         raise OptionError("%s %r: expected 'drop' or 'block'" % (on_full_name, on_full))
     rates = None
+    rates_name = 'sample_rates'
     if sample_rates is not None:
         rates = _parse_rates(sample_rates)
     elif os.environ.get('HEAPPROF_RATES'):
+        rates_name = 'HEAPPROF_RATES'
         try:
             rates = _parse_rates(os.environ['HEAPPROF_RATES'])
         except OptionError as e:
             raise OptionError('HEAPPROF_RATES: %s' % e) from None
-    if rates is not None and sample_interval is not None:
-        raise OptionError('give either sample_interval or sample_rates, not both')
+    # The resolved interval, wherever it came from: rates would silently replace it.
+    if rates is not None and interval is not None:
+        interval_name = ('sample_interval' if sample_interval is not None
+                         else 'HEAPPROF_INTERVAL')
+        raise OptionError('%s=%d and %s are both set: give an interval or rates, not both'
+                          % (interval_name, interval, rates_name))
     return {
         'socket': str(socket),
         'interval': interval if interval is not None else agent.DEFAULT_INTERVAL,

@@ -267,6 +267,15 @@ def run_main(argv):
             sys.stdout.write(RUN_USAGE)
             return 0
         env = dict(os.environ)
+        if 'interval' in opts and 'rates' in opts:
+            raise UsageError('--interval %s and --rates %s are both set: give one'
+                             % (opts['interval'], opts['rates']))
+        # An option replaces the environment's setting of the other kind too; otherwise
+        # the program would see both and refuse to profile.
+        if 'interval' in opts:
+            env.pop('HEAPPROF_RATES', None)
+        if 'rates' in opts:
+            env.pop('HEAPPROF_INTERVAL', None)
         if 'interval' in opts:
             env['HEAPPROF_INTERVAL'] = str(_positive_int('--interval', opts['interval']))
         if 'max_depth' in opts:
@@ -400,25 +409,28 @@ def _run_child(cmd, env):
 
 
 def print_histogram(rows, out):
-    """rows: [(lo, hi, count, bytes)] as heapprof._agent.stats_snapshot() returns."""
-    total_n = sum(r[2] for r in rows) or 1
-    total_b = sum(r[3] for r in rows) or 1
+    """rows: [(lo, hi, count, bytes)] as heapprof._agent.stats_snapshot() returns.
+    Sizes and bytes in the same human units (KiB/MiB) as `heapprof stats --db`."""
+    from heapprof import _fmt
+    total_n = sum(r[2] for r in rows)
+    total_b = sum(r[3] for r in rows)
     out.write('heapprof stats: allocation sizes (every allocation counted)\n')
-    out.write('%-23s %12s %7s %14s %7s %7s\n'
-              % ('size range (bytes)', 'count', 'count%', 'bytes', 'bytes%', 'cum%'))
+    table = []
     cum = 0
     for lo, hi, n, b in rows:
         cum += b
-        rng = '%d' % lo if lo == hi else '%d-%d' % (lo, hi)
-        out.write('%-23s %12d %6.2f%% %14d %6.2f%% %6.2f%%\n'
-                  % (rng, n, 100.0 * n / total_n, b, 100.0 * b / total_b, 100.0 * cum / total_b))
-    out.write('%-23s %12d %7s %14d\n' % ('total', sum(r[2] for r in rows), '',
-                                          sum(r[3] for r in rows)))
-    n_all, b_all = sum(r[2] for r in rows), sum(r[3] for r in rows)
-    if n_all:
-        out.write('mean allocation %.0f bytes. With a sampling interval of I bytes, about '
-                  '%d/I allocations are sampled (e.g. I=65536: %d samples).\n'
-                  % (b_all / n_all, b_all, b_all // 65536))
+        rng = _fmt.human_bytes(lo) if lo == hi else '%s - %s' % (_fmt.human_bytes(lo),
+                                                                 _fmt.human_bytes(hi))
+        table.append((rng, n, _fmt.percent(n, total_n), _fmt.human_bytes(b),
+                      _fmt.percent(b, total_b), _fmt.percent(cum, total_b)))
+    table.append(('total', total_n, '', _fmt.human_bytes(total_b), '', ''))
+    out.write('\n'.join(_fmt.table(('size', 'count', 'count%', 'bytes', 'bytes%', 'cum%'),
+                                   table)) + '\n')
+    if total_n:
+        out.write('mean allocation %s. With a sampling interval of I bytes, about '
+                  '%d/I allocations are sampled (e.g. I=64 KiB: %s samples).\n'
+                  % (_fmt.human_bytes(total_b / total_n), total_b,
+                     _fmt.human_count(total_b // 65536)))
 
 
 def stats_main(argv):

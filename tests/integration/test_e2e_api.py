@@ -111,6 +111,28 @@ class Api(DaemonTestCase):
         for size, est in rows:
             self.assertEqual(est, round(size / 0.001))
 
+    def test_interval_with_rates_is_refused_naming_both(self):
+        # Review 2 item 3: an interval from the environment was silently replaced by
+        # sample_rates; the check looked only at the sample_interval argument.
+        code = ('import heapprof, sys\n'
+                'for kw in ({}, {"sample_interval": 8192}):\n'
+                '    try:\n'
+                '        heapprof.start(socket=sys.argv[1], sample_rates={128: 0.5}, **kw)\n'
+                '        print("started")\n'
+                '    except ValueError as e:\n'
+                '        print("refused", e)\n'
+                'print("profiling", heapprof.is_profiling())\n')
+        r = run_python(code, args=[self.daemon.socket],
+                       env=clean_env(HEAPPROF_INTERVAL='4096'))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stderr, '')
+        self.assertEqual(r.stdout.splitlines(), [
+            'refused HEAPPROF_INTERVAL=4096 and sample_rates are both set: give an interval '
+            'or rates, not both',
+            'refused sample_interval=8192 and sample_rates are both set: give an interval '
+            'or rates, not both',
+            'profiling False'])
+
     def test_drops_are_counted_and_reported(self):
         # A stopped daemon cannot read: the agent's ring fills and, in drop mode, the
         # program goes on while every lost record is counted and reported at the end.

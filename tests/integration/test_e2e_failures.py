@@ -82,7 +82,11 @@ class Failures(unittest.TestCase):
                             'HEAPPROF_MAX_DEPTH 100000 is outside 1..'),
                            ({'HEAPPROF_ON_FULL': 'wait'},
                             "HEAPPROF_ON_FULL 'wait': expected 'drop' or 'block'"),
-                           ({'HEAPPROF_RATES': '{128: 2.0}'}, 'HEAPPROF_RATES: sample rates')):
+                           ({'HEAPPROF_RATES': '{128: 2.0}'}, 'HEAPPROF_RATES: sample rates'),
+                           # Review 2 item 3: an interval from the environment was
+                           # silently replaced by the rates.
+                           ({'HEAPPROF_INTERVAL': '4096', 'HEAPPROF_RATES': '128:0.5'},
+                            'HEAPPROF_INTERVAL=4096 and HEAPPROF_RATES are both set')):
             path = write_program(self.tmp, 'p.py', PROGRAM)
             prof = run_python(path, env=clean_env(HEAPPROF_SOCKET='/nonexistent.sock', **env))
             self.assertEqual(prof.returncode, 7)
@@ -156,6 +160,45 @@ class Failures(unittest.TestCase):
         self.assertEqual(len(rows), 1)
         self.assertNotEqual(rows[0][0], 'exited')
         self.assertNotEqual(rows[0][0], 'running')
+
+    def test_stopped_daemon_in_block_mode_does_not_hold_the_program(self):
+        # Review 2 item 1: in block mode every event waited 1 s for ring space, so a
+        # SIGSTOPped heapprofd held the program at ~1 event/s (300000 events: days).
+        # Now the first 1 s timeout gives up: later events are dropped (counted) with one
+        # line, and the program finishes with its own status.
+        daemon = Daemon(self.tmp)
+        self.addCleanup(daemon.kill)
+        path = write_program(self.tmp, 'stalled.py', STALLED)
+        flag = os.path.join(self.tmp, 'go')
+        child = subprocess.Popen([PYTHON, path, flag], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env=clean_env(HEAPPROF_SOCKET=daemon.socket,
+                                               HEAPPROF_INTERVAL=1, HEAPPROF_ON_FULL='block'))
+        stopped = False
+        try:
+            self.assertEqual(child.stdout.readline().strip(), 'ready')
+            daemon.proc.send_signal(signal.SIGSTOP)
+            stopped = True
+            open(flag, 'w').close()
+            # Generous: 1 s of waiting, the run, and the 5 s stop bound; catches the hang.
+            out, err = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            if stopped:
+                daemon.proc.send_signal(signal.SIGCONT)
+        self.assertEqual(child.returncode, 6, err)
+        self.assertIn('finished', out)
+        lines = err.splitlines()
+        said = [l for l in lines if 'heapprofd took no data for 1 s' in l]
+        self.assertEqual(said, ['heapprof: heapprofd took no data for 1 s; dropping events '
+                                '(block mode)'], err)
+        # The only other line is the stop's report of what the stuck daemon did not take.
+        rest = [l for l in lines if l not in said]
+        self.assertEqual(len(rest), 1, err)
+        self.assertIn('did not take the rest of the data within 5 s', rest[0])
+        daemon.stop()
 
 
 if __name__ == '__main__':

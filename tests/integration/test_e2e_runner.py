@@ -288,14 +288,31 @@ class Runner(unittest.TestCase):
         r = self.heapprof('stats', path, 'q')
         self.assertEqual(r.returncode, 4, r.stderr)
         self.assertEqual(r.stdout, "args ['q']\n")
-        self.assertIn('size range (bytes)', r.stderr)
+        self.assertIn('count%', r.stderr)
         # The 200 blocks of 100000 bytes (plus bytearray's terminating byte) land in the
-        # 65536-131071 class: at least 200 counted there, with their bytes.
-        row = [l for l in r.stderr.splitlines() if l.startswith('65536-131071 ')]
+        # 65536-131071 class: at least 200 counted there, with their bytes. Sizes and
+        # bytes in the human units of `heapprof stats --db` (review 2 item 5).
+        row = [l for l in r.stderr.splitlines() if l.startswith('64.0 KiB - 128.0 KiB ')]
         self.assertEqual(len(row), 1, r.stderr)
-        count, bytes_ = int(row[0].split()[1]), int(row[0].split()[3])
+        cells = row[0][len('64.0 KiB - 128.0 KiB '):].split()
+        count, value, unit = int(cells[0]), float(cells[2]), cells[3]
         self.assertGreaterEqual(count, 200)
-        self.assertGreaterEqual(bytes_, 200 * 100000)
+        self.assertEqual(unit, 'MiB', row[0])
+        self.assertGreaterEqual(value, round(200 * 100000 / 2**20, 1))
+        total = [l for l in r.stderr.splitlines() if l.startswith('total ')]
+        self.assertEqual(len(total), 1, r.stderr)
+        self.assertRegex(total[0], r' \d+\.\d (KiB|MiB|GiB)$')
+
+    def test_run_refuses_interval_with_rates(self):
+        # Review 2 item 3: the rates silently replaced the interval.
+        path = write_program(self.tmp, 'app.py', PROGRAM)
+        r = self.heapprof('run', '--interval', '4096', '--rates', '128:0.5', path)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertEqual(r.stdout, '')
+        lines = r.stderr.splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertIn('--interval 4096 and --rates 128:0.5 are both set', lines[0])
+        self.assertEqual(glob.glob(os.path.join(self.tmp, '*.sqlite')), [])
 
 
 if __name__ == '__main__':
