@@ -8,8 +8,8 @@
  * an interval keeps its true height) with the live count at that moment, and the level
  * at its end. A row exists for every interval in which the heap changed; and when an
  * interval ends below its maximum, the next interval gets a row with the new level even
- * if nothing happens in it, so that the drop after a spike is visible to readers that
- * hold the last value (schema/README.md, view `timeline`). */
+ * if nothing happens in it (and the session lasted into it), so that the drop after a spike
+ * is visible to readers that hold the last value (schema/README.md, view `timeline`). */
 #ifndef HP_TIMELINE_H
 #define HP_TIMELINE_H
 
@@ -42,8 +42,11 @@ int hp_timeline_advance(hp_timeline *t, int64_t now_ns, hp_tl_row *out);
 /* The open interval's row so far: 1 and *row if it has changes not yet completed. */
 int hp_timeline_current(const hp_timeline *t, hp_tl_row *row);
 
-/* Completes everything at session end; returns the rows (as hp_timeline_add). */
-int hp_timeline_finish(hp_timeline *t, hp_tl_row *out);
+/* Completes everything at session end, end_ns being the session's ended_ns; returns the
+ * rows (as hp_timeline_add). No row starts after end_ns: when the session ends inside
+ * the open interval, the drop row after it is not written and the level at the end is
+ * that interval's end_bytes. */
+int hp_timeline_finish(hp_timeline *t, int64_t end_ns, hp_tl_row *out);
 
 int64_t hp_timeline_live_bytes(const hp_timeline *t);
 int64_t hp_timeline_live_count(const hp_timeline *t);

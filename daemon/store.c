@@ -911,11 +911,11 @@ static void do_end(hp_store *s, item *it) {
   if (ss->stored && begin_txn(s) == 0) {
     /* Pending rows point at this session; insert them before it goes away. */
     (void)flush_pending(s);
-    hp_tl_row rows[HP_TL_MAX_ROWS];
-    int n = hp_timeline_finish(ss->tl, rows);
-    (void)put_timeline_rows(s, ss, rows, n);
     int64_t ended = (how == HP_SESSION_EXITED && ss->ended_wall) ? ss->ended_wall
                                                                   : it->u.end.wall_ns;
+    hp_tl_row rows[HP_TL_MAX_ROWS];
+    int n = hp_timeline_finish(ss->tl, ended, rows);
+    (void)put_timeline_rows(s, ss, rows, n);
     sqlite3_stmt *st = s->st[ST_END_SESSION];
     sqlite3_bind_int64(st, 1, ss->id);
     sqlite3_bind_int64(st, 2, ended);

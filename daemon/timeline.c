@@ -42,16 +42,18 @@ static int64_t interval_of(const hp_timeline *t, int64_t ts) {
 }
 
 /* Completes the open interval, given that the next activity is at interval `next`
- * (INT64_MAX for "none"). Emits the open interval if it changed, then the interval
- * after it if the level dropped below the maximum and that interval would otherwise
- * have no row. */
-static int close_open(hp_timeline *t, int64_t next, hp_tl_row *out) {
+ * and the session lasts at least until `until`. Emits the open interval if it changed,
+ * then the interval after it if the level dropped below the maximum and that interval
+ * would otherwise have no row - but only if the session reached it: a row after the
+ * end would put a point past ended_ns (the end level is then the open row's end_bytes). */
+static int close_open(hp_timeline *t, int64_t next, int64_t until, hp_tl_row *out) {
   int n = 0;
   if (!t->changed)
     return 0;
   out[n++] = (hp_tl_row){t->cur, t->max_b, t->max_c, t->live_b};
-  int64_t after = t->cur + t->interval;
-  if (t->live_b != t->max_b && after < next)
+  int64_t after;
+  if (t->live_b != t->max_b && !__builtin_add_overflow(t->cur, t->interval, &after) &&
+      after < next && after <= until)
     out[n++] = (hp_tl_row){after, t->live_b, t->live_c, t->live_b};
   t->changed = 0;
   return n;
@@ -72,7 +74,7 @@ int hp_timeline_add(hp_timeline *t, int64_t ts_ns, int64_t dbytes, int64_t dcoun
   if (!t->started) {
     open_at(t, iv);
   } else if (iv > t->cur) {
-    n = close_open(t, iv, out);
+    n = close_open(t, iv, INT64_MAX, out);
     open_at(t, iv);
   }
   t->live_b = sat_add(t->live_b, dbytes);
@@ -91,7 +93,7 @@ int hp_timeline_advance(hp_timeline *t, int64_t now_ns, hp_tl_row *out) {
   int64_t iv = interval_of(t, now_ns);
   if (iv <= t->cur + t->interval)
     return 0;
-  int n = close_open(t, iv, out);
+  int n = close_open(t, iv, INT64_MAX, out);
   open_at(t, iv);
   return n;
 }
@@ -103,10 +105,10 @@ int hp_timeline_current(const hp_timeline *t, hp_tl_row *row) {
   return 1;
 }
 
-int hp_timeline_finish(hp_timeline *t, hp_tl_row *out) {
+int hp_timeline_finish(hp_timeline *t, int64_t end_ns, hp_tl_row *out) {
   if (!t->started)
     return 0;
-  return close_open(t, INT64_MAX, out);
+  return close_open(t, INT64_MAX, end_ns, out);
 }
 
 int64_t hp_timeline_live_bytes(const hp_timeline *t) { return t->live_b; }

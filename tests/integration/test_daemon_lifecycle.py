@@ -200,6 +200,32 @@ class Timeline(unittest.TestCase):
                 self.assertEqual(session(d.db, "idle")["status"], "running")
                 c.finish()
 
+    def test_no_timeline_row_after_the_session_ended(self):
+        # One-second intervals: the session ends inside the interval of its last
+        # event, where the heap is below that interval's maximum (the test client
+        # frees as it goes). The "drop" row of the next interval would start after
+        # ended_ns; it must not be written, and the end level must still be known.
+        with tempfile.TemporaryDirectory() as tmp, Daemon(tmp, args=["--timeline-interval", "1000"]) as d:
+            # 100 events span 0.1 ms of the client's clock, all before it prints "sent";
+            # its GOODBYE (ended_ns) follows at once, so almost surely in the same second.
+            with Client(d.sock, "hold-goodbye", "ends", events=100) as c:
+                c.wait_line("sent")
+                [summary] = c.finish()
+            row = finished_session(d.db, "ends")
+            self.assertEqual(row["status"], "exited")
+            sid = row["session_id"]
+            late = query(d.db, "SELECT ts_ns FROM timeline WHERE session_id = ? AND ts_ns > ?",
+                         (sid, row["ended_ns"]))
+            self.assertEqual(late, [], "timeline rows after ended_ns %d" % row["ended_ns"])
+            last = query(d.db, "SELECT ts_ns, live_bytes, end_bytes FROM timeline_detail"
+                         " WHERE session_id = ? ORDER BY ts_ns DESC LIMIT 1", (sid,))[0]
+            live = query(d.db, "SELECT sum(est_bytes) AS b FROM allocations"
+                         " WHERE session_id = ? AND freed_ns IS NULL", (sid,))[0]["b"]
+            self.assertGreater(summary["frees"], 0)
+            self.assertGreater(live, 0)
+            self.assertEqual(last["end_bytes"], live)
+            self.assertGreaterEqual(last["live_bytes"], live)
+
 
 if __name__ == "__main__":
     unittest.main()

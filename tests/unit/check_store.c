@@ -230,6 +230,42 @@ START_TEST(store_timeline_keeps_spike_height_and_drop) {
 }
 END_TEST
 
+/* A session whose heap drops just before it ends: the timeline must not get a row
+ * after ended_ns (the "drop" row of the next interval), and the level at the end must
+ * still be recorded (the last row's end_bytes). The session starts at the current wall
+ * time so that no idle tick or commit closes its interval before the end arrives. */
+START_TEST(store_timeline_has_no_row_after_the_end) {
+  hp_store *s = start(0, 0, 100000000);
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  int64_t wall = ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec) / 100000000 * 100000000;
+  hp_hello h = hello(1);
+  h.start_wall_ns = (uint64_t)wall;
+  hp_store_session *a = hp_store_session_start(s, &h, 1);
+  ck_assert_ptr_nonnull(a);
+  hp_event ev[] = {
+    alloc_ev(10, 0x1000, 1000, HP_NO_STACK),
+    alloc_ev(20, 0x2000, 1000000, HP_NO_STACK),
+    free_ev(30, 0x2000),
+  };
+  ck_assert_int_eq(hp_store_events(s, a, ev, 3), 0);
+  hp_goodbye g = {MONO0 + 50000000ULL, 0};  /* ends in the spike's interval */
+  ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = reopen();
+  ck_assert_int_eq(q1(db, "SELECT ended_ns FROM sessions WHERE session_id = 1"), wall + 50000000);
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM timeline t JOIN sessions s USING (session_id)"
+                          " WHERE t.ts_ns > s.ended_ns"), 0);
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM timeline"), 1);
+  ck_assert_int_eq(q1(db, "SELECT live_bytes FROM timeline"), 1001000);
+  ck_assert_int_eq(q1(db, "SELECT end_bytes FROM timeline_detail WHERE session_id = 1"
+                          " ORDER BY ts_ns DESC LIMIT 1"), 1000);
+  sqlite3_close(db);
+}
+END_TEST
+
 START_TEST(store_signals_full_queue_then_resumes) {
   atomic_store(&resumed, 0);
   hp_store *s = start(0, 4096, 100000000);
@@ -351,6 +387,7 @@ Suite *store_suite(void) {
   tcase_add_test(core, store_pairs_frees_and_shares_frames_across_sessions);
   tcase_add_test(core, store_pairs_free_with_committed_row);
   tcase_add_test(core, store_timeline_keeps_spike_height_and_drop);
+  tcase_add_test(core, store_timeline_has_no_row_after_the_end);
   tcase_add_test(core, store_signals_full_queue_then_resumes);
   suite_add_tcase(s, core);
   TCase *oom = tcase_create("oom");

@@ -63,7 +63,7 @@ START_TEST(timeline_interval_max_includes_level_carried_in) {
   /* Only frees in the next interval: its highest level is the one it started at. */
   ck_assert_int_eq(hp_timeline_add(tl, 1110, -300, -3, rows), 1);
   hp_timeline_add(tl, 1120, -300, -3, rows);
-  ck_assert_int_eq(hp_timeline_finish(tl, rows), 2);
+  ck_assert_int_eq(hp_timeline_finish(tl, 1250, rows), 2);
   assert_row(&rows[0], 1100, 1000, 10, 400);
   assert_row(&rows[1], 1200, 400, 4, 400);
 }
@@ -72,7 +72,7 @@ END_TEST
 START_TEST(timeline_quiet_session_has_nothing_open) {
   hp_tl_row rows[HP_TL_MAX_ROWS], cur;
   ck_assert_int_eq(hp_timeline_current(tl, &cur), 0);
-  ck_assert_int_eq(hp_timeline_finish(tl, rows), 0);
+  ck_assert_int_eq(hp_timeline_finish(tl, 999999, rows), 0);
   ck_assert_int_eq(hp_timeline_advance(tl, 999999, rows), 0);
 }
 END_TEST
@@ -89,7 +89,7 @@ START_TEST(timeline_advance_closes_idle_interval_with_drop) {
   ck_assert_int_eq(hp_timeline_advance(tl, 5000, rows), 0);  /* nothing left to close */
   hp_tl_row cur;
   ck_assert_int_eq(hp_timeline_current(tl, &cur), 0);
-  ck_assert_int_eq(hp_timeline_finish(tl, rows), 0);
+  ck_assert_int_eq(hp_timeline_finish(tl, 5000, rows), 0);
 }
 END_TEST
 
@@ -121,6 +121,42 @@ START_TEST(timeline_rejects_bad_interval) {
 }
 END_TEST
 
+/* A session that ends inside the interval of its drop: no row may start after the end
+ * (Reader.timeline() would return a point past ended_ns); the end level stays known as
+ * the last row's end_bytes. */
+START_TEST(timeline_finish_writes_no_row_after_the_end) {
+  hp_tl_row rows[HP_TL_MAX_ROWS];
+  hp_timeline_add(tl, 1005, 100, 1, rows);
+  hp_timeline_add(tl, 1010, 5000, 2, rows);
+  hp_timeline_add(tl, 1020, -5000, -2, rows);
+  ck_assert_int_eq(hp_timeline_finish(tl, 1030, rows), 1);
+  assert_row(&rows[0], 1000, 5100, 3, 100);
+  ck_assert_int_eq(hp_timeline_finish(tl, 1030, rows), 0);  /* nothing left open */
+}
+END_TEST
+
+/* Ending later than the next interval's start, or exactly at it, keeps the drop row:
+ * the session was alive at that level there. */
+START_TEST(timeline_finish_keeps_drop_row_the_session_reached) {
+  hp_tl_row rows[HP_TL_MAX_ROWS];
+  hp_timeline_add(tl, 1005, 100, 1, rows);
+  hp_timeline_add(tl, 1010, 5000, 2, rows);
+  hp_timeline_add(tl, 1020, -5000, -2, rows);
+  ck_assert_int_eq(hp_timeline_finish(tl, 1100, rows), 2);
+  assert_row(&rows[0], 1000, 5100, 3, 100);
+  assert_row(&rows[1], 1100, 100, 1, 100);
+
+  hp_timeline *t2 = hp_timeline_new(IV);
+  ck_assert_ptr_nonnull(t2);
+  hp_timeline_add(t2, 1005, 700, 7, rows);
+  hp_timeline_add(t2, 1006, -600, -6, rows);
+  ck_assert_int_eq(hp_timeline_finish(t2, 1199, rows), 2);
+  assert_row(&rows[0], 1000, 700, 7, 100);
+  assert_row(&rows[1], 1100, 100, 1, 100);
+  hp_timeline_free(t2);
+}
+END_TEST
+
 Suite *timeline_suite(void) {
   Suite *s = suite_create("timeline");
   TCase *core = tcase_create("core");
@@ -134,6 +170,8 @@ Suite *timeline_suite(void) {
   tcase_add_test(core, timeline_late_event_counts_in_current_interval);
   tcase_add_test(core, timeline_saturates_instead_of_overflowing);
   tcase_add_test(core, timeline_rejects_bad_interval);
+  tcase_add_test(core, timeline_finish_writes_no_row_after_the_end);
+  tcase_add_test(core, timeline_finish_keeps_drop_row_the_session_reached);
   suite_add_tcase(s, core);
   return s;
 }
