@@ -120,9 +120,11 @@ class Failures(unittest.TestCase):
         self.assertIn('lost the connection to heapprofd', lines[0])
         self.assertIn('the program continues', lines[0])
 
-    def test_stopped_daemon_does_not_hang_the_exit(self):
-        # Review item 2: a SIGSTOPped heapprofd (alive, reading nothing) blocked the
-        # sender's send() and the atexit join for ever. Now the exit gives it 5 s.
+
+    def run_with_stopped_daemon(self, timeout, **env):
+        """Runs STALLED recording every allocation: once it is ready, SIGSTOPs heapprofd
+        and lets the program allocate and exit. Returns (daemon, child, out, err); the
+        daemon is resumed (SIGCONT) before returning, whatever happened."""
         daemon = Daemon(self.tmp)
         self.addCleanup(daemon.kill)
         path = write_program(self.tmp, 'stalled.py', STALLED)
@@ -130,21 +132,26 @@ class Failures(unittest.TestCase):
         child = subprocess.Popen([PYTHON, path, flag], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True,
                                  env=clean_env(HEAPPROF_SOCKET=daemon.socket,
-                                               HEAPPROF_INTERVAL=1))
+                                               HEAPPROF_INTERVAL=1, **env))
         stopped = False
         try:
             self.assertEqual(child.stdout.readline().strip(), 'ready')
             daemon.proc.send_signal(signal.SIGSTOP)
             stopped = True
             open(flag, 'w').close()
-            # Generous: the bound is 5 s after the program's end; this only catches a hang.
-            out, err = child.communicate(timeout=90)
+            out, err = child.communicate(timeout=timeout)
         finally:
             if child.poll() is None:
                 child.kill()
                 child.wait()
             if stopped:
                 daemon.proc.send_signal(signal.SIGCONT)
+        return daemon, child, out, err
+    def test_stopped_daemon_does_not_hang_the_exit(self):
+        # Review item 2: a SIGSTOPped heapprofd (alive, reading nothing) blocked the
+        # sender's send() and the atexit join for ever. Now the exit gives it 5 s.
+        # Generous: the bound is 5 s after the program's end; this only catches a hang.
+        daemon, child, out, err = self.run_with_stopped_daemon(90)
         self.assertEqual(child.returncode, 6, err)
         self.assertIn('finished', out)
         lines = err.splitlines()
@@ -166,28 +173,8 @@ class Failures(unittest.TestCase):
         # SIGSTOPped heapprofd held the program at ~1 event/s (300000 events: days).
         # Now the first 1 s timeout gives up: later events are dropped (counted) with one
         # line, and the program finishes with its own status.
-        daemon = Daemon(self.tmp)
-        self.addCleanup(daemon.kill)
-        path = write_program(self.tmp, 'stalled.py', STALLED)
-        flag = os.path.join(self.tmp, 'go')
-        child = subprocess.Popen([PYTHON, path, flag], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True,
-                                 env=clean_env(HEAPPROF_SOCKET=daemon.socket,
-                                               HEAPPROF_INTERVAL=1, HEAPPROF_ON_FULL='block'))
-        stopped = False
-        try:
-            self.assertEqual(child.stdout.readline().strip(), 'ready')
-            daemon.proc.send_signal(signal.SIGSTOP)
-            stopped = True
-            open(flag, 'w').close()
-            # Generous: 1 s of waiting, the run, and the 5 s stop bound; catches the hang.
-            out, err = child.communicate(timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-            if stopped:
-                daemon.proc.send_signal(signal.SIGCONT)
+        # Generous: 1 s of waiting, the run, and the 5 s stop bound; catches the hang.
+        daemon, child, out, err = self.run_with_stopped_daemon(60, HEAPPROF_ON_FULL='block')
         self.assertEqual(child.returncode, 6, err)
         self.assertIn('finished', out)
         lines = err.splitlines()
