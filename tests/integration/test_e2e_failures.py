@@ -120,7 +120,6 @@ class Failures(unittest.TestCase):
         self.assertIn('lost the connection to heapprofd', lines[0])
         self.assertIn('the program continues', lines[0])
 
-
     def run_with_stopped_daemon(self, timeout, **env):
         """Runs STALLED recording every allocation: once it is ready, SIGSTOPs heapprofd
         and lets the program allocate and exit. Returns (daemon, child, out, err); the
