@@ -95,6 +95,11 @@ meson compile -C "$BUILD" -j "$JOBS" >/dev/null 2>"$BUILD/compile.err" \
 meson install -C "$BUILD" --quiet --no-rebuild >/dev/null
 "$VENV/bin/python" -c 'import heapprof, heapprof._agent' \
   || die "the installed package does not import in .venv"
+# Byte-compile the package, as pip does for what it installs and meson install does not:
+# with PYTHONDONTWRITEBYTECODE set, every profiled program would otherwise compile
+# heapprof's modules again at start-up (import heapprof: 4.4 ms instead of 0.3 ms).
+PKG_DIR=$("$VENV/bin/python" -c 'import os, heapprof; print(os.path.dirname(heapprof.__file__))')
+"$VENV/bin/python" -m compileall -q "$PKG_DIR" >&2 || die "byte-compiling $PKG_DIR failed"
 say "ready: .venv/bin/python (import heapprof), .venv/bin/heapprofd, .venv/bin/heapprof"
 
 # ---------------------------------------------------------------- the job
