@@ -68,6 +68,11 @@ int hp_store_frame_def(hp_store *s, hp_store_session *ss, const hp_frame_def *m)
 int hp_store_stack_def(hp_store *s, hp_store_session *ss, const hp_stack_def *m);
 int hp_store_events(hp_store *s, hp_store_session *ss, const hp_event *ev, uint32_t n);
 int hp_store_counters(hp_store *s, hp_store_session *ss, uint64_t events_dropped);
+/* COUNTERS in full: events_dropped as above, and the agent's current sampling interval.
+ * When the interval differs from the session's current one (HELLO's until a change), the
+ * change is stored as a sampling_change row at m->ts_ns (schema/README.md,
+ * "sampling_changes"). hp_store_counters() leaves the interval as it is. */
+int hp_store_counters_msg(hp_store *s, hp_store_session *ss, const hp_counters *m);
 int hp_store_goodbye(hp_store *s, hp_store_session *ss, const hp_goodbye *m);
 /* Last call for a session: reason is copied (NULL for none). Never fails: the end
  * record is preallocated with the session, so a session always gets its status. */

@@ -55,7 +55,7 @@ typedef struct item {
     struct { uint32_t id; int32_t lineno; char *function, *filename; } frame;
     struct { uint32_t id; uint8_t truncated; uint32_t depth; uint32_t *frame_ids; } stack;
     struct { uint32_t n; hp_event *ev; } events;
-    struct { uint64_t dropped; } counters;
+    struct { uint64_t dropped, ts, interval; int has_interval; } counters;
     struct { uint64_t ts, dropped; } goodbye;
     struct { hp_session_end how; int64_t wall_ns; char reason[HP_STORE_REASON_BYTES]; } end;
   } u;
@@ -79,6 +79,10 @@ struct hp_store_session {
   hp_timeline *tl;
   uint64_t events_received, events_dropped, unpaired_frees;
   uint64_t untracked;        /* allocations dropped here: addrs was at max_live_addrs */
+  uint64_t start_interval;   /* HELLO's sampling interval (0: size buckets) */
+  uint64_t interval;         /* the current one: HELLO's, or the last stored change */
+  uint64_t interval_changes; /* sampling_change rows stored for this session */
+  int interval_refused;      /* a nonsensical change was logged (once per session) */
   int dirty;                 /* counters changed since the last commit */
   int stored;                /* the session row exists */
   struct hp_store_session *prev, *next;  /* active sessions */
@@ -96,7 +100,8 @@ typedef struct {
 enum {
   ST_BEGIN, ST_COMMIT, ST_INS_SESSION, ST_UPD_COUNTS, ST_END_SESSION,
   ST_INS_FRAME, ST_SEL_FRAME, ST_SEL_STACK, ST_SEL_STACK_FRAMES, ST_INS_STACK,
-  ST_INS_STACK_FRAME, ST_INS_ALLOC, ST_UPD_FREE, ST_UPSERT_TL, ST_MAX_ALLOC_ID, ST_COUNT
+  ST_INS_STACK_FRAME, ST_INS_ALLOC, ST_UPD_FREE, ST_UPSERT_TL, ST_MAX_ALLOC_ID,
+  ST_INS_SAMPLING, ST_COUNT
 };
 
 static const char *const sql_text[ST_COUNT] = {
@@ -126,6 +131,8 @@ static const char *const sql_text[ST_COUNT] = {
     " VALUES(?,?,?,?,?) ON CONFLICT(session_id, ts_ns) DO UPDATE SET"
     " live_bytes=excluded.live_bytes, live_count=excluded.live_count,"
     " end_bytes=excluded.end_bytes",
+  [ST_INS_SAMPLING] =
+    "INSERT INTO sampling_change(session_id, ts_ns, sample_interval_bytes) VALUES(?,?,?)",
 };
 
 struct hp_store {
@@ -474,6 +481,18 @@ int hp_store_counters(hp_store *s, hp_store_session *ss, uint64_t events_dropped
   return 0;
 }
 
+int hp_store_counters_msg(hp_store *s, hp_store_session *ss, const hp_counters *m) {
+  item *it = item_new(IT_COUNTERS, ss, 0);
+  if (it == NULL)
+    return -HP_ENOMEM;
+  it->u.counters.dropped = m->events_dropped;
+  it->u.counters.ts = m->ts_ns;
+  it->u.counters.interval = m->sample_interval_bytes;
+  it->u.counters.has_interval = 1;
+  push(s, it);
+  return 0;
+}
+
 int hp_store_goodbye(hp_store *s, hp_store_session *ss, const hp_goodbye *m) {
   item *it = item_new(IT_GOODBYE, ss, 0);
   if (it == NULL)
@@ -629,6 +648,7 @@ static void do_hello(hp_store *s, item *it) {
   ss->pid = it->u.hello.pid;
   ss->start_wall = (int64_t)it->u.hello.start_wall;
   ss->start_mono = (int64_t)it->u.hello.start_mono;
+  ss->start_interval = ss->interval = it->u.hello.sample_interval;
   ss->next = s->active;
   if (s->active)
     s->active->prev = ss;
@@ -888,6 +908,42 @@ static void do_events(hp_store *s, item *it) {
   ss->dirty = 1;
 }
 
+/* A COUNTERS whose interval differs from the session's current one: the agent adapted
+ * its sampling (on-full policy 'adapt'). Stored in the open transaction like any other
+ * row, so that it commits with the events sampled before it. Size-bucket sessions
+ * (interval 0) cannot adapt, and no Poisson session can turn into one mid-stream, so
+ * a change from or to 0 is nonsense from the agent: logged once and not stored, the
+ * session goes on with its interval. */
+static __attribute__((noinline)) void do_interval_change(hp_store *s, item *it) {
+  hp_store_session *ss = it->ss;
+  uint64_t to = it->u.counters.interval;
+  if (!ss->stored)
+    return;
+  if (ss->interval == 0 || to == 0) {
+    if (!ss->interval_refused) {
+      ss->interval_refused = 1;
+      hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): ignoring a change of "
+             "sampling interval from %" PRIu64 " to %" PRIu64 " bytes (0 is size-bucket "
+             "sampling, which a session cannot switch to or from)", ss->id, ss->pid,
+             ss->interval, to);
+    }
+    return;
+  }
+  if (begin_txn(s) < 0)
+    return;
+  sqlite3_stmt *st = s->st[ST_INS_SAMPLING];
+  sqlite3_bind_int64(st, 1, ss->id);
+  sqlite3_bind_int64(st, 2, to_wall(ss, it->u.counters.ts));
+  sqlite3_bind_int64(st, 3, (int64_t)to);
+  if (run(s, ST_INS_SAMPLING) < 0)
+    return;
+  hp_log(HP_LOG_DEBUG, "session %" PRId64 ": sampling interval %" PRIu64 " -> %" PRIu64
+         " bytes", ss->id, ss->interval, to);
+  ss->interval = to;
+  ss->interval_changes++;
+  s->txn_rows++;
+}
+
 static const char *end_status(hp_session_end how) {
   switch (how) {
   case HP_SESSION_EXITED: return "exited";
@@ -936,6 +992,11 @@ static void do_end(hp_store *s, item *it) {
            " dropped, %" PRIu64 " unpaired frees, %.3f s",
            ss->id, ss->pid, end_status(how), ss->events_received, (uint64_t)dropped_total(ss),
            ss->unpaired_frees, (double)(ended - ss->start_wall) / 1e9);
+    if (ss->interval_changes > 0)
+      hp_log(HP_LOG_INFO, "session %" PRId64 " (pid %" PRId64 "): the agent changed its "
+             "sampling interval %" PRIu64 " times, from %" PRIu64 " to %" PRIu64 " bytes "
+             "(sampling_changes)", ss->id, ss->pid, ss->interval_changes, ss->start_interval,
+             ss->interval);
     if (ss->untracked > 0)
       hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): %" PRIu64 " allocations "
              "dropped (counted in events_dropped): over the limit of %u live sampled "
@@ -963,6 +1024,8 @@ static void process(hp_store *s, item *it) {
   case IT_COUNTERS:
     it->ss->events_dropped = it->u.counters.dropped;
     it->ss->dirty = 1;
+    if (it->u.counters.has_interval && it->u.counters.interval != it->ss->interval)
+      do_interval_change(s, it);
     break;
   case IT_GOODBYE:
     it->ss->events_dropped = it->u.goodbye.dropped;

@@ -134,8 +134,14 @@ static int check_header(const char *path, off_t size, char *errbuf, size_t errle
   return 0;
 }
 
+/* A table added to schema.sql within version 1 carries this marker in its CREATE
+ * statement: a version 1 database written before it lacks it, and is not damaged for
+ * that (applying schema.sql creates it). schema/README.md, "Versions". */
+#define HP_SCHEMA_ADDED_MARK "-- heapprof: added within version 1"
+
 /* Every table that schema.sql creates must exist in a database that claims to be ours:
- * without them it is damaged, and appending to it would fail later and obscurely. (Views
+ * without them it is damaged, and appending to it would fail later and obscurely. (Tables
+ * marked HP_SCHEMA_ADDED_MARK are the exception. Views
  * and indexes are not checked: opening re-applies schema.sql, which creates missing
  * tables and indexes and drops and recreates every view, and so restores them.) The names come from applying the embedded schema
  * to an in-memory database, so they are spelled only in schema.sql. */
@@ -154,7 +160,8 @@ static int check_objects(sqlite3 *db, const char *path, char *errbuf, size_t err
   if (sqlite3_prepare_v2(ref,
                          "SELECT type, name FROM sqlite_schema "
                          "WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' "
-                         "ESCAPE '\\' ORDER BY type, name",
+                         "ESCAPE '\\' AND instr(sql, '" HP_SCHEMA_ADDED_MARK "') = 0 "
+                         "ORDER BY type, name",
                          -1, &list, NULL) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(ref));
     goto out_close_ref;

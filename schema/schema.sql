@@ -2,8 +2,8 @@
 --
 -- The public, stable interface is the set of VIEWS at the end of this file
 -- (sessions, frames, stack_frames, allocations, timeline, and the heapprof extensions
--- stacks, session_settings, timeline_detail); schema/README.md documents them. The
--- tables are storage, designed for fast batched ingestion by heapprofd, and may change
+-- stacks, session_settings, timeline_detail, sampling_changes); schema/README.md
+-- documents them. The tables are storage, designed for fast batched ingestion by heapprofd, and may change
 -- from one user_version to the next.
 --
 -- All timestamps are integer nanoseconds since the Unix epoch.
@@ -82,6 +82,26 @@ CREATE TABLE IF NOT EXISTS timeline_point (
   PRIMARY KEY (session_id, ts_ns)
 ) WITHOUT ROWID;
 
+-- One row per change of a session's sampling interval, in the order heapprofd received
+-- them (id). An agent recording with the on-full policy 'adapt' raises its interval when
+-- its send buffer runs full, instead of dropping events, and reports each change with a
+-- COUNTERS message (proto/PROTOCOL.md 2.5). The session's starting interval is
+-- session.sample_interval_bytes; a row is written only when a COUNTERS' interval differs
+-- from the session's current one. ts_ns is when the agent changed it (wall clock).
+--
+-- This table was added within schema version 1 (schema/README.md, "Versions"): a
+-- database written before it has none until heapprofd opens it again, which creates it
+-- here, and readers treat its absence as "no change". hp_schema.c therefore does not
+-- count a table whose statement carries the marker below as one a version 1 database
+-- must have. Keep the marker inside the statement: SQLite stores the statement's text.
+CREATE TABLE IF NOT EXISTS sampling_change ( -- heapprof: added within version 1
+  id                    INTEGER PRIMARY KEY,
+  session_id            INTEGER NOT NULL,
+  ts_ns                 INTEGER NOT NULL,
+  sample_interval_bytes INTEGER NOT NULL      -- the mean interval from ts_ns on
+);
+CREATE INDEX IF NOT EXISTS sampling_change_by_session ON sampling_change (session_id, id);
+
 -- ---------------------------------------------------------------- public views
 -- Views are dropped and created again each time heapprofd opens a database, so that a
 -- database of this version written with older view definitions gets the current ones
@@ -90,8 +110,8 @@ CREATE TABLE IF NOT EXISTS timeline_point (
 -- looks for it in the embedded text).
 --
 -- sessions, frames, stack_frames, allocations and timeline have exactly the columns of
--- the public interface, in its order. stacks, session_settings and timeline_detail are
--- heapprof extensions (schema/README.md).
+-- the public interface, in its order. stacks, session_settings, timeline_detail and
+-- sampling_changes are heapprof extensions (schema/README.md).
 DROP VIEW IF EXISTS sessions;
 CREATE VIEW IF NOT EXISTS sessions AS
   SELECT id AS session_id, pid, ppid, argv, executable, python_version, started_ns,
@@ -128,3 +148,16 @@ CREATE VIEW IF NOT EXISTS timeline AS
 DROP VIEW IF EXISTS timeline_detail;
 CREATE VIEW IF NOT EXISTS timeline_detail AS
   SELECT session_id, ts_ns, live_bytes, live_count, end_bytes FROM timeline_point;
+
+-- change_no numbers a session's changes 1, 2, ... in the order they were received, which
+-- also orders changes with equal timestamps (a coarse clock can give two the same tick).
+DROP VIEW IF EXISTS sampling_changes;
+CREATE VIEW IF NOT EXISTS sampling_changes AS
+  SELECT c.session_id,
+         ROW_NUMBER() OVER w AS change_no,
+         c.ts_ns,
+         COALESCE(LAG(c.sample_interval_bytes) OVER w, s.sample_interval_bytes)
+           AS previous_interval_bytes,
+         c.sample_interval_bytes
+  FROM sampling_change c JOIN session s ON s.id = c.session_id
+  WINDOW w AS (PARTITION BY c.session_id ORDER BY c.id);

@@ -100,7 +100,18 @@ EXTENSION_VIEWS = {
     "stacks": ["stack_id", "depth", "truncated"],
     "session_settings": ["session_id", "sample_buckets", "max_stack_depth", "error"],
     "timeline_detail": ["session_id", "ts_ns", "live_bytes", "live_count", "end_bytes"],
+    "sampling_changes": ["session_id", "change_no", "ts_ns", "previous_interval_bytes",
+                         "sample_interval_bytes"],
 }
+
+# Session 1 (started at 1024 bytes) adapted its sampling interval twice within one clock
+# tick at 3 s, then once more at 6.5 s; the order of storage (id) orders the equal times.
+# (id, session, ts, sample_interval_bytes)
+SAMPLING_CHANGES = [
+    (1, 1, t1(3.0), 2048),
+    (2, 1, t1(3.0), 4096),
+    (3, 1, t1(6.5), 8192),
+]
 
 PARAMS = {
     "session": 1,
@@ -147,6 +158,15 @@ EXPECTED = {
     "Sampling settings of every session (heapprof extension)": [
         (1, 1024, None, 64, "exited", None),
         (2, 1, None, 32, "running", None),
+    ],
+    "Sampling interval changes (heapprof extension)": [
+        (1, 3.0, 1024, 2048),
+        (2, 3.0, 2048, 4096),
+        (3, 6.5, 4096, 8192),
+    ],
+    "Starting and final sampling interval of every session (heapprof extension)": [
+        (1, 1024, 8192, 3),
+        (2, 1, 1, 0),
     ],
     "Peak moment": [
         # 12072 is reached in [4,5) and [5,6); the earliest wins.
@@ -214,6 +234,8 @@ def build_recording(path):
                  stack, freed))
         con.executemany("INSERT INTO timeline_point (session_id, ts_ns, live_bytes, live_count,"
                         " end_bytes) VALUES (?, ?, ?, ?, ?)", TIMELINE)
+        con.executemany("INSERT INTO sampling_change (id, session_id, ts_ns,"
+                        " sample_interval_bytes) VALUES (?, ?, ?, ?)", SAMPLING_CHANGES)
         con.execute("COMMIT")
     finally:
         con.close()
@@ -319,7 +341,8 @@ class SchemaQueriesTest(unittest.TestCase):
                                 "README query %r\n got: %r\nwant: %r" % (heading, rows, want))
 
     def test_queries_use_only_public_views(self):
-        storage = {"session", "frame", "stack", "stack_frame", "alloc", "timeline_point"}
+        storage = {"session", "frame", "stack", "stack_frame", "alloc", "timeline_point",
+                   "sampling_change"}
         for heading, sql in readme_sql_blocks():
             names = set(re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", sql, re.IGNORECASE))
             with self.subTest(query=heading):
