@@ -19,8 +19,11 @@
 #include "hp_stats.h"
 
 _Atomic int hp_agent_mode = HP_MODE_OFF;
-const _Atomic uint8_t *hp_agent_free_filter;   /* follows g_addrtab; read by the hooks */
+/* Read by the free hook while not profiling: every address "never sampled". */
+static _Atomic uint8_t g_no_filter[HP_ADDRTAB_FILTER];
+_Atomic(const _Atomic uint8_t *) hp_agent_free_filter = g_no_filter;
 hp_sampler_cfg hp_agent_sampler;
+_Atomic uint32_t hp_agent_gate = HP_AGENT_GATE_CLOSED;
 uint32_t hp_agent_max_depth = HP_AGENT_DEFAULT_MAX_DEPTH;
 
 /* Serialises start/stop/fork; taken by the fork prepare handler so that a fork never
@@ -55,13 +58,22 @@ static int g_addrtab_filter;               /* under g_lock: g_addrtab has a filt
 static inline uint64_t event_ts(void);
 static clockid_t g_ts_clock;
 
+/* Every way out of profiling: the hooks' fast paths close first, so that they fall
+ * back to the slow paths, which check the mode. */
+static void profiling_off(void)
+{
+  atomic_store(&hp_agent_gate, HP_AGENT_GATE_CLOSED);
+  atomic_store(&hp_agent_free_filter, g_no_filter);
+  atomic_store(&hp_agent_mode, HP_MODE_OFF);
+}
+
 static void on_sender_failed(void *arg, int err)
 {
   (void)arg;
   (void)err;
   /* Profiling stops; hooks fall back to pass-through. The session is reaped by the next
    * hp_agent_stop() (atexit), which reports nothing further. */
-  atomic_store(&hp_agent_mode, HP_MODE_OFF);
+  profiling_off();
 }
 
 static uint64_t sender_dropped(void *arg)
@@ -85,7 +97,7 @@ static void atfork_parent(void)
 static void atfork_child(void)
 {
   int was = atomic_load(&hp_agent_mode);
-  atomic_store(&hp_agent_mode, HP_MODE_OFF);
+  profiling_off();
   g_child_restart = (was == HP_MODE_PROFILE);
   if (g_sender) {
     hp_sender_abandon(g_sender);
@@ -99,7 +111,6 @@ static void atfork_child(void)
     if (fresh) {
       hp_addrtab_free(g_addrtab);
       g_addrtab = fresh;
-      hp_agent_free_filter = hp_addrtab_filter(fresh);
       g_addrtab_dirty = 0;
     } else {
       hp_addrtab_clear(g_addrtab);
@@ -184,7 +195,6 @@ int hp_agent_start(const hp_agent_opts *o)
     }
     g_addrtab = t;
     g_addrtab_filter = filter;
-    hp_agent_free_filter = hp_addrtab_filter(t);
     g_addrtab_dirty = 0;
   }
   /* Clearing touches every page of the table; a fresh one is still all zero pages. */
@@ -223,7 +233,10 @@ int hp_agent_start(const hp_agent_opts *o)
   g_sender = hp_sender_start(fd, &h, &scfg, &rc);
   if (!g_sender)
     goto out_unlock;
+  atomic_store(&hp_agent_free_filter, hp_addrtab_filter(g_addrtab));
   atomic_store(&hp_agent_mode, HP_MODE_PROFILE);
+  if (!cfg.nbuckets && cfg.interval > 1)
+    atomic_store(&hp_agent_gate, cfg.generation);
   rc = 0;
 out_unlock:
   pthread_mutex_unlock(&g_lock);
@@ -239,7 +252,7 @@ int hp_agent_stop(void)
   int rc = 0;
   pthread_mutex_lock(&g_lock);
   if (atomic_load(&hp_agent_mode) == HP_MODE_PROFILE)
-    atomic_store(&hp_agent_mode, HP_MODE_OFF);
+    profiling_off();
   if (g_sender) {
     rc = hp_sender_stop(g_sender);
     g_sender = NULL;
@@ -306,7 +319,7 @@ static int wrong_process(void)
   if (t_pid_check++ % PID_CHECK_EVERY != 0 ||
       getpid() == atomic_load_explicit(&g_pid, memory_order_relaxed))
     return 0;
-  atomic_store(&hp_agent_mode, HP_MODE_OFF);
+  profiling_off();
   return 1;
 }
 

@@ -31,6 +31,14 @@ enum { HP_MODE_OFF = 0, HP_MODE_PROFILE = 1, HP_MODE_STATS = 2 };
 extern _Atomic int hp_agent_mode;
 /* Written only while hp_agent_mode is OFF; read by the hooks. */
 extern hp_sampler_cfg hp_agent_sampler;
+/* The malloc hooks' fast path in one compare (hp_hooks.c): while profiling with a
+ * Poisson interval > 1 it holds hp_agent_sampler.generation, which a thread's key equals
+ * once its countdown was drawn for this configuration; otherwise HP_AGENT_GATE_CLOSED,
+ * which no key ever equals (never a generation, see HP_SAMPLER_GENERATION_MAX), so
+ * every allocation takes the slow path (off, stats, interval 1, size buckets). Opened
+ * last when profiling starts, closed first when it stops; read relaxed. */
+#define HP_AGENT_GATE_CLOSED UINT32_MAX
+extern _Atomic uint32_t hp_agent_gate;
 extern uint32_t hp_agent_max_depth;
 
 typedef struct {
@@ -75,9 +83,10 @@ int hp_agent_alloc_room(void);
  * really frees it, so the address cannot be reused first). */
 void hp_agent_record_free(void *ptr);
 
-/* The sampled-address filter of the current table (set before profiling turns on):
- * the free hook's inlined "certainly not sampled" test. */
-extern const _Atomic uint8_t *hp_agent_free_filter;
+/* The free hook's inlined "certainly not sampled" test: the current table's filter
+ * while profiling, an all-zero filter ("never sampled") otherwise, so that the free hook
+ * needs no mode check. Switched before profiling turns on and after it turns off. */
+extern _Atomic(const _Atomic uint8_t *) hp_agent_free_filter;
 
 hp_intern *hp_agent_intern(void);
 /* Cumulative drops of the current session (ring full, address table full, block

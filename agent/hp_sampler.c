@@ -4,13 +4,19 @@
 #include <math.h>
 #include <time.h>
 
+/* Generations stay within [1, HP_SAMPLER_GENERATION_MAX]: see hp_sampler.h. */
+static uint32_t next_generation(uint32_t g)
+{
+  return g >= HP_SAMPLER_GENERATION_MAX ? 1 : g + 1;
+}
+
 int hp_sampler_configure_interval(hp_sampler_cfg *cfg, uint64_t interval)
 {
   if (interval == 0)
     return -HP_EINVAL;
   cfg->interval = interval;
   cfg->nbuckets = 0;
-  cfg->generation = cfg->generation + 1 == 0 ? 1 : cfg->generation + 1;
+  cfg->generation = next_generation(cfg->generation);
   return 0;
 }
 
@@ -28,7 +34,7 @@ int hp_sampler_configure_buckets(hp_sampler_cfg *cfg, const hp_bucket *b, uint32
     cfg->buckets[i] = b[i];
   cfg->nbuckets = n;
   cfg->interval = 0;
-  cfg->generation = cfg->generation + 1 == 0 ? 1 : cfg->generation + 1;
+  cfg->generation = next_generation(cfg->generation);
   return 0;
 }
 

@@ -33,10 +33,14 @@
 #include "hp_proto.h"
 
 #define HP_SAMPLER_DEFAULT_INTERVAL  (64u * 1024u)   /* bytes; see bench/README.md */
+/* Generations wrap from here back to 1: 0, UINT32_MAX - 1 and UINT32_MAX are never a
+ * generation, so the hooks may use them as markers (hp_hooks.c, hp_agent_gate). */
+#define HP_SAMPLER_GENERATION_MAX    (UINT32_MAX - 2u)
 
 typedef struct {
   uint64_t interval;               /* Poisson mean interval; 0 in bucket mode */
-  uint32_t generation;             /* bumped by every configure call, never 0 */
+  uint32_t generation;             /* bumped by every configure call, in
+                                      [1, HP_SAMPLER_GENERATION_MAX] */
   uint32_t nbuckets;
   hp_bucket buckets[HP_MAX_BUCKETS];
 } hp_sampler_cfg;
