@@ -1,24 +1,68 @@
 #!/usr/bin/env python3
 """Agent overhead benchmark: allocation-heavy workloads run side by side as plain Python,
 under heapprof at several sampling intervals (1 = record everything), and under
-`python -X tracemalloc=1` and `=25`; prints wall time and peak RSS as ratios to plain.
+`python -X tracemalloc=1` and `=25`; prints wall time, CPU time and peak RSS as ratios to plain.
 
-    python bench/overhead.py [--reps N] [--intervals 1,16384,65536,262144] [--workloads a,b]
-                             [--also LABEL=PYTHON ...]
-
---also adds the same heapprof columns run by another Python with another heapprof build
-installed (e.g. a venv holding the previous commit), so that two builds are compared side
-by side in one run, under the same load, against the same daemon.
+    python bench/overhead.py [--reps 7] [--scale S] [--intervals 1,16384,65536,262144]
+                             [--workloads startup,churn,...] [--no-tracemalloc]
+                             [--extra LABEL=VAR=VAL[,VAR=VAL...] ...] [--also LABEL=PYTHON ...]
 
 Run it with the Python that has heapprof installed (e.g. the venv's); heapprofd is found as
-$HEAPPROFD, beside that Python, or on PATH. Every configuration of a workload runs once
-per round, rounds interleaved, and the median per configuration is reported, so drift on
-a shared machine hits all columns alike. Profiled runs stream to one real heapprofd (its
-CPU time is not counted; on a loaded machine it competes for the cores)."""
+$HEAPPROFD, beside that Python, or on PATH.
+
+What is measured. Each workload of bench/overhead_workloads.py runs as its own process, start-up
+and the final flush included; wall time, CPU time (user + system of the child, from wait4) and
+peak RSS are taken. --scale (HEAPPROF_BENCH_SCALE of the workloads) multiplies their loop counts;
+the default makes each run about 1.2 s plain, so that the fixed cost of a process does not
+decide the ratios. That fixed cost is shown on its own in the first row, `startup`: `python -c
+pass` in every configuration (interpreter start; for heapprof the import, connecting to the
+daemon, the sender thread and the exit flush), run --startup-runs times per round; its `added
+ms` line is what every profiled process pays once.
+
+Noise. Every configuration of a workload runs once per round, back to back, in an order that
+rotates each round (so no configuration always follows the one that kept the daemon busy);
+before each run the bench waits until heapprofd is idle (its CPU time stops growing), so a run
+does not compete with the daemon still storing the previous run's events. Each round starts a
+fresh heapprofd on an empty database (removed after the round), so no round writes into a
+bigger database than another. The first line of a cell is the median wall time and the median
+over rounds of the ratio to plain (each round's run over that round's plain run); the `min-max`
+line is the range of that ratio over the rounds (for the plain column: each round's plain time
+over the median plain time), which is the noise a reader should allow for. `CPU time` is the
+median ratio of the program's own CPU time: wall time is the target, but when heapprofd takes
+a core away from the program, CPU time shows what the program itself paid. `peak RSS` is the
+ratio of the medians (the plain column gives plain's peak RSS in MiB). heapprofd's own CPU is
+not counted in any of these.
+
+After the table, one line per heapprof configuration gives the events heapprofd recorded and
+the events dropped (summed over the `sessions` view of each round's database; every run's argv
+carries a tag naming its configuration), and per workload the share of events dropped: drops
+mean a record-everything column did not record everything. A column whose runs did not all
+reach heapprofd is marked WARNING there (its programs ran unprofiled, so its times mean
+nothing); whatever a run printed on stderr is shown below as a note (a failing run stops the
+bench).
+
+Columns:
+  --intervals        heapprof at these sampling intervals (HEAPPROF_INTERVAL), "hp I=..."
+  --extra LABEL=VAR=VAL[,VAR=VAL...]
+                     (repeatable) a heapprof column "hp LABEL" run with these extra environment
+                     variables, e.g. --extra "I=1 block=HEAPPROF_INTERVAL=1,HEAPPROF_ON_FULL=block"
+                     or "I=1 adapt=HEAPPROF_INTERVAL=1,HEAPPROF_ON_FULL=adapt". Variables are
+                     passed through as given; without HEAPPROF_INTERVAL heapprof's default applies.
+                     A value may contain commas when the text after the comma is not NAME=...
+                     (HEAPPROF_RATES=1024:0.5,65536:1 works); the label ends at the last
+                     '=NAME=' before the first such comma.
+  --also LABEL=PYTHON
+                     (repeatable) the heapprof columns (intervals and extras) again, run by
+                     another Python with another heapprof build installed (e.g. a venv holding
+                     the previous commit): two builds side by side, under the same load.
+  --no-tracemalloc   leave out the tracemalloc=1 and tracemalloc=25 columns (they are slow)."""
 import argparse
+import json
 import os
+import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -26,7 +70,14 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKLOADS = ['churn', 'big_buffers', 'slow_leak', 'threads', 'stdlib']
+sys.path.insert(0, HERE)
+import overhead_workloads  # noqa: E402  (beside this file; for its scale and names)
+
+WORKLOADS = ['startup'] + list(overhead_workloads.WORKLOADS)
+TAG = 'hp-bench-config='          # argv tag of every run: the configuration's name
+IDLE_WINDOW = 0.1                  # heapprofd is idle when its CPU grew <= 1 tick in this window
+IDLE_TIMEOUT = 60.0                # give up waiting for an idle daemon after this (and say so)
+CLK_TCK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
 
 
 def find_heapprofd():
@@ -37,106 +88,328 @@ def find_heapprofd():
     return beside if os.access(beside, os.X_OK) else shutil.which('heapprofd')
 
 
+def parse_extra(spec):
+    """'LABEL=VAR=VAL[,VAR=VAL...]' -> (label, {VAR: VAL}); SystemExit with the reason."""
+    parts = re.split(r',(?=[A-Za-z_][A-Za-z0-9_]*=)', spec)
+    m = re.match(r'^(.+)=([A-Za-z_][A-Za-z0-9_]*)=(.*)$', parts[0], re.S)
+    if not m:
+        raise SystemExit('--extra %r: expected LABEL=VAR=VAL[,VAR=VAL...]' % spec)
+    label, env = m.group(1), {m.group(2): m.group(3)}
+    for p in parts[1:]:
+        var, _, val = p.partition('=')
+        env[var] = val
+    if 'HEAPPROF_SOCKET' in env:
+        raise SystemExit('--extra %r: HEAPPROF_SOCKET is the bench\'s own daemon; leave it out'
+                         % spec)
+    return label, env
+
+
+def interval_name(i):
+    return '1 (all)' if i == 1 else ('%dK' % (i // 1024) if i % 1024 == 0 else str(i))
+
+
+def load_average():
+    try:
+        return '%.2f' % os.getloadavg()[0]
+    except OSError:
+        return '?'
+
+
+class Daemon:
+    """One heapprofd on a fresh database in DIRECTORY, for one round."""
+
+    def __init__(self, exe, directory):
+        self.db = os.path.join(directory, 'bench.sqlite')
+        self.sock = os.path.join(directory, 'd.sock')
+        self.log = os.path.join(directory, 'heapprofd.log')
+        # No read indexes at shutdown: nobody queries these databases beyond `sessions`.
+        with open(self.log, 'w') as log:
+            self.proc = subprocess.Popen(
+                [exe, '--db', self.db, '--socket', self.sock, '--no-index', '--log-level', 'warn'],
+                stdout=subprocess.PIPE, stderr=log, text=True)
+        line = self.proc.stdout.readline()
+        if 'listening on' not in line:
+            self.stop()
+            raise SystemExit('heapprofd did not start: %s %s' % (line.strip(), self.log_tail()))
+        self.stat = '/proc/%d/stat' % self.proc.pid
+
+    def log_tail(self):
+        try:
+            with open(self.log) as f:
+                return ' '.join(f.read().split('\n')[-5:]).strip()
+        except OSError:
+            return ''
+
+    def cpu_ticks(self):
+        """utime + stime of heapprofd in clock ticks, or None where /proc is missing."""
+        try:
+            with open(self.stat) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def wait_idle(self):
+        """Wait until heapprofd has stored what earlier runs sent; seconds waited."""
+        t0 = time.monotonic()
+        last = self.cpu_ticks()
+        while last is not None and time.monotonic() - t0 < IDLE_TIMEOUT:
+            time.sleep(IDLE_WINDOW)
+            now = self.cpu_ticks()
+            if now is None or now - last <= 1:
+                break
+            last = now
+        if self.proc.poll() is not None:
+            raise SystemExit('heapprofd exited (status %s): %s' % (self.proc.returncode,
+                                                                    self.log_tail()))
+        return time.monotonic() - t0
+
+    def stop(self):
+        """Stop heapprofd (it stores everything received first); its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        return self.proc.returncode
+
+    def sessions(self):
+        """[(config, workload, status, received, dropped)] of the runs this daemon saw."""
+        rows = []
+        con = sqlite3.connect('file:%s?mode=ro' % self.db, uri=True)
+        try:
+            for argv, status, rec, drop in con.execute(
+                    'SELECT argv, status, events_received, events_dropped FROM sessions'):
+                tags = [a for a in json.loads(argv) if a.startswith(TAG)]
+                if tags:
+                    config, _, workload = tags[0][len(TAG):].rpartition('@')
+                    rows.append((config, workload, status, rec, drop))
+        finally:
+            con.close()
+        return rows
+
+
 def run_once(argv, env):
-    """Wall seconds and peak RSS (KiB) of one child process."""
+    """(wall s, CPU s, peak RSS KiB, stderr text) of one child process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors='replace')
+    err = proc.stderr.read().decode(errors='replace').strip()
     proc.stderr.close()
-    if proc.returncode != 0 or err.strip():
-        raise SystemExit('benchmark run failed (%s): %s' % (' '.join(argv), err.strip()))
-    return wall, ru.ru_maxrss
+    if proc.returncode != 0:
+        raise SystemExit('benchmark run failed with status %d (%s): %s'
+                         % (proc.returncode, ' '.join(argv), err))
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, err
+
+
+def fmt_time(seconds, startup):
+    return '%.1fms' % (seconds * 1e3) if startup else '%.2fs' % seconds
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--reps', type=int, default=3, help='rounds (median reported)')
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                 epilog=__doc__.split('\n\n', 2)[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--reps', type=int, default=7, help='rounds (default 7; medians reported)')
+    ap.add_argument('--scale', type=str, default=None, metavar='S',
+                    help='multiplies the workloads\' loop counts (default %g: about 1.2 s '
+                    'per workload plain)' % overhead_workloads.DEFAULT_SCALE)
     ap.add_argument('--intervals', default='1,16384,65536,262144',
-                    help='heapprof sampling intervals to run (1 = every allocation)')
-    ap.add_argument('--workloads', default=','.join(WORKLOADS))
-    ap.add_argument('--no-tracemalloc', action='store_true')
+                    help='heapprof sampling intervals to run (1 = every allocation); '
+                    'empty for none')
+    ap.add_argument('--workloads', default=','.join(WORKLOADS),
+                    help='rows to run (default: %(default)s)')
+    ap.add_argument('--startup-runs', type=int, default=5, metavar='N',
+                    help='runs of `python -c pass` per configuration and round (median '
+                    'taken; default 5)')
+    ap.add_argument('--no-tracemalloc', action='store_true',
+                    help='leave out the tracemalloc columns')
+    ap.add_argument('--extra', action='append', default=[], metavar='LABEL=VAR=VAL[,VAR=VAL...]',
+                    help='a heapprof column with extra environment variables (repeatable)')
     ap.add_argument('--also', action='append', default=[], metavar='LABEL=PYTHON',
                     help='also run the heapprof columns with this Python (another build)')
     args = ap.parse_args()
+    if args.reps < 1 or args.startup_runs < 1:
+        raise SystemExit('--reps and --startup-runs must be at least 1')
+    try:
+        scale = overhead_workloads.parse_scale(
+            args.scale if args.scale is not None else str(overhead_workloads.DEFAULT_SCALE))
+    except ValueError as e:
+        raise SystemExit('--scale: %s' % e)
     others = []
     for spec in args.also:
         label, sep, exe = spec.partition('=')
         if not sep or not label or not os.access(exe, os.X_OK):
             raise SystemExit('--also %r: expected LABEL=PYTHON with an executable PYTHON' % spec)
         others.append((label, exe))
-    intervals = [int(x) for x in args.intervals.split(',') if x]
+    extras = [parse_extra(spec) for spec in args.extra]
+    try:
+        intervals = [int(x) for x in args.intervals.split(',') if x]
+    except ValueError:
+        raise SystemExit('--intervals %r: expected numbers separated by commas' % args.intervals)
+    if any(i < 1 for i in intervals):
+        raise SystemExit('--intervals: every interval must be at least 1')
     workloads = [w for w in args.workloads.split(',') if w]
+    for w in workloads:
+        if w not in WORKLOADS:
+            raise SystemExit('--workloads: unknown %r (known: %s)' % (w, ', '.join(WORKLOADS)))
 
-    # As users run it: byte-compiled modules (the package is compiled once below).
+    # As users run it: byte-compiled modules (pip compiles what it installs; so does setup.sh).
     base = {k: v for k, v in os.environ.items()
             if not k.startswith('HEAPPROF_') and k != 'PYTHONDONTWRITEBYTECODE'}
+    base[overhead_workloads.SCALE_VAR] = repr(scale)
     for exe in [sys.executable] + [o[1] for o in others]:
         subprocess.run([exe, '-c', 'import compileall, os, heapprof; '
                         'compileall.compile_dir(os.path.dirname(heapprof.__file__), quiet=1)'],
                        env=base, check=True)
-    script = os.path.join(HERE, 'overhead_workloads.py')
-    configs = [('plain', sys.executable, [], {})]
-    daemon = None
-    tmp = tempfile.TemporaryDirectory(prefix='hp-bench-')
-    try:
-        if intervals:
-            exe = find_heapprofd()
-            if not exe:
-                raise SystemExit('heapprofd not found (set HEAPPROFD)')
-            sock = os.path.join(tmp.name, 'd.sock')
-            daemon = subprocess.Popen([exe, '--db', os.path.join(tmp.name, 'bench.sqlite'),
-                                       '--socket', sock], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True)
-            line = daemon.stdout.readline()
-            if 'listening on' not in line:
-                raise SystemExit('heapprofd did not start: %s' % line.strip())
-            for i in intervals:
-                iname = '1 (all)' if i == 1 else ('%dK' % (i // 1024) if i % 1024 == 0 else i)
-                env = {'HEAPPROF_SOCKET': sock, 'HEAPPROF_INTERVAL': str(i)}
-                configs.append(('hp I=%s' % iname, sys.executable, [], env))
-                for label, exe in others:
-                    configs.append(('%s I=%s' % (label, iname), exe, [], env))
-        if not args.no_tracemalloc:
-            configs.append(('tracemalloc=1', sys.executable, ['-X', 'tracemalloc=1'], {}))
-            configs.append(('tracemalloc=25', sys.executable, ['-X', 'tracemalloc=25'], {}))
 
-        results = {}   # (workload, config) -> [(wall, rss)]
-        for rnd in range(args.reps):
-            for w in workloads:
-                for name, exe, xopts, extra in configs:
-                    env = dict(base, **extra)
-                    argv = [exe] + xopts + [script, w]
-                    results.setdefault((w, name), []).append(run_once(argv, env))
-            print('round %d/%d done' % (rnd + 1, args.reps), file=sys.stderr)
-    finally:
-        if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-        tmp.cleanup()
-
+    # (name, python, interpreter options, environment, profiled by heapprof?)
+    configs = [('plain', sys.executable, [], {}, False)]
+    hp_columns = [('I=%s' % interval_name(i), {'HEAPPROF_INTERVAL': str(i)}) for i in intervals]
+    hp_columns += extras
+    for label, env in hp_columns:
+        configs.append(('hp %s' % label, sys.executable, [], env, True))
+        for olabel, exe in others:
+            configs.append(('%s %s' % (olabel, label), exe, [], env, True))
+    if not args.no_tracemalloc:
+        configs.append(('tracemalloc=1', sys.executable, ['-X', 'tracemalloc=1'], {}, False))
+        configs.append(('tracemalloc=25', sys.executable, ['-X', 'tracemalloc=25'], {}, False))
     names = [c[0] for c in configs]
-    print('Python %s, %d rounds, median wall time (s) and ratio to plain; peak RSS ratio'
-          % (sys.version.split()[0], args.reps))
+    if len(set(names)) != len(names):
+        raise SystemExit('two columns have the same name; give --extra/--also distinct labels')
+    daemon_exe = None
+    if any(c[4] for c in configs):
+        daemon_exe = find_heapprofd()
+        if not daemon_exe:
+            raise SystemExit('heapprofd not found (set HEAPPROFD)')
+
+    script = os.path.join(HERE, 'overhead_workloads.py')
+    results = {}     # (workload, config) -> [(wall, cpu, rss)], one per round
+    warnings = {}    # (config, stderr text) -> times seen
+    sessions = []    # (config, workload, status, received, dropped)
+    idle_wait = 0.0
+    load_before = load_average()
+    started = time.monotonic()
+    for rnd in range(args.reps):
+        with tempfile.TemporaryDirectory(prefix='hp-bench-') as tmp:
+            daemon = Daemon(daemon_exe, tmp) if daemon_exe else None
+            try:
+                for w in workloads:
+                    # Rotate the order each round; within a round plain runs once per workload.
+                    k = rnd % len(configs)
+                    order = configs[k:] + configs[:k]
+                    runs = args.startup_runs if w == 'startup' else 1
+                    per_round = {}
+                    for _ in range(runs):
+                        for name, exe, xopts, extra, profiled in order:
+                            env = dict(base, **extra)
+                            if profiled:
+                                env['HEAPPROF_SOCKET'] = daemon.sock
+                            tag = '%s%s@%s' % (TAG, name, w)
+                            if w == 'startup':
+                                argv = [exe] + xopts + ['-c', 'pass', tag]
+                            else:
+                                argv = [exe] + xopts + [script, w, tag]
+                            if daemon:
+                                idle_wait += daemon.wait_idle()
+                            wall, cpu, rss, err = run_once(argv, env)
+                            per_round.setdefault(name, []).append((wall, cpu, rss))
+                            if err:
+                                warnings[(name, err)] = warnings.get((name, err), 0) + 1
+                    for name, samples in per_round.items():
+                        results.setdefault((w, name), []).append(
+                            tuple(statistics.median(s[i] for s in samples) for i in range(3)))
+            finally:
+                if daemon:
+                    status = daemon.stop()
+            if daemon:
+                if status != 0:
+                    raise SystemExit('heapprofd exited with status %s: %s'
+                                     % (status, daemon.log_tail()))
+                sessions += daemon.sessions()
+        print('round %d/%d done (%.0f s)' % (rnd + 1, args.reps, time.monotonic() - started),
+              file=sys.stderr)
+
+    print('Python %s, scale %g, %d rounds (startup: median of %d runs per round); load average '
+          '%s before, %s after; waited %.1f s in all for an idle heapprofd before runs'
+          % (sys.version.split()[0], scale, args.reps, args.startup_runs, load_before,
+             load_average(), idle_wait))
+    print('Cells: median wall time, median ratio to plain; min-max: that ratio over the rounds; '
+          'CPU time: the program\'s user+sys ratio; peak RSS: ratio of medians')
     width = max(14, max(len(n) for n in names) + 2)
-    print('%-12s' % 'workload' + ''.join('%*s' % (width, n) for n in names))
+    print('%-16s' % 'workload' + ''.join('%*s' % (width, n) for n in names))
     for w in workloads:
-        plain_t = statistics.median(r[0] for r in results[(w, 'plain')])
-        plain_m = statistics.median(r[1] for r in results[(w, 'plain')])
-        cells, rss = [], []
+        startup = w == 'startup'
+        plain = results[(w, 'plain')]
+        plain_wall = statistics.median(r[0] for r in plain)
+        plain_rss = statistics.median(r[2] for r in plain)
+        lines = {'time': [], 'range': [], 'added': [], 'cpu': [], 'rss': []}
         for n in names:
-            t = statistics.median(r[0] for r in results[(w, n)])
-            m = statistics.median(r[1] for r in results[(w, n)])
-            cells.append('%*s' % (width, '%.2fs %.2fx' % (t, t / plain_t)))
-            rss.append('%*s' % (width, '%.2fx' % (m / plain_m)))
-        print('%-12s' % w + ''.join(cells))
-        print('%-12s' % '  peak RSS' + ''.join(rss))
+            rows = results[(w, n)]
+            wall = statistics.median(r[0] for r in rows)
+            if n == 'plain':
+                ratios = [r[0] / plain_wall for r in rows]
+                ratio, cpu_ratio = 1.0, 1.0
+            else:
+                ratios = [r[0] / p[0] for r, p in zip(rows, plain)]
+                ratio = statistics.median(ratios)
+                cpu_ratio = statistics.median(r[1] / p[1] for r, p in zip(rows, plain) if p[1])
+            added = statistics.median(r[0] - p[0] for r, p in zip(rows, plain))
+            rss = statistics.median(r[2] for r in rows)
+            lines['time'].append('%s %.2fx' % (fmt_time(wall, startup), ratio))
+            lines['range'].append('%.2f-%.2f' % (min(ratios), max(ratios)))
+            lines['added'].append('%+.1f' % (added * 1e3))
+            lines['cpu'].append('%.2fx' % cpu_ratio)
+            lines['rss'].append('%.2fx' % (rss / plain_rss) if n != 'plain'
+                                else '%.1fMiB' % (plain_rss / 1024))
+        labels = [('time', w), ('range', '  min-max'), ('cpu', '  CPU time'),
+                  ('rss', '  peak RSS')]
+        if startup:
+            labels.insert(2, ('added', '  added ms'))
+        for key, label in labels:
+            print('%-16s' % label + ''.join('%*s' % (width, c) for c in lines[key]))
+
+    if daemon_exe:
+        print()
+        print('Events per heapprof configuration (all rounds and rows; dropped: not recorded)')
+        expected = args.reps * sum(args.startup_runs if w == 'startup' else 1 for w in workloads)
+        for name, _, _, _, profiled in configs:
+            if not profiled:
+                continue
+            mine = [s for s in sessions if s[0] == name]
+            rec = sum(s[3] for s in mine)
+            drop = sum(s[4] for s in mine)
+            by_w = []
+            for w in workloads:
+                wr = sum(s[3] for s in mine if s[1] == w)
+                wd = sum(s[4] for s in mine if s[1] == w)
+                if w != 'startup':
+                    by_w.append('%s %.0f%%' % (w, 100.0 * wd / (wr + wd) if wr + wd else 0))
+            odd = [s for s in mine if s[2] != 'exited']
+            note = ''
+            if len(mine) != expected or odd:
+                note = ('; WARNING: %d of %d runs reached heapprofd, %d of them not exited '
+                        'cleanly' % (len(mine), expected, len(odd)))
+            if drop:
+                note = '; dropped by workload: %s%s' % (', '.join(by_w), note)
+            print('  %-*s recorded %s, dropped %s (%.1f%%)%s'
+                  % (width, name, human(rec), human(drop),
+                     100.0 * drop / (rec + drop) if rec + drop else 0, note))
+    for (name, err), count in sorted(warnings.items()):
+        print('note: %s printed (%d run%s): %s' % (name, count, '' if count == 1 else 's',
+                                                   err.splitlines()[0]))
+
+
+def human(n):
+    for unit, div in (('G', 1e9), ('M', 1e6), ('k', 1e3)):
+        if n >= div:
+            return '%.1f%s' % (n / div, unit)
+    return str(n)
 
 
 if __name__ == '__main__':
