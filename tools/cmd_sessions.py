@@ -26,6 +26,30 @@ def _interval(n, buckets=None):
     return 'every ' + _fmt.human_bytes(n)
 
 
+def _sampling(s):
+    """The sampling column: the interval, or for a session whose agent adapted it (on-full
+    adapt) where it started and where it ended: 'every alloc -> 4.0 KiB'."""
+    text = _interval(s.sample_interval_bytes, s.sample_buckets)
+    if s.interval_changes:
+        text += ' -> ' + _fmt.human_bytes(s.final_interval_bytes)
+    return text
+
+
+def adapted_note(s):
+    """One line saying that (and when) a session's sampling interval was changed, or None."""
+    if not s.interval_changes:
+        return None
+    first_t = (s.interval_changes[0][0] - s.started_ns) / 1e9
+    n = len(s.interval_changes)
+    verb = 'raised' if s.final_interval_bytes > s.sample_interval_bytes else 'changed'
+    return ('session %d: heapprofd could not keep up, so the agent %s its sampling interval '
+            'from %s to %s (%d time%s, first at +%.2f s); estimates stay unbiased, with fewer '
+            'samples after each change' % (s.session_id, verb,
+                                             _fmt.human_bytes(s.sample_interval_bytes),
+                                             _fmt.human_bytes(s.final_interval_bytes), n,
+                                             '' if n == 1 else 's', first_t))
+
+
 def run(args):
     path = db_path(args)
     rows = _reader.sessions(path)
@@ -38,7 +62,7 @@ def run(args):
         if len(cmd) > 50:
             cmd = cmd[:47] + '...'
         table.append((s.session_id, s.pid, s.ppid, s.status, _when(s.started_ns),
-                      '%.2f s' % s.duration, _interval(s.sample_interval_bytes, s.sample_buckets),
+                      '%.2f s' % s.duration, _sampling(s),
                       _fmt.human_count(s.events_received), _fmt.human_count(s.events_dropped),
                       cmd))
     print('\n'.join(_fmt.table(
@@ -47,6 +71,10 @@ def run(args):
     for s in rows:
         if s.error:
             print('session %d: %s: %s' % (s.session_id, s.status, s.error))
+    for s in rows:
+        note = adapted_note(s)
+        if note:
+            print(note)
     if any(s.events_dropped for s in rows):
         print('note: sessions with dropped events have incomplete figures, and a dropped '
               'free makes its allocation look never freed; record with `heapprof run '

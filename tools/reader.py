@@ -2,8 +2,8 @@
 
 Last stage of the pipeline (agent -> proto -> daemon -> schema -> tools). Everything here is
 SQL over the public views documented in schema/README.md (sessions, frames, stack_frames,
-allocations, timeline, and the extension session_settings); the storage tables are never
-named, so the daemon may change them.
+allocations, timeline, and the extensions session_settings and sampling_changes); the
+storage tables are never named, so the daemon may change them.
 
 Times given to and returned by a Reader are float seconds from the session's start. Byte
 figures are estimates: each sampled allocation carries est_bytes, the unbiased number of bytes
@@ -50,14 +50,20 @@ class NoSessionsError(ReaderError):
 Session = collections.namedtuple('Session', [
     'session_id', 'pid', 'ppid', 'argv', 'executable', 'python_version', 'started_ns',
     'ended_ns', 'sample_interval_bytes', 'status', 'events_received', 'events_dropped',
-    'last_ns', 'sample_buckets', 'max_stack_depth', 'error'])
+    'last_ns', 'sample_buckets', 'max_stack_depth', 'error', 'interval_changes'])
 Session.__doc__ = """One recorded process. argv is a list; ended_ns is None while running;
 last_ns is the end, or for a running session the latest recorded event. sample_buckets is
 [[max_size, rate], ...] when sample_interval_bytes is 0 (size-bucket sampling), else None;
 error says why a 'protocol_error' session was closed. The last three come from the
 session_settings view (or, in a database whose views predate it, from the end of the
-sessions view), and are None when neither has them."""
+sessions view), and are None when neither has them. interval_changes is a tuple of
+(ts_ns, sample_interval_bytes), one per change of the sampling interval in the order they
+happened (an agent recording with --on-full adapt raises it when heapprofd cannot keep
+up; the sampling_changes view), empty when it never changed; sample_interval_bytes stays
+the interval the session started with, final_interval_bytes is the one it ended with."""
 Session.duration = property(lambda s: (s.last_ns - s.started_ns) / NS)
+Session.final_interval_bytes = property(
+    lambda s: s.interval_changes[-1][1] if s.interval_changes else s.sample_interval_bytes)
 
 Frame = collections.namedtuple('Frame', ['frame_id', 'function', 'filename', 'lineno', 'line'])
 Frame.__doc__ = 'One frame of a stack; line is the source text, or None when unreadable.'
@@ -87,7 +93,7 @@ per time], [self bytes per time])}; edges: {(caller_id, callee_id): [bytes per t
 frame_id None is the pseudo-frame NO_STACK_LABEL."""
 
 
-def _session_from_row(row, last_ns):
+def _session_from_row(row, last_ns, changes=()):
     (sid, pid, ppid, argv, exe, pyver, started, ended, interval, status, received,
      dropped) = row[:12]
     extra = dict(zip(_SESSION_EXTRA, row[12:]))
@@ -105,7 +111,7 @@ def _session_from_row(row, last_ns):
             buckets = None
     return Session(sid, pid, ppid, argv, exe, pyver, started, ended, interval, status,
                    received, dropped, last_ns, buckets, extra.get('max_stack_depth'),
-                   extra.get('error'))
+                   extra.get('error'), tuple(changes))
 
 
 _SESSION_COLUMNS = ('session_id, pid, ppid, argv, executable, python_version, started_ns, '
@@ -130,6 +136,28 @@ def _session_columns(con):
         [_SESSION_COLUMNS] + [c if c in have else 'NULL AS ' + c for c in _SESSION_EXTRA])
 
 
+def _has_view(con, name):
+    return con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view' AND name = ?",
+                       (name,)).fetchone()[0] > 0
+
+
+def _interval_changes(con, session_id=None):
+    """{session_id: [(ts_ns, sample_interval_bytes)]} in the order of the changes, for one
+    session or all. A database written before heapprofd recorded changes has no
+    sampling_changes view (schema/README.md, "Versions"), and no changes to tell."""
+    if not _has_view(con, 'sampling_changes'):
+        return {}
+    sql = 'SELECT session_id, ts_ns, sample_interval_bytes FROM sampling_changes'
+    args = ()
+    if session_id is not None:
+        sql += ' WHERE session_id = ?'
+        args = (session_id,)
+    out = collections.defaultdict(list)
+    for sid, ts, interval in con.execute(sql + ' ORDER BY session_id, change_no', args):
+        out[sid].append((ts, interval))
+    return out
+
+
 def _last_ns(con, session_id, started_ns, ended_ns):
     """The end of a session; while it runs, its latest recorded instant."""
     if ended_ns is not None:
@@ -142,8 +170,10 @@ def _last_ns(con, session_id, started_ns, ended_ns):
 
 
 def _load_sessions(con):
-    rows = con.execute('SELECT %s ORDER BY session_id' % _session_columns(con))
-    return [_session_from_row(r, _last_ns(con, r[0], r[6], r[7])) for r in rows.fetchall()]
+    rows = con.execute('SELECT %s ORDER BY session_id' % _session_columns(con)).fetchall()
+    changes = _interval_changes(con)
+    return [_session_from_row(r, _last_ns(con, r[0], r[6], r[7]), changes.get(r[0], ()))
+            for r in rows]
 
 
 def _is_root(s, by_pid):
@@ -257,7 +287,8 @@ class Reader:
                 known = ', '.join(map(str, ids[:20])) + (', ...' if len(ids) > 20 else '')
                 raise ReaderError('session %d is not in %s (sessions: %s)'
                                   % (session, self.path, known or 'none'))
-        return _session_from_row(row, _last_ns(con, row[0], row[6], row[7]))
+        return _session_from_row(row, _last_ns(con, row[0], row[6], row[7]),
+                                 _interval_changes(con, row[0]).get(row[0], ()))
 
     def refresh(self):
         """Re-reads the session's metadata (status, end, counters) of a session still recording."""
@@ -303,6 +334,29 @@ class Reader:
                                   % spec) from None
         self._ns(spec)
         return float(spec)
+
+    # ---------------------------------------------------------------- sampling
+    def sampling_changes(self):
+        """[(t, sample_interval_bytes)]: each change of the session's sampling interval, in
+        the order they happened, t in seconds from the start; the interval holds from t on.
+        Empty when the interval never changed. It starts as metadata.sample_interval_bytes.
+        An agent recording with --on-full adapt doubles its interval when heapprofd cannot
+        keep up; every sample's est_bytes is right for the interval it was taken at, so the
+        estimates stay unbiased, only rougher after a change (fewer samples)."""
+        return [(self._t(ts), interval)
+                for ts, interval in _interval_changes(self._con, self.session_id)
+                .get(self.session_id, ())]
+
+    def interval_at(self, t):
+        """The mean sampling interval in bytes in force at t seconds from the start (0 for
+        size-bucket sampling)."""
+        self._ns(t)
+        interval = self.metadata.sample_interval_bytes
+        for ct, ci in self.sampling_changes():
+            if ct > t:
+                break
+            interval = ci
+        return interval
 
     # ---------------------------------------------------------------- timeline and peak
     def timeline(self):

@@ -165,16 +165,36 @@ def _fmt_bytes(n):
         n /= 1024
 
 
+def _adapted_line(con, sid, started_ns, start_interval):
+    """The line saying that the agent raised its sampling interval (--on-full adapt)
+    because heapprofd could not keep up, or None. A database without the
+    sampling_changes view (written before heapprofd recorded changes) has none."""
+    if not con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view' "
+                       "AND name = 'sampling_changes'").fetchone()[0]:
+        return None
+    changes = con.execute('SELECT ts_ns, sample_interval_bytes FROM sampling_changes '
+                          'WHERE session_id = ? ORDER BY change_no', (sid,)).fetchall()
+    if not changes:
+        return None
+    final = changes[-1][1]
+    return ('heapprof: heapprofd could not keep up; the sampling interval was %s from %d to '
+            '%d bytes (%d time%s, first at +%.2f s); estimates stay unbiased'
+            % ('raised' if final > start_interval else 'changed', start_interval, final,
+               len(changes), '' if len(changes) == 1 else 's',
+               (changes[0][0] - started_ns) / 1e9))
+
+
 def summarize(db, out=sys.stdout, top=5):
     """Prints peak/final estimated heap and the top allocation sites per session, using
-    only the public views (sessions, allocations, timeline, stack_frames, frames)."""
+    only the public views (sessions, allocations, timeline, stack_frames, frames, and
+    sampling_changes when the database has it)."""
     con = sqlite3.connect('file:%s?mode=ro' % db, uri=True)
     try:
-        rows = con.execute('SELECT session_id, pid, ppid, status, events_dropped '
-                           'FROM sessions ORDER BY session_id').fetchall()
+        rows = con.execute('SELECT session_id, pid, ppid, status, events_dropped, started_ns, '
+                           'sample_interval_bytes FROM sessions ORDER BY session_id').fetchall()
         if not rows:
             out.write('heapprof: no session was recorded\n')
-        for sid, pid, ppid, status, dropped in rows:
+        for sid, pid, ppid, status, dropped, started_ns, interval in rows:
             peak = con.execute('SELECT MAX(live_bytes) FROM timeline WHERE session_id = ?',
                                (sid,)).fetchone()[0]
             final, nlive = con.execute(
@@ -195,6 +215,9 @@ def summarize(db, out=sys.stdout, top=5):
                 out.write('  note: with events dropped, "still allocated" (and blocks never '
                           'freed) may include blocks whose free was lost; rerun with '
                           '--on-full block or a larger --interval\n')
+            adapted = _adapted_line(con, sid, started_ns, interval)
+            if adapted:
+                out.write('  %s\n' % adapted)
             sites = con.execute(
                 'SELECT f.function, f.filename, f.lineno, SUM(a.est_bytes) AS b, '
                 '       SUM(CASE WHEN a.freed_ns IS NULL THEN a.est_bytes ELSE 0 END) '
