@@ -121,8 +121,7 @@ static size_t bucket2(const hp_addrtab *t, uintptr_t addr)
 
 static size_t filter_index(uintptr_t addr)
 {
-  return (size_t)(((uint64_t)(addr >> 4) * 0x9e6c63d0676a9a99ull) >> (64 - 15)) &
-         (HP_ADDRTAB_FILTER - 1);   /* keep in step with hp_addrtab_filter_absent() */
+  return hp_addrtab_filter_index(addr);
 }
 
 static void filter_add(hp_addrtab *t, uintptr_t addr, int delta)
