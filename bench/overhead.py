@@ -390,11 +390,12 @@ def main():
                 wd = sum(s[4] for s in mine if s[1] == w)
                 if w != 'startup':
                     by_w.append('%s %.0f%%' % (w, 100.0 * wd / (wr + wd) if wr + wd else 0))
-            odd = [s for s in mine if s[2] != 'exited']
+            odd = sum(1 for s in mine if s[2] != 'exited')
             note = ''
-            if len(mine) != expected or odd:
-                note = ('; WARNING: %d of %d runs reached heapprofd, %d of them not exited '
-                        'cleanly' % (len(mine), expected, len(odd)))
+            if len(mine) != expected:
+                note += '; WARNING: only %d of %d runs reached heapprofd' % (len(mine), expected)
+            if odd:
+                note += '; WARNING: %d sessions did not end cleanly (status not exited)' % odd
             if drop:
                 note = '; dropped by workload: %s%s' % (', '.join(by_w), note)
             print('  %-*s recorded %s, dropped %s (%.1f%%)%s'
