@@ -477,6 +477,7 @@ int hp_store_counters(hp_store *s, hp_store_session *ss, uint64_t events_dropped
   if (it == NULL)
     return -HP_ENOMEM;
   it->u.counters.dropped = events_dropped;
+  it->u.counters.has_interval = 0;  /* item_new does not clear */
   push(s, it);
   return 0;
 }

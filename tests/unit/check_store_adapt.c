@@ -1,0 +1,188 @@
+/* check_store_adapt.c — the storage thread's side of adaptive sampling (issue 4): a
+ * COUNTERS whose interval differs from the session's current one becomes one
+ * sampling_change row, at the agent's time turned into wall-clock time; repeats, the
+ * interval-less hp_store_counters() and size-bucket sessions store none; a failed
+ * allocation refuses the message and stores nothing.
+ *
+ * Its own file beside check_store.c (another area's) so that the two can change
+ * independently; it drives the same module, hp_store. */
+#include <check.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hp_error.h"
+#include "hp_proto.h"
+#include "hp_schema.h"
+#include "hp_store.h"
+
+static char tmpdir[256], dbpath[512];
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st; (void)flag; (void)ftw;
+  return remove(p);
+}
+static void setup(void) {
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/hp-check-store-adapt-XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+  snprintf(dbpath, sizeof dbpath, "%s/t.sqlite", tmpdir);
+}
+static void teardown(void) { nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
+
+static hp_store *start(void) {
+  sqlite3 *db;
+  char err[256];
+  ck_assert_msg(hp_schema_open(dbpath, &db, err, sizeof err) == 0, "%s", err);
+  hp_store_config cfg = {.db = db, .timeline_interval_ns = 100000000};
+  hp_store *s;
+  ck_assert_int_eq(hp_store_start(&s, &cfg), 0);
+  return s;
+}
+
+static sqlite3 *reopen(void) {
+  sqlite3 *db;
+  ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
+  return db;
+}
+
+static int64_t q1(sqlite3 *db, const char *sql) {
+  sqlite3_stmt *st;
+  ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
+                sqlite3_errmsg(db));
+  ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+  int64_t v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+#define WALL0 1700000000000000000LL
+#define MONO0 5000000000ULL
+#define MS(ms) (MONO0 + (uint64_t)(ms) * 1000000ULL)
+
+static hp_str S(const char *s) { return (hp_str){s, (uint32_t)strlen(s)}; }
+static const hp_str argv_[] = {{"python", 6}};
+static const hp_bucket buckets_[] = {{128, 0.5}, {UINT64_MAX, 1.0}};
+
+static hp_hello hello(int64_t pid, uint64_t interval) {
+  hp_hello h = {.version = HP_PROTO_VERSION, .pid = pid, .ppid = 1, .argc = 1, .argv = argv_,
+                .executable = S("/usr/bin/python3"), .python_version = S("3.11.2"),
+                .start_wall_ns = WALL0, .start_mono_ns = MONO0,
+                .sample_interval_bytes = interval, .max_stack_depth = 64};
+  if (interval == 0) {
+    h.nbuckets = 2;
+    h.buckets = buckets_;
+  }
+  return h;
+}
+
+static int counters(hp_store *s, hp_store_session *ss, uint64_t ms, uint64_t interval) {
+  hp_counters c = {.ts_ns = MS(ms), .events_dropped = 0, .sample_interval_bytes = interval};
+  return hp_store_counters_msg(s, ss, &c);
+}
+
+START_TEST(store_keeps_each_change_once_at_its_wall_time) {
+  hp_store *s = start();
+  hp_hello h = hello(1, 1);
+  hp_store_session *ss = hp_store_session_start(s, &h, 1);
+  ck_assert_ptr_nonnull(ss);
+  ck_assert_int_eq(counters(s, ss, 1, 1), 0);    /* HELLO's value again: no row */
+  ck_assert_int_eq(counters(s, ss, 20, 8), 0);
+  ck_assert_int_eq(counters(s, ss, 30, 8), 0);
+  ck_assert_int_eq(hp_store_counters(s, ss, 5), 0);  /* no interval: leaves it at 8 */
+  ck_assert_int_eq(counters(s, ss, 40, 64), 0);
+  hp_goodbye g = {MS(50), 5};
+  ck_assert_int_eq(hp_store_goodbye(s, ss, &g), 0);
+  hp_store_session_end(s, ss, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = reopen();
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM sampling_changes"), 2);
+  ck_assert_int_eq(q1(db, "SELECT ts_ns FROM sampling_changes WHERE change_no = 1"),
+                   WALL0 + 20000000LL);
+  ck_assert_int_eq(q1(db, "SELECT previous_interval_bytes FROM sampling_changes"
+                          " WHERE change_no = 1"), 1);
+  ck_assert_int_eq(q1(db, "SELECT sample_interval_bytes FROM sampling_changes"
+                          " WHERE change_no = 1"), 8);
+  ck_assert_int_eq(q1(db, "SELECT ts_ns FROM sampling_changes WHERE change_no = 2"),
+                   WALL0 + 40000000LL);
+  ck_assert_int_eq(q1(db, "SELECT previous_interval_bytes FROM sampling_changes"
+                          " WHERE change_no = 2"), 8);
+  ck_assert_int_eq(q1(db, "SELECT sample_interval_bytes FROM sampling_changes"
+                          " WHERE change_no = 2"), 64);
+  /* The session keeps its starting interval; the counters still count. */
+  ck_assert_int_eq(q1(db, "SELECT sample_interval_bytes FROM sessions"), 1);
+  ck_assert_int_eq(q1(db, "SELECT events_dropped FROM sessions"), 5);
+  sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(store_never_adapts_size_bucket_sessions) {
+  hp_store *s = start();
+  hp_hello hb = hello(1, 0), hp = hello(2, 4096);
+  hp_store_session *b = hp_store_session_start(s, &hb, 1);
+  hp_store_session *p = hp_store_session_start(s, &hp, 2);
+  ck_assert_ptr_nonnull(b);
+  ck_assert_ptr_nonnull(p);
+  ck_assert_int_eq(counters(s, b, 10, 4096), 0);   /* buckets -> Poisson: refused */
+  ck_assert_int_eq(counters(s, p, 10, 0), 0);      /* Poisson -> buckets: refused */
+  ck_assert_int_eq(counters(s, p, 20, 8192), 0);   /* still 4096 before: a change */
+  hp_store_session_end(s, b, HP_SESSION_EXITED, NULL);
+  hp_store_session_end(s, p, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = reopen();
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM sampling_changes WHERE session_id = 1"), 0);
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM sampling_changes WHERE session_id = 2"), 1);
+  ck_assert_int_eq(q1(db, "SELECT previous_interval_bytes FROM sampling_changes"
+                          " WHERE session_id = 2"), 4096);
+  sqlite3_close(db);
+}
+END_TEST
+
+/* The COUNTERS item is the only loop-side allocation of hp_store_counters_msg: when it
+ * fails the call says so and the change is not stored; the next one is. */
+START_TEST(store_counters_msg_out_of_memory_stores_nothing) {
+  hp_store *s = start();
+  hp_hello h = hello(1, 2);
+  hp_store_session *ss = hp_store_session_start(s, &h, 1);
+  ck_assert_ptr_nonnull(ss);
+  hp_store_fail_alloc_after(1);
+  ck_assert_int_eq(counters(s, ss, 10, 4), -HP_ENOMEM);
+  hp_store_fail_alloc_after(0);
+  ck_assert_int_eq(counters(s, ss, 20, 16), 0);
+  hp_store_session_end(s, ss, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = reopen();
+  ck_assert_int_eq(q1(db, "SELECT count(*) FROM sampling_changes"), 1);
+  ck_assert_int_eq(q1(db, "SELECT previous_interval_bytes FROM sampling_changes"), 2);
+  ck_assert_int_eq(q1(db, "SELECT ts_ns FROM sampling_changes"), WALL0 + 20000000LL);
+  sqlite3_close(db);
+}
+END_TEST
+
+Suite *store_adapt_suite(void) {
+  Suite *s = suite_create("store_adapt");
+  TCase *core = tcase_create("core");
+  tcase_add_checked_fixture(core, setup, teardown);
+  tcase_set_timeout(core, 30);
+  tcase_add_test(core, store_keeps_each_change_once_at_its_wall_time);
+  tcase_add_test(core, store_never_adapts_size_bucket_sessions);
+  suite_add_tcase(s, core);
+  TCase *oom = tcase_create("oom");
+  tcase_add_checked_fixture(oom, setup, teardown);
+  tcase_set_timeout(oom, 30);
+  tcase_add_test(oom, store_counters_msg_out_of_memory_stores_nothing);
+  suite_add_tcase(s, oom);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(store_adapt_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
