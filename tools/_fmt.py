@@ -28,6 +28,23 @@ def drop_warning(meta, what):
             '(waits instead of dropping) or a larger --interval']
 
 
+def sampling(meta):
+    """How a session was sampled, for headers: 'every 4.0 KiB', and for a session whose
+    agent adapted its interval (on-full adapt) where it ended and since when. meta is a
+    reader.Session."""
+    def one(n):
+        if n == 1:
+            return 'every allocation'
+        return 'every %s' % human_bytes(n) if n else 'by size buckets'
+    text = one(meta.sample_interval_bytes)
+    changes = meta.interval_changes
+    if changes:
+        text += ', raised to %s by the end (%d change%s from +%.2f s)' % (
+            one(meta.final_interval_bytes), len(changes), '' if len(changes) == 1 else 's',
+            (changes[0][0] - meta.started_ns) / 1e9)
+    return text
+
+
 def human_bytes(n):
     """1536 -> '1.5 KiB'; negative values keep their sign."""
     if n is None:

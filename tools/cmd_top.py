@@ -51,10 +51,7 @@ def render(r, t, label, limit, by, width=100):
     meta = r.metadata
     lines = ['heapprof top: %s at %.3f s%s' % (_describe(meta), t, label),
              'live heap: %s in %s sampled allocations (sampling %s)'
-             % (_fmt.human_bytes(total), _fmt.human_count(samples),
-                'every allocation' if meta.sample_interval_bytes == 1 else
-                'every %s' % _fmt.human_bytes(meta.sample_interval_bytes)
-                if meta.sample_interval_bytes else 'by size buckets'),
+             % (_fmt.human_bytes(total), _fmt.human_count(samples), _fmt.sampling(meta)),
              _fmt.ESTIMATE_NOTE]
     lines.extend(_fmt.drop_warning(meta, 'live'))
     if not sites:

@@ -1,5 +1,6 @@
 """The tools over sessions whose agent adapted its sampling interval (issue 4, on-full
-'adapt'): Reader.sampling_changes(), `heapprof sessions`, and the `heapprof run` summary.
+'adapt'): Reader.sampling_changes(), `heapprof sessions` and `top`, and the `heapprof run`
+summary.
 
 The databases are hand-built through the storage tables (tools_scenarios.py), with
 sampling_change rows written as heapprofd writes them (test_adapt_daemon.py checks the
@@ -135,6 +136,15 @@ class AdaptedSessions(unittest.TestCase):
         self.assertNotIn('->', p.stdout)
         self.assertNotIn('could not keep up', p.stdout)
         self.assertRegex(p.stdout, r'\bevery 4\.0 KiB\s')
+
+    def test_top_header_says_the_interval_was_raised(self):
+        p = heapprof('top', '--db', self.db, '--session', '1')
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn('(sampling every 4.0 KiB, raised to every 64.0 KiB by the end '
+                      '(3 changes from +0.21 s))', p.stdout)
+        p = heapprof('top', '--db', self.db, '--session', '2')
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn('(sampling every 4.0 KiB)', p.stdout)
 
     # ------------------------------------------------------------ heapprof run summary
     def summary(self, db):
