@@ -910,8 +910,10 @@ static void do_events(hp_store *s, item *it) {
 }
 
 /* A COUNTERS whose interval differs from the session's current one: the agent adapted
- * its sampling (on-full policy 'adapt'). Stored in the open transaction like any other
- * row, so that it commits with the events sampled before it. Size-bucket sessions
+ * its sampling (on-full policy 'adapt'). One row in the current batch, like any other
+ * write (never a transaction of its own); its ts_ns, not the commit order, places it
+ * among the session's events. Rare: the agent doubles its interval, so a session
+ * changes it at most some dozens of times. Size-bucket sessions
  * (interval 0) cannot adapt, and no Poisson session can turn into one mid-stream, so
  * a change from or to 0 is nonsense from the agent: logged once and not stored, the
  * session goes on with its interval. */
