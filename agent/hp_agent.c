@@ -38,6 +38,11 @@ static hp_addrtab *g_addrtab;
 static hp_intern *g_intern;                /* likewise */
 static hp_sender *g_sender;                /* under g_lock */
 static int g_block;                        /* written while mode is OFF */
+static int g_adapt;                        /* likewise */
+static size_t g_adapt_fill;                /* likewise: adapt when fewer slots are free */
+static size_t g_adapt_samples_min;         /* likewise: ... and this many samples came */
+static _Atomic uint64_t g_adapt_last_ns;   /* last change (CLOCK_MONOTONIC) */
+static _Atomic uint64_t g_adapt_samples;   /* samples since the last change; relaxed */
 static _Atomic uint64_t g_extra_drops;     /* drops not counted by the ring; relaxed */
 static _Atomic pid_t g_pid;                /* pid the session belongs to */
 /* Set when a FREE waited HP_AGENT_FREE_WAIT_NS in vain (the sender is stuck): later
@@ -62,9 +67,12 @@ static clockid_t g_ts_clock;
  * back to the slow paths, which check the mode. */
 static void profiling_off(void)
 {
+  /* Mode first: adapt_interval() reopens the gate only after it saw the mode on, and
+   * closes it again if the mode turned off meanwhile. A hook that passes the gate
+   * between these stores only counts down and calls the real allocator. */
+  atomic_store(&hp_agent_mode, HP_MODE_OFF);
   atomic_store(&hp_agent_gate, HP_AGENT_GATE_CLOSED);
   atomic_store(&hp_agent_free_filter, g_no_filter);
-  atomic_store(&hp_agent_mode, HP_MODE_OFF);
 }
 
 static void on_sender_failed(void *arg, int err)
@@ -80,6 +88,13 @@ static uint64_t sender_dropped(void *arg)
 {
   (void)arg;
   return hp_agent_dropped();
+}
+
+static uint64_t sender_interval(void *arg, uint64_t *changed_ns)
+{
+  (void)arg;
+  *changed_ns = atomic_load_explicit(&g_adapt_last_ns, memory_order_relaxed);
+  return __atomic_load_n(&hp_agent_sampler.interval, __ATOMIC_RELAXED);
 }
 
 static void atfork_prepare(void)
@@ -210,6 +225,11 @@ int hp_agent_start(const hp_agent_opts *o)
   hp_agent_sampler = cfg;
   hp_agent_max_depth = o->max_depth;
   g_block = o->block_when_full;
+  g_adapt = o->adapt_when_full && !o->nbuckets;
+  g_adapt_fill = hp_ring_capacity(g_ring) / 2;
+  g_adapt_samples_min = hp_ring_capacity(g_ring) / HP_AGENT_ADAPT_SAMPLES_DIV;
+  atomic_store(&g_adapt_last_ns, 0);
+  atomic_store(&g_adapt_samples, 0);
   atomic_store(&g_pid, getpid());
 
   hp_hello h = {
@@ -228,6 +248,7 @@ int hp_agent_start(const hp_agent_opts *o)
     .buckets = o->buckets,
   };
   hp_sender_cfg scfg = { .ring = g_ring, .intern = g_intern, .dropped = sender_dropped,
+                         .interval = sender_interval,
                          .failed = on_sender_failed, .arg = NULL,
                          .socket_path = o->socket_path };
   g_sender = hp_sender_start(fd, &h, &scfg, &rc);
@@ -416,8 +437,32 @@ void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t es
     hp_addrtab_remove(g_addrtab, (uintptr_t)ptr);
 }
 
+/* on_full='adapt', the ring more than half full: double the interval when half a
+ * ring of samples came since the last change (see hp_agent.h). Any allocating thread;
+ * the one that resets the count makes the change. */
+static __attribute__((noinline)) void adapt_interval(void)
+{
+  uint64_t seen = atomic_load_explicit(&g_adapt_samples, memory_order_relaxed);
+  if (seen < g_adapt_samples_min ||
+      !atomic_compare_exchange_strong(&g_adapt_samples, &seen, 0))
+    return;
+  atomic_store_explicit(&g_adapt_last_ns, hp_now_ns(), memory_order_relaxed);
+  uint64_t interval = __atomic_load_n(&hp_agent_sampler.interval, __ATOMIC_RELAXED);
+  if (interval == 0 || interval >= HP_AGENT_ADAPT_MAX_INTERVAL ||
+      atomic_load(&hp_agent_mode) != HP_MODE_PROFILE)
+    return;
+  atomic_store(&hp_agent_gate, hp_sampler_adapt(&hp_agent_sampler, interval * 2));
+  if (atomic_load(&hp_agent_mode) != HP_MODE_PROFILE)   /* a stop raced this change */
+    atomic_store(&hp_agent_gate, HP_AGENT_GATE_CLOSED);
+}
+
 int hp_agent_alloc_room(void)
 {
+  if (g_adapt) {
+    atomic_fetch_add_explicit(&g_adapt_samples, 1, memory_order_relaxed);
+    if (!hp_ring_has_room(g_ring, g_adapt_fill))
+      adapt_interval();
+  }
   /* Given up in block mode: like drop mode, skip the stack walk of a sample that would
    * be dropped (push_block_gave_up clears the latch once there is room). */
   return (g_block && !atomic_load_explicit(&g_block_gave_up, memory_order_relaxed)) ||

@@ -24,6 +24,15 @@
 /* Drop mode: a FREE that finds the ring full (its reserve used up) waits this long for
  * the sender before it is dropped, because a lost FREE makes its block look leaked. */
 #define HP_AGENT_FREE_WAIT_NS        20000000ull
+/* on_full='adapt' (Perfetto-style adaptive sampling): the sampling interval doubles
+ * when the ring is more than half full AND at least 1/HP_AGENT_ADAPT_SAMPLES_DIV of a
+ * ring of new samples came since the last change. The second condition makes it a
+ * rate: samples arriving faster than the sender drains them; a ring full of FREEs (the
+ * frees of blocks sampled at the old, smaller interval, which no interval can reduce)
+ * counts little. Up to HP_AGENT_ADAPT_MAX_INTERVAL; it never goes back down within a
+ * session. */
+#define HP_AGENT_ADAPT_SAMPLES_DIV   8u
+#define HP_AGENT_ADAPT_MAX_INTERVAL  (1ull << 30)
 
 enum { HP_MODE_OFF = 0, HP_MODE_PROFILE = 1, HP_MODE_STATS = 2 };
 
@@ -48,6 +57,7 @@ typedef struct {
   uint32_t nbuckets;
   uint32_t max_depth;              /* 1..HP_MAX_STACK_DEPTH */
   int block_when_full;             /* on_full='block' */
+  int adapt_when_full;             /* on_full='adapt' (Poisson intervals only) */
   uint32_t argc;
   const hp_str *argv;              /* borrowed for the call */
   hp_str executable, python_version;

@@ -87,11 +87,16 @@ int hp_ring_push(hp_ring *r, const hp_event *ev)
   return rc;
 }
 
-int hp_ring_alloc_room(const hp_ring *r)
+int hp_ring_has_room(const hp_ring *r, size_t n)
 {
-  size_t ahead = atomic_load_explicit(&((hp_ring *)r)->head, memory_order_relaxed) + r->reserve;
+  size_t ahead = atomic_load_explicit(&((hp_ring *)r)->head, memory_order_relaxed) + n;
   size_t seq = atomic_load_explicit(&r->slots[ahead & r->mask].seq, memory_order_relaxed);
   return (intptr_t)seq - (intptr_t)(ahead & ~r->mask) >= 0;
+}
+
+int hp_ring_alloc_room(const hp_ring *r)
+{
+  return hp_ring_has_room(r, r->reserve);
 }
 
 int hp_ring_try_push(hp_ring *r, const hp_event *ev)

@@ -34,6 +34,8 @@ int      hp_ring_push(hp_ring *r, const hp_event *ev);
  * A hint for producers that can skip the work of building a record that would be
  * dropped; the push itself decides. */
 int      hp_ring_alloc_room(const hp_ring *r);
+/* 1 if more than n slots are free (n < capacity): a fill level, as a hint likewise. */
+int      hp_ring_has_room(const hp_ring *r, size_t n);
 /* Like hp_ring_push() but a full ring is not counted (block mode retries). */
 int      hp_ring_try_push(hp_ring *r, const hp_event *ev);
 /* 1 and fills *out, or 0 when empty (or the next record is still being written). */

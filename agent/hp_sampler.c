@@ -38,6 +38,18 @@ int hp_sampler_configure_buckets(hp_sampler_cfg *cfg, const hp_bucket *b, uint32
   return 0;
 }
 
+uint32_t hp_sampler_adapt(hp_sampler_cfg *cfg, uint64_t interval)
+{
+  /* Interval before generation: a thread that sees the new generation (acquire) also
+   * sees the new interval. One that sees the new interval with the old generation
+   * draws for the new interval and redraws once more; either way its samples are
+   * estimated with t->interval, the interval of the countdown they hit. */
+  uint32_t g = next_generation(cfg->generation);
+  __atomic_store_n(&cfg->interval, interval, __ATOMIC_RELAXED);
+  __atomic_store_n(&cfg->generation, g, __ATOMIC_RELEASE);
+  return g;
+}
+
 void hp_sampler_seed(hp_sampler_tls *t, uint64_t seed)
 {
   /* splitmix64 spreads similar seeds (thread addresses, clock ticks) apart. */
@@ -47,6 +59,7 @@ void hp_sampler_seed(hp_sampler_tls *t, uint64_t seed)
   z ^= z >> 31;
   t->rng = z ? z : 0x2545f4914f6cdd1dull;
   t->countdown = 0;
+  t->interval = 0;
   t->generation = 0;
 }
 
@@ -98,11 +111,13 @@ int hp_sampler_sample_slow(const hp_sampler_cfg *cfg, hp_sampler_tls *t, size_t 
     hp_sampler_seed(t, (uint64_t)(uintptr_t)t ^ ((uint64_t)ts.tv_nsec << 20) ^
                        (uint64_t)ts.tv_sec);
   }
-  if (cfg->interval == 1) {
+  uint32_t generation = __atomic_load_n(&cfg->generation, __ATOMIC_ACQUIRE);
+  uint64_t interval = __atomic_load_n(&cfg->interval, __ATOMIC_RELAXED);
+  if (interval == 1) {
     *est_bytes = size;
     return 1;
   }
-  if (cfg->interval == 0) {
+  if (interval == 0) {
     double rate = 1.0;
     for (uint32_t i = 0; i < cfg->nbuckets; i++) {
       if (size <= cfg->buckets[i].max_size) {
@@ -115,17 +130,18 @@ int hp_sampler_sample_slow(const hp_sampler_cfg *cfg, hp_sampler_tls *t, size_t 
     *est_bytes = rate < 1.0 ? (uint64_t)llround((double)size / rate) : size;
     return 1;
   }
-  if (t->generation != cfg->generation) {
-    t->countdown = draw_gap(t, cfg->interval);
-    t->generation = cfg->generation;
+  if (t->generation != generation) {
+    t->countdown = draw_gap(t, interval);
+    t->interval = interval;
+    t->generation = generation;
   }
   if ((uint64_t)t->countdown > size) {
     t->countdown -= (int64_t)size;
     return 0;
   }
   /* A point fell inside this block; by memorylessness the next one lies an
-   * exponential gap beyond the block's end. */
-  t->countdown = draw_gap(t, cfg->interval);
-  *est_bytes = hp_sampler_estimate(cfg->interval, size);
+   * exponential gap beyond the block's end. The estimate is the drawn interval's. */
+  *est_bytes = hp_sampler_estimate(t->interval, size);
+  t->countdown = draw_gap(t, t->interval);
   return 1;
 }

@@ -21,9 +21,16 @@
  * falls in the first bucket with s <= max_size and is sampled with that rate (sizes
  * above the last bucket always); est_bytes = s / rate, again Horvitz-Thompson.
  *
- * Thread rules: the configuration is written only while sampling is off (a generation
+ * Thread rules: the configuration is written while sampling is off, except that
+ * hp_sampler_adapt() may raise a Poisson interval while threads sample (a generation
  * number tells threads to redraw); each thread owns its hp_sampler_tls. No locks, no
- * system calls except one clock read when a thread's generator is first seeded. */
+ * system calls except one clock read when a thread's generator is first seeded.
+ *
+ * Adapting (Perfetto-style, when the agent cannot send events as fast as they come): an
+ * interval raised from I to I' mid-run keeps the estimate unbiased, because each
+ * thread's countdown is redrawn for I' at its next allocation and each sample is
+ * estimated with the interval its countdown was drawn for (the Poisson process of one
+ * rate simply ends and one of the other rate begins). */
 #ifndef HP_SAMPLER_H
 #define HP_SAMPLER_H
 
@@ -49,6 +56,7 @@ typedef struct {
 typedef struct {
   int64_t countdown;               /* bytes until the next sample point */
   uint64_t rng;                    /* xorshift64* state, never 0 once seeded */
+  uint64_t interval;               /* the interval this countdown was drawn for */
   uint32_t generation;             /* configuration this countdown was drawn for */
 } hp_sampler_tls;
 
@@ -57,6 +65,11 @@ int hp_sampler_configure_interval(hp_sampler_cfg *cfg, uint64_t interval);
 /* 0, or -HP_EINVAL when n is 0 or over HP_MAX_BUCKETS, sizes are not increasing, or a
  * rate is outside (0, 1]. */
 int hp_sampler_configure_buckets(hp_sampler_cfg *cfg, const hp_bucket *b, uint32_t n);
+
+/* Raises a Poisson interval (> 1, or from 1: recording everything becomes sampling)
+ * while threads may be sampling; returns the new generation. The only call that may
+ * run concurrently with hp_sampler_sample(); one writer at a time. */
+uint32_t hp_sampler_adapt(hp_sampler_cfg *cfg, uint64_t interval);
 
 /* Slow path of hp_sampler_sample(): never call directly. */
 int hp_sampler_sample_slow(const hp_sampler_cfg *cfg, hp_sampler_tls *t, size_t size,
@@ -67,8 +80,8 @@ int hp_sampler_sample_slow(const hp_sampler_cfg *cfg, hp_sampler_tls *t, size_t 
 static inline int hp_sampler_sample(const hp_sampler_cfg *cfg, hp_sampler_tls *t,
                                     size_t size, uint64_t *est_bytes)
 {
-  if (t->generation == cfg->generation && (uint64_t)t->countdown > size &&
-      cfg->interval > 1) {
+  if (t->generation == __atomic_load_n(&cfg->generation, __ATOMIC_ACQUIRE) &&
+      (uint64_t)t->countdown > size && t->interval > 1) {
     t->countdown -= (int64_t)size;
     return 0;
   }

@@ -188,13 +188,27 @@ static int send_defs(hp_sender *s)
   return 0;
 }
 
-static int send_counters(hp_sender *s)
+static uint64_t current_interval(hp_sender *s, uint64_t *changed_ns)
 {
-  hp_counters c = { .ts_ns = hp_now_ns(),
+  *changed_ns = 0;
+  return s->cfg.interval ? s->cfg.interval(s->cfg.arg, changed_ns)
+                         : s->hello.sample_interval_bytes;
+}
+
+/* ts_ns: when the interval changed, or 0 for now. */
+static int send_counters_at(hp_sender *s, uint64_t ts_ns, uint64_t interval)
+{
+  hp_counters c = { .ts_ns = ts_ns ? ts_ns : hp_now_ns(),
                     .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
-                    .sample_interval_bytes = s->hello.sample_interval_bytes };
+                    .sample_interval_bytes = interval };
   int rc = hp_encode_counters(s->enc, &c);
   return rc < 0 ? rc : flush_encoder(s);
+}
+
+static int send_counters(hp_sender *s)
+{
+  uint64_t changed_ns;
+  return send_counters_at(s, 0, current_interval(s, &changed_ns));
 }
 
 /* lost: events taken from the ring but never written, for the stop timeout's message. */
@@ -241,6 +255,7 @@ static void *sender_main(void *arg)
   if (rc == 0)
     rc = flush_encoder(s);
   uint64_t last_counters = hp_now_ns();
+  uint64_t interval_sent = s->hello.sample_interval_bytes;
   uint64_t idle_ns = HP_SENDER_IDLE_NS;
   uint32_t unsent = 0;       /* popped from the ring, not written yet */
   while (rc == 0) {
@@ -260,8 +275,15 @@ static void *sender_main(void *arg)
       break;
     }
     uint64_t now = hp_now_ns();
-    if (now - last_counters >= HP_SENDER_COUNTERS_NS) {
-      if ((rc = send_counters(s)) < 0)
+    /* An adapted interval is told at once (its time stamps the change in the daemon);
+     * the events already sent were taken at the old one, later ones carry their own
+     * estimates either way. */
+    uint64_t changed_ns;
+    uint64_t interval = current_interval(s, &changed_ns);
+    if (now - last_counters >= HP_SENDER_COUNTERS_NS || interval != interval_sent) {
+      uint64_t ts = interval != interval_sent ? changed_ns : 0;
+      interval_sent = interval;
+      if ((rc = send_counters_at(s, ts, interval)) < 0)
         break;
       last_counters = now;
     }

@@ -41,6 +41,10 @@ typedef struct {
   hp_ring *ring;                         /* borrowed until hp_sender_stop/abandon */
   hp_intern *intern;                     /* borrowed likewise */
   uint64_t (*dropped)(void *arg);        /* cumulative drops, read by the sender thread */
+  /* The current sampling interval and when it last changed (CLOCK_MONOTONIC), or NULL:
+   * HELLO's, fixed. A change is reported at once in a COUNTERS message stamped with the
+   * change's time, so the daemon dates it right even when the stream lags behind. */
+  uint64_t (*interval)(void *arg, uint64_t *changed_ns);
   void (*failed)(void *arg, int err);    /* called once from the sender thread */
   void *arg;
   const char *socket_path;               /* for messages only; copied */

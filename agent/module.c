@@ -26,7 +26,8 @@ static int str_arg(PyObject *o, hp_str *out)
   return 0;
 }
 
-/* start(socket, interval, max_depth, block, buckets, argv, executable, python_version)
+/* start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version)
+ * on_full: 0 drop, 1 block, 2 adapt.
  * buckets: None or a sequence of (max_size, rate). Raises ValueError for bad options,
  * OSError(errno, message) when the daemon cannot be reached. */
 static PyObject *agent_start(PyObject *self, PyObject *args)
@@ -35,16 +36,17 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
   const char *sock;
   unsigned long long interval;
   unsigned int max_depth;
-  int block;
+  int on_full;
   PyObject *buckets_obj, *argv_obj, *exe_obj, *ver_obj;
   hp_bucket buckets[HP_MAX_BUCKETS];
   hp_str *argv = NULL;
   PyObject *argv_seq = NULL, *result = NULL;
-  if (!PyArg_ParseTuple(args, "sKIpOOUU", &sock, &interval, &max_depth, &block,
+  if (!PyArg_ParseTuple(args, "sKIiOOUU", &sock, &interval, &max_depth, &on_full,
                         &buckets_obj, &argv_obj, &exe_obj, &ver_obj))
     return NULL;
   hp_agent_opts o = { .socket_path = sock, .sample_interval = interval,
-                      .max_depth = max_depth, .block_when_full = block };
+                      .max_depth = max_depth, .block_when_full = on_full == 1,
+                      .adapt_when_full = on_full == 2 };
   if (max_depth < 1 || max_depth > HP_MAX_STACK_DEPTH) {
     PyErr_Format(PyExc_ValueError, "max stack depth %u is outside 1..%u", max_depth,
                  HP_MAX_STACK_DEPTH);
@@ -210,7 +212,7 @@ static PyObject *agent_sample_estimate(PyObject *self, PyObject *args)
 
 static PyMethodDef agent_methods[] = {
   {"start", agent_start, METH_VARARGS,
-   "start(socket, interval, max_depth, block, buckets, argv, executable, python_version)"},
+   "start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version)"},
   {"stop", agent_stop, METH_NOARGS, "stop() -> 0 or the negative error that ended the stream"},
   {"is_profiling", agent_is_profiling, METH_NOARGS, "is_profiling() -> bool"},
   {"child_needs_restart", agent_child_needs_restart, METH_NOARGS,

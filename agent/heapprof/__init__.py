@@ -12,7 +12,10 @@ Settings, by argument or environment variable:
     socket           HEAPPROF_SOCKET      heapprofd's Unix socket
     sample_interval  HEAPPROF_INTERVAL    mean bytes between samples (1 = every allocation)
     max_stack_depth  HEAPPROF_MAX_DEPTH   Python frames kept per sample
-    on_full          HEAPPROF_ON_FULL     'drop' (default) or 'block' when the buffer is full
+    on_full          HEAPPROF_ON_FULL     when the send buffer is full: 'drop' (default)
+                                          events, 'block' the program until there is
+                                          room, or 'adapt': double the sampling interval
+                                          (Perfetto-style; estimates stay unbiased)
     sample_rates     HEAPPROF_RATES       the original heapprof's {max_size: rate, ...}
 
 While a session runs, start() exports these variables (the resolved settings) so that
@@ -31,6 +34,7 @@ __all__ = ['start', 'stop', 'is_profiling', 'profile', 'read', 'sessions', '__ve
 # The options of the running session, reused by fork children (which start their own
 # session). Protected by _lock.
 _lock = _thread.allocate_lock()
+_ON_FULL = ('drop', 'block', 'adapt')     # indexed by the native agent's code for each
 _options = None
 _hooks_registered = False
 # What the HEAPPROF_* variables were before start() exported the session's settings
@@ -117,8 +121,8 @@ def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates):
     if not on_full and os.environ.get('HEAPPROF_ON_FULL'):
         on_full, on_full_name = os.environ['HEAPPROF_ON_FULL'], 'HEAPPROF_ON_FULL'
     on_full = on_full or 'drop'
-    if on_full not in ('drop', 'block'):
-        raise OptionError("%s %r: expected 'drop' or 'block'" % (on_full_name, on_full))
+    if on_full not in _ON_FULL:
+        raise OptionError("%s %r: expected 'drop', 'block' or 'adapt'" % (on_full_name, on_full))
     rates = None
     rates_name = 'sample_rates'
     if sample_rates is not None:
@@ -135,11 +139,14 @@ def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates):
                          else 'HEAPPROF_INTERVAL')
         raise OptionError('%s=%d and %s are both set: give an interval or rates, not both'
                           % (interval_name, interval, rates_name))
+    if rates is not None and on_full == 'adapt':
+        raise OptionError("%s='adapt' doubles a sampling interval; with %s (size-bucket "
+                          "rates) use 'drop' or 'block'" % (on_full_name, rates_name))
     return {
         'socket': str(socket),
         'interval': interval if interval is not None else agent.DEFAULT_INTERVAL,
         'max_depth': depth if depth is not None else agent.DEFAULT_MAX_DEPTH,
-        'block': on_full == 'block',
+        'on_full': on_full,
         'rates': rates,
     }
 
@@ -148,7 +155,8 @@ def _start_agent(opts):
     """Starts a session; False (after one stderr line) when heapprofd cannot be reached."""
     agent = _native()
     try:
-        agent.start(opts['socket'], opts['interval'], opts['max_depth'], opts['block'],
+        agent.start(opts['socket'], opts['interval'], opts['max_depth'],
+                    _ON_FULL.index(opts['on_full']),
                     opts['rates'], list(getattr(sys, 'argv', []) or []),
                     sys.executable or '', sys.version.split()[0])
     except OSError as e:
@@ -166,7 +174,7 @@ def _export_environment(opts):
         _saved_environ = {k: os.environ.get(k) for k in _ENV_VARS}
     new = {'HEAPPROF_SOCKET': opts['socket'],
            'HEAPPROF_MAX_DEPTH': str(opts['max_depth']),
-           'HEAPPROF_ON_FULL': 'block' if opts['block'] else 'drop'}
+           'HEAPPROF_ON_FULL': opts['on_full']}
     if opts['rates']:
         new['HEAPPROF_RATES'] = ','.join('%d:%r' % (size, rate) for size, rate in opts['rates'])
     else:

@@ -18,7 +18,8 @@ import time
 
 RUN_USAGE = """\
 usage: python -m heapprof run [-o PATH] [--socket S] [--interval N] [--max-depth N]
-                              [--rates R] [--on-full drop|block] [--report[=HTML]]
+                              [--rates R] [--on-full drop|block|adapt]
+                              [--report[=HTML]]
                               (-m MODULE | SCRIPT) [args...]
 
 Profile a Python program and print where its memory went.
@@ -29,7 +30,8 @@ Profile a Python program and print where its memory went.
   --interval N        mean bytes between samples (default: the agent's; 1 = every allocation)
   --max-depth N       Python frames kept per sample
   --rates R           the original heapprof's size-bucket rates, e.g. "{128: 1e-4, 8192: 0.1}"
-  --on-full MODE      when the send buffer is full: drop (default) or block
+  --on-full MODE      when the send buffer is full: drop (default) or block, or adapt:
+                      double the sampling interval (estimates stay unbiased)
   --report[=HTML]     also write the interactive HTML report (default: the database's
                       name with .html); not with --socket
   -m MODULE           run a module, like python -m
@@ -214,7 +216,7 @@ def summarize(db, out=sys.stdout, top=5):
                 # A lost FREE leaves its block looking allocated for ever.
                 out.write('  note: with events dropped, "still allocated" (and blocks never '
                           'freed) may include blocks whose free was lost; rerun with '
-                          '--on-full block or a larger --interval\n')
+                          '--on-full adapt (or block) or a larger --interval\n')
             adapted = _adapted_line(con, sid, started_ns, interval)
             if adapted:
                 out.write('  %s\n' % adapted)
@@ -311,8 +313,9 @@ def run_main(argv):
                 raise UsageError(str(e)) from None
             env['HEAPPROF_RATES'] = opts['rates']
         if 'on_full' in opts:
-            if opts['on_full'] not in ('drop', 'block'):
-                raise UsageError("--on-full %r: expected drop or block" % opts['on_full'])
+            if opts['on_full'] not in ('drop', 'block', 'adapt'):
+                raise UsageError("--on-full %r: expected drop, block or adapt"
+                                 % opts['on_full'])
             env['HEAPPROF_ON_FULL'] = opts['on_full']
         cmd = [sys.executable] + (['-m', module] + rest if module else rest)
         if module is None and not os.path.exists(rest[0]):

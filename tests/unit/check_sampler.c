@@ -130,6 +130,43 @@ START_TEST(reconfigure_redraws_countdown)
 }
 END_TEST
 
+/* on_full='adapt': the interval doubles mid-stream, from recording everything (1) up to
+ * 8192, every 100000 allocations. Each phase's samples are estimated at the phase's own
+ * interval, so the total stays unbiased: ~2e9 bytes, of which the last phases at 4096
+ * and 8192 carry ~1.3e5 samples (sd ~0.3%); 2% tolerance. A countdown drawn before a
+ * change is redrawn at the thread's next allocation. */
+START_TEST(adapt_keeps_estimates_unbiased_across_changes)
+{
+  hp_sampler_cfg cfg = { 0 };
+  hp_sampler_tls t = { 0 };
+  hp_sampler_seed(&t, 31);
+  ck_assert_int_eq(hp_sampler_configure_interval(&cfg, 1), 0);
+  uint64_t seed = 4242, est, interval = 1;
+  double truth = 0, estimate = 0;
+  for (int i = 0; i < 2000000; i++) {
+    if (i > 0 && i % 100000 == 0 && interval < 8192) {
+      uint32_t before = cfg.generation;
+      interval *= 2;
+      ck_assert_uint_ne(hp_sampler_adapt(&cfg, interval), before);
+      ck_assert_uint_eq(cfg.interval, interval);
+    }
+    size_t s = random_size(&seed);
+    truth += (double)s;
+    if (hp_sampler_sample(&cfg, &t, s, &est)) {
+      if (interval == 1)
+        ck_assert_uint_eq(est, s);
+      else
+        ck_assert_uint_eq(est, hp_sampler_estimate(interval, s));
+      estimate += (double)est;
+    }
+    if (interval > 1)
+      ck_assert_uint_eq(t.interval, interval);   /* redrawn for the new interval */
+  }
+  ck_assert_msg(fabs(estimate / truth - 1.0) < 0.02, "estimate %.0f vs truth %.0f (%.3f%%)",
+                estimate, truth, 100.0 * (estimate / truth - 1.0));
+}
+END_TEST
+
 /* {128: 0.01, 8192: 0.5}: 100-byte blocks at 1%, 128 still in the first bucket (<=),
  * 129..8192 at 50%, larger always, each est = size / rate. */
 START_TEST(buckets_sample_at_their_rates_unbiased)
@@ -192,6 +229,7 @@ Suite *sampler_suite(void)
   tcase_add_test(core, poisson_size_equal_interval_probability_and_estimate);
   tcase_add_test(core, poisson_small_allocations_unbiased);
   tcase_add_test(core, reconfigure_redraws_countdown);
+  tcase_add_test(core, adapt_keeps_estimates_unbiased_across_changes);
   suite_add_tcase(s, core);
   TCase *buckets = tcase_create("buckets");
   tcase_add_test(buckets, buckets_sample_at_their_rates_unbiased);
