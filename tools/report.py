@@ -305,6 +305,16 @@ def _frame_rows(con, frame_ids):
     return rows
 
 
+def _sampling_changes(con, sid):
+    """[(ts_ns, sample_interval_bytes)] of the session's interval changes (on-full adapt),
+    in order; [] for a database written before heapprofd recorded them (no view)."""
+    if not con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view'"
+                       " AND name = 'sampling_changes'").fetchone()[0]:
+        return []
+    return con.execute("SELECT ts_ns, sample_interval_bytes FROM sampling_changes"
+                       " WHERE session_id = ? ORDER BY change_no", (sid,)).fetchall()
+
+
 def build_data(db_path, session=None, steps=DEFAULT_STEPS, top_stacks=DEFAULT_TOP_STACKS,
                timeline="auto"):
     """Everything the HTML embeds, as a JSON-ready dict (see module docstring)."""
@@ -445,6 +455,17 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
             f"was dropped looks live to the end, so \"never freed\" (Leaks) may include "
             f"memory that was freed. To record without drops, run again with "
             f"`heapprof run --on-full block` or a larger --interval.")
+    changes = _sampling_changes(con, sid)
+    if changes:
+        first, final, start = changes[0][0], changes[-1][1], s["sample_interval_bytes"]
+        verb = "raised" if final > start else "changed"
+        plural = "" if len(changes) == 1 else "s"
+        warnings.append(
+            f"heapprofd could not keep up, so the agent {verb} its sampling interval from "
+            f"{start:,} to {final:,} bytes ({len(changes)} time{plural}, first at "
+            f"+{(first - s['started_ns']) / 1e9:.2f} s). "
+            f"Estimates stay unbiased (each sample's est_bytes is right for the interval it "
+            f"was taken at), but after each change they rest on fewer samples.")
     if s["status"] == "running" and s["ended_ns"] is None:
         warnings.append("The session was still running when this report was written: "
                         "it covers the events recorded so far, and \"never freed\" means "

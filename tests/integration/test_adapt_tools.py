@@ -1,6 +1,6 @@
 """The tools over sessions whose agent adapted its sampling interval (issue 4, on-full
-'adapt'): Reader.sampling_changes(), `heapprof sessions` and `top`, and the `heapprof run`
-summary.
+'adapt'): Reader.sampling_changes(), `heapprof sessions` and `top`, the HTML report's
+warnings, and the `heapprof run` summary.
 
 The databases are hand-built through the storage tables (tools_scenarios.py), with
 sampling_change rows written as heapprofd writes them (test_adapt_daemon.py checks the
@@ -145,6 +145,16 @@ class AdaptedSessions(unittest.TestCase):
         p = heapprof('top', '--db', self.db, '--session', '2')
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn('(sampling every 4.0 KiB)', p.stdout)
+
+    def test_report_warns_that_the_interval_was_raised(self):
+        from heapprof import report
+        warnings = report.build_data(self.db, session=1)['warnings']
+        self.assertIn('heapprofd could not keep up, so the agent raised its sampling interval '
+                      'from 4,096 to 65,536 bytes (3 times, first at +0.21 s). Estimates stay '
+                      'unbiased', ' '.join(warnings))
+        for db, sid in ((self.db, 2), (self.old, 1)):
+            warnings = report.build_data(db, session=sid)['warnings']
+            self.assertFalse([w for w in warnings if 'could not keep up' in w], warnings)
 
     # ------------------------------------------------------------ heapprof run summary
     def summary(self, db):
