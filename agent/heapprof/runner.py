@@ -216,7 +216,7 @@ def summarize(db, out=sys.stdout, top=5):
                 # A lost FREE leaves its block looking allocated for ever.
                 out.write('  note: with events dropped, "still allocated" (and blocks never '
                           'freed) may include blocks whose free was lost; rerun with '
-                          '--on-full adapt (or block) or a larger --interval\n')
+                          '--on-full adapt or --on-full block, or a larger --interval\n')
             adapted = _adapted_line(con, sid, started_ns, interval)
             if adapted:
                 out.write('  %s\n' % adapted)
