@@ -81,7 +81,7 @@ class Failures(unittest.TestCase):
                            ({'HEAPPROF_MAX_DEPTH': '100000'},
                             'HEAPPROF_MAX_DEPTH 100000 is outside 1..'),
                            ({'HEAPPROF_ON_FULL': 'wait'},
-                            "HEAPPROF_ON_FULL 'wait': expected 'drop' or 'block'"),
+                            "HEAPPROF_ON_FULL 'wait': expected 'drop', 'block' or 'adapt'"),
                            ({'HEAPPROF_RATES': '{128: 2.0}'}, 'HEAPPROF_RATES: sample rates'),
                            # Review 2 item 3: an interval from the environment was
                            # silently replaced by the rates.
