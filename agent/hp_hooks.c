@@ -27,8 +27,10 @@
 #define HP_FRAMES_SUPPORTED 0
 #endif
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdatomic.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "hp_addrtab.h"
@@ -42,8 +44,18 @@ typedef struct {
 } hook_ctx;
 
 /* Written once by hp_hooks_install() under the GIL before the hooks go live. */
-static hook_ctx g_ctx[3];
+static hook_ctx g_ctx[3];   /* indexed by CTX_* */
+enum { CTX_RAW, CTX_MEM, CTX_OBJ };
 static int g_installed;
+
+/* Frees of the mem and obj domains go straight to pymalloc, unhooked (set at install
+ * when both domains are CPython's pymalloc). pymalloc's free hands every block it did
+ * not allocate to PyMem_RawFree, i.e. to our raw free hook; so a sampled mem/obj block
+ * is served by the raw allocator instead of pymalloc (sampled_block_*), and its free
+ * still reaches us, while the frees of the millions of unsampled small blocks cost the
+ * program nothing at all: no call, no filter. Requests above PYMALLOC_SMALL already
+ * come from the raw allocator (pymalloc passes them down). */
+static int g_frees_via_raw;
 
 /* key: the thread's sampler generation, or KEY_REENTRANT while the thread is inside a
  * hook's real call or agent code. The malloc fast path compares it with hp_agent_gate
@@ -298,6 +310,15 @@ static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hook_tls *t, 
   return p;
 }
 
+/* The block of a sampled mem/obj request of at most PYMALLOC_SMALL bytes: see
+ * g_frees_via_raw. Called with the re-entry marker set. */
+static void *sampled_block_malloc(hook_ctx *c, size_t size)
+{
+  if (g_frees_via_raw)
+    return g_ctx[CTX_RAW].prev.malloc(g_ctx[CTX_RAW].prev.ctx, size);
+  return c->prev.malloc(c->prev.ctx, size);
+}
+
 /* Everything but the mem/obj fast path: off, stats, re-entry, large, or sampled. */
 static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, size_t size)
 {
@@ -316,7 +337,7 @@ static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, siz
   if (!sampled)
     return c->prev.malloc(c->prev.ctx, size);
   enter(t);
-  void *p = c->prev.malloc(c->prev.ctx, size);
+  void *p = sampled_block_malloc(c, size);
   if (p)
     record_sample(c->domain, p, size, est);
   leave(t);
@@ -327,7 +348,6 @@ static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, siz
  * instantiated per domain with a constant &g_ctx[i], so that the call to the real
  * allocator loads its address and context straight from g_ctx instead of through the
  * ctx argument: two instructions fewer on each of millions of calls a second. */
-enum { CTX_RAW, CTX_MEM, CTX_OBJ };
 
 /* mem and obj domains. */
 static inline void *malloc_fast(hook_ctx *c, size_t size)
@@ -342,18 +362,42 @@ static inline void *malloc_fast(hook_ctx *c, size_t size)
  * larger mem/obj request, which arrives here already flagged and passes through). */
 static void *hook_raw_malloc(void *ctx, size_t size)
 {
-  hook_ctx *c = ctx;
+  (void)ctx;
+  hook_ctx *c = &g_ctx[CTX_RAW];
   hook_tls *t = &t_tls;
   if (is_reentrant(t) || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
     return c->prev.malloc(c->prev.ctx, size);
   return malloc_flagged(c, t, size);
 }
 
+/* A small mem/obj calloc while profiling with g_frees_via_raw: the sampling decision
+ * comes first, because a sampled block must come from the raw allocator. */
+static void *calloc_small_sampling(hook_ctx *c, hook_tls *t, size_t nelem, size_t elsize,
+                                   size_t size)
+{
+  uint64_t est;
+  int sampled = hp_sampler_sample_slow(&hp_agent_sampler, &t->sampler, size, &est);
+  leave(t);   /* the key follows a newly drawn countdown's generation */
+  if (!sampled)
+    return c->prev.calloc(c->prev.ctx, nelem, elsize);
+  enter(t);
+  void *p = g_ctx[CTX_RAW].prev.calloc(g_ctx[CTX_RAW].prev.ctx, nelem, elsize);
+  if (p)
+    record_sample(c->domain, p, size, est);
+  leave(t);
+  return p;
+}
+
 static __attribute__((noinline)) void *calloc_slow(hook_ctx *c, hook_tls *t, size_t nelem,
                                                    size_t elsize)
 {
-  if (is_reentrant(t) || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
+  int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
+  size_t size;
+  if (is_reentrant(t) || mode == HP_MODE_OFF)
     return c->prev.calloc(c->prev.ctx, nelem, elsize);
+  if (g_frees_via_raw && mode == HP_MODE_PROFILE && c->domain != HP_DOMAIN_RAW &&
+      !__builtin_mul_overflow(nelem, elsize, &size) && size <= PYMALLOC_SMALL)
+    return calloc_small_sampling(c, t, nelem, elsize, size);
   enter(t);
   void *p = c->prev.calloc(c->prev.ctx, nelem, elsize);
   if (p)   /* a product that overflows was refused by the real calloc */
@@ -374,16 +418,42 @@ static inline void *calloc_fast(hook_ctx *c, size_t nelem, size_t elsize)
 
 static void *hook_raw_calloc(void *ctx, size_t nelem, size_t elsize)
 {
-  return calloc_slow(ctx, &t_tls, nelem, elsize);
+  (void)ctx;
+  return calloc_slow(&g_ctx[CTX_RAW], &t_tls, nelem, elsize);
+}
+
+/* After a mem/obj realloc to at most PYMALLOC_SMALL bytes with g_frees_via_raw: a
+ * sampled result may lie in a pymalloc pool, whose free would bypass us, so it moves
+ * to a raw block (copying the size bytes the caller asked for). Only sampled reallocs
+ * pay the copy. If the raw allocation fails, the sample is dropped (counted), never
+ * the program's block. */
+static void *after_small_realloc(hook_ctx *c, hook_tls *t, void *p, size_t size)
+{
+  uint64_t est;
+  int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
+  if (mode == HP_MODE_STATS) {
+    hp_stats_add(size);
+    return p;
+  }
+  if (mode != HP_MODE_PROFILE || !hp_sampler_sample(&hp_agent_sampler, &t->sampler, size, &est))
+    return p;
+  void *q = g_ctx[CTX_RAW].prev.malloc(g_ctx[CTX_RAW].prev.ctx, size);
+  if (!q) {
+    hp_agent_count_drop();
+    return p;
+  }
+  memcpy(q, p, size);
+  c->prev.free(c->prev.ctx, p);
+  record_sample(c->domain, q, size, est);
+  return q;
 }
 
 /* realloc is a free of the old block and an allocation of the new one. The free is
  * queued before the real realloc, which may release the old address to other threads.
  * (If the real realloc then fails, the old block lives on unreported: rare, and a
  * lost sample rather than a wrong pairing.) */
-static void *hook_realloc(void *ctx, void *ptr, size_t size)
+static inline void *realloc_any(hook_ctx *c, void *ptr, size_t size)
 {
-  hook_ctx *c = ctx;
   hook_tls *t = &t_tls;
   int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
   if (is_reentrant(t) || mode == HP_MODE_OFF)
@@ -397,10 +467,18 @@ static void *hook_realloc(void *ctx, void *ptr, size_t size)
     errno = saved_errno;
   }
   void *p = c->prev.realloc(c->prev.ctx, ptr, size);
-  if (p)
+  if (p && g_frees_via_raw && c->domain != HP_DOMAIN_RAW && size <= PYMALLOC_SMALL)
+    p = after_small_realloc(c, t, p, size);
+  else if (p)
     after_alloc(t, c->domain, p, size);
   leave(t);
   return p;
+}
+
+static void *hook_raw_realloc(void *ctx, void *ptr, size_t size)
+{
+  (void)ctx;
+  return realloc_any(&g_ctx[CTX_RAW], ptr, size);
 }
 
 static __attribute__((noinline)) void free_slow(hook_ctx *c, hook_tls *t, void *ptr)
@@ -443,6 +521,11 @@ static inline void free_fast(hook_ctx *c, void *ptr)
     (void)ctx;                                                                               \
     return calloc_fast(&g_ctx[i], nelem, elsize);                                            \
   }                                                                                          \
+  static void *hook_##dom##_realloc(void *ctx, void *ptr, size_t size)                      \
+  {                                                                                          \
+    (void)ctx;                                                                               \
+    return realloc_any(&g_ctx[i], ptr, size);                                                \
+  }                                                                                          \
   static void hook_##dom##_free(void *ctx, void *ptr)                                        \
   {                                                                                          \
     (void)ctx;                                                                               \
@@ -457,6 +540,25 @@ static void hook_raw_free(void *ctx, void *ptr)
   free_fast(&g_ctx[CTX_RAW], ptr);
 }
 
+/* Whether the three domains are CPython's defaults (raw malloc, pymalloc for mem and
+ * obj), asked before our hooks go in. The function is CPython's own (3.11 exports
+ * _PyMem_GetCurrentAllocatorName but declares it internal), looked up at run time so
+ * that an interpreter without it only loses the optimisation. Anything else (a debug
+ * allocator, PYTHONMALLOC=malloc, tracemalloc or another profiler hooked first) keeps
+ * every free hooked. */
+static int allocators_are_pymalloc(void)
+{
+  const char *(*name)(void) =
+      (const char *(*)(void))dlsym(RTLD_DEFAULT, "_PyMem_GetCurrentAllocatorName");
+  const char *n = name ? name() : NULL;
+  return n && strcmp(n, "pymalloc") == 0;
+}
+
+int hp_hooks_frees_forwarded(void)
+{
+  return g_frees_via_raw;
+}
+
 int hp_hooks_install(void)
 {
   /* Indexed by CTX_*. */
@@ -465,11 +567,11 @@ int hp_hooks_install(void)
   static const hp_domain ours[3] = { HP_DOMAIN_RAW, HP_DOMAIN_MEM, HP_DOMAIN_OBJ };
   static const PyMemAllocatorEx hooks[3] = {
     [CTX_RAW] = { .malloc = hook_raw_malloc, .calloc = hook_raw_calloc,
-                  .realloc = hook_realloc, .free = hook_raw_free },
+                  .realloc = hook_raw_realloc, .free = hook_raw_free },
     [CTX_MEM] = { .malloc = hook_mem_malloc, .calloc = hook_mem_calloc,
-                  .realloc = hook_realloc, .free = hook_mem_free },
+                  .realloc = hook_mem_realloc, .free = hook_mem_free },
     [CTX_OBJ] = { .malloc = hook_obj_malloc, .calloc = hook_obj_calloc,
-                  .realloc = hook_realloc, .free = hook_obj_free },
+                  .realloc = hook_obj_realloc, .free = hook_obj_free },
   };
   if (!HP_FRAMES_SUPPORTED)
     return -HP_EINVAL;
@@ -479,9 +581,14 @@ int hp_hooks_install(void)
     PyMem_GetAllocator(domains[i], &g_ctx[i].prev);
     g_ctx[i].domain = ours[i];
   }
+  g_frees_via_raw = allocators_are_pymalloc();
   for (int i = 0; i < 3; i++) {
     PyMemAllocatorEx a = hooks[i];
-    a.ctx = &g_ctx[i];   /* the slow paths and realloc take the domain from it */
+    /* Our hooks find their domain in g_ctx; the domain's ctx stays the real one, so
+     * that a function passed on unhooked (free, below) gets what it expects. */
+    a.ctx = g_ctx[i].prev.ctx;
+    if (g_frees_via_raw && i != CTX_RAW)
+      a.free = g_ctx[i].prev.free;
     PyMem_SetAllocator(domains[i], &a);
   }
   g_installed = 1;

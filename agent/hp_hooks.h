@@ -2,9 +2,11 @@
  *
  * Installed once (under the GIL) on the raw, mem and obj domains, chaining to the
  * allocators that were in place; never removed, because memory allocated through them
- * may be freed at any later time. While the agent is off each hook costs one relaxed
- * load on top of the real allocator. Hooks never fail an allocation and never change
- * errno. */
+ * may be freed at any later time. While the agent is off each hook costs a compare or
+ * two on top of the real allocator. Hooks never fail an allocation and never change
+ * errno. When the mem and obj domains are CPython's pymalloc, their frees are not
+ * hooked at all: sampled blocks come from the raw allocator, whose free hook pymalloc
+ * calls for them (hp_hooks.c, g_frees_via_raw). */
 #ifndef HP_HOOKS_H
 #define HP_HOOKS_H
 
@@ -17,5 +19,8 @@ int hp_hooks_install(void);
  * Returns the previous value for hp_hooks_leave_agent(). */
 int hp_hooks_enter_agent(void);
 void hp_hooks_leave_agent(int previous);
+
+/* 1 when the mem/obj frees go to pymalloc unhooked (see above), else 0. */
+int hp_hooks_frees_forwarded(void);
 
 #endif /* HP_HOOKS_H */

@@ -201,6 +201,14 @@ static PyObject *agent_stats_snapshot(PyObject *self, PyObject *unused)
   return list;
 }
 
+/* For tests and the curious: whether mem/obj frees bypass the hooks (hp_hooks.h). */
+static PyObject *agent_frees_forwarded(PyObject *self, PyObject *noargs)
+{
+  (void)self;
+  (void)noargs;
+  return PyBool_FromLong(hp_hooks_frees_forwarded());
+}
+
 static PyObject *agent_sample_estimate(PyObject *self, PyObject *args)
 {
   (void)self;
@@ -221,6 +229,9 @@ static PyMethodDef agent_methods[] = {
   {"stats_enable", agent_stats_enable, METH_O, "stats_enable(on): stats mode"},
   {"stats_snapshot", agent_stats_snapshot, METH_NOARGS,
    "[(lo, hi, count, bytes), ...] per size class"},
+  {"frees_forwarded", agent_frees_forwarded, METH_NOARGS,
+   "frees_forwarded() -> bool: mem/obj frees go to pymalloc unhooked (sampled blocks "
+   "come from the raw allocator, whose free is hooked)"},
   {"sample_estimate", agent_sample_estimate, METH_VARARGS,
    "sample_estimate(interval, size) -> est_bytes of one sample"},
   {NULL, NULL, 0, NULL},

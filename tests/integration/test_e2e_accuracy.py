@@ -13,7 +13,8 @@ import json
 import os
 import unittest
 
-from agent_e2e_util import DaemonTestCase, clean_env, line_of, run_python, site, write_program
+from agent_e2e_util import (Daemon, DaemonTestCase, clean_env, line_of, run_python, site,
+                            write_program)
 
 PROGRAM = '''
 import json, os, sys
@@ -55,10 +56,10 @@ print("ok")
 
 class AccuracyAgainstTracemalloc(DaemonTestCase):
 
-    def tracemalloc_truth(self, path):
+    def tracemalloc_truth(self, path, **env):
         out = os.path.join(self.tmp, 'trace.json')
         r = run_python('-X', args=['tracemalloc=1', path],
-                       env=clean_env(TRACE_OUT=out, PYTHONHASHSEED=0))
+                       env=clean_env(TRACE_OUT=out, PYTHONHASHSEED=0, **env))
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(out) as f:
             return {int(k): v for k, v in json.load(f).items()}
@@ -81,9 +82,35 @@ class AccuracyAgainstTracemalloc(DaemonTestCase):
             'AND a.freed_ns IS NULL', (sid, function, line))[0]
 
     def test_interval_one_matches_tracemalloc_exactly(self):
+        self.check_interval_one_exact()
+
+    def test_interval_one_exact_whoever_frees(self):
+        """With CPython's default allocators the agent leaves mem/obj frees to pymalloc
+        unhooked and serves sampled blocks from the raw allocator (whose free is hooked);
+        under any other allocator every free is hooked. Both must pair every free."""
+        probe = 'import heapprof._agent as a; print(a.frees_forwarded())'
+        for allocator, forwarded in (('', 'True'), ('malloc', 'False'),
+                                     ('pymalloc_debug', 'False')):
+            with self.subTest(PYTHONMALLOC=allocator):
+                r = run_python('-c', args=[probe],
+                               env=self.profiled_env(PYTHONMALLOC=allocator))
+                self.assertEqual(r.stdout.strip(), forwarded, r.stderr)
+        for allocator in ('malloc', 'pymalloc_debug'):
+            with self.subTest(PYTHONMALLOC=allocator):
+                self.daemon = self.fresh_daemon(allocator)
+                self.check_interval_one_exact(PYTHONMALLOC=allocator)
+
+    def fresh_daemon(self, name):
+        d = os.path.join(self.tmp, name)
+        os.mkdir(d, 0o700)
+        daemon = Daemon(d)
+        self.addCleanup(daemon.kill)
+        return daemon
+
+    def check_interval_one_exact(self, **env):
         path = write_program(self.tmp, 'acc.py', PROGRAM)
-        truth = self.tracemalloc_truth(path)
-        sid = self.profiled(path, HEAPPROF_INTERVAL=1, HEAPPROF_ON_FULL='block')
+        truth = self.tracemalloc_truth(path, **env)
+        sid = self.profiled(path, HEAPPROF_INTERVAL=1, HEAPPROF_ON_FULL='block', **env)
         for marker, function in (('SITE_A', 'site_a'), ('SITE_B', 'site_b')):
             line = line_of(path, marker)
             t_count, t_size = truth[line]
