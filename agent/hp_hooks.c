@@ -242,16 +242,23 @@ static uint32_t walk_stack(PyThreadState *ts)
 #endif
 
 /* The sampled path: off the fast path, never inlined into it. */
-static __attribute__((noinline)) void record_sample(hp_domain domain, void *ptr, size_t size,
-                                                    uint64_t est)
+/* Whether a sample may be recorded now. Overloaded (recording everything faster than
+ * heapprofd stores), an ALLOC would be refused by the ring anyway: counting it as
+ * dropped here saves the stack walk and the address table's insert and remove, and
+ * (with g_frees_via_raw) lets its block come from pymalloc as if unsampled. Call once
+ * per sample: on_full='adapt' counts samples here. */
+static int sample_room(void)
 {
-  if (!hp_agent_alloc_room()) {
-    /* Overloaded (recording everything faster than heapprofd stores): this ALLOC would
-     * be refused by the ring anyway. Counting it here saves the stack walk and the
-     * address table's insert and remove. */
-    hp_agent_count_drop();
-    return;
-  }
+  if (hp_agent_alloc_room())
+    return 1;
+  hp_agent_count_drop();
+  return 0;
+}
+
+/* A sample that found room (sample_room). */
+static __attribute__((noinline)) void record_sample_room(hp_domain domain, void *ptr,
+                                                         size_t size, uint64_t est)
+{
   int saved_errno = errno;
   uint32_t stack_id = HP_NO_STACK;
 #if HP_FRAMES_SUPPORTED
@@ -262,6 +269,12 @@ static __attribute__((noinline)) void record_sample(hp_domain domain, void *ptr,
 #endif
   hp_agent_record_alloc(domain, ptr, size, est, stack_id);
   errno = saved_errno;
+}
+
+static void record_sample(hp_domain domain, void *ptr, size_t size, uint64_t est)
+{
+  if (sample_room())
+    record_sample_room(domain, ptr, size, est);
 }
 
 static inline void after_alloc(hook_tls *t, hp_domain domain, void *ptr, size_t size)
@@ -334,12 +347,12 @@ static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, siz
   }
   int sampled = hp_sampler_sample_slow(&hp_agent_sampler, &t->sampler, size, &est);
   leave(t);   /* the key follows a newly drawn countdown's generation */
-  if (!sampled)
+  if (!sampled || !sample_room())
     return c->prev.malloc(c->prev.ctx, size);
   enter(t);
   void *p = sampled_block_malloc(c, size);
   if (p)
-    record_sample(c->domain, p, size, est);
+    record_sample_room(c->domain, p, size, est);
   leave(t);
   return p;
 }
@@ -378,12 +391,12 @@ static void *calloc_small_sampling(hook_ctx *c, hook_tls *t, size_t nelem, size_
   uint64_t est;
   int sampled = hp_sampler_sample_slow(&hp_agent_sampler, &t->sampler, size, &est);
   leave(t);   /* the key follows a newly drawn countdown's generation */
-  if (!sampled)
+  if (!sampled || !sample_room())
     return c->prev.calloc(c->prev.ctx, nelem, elsize);
   enter(t);
   void *p = g_ctx[CTX_RAW].prev.calloc(g_ctx[CTX_RAW].prev.ctx, nelem, elsize);
   if (p)
-    record_sample(c->domain, p, size, est);
+    record_sample_room(c->domain, p, size, est);
   leave(t);
   return p;
 }
@@ -435,7 +448,8 @@ static void *after_small_realloc(hook_ctx *c, hook_tls *t, void *p, size_t size)
     hp_stats_add(size);
     return p;
   }
-  if (mode != HP_MODE_PROFILE || !hp_sampler_sample(&hp_agent_sampler, &t->sampler, size, &est))
+  if (mode != HP_MODE_PROFILE ||
+      !hp_sampler_sample(&hp_agent_sampler, &t->sampler, size, &est) || !sample_room())
     return p;
   void *q = g_ctx[CTX_RAW].prev.malloc(g_ctx[CTX_RAW].prev.ctx, size);
   if (!q) {
@@ -444,7 +458,7 @@ static void *after_small_realloc(hook_ctx *c, hook_tls *t, void *p, size_t size)
   }
   memcpy(q, p, size);
   c->prev.free(c->prev.ctx, p);
-  record_sample(c->domain, q, size, est);
+  record_sample_room(c->domain, q, size, est);
   return q;
 }
 
