@@ -440,10 +440,10 @@ void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t es
 /* on_full='adapt', the ring more than half full: double the interval when half a
  * ring of samples came since the last change (see hp_agent.h). Any allocating thread;
  * the one that resets the count makes the change. */
-static __attribute__((noinline)) void adapt_interval(void)
+static __attribute__((noinline)) void adapt_interval(uint64_t samples_min)
 {
   uint64_t seen = atomic_load_explicit(&g_adapt_samples, memory_order_relaxed);
-  if (seen < g_adapt_samples_min ||
+  if (seen < samples_min ||
       !atomic_compare_exchange_strong(&g_adapt_samples, &seen, 0))
     return;
   atomic_store_explicit(&g_adapt_last_ns, hp_now_ns(), memory_order_relaxed);
@@ -461,7 +461,8 @@ int hp_agent_alloc_room(void)
   if (g_adapt) {
     atomic_fetch_add_explicit(&g_adapt_samples, 1, memory_order_relaxed);
     if (!hp_ring_has_room(g_ring, g_adapt_fill))
-      adapt_interval();
+      adapt_interval(hp_ring_alloc_room(g_ring) ? g_adapt_samples_min
+                                                : g_adapt_samples_min / HP_AGENT_ADAPT_DROP_DIV);
   }
   /* Given up in block mode: like drop mode, skip the stack walk of a sample that would
    * be dropped (push_block_gave_up clears the latch once there is room). */

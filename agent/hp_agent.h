@@ -29,9 +29,13 @@
  * ring of new samples came since the last change. The second condition makes it a
  * rate: samples arriving faster than the sender drains them; a ring full of FREEs (the
  * frees of blocks sampled at the old, smaller interval, which no interval can reduce)
- * counts little. Up to HP_AGENT_ADAPT_MAX_INTERVAL; it never goes back down within a
- * session. */
+ * counts little. While samples are being dropped (only the free reserve left) the
+ * count needed is HP_AGENT_ADAPT_DROP_DIV times smaller: every sample then is one lost,
+ * so the climb from interval 1 must be quick (a starved sender thread on a loaded
+ * machine otherwise cost ~16K lost samples per doubling). Up to
+ * HP_AGENT_ADAPT_MAX_INTERVAL; it never goes back down within a session. */
 #define HP_AGENT_ADAPT_SAMPLES_DIV   8u
+#define HP_AGENT_ADAPT_DROP_DIV      8u
 #define HP_AGENT_ADAPT_MAX_INTERVAL  (1ull << 30)
 
 enum { HP_MODE_OFF = 0, HP_MODE_PROFILE = 1, HP_MODE_STATS = 2 };

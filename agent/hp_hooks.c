@@ -489,6 +489,26 @@ static inline void *realloc_any(hook_ctx *c, void *ptr, size_t size)
   return p;
 }
 
+/* mem and obj domains: a small realloc of a block never sampled, not sampled itself
+ * (string and list resizes make this common). Not a tail call: pymalloc passes a block
+ * it does not own (one allocated large, now shrunk) on to PyMem_RawRealloc, whose hook
+ * must see the re-entry marker and pass it through, or the request would count twice.
+ * The filter comes first so that a failed test never has taken the countdown step. */
+static inline void *realloc_fast(hook_ctx *c, void *ptr, size_t size)
+{
+  hook_tls *t = &t_tls;
+  if (HP_LIKELY(hp_addrtab_filter_absent(
+                    atomic_load_explicit(&hp_agent_free_filter, memory_order_relaxed),
+                    (uintptr_t)ptr) &&
+                small_unsampled(t, size))) {
+    enter(t);
+    void *p = c->prev.realloc(c->prev.ctx, ptr, size);
+    leave(t);
+    return p;
+  }
+  return realloc_any(c, ptr, size);
+}
+
 static void *hook_raw_realloc(void *ctx, void *ptr, size_t size)
 {
   (void)ctx;
@@ -538,7 +558,7 @@ static inline void free_fast(hook_ctx *c, void *ptr)
   static void *hook_##dom##_realloc(void *ctx, void *ptr, size_t size)                      \
   {                                                                                          \
     (void)ctx;                                                                               \
-    return realloc_any(&g_ctx[i], ptr, size);                                                \
+    return realloc_fast(&g_ctx[i], ptr, size);                                               \
   }                                                                                          \
   static void hook_##dom##_free(void *ctx, void *ptr)                                        \
   {                                                                                          \
