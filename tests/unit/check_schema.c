@@ -5,7 +5,6 @@
  * before and after and checks that no -wal/-shm side files appeared. */
 #include <check.h>
 #include <errno.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,18 +14,14 @@
 #include "hp_error.h"
 #include "hp_schema.h"
 
+#include "check_db_util.h"
+
 static char tmpdir[256];
 static char dbpath[512];
 static char errbuf[512];
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st; (void)flag; (void)ftw;
-  return remove(path);
-}
-
 static void setup_in(const char *base) {
-  snprintf(tmpdir, sizeof tmpdir, "%s/hp-check-schema-XXXXXX", base);
-  ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+  hp_test_tmpdir_setup(tmpdir, sizeof tmpdir, base, "hp-check-schema");
   snprintf(dbpath, sizeof dbpath, "%s/prof.sqlite", tmpdir);
   errbuf[0] = '\0';
 }
@@ -47,7 +42,7 @@ static void setup_fast(void) {
 }
 
 static void teardown(void) {
-  nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+  hp_test_tmpdir_teardown(tmpdir);
 }
 
 static int exists(const char *path) {
@@ -84,16 +79,6 @@ static void write_file(const char *path, const void *data, size_t len) {
   ck_assert_int_eq(fclose(f), 0);
 }
 
-static long long int_query(sqlite3 *db, const char *sql) {
-  sqlite3_stmt *st = NULL;
-  ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
-                sqlite3_errmsg(db));
-  ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
-  long long v = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  return v;
-}
-
 static void exec_ok(sqlite3 *db, const char *sql) {
   char *msg = NULL;
   int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
@@ -103,8 +88,7 @@ static void exec_ok(sqlite3 *db, const char *sql) {
 /* A plain SQLite database (rollback journal, so nothing lingers beside it) built with
  * the sqlite3 API directly, for the "another application's database" cases. */
 static void make_foreign_db(const char *sql) {
-  sqlite3 *db = NULL;
-  ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
+  sqlite3 *db = hp_test_db_open(dbpath);
   exec_ok(db, sql);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
@@ -140,14 +124,13 @@ static void assert_refused_untouched(int want, const char *msg_part) {
 }
 
 static void assert_is_new_heapprof_db(sqlite3 *db) {
-  ck_assert_int_eq(int_query(db, "PRAGMA application_id"), HP_SCHEMA_APPLICATION_ID);
-  ck_assert_int_eq(int_query(db, "PRAGMA user_version"), HP_SCHEMA_VERSION);
-  ck_assert_int_eq(int_query(db,
-                             "SELECT count(*) FROM sqlite_schema WHERE type = 'view' AND name IN "
-                             "('sessions', 'frames', 'stack_frames', 'stacks', 'allocations', 'timeline')"),
-                   6);
-  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM sessions"), 0);
-  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM allocations"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "PRAGMA application_id"), HP_SCHEMA_APPLICATION_ID);
+  ck_assert_int_eq(hp_test_db_int(db, "PRAGMA user_version"), HP_SCHEMA_VERSION);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'view'"
+                                      " AND name IN ('sessions', 'frames', 'stack_frames',"
+                                      " 'stacks', 'allocations', 'timeline')"), 6);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations"), 0);
   sqlite3_stmt *st = NULL;
   ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
   ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
@@ -210,17 +193,17 @@ START_TEST(reopen_keeps_data_and_appends_sessions) {
   db = NULL;
   int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
   ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
-  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM sessions"), 1);
-  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM frames WHERE filename = 'a.py'"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM frames WHERE filename = 'a.py'"), 1);
   exec_ok(db, insert_session);
-  ck_assert_int_eq(int_query(db, "SELECT max(session_id) FROM sessions"), 2);
-  ck_assert_int_eq(int_query(db, "PRAGMA user_version"), HP_SCHEMA_VERSION);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT max(session_id) FROM sessions"), 2);
+  ck_assert_int_eq(hp_test_db_int(db, "PRAGMA user_version"), HP_SCHEMA_VERSION);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 
   /* And a third time, after the WAL was checkpointed on close. */
   db = NULL;
   ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
-  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM sessions"), 2);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"), 2);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
 END_TEST
@@ -235,8 +218,8 @@ START_TEST(reopen_restores_missing_views) {
   db = NULL;
   int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
   ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
-  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM sessions"), 1);
-  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM timeline"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM timeline"), 0);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
 END_TEST
@@ -248,13 +231,13 @@ START_TEST(open_while_another_connection_holds_it) {
   exec_ok(db, insert_session);
   ck_assert_int_eq(sqlite3_open_v2(dbpath, &reader, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
   exec_ok(reader, "BEGIN");
-  ck_assert_int_eq(int_query(reader, "SELECT count(*) FROM sessions"), 1);
+  ck_assert_int_eq(hp_test_db_int(reader, "SELECT count(*) FROM sessions"), 1);
   int rc = hp_schema_open(dbpath, &db2, errbuf, sizeof errbuf);
   ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
   exec_ok(db2, insert_session);
-  ck_assert_int_eq(int_query(reader, "SELECT count(*) FROM sessions"), 1); /* snapshot */
+  ck_assert_int_eq(hp_test_db_int(reader, "SELECT count(*) FROM sessions"), 1); /* snapshot */
   exec_ok(reader, "COMMIT");
-  ck_assert_int_eq(int_query(reader, "SELECT count(*) FROM sessions"), 2);
+  ck_assert_int_eq(hp_test_db_int(reader, "SELECT count(*) FROM sessions"), 2);
   sqlite3_close(reader);
   sqlite3_close(db2);
   sqlite3_close(db);
@@ -272,18 +255,18 @@ END_TEST
 START_TEST(new_databases_get_16k_pages_existing_ones_keep_theirs) {
   sqlite3 *db = NULL;
   ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
-  ck_assert_int_eq(int_query(db, "PRAGMA page_size"), 16384);
+  ck_assert_int_eq(hp_test_db_int(db, "PRAGMA page_size"), 16384);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 
   /* A heapprof database made with 4 KiB pages is appended to as it is. */
   char other[600];
   snprintf(other, sizeof other, "%s/old.sqlite", tmpdir);
-  ck_assert_int_eq(sqlite3_open(other, &db), SQLITE_OK);
+  db = hp_test_db_open(other);
   exec_ok(db, "PRAGMA page_size=4096");
   exec_ok(db, hp_schema_sql());
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
   ck_assert_int_eq(hp_schema_open(other, &db, errbuf, sizeof errbuf), 0);
-  ck_assert_int_eq(int_query(db, "PRAGMA page_size"), 4096);
+  ck_assert_int_eq(hp_test_db_int(db, "PRAGMA page_size"), 4096);
   exec_ok(db, insert_session);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
@@ -306,8 +289,8 @@ START_TEST(read_indexes_are_counted_and_not_created_by_open) {
   ck_assert_int_eq(hp_schema_index_count(db, &present, &total), 0);
   ck_assert_int_eq(present, 2);
   ck_assert_int_eq(total, 2);
-  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'index' "
-                                 "AND name = 'alloc_by_session_stack'"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'index'"
+                                      " AND name = 'alloc_by_session_stack'"), 1);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
   /* An indexed database is still a heapprof database of version 1. */
   ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
@@ -333,14 +316,14 @@ START_TEST(stale_running_sessions_end_at_their_last_event) {
               " (4, 3000, 1, 1, 16, 8, 8, NULL, 4000), (4, 6000, 1, 1, 32, 8, 8, NULL, NULL)");
   ck_assert_int_eq(hp_schema_end_stale_sessions(db, &n), 0);
   ck_assert_int_eq(n, 3);
-  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM session WHERE status = 'running'"), 0);
-  ck_assert_int_eq(int_query(db, "SELECT ended_ns FROM session WHERE id = 1"), 9000);
-  ck_assert_int_eq(int_query(db, "SELECT ended_ns FROM session WHERE id = 2"), 1000);
-  ck_assert_int_eq(int_query(db, "SELECT ended_ns FROM session WHERE id = 3"), 1500);
-  ck_assert_int_eq(int_query(db, "SELECT ended_ns FROM session WHERE id = 4"), 6000);
-  ck_assert_int_eq(int_query(db, "SELECT count(*) FROM session WHERE status = 'disconnected'"),
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM session WHERE status = 'running'"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ended_ns FROM session WHERE id = 1"), 9000);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ended_ns FROM session WHERE id = 2"), 1000);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ended_ns FROM session WHERE id = 3"), 1500);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ended_ns FROM session WHERE id = 4"), 6000);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM session WHERE status = 'disconnected'"),
                    3);
-  ck_assert_int_eq(int_query(db, "SELECT status = 'exited' FROM session WHERE id = 3"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT status = 'exited' FROM session WHERE id = 3"), 1);
   ck_assert_int_eq(hp_schema_end_stale_sessions(db, &n), 0);   /* nothing left to end */
   ck_assert_int_eq(n, 0);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);

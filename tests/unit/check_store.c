@@ -3,7 +3,6 @@
  * stacks shared across sessions, session end states, the timeline's spike height,
  * and the queue's backpressure signal. */
 #include <check.h>
-#include <ftw.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,18 +15,15 @@
 #include "hp_schema.h"
 #include "hp_store.h"
 
+#include "check_db_util.h"
+
 static char tmpdir[256], dbpath[512];
 
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st; (void)flag; (void)ftw;
-  return remove(p);
-}
 static void setup(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/hp-check-store-XXXXXX");
-  ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+  hp_test_tmpdir_setup(tmpdir, sizeof tmpdir, "/tmp", "hp-check-store");
   snprintf(dbpath, sizeof dbpath, "%s/t.sqlite", tmpdir);
 }
-static void teardown(void) { nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
+static void teardown(void) { hp_test_tmpdir_teardown(tmpdir); }
 
 static atomic_int resumed;
 static void on_resume(void *ctx) { (void)ctx; atomic_fetch_add(&resumed, 1); }
@@ -42,22 +38,6 @@ static hp_store *start(uint32_t batch_rows, size_t high, int64_t interval_ns) {
   hp_store *s;
   ck_assert_int_eq(hp_store_start(&s, &cfg), 0);
   return s;
-}
-
-static sqlite3 *reopen(void) {
-  sqlite3 *db;
-  ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
-  return db;
-}
-
-static int64_t q1(sqlite3 *db, const char *sql) {
-  sqlite3_stmt *st;
-  ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
-                sqlite3_errmsg(db));
-  ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
-  int64_t v = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  return v;
 }
 
 static const char *qs(sqlite3 *db, const char *sql, char *buf, size_t n) {
@@ -129,36 +109,41 @@ START_TEST(store_pairs_frees_and_shares_frames_across_sessions) {
   hp_store_session_end(s, b, HP_SESSION_PROTOCOL_ERROR, "stack id 9 was never defined");
   ck_assert_int_eq(hp_store_stop(s), 0);
 
-  sqlite3 *db = reopen();
+  sqlite3 *db = hp_test_db_open(dbpath);
   char buf[256];
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM frames"), 2);
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM stacks"), 1);
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM stack_frames"), 2);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM frames"), 2);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM stacks"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM stack_frames"), 2);
   ck_assert_str_eq(qs(db, "SELECT f.function FROM stack_frames s JOIN frames f USING (frame_id)"
                           " WHERE s.depth = 0", buf, sizeof buf), "inner");
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 1"), 5);
-  ck_assert_int_eq(q1(db, "SELECT freed_ns - ts_ns FROM allocations WHERE session_id = 1"
-                          " AND address = 4096"), 2000000);
-  ck_assert_int_eq(q1(db, "SELECT freed_ns FROM allocations WHERE session_id = 1 AND address = 8192"),
-                   (int64_t)WALL0 + 7000000);
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE freed_ns IS NULL"
-                          " AND session_id = 1"), 3);
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE stack_id IS NULL"), 1);
-  ck_assert_int_eq(q1(db, "SELECT count(DISTINCT stack_id) FROM allocations"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations WHERE session_id = 1"), 5);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT freed_ns - ts_ns FROM allocations"
+                                      " WHERE session_id = 1 AND address = 4096"), 2000000);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT freed_ns FROM allocations WHERE session_id = 1"
+                                      " AND address = 8192"), (int64_t)WALL0 + 7000000);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations WHERE freed_ns IS NULL"
+                                      " AND session_id = 1"), 3);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations"
+                                      " WHERE stack_id IS NULL"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(DISTINCT stack_id) FROM allocations"), 1);
   ck_assert_str_eq(qs(db, "SELECT status FROM sessions WHERE session_id = 1", buf, sizeof buf),
                    "exited");
-  ck_assert_int_eq(q1(db, "SELECT events_received FROM sessions WHERE session_id = 1"), 8);
-  ck_assert_int_eq(q1(db, "SELECT events_dropped FROM sessions WHERE session_id = 1"), 5);
-  ck_assert_int_eq(q1(db, "SELECT ended_ns FROM sessions WHERE session_id = 1"),
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_received FROM sessions"
+                                      " WHERE session_id = 1"), 8);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_dropped FROM sessions"
+                                      " WHERE session_id = 1"), 5);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ended_ns FROM sessions WHERE session_id = 1"),
                    (int64_t)WALL0 + 9000000);
   ck_assert_str_eq(qs(db, "SELECT argv FROM sessions WHERE session_id = 1", buf, sizeof buf),
                    "[\"python\",\"say \\\"hi\\\"\"]");
-  ck_assert_int_eq(q1(db, "SELECT json_valid(argv) FROM sessions WHERE session_id = 1"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT json_valid(argv) FROM sessions"
+                                      " WHERE session_id = 1"), 1);
   ck_assert_str_eq(qs(db, "SELECT status || ': ' || error FROM sessions"
                           " JOIN session_settings USING (session_id) WHERE session_id = 2",
                       buf, sizeof buf), "protocol_error: stack id 9 was never defined");
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 2"), 2);
-  ck_assert_int_eq(q1(db, "SELECT ended_ns IS NOT NULL FROM sessions WHERE session_id = 2"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations WHERE session_id = 2"), 2);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ended_ns IS NOT NULL FROM sessions"
+                                      " WHERE session_id = 2"), 1);
   sqlite3_close(db);
 }
 END_TEST
@@ -174,7 +159,7 @@ START_TEST(store_pairs_free_with_committed_row) {
   hp_store_session *a = session_with_stack(s, 1);
   hp_event al = alloc_ev(1, 0x1000, 100, 1);
   ck_assert_int_eq(hp_store_events(s, a, &al, 1), 0);
-  sqlite3 *rd = reopen();
+  sqlite3 *rd = hp_test_db_open(dbpath);
   struct timespec d = {0, 5000000};
   int64_t n = 0;
   for (int i = 0; i < 2000 && n == 0; i++) {
@@ -190,7 +175,7 @@ START_TEST(store_pairs_free_with_committed_row) {
   ck_assert_int_eq(hp_store_events(s, a, &fr, 1), 0);
   hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
   ck_assert_int_eq(hp_store_stop(s), 0);
-  ck_assert_int_eq(q1(rd, "SELECT freed_ns - ts_ns FROM alloc"), 49000000);
+  ck_assert_int_eq(hp_test_db_int(rd, "SELECT freed_ns - ts_ns FROM alloc"), 49000000);
   sqlite3_close(rd);
 }
 END_TEST
@@ -209,23 +194,24 @@ START_TEST(store_timeline_keeps_spike_height_and_drop) {
   hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
   ck_assert_int_eq(hp_store_stop(s), 0);
 
-  sqlite3 *db = reopen();
+  sqlite3 *db = hp_test_db_open(dbpath);
   char sql[256];
   snprintf(sql, sizeof sql, "SELECT live_bytes FROM timeline WHERE ts_ns = %llu",
            (unsigned long long)WALL0);
-  ck_assert_int_eq(q1(db, sql), 1001000);
+  ck_assert_int_eq(hp_test_db_int(db, sql), 1001000);
   snprintf(sql, sizeof sql, "SELECT live_count FROM timeline WHERE ts_ns = %llu",
            (unsigned long long)WALL0);
-  ck_assert_int_eq(q1(db, sql), 2);
+  ck_assert_int_eq(hp_test_db_int(db, sql), 2);
   snprintf(sql, sizeof sql, "SELECT live_bytes FROM timeline WHERE ts_ns = %llu",
            (unsigned long long)WALL0 + 100000000);
-  ck_assert_int_eq(q1(db, sql), 1000);
+  ck_assert_int_eq(hp_test_db_int(db, sql), 1000);
   snprintf(sql, sizeof sql, "SELECT live_bytes FROM timeline WHERE ts_ns = %llu",
            (unsigned long long)WALL0 + 300000000);
-  ck_assert_int_eq(q1(db, sql), 1001);
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM timeline"), 3);
+  ck_assert_int_eq(hp_test_db_int(db, sql), 1001);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM timeline"), 3);
   ck_assert_str_eq(
-    (const char *)(q1(db, "SELECT status = 'disconnected' FROM sessions") ? "y" : "n"), "y");
+    (const char *)(hp_test_db_int(db, "SELECT status = 'disconnected' FROM sessions") ? "y" : "n"),
+    "y");
   sqlite3_close(db);
 }
 END_TEST
@@ -254,14 +240,15 @@ START_TEST(store_timeline_has_no_row_after_the_end) {
   hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
   ck_assert_int_eq(hp_store_stop(s), 0);
 
-  sqlite3 *db = reopen();
-  ck_assert_int_eq(q1(db, "SELECT ended_ns FROM sessions WHERE session_id = 1"), wall + 50000000);
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM timeline t JOIN sessions s USING (session_id)"
-                          " WHERE t.ts_ns > s.ended_ns"), 0);
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM timeline"), 1);
-  ck_assert_int_eq(q1(db, "SELECT live_bytes FROM timeline"), 1001000);
-  ck_assert_int_eq(q1(db, "SELECT end_bytes FROM timeline_detail WHERE session_id = 1"
-                          " ORDER BY ts_ns DESC LIMIT 1"), 1000);
+  sqlite3 *db = hp_test_db_open(dbpath);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ended_ns FROM sessions"
+                                      " WHERE session_id = 1"), wall + 50000000);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM timeline t JOIN sessions s"
+                                      " USING (session_id) WHERE t.ts_ns > s.ended_ns"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM timeline"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT live_bytes FROM timeline"), 1001000);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT end_bytes FROM timeline_detail WHERE session_id = 1"
+                                      " ORDER BY ts_ns DESC LIMIT 1"), 1000);
   sqlite3_close(db);
 }
 END_TEST
@@ -320,10 +307,11 @@ START_TEST(store_loop_side_oom_sweep) {
   hp_store_fail_alloc_after(0);
   ck_assert_int_gt(failures, 0);  /* n is within the allocations these calls make */
   ck_assert_int_eq(hp_store_stop(s), 0);
-  sqlite3 *db = reopen();
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM sessions"), ss ? 1 : 0);
+  sqlite3 *db = hp_test_db_open(dbpath);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"), ss ? 1 : 0);
   if (ss)
-    ck_assert_int_eq(q1(db, "SELECT count(*) FROM sessions WHERE status = 'exited'"), 1);
+    ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"
+                                        " WHERE status = 'exited'"), 1);
   sqlite3_close(db);
 }
 END_TEST
@@ -360,21 +348,24 @@ START_TEST(store_drops_allocations_over_the_live_limit) {
   hp_store_session_end(s, b, HP_SESSION_EXITED, NULL);
   ck_assert_int_eq(hp_store_stop(s), 0);
 
-  db = reopen();
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 1"), 6);
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 1"
-                          " AND address IN (20480, 28672)"), 0);
-  ck_assert_int_eq(q1(db, "SELECT freed_ns FROM allocations WHERE session_id = 1"
-                          " AND address = 8192"), (int64_t)WALL0 + 7000000);
-  ck_assert_int_eq(q1(db, "SELECT events_received FROM sessions WHERE session_id = 1"), 10);
+  db = hp_test_db_open(dbpath);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations WHERE session_id = 1"), 6);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations WHERE session_id = 1"
+                                      " AND address IN (20480, 28672)"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT freed_ns FROM allocations WHERE session_id = 1"
+                                      " AND address = 8192"), (int64_t)WALL0 + 7000000);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_received FROM sessions"
+                                      " WHERE session_id = 1"), 10);
   /* The agent's 2 plus the 2 allocations the daemon could not track. */
-  ck_assert_int_eq(q1(db, "SELECT events_dropped FROM sessions WHERE session_id = 1"), 4);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_dropped FROM sessions"
+                                      " WHERE session_id = 1"), 4);
   /* Live at the end: 0x1000 (40 B), 0x3000, 0x4000, 0x6000; the dropped ones never
    * counted, the replaced 0x1000 block stopped counting. */
-  ck_assert_int_eq(q1(db, "SELECT end_bytes FROM timeline_point WHERE session_id = 1"
-                          " ORDER BY ts_ns DESC LIMIT 1"), 340);
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM allocations WHERE session_id = 2"), 4);
-  ck_assert_int_eq(q1(db, "SELECT events_dropped FROM sessions WHERE session_id = 2"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT end_bytes FROM timeline_point WHERE session_id = 1"
+                                      " ORDER BY ts_ns DESC LIMIT 1"), 340);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations WHERE session_id = 2"), 4);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_dropped FROM sessions"
+                                      " WHERE session_id = 2"), 0);
   sqlite3_close(db);
 }
 END_TEST

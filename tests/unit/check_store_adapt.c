@@ -7,7 +7,6 @@
  * Its own file beside check_store.c (another area's) so that the two can change
  * independently; it drives the same module, hp_store. */
 #include <check.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,18 +17,15 @@
 #include "hp_schema.h"
 #include "hp_store.h"
 
+#include "check_db_util.h"
+
 static char tmpdir[256], dbpath[512];
 
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st; (void)flag; (void)ftw;
-  return remove(p);
-}
 static void setup(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/hp-check-store-adapt-XXXXXX");
-  ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+  hp_test_tmpdir_setup(tmpdir, sizeof tmpdir, "/tmp", "hp-check-store-adapt");
   snprintf(dbpath, sizeof dbpath, "%s/t.sqlite", tmpdir);
 }
-static void teardown(void) { nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
+static void teardown(void) { hp_test_tmpdir_teardown(tmpdir); }
 
 static hp_store *start(void) {
   sqlite3 *db;
@@ -39,22 +35,6 @@ static hp_store *start(void) {
   hp_store *s;
   ck_assert_int_eq(hp_store_start(&s, &cfg), 0);
   return s;
-}
-
-static sqlite3 *reopen(void) {
-  sqlite3 *db;
-  ck_assert_int_eq(sqlite3_open(dbpath, &db), SQLITE_OK);
-  return db;
-}
-
-static int64_t q1(sqlite3 *db, const char *sql) {
-  sqlite3_stmt *st;
-  ck_assert_msg(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK, "%s: %s", sql,
-                sqlite3_errmsg(db));
-  ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
-  int64_t v = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  return v;
 }
 
 #define WALL0 1700000000000000000LL
@@ -97,23 +77,23 @@ START_TEST(store_keeps_each_change_once_at_its_wall_time) {
   hp_store_session_end(s, ss, HP_SESSION_EXITED, NULL);
   ck_assert_int_eq(hp_store_stop(s), 0);
 
-  sqlite3 *db = reopen();
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM sampling_changes"), 2);
-  ck_assert_int_eq(q1(db, "SELECT ts_ns FROM sampling_changes WHERE change_no = 1"),
+  sqlite3 *db = hp_test_db_open(dbpath);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sampling_changes"), 2);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ts_ns FROM sampling_changes WHERE change_no = 1"),
                    WALL0 + 20000000LL);
-  ck_assert_int_eq(q1(db, "SELECT previous_interval_bytes FROM sampling_changes"
-                          " WHERE change_no = 1"), 1);
-  ck_assert_int_eq(q1(db, "SELECT sample_interval_bytes FROM sampling_changes"
-                          " WHERE change_no = 1"), 8);
-  ck_assert_int_eq(q1(db, "SELECT ts_ns FROM sampling_changes WHERE change_no = 2"),
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT previous_interval_bytes FROM sampling_changes"
+                                      " WHERE change_no = 1"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT sample_interval_bytes FROM sampling_changes"
+                                      " WHERE change_no = 1"), 8);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ts_ns FROM sampling_changes WHERE change_no = 2"),
                    WALL0 + 40000000LL);
-  ck_assert_int_eq(q1(db, "SELECT previous_interval_bytes FROM sampling_changes"
-                          " WHERE change_no = 2"), 8);
-  ck_assert_int_eq(q1(db, "SELECT sample_interval_bytes FROM sampling_changes"
-                          " WHERE change_no = 2"), 64);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT previous_interval_bytes FROM sampling_changes"
+                                      " WHERE change_no = 2"), 8);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT sample_interval_bytes FROM sampling_changes"
+                                      " WHERE change_no = 2"), 64);
   /* The session keeps its starting interval; the counters still count. */
-  ck_assert_int_eq(q1(db, "SELECT sample_interval_bytes FROM sessions"), 1);
-  ck_assert_int_eq(q1(db, "SELECT events_dropped FROM sessions"), 5);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT sample_interval_bytes FROM sessions"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_dropped FROM sessions"), 5);
   sqlite3_close(db);
 }
 END_TEST
@@ -132,11 +112,13 @@ START_TEST(store_never_adapts_size_bucket_sessions) {
   hp_store_session_end(s, p, HP_SESSION_EXITED, NULL);
   ck_assert_int_eq(hp_store_stop(s), 0);
 
-  sqlite3 *db = reopen();
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM sampling_changes WHERE session_id = 1"), 0);
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM sampling_changes WHERE session_id = 2"), 1);
-  ck_assert_int_eq(q1(db, "SELECT previous_interval_bytes FROM sampling_changes"
-                          " WHERE session_id = 2"), 4096);
+  sqlite3 *db = hp_test_db_open(dbpath);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sampling_changes"
+                                      " WHERE session_id = 1"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sampling_changes"
+                                      " WHERE session_id = 2"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT previous_interval_bytes FROM sampling_changes"
+                                      " WHERE session_id = 2"), 4096);
   sqlite3_close(db);
 }
 END_TEST
@@ -155,10 +137,10 @@ START_TEST(store_counters_msg_out_of_memory_stores_nothing) {
   hp_store_session_end(s, ss, HP_SESSION_EXITED, NULL);
   ck_assert_int_eq(hp_store_stop(s), 0);
 
-  sqlite3 *db = reopen();
-  ck_assert_int_eq(q1(db, "SELECT count(*) FROM sampling_changes"), 1);
-  ck_assert_int_eq(q1(db, "SELECT previous_interval_bytes FROM sampling_changes"), 2);
-  ck_assert_int_eq(q1(db, "SELECT ts_ns FROM sampling_changes"), WALL0 + 20000000LL);
+  sqlite3 *db = hp_test_db_open(dbpath);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sampling_changes"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT previous_interval_bytes FROM sampling_changes"), 2);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ts_ns FROM sampling_changes"), WALL0 + 20000000LL);
   sqlite3_close(db);
 }
 END_TEST
