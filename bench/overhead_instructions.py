@@ -25,29 +25,35 @@ daemon, the sender thread and the exit flush). The count is the whole process's 
 program one at a time, so the counts include heapprof's sender thread: what the agent costs
 on all threads together, not the time the program waited. Profiled runs stream to a real
 heapprofd that this bench starts on an empty database in a temporary directory (heapprofd
-itself runs natively and is not counted). --scale defaults to 0.1 (each run then takes some
-seconds under valgrind, which is about 50 times slower than native); the work per iteration
-is the same at every scale, so the ratios change little with it, apart from the fixed
-start-up cost weighing more at small scales. The defaults take about 5 minutes on 2 cores,
-most of it big_buffers (some 14 billion instructions, nearly all of them filling buffers). PYTHONHASHSEED is fixed at 0 so that string
-hashing, and with it dict and set layouts, is the same in every run; bytecode is compiled
-beforehand (PYTHONDONTWRITEBYTECODE is removed, as users run it) and every workload runs once
-natively first, so no run pays for writing .pyc files that the next one would not.
+itself runs natively and is not counted). --scale defaults to 0.1: valgrind runs a program
+some 50 times slower than native, so most runs take 10-20 s, big_buffers (some 14 billion
+instructions, nearly all of them filling buffers) 3-4 minutes, and the defaults about 5
+minutes on 2 cores. The work per iteration is the same at every scale, so the ratios change
+little with it, apart from the fixed start-up cost weighing more at small scales.
+PYTHONHASHSEED is fixed at 0 so that string hashing, and with it dict and set layouts, is
+the same in every run; bytecode is compiled beforehand (PYTHONDONTWRITEBYTECODE is removed,
+as users run it) and every workload runs once natively first, so no run pays for writing
+.pyc files that the next one would not.
 
-What stays not quite deterministic: what the sender thread does depends on timing (how
-full its ring is when it wakes, how often it backs off, how the daemon answers), and so
-do adaptive sampling rates (HEAPPROF_ON_FULL=adapt); such counts vary by a little between
-two runs of the bench. The plain column repeats to the instruction or nearly.
+What stays not quite deterministic: the sampler's random gaps are seeded from the clock,
+so which allocations are sampled differs between runs, and with it how deep the stacks
+walked are and what glibc's malloc (which serves the sampled blocks) spends; what the
+sender thread does depends on timing (how full its ring is when it wakes, how often it
+backs off), and so do adaptive rates (HEAPPROF_ON_FULL=adapt). So a heapprof column varies
+a little between two runs of the bench: within 0.05% of the total for most workloads, 0.5%
+for stdlib (mostly in glibc's _int_malloc). Plain repeats to the instruction, threads
+nearly (thread switches).
 
 The table. Per workload: plain's instructions in millions, then per heapprof configuration
 its instructions and their ratio to plain. The second table gives, per heapprof
 configuration, the agent's self instructions: the self cost (not inclusive; read from the
 callgrind file) of every function whose object file is heapprof's _agent*.so, hooks and
-sender thread alike, and that count's share of the configuration's added instructions (the rest of
-the overhead is spent in libc and libpython on the agent's behalf: the raw allocator behind
-the hooks, memcpy, system calls, the import of the heapprof package). The share can pass 100%:
-the program's own code can run a little fewer instructions under heapprof than plain (seen
-in pymalloc's free and calloc paths; compare the two runs with --keep). Below come the events
+sender thread alike, and that count's share of the configuration's added instructions
+(the rest of the overhead is spent in libc and libpython on the agent's behalf: glibc's
+malloc behind the sampled blocks, memcpy, system calls, the import of the heapprof
+package). The share can pass 100%: the program's own code can run a little fewer
+instructions under heapprof than plain (seen in pymalloc's free and calloc paths; compare
+the two runs with --keep and callgrind_annotate). Below come the events
 heapprofd recorded per configuration; a configuration whose runs did not all reach heapprofd
 is marked WARNING (its programs ran unprofiled, so their counts mean nothing). Whatever a run
 printed on stderr is shown as a note; a failing run stops the bench.
@@ -198,12 +204,12 @@ def main():
     names = [c[0] for c in configs]
     if len(set(names)) != len(names):
         raise SystemExit('two columns have the same name; give --extra distinct labels')
-    if not shutil.which('valgrind') or not shutil.which('callgrind_annotate'):
-        raise SystemExit('valgrind (with callgrind_annotate) not found on PATH; install the '
-                         'valgrind package')
+    if not shutil.which('valgrind'):
+        raise SystemExit('valgrind not found on PATH; install the valgrind package')
     daemon_exe = overhead.find_heapprofd() if len(configs) > 1 else None
-    if len(configs) > 1 and not daemon_exe:
-        raise SystemExit('heapprofd not found (set HEAPPROFD)')
+    if len(configs) > 1 and not (daemon_exe and os.access(daemon_exe, os.X_OK)):
+        raise SystemExit('heapprofd not found%s (set HEAPPROFD to its path)'
+                         % (' at %s' % daemon_exe if daemon_exe else ''))
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
 
