@@ -470,16 +470,23 @@ static inline void *realloc_any(hook_ctx *c, void *ptr, size_t size)
 {
   hook_tls *t = &t_tls;
   int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
-  if (is_reentrant(t) || mode == HP_MODE_OFF)
+  if (mode == HP_MODE_OFF)
     return c->prev.realloc(c->prev.ctx, ptr, size);
-  enter(t);
+  /* The old block's free is looked up even while re-entering, as in free_slow(). */
   if (ptr && mode == HP_MODE_PROFILE &&
       !hp_addrtab_filter_absent(atomic_load_explicit(&hp_agent_free_filter,
                                                      memory_order_relaxed), (uintptr_t)ptr)) {
     int saved_errno = errno;
+    int was_reentrant = is_reentrant(t);
+    enter(t);
     hp_agent_record_free(ptr);
+    if (!was_reentrant)
+      leave(t);
     errno = saved_errno;
   }
+  if (is_reentrant(t))
+    return c->prev.realloc(c->prev.ctx, ptr, size);
+  enter(t);
   void *p = c->prev.realloc(c->prev.ctx, ptr, size);
   if (p && g_frees_via_raw && c->domain != HP_DOMAIN_RAW && size <= PYMALLOC_SMALL)
     p = after_small_realloc(c, t, p, size);
@@ -515,20 +522,27 @@ static void *hook_raw_realloc(void *ctx, void *ptr, size_t size)
   return realloc_any(&g_ctx[CTX_RAW], ptr, size);
 }
 
+/* The free of a block the filter may have sampled, also while re-entering: a free is
+ * looked up whoever frees, because the look-up removes the address (a nested free of
+ * the same block, e.g. PyObject_Free passing a large block on to PyMem_RawFree, then
+ * finds nothing) and the agent's own blocks are never in the table. Skipping frees
+ * while re-entering lost the frees that another allocator hooked on top of ours makes
+ * inside our real call (tracemalloc started after heapprof frees its trace records
+ * from within pymalloc's PyMem_RawRealloc): their blocks looked leaked. */
 static __attribute__((noinline)) void free_slow(hook_ctx *c, hook_tls *t, void *ptr)
 {
-  if (is_reentrant(t) || !ptr ||
-      atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE) {
+  if (!ptr || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE) {
     c->prev.free(c->prev.ctx, ptr);
     return;
   }
+  int was_reentrant = is_reentrant(t);
   enter(t);
   int saved_errno = errno;
   hp_agent_record_free(ptr);
   errno = saved_errno;
-  /* Still flagged: PyObject_Free of a large block reaches the raw free hook next. */
   c->prev.free(c->prev.ctx, ptr);
-  leave(t);
+  if (!was_reentrant)
+    leave(t);
 }
 
 static inline void free_fast(hook_ctx *c, void *ptr)
