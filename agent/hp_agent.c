@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,12 +38,27 @@ static hp_ring *g_ring;                    /* set once under g_lock, then read-o
 static hp_addrtab *g_addrtab;
 static hp_intern *g_intern;                /* likewise */
 static hp_sender *g_sender;                /* under g_lock */
+/* Block mode, and adapt mode: a sample waits for ring space (bounded, see
+ * g_block_gave_up) rather than being dropped; adapt raises the interval meanwhile. */
 static int g_block;                        /* written while mode is OFF */
 static int g_adapt;                        /* likewise */
 static size_t g_adapt_fill;                /* likewise: adapt when fewer slots are free */
 static size_t g_adapt_samples_min;         /* likewise: ... and this many samples came */
-static _Atomic uint64_t g_adapt_last_ns;   /* last change (CLOCK_MONOTONIC) */
 static _Atomic uint64_t g_adapt_samples;   /* samples since the last change; relaxed */
+/* Serialises interval changes against each other and against a start (a try-lock: a
+ * hook never waits for it); g_session_epoch tells a change that began in an earlier
+ * session to give up. Reset in the fork child. */
+static _Atomic int g_adapt_busy;
+static _Atomic uint32_t g_session_epoch;
+/* Every change of this session, in order, for the sender to report one by one (an
+ * interval doubles at most 30 times up to HP_AGENT_ADAPT_MAX_INTERVAL). An entry is
+ * published by its interval, stored last (0: not yet). */
+#define ADAPT_LOG_MAX 64u
+static struct {
+  _Atomic uint64_t ts_ns;
+  _Atomic uint64_t interval;
+} g_adapt_log[ADAPT_LOG_MAX];
+static _Atomic uint32_t g_adapt_log_len;
 static _Atomic uint64_t g_extra_drops;     /* drops not counted by the ring; relaxed */
 static _Atomic pid_t g_pid;                /* pid the session belongs to */
 /* Set when a FREE waited HP_AGENT_FREE_WAIT_NS in vain (the sender is stuck): later
@@ -90,11 +106,18 @@ static uint64_t sender_dropped(void *arg)
   return hp_agent_dropped();
 }
 
-static uint64_t sender_interval(void *arg, uint64_t *changed_ns)
+static int sender_interval_change(void *arg, uint32_t index, uint64_t *ts_ns,
+                                  uint64_t *interval)
 {
   (void)arg;
-  *changed_ns = atomic_load_explicit(&g_adapt_last_ns, memory_order_relaxed);
-  return __atomic_load_n(&hp_agent_sampler.interval, __ATOMIC_RELAXED);
+  if (index >= ADAPT_LOG_MAX || index >= atomic_load(&g_adapt_log_len))
+    return 0;
+  uint64_t v = atomic_load_explicit(&g_adapt_log[index].interval, memory_order_acquire);
+  if (v == 0)
+    return 0;   /* claimed, not yet written */
+  *ts_ns = atomic_load_explicit(&g_adapt_log[index].ts_ns, memory_order_relaxed);
+  *interval = v;
+  return 1;
 }
 
 static void atfork_prepare(void)
@@ -113,6 +136,7 @@ static void atfork_child(void)
 {
   int was = atomic_load(&hp_agent_mode);
   profiling_off();
+  atomic_store(&g_adapt_busy, 0);   /* its holder, if any, is gone */
   g_child_restart = (was == HP_MODE_PROFILE);
   if (g_sender) {
     hp_sender_abandon(g_sender);
@@ -186,6 +210,11 @@ int hp_agent_start(const hp_agent_opts *o)
     hp_sender_stop(g_sender);
     g_sender = NULL;
   }
+  /* A change of the previous session still under way must not touch this one's
+   * configuration: it sees the new epoch and gives up, or finishes before this write. */
+  atomic_fetch_add(&g_session_epoch, 1);
+  while (atomic_load(&g_adapt_busy))
+    sched_yield();
   hp_sampler_cfg cfg = hp_agent_sampler;
   rc = o->nbuckets ? hp_sampler_configure_buckets(&cfg, o->buckets, o->nbuckets)
                    : hp_sampler_configure_interval(&cfg, o->sample_interval);
@@ -224,12 +253,14 @@ int hp_agent_start(const hp_agent_opts *o)
                                                           : CLOCK_MONOTONIC;
   hp_agent_sampler = cfg;
   hp_agent_max_depth = o->max_depth;
-  g_block = o->block_when_full;
   g_adapt = o->adapt_when_full && !o->nbuckets;
+  g_block = o->block_when_full || g_adapt;
   g_adapt_fill = hp_ring_capacity(g_ring) / 2;
   g_adapt_samples_min = hp_ring_capacity(g_ring) / HP_AGENT_ADAPT_SAMPLES_DIV;
-  atomic_store(&g_adapt_last_ns, 0);
   atomic_store(&g_adapt_samples, 0);
+  for (uint32_t i = 0; i < ADAPT_LOG_MAX; i++)
+    atomic_store(&g_adapt_log[i].interval, 0);
+  atomic_store(&g_adapt_log_len, 0);
   atomic_store(&g_pid, getpid());
 
   hp_hello h = {
@@ -248,7 +279,7 @@ int hp_agent_start(const hp_agent_opts *o)
     .buckets = o->buckets,
   };
   hp_sender_cfg scfg = { .ring = g_ring, .intern = g_intern, .dropped = sender_dropped,
-                         .interval = sender_interval,
+                         .interval_change = sender_interval_change,
                          .failed = on_sender_failed, .arg = NULL,
                          .socket_path = o->socket_path };
   g_sender = hp_sender_start(fd, &h, &scfg, &rc);
@@ -394,9 +425,13 @@ static __attribute__((noinline)) int push_block(const hp_event *ev)
   if (rc < 0 && atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_PROFILE) {
     atomic_store_explicit(&g_block_gave_up, 1, memory_order_relaxed);
     if (!atomic_exchange(&g_block_gave_up_said, 1)) {
-      static const char msg[] = "heapprof: heapprofd took no data for 1 s; dropping events "
-                                "(block mode)\n";
-      ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+      static const char block_msg[] = "heapprof: heapprofd took no data for 1 s; dropping "
+                                      "events (block mode)\n";
+      static const char adapt_msg[] = "heapprof: heapprofd took no data for 1 s; dropping "
+                                      "events (adapt mode)\n";
+      const char *msg = g_adapt ? adapt_msg : block_msg;
+      size_t len = g_adapt ? sizeof(adapt_msg) - 1 : sizeof(block_msg) - 1;
+      ssize_t w = write(STDERR_FILENO, msg, len);
       (void)w;
     }
   }
@@ -442,18 +477,28 @@ void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t es
  * the one that resets the count makes the change. */
 static __attribute__((noinline)) void adapt_interval(uint64_t samples_min)
 {
+  uint32_t epoch = atomic_load(&g_session_epoch);
   uint64_t seen = atomic_load_explicit(&g_adapt_samples, memory_order_relaxed);
-  if (seen < samples_min ||
+  if (seen < samples_min || atomic_exchange(&g_adapt_busy, 1))
+    return;
+  if (epoch != atomic_load(&g_session_epoch) ||
+      atomic_load(&hp_agent_mode) != HP_MODE_PROFILE ||
       !atomic_compare_exchange_strong(&g_adapt_samples, &seen, 0))
-    return;
-  atomic_store_explicit(&g_adapt_last_ns, hp_now_ns(), memory_order_relaxed);
+    goto out;
   uint64_t interval = __atomic_load_n(&hp_agent_sampler.interval, __ATOMIC_RELAXED);
-  if (interval == 0 || interval >= HP_AGENT_ADAPT_MAX_INTERVAL ||
-      atomic_load(&hp_agent_mode) != HP_MODE_PROFILE)
-    return;
+  if (interval == 0 || interval >= HP_AGENT_ADAPT_MAX_INTERVAL)
+    goto out;
+  uint32_t slot = atomic_load(&g_adapt_log_len);
+  if (slot < ADAPT_LOG_MAX) {
+    atomic_store_explicit(&g_adapt_log[slot].ts_ns, hp_now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&g_adapt_log[slot].interval, interval * 2, memory_order_release);
+    atomic_store(&g_adapt_log_len, slot + 1);
+  }
   atomic_store(&hp_agent_gate, hp_sampler_adapt(&hp_agent_sampler, interval * 2));
   if (atomic_load(&hp_agent_mode) != HP_MODE_PROFILE)   /* a stop raced this change */
     atomic_store(&hp_agent_gate, HP_AGENT_GATE_CLOSED);
+out:
+  atomic_store(&g_adapt_busy, 0);
 }
 
 int hp_agent_alloc_room(void)

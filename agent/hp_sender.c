@@ -25,6 +25,8 @@ struct hp_sender {
   hp_encoder *enc;           /* sender thread only */
   hp_event *batch;           /* sender thread only */
   uint32_t frames_sent, stacks_sent;   /* sender thread only */
+  uint32_t changes_sent;     /* sender thread only: interval changes reported */
+  uint64_t interval_sent;    /* sender thread only: the interval last reported */
   _Atomic int stop;          /* set by hp_sender_stop(), under mu to pair with wake */
   _Atomic uint64_t stop_deadline_ns;   /* written before stop is set (release) */
   uint64_t stop_timeout_ns;  /* read-only after start */
@@ -188,13 +190,6 @@ static int send_defs(hp_sender *s)
   return 0;
 }
 
-static uint64_t current_interval(hp_sender *s, uint64_t *changed_ns)
-{
-  *changed_ns = 0;
-  return s->cfg.interval ? s->cfg.interval(s->cfg.arg, changed_ns)
-                         : s->hello.sample_interval_bytes;
-}
-
 /* ts_ns: when the interval changed, or 0 for now. */
 static int send_counters_at(hp_sender *s, uint64_t ts_ns, uint64_t interval)
 {
@@ -207,8 +202,21 @@ static int send_counters_at(hp_sender *s, uint64_t ts_ns, uint64_t interval)
 
 static int send_counters(hp_sender *s)
 {
-  uint64_t changed_ns;
-  return send_counters_at(s, 0, current_interval(s, &changed_ns));
+  return send_counters_at(s, 0, s->interval_sent);
+}
+
+/* Reports each change of interval not yet told, oldest first. */
+static int send_interval_changes(hp_sender *s)
+{
+  uint64_t ts, interval;
+  int rc = 0;
+  while (rc == 0 && s->cfg.interval_change &&
+         s->cfg.interval_change(s->cfg.arg, s->changes_sent, &ts, &interval)) {
+    s->interval_sent = interval;
+    s->changes_sent++;
+    rc = send_counters_at(s, ts, interval);
+  }
+  return rc;
 }
 
 /* lost: events taken from the ring but never written, for the stop timeout's message. */
@@ -255,7 +263,7 @@ static void *sender_main(void *arg)
   if (rc == 0)
     rc = flush_encoder(s);
   uint64_t last_counters = hp_now_ns();
-  uint64_t interval_sent = s->hello.sample_interval_bytes;
+  s->interval_sent = s->hello.sample_interval_bytes;
   uint64_t idle_ns = HP_SENDER_IDLE_NS;
   uint32_t unsent = 0;       /* popped from the ring, not written yet */
   while (rc == 0) {
@@ -278,12 +286,10 @@ static void *sender_main(void *arg)
     /* An adapted interval is told at once (its time stamps the change in the daemon);
      * the events already sent were taken at the old one, later ones carry their own
      * estimates either way. */
-    uint64_t changed_ns;
-    uint64_t interval = current_interval(s, &changed_ns);
-    if (now - last_counters >= HP_SENDER_COUNTERS_NS || interval != interval_sent) {
-      uint64_t ts = interval != interval_sent ? changed_ns : 0;
-      interval_sent = interval;
-      if ((rc = send_counters_at(s, ts, interval)) < 0)
+    if ((rc = send_interval_changes(s)) < 0)
+      break;
+    if (now - last_counters >= HP_SENDER_COUNTERS_NS) {
+      if ((rc = send_counters(s)) < 0)
         break;
       last_counters = now;
     }
@@ -305,7 +311,8 @@ static void *sender_main(void *arg)
   if (rc == 0) {
     hp_goodbye g = { .ts_ns = hp_now_ns(),
                      .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0 };
-    if ((rc = send_counters(s)) == 0 && (rc = hp_encode_goodbye(s->enc, &g)) == 0)
+    if ((rc = send_interval_changes(s)) == 0 && (rc = send_counters(s)) == 0 &&
+        (rc = hp_encode_goodbye(s->enc, &g)) == 0)
       rc = flush_encoder(s);
   }
   if (rc < 0) {

@@ -41,10 +41,12 @@ typedef struct {
   hp_ring *ring;                         /* borrowed until hp_sender_stop/abandon */
   hp_intern *intern;                     /* borrowed likewise */
   uint64_t (*dropped)(void *arg);        /* cumulative drops, read by the sender thread */
-  /* The current sampling interval and when it last changed (CLOCK_MONOTONIC), or NULL:
-   * HELLO's, fixed. A change is reported at once in a COUNTERS message stamped with the
-   * change's time, so the daemon dates it right even when the stream lags behind. */
-  uint64_t (*interval)(void *arg, uint64_t *changed_ns);
+  /* The index-th change of the sampling interval this session (0, 1, ...): 1 and its
+   * time (CLOCK_MONOTONIC) and new interval once it has happened, else 0; NULL: the
+   * interval never changes. Each change is reported at once, in order, in a COUNTERS
+   * message stamped with the change's time, so the daemon dates every step right even
+   * when the stream lags behind. */
+  int (*interval_change)(void *arg, uint32_t index, uint64_t *ts_ns, uint64_t *interval);
   void (*failed)(void *arg, int err);    /* called once from the sender thread */
   void *arg;
   const char *socket_path;               /* for messages only; copied */

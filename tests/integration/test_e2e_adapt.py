@@ -13,9 +13,11 @@ million events recorded in full: far more than the ring holds while heapprofd st
 machine; the checks do not.
 
 Tolerance: the interval settles near a few KiB here, i.e. ~1e5 samples of ~240 MB at
-the site (sd < 1%); what remains is the ALLOCs dropped in the first milliseconds, while
-the interval climbs from 1 (~0.5% in bench runs). 10% allows a slow machine its longer
-climb, and still fails the drop mode, which keeps ~11% of the bytes here."""
+the site (sd < 1%); adapt waits for ring space instead of dropping samples, so nothing
+else biases the sum. 10% is ample and still fails the drop mode, which keeps ~11% of
+the bytes here."""
+import subprocess
+import sys
 import unittest
 
 from agent_e2e_util import DaemonTestCase, line_of, run_python, site, write_program
@@ -47,7 +49,14 @@ class AdaptiveSampling(DaemonTestCase):
         line = line_of(path, 'SITE')
         small, big = 10000, 1500000
         self.run_at(path, 'block', str(small))
+        # Review 3 item 1: with one CPU hog beside it, the adapted run lost up to 75% of
+        # the bytes (samples dropped while a backlog filled the ring). A busy loop
+        # competes with the program, the sender thread and heapprofd for the 2 cores.
+        hog = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+        self.addCleanup(hog.wait)
+        self.addCleanup(hog.kill)
         self.run_at(path, 'adapt', str(big))
+        hog.kill()
         (full, _, _, _, _, full_dropped), (sid, _, _, _, _, dropped) = self.sessions()
         self.assertEqual(full_dropped, 0)
         n_small, est_small, size_small, _, _ = site(self.daemon, full, 'burst', line)
@@ -60,8 +69,9 @@ class AdaptiveSampling(DaemonTestCase):
             'WHERE session_id = ? ORDER BY ts_ns', (sid,))
         self.assertGreater(len(changes), 0, 'the interval never rose')
         intervals = [c[1] for c in changes]
-        self.assertEqual(intervals, sorted(set(intervals)), 'only ever raised')
-        self.assertGreater(intervals[0], 1)
+        # Every doubling is its own row, in order (review 3 item 2: several doublings
+        # between two COUNTERS collapsed into one row).
+        self.assertEqual(intervals, [2 << k for k in range(len(intervals))])
         n, est, size, freed, live = site(self.daemon, sid, 'burst', line)
         # Sampled, not recorded: fewer samples than allocations, each standing for more
         # than its own size (how many fewer depends on how fast heapprofd ran).
@@ -71,7 +81,8 @@ class AdaptiveSampling(DaemonTestCase):
                                msg='estimate %d vs %d bytes' % (est, est_full))
         # Every sampled block was freed within the loop: none may look live.
         self.assertEqual(freed, n)
-        self.assertLess(dropped, n_full / 10)
+        # adapt waits for ring space (bounded, like block) rather than dropping.
+        self.assertLess(dropped, n_full / 100)
 
 
 if __name__ == '__main__':
