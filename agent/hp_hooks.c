@@ -29,6 +29,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
@@ -602,6 +603,18 @@ static int allocators_are_pymalloc(void)
   return n && strcmp(n, "pymalloc") == 0;
 }
 
+/* The forking thread's sampler state was copied into the child: without a reseed the
+ * child would draw the very gaps its parent (and every sibling) draws, so their samples
+ * -- and errors -- would be identical. The next sample reseeds (clock and pid). */
+static void hooks_after_fork_child(void)
+{
+  hook_tls *t = &t_tls;
+  t->sampler.rng = 0;
+  t->sampler.generation = 0;
+  if (!is_reentrant(t))
+    leave(t);
+}
+
 int hp_hooks_frees_forwarded(void)
 {
   return g_frees_via_raw;
@@ -630,6 +643,8 @@ int hp_hooks_install(void)
     g_ctx[i].domain = ours[i];
   }
   g_frees_via_raw = allocators_are_pymalloc();
+  if (pthread_atfork(NULL, NULL, hooks_after_fork_child) != 0)
+    return -HP_ENOMEM;
   for (int i = 0; i < 3; i++) {
     PyMemAllocatorEx a = hooks[i];
     /* Our hooks find their domain in g_ctx; the domain's ctx stays the real one, so

@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Generations stay within [1, HP_SAMPLER_GENERATION_MAX]: see hp_sampler.h. */
 static uint32_t next_generation(uint32_t g)
@@ -108,8 +109,9 @@ int hp_sampler_sample_slow(const hp_sampler_cfg *cfg, hp_sampler_tls *t, size_t 
   if (t->rng == 0) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* The pid keeps fork children that seed at the same instant apart. */
     hp_sampler_seed(t, (uint64_t)(uintptr_t)t ^ ((uint64_t)ts.tv_nsec << 20) ^
-                       (uint64_t)ts.tv_sec);
+                       (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40));
   }
   uint32_t generation = __atomic_load_n(&cfg->generation, __ATOMIC_ACQUIRE);
   uint64_t interval = __atomic_load_n(&cfg->interval, __ATOMIC_RELAXED);

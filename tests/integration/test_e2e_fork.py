@@ -114,7 +114,51 @@ if __name__ == "__main__":
 '''
 
 
+TWIN_CHILDREN = '''
+import os
+def work():
+    keep = []
+    for i in range(20000):
+        keep.append(bytearray(1000 + i))       # SITE_TWIN
+    return keep
+pids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        work()
+        os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+print("ok")
+'''
+
+
 class ForkChildren(DaemonTestCase):
+
+    def test_fork_children_sample_independently(self):
+        """Review 3 item 8: the forking thread's sampler state was copied into every
+        child, so twin children sampled exactly the same blocks (fully correlated
+        errors). Each block's size names its iteration; ~300 of 20000 are sampled
+        (64 KiB interval, 21-41 MB), so two independent draws never pick the same set."""
+        path = write_program(self.tmp, 'twins.py', TWIN_CHILDREN)
+        r = run_python(path, env=self.profiled_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        sessions = self.sessions()
+        pids = {row[1] for row in sessions}
+        children = [row[0] for row in sessions if row[2] in pids]
+        self.assertEqual(len(children), 2, sessions)
+        line = line_of(path, 'SITE_TWIN')
+        sets = []
+        for sid in children:
+            sizes = self.daemon.query(
+                'SELECT a.size FROM allocations a JOIN stack_frames sf ON sf.stack_id = '
+                'a.stack_id AND sf.depth = 0 JOIN frames f ON f.frame_id = sf.frame_id '
+                'WHERE a.session_id = ? AND f.lineno = ? AND a.size >= 1000', (sid, line))
+            sets.append({row[0] for row in sizes})
+            self.assertGreater(len(sets[-1]), 100)
+        self.assertTrue(sets[0] != sets[1],
+                        'both children sampled the same %d blocks' % len(sets[0]))
 
     def test_fork_storm_while_sender_busy_never_hangs(self):
         # A fork can land while the sender thread is inside malloc, send() or the
