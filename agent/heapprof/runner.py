@@ -212,12 +212,15 @@ def summarize(db, out=sys.stdout, top=5):
                       % (sid, pid, ppid, status, _fmt_bytes(peak), _fmt_bytes(final),
                          nsamples, _fmt_bytes(total),
                          ', %d events dropped' % dropped if dropped else ''))
+            adapted = _adapted_line(con, sid, started_ns, interval)
             if dropped:
-                # A lost FREE leaves its block looking allocated for ever.
+                # A lost FREE leaves its block looking allocated for ever. A session that
+                # adapted already ran with --on-full adapt: only block keeps everything.
                 out.write('  note: with events dropped, "still allocated" (and blocks never '
                           'freed) may include blocks whose free was lost; rerun with '
-                          '--on-full adapt or --on-full block, or a larger --interval\n')
-            adapted = _adapted_line(con, sid, started_ns, interval)
+                          '%s, or a larger --interval\n'
+                          % ('--on-full block' if adapted
+                             else '--on-full adapt or --on-full block'))
             if adapted:
                 out.write('  %s\n' % adapted)
             sites = con.execute(
@@ -317,6 +320,10 @@ def run_main(argv):
                 raise UsageError("--on-full %r: expected drop, block or adapt"
                                  % opts['on_full'])
             env['HEAPPROF_ON_FULL'] = opts['on_full']
+        # Refused here rather than by the program's agent, which would run it unprofiled.
+        if env.get('HEAPPROF_ON_FULL') == 'adapt' and env.get('HEAPPROF_RATES'):
+            raise UsageError('--on-full adapt doubles a sampling interval; with --rates '
+                             '(size-bucket rates) use drop or block')
         cmd = [sys.executable] + (['-m', module] + rest if module else rest)
         if module is None and not os.path.exists(rest[0]):
             raise UsageError("can't open file %r: no such file" % rest[0])

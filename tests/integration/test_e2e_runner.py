@@ -314,6 +314,17 @@ class Runner(unittest.TestCase):
         self.assertIn('--interval 4096 and --rates 128:0.5 are both set', lines[0])
         self.assertEqual(glob.glob(os.path.join(self.tmp, '*.sqlite')), [])
 
+    def test_run_refuses_adapt_with_rates(self):
+        # Review 3 item 5: the program's agent refused it and ran unprofiled.
+        path = write_program(self.tmp, 'app.py', PROGRAM)
+        r = self.heapprof('run', '--on-full', 'adapt', '--rates', '128:0.5', path)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertEqual(r.stdout, '')
+        lines = r.stderr.splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertIn('--on-full adapt doubles a sampling interval', lines[0])
+        self.assertEqual(glob.glob(os.path.join(self.tmp, '*.sqlite')), [])
+
 
 if __name__ == '__main__':
     unittest.main()
