@@ -88,6 +88,17 @@ def find_heapprofd():
     return beside if os.access(beside, os.X_OK) else shutil.which('heapprofd')
 
 
+def parse_intervals(text):
+    """'1,65536' -> [1, 65536]; '' -> []. SystemExit with a one-line message otherwise."""
+    try:
+        intervals = [int(x) for x in text.split(',') if x]
+    except ValueError:
+        raise SystemExit('--intervals %r: expected numbers separated by commas' % text)
+    if any(i < 1 for i in intervals):
+        raise SystemExit('--intervals: every interval must be at least 1')
+    return intervals
+
+
 def parse_extra(spec):
     """'LABEL=VAR=VAL[,VAR=VAL...]' -> (label, {VAR: VAL}); SystemExit with the reason."""
     parts = re.split(r',(?=[A-Za-z_][A-Za-z0-9_]*=)', spec)
@@ -248,12 +259,7 @@ def main():
             raise SystemExit('--also %r: expected LABEL=PYTHON with an executable PYTHON' % spec)
         others.append((label, exe))
     extras = [parse_extra(spec) for spec in args.extra]
-    try:
-        intervals = [int(x) for x in args.intervals.split(',') if x]
-    except ValueError:
-        raise SystemExit('--intervals %r: expected numbers separated by commas' % args.intervals)
-    if any(i < 1 for i in intervals):
-        raise SystemExit('--intervals: every interval must be at least 1')
+    intervals = parse_intervals(args.intervals)
     workloads = [w for w in args.workloads.split(',') if w]
     for w in workloads:
         if w not in WORKLOADS:

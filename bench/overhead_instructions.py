@@ -183,12 +183,7 @@ def main():
     except ValueError as e:
         raise SystemExit('--scale: %s' % e)
     extras = [overhead.parse_extra(spec) for spec in args.extra]
-    try:
-        intervals = [int(x) for x in args.intervals.split(',') if x]
-    except ValueError:
-        raise SystemExit('--intervals %r: expected numbers separated by commas' % args.intervals)
-    if any(i < 1 for i in intervals):
-        raise SystemExit('--intervals: every interval must be at least 1')
+    intervals = overhead.parse_intervals(args.intervals)
     workloads = [w for w in args.workloads.split(',') if w]
     if not workloads:
         raise SystemExit('--workloads: give at least one (known: %s)' % ', '.join(WORKLOADS))
