@@ -24,8 +24,9 @@ def drop_warning(meta, what):
             'was full: figures are incomplete, and "%s" may include allocations whose free '
             'was dropped' % (human_count(dropped), human_count(total),
                              percent(dropped, total).strip(), what),
-            'warning: to record without drops, run again with `heapprof run --on-full block` '
-            '(waits instead of dropping) or a larger --interval']
+            'warning: to record without drops, run again with `heapprof run --on-full adapt` '
+            '(raises the interval instead: unbiased) or `--on-full block` (waits: keeps '
+            'everything), or a larger --interval']
 
 
 def sampling(meta):

@@ -78,5 +78,6 @@ def run(args):
     if any(s.events_dropped for s in rows):
         print('note: sessions with dropped events have incomplete figures, and a dropped '
               'free makes its allocation look never freed; record with `heapprof run '
-              '--on-full block` or a larger --interval to avoid drops')
+              '--on-full adapt` (unbiased sampling) or `--on-full block` (everything), or '
+              'a larger --interval, to avoid drops')
     return 0

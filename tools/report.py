@@ -454,7 +454,8 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
             f"incomplete. Dropped allocations are missing, and an allocation whose free "
             f"was dropped looks live to the end, so \"never freed\" (Leaks) may include "
             f"memory that was freed. To record without drops, run again with "
-            f"`heapprof run --on-full block` or a larger --interval.")
+            f"`heapprof run --on-full adapt` (raises the interval instead: unbiased), "
+            f"`--on-full block` (waits: keeps everything) or a larger --interval.")
     changes = _sampling_changes(con, sid)
     if changes:
         first, final, start = changes[0][0], changes[-1][1], s["sample_interval_bytes"]

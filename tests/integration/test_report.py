@@ -309,7 +309,8 @@ class ReportLimits(unittest.TestCase):
         self.assertIn("37 of", text)
         self.assertIn("incomplete", text)
         self.assertIn("\"never freed\" (Leaks) may include memory that was freed", text)
-        self.assertIn("`heapprof run --on-full block` or a larger --interval", text)
+        self.assertIn("`heapprof run --on-full adapt` (raises the interval instead: unbiased), "
+                      "`--on-full block` (waits: keeps everything) or a larger --interval", text)
         self.assertIn("still running", text)
 
     def test_views_of_an_earlier_build_are_read_too(self):

@@ -234,7 +234,8 @@ class CliTest(unittest.TestCase):
         incomplete = ('warning: 1.0k of 4.0k events (25.0%) were dropped because the '
                       "program's send buffer was full: figures are incomplete, and ")
         advice = ('warning: to record without drops, run again with `heapprof run --on-full '
-                  'block` (waits instead of dropping) or a larger --interval')
+                  'adapt` (raises the interval instead: unbiased) or `--on-full block` '
+                  '(waits: keeps everything), or a larger --interval')
         for cmd, what in (('leaks', 'never freed'), ('top', 'live')):
             with self.subTest(cmd=cmd):
                 lines = self.ok(cmd, '--db', path).stdout.splitlines()
