@@ -277,6 +277,10 @@ def start(socket=None, sample_interval=None, max_stack_depth=None, on_full=None,
 
 def _start_from_environment():
     try:
+        # A sub-interpreter runs site.py, and so this hook, again: the process is already
+        # profiled (the hooks are process-wide), so there is nothing to start or to say.
+        if _native().is_profiling():
+            return
         start()
     except (ValueError, RuntimeError) as e:
         sys.stderr.write('heapprof: %s; the program runs unprofiled\n' % e)

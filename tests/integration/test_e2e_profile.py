@@ -43,6 +43,16 @@ sys.exit(3)
 '''
 
 
+SUB_INTERPRETERS = '''
+import _xxsubinterpreters as subs
+for _ in range(3):
+    interp = subs.create()
+    subs.run_string(interp, "x = [bytearray(200) for _ in range(20000)]")
+    subs.destroy(interp)
+print("ok")
+'''
+
+
 class ProfileFromStartup(DaemonTestCase):
 
     def run_program(self, interval):
@@ -61,6 +71,19 @@ class ProfileFromStartup(DaemonTestCase):
         self.assertIn('prog.py', argv)
         self.assertEqual(dropped, 0)
         return path, sid
+
+    def test_sub_interpreters_run_quietly_in_the_profiled_process(self):
+        """Each sub-interpreter runs site.py, and so the start-up hook, again; it said
+        'already profiling ... runs unprofiled' once per sub-interpreter although the
+        process was being profiled (review 3)."""
+        path = write_program(self.tmp, 'subs.py', SUB_INTERPRETERS)
+        r = run_python(path, env=self.profiled_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, 'ok\n')
+        self.assertEqual(r.stderr, '')
+        sessions = self.sessions()
+        self.assertEqual(len(sessions), 1, sessions)
+        self.assertEqual(sessions[0][4], 'exited')
 
     def test_known_sites_estimates_frees_and_threads(self):
         # Interval 8 KiB: a 50000-byte block is sampled with p = 1 - exp(-50000/8192)
