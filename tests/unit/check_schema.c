@@ -94,8 +94,8 @@ static void make_foreign_db(const char *sql) {
 }
 
 /* Opens dbpath expecting the error code `want`, and checks the file is byte-for-byte
- * what it was and that no WAL side files appeared. */
-static void assert_refused_untouched(int want, const char *msg_part) {
+ * what it was and that no WAL side files appeared. `name` names the case in failures. */
+static void assert_refused_untouched(const char *name, int want, const char *msg_part) {
   size_t before_len, after_len;
   unsigned char *before = slurp(dbpath, &before_len);
   struct stat st_before, st_after;
@@ -103,22 +103,27 @@ static void assert_refused_untouched(int want, const char *msg_part) {
   sqlite3 *db = (sqlite3 *)0x1;
 
   int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
-  ck_assert_msg(rc == want, "rc %d (%s), want %d; message: %s", rc, hp_err_name(rc), want,
+  ck_assert_msg(rc == want, "%s: rc %d (%s), want %d; message: %s", name, rc, hp_err_name(rc),
+                want, errbuf);
+  ck_assert_msg(db == NULL, "%s: a connection was returned", name);
+  ck_assert_msg(strstr(errbuf, dbpath) != NULL, "%s: message does not name the file: %s", name,
                 errbuf);
-  ck_assert_ptr_null(db);
-  ck_assert_msg(strstr(errbuf, dbpath) != NULL, "message does not name the file: %s", errbuf);
-  ck_assert_msg(strstr(errbuf, msg_part) != NULL, "message lacks '%s': %s", msg_part, errbuf);
-  ck_assert_ptr_null(strchr(errbuf, '\n'));
+  ck_assert_msg(strstr(errbuf, msg_part) != NULL, "%s: message lacks '%s': %s", name, msg_part,
+                errbuf);
+  ck_assert_msg(strchr(errbuf, '\n') == NULL, "%s: message has a newline: %s", name, errbuf);
 
   unsigned char *after = slurp(dbpath, &after_len);
-  ck_assert_uint_eq(after_len, before_len);
-  ck_assert_mem_eq(after, before, before_len);
+  ck_assert_msg(after_len == before_len, "%s: %zu bytes became %zu", name, before_len,
+                after_len);
+  ck_assert_msg(memcmp(after, before, before_len) == 0, "%s: the bytes changed", name);
   ck_assert_int_eq(stat(dbpath, &st_after), 0);
-  ck_assert_int_eq(st_after.st_mtim.tv_sec, st_before.st_mtim.tv_sec);
-  ck_assert_int_eq(st_after.st_mtim.tv_nsec, st_before.st_mtim.tv_nsec);
-  ck_assert_msg(!side_file_exists("-wal"), "a -wal file was created");
-  ck_assert_msg(!side_file_exists("-shm"), "a -shm file was created");
-  ck_assert_msg(!side_file_exists("-journal"), "a -journal file was created");
+  ck_assert_msg(st_after.st_mtim.tv_sec == st_before.st_mtim.tv_sec,
+                "%s: the modification time changed (seconds)", name);
+  ck_assert_msg(st_after.st_mtim.tv_nsec == st_before.st_mtim.tv_nsec,
+                "%s: the modification time changed (nanoseconds)", name);
+  ck_assert_msg(!side_file_exists("-wal"), "%s: a -wal file was created", name);
+  ck_assert_msg(!side_file_exists("-shm"), "%s: a -shm file was created", name);
+  ck_assert_msg(!side_file_exists("-journal"), "%s: a -journal file was created", name);
   free(before);
   free(after);
 }
@@ -139,10 +144,33 @@ static void assert_is_new_heapprof_db(sqlite3 *db) {
   ck_assert_int_eq(sqlite3_db_readonly(db, "main"), 0);
 }
 
-static const char insert_session[] =
-    "INSERT INTO session (pid, ppid, argv, executable, python_version, started_ns, "
-    "sample_interval_bytes, max_stack_depth) "
-    "VALUES (42, 1, '[\"x.py\"]', '/usr/bin/python3', '3.11.7', 1000, 1, 64)";
+#define INSERT_SESSION                                                             \
+  "INSERT INTO session (pid, ppid, argv, executable, python_version, started_ns, " \
+  "sample_interval_bytes, max_stack_depth) "                                       \
+  "VALUES (42, 1, '[\"x.py\"]', '/usr/bin/python3', '3.11.7', 1000, 1, 64)"
+static const char insert_session[] = INSERT_SESSION;
+
+static void assert_opens_as_new(void) {
+  sqlite3 *db = NULL;
+  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
+  assert_is_new_heapprof_db(db);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+
+/* A heapprof database with one session, changed by `sql`, closed and opened again. */
+static sqlite3 *reopen_after(const char *sql) {
+  sqlite3 *db = NULL;
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
+  exec_ok(db, insert_session);
+  exec_ok(db, sql);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+  db = NULL;
+  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"), 1);
+  return db;
+}
 
 /* ------------------------------------------------------------------ core */
 
@@ -161,11 +189,7 @@ END_TEST
 
 START_TEST(open_treats_empty_file_as_new) {
   write_file(dbpath, "", 0);
-  sqlite3 *db = NULL;
-  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
-  ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
-  assert_is_new_heapprof_db(db);
-  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+  assert_opens_as_new();
 }
 END_TEST
 
@@ -175,25 +199,13 @@ START_TEST(open_claims_empty_sqlite_database) {
   struct stat st;
   ck_assert_int_eq(stat(dbpath, &st), 0);
   ck_assert_int_gt(st.st_size, 0);
-  sqlite3 *db = NULL;
-  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
-  ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
-  assert_is_new_heapprof_db(db);
-  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+  assert_opens_as_new();
 }
 END_TEST
 
 START_TEST(reopen_keeps_data_and_appends_sessions) {
-  sqlite3 *db = NULL;
-  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
-  exec_ok(db, insert_session);
-  exec_ok(db, "INSERT INTO frame (function, filename, lineno) VALUES ('f', 'a.py', 3)");
-  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
-
-  db = NULL;
-  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
-  ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
-  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"), 1);
+  sqlite3 *db =
+      reopen_after("INSERT INTO frame (function, filename, lineno) VALUES ('f', 'a.py', 3)");
   ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM frames WHERE filename = 'a.py'"), 1);
   exec_ok(db, insert_session);
   ck_assert_int_eq(hp_test_db_int(db, "SELECT max(session_id) FROM sessions"), 2);
@@ -210,15 +222,7 @@ END_TEST
 
 START_TEST(reopen_restores_missing_views) {
   /* A database of this version written before a view was added gets the view. */
-  sqlite3 *db = NULL;
-  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
-  exec_ok(db, insert_session);
-  exec_ok(db, "DROP VIEW timeline; DROP VIEW sessions;");
-  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
-  db = NULL;
-  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
-  ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
-  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"), 1);
+  sqlite3 *db = reopen_after("DROP VIEW timeline; DROP VIEW sessions;");
   ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM timeline"), 0);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
@@ -332,70 +336,74 @@ END_TEST
 
 /* ------------------------------------------------------------------ refusals */
 
-START_TEST(refuses_non_sqlite_file_untouched) {
+/* The file at dbpath before each refusal: `sql` run on a plain SQLite database
+ * (make_foreign), on a fresh heapprof one (make_heapprof), or unused. */
+static void make_text_4k(const char *sql) {
+  (void)sql;
   char text[4096];
   for (size_t i = 0; i < sizeof text; i++)
     text[i] = (char)('a' + i % 26);
   write_file(dbpath, text, sizeof text);
-  assert_refused_untouched(-HP_ESCHEMA, "not a heapprof database (not an SQLite file)");
 }
-END_TEST
 
-START_TEST(refuses_short_file_untouched) {
+static void make_short(const char *sql) {
+  (void)sql;
   write_file(dbpath, "hello\n", 6);
-  assert_refused_untouched(-HP_ESCHEMA, "not an SQLite file");
 }
-END_TEST
 
-START_TEST(refuses_sqlite_header_with_garbage_untouched) {
+static void make_sqlite_header_garbage(const char *sql) {
+  (void)sql;
   unsigned char buf[8192];
   memset(buf, 0xA5, sizeof buf);
   memcpy(buf, "SQLite format 3", 16);
   write_file(dbpath, buf, sizeof buf);
-  assert_refused_untouched(-HP_ESCHEMA, "not a heapprof database");
 }
-END_TEST
 
-START_TEST(refuses_other_application_id_untouched) {
-  make_foreign_db("PRAGMA application_id = 305419896;"  /* 0x12345678 */
-                  "CREATE TABLE t (x); INSERT INTO t VALUES (1);");
-  assert_refused_untouched(-HP_ESCHEMA,
-                           "not a heapprof database (application_id 0x12345678, expected "
-                           "0x68707266); refusing to touch it");
-}
-END_TEST
+static void make_foreign(const char *sql) { make_foreign_db(sql); }
 
-START_TEST(refuses_nonempty_db_without_application_id_untouched) {
-  make_foreign_db("CREATE TABLE session (id INTEGER PRIMARY KEY);");
-  assert_refused_untouched(-HP_ESCHEMA,
-                           "not a heapprof database (application_id 0x00000000, expected "
-                           "0x68707266); refusing to touch it");
-}
-END_TEST
-
-START_TEST(refuses_newer_user_version_untouched) {
+static void make_heapprof(const char *sql) {
   sqlite3 *db = NULL;
   ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
-  exec_ok(db, insert_session);
-  /* Back to a rollback journal so that nothing but the main file remains after close. */
-  exec_ok(db, "PRAGMA user_version = 2; PRAGMA journal_mode = DELETE;");
+  exec_ok(db, sql);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
-  assert_refused_untouched(-HP_ENEWER, "written by a newer heapprof (schema version 2");
 }
-END_TEST
 
-START_TEST(refuses_older_user_version_untouched) {
-  make_foreign_db("PRAGMA application_id = 1752199782; CREATE TABLE t (x);");
-  assert_refused_untouched(-HP_ESCHEMA, "unsupported schema version 0");
-}
-END_TEST
+/* Each heapprof case goes back to a rollback journal so that nothing but the main file
+ * remains after close. */
+static const struct {
+  const char *name;
+  void (*make)(const char *sql);
+  const char *sql;
+  int want;
+  const char *msg_part;
+} refusal_cases[] = {
+  { "non_sqlite_file",   make_text_4k, NULL, -HP_ESCHEMA,
+    "not a heapprof database (not an SQLite file)" },
+  { "short_file",        make_short, NULL, -HP_ESCHEMA, "not an SQLite file" },
+  { "header_garbage",    make_sqlite_header_garbage, NULL, -HP_ESCHEMA, "not a heapprof database" },
+  { "other_app_id",      make_foreign,
+    "PRAGMA application_id = 305419896;"  /* 0x12345678 */
+    "CREATE TABLE t (x); INSERT INTO t VALUES (1);",
+    -HP_ESCHEMA, "not a heapprof database (application_id 0x12345678, expected 0x68707266); "
+                 "refusing to touch it" },
+  { "no_app_id",         make_foreign, "CREATE TABLE session (id INTEGER PRIMARY KEY);",
+    -HP_ESCHEMA, "not a heapprof database (application_id 0x00000000, expected 0x68707266); "
+                 "refusing to touch it" },
+  { "newer_version",     make_heapprof,
+    INSERT_SESSION "; PRAGMA user_version = 2; PRAGMA journal_mode = DELETE;",
+    -HP_ENEWER, "written by a newer heapprof (schema version 2" },
+  { "older_version",     make_foreign, "PRAGMA application_id = 1752199782; CREATE TABLE t (x);",
+    -HP_ESCHEMA, "unsupported schema version 0" },
+  { "missing_tables",    make_heapprof,
+    "DROP VIEW allocations; DROP TABLE alloc; PRAGMA journal_mode = DELETE;",
+    -HP_ESCHEMA, "damaged heapprof database (table alloc is missing)" },
+};
 
-START_TEST(refuses_heapprof_db_missing_tables_untouched) {
-  sqlite3 *db = NULL;
-  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
-  exec_ok(db, "DROP VIEW allocations; DROP TABLE alloc; PRAGMA journal_mode = DELETE;");
-  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
-  assert_refused_untouched(-HP_ESCHEMA, "damaged heapprof database (table alloc is missing)");
+/* _i indexes refusal_cases. */
+START_TEST(refuses_and_leaves_the_file_untouched) {
+  refusal_cases[_i].make(refusal_cases[_i].sql);
+  assert_refused_untouched(refusal_cases[_i].name, refusal_cases[_i].want,
+                           refusal_cases[_i].msg_part);
 }
 END_TEST
 
@@ -512,6 +520,17 @@ static void remove_db_files(void) {
   }
 }
 
+/* One hp_schema_open of dbpath with the point-th allocation failing. */
+static int open_failing_at(long point, sqlite3 **db) {
+  alloc_seen = 0;
+  failures_injected = 0;
+  fail_at = point;
+  *db = (sqlite3 *)0x1;
+  int rc = hp_schema_open(dbpath, db, errbuf, sizeof errbuf);
+  fail_at = -1;
+  return rc;
+}
+
 /* The number of allocation failure points tried; more than one open makes in total. */
 #define OOM_MAX_POINTS 20000
 
@@ -520,12 +539,8 @@ START_TEST(create_survives_every_allocation_failure) {
   long errors = 0, point;
   for (point = 0; point < OOM_MAX_POINTS; point++) {
     remove_db_files();
-    alloc_seen = 0;
-    failures_injected = 0;
-    fail_at = point;
-    sqlite3 *db = (sqlite3 *)0x1;
-    int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
-    fail_at = -1;
+    sqlite3 *db;
+    int rc = open_failing_at(point, &db);
     if (rc == 0) {
       ck_assert_ptr_nonnull(db);
       assert_is_new_heapprof_db(db);
@@ -552,12 +567,8 @@ START_TEST(refusal_survives_every_allocation_failure) {
   install_oom_allocator();
   long point;
   for (point = 0; point < OOM_MAX_POINTS; point++) {
-    alloc_seen = 0;
-    failures_injected = 0;
-    fail_at = point;
-    sqlite3 *db = (sqlite3 *)0x1;
-    int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
-    fail_at = -1;
+    sqlite3 *db;
+    int rc = open_failing_at(point, &db);
     ck_assert_msg(rc < 0, "point %ld: rc %d", point, rc);
     ck_assert_ptr_null(db);
     unsigned char *after = slurp(dbpath, &after_len);
@@ -594,14 +605,8 @@ Suite *schema_suite(void) {
 
   TCase *refuse = tcase_create("refuse");
   tcase_add_checked_fixture(refuse, setup, teardown);
-  tcase_add_test(refuse, refuses_non_sqlite_file_untouched);
-  tcase_add_test(refuse, refuses_short_file_untouched);
-  tcase_add_test(refuse, refuses_sqlite_header_with_garbage_untouched);
-  tcase_add_test(refuse, refuses_other_application_id_untouched);
-  tcase_add_test(refuse, refuses_nonempty_db_without_application_id_untouched);
-  tcase_add_test(refuse, refuses_newer_user_version_untouched);
-  tcase_add_test(refuse, refuses_older_user_version_untouched);
-  tcase_add_test(refuse, refuses_heapprof_db_missing_tables_untouched);
+  tcase_add_loop_test(refuse, refuses_and_leaves_the_file_untouched, 0,
+                      (int)(sizeof refusal_cases / sizeof refusal_cases[0]));
   tcase_add_test(refuse, missing_directory_is_a_clear_error);
   tcase_add_test(refuse, relative_paths_resolve_against_the_working_directory);
   tcase_add_test(refuse, directory_path_is_refused);
