@@ -91,19 +91,6 @@ static inline void leave(hook_tls *t)
   t->key = t->sampler.generation;
 }
 
-int hp_hooks_enter_agent(void)
-{
-  int prev = is_reentrant(&t_tls);
-  enter(&t_tls);
-  return prev;
-}
-
-void hp_hooks_leave_agent(int previous)
-{
-  if (!previous)
-    leave(&t_tls);
-}
-
 #if HP_FRAMES_SUPPORTED
 /* Direct-mapped cache (code, instruction offset) -> frame id, so that a hit skips the
  * line-table scan of PyCode_Addr2Line. Only interned code objects enter it and those

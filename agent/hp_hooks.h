@@ -14,12 +14,6 @@
  * the interpreter is not supported. */
 int hp_hooks_install(void);
 
-/* Sets this thread's re-entry flag around agent work that may allocate through the
- * hooked allocators (e.g. building Python objects in module.c), so it is not profiled.
- * Returns the previous value for hp_hooks_leave_agent(). */
-int hp_hooks_enter_agent(void);
-void hp_hooks_leave_agent(int previous);
-
 /* 1 when the mem/obj frees go to pymalloc unhooked (see above), else 0. */
 int hp_hooks_frees_forwarded(void);
 
