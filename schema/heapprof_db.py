@@ -16,12 +16,14 @@ import re
 import sqlite3
 import urllib.parse
 
-__all__ = ["DatabaseError", "open_db", "create_db", "schema_sql", "APPLICATION_ID",
-           "SCHEMA_VERSION"]
+__all__ = ["DatabaseError", "open_db", "writer_present", "create_db", "schema_sql",
+           "APPLICATION_ID", "SCHEMA_VERSION"]
 
 _SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
 # The first 16 bytes of every SQLite 3 database file.
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+# Bytes 18-19 of the header (file format write and read versions) of a WAL database.
+_WAL_FORMAT = b"\x02\x02"
 # Primary result codes (sqlite3.h) that mean the file's content is not a database.
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
@@ -74,6 +76,7 @@ def _check_file(path):
     # A 0-byte file is an empty SQLite database, not a heapprof one; so is a short one.
     if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
         raise DatabaseError(f"{path}: not a heapprof database (not an SQLite file)")
+    return head
 
 
 def _verify(conn, path):
@@ -99,21 +102,55 @@ def _verify(conn, path):
                             f"{version} (expected {SCHEMA_VERSION})")
 
 
+def _readonly_uri(path, head):
+    """The URI a reader opens path with, leaving no file behind; head is the file's first
+    100 bytes.
+
+    A read-only connection to a WAL database creates the -wal and -shm files when they
+    are missing, and cannot remove them when it closes: every reader would leave them
+    beside the recording (or beside a corrupt file). A WAL database (header bytes 18-19
+    are 2) without a -wal file has no writer, and everything is in the main file: the
+    reader opens it immutable (no locks, no side files). A -wal file means heapprofd is
+    writing (or died while writing): then the reader shares the writer's -wal and -shm,
+    and sees its commits as they happen. A rollback-journal database gets no side files
+    from a reader, and its writers' locks must be honoured: it is opened plainly."""
+    if head[18:20] == _WAL_FORMAT and not writer_present(path):
+        return _uri(path, "ro") + "&immutable=1"
+    return _uri(path, "ro")
+
+
+def _text(raw):
+    return raw.decode("utf-8", "replace")
+
+
+def writer_present(path):
+    """True when a writer has (or had, until it died) the WAL database at path open: its
+    -wal file exists. A reader opened without one sees no later writes (see open_db)."""
+    return os.path.exists(os.fspath(path) + "-wal")
+
+
 def open_db(path, readonly=True):
     """Opens an existing heapprof database and returns an sqlite3.Connection.
 
     readonly=True (the default) opens with ``?mode=ro``: the connection can never write
-    to the file. readonly=False opens it read-write (never creating it). Raises
-    DatabaseError for a missing file, a file that is not SQLite, another application's
-    database, or a heapprof database of another schema version.
+    to the file, and it leaves no -wal or -shm file behind (see _readonly_uri). A reader
+    opened while no writer had the file open does not see later writes: reopen when
+    writer_present() turns true. Text that is not valid UTF-8 (a program's argv, a frame
+    name) reads with replacement characters instead of failing the query.
+    readonly=False opens it read-write (never creating it).
+
+    Raises DatabaseError for a missing file, a file that is not SQLite, another
+    application's database, or a heapprof database of another schema version.
     """
     path = os.fspath(path)
-    _check_file(path)
+    head = _check_file(path)
     try:
-        conn = sqlite3.connect(_uri(path, "ro" if readonly else "rw"), uri=True,
-                               timeout=_BUSY_TIMEOUT_S)
+        uri = _readonly_uri(path, head) if readonly else _uri(path, "rw")
+        conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S)
     except sqlite3.Error as e:
         raise DatabaseError(f"{path}: cannot open: {e}") from None
+    if readonly:
+        conn.text_factory = _text
     try:
         _verify(conn, path)
     except BaseException:

@@ -3,6 +3,7 @@
 Human units, aligned tables and the one honest label every figure table carries: the bytes
 and counts are estimates from sampled allocations, not exact measurements.
 """
+import datetime
 import os
 
 ESTIMATE_NOTE = ('note: figures are estimates from sampled allocations '
@@ -27,6 +28,24 @@ def drop_warning(meta, what):
             'warning: to record without drops, run again with `heapprof run --on-full adapt` '
             '(raises the interval instead: unbiased) or `--on-full block` (waits: keeps '
             'everything), or a larger --interval']
+
+
+def end_unknown(meta):
+    """"session 3 ended 'disconnected' (it stopped without its final flush)" for a session
+    whose end was not recorded (reader.Session.end_known), else None."""
+    why = meta.end_unknown_reason
+    if why is None:
+        return None
+    return "session %d ended '%s' (%s)" % (meta.session_id, meta.status, why)
+
+
+def wall_time(ns):
+    """Local date and time of ns since the epoch; a stored value no calendar holds (a
+    clock past 2**63 ns was once stored negative) is shown as its number."""
+    try:
+        return datetime.datetime.fromtimestamp(ns / 1e9).strftime('%Y-%m-%d %H:%M:%S')
+    except (ValueError, OverflowError, OSError):
+        return '%d ns' % ns
 
 
 def sampling(meta):

@@ -150,6 +150,8 @@ def build_parser():
     for name in _COMMANDS:
         importlib.import_module('heapprof.cmd_' + name).register(sub)
     _register_report(sub)
+    for p in sub.choices.values():
+        p.set_defaults(_subparser=p)
     return parser
 
 
@@ -162,7 +164,12 @@ def main(argv=None):
         if argv and argv[0] == 'stats' and _stats_runs_program(argv[1:]):
             return _runner('stats_main')(argv[1:])
         parser = build_parser()
-        args = parser.parse_args(argv)
+        # Unknown options are reported with the usage of the subcommand they were given
+        # to, not the top-level one (which says nothing about them).
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            getattr(args, '_subparser', parser).error('unrecognized arguments: %s'
+                                                  % ' '.join(unknown))
         if not hasattr(args, 'func'):
             parser.print_help(sys.stderr)
             return 2

@@ -1,4 +1,8 @@
-"""heapprof leaks — sites whose allocations were never freed, largest first."""
+"""heapprof leaks — sites whose allocations were never freed, largest first.
+
+Only for a session whose end was recorded: one that ended without its final flush (or
+stopped recording early) cannot tell a leak from a block freed after it stopped.
+"""
 from heapprof import _fmt
 from heapprof.cli import UsageError, add_db_options, open_reader
 
@@ -18,6 +22,8 @@ def run(args):
         raise UsageError('--limit must be at least 1, not %d' % args.limit)
     with open_reader(args) as r:
         meta = r.metadata
+        if not meta.end_known:
+            return _end_unknown(r)
         sites = r.leaks()
         total = sum(s.bytes for s in sites)
         when = 'so far (the session is still recording)' if meta.status == 'running' else \
@@ -36,4 +42,19 @@ def run(args):
                 for i, s in enumerate(sites[:args.limit], 1)]
         print('\n'.join(_fmt.table(('#', 'never freed', '%', 'est.count', 'samples',
                                     'first (s)', 'last (s)', 'site'), rows, align='rrrrrrrl')))
+    return 0
+
+
+def _end_unknown(r):
+    """A session that ended without its final flush: its unfreed allocations include blocks
+    freed after the recording stopped, so they are not reported as leaks."""
+    meta, totals = r.metadata, r.totals()
+    print('heapprof leaks: session %d (pid %d) ended \'%s\' (%s): what was still allocated at '
+          'its end is unknown, so no leaks are reported'
+          % (meta.session_id, meta.pid, meta.status, meta.end_unknown_reason))
+    print('note: %s in %s sampled allocations have no recorded free; any of them may have '
+          'been freed after %.3f s, the last recorded event. `heapprof top --at T` shows what '
+          'was live at a time T of the recording.'
+          % (_fmt.human_bytes(totals.unfreed_bytes), _fmt.human_count(totals.unfreed_samples),
+             r.recorded_until()))
     return 0

@@ -1,5 +1,6 @@
-"""heapprof sessions — the table of sessions recorded in a database."""
-import datetime
+"""heapprof sessions — the table of sessions recorded in a database (or, with --json, the
+same facts as JSON for scripts)."""
+import json
 
 from heapprof import _fmt
 from heapprof import reader as _reader
@@ -10,11 +11,11 @@ def register(subparsers):
     p = subparsers.add_parser('sessions', help='list the sessions recorded in a database',
                               description='List the sessions (profiled processes) in a database.')
     add_db_options(p, session=False)
+    p.add_argument('--json', action='store_true',
+                   help='print the sessions as a JSON array of objects (the columns of the '
+                        'sessions and session_settings views, plus duration_s, '
+                        'interval_changes and end_known) instead of a table')
     p.set_defaults(func=run)
-
-
-def _when(ns):
-    return datetime.datetime.fromtimestamp(ns / 1e9).strftime('%Y-%m-%d %H:%M:%S')
 
 
 def _interval(n, buckets=None):
@@ -50,9 +51,24 @@ def adapted_note(s):
                                              '' if n == 1 else 's', first_t))
 
 
+def as_json(rows):
+    """The sessions as JSON text: one object per session, oldest first."""
+    out = []
+    for s in rows:
+        d = {k: v for k, v in s._asdict().items() if k != 'last_ns'}
+        d['interval_changes'] = [list(c) for c in s.interval_changes]
+        d['duration_s'] = s.duration
+        d['end_known'] = s.end_known
+        out.append(d)
+    return json.dumps(out, indent=1) + '\n'
+
+
 def run(args):
     path = db_path(args)
     rows = _reader.sessions(path)
+    if args.json:
+        print(as_json(rows), end='')
+        return 0
     if not rows:
         print('%s holds no sessions yet' % path)
         return 0
@@ -61,7 +77,7 @@ def run(args):
         cmd = ' '.join(s.argv)
         if len(cmd) > 50:
             cmd = cmd[:47] + '...'
-        table.append((s.session_id, s.pid, s.ppid, s.status, _when(s.started_ns),
+        table.append((s.session_id, s.pid, s.ppid, s.status, _fmt.wall_time(s.started_ns),
                       '%.2f s' % s.duration, _sampling(s),
                       _fmt.human_count(s.events_received), _fmt.human_count(s.events_dropped),
                       cmd))
@@ -69,8 +85,14 @@ def run(args):
         ('session', 'pid', 'ppid', 'status', 'started', 'duration', 'sampling', 'events',
          'dropped', 'command'), table, align='rrrllrlrrl')))
     for s in rows:
+        note = ['session %d: %s' % (s.session_id, s.status)]
         if s.error:
-            print('session %d: %s: %s' % (s.session_id, s.status, s.error))
+            note.append(s.error)
+        if not s.end_known:
+            note.append('%s; what was still allocated at its end is unknown'
+                        % s.end_unknown_reason)
+        if len(note) > 1:
+            print(': '.join(note))
     for s in rows:
         note = adapted_note(s)
         if note:

@@ -2,7 +2,8 @@
 
 With --follow it is a live view: while heapprofd is still recording the session, it redraws
 the top sites and the current live heap every second (the database is in WAL mode, so reading
-never blocks the recording), and exits when the session ends or on Ctrl-C.
+never blocks the recording), and exits when the session ends or on Ctrl-C. On a terminal
+each redraw replaces the last; into a pipe they follow each other.
 """
 import sys
 import time
@@ -54,6 +55,12 @@ def render(r, t, label, limit, by, width=100):
              % (_fmt.human_bytes(total), _fmt.human_count(samples), _fmt.sampling(meta)),
              _fmt.ESTIMATE_NOTE]
     lines.extend(_fmt.drop_warning(meta, 'live'))
+    ended = _fmt.end_unknown(meta)
+    if ended:
+        until = r.recorded_until()
+        if t > until:
+            lines.append('warning: %s: nothing was recorded after %.3f s, so allocations '
+                         'freed later still count as live here' % (ended, until))
     if not sites:
         lines.append('no live sampled allocations at this time')
         return lines
@@ -97,6 +104,10 @@ def follow(args):
     except KeyboardInterrupt:
         out.write('\n')
         return 0
+    # Into a pipe or a file, redraws follow each other, a blank line apart: the escapes
+    # that clear a terminal would be noise there.
+    clear = CLEAR if out.isatty() else None
+    drawn = False
     with r:
         try:
             while True:
@@ -105,7 +116,8 @@ def follow(args):
                 live = ' (live, every %gs; Ctrl-C quits)' % args.refresh \
                     if meta.status == 'running' else ' (session %s)' % meta.status
                 lines = render(r, t, live, args.limit, args.by)
-                out.write(CLEAR + '\n'.join(lines) + '\n')
+                out.write((clear or ('\n' if drawn else '')) + '\n'.join(lines) + '\n')
+                drawn = True
                 out.flush()
                 if meta.status != 'running':
                     out.write('session %d ended: %s\n' % (meta.session_id, meta.status))

@@ -23,8 +23,9 @@ import sqlite3
 
 from heapprof import _db
 
-__all__ = ['read', 'sessions', 'default_session', 'Reader', 'ReaderError', 'NoSessionsError', 'Session', 'Frame',
-           'SiteStat', 'LeakSite', 'SizeBucket', 'FlowGraph', 'NO_STACK_LABEL']
+__all__ = ['read', 'sessions', 'default_session', 'end_unknown_reason', 'Reader', 'ReaderError', 'NoSessionsError',
+           'Session', 'Frame', 'SiteStat', 'LeakSite', 'SizeBucket', 'Totals', 'AllocSite',
+           'FlowGraph', 'NO_STACK_LABEL']
 
 NS = 1_000_000_000
 # Stack id NULL in the allocations view: no Python stack (e.g. raw domain without the GIL).
@@ -37,6 +38,9 @@ _CHUNK = 900
 _FREED_SCAN_FROM = 0.75
 # 'AS MATERIALIZED' appeared in SQLite 3.35; older libraries choose by themselves.
 _MATERIALIZED = 'MATERIALIZED' if sqlite3.sqlite_version_info >= (3, 35) else ''
+# Sums of est_bytes use TOTAL(), a float, and become Python ints: SUM() fails with "integer
+# overflow" past this, and a stored est_bytes may be near it (schema/README.md).
+_INT64_MAX = (1 << 63) - 1
 
 
 class ReaderError(ValueError):
@@ -62,6 +66,27 @@ happened (an agent recording with --on-full adapt raises it when heapprofd canno
 up; the sampling_changes view), empty when it never changed; sample_interval_bytes stays
 the interval the session started with, final_interval_bytes is the one it ended with."""
 Session.duration = property(lambda s: (s.last_ns - s.started_ns) / NS)
+# What a session's status says about its end. 'exited' sent everything; 'running' is
+# still recording (its figures hold "so far"). Any other status, including one this build
+# does not know, ended before its final flush or stopped recording early: allocations freed
+# after that look live, so what was still allocated at its end is unknown.
+_END_UNKNOWN = {
+    'disconnected': 'it stopped without its final flush',
+    'protocol_error': 'heapprofd cut its stream off on bad data',
+    'hooks_replaced': 'its allocator hooks were replaced, so recording ended early',
+}
+
+
+def end_unknown_reason(status):
+    """Why what was still allocated at the end of a session with this status is unknown
+    (one phrase, e.g. 'it stopped without its final flush'), or None when it is known."""
+    if status in ('exited', 'running'):
+        return None
+    return _END_UNKNOWN.get(status, 'a status this heapprof does not know')
+
+
+Session.end_unknown_reason = property(lambda s: end_unknown_reason(s.status))
+Session.end_known = property(lambda s: end_unknown_reason(s.status) is None)
 Session.final_interval_bytes = property(
     lambda s: s.interval_changes[-1][1] if s.interval_changes else s.sample_interval_bytes)
 
@@ -86,6 +111,17 @@ SizeBucket = collections.namedtuple('SizeBucket', ['lo', 'hi', 'samples', 'est_c
                                                    'est_bytes'])
 SizeBucket.__doc__ = 'Sampled allocations with lo <= size <= hi (requested bytes).'
 
+Totals = collections.namedtuple('Totals', ['samples', 'allocated_bytes', 'unfreed_samples',
+                                           'unfreed_bytes'])
+Totals.__doc__ = """A session's sampled allocations: how many, the estimated bytes they stand
+for, and of those the ones with no recorded free (still live at the end, when the session's
+end is known: see Session.end_known)."""
+
+AllocSite = collections.namedtuple('AllocSite', ['frame_id', 'function', 'filename', 'lineno',
+                                                 'allocated_bytes', 'unfreed_bytes'])
+AllocSite.__doc__ = """Estimated bytes allocated over the whole session at one site (innermost
+frame), and of those the bytes with no recorded free."""
+
 FlowGraph = collections.namedtuple('FlowGraph', ['times', 'totals', 'nodes', 'edges'])
 FlowGraph.__doc__ = """Live memory at several times as a caller->callee graph.
 times: the times (s); totals: live bytes at each time; nodes: {frame_id: (Frame, [cum bytes
@@ -100,9 +136,10 @@ def _session_from_row(row, last_ns, changes=()):
     try:
         argv = json.loads(argv)
         if not isinstance(argv, list):
-            argv = [str(argv)]
-    except ValueError:
+            argv = [argv]
+    except (TypeError, ValueError):
         argv = [argv]
+    argv = [a if isinstance(a, str) else json.dumps(a) for a in argv]
     buckets = extra.get('sample_buckets')
     if buckets is not None:
         try:
@@ -159,14 +196,16 @@ def _interval_changes(con, session_id=None):
 
 
 def _last_ns(con, session_id, started_ns, ended_ns):
-    """The end of a session; while it runs, its latest recorded instant."""
-    if ended_ns is not None:
-        return ended_ns
+    """The end of a session; while it runs, its latest recorded instant. Never before its
+    start or its last allocation (a wall clock set back while the program ran can store an
+    end before them)."""
     a = con.execute('SELECT MAX(ts_ns) FROM allocations WHERE session_id = ?',
                     (session_id,)).fetchone()[0]
-    t = con.execute('SELECT MAX(ts_ns) FROM timeline WHERE session_id = ?',
-                    (session_id,)).fetchone()[0]
-    return max(x for x in (started_ns, a, t) if x is not None)
+    t = None
+    if ended_ns is None:
+        t = con.execute('SELECT MAX(ts_ns) FROM timeline WHERE session_id = ?',
+                        (session_id,)).fetchone()[0]
+    return max(x for x in (started_ns, ended_ns, a, t) if x is not None)
 
 
 def _load_sessions(con):
@@ -242,6 +281,9 @@ class Reader:
         # Set when session is None and the database holds several: the line naming the
         # session chosen (see default_session_note).
         self.default_note = None
+        # Opened without a writer, the connection sees no later writes: refresh() opens
+        # it again once heapprofd has the file (see heapprof._db.open_db).
+        self._sees_writes = _db.writer_present(path)
         self._con = _db.open_db(path, readonly=True)
         try:
             self._columns = _session_columns(self._con)
@@ -292,6 +334,10 @@ class Reader:
 
     def refresh(self):
         """Re-reads the session's metadata (status, end, counters) of a session still recording."""
+        if not self._sees_writes and _db.writer_present(self.path):
+            con = _db.open_db(self.path, readonly=True)
+            self._con.close()
+            self._con, self._sees_writes = con, True
         self.metadata = self._pick_session(self.session_id)
         return self.metadata
 
@@ -300,6 +346,15 @@ class Reader:
     def duration(self):
         """Seconds from the start to the end (or, while recording, to the latest event)."""
         return self.metadata.duration
+
+    def recorded_until(self):
+        """Seconds from the start to the session's last recorded allocation or free (0.0
+        without any). After it, a session whose end is unknown (Session.end_known) may
+        have freed what still looks live."""
+        row = self._con.execute('SELECT MAX(ts_ns), MAX(freed_ns) FROM allocations'
+                                ' WHERE session_id = ?', (self.session_id,)).fetchone()
+        last = max((x for x in row if x is not None), default=self.metadata.started_ns)
+        return max(0.0, self._t(last))
 
     def _ns(self, t):
         """Absolute ns for t seconds from the start, refusing times outside the session."""
@@ -437,7 +492,7 @@ class Reader:
         sid = self.session_id
         first = self._con.execute('SELECT alloc_id FROM allocations WHERE session_id = ?'
                                   ' ORDER BY ts_ns LIMIT 1', (sid,)).fetchone()
-        last = self._con.execute(q, (sid, 1 << 62)).fetchone()
+        last = self._con.execute(q, (sid, _INT64_MAX)).fetchone()
         at = self._con.execute(q, (sid, ns)).fetchone()
         if first is None or at is None or last[0] <= first[0]:
             return 0.0
@@ -449,9 +504,9 @@ class Reader:
             'stack_id, est_bytes, CAST(est_bytes AS REAL) / MAX(size, 1) AS n', self._ns(t))
         # '+stack_id': grouping must not pick an index on stack_id, which would visit every
         # allocation of the session in stack order (seconds on big sessions).
-        rows = self._con.execute('SELECT stack_id, SUM(est_bytes), SUM(n), COUNT(*) FROM (%s)'
-                                 ' GROUP BY +stack_id' % sql, params)
-        return {sid: (b, c, n) for sid, b, c, n in rows}
+        rows = self._con.execute('SELECT stack_id, TOTAL(est_bytes), TOTAL(n), COUNT(*) FROM'
+                                 ' (%s) GROUP BY +stack_id' % sql, params)
+        return {sid: (int(b), c, n) for sid, b, c, n in rows}
 
     def snapshot_at(self, t):
         """{stack_id: estimated live bytes} at t seconds from the start. Key None collects the
@@ -461,8 +516,8 @@ class Reader:
     def live_bytes_at(self, t):
         """Estimated live bytes at t (the sum of snapshot_at(t))."""
         sql, params = self._live_sql('est_bytes', self._ns(t))
-        return self._con.execute('SELECT COALESCE(SUM(est_bytes), 0) FROM (%s)' % sql,
-                                 params).fetchone()[0]
+        return int(self._con.execute('SELECT TOTAL(est_bytes) FROM (%s)' % sql,
+                                     params).fetchone()[0])
 
     # ---------------------------------------------------------------- stacks and frames
     def _load_stacks(self, stack_ids):
@@ -489,6 +544,11 @@ class Reader:
         for f in need:
             if f not in self._frames:   # a stack naming an unknown frame: show it, not crash
                 self._frames[f] = Frame(f, '<frame %d>' % f, '<unknown>', 0, None)
+
+    def _site_frame(self, frame_id):
+        """The Frame of a loaded frame id; None is the pseudo-frame NO_STACK_LABEL."""
+        fr = self._frames.get(frame_id) if frame_id is not None else None
+        return fr if fr is not None else Frame(None, NO_STACK_LABEL, '', 0, None)
 
     def _frames_of(self, stack_id):
         """Frames of a stack, innermost first (empty for None)."""
@@ -534,9 +594,7 @@ class Reader:
                 e[3] += c
         out = []
         for fid, (sb, sc, cb, cc, k) in acc.items():
-            fr = self._frames.get(fid) if fid is not None else None
-            if fr is None:
-                fr = Frame(None, NO_STACK_LABEL, '', 0, None)
+            fr = self._site_frame(fid)
             out.append(SiteStat(fid, fr.function, fr.filename, fr.lineno, sb, round(sc), cb,
                                 round(cc), k))
         key = (lambda s: (-s.self_bytes, -s.cum_bytes)) if by == 'self' else \
@@ -550,7 +608,7 @@ class Reader:
         """Sites whose sampled allocations were never freed (still live at the end of the
         recording), largest first."""
         rows = self._con.execute(
-            'SELECT stack_id, SUM(est_bytes), SUM(CAST(est_bytes AS REAL) / MAX(size, 1)),'
+            'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
             ' COUNT(*), MIN(ts_ns), MAX(ts_ns) FROM allocations WHERE session_id = ?'
             ' AND freed_ns IS NULL GROUP BY +stack_id', (self.session_id,)).fetchall()
         self._load_stacks([r[0] for r in rows])
@@ -566,12 +624,39 @@ class Reader:
             e[4] = max(e[4], hi)
         out = []
         for fid, (b, c, k, lo, hi) in acc.items():
-            fr = self._frames.get(fid) if fid is not None else None
-            if fr is None:
-                fr = Frame(None, NO_STACK_LABEL, '', 0, None)
-            out.append(LeakSite(fid, fr.function, fr.filename, fr.lineno, b, round(c), k,
+            fr = self._site_frame(fid)
+            out.append(LeakSite(fid, fr.function, fr.filename, fr.lineno, int(b), round(c), k,
                                 self._t(lo), self._t(hi)))
         out.sort(key=lambda s: (-s.bytes, s.filename, s.lineno, s.function))
+        return out if n is None else out[:n]
+
+    def totals(self):
+        """Totals of the session's sampled allocations (see Totals)."""
+        n, b, un, ub = self._con.execute(
+            'SELECT COUNT(*), TOTAL(est_bytes), TOTAL(freed_ns IS NULL),'
+            ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END) FROM allocations'
+            ' WHERE session_id = ?', (self.session_id,)).fetchone()
+        return Totals(n, int(b), int(un), int(ub))
+
+    def allocated_sites(self, n=None):
+        """Sites (innermost frames) by the estimated bytes allocated there over the whole
+        session, largest first, with the bytes of those that have no recorded free."""
+        rows = self._con.execute(
+            'SELECT stack_id, TOTAL(est_bytes),'
+            ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END) FROM allocations'
+            ' WHERE session_id = ? GROUP BY +stack_id', (self.session_id,)).fetchall()
+        self._load_stacks([r[0] for r in rows])
+        acc = collections.defaultdict(lambda: [0, 0])
+        for sid, b, unfreed in rows:
+            frames = self._stacks.get(sid, ()) if sid is not None else ()
+            e = acc[frames[0] if frames else None]
+            e[0] += int(b)
+            e[1] += int(unfreed)
+        out = []
+        for fid, (b, unfreed) in acc.items():
+            fr = self._site_frame(fid)
+            out.append(AllocSite(fid, fr.function, fr.filename, fr.lineno, b, unfreed))
+        out.sort(key=lambda s: (-s.allocated_bytes, s.filename, s.lineno, s.function))
         return out if n is None else out[:n]
 
     def _match_sites(self, site):
@@ -620,18 +705,18 @@ class Reader:
                 part = stacks[i:i + _CHUNK]
                 chunks.append(self._con.execute(
                     'WITH a AS %s (SELECT ts_ns, freed_ns, est_bytes FROM allocations'
-                    ' WHERE %s = ? AND stack_id IN (%s)) SELECT t, SUM(d) FROM'
+                    ' WHERE %s = ? AND stack_id IN (%s)) SELECT t, TOTAL(d) FROM'
                     ' (SELECT ts_ns AS t, est_bytes AS d FROM a UNION ALL SELECT freed_ns,'
                     ' -est_bytes FROM a WHERE freed_ns IS NOT NULL) GROUP BY t ORDER BY t'
                     % (_MATERIALIZED, sid_col, ','.join('?' * len(part))),
                     [self.session_id] + part).fetchall())
             if len(chunks) == 1:
-                events = chunks[0]
+                events = [(ts, int(d)) for ts, d in chunks[0]]
             else:
                 merged = collections.Counter()
                 for rows in chunks:
                     for ts, d in rows:
-                        merged[ts] += d
+                        merged[ts] += int(d)
                 events = sorted(merged.items())
             out[site] = [(self._t_clamped(ts), b)
                          for ts, b in _max_per_interval(events, times)]
@@ -642,8 +727,8 @@ class Reader:
         """Sampled allocations by requested size, in power-of-two buckets (1, 2, 3-4, 5-8,
         ...); empty buckets between the smallest and largest are kept."""
         rows = self._con.execute(
-            'SELECT %s AS b, COUNT(*), SUM(CAST(est_bytes AS REAL) / MAX(size, 1)),'
-            ' SUM(est_bytes) FROM allocations WHERE +session_id = ? GROUP BY b ORDER BY b'
+            'SELECT %s AS b, COUNT(*), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
+            ' TOTAL(est_bytes) FROM allocations WHERE +session_id = ? GROUP BY b ORDER BY b'
             % _size_bucket_sql(0, 64), (self.session_id,)).fetchall()
         if not rows:
             return []
@@ -653,7 +738,7 @@ class Reader:
             lo = 0 if k == 0 else (1 << (k - 1)) + 1
             hi = 1 << k
             n, c, e = got.get(k, (0, 0.0, 0))
-            out.append(SizeBucket(lo, hi, n, round(c), e))
+            out.append(SizeBucket(lo, hi, n, round(c), int(e)))
         return out
 
     # ---------------------------------------------------------------- flame and flow
@@ -696,8 +781,7 @@ class Reader:
                     fids = (None,)
                 for j, fid in enumerate(fids):
                     if fid not in nodes:
-                        fr = self._frames[fid] if fid is not None else \
-                            Frame(None, NO_STACK_LABEL, '', 0, None)
+                        fr = self._site_frame(fid)
                         nodes[fid] = (fr, [0] * k, [0] * k)
                     if j == 0:
                         nodes[fid][2][i] += b

@@ -31,6 +31,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from heapprof import reader
+
 # Limits on what the HTML embeds; named once here, checked on the command line.
 DEFAULT_STEPS = 200          # uniform moments at which live bytes per stack are kept
 MAX_STEPS = 1000
@@ -91,7 +93,6 @@ def _pick_session(con, db_path, session):
     if session is None:
         # The newest root session: the program the user ran, not one of its child
         # processes (the same choice as every other heapprof command).
-        from heapprof import reader
         all_sessions = reader._load_sessions(con)
         chosen = reader.default_session(all_sessions)
         s = next(r for r in rows if r["session_id"] == chosen.session_id)
@@ -191,9 +192,9 @@ def _levels(events, level=0):
 
 
 def _live_at(con, sid, ts):
-    return con.execute(
-        "SELECT COALESCE(SUM(est_bytes), 0) FROM allocations WHERE session_id = ?"
-        " AND ts_ns < ? AND (freed_ns IS NULL OR freed_ns >= ?)", (sid, ts, ts)).fetchone()[0]
+    return int(con.execute(
+        "SELECT TOTAL(est_bytes) FROM allocations WHERE session_id = ?"
+        " AND ts_ns < ? AND (freed_ns IS NULL OR freed_ns >= ?)", (sid, ts, ts)).fetchone()[0])
 
 
 def _find_peak(con, sid):
@@ -249,16 +250,18 @@ def _step_deltas(con, sid, t0, dt, nsteps):
     i (instant t0 + i*dt) from i = ceil((ts - t0)/dt) until its free's ceil index."""
     per_stack = {}
     alloc_total = {}
-    q = ("SELECT stack_id, MAX(0, ({col} - :t0 + :dt - 1) / :dt) AS i, SUM(est_bytes)"
+    q = ("SELECT stack_id, MAX(0, ({col} - :t0 + :dt - 1) / :dt) AS i, TOTAL(est_bytes)"
          " FROM allocations WHERE session_id = :sid {extra} GROUP BY stack_id, i")
     args = {"t0": t0, "dt": dt, "sid": sid}
     for stack_id, i, b in con.execute(q.format(col="ts_ns", extra=""), args):
+        b = int(b)
         alloc_total[stack_id] = alloc_total.get(stack_id, 0) + b
         if i < nsteps:
             per_stack.setdefault(stack_id, {})
             per_stack[stack_id][i] = per_stack[stack_id].get(i, 0) + b
     for stack_id, i, b in con.execute(
             q.format(col="freed_ns", extra="AND freed_ns IS NOT NULL"), args):
+        b = int(b)
         if i < nsteps and stack_id in per_stack:
             d = per_stack[stack_id]
             d[i] = d.get(i, 0) - b
@@ -274,10 +277,10 @@ def _series(deltas, nsteps):
 
 
 def _live_by_stack_at(con, sid, ts):
-    return dict(con.execute(
-        "SELECT stack_id, SUM(est_bytes) FROM allocations WHERE session_id = ?"
+    return {stack_id: int(b) for stack_id, b in con.execute(
+        "SELECT stack_id, TOTAL(est_bytes) FROM allocations WHERE session_id = ?"
         " AND ts_ns <= ? AND (freed_ns IS NULL OR freed_ns > ?) GROUP BY stack_id",
-        (sid, ts, ts)))
+        (sid, ts, ts))}
 
 
 def _stack_frames(con, stack_ids):
@@ -393,8 +396,12 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
 
     # Leaks: sampled allocations never freed, grouped by allocation site (innermost frame).
     leak_rows = con.execute(
-        "SELECT stack_id, SUM(est_bytes), COUNT(*) FROM allocations WHERE session_id = ?"
+        "SELECT stack_id, TOTAL(est_bytes), COUNT(*) FROM allocations WHERE session_id = ?"
         " AND freed_ns IS NULL GROUP BY stack_id", (sid,)).fetchall()
+    leak_rows = [(stack_id, int(b), n) for stack_id, b, n in leak_rows]
+    leaks_unknown = _leaks_unknown(s, leak_rows)
+    if leaks_unknown:
+        leak_rows = []      # blocks freed after the recording stopped are no leaks
     leak_stack_ids = [r[0] for r in leak_rows]
     all_stacks = set(keep) | set(leak_stack_ids)
     frames_of = _stack_frames(con, all_stacks)
@@ -471,10 +478,12 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
         warnings.append("The session was still running when this report was written: "
                         "it covers the events recorded so far, and \"never freed\" means "
                         "\"not freed yet\".")
-    elif s["status"] in ("disconnected", "protocol_error"):
+    elif leaks_unknown:
         why = f": {s['error']}" if s.get("error") else ""
-        warnings.append(f"The session ended abnormally ({s['status']}{why}); events after "
-                        f"the break are missing, so frees may be missing too.")
+        warnings.append(f"The session ended abnormally ({s['status']}{why}): "
+                        f"{reader.end_unknown_reason(s['status'])}. Events after the break "
+                        f"are missing, so frees may be missing too, and what was still "
+                        f"allocated at its end is unknown (see Leaks).")
     if n_allocs == 0:
         warnings.append("No sampled allocations were recorded in this session.")
 
@@ -509,8 +518,24 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
         "frames": frames,
         "stacks": stacks,
         "leaks": leaks,
+        "leaks_unknown": leaks_unknown,
         "limits": {"steps": nsteps, "top_stacks": top_k, "leak_sites": MAX_LEAK_SITES},
     }
+
+
+def _leaks_unknown(s, leak_rows):
+    """The Leaks tab's explanation for a session whose end was not recorded (it ended
+    without its final flush, or stopped recording early), or None when its end is known.
+    leak_rows: (stack_id, est bytes, samples) of the allocations with no recorded free."""
+    why = reader.end_unknown_reason(s["status"])
+    if why is None:
+        return None
+    from heapprof import _fmt
+    n = sum(r[2] for r in leak_rows)
+    return (f"What was still allocated at the end is unknown: the session ended "
+            f"'{s['status']}' ({why}). {_fmt.human_bytes(sum(r[1] for r in leak_rows))} in "
+            f"{n:,} sampled allocations have no recorded free; any of them may have been "
+            f"freed after the recording stopped, so none is listed as a leak.")
 
 
 def _buckets(text):
@@ -527,8 +552,11 @@ def _buckets(text):
 def _iso(ns):
     if ns is None:
         return None
-    return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime(
-        "%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+    try:
+        return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+    except (ValueError, OverflowError, OSError):
+        return f"{ns} ns since the epoch"      # no calendar holds it
 
 
 # ------------------------------------------------------------------ HTML

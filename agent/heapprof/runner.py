@@ -159,84 +159,59 @@ def _drain(proc):
     return t, out
 
 
-def _fmt_bytes(n):
-    n = float(n or 0)
-    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
-        if abs(n) < 1024 or unit == 'TiB':
-            return ('%d %s' % (n, unit)) if unit == 'B' else ('%.1f %s' % (n, unit))
-        n /= 1024
-
-
-def _adapted_line(con, sid, started_ns, start_interval):
-    """The line saying that the agent raised its sampling interval (--on-full adapt)
-    because heapprofd could not keep up, or None. A database without the
-    sampling_changes view (written before heapprofd recorded changes) has none."""
-    if not con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view' "
-                       "AND name = 'sampling_changes'").fetchone()[0]:
-        return None
-    changes = con.execute('SELECT ts_ns, sample_interval_bytes FROM sampling_changes '
-                          'WHERE session_id = ? ORDER BY change_no', (sid,)).fetchall()
-    if not changes:
-        return None
-    final = changes[-1][1]
+def _adapted_line(meta):
+    """The line saying that the agent changed its sampling interval (--on-full adapt)
+    because heapprofd could not keep up; meta is a reader.Session with interval changes."""
+    changes, start = meta.interval_changes, meta.sample_interval_bytes
+    final = meta.final_interval_bytes
     return ('heapprof: heapprofd could not keep up; the sampling interval was %s from %d to '
             '%d bytes (%d time%s, first at +%.2f s); estimates stay unbiased'
-            % ('raised' if final > start_interval else 'changed', start_interval, final,
-               len(changes), '' if len(changes) == 1 else 's',
-               (changes[0][0] - started_ns) / 1e9))
+            % ('raised' if final > start else 'changed', start, final, len(changes),
+               '' if len(changes) == 1 else 's', (changes[0][0] - meta.started_ns) / 1e9))
 
 
 def summarize(db, out=sys.stdout, top=5):
-    """Prints peak/final estimated heap and the top allocation sites per session, using
-    only the public views (sessions, allocations, timeline, stack_frames, frames, and
-    sampling_changes when the database has it)."""
-    con = sqlite3.connect('file:%s?mode=ro' % db, uri=True)
-    try:
-        rows = con.execute('SELECT session_id, pid, ppid, status, events_dropped, started_ns, '
-                           'sample_interval_bytes FROM sessions ORDER BY session_id').fetchall()
-        if not rows:
-            out.write('heapprof: no session was recorded\n')
-        for sid, pid, ppid, status, dropped, started_ns, interval in rows:
-            peak = con.execute('SELECT MAX(live_bytes) FROM timeline WHERE session_id = ?',
-                               (sid,)).fetchone()[0]
-            final, nlive = con.execute(
-                'SELECT COALESCE(SUM(est_bytes), 0), COUNT(*) FROM allocations '
-                'WHERE session_id = ? AND freed_ns IS NULL', (sid,)).fetchone()
-            total, nsamples = con.execute(
-                'SELECT COALESCE(SUM(est_bytes), 0), COUNT(*) FROM allocations '
-                'WHERE session_id = ?', (sid,)).fetchone()
-            if peak is None or peak < final:
-                peak = max(peak or 0, final)
-            out.write('session %d (pid %d, parent %d, %s): peak heap ~%s, at exit ~%s still '
-                      'allocated; %d samples standing for %s allocated%s\n'
-                      % (sid, pid, ppid, status, _fmt_bytes(peak), _fmt_bytes(final),
-                         nsamples, _fmt_bytes(total),
+    """Prints, per session, the peak and final estimated heap and the top allocation sites,
+    through heapprof.reader (the one place that reads the database)."""
+    from heapprof import _fmt
+    from heapprof import reader
+    hb = _fmt.human_bytes
+    sessions = reader.sessions(db)
+    if not sessions:
+        out.write('heapprof: no session was recorded\n')
+    for meta in sessions:
+        with reader.read(db, meta.session_id) as r:
+            totals = r.totals()
+            peak = max([b for _, b in r.timeline()] + [totals.unfreed_bytes])
+            if meta.end_known:
+                at_exit = 'at exit ~%s still allocated' % hb(totals.unfreed_bytes)
+            else:
+                # Blocks freed after the recording stopped look unfreed.
+                at_exit = 'at exit: unknown (%s)' % meta.end_unknown_reason
+            dropped = meta.events_dropped
+            out.write('session %d (pid %d, parent %d, %s): peak heap ~%s, %s; %d samples '
+                      'standing for %s allocated%s\n'
+                      % (meta.session_id, meta.pid, meta.ppid, meta.status, hb(peak), at_exit,
+                         totals.samples, hb(totals.allocated_bytes),
                          ', %d events dropped' % dropped if dropped else ''))
-            adapted = _adapted_line(con, sid, started_ns, interval)
             if dropped:
                 # A lost FREE leaves its block looking allocated for ever. A session that
                 # adapted already ran with --on-full adapt: only block keeps everything.
                 out.write('  note: with events dropped, "still allocated" (and blocks never '
                           'freed) may include blocks whose free was lost; rerun with '
                           '%s, or a larger --interval\n'
-                          % ('--on-full block' if adapted
+                          % ('--on-full block' if meta.interval_changes
                              else '--on-full adapt or --on-full block'))
-            if adapted:
-                out.write('  %s\n' % adapted)
-            sites = con.execute(
-                'SELECT f.function, f.filename, f.lineno, SUM(a.est_bytes) AS b, '
-                '       SUM(CASE WHEN a.freed_ns IS NULL THEN a.est_bytes ELSE 0 END) '
-                'FROM allocations a JOIN stack_frames sf ON sf.stack_id = a.stack_id '
-                '     AND sf.depth = 0 JOIN frames f ON f.frame_id = sf.frame_id '
-                'WHERE a.session_id = ? GROUP BY f.frame_id ORDER BY b DESC LIMIT ?',
-                (sid, top)).fetchall()
+            if meta.interval_changes:
+                out.write('  %s\n' % _adapted_line(meta))
+            sites = r.allocated_sites(top)
             if sites:
-                out.write('  top allocation sites (estimated bytes allocated / still live):\n')
-                for func, fname, line, b, live in sites:
-                    out.write('    %10s %10s  %s (%s:%d)\n'
-                              % (_fmt_bytes(b), _fmt_bytes(live), func, fname, line))
-    finally:
-        con.close()
+                out.write('  top allocation sites (estimated bytes allocated / %s):\n'
+                          % ('still live' if meta.end_known else 'no recorded free'))
+                for s in sites:
+                    where = ' (%s:%d)' % (s.filename, s.lineno) if s.filename else ''
+                    out.write('    %10s %10s  %s%s\n' % (hb(s.allocated_bytes),
+                                                       hb(s.unfreed_bytes), s.function, where))
     out.write('database: %s\n' % db)
 
 
@@ -244,15 +219,12 @@ def _remove_if_no_session(db):
     """Removes a database this run created when no session reached it (the program
     could not start), so that a later command's default database is not an empty one.
     True if removed."""
+    from heapprof import _db
+    from heapprof import reader
     try:
-        con = sqlite3.connect('file:%s?mode=ro' % db, uri=True)
-        try:
-            n = con.execute('SELECT COUNT(*) FROM sessions').fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return False
-    if n:
+        if reader.sessions(db):
+            return False
+    except (_db.DatabaseError, sqlite3.Error):
         return False
     for path in (db, db + '-wal', db + '-shm', db + '-journal'):
         try:
@@ -379,9 +351,10 @@ def run_main(argv):
     if created and _remove_if_no_session(db):
         sys.stderr.write('heapprof run: no session was recorded; removed the empty %s\n' % db)
         return status
+    from heapprof import _db
     try:
         summarize(db, sys.stderr)
-    except sqlite3.Error as e:
+    except (_db.DatabaseError, sqlite3.Error) as e:
         sys.stderr.write('heapprof run: cannot summarise %s: %s\n' % (db, e))
     if opts.get('report'):
         _write_report(db, opts['report'])
@@ -392,18 +365,17 @@ def _write_report(db, report):
     """Writes the HTML report of the program's own session (the one whose parent is this
     process, not one of its children's); a failure is reported, and the program's exit
     status still passes through."""
+    from heapprof import _db
+    from heapprof import reader
     from heapprof import report as _report
     out = os.path.splitext(db)[0] + '.html' if report is True else report
-    con = sqlite3.connect('file:%s?mode=ro' % db, uri=True)
     try:
-        row = con.execute('SELECT session_id FROM sessions WHERE ppid = ? '
-                          'ORDER BY started_ns DESC LIMIT 1', (os.getpid(),)).fetchone()
-    except sqlite3.Error:
-        row = None
-    finally:
-        con.close()
+        own = [s for s in reader.sessions(db) if s.ppid == os.getpid()]
+    except (_db.DatabaseError, sqlite3.Error):
+        own = []
+    session = max(own, key=lambda s: s.started_ns).session_id if own else None
     try:
-        _report.write_report(db, out, session=row[0] if row else None)
+        _report.write_report(db, out, session=session)
     except _report.ReportError as e:
         sys.stderr.write('heapprof run: no report: %s\n' % e)
         return

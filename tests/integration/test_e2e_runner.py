@@ -75,6 +75,9 @@ class Runner(unittest.TestCase):
         self.assertIn('peak heap ~', r.stderr)
         self.assertIn('grow (%s:' % path, r.stderr)               # the top site
         self.assertIn('database: %s' % db, r.stderr)
+        # The summary read the database without leaving -wal/-shm files beside it.
+        self.assertEqual([f for f in os.listdir(self.tmp) if f.startswith('out.')],
+                         ['out.sqlite'])
         con = sqlite3.connect(db)
         try:
             rows = con.execute('SELECT status, sample_interval_bytes FROM sessions').fetchall()

@@ -456,6 +456,32 @@ class CliTest(unittest.TestCase):
         self.assertNotIn('Traceback', p.stderr)
         self.assertIn('unrecognized arguments: --bogus', p.stderr)
 
+    # ------------------------------------------------------------ read-only (issue 13 item 9)
+    def test_readers_leave_no_files_beside_the_database(self):
+        """A read-only connection to a WAL database creates -wal and -shm files and cannot
+        remove them; every command used to leave them beside the recording."""
+        with tempfile.TemporaryDirectory() as d:
+            db = shutil.copy(self.spike_db, os.path.join(d, 'rec.sqlite'))
+            out = os.path.join(d, 'out')
+            os.mkdir(out)
+            for cmd in (['sessions'], ['top'], ['leaks'], ['stats'], ['flame', '-o', '-'],
+                        ['flow', '-o', os.path.join(out, 'f.dot'), '--render', 'none'],
+                        ['plot', '-o', os.path.join(out, 'p.csv')],
+                        ['report', '-o', os.path.join(out, 'r.html')]):
+                self.ok(*cmd, '--db', db)
+                self.assertEqual(sorted(os.listdir(d)), ['out', 'rec.sqlite'], cmd)
+            # A file with an SQLite header and garbage after it is refused, and nothing
+            # appears beside it either.
+            bad = os.path.join(d, 'bad.sqlite')
+            with open(self.spike_db, 'rb') as f:
+                head = f.read(100)
+            with open(bad, 'wb') as f:
+                f.write(head + b'\x5a' * 8000)
+            for cmd in (['sessions'], ['top'], ['report', '-o', os.path.join(out, 'b.html')]):
+                p = heapprof(*cmd, '--db', bad)
+                self.assertNotEqual(p.returncode, 0, cmd)
+                self.assertEqual(sorted(os.listdir(d)), ['bad.sqlite', 'out', 'rec.sqlite'], cmd)
+
     def test_broken_pipe_is_quiet(self):
         p = subprocess.run('"%s" top --db "%s" -n 50 | head -c 10 > /dev/null' % (
             SCRIPT, self.spike_db), shell=True, capture_output=True, text=True, timeout=TIMEOUT)

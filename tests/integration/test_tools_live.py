@@ -136,6 +136,31 @@ class FollowTest(unittest.TestCase):
         self.assertRegex(view.frames()[-1], r'session \d+ ended: exited')
         self.assertIn('handle_request', view.frames()[-1])
 
+    def test_readers_see_live_data_and_leave_no_files_behind(self):
+        # Issue 13 item 9: readers open the database read-only without creating files;
+        # while heapprofd writes, they share its -wal and see its commits.
+        prog = self.start_program(400)
+        seen = []
+
+        def growing():
+            with hr.read(self.daemon.db) as r:
+                seen.append(r.live_bytes_at(r.duration))
+                return len(set(seen)) >= 3 and r.metadata.status == 'running'
+        rec.wait_for(growing, 30, 'three different live figures while recording')
+        p = subprocess.run([SCRIPT, 'sessions', '--db', self.daemon.db], capture_output=True,
+                           text=True, timeout=30)
+        self.assertRegex(p.stdout, r'\brunning\b')
+        self.assertEqual(prog.wait(timeout=60), 0)
+        self.daemon.stop()
+        d = os.path.dirname(self.daemon.db)
+        name = os.path.basename(self.daemon.db)
+        self.assertEqual([f for f in os.listdir(d) if f.startswith(name)], [name])
+        for cmd in (['top'], ['leaks'], ['sessions']):
+            p = subprocess.run([SCRIPT] + cmd + ['--db', self.daemon.db], capture_output=True,
+                               text=True, timeout=30)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual([f for f in os.listdir(d) if f.startswith(name)], [name], cmd)
+
     def test_ctrl_c_exits_quietly(self):
         self.start_program(4000)            # far longer than the test
         view = LiveView(self.daemon.db)

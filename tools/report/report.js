@@ -544,6 +544,11 @@
 
   function renderLeaks() {
     const cap = document.getElementById("leaks-caption");
+    if (D.leaks_unknown) {            // the session's end was not recorded: no leak is known
+      cap.textContent = D.leaks_unknown;
+      document.getElementById("leaks").innerHTML = "";
+      return;
+    }
     const total = D.leaks.reduce((s, l) => s + l.bytes, 0);
     const running = S.status === "running" && !S.ended;
     cap.textContent = D.leaks.length
