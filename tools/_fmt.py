@@ -78,6 +78,13 @@ def human_bytes(n):
     return '%s%.1f PiB' % (sign, n)
 
 
+def size_range(lo, hi):
+    """A size class: '128 B - 255 B', or '1 B' when it holds one size."""
+    if lo == hi:
+        return human_bytes(lo)
+    return '%s - %s' % (human_bytes(lo), human_bytes(hi))
+
+
 def human_count(n):
     if n is None:
         return '-'

@@ -10,9 +10,14 @@ from heapprof.cli import add_db_options, open_reader
 def register(subparsers):
     p = subparsers.add_parser(
         'stats', help='allocation size histogram (from --db, or by running PROGRAM)',
-        description='Allocation size histogram. With --db: from the sampled allocations of a '
-                    'recording. Without --db: `heapprof stats PROGRAM [ARGS...]` runs the '
-                    'program counting every allocation (see heapprof.runner).')
+        usage='%(prog)s [-h] [--db PATH] [--session ID]\n'
+              '       %(prog)s PROGRAM [ARGS...]   (PROGRAM: SCRIPT or -m MODULE)',
+        description='Allocation size histogram, in the size classes 0, 1, 2-3, 4-7, ... '
+                    'With --db: from the sampled allocations of a recording (estimates). '
+                    'With PROGRAM: runs it (a script, or -m MODULE, with its arguments) '
+                    'counting every allocation, no daemon and no sampling, and prints the '
+                    'exact histogram to stderr; the program\'s exit status is passed '
+                    'through.')
     add_db_options(p)
     p.set_defaults(func=run)
 
@@ -31,7 +36,7 @@ def run(args):
         top = max(b.est_bytes for b in buckets) or 1
         rows = []
         for b in buckets:
-            size = '%s - %s' % (_fmt.human_bytes(b.lo), _fmt.human_bytes(b.hi))
+            size = _fmt.size_range(b.lo, b.hi)
             bar = '#' * int(round(30 * b.est_bytes / top))
             rows.append((size, b.samples, _fmt.human_count(b.est_count),
                          _fmt.human_bytes(b.est_bytes), _fmt.percent(b.est_bytes, total), bar))

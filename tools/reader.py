@@ -724,8 +724,9 @@ class Reader:
 
     # ---------------------------------------------------------------- histogram
     def size_histogram(self):
-        """Sampled allocations by requested size, in power-of-two buckets (1, 2, 3-4, 5-8,
-        ...); empty buckets between the smallest and largest are kept."""
+        """Sampled allocations by requested size, in power-of-two buckets: 0, 1, 2-3, 4-7,
+        ..., [2**(k-1), 2**k - 1], the size classes of `heapprof stats PROGRAM` (the agent's
+        hp_stats.h); empty buckets between the smallest and largest are kept."""
         rows = self._con.execute(
             'SELECT %s AS b, COUNT(*), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
             ' TOTAL(est_bytes) FROM allocations WHERE +session_id = ? GROUP BY b ORDER BY b'
@@ -735,8 +736,8 @@ class Reader:
         got = {b: (n, c, e) for b, n, c, e in rows}
         out = []
         for k in range(rows[0][0], rows[-1][0] + 1):
-            lo = 0 if k == 0 else (1 << (k - 1)) + 1
-            hi = 1 << k
+            lo = 0 if k == 0 else 1 << (k - 1)
+            hi = (1 << k) - 1
             n, c, e = got.get(k, (0, 0.0, 0))
             out.append(SizeBucket(lo, hi, n, round(c), int(e)))
         return out
@@ -813,10 +814,10 @@ def _max_per_interval(events, times):
 
 
 def _size_bucket_sql(lo, hi):
-    """SQL for the bucket k in [lo, hi] with 2**(k-1) < size <= 2**k, as a binary search
-    (six comparisons a row instead of up to 64)."""
+    """SQL for the bucket k in [lo, hi] with 2**(k-1) <= size < 2**k (the bit length of
+    size; 0 for 0), as a binary search (six comparisons a row instead of up to 64)."""
     if lo == hi:
         return str(lo)
     mid = (lo + hi) // 2
-    return 'CASE WHEN size <= %d THEN %s ELSE %s END' % (
+    return 'CASE WHEN size < %d THEN %s ELSE %s END' % (
         1 << mid, _size_bucket_sql(lo, mid), _size_bucket_sql(mid + 1, hi))

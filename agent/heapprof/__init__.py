@@ -40,6 +40,8 @@ _hooks_registered = False
 # What the HEAPPROF_* variables were before start() exported the session's settings
 # (None: nothing exported). Protected by _lock.
 _saved_environ = None
+# The largest mean sampling interval a setting may ask for (1 TiB).
+MAX_INTERVAL = 1 << 40
 _ENV_VARS = ('HEAPPROF_SOCKET', 'HEAPPROF_INTERVAL', 'HEAPPROF_MAX_DEPTH', 'HEAPPROF_ON_FULL',
              'HEAPPROF_RATES')
 
@@ -94,9 +96,9 @@ def _parse_rates(value):
     return out
 
 
-def _int_setting(name, value, env, lo, hi):
+def _int_setting(name, value, env, lo, hi, environ=os.environ):
     if value is None:
-        value = os.environ.get(env) or None
+        value = environ.get(env) or None
         if value is None:
             return None
         name = env          # the user set the variable: name it, not the argument
@@ -109,17 +111,21 @@ def _int_setting(name, value, env, lo, hi):
     return n
 
 
-def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates):
+def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates,
+             environ=os.environ):
+    """The session's settings from the arguments, else environ (HEAPPROF_*), else the
+    defaults; OptionError names the argument or variable at fault."""
     agent = _native()
-    socket = socket or os.environ.get('HEAPPROF_SOCKET') or None
+    socket = socket or environ.get('HEAPPROF_SOCKET') or None
     if not socket:
         raise OptionError('no heapprofd socket: pass socket= or set HEAPPROF_SOCKET')
-    interval = _int_setting('sample interval', sample_interval, 'HEAPPROF_INTERVAL', 1, 1 << 40)
+    interval = _int_setting('sample interval', sample_interval, 'HEAPPROF_INTERVAL', 1,
+                            MAX_INTERVAL, environ)
     depth = _int_setting('max stack depth', max_stack_depth, 'HEAPPROF_MAX_DEPTH', 1,
-                         agent.MAX_STACK_DEPTH)
+                         agent.MAX_STACK_DEPTH, environ)
     on_full_name = 'on_full'
-    if not on_full and os.environ.get('HEAPPROF_ON_FULL'):
-        on_full, on_full_name = os.environ['HEAPPROF_ON_FULL'], 'HEAPPROF_ON_FULL'
+    if not on_full and environ.get('HEAPPROF_ON_FULL'):
+        on_full, on_full_name = environ['HEAPPROF_ON_FULL'], 'HEAPPROF_ON_FULL'
     on_full = on_full or 'drop'
     if on_full not in _ON_FULL:
         raise OptionError("%s %r: expected 'drop', 'block' or 'adapt'" % (on_full_name, on_full))
@@ -127,10 +133,10 @@ def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates):
     rates_name = 'sample_rates'
     if sample_rates is not None:
         rates = _parse_rates(sample_rates)
-    elif os.environ.get('HEAPPROF_RATES'):
+    elif environ.get('HEAPPROF_RATES'):
         rates_name = 'HEAPPROF_RATES'
         try:
-            rates = _parse_rates(os.environ['HEAPPROF_RATES'])
+            rates = _parse_rates(environ['HEAPPROF_RATES'])
         except OptionError as e:
             raise OptionError('HEAPPROF_RATES: %s' % e) from None
     # The resolved interval, wherever it came from: rates would silently replace it.
@@ -151,13 +157,33 @@ def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates):
     }
 
 
+def _program_argv():
+    """sys.argv as the program sees it, with the module of `python -m MODULE` (or the
+    command of -c). At start-up (the .pth hook) sys.argv[0] is still '-m' or '-c': runpy
+    puts the module's path there only later, and the name is left only in sys.orig_argv,
+    which ends with the program's arguments."""
+    argv = [str(a) for a in getattr(sys, 'argv', None) or []]
+    orig = [str(a) for a in getattr(sys, 'orig_argv', None) or []]
+    if not argv or argv[0] not in ('-m', '-c'):
+        return argv
+    n = len(argv) - 1
+    letter = argv[0][1]
+    if len(orig) < n + 2 or orig[len(orig) - n:] != argv[1:]:
+        return argv
+    value, before = orig[-n - 1], orig[-n - 2]
+    if before.startswith('-') and not before.startswith('--') and before.endswith(letter):
+        return [argv[0], value] + argv[1:]          # -m MODULE, -Bm MODULE
+    if value.startswith('-') and letter in value[1:]:
+        return [argv[0], value[value.index(letter, 1) + 1:]] + argv[1:]    # -mMODULE
+    return argv
+
+
 def _start_agent(opts):
     """Starts a session; False (after one stderr line) when heapprofd cannot be reached."""
     agent = _native()
     try:
         agent.start(opts['socket'], opts['interval'], opts['max_depth'],
-                    _ON_FULL.index(opts['on_full']),
-                    opts['rates'], list(getattr(sys, 'argv', []) or []),
+                    _ON_FULL.index(opts['on_full']), opts['rates'], _program_argv(),
                     sys.executable or '', sys.version.split()[0])
     except OSError as e:
         sys.stderr.write('heapprof: cannot reach heapprofd at %s (%s); the program runs '
@@ -268,10 +294,13 @@ def start(socket=None, sample_interval=None, max_stack_depth=None, on_full=None,
         if _native().is_profiling():
             raise RuntimeError('heapprof is already profiling this process')
         _register_process_hooks()
+        # Exported before the session starts (and put back after it stops): the strings
+        # os.environ allocates would otherwise be profiled under heapprof's own frames.
+        _export_environment(opts)
         if not _start_agent(opts):
+            _restore_environment()
             return False
         _options = opts
-        _export_environment(opts)
         return True
 
 
@@ -289,16 +318,24 @@ def _start_from_environment():
 def _stop_locked():
     global _options
     _options = None
-    _restore_environment()
-    return _native().stop() if 'heapprof._agent' in sys.modules else 0
+    # Nothing here allocates before the session has stopped (no import, no bound
+    # method): it would be profiled under heapprof's own frames.
+    agent = sys.modules.get('heapprof._agent')
+    try:
+        return agent.stop() if agent is not None else 0
+    finally:
+        _restore_environment()
 
 
 def stop():
     """Stops profiling (sends what is buffered and closes the session). Idempotent.
     Returns False when the session ended badly (the daemon went away or, at the stop,
     took nothing for 5 s: one line on stderr said so)."""
-    with _lock:
+    _lock.acquire()             # not `with`: its bound __exit__ would be profiled
+    try:
         return_code = _stop_locked()
+    finally:
+        _lock.release()
     return return_code == 0
 
 

@@ -37,7 +37,11 @@ Profile a Python program and print where its memory went.
   -m MODULE           run a module, like python -m
   -h, --help          show this help
 
-The program's exit status is passed through.
+Settings not given as options come from the HEAPPROF_* variables (README.md, "Settings").
+The program's exit status is passed through, except that heapprof run exits with 2 when
+it cannot profile: before the program runs, for a bad option or HEAPPROF_* variable, or
+a --socket with no heapprofd behind it; after it ran, when no session reached heapprofd
+(unless the program's own status is not 0).
 """
 
 STATS_USAGE = """\
@@ -93,14 +97,71 @@ def _parse(argv, options):
     return opts, None, rest
 
 
-def _positive_int(name, value, lo=1):
+def _program_env(opts, environ):
+    """The program's environment: environ with the settings of opts (parsed options)
+    as HEAPPROF_* variables. Everything the program's agent would refuse (and then run
+    the program unprofiled) is refused here, naming the option as the user wrote it, or
+    the variable the user set."""
+    import heapprof
+    env = dict(environ)
     try:
-        n = int(value)
-    except ValueError:
-        raise UsageError('%s %r is not a whole number' % (name, value)) from None
-    if n < lo:
-        raise UsageError('%s %d is below %d' % (name, n, lo))
-    return n
+        if 'interval' in opts and 'rates' in opts:
+            raise UsageError('--interval %s and --rates %s are both set: give one'
+                             % (opts['interval'], opts['rates']))
+        # An option replaces the environment's setting of the other kind too; otherwise
+        # the program would see both and refuse to profile.
+        if 'interval' in opts:
+            env.pop('HEAPPROF_RATES', None)
+            env['HEAPPROF_INTERVAL'] = str(heapprof._int_setting(
+                '--interval', opts['interval'], None, 1, heapprof.MAX_INTERVAL))
+        if 'max_depth' in opts:
+            env['HEAPPROF_MAX_DEPTH'] = str(heapprof._int_setting(
+                '--max-depth', opts['max_depth'], None, 1, heapprof._native().MAX_STACK_DEPTH))
+        if 'rates' in opts:
+            env.pop('HEAPPROF_INTERVAL', None)
+            try:
+                heapprof._parse_rates(opts['rates'])
+            except heapprof.OptionError as e:
+                raise UsageError(str(e).replace('sample rates', '--rates', 1)) from None
+            env['HEAPPROF_RATES'] = opts['rates']
+        if 'on_full' in opts:
+            if opts['on_full'] not in ('drop', 'block', 'adapt'):
+                raise UsageError("--on-full %r: expected drop, block or adapt"
+                                 % opts['on_full'])
+            env['HEAPPROF_ON_FULL'] = opts['on_full']
+        if env.get('HEAPPROF_ON_FULL') == 'adapt' and env.get('HEAPPROF_RATES'):
+            raise UsageError('%s doubles a sampling interval; with %s (size-bucket rates) '
+                             'use drop or block'
+                             % ('--on-full adapt' if 'on_full' in opts
+                                else 'HEAPPROF_ON_FULL=adapt',
+                                '--rates' if 'rates' in opts else 'HEAPPROF_RATES'))
+        # What is left to check comes from the user's own HEAPPROF_* variables.
+        heapprof._resolve('-', None, None, None, None, environ=env)
+    except heapprof.OptionError as e:
+        raise UsageError(str(e)) from None
+    return env
+
+
+def _check_socket(path):
+    """Refuses a --socket nobody listens on: the program would run unprofiled."""
+    import socket
+    import stat
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError('--socket %s: %s (is heapprofd running?)'
+                         % (path, e.strerror or e)) from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UsageError('--socket %s is not a socket' % path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+    except OSError as e:
+        raise UsageError('--socket %s: cannot connect: %s (is heapprofd running?)'
+                         % (path, e.strerror or e)) from None
+    finally:
+        s.close()
 
 
 def find_heapprofd():
@@ -266,36 +327,7 @@ def run_main(argv):
         if opts.get('help'):
             sys.stdout.write(RUN_USAGE)
             return 0
-        env = dict(os.environ)
-        if 'interval' in opts and 'rates' in opts:
-            raise UsageError('--interval %s and --rates %s are both set: give one'
-                             % (opts['interval'], opts['rates']))
-        # An option replaces the environment's setting of the other kind too; otherwise
-        # the program would see both and refuse to profile.
-        if 'interval' in opts:
-            env.pop('HEAPPROF_RATES', None)
-        if 'rates' in opts:
-            env.pop('HEAPPROF_INTERVAL', None)
-        if 'interval' in opts:
-            env['HEAPPROF_INTERVAL'] = str(_positive_int('--interval', opts['interval']))
-        if 'max_depth' in opts:
-            env['HEAPPROF_MAX_DEPTH'] = str(_positive_int('--max-depth', opts['max_depth']))
-        if 'rates' in opts:
-            from heapprof import _parse_rates
-            try:
-                _parse_rates(opts['rates'])
-            except ValueError as e:
-                raise UsageError(str(e)) from None
-            env['HEAPPROF_RATES'] = opts['rates']
-        if 'on_full' in opts:
-            if opts['on_full'] not in ('drop', 'block', 'adapt'):
-                raise UsageError("--on-full %r: expected drop, block or adapt"
-                                 % opts['on_full'])
-            env['HEAPPROF_ON_FULL'] = opts['on_full']
-        # Refused here rather than by the program's agent, which would run it unprofiled.
-        if env.get('HEAPPROF_ON_FULL') == 'adapt' and env.get('HEAPPROF_RATES'):
-            raise UsageError('--on-full adapt doubles a sampling interval; with --rates '
-                             '(size-bucket rates) use drop or block')
+        env = _program_env(opts, os.environ)
         cmd = [sys.executable] + (['-m', module] + rest if module else rest)
         if module is None and not os.path.exists(rest[0]):
             raise UsageError("can't open file %r: no such file" % rest[0])
@@ -304,6 +336,8 @@ def run_main(argv):
         if opts.get('report') and opts.get('socket'):
             raise UsageError('--report needs the private heapprofd: the daemon behind '
                              '--socket is still recording when the program ends')
+        if opts.get('socket'):
+            _check_socket(opts['socket'])
     except UsageError as e:
         sys.stderr.write('heapprof run: %s\n' % e)
         return 2
@@ -349,8 +383,9 @@ def run_main(argv):
             sys.stderr.write('heapprof run: heapprofd exited with status %d%s\n'
                              % (daemon.returncode, (': ' + lines[-1]) if lines else ''))
     if created and _remove_if_no_session(db):
-        sys.stderr.write('heapprof run: no session was recorded; removed the empty %s\n' % db)
-        return status
+        sys.stderr.write('heapprof run: no session was recorded, so the program ran '
+                         'unprofiled; removed the empty %s\n' % db)
+        return status or 2
     from heapprof import _db
     try:
         summarize(db, sys.stderr)
@@ -424,9 +459,7 @@ def print_histogram(rows, out):
     cum = 0
     for lo, hi, n, b in rows:
         cum += b
-        rng = _fmt.human_bytes(lo) if lo == hi else '%s - %s' % (_fmt.human_bytes(lo),
-                                                                 _fmt.human_bytes(hi))
-        table.append((rng, n, _fmt.percent(n, total_n), _fmt.human_bytes(b),
+        table.append((_fmt.size_range(lo, hi), n, _fmt.percent(n, total_n), _fmt.human_bytes(b),
                       _fmt.percent(b, total_b), _fmt.percent(cum, total_b)))
     table.append(('total', total_n, '', _fmt.human_bytes(total_b), '', ''))
     out.write('\n'.join(_fmt.table(('size', 'count', 'count%', 'bytes', 'bytes%', 'cum%'),

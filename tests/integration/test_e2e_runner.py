@@ -2,6 +2,7 @@
 through, database written; -m module; --socket; Ctrl-C goes to the program, not to the
 daemon; no empty database left behind) and `python -m heapprof stats`."""
 import glob
+import json
 import os
 import re
 import signal
@@ -119,6 +120,75 @@ class Runner(unittest.TestCase):
         dbs = glob.glob(os.path.join(self.tmp, 'heapprof-*.sqlite'))
         self.assertEqual(len(dbs), 1, os.listdir(self.tmp))
         self.assertIn('database: %s' % dbs[0], r.stderr)
+        # Issue 13 item 4: the session's argv names the module ("-m", "z" said nothing).
+        con = sqlite3.connect(dbs[0])
+        try:
+            argv = json.loads(con.execute('SELECT argv FROM sessions').fetchone()[0])
+        finally:
+            con.close()
+        self.assertEqual(argv, ['-m', 'appmod', 'z'])
+        r = self.heapprof('sessions', '--db', dbs[0])
+        self.assertRegex(r.stdout, r' -m appmod z\n')
+
+    def test_the_module_and_command_of_python_itself_are_recorded(self):
+        # The same through the start-up hook alone: python -m MODULE / -c CODE, in the
+        # forms Python accepts.
+        write_program(self.tmp, 'appmod.py', PROGRAM)
+        daemon = Daemon(self.tmp)
+        self.addCleanup(daemon.kill)
+        env = dict(self.env, PYTHONPATH=self.tmp, HEAPPROF_SOCKET=daemon.socket)
+        runs = ((['-m', 'appmod', 'a', '-m'], ['-m', 'appmod', 'a', '-m']),
+                (['-mappmod', 'b'], ['-m', 'appmod', 'b']),
+                (['-B', '-m', 'appmod'], ['-m', 'appmod']),
+                (['-Bm', 'appmod', '-c'], ['-m', 'appmod', '-c']),
+                (['-c', 'import sys; x = bytearray(100000); sys.exit(4)', 'q'],
+                 ['-c', 'import sys; x = bytearray(100000); sys.exit(4)', 'q']))
+        for args, _ in runs:
+            p = subprocess.run([PYTHON] + args, env=env, cwd=self.tmp, capture_output=True,
+                               text=True, timeout=60)
+            self.assertEqual(p.returncode, 4, (args, p.stderr))
+        daemon.stop()
+        got = [json.loads(a) for a, in daemon.query('SELECT argv FROM sessions '
+                                                    'ORDER BY session_id')]
+        self.assertEqual(got, [want for _, want in runs])
+
+    def test_run_refuses_what_the_program_could_not_be_profiled_with(self):
+        # Issue 13 item 6: each of these ran the program unprofiled, deleted the database
+        # and exited 0, naming a variable the user never set.
+        path = write_program(self.tmp, 'app.py', PROGRAM)
+        listener_dir = tempfile.mkdtemp(dir=self.tmp)
+        stale = os.path.join(listener_dir, 'stale.sock')
+        import socket
+        sk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sk.bind(stale)          # a socket file nobody listens on (a daemon that died)
+        sk.close()
+        from heapprof import _agent
+        depth_max = _agent.MAX_STACK_DEPTH
+        cases = (
+            (['--max-depth', '9999'], {}, '--max-depth 9999 is outside 1..%d' % depth_max),
+            (['--max-depth=0'], {}, '--max-depth 0 is outside 1..%d' % depth_max),
+            (['--interval', '%d' % (1 << 41)], {}, '--interval %d is outside' % (1 << 41)),
+            ([], {'HEAPPROF_INTERVAL': 'abc'}, "HEAPPROF_INTERVAL 'abc' is not a whole number"),
+            ([], {'HEAPPROF_MAX_DEPTH': '99999'}, 'HEAPPROF_MAX_DEPTH 99999 is outside'),
+            ([], {'HEAPPROF_ON_FULL': 'wait'}, "HEAPPROF_ON_FULL 'wait': expected"),
+            ([], {'HEAPPROF_RATES': '{128: 2}'}, 'HEAPPROF_RATES: sample rates: rate 2'),
+            (['--rates', '128:0.5'], {'HEAPPROF_ON_FULL': 'adapt'},
+             'HEAPPROF_ON_FULL=adapt doubles a sampling interval; with --rates'),
+            (['--socket', '/nonexistent/heapprofd.sock'], {},
+             '--socket /nonexistent/heapprofd.sock: No such file or directory'),
+            (['--socket', path], {}, '--socket %s is not a socket' % path),
+            (['--socket', stale], {}, '--socket %s: cannot connect: Connection refused' % stale),
+        )
+        for opts, env, words in cases:
+            with self.subTest(opts=opts, env=env):
+                r = self.heapprof('run', *opts, path, env=dict(self.env, **env))
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertEqual(r.stdout, '')                  # the program never ran
+                lines = r.stderr.splitlines()
+                self.assertEqual(len(lines), 1, r.stderr)
+                self.assertTrue(lines[0].startswith('heapprof run: '), lines[0])
+                self.assertIn(words, lines[0])
+                self.assertEqual(glob.glob(os.path.join(self.tmp, '*.sqlite')), [])
 
     def test_ctrl_c_reaches_the_program_and_the_session_is_complete(self):
         # Review item 1: SIGINT was ignored in the child (SIG_IGN survives exec) and
@@ -305,6 +375,26 @@ class Runner(unittest.TestCase):
         total = [l for l in r.stderr.splitlines() if l.startswith('total ')]
         self.assertEqual(len(total), 1, r.stderr)
         self.assertRegex(total[0], r' \d+\.\d (KiB|MiB|GiB)$')
+
+    def test_stats_of_a_program_and_of_its_recording_use_the_same_size_classes(self):
+        # Issue 13 item 10: `stats PROGRAM` counted [128, 255] where `stats --db` counted
+        # [129, 256], so the two tables never lined up.
+        path = write_program(self.tmp, 'app.py', PROGRAM)
+
+        def classes(text):
+            return {m.group(1) for m in re.finditer(
+                r'^\s*(\d+(?:\.\d)? \w+(?: - \d+(?:\.\d)? \w+)?)\s{2,}\d', text, re.M)}
+        counted = classes(self.heapprof('stats', path).stderr)
+        db = os.path.join(self.tmp, 'classes.sqlite')
+        self.assertEqual(self.heapprof('run', '-o', db, '--interval', '1', path).returncode, 4)
+        r = self.heapprof('stats', '--db', db)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        sampled = classes(r.stdout)
+        # Both hold the 100000-byte buffers and small objects of every size.
+        same = {'64.0 KiB - 128.0 KiB', '16 B - 31 B', '32 B - 63 B', '64 B - 127 B',
+                '128 B - 255 B', '256 B - 511 B', '512 B - 1023 B'}
+        self.assertLessEqual(same, counted)
+        self.assertLessEqual(same, sampled)
 
     def test_run_refuses_interval_with_rates(self):
         # Review 2 item 3: the rates silently replaced the interval.

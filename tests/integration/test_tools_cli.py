@@ -381,8 +381,8 @@ class CliTest(unittest.TestCase):
     def test_stats_histogram_from_db(self):
         out = self.ok('stats', '--db', self.spike_db).stdout
         self.assertIn('estimates from sampled allocations', out)
-        row = [l for l in out.splitlines() if l.strip().startswith('129 B - 256 B')][0]
-        self.assertRegex(row, r'129 B - 256 B\s+300\s+4\.8k\s+1\.2 MiB')
+        row = [l for l in out.splitlines() if l.strip().startswith('256 B - 511 B')][0]
+        self.assertRegex(row, r'256 B - 511 B\s+300\s+4\.8k\s+1\.2 MiB')
         row = [l for l in out.splitlines() if '64.0 KiB - 128.0 KiB' in l][0]
         self.assertRegex(row, r'\s100\s+100\s+9\.8 MiB\s+')
 
@@ -455,6 +455,37 @@ class CliTest(unittest.TestCase):
         self.assertEqual(p.returncode, 2)
         self.assertNotIn('Traceback', p.stderr)
         self.assertIn('unrecognized arguments: --bogus', p.stderr)
+        # With the usage of the subcommand it was given to (issue 13 item 10), not the
+        # top-level one, which says nothing about the options.
+        for cmd in ('top', 'sessions', 'leaks', 'stats'):
+            p = heapprof(cmd, '--db', self.spike_db, '--bogus')
+            self.assertEqual(p.returncode, 2)
+            self.assertTrue(p.stderr.startswith('usage: heapprof %s [-h]' % cmd), p.stderr)
+            self.assertIn('heapprof %s: error: unrecognized arguments: --bogus' % cmd, p.stderr)
+
+    def test_stats_usage_shows_both_forms(self):
+        usage = self.ok('stats', '--help').stdout.split('\n\n')[0]
+        self.assertIn('heapprof stats [-h] [--db PATH] [--session ID]', usage)
+        self.assertIn('heapprof stats PROGRAM [ARGS...]', usage)
+
+    def test_sessions_json(self):
+        doc = json.loads(self.ok('sessions', '--db', self.both, '--json').stdout)
+        self.assertEqual([s['session_id'] for s in doc], [1, 2])
+        first = doc[0]
+        self.assertEqual(first['argv'], ['spike.py', '--flag'])
+        self.assertEqual((first['pid'], first['ppid'], first['status']), (1000, 1, 'exited'))
+        self.assertEqual(first['started_ns'], sc.START_NS)
+        self.assertAlmostEqual(first['duration_s'], 3.0)
+        self.assertEqual(first['sample_interval_bytes'], 4096)
+        self.assertEqual(first['interval_changes'], [])
+        self.assertIs(first['end_known'], True)
+
+    def test_follow_into_a_pipe_writes_no_terminal_escapes(self):
+        # The session has ended: one table, then the end line, and no clear-screen codes.
+        p = self.ok('top', '--db', self.spike_db, '--follow')
+        self.assertNotIn('\x1b', p.stdout)
+        self.assertTrue(p.stdout.startswith('heapprof top: session 1 (pid 1000'), p.stdout)
+        self.assertTrue(p.stdout.endswith('session 1 ended: exited\n'), p.stdout)
 
     # ------------------------------------------------------------ read-only (issue 13 item 9)
     def test_readers_leave_no_files_beside_the_database(self):

@@ -311,16 +311,19 @@ class ReaderTest(unittest.TestCase):
         with hr.read(self.spike_db) as r:
             h = r.size_histogram()
         self.assertEqual(sum(b.samples for b in h), len(self.spike.allocs))
+        # The classes of `heapprof stats PROGRAM` (issue 13 item 10): [2**(k-1), 2**k - 1].
         byhi = {b.hi: b for b in h}
-        self.assertEqual(byhi[256].samples, 300)            # churn: 256 bytes
-        self.assertEqual(byhi[256].est_bytes, 300 * 4096)
-        self.assertEqual(byhi[256].est_count, 300 * 16)      # 4096 / 256 per sample
-        self.assertEqual(byhi[128 * 1024].samples, 100)      # the spike's 100 KiB blocks
-        self.assertEqual(byhi[64].samples, 1)
-        self.assertEqual(byhi[64].lo, 33)
-        self.assertEqual(h[0].hi, 64)
-        self.assertEqual(h[-1].hi, 128 * 1024)
-        self.assertEqual(len(h), 12)                         # 64 .. 128 KiB, gaps kept
+        self.assertEqual(byhi[511].samples, 300)            # churn: 256 bytes
+        self.assertEqual(byhi[511].lo, 256)
+        self.assertEqual(byhi[511].est_bytes, 300 * 4096)
+        self.assertEqual(byhi[511].est_count, 300 * 16)      # 4096 / 256 per sample
+        self.assertEqual(byhi[128 * 1024 - 1].samples, 100)  # the spike's 100 KiB blocks
+        self.assertEqual(byhi[128 * 1024 - 1].lo, 64 * 1024)
+        self.assertEqual(byhi[63].samples, 1)                # 40 bytes
+        self.assertEqual(byhi[63].lo, 32)
+        self.assertEqual(h[0].hi, 63)
+        self.assertEqual(h[-1].hi, 128 * 1024 - 1)
+        self.assertEqual(len(h), 12)                         # 32 B .. 128 KiB, gaps kept
 
     def test_flame_totals_equal_the_snapshot(self):
         with hr.read(self.spike_db) as r:

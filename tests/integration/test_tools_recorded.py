@@ -14,6 +14,7 @@ import unittest
 
 import tools_recording as rec
 
+from heapprof import _db
 from heapprof import reader as hr
 
 SCRIPT = os.path.join(os.path.dirname(rec.PYTHON), 'heapprof')
@@ -155,6 +156,45 @@ class RecordedTest(unittest.TestCase):
         peak_row = max(rows, key=lambda r: int(r[1]))
         self.assertGreater(float(peak_row[3]), 0.9)
         self.assertLess(float(rows[0][3]), 0.1)
+
+
+API_PROGRAM = """
+import sys
+import heapprof
+assert heapprof.start(socket=sys.argv[1], sample_interval=1)
+keep = [bytearray(1000) for _ in range(200)]
+assert heapprof.stop()
+"""
+
+
+class ApiRecordingTest(unittest.TestCase):
+    def test_profiles_started_by_the_api_hold_no_frames_of_heapprof(self):
+        # Issue 13 item 10: start() exported HEAPPROF_* for child processes after the
+        # session had started, and stop() put them back before it ended, so os.environ's
+        # strings were profiled under _export_environment and _restore_environment.
+        with tempfile.TemporaryDirectory(prefix='hp-tools-api-') as d:
+            prog = os.path.join(d, 'api.py')
+            with open(prog, 'w') as f:
+                f.write(API_PROGRAM)
+            daemon = rec.Daemon(d)
+            try:
+                env = {k: v for k, v in os.environ.items() if not k.startswith('HEAPPROF_')}
+                p = subprocess.run([rec.PYTHON, prog, daemon.socket], env=env,
+                                   capture_output=True, text=True, timeout=60)
+                self.assertEqual(p.returncode, 0, p.stderr)
+            finally:
+                daemon.stop()
+            # Every frame of every sampled stack, not only the allocating ones.
+            con = _db.open_db(daemon.db)
+            try:
+                files = {f for f, in con.execute(
+                    'SELECT DISTINCT f.filename FROM allocations a JOIN stack_frames sf'
+                    ' ON sf.stack_id = a.stack_id JOIN frames f ON f.frame_id = sf.frame_id')}
+            finally:
+                con.close()
+            self.assertIn(prog, files)          # the program's own allocations are there
+            package = os.path.dirname(hr.__file__)
+            self.assertEqual([f for f in files if f.startswith(package + os.sep)], [])
 
 
 if __name__ == '__main__':
