@@ -2,7 +2,9 @@
 several: each box is a code location, with one colored cell per time giving the live bytes
 allocated while it was on the stack; arrows go from caller to callee.
 
-The .dot file is rendered with graphviz's `dot` (to SVG by default) when `dot` is installed.
+The extension of the output chooses the format: .dot or .gv writes graphviz text (and
+renders it beside, to SVG by default, when graphviz's `dot` is installed); .svg, .png or .pdf
+is rendered by `dot` directly, which must then be installed.
 """
 import html
 import os
@@ -17,6 +19,8 @@ PALETTE = ('#8dd3c7', '#ffffb3', '#bebada', '#fb8072', '#80b1d3', '#fdb462', '#b
            '#fccde5', '#d9d9d9', '#bc80bd')
 MAX_TIMES = len(PALETTE)
 DOT_TIMEOUT_S = 120
+TEXT_FORMATS = ('.dot', '.gv')
+IMAGE_FORMATS = ('.svg', '.png', '.pdf')
 
 
 def register(subparsers):
@@ -24,14 +28,15 @@ def register(subparsers):
                               description=' '.join(__doc__.split('\n\n')[0].split()[3:]))
     add_db_options(p)
     add_at_option(p, default='peak', multiple=True)
-    p.add_argument('-o', '--output', required=True, metavar='FILE.dot',
-                   help="output dot file ('-': stdout)")
+    p.add_argument('-o', '--output', required=True, metavar='FILE',
+                   help="output file: .dot or .gv (graphviz text; '-': stdout), or .svg, "
+                        ".png or .pdf (rendered by graphviz `dot`)")
     p.add_argument('--min-share', type=float, default=0.01, metavar='FRACTION',
                    help='hide locations below this fraction of the live heap at every time '
                         '(default: 0.01)')
     p.add_argument('--render', default='svg', metavar='FORMAT',
-                   help="format `dot` renders to beside the .dot file (default: svg; 'none' to "
-                        "skip)")
+                   help="with a .dot output, the format `dot` also renders beside it "
+                        "(default: svg; 'none' to skip)")
     p.set_defaults(func=run)
 
 
@@ -84,24 +89,42 @@ def _quote(s):
     return '"%s"' % s.replace('\\', '\\\\').replace('"', '\\"')
 
 
-def render(dot_path, fmt):
-    """Renders dot_path with graphviz; returns the output path, or None without `dot`."""
+def render(text, fmt, out, what):
+    """Renders dot text with graphviz into out; False without `dot`. what names the
+    input in errors."""
     exe = shutil.which('dot')
     if exe is None:
-        return None
-    out = os.path.splitext(dot_path)[0] + '.' + fmt
+        return False
     try:
-        proc = subprocess.run([exe, '-T' + fmt, dot_path, '-o', out], capture_output=True,
+        proc = subprocess.run([exe, '-T' + fmt, '-o', out], input=text, capture_output=True,
                               text=True, timeout=DOT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise UsageError('graphviz dot took over %d s to render %s' % (DOT_TIMEOUT_S, dot_path))
+        raise UsageError('graphviz dot took over %d s to render %s' % (DOT_TIMEOUT_S, what))
     if proc.returncode != 0:
         msg = (proc.stderr.strip().splitlines() or ['exit status %d' % proc.returncode])[0]
-        raise UsageError('graphviz dot could not render %s: %s' % (dot_path, msg))
-    return out
+        raise UsageError('graphviz dot could not render %s: %s' % (what, msg))
+    return True
+
+
+def _check_output(out):
+    """The output's kind ('text' or 'image'), refusing an extension no format has, and an
+    image when graphviz is missing (before any work)."""
+    if out == '-':
+        return 'text'
+    ext = os.path.splitext(out)[1].lower()
+    if ext in TEXT_FORMATS:
+        return 'text'
+    if ext not in IMAGE_FORMATS:
+        raise UsageError('%s: flow writes .dot or .gv (graphviz text), or .svg, .png or .pdf '
+                         '(rendered by graphviz `dot`)' % out)
+    if shutil.which('dot') is None:
+        raise UsageError('%s: rendering %s needs graphviz `dot`, which is not installed '
+                         '(Debian: graphviz); write .dot instead' % (out, ext[1:].upper()))
+    return 'image'
 
 
 def run(args):
+    kind = _check_output(args.output)
     specs = args.at or ['peak']
     if len(specs) > MAX_TIMES:
         raise UsageError('flow compares at most %d times, not %d' % (MAX_TIMES, len(specs)))
@@ -116,13 +139,19 @@ def run(args):
         title = ('heapprof flow: session %d (pid %d); live bytes estimated from sampled '
                  'allocations' % (meta.session_id, meta.pid))
         text = to_dot(graph, labels, title, args.min_share)
+    if kind == 'image':
+        if not render(text, os.path.splitext(args.output)[1][1:].lower(), args.output,
+                      'the flow graph'):
+            raise UsageError('graphviz `dot` went away while drawing %s' % args.output)
+        print('wrote %s: live memory at %s' % (args.output, ', '.join(labels)))
+        return 0
     write_output(args.output, text)
     if args.output == '-':
         return 0
     print('wrote %s: live memory at %s' % (args.output, ', '.join(labels)))
     if args.render.lower() != 'none':
-        out = render(args.output, args.render)
-        if out is None:
+        out = os.path.splitext(args.output)[0] + '.' + args.render
+        if not render(text, args.render, out, args.output):
             print('graphviz `dot` is not installed: render it elsewhere with '
                   '`dot -T%s %s`' % (args.render, args.output))
         else:

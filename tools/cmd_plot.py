@@ -1,8 +1,8 @@
 """heapprof plot — the estimated live heap over time, and chosen file:line sites.
 
-PNG, SVG or PDF through matplotlib when it is importable; otherwise (or for -o X.csv) a CSV of
-the same series: t_seconds, total_live_bytes, then <site> bytes and <site> fraction of the
-total for each --site.
+The extension of the output chooses the format: .svg (drawn by heapprof, always available),
+.csv (the series: t_seconds, total_live_bytes, then <site> bytes and <site> fraction of the
+total for each --site), or .png and .pdf, drawn by matplotlib when it is importable.
 """
 import csv
 import io
@@ -10,17 +10,19 @@ import os
 import sys
 
 from heapprof import _fmt
+from heapprof import _svg
 from heapprof.cli import UsageError, add_db_options, open_reader, write_output
 
-IMAGE_FORMATS = ('.png', '.svg', '.pdf')
+MATPLOTLIB_FORMATS = ('.png', '.pdf')
+FORMATS = ('.svg', '.csv') + MATPLOTLIB_FORMATS
 
 
 def register(subparsers):
-    p = subparsers.add_parser('plot', help='time plot of the live heap (PNG/SVG, or CSV)',
+    p = subparsers.add_parser('plot', help='time plot of the live heap (SVG, CSV, PNG, PDF)',
                               description=__doc__.split('\n\n')[1].replace('\n', ' '))
     add_db_options(p)
     p.add_argument('-o', '--output', required=True, metavar='FILE',
-                   help='output file: .png, .svg or .pdf (matplotlib), or .csv')
+                   help='output file: .svg or .csv, or .png or .pdf (with matplotlib)')
     p.add_argument('--site', action='append', default=[], metavar='FILE:LINE',
                    help='also plot the live bytes allocated while FILE:LINE was on the stack, '
                         'and their fraction of the total (repeatable; FILE may be a path '
@@ -82,12 +84,37 @@ def _plot(path, r, header, rows, sites):
     plt.close(fig)
 
 
+def to_svg(r, header, rows, sites):
+    """The plot drawn by heapprof itself (no matplotlib needed)."""
+    ts = [float(row[0]) for row in rows]
+    total = list(zip(ts, (row[1] for row in rows)))
+    per_site = [(s, list(zip(ts, (row[2 + 2 * i] for row in rows))),
+                 list(zip(ts, (float(row[3 + 2 * i]) for row in rows))))
+                for i, s in enumerate(sites)]
+    title = ('heapprof: session %d (pid %d), estimates from sampled allocations'
+             % (r.metadata.session_id, r.metadata.pid))
+    return _svg.plot(title, max(r.duration, ts[-1]), total, per_site)
+
+
+def _matplotlib_missing(out, ext):
+    """Refuses an image only matplotlib draws, naming the formats that work here."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise UsageError('%s: %s plots need matplotlib, which %s cannot import (%s); write '
+                         '.svg or .csv instead, or install matplotlib (Debian: '
+                         'python3-matplotlib, for /usr/bin/python3)'
+                         % (out, ext[1:].upper(), sys.executable, e)) from None
+
+
 def run(args):
     out = args.output
     ext = os.path.splitext(out)[1].lower()
-    if ext not in IMAGE_FORMATS + ('.csv',):
-        raise UsageError('%s: the plot format is chosen by the extension: .png, .svg, .pdf or '
-                         '.csv' % out)
+    if ext not in FORMATS:
+        raise UsageError('%s: the plot format is chosen by the extension: .svg or .csv, or '
+                         '.png or .pdf (with matplotlib)' % out)
+    if ext in MATPLOTLIB_FORMATS:
+        _matplotlib_missing(out, ext)
     with open_reader(args) as r:
         header, rows = series(r, args.site)
         if not rows:
@@ -97,16 +124,10 @@ def run(args):
             write_output(out, to_csv(header, rows))
             print('wrote %s (%d points)' % (out, len(rows)))
             return 0
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            csv_path = os.path.splitext(out)[0] + '.csv'
-            write_output(csv_path, to_csv(header, rows))
-            sys.stderr.write('heapprof: matplotlib is not installed, so no %s plot; wrote the '
-                             'same series as CSV to %s (pip install matplotlib for plots)\n'
-                             % (ext[1:].upper(), csv_path))
-            return 0
-        _plot(out, r, header, rows, args.site)
+        if ext == '.svg':
+            write_output(out, to_svg(r, header, rows, args.site))
+        else:
+            _plot(out, r, header, rows, args.site)
         print('wrote %s (%d points, peak %s)' % (out, len(rows),
                                                  _fmt.human_bytes(max(x[1] for x in rows))))
     return 0

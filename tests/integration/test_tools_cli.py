@@ -359,24 +359,6 @@ class CliTest(unittest.TestCase):
         self.assertEqual(int(at15[2]), 100 * 100 * 1024)
         self.assertAlmostEqual(float(at15[3]), 100 * 100 * 1024 / int(at15[1]), places=5)
 
-    def test_plot_image_or_csv_fallback(self):
-        out = os.path.join(self.dir, 'plot.png')
-        p = self.ok('plot', '--db', self.steady_db, '-o', out)
-        have_mpl = subprocess.run([PY, '-c', 'import matplotlib'], capture_output=True,
-                                  timeout=TIMEOUT).returncode == 0
-        if have_mpl:
-            with open(out, 'rb') as f:
-                self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
-        else:
-            self.assertFalse(os.path.exists(out))
-            csv_path = os.path.join(self.dir, 'plot.csv')
-            self.assertIn('matplotlib is not installed', p.stderr)
-            self.assertIn(csv_path, p.stderr)
-            rows = self._read_csv(csv_path)
-            self.assertEqual(rows[0], ['t_seconds', 'total_live_bytes'])
-            # The steady ring: 20 buffers of 16 KiB live for most of the run.
-            self.assertEqual(max(int(r[1]) for r in rows[1:]), 20 * 16 * 1024)
-
     # ------------------------------------------------------------ stats
     def test_stats_histogram_from_db(self):
         out = self.ok('stats', '--db', self.spike_db).stdout
@@ -423,11 +405,12 @@ class CliTest(unittest.TestCase):
                        pattern=r'session 9 is not in .*both\.sqlite \(sessions: 1, 2\)')
             self.fails(*cmd, '--db', self.both, '--session', 'x', in_process=True,
                        pattern='session must be a number')
-        self.fails('plot', '--db', self.spike_db, '-o', os.path.join(d, 'p.png'), '--site',
+        self.fails('plot', '--db', self.spike_db, '-o', os.path.join(d, 'p.svg'), '--site',
                    'nowhere.py:3', pattern='no recorded frame at nowhere.py:3')
         self.fails('plot', '--db', self.spike_db, '-o', os.path.join(d, 'p.gif'),
-                   pattern=r'\.png, \.svg, \.pdf or \.csv')
-        self.fails('flame', '--db', self.spike_db, '-o', os.path.join(d, 'no', 'such', 'dir'),
+                   pattern=r'\.svg or \.csv, or \.png or \.pdf')
+        self.fails('flame', '--db', self.spike_db, '-o',
+                   os.path.join(d, 'no', 'such', 'dir', 'f.folded'),
                    pattern='No such file or directory')
         self.fails('top', '--db', self.spike_db, '-n', '0', pattern='--limit must be at least 1')
 
