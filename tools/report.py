@@ -24,7 +24,7 @@ session, as chosen by heapprof.reader.default_session) for `heapprof run
 
 import argparse
 import datetime
-import heapq
+import itertools
 import json
 import os
 import sqlite3
@@ -36,8 +36,10 @@ from heapprof import reader
 # Limits on what the HTML embeds; named once here, checked on the command line.
 DEFAULT_STEPS = 200          # uniform moments at which live bytes per stack are kept
 MAX_STEPS = 1000
-DEFAULT_TOP_STACKS = 400     # stacks kept individually; the rest become "other"
-MAX_TOP_STACKS = 5000
+DEFAULT_TOP_STACKS = 5000    # at most this many stacks kept whole; the rest are folded
+MAX_TOP_STACKS = 20000
+DEFAULT_FOLD_SHARE = 0.02    # stacks are kept until the folded rest holds at most this
+MAX_FOLD_SHARE = 0.5         # share of the live heap at every kept moment
 TIMELINE_POINTS = 4000       # points in the plotted timeline after down-sampling
 FINE_TIMELINE_POINTS = 1000  # "auto": fewer recorded intervals than this, and at most
 FINE_TIMELINE_MAX_ALLOCS = 200_000  # this many allocations: plot from the events
@@ -46,6 +48,8 @@ LEAK_STACKS_PER_SITE = 3     # example call paths shown per leaking site
 SQL_CHUNK = 500              # ids per "IN (...)" list, below SQLite's variable limit
 
 NO_STACK_FRAME = ("[no Python stack]", "<native>", 0)
+# Frame index of the "[other stacks]" pseudo-frame in the embedded stacks (report.js).
+OTHER_FRAME = -1
 
 
 class ReportError(Exception):
@@ -254,14 +258,14 @@ def _step_deltas(con, sid, t0, dt, nsteps):
          " FROM allocations WHERE session_id = :sid {extra} GROUP BY stack_id, i")
     args = {"t0": t0, "dt": dt, "sid": sid}
     for stack_id, i, b in con.execute(q.format(col="ts_ns", extra=""), args):
-        b = int(b)
+        b, i = int(b), int(i)       # i is REAL when a stored time overflowed the SQL
         alloc_total[stack_id] = alloc_total.get(stack_id, 0) + b
         if i < nsteps:
             per_stack.setdefault(stack_id, {})
             per_stack[stack_id][i] = per_stack[stack_id].get(i, 0) + b
     for stack_id, i, b in con.execute(
             q.format(col="freed_ns", extra="AND freed_ns IS NOT NULL"), args):
-        b = int(b)
+        b, i = int(b), int(i)
         if i < nsteps and stack_id in per_stack:
             d = per_stack[stack_id]
             d[i] = d.get(i, 0) - b
@@ -269,11 +273,80 @@ def _step_deltas(con, sid, t0, dt, nsteps):
 
 
 def _series(deltas, nsteps):
-    out, level = [0] * nsteps, 0
-    for i in range(nsteps):
-        level += deltas.get(i, 0)
-        out[i] = level
-    return out
+    dense = [0] * nsteps
+    for i, b in deltas.items():
+        dense[i] += b
+    return list(itertools.accumulate(dense))
+
+
+def _choose_stacks(deltas, at_peak, totals, peak_total, nsteps, top_k, fold_share):
+    """Which stacks the report keeps whole: (kept ids, {kept id: series}, folded ids).
+
+    Stacks go in order of the most bytes they hold at any kept moment (the steps and
+    the peak), and are kept until the rest hold at most fold_share of the live heap at
+    every kept moment, or top_k are kept. Folding by bytes, not by a count of stacks,
+    keeps what a long tail of small stacks holds from vanishing into "other". Stacks
+    that hold nothing at any kept moment are neither kept nor folded."""
+    levels = []
+    for stack_id in set(deltas) | set(at_peak):
+        level = max(max(_series(deltas.get(stack_id, {}), nsteps)), at_peak.get(stack_id, 0))
+        if level > 0:
+            levels.append((-level, stack_id is None, stack_id or 0, stack_id))
+    levels.sort()
+    rest, rest_peak = list(totals), peak_total
+    kept, series = [], {}
+    for n, (_, _, _, stack_id) in enumerate(levels):
+        if len(kept) >= top_k or _folded_share(rest, totals, rest_peak, peak_total)[0] \
+                <= fold_share:
+            return kept, series, [e[3] for e in levels[n:]]
+        ser = series[stack_id] = _series(deltas.get(stack_id, {}), nsteps)
+        rest = [r - v for r, v in zip(rest, ser)]
+        rest_peak -= at_peak.get(stack_id, 0)
+        kept.append(stack_id)
+    return kept, series, []
+
+
+def _packed(series):
+    """A stack's bytes per step for the page: {"v": [bytes per step]}, or when shorter
+    {"r": [bytes, repeat, bytes, repeat, ...]} (a stack holds the same bytes for long
+    stretches, so thousands of stacks cost little)."""
+    runs = []
+    for v, group in itertools.groupby(series):
+        runs += [v, sum(1 for _ in group)]
+    return {"r": runs} if len(runs) < len(series) else {"v": series}
+
+
+def _folded_share(rest, totals, rest_peak, peak_total):
+    """(highest share of the live heap that rest holds at a kept moment, that moment's
+    step index or None for the peak), over moments with a live heap."""
+    shares = [(r / t, i) for i, (r, t) in enumerate(zip(rest, totals)) if t > 0]
+    if peak_total > 0:
+        shares.append((rest_peak / peak_total, None))
+    return max(shares, key=lambda x: x[0], default=(0.0, None))
+
+
+def _fold(folded, paths, kept_paths, deltas, at_peak):
+    """Folds each folded stack into the deepest frame path it shares with a kept stack:
+    {path prefix (frame ids, root first): [step deltas, bytes at the peak, stacks]}. The
+    empty prefix collects the stacks that share no frame with a kept one."""
+    trie = {}
+    for path in kept_paths:
+        node = trie
+        for f in path:
+            node = node.setdefault(f, {})
+    groups = {}
+    for stack_id in folded:
+        path = paths.get(stack_id, ()) if stack_id is not None else ()
+        node, depth = trie, 0
+        while depth < len(path) and path[depth] in node:
+            node = node[path[depth]]
+            depth += 1
+        g = groups.setdefault(tuple(path[:depth]), [{}, 0, 0])
+        for i, b in deltas.get(stack_id, {}).items():
+            g[0][i] = g[0].get(i, 0) + b
+        g[1] += at_peak.get(stack_id, 0)
+        g[2] += 1
+    return groups
 
 
 def _live_by_stack_at(con, sid, ts):
@@ -319,7 +392,7 @@ def _sampling_changes(con, sid):
 
 
 def build_data(db_path, session=None, steps=DEFAULT_STEPS, top_stacks=DEFAULT_TOP_STACKS,
-               timeline="auto"):
+               timeline="auto", fold_share=DEFAULT_FOLD_SHARE):
     """Everything the HTML embeds, as a JSON-ready dict (see module docstring)."""
     if not 2 <= steps <= MAX_STEPS:
         raise ReportError(f"--steps {steps} is outside 2..{MAX_STEPS}")
@@ -327,16 +400,18 @@ def build_data(db_path, session=None, steps=DEFAULT_STEPS, top_stacks=DEFAULT_TO
         raise ReportError(f"timeline {timeline!r} is not one of auto, recorded, events")
     if not 1 <= top_stacks <= MAX_TOP_STACKS:
         raise ReportError(f"--top-stacks {top_stacks} is outside 1..{MAX_TOP_STACKS}")
+    if not 0 <= fold_share <= MAX_FOLD_SHARE:
+        raise ReportError(f"--fold-share {fold_share:g} is outside 0..{MAX_FOLD_SHARE:g}")
     con = _open_readonly(db_path)
     try:
-        return _build(con, db_path, session, steps, top_stacks, timeline)
+        return _build(con, db_path, session, steps, top_stacks, timeline, fold_share)
     except sqlite3.DatabaseError as e:
         raise ReportError(f"cannot read {db_path}: {e}") from None
     finally:
         con.close()
 
 
-def _build(con, db_path, session, nsteps, top_k, timeline_from):
+def _build(con, db_path, session, nsteps, top_k, timeline_from, fold_share):
     s = _pick_session(con, db_path, session)
     sid = s["id"]
     t0, t1 = _session_span(con, s)
@@ -363,36 +438,14 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
     deltas, alloc_total = _step_deltas(con, sid, t0, dt, nsteps)
     at_peak = _live_by_stack_at(con, sid, peak[0]) if peak else {}
 
-    # Top stacks by their highest live level at any kept moment. A stack's total
-    # allocated bytes bounds that level, so stacks are visited in that order and the
-    # walk stops once no remaining stack can enter the top.
     totals = [0] * nsteps
-    best = []  # min-heap of (level, stack_id)
-    series = {}
-    for stack_id in sorted(alloc_total, key=lambda k: -alloc_total[k]):
-        if len(best) >= top_k and alloc_total[stack_id] <= best[0][0]:
-            break
-        ser = _series(deltas.get(stack_id, {}), nsteps)
-        series[stack_id] = ser
-        level = max(max(ser), at_peak.get(stack_id, 0))
-        if level <= 0:
-            continue
-        if len(best) < top_k:
-            heapq.heappush(best, (level, stack_id if stack_id is not None else -1))
-        elif level > best[0][0]:
-            heapq.heapreplace(best, (level, stack_id if stack_id is not None else -1))
-    # Totals come from every stack, including those the walk skipped.
-    for stack_id, d in deltas.items():
+    for d in deltas.values():
         for i, b in d.items():
             totals[i] += b
-    level = 0
-    for i in range(nsteps):
-        level += totals[i]
-        totals[i] = level
+    totals = list(itertools.accumulate(totals))
     peak_total = sum(at_peak.values())
-
-    keep = sorted((sid_ if sid_ != -1 else None for _, sid_ in best),
-                  key=lambda k: (k is None, k or 0))
+    keep, series, folded = _choose_stacks(deltas, at_peak, totals, peak_total, nsteps,
+                                          top_k, fold_share)
 
     # Leaks: sampled allocations never freed, grouped by allocation site (innermost frame).
     leak_rows = con.execute(
@@ -403,8 +456,7 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
     if leaks_unknown:
         leak_rows = []      # blocks freed after the recording stopped are no leaks
     leak_stack_ids = [r[0] for r in leak_rows]
-    all_stacks = set(keep) | set(leak_stack_ids)
-    frames_of = _stack_frames(con, all_stacks)
+    frames_of = _stack_frames(con, set(keep) | set(folded) | set(leak_stack_ids))
 
     frame_ids = sorted({f for fl in frames_of.values() for f in fl})
     frame_rows = _frame_rows(con, frame_ids)
@@ -428,15 +480,31 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
         return [fidx(f) for f in fl]
 
     stacks = []
-    other = list(totals)
-    other_peak = peak_total
     for stack_id in keep:
-        ser = series[stack_id]
-        for i in range(nsteps):
-            other[i] -= ser[i]
-        pk = at_peak.get(stack_id, 0)
-        other_peak -= pk
-        stacks.append({"id": stack_id, "f": stack_path(stack_id), "v": ser, "p": pk})
+        stacks.append(dict(_packed(series[stack_id]), id=stack_id, f=stack_path(stack_id),
+                           p=at_peak.get(stack_id, 0)))
+    # Each folded stack becomes an "[other stacks]" box under the deepest caller it shares
+    # with a kept stack, so the callers' figures stay whole; those sharing none are summed
+    # at the top as "other".
+    kept_paths = [frames_of.get(k, ()) for k in keep if k is not None]
+    other, other_peak = [0] * nsteps, 0
+    rest = [0] * nsteps
+    for prefix, (d, pk, n) in sorted(_fold(folded, frames_of, kept_paths, deltas,
+                                           at_peak).items()):
+        ser = _series(d, nsteps)
+        rest = [r + v for r, v in zip(rest, ser)]
+        if not prefix:
+            other, other_peak = ser, pk
+            continue
+        stacks.append(dict(_packed(ser), id=None, f=[fidx(f) for f in prefix] + [OTHER_FRAME],
+                           p=pk, folded=n))
+    rest_peak = peak_total - sum(at_peak.get(k, 0) for k in keep)
+    share, at_step = _folded_share(rest, totals, rest_peak, peak_total)
+    fold = {"share_limit": fold_share, "kept": len(keep), "folded_stacks": len(folded),
+            "max_share": share,
+            "max_share_t": None if at_step is None or share <= 0 else
+            round((step_ts[at_step] - t0) * 1e-9, 9),
+            "peak_share": rest_peak / peak_total if peak_total > 0 else 0.0}
 
     sites = {}
     for stack_id, b, n in leak_rows:
@@ -486,6 +554,15 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
                         f"allocated at its end is unknown (see Leaks).")
     if n_allocs == 0:
         warnings.append("No sampled allocations were recorded in this session.")
+    if fold["max_share"] > fold_share:
+        when = "at the peak" if fold["max_share_t"] is None else \
+            f"at {fold['max_share_t']:.3f} s"
+        warnings.append(
+            f"The flame graph and the tables keep the {len(keep):,} stacks that hold the "
+            f"most whole (--top-stacks {top_k}); the {len(folded):,} smaller ones, folded "
+            f"into \"[other stacks]\" under their callers, still hold "
+            f"{100 * fold['max_share']:.1f}% of the live heap {when}, more than "
+            f"{100 * fold_share:g}% (--fold-share): raise --top-stacks to see them whole.")
 
     ns = 1e-9
     pk = None
@@ -520,6 +597,7 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from):
         "leaks": leaks,
         "leaks_unknown": leaks_unknown,
         "limits": {"steps": nsteps, "top_stacks": top_k, "leak_sites": MAX_LEAK_SITES},
+        "fold": fold,
     }
 
 
@@ -618,12 +696,13 @@ def _html_escape(s):
 
 
 def write_report(db_path, out_path, session=None, steps=DEFAULT_STEPS,
-                 top_stacks=DEFAULT_TOP_STACKS, timeline="auto"):
+                 top_stacks=DEFAULT_TOP_STACKS, timeline="auto",
+                 fold_share=DEFAULT_FOLD_SHARE):
     """Writes the one-file HTML report of `session` (default: the most recent) of the
     database at db_path to out_path. Raises ReportError with a one-line message on bad
     input. The file is written to a temporary name and renamed, so a reader never sees
     half a report."""
-    data = build_data(db_path, session, steps, top_stacks, timeline)
+    data = build_data(db_path, session, steps, top_stacks, timeline, fold_share)
     html = render_html(data)
     out = Path(out_path)
     if out.is_dir():
@@ -651,6 +730,13 @@ def _positive_int(text):
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
+def _fraction(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
 def _add_arguments(p):
     p.add_argument("--timeline", choices=("auto", "recorded", "events"), default="auto",
                    help="what the time plot shows: the daemon's recorded intervals, the "
@@ -668,8 +754,14 @@ def _add_arguments(p):
                    help=f"moments kept for flame graphs (2..{MAX_STEPS}, "
                         f"default {DEFAULT_STEPS})")
     p.add_argument("--top-stacks", type=_positive_int, default=DEFAULT_TOP_STACKS,
-                   help=f"stacks kept individually, the rest summed as 'other' "
-                        f"(1..{MAX_TOP_STACKS}, default {DEFAULT_TOP_STACKS})")
+                   help=f"at most this many stacks kept whole, those holding the most bytes "
+                        f"(1..{MAX_TOP_STACKS}, default {DEFAULT_TOP_STACKS}); the rest are "
+                        f"folded into '[other stacks]' under their callers")
+    p.add_argument("--fold-share", type=_fraction, default=DEFAULT_FOLD_SHARE,
+                   metavar="FRACTION",
+                   help=f"stacks are kept whole until the folded rest holds at most this "
+                        f"share of the live heap at every kept moment (0..{MAX_FOLD_SHARE:g}, "
+                        f"default {DEFAULT_FOLD_SHARE:g}); the report says how much is folded")
 
 
 def run(args):
@@ -681,7 +773,7 @@ def run(args):
         except UsageError as e:
             raise ReportError(str(e)) from None
         write_report(db, args.output, args.session, args.steps, args.top_stacks,
-                     args.timeline)
+                     args.timeline, args.fold_share)
     except ReportError as e:
         print(f"heapprof report: {e}", file=sys.stderr)
         return 1

@@ -160,6 +160,14 @@ def run_report(*args, timeout=60):
                           text=True, timeout=timeout)
 
 
+def series(stack):
+    """A stack's bytes per step, from "v" or from its runs "r" ([bytes, repeat, ...])."""
+    if "v" in stack:
+        return stack["v"]
+    r = stack["r"]
+    return [v for k in range(0, len(r), 2) for v in [r[k]] * r[k + 1]]
+
+
 def embedded_data(html):
     m = re.search(r'<script id="hp-data" type="application/json">(.*?)</script>', html, re.S)
     assert m, "no data block in the report"
@@ -206,11 +214,14 @@ class ReportData(unittest.TestCase):
     def test_stacks_and_other_add_up_at_every_moment(self):
         d = self.data
         for i in range(len(d["steps"]["t"])):
-            s = sum(st["v"][i] for st in d["stacks"]) + d["steps"]["other"][i]
+            s = sum(series(st)[i] for st in d["stacks"]) + d["steps"]["other"][i]
             self.assertEqual(s, d["steps"]["total"][i])
-        # All 33 stacks fit in the default top 400: nothing is left for "other".
+        # Each noise helper is alone at some moment, holding all of the live heap: to
+        # fold at most 2% everywhere, all 33 stacks stay whole; nothing is folded.
         self.assertEqual(len(d["stacks"]), 3 + N_NOISE)
         self.assertEqual(max(d["steps"]["other"]), 0)
+        self.assertEqual((d["fold"]["kept"], d["fold"]["folded_stacks"]), (3 + N_NOISE, 0))
+        self.assertEqual(d["fold"]["max_share"], 0)
 
     def test_stacks_are_root_first_frame_lists(self):
         d = self.data
@@ -263,20 +274,38 @@ class ReportLimits(unittest.TestCase):
         with open(self.out, encoding="utf-8") as f:
             return embedded_data(f.read()), r
 
-    def test_top_stacks_folds_the_rest_into_other(self):
+    def test_top_stacks_folds_the_rest_under_their_callers(self):
         events = make_db(self.db)
         d, _ = self.data("--top-stacks", "2", "--steps", "50")
-        self.assertEqual(len(d["stacks"]), 2)
         self.assertEqual(len(d["steps"]["t"]), 50)
-        kept = {tuple(tuple(d["frames"][fi]) for fi in st["f"])[-1] for st in d["stacks"]}
-        # The two stacks that ever hold the most: the index and the leak.
+        whole = [st for st in d["stacks"] if st["id"] is not None]
+        kept = {tuple(tuple(d["frames"][fi]) for fi in st["f"])[-1] for st in whole}
+        # The two stacks that ever hold the most bytes: the index and the leak.
         self.assertEqual(kept, {SPIKE, LEAK})
+        # Everything else shares <module> and main with them: it is folded there, as one
+        # "[other stacks]" box, and nothing is left without a caller.
+        folded = [st for st in d["stacks"] if st["id"] is None]
+        self.assertEqual(len(folded), 1)
+        self.assertEqual([tuple(d["frames"][fi]) for fi in folded[0]["f"][:-1]], [MOD, MAIN])
+        self.assertEqual(folded[0]["f"][-1], -1)
+        self.assertEqual(max(d["steps"]["other"]), 0)
+        seen = set()        # the other stacks live at some kept moment: these are folded
         for i in range(50):
             t_ns = T0 + int(round(d["steps"]["t"][i] * S))
             live = live_at(events, t_ns)
-            rest = sum(v for st, v in live.items() if st[0] not in (SPIKE, LEAK))
-            self.assertEqual(d["steps"]["other"][i], rest)
-        self.assertGreater(max(d["steps"]["other"]), 0)
+            rest = {st: v for st, v in live.items() if st[0] not in (SPIKE, LEAK)}
+            seen.update(rest)
+            self.assertEqual(series(folded[0])[i], sum(rest.values()))
+        at_peak = live_at(events, T0 + int(round(d["peak"]["t"] * S)))
+        seen.update(st for st in at_peak if st[0] not in (SPIKE, LEAK))
+        self.assertEqual(folded[0]["folded"], len(seen))
+        # The report says how much is folded, and that it is more than --fold-share.
+        self.assertEqual(d["fold"]["kept"], 2)
+        self.assertEqual(d["fold"]["folded_stacks"], len(seen))
+        self.assertEqual(d["fold"]["max_share"], 1.0)    # config alone, before the leak
+        self.assertRegex(" ".join(d["warnings"]), r'the \d+ smaller ones, folded into '
+                         r'"\[other stacks\]" under their callers, still hold 100\.0% of the '
+                         r'live heap at \d\.\d+ s, more than 2% \(--fold-share\)')
 
     def test_without_a_timeline_the_events_give_the_same_peak(self):
         events = make_db(self.db, timeline=False)
@@ -389,7 +418,7 @@ class ReportLimits(unittest.TestCase):
         nostack = [st for st in d["stacks"]
                    if [d["frames"][fi][0] for fi in st["f"]] == ["[no Python stack]"]]
         self.assertEqual(len(nostack), 1)
-        self.assertEqual(nostack[0]["v"][-1], MiB)
+        self.assertEqual(series(nostack[0])[-1], MiB)
         sites = {d["frames"][leak["site"]][0]: leak["bytes"] for leak in d["leaks"]}
         self.assertEqual(sites["[no Python stack]"], MiB)
         self.assertEqual(sites["remember"], 81 * 100 * KiB)
@@ -444,12 +473,113 @@ class ReportErrors(unittest.TestCase):
     def test_limits_are_named(self):
         make_db(self.db)
         self.fails("--db", self.db, "--steps", "100000", "-o", self.out, want="2..1000")
-        self.fails("--db", self.db, "--top-stacks", "0", "-o", self.out, want="1..5000")
+        self.fails("--db", self.db, "--top-stacks", "0", "-o", self.out, want="1..20000")
+        self.fails("--db", self.db, "--fold-share", "0.9", "-o", self.out, want="0..0.5")
 
     def test_unwritable_output(self):
         make_db(self.db)
         self.fails("--db", self.db, "-o", os.path.join(self.tmp.name, "no", "r.html"),
                    want="does not exist")
+
+
+def make_tail_db(path, n_small=3000):
+    """A peak like sphinx's: one 20 MiB stack, and n_small distinct small stacks (under 30
+    parse_k callers) that together hold a third of it, all live from 2 s to 8 s."""
+    ev = [((SPIKE, MAIN, MOD), 1.0, 9.0, 20 * MiB)]
+    for k in range(n_small):
+        node = (f"node_{k}", "tree.py", 1000 + k)
+        parse = (f"parse_{k % 30}", "parser.py", 10 + k % 30)
+        ev.append(((node, parse, MAIN, MOD), 2.0 + k * 1e-6, 8.0, 3 * KiB + k))
+    with open(os.path.join(SOURCE_ROOT, "schema", "schema.sql"), encoding="utf-8") as f:
+        schema = f.read()
+    con = sqlite3.connect(path)
+    try:
+        con.executescript(schema)
+        frame_id, rows = {}, []
+        for stack_id, (stack, a, f, b) in enumerate(ev, 1):
+            for fr in stack:
+                if fr not in frame_id:
+                    frame_id[fr] = len(frame_id) + 1
+                    con.execute("INSERT INTO frame (id, function, filename, lineno)"
+                                " VALUES (?, ?, ?, ?)", (frame_id[fr],) + fr)
+            con.execute("INSERT INTO stack (id, hash, depth, truncated) VALUES (?,?,?,0)",
+                        (stack_id, stack_id, len(stack)))
+            con.executemany("INSERT INTO stack_frame (stack_id, depth, frame_id)"
+                            " VALUES (?, ?, ?)",
+                            [(stack_id, d, frame_id[fr]) for d, fr in enumerate(stack)])
+            rows.append((ns(a), 0x1000 + 64 * stack_id, b, b, stack_id, ns(f)))
+        con.execute("INSERT INTO session (id, pid, ppid, argv, executable, python_version,"
+                    " started_ns, ended_ns, sample_interval_bytes, max_stack_depth, status,"
+                    " events_received, events_dropped) VALUES (1, 7, 1, '[\"sphinx\"]',"
+                    " 'python3', '3.11.7', ?, ?, 65536, 64, 'exited', ?, 0)",
+                    (T0, T0 + 10 * S, 2 * len(rows)))
+        con.executemany("INSERT INTO alloc (session_id, ts_ns, thread_id, domain, address,"
+                        " size, est_bytes, stack_id, freed_ns) VALUES (1,?,1,1,?,?,?,?,?)",
+                        rows)
+        con.commit()
+    finally:
+        con.close()
+    return ev
+
+
+class ReportFolding(unittest.TestCase):
+    """Issue 13 item 11: the flame graph folded a third of sphinx's peak into "[other
+    stacks]" (the top 400 stacks by count were kept). Stacks are now kept by bytes until
+    the folded rest holds at most --fold-share of the live heap at every kept moment, the
+    rest is folded under its callers, and the report says how much is folded."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="hp-report-fold-")
+        cls.db = os.path.join(cls.tmp.name, "tail.sqlite")
+        cls.events = make_tail_db(cls.db)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def data(self, *args):
+        out = os.path.join(self.tmp.name, "fold.html")
+        r = run_report("--db", self.db, "-o", out, *args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(out, encoding="utf-8") as f:
+            html = f.read()
+        return embedded_data(html), len(html.encode())
+
+    def check_adds_up(self, d):
+        for i, t in enumerate(d["steps"]["t"]):
+            live = sum(live_at(self.events, T0 + int(round(t * S))).values())
+            self.assertEqual(d["steps"]["total"][i], live)
+            self.assertEqual(sum(series(st)[i] for st in d["stacks"]) + d["steps"]["other"][i],
+                             live)
+
+    def test_folded_stacks_hold_at_most_a_few_percent(self):
+        d, size = self.data()
+        self.check_adds_up(d)
+        fold = d["fold"]
+        self.assertLessEqual(fold["max_share"], 0.02)
+        self.assertLessEqual(fold["peak_share"], 0.02)
+        self.assertGreater(fold["folded_stacks"], 0)       # the smallest are still folded
+        self.assertEqual(fold["kept"] + fold["folded_stacks"], 3001)
+        for i, total in enumerate(d["steps"]["total"]):
+            folded = sum(series(st)[i] for st in d["stacks"] if st["id"] is None)
+            self.assertLessEqual(folded + d["steps"]["other"][i], 0.02 * total + 1)
+        self.assertEqual([w for w in d["warnings"] if "fold" in w], [])
+        # Thousands of stacks that hold the same bytes for long stretches stay small.
+        self.assertLess(size, 1500 * 1024)
+
+    def test_beyond_top_stacks_the_rest_is_folded_under_its_callers_and_said(self):
+        d, _ = self.data("--top-stacks", "100")
+        self.check_adds_up(d)
+        self.assertEqual(d["fold"]["kept"], 100)
+        self.assertEqual(max(d["steps"]["other"]), 0)      # nothing without a caller
+        folded = [st for st in d["stacks"] if st["id"] is None]
+        callers = {d["frames"][st["f"][-2]][0] for st in folded}
+        self.assertEqual(callers, {f"parse_{k}" for k in range(30)})
+        self.assertEqual(sum(st["folded"] for st in folded), 2901)
+        share = d["fold"]["max_share"]
+        self.assertGreater(share, 0.2)
+        self.assertIn(f"still hold {100 * share:.1f}% of the live heap", " ".join(d["warnings"]))
 
 
 class ReportWhileRecording(unittest.TestCase):

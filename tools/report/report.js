@@ -12,8 +12,15 @@
 
   const D = JSON.parse(document.getElementById("hp-data").textContent);
   const FR = D.frames;             // [function, filename, lineno] by index
-  const STACKS = D.stacks;         // {f: [frame idx root..leaf], v: [bytes per step], p: bytes at peak}
-  const OTHER = -1;                // pseudo frame: stacks outside the top set
+  // {f: [frame idx root..leaf], v: [bytes per step], p: bytes at peak}; a stack may come as
+  // r: [bytes, repeat, ...] instead of v (tools/report.py, _packed).
+  const STACKS = D.stacks;
+  for (const s of STACKS) {
+    if (s.v) continue;
+    s.v = [];
+    for (let k = 0; k < s.r.length; k += 2) for (let n = 0; n < s.r[k + 1]; n++) s.v.push(s.r[k]);
+  }
+  const OTHER = -1;                // pseudo frame: smaller stacks, folded under their callers
   const OTHER_LABEL = "[other stacks]";
 
   // ------------------------------------------------------------ formatting
@@ -37,7 +44,7 @@
   }
   function frameName(fi) { return fi === OTHER ? OTHER_LABEL : FR[fi][0]; }
   function frameLoc(fi) {
-    if (fi === OTHER) return "top " + D.limits.top_stacks + " stacks shown individually";
+    if (fi === OTHER) return "smaller stacks folded under their deepest shown caller";
     const f = FR[fi];
     return f[2] ? f[1] + ":" + f[2] : f[1];
   }
@@ -105,8 +112,12 @@
      (S.events_dropped > 0 ? " \u2014 figures are incomplete" : "")],
    ["Sampled allocations", S.allocations.toLocaleString("en")],
    ["Database", D.db], ["Report written", D.generated],
-   ["Kept in this file", D.limits.steps + " moments \u00d7 top " + D.limits.top_stacks +
-     " stacks (the rest summed as \u201cother\u201d); timeline of " + D.timeline.t.length + " points from " +
+   ["Kept in this file", D.limits.steps + " moments \u00d7 " + D.fold.kept.toLocaleString("en") +
+     " stacks kept whole" + (D.fold.folded_stacks ? "; " + D.fold.folded_stacks.toLocaleString("en") +
+     " smaller stacks folded into \u201c" + OTHER_LABEL + "\u201d under their callers, holding at most " +
+     (100 * D.fold.max_share).toFixed(1) + "% of the live heap at any kept moment (" +
+     (100 * D.fold.peak_share).toFixed(1) + "% at the peak)" : "") + "; timeline of " +
+     D.timeline.t.length + " points from " +
      (D.timeline.source === "timeline" ? "the recorded timeline" : "the allocation events")]
   ].forEach(([k, v]) => { facts.appendChild(el("dt", null, k)); facts.appendChild(el("dd", null, String(v))); });
   document.getElementById("footer").textContent =
