@@ -32,11 +32,28 @@ esac
 
 # ---------------------------------------------------------------- Debian packages
 # Build and runtime needs; the test suite also wants clang + its runtime (the libFuzzer
-# run), graphviz (flow graphs rendered for real) and chromium (the HTML report test).
+# run), graphviz (flow graphs rendered for real), chromium (the HTML report test), and
+# what a pip install into a user's venv on Debian's python3 needs (pip, meson-python) with
+# packages a user has there (numpy, matplotlib).
 PKGS=(meson ninja-build pkg-config gcc libuv1-dev libmsgpack-dev libsqlite3-dev check
       python3 python3-venv python3-dev sqlite3)
 if [ "$MODE" = test ]; then
-  PKGS+=(clang libclang-rt-14-dev graphviz chromium)
+  PKGS+=(clang libclang-rt-14-dev graphviz chromium python3-pip python3-mesonpy
+         python3-numpy python3-matplotlib)
+fi
+# Debian's own python3 (the default on a fresh Debian 12) gets .venv with its system
+# packages, and matplotlib among them, so that `heapprof plot -o heap.png` draws.
+PYTHON=${PYTHON:-python3}
+debian_python() {
+  local p
+  p=$(command -v "$1" 2>/dev/null) || { [ "$1" = python3 ]; return; }
+  case "$(readlink -f "$p")" in /usr/bin/python3*) return 0 ;; esac
+  return 1
+}
+SYSTEM_SITE=
+if debian_python "$PYTHON"; then
+  SYSTEM_SITE=--system-site-packages
+  PKGS+=(python3-matplotlib)
 fi
 
 missing=()
@@ -56,7 +73,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # ---------------------------------------------------------------- interpreter and .venv
-PYTHON=${PYTHON:-python3}
 PYTHON_PATH=$(command -v "$PYTHON") || die "interpreter '$PYTHON' not found (set PYTHON=...)"
 PYTHON_REAL=$("$PYTHON_PATH" -c 'import os, sys; print(os.path.realpath(sys.executable))')
 PYTHON_VER=$("$PYTHON_PATH" -c 'import platform; print(platform.python_version())')
@@ -68,12 +84,13 @@ import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
 EOF
 
-# .venv is rebuilt when it was made from another interpreter.
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.heapprof-python" 2>/dev/null)" != "$PYTHON_REAL" ]; then
-  say "creating .venv from $PYTHON_REAL"
+# .venv is rebuilt when it was made from another interpreter (or other site settings).
+VENV_ID="$PYTHON_REAL${SYSTEM_SITE:+ $SYSTEM_SITE}"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.heapprof-python" 2>/dev/null)" != "$VENV_ID" ]; then
+  say "creating .venv from $PYTHON_REAL${SYSTEM_SITE:+ (with its system packages)}"
   rm -rf "$VENV" "$BUILD" "$BUILD_ASAN"
-  "$PYTHON_PATH" -m venv "$VENV"
-  echo "$PYTHON_REAL" > "$VENV/.heapprof-python"
+  "$PYTHON_PATH" -m venv $SYSTEM_SITE "$VENV"
+  echo "$VENV_ID" > "$VENV/.heapprof-python"
 fi
 
 # ---------------------------------------------------------------- build and install

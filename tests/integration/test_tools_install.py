@@ -1,0 +1,135 @@
+"""`pip install --no-build-isolation .` into a user's existing environment (suite 'tools'):
+a venv made with --system-site-packages from Debian's /usr/bin/python3, which sees the
+user's packages (numpy, matplotlib from Debian). The install must give working entry
+points (bin/heapprof executable, with the venv's interpreter on its first line, and
+bin/heapprofd), and profile a program that imports numpy (issue 13 item 5).
+
+Needs Debian's python3-venv, python3-pip, python3-mesonpy, python3-numpy and
+python3-matplotlib (`./setup.sh test` installs them). pip reads no index (--no-index):
+everything comes from the source tree and the system.
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+SOURCE_ROOT = os.environ.get('HEAPPROF_SOURCE_ROOT', os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))))
+DEBIAN_PYTHON = '/usr/bin/python3'
+NEEDED = ('venv', 'pip', 'mesonpy', 'numpy', 'matplotlib')
+TIMEOUT = 600
+
+PROGRAM = '''
+import sys
+import numpy as np
+keep = [np.arange(20000) for _ in range(100)]
+names = [str(i) * 10 for i in range(20000)]
+print("sum", int(sum(int(a.sum()) for a in keep)), len(names))
+sys.exit(3)
+'''
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT,
+                          stdin=subprocess.DEVNULL, **kw)
+
+
+class PipInstallTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        missing = [m for m in NEEDED if run([DEBIAN_PYTHON, '-c', 'import ' + m]).returncode]
+        if missing:
+            raise AssertionError('%s lacks %s: run ./setup.sh test, which installs the Debian '
+                                 'packages this test needs' % (DEBIAN_PYTHON, ', '.join(missing)))
+        cls.tmp = tempfile.TemporaryDirectory(prefix='hp-tools-install-')
+        d = cls.tmp.name
+        # A copy of the source, so that the build writes nothing into the tree under test.
+        cls.src = os.path.join(d, 'src')
+        shutil.copytree(SOURCE_ROOT, cls.src, ignore=shutil.ignore_patterns(
+            'build*', '.venv', '.git', 'artifacts', '__pycache__', '*.sqlite*', '.mesonpy*',
+            'heapprof-demo.*'))
+        cls.venv = os.path.join(d, 'venv')
+        r = run([DEBIAN_PYTHON, '-m', 'venv', '--system-site-packages', cls.venv])
+        if r.returncode:
+            raise AssertionError('venv: %s' % r.stderr)
+        cls.bin = os.path.join(cls.venv, 'bin')
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(('HEAPPROF_', 'PYTHON', 'PIP_'))}
+        cls.env = env
+        cls.pip = run([os.path.join(cls.bin, 'pip'), 'install', '--no-build-isolation',
+                       '--no-index', cls.src], env=env, cwd=d)
+        if cls.pip.returncode:
+            raise AssertionError('pip install failed:\n%s\n%s' % (cls.pip.stdout[-4000:],
+                                                                  cls.pip.stderr[-4000:]))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def heapprof(self, *args, cwd=None):
+        return run([os.path.join(self.bin, 'heapprof')] + list(args), env=self.env,
+                   cwd=cwd or self.tmp.name)
+
+    def test_entry_points_are_executable_and_run_the_venvs_python(self):
+        script = os.path.join(self.bin, 'heapprof')
+        self.assertTrue(os.access(script, os.X_OK), oct(os.stat(script).st_mode))
+        with open(script) as f:
+            self.assertEqual(f.readline().strip(), '#!' + os.path.join(self.bin, 'python3'))
+        self.assertTrue(os.access(os.path.join(self.bin, 'heapprofd'), os.X_OK))
+        r = self.heapprof('--help')
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn('report', r.stdout)
+        r = run([os.path.join(self.bin, 'heapprofd'), '--help'], env=self.env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_profiles_a_program_that_imports_numpy(self):
+        d = tempfile.mkdtemp(dir=self.tmp.name)
+        prog = os.path.join(d, 'np_prog.py')
+        with open(prog, 'w') as f:
+            f.write(PROGRAM)
+        db = os.path.join(d, 'np.sqlite')
+        r = self.heapprof('run', '-o', db, '--interval', '4096', prog, cwd=d)
+        self.assertEqual(r.returncode, 3, r.stderr)            # the program's own status
+        self.assertEqual(r.stdout, 'sum %d 20000\n' % (100 * sum(range(20000))))
+        self.assertIn('(pid ', r.stderr)
+        self.assertIn('database: %s' % db, r.stderr)
+        self.assertEqual([f for f in os.listdir(d) if f.startswith('np.sqlite')], ['np.sqlite'])
+        # numpy came from the system's packages, and its import was profiled.
+        r = self.heapprof('top', '--db', db, '--at', 'end', '-n', '200', '--by', 'cumulative')
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r'/dist-packages/numpy/')
+        self.assertIn('np_prog.py:', r.stdout)
+        r = self.heapprof('sessions', '--db', db, '--json')
+        self.assertRegex(r.stdout, r'"status": "exited"')
+        self.assertIn('"argv": [\n   "%s"\n  ]' % prog, r.stdout)
+        # matplotlib, also the system's, draws the PNG.
+        png = os.path.join(d, 'heap.png')
+        r = self.heapprof('plot', '--db', db, '-o', png)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(png, 'rb') as f:
+            self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+
+    def test_the_start_up_hook_profiles_the_venvs_python(self):
+        # HEAPPROF_SOCKET works for the interpreter heapprof is installed for.
+        d = tempfile.mkdtemp(dir=self.tmp.name)
+        db, sock = os.path.join(d, 'hook.sqlite'), os.path.join(d, 'hook.sock')
+        daemon = subprocess.Popen([os.path.join(self.bin, 'heapprofd'), '--db', db, '--socket',
+                                   sock], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, env=self.env)
+        try:
+            self.assertIn('listening on', daemon.stdout.readline())
+            r = run([os.path.join(self.bin, 'python'), '-c', 'import numpy; x = [0] * 100000'],
+                    env=dict(self.env, HEAPPROF_SOCKET=sock))
+            self.assertEqual(r.returncode, 0, r.stderr)
+        finally:
+            daemon.terminate()
+            daemon.communicate(timeout=60)
+        self.assertEqual(daemon.returncode, 0)
+        r = self.heapprof('sessions', '--db', db, '--json')
+        self.assertIn('"-c"', r.stdout)
+        self.assertIn('"exited"', r.stdout)
+
+
+if __name__ == '__main__':
+    unittest.main()
