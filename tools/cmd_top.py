@@ -120,7 +120,9 @@ def follow(args):
                 drawn = True
                 out.flush()
                 if meta.status != 'running':
-                    out.write('session %d ended: %s\n' % (meta.session_id, meta.status))
+                    why = meta.end_unknown_reason
+                    out.write('session %d ended: %s%s\n' % (meta.session_id, meta.status,
+                                                            ' (%s)' % why if why else ''))
                     out.flush()
                     return 0
                 time.sleep(args.refresh)

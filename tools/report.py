@@ -9,9 +9,10 @@ sampled allocations is reduced here to
   * the timeline of the estimated live heap, down-sampled to at most TIMELINE_POINTS
     points by taking the highest level in each bucket (so spikes keep their height);
   * live bytes per stack at a bounded number of moments ("steps", uniform over the
-    session, plus the exact moment of the peak), for the top stacks only, with the
-    rest folded into an "other" series so the totals still add up;
-  * the stacks of those top stacks as lists of frame indexes, and the frame table;
+    session, plus the exact moment of the peak), for the stacks that hold the most
+    bytes (until the rest hold at most --fold-share of any moment); the rest folded
+    under their deepest kept caller, so the totals still add up (_choose_stacks);
+  * the stacks as lists of frame indexes, and the frame table;
   * what was never freed, grouped by allocation site.
 
 The browser side (report/report.js) builds flame graphs, tables and growth rankings
