@@ -23,9 +23,9 @@ import sqlite3
 
 from heapprof import _db
 
-__all__ = ['read', 'sessions', 'default_session', 'end_unknown_reason', 'Reader', 'ReaderError', 'NoSessionsError',
-           'Session', 'Frame', 'SiteStat', 'LeakSite', 'SizeBucket', 'Totals', 'AllocSite',
-           'FlowGraph', 'NO_STACK_LABEL']
+__all__ = ['read', 'sessions', 'default_session', 'end_unknown_reason', 'Reader', 'ReaderError',
+           'NoSessionsError', 'Session', 'Frame', 'SiteStat', 'LeakSite', 'SizeBucket', 'Totals',
+           'AllocSite', 'FlowGraph', 'NO_STACK_LABEL']
 
 NS = 1_000_000_000
 # Stack id NULL in the allocations view: no Python stack (e.g. raw domain without the GIL).
