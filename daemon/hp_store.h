@@ -9,7 +9,13 @@
  * Pushing never blocks and never waits on SQLite. The queue is bounded in bytes:
  * hp_store_pause_if_full() tells the loop to stop reading sockets, and the store calls
  * on_resume (from its own thread; use uv_async_send) once it has drained the queue
- * below the low-water mark. */
+ * below the low-water mark.
+ *
+ * A transaction that fails (a full disk, another writer's lock, an I/O error) is rolled
+ * back and written again, whole, until it commits; meanwhile the store takes nothing new
+ * from the queue, so the queue's bound applies backpressure (store.c, "Failures"). Ids
+ * are never reused after a rollback. What cannot be written in the end is counted in its
+ * sessions' events_dropped, logged, and reported by hp_store_stop(). */
 #ifndef HP_STORE_H
 #define HP_STORE_H
 
@@ -29,6 +35,13 @@
  * stored: a row whose free could never be paired would look leaked forever. Frees make
  * room again. daemon/README.md, "Limits". */
 #define HP_STORE_MAX_LIVE_ADDRS   (1u << 22)
+/* A session's argv, as stored (JSON text): what does not fit is left out, entry by
+ * entry, and counted in session_settings.argv_omitted. A HELLO can carry 4 MiB of
+ * argv (HP_MAX_ARGV entries of HP_MAX_STR_BYTES); a real command line is far shorter.
+ * daemon/README.md, "Limits". */
+#define HP_STORE_MAX_ARGV_BYTES   (64u << 10)
+/* At shutdown, how long a failing database is retried before what is left is given up. */
+#define HP_STORE_STOP_RETRY_MS    10000u
 
 typedef enum {
   HP_SESSION_EXITED = 0,       /* GOODBYE received */
@@ -43,6 +56,9 @@ typedef struct {
   uint32_t commit_ms;          /* 0: HP_STORE_COMMIT_MS */
   size_t queue_high, queue_low;/* 0: the defaults above */
   uint32_t max_live_addrs;     /* per session; 0: HP_STORE_MAX_LIVE_ADDRS */
+  uint32_t busy_timeout_ms;    /* how long BEGIN waits for another writer's lock before
+                                  the transaction is retried later; 0: as opened */
+  uint32_t stop_retry_ms;      /* 0: HP_STORE_STOP_RETRY_MS */
   void (*on_resume)(void *ctx);/* called on the store thread */
   void *ctx;
   /* SQL run by hp_store_stop() after the final commit, before the database closes:
@@ -58,8 +74,10 @@ typedef struct hp_store_session hp_store_session;  /* opaque; lives until its en
 int hp_store_start(hp_store **out, const hp_store_config *cfg);
 /* Stores everything queued, commits, joins the thread, builds the indexes of
  * cfg->index_sql (logging how many allocations and how long) and closes the database.
- * Returns 0, or the first storage error seen during the run (a failed index build is
- * logged; the data is intact without it). NULL is a no-op. */
+ * Returns 0 when everything received was stored (failures that a retry cured are not
+ * losses), or -HP_ESQLITE when something was given up: then the log says what, per
+ * session. A failed index build is logged; the data is intact without it. NULL is a
+ * no-op. */
 int hp_store_stop(hp_store *s);
 
 /* Loop thread only. The session handle is valid until hp_store_session_end(). */

@@ -87,12 +87,20 @@ int hp_timeline_add(hp_timeline *t, int64_t ts_ns, int64_t dbytes, int64_t dcoun
   return n;
 }
 
+/* The interval after the open one; INT64_MAX when that lies past the clock's range. */
+static int64_t next_of(const hp_timeline *t) {
+  int64_t next;
+  return __builtin_add_overflow(t->cur, t->interval, &next) ? INT64_MAX : next;
+}
+
+int hp_timeline_due(const hp_timeline *t, int64_t now_ns) {
+  return t->started && t->changed && interval_of(t, now_ns) > next_of(t);
+}
+
 int hp_timeline_advance(hp_timeline *t, int64_t now_ns, hp_tl_row *out) {
-  if (!t->started || !t->changed)
+  if (!hp_timeline_due(t, now_ns))
     return 0;
   int64_t iv = interval_of(t, now_ns);
-  if (iv <= t->cur + t->interval)
-    return 0;
   int n = close_open(t, iv, INT64_MAX, out);
   open_at(t, iv);
   return n;

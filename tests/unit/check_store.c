@@ -16,6 +16,7 @@
 #include "hp_store.h"
 
 #include "check_db_util.h"
+#include "hp_fault_vfs.h"
 
 static char tmpdir[256], dbpath[512];
 
@@ -554,6 +555,288 @@ START_TEST(store_goodbye_with_hooks_replaced_sets_the_status) {
 }
 END_TEST
 
+/* An allocation at an address whose previous allocation is still live means the agent
+ * lost that allocation's free: the old row ends when the new one starts, so that
+ * `leaks` (freed_ns IS NULL) and the timeline (which stops counting the old block then)
+ * agree (issue 12, item 4). _i 0: the old row is still pending; 1: committed. */
+START_TEST(store_ends_the_previous_row_at_a_reused_address) {
+  hp_store *s = start(_i == 0 ? 0 : 1, 0, 100000000);
+  uint64_t wall = wall_now_interval();
+  hp_store_session *a = session_with_stack_at(s, 1, wall);
+  hp_event ev[] = {
+    alloc_ev(1, 0x1000, 100, 1),
+    alloc_ev(2, 0x2000, 7, 1),
+    alloc_ev(5, 0x1000, 40, 1),   /* 0x1000 again: its free was lost */
+    free_ev(8, 0x2000),
+  };
+  ck_assert_int_eq(hp_store_events(s, a, ev, 2), 0);
+  ck_assert_int_eq(hp_store_events(s, a, ev + 2, 2), 0);
+  hp_goodbye g = {MONO0 + 20000000ULL, 1, HP_END_STOPPED};
+  ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = hp_test_db_open(dbpath);
+  char sql[256];
+  snprintf(sql, sizeof sql, "SELECT freed_ns - %llu FROM allocations WHERE address = 4096"
+           " AND size = 100", (unsigned long long)wall);
+  ck_assert_int_eq(hp_test_db_int(db, sql), 5000000);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations WHERE address = 4096"
+                                      " AND size = 40 AND freed_ns IS NULL"), 1);
+  /* What leaks reports is what the timeline ends at. */
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT sum(est_bytes) FROM allocations"
+                                      " WHERE freed_ns IS NULL"), 40);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT end_bytes FROM timeline_detail"
+                                      " ORDER BY ts_ns DESC LIMIT 1"), 40);
+  sqlite3_close(db);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ faults */
+
+/* The fault VFS (tests/fault) is the default VFS of this process, so the store's own
+ * connection meets SQLITE_FULL and SQLITE_BUSY from SQLite's real code paths. */
+static void setup_faults(void) {
+  ck_assert_int_eq(hp_fault_vfs_install(), SQLITE_OK);
+  hp_fault_set_full(0);
+  hp_fault_set_locked(0);
+  setup();
+}
+
+static void teardown_faults(void) {
+  hp_fault_set_full(0);
+  hp_fault_set_locked(0);
+  teardown();
+}
+
+static hp_store *start_cfg(hp_store_config cfg) {
+  sqlite3 *db;
+  char err[256];
+  ck_assert_msg(hp_schema_open(dbpath, &db, err, sizeof err) == 0, "%s", err);
+  cfg.db = db;
+  if (cfg.timeline_interval_ns == 0)
+    cfg.timeline_interval_ns = 100000000;
+  hp_store *s;
+  ck_assert_int_eq(hp_store_start(&s, &cfg), 0);
+  return s;
+}
+
+/* Polls until pred(s) is true, for at most 20 s. */
+static void wait_until(int (*pred)(hp_store *), hp_store *s, const char *what) {
+  struct timespec d = {0, 2000000};
+  for (int i = 0; i < 10000; i++) {
+    if (pred(s))
+      return;
+    nanosleep(&d, NULL);
+  }
+  ck_abort_msg("timed out waiting until %s", what);
+}
+static int queue_empty(hp_store *s) { return hp_store_queued_bytes(s) == 0; }
+
+static void sleep_ms(long ms) {
+  struct timespec d = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&d, NULL);
+}
+
+static int64_t db_int(const char *sql) {
+  sqlite3 *db = hp_test_db_open(dbpath);
+  int64_t v = hp_test_db_int(db, sql);
+  sqlite3_close(db);
+  return v;
+}
+
+/* A full disk rolls back the transaction that inserted session A. Its id must not be
+ * handed to session B, which starts once the disk has room again: the two programs
+ * would be merged into one session (issue 12, item 1). A is stored too, later. */
+START_TEST(store_never_reuses_the_id_of_a_rolled_back_session) {
+  long before = hp_fault_writes_refused();
+  hp_store *s = start_cfg((hp_store_config){.commit_ms = 20});
+  hp_fault_set_full(1);
+  hp_store_session *a = session_with_stack(s, 100);
+  hp_event ea[] = {alloc_ev(1, 0x1000, 100, 100)};
+  ck_assert_int_eq(hp_store_events(s, a, ea, 1), 0);
+  struct timespec d = {0, 2000000};
+  for (int i = 0; i < 10000 && hp_fault_writes_refused() == before; i++)
+    nanosleep(&d, NULL);
+  ck_assert_int_gt(hp_fault_writes_refused(), before);
+  hp_fault_set_full(0);
+  hp_store_session *b = session_with_stack(s, 200);
+  hp_event eb[] = {alloc_ev(1, 0x2000, 100, 200)};
+  ck_assert_int_eq(hp_store_events(s, b, eb, 1), 0);
+  hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
+  hp_store_session_end(s, b, HP_SESSION_DISCONNECTED, NULL);
+  int stop_rc = hp_store_stop(s);
+
+  ck_assert_int_eq(db_int("SELECT count(*) FROM sessions"), 2);
+  ck_assert_int_eq(db_int("SELECT count(DISTINCT session_id) FROM allocations"), 2);
+  /* Each allocation belongs to the session of its own program. */
+  ck_assert_int_eq(db_int("SELECT count(*) FROM allocations a JOIN sessions s USING"
+                          " (session_id) WHERE (a.address = 4096 AND s.pid = 100) OR"
+                          " (a.address = 8192 AND s.pid = 200)"), 2);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM sessions WHERE status = 'disconnected'"), 2);
+  ck_assert_int_eq(stop_rc, 0);  /* nothing was lost */
+}
+END_TEST
+
+/* A transaction that fails at COMMIT (disk full) is retried until the disk has room;
+ * then everything is stored, the session ends with its true status, and nothing counts
+ * as lost (issue 12, item 2). */
+START_TEST(store_retries_a_failed_commit_until_the_disk_has_room) {
+  hp_store *s = start_cfg((hp_store_config){.commit_ms = 20});
+  hp_store_session *a = session_with_stack(s, 1);
+  wait_until(queue_empty, s, "the session is queued");
+  sleep_ms(100);  /* its row is committed */
+  ck_assert_int_eq(db_int("SELECT count(*) FROM sessions"), 1);
+  long before = hp_fault_writes_refused();
+  hp_fault_set_full(1);
+  enum { N = 3000 };
+  static hp_event ev[N];
+  for (int i = 0; i < N; i++)
+    ev[i] = i % 3 == 2 ? free_ev((uint64_t)i, 0x10000 + 16u * (uint64_t)(i - 1))
+                       : alloc_ev((uint64_t)i, 0x10000 + 16u * (uint64_t)i, 32, 1);
+  ck_assert_int_eq(hp_store_events(s, a, ev, N), 0);
+  struct timespec d = {0, 2000000};
+  for (int i = 0; i < 10000 && hp_fault_writes_refused() == before; i++)
+    nanosleep(&d, NULL);
+  ck_assert_int_gt(hp_fault_writes_refused(), before);
+  sleep_ms(300);  /* more attempts fail */
+  hp_fault_set_full(0);
+  hp_goodbye g = {MONO0 + 9000000000ULL, 0, HP_END_STOPPED};
+  ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  int stop_rc = hp_store_stop(s);
+
+  ck_assert_int_eq(db_int("SELECT count(*) FROM sessions WHERE status = 'exited'"
+                          " AND events_received = 3000 AND events_dropped = 0"), 1);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM allocations"), 2000);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM allocations WHERE freed_ns IS NOT NULL"), 1000);
+  ck_assert_int_eq(stop_rc, 0);  /* nothing was lost */
+}
+END_TEST
+
+/* Another connection holds the write lock while a program starts and ends: its session
+ * must be stored, whole, once the lock is released (issue 12, item 2). */
+START_TEST(store_waits_out_another_writers_lock) {
+  hp_store *s = start_cfg((hp_store_config){.commit_ms = 20, .busy_timeout_ms = 20});
+  sqlite3 *locker = hp_test_db_open(dbpath);
+  ck_assert_int_eq(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_event ev[] = {alloc_ev(1, 0x1000, 100, 1), alloc_ev(2, 0x2000, 50, 1), free_ev(3, 0x1000)};
+  ck_assert_int_eq(hp_store_events(s, a, ev, 3), 0);
+  hp_goodbye g = {MONO0 + 9000000ULL, 2, HP_END_STOPPED};
+  ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  sleep_ms(400);  /* the store tries, and waits */
+  ck_assert_int_eq(sqlite3_exec(locker, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(locker);
+  int stop_rc = hp_store_stop(s);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM sessions WHERE status = 'exited'"
+                          " AND events_received = 3 AND events_dropped = 2"), 1);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM allocations WHERE session_id = 1"), 2);
+  ck_assert_int_eq(db_int("SELECT freed_ns - ts_ns FROM allocations WHERE address = 4096"),
+                   2000000);
+  ck_assert_int_eq(stop_rc, 0);  /* nothing was lost */
+}
+END_TEST
+
+/* A session ends while BEGIN fails and some of its rows are still pending: the store
+ * must not free the session before those rows are stored, since they point at it
+ * (issue 12, item 3; under ASan the old code read the freed session here). batch_rows 4
+ * makes every events item commit, keeping its own rows pending for one more round. */
+START_TEST(store_keeps_an_ended_session_until_its_rows_are_stored) {
+  hp_store *s = start_cfg((hp_store_config){.batch_rows = 4, .commit_ms = 10000,
+                                            .busy_timeout_ms = 10});
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_event e1[] = {alloc_ev(1, 0x1000, 8, 1), alloc_ev(2, 0x2000, 8, 1),
+                   alloc_ev(3, 0x3000, 8, 1), alloc_ev(4, 0x4000, 8, 1)};
+  ck_assert_int_eq(hp_store_events(s, a, e1, 4), 0);
+  wait_until(queue_empty, s, "the first events are processed");
+  long before = hp_fault_locks_refused();
+  hp_fault_set_locked(1);
+  hp_event e2[] = {alloc_ev(5, 0x5000, 8, 1), alloc_ev(6, 0x6000, 8, 1),
+                   alloc_ev(7, 0x7000, 8, 1), alloc_ev(8, 0x8000, 8, 1)};
+  ck_assert_int_eq(hp_store_events(s, a, e2, 4), 0);
+  hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
+  struct timespec d = {0, 2000000};
+  for (int i = 0; i < 10000 && hp_fault_locks_refused() == before; i++)
+    nanosleep(&d, NULL);
+  ck_assert_int_gt(hp_fault_locks_refused(), before);
+  sleep_ms(100);
+  hp_fault_set_locked(0);
+  int stop_rc = hp_store_stop(s);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM allocations WHERE session_id = 1"), 8);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM allocations"), 8);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM sessions WHERE status = 'disconnected'"
+                          " AND events_received = 8"), 1);
+  ck_assert_int_eq(stop_rc, 0);  /* nothing was lost */
+}
+END_TEST
+
+/* The disk stays full until heapprofd stops: after stop_retry_ms the store gives up,
+ * says so, and hp_store_stop fails, so that heapprofd exits non-zero (issue 12, item 2).
+ * The session's row keeps the last state that could be written ('running'), which the
+ * next heapprofd ends as disconnected. */
+START_TEST(store_gives_up_at_stop_when_the_disk_stays_full) {
+  hp_store *s = start_cfg((hp_store_config){.commit_ms = 20, .stop_retry_ms = 300});
+  hp_store_session *a = session_with_stack(s, 1);
+  wait_until(queue_empty, s, "the session is queued");
+  sleep_ms(100);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM sessions WHERE status = 'running'"), 1);
+  hp_fault_set_full(1);
+  hp_event ev[] = {alloc_ev(1, 0x1000, 100, 1), alloc_ev(2, 0x2000, 50, 1)};
+  ck_assert_int_eq(hp_store_events(s, a, ev, 2), 0);
+  hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), -HP_ESQLITE);
+  hp_fault_set_full(0);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM sessions WHERE status = 'running'"), 1);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM allocations"), 0);
+  ck_assert_int_eq(db_int("SELECT integrity_check = 'ok' FROM pragma_integrity_check"), 1);
+}
+END_TEST
+
+/* A transaction whose retry cannot succeed (another writer took an allocation id it
+ * holds: a constraint error, not a transient one) is given up after a few attempts; its
+ * events are counted in the session's events_dropped, the session goes on and ends
+ * with its true status, and hp_store_stop reports the loss. batch_rows 5 commits after
+ * every 5 rows, each events item keeping its own rows pending for one more commit. */
+START_TEST(store_gives_up_what_a_retry_cannot_store_and_counts_it) {
+  hp_store *s = start_cfg((hp_store_config){.batch_rows = 5, .commit_ms = 100000});
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_event e1[5], e2[5];
+  for (int i = 0; i < 5; i++) {
+    e1[i] = alloc_ev((uint64_t)i + 1, 0x1000 + 16u * (uint64_t)i, 8, 1);
+    e2[i] = alloc_ev((uint64_t)i + 10, 0x2000 + 16u * (uint64_t)i, 8, 1);
+  }
+  ck_assert_int_eq(hp_store_events(s, a, e1, 5), 0);
+  wait_until(queue_empty, s, "the first events are processed");
+  long before = hp_fault_writes_refused();
+  hp_fault_set_full(1);
+  ck_assert_int_eq(hp_store_events(s, a, e2, 5), 0);  /* its commit writes e1's rows: fails */
+  struct timespec d = {0, 2000000};
+  for (int i = 0; i < 10000 && hp_fault_writes_refused() == before; i++)
+    nanosleep(&d, NULL);
+  ck_assert_int_gt(hp_fault_writes_refused(), before);
+  /* Another writer, through the plain unix VFS, takes the id of e1's first row. */
+  sqlite3 *other = NULL;
+  ck_assert_int_eq(sqlite3_open_v2(dbpath, &other, SQLITE_OPEN_READWRITE, "unix"), SQLITE_OK);
+  sqlite3_busy_timeout(other, 5000);
+  ck_assert_int_eq(sqlite3_exec(other, "INSERT INTO alloc (id, session_id, ts_ns, thread_id,"
+                                " domain, address, size, est_bytes) VALUES (1, 99, 1, 1, 0, 1,"
+                                " 1, 1)", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(other);
+  hp_fault_set_full(0);
+  hp_goodbye g = {MONO0 + 50000000ULL, 0, HP_END_STOPPED};
+  ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), -HP_ESQLITE);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM sessions WHERE session_id = 1 AND"
+                          " status = 'exited' AND events_received = 10 AND events_dropped = 5"),
+                   1);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM allocations WHERE session_id = 1"), 5);
+  ck_assert_int_eq(db_int("SELECT min(address) FROM allocations WHERE session_id = 1"), 0x2000);
+}
+END_TEST
+
 Suite *store_suite(void) {
   Suite *s = suite_create("store");
   TCase *core = tcase_create("core");
@@ -573,7 +856,18 @@ Suite *store_suite(void) {
   tcase_add_test(v2, store_stores_native_allocations);
   tcase_add_loop_test(v2, store_counts_events_sent_but_never_received, 0, 4);
   tcase_add_test(v2, store_goodbye_with_hooks_replaced_sets_the_status);
+  tcase_add_loop_test(v2, store_ends_the_previous_row_at_a_reused_address, 0, 2);
   suite_add_tcase(s, v2);
+  TCase *faults = tcase_create("faults");
+  tcase_add_checked_fixture(faults, setup_faults, teardown_faults);
+  tcase_set_timeout(faults, 60);
+  tcase_add_test(faults, store_never_reuses_the_id_of_a_rolled_back_session);
+  tcase_add_test(faults, store_retries_a_failed_commit_until_the_disk_has_room);
+  tcase_add_test(faults, store_waits_out_another_writers_lock);
+  tcase_add_test(faults, store_keeps_an_ended_session_until_its_rows_are_stored);
+  tcase_add_test(faults, store_gives_up_at_stop_when_the_disk_stays_full);
+  tcase_add_test(faults, store_gives_up_what_a_retry_cannot_store_and_counts_it);
+  suite_add_tcase(s, faults);
   TCase *oom = tcase_create("oom");
   tcase_add_checked_fixture(oom, setup, teardown);
   tcase_set_timeout(oom, 30);
