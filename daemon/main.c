@@ -187,6 +187,13 @@ int main(int argc, char **argv) {
               "two daemons on one database are not supported\n", db_path);
     return 1;
   }
+  if (lock_rc == -EPERM) {
+    fprintf(stderr, "heapprofd: the lock file %s.lock belongs to another user; refusing "
+            "to use it or to open the database\n", db_path);
+    return 1;
+  }
+  if (hp_schema_path_warning(db_path, err, sizeof err))
+    hp_log(HP_LOG_WARN, "%s", err);
   sqlite3 *db = NULL;
   if (hp_schema_open(db_path, &db, err, sizeof err) < 0) {
     fprintf(stderr, "heapprofd: %s\n", err);

@@ -28,6 +28,11 @@
  * and the reason. */
 int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errlen);
 
+/* 1 and one line for users in buf when others can write the directory of path (they
+ * could replace the database or plant files beside it between heapprofd's runs);
+ * 0 otherwise, or when it cannot be told. */
+int hp_schema_path_warning(const char *path, char *buf, size_t len);
+
 /* The embedded schema.sql text (static). */
 const char *hp_schema_sql(void);
 

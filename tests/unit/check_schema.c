@@ -59,6 +59,15 @@ static int side_file_exists(const char *suffix) {
   return exists(p);
 }
 
+static void remove_db_files(void) {
+  static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+  for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+    char p[600];
+    snprintf(p, sizeof p, "%s%s", dbpath, suffixes[i]);
+    unlink(p);
+  }
+}
+
 /* Whole file into a malloc'd buffer; *len set. */
 static unsigned char *slurp(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
@@ -611,6 +620,195 @@ START_TEST(read_only_file_is_refused_for_writing) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ path */
+
+/* The database path is protected as the socket's is (issue 12, item 15): heapprofd may
+ * run as root in a directory others can write to. */
+
+static void side_path(char *buf, size_t n, const char *suffix) {
+  snprintf(buf, n, "%s%s", dbpath, suffix);
+}
+
+static void assert_refused_naming(int rc, const char *part) {
+  ck_assert_msg(rc < 0, "accepted; message: %s", errbuf);
+  ck_assert_msg(strstr(errbuf, part) != NULL, "message lacks '%s': %s", part, errbuf);
+  ck_assert_msg(strstr(errbuf, dbpath) == errbuf, "message does not start with the path: %s",
+                errbuf);
+}
+
+START_TEST(refuses_a_symlink_at_the_database_path) {
+  char target[600];
+  snprintf(target, sizeof target, "%s/elsewhere.sqlite", tmpdir);
+  ck_assert_int_eq(symlink(target, dbpath), 0);   /* dangling: where root would create */
+  sqlite3 *db = (sqlite3 *)0x1;
+  assert_refused_naming(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf),
+                        "is a symbolic link");
+  ck_assert_ptr_null(db);
+  ck_assert(!exists(target));
+  /* Also when it points at a good heapprof database. */
+  ck_assert_int_eq(hp_schema_open(target, &db, errbuf, sizeof errbuf), 0);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+  assert_refused_naming(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf),
+                        "is a symbolic link");
+}
+END_TEST
+
+START_TEST(refuses_planted_side_files) {
+  static const char *const suffixes[] = {"-wal", "-shm", "-journal"};
+  for (size_t i = 0; i < 3; i++) {
+    char side[600], target[600];
+    side_path(side, sizeof side, suffixes[i]);
+    snprintf(target, sizeof target, "%s/target%zu", tmpdir, i);
+    ck_assert_int_eq(symlink(target, side), 0);
+    sqlite3 *db = (sqlite3 *)0x1;
+    int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+    assert_refused_naming(rc, suffixes[i]);
+    ck_assert_ptr_nonnull(strstr(errbuf, "is a symbolic link"));
+    ck_assert(!exists(target));
+    ck_assert(!exists(dbpath));
+    ck_assert_int_eq(unlink(side), 0);
+  }
+}
+END_TEST
+
+/* Run only as root, who can make a file another user's. */
+START_TEST(refuses_files_of_another_user) {
+  const uid_t other = 65534;
+  sqlite3 *db = NULL;
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
+  exec_ok(db, "PRAGMA journal_mode = DELETE;");
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+  ck_assert_int_eq(chown(dbpath, other, other), 0);
+  assert_refused_naming(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf),
+                        "belongs to uid 65534");
+  ck_assert_int_eq(chown(dbpath, geteuid(), getegid()), 0);
+  char shm[600];
+  side_path(shm, sizeof shm, "-shm");
+  write_file(shm, "", 0);
+  ck_assert_int_eq(chown(shm, other, other), 0);
+  assert_refused_naming(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), "-shm");
+  ck_assert_ptr_nonnull(strstr(errbuf, "belongs to uid 65534"));
+}
+END_TEST
+
+static unsigned mode_of(const char *path) {
+  struct stat st;
+  ck_assert_int_eq(stat(path, &st), 0);
+  return (unsigned)(st.st_mode & 0777);
+}
+
+/* Whatever the umask, the database and its WAL files are the owner's alone. */
+START_TEST(creates_the_database_private) {
+  mode_t old = umask(0);
+  sqlite3 *db = NULL;
+  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+  umask(old);
+  ck_assert_msg(rc == 0, "%s", errbuf);
+  exec_ok(db, insert_session);
+  char wal[600], shm[600];
+  side_path(wal, sizeof wal, "-wal");
+  side_path(shm, sizeof shm, "-shm");
+  ck_assert_uint_eq(mode_of(dbpath), 0600);
+  ck_assert_uint_eq(mode_of(wal), 0600);
+  ck_assert_uint_eq(mode_of(shm), 0600);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+END_TEST
+
+/* An empty file anyone may write, planted before heapprofd starts, is adopted as a new
+ * database only once nobody else can write it; an existing database of ours that others
+ * may write loses their write permission. */
+START_TEST(adopted_files_lose_other_users_write_permission) {
+  write_file(dbpath, "", 0);
+  ck_assert_int_eq(chmod(dbpath, 0666), 0);
+  sqlite3 *db = NULL;
+  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+  ck_assert_msg(rc == 0, "%s", errbuf);
+  exec_ok(db, insert_session);
+  char wal[600];
+  side_path(wal, sizeof wal, "-wal");
+  ck_assert_uint_eq(mode_of(dbpath), 0600);
+  ck_assert_uint_eq(mode_of(wal), 0600);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+
+  ck_assert_int_eq(chmod(dbpath, 0664), 0);
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
+  ck_assert_uint_eq(mode_of(dbpath), 0644);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+END_TEST
+
+START_TEST(warns_about_a_directory_others_can_write) {
+  char warn[512];
+  ck_assert_int_eq(hp_schema_path_warning(dbpath, warn, sizeof warn), 0);
+  ck_assert_int_eq(chmod(tmpdir, 01777), 0);
+  ck_assert_int_eq(hp_schema_path_warning(dbpath, warn, sizeof warn), 1);
+  ck_assert_msg(strstr(warn, tmpdir) != NULL && strstr(warn, "writable by other users") &&
+                strstr(warn, "1777"), "%s", warn);
+  ck_assert_int_eq(chmod(tmpdir, 0700), 0);
+}
+END_TEST
+
+/* A newer heapprof's database and another application's, both in WAL mode and closed:
+ * refusing them creates no -wal or -shm beside them. */
+START_TEST(refusing_a_wal_database_leaves_no_side_files) {
+  for (int foreign = 0; foreign < 2; foreign++) {
+    remove_db_files();
+    if (foreign) {
+      make_foreign_db("PRAGMA application_id = 305419896; PRAGMA journal_mode = WAL;"
+                      " CREATE TABLE t (x); INSERT INTO t VALUES (1);");
+    } else {
+      make_heapprof(INSERT_SESSION "; PRAGMA user_version = 3;");
+    }
+    ck_assert(!side_file_exists("-wal"));
+    ck_assert(!side_file_exists("-shm"));
+    sqlite3 *db = (sqlite3 *)0x1;
+    int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+    ck_assert_int_eq(rc, foreign ? -HP_ESCHEMA : -HP_ENEWER);
+    ck_assert_msg(!side_file_exists("-wal"), "%s: a -wal file was left", errbuf);
+    ck_assert_msg(!side_file_exists("-shm"), "%s: a -shm file was left", errbuf);
+  }
+}
+END_TEST
+
+/* Another application's WAL database in use (its -wal holds data not checkpointed yet):
+ * refused without a byte of its -wal or -shm changing. */
+START_TEST(refusing_a_database_in_use_leaves_its_side_files_alone) {
+  sqlite3 *app = hp_test_db_open(dbpath);
+  exec_ok(app, "PRAGMA application_id = 305419896; PRAGMA journal_mode = WAL;"
+               " PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (x); INSERT INTO t VALUES (1);");
+  char wal[600], shm[600];
+  side_path(wal, sizeof wal, "-wal");
+  side_path(shm, sizeof shm, "-shm");
+  size_t wal_len, shm_len;
+  unsigned char *wal_before = slurp(wal, &wal_len), *shm_before = slurp(shm, &shm_len);
+  struct stat wst, sst, wst2, sst2;
+  ck_assert_int_eq(stat(wal, &wst), 0);
+  ck_assert_int_eq(stat(shm, &sst), 0);
+  sqlite3 *db = (sqlite3 *)0x1;
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), -HP_ESCHEMA);
+  ck_assert_ptr_nonnull(strstr(errbuf, "application_id 0x12345678"));
+  size_t n;
+  unsigned char *wal_after = slurp(wal, &n);
+  ck_assert_uint_eq(n, wal_len);
+  ck_assert_mem_eq(wal_after, wal_before, n);
+  unsigned char *shm_after = slurp(shm, &n);
+  ck_assert_uint_eq(n, shm_len);
+  ck_assert_mem_eq(shm_after, shm_before, n);
+  ck_assert_int_eq(stat(wal, &wst2), 0);
+  ck_assert_int_eq(stat(shm, &sst2), 0);
+  ck_assert(wst.st_mtim.tv_sec == wst2.st_mtim.tv_sec &&
+            wst.st_mtim.tv_nsec == wst2.st_mtim.tv_nsec);
+  ck_assert(sst.st_mtim.tv_sec == sst2.st_mtim.tv_sec &&
+            sst.st_mtim.tv_nsec == sst2.st_mtim.tv_nsec);
+  free(wal_before);
+  free(shm_before);
+  free(wal_after);
+  free(shm_after);
+  ck_assert_int_eq(sqlite3_close(app), SQLITE_OK);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ oom */
 
 /* SQLite's allocator wrapped to fail the fail_at-th allocation (SQLite's malloc.test
@@ -644,14 +842,6 @@ static void install_oom_allocator(void) {
   ck_assert_int_eq(sqlite3_initialize(), SQLITE_OK);
 }
 
-static void remove_db_files(void) {
-  static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
-  for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
-    char p[600];
-    snprintf(p, sizeof p, "%s%s", dbpath, suffixes[i]);
-    unlink(p);
-  }
-}
 
 /* One hp_schema_open of dbpath with the point-th allocation failing. */
 static int open_failing_at(long point, sqlite3 **db) {
@@ -694,7 +884,9 @@ START_TEST(create_survives_every_allocation_failure) {
 END_TEST
 
 START_TEST(refusal_survives_every_allocation_failure) {
-  make_foreign_db("PRAGMA application_id = 305419896; CREATE TABLE t (x);");
+  /* No application_id: only SQLite can tell it is not an empty database to claim (one
+   * with another application's id is refused from its header, before SQLite). */
+  make_foreign_db("CREATE TABLE t (x);");
   size_t before_len, after_len;
   unsigned char *before = slurp(dbpath, &before_len);
   install_oom_allocator();
@@ -801,6 +993,23 @@ Suite *schema_suite(void) {
     fprintf(stderr, "check_schema: running as root: read_only_file_is_refused_for_writing "
                     "not run\n");
   suite_add_tcase(s, refuse);
+
+  TCase *path = tcase_create("path");
+  tcase_add_checked_fixture(path, setup, teardown);
+  tcase_add_test(path, refuses_a_symlink_at_the_database_path);
+  tcase_add_test(path, refuses_planted_side_files);
+  /* Only root can give a file to another user; as anyone else the case is not run
+   * (and says so) rather than passing without checking anything. */
+  if (geteuid() == 0)
+    tcase_add_test(path, refuses_files_of_another_user);
+  else
+    fprintf(stderr, "check_schema: not root: refuses_files_of_another_user not run\n");
+  tcase_add_test(path, creates_the_database_private);
+  tcase_add_test(path, adopted_files_lose_other_users_write_permission);
+  tcase_add_test(path, warns_about_a_directory_others_can_write);
+  tcase_add_test(path, refusing_a_wal_database_leaves_no_side_files);
+  tcase_add_test(path, refusing_a_database_in_use_leaves_its_side_files_alone);
+  suite_add_tcase(s, path);
 
   TCase *oomc = tcase_create("oom");
   tcase_add_checked_fixture(oomc, setup_fast, teardown);

@@ -17,6 +17,7 @@
 
 #include "check_db_util.h"
 #include "hp_fault_vfs.h"
+#include "hp_utf8.h"
 
 static char tmpdir[256], dbpath[512];
 
@@ -592,6 +593,142 @@ START_TEST(store_ends_the_previous_row_at_a_reused_address) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ bad values */
+
+static int valid_utf8_column(sqlite3 *db, const char *sql) {
+  sqlite3_stmt *st;
+  ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+  int ok = 1, rows = 0;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    rows++;
+    const char *t = (const char *)sqlite3_column_text(st, 0);
+    ok &= t != NULL && hp_utf8_valid(t, (size_t)sqlite3_column_bytes(st, 0));
+  }
+  sqlite3_finalize(st);
+  ck_assert_int_gt(rows, 0);
+  return ok;
+}
+
+#define R "\xef\xbf\xbd"   /* U+FFFD */
+
+/* Text the protocol allows but that is not UTF-8 (a Latin-1 argv, a NUL in a name) is
+ * stored repaired, so that every reader can decode every column (issue 12, item 13). */
+START_TEST(store_repairs_text_that_is_not_utf8) {
+  hp_store *s = start(0, 0, 100000000);
+  static const hp_str bad_argv[] = {{"caf\xe9.py", 7}, {"--x=\xff\xfe", 6}, {"ok", 2}};
+  hp_hello h = hello(1);
+  h.argv = bad_argv;
+  h.argc = 3;
+  h.executable = (hp_str){"/usr/bin/py\xc0\xaf", 13};
+  h.python_version = (hp_str){"3.11\x80", 5};
+  hp_store_session *a = hp_store_session_start(s, &h, 1);
+  ck_assert_ptr_nonnull(a);
+  hp_frame_def f = {1, {"fn\0c", 4}, {"m\xedod.py", 7}, 3};
+  ck_assert_int_eq(hp_store_frame_def(s, a, &f), 0);
+  uint32_t ids[1] = {1};
+  hp_stack_def st = {.stack_id = 1, .depth = 1, .frame_ids = ids};
+  ck_assert_int_eq(hp_store_stack_def(s, a, &st), 0);
+  hp_event ev = alloc_ev(1, 0x1000, 8, 1);
+  ck_assert_int_eq(hp_store_events(s, a, &ev, 1), 0);
+  hp_thread_def t = {7, {"w\xf4\x90\x80\x80", 5}};
+  hp_marker m = {MONO0 + 2000000ULL, {"\xe2\x82", 2}};
+  ck_assert_int_eq(hp_store_thread_def(s, a, &t), 0);
+  ck_assert_int_eq(hp_store_marker(s, a, &m), 0);
+  hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = hp_test_db_open(dbpath);
+  char buf[256];
+  ck_assert_str_eq(qs(db, "SELECT argv FROM sessions", buf, sizeof buf),
+                   "[\"caf" R ".py\",\"--x=" R R "\",\"ok\"]");
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT json_valid(argv) FROM sessions"), 1);
+  ck_assert_str_eq(qs(db, "SELECT executable FROM sessions", buf, sizeof buf),
+                   "/usr/bin/py" R R);
+  ck_assert_str_eq(qs(db, "SELECT python_version FROM sessions", buf, sizeof buf), "3.11" R);
+  ck_assert_str_eq(qs(db, "SELECT function FROM frames", buf, sizeof buf), "fn" R "c");
+  ck_assert_str_eq(qs(db, "SELECT filename FROM frames", buf, sizeof buf), "m" R "od.py");
+  ck_assert_str_eq(qs(db, "SELECT name FROM threads", buf, sizeof buf), "w" R R R R);
+  ck_assert_str_eq(qs(db, "SELECT label FROM markers", buf, sizeof buf), R R);
+  static const char *const columns[] = {
+    "SELECT argv FROM sessions", "SELECT executable FROM sessions",
+    "SELECT python_version FROM sessions", "SELECT function FROM frames",
+    "SELECT filename FROM frames", "SELECT name FROM threads", "SELECT label FROM markers",
+  };
+  for (size_t i = 0; i < sizeof columns / sizeof columns[0]; i++)
+    ck_assert_msg(valid_utf8_column(db, columns[i]), "%s is not UTF-8", columns[i]);
+  sqlite3_close(db);
+}
+END_TEST
+
+/* Clocks the protocol allows but whose wall time falls outside SQLite's signed 64 bits
+ * (a start near 2^63 and an event after it; an event long before a start near 0) are
+ * stored clamped to 0 .. 2^63-1, never negative (issue 12, item 13). */
+START_TEST(store_clamps_wall_times_to_the_int64_range) {
+  hp_store *s = start(0, 0, 100000000);
+  hp_hello h = hello(1);
+  h.start_wall_ns = (uint64_t)INT64_MAX - 1000;
+  h.start_mono_ns = 0;
+  hp_store_session *late = hp_store_session_start(s, &h, 1);
+  hp_event ev[] = {{.kind = HP_EV_ALLOC, .domain = HP_DOMAIN_OBJ, .ts_ns = 500, .thread_id = 1,
+                    .address = 0x10, .size = 8, .est_bytes = 8},
+                   {.kind = HP_EV_ALLOC, .domain = HP_DOMAIN_OBJ, .ts_ns = 1000000000ULL,
+                    .thread_id = 1, .address = 0x20, .size = 8, .est_bytes = 8},
+                   {.kind = HP_EV_FREE, .ts_ns = (uint64_t)INT64_MAX, .thread_id = 1,
+                    .address = 0x10}};
+  ck_assert_int_eq(hp_store_events(s, late, ev, 3), 0);
+  hp_marker m = {(uint64_t)INT64_MAX, S("late")};
+  ck_assert_int_eq(hp_store_marker(s, late, &m), 0);
+  hp_goodbye g = {(uint64_t)INT64_MAX, 0, HP_END_STOPPED};
+  ck_assert_int_eq(hp_store_goodbye(s, late, &g), 0);
+  hp_store_session_end(s, late, HP_SESSION_EXITED, NULL);
+
+  h.start_wall_ns = 5;
+  h.start_mono_ns = 1000000000ULL;
+  hp_store_session *early = hp_store_session_start(s, &h, 2);
+  hp_event ev2 = {.kind = HP_EV_ALLOC, .domain = HP_DOMAIN_OBJ, .ts_ns = 10, .thread_id = 1,
+                  .address = 0x10, .size = 8, .est_bytes = 8};
+  ck_assert_int_eq(hp_store_events(s, early, &ev2, 1), 0);
+  hp_store_session_end(s, early, HP_SESSION_DISCONNECTED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = hp_test_db_open(dbpath);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations WHERE ts_ns < 0"
+                                      " OR freed_ns < 0"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM timeline WHERE ts_ns < 0"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT max(ts_ns) FROM allocations"), INT64_MAX);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT freed_ns FROM allocations WHERE session_id = 1"
+                                      " AND address = 16"), INT64_MAX);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ended_ns FROM sessions WHERE session_id = 1"),
+                   INT64_MAX);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ts_ns FROM markers"), INT64_MAX);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ts_ns FROM allocations WHERE session_id = 2"), 0);
+  sqlite3_close(db);
+}
+END_TEST
+
+/* Estimates near 2^63: the timeline's rows stay in range and come back to 0 when
+ * everything is freed. */
+START_TEST(store_timeline_stays_in_range_with_huge_estimates) {
+  hp_store *s = start(0, 0, 100000000);
+  uint64_t wall = wall_now_interval();
+  hp_store_session *a = session_with_stack_at(s, 1, wall);
+  hp_event ev[] = {alloc_ev(1, 0x10, 1, 1), alloc_ev(2, 0x20, 1, 1), free_ev(3, 0x10),
+                   free_ev(4, 0x20)};
+  ev[0].est_bytes = ev[1].est_bytes = (uint64_t)INT64_MAX - 7;
+  ck_assert_int_eq(hp_store_events(s, a, ev, 4), 0);
+  hp_goodbye g = {MONO0 + 10000000ULL, 0, HP_END_STOPPED};
+  ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  sqlite3 *db = hp_test_db_open(dbpath);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT live_bytes FROM timeline_detail"), INT64_MAX);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT end_bytes FROM timeline_detail"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM timeline_detail WHERE"
+                                      " live_bytes < 0 OR end_bytes < 0 OR live_count < 0"), 0);
+  sqlite3_close(db);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ faults */
 
 /* The fault VFS (tests/fault) is the default VFS of this process, so the store's own
@@ -837,6 +974,61 @@ START_TEST(store_gives_up_what_a_retry_cannot_store_and_counts_it) {
 }
 END_TEST
 
+/* A HELLO may carry 1024 arguments of 4096 bytes (4 MiB); what a session's row keeps
+ * of them is bounded, whole entries are left out from the end, and the row says how
+ * many (issue 12, item 14). */
+START_TEST(store_bounds_the_stored_argv_and_says_how_much_was_cut) {
+  hp_store *s = start(0, 0, 100000000);
+  static hp_str big[HP_MAX_ARGV];
+  static char text[HP_MAX_STR_BYTES];
+  memset(text, 'a', sizeof text);
+  for (unsigned i = 0; i < HP_MAX_ARGV; i++)
+    big[i] = (hp_str){text, HP_MAX_STR_BYTES};
+  hp_hello h = hello(1);
+  h.argv = big;
+  h.argc = HP_MAX_ARGV;
+  hp_store_session *a = hp_store_session_start(s, &h, 1);
+  ck_assert_ptr_nonnull(a);
+  hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
+  h.argc = 3;   /* a normal command line is kept whole */
+  hp_store_session *b = hp_store_session_start(s, &h, 2);
+  hp_store_session_end(s, b, HP_SESSION_DISCONNECTED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = hp_test_db_open(dbpath);
+  int64_t len = hp_test_db_int(db, "SELECT length(argv) FROM sessions WHERE session_id = 1");
+  ck_assert_int_le(len, HP_STORE_MAX_ARGV_BYTES);
+  ck_assert_int_gt(len, HP_STORE_MAX_ARGV_BYTES - HP_MAX_STR_BYTES - 4);
+  int64_t kept = hp_test_db_int(db, "SELECT json_array_length(argv) FROM sessions"
+                                    " WHERE session_id = 1");
+  ck_assert_int_eq(kept, HP_STORE_MAX_ARGV_BYTES / (HP_MAX_STR_BYTES + 3));
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT argv_omitted FROM session_settings"
+                                      " WHERE session_id = 1"), HP_MAX_ARGV - kept);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT json_array_length(argv) FROM sessions"
+                                      " WHERE session_id = 2"), 3);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT argv_omitted FROM session_settings"
+                                      " WHERE session_id = 2"), 0);
+  sqlite3_close(db);
+}
+END_TEST
+
+/* Thread names are metadata too: past the limit per session they are not stored. */
+START_TEST(store_bounds_the_thread_names_of_a_session) {
+  hp_store *s = start(0, 0, 100000000);
+  hp_store_session *a = session_with_stack(s, 1);
+  char name[32];
+  for (uint32_t i = 0; i < 65536 + 10; i++) {
+    int n = snprintf(name, sizeof name, "worker-%u", i);
+    hp_thread_def t = {1000u + i, {name, (uint32_t)n}};
+    ck_assert_int_eq(hp_store_thread_def(s, a, &t), 0);
+  }
+  hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM threads"), 65536);
+  ck_assert_int_eq(db_int("SELECT max(thread_id) FROM threads"), 1000 + 65535);
+}
+END_TEST
+
 Suite *store_suite(void) {
   Suite *s = suite_create("store");
   TCase *core = tcase_create("core");
@@ -858,6 +1050,13 @@ Suite *store_suite(void) {
   tcase_add_test(v2, store_goodbye_with_hooks_replaced_sets_the_status);
   tcase_add_loop_test(v2, store_ends_the_previous_row_at_a_reused_address, 0, 2);
   suite_add_tcase(s, v2);
+  TCase *bad = tcase_create("values");
+  tcase_add_checked_fixture(bad, setup, teardown);
+  tcase_set_timeout(bad, 30);
+  tcase_add_test(bad, store_repairs_text_that_is_not_utf8);
+  tcase_add_test(bad, store_clamps_wall_times_to_the_int64_range);
+  tcase_add_test(bad, store_timeline_stays_in_range_with_huge_estimates);
+  suite_add_tcase(s, bad);
   TCase *faults = tcase_create("faults");
   tcase_add_checked_fixture(faults, setup_faults, teardown_faults);
   tcase_set_timeout(faults, 60);
@@ -879,6 +1078,8 @@ Suite *store_suite(void) {
   tcase_add_checked_fixture(limits, setup, teardown);
   tcase_set_timeout(limits, 30);
   tcase_add_test(limits, store_drops_allocations_over_the_live_limit);
+  tcase_add_test(limits, store_bounds_the_stored_argv_and_says_how_much_was_cut);
+  tcase_add_test(limits, store_bounds_the_thread_names_of_a_session);
   suite_add_tcase(s, limits);
   return s;
 }
