@@ -80,7 +80,10 @@ int hp_store_start(hp_store **out, const hp_store_config *cfg);
  * no-op. */
 int hp_store_stop(hp_store *s);
 
-/* Loop thread only. The session handle is valid until hp_store_session_end(). */
+/* Loop thread only. The session handle is valid until hp_store_session_end(). Text from
+ * the agent (argv, executable, python_version, frame names, thread names, marker
+ * labels) is stored repaired to valid UTF-8 (hp_utf8.h), argv bounded by
+ * HP_STORE_MAX_ARGV_BYTES, and agents' clocks clamped to 0 .. INT64_MAX ns. */
 hp_store_session *hp_store_session_start(hp_store *s, const hp_hello *h, int64_t peer_pid);
 int hp_store_frame_def(hp_store *s, hp_store_session *ss, const hp_frame_def *m);
 int hp_store_stack_def(hp_store *s, hp_store_session *ss, const hp_stack_def *m);

@@ -41,15 +41,21 @@ class DiskFull(unittest.TestCase):
         else:
             os.unlink(self.full)
 
+    def fill_the_disk_during(self, d, tag, events, batch):
+        """Runs a client whose session row is committed before the disk fills and whose
+        end comes while it is full; returns its summary."""
+        with Client(d.sock, "hold-goodbye", tag, events=events, batch=batch) as c:
+            c.wait_line("sent")
+            wait_for(lambda: session(d.db, tag), what="session %s's row" % tag)
+            self.disk_full(True)
+            [s] = c.finish()
+        return s
+
     def test_everything_is_stored_once_the_disk_has_room(self):
         with self.daemon() as d:
             # Session a starts before the disk fills and ends while it is full; session b
             # starts while it is full: both programs, whole, in sessions of their own.
-            with Client(d.sock, "hold-goodbye", "a", events=20000, batch=1000) as a:
-                a.wait_line("sent")
-                wait_for(lambda: session(d.db, "a"), what="session a's row")
-                self.disk_full(True)
-                [sa] = a.finish()
+            sa = self.fill_the_disk_during(d, "a", 20000, 1000)
             [sb] = run_client(d.sock, "normal", "b", events=5000, batch=500)
             d.wait_log("storing failed (database or disk is full)")
             time.sleep(1.0)  # it keeps failing a while
@@ -69,11 +75,7 @@ class DiskFull(unittest.TestCase):
 
     def test_a_disk_full_until_the_stop_is_an_error_and_the_session_ends_truthfully(self):
         with self.daemon() as d:
-            with Client(d.sock, "hold-goodbye", "held", events=2000, batch=500) as c:
-                c.wait_line("sent")
-                wait_for(lambda: session(d.db, "held"), what="the session's row")
-                self.disk_full(True)
-                c.finish()
+            self.fill_the_disk_during(d, "held", 2000, 500)
             d.wait_log("storing failed (database or disk is full)")
             rc = d.stop(timeout=60)
             log = d.log()

@@ -180,29 +180,25 @@ class Database(unittest.TestCase):
                 f.write("this is not a database\n" * 100)
         self.check_refused(make, "not a heapprof database")
 
-    def test_newer_schema_is_refused(self):
+    @staticmethod
+    def make_newer(journal_mode):
         def make(db):
             import sqlite3
             con = sqlite3.connect(db)
+            con.execute("PRAGMA journal_mode = %s" % journal_mode)
             con.execute("PRAGMA application_id = 1752199782")
             con.execute("PRAGMA user_version = 99")
             con.execute("CREATE TABLE session (id INTEGER PRIMARY KEY)")
             con.commit()
             con.close()
-        self.check_refused(make, "newer")
+        return make
+
+    def test_newer_schema_is_refused(self):
+        self.check_refused(self.make_newer("DELETE"), "newer")
 
     def test_newer_wal_database_is_refused_without_side_files(self):
         # As a newer heapprof leaves its database: WAL mode, closed cleanly.
-        def make(db):
-            import sqlite3
-            con = sqlite3.connect(db)
-            con.execute("PRAGMA journal_mode = WAL")
-            con.execute("PRAGMA application_id = 1752199782")
-            con.execute("PRAGMA user_version = 99")
-            con.execute("CREATE TABLE session (id INTEGER PRIMARY KEY)")
-            con.commit()
-            con.close()
-        self.check_refused(make, "newer")
+        self.check_refused(self.make_newer("WAL"), "newer")
 
     def test_symlink_at_the_database_path_is_refused(self):
         # A dangling link planted in a shared directory: root's heapprofd must not create
