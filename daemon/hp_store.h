@@ -40,6 +40,9 @@
  * argv (HP_MAX_ARGV entries of HP_MAX_STR_BYTES); a real command line is far shorter.
  * daemon/README.md, "Limits". */
 #define HP_STORE_MAX_ARGV_BYTES   (64u << 10)
+/* Thread names one session may store (THREAD_DEF, renames included): metadata bounded
+ * like argv; a program that names more threads than this gets the rest unnamed. */
+#define HP_STORE_MAX_THREAD_DEFS  65536u
 /* At shutdown, how long a failing database is retried before what is left is given up. */
 #define HP_STORE_STOP_RETRY_MS    10000u
 

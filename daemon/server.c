@@ -23,11 +23,6 @@
 
 #define HP_READ_BYTES   65536u  /* one read; the framer copies it, so one buffer serves all */
 #define HP_LISTEN_BACKLOG 256
-/* File descriptors kept out of the agents' reach: SQLite's database, WAL and shared
- * memory, the lock file, stdio, the listener, libuv's own (epoll, signals, async, its
- * spare for EMFILE). Connections beyond RLIMIT_NOFILE minus these are refused with a
- * log line, instead of libuv closing them silently when accept() hits EMFILE. */
-#define HP_SERVER_RESERVED_FDS 32
 /* Refusals are logged at most once per this many ms (with how many since the last). */
 #define HP_SERVER_REFUSAL_LOG_MS 10000
 

@@ -139,9 +139,6 @@ typedef struct {
 
 #define HP_STORE_MULTI 64  /* rows per multi-row INSERT into alloc */
 #define ALLOC_COLS 10
-/* Thread names one session may store (THREAD_DEF, renames included): metadata bounded
- * like argv; a program that names more threads than this gets the rest unnamed. */
-#define HP_STORE_MAX_THREAD_DEFS 65536u
 /* Retries of a failed transaction: the first after RETRY_MIN_MS, doubling up to
  * RETRY_MAX_MS; an error that is not transient is given up after PERMANENT_TRIES. */
 #define HP_STORE_RETRY_MIN_MS 50u

@@ -1017,15 +1017,15 @@ START_TEST(store_bounds_the_thread_names_of_a_session) {
   hp_store *s = start(0, 0, 100000000);
   hp_store_session *a = session_with_stack(s, 1);
   char name[32];
-  for (uint32_t i = 0; i < 65536 + 10; i++) {
+  for (uint32_t i = 0; i < HP_STORE_MAX_THREAD_DEFS + 10; i++) {
     int n = snprintf(name, sizeof name, "worker-%u", i);
     hp_thread_def t = {1000u + i, {name, (uint32_t)n}};
     ck_assert_int_eq(hp_store_thread_def(s, a, &t), 0);
   }
   hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
   ck_assert_int_eq(hp_store_stop(s), 0);
-  ck_assert_int_eq(db_int("SELECT count(*) FROM threads"), 65536);
-  ck_assert_int_eq(db_int("SELECT max(thread_id) FROM threads"), 1000 + 65535);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM threads"), HP_STORE_MAX_THREAD_DEFS);
+  ck_assert_int_eq(db_int("SELECT max(thread_id) FROM threads"), 1000 + HP_STORE_MAX_THREAD_DEFS - 1);
 }
 END_TEST
 
