@@ -195,7 +195,10 @@ static int send_counters_at(hp_sender *s, uint64_t ts_ns, uint64_t interval)
 {
   hp_counters c = { .ts_ns = ts_ns ? ts_ns : hp_now_ns(),
                     .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
-                    .sample_interval_bytes = interval };
+                    .sample_interval_bytes = interval,
+                    /* 0 until the agent counts the events it commits to its ring: the
+                     * daemon then infers no loss (protocol 2, PROTOCOL.md 2.5). */
+                    .events_sent = 0 };
   int rc = hp_encode_counters(s->enc, &c);
   return rc < 0 ? rc : flush_encoder(s);
 }
@@ -310,7 +313,8 @@ static void *sender_main(void *arg)
   }
   if (rc == 0) {
     hp_goodbye g = { .ts_ns = hp_now_ns(),
-                     .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0 };
+                     .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
+                     .end_reason = HP_END_STOPPED };
     if ((rc = send_interval_changes(s)) == 0 && (rc = send_counters(s)) == 0 &&
         (rc = hp_encode_goodbye(s->enc, &g)) == 0)
       rc = flush_encoder(s);

@@ -70,8 +70,17 @@ int hp_dblock_acquire(const char *db_path, hp_dblock **out, long *holder_pid) {
         *holder_pid = read_pid(l->fd);
       goto out_close;
     }
-    if (fstat(l->fd, &fst) == 0 && stat(l->path, &pst) == 0 && fst.st_dev == pst.st_dev &&
-        fst.st_ino == pst.st_ino) {
+    if (fstat(l->fd, &fst) != 0) {
+      rc = -errno;
+      goto out_close;
+    }
+    /* Another user's lock file (planted in a shared directory) would let its owner
+     * keep us off the database, or make us write our pid where they want it. */
+    if (fst.st_uid != geteuid()) {
+      rc = -EPERM;
+      goto out_close;
+    }
+    if (stat(l->path, &pst) == 0 && fst.st_dev == pst.st_dev && fst.st_ino == pst.st_ino) {
       rc = write_pid(l->fd);
       if (rc < 0)
         goto out_close;

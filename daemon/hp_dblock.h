@@ -11,8 +11,9 @@
 typedef struct hp_dblock hp_dblock;  /* opaque */
 
 /* Takes the lock of db_path. 0 and *out; -EWOULDBLOCK when another process holds it
- * (*holder_pid is then its pid, or 0 if unknown); another -errno when the lock file
- * cannot be created (then *holder_pid is 0), or -HP_ENOMEM. */
+ * (*holder_pid is then its pid, or 0 if unknown); -EPERM when the lock file belongs to
+ * another user; another -errno when it cannot be created (then *holder_pid is 0), or
+ * -HP_ENOMEM. */
 int hp_dblock_acquire(const char *db_path, hp_dblock **out, long *holder_pid);
 /* Removes the lock file (while still holding it, so no other daemon can be misled
  * into locking a removed file) and releases the lock. NULL is a no-op. */

@@ -9,6 +9,13 @@
 
 #include "hp_store.h"
 
+/* File descriptors kept out of the agents' reach: SQLite's database, WAL and shared
+ * memory, the lock file, stdio, the listener, libuv's own (epoll, signals, async, its
+ * spare for EMFILE). Connections beyond RLIMIT_NOFILE minus these are refused with a
+ * log line and counted, instead of libuv closing them silently when accept() hits
+ * EMFILE. daemon/README.md, "Limits". */
+#define HP_SERVER_RESERVED_FDS 32
+
 typedef struct hp_server hp_server;  /* opaque */
 
 /* Checks that path can be served before anything is created: its length fits

@@ -9,7 +9,13 @@
  * Pushing never blocks and never waits on SQLite. The queue is bounded in bytes:
  * hp_store_pause_if_full() tells the loop to stop reading sockets, and the store calls
  * on_resume (from its own thread; use uv_async_send) once it has drained the queue
- * below the low-water mark. */
+ * below the low-water mark.
+ *
+ * A transaction that fails (a full disk, another writer's lock, an I/O error) is rolled
+ * back and written again, whole, until it commits; meanwhile the store takes nothing new
+ * from the queue, so the queue's bound applies backpressure (store.c, "Failures"). Ids
+ * are never reused after a rollback. What cannot be written in the end is counted in its
+ * sessions' events_dropped, logged, and reported by hp_store_stop(). */
 #ifndef HP_STORE_H
 #define HP_STORE_H
 
@@ -29,6 +35,16 @@
  * stored: a row whose free could never be paired would look leaked forever. Frees make
  * room again. daemon/README.md, "Limits". */
 #define HP_STORE_MAX_LIVE_ADDRS   (1u << 22)
+/* A session's argv, as stored (JSON text): what does not fit is left out, entry by
+ * entry, and counted in session_settings.argv_omitted. A HELLO can carry 4 MiB of
+ * argv (HP_MAX_ARGV entries of HP_MAX_STR_BYTES); a real command line is far shorter.
+ * daemon/README.md, "Limits". */
+#define HP_STORE_MAX_ARGV_BYTES   (64u << 10)
+/* Thread names one session may store (THREAD_DEF, renames included): metadata bounded
+ * like argv; a program that names more threads than this gets the rest unnamed. */
+#define HP_STORE_MAX_THREAD_DEFS  65536u
+/* At shutdown, how long a failing database is retried before what is left is given up. */
+#define HP_STORE_STOP_RETRY_MS    10000u
 
 typedef enum {
   HP_SESSION_EXITED = 0,       /* GOODBYE received */
@@ -43,6 +59,9 @@ typedef struct {
   uint32_t commit_ms;          /* 0: HP_STORE_COMMIT_MS */
   size_t queue_high, queue_low;/* 0: the defaults above */
   uint32_t max_live_addrs;     /* per session; 0: HP_STORE_MAX_LIVE_ADDRS */
+  uint32_t busy_timeout_ms;    /* how long BEGIN waits for another writer's lock before
+                                  the transaction is retried later; 0: as opened */
+  uint32_t stop_retry_ms;      /* 0: HP_STORE_STOP_RETRY_MS */
   void (*on_resume)(void *ctx);/* called on the store thread */
   void *ctx;
   /* SQL run by hp_store_stop() after the final commit, before the database closes:
@@ -58,24 +77,38 @@ typedef struct hp_store_session hp_store_session;  /* opaque; lives until its en
 int hp_store_start(hp_store **out, const hp_store_config *cfg);
 /* Stores everything queued, commits, joins the thread, builds the indexes of
  * cfg->index_sql (logging how many allocations and how long) and closes the database.
- * Returns 0, or the first storage error seen during the run (a failed index build is
- * logged; the data is intact without it). NULL is a no-op. */
+ * Returns 0 when everything received was stored (failures that a retry cured are not
+ * losses), or -HP_ESQLITE when something was given up: then the log says what, per
+ * session. A failed index build is logged; the data is intact without it. NULL is a
+ * no-op. */
 int hp_store_stop(hp_store *s);
 
-/* Loop thread only. The session handle is valid until hp_store_session_end(). */
+/* Loop thread only. The session handle is valid until hp_store_session_end(). Text from
+ * the agent (argv, executable, python_version, frame names, thread names, marker
+ * labels) is stored repaired to valid UTF-8 (hp_utf8.h), argv bounded by
+ * HP_STORE_MAX_ARGV_BYTES, and agents' clocks clamped to 0 .. INT64_MAX ns. */
 hp_store_session *hp_store_session_start(hp_store *s, const hp_hello *h, int64_t peer_pid);
 int hp_store_frame_def(hp_store *s, hp_store_session *ss, const hp_frame_def *m);
 int hp_store_stack_def(hp_store *s, hp_store_session *ss, const hp_stack_def *m);
 int hp_store_events(hp_store *s, hp_store_session *ss, const hp_event *ev, uint32_t n);
 int hp_store_counters(hp_store *s, hp_store_session *ss, uint64_t events_dropped);
-/* COUNTERS in full: events_dropped as above, and the agent's current sampling interval.
+/* COUNTERS in full: events_dropped as above, events_sent (kept for the end, above), and
+ * the agent's current sampling interval.
  * When the interval differs from the session's current one (HELLO's until a change), the
  * change is stored as a sampling_change row at m->ts_ns (schema/README.md,
  * "sampling_changes"). hp_store_counters() leaves the interval as it is. */
 int hp_store_counters_msg(hp_store *s, hp_store_session *ss, const hp_counters *m);
+/* GOODBYE: the agent's final drop count, the end time and why it ended (end_reason
+ * HP_END_HOOKS_REPLACED stores the session as 'hooks_replaced'). */
 int hp_store_goodbye(hp_store *s, hp_store_session *ss, const hp_goodbye *m);
+/* THREAD_DEF: the thread's name; a later one for the same thread replaces it. */
+int hp_store_thread_def(hp_store *s, hp_store_session *ss, const hp_thread_def *m);
+/* MARKER: one row in `markers` at the marker's time. */
+int hp_store_marker(hp_store *s, hp_store_session *ss, const hp_marker *m);
 /* Last call for a session: reason is copied (NULL for none). Never fails: the end
- * record is preallocated with the session, so a session always gets its status. */
+ * record is preallocated with the session, so a session always gets its status. A
+ * session that ends without GOODBYE has the events its last COUNTERS says were sent but
+ * that never arrived added to its events_dropped (PROTOCOL.md 2.5). */
 void hp_store_session_end(hp_store *s, hp_store_session *ss, hp_session_end how,
                           const char *reason);
 

@@ -39,6 +39,9 @@ int hp_timeline_add(hp_timeline *t, int64_t ts_ns, int64_t dbytes, int64_t dcoun
  * session still shows its drop; returns the rows completed (as hp_timeline_add). */
 int hp_timeline_advance(hp_timeline *t, int64_t now_ns, hp_tl_row *out);
 
+/* 1 when hp_timeline_advance(t, now_ns) would complete rows (without doing it). */
+int hp_timeline_due(const hp_timeline *t, int64_t now_ns);
+
 /* The open interval's row so far: 1 and *row if it has changes not yet completed. */
 int hp_timeline_current(const hp_timeline *t, hp_tl_row *row);
 
@@ -48,6 +51,7 @@ int hp_timeline_current(const hp_timeline *t, hp_tl_row *row);
  * that interval's end_bytes. */
 int hp_timeline_finish(hp_timeline *t, int64_t end_ns, hp_tl_row *out);
 
+/* The level now, clamped to the int64 range (rows are clamped the same way). */
 int64_t hp_timeline_live_bytes(const hp_timeline *t);
 int64_t hp_timeline_live_count(const hp_timeline *t);
 

@@ -3,7 +3,9 @@
  * Pipeline: main -> server (libuv) -> conn (decode) -> store (SQLite thread) ->
  * timeline. Start-up checks the socket path before touching the database, so that a
  * refused socket never creates or modifies a database file. Exit status: 0 after a
- * clean SIGINT/SIGTERM shutdown, 1 on a runtime error, 2 on a usage error. */
+ * clean SIGINT/SIGTERM shutdown that stored everything received, 1 on a runtime error or
+ * when data received could not be stored (the log says what, per session), 2 on a usage
+ * error. */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -52,7 +54,10 @@ static const char usage_text[] =
   "\n"
   "On start heapprofd prints one line, \"heapprofd: listening on PATH\". It logs to\n"
   "stderr. SIGINT or SIGTERM stops it after storing everything received, then it\n"
-  "builds the read indexes (a second SIGINT stops that; the data stays intact).\n";
+  "builds the read indexes (a second SIGINT stops that; the data stays intact).\n"
+  "Exit status: 0 when everything received was stored, 1 on an error or when some\n"
+  "data could not be stored (full disk, database locked until the end), 2 on a\n"
+  "usage error.\n";
 
 static int usage_error(const char *fmt, const char *arg) {
   fprintf(stderr, "heapprofd: ");
@@ -182,6 +187,13 @@ int main(int argc, char **argv) {
               "two daemons on one database are not supported\n", db_path);
     return 1;
   }
+  if (lock_rc == -EPERM) {
+    fprintf(stderr, "heapprofd: the lock file %s.lock belongs to another user; refusing "
+            "to use it or to open the database\n", db_path);
+    return 1;
+  }
+  if (hp_schema_path_warning(db_path, err, sizeof err))
+    hp_log(HP_LOG_WARN, "%s", err);
   sqlite3 *db = NULL;
   if (hp_schema_open(db_path, &db, err, sizeof err) < 0) {
     fprintf(stderr, "heapprofd: %s\n", err);
@@ -256,9 +268,12 @@ int main(int argc, char **argv) {
   status = 0;
 
 out_stop_store:
-  /* Everything the loop queued is stored before the database closes. */
-  if (hp_store_stop(store) < 0 && status == 0)
-    hp_log(HP_LOG_ERROR, "some data could not be stored (see the errors above)");
+  /* Everything the loop queued is stored before the database closes; what could not be
+   * is logged per session, and makes the exit status say so. */
+  if (hp_store_stop(store) < 0 && status == 0) {
+    hp_log(HP_LOG_ERROR, "stopped with data received but not stored (see the errors above)");
+    status = 1;
+  }
 out_close_loop:
   uv_walk(loop, close_walk_cb, NULL);
   uv_run(loop, UV_RUN_DEFAULT);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -22,6 +23,8 @@
 
 #define HP_READ_BYTES   65536u  /* one read; the framer copies it, so one buffer serves all */
 #define HP_LISTEN_BACKLOG 256
+/* Refusals are logged at most once per this many ms (with how many since the last). */
+#define HP_SERVER_REFUSAL_LOG_MS 10000
 
 typedef struct client {
   uv_pipe_t pipe;               /* first: the handle's address is the client's */
@@ -42,6 +45,11 @@ struct hp_server {
   hp_store *store;
   char *path;                   /* socket to remove at the end; NULL until bound */
   client *clients;
+  long nclients;                /* on the clients list */
+  long max_clients;             /* RLIMIT_NOFILE - HP_SERVER_RESERVED_FDS */
+  unsigned long long fd_limit;  /* RLIMIT_NOFILE, for messages */
+  uint64_t refused, refused_unlogged;  /* connections refused over max_clients */
+  uint64_t next_refusal_log;    /* uv_now() after which a refusal is logged again */
   int listening, paused, stopping;
   char rbuf[HP_READ_BYTES];
 };
@@ -161,6 +169,7 @@ static void client_finish(client *c, hp_session_end how, const char *reason) {
     srv->clients = c->next;
   if (c->next)
     c->next->prev = c->prev;
+  srv->nclients--;
   uv_read_stop((uv_stream_t *)&c->pipe);
   uv_close((uv_handle_t *)&c->pipe, on_client_closed);
 }
@@ -243,14 +252,48 @@ static int sink_goodbye(void *ctx, const hp_goodbye *m) {
   return hp_store_goodbye(c->srv->store, c->ss, m);
 }
 
+static int sink_thread(void *ctx, const hp_thread_def *m) {
+  client *c = ctx;
+  return hp_store_thread_def(c->srv->store, c->ss, m);
+}
+static int sink_marker(void *ctx, const hp_marker *m) {
+  client *c = ctx;
+  return hp_store_marker(c->srv->store, c->ss, m);
+}
+
 static const hp_conn_sink store_sink = {
   sink_hello, sink_frame, sink_stack, sink_events, sink_counters, sink_goodbye,
+  sink_thread, sink_marker,
 };
+
+/* A connection refused: counted, and logged at once unless one was logged in the last
+ * HP_SERVER_REFUSAL_LOG_MS (then the next line says how many came meanwhile). */
+static void refused(hp_server *srv, long pid, const char *why) {
+  srv->refused++;
+  uint64_t now = uv_now(srv->loop);
+  if (now < srv->next_refusal_log) {
+    srv->refused_unlogged++;
+    return;
+  }
+  char more[64] = "";
+  if (srv->refused_unlogged > 0)
+    snprintf(more, sizeof more, " (and %llu more since the last such line)",
+             (unsigned long long)srv->refused_unlogged);
+  if (pid > 0)
+    hp_log(HP_LOG_WARN, "refused connection from pid %ld: %s%s", pid, why, more);
+  else
+    hp_log(HP_LOG_WARN, "refused a connection: %s%s", why, more);
+  srv->refused_unlogged = 0;
+  srv->next_refusal_log = now + HP_SERVER_REFUSAL_LOG_MS;
+}
 
 static void on_connection(uv_stream_t *listener, int status) {
   hp_server *srv = listener->data;
+  char why[160];
   if (status < 0) {
-    hp_log(HP_LOG_WARN, "accept: %s", uv_strerror(status));
+    /* EMFILE/ENFILE: libuv has accepted and closed what was pending. */
+    snprintf(why, sizeof why, "accept failed: %s", uv_strerror(status));
+    refused(srv, 0, why);
     return;
   }
   client *c = calloc(1, sizeof *c);
@@ -282,6 +325,13 @@ static void on_connection(uv_stream_t *listener, int status) {
     return;
   }
   c->peer_pid = cred.pid;
+  if (srv->nclients >= srv->max_clients) {
+    snprintf(why, sizeof why, "over the limit of %ld connections (open file limit %llu, "
+             "ulimit -n)", srv->max_clients, srv->fd_limit);
+    refused(srv, (long)cred.pid, why);
+    uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+    return;
+  }
   if (cred.uid != geteuid()) {
     hp_log(HP_LOG_WARN, "refused connection from pid %ld: uid %u is not the daemon's uid %u",
            (long)cred.pid, (unsigned)cred.uid, (unsigned)geteuid());
@@ -299,6 +349,7 @@ static void on_connection(uv_stream_t *listener, int status) {
   if (srv->clients)
     srv->clients->prev = c;
   srv->clients = c;
+  srv->nclients++;
   hp_log(HP_LOG_DEBUG, "connection from pid %ld", (long)cred.pid);
   if (!srv->paused)
     start_reading(c);
@@ -384,6 +435,13 @@ int hp_server_listen(hp_server *srv, const char *path, hp_store *store, char *er
                      size_t errlen) {
   int rc;
   srv->store = store;
+  struct rlimit rl;
+  srv->fd_limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+                      ? (unsigned long long)rl.rlim_cur : 1048576ULL;
+  srv->max_clients = (long)srv->fd_limit - HP_SERVER_RESERVED_FDS;
+  if (srv->max_clients < 1)
+    return say(err, errlen, "the open file limit (ulimit -n) is %llu; heapprofd needs more "
+               "than %d", srv->fd_limit, HP_SERVER_RESERVED_FDS);
   if ((rc = uv_pipe_init(srv->loop, &srv->listener, 0)) < 0)
     return say(err, errlen, "uv_pipe_init: %s", uv_strerror(rc));
   srv->listener.data = srv;
@@ -413,6 +471,10 @@ int hp_server_listen(hp_server *srv, const char *path, hp_store *store, char *er
 void hp_server_free(hp_server *srv) {
   if (srv == NULL)
     return;
+  if (srv->refused > 0)
+    hp_log(HP_LOG_WARN, "refused %llu connections over the limit of %ld connections "
+           "(open file limit %llu, ulimit -n); raise ulimit -n to serve more agents at once",
+           (unsigned long long)srv->refused, srv->max_clients, srv->fd_limit);
   if (srv->path != NULL && unlink(srv->path) < 0 && errno != ENOENT)
     hp_log(HP_LOG_WARN, "cannot remove socket %s: %s", srv->path, strerror(errno));
   free(srv->path);

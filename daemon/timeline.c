@@ -6,13 +6,18 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* Levels are kept in 128 bits: estimates are i63 (PROTOCOL.md), so a handful of them
+ * already pass 2^63, and a level must come back down exactly when they are freed (a
+ * saturated sum would not). Rows report them clamped to what SQLite stores. */
+typedef __int128 level;
+
 struct hp_timeline {
   int64_t interval;
   int64_t cur;          /* start of the open interval; valid when started */
   int started;
   int changed;          /* an event landed in the open interval */
-  int64_t live_b, live_c;
-  int64_t max_b, max_c; /* highest level in the open interval, and the count then */
+  level live_b, live_c;
+  level max_b, max_c;   /* highest level in the open interval, and the count then */
 };
 
 hp_timeline *hp_timeline_new(int64_t interval_ns) {
@@ -26,12 +31,12 @@ hp_timeline *hp_timeline_new(int64_t interval_ns) {
 
 void hp_timeline_free(hp_timeline *t) { free(t); }
 
-/* Levels come from agents' estimates: an absurd stream must not overflow (UB). */
-static int64_t sat_add(int64_t a, int64_t b) {
-  int64_t r;
-  if (__builtin_add_overflow(a, b, &r))
-    return b > 0 ? INT64_MAX : INT64_MIN;
-  return r;
+static int64_t clamp(level v) {
+  return v > INT64_MAX ? INT64_MAX : v < INT64_MIN ? INT64_MIN : (int64_t)v;
+}
+
+static hp_tl_row row_of(int64_t ts, level max_b, level max_c, level end_b) {
+  return (hp_tl_row){ts, clamp(max_b), clamp(max_c), clamp(end_b)};
 }
 
 static int64_t interval_of(const hp_timeline *t, int64_t ts) {
@@ -50,11 +55,11 @@ static int close_open(hp_timeline *t, int64_t next, int64_t until, hp_tl_row *ou
   int n = 0;
   if (!t->changed)
     return 0;
-  out[n++] = (hp_tl_row){t->cur, t->max_b, t->max_c, t->live_b};
+  out[n++] = row_of(t->cur, t->max_b, t->max_c, t->live_b);
   int64_t after;
   if (t->live_b != t->max_b && !__builtin_add_overflow(t->cur, t->interval, &after) &&
       after < next && after <= until)
-    out[n++] = (hp_tl_row){after, t->live_b, t->live_c, t->live_b};
+    out[n++] = row_of(after, t->live_b, t->live_c, t->live_b);
   t->changed = 0;
   return n;
 }
@@ -77,8 +82,8 @@ int hp_timeline_add(hp_timeline *t, int64_t ts_ns, int64_t dbytes, int64_t dcoun
     n = close_open(t, iv, INT64_MAX, out);
     open_at(t, iv);
   }
-  t->live_b = sat_add(t->live_b, dbytes);
-  t->live_c = sat_add(t->live_c, dcount);
+  t->live_b += dbytes;   /* 2^64 events of 2^63 bytes would be needed to overflow */
+  t->live_c += dcount;
   if (t->live_b > t->max_b) {
     t->max_b = t->live_b;
     t->max_c = t->live_c;
@@ -87,12 +92,20 @@ int hp_timeline_add(hp_timeline *t, int64_t ts_ns, int64_t dbytes, int64_t dcoun
   return n;
 }
 
+/* The interval after the open one; INT64_MAX when that lies past the clock's range. */
+static int64_t next_of(const hp_timeline *t) {
+  int64_t next;
+  return __builtin_add_overflow(t->cur, t->interval, &next) ? INT64_MAX : next;
+}
+
+int hp_timeline_due(const hp_timeline *t, int64_t now_ns) {
+  return t->started && t->changed && interval_of(t, now_ns) > next_of(t);
+}
+
 int hp_timeline_advance(hp_timeline *t, int64_t now_ns, hp_tl_row *out) {
-  if (!t->started || !t->changed)
+  if (!hp_timeline_due(t, now_ns))
     return 0;
   int64_t iv = interval_of(t, now_ns);
-  if (iv <= t->cur + t->interval)
-    return 0;
   int n = close_open(t, iv, INT64_MAX, out);
   open_at(t, iv);
   return n;
@@ -101,7 +114,7 @@ int hp_timeline_advance(hp_timeline *t, int64_t now_ns, hp_tl_row *out) {
 int hp_timeline_current(const hp_timeline *t, hp_tl_row *row) {
   if (!t->started || !t->changed)
     return 0;
-  *row = (hp_tl_row){t->cur, t->max_b, t->max_c, t->live_b};
+  *row = row_of(t->cur, t->max_b, t->max_c, t->live_b);
   return 1;
 }
 
@@ -111,5 +124,5 @@ int hp_timeline_finish(hp_timeline *t, int64_t end_ns, hp_tl_row *out) {
   return close_open(t, INT64_MAX, end_ns, out);
 }
 
-int64_t hp_timeline_live_bytes(const hp_timeline *t) { return t->live_b; }
-int64_t hp_timeline_live_count(const hp_timeline *t) { return t->live_c; }
+int64_t hp_timeline_live_bytes(const hp_timeline *t) { return clamp(t->live_b); }
+int64_t hp_timeline_live_count(const hp_timeline *t) { return clamp(t->live_c); }

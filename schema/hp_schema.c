@@ -2,12 +2,16 @@
  *
  * Sits between the daemon's store thread and the file on disk. The order of operations is
  * the contract: every check runs on a read-only connection first, and only a file that is
- * missing, empty, or a heapprof database of our version is ever opened read-write. So a
- * foreign file (not SQLite, another application's database, a newer heapprof's database)
- * is refused without a single byte written: no WAL switch, no schema, no header pragma.
- * schema/README.md documents what the schema means; schema.sql is the schema itself. */
+ * missing, empty, or a heapprof database of our version or one we migrate is ever opened
+ * read-write. So a foreign file (not SQLite, another application's database, a newer
+ * heapprof's database) is refused without a single byte written: no WAL switch, no
+ * schema, no header pragma. An older heapprof database (version 1) is migrated in the
+ * same transaction that applies the schema, so it is either migrated whole or left as it
+ * was. schema/README.md documents what the schema means; schema.sql is the schema. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +45,7 @@ typedef enum {
   DB_MISSING,   /* no file: create it */
   DB_EMPTY,     /* a 0-byte file or an SQLite database with nothing in it: apply the schema */
   DB_OURS,      /* a heapprof database of our version: append to it */
+  DB_OLD,       /* a heapprof database of HP_SCHEMA_OLDEST_VERSION: migrate, then append */
 } db_state;
 
 /* One line for users into errbuf; returns rc so callers can `return fail(...)`. */
@@ -81,14 +86,11 @@ static int query_int(sqlite3 *db, const char *sql, long long *out) {
   return rc;
 }
 
-/* stat() said ENOENT: tell a missing file (fine, we create it) from a missing directory. */
-static int check_parent_dir(const char *path, char *errbuf, size_t errlen) {
+/* The directory of path, malloc'd ("." for a bare name); NULL on OOM. */
+static char *parent_dir(const char *path) {
   char *dir = strdup(path);
-  struct stat st;
-  int rc = 0;
-
   if (dir == NULL)
-    return fail(errbuf, errlen, -HP_ENOMEM, "%s: out of memory", path);
+    return NULL;
   char *slash = strrchr(dir, '/');
   if (slash == NULL) {
     strcpy(dir, ".");
@@ -97,6 +99,17 @@ static int check_parent_dir(const char *path, char *errbuf, size_t errlen) {
   } else {
     *slash = '\0';
   }
+  return dir;
+}
+
+/* stat() said ENOENT: tell a missing file (fine, we create it) from a missing directory. */
+static int check_parent_dir(const char *path, char *errbuf, size_t errlen) {
+  char *dir = parent_dir(path);
+  struct stat st;
+  int rc = 0;
+
+  if (dir == NULL)
+    return fail(errbuf, errlen, -HP_ENOMEM, "%s: out of memory", path);
   if (stat(dir, &st) != 0) {
     int err = errno;
     if (err == ENOENT)
@@ -113,10 +126,24 @@ static int check_parent_dir(const char *path, char *errbuf, size_t errlen) {
   return rc;
 }
 
+static int refuse_newer(const char *path, long long version, char *errbuf, size_t errlen) {
+  return fail(errbuf, errlen, -HP_ENEWER,
+              "%s: written by a newer heapprof (schema version %lld, this heapprof knows "
+              "up to %d); refusing to touch it", path, version, HP_SCHEMA_VERSION);
+}
+
+static uint32_t be32(const unsigned char *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
 /* A cheap first look at the raw header, so that a text file or an executable gets a
- * precise message; SQLite itself would only say "file is not a database" later. */
+ * precise message; SQLite itself would only say "file is not a database" later. Another
+ * application's database, and a newer heapprof's, are refused from the header alone
+ * (user_version at offset 60, application_id at 68: the SQLite file format, 1.3), so that
+ * no SQLite connection ever opens them: even a read-only one would create -wal and -shm
+ * files beside a database in WAL mode, or write to the ones in use. */
 static int check_header(const char *path, off_t size, char *errbuf, size_t errlen) {
-  char head[sizeof sqlite_magic];
+  unsigned char head[100];
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
@@ -128,9 +155,15 @@ static int check_header(const char *path, off_t size, char *errbuf, size_t errle
   if (n < 0)
     return fail(errbuf, errlen, -err, "%s: cannot read: %s", path, strerror(err));
   /* 100 bytes is the size of the SQLite database header; anything shorter is not one. */
-  if (size < 100 || (size_t)n != sizeof head || memcmp(head, sqlite_magic, sizeof head) != 0)
+  if (size < 100 || (size_t)n != sizeof head ||
+      memcmp(head, sqlite_magic, sizeof sqlite_magic) != 0)
     return fail(errbuf, errlen, -HP_ESCHEMA,
                 "%s: not a heapprof database (not an SQLite file); refusing to touch it", path);
+  uint32_t version = be32(head + 60), app_id = be32(head + 68);
+  if (app_id != 0 && app_id != HP_SCHEMA_APPLICATION_ID)
+    return refuse_foreign(path, app_id, errbuf, errlen);
+  if (app_id == HP_SCHEMA_APPLICATION_ID && version > HP_SCHEMA_VERSION)
+    return refuse_newer(path, version, errbuf, errlen);
   return 0;
 }
 
@@ -138,14 +171,19 @@ static int check_header(const char *path, off_t size, char *errbuf, size_t errle
  * statement: a version 1 database written before it lacks it, and is not damaged for
  * that (applying schema.sql creates it). schema/README.md, "Versions". */
 #define HP_SCHEMA_ADDED_MARK "-- heapprof: added within version 1"
+/* Tables added in version 2 carry this one: a version 1 database lacks them until it is
+ * migrated. */
+#define HP_SCHEMA_ADDED_V2_MARK "-- heapprof: added in version 2"
 
 /* Every table that schema.sql creates must exist in a database that claims to be ours:
- * without them it is damaged, and appending to it would fail later and obscurely. (Tables
- * marked HP_SCHEMA_ADDED_MARK are the exception. Views
- * and indexes are not checked: opening re-applies schema.sql, which creates missing
- * tables and indexes and drops and recreates every view, and so restores them.) The names come from applying the embedded schema
- * to an in-memory database, so they are spelled only in schema.sql. */
-static int check_objects(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
+ * without them it is damaged, and appending to it would fail later and obscurely. (In a
+ * version 1 database, tables marked HP_SCHEMA_ADDED_MARK or HP_SCHEMA_ADDED_V2_MARK are
+ * the exception. Views and indexes are not checked: opening re-applies schema.sql, which
+ * creates missing tables and indexes and drops and recreates every view, and so restores
+ * them.) The names come from applying the embedded schema to an in-memory database, so
+ * they are spelled only in schema.sql. */
+static int check_objects(sqlite3 *db, long long version, const char *path, char *errbuf,
+                         size_t errlen) {
   sqlite3 *ref = NULL;
   sqlite3_stmt *list = NULL, *probe = NULL;
   int rc;
@@ -160,9 +198,11 @@ static int check_objects(sqlite3 *db, const char *path, char *errbuf, size_t err
   if (sqlite3_prepare_v2(ref,
                          "SELECT type, name FROM sqlite_schema "
                          "WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' "
-                         "ESCAPE '\\' AND instr(sql, '" HP_SCHEMA_ADDED_MARK "') = 0 "
+                         "ESCAPE '\\' AND (?1 >= 2 OR (instr(sql, '" HP_SCHEMA_ADDED_MARK
+                         "') = 0 AND instr(sql, '" HP_SCHEMA_ADDED_V2_MARK "') = 0)) "
                          "ORDER BY type, name",
-                         -1, &list, NULL) != SQLITE_OK) {
+                         -1, &list, NULL) != SQLITE_OK ||
+      sqlite3_bind_int64(list, 1, version) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(ref));
     goto out_close_ref;
   }
@@ -201,12 +241,46 @@ out_close_ref:
   return rc;
 }
 
+static int side_exists(const char *path, const char *suffix) {
+  char side[PATH_MAX + 16];
+  struct stat st;
+  snprintf(side, sizeof side, "%s%s", path, suffix);
+  return lstat(side, &st) == 0;
+}
+
+/* "file:" URI of path with immutable=1: SQLite then opens it without locks, -wal or -shm
+ * (it takes the file for read-only media). Only for a file with no -wal and no
+ * -journal, whose content is then all in the main file. NULL on OOM. */
+static char *immutable_uri(const char *path) {
+  size_t len = strlen(path);
+  char *uri = malloc(len * 3 + 32);
+  if (uri == NULL)
+    return NULL;
+  char *o = uri + sprintf(uri, "file:");
+  for (const char *p = path; *p; p++)
+    o += (*p == '%' || *p == '?' || *p == '#') ? sprintf(o, "%%%02X", (unsigned char)*p)
+                                               : sprintf(o, "%c", *p);
+  strcpy(o, "?mode=ro&immutable=1");
+  return uri;
+}
+
 /* Reads application_id, user_version and the object count of an existing file through a
- * read-only connection, and decides. Nothing here can write to the file. */
+ * read-only connection, and decides. Nothing here can write to the file; and unless
+ * the database has a -wal or -journal (content outside the main file, which only a
+ * normal connection reads), not even a side file is created. */
 static int inspect_sqlite(const char *path, db_state *state, char *errbuf, size_t errlen) {
   sqlite3 *ro = NULL;
   long long app_id = 0, version = 0, objects = 0;
-  int rc = sqlite3_open_v2(path, &ro, SQLITE_OPEN_READONLY, NULL);
+  int rc;
+  if (!side_exists(path, "-wal") && !side_exists(path, "-journal")) {
+    char *uri = immutable_uri(path);
+    if (uri == NULL)
+      return fail(errbuf, errlen, -HP_ENOMEM, "%s: out of memory", path);
+    rc = sqlite3_open_v2(uri, &ro, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
+    free(uri);
+  } else {
+    rc = sqlite3_open_v2(path, &ro, SQLITE_OPEN_READONLY, NULL);
+  }
   if (rc != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot open: %s", path,
               ro != NULL ? sqlite3_errmsg(ro) : "out of memory");
@@ -227,16 +301,15 @@ static int inspect_sqlite(const char *path, db_state *state, char *errbuf, size_
 
   if (app_id == HP_SCHEMA_APPLICATION_ID) {
     if (version > HP_SCHEMA_VERSION) {
-      rc = fail(errbuf, errlen, -HP_ENEWER,
-                "%s: written by a newer heapprof (schema version %lld, this heapprof knows "
-                "up to %d); refusing to touch it", path, version, HP_SCHEMA_VERSION);
-    } else if (version < HP_SCHEMA_VERSION) {
+      rc = refuse_newer(path, version, errbuf, errlen);
+    } else if (version < HP_SCHEMA_OLDEST_VERSION) {
       rc = fail(errbuf, errlen, -HP_ESCHEMA,
-                "%s: heapprof database of unsupported schema version %lld (expected %d); "
-                "refusing to touch it", path, version, HP_SCHEMA_VERSION);
+                "%s: heapprof database of unsupported schema version %lld (expected %d "
+                "to %d); refusing to touch it", path, version, HP_SCHEMA_OLDEST_VERSION,
+                HP_SCHEMA_VERSION);
     } else {
-      rc = check_objects(ro, path, errbuf, errlen);
-      *state = DB_OURS;
+      rc = check_objects(ro, version, path, errbuf, errlen);
+      *state = version == HP_SCHEMA_VERSION ? DB_OURS : DB_OLD;
     }
   } else if (app_id == 0 && version == 0 && objects == 0) {
     /* An SQLite database nobody has put anything in: claim it. */
@@ -250,13 +323,44 @@ out_close:
   return rc;
 }
 
+/* file (path or one of its side files), where it exists: not a symbolic link, which
+ * could send our writes anywhere (as root too), and not another user's file, which its
+ * owner could rewrite under us. As the socket's path (daemon/server.c). */
+static int check_owner(const char *path, const char *suffix, char *errbuf, size_t errlen) {
+  char file[PATH_MAX + 16];
+  struct stat st;
+  snprintf(file, sizeof file, "%s%s", path, suffix);
+  if (lstat(file, &st) != 0) {
+    int err = errno;
+    if (err == ENOENT)
+      return 0;
+    return fail(errbuf, errlen, -err, "%s: cannot check %s: %s", path, file, strerror(err));
+  }
+  const char *what = suffix[0] ? file : "the database";
+  if (S_ISLNK(st.st_mode))
+    return fail(errbuf, errlen, -HP_EINVAL, "%s: %s is a symbolic link; refusing to follow "
+                "it (give heapprofd the real path)", path, what);
+  if (st.st_uid != geteuid())
+    return fail(errbuf, errlen, -EPERM, "%s: %s belongs to uid %u, not to us (uid %u); "
+                "refusing to touch it", path, what, (unsigned)st.st_uid, (unsigned)geteuid());
+  return 0;
+}
+
+/* Side files SQLite keeps beside a database. */
+static const char *const side_suffixes[] = {"-wal", "-shm", "-journal"};
+
 static int inspect(const char *path, db_state *state, char *errbuf, size_t errlen) {
   struct stat st;
+  int rc = check_owner(path, "", errbuf, errlen);
+  for (size_t i = 0; rc == 0 && i < sizeof side_suffixes / sizeof side_suffixes[0]; i++)
+    rc = check_owner(path, side_suffixes[i], errbuf, errlen);
+  if (rc != 0)
+    return rc;
   if (stat(path, &st) != 0) {
     int err = errno;
     if (err != ENOENT)
       return fail(errbuf, errlen, -err, "%s: cannot open: %s", path, strerror(err));
-    int rc = check_parent_dir(path, errbuf, errlen);
+    rc = check_parent_dir(path, errbuf, errlen);
     if (rc == 0)
       *state = DB_MISSING;
     return rc;
@@ -267,7 +371,7 @@ static int inspect(const char *path, db_state *state, char *errbuf, size_t errle
     return fail(errbuf, errlen, -HP_ESCHEMA,
                 "%s: not a heapprof database (not a regular file); refusing to touch it", path);
   if (st.st_size > 0) {
-    int rc = check_header(path, st.st_size, errbuf, errlen);
+    rc = check_header(path, st.st_size, errbuf, errlen);
     if (rc != 0)
       return rc;
   }
@@ -276,14 +380,46 @@ static int inspect(const char *path, db_state *state, char *errbuf, size_t errle
   return inspect_sqlite(path, state, errbuf, errlen);
 }
 
+/* Version 1 -> 2, first half, before schema.sql runs: moves the session table aside,
+ * because SQLite cannot change a CHECK constraint (status gained 'hooks_replaced') or add
+ * a column with one in place. schema.sql then creates the version 2 table, and
+ * migrate_v1_finish copies the rows over with their ids. legacy_alter_table keeps SQLite
+ * from rewriting views that name `session` to the new name: schema.sql redefines
+ * heapprof's own views anyway, and a user's view keeps naming the migrated table. */
+static int migrate_v1_begin(sqlite3 *db) {
+  if (sqlite3_exec(db, "PRAGMA legacy_alter_table = ON", NULL, NULL, NULL) != SQLITE_OK)
+    return -1;
+  int rc = sqlite3_exec(db, "ALTER TABLE session RENAME TO session_v1", NULL, NULL, NULL);
+  if (sqlite3_exec(db, "PRAGMA legacy_alter_table = OFF", NULL, NULL, NULL) != SQLITE_OK ||
+      rc != SQLITE_OK)
+    return -1;
+  return 0;
+}
+
+/* Second half: the version 1 columns into the version 2 table (argv_omitted takes its
+ * default: a version 1 heapprofd stored argv whole). */
+static int migrate_v1_finish(sqlite3 *db) {
+  static const char sql[] =
+      "INSERT INTO session (id, pid, ppid, argv, executable, python_version, started_ns,"
+      " ended_ns, sample_interval_bytes, sample_buckets, max_stack_depth, status, error,"
+      " events_received, events_dropped)"
+      " SELECT id, pid, ppid, argv, executable, python_version, started_ns, ended_ns,"
+      " sample_interval_bytes, sample_buckets, max_stack_depth, status, error,"
+      " events_received, events_dropped FROM session_v1;"
+      "DROP TABLE session_v1;";
+  return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
 /* Applies schema.sql inside one write transaction. To an empty database it adds
  * everything; to one of ours it adds the tables and indexes a database of this version
  * lacks (those statements are IF NOT EXISTS) and redefines every view, so that views
- * written by an earlier build of this version are brought up to date. The transaction first re-checks what
+ * written by an earlier build of this version are brought up to date; a version 1
+ * database is migrated in the same transaction, so a failure at any point (a full disk,
+ * a kill) leaves it a version 1 database. The transaction first re-checks what
  * inspect() saw: another process may have created or replaced the file since. */
 static int apply_schema(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
   long long app_id = 0, version = 0, objects = 0;
-  int rc;
+  int rc, migrate;
 
   if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
     return fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot start the schema transaction: %s",
@@ -298,15 +434,26 @@ static int apply_schema(sqlite3 *db, const char *path, char *errbuf, size_t errl
     rc = refuse_foreign(path, (unsigned)app_id, errbuf, errlen);
     goto out_rollback;
   }
-  if (objects != 0 && version != HP_SCHEMA_VERSION) {
+  if (objects != 0 && version != HP_SCHEMA_VERSION && version != HP_SCHEMA_OLDEST_VERSION) {
     rc = fail(errbuf, errlen, version > HP_SCHEMA_VERSION ? -HP_ENEWER : -HP_ESCHEMA,
               "%s: schema version changed to %lld while opening (expected %d); "
               "refusing to touch it", path, version, HP_SCHEMA_VERSION);
     goto out_rollback;
   }
+  migrate = objects != 0 && version == HP_SCHEMA_OLDEST_VERSION;
+  if (migrate && migrate_v1_begin(db) < 0) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot migrate from schema version %lld: %s",
+              path, version, sqlite3_errmsg(db));
+    goto out_rollback;
+  }
   if (sqlite3_exec(db, hp_schema_sql_text, NULL, NULL, NULL) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot create the schema: %s", path,
               sqlite3_errmsg(db));
+    goto out_rollback;
+  }
+  if (migrate && migrate_v1_finish(db) < 0) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot migrate from schema version %lld: %s",
+              path, version, sqlite3_errmsg(db));
     goto out_rollback;
   }
   if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
@@ -342,6 +489,68 @@ out_finalize:
   return rc;
 }
 
+/* A new database is created by us, 0600 whatever the umask, and exclusively: a link or
+ * file planted since inspect() makes this fail rather than be followed or adopted.
+ * SQLite then opens an empty file, and creates -wal and -shm with its mode. */
+static int create_private(const char *path, char *errbuf, size_t errlen) {
+  int fd = open(path, O_CREAT | O_EXCL | O_NOFOLLOW | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    int err = errno;
+    return fail(errbuf, errlen, -err, "%s: cannot create the database: %s", path,
+                strerror(err));
+  }
+  int rc = fchmod(fd, 0600) == 0 ? 0 : -errno;   /* the umask may have taken bits away */
+  close(fd);
+  return rc == 0 ? 0 : fail(errbuf, errlen, rc, "%s: chmod: %s", path, strerror(-rc));
+}
+
+/* Files heapprofd records into: nobody else may write them. An empty file it adopts as
+ * a new database becomes 0600, as one it creates; an existing database and its side
+ * files lose group and other write permission (SQLite gives new side files the
+ * database's mode). Through descriptors opened without following links. */
+static int secure_files(const char *path, int as_new, char *errbuf, size_t errlen) {
+  for (size_t i = 0; i <= sizeof side_suffixes / sizeof side_suffixes[0]; i++) {
+    const char *suffix = i == 0 ? "" : side_suffixes[i - 1];
+    char file[PATH_MAX + 16];
+    struct stat st;
+    snprintf(file, sizeof file, "%s%s", path, suffix);
+    int fd = open(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      if (err == ENOENT && i > 0)
+        continue;
+      return fail(errbuf, errlen, -err, "%s: cannot open %s: %s", path, file, strerror(err));
+    }
+    int rc = 0;
+    if (fstat(fd, &st) != 0) {
+      rc = -errno;
+    } else {
+      mode_t want = (as_new && i == 0) ? 0600 : (st.st_mode & 07777 & ~(mode_t)022);
+      if ((st.st_mode & 07777) != want && fchmod(fd, want) != 0)
+        rc = -errno;
+    }
+    close(fd);
+    if (rc != 0)
+      return fail(errbuf, errlen, rc, "%s: cannot make %s private: %s", path, file,
+                  strerror(-rc));
+  }
+  return 0;
+}
+
+int hp_schema_path_warning(const char *path, char *buf, size_t len) {
+  char *dir = parent_dir(path);
+  struct stat st;
+  int warn = 0;
+  if (dir != NULL && stat(dir, &st) == 0 && (st.st_mode & (S_IWGRP | S_IWOTH))) {
+    snprintf(buf, len, "%s: the database directory %s is writable by other users (mode %04o):"
+             " they can replace the database or plant files beside it; use a directory only "
+             "you can write", path, dir, (unsigned)(st.st_mode & 07777));
+    warn = 1;
+  }
+  free(dir);
+  return warn;
+}
+
 int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errlen) {
   sqlite3 *db = NULL;
   db_state state = DB_MISSING;
@@ -361,7 +570,14 @@ int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errl
     return rc;
 
   /* Decided. Only now may the file be created or written. */
-  int flags = SQLITE_OPEN_READWRITE | (state == DB_MISSING ? SQLITE_OPEN_CREATE : 0);
+  rc = state == DB_MISSING ? create_private(path, errbuf, errlen)
+                           : secure_files(path, state == DB_EMPTY, errbuf, errlen);
+  if (rc != 0)
+    return rc;
+  int flags = SQLITE_OPEN_READWRITE;
+#ifdef SQLITE_OPEN_NOFOLLOW
+  flags |= SQLITE_OPEN_NOFOLLOW;   /* a link planted since the checks is refused too */
+#endif
   if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot open for writing: %s", path,
               db != NULL ? sqlite3_errmsg(db) : "out of memory");
@@ -378,7 +594,7 @@ int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errl
   /* The page size of a database is fixed once its header is written and cannot change
    * in WAL mode, so it is set before anything else, and only for a file with no header
    * yet (missing or 0 bytes); an existing database keeps its own. */
-  if (state != DB_OURS &&
+  if (state != DB_OURS && state != DB_OLD &&
       sqlite3_exec(db, "PRAGMA page_size=" HP_SCHEMA_STR(HP_SCHEMA_PAGE_SIZE), NULL, NULL,
                    NULL) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(db));
@@ -400,8 +616,12 @@ int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errl
   if (rc != 0)
     goto out_close;
   /* Whoever created it, the file must now be ours at our version. */
-  if (query_int(db, "PRAGMA user_version", &version) != SQLITE_OK ||
-      version != HP_SCHEMA_VERSION) {
+  if (query_int(db, "PRAGMA user_version", &version) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot read the schema version: %s", path,
+              sqlite3_errmsg(db));
+    goto out_close;
+  }
+  if (version != HP_SCHEMA_VERSION) {
     rc = fail(errbuf, errlen, -HP_ESCHEMA,
               "%s: schema version is %lld after opening, expected %d", path, version,
               HP_SCHEMA_VERSION);

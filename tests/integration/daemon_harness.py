@@ -9,12 +9,17 @@ import select
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
+import unittest
 
 BUILD_ROOT = os.environ.get("HEAPPROF_BUILD_ROOT", "")
 HEAPPROFD = os.environ.get("HEAPPROFD") or os.path.join(BUILD_ROOT, "daemon", "heapprofd")
 TESTCLIENT = os.environ.get("HEAPPROF_TESTCLIENT") or os.path.join(
     BUILD_ROOT, "tests", "integration", "hp_testclient")
+# heapprofd with the fault VFS (tests/fault/hp_fault_vfs.h): HP_FAULT_DIR in its
+# environment names the directory whose files "full" and "locked" switch faults on.
+HEAPPROFD_FAULT = os.path.join(BUILD_ROOT, "tests", "integration", "heapprofd_fault")
 
 
 def wait_for(pred, timeout=20.0, interval=0.02, what="condition"):
@@ -61,12 +66,15 @@ def finished_session(db, tag, timeout=20.0):
 class Daemon:
     """A running heapprofd. Use as a context manager."""
 
-    def __init__(self, tmpdir, db=None, sock=None, args=(), env=None):
+    def __init__(self, tmpdir, db=None, sock=None, args=(), env=None, binary=None,
+                 preexec_fn=None):
         self.db = db or os.path.join(tmpdir, "prof.sqlite")
         self.sock = sock or os.path.join(tmpdir, "hp.sock")
         self.logpath = os.path.join(tmpdir, "heapprofd-%d.log" % id(self))
         self.args = list(args)
         self.env = env
+        self.binary = binary or HEAPPROFD
+        self.preexec_fn = preexec_fn
         self.proc = None
 
     def __enter__(self):
@@ -87,8 +95,9 @@ class Daemon:
     def start(self, timeout=10.0):
         self._log = open(self.logpath, "wb")
         self.proc = subprocess.Popen(
-            [HEAPPROFD, "--db", self.db, "--socket", self.sock, "--log-level", "debug"] + self.args,
-            stdout=subprocess.PIPE, stderr=self._log, env=self.env)
+            [self.binary, "--db", self.db, "--socket", self.sock, "--log-level", "debug"]
+            + self.args, stdout=subprocess.PIPE, stderr=self._log, env=self.env,
+            preexec_fn=self.preexec_fn)
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline().decode() if ready else ""
         if line != "heapprofd: listening on %s\n" % self.sock:
@@ -170,3 +179,28 @@ class Client:
         out, err = self.proc.communicate(timeout=timeout)
         assert self.proc.returncode == 0, err.decode()
         return [json.loads(l) for l in out.decode().splitlines() if l.startswith("{")]
+
+
+class SharedDaemonTest(unittest.TestCase):
+    """A test class whose tests share one heapprofd (self.d), started once for the class
+    in a temporary directory and checked for sanitizer reports at its end."""
+
+    daemon_args = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.d = Daemon(cls.tmp.name, args=cls.daemon_args)
+        try:
+            cls.d.start()
+        except BaseException:
+            cls.tmp.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.kill()
+        try:
+            cls.d.check_sanitizers()
+        finally:
+            cls.tmp.cleanup()

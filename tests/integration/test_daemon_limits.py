@@ -5,6 +5,8 @@ limit new allocations are dropped and counted instead."""
 import json
 import os
 import re
+import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -12,7 +14,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from daemon_harness import (HEAPPROFD, Client, Daemon, finished_session, query,  # noqa: E402
-                            run_client, session)
+                            run_client, session, wait_for)
 
 SOURCE_ROOT = os.environ.get("HEAPPROF_SOURCE_ROOT") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -129,6 +131,58 @@ class LiveLimit(unittest.TestCase):
                 self.assertIn("--max-live-allocs: '%s' is not a number from 1 to %d" % (bad, MAX_LIVE),
                               p.stderr.decode())
                 self.assertFalse(os.path.exists(os.path.join(tmp, "p.sqlite")))
+
+
+FD_LIMIT = 64
+
+
+def low_fd_limit():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+class ConnectionLimit(unittest.TestCase):
+    """More agents than heapprofd's file descriptors allow (ulimit -n): the ones over the
+    limit are refused with a log line and counted, the others are served (issue 12,
+    item 11)."""
+
+    def test_connections_over_the_fd_limit_are_logged_and_counted(self):
+        with tempfile.TemporaryDirectory() as tmp, \
+                Daemon(tmp, preexec_fn=low_fd_limit) as d:
+            socks = []
+            try:
+                for _ in range(FD_LIMIT + 16):
+                    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    c.connect(d.sock)
+                    socks.append(c)
+                d.wait_log("refused connection from pid %d: over the limit of " % os.getpid())
+                m = re.search(r"over the limit of (\d+) connections \(open file limit %d, "
+                              r"ulimit -n\)" % FD_LIMIT, d.log())
+                self.assertIsNotNone(m, d.log()[-2000:])
+                limit = int(m.group(1))
+                self.assertLess(limit, FD_LIMIT)
+                # The refused ones see their connection closed; the others stay open.
+                def closed():
+                    n = 0
+                    for c in socks:
+                        try:
+                            n += c.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+                        except BlockingIOError:
+                            pass
+                    return n
+                wait_for(lambda: closed() == len(socks) - limit,
+                         what="%d refused connections to be closed" % (len(socks) - limit))
+                # A session still works within the limit once connections go away.
+                for c in socks:
+                    c.close()
+                socks = []
+                [r] = run_client(d.sock, "normal", "after", events=100)
+                self.assertEqual(finished_session(d.db, "after")["events_received"], 100)
+            finally:
+                for c in socks:
+                    c.close()
+            self.assertEqual(d.stop(), 0)
+            self.assertIn("refused %d connections over the limit of %d connections"
+                          % (FD_LIMIT + 16 - limit, limit), d.log())
 
 
 if __name__ == "__main__":

@@ -180,16 +180,94 @@ class Database(unittest.TestCase):
                 f.write("this is not a database\n" * 100)
         self.check_refused(make, "not a heapprof database")
 
-    def test_newer_schema_is_refused(self):
+    @staticmethod
+    def make_newer(journal_mode):
         def make(db):
             import sqlite3
             con = sqlite3.connect(db)
+            con.execute("PRAGMA journal_mode = %s" % journal_mode)
             con.execute("PRAGMA application_id = 1752199782")
             con.execute("PRAGMA user_version = 99")
             con.execute("CREATE TABLE session (id INTEGER PRIMARY KEY)")
             con.commit()
             con.close()
-        self.check_refused(make, "newer")
+        return make
+
+    def test_newer_schema_is_refused(self):
+        self.check_refused(self.make_newer("DELETE"), "newer")
+
+    def test_newer_wal_database_is_refused_without_side_files(self):
+        # As a newer heapprof leaves its database: WAL mode, closed cleanly.
+        self.check_refused(self.make_newer("WAL"), "newer")
+
+    def test_symlink_at_the_database_path_is_refused(self):
+        # A dangling link planted in a shared directory: root's heapprofd must not create
+        # the file it points to.
+        with tempfile.TemporaryDirectory() as tmp:
+            db = os.path.join(tmp, "prof.sqlite")
+            target = os.path.join(tmp, "victim")
+            os.symlink(target, db)
+            p = run_d("--db", db, "--socket", os.path.join(tmp, "hp.sock"))
+            self.assertEqual(p.returncode, 1)
+            err = p.stderr.decode()
+            self.assertIn("%s: the database is a symbolic link; refusing to follow it" % db, err)
+            self.assertFalse(os.path.exists(target))
+            self.assertEqual(sorted(os.listdir(tmp)), ["prof.sqlite"])
+
+    def test_database_of_another_user_is_refused(self):
+        if os.geteuid() != 0:
+            self.skipTest("only root can give a file to another user")
+        with tempfile.TemporaryDirectory() as tmp:
+            db = os.path.join(tmp, "prof.sqlite")
+            open(db, "wb").close()
+            os.chmod(db, 0o666)
+            os.chown(db, 65534, 65534)
+            p = run_d("--db", db, "--socket", os.path.join(tmp, "hp.sock"))
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("belongs to uid 65534", p.stderr.decode())
+            self.assertEqual(os.path.getsize(db), 0)
+            self.assertEqual(sorted(os.listdir(tmp)), ["prof.sqlite"])
+            # Nor is another user's lock file used.
+            os.unlink(db)
+            with open(db + ".lock", "w") as f:
+                f.write("1\n")
+            os.chmod(db + ".lock", 0o666)
+            os.chown(db + ".lock", 65534, 65534)
+            p = run_d("--db", db, "--socket", os.path.join(tmp, "hp.sock"))
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("the lock file %s.lock belongs to another user" % db,
+                          p.stderr.decode())
+            self.assertFalse(os.path.exists(db))
+
+    def test_database_is_private_and_a_shared_directory_is_warned_about(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            shared = os.path.join(tmp, "shared")
+            os.mkdir(shared)
+            os.chmod(shared, 0o1777)
+            sock_dir = os.path.join(tmp, "sock")
+            os.mkdir(sock_dir, 0o700)
+            # A file planted empty and world-writable is adopted only once it is private.
+            db = os.path.join(shared, "prof.sqlite")
+            open(db, "wb").close()
+            os.chmod(db, 0o666)
+            old = os.umask(0)
+            try:
+                d = Daemon(tmp, db=db, sock=os.path.join(sock_dir, "hp.sock"))
+                d.start()
+            finally:
+                os.umask(old)
+            try:
+                run_client(d.sock, "normal", "private", events=100)
+                d.wait_log("ended: exited")
+                for name in ("prof.sqlite", "prof.sqlite-wal", "prof.sqlite-shm"):
+                    mode = os.stat(os.path.join(shared, name)).st_mode & 0o777
+                    self.assertEqual(mode, 0o600, name)
+                self.assertIn("the database directory %s is writable by other users (mode 1777)"
+                              % shared, d.log())
+                self.assertEqual(d.stop(), 0)
+            finally:
+                d.kill()
+                d.check_sanitizers()
 
     def test_existing_database_gets_sessions_appended(self):
         with tempfile.TemporaryDirectory() as tmp:

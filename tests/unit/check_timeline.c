@@ -115,6 +115,35 @@ START_TEST(timeline_saturates_instead_of_overflowing) {
 }
 END_TEST
 
+/* Estimates near 2^63 are legal (PROTOCOL.md, i63), and the level must come back down
+ * exactly when they are freed: a saturated sum would lose what was added past the top
+ * and end below zero (issue 12, item 13). Rows report levels past 2^63-1 as 2^63-1. */
+START_TEST(timeline_levels_stay_exact_past_int64) {
+  hp_tl_row rows[HP_TL_MAX_ROWS], cur;
+  hp_timeline_add(tl, 1005, INT64_MAX, 1, rows);
+  hp_timeline_add(tl, 1006, INT64_MAX, 1, rows);
+  hp_timeline_add(tl, 1007, -INT64_MAX, -1, rows);
+  ck_assert_int_eq(hp_timeline_live_bytes(tl), INT64_MAX);
+  hp_timeline_add(tl, 1008, -INT64_MAX, -1, rows);
+  ck_assert_int_eq(hp_timeline_live_bytes(tl), 0);
+  ck_assert_int_eq(hp_timeline_live_count(tl), 0);
+  ck_assert_int_eq(hp_timeline_current(tl, &cur), 1);
+  assert_row(&cur, 1000, INT64_MAX, 2, 0);
+}
+END_TEST
+
+/* An interval at the very end of the clock's range does not overflow its arithmetic. */
+START_TEST(timeline_works_at_the_end_of_time) {
+  hp_tl_row rows[HP_TL_MAX_ROWS];
+  int64_t last = INT64_MAX - INT64_MAX % IV;
+  hp_timeline_add(tl, INT64_MAX - 1, 50, 1, rows);
+  hp_timeline_add(tl, INT64_MAX, -50, -1, rows);
+  ck_assert_int_eq(hp_timeline_advance(tl, INT64_MAX, rows), 0);
+  ck_assert_int_eq(hp_timeline_finish(tl, INT64_MAX, rows), 1);
+  assert_row(&rows[0], last, 50, 1, 0);
+}
+END_TEST
+
 START_TEST(timeline_rejects_bad_interval) {
   ck_assert_ptr_null(hp_timeline_new(0));
   ck_assert_ptr_null(hp_timeline_new(-5));
@@ -169,6 +198,8 @@ Suite *timeline_suite(void) {
   tcase_add_test(core, timeline_advance_closes_idle_interval_with_drop);
   tcase_add_test(core, timeline_late_event_counts_in_current_interval);
   tcase_add_test(core, timeline_saturates_instead_of_overflowing);
+  tcase_add_test(core, timeline_levels_stay_exact_past_int64);
+  tcase_add_test(core, timeline_works_at_the_end_of_time);
   tcase_add_test(core, timeline_rejects_bad_interval);
   tcase_add_test(core, timeline_finish_writes_no_row_after_the_end);
   tcase_add_test(core, timeline_finish_keeps_drop_row_the_session_reached);
