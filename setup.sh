@@ -32,11 +32,12 @@ esac
 
 # ---------------------------------------------------------------- Debian packages
 # Build and runtime needs; the test suite also wants clang + its runtime (the libFuzzer
-# run), graphviz (flow graphs rendered for real) and chromium (the HTML report test).
+# run), graphviz (flow graphs rendered for real), chromium (the HTML report test) and
+# golang-go (`go tool pprof` reads the exported pprof profiles, offline).
 PKGS=(meson ninja-build pkg-config gcc libuv1-dev libmsgpack-dev libsqlite3-dev check
       python3 python3-venv python3-dev sqlite3)
 if [ "$MODE" = test ]; then
-  PKGS+=(clang libclang-rt-14-dev graphviz chromium)
+  PKGS+=(clang libclang-rt-14-dev graphviz chromium golang-go)
 fi
 
 missing=()
