@@ -9,11 +9,13 @@
  * encoder exists once, in Python; this file only schedules it.
  *
  * Ingestion never waits for an export: spawning is a fork/exec on the loop thread, the
- * child runs at a lower CPU priority, at most one runs at a time, and a period that comes
- * while one still runs is skipped with a warning. The child gets heapprofd's environment
- * without HEAPPROF_* (a HEAPPROF_SOCKET would make the exporter profile itself into this
- * very daemon) and its own session (setsid), so a terminal's Ctrl-C reaches heapprofd
- * alone, which then ends the export itself (hp_pprof_stop). */
+ * child runs at the lowest CPU priority, at most one runs at a time, and a period that
+ * comes while one still runs is skipped with a warning. The child stays in heapprofd's
+ * session: with the kernel's autogroup scheduling a new session (setsid) would be a group
+ * of its own, with a fair share of the CPU whatever its nice value. So a terminal's
+ * Ctrl-C reaches the export as well as heapprofd; it just ends. The child gets
+ * heapprofd's environment without HEAPPROF_* (a HEAPPROF_SOCKET would make the exporter
+ * profile itself into this very daemon). */
 #include "hp_pprof.h"
 
 #include <errno.h>
@@ -84,7 +86,9 @@ static void on_export_exit(uv_process_t *proc, int64_t status, int term_signal) 
   hp_pprof *p = proc->data;
   p->running = 0;
   double secs = (double)(uv_now(p->loop) - p->spawned_ms) / 1000.0;
-  if (p->stopping) {
+  if (p->stopping || term_signal == SIGINT || status == 128 + SIGINT) {
+    /* Ended on purpose: by hp_pprof_stop(), or by a terminal's Ctrl-C, which stops
+     * heapprofd too. */
     hp_log(HP_LOG_INFO, "pprof export (pid %d) ended after %.1f s: heapprofd is stopping",
            proc->pid, secs);
   } else if (term_signal != 0) {
@@ -123,7 +127,6 @@ static void spawn_export(hp_pprof *p) {
     .file = p->python,
     .args = args,
     .env = p->env,
-    .flags = UV_PROCESS_DETACHED,
     .stdio_count = 3,
     .stdio = stdio,
   };
@@ -144,7 +147,7 @@ static void spawn_export(hp_pprof *p) {
   p->spawned_ms = uv_now(p->loop);
   p->since_ns = until;
   uv_unref((uv_handle_t *)&p->proc);
-  if (uv_os_setpriority(p->proc.pid, UV_PRIORITY_BELOW_NORMAL) < 0)
+  if (uv_os_setpriority(p->proc.pid, UV_PRIORITY_LOW) < 0)
     hp_log(HP_LOG_DEBUG, "cannot lower the priority of the pprof export (pid %d)",
            p->proc.pid);
   hp_log(HP_LOG_DEBUG, "pprof export (pid %d) of the range up to %s started", p->proc.pid,
@@ -153,7 +156,9 @@ static void spawn_export(hp_pprof *p) {
 
 static void on_tick(uv_timer_t *t) {
   hp_pprof *p = t->data;
-  if (p->busy) {
+  if (p->busy && !p->running)
+    return;   /* a failed spawn still closing: the next range covers this period */
+  if (p->running) {
     p->counts.skipped++;
     hp_log(HP_LOG_WARN, "pprof export still running after %.1f s (--pprof-every %.1f s): "
            "skipping this period; the next profiles cover it",
