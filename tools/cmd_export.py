@@ -125,7 +125,10 @@ def _write_atomically(path, data):
     renames it to path: a reader of the directory sees the whole file or none."""
     directory, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, '%s%d-%s' % (TMP_PREFIX, os.getpid(), name))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None   # name what the user named
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data)

@@ -741,8 +741,8 @@ class Reader:
         if since is not None:
             since_ns = self._ns(since)
             if since_ns > ns:
-                raise ReaderError('a range must start before it ends, not at %g s when it ends at %g s'
-                                  % (since, t))
+                raise ReaderError('a range must start before it ends, not at %g s when it '
+                                  'ends at %g s' % (since, t))
             where += ' AND ts_ns > ?'
             params.append(since_ns)
         acc = {}

@@ -21,6 +21,7 @@ import unittest
 import pprof_decode
 import tools_recording as rec
 import tools_scenarios as sc
+from test_tools_cli import human as _human
 
 from heapprof import reader as hr
 
@@ -237,6 +238,8 @@ class ScenarioExportTest(ExportMixin, unittest.TestCase):
                  r'--until noon: not a time in seconds since the Unix epoch'),
                 (['--db', os.path.join(self.tmp.name, 'missing.sqlite'), '-o', out],
                  r'missing\.sqlite'),
+                (['--db', self.db, '-o', os.path.join(self.tmp.name, 'no', 'heap.pb.gz')],
+                 r'^heapprof: .*/no/heap\.pb\.gz: No such file or directory$'),
                 (['--db', self.db],
                  r'one of the arguments -o/--output --dir is required')):
             p = heapprof('export', *args)
@@ -421,16 +424,6 @@ class GoPprofTest(ExportMixin, unittest.TestCase):
 
 def _epoch(ns):
     return '%d.%09d' % divmod(ns, 10**9)
-
-
-def _human(n):
-    """heapprof's unit formatting (heapprof._fmt.human_bytes), restated."""
-    n = float(n)
-    for unit in ('B', 'KiB', 'MiB', 'GiB'):
-        if n < 1024:
-            return '%d %s' % (n, unit) if unit == 'B' else '%.1f %s' % (n, unit)
-        n /= 1024
-    return '%.1f TiB' % n
 
 
 if __name__ == '__main__':

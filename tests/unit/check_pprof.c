@@ -134,46 +134,46 @@ static void assert_no_heapprof_env(void) {
   ck_assert_msg(st.st_size == 0, "HEAPPROF_* variables reached the exporter");
 }
 
-START_TEST(pprof_spawns_an_export_each_period_with_ranges_that_tile) {
-  double t0 = epoch_now();
-  hp_pprof *p = start(150);
-  run_for(1600);
+/* What a run of the loop for run_ms with one period of every_ms did. */
+typedef struct {
   hp_pprof_counts k;
-  hp_pprof_counts_get(p, &k);
-  stop(p);
-  double t1 = epoch_now();
   call c[64];
-  int n = read_calls(c, 64);
+  int n;              /* calls the stand-in logged */
+} run_result;
+
+static void run_exports(uint64_t every_ms, uint64_t run_ms, run_result *r) {
+  double t0 = epoch_now();
+  hp_pprof *p = start(every_ms);
+  run_for(run_ms);
+  hp_pprof_counts_get(p, &r->k);
+  stop(p);
+  r->n = read_calls(r->c, 64);
+  ck_assert_int_eq(r->n, (int)r->k.started);
+  assert_ranges_tile(r->c, r->n, t0, epoch_now());
+}
+
+START_TEST(pprof_spawns_an_export_each_period_with_ranges_that_tile) {
+  run_result r;
+  run_exports(150, 1600, &r);
   /* About ten periods; a loaded machine may skip a few, never spawn two at once. */
-  ck_assert_uint_ge(k.started, 4);
-  ck_assert_uint_le(k.started + k.skipped, 11);
-  ck_assert_int_eq(n, (int)k.started);
-  ck_assert_uint_eq(k.failed, 0);
-  assert_ranges_tile(c, n, t0, t1);
+  ck_assert_uint_ge(r.k.started, 4);
+  ck_assert_uint_le(r.k.started + r.k.skipped, 11);
+  ck_assert_uint_eq(r.k.failed, 0);
   assert_no_heapprof_env();
 }
 END_TEST
 
 START_TEST(pprof_skips_periods_while_an_export_runs_and_the_next_covers_them) {
   setenv("FAKE_SLEEP", "0.5", 1);
-  double t0 = epoch_now();
-  hp_pprof *p = start(100);
-  run_for(1700);
-  hp_pprof_counts k;
-  hp_pprof_counts_get(p, &k);
-  stop(p);
-  double t1 = epoch_now();
-  call c[64];
-  int n = read_calls(c, 64);
+  run_result r;
+  run_exports(100, 1700, &r);
   /* Each export takes five periods: at most one runs at a time, the rest are skipped. */
-  ck_assert_uint_ge(k.started, 1);
-  ck_assert_uint_le(k.started, 4);
-  ck_assert_uint_ge(k.skipped, 3 * k.started - 1);
-  ck_assert_int_eq(n, (int)k.started);
-  /* A skipped period is not lost: the next range starts where the last one ended. */
-  assert_ranges_tile(c, n, t0, t1);
-  for (int i = 1; i < n; i++)
-    ck_assert_double_ge(atof(c[i].until) - atof(c[i].since), 0.45);
+  ck_assert_uint_ge(r.k.started, 1);
+  ck_assert_uint_le(r.k.started, 4);
+  ck_assert_uint_ge(r.k.skipped, 3 * r.k.started - 1);
+  /* A skipped period is not lost (the ranges tile): the next range covers it. */
+  for (int i = 1; i < r.n; i++)
+    ck_assert_double_ge(atof(r.c[i].until) - atof(r.c[i].since), 0.45);
 }
 END_TEST
 
