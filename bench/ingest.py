@@ -3,6 +3,7 @@
 
     python3 bench/ingest.py --build BUILDDIR [--clients 8] [--sizes 250000,1000000,4000000]
                             [--page-sizes 4096,16384] [--daemon-arg=--no-index]
+                            [--pprof-every 0,1] [--repeat 3]
 
 For each N, starts a fresh heapprofd on a temporary socket and database, runs
 ingest_load (K concurrent agents, N events each: allocations and their frees over a
@@ -15,7 +16,14 @@ that other processes disturb least. "stop s" is the time from SIGTERM to exit, w
 includes building the read indexes (daemon/README.md), and the database size is taken
 after it. With --page-sizes, each size runs once per page size, side by side, on a
 database pre-created empty with that page size (heapprofd claims an empty database
-and keeps its page size)."""
+and keeps its page size). With --pprof-every, each size also runs once per period given
+(0: without), heapprofd writing pprof profiles every that many seconds into a temporary
+--pprof-dir while it ingests: "profiles" is the files written by the time every event is
+stored, "skipped" the periods it skipped because an export was still running, "export
+CPU s" the CPU time of the exports heapprofd has reaped by then (they are other
+processes: not in the daemon's CPU). "WAL MiB" is the largest the -wal file grew while
+ingesting (a reader's snapshot keeps SQLite from resetting it). --repeat runs the whole
+table again."""
 import argparse
 import os
 import signal
@@ -34,11 +42,13 @@ def vm_hwm_kib(pid):
     return 0
 
 
-def cpu_seconds(pid):
-    """User + system CPU time of the whole process (all threads) so far."""
+def cpu_seconds(pid, children=False):
+    """User + system CPU time of the whole process (all threads) so far; with children,
+    that of its children it has waited for instead."""
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    i = 13 if children else 11
+    return (int(fields[i]) + int(fields[i + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def stored(db, clients, n):
@@ -54,7 +64,7 @@ def stored(db, clients, n):
     return row[0] == clients and row[1] == clients * n
 
 
-def run_one(build, clients, n, batch, extra, page_size):
+def run_one(build, clients, n, batch, extra, page_size, pprof_every):
     heapprofd = os.path.join(build, "daemon", "heapprofd")
     load = os.path.join(build, "bench", "ingest_load")
     with tempfile.TemporaryDirectory(prefix="hp-ingest-") as tmp:
@@ -64,8 +74,13 @@ def run_one(build, clients, n, batch, extra, page_size):
             con.execute("PRAGMA page_size = %d" % page_size)
             con.execute("PRAGMA journal_mode = WAL")   # writes the header: an empty database
             con.close()
+        profiles = os.path.join(tmp, "profiles")
+        if pprof_every:
+            os.mkdir(profiles)
+            extra = extra + ["--pprof-dir", profiles, "--pprof-every", str(pprof_every)]
+        log = open(os.path.join(tmp, "heapprofd.log"), "w+")
         d = subprocess.Popen([heapprofd, "--db", db, "--socket", sock, "--log-level", "warn"]
-                             + extra, stdout=subprocess.PIPE)
+                             + extra, stdout=subprocess.PIPE, stderr=log)
         try:
             line = d.stdout.readline().decode()
             if not line.startswith("heapprofd: listening on"):
@@ -76,13 +91,20 @@ def run_one(build, clients, n, batch, extra, page_size):
                                check=True, timeout=600)
             sent_s = float(p.stdout.decode().split()[0])
             deadline = time.monotonic() + 600
+            wal_max = 0
             while not stored(db, clients, n):
                 if time.monotonic() > deadline or d.poll() is not None:
                     sys.exit("heapprofd did not store the events")
+                try:
+                    wal_max = max(wal_max, os.path.getsize(db + "-wal"))
+                except OSError:
+                    pass
                 time.sleep(0.005)
             elapsed = time.monotonic() - t0
             hwm = vm_hwm_kib(d.pid)
             cpu = cpu_seconds(d.pid)
+            export_cpu = cpu_seconds(d.pid, children=True)
+            written = len(os.listdir(profiles)) if pprof_every else 0
             t_stop = time.monotonic()
             d.send_signal(signal.SIGTERM)
             d.wait(600)
@@ -92,13 +114,21 @@ def run_one(build, clients, n, batch, extra, page_size):
             con.close()
             size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)
                        if f.startswith("bench.sqlite"))
+            log.seek(0)
+            text = log.read()
+            skipped = text.count("skipping this period")
+            for line in text.splitlines():
+                if "skipping this period" not in line:
+                    sys.stderr.write(line + "\n")
         finally:
             if d.poll() is None:
                 d.kill()
                 d.wait()
             d.stdout.close()
+            log.close()
     total = clients * n
-    return total, sent_s, elapsed, size / total, hwm, cpu, stop_s, real_page
+    return (total, sent_s, elapsed, size / total, hwm, cpu, stop_s, real_page, written,
+            skipped, export_cpu, wal_max)
 
 
 def main():
@@ -112,21 +142,34 @@ def main():
                     help="extra heapprofd argument (repeatable)")
     ap.add_argument("--page-sizes", default="",
                     help="comma-separated SQLite page sizes to compare (default: the schema's)")
+    ap.add_argument("--pprof-every", default="",
+                    help="comma-separated --pprof-every periods in seconds to compare, 0 for "
+                         "none (default: none)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of the whole table")
     a = ap.parse_args()
     pages = [int(x) for x in a.page_sizes.split(",") if x] or [0]
+    periods = [int(x) for x in a.pprof_every.split(",") if x] or [0]
     print("heapprofd ingestion: %d concurrent clients, %d events per EVENTS message"
           % (a.clients, a.batch))
-    print("%10s %6s %8s %9s %15s %11s %11s %13s %13s %7s" % (
+    print("%10s %6s %8s %9s %15s %11s %11s %13s %13s %7s %8s %6s %8s %7s %12s" % (
         "events", "page", "send s", "stored s", "events/s stored", "DB B/event", "peak RSS MiB",
-        "daemon CPU s", "CPU ns/event", "stop s"))
-    for n in [int(x) for x in a.sizes.split(",")]:
-        for page in pages:
-            total, sent_s, elapsed, bpe, hwm, cpu, stop_s, real_page = run_one(
-                a.build, a.clients, n, a.batch, a.daemon_arg, page)
-            print("%10d %6d %8.2f %9.2f %15.0f %11.1f %12.1f %13.2f %13.0f %7.2f"
-                  % (total, real_page, sent_s, elapsed, total / elapsed, bpe, hwm / 1024.0,
-                     cpu, cpu * 1e9 / total, stop_s))
-            sys.stdout.flush()
+        "daemon CPU s", "CPU ns/event", "stop s", "WAL MiB", "pprof", "profiles", "skipped",
+        "export CPU s"))
+    for r in range(a.repeat):
+        if a.repeat > 1:
+            print("run %d" % (r + 1))
+        for n in [int(x) for x in a.sizes.split(",")]:
+            for page in pages:
+                for every in periods:
+                    (total, sent_s, elapsed, bpe, hwm, cpu, stop_s, real_page, written,
+                     skipped, export_cpu, wal) = run_one(a.build, a.clients, n, a.batch,
+                                                         a.daemon_arg, page, every)
+                    print("%10d %6d %8.2f %9.2f %15.0f %11.1f %12.1f %13.2f %13.0f %7.2f %8d"
+                          " %6s %8d %7d %12.2f"
+                          % (total, real_page, sent_s, elapsed, total / elapsed, bpe,
+                             hwm / 1024.0, cpu, cpu * 1e9 / total, stop_s, wal >> 20,
+                             "%ds" % every if every else "-", written, skipped, export_cpu))
+                    sys.stdout.flush()
 
 
 if __name__ == "__main__":

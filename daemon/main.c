@@ -19,6 +19,7 @@
 
 #include "hp_dblock.h"
 #include "hp_log.h"
+#include "hp_pprof.h"
 #include "hp_schema.h"
 #include "hp_server.h"
 #include "hp_store.h"
@@ -49,6 +50,10 @@ static const char usage_text[] =
   "  --no-index              do not build the read indexes at shutdown (by default\n"
   "                          heapprofd indexes the allocations once it has stopped\n"
   "                          recording, so that queries over long sessions are fast)\n"
+  "  --pprof-dir DIR         write a pprof heap profile of each session recording\n"
+  "                          into DIR every --pprof-every seconds (for collectors\n"
+  "                          such as Pyroscope; see `heapprof export --help`)\n"
+  "  --pprof-every SECONDS   the period of --pprof-dir (default 60)\n"
   "  --help                  show this help and exit\n"
   "  --version               show the version and exit\n"
   "\n"
@@ -88,6 +93,8 @@ int main(int argc, char **argv) {
   long long interval_ms = 100, batch_rows = HP_STORE_DEFAULT_ROWS;
   long long max_live = HP_STORE_MAX_LIVE_ADDRS;
   int no_index = 0;
+  const char *pprof_dir = NULL;
+  long long pprof_every = 0;
   static const struct option opts[] = {
     {"db", required_argument, NULL, 'd'},
     {"socket", required_argument, NULL, 's'},
@@ -96,6 +103,8 @@ int main(int argc, char **argv) {
     {"max-live-allocs", required_argument, NULL, 'm'},
     {"log-level", required_argument, NULL, 'l'},
     {"no-index", no_argument, NULL, 'n'},
+    {"pprof-dir", required_argument, NULL, 'P'},
+    {"pprof-every", required_argument, NULL, 'E'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -132,6 +141,12 @@ int main(int argc, char **argv) {
       break;
     }
     case 'n': no_index = 1; break;
+    case 'P': pprof_dir = optarg; break;
+    case 'E':
+      if (parse_num(optarg, 1, HP_PPROF_MAX_EVERY_S, &pprof_every) < 0)
+        return usage_error("--pprof-every: '%s' is not a number of seconds from 1 to 86400",
+                           optarg);
+      break;
     case 'h': fputs(usage_text, stdout); return 0;
     case 'V': printf("heapprofd %s (protocol %u, schema %d)\n", HP_VERSION, HP_PROTO_VERSION,
                      HP_SCHEMA_VERSION);
@@ -144,6 +159,8 @@ int main(int argc, char **argv) {
     return usage_error("unexpected argument '%s'", argv[optind]);
   if (db_path == NULL)
     return usage_error("%s", "--db PATH is required");
+  if (pprof_every > 0 && pprof_dir == NULL)
+    return usage_error("%s", "--pprof-every needs --pprof-dir DIR");
 
   char path[PATH_MAX];
   int default_dir = 0;
@@ -160,6 +177,10 @@ int main(int argc, char **argv) {
   }
 
   char err[1024];
+  if (pprof_dir != NULL && hp_pprof_check_dir(pprof_dir, err, sizeof err) < 0) {
+    fprintf(stderr, "heapprofd: %s\n", err);
+    return 1;
+  }
   if (hp_server_check_path(path, default_dir, err, sizeof err) < 0) {
     fprintf(stderr, "heapprofd: %s\n", err);
     return 1;
@@ -260,11 +281,23 @@ int main(int argc, char **argv) {
     fprintf(stderr, "heapprofd: %s\n", err);
     goto out_stop_store;
   }
+  hp_pprof *pprof = NULL;
+  if (pprof_dir != NULL) {
+    hp_pprof_config pcfg = {
+      .db_path = db_path, .dir = pprof_dir,
+      .every_ms = (uint64_t)(pprof_every > 0 ? pprof_every : HP_PPROF_DEFAULT_EVERY_S) * 1000,
+    };
+    if (hp_pprof_start(loop, &pcfg, &pprof, err, sizeof err) < 0) {
+      fprintf(stderr, "heapprofd: %s\n", err);
+      goto out_stop_store;
+    }
+  }
   printf("heapprofd: listening on %s\n", path);
   fflush(stdout);
   hp_log(HP_LOG_INFO, "recording into %s (timeline interval %lld ms)", db_path, interval_ms);
 
   uv_run(loop, UV_RUN_DEFAULT);
+  hp_pprof_stop(pprof);   /* before the final commit and indexing: ends a running export */
   status = 0;
 
 out_stop_store:

@@ -25,7 +25,7 @@ from heapprof import _db
 
 __all__ = ['read', 'sessions', 'default_session', 'end_unknown_reason', 'Reader', 'ReaderError',
            'NoSessionsError', 'Session', 'Frame', 'SiteStat', 'LeakSite', 'SizeBucket', 'Totals',
-           'AllocSite', 'FlowGraph', 'NO_STACK_LABEL']
+           'AllocSite', 'FlowGraph', 'NO_STACK_LABEL', 'StackTotal']
 
 NS = 1_000_000_000
 # Stack id NULL in the allocations view: no Python stack (e.g. raw domain without the GIL).
@@ -127,6 +127,15 @@ FlowGraph.__doc__ = """Live memory at several times as a caller->callee graph.
 times: the times (s); totals: live bytes at each time; nodes: {frame_id: (Frame, [cum bytes
 per time], [self bytes per time])}; edges: {(caller_id, callee_id): [bytes per time]}.
 frame_id None is the pseudo-frame NO_STACK_LABEL."""
+
+StackTotal = collections.namedtuple('StackTotal', [
+    'stack_id', 'thread_id', 'domain', 'alloc_bytes', 'alloc_count', 'inuse_bytes',
+    'inuse_count'])
+StackTotal.__doc__ = """Estimates for one stack (and thread and domain, when asked for) over
+a time range: alloc_* of the allocations made in the range, inuse_* of those live at its end.
+*_bytes sum est_bytes (int); *_count sum est_bytes / size (float, not rounded). stack_id is
+None for allocations without a Python stack; thread_id and domain are None unless grouped by.
+See Reader.stack_totals."""
 
 
 def _session_from_row(row, last_ns, changes=()):
@@ -791,6 +800,57 @@ class Reader:
                 for pair in {(fids[j + 1], fids[j]) for j in range(len(fids) - 1)}:
                     edges.setdefault(pair, [0] * k)[i] += b
         return FlowGraph(times, totals, nodes, edges)
+
+    # ---------------------------------------------------------------- per-stack totals
+    _GROUP_COLUMNS = {'thread': 'thread_id', 'domain': 'domain'}
+
+    def stack_totals(self, t, since=None, by=()):
+        """[StackTotal]: per stack, the estimated bytes and allocations made in the range
+        (since, t] and those live at t (seconds from the start; since None: from the very
+        start, so that alloc_* cover the whole session up to t). by names what else to
+        group by: 'thread' and/or 'domain'. The inuse_bytes sum to live_bytes_at(t), and
+        with since None at the end of the session the alloc_bytes sum to every sampled
+        allocation's est_bytes. Rows with nothing allocated in the range and nothing live
+        at t are left out. This is what heapprof.pprof exports."""
+        unknown = [b for b in by if b not in self._GROUP_COLUMNS]
+        if unknown:
+            raise ReaderError('cannot group by %r: choose from %s'
+                              % (unknown[0], ', '.join(sorted(self._GROUP_COLUMNS))))
+        ns = self._ns(t)
+        cols = [self._GROUP_COLUMNS[b] if b in by else 'NULL'
+                for b in ('thread', 'domain')]
+        keys = 'stack_id, %s AS g1, %s AS g2' % tuple(cols)
+        count = 'CAST(est_bytes AS REAL) / MAX(size, 1)'
+        where = 'session_id = ? AND ts_ns <= ?'
+        params = [self.session_id, ns]
+        if since is not None:
+            since_ns = self._ns(since)
+            if since_ns > ns:
+                raise ReaderError('a range must start before it ends, not at %g s when it '
+                                  'ends at %g s' % (since, t))
+            where += ' AND ts_ns > ?'
+            params.append(since_ns)
+        acc = {}
+        # '+stack_id': see _live_by_stack.
+        for sid, g1, g2, b, c in self._con.execute(
+                'SELECT %s, SUM(est_bytes), SUM(%s) FROM allocations WHERE %s'
+                ' GROUP BY +stack_id, g1, g2' % (keys, count, where), params):
+            acc[(sid, g1, g2)] = [b, c, 0, 0.0]
+        live_sql, live_params = self._live_sql('%s, est_bytes, %s AS n' % (keys, count), ns)
+        for sid, g1, g2, b, c in self._con.execute(
+                'SELECT stack_id, g1, g2, SUM(est_bytes), SUM(n) FROM (%s)'
+                ' GROUP BY +stack_id, g1, g2' % live_sql, live_params):
+            e = acc.setdefault((sid, g1, g2), [0, 0.0, 0, 0.0])
+            e[2], e[3] = b, c
+        return [StackTotal(sid, g1, g2, *v) for (sid, g1, g2), v in acc.items()
+                if v[0] or v[2]]
+
+    def frames_of_stacks(self, stack_ids):
+        """{stack_id: tuple of Frame, innermost (the allocating line) first} for many stacks
+        at once (line is None: no source is read). None maps to an empty tuple."""
+        ids = list(stack_ids)
+        self._load_stacks(ids)
+        return {sid: self._frames_of(sid) for sid in ids}
 
 
 def _max_per_interval(events, times):
