@@ -317,7 +317,8 @@ static int encode_counters(hp_sender *s, uint64_t ts_ns, uint64_t interval)
 {
   hp_counters c = { .ts_ns = ts_ns ? ts_ns : hp_now_ns(),
                     .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
-                    .sample_interval_bytes = interval };
+                    .sample_interval_bytes = interval,
+                    .events_sent = hp_ring_pushed(s->cfg.ring) };
   return hp_encode_counters(s->ctl, &c);
 }
 
@@ -504,7 +505,8 @@ static void *sender_main(void *arg)
   }
   if (rc == 0) {
     hp_goodbye g = { .ts_ns = hp_now_ns(),
-                     .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0 };
+                     .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
+                     .end_reason = HP_END_STOPPED };
     if ((rc = send_interval_changes(s)) == 0 && (rc = send_counters(s)) == 0 &&
         (rc = hp_encode_goodbye(s->enc, &g)) == 0)
       rc = flush_encoder(s);

@@ -119,9 +119,9 @@ static int handle_events(hp_conn *c, const hp_events *ev) {
     const hp_event *e = &ev->events[i];
     if (e->kind == HP_EV_FREE)
       continue;
-    if (e->kind != HP_EV_ALLOC)
+    if (e->kind != HP_EV_ALLOC && e->kind != HP_EV_REATTRIBUTE)
       return fail(c, -HP_ERANGE, "event %u of EVENTS has unknown kind %u", i, e->kind);
-    if (e->domain > HP_DOMAIN_OBJ)
+    if (e->kind == HP_EV_ALLOC && e->domain > HP_DOMAIN_NATIVE)
       return fail(c, -HP_ERANGE, "event %u of EVENTS has unknown domain %u", i, e->domain);
     if (e->stack_id != HP_NO_STACK && hp_map_get(c->stacks, e->stack_id) == NULL)
       return fail(c, -HP_EUNDEF, "event %u of EVENTS uses stack id %u, which was never defined",
@@ -153,6 +153,10 @@ int hp_conn_handle(hp_conn *c, const hp_msg *m) {
     return handle_events(c, &m->u.events);
   case HP_MSG_COUNTERS:
     return sink_rc(c, c->sink->counters(c->ctx, &m->u.counters), "COUNTERS");
+  case HP_MSG_THREAD_DEF:
+    return sink_rc(c, c->sink->thread_def(c->ctx, &m->u.thread_def), "THREAD_DEF");
+  case HP_MSG_MARKER:
+    return sink_rc(c, c->sink->marker(c->ctx, &m->u.marker), "MARKER");
   case HP_MSG_GOODBYE: {
     int rc = sink_rc(c, c->sink->goodbye(c->ctx, &m->u.goodbye), "GOODBYE");
     if (rc < 0)

@@ -30,6 +30,8 @@ typedef struct {
   int (*events)(void *ctx, const hp_event *events, uint32_t count);
   int (*counters)(void *ctx, const hp_counters *m);
   int (*goodbye)(void *ctx, const hp_goodbye *m);
+  int (*thread_def)(void *ctx, const hp_thread_def *m);
+  int (*marker)(void *ctx, const hp_marker *m);
 } hp_conn_sink;
 
 typedef enum {

@@ -68,14 +68,23 @@ int hp_store_frame_def(hp_store *s, hp_store_session *ss, const hp_frame_def *m)
 int hp_store_stack_def(hp_store *s, hp_store_session *ss, const hp_stack_def *m);
 int hp_store_events(hp_store *s, hp_store_session *ss, const hp_event *ev, uint32_t n);
 int hp_store_counters(hp_store *s, hp_store_session *ss, uint64_t events_dropped);
-/* COUNTERS in full: events_dropped as above, and the agent's current sampling interval.
+/* COUNTERS in full: events_dropped as above, events_sent (kept for the end, above), and
+ * the agent's current sampling interval.
  * When the interval differs from the session's current one (HELLO's until a change), the
  * change is stored as a sampling_change row at m->ts_ns (schema/README.md,
  * "sampling_changes"). hp_store_counters() leaves the interval as it is. */
 int hp_store_counters_msg(hp_store *s, hp_store_session *ss, const hp_counters *m);
+/* GOODBYE: the agent's final drop count, the end time and why it ended (end_reason
+ * HP_END_HOOKS_REPLACED stores the session as 'hooks_replaced'). */
 int hp_store_goodbye(hp_store *s, hp_store_session *ss, const hp_goodbye *m);
+/* THREAD_DEF: the thread's name; a later one for the same thread replaces it. */
+int hp_store_thread_def(hp_store *s, hp_store_session *ss, const hp_thread_def *m);
+/* MARKER: one row in `markers` at the marker's time. */
+int hp_store_marker(hp_store *s, hp_store_session *ss, const hp_marker *m);
 /* Last call for a session: reason is copied (NULL for none). Never fails: the end
- * record is preallocated with the session, so a session always gets its status. */
+ * record is preallocated with the session, so a session always gets its status. A
+ * session that ends without GOODBYE has the events its last COUNTERS says were sent but
+ * that never arrived added to its events_dropped (PROTOCOL.md 2.5). */
 void hp_store_session_end(hp_store *s, hp_store_session *ss, hp_session_end how,
                           const char *reason);
 

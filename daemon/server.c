@@ -243,8 +243,18 @@ static int sink_goodbye(void *ctx, const hp_goodbye *m) {
   return hp_store_goodbye(c->srv->store, c->ss, m);
 }
 
+static int sink_thread(void *ctx, const hp_thread_def *m) {
+  client *c = ctx;
+  return hp_store_thread_def(c->srv->store, c->ss, m);
+}
+static int sink_marker(void *ctx, const hp_marker *m) {
+  client *c = ctx;
+  return hp_store_marker(c->srv->store, c->ss, m);
+}
+
 static const hp_conn_sink store_sink = {
   sink_hello, sink_frame, sink_stack, sink_events, sink_counters, sink_goodbye,
+  sink_thread, sink_marker,
 };
 
 static void on_connection(uv_stream_t *listener, int status) {

@@ -36,7 +36,9 @@
 
 /* ------------------------------------------------------------------ queue items */
 
-typedef enum { IT_HELLO, IT_FRAME, IT_STACK, IT_EVENTS, IT_COUNTERS, IT_GOODBYE, IT_END } item_kind;
+typedef enum {
+  IT_HELLO, IT_FRAME, IT_STACK, IT_EVENTS, IT_COUNTERS, IT_GOODBYE, IT_THREAD, IT_MARKER, IT_END
+} item_kind;
 
 #define HP_STORE_REASON_BYTES 512
 
@@ -55,8 +57,10 @@ typedef struct item {
     struct { uint32_t id; int32_t lineno; char *function, *filename; } frame;
     struct { uint32_t id; uint8_t truncated; uint32_t depth; uint32_t *frame_ids; } stack;
     struct { uint32_t n; hp_event *ev; } events;
-    struct { uint64_t dropped, ts, interval; int has_interval; } counters;
-    struct { uint64_t ts, dropped; } goodbye;
+    struct { uint64_t dropped, ts, interval, sent; int has_interval; } counters;
+    struct { uint64_t ts, dropped; uint32_t reason; } goodbye;
+    struct { uint64_t tid; char *name; } thread;
+    struct { uint64_t ts; char *label; } marker;
     struct { hp_session_end how; int64_t wall_ns; char reason[HP_STORE_REASON_BYTES]; } end;
   } u;
   _Alignas(16) unsigned char data[];  /* strings, ids or events of this item */
@@ -79,6 +83,9 @@ struct hp_store_session {
   hp_timeline *tl;
   uint64_t events_received, events_dropped, unpaired_frees;
   uint64_t untracked;        /* allocations dropped here: addrs was at max_live_addrs */
+  uint64_t events_sent;      /* the last COUNTERS' events_sent (0 from an agent without) */
+  uint64_t lost_in_transit;  /* events_sent - events_received at an end without GOODBYE */
+  uint32_t end_reason;       /* GOODBYE's (hp_end_reason) */
   uint64_t start_interval;   /* HELLO's sampling interval (0: size buckets) */
   uint64_t interval;         /* the current one: HELLO's, or the last stored change */
   uint64_t interval_changes; /* sampling_change rows stored for this session */
@@ -101,7 +108,7 @@ enum {
   ST_BEGIN, ST_COMMIT, ST_INS_SESSION, ST_UPD_COUNTS, ST_END_SESSION,
   ST_INS_FRAME, ST_SEL_FRAME, ST_SEL_STACK, ST_SEL_STACK_FRAMES, ST_INS_STACK,
   ST_INS_STACK_FRAME, ST_INS_ALLOC, ST_UPD_FREE, ST_UPSERT_TL, ST_MAX_ALLOC_ID,
-  ST_INS_SAMPLING, ST_COUNT
+  ST_INS_SAMPLING, ST_SEL_ALLOC, ST_UPSERT_THREAD, ST_INS_MARKER, ST_COUNT
 };
 
 static const char *const sql_text[ST_COUNT] = {
@@ -133,6 +140,11 @@ static const char *const sql_text[ST_COUNT] = {
     " end_bytes=excluded.end_bytes",
   [ST_INS_SAMPLING] =
     "INSERT INTO sampling_change(session_id, ts_ns, sample_interval_bytes) VALUES(?,?,?)",
+  [ST_SEL_ALLOC] = "SELECT domain, size FROM alloc WHERE id=?1",
+  [ST_UPSERT_THREAD] =
+    "INSERT INTO thread_name(session_id, thread_id, name) VALUES(?1,?2,?3)"
+    " ON CONFLICT(session_id, thread_id) DO UPDATE SET name=excluded.name",
+  [ST_INS_MARKER] = "INSERT INTO marker(session_id, ts_ns, label) VALUES(?,?,?)",
 };
 
 struct hp_store {
@@ -477,6 +489,7 @@ int hp_store_counters(hp_store *s, hp_store_session *ss, uint64_t events_dropped
   if (it == NULL)
     return -HP_ENOMEM;
   it->u.counters.dropped = events_dropped;
+  it->u.counters.sent = 0;
   it->u.counters.has_interval = 0;  /* item_new does not clear */
   push(s, it);
   return 0;
@@ -489,6 +502,7 @@ int hp_store_counters_msg(hp_store *s, hp_store_session *ss, const hp_counters *
   it->u.counters.dropped = m->events_dropped;
   it->u.counters.ts = m->ts_ns;
   it->u.counters.interval = m->sample_interval_bytes;
+  it->u.counters.sent = m->events_sent;
   it->u.counters.has_interval = 1;
   push(s, it);
   return 0;
@@ -500,6 +514,29 @@ int hp_store_goodbye(hp_store *s, hp_store_session *ss, const hp_goodbye *m) {
     return -HP_ENOMEM;
   it->u.goodbye.ts = m->ts_ns;
   it->u.goodbye.dropped = m->events_dropped;
+  it->u.goodbye.reason = m->end_reason;
+  push(s, it);
+  return 0;
+}
+
+int hp_store_thread_def(hp_store *s, hp_store_session *ss, const hp_thread_def *m) {
+  item *it = item_new(IT_THREAD, ss, (size_t)m->name.len + 1);
+  if (it == NULL)
+    return -HP_ENOMEM;
+  char *cur = (char *)it->data;
+  it->u.thread.tid = m->thread_id;
+  it->u.thread.name = copy_str(&cur, m->name);
+  push(s, it);
+  return 0;
+}
+
+int hp_store_marker(hp_store *s, hp_store_session *ss, const hp_marker *m) {
+  item *it = item_new(IT_MARKER, ss, (size_t)m->label.len + 1);
+  if (it == NULL)
+    return -HP_ENOMEM;
+  char *cur = (char *)it->data;
+  it->u.marker.ts = m->ts_ns;
+  it->u.marker.label = copy_str(&cur, m->label);
   push(s, it);
   return 0;
 }
@@ -596,9 +633,10 @@ static int flush_pending_n(hp_store *s, uint32_t count) {
 static int flush_pending(hp_store *s) { return flush_pending_n(s, s->npending); }
 
 /* What the session row reports as dropped: the agent's count (absolute, from COUNTERS
- * and GOODBYE) plus the allocations this store could not track. */
+ * and GOODBYE), the allocations this store could not track, and at an end without
+ * GOODBYE the events the agent said it sent that never arrived. */
 static int64_t dropped_total(const hp_store_session *ss) {
-  return (int64_t)(ss->events_dropped + ss->untracked);
+  return (int64_t)(ss->events_dropped + ss->untracked + ss->lost_in_transit);
 }
 
 static int update_counts(hp_store *s, hp_store_session *ss) {
@@ -894,6 +932,67 @@ static void do_alloc(hp_store *s, hp_store_session *ss, const hp_event *e) {
   timeline_add(s, ss, ts, est, cnt);
 }
 
+/* A reattribute (PROTOCOL.md 2.4): the live sampled block at the address was handed out
+ * again by an interpreter free list. Its allocation ends at ts, and a new one with the
+ * same domain, size and est_bytes begins at ts for the new thread and stack. The live
+ * level does not change, so the timeline is left alone; the address map entry moves to
+ * the new row, so a later free or reattribute pairs with it. */
+static void do_reattribute(hp_store *s, hp_store_session *ss, const hp_event *e) {
+  hp_map_val *v = hp_map_get(ss->addrs, e->address);
+  if (v == NULL) {
+    ss->unpaired_frees++;  /* as a free: its allocation was sampled out or dropped */
+    return;
+  }
+  int64_t stack = 0;
+  if (e->stack_id != HP_NO_STACK) {
+    hp_map_val *sv = hp_map_get(ss->stacks, e->stack_id);
+    if (sv != NULL)
+      stack = sv->a;
+  }
+  if (s->npending == s->pending_cap)
+    (void)flush_pending(s);  /* moves rows, not map entries: v stays valid */
+  int64_t ts = to_wall(ss, e->ts_ns);
+  int64_t size = 0;
+  int domain = 0;
+  if (v->a >= s->pending_base) {
+    pending_alloc *old = &s->pending[v->a - s->pending_base];
+    old->freed = ts;
+    size = old->size;
+    domain = old->domain;
+  } else {
+    sqlite3_stmt *sel = s->st[ST_SEL_ALLOC];
+    sqlite3_bind_int64(sel, 1, v->a);
+    int rc = sqlite3_step(sel);
+    if (rc == SQLITE_ROW) {
+      domain = sqlite3_column_int(sel, 0);
+      size = sqlite3_column_int64(sel, 1);
+    }
+    sqlite3_reset(sel);
+    sqlite3_stmt *st = s->st[ST_UPD_FREE];
+    sqlite3_bind_int64(st, 1, v->a);
+    sqlite3_bind_int64(st, 2, ts);
+    (void)run(s, ST_UPD_FREE);
+    s->txn_rows++;
+    if (rc != SQLITE_ROW) {
+      /* Without its row the new life cannot be stored: it ends here, counted. */
+      db_fail(s, "looking up a reattributed allocation", rc);
+      int64_t est = v->b, cnt = v->c;
+      hp_map_del_at(ss->addrs, v);
+      timeline_add(s, ss, ts, -est, -cnt);
+      ss->untracked++;
+      ss->dirty = 1;
+      return;
+    }
+  }
+  uint32_t slot = s->npending++;
+  int64_t id = s->pending_base + slot;
+  s->pending[slot] = (pending_alloc){
+    .ss = ss, .ts = ts, .thread = (int64_t)e->thread_id, .address = (int64_t)e->address,
+    .size = size, .est = v->b, .stack = stack, .freed = 0, .domain = domain};
+  v->a = id;
+  s->txn_rows++;
+}
+
 static void do_events(hp_store *s, item *it) {
   hp_store_session *ss = it->ss;
   if (!ss->stored || begin_txn(s) < 0)
@@ -902,8 +1001,10 @@ static void do_events(hp_store *s, item *it) {
   for (uint32_t i = 0; i < it->u.events.n; i++) {
     if (ev[i].kind == HP_EV_ALLOC)
       do_alloc(s, ss, &ev[i]);
-    else
+    else if (ev[i].kind == HP_EV_FREE)
       do_free(s, ss, &ev[i]);
+    else
+      do_reattribute(s, ss, &ev[i]);
   }
   ss->events_received += it->u.events.n;
   ss->dirty = 1;
@@ -947,9 +1048,35 @@ static __attribute__((noinline)) void do_interval_change(hp_store *s, item *it) 
   s->txn_rows++;
 }
 
-static const char *end_status(hp_session_end how) {
+/* The thread's latest name wins (an upsert): no memory is kept per thread here. */
+static void do_thread(hp_store *s, item *it) {
+  hp_store_session *ss = it->ss;
+  if (!ss->stored || begin_txn(s) < 0)
+    return;
+  sqlite3_stmt *st = s->st[ST_UPSERT_THREAD];
+  sqlite3_bind_int64(st, 1, ss->id);
+  sqlite3_bind_int64(st, 2, (int64_t)it->u.thread.tid);
+  sqlite3_bind_text(st, 3, it->u.thread.name, -1, SQLITE_STATIC);
+  if (run(s, ST_UPSERT_THREAD) == 0)
+    s->txn_rows++;
+}
+
+static void do_marker(hp_store *s, item *it) {
+  hp_store_session *ss = it->ss;
+  if (!ss->stored || begin_txn(s) < 0)
+    return;
+  sqlite3_stmt *st = s->st[ST_INS_MARKER];
+  sqlite3_bind_int64(st, 1, ss->id);
+  sqlite3_bind_int64(st, 2, to_wall(ss, it->u.marker.ts));
+  sqlite3_bind_text(st, 3, it->u.marker.label, -1, SQLITE_STATIC);
+  if (run(s, ST_INS_MARKER) == 0)
+    s->txn_rows++;
+}
+
+static const char *end_status(const hp_store_session *ss, hp_session_end how) {
   switch (how) {
-  case HP_SESSION_EXITED: return "exited";
+  case HP_SESSION_EXITED:
+    return ss->end_reason == HP_END_HOOKS_REPLACED ? "hooks_replaced" : "exited";
   case HP_SESSION_DISCONNECTED: return "disconnected";
   case HP_SESSION_PROTOCOL_ERROR: return "protocol_error";
   }
@@ -967,6 +1094,10 @@ static void free_session(hp_store_session *ss) {
 static void do_end(hp_store *s, item *it) {
   hp_store_session *ss = it->ss;
   hp_session_end how = it->u.end.how;
+  /* Without GOODBYE the agent never said what it finally dropped; what its last
+   * COUNTERS says it sent but never arrived is lost (PROTOCOL.md 2.5). */
+  if (how != HP_SESSION_EXITED && ss->events_sent > ss->events_received)
+    ss->lost_in_transit = ss->events_sent - ss->events_received;
   if (ss->stored && begin_txn(s) == 0) {
     /* Pending rows point at this session; insert them before it goes away. */
     (void)flush_pending(s);
@@ -978,7 +1109,7 @@ static void do_end(hp_store *s, item *it) {
     sqlite3_stmt *st = s->st[ST_END_SESSION];
     sqlite3_bind_int64(st, 1, ss->id);
     sqlite3_bind_int64(st, 2, ended);
-    sqlite3_bind_text(st, 3, end_status(how), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, end_status(ss, how), -1, SQLITE_STATIC);
     if (how == HP_SESSION_PROTOCOL_ERROR)
       sqlite3_bind_text(st, 4, it->u.end.reason, -1, SQLITE_STATIC);
     else
@@ -993,8 +1124,17 @@ static void do_end(hp_store *s, item *it) {
     hp_log(HP_LOG_INFO,
            "session %" PRId64 " (pid %" PRId64 ") ended: %s, %" PRIu64 " events, %" PRIu64
            " dropped, %" PRIu64 " unpaired frees, %.3f s",
-           ss->id, ss->pid, end_status(how), ss->events_received, (uint64_t)dropped_total(ss),
-           ss->unpaired_frees, (double)(ended - ss->start_wall) / 1e9);
+           ss->id, ss->pid, end_status(ss, how), ss->events_received,
+           (uint64_t)dropped_total(ss), ss->unpaired_frees,
+           (double)(ended - ss->start_wall) / 1e9);
+    if (ss->lost_in_transit > 0)
+      hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): the stream ended without "
+             "GOODBYE; %" PRIu64 " events the agent sent never arrived (counted in "
+             "events_dropped)", ss->id, ss->pid, ss->lost_in_transit);
+    if (ss->end_reason == HP_END_HOOKS_REPLACED && how == HP_SESSION_EXITED)
+      hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): recording ended early: "
+             "the program replaced or removed heapprof's allocator hooks (hooks_replaced)",
+             ss->id, ss->pid);
     if (ss->interval_changes > 0)
       hp_log(HP_LOG_INFO, "session %" PRId64 " (pid %" PRId64 "): the agent changed its "
              "sampling interval %" PRIu64 " times, from %" PRIu64 " to %" PRIu64 " bytes "
@@ -1027,14 +1167,20 @@ static void process(hp_store *s, item *it) {
   case IT_COUNTERS:
     it->ss->events_dropped = it->u.counters.dropped;
     it->ss->dirty = 1;
-    if (it->u.counters.has_interval && it->u.counters.interval != it->ss->interval)
-      do_interval_change(s, it);
+    if (it->u.counters.has_interval) {
+      it->ss->events_sent = it->u.counters.sent;
+      if (it->u.counters.interval != it->ss->interval)
+        do_interval_change(s, it);
+    }
     break;
   case IT_GOODBYE:
     it->ss->events_dropped = it->u.goodbye.dropped;
     it->ss->ended_wall = to_wall(it->ss, it->u.goodbye.ts);
+    it->ss->end_reason = it->u.goodbye.reason;
     it->ss->dirty = 1;
     break;
+  case IT_THREAD: do_thread(s, it); break;
+  case IT_MARKER: do_marker(s, it); break;
   case IT_END: do_end(s, it); break;
   }
 }

@@ -21,13 +21,20 @@ static const char *const stack_def_names[] = {
 };
 static const char *const events_names[] = { "?", "type", "base_ts", "events" };
 static const char *const counters_names[] = {
-  "?", "type", "ts", "events_dropped", "sample_interval_bytes",
+  "?", "type", "ts", "events_dropped", "sample_interval_bytes", "events_sent",
 };
-static const char *const goodbye_names[] = { "?", "type", "ts", "events_dropped" };
+static const char *const goodbye_names[] = {
+  "?", "type", "ts", "events_dropped", "end_reason",
+};
+static const char *const thread_def_names[] = { "?", "type", "thread_id", "name" };
+static const char *const marker_names[] = { "?", "type", "ts", "label" };
 static const char *const alloc_names[] = {
   "?", "kind", "ts_delta", "thread_id", "domain", "address", "size", "est_bytes", "stack_id",
 };
 static const char *const free_names[] = { "?", "kind", "ts_delta", "thread_id", "address" };
+static const char *const reattr_names[] = {
+  "?", "kind", "ts_delta", "thread_id", "address", "stack_id",
+};
 
 #define HP_NAME_AT(tab, i) ((i) < sizeof(tab) / sizeof((tab)[0]) ? (tab)[i] : "?")
 
@@ -39,6 +46,8 @@ const char *hp_proto_field_name(int msg_type, unsigned field) {
   case HP_MSG_EVENTS: return HP_NAME_AT(events_names, field);
   case HP_MSG_COUNTERS: return HP_NAME_AT(counters_names, field);
   case HP_MSG_GOODBYE: return HP_NAME_AT(goodbye_names, field);
+  case HP_MSG_THREAD_DEF: return HP_NAME_AT(thread_def_names, field);
+  case HP_MSG_MARKER: return HP_NAME_AT(marker_names, field);
   default: return field == HP_F_TYPE ? "type" : "?";
   }
 }
@@ -46,6 +55,8 @@ const char *hp_proto_field_name(int msg_type, unsigned field) {
 const char *hp_proto_event_field_name(unsigned kind, unsigned field) {
   if (kind == HP_EV_FREE)
     return HP_NAME_AT(free_names, field);
+  if (kind == HP_EV_REATTRIBUTE)
+    return HP_NAME_AT(reattr_names, field);
   return HP_NAME_AT(alloc_names, field);
 }
 
@@ -57,6 +68,8 @@ const char *hp_msg_type_name(int type) {
   case HP_MSG_EVENTS: return "EVENTS";
   case HP_MSG_COUNTERS: return "COUNTERS";
   case HP_MSG_GOODBYE: return "GOODBYE";
+  case HP_MSG_THREAD_DEF: return "THREAD_DEF";
+  case HP_MSG_MARKER: return "MARKER";
   default: return "unknown";
   }
 }
@@ -226,6 +239,8 @@ int hp_check_counters(const hp_counters *m, hp_errbuf *eb) {
   if (m->sample_interval_bytes > HP_MAX_I64)
     return FAIL_RANGE_U(eb, t, HP_F_COUNTERS_INTERVAL, m->sample_interval_bytes, 0,
                         HP_MAX_I64);
+  if (m->events_sent > HP_MAX_I64)
+    return FAIL_RANGE_U(eb, t, HP_F_COUNTERS_SENT, m->events_sent, 0, HP_MAX_I64);
   return 0;
 }
 
@@ -235,7 +250,22 @@ int hp_check_goodbye(const hp_goodbye *m, hp_errbuf *eb) {
     return FAIL_RANGE_U(eb, t, HP_F_GOODBYE_TS, m->ts_ns, 0, HP_MAX_I64);
   if (m->events_dropped > HP_MAX_I64)
     return FAIL_RANGE_U(eb, t, HP_F_GOODBYE_DROPPED, m->events_dropped, 0, HP_MAX_I64);
+  /* Only the reasons PROTOCOL.md defines: a daemon cannot store a status it does not
+   * know, and a new reason is a new protocol version. */
+  if (m->end_reason > HP_END_HOOKS_REPLACED)
+    return FAIL_RANGE_U(eb, t, HP_F_GOODBYE_REASON, m->end_reason, 0, HP_END_HOOKS_REPLACED);
   return 0;
+}
+
+int hp_check_thread_def(const hp_thread_def *m, hp_errbuf *eb) {
+  return check_str(&m->name, HP_MSG_THREAD_DEF, HP_F_THREAD_NAME, eb);
+}
+
+int hp_check_marker(const hp_marker *m, hp_errbuf *eb) {
+  const int t = HP_MSG_MARKER;
+  if (m->ts_ns > HP_MAX_I64)
+    return FAIL_RANGE_U(eb, t, HP_F_MARKER_TS, m->ts_ns, 0, HP_MAX_I64);
+  return check_str(&m->label, t, HP_F_MARKER_LABEL, eb);
 }
 
 #define FAIL_EV(eb, i, k, f, v, hi) \
@@ -243,16 +273,16 @@ int hp_check_goodbye(const hp_goodbye *m, hp_errbuf *eb) {
                       (uint64_t)(v), (uint64_t)(hi))
 
 int hp_check_event_slow(const hp_event *ev, uint32_t i, hp_errbuf *eb) {
-  if (ev->kind > HP_EV_FREE)
-    return FAIL_EV(eb, i, ev->kind, HP_F_EV_KIND, ev->kind, HP_EV_FREE);
+  if (ev->kind > HP_EV_REATTRIBUTE)
+    return FAIL_EV(eb, i, ev->kind, HP_F_EV_KIND, ev->kind, HP_EV_REATTRIBUTE);
   if (ev->ts_ns > HP_MAX_I64)
     return hp_proto_fail_event(eb, -HP_ERANGE, i, ev->kind, HP_F_EV_TS,
                                "timestamp %" PRIu64 " is out of range 0..%" PRIu64,
                                ev->ts_ns, HP_MAX_I64);
-  if (ev->kind == HP_EV_FREE)
+  if (ev->kind != HP_EV_ALLOC)
     return 0;
-  if (ev->domain > HP_DOMAIN_OBJ)
-    return FAIL_EV(eb, i, ev->kind, HP_F_EV_DOMAIN, ev->domain, HP_DOMAIN_OBJ);
+  if (ev->domain > HP_DOMAIN_NATIVE)
+    return FAIL_EV(eb, i, ev->kind, HP_F_EV_DOMAIN, ev->domain, HP_DOMAIN_NATIVE);
   if (ev->size > HP_MAX_I64)
     return FAIL_EV(eb, i, ev->kind, HP_F_EV_SIZE, ev->size, HP_MAX_I64);
   if (ev->est_bytes > HP_MAX_I64)

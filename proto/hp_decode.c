@@ -516,15 +516,17 @@ static HP_NOINLINE HP_COLD int bad_event(hp_decoder *d, const msgpack_object *eo
   if (f[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
     return hp_proto_fail_event(&eb, -HP_ETYPE, i, 0, HP_F_EV_KIND,
                                "expected an integer, got %s", obj_type_name(&f[0]));
-  if (f[0].via.u64 > HP_EV_FREE)
+  if (f[0].via.u64 > HP_EV_REATTRIBUTE)
     return hp_proto_fail_event(&eb, -HP_ERANGE, i, 0, HP_F_EV_KIND,
-                               "%" PRIu64 " is out of range 0..1", f[0].via.u64);
+                               "%" PRIu64 " is out of range 0..%u", f[0].via.u64,
+                               (unsigned)HP_EV_REATTRIBUTE);
   unsigned kind = (unsigned)f[0].via.u64;
-  uint32_t want = kind == HP_EV_ALLOC ? HP_ALLOC_NELEM : HP_FREE_NELEM;
-  if (n != want)
+  static const uint32_t nelem[] = { HP_ALLOC_NELEM, HP_FREE_NELEM, HP_REATTR_NELEM };
+  static const char *const kind_name[] = { "alloc", "free", "reattribute" };
+  if (n != nelem[kind])
     return hp_proto_fail(&eb, -HP_ETYPE, HP_MSG_EVENTS, HP_F_EVENTS_EVENTS, "event %" PRIu32
                          " (%s) has %" PRIu32 " elements, expected %" PRIu32, i,
-                         kind == HP_EV_ALLOC ? "alloc" : "free", n, want);
+                         kind_name[kind], n, nelem[kind]);
   for (unsigned k = 1; k < n; k++) {
     if (f[k].type == MSGPACK_OBJECT_POSITIVE_INTEGER)
       continue;
@@ -546,14 +548,19 @@ static HP_NOINLINE HP_COLD int bad_event(hp_decoder *d, const msgpack_object *eo
                                " takes the timestamp below 0 (previous %" PRIu64 ")",
                                ts->via.i64, prev);
   if (kind == HP_EV_ALLOC) {
-    if (f[HP_F_EV_DOMAIN - 1].via.u64 > HP_DOMAIN_OBJ)
+    if (f[HP_F_EV_DOMAIN - 1].via.u64 > HP_DOMAIN_NATIVE)
       return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_EV_DOMAIN, "%" PRIu64
-                                 " is out of range 0..2", f[HP_F_EV_DOMAIN - 1].via.u64);
+                                 " is out of range 0..%u", f[HP_F_EV_DOMAIN - 1].via.u64,
+                                 (unsigned)HP_DOMAIN_NATIVE);
     if (f[HP_F_EV_STACK - 1].via.u64 > UINT32_MAX)
       return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_EV_STACK, "%" PRIu64
                                  " is out of range 0..%" PRIu32, f[HP_F_EV_STACK - 1].via.u64,
                                  UINT32_MAX);
   }
+  if (kind == HP_EV_REATTRIBUTE && f[HP_F_REATTR_STACK - 1].via.u64 > UINT32_MAX)
+    return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_REATTR_STACK, "%" PRIu64
+                               " is out of range 0..%" PRIu32,
+                               f[HP_F_REATTR_STACK - 1].via.u64, UINT32_MAX);
   return fail(d, -HP_EPARSE, "EVENTS field 3 (events): event %" PRIu32 " is invalid", i);
 }
 
@@ -608,7 +615,7 @@ static int decode_events(hp_decoder *d, const msgpack_object *el, uint32_t n, hp
                       f[5].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
                       f[6].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
                       f[7].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-                      f[3].via.u64 > HP_DOMAIN_OBJ || f[7].via.u64 > UINT32_MAX))
+                      f[3].via.u64 > HP_DOMAIN_NATIVE || f[7].via.u64 > UINT32_MAX))
         return bad_event(d, eo, i, prev);
       ev->kind = HP_EV_ALLOC;
       ev->domain = (uint8_t)f[3].via.u64;
@@ -625,6 +632,20 @@ static int decode_events(hp_decoder *d, const msgpack_object *el, uint32_t n, hp
       ev->kind = HP_EV_FREE;
       ev->domain = 0;
       ev->stack_id = HP_NO_STACK;
+      ev->ts_ns = ts;
+      ev->thread_id = f[2].via.u64;
+      ev->address = f[3].via.u64;
+      ev->size = 0;
+      ev->est_bytes = 0;
+    } else if (f[0].via.u64 == HP_EV_REATTRIBUTE && nf == HP_REATTR_NELEM) {
+      if (HP_UNLIKELY(f[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                      f[3].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                      f[4].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                      f[4].via.u64 > UINT32_MAX))
+        return bad_event(d, eo, i, prev);
+      ev->kind = HP_EV_REATTRIBUTE;
+      ev->domain = 0;
+      ev->stack_id = (uint32_t)f[4].via.u64;
       ev->ts_ns = ts;
       ev->thread_id = f[2].via.u64;
       ev->address = f[3].via.u64;
@@ -658,6 +679,9 @@ static int decode_counters(hp_decoder *d, const msgpack_object *el, uint32_t n,
   if ((rc = get_uint(d, &el[HP_F_COUNTERS_INTERVAL - 1], t, HP_F_COUNTERS_INTERVAL,
                      HP_MAX_I64, &m->sample_interval_bytes)) < 0)
     return rc;
+  if ((rc = get_uint(d, &el[HP_F_COUNTERS_SENT - 1], t, HP_F_COUNTERS_SENT, HP_MAX_I64,
+                     &m->events_sent)) < 0)
+    return rc;
   return hp_check_counters(m, &eb);
 }
 
@@ -665,6 +689,7 @@ static int decode_goodbye(hp_decoder *d, const msgpack_object *el, uint32_t n,
                           hp_goodbye *m) {
   const int t = HP_MSG_GOODBYE;
   hp_errbuf eb = errbuf(d);
+  uint64_t u = 0;
   int rc;
   if ((rc = check_nelem(d, t, n, HP_GOODBYE_NELEM)) < 0)
     return rc;
@@ -674,7 +699,40 @@ static int decode_goodbye(hp_decoder *d, const msgpack_object *el, uint32_t n,
   if ((rc = get_uint(d, &el[HP_F_GOODBYE_DROPPED - 1], t, HP_F_GOODBYE_DROPPED, HP_MAX_I64,
                      &m->events_dropped)) < 0)
     return rc;
+  if ((rc = get_uint(d, &el[HP_F_GOODBYE_REASON - 1], t, HP_F_GOODBYE_REASON,
+                     HP_END_HOOKS_REPLACED, &u)) < 0)
+    return rc;
+  m->end_reason = (uint32_t)u;
   return hp_check_goodbye(m, &eb);
+}
+
+static int decode_thread_def(hp_decoder *d, const msgpack_object *el, uint32_t n,
+                             hp_thread_def *m) {
+  const int t = HP_MSG_THREAD_DEF;
+  hp_errbuf eb = errbuf(d);
+  int rc;
+  if ((rc = check_nelem(d, t, n, HP_THREAD_DEF_NELEM)) < 0)
+    return rc;
+  if ((rc = get_uint(d, &el[HP_F_THREAD_ID - 1], t, HP_F_THREAD_ID, UINT64_MAX,
+                     &m->thread_id)) < 0)
+    return rc;
+  if ((rc = get_str(d, &el[HP_F_THREAD_NAME - 1], t, HP_F_THREAD_NAME, &m->name)) < 0)
+    return rc;
+  return hp_check_thread_def(m, &eb);
+}
+
+static int decode_marker(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_marker *m) {
+  const int t = HP_MSG_MARKER;
+  hp_errbuf eb = errbuf(d);
+  int rc;
+  if ((rc = check_nelem(d, t, n, HP_MARKER_NELEM)) < 0)
+    return rc;
+  if ((rc = get_uint(d, &el[HP_F_MARKER_TS - 1], t, HP_F_MARKER_TS, HP_MAX_I64,
+                     &m->ts_ns)) < 0)
+    return rc;
+  if ((rc = get_str(d, &el[HP_F_MARKER_LABEL - 1], t, HP_F_MARKER_LABEL, &m->label)) < 0)
+    return rc;
+  return hp_check_marker(m, &eb);
 }
 
 /* Makes the zone's first chunk big enough for nobjects values (see HP_ZONE_*). */
@@ -738,8 +796,8 @@ int hp_decoder_decode(hp_decoder *d, const uint8_t *payload, size_t len, hp_msg 
     return fail(d, -HP_ETYPE, "message is an empty array, expected [type, fields...]");
   if (el[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
     return fail(d, el[0].type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? -HP_EMSGTYPE : -HP_ETYPE,
-                "message field 1 (type): expected a message type 1..6, got %s",
-                obj_type_name(&el[0]));
+                "message field 1 (type): expected a message type 1..%d, got %s",
+                (int)HP_MSG_MARKER, obj_type_name(&el[0]));
   switch (el[0].via.u64) {
   case HP_MSG_HELLO:
     rc = decode_hello(d, el, n, &out->u.hello);
@@ -759,9 +817,15 @@ int hp_decoder_decode(hp_decoder *d, const uint8_t *payload, size_t len, hp_msg 
   case HP_MSG_GOODBYE:
     rc = decode_goodbye(d, el, n, &out->u.goodbye);
     break;
+  case HP_MSG_THREAD_DEF:
+    rc = decode_thread_def(d, el, n, &out->u.thread_def);
+    break;
+  case HP_MSG_MARKER:
+    rc = decode_marker(d, el, n, &out->u.marker);
+    break;
   default:
     return fail(d, -HP_EMSGTYPE, "message field 1 (type): unknown message type %" PRIu64
-                " (known: 1..6)", el[0].via.u64);
+                " (known: 1..%d)", el[0].via.u64, (int)HP_MSG_MARKER);
   }
   if (rc < 0)
     return rc;

@@ -226,12 +226,19 @@ int hp_encode_events(hp_encoder *e, const hp_event *events, uint32_t count) {
       rc |= msgpack_pack_uint64(&pk, ev->size);
       rc |= msgpack_pack_uint64(&pk, ev->est_bytes);
       rc |= msgpack_pack_uint32(&pk, ev->stack_id);
-    } else {
+    } else if (ev->kind == HP_EV_FREE) {
       rc |= msgpack_pack_array(&pk, HP_FREE_NELEM);
       rc |= msgpack_pack_uint8(&pk, HP_EV_FREE);
       rc |= msgpack_pack_int64(&pk, delta);
       rc |= msgpack_pack_uint64(&pk, ev->thread_id);
       rc |= msgpack_pack_uint64(&pk, ev->address);
+    } else {
+      rc |= msgpack_pack_array(&pk, HP_REATTR_NELEM);
+      rc |= msgpack_pack_uint8(&pk, HP_EV_REATTRIBUTE);
+      rc |= msgpack_pack_int64(&pk, delta);
+      rc |= msgpack_pack_uint64(&pk, ev->thread_id);
+      rc |= msgpack_pack_uint64(&pk, ev->address);
+      rc |= msgpack_pack_uint32(&pk, ev->stack_id);
     }
   }
   return frame_end(e, rc);
@@ -249,6 +256,7 @@ int hp_encode_counters(hp_encoder *e, const hp_counters *m) {
   rc |= msgpack_pack_uint64(&pk, m->ts_ns);
   rc |= msgpack_pack_uint64(&pk, m->events_dropped);
   rc |= msgpack_pack_uint64(&pk, m->sample_interval_bytes);
+  rc |= msgpack_pack_uint64(&pk, m->events_sent);
   return frame_end(e, rc);
 }
 
@@ -263,5 +271,34 @@ int hp_encode_goodbye(hp_encoder *e, const hp_goodbye *m) {
   rc |= msgpack_pack_uint8(&pk, HP_MSG_GOODBYE);
   rc |= msgpack_pack_uint64(&pk, m->ts_ns);
   rc |= msgpack_pack_uint64(&pk, m->events_dropped);
+  rc |= msgpack_pack_uint32(&pk, m->end_reason);
+  return frame_end(e, rc);
+}
+
+int hp_encode_thread_def(hp_encoder *e, const hp_thread_def *m) {
+  msgpack_packer pk;
+  int rc = hp_check_thread_def(m, NULL);
+  if (rc < 0)
+    return rc;
+  if ((rc = frame_begin(e, &pk)) < 0)
+    return rc;
+  rc = msgpack_pack_array(&pk, HP_THREAD_DEF_NELEM);
+  rc |= msgpack_pack_uint8(&pk, HP_MSG_THREAD_DEF);
+  rc |= msgpack_pack_uint64(&pk, m->thread_id);
+  rc |= pack_str(&pk, &m->name);
+  return frame_end(e, rc);
+}
+
+int hp_encode_marker(hp_encoder *e, const hp_marker *m) {
+  msgpack_packer pk;
+  int rc = hp_check_marker(m, NULL);
+  if (rc < 0)
+    return rc;
+  if ((rc = frame_begin(e, &pk)) < 0)
+    return rc;
+  rc = msgpack_pack_array(&pk, HP_MARKER_NELEM);
+  rc |= msgpack_pack_uint8(&pk, HP_MSG_MARKER);
+  rc |= msgpack_pack_uint64(&pk, m->ts_ns);
+  rc |= pack_str(&pk, &m->label);
   return frame_end(e, rc);
 }

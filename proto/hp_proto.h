@@ -16,13 +16,14 @@
 
 #include "hp_error.h"
 
-#define HP_PROTO_VERSION       1u
+#define HP_PROTO_VERSION       2u   /* the only version heapprofd accepts */
 #define HP_PROTO_MAGIC         "heapprof"   /* first field of HELLO */
 
 /* Limits. A frame or field over its limit is a protocol error (-HP_ETOOBIG, -HP_ELEN). */
 #define HP_FRAME_HEADER_BYTES  4u
 #define HP_MAX_FRAME_BYTES     (4u << 20)  /* payload bytes of one frame */
-#define HP_MAX_STR_BYTES       4096u       /* function, filename, executable, one argv entry */
+#define HP_MAX_STR_BYTES       4096u       /* function, filename, executable, one argv entry,
+                                              thread name, marker label */
 #define HP_MAX_ARGV            1024u       /* entries of HELLO argv */
 #define HP_MAX_STACK_DEPTH     512u        /* frame ids in one STACK_DEF */
 #define HP_MAX_BATCH_EVENTS    16384u      /* events in one EVENTS message */
@@ -39,10 +40,24 @@ typedef enum {
   HP_MSG_EVENTS    = 4,
   HP_MSG_COUNTERS  = 5,
   HP_MSG_GOODBYE   = 6,
+  HP_MSG_THREAD_DEF = 7,
+  HP_MSG_MARKER    = 8,
 } hp_msg_type;
 
-typedef enum { HP_DOMAIN_RAW = 0, HP_DOMAIN_MEM = 1, HP_DOMAIN_OBJ = 2 } hp_domain;
-typedef enum { HP_EV_ALLOC = 0, HP_EV_FREE = 1 } hp_event_kind;
+/* Allocator domains: PEP 445's three, and native code's malloc family and anonymous
+ * mmap outside the interpreter. */
+typedef enum {
+  HP_DOMAIN_RAW = 0, HP_DOMAIN_MEM = 1, HP_DOMAIN_OBJ = 2, HP_DOMAIN_NATIVE = 3
+} hp_domain;
+/* REATTRIBUTE: a still-live sampled block was handed out again by the interpreter (a
+ * free list), so it now belongs to another allocation site (PROTOCOL.md 2.4). */
+typedef enum { HP_EV_ALLOC = 0, HP_EV_FREE = 1, HP_EV_REATTRIBUTE = 2 } hp_event_kind;
+
+/* GOODBYE end_reason. */
+typedef enum {
+  HP_END_STOPPED = 0,          /* profiling stopped normally */
+  HP_END_HOOKS_REPLACED = 1,   /* someone else replaced or removed the allocator hooks */
+} hp_end_reason;
 
 /* A length-delimited string; not NUL-terminated. */
 typedef struct {
@@ -87,14 +102,15 @@ typedef struct {
   const uint32_t *frame_ids;       /* innermost first; each defined by an earlier FRAME_DEF */
 } hp_stack_def;
 
-/* One event. For HP_EV_FREE only ts_ns, thread_id and address are meaningful.
+/* One event. For HP_EV_FREE only ts_ns, thread_id and address are meaningful; for
+ * HP_EV_REATTRIBUTE also stack_id. thread_id is the kernel thread id (gettid()).
  * ts_ns is CLOCK_MONOTONIC; wall time = hello.start_wall_ns + (ts_ns - hello.start_mono_ns).
  * Within a stream events are in causal order: a free is sent before its address can be
  * handed out again, so the daemon pairs a free with the latest alloc at that address. */
 typedef struct {
   uint8_t kind;                    /* hp_event_kind */
   uint8_t domain;                  /* hp_domain (alloc only) */
-  uint32_t stack_id;               /* alloc only; HP_NO_STACK or a defined stack */
+  uint32_t stack_id;               /* alloc and reattribute; HP_NO_STACK or a defined stack */
   uint64_t ts_ns;
   uint64_t thread_id;
   uint64_t address;
@@ -112,12 +128,26 @@ typedef struct {
   uint64_t ts_ns;
   uint64_t events_dropped;         /* records the agent could not send */
   uint64_t sample_interval_bytes;  /* current interval, if the agent adapted it */
+  uint64_t events_sent;            /* events committed to the stream (pushed to the ring) */
 } hp_counters;
 
 typedef struct {
   uint64_t ts_ns;                  /* CLOCK_MONOTONIC at stop */
   uint64_t events_dropped;         /* final cumulative total */
+  uint32_t end_reason;             /* hp_end_reason */
 } hp_goodbye;
+
+/* The name of one thread of the stream; sent again when it changes (the latest wins). */
+typedef struct {
+  uint64_t thread_id;              /* as in events */
+  hp_str name;
+} hp_thread_def;
+
+/* A timestamped marker from the program (heapprof.mark(label)). */
+typedef struct {
+  uint64_t ts_ns;                  /* CLOCK_MONOTONIC */
+  hp_str label;
+} hp_marker;
 
 typedef struct {
   hp_msg_type type;
@@ -128,6 +158,8 @@ typedef struct {
     hp_events events;
     hp_counters counters;
     hp_goodbye goodbye;
+    hp_thread_def thread_def;
+    hp_marker marker;
   } u;
 } hp_msg;
 
@@ -144,6 +176,8 @@ int hp_encode_stack_def(hp_encoder *e, const hp_stack_def *m);
 int hp_encode_events(hp_encoder *e, const hp_event *events, uint32_t count);
 int hp_encode_counters(hp_encoder *e, const hp_counters *m);
 int hp_encode_goodbye(hp_encoder *e, const hp_goodbye *m);
+int hp_encode_thread_def(hp_encoder *e, const hp_thread_def *m);
+int hp_encode_marker(hp_encoder *e, const hp_marker *m);
 /* Bytes encoded so far; borrowed until the next encode, reset or free. */
 const uint8_t *hp_encoder_data(const hp_encoder *e, size_t *len);
 void hp_encoder_reset(hp_encoder *e);                 /* keeps capacity */

@@ -37,10 +37,13 @@
 #define HP_FRAME_DEF_NELEM  5u
 #define HP_STACK_DEF_NELEM  4u
 #define HP_EVENTS_NELEM     3u
-#define HP_COUNTERS_NELEM   4u
-#define HP_GOODBYE_NELEM    3u
+#define HP_COUNTERS_NELEM   5u
+#define HP_GOODBYE_NELEM    4u
+#define HP_THREAD_DEF_NELEM 3u
+#define HP_MARKER_NELEM     3u
 #define HP_ALLOC_NELEM      8u   /* [0, ts_delta, tid, domain, addr, size, est, stack_id] */
 #define HP_FREE_NELEM       4u   /* [1, ts_delta, tid, addr] */
+#define HP_REATTR_NELEM     5u   /* [2, ts_delta, tid, addr, stack_id] */
 #define HP_BUCKET_NELEM     2u   /* [max_size, rate] */
 
 /* Element positions (1-based) named in errors. */
@@ -52,12 +55,15 @@ enum {
   HP_F_FRAME_ID = 2, HP_F_FRAME_FUNCTION, HP_F_FRAME_FILENAME, HP_F_FRAME_LINENO,
   HP_F_STACK_ID = 2, HP_F_STACK_TRUNCATED, HP_F_STACK_FRAME_IDS,
   HP_F_EVENTS_BASE_TS = 2, HP_F_EVENTS_EVENTS,
-  HP_F_COUNTERS_TS = 2, HP_F_COUNTERS_DROPPED, HP_F_COUNTERS_INTERVAL,
-  HP_F_GOODBYE_TS = 2, HP_F_GOODBYE_DROPPED,
+  HP_F_COUNTERS_TS = 2, HP_F_COUNTERS_DROPPED, HP_F_COUNTERS_INTERVAL, HP_F_COUNTERS_SENT,
+  HP_F_GOODBYE_TS = 2, HP_F_GOODBYE_DROPPED, HP_F_GOODBYE_REASON,
+  HP_F_THREAD_ID = 2, HP_F_THREAD_NAME,
+  HP_F_MARKER_TS = 2, HP_F_MARKER_LABEL,
   /* inside one event */
   HP_F_EV_KIND = 1, HP_F_EV_TS, HP_F_EV_TID, HP_F_EV_DOMAIN, HP_F_EV_ADDR, HP_F_EV_SIZE,
   HP_F_EV_EST, HP_F_EV_STACK,
   HP_F_FREE_ADDR = 4,
+  HP_F_REATTR_ADDR = 4, HP_F_REATTR_STACK,
 };
 
 /* Where a precise message goes; NULL means the caller only wants the code. */
@@ -88,14 +94,17 @@ int hp_check_frame_def(const hp_frame_def *m, hp_errbuf *eb);
 int hp_check_stack_def(const hp_stack_def *m, hp_errbuf *eb);
 int hp_check_counters(const hp_counters *m, hp_errbuf *eb);
 int hp_check_goodbye(const hp_goodbye *m, hp_errbuf *eb);
+int hp_check_thread_def(const hp_thread_def *m, hp_errbuf *eb);
+int hp_check_marker(const hp_marker *m, hp_errbuf *eb);
 int hp_check_event_slow(const hp_event *ev, uint32_t index, hp_errbuf *eb) HP_NOINLINE;
 
 /* The per-event check runs once per event on both sides, so its passing path is
  * inline; the failing path finds and reports the offending field. */
 static inline int hp_check_event(const hp_event *ev, uint32_t index, hp_errbuf *eb) {
-  if (HP_LIKELY(ev->kind == HP_EV_FREE && ev->ts_ns <= HP_MAX_I64))
+  if (HP_LIKELY((ev->kind == HP_EV_FREE || ev->kind == HP_EV_REATTRIBUTE) &&
+                ev->ts_ns <= HP_MAX_I64))
     return 0;
-  if (HP_LIKELY(ev->kind == HP_EV_ALLOC && ev->domain <= HP_DOMAIN_OBJ &&
+  if (HP_LIKELY(ev->kind == HP_EV_ALLOC && ev->domain <= HP_DOMAIN_NATIVE &&
                 ev->ts_ns <= HP_MAX_I64 && ev->size <= HP_MAX_I64 &&
                 ev->est_bytes <= HP_MAX_I64))
     return 0;

@@ -17,7 +17,7 @@ import sqlite3
 import urllib.parse
 
 __all__ = ["DatabaseError", "open_db", "create_db", "schema_sql", "APPLICATION_ID",
-           "SCHEMA_VERSION"]
+           "SCHEMA_VERSION", "OLDEST_VERSION"]
 
 _SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
 # The first 16 bytes of every SQLite 3 database file.
@@ -53,6 +53,11 @@ def _pragma_constant(text, name):
 _SCHEMA_TEXT = schema_sql()
 APPLICATION_ID = _pragma_constant(_SCHEMA_TEXT, "application_id")
 SCHEMA_VERSION = _pragma_constant(_SCHEMA_TEXT, "user_version")
+# The oldest schema version readers accept as it is (HP_SCHEMA_OLDEST_VERSION in
+# schema/hp_schema.h; heapprofd migrates such a database when it records into it). A
+# version 1 database has no threads or markers views: check for a view before using it
+# (schema/README.md, "Versions").
+OLDEST_VERSION = 1
 
 
 def _uri(path, mode):
@@ -94,9 +99,9 @@ def _verify(conn, path):
     if version > SCHEMA_VERSION:
         raise DatabaseError(f"{path}: written by a newer heapprof (schema version {version}, "
                             f"this heapprof reads up to {SCHEMA_VERSION}); upgrade heapprof")
-    if version < SCHEMA_VERSION:
+    if version < OLDEST_VERSION:
         raise DatabaseError(f"{path}: heapprof database of unsupported schema version "
-                            f"{version} (expected {SCHEMA_VERSION})")
+                            f"{version} (expected {OLDEST_VERSION} to {SCHEMA_VERSION})")
 
 
 def open_db(path, readonly=True):
@@ -105,7 +110,8 @@ def open_db(path, readonly=True):
     readonly=True (the default) opens with ``?mode=ro``: the connection can never write
     to the file. readonly=False opens it read-write (never creating it). Raises
     DatabaseError for a missing file, a file that is not SQLite, another application's
-    database, or a heapprof database of another schema version.
+    database, or a heapprof database of a schema version outside OLDEST_VERSION ..
+    SCHEMA_VERSION (an older one is opened as it is, not migrated).
     """
     path = os.fspath(path)
     _check_file(path)

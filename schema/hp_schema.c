@@ -2,10 +2,12 @@
  *
  * Sits between the daemon's store thread and the file on disk. The order of operations is
  * the contract: every check runs on a read-only connection first, and only a file that is
- * missing, empty, or a heapprof database of our version is ever opened read-write. So a
- * foreign file (not SQLite, another application's database, a newer heapprof's database)
- * is refused without a single byte written: no WAL switch, no schema, no header pragma.
- * schema/README.md documents what the schema means; schema.sql is the schema itself. */
+ * missing, empty, or a heapprof database of our version or one we migrate is ever opened
+ * read-write. So a foreign file (not SQLite, another application's database, a newer
+ * heapprof's database) is refused without a single byte written: no WAL switch, no
+ * schema, no header pragma. An older heapprof database (version 1) is migrated in the
+ * same transaction that applies the schema, so it is either migrated whole or left as it
+ * was. schema/README.md documents what the schema means; schema.sql is the schema. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -41,6 +43,7 @@ typedef enum {
   DB_MISSING,   /* no file: create it */
   DB_EMPTY,     /* a 0-byte file or an SQLite database with nothing in it: apply the schema */
   DB_OURS,      /* a heapprof database of our version: append to it */
+  DB_OLD,       /* a heapprof database of HP_SCHEMA_OLDEST_VERSION: migrate, then append */
 } db_state;
 
 /* One line for users into errbuf; returns rc so callers can `return fail(...)`. */
@@ -138,14 +141,19 @@ static int check_header(const char *path, off_t size, char *errbuf, size_t errle
  * statement: a version 1 database written before it lacks it, and is not damaged for
  * that (applying schema.sql creates it). schema/README.md, "Versions". */
 #define HP_SCHEMA_ADDED_MARK "-- heapprof: added within version 1"
+/* Tables added in version 2 carry this one: a version 1 database lacks them until it is
+ * migrated. */
+#define HP_SCHEMA_ADDED_V2_MARK "-- heapprof: added in version 2"
 
 /* Every table that schema.sql creates must exist in a database that claims to be ours:
- * without them it is damaged, and appending to it would fail later and obscurely. (Tables
- * marked HP_SCHEMA_ADDED_MARK are the exception. Views
- * and indexes are not checked: opening re-applies schema.sql, which creates missing
- * tables and indexes and drops and recreates every view, and so restores them.) The names come from applying the embedded schema
- * to an in-memory database, so they are spelled only in schema.sql. */
-static int check_objects(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
+ * without them it is damaged, and appending to it would fail later and obscurely. (In a
+ * version 1 database, tables marked HP_SCHEMA_ADDED_MARK or HP_SCHEMA_ADDED_V2_MARK are
+ * the exception. Views and indexes are not checked: opening re-applies schema.sql, which
+ * creates missing tables and indexes and drops and recreates every view, and so restores
+ * them.) The names come from applying the embedded schema to an in-memory database, so
+ * they are spelled only in schema.sql. */
+static int check_objects(sqlite3 *db, long long version, const char *path, char *errbuf,
+                         size_t errlen) {
   sqlite3 *ref = NULL;
   sqlite3_stmt *list = NULL, *probe = NULL;
   int rc;
@@ -160,9 +168,11 @@ static int check_objects(sqlite3 *db, const char *path, char *errbuf, size_t err
   if (sqlite3_prepare_v2(ref,
                          "SELECT type, name FROM sqlite_schema "
                          "WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' "
-                         "ESCAPE '\\' AND instr(sql, '" HP_SCHEMA_ADDED_MARK "') = 0 "
+                         "ESCAPE '\\' AND (?1 >= 2 OR (instr(sql, '" HP_SCHEMA_ADDED_MARK
+                         "') = 0 AND instr(sql, '" HP_SCHEMA_ADDED_V2_MARK "') = 0)) "
                          "ORDER BY type, name",
-                         -1, &list, NULL) != SQLITE_OK) {
+                         -1, &list, NULL) != SQLITE_OK ||
+      sqlite3_bind_int64(list, 1, version) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(ref));
     goto out_close_ref;
   }
@@ -230,13 +240,14 @@ static int inspect_sqlite(const char *path, db_state *state, char *errbuf, size_
       rc = fail(errbuf, errlen, -HP_ENEWER,
                 "%s: written by a newer heapprof (schema version %lld, this heapprof knows "
                 "up to %d); refusing to touch it", path, version, HP_SCHEMA_VERSION);
-    } else if (version < HP_SCHEMA_VERSION) {
+    } else if (version < HP_SCHEMA_OLDEST_VERSION) {
       rc = fail(errbuf, errlen, -HP_ESCHEMA,
-                "%s: heapprof database of unsupported schema version %lld (expected %d); "
-                "refusing to touch it", path, version, HP_SCHEMA_VERSION);
+                "%s: heapprof database of unsupported schema version %lld (expected %d "
+                "to %d); refusing to touch it", path, version, HP_SCHEMA_OLDEST_VERSION,
+                HP_SCHEMA_VERSION);
     } else {
-      rc = check_objects(ro, path, errbuf, errlen);
-      *state = DB_OURS;
+      rc = check_objects(ro, version, path, errbuf, errlen);
+      *state = version == HP_SCHEMA_VERSION ? DB_OURS : DB_OLD;
     }
   } else if (app_id == 0 && version == 0 && objects == 0) {
     /* An SQLite database nobody has put anything in: claim it. */
@@ -276,14 +287,46 @@ static int inspect(const char *path, db_state *state, char *errbuf, size_t errle
   return inspect_sqlite(path, state, errbuf, errlen);
 }
 
+/* Version 1 -> 2, first half, before schema.sql runs: moves the session table aside,
+ * because SQLite cannot change a CHECK constraint (status gained 'hooks_replaced') or add
+ * a column with one in place. schema.sql then creates the version 2 table, and
+ * migrate_v1_finish copies the rows over with their ids. legacy_alter_table keeps SQLite
+ * from rewriting views that name `session` to the new name: schema.sql redefines
+ * heapprof's own views anyway, and a user's view keeps naming the migrated table. */
+static int migrate_v1_begin(sqlite3 *db) {
+  if (sqlite3_exec(db, "PRAGMA legacy_alter_table = ON", NULL, NULL, NULL) != SQLITE_OK)
+    return -1;
+  int rc = sqlite3_exec(db, "ALTER TABLE session RENAME TO session_v1", NULL, NULL, NULL);
+  if (sqlite3_exec(db, "PRAGMA legacy_alter_table = OFF", NULL, NULL, NULL) != SQLITE_OK ||
+      rc != SQLITE_OK)
+    return -1;
+  return 0;
+}
+
+/* Second half: the version 1 columns into the version 2 table (argv_omitted takes its
+ * default: a version 1 heapprofd stored argv whole). */
+static int migrate_v1_finish(sqlite3 *db) {
+  static const char sql[] =
+      "INSERT INTO session (id, pid, ppid, argv, executable, python_version, started_ns,"
+      " ended_ns, sample_interval_bytes, sample_buckets, max_stack_depth, status, error,"
+      " events_received, events_dropped)"
+      " SELECT id, pid, ppid, argv, executable, python_version, started_ns, ended_ns,"
+      " sample_interval_bytes, sample_buckets, max_stack_depth, status, error,"
+      " events_received, events_dropped FROM session_v1;"
+      "DROP TABLE session_v1;";
+  return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
 /* Applies schema.sql inside one write transaction. To an empty database it adds
  * everything; to one of ours it adds the tables and indexes a database of this version
  * lacks (those statements are IF NOT EXISTS) and redefines every view, so that views
- * written by an earlier build of this version are brought up to date. The transaction first re-checks what
+ * written by an earlier build of this version are brought up to date; a version 1
+ * database is migrated in the same transaction, so a failure at any point (a full disk,
+ * a kill) leaves it a version 1 database. The transaction first re-checks what
  * inspect() saw: another process may have created or replaced the file since. */
 static int apply_schema(sqlite3 *db, const char *path, char *errbuf, size_t errlen) {
   long long app_id = 0, version = 0, objects = 0;
-  int rc;
+  int rc, migrate;
 
   if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
     return fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot start the schema transaction: %s",
@@ -298,15 +341,26 @@ static int apply_schema(sqlite3 *db, const char *path, char *errbuf, size_t errl
     rc = refuse_foreign(path, (unsigned)app_id, errbuf, errlen);
     goto out_rollback;
   }
-  if (objects != 0 && version != HP_SCHEMA_VERSION) {
+  if (objects != 0 && version != HP_SCHEMA_VERSION && version != HP_SCHEMA_OLDEST_VERSION) {
     rc = fail(errbuf, errlen, version > HP_SCHEMA_VERSION ? -HP_ENEWER : -HP_ESCHEMA,
               "%s: schema version changed to %lld while opening (expected %d); "
               "refusing to touch it", path, version, HP_SCHEMA_VERSION);
     goto out_rollback;
   }
+  migrate = objects != 0 && version == HP_SCHEMA_OLDEST_VERSION;
+  if (migrate && migrate_v1_begin(db) < 0) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot migrate from schema version %lld: %s",
+              path, version, sqlite3_errmsg(db));
+    goto out_rollback;
+  }
   if (sqlite3_exec(db, hp_schema_sql_text, NULL, NULL, NULL) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot create the schema: %s", path,
               sqlite3_errmsg(db));
+    goto out_rollback;
+  }
+  if (migrate && migrate_v1_finish(db) < 0) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot migrate from schema version %lld: %s",
+              path, version, sqlite3_errmsg(db));
     goto out_rollback;
   }
   if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
@@ -378,7 +432,7 @@ int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errl
   /* The page size of a database is fixed once its header is written and cannot change
    * in WAL mode, so it is set before anything else, and only for a file with no header
    * yet (missing or 0 bytes); an existing database keeps its own. */
-  if (state != DB_OURS &&
+  if (state != DB_OURS && state != DB_OLD &&
       sqlite3_exec(db, "PRAGMA page_size=" HP_SCHEMA_STR(HP_SCHEMA_PAGE_SIZE), NULL, NULL,
                    NULL) != SQLITE_OK) {
     rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: %s", path, sqlite3_errmsg(db));
@@ -400,8 +454,12 @@ int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errl
   if (rc != 0)
     goto out_close;
   /* Whoever created it, the file must now be ours at our version. */
-  if (query_int(db, "PRAGMA user_version", &version) != SQLITE_OK ||
-      version != HP_SCHEMA_VERSION) {
+  if (query_int(db, "PRAGMA user_version", &version) != SQLITE_OK) {
+    rc = fail(errbuf, errlen, -HP_ESQLITE, "%s: cannot read the schema version: %s", path,
+              sqlite3_errmsg(db));
+    goto out_close;
+  }
+  if (version != HP_SCHEMA_VERSION) {
     rc = fail(errbuf, errlen, -HP_ESCHEMA,
               "%s: schema version is %lld after opening, expected %d", path, version,
               HP_SCHEMA_VERSION);

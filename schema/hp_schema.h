@@ -9,14 +9,18 @@
 #include <stddef.h>
 #include <sqlite3.h>
 
-#define HP_SCHEMA_VERSION         1          /* PRAGMA user_version */
+#define HP_SCHEMA_VERSION         2          /* PRAGMA user_version */
+/* The oldest version heapprofd migrates to HP_SCHEMA_VERSION when it opens a database
+ * (and heapprof's readers read as it is); older ones are refused. */
+#define HP_SCHEMA_OLDEST_VERSION  1
 #define HP_SCHEMA_APPLICATION_ID  0x68707266 /* PRAGMA application_id, 'hprf' */
 
 /* Opens path read-write (creating it when missing), sets WAL mode, synchronous=NORMAL
  * and a busy timeout, and applies the schema to an empty (or 0-byte) database; an
- * existing heapprof database of this version is opened for appending. Everything is
- * verified on a read-only connection first, so a refused file is left byte-for-byte
- * untouched. Returns 0 and *db_out (the caller closes it with sqlite3_close), or
+ * existing heapprof database of this version is opened for appending, and one of
+ * HP_SCHEMA_OLDEST_VERSION is first migrated to this version in one transaction (all or
+ * nothing). Everything is verified on a read-only connection first, so a refused file
+ * is left byte-for-byte untouched. Returns 0 and *db_out (the caller closes it with sqlite3_close), or
  * -HP_ESCHEMA (not a heapprof database, not SQLite at all, or damaged), -HP_ENEWER
  * (newer user_version), -HP_ESQLITE, -HP_EINVAL (NULL/empty arguments), or -errno
  * (-ENOENT: the directory does not exist, -EISDIR, -EACCES: not writable, ...); then

@@ -1,16 +1,18 @@
--- heapprof database schema, version 1.
+-- heapprof database schema, version 2.
 --
 -- The public, stable interface is the set of VIEWS at the end of this file
 -- (sessions, frames, stack_frames, allocations, timeline, and the heapprof extensions
--- stacks, session_settings, timeline_detail, sampling_changes); schema/README.md
--- documents them. The tables are storage, designed for fast batched ingestion by heapprofd, and may change
--- from one user_version to the next.
+-- stacks, session_settings, timeline_detail, sampling_changes, threads, markers);
+-- schema/README.md documents them. The tables are storage, designed for fast batched
+-- ingestion by heapprofd, and may change from one user_version to the next.
 --
 -- All timestamps are integer nanoseconds since the Unix epoch.
 -- application_id 0x68707266 is 'hprf'. Bump user_version on any storage change and
--- teach schema/hp_schema.c to refuse (or migrate) older and newer versions.
+-- teach schema/hp_schema.c to refuse (or migrate) older and newer versions: heapprofd
+-- migrates a version 1 database to this version when it opens it (hp_schema.c,
+-- migrate_v1), and refuses newer ones.
 PRAGMA application_id = 1752199782;
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 
 CREATE TABLE IF NOT EXISTS session (
   id                    INTEGER PRIMARY KEY,
@@ -25,10 +27,12 @@ CREATE TABLE IF NOT EXISTS session (
   sample_buckets        TEXT,                         -- JSON [[max_size, rate], ...] or NULL
   max_stack_depth       INTEGER NOT NULL,
   status                TEXT    NOT NULL DEFAULT 'running'
-                        CHECK (status IN ('running', 'exited', 'disconnected', 'protocol_error')),
+                        CHECK (status IN ('running', 'exited', 'disconnected', 'protocol_error',
+                                          'hooks_replaced')),
   error                 TEXT,                         -- why a protocol_error session was closed
   events_received       INTEGER NOT NULL DEFAULT 0,
-  events_dropped        INTEGER NOT NULL DEFAULT 0
+  events_dropped        INTEGER NOT NULL DEFAULT 0,
+  argv_omitted          INTEGER NOT NULL DEFAULT 0    -- argv entries not stored (over the bound)
 );
 
 -- Frames and stacks are interned across sessions: one row per distinct value.
@@ -62,7 +66,7 @@ CREATE TABLE IF NOT EXISTS alloc (
   session_id INTEGER NOT NULL,
   ts_ns      INTEGER NOT NULL,
   thread_id  INTEGER NOT NULL,
-  domain     INTEGER NOT NULL,  -- 0 raw, 1 mem, 2 obj
+  domain     INTEGER NOT NULL,  -- 0 raw, 1 mem, 2 obj, 3 native
   address    INTEGER NOT NULL,
   size       INTEGER NOT NULL,
   est_bytes  INTEGER NOT NULL,
@@ -102,6 +106,29 @@ CREATE TABLE IF NOT EXISTS sampling_change ( -- heapprof: added within version 1
 );
 CREATE INDEX IF NOT EXISTS sampling_change_by_session ON sampling_change (session_id, id);
 
+-- Tables added in version 2 carry the marker below in their statement: a version 1
+-- database lacks them until heapprofd migrates it, and is not damaged for that
+-- (hp_schema.c does not require them of a version 1 database).
+--
+-- The name of each named thread of a session (THREAD_DEF, proto/PROTOCOL.md 2.7); the
+-- latest name an agent sent for a thread replaces earlier ones.
+CREATE TABLE IF NOT EXISTS thread_name ( -- heapprof: added in version 2
+  session_id INTEGER NOT NULL,
+  thread_id  INTEGER NOT NULL,  -- as in alloc.thread_id: the kernel thread id
+  name       TEXT    NOT NULL,
+  PRIMARY KEY (session_id, thread_id)
+) WITHOUT ROWID;
+
+-- Timestamped markers a program set with heapprof.mark(label) (MARKER, PROTOCOL.md 2.8),
+-- in the order heapprofd received them (id).
+CREATE TABLE IF NOT EXISTS marker ( -- heapprof: added in version 2
+  id         INTEGER PRIMARY KEY,
+  session_id INTEGER NOT NULL,
+  ts_ns      INTEGER NOT NULL,
+  label      TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS marker_by_session_ts ON marker (session_id, ts_ns);
+
 -- ---------------------------------------------------------------- public views
 -- Views are dropped and created again each time heapprofd opens a database, so that a
 -- database of this version written with older view definitions gets the current ones
@@ -110,8 +137,8 @@ CREATE INDEX IF NOT EXISTS sampling_change_by_session ON sampling_change (sessio
 -- looks for it in the embedded text).
 --
 -- sessions, frames, stack_frames, allocations and timeline have exactly the columns of
--- the public interface, in its order. stacks, session_settings, timeline_detail and
--- sampling_changes are heapprof extensions (schema/README.md).
+-- the public interface, in its order. stacks, session_settings, timeline_detail,
+-- sampling_changes, threads and markers are heapprof extensions (schema/README.md).
 DROP VIEW IF EXISTS sessions;
 CREATE VIEW IF NOT EXISTS sessions AS
   SELECT id AS session_id, pid, ppid, argv, executable, python_version, started_ns,
@@ -120,7 +147,7 @@ CREATE VIEW IF NOT EXISTS sessions AS
 
 DROP VIEW IF EXISTS session_settings;
 CREATE VIEW IF NOT EXISTS session_settings AS
-  SELECT id AS session_id, sample_buckets, max_stack_depth, error FROM session;
+  SELECT id AS session_id, sample_buckets, max_stack_depth, error, argv_omitted FROM session;
 
 DROP VIEW IF EXISTS frames;
 CREATE VIEW IF NOT EXISTS frames AS
@@ -137,7 +164,8 @@ CREATE VIEW IF NOT EXISTS stacks AS
 DROP VIEW IF EXISTS allocations;
 CREATE VIEW IF NOT EXISTS allocations AS
   SELECT session_id, id AS alloc_id, ts_ns, thread_id,
-         CASE domain WHEN 0 THEN 'raw' WHEN 1 THEN 'mem' ELSE 'obj' END AS domain,
+         CASE domain WHEN 0 THEN 'raw' WHEN 1 THEN 'mem' WHEN 2 THEN 'obj' ELSE 'native' END
+           AS domain,
          address, size, est_bytes, stack_id, freed_ns
   FROM alloc;
 
@@ -161,3 +189,11 @@ CREATE VIEW IF NOT EXISTS sampling_changes AS
          c.sample_interval_bytes
   FROM sampling_change c JOIN session s ON s.id = c.session_id
   WINDOW w AS (PARTITION BY c.session_id ORDER BY c.id);
+
+DROP VIEW IF EXISTS threads;
+CREATE VIEW IF NOT EXISTS threads AS
+  SELECT session_id, thread_id, name FROM thread_name;
+
+DROP VIEW IF EXISTS markers;
+CREATE VIEW IF NOT EXISTS markers AS
+  SELECT session_id, ts_ns, label FROM marker;

@@ -39,6 +39,8 @@ static int encode(hp_encoder *e, const hp_msg *m) {
   case HP_MSG_EVENTS: return hp_encode_events(e, m->u.events.events, m->u.events.count);
   case HP_MSG_COUNTERS: return hp_encode_counters(e, &m->u.counters);
   case HP_MSG_GOODBYE: return hp_encode_goodbye(e, &m->u.goodbye);
+  case HP_MSG_THREAD_DEF: return hp_encode_thread_def(e, &m->u.thread_def);
+  case HP_MSG_MARKER: return hp_encode_marker(e, &m->u.marker);
   }
   abort();
 }
@@ -91,10 +93,20 @@ static void check_equal(const hp_msg *a, const hp_msg *b) {
     CHECK(a->u.counters.ts_ns == b->u.counters.ts_ns);
     CHECK(a->u.counters.events_dropped == b->u.counters.events_dropped);
     CHECK(a->u.counters.sample_interval_bytes == b->u.counters.sample_interval_bytes);
+    CHECK(a->u.counters.events_sent == b->u.counters.events_sent);
     break;
   case HP_MSG_GOODBYE:
     CHECK(a->u.goodbye.ts_ns == b->u.goodbye.ts_ns);
     CHECK(a->u.goodbye.events_dropped == b->u.goodbye.events_dropped);
+    CHECK(a->u.goodbye.end_reason == b->u.goodbye.end_reason);
+    break;
+  case HP_MSG_THREAD_DEF:
+    CHECK(a->u.thread_def.thread_id == b->u.thread_def.thread_id);
+    CHECK(str_eq(a->u.thread_def.name, b->u.thread_def.name));
+    break;
+  case HP_MSG_MARKER:
+    CHECK(a->u.marker.ts_ns == b->u.marker.ts_ns);
+    CHECK(str_eq(a->u.marker.label, b->u.marker.label));
     break;
   }
 }

@@ -69,22 +69,34 @@ int main(int argc, char **argv) {
   rc |= hp_encode_stack_def(e, &sd);
   rc |= write_last(e, start, dir, "stack_def");
 
-  hp_event ev[4] = {
-    { HP_EV_ALLOC, HP_DOMAIN_OBJ, 9, 1000, 1, 0x7f0000001000ull, 32, 4096 },
-    { HP_EV_ALLOC, HP_DOMAIN_RAW, 0, 1200, 2, 0x7f0000002000ull, 1u << 20, 1u << 20 },
-    { HP_EV_FREE, 0, 0, 1100, 1, 0x7f0000001000ull, 0, 0 },
-    { HP_EV_FREE, 0, 0, 1300, 2, 0x7f0000002000ull, 0, 0 },
+  hp_thread_def td = { 4242, { "MainThread", 10 } };
+  hp_encoder_data(e, &start);
+  rc |= hp_encode_thread_def(e, &td);
+  rc |= write_last(e, start, dir, "thread_def");
+
+  hp_event ev[6] = {
+    { HP_EV_ALLOC, HP_DOMAIN_OBJ, 9, 1000, 4242, 0x7f0000001000ull, 32, 4096 },
+    { HP_EV_ALLOC, HP_DOMAIN_RAW, 0, 1200, 4243, 0x7f0000002000ull, 1u << 20, 1u << 20 },
+    { HP_EV_REATTRIBUTE, 0, 9, 1050, 4242, 0x7f0000001000ull, 0, 0 },
+    { HP_EV_ALLOC, HP_DOMAIN_NATIVE, 0, 1250, 4243, 0x7f0000003000ull, 100000, 100000 },
+    { HP_EV_FREE, 0, 0, 1100, 4242, 0x7f0000001000ull, 0, 0 },
+    { HP_EV_FREE, 0, 0, 1300, 4243, 0x7f0000002000ull, 0, 0 },
   };
   hp_encoder_data(e, &start);
-  rc |= hp_encode_events(e, ev, 4);
+  rc |= hp_encode_events(e, ev, 6);
   rc |= write_last(e, start, dir, "events");
 
-  hp_counters c = { 5000, 17, 524288 };
+  hp_marker mk = { 1400, { "phase 2", 7 } };
+  hp_encoder_data(e, &start);
+  rc |= hp_encode_marker(e, &mk);
+  rc |= write_last(e, start, dir, "marker");
+
+  hp_counters c = { 5000, 17, 524288, 6 };
   hp_encoder_data(e, &start);
   rc |= hp_encode_counters(e, &c);
   rc |= write_last(e, start, dir, "counters");
 
-  hp_goodbye g = { 6000, 17 };
+  hp_goodbye g = { 6000, 17, HP_END_HOOKS_REPLACED };
   hp_encoder_data(e, &start);
   rc |= hp_encode_goodbye(e, &g);
   rc |= write_last(e, start, dir, "goodbye");
@@ -100,11 +112,13 @@ int main(int argc, char **argv) {
   rc |= write_file(dir, "stream", stream, n + 1);
   free(stream);
 
-  /* Near-misses: wrong version, unknown type, an oversized frame header. */
-  static const uint8_t v2[] = { 0x93, 0x01, 0xa8, 'h', 'e', 'a', 'p', 'p', 'r', 'o', 'f', 0x02 };
+  /* Near-misses: an older and a newer version, unknown type, an oversized frame header. */
+  static const uint8_t v1[] = { 0x93, 0x01, 0xa8, 'h', 'e', 'a', 'p', 'p', 'r', 'o', 'f', 0x01 };
+  static const uint8_t v3[] = { 0x93, 0x01, 0xa8, 'h', 'e', 'a', 'p', 'p', 'r', 'o', 'f', 0x03 };
   static const uint8_t t9[] = { 0x92, 0x09, 0x00 };
   static const uint8_t big[] = { 0x01, 0x00, 0x10, 0x00, 0x01, 0x93 };
-  rc |= write_file(dir, "version2", v2, sizeof(v2));
+  rc |= write_file(dir, "version1", v1, sizeof(v1));
+  rc |= write_file(dir, "version3", v3, sizeof(v3));
   rc |= write_file(dir, "type9", t9, sizeof(t9));
   rc |= write_file(dir, "bigframe", big, sizeof(big));
   hp_encoder_free(e);

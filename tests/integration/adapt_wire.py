@@ -3,14 +3,15 @@ wire protocol (proto/PROTOCOL.md) to a real heapprofd over its Unix socket.
 
 The frames are built here from the specification, with a minimal msgpack encoder
 (the Python side uses the standard library only), so the daemon decodes exactly what an
-agent would send: HELLO, FRAME_DEF, STACK_DEF, EVENTS, COUNTERS, GOODBYE."""
+agent would send: HELLO, FRAME_DEF, STACK_DEF, EVENTS, COUNTERS, GOODBYE (protocol
+version 2)."""
 import os
 import socket
 import struct
 
 MAGIC = "heapprof"
-PROTO_VERSION = 1
-HELLO, FRAME_DEF, STACK_DEF, EVENTS, COUNTERS, GOODBYE = 1, 2, 3, 4, 5, 6
+PROTO_VERSION = 2
+HELLO, FRAME_DEF, STACK_DEF, EVENTS, COUNTERS, GOODBYE, THREAD_DEF, MARKER = range(1, 9)
 
 
 def pack(value):
@@ -94,11 +95,11 @@ class Agent:
                for i, size in enumerate(sizes)]
         self.send(EVENTS, self.mono(ms), evs)
 
-    def counters(self, ms, interval, dropped=0):
-        self.send(COUNTERS, self.mono(ms), dropped, interval)
+    def counters(self, ms, interval, dropped=0, sent=0):
+        self.send(COUNTERS, self.mono(ms), dropped, interval, sent)
 
-    def goodbye(self, ms, dropped=0):
-        self.send(GOODBYE, self.mono(ms), dropped)
+    def goodbye(self, ms, dropped=0, end_reason=0):
+        self.send(GOODBYE, self.mono(ms), dropped, end_reason)
 
     def close(self):
         self.sock.close()

@@ -9,7 +9,9 @@ import select
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
+import unittest
 
 BUILD_ROOT = os.environ.get("HEAPPROF_BUILD_ROOT", "")
 HEAPPROFD = os.environ.get("HEAPPROFD") or os.path.join(BUILD_ROOT, "daemon", "heapprofd")
@@ -170,3 +172,28 @@ class Client:
         out, err = self.proc.communicate(timeout=timeout)
         assert self.proc.returncode == 0, err.decode()
         return [json.loads(l) for l in out.decode().splitlines() if l.startswith("{")]
+
+
+class SharedDaemonTest(unittest.TestCase):
+    """A test class whose tests share one heapprofd (self.d), started once for the class
+    in a temporary directory and checked for sanitizer reports at its end."""
+
+    daemon_args = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.d = Daemon(cls.tmp.name, args=cls.daemon_args)
+        try:
+            cls.d.start()
+        except BaseException:
+            cls.tmp.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.kill()
+        try:
+            cls.d.check_sanitizers()
+        finally:
+            cls.tmp.cleanup()

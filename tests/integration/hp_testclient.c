@@ -1,14 +1,14 @@
 /* hp_testclient.c — a scripted heapprof agent built on the codec, for the daemon tests.
  *
  *   hp_testclient --socket PATH --scenario NAME [--tag T] [--events N] [--batch B]
- *                 [--clients K] [--setuid UID] [--defs D]
+ *                 [--clients K] [--setuid UID] [--defs D] [--version V] [--end-reason R]
  *
  * Each client sends HELLO with argv ["hp_testclient", TAG] (TAG-i with --clients), so
  * tests find its session by argv. Scenarios (all but the first three start with a
  * valid HELLO, frames, stacks and N events, so the test can check they were kept):
- *   normal        ... then COUNTERS and GOODBYE
+ *   normal        ... then COUNTERS and GOODBYE (with end_reason R, default 0)
  *   before-hello  EVENTS as the first frame
- *   bad-version   HELLO with protocol version 99
+ *   bad-version   HELLO with protocol version V (default 99)
  *   random        a frame of random bytes (fixed seed) as the first frame
  *   undef-stack   ... then EVENTS using a stack id never defined
  *   dup-frame     ... then a FRAME_DEF of an id defined already
@@ -24,6 +24,11 @@
  *   spike         HELLO at a 100 ms boundary; 1000 B live, a 1 MB spike from 10 to
  *                 20 ms, an alloc at 350 ms; then GOODBYE
  *   spike-idle    as spike without the alloc at 350 ms, then as hold, then GOODBYE
+ *   protocol2     ... then thread names (one renamed), two markers, a native
+ *                 allocation and reattributes (one of a live block, one of an address
+ *                 with nothing live), then GOODBYE
+ *   unsent        ... then COUNTERS saying 100 more events were sent than were, and
+ *                 close without GOODBYE (an agent that gave up at exit)
  * On success it prints one JSON line per client: {"tag":..,"events":..,"allocs":..,
  * "frees":..}; exit 0. Exit 1 on a local error (not on the daemon closing on us). */
 #include <errno.h>
@@ -42,7 +47,7 @@
 #include "hp_proto.h"
 
 static const char *socket_path, *scenario = "normal", *tag = "t";
-static uint32_t nevents = 1000, batch = 1000, ndefs = 0;
+static uint32_t nevents = 1000, batch = 1000, ndefs = 0, hello_version = 99, end_reason = 0;
 
 typedef struct {
   int index;
@@ -191,13 +196,51 @@ static void send_many_defs(int fd, hp_encoder *e, int stacks, uint32_t total) {
   flush_enc(fd, e);
 }
 
-static void send_goodbye(int fd, hp_encoder *e, uint64_t dropped) {
+/* COUNTERS saying events_sent = what this client sent plus `unsent`. */
+static void send_counters(int fd, hp_encoder *e, const client *c, uint64_t dropped,
+                          uint64_t unsent) {
   hp_counters cn = {.ts_ns = now_ns(CLOCK_MONOTONIC), .events_dropped = dropped,
-                    .sample_interval_bytes = 1};
+                    .sample_interval_bytes = 1, .events_sent = c->events + unsent};
   fatal_enc(hp_encode_counters(e, &cn), "COUNTERS");
-  hp_goodbye g = {.ts_ns = now_ns(CLOCK_MONOTONIC), .events_dropped = dropped};
+  flush_enc(fd, e);
+}
+
+static void send_goodbye(int fd, hp_encoder *e, const client *c, uint64_t dropped) {
+  send_counters(fd, e, c, dropped, 0);
+  hp_goodbye g = {.ts_ns = now_ns(CLOCK_MONOTONIC), .events_dropped = dropped,
+                  .end_reason = end_reason};
   fatal_enc(hp_encode_goodbye(e, &g), "GOODBYE");
   flush_enc(fd, e);
+}
+
+/* Protocol 2's messages, after send_defs: thread names (thread 2 renamed), markers at
+ * +5 ms and +6 ms, a native allocation at 0x5000, an object at 0x6000 that is
+ * reattributed to thread 2 under stack 2, and a reattribute at 0x7000, where nothing
+ * is live. */
+static void send_protocol2(int fd, hp_encoder *e, client *c, uint64_t mono) {
+  const uint64_t ms = 1000000ULL;
+  hp_thread_def t1 = {1, S("MainThread")}, t2 = {2, S("worker")}, t3 = {2, S("worker-2")};
+  fatal_enc(hp_encode_thread_def(e, &t1), "THREAD_DEF");
+  fatal_enc(hp_encode_thread_def(e, &t2), "THREAD_DEF");
+  hp_marker m1 = {mono + 5 * ms, S("phase 1")};
+  fatal_enc(hp_encode_marker(e, &m1), "MARKER");
+  hp_event ev[] = {
+    {.kind = HP_EV_ALLOC, .domain = HP_DOMAIN_NATIVE, .ts_ns = mono + 7 * ms, .thread_id = 2,
+     .address = 0x5000, .size = 1 << 20, .est_bytes = 1 << 20},
+    {.kind = HP_EV_ALLOC, .domain = HP_DOMAIN_OBJ, .stack_id = 1, .ts_ns = mono + 8 * ms,
+     .thread_id = 1, .address = 0x6000, .size = 64, .est_bytes = 64},
+    {.kind = HP_EV_REATTRIBUTE, .stack_id = 2, .ts_ns = mono + 9 * ms, .thread_id = 2,
+     .address = 0x6000},
+    {.kind = HP_EV_REATTRIBUTE, .stack_id = 1, .ts_ns = mono + 9 * ms, .thread_id = 2,
+     .address = 0x7000},
+  };
+  fatal_enc(hp_encode_events(e, ev, 4), "EVENTS");
+  fatal_enc(hp_encode_thread_def(e, &t3), "THREAD_DEF");
+  hp_marker m2 = {mono + 6 * ms, S("phase 2")};
+  fatal_enc(hp_encode_marker(e, &m2), "MARKER");
+  flush_enc(fd, e);
+  c->events += 4;
+  c->allocs += 2;
 }
 
 static void spike(int fd, hp_encoder *e, client *c, int idle) {
@@ -228,7 +271,7 @@ static void spike(int fd, hp_encoder *e, client *c, int idle) {
     while (read(0, b, sizeof b) > 0) {
     }
   }
-  send_goodbye(fd, e, 0);
+  send_goodbye(fd, e, c, 0);
 }
 
 static void *run_client(void *arg) {
@@ -249,7 +292,7 @@ static void *run_client(void *arg) {
     fatal_enc(hp_encode_events(e, &ev, 1), "EVENTS");
     flush_enc(fd, e);
   } else if (strcmp(sc, "bad-version") == 0) {
-    send_hello(fd, e, c, 99, wall, mono);
+    send_hello(fd, e, c, hello_version, wall, mono);
   } else if (strcmp(sc, "random") == 0) {
     uint8_t junk[4 + 200];
     uint32_t seed = 12345;
@@ -264,7 +307,12 @@ static void *run_client(void *arg) {
     send_defs(fd, e);
     send_events(fd, e, c, mono, nevents);
     if (strcmp(sc, "normal") == 0) {
-      send_goodbye(fd, e, 3);
+      send_goodbye(fd, e, c, 3);
+    } else if (strcmp(sc, "protocol2") == 0) {
+      send_protocol2(fd, e, c, mono);
+      send_goodbye(fd, e, c, 0);
+    } else if (strcmp(sc, "unsent") == 0) {
+      send_counters(fd, e, c, 3, 100);
     } else if (strcmp(sc, "undef-stack") == 0) {
       hp_event ev = {.kind = HP_EV_ALLOC, .stack_id = 77, .ts_ns = mono, .address = 0x10,
                      .size = 8, .est_bytes = 8};
@@ -293,10 +341,10 @@ static void *run_client(void *arg) {
       while (read(0, b, sizeof b) > 0) {
       }
       if (strcmp(sc, "hold-goodbye") == 0)
-        send_goodbye(fd, e, 3);
+        send_goodbye(fd, e, c, 3);
     } else if (strcmp(sc, "many-frames") == 0 || strcmp(sc, "many-stacks") == 0) {
       send_many_defs(fd, e, strcmp(sc, "many-stacks") == 0, ndefs);
-      send_goodbye(fd, e, 0);
+      send_goodbye(fd, e, c, 0);
     } else if (strcmp(sc, "disconnect") != 0) {
       fprintf(stderr, "hp_testclient: unknown scenario '%s'\n", sc);
       c->rc = 1;
@@ -323,6 +371,7 @@ int main(int argc, char **argv) {
     {"tag", required_argument, NULL, 't'},    {"events", required_argument, NULL, 'n'},
     {"batch", required_argument, NULL, 'b'},  {"clients", required_argument, NULL, 'k'},
     {"setuid", required_argument, NULL, 'u'}, {"defs", required_argument, NULL, 'D'},
+    {"version", required_argument, NULL, 'v'}, {"end-reason", required_argument, NULL, 'r'},
     {NULL, 0, NULL, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -335,6 +384,8 @@ int main(int argc, char **argv) {
     case 'k': nclients = atoi(optarg); break;
     case 'u': setuid_to = strtol(optarg, NULL, 10); break;
     case 'D': ndefs = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'v': hello_version = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'r': end_reason = (uint32_t)strtoul(optarg, NULL, 10); break;
     default: return 2;
     }
   }

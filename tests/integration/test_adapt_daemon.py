@@ -137,8 +137,9 @@ class OlderDatabases(unittest.TestCase):
     def test_version_1_database_without_the_table_is_opened_and_completed(self):
         with tempfile.TemporaryDirectory() as tmp:
             db = os.path.join(tmp, "old.sqlite")
-            # A version 1 recording as heapprof wrote it before sampling_change existed.
-            with open(os.path.join(SOURCE_ROOT, "schema", "schema.sql")) as f:
+            # A version 1 recording as heapprof wrote it before sampling_change existed
+            # (heapprofd migrates it to the current version and adds the table).
+            with open(os.path.join(SOURCE_ROOT, "tests", "data", "schema_v1.sql")) as f:
                 schema = f.read()
             con = sqlite3.connect(db, isolation_level=None)
             con.executescript(schema)

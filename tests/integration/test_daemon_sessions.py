@@ -8,7 +8,8 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_harness import Client, Daemon, finished_session, query, run_client, session  # noqa: E402
+from daemon_harness import (Client, Daemon, SharedDaemonTest, finished_session, query,  # noqa: E402
+                            run_client, session)
 
 
 class ConcurrentSessions(unittest.TestCase):
@@ -68,22 +69,8 @@ class ConcurrentSessions(unittest.TestCase):
 PRE_HELLO = ("before-hello", "bad-version", "random")
 
 
-class BadInput(unittest.TestCase):
+class BadInput(SharedDaemonTest):
     """One daemon for all cases: each must leave it serving the next."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.d = Daemon(cls.tmp.name)
-        cls.d.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.d.kill()
-        try:
-            cls.d.check_sanitizers()
-        finally:
-            cls.tmp.cleanup()
 
     def run_beside_good_session(self, scenario, tag, events=2000):
         """Runs a bad client while a good one is connected; checks the good one."""

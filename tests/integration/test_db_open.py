@@ -77,8 +77,10 @@ class DbOpenTest(unittest.TestCase):
         app = int(re.search(r"#define HP_SCHEMA_APPLICATION_ID\s+(0x[0-9a-fA-F]+)", header)
                   .group(1), 16)
         version = int(re.search(r"#define HP_SCHEMA_VERSION\s+(\d+)", header).group(1))
+        oldest = int(re.search(r"#define HP_SCHEMA_OLDEST_VERSION\s+(\d+)", header).group(1))
         self.assertEqual(db.APPLICATION_ID, app)
         self.assertEqual(db.SCHEMA_VERSION, version)
+        self.assertEqual(db.OLDEST_VERSION, oldest)
         self.assertEqual(db.APPLICATION_ID, 0x68707266)
         self.assertIn("CREATE VIEW IF NOT EXISTS allocations", db.schema_sql())
 
@@ -215,7 +217,23 @@ class DbOpenTest(unittest.TestCase):
 
     def test_older_schema_version(self):
         self.make_foreign("PRAGMA application_id = %d; CREATE TABLE t (x);" % db.APPLICATION_ID)
-        self.assert_refused(self.path, "unsupported schema version 0")
+        self.assert_refused(self.path, "unsupported schema version 0 (expected 1 to %d)"
+                            % db.SCHEMA_VERSION)
+
+    def test_version_1_database_is_read_as_it_is(self):
+        # Readers open a recording of an older heapprofd read-only, without migrating it.
+        make_v1_db(self.path, V1_DATA)
+        before = digest(self.path)
+        ro = db.open_db(self.path)
+        try:
+            self.assertEqual(ro.execute("PRAGMA user_version").fetchone()[0], 1)
+            self.assertEqual(ro.execute("SELECT session_id, status FROM sessions").fetchall(),
+                             [(1, "exited")])
+            self.assertEqual(ro.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'view'"
+                                        " AND name IN ('threads', 'markers')").fetchone()[0], 0)
+        finally:
+            ro.close()
+        self.assertEqual(digest(self.path), before)
 
     def test_cli_style_error_is_one_line_without_traceback(self):
         # What a tool prints when it catches DatabaseError: one line, no traceback.
@@ -256,6 +274,31 @@ CREATE VIEW sessions AS
 CREATE VIEW timeline AS
   SELECT session_id, ts_ns, live_bytes, live_count, end_bytes FROM timeline_point;
 """
+
+
+SCHEMA_V1 = os.path.join(SOURCE_ROOT, "tests", "data", "schema_v1.sql")
+V1_DATA = """
+INSERT INTO session (id, pid, ppid, argv, executable, python_version, started_ns, ended_ns,
+  sample_interval_bytes, max_stack_depth, status, events_received, events_dropped)
+  VALUES (1, 10, 1, '["a.py"]', 'py', '3.11.2', 1000, 2000, 1, 64, 'exited', 2, 0);
+INSERT INTO frame (id, function, filename, lineno) VALUES (1, 'f', 'a.py', 3);
+INSERT INTO stack (id, hash, depth, truncated) VALUES (1, 5, 1, 0);
+INSERT INTO stack_frame VALUES (1, 0, 1);
+INSERT INTO alloc (id, session_id, ts_ns, thread_id, domain, address, size, est_bytes,
+  stack_id, freed_ns) VALUES (1, 1, 1100, 7, 2, 4096, 32, 32, 1, 1500),
+  (2, 1, 1200, 7, 1, 8192, 64, 64, NULL, NULL);
+INSERT INTO timeline_point VALUES (1, 1000, 96, 2, 64);
+"""
+
+
+def make_v1_db(path, data):
+    """A database as a version 1 heapprofd left it: its schema, WAL, data, closed."""
+    with open(SCHEMA_V1) as f:
+        schema = f.read()
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(schema + data)
+    con.close()
 
 
 def view_columns(con, view):
@@ -315,13 +358,41 @@ class ViewUpgradeTest(unittest.TestCase):
             self.assertEqual(view_columns(ro, "timeline"),
                              ["session_id", "ts_ns", "live_bytes", "live_count"])
             self.assertEqual(ro.execute("SELECT * FROM session_settings").fetchall(),
-                             [(1, "[[128, 0.5]]", 64, "bad")])
+                             [(1, "[[128, 0.5]]", 64, "bad", 0)])
             self.assertEqual(ro.execute("SELECT * FROM timeline_detail").fetchall(),
                              [(1, 1000, 300, 3, 100)])
             self.assertEqual(ro.execute("SELECT session_id, status FROM sessions").fetchall(),
                              [(1, "protocol_error")])
         finally:
             ro.close()
+
+    def test_heapprofd_migrates_a_version_1_database(self):
+        make_v1_db(self.path, V1_DATA)
+        self.run_daemon_once()
+        ro = db.open_db(self.path)
+        try:
+            self.assertEqual(ro.execute("PRAGMA user_version").fetchone()[0], db.SCHEMA_VERSION)
+            self.assertEqual(ro.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+            self.assertEqual(ro.execute("SELECT session_id, pid, status, events_received"
+                                        " FROM sessions").fetchall(), [(1, 10, "exited", 2)])
+            self.assertEqual(ro.execute("SELECT alloc_id, domain, freed_ns FROM allocations"
+                                        " ORDER BY alloc_id").fetchall(),
+                             [(1, "obj", 1500), (2, "mem", None)])
+            self.assertEqual(ro.execute("SELECT * FROM timeline_detail").fetchall(),
+                             [(1, 1000, 96, 2, 64)])
+            self.assertEqual(ro.execute("SELECT argv_omitted FROM session_settings").fetchall(),
+                             [(0,)])
+            self.assertEqual(ro.execute("SELECT count(*) FROM threads").fetchone()[0], 0)
+            self.assertEqual(ro.execute("SELECT count(*) FROM markers").fetchone()[0], 0)
+        finally:
+            ro.close()
+        # The new status is allowed now.
+        rw = db.open_db(self.path, readonly=False)
+        try:
+            rw.execute("UPDATE session SET status = 'hooks_replaced'")
+            rw.commit()
+        finally:
+            rw.close()
 
 
 if __name__ == "__main__":

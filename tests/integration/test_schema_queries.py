@@ -47,7 +47,7 @@ STACKS = {
     3: (0, [4, 1, 5]),            # helper lib.py:50
     4: (1, [3, 1]),               # parse lib.py:5, cut at max_stack_depth
 }
-RAW, MEM, OBJ = 0, 1, 2
+RAW, MEM, OBJ, NATIVE = 0, 1, 2, 3
 # (id, session, ts, domain, size, est_bytes, stack_id, freed)
 ALLOCS = [
     (1, 1, t1(0.5), OBJ, 1000, 2048, 1, t1(1.5)),
@@ -63,6 +63,22 @@ ALLOCS = [
     # would count these (b1 is live at session 1's 4.7 s).
     (10, 2, t2(0.1), OBJ, 64, 64, 1, None),
     (11, 2, t2(0.2), OBJ, 128, 128, 3, t2(0.3)),
+    (12, 2, t2(0.4), NATIVE, 4096, 4096, None, None),
+]
+# Allocating thread (kernel thread id) of each allocation; the rest are 7001 (session 1)
+# and 7002 (session 2), so session 2 reuses a thread id of session 1 for another thread.
+THREAD_OF = {4: 7002, 5: 7002, 7: 7002}
+# (session, thread_id, name)
+THREADS = [
+    (1, 7001, "MainThread"),
+    (1, 7002, "loader"),
+    (2, 7002, "worker-main"),
+]
+# (session, ts, label)
+MARKERS = [
+    (1, t1(2.0), "loaded"),
+    (1, t1(4.7), "parsed"),
+    (2, t2(0.5), "started"),
 ]
 # Session 1's estimated live heap, event by event (est_bytes):
 #   0.5 +2048 =2048 | 1.2 +1024 =3072 | 1.5 -2048 =1024 | 1.8 +1024 =2048 | 1.9 +10000 =12048
@@ -80,8 +96,8 @@ TIMELINE = [
     (1, t1(5), 12072, 38, 9096),
     (1, t1(6), 9096, 40, 8072),
     (1, t1(7), 8072, 35, 8072),
-    (2, t2(0), 192, 2, 64),
-    (2, t2(1), 64, 1, 64),
+    # Session 2: +64 at 0.1, +128 at 0.2, -128 at 0.3, +4096 (native) at 0.4.
+    (2, t2(0), 4160, 2, 4160),
 ]
 
 # The public views with exactly the names and columns of issue 2, in that order.
@@ -98,10 +114,13 @@ PUBLIC_VIEWS = {
 # heapprof's extensions: what it records beyond the public views, in views of their own.
 EXTENSION_VIEWS = {
     "stacks": ["stack_id", "depth", "truncated"],
-    "session_settings": ["session_id", "sample_buckets", "max_stack_depth", "error"],
+    "session_settings": ["session_id", "sample_buckets", "max_stack_depth", "error",
+                         "argv_omitted"],
     "timeline_detail": ["session_id", "ts_ns", "live_bytes", "live_count", "end_bytes"],
     "sampling_changes": ["session_id", "change_no", "ts_ns", "previous_interval_bytes",
                          "sample_interval_bytes"],
+    "threads": ["session_id", "thread_id", "name"],
+    "markers": ["session_id", "ts_ns", "label"],
 }
 
 # Session 1 (started at 1024 bytes) adapted its sampling interval twice within one clock
@@ -126,7 +145,7 @@ EXPECTED = {
     "Sessions in this recording": [
         # est_allocated_bytes: 2048+1024+1024+5000+3072+1024+4000+1024+10000 = 28216
         (1, 100, "app.py", "exited", 10.0, 9, 28216, 0),
-        (2, 200, "worker.py", "running", None, 2, 192, 3),
+        (2, 200, "worker.py", "running", None, 3, 4288, 3),
     ],
     "(a) Top stacks by live bytes at time T": [
         # Live at 4.7 s: allocs 2, 3 (stack 2), 4 (stack 3), 6 (stack 4), 7 (no stack).
@@ -158,6 +177,16 @@ EXPECTED = {
     "Sampling settings of every session (heapprof extension)": [
         (1, 1024, None, 64, "exited", None),
         (2, 1, None, 32, "running", None),
+    ],
+    "Live heap at each marker (heapprof extension)": [
+        # At 2.0 s: allocs 2, 3 and 9 (1024 + 1024 + 10000); at 4.7 s as in query (a).
+        (2.0, "loaded", 12048),
+        (4.7, "parsed", 12072),
+    ],
+    "Allocated bytes by thread (heapprof extension)": [
+        # 7001: allocs 1, 2, 3, 6, 8, 9; 7002: allocs 4, 5, 7.
+        (7001, "MainThread", 16144, 6),
+        (7002, "loader", 12072, 3),
     ],
     "Sampling interval changes (heapprof extension)": [
         (1, 3.0, 1024, 2048),
@@ -230,12 +259,16 @@ def build_recording(path):
             con.execute(
                 "INSERT INTO alloc (id, session_id, ts_ns, thread_id, domain, address, size,"
                 " est_bytes, stack_id, freed_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (aid, session, ts, 7000 + session, domain, 0x7f0000001000 + 64 * aid, size, est,
-                 stack, freed))
+                (aid, session, ts, THREAD_OF.get(aid, 7000 + session), domain,
+                 0x7f0000001000 + 64 * aid, size, est, stack, freed))
         con.executemany("INSERT INTO timeline_point (session_id, ts_ns, live_bytes, live_count,"
                         " end_bytes) VALUES (?, ?, ?, ?, ?)", TIMELINE)
         con.executemany("INSERT INTO sampling_change (id, session_id, ts_ns,"
                         " sample_interval_bytes) VALUES (?, ?, ?, ?)", SAMPLING_CHANGES)
+        con.executemany("INSERT INTO thread_name (session_id, thread_id, name)"
+                        " VALUES (?, ?, ?)", THREADS)
+        con.executemany("INSERT INTO marker (session_id, ts_ns, label) VALUES (?, ?, ?)",
+                        MARKERS)
         con.execute("COMMIT")
     finally:
         con.close()
@@ -342,7 +375,7 @@ class SchemaQueriesTest(unittest.TestCase):
 
     def test_queries_use_only_public_views(self):
         storage = {"session", "frame", "stack", "stack_frame", "alloc", "timeline_point",
-                   "sampling_change"}
+                   "sampling_change", "thread_name", "marker"}
         for heading, sql in readme_sql_blocks():
             names = set(re.findall(r"\b(?:FROM|JOIN)\s+(\w+)", sql, re.IGNORECASE))
             with self.subTest(query=heading):

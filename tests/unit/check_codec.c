@@ -70,7 +70,7 @@ static void pack_valid(msgpack_packer *pk, int type, unsigned bad, repl_fn repl)
     msgpack_pack_array(pk, 13);
     FIELD(1, msgpack_pack_uint8(pk, 1));
     FIELD(2, pack_str(pk, "heapprof"));
-    FIELD(3, msgpack_pack_uint8(pk, 1));
+    FIELD(3, msgpack_pack_uint8(pk, HP_PROTO_VERSION));
     FIELD(4, msgpack_pack_int64(pk, 4242));
     FIELD(5, msgpack_pack_int64(pk, 1));
     FIELD(6, msgpack_pack_array(pk, 2); pack_str(pk, "prog.py"); pack_str(pk, "-v"));
@@ -104,33 +104,50 @@ static void pack_valid(msgpack_packer *pk, int type, unsigned bad, repl_fn repl)
     msgpack_pack_array(pk, 3);
     FIELD(1, msgpack_pack_uint8(pk, 4));
     FIELD(2, msgpack_pack_uint64(pk, 1000));
-    FIELD(3, msgpack_pack_array(pk, 2);
+    FIELD(3, msgpack_pack_array(pk, 3);
           msgpack_pack_array(pk, 8); msgpack_pack_uint8(pk, 0); msgpack_pack_int64(pk, 0);
-          msgpack_pack_uint64(pk, 1); msgpack_pack_uint8(pk, 1);
+          msgpack_pack_uint64(pk, 1); msgpack_pack_uint8(pk, 3);
           msgpack_pack_uint64(pk, 0x7f0000001000ull); msgpack_pack_uint64(pk, 32);
           msgpack_pack_uint64(pk, 512); msgpack_pack_uint32(pk, 9);
+          msgpack_pack_array(pk, 5); msgpack_pack_uint8(pk, 2); msgpack_pack_int64(pk, 3);
+          msgpack_pack_uint64(pk, 2); msgpack_pack_uint64(pk, 0x7f0000001000ull);
+          msgpack_pack_uint32(pk, 9);
           msgpack_pack_array(pk, 4); msgpack_pack_uint8(pk, 1); msgpack_pack_int64(pk, 5);
           msgpack_pack_uint64(pk, 1); msgpack_pack_uint64(pk, 0x7f0000001000ull));
     break;
   case HP_MSG_COUNTERS:
-    msgpack_pack_array(pk, 4);
+    msgpack_pack_array(pk, 5);
     FIELD(1, msgpack_pack_uint8(pk, 5));
     FIELD(2, msgpack_pack_uint64(pk, 2000));
     FIELD(3, msgpack_pack_uint64(pk, 3));
     FIELD(4, msgpack_pack_uint64(pk, 4096));
+    FIELD(5, msgpack_pack_uint64(pk, 70000));
     break;
   case HP_MSG_GOODBYE:
-    msgpack_pack_array(pk, 3);
+    msgpack_pack_array(pk, 4);
     FIELD(1, msgpack_pack_uint8(pk, 6));
     FIELD(2, msgpack_pack_uint64(pk, 3000));
     FIELD(3, msgpack_pack_uint64(pk, 3));
+    FIELD(4, msgpack_pack_uint8(pk, 1));
+    break;
+  case HP_MSG_THREAD_DEF:
+    msgpack_pack_array(pk, 3);
+    FIELD(1, msgpack_pack_uint8(pk, 7));
+    FIELD(2, msgpack_pack_uint32(pk, 31337));
+    FIELD(3, pack_str(pk, "worker-1"));
+    break;
+  case HP_MSG_MARKER:
+    msgpack_pack_array(pk, 3);
+    FIELD(1, msgpack_pack_uint8(pk, 8));
+    FIELD(2, msgpack_pack_uint64(pk, 4000));
+    FIELD(3, pack_str(pk, "phase 2"));
     break;
   default:
     ck_abort_msg("bad type in test");
   }
 }
 
-static const unsigned nelem_of[] = { 0, 13, 5, 4, 3, 4, 3 };
+static const unsigned nelem_of[] = { 0, 13, 5, 4, 3, 5, 4, 3, 3 };
 
 /* Decodes the hand-made message; returns the code and keeps the error text. */
 static int decode_built(int type, unsigned bad, repl_fn repl, char *err, size_t errlen) {
@@ -323,12 +340,16 @@ END_TEST
 static void fill_events(hp_event *ev, uint32_t n) {
   memset(ev, 0, sizeof(*ev) * n);
   for (uint32_t i = 0; i < n; i++) {
-    if (i % 3 == 2) {
+    if (i % 6 == 2) {
       ev[i].kind = HP_EV_FREE;
       ev[i].address = 0x7f0000000000ull + 16u * (i - 1);
+    } else if (i % 6 == 5) {
+      ev[i].kind = HP_EV_REATTRIBUTE;
+      ev[i].address = 0x7f0000000000ull + 16u * (i - 1);
+      ev[i].stack_id = i % 4 == 0 ? HP_NO_STACK : i;
     } else {
       ev[i].kind = HP_EV_ALLOC;
-      ev[i].domain = (uint8_t)(i % 3);
+      ev[i].domain = (uint8_t)(i % 4);
       ev[i].stack_id = i % 5 == 0 ? HP_NO_STACK : i;
       ev[i].address = 0x7f0000000000ull + 16u * i;
       ev[i].size = i * 7u;
@@ -350,6 +371,11 @@ static void assert_events_eq(const hp_event *a, const hp_event *b, uint32_t n) {
       ck_assert_uint_eq(a[i].stack_id, b[i].stack_id);
       ck_assert_uint_eq(a[i].size, b[i].size);
       ck_assert_uint_eq(a[i].est_bytes, b[i].est_bytes);
+    } else if (a[i].kind == HP_EV_REATTRIBUTE) {
+      ck_assert_uint_eq(a[i].stack_id, b[i].stack_id);
+      ck_assert_uint_eq(b[i].domain, 0);
+      ck_assert_uint_eq(b[i].size, 0);
+      ck_assert_uint_eq(b[i].est_bytes, 0);
     } else {
       ck_assert_uint_eq(b[i].size, 0);
       ck_assert_uint_eq(b[i].est_bytes, 0);
@@ -378,18 +404,21 @@ END_TEST
 START_TEST(roundtrip_events_extreme_values) {
   hp_encoder *e = hp_encoder_new(0);
   hp_decoder *d = hp_decoder_new();
-  hp_event ev[4];
+  hp_event ev[6];
   memset(ev, 0, sizeof(ev));
   ev[0] = (hp_event){ HP_EV_ALLOC, HP_DOMAIN_OBJ, UINT32_MAX, (uint64_t)INT64_MAX, UINT64_MAX,
                       UINT64_MAX, (uint64_t)INT64_MAX, (uint64_t)INT64_MAX };
   ev[1] = (hp_event){ HP_EV_FREE, 0, 0, 0, 0, 0, 0, 0 };   /* delta of -INT64_MAX */
   ev[2] = (hp_event){ HP_EV_ALLOC, HP_DOMAIN_RAW, HP_NO_STACK, (uint64_t)INT64_MAX, 0, 1, 0, 0 };
   ev[3] = (hp_event){ HP_EV_FREE, 0, 0, 5, 1, UINT64_MAX, 0, 0 };
-  ck_assert_int_eq(hp_encode_events(e, ev, 4), 0);
+  ev[4] = (hp_event){ HP_EV_REATTRIBUTE, 0, UINT32_MAX, (uint64_t)INT64_MAX, UINT64_MAX,
+                      UINT64_MAX, 0, 0 };
+  ev[5] = (hp_event){ HP_EV_ALLOC, HP_DOMAIN_NATIVE, HP_NO_STACK, 0, UINT64_MAX, 0, 0, 0 };
+  ck_assert_int_eq(hp_encode_events(e, ev, 6), 0);
   hp_msg m;
   ck_assert_int_eq(decode_only(d, e, &m), 0);
-  ck_assert_uint_eq(m.u.events.count, 4);
-  assert_events_eq(ev, m.u.events.events, 4);
+  ck_assert_uint_eq(m.u.events.count, 6);
+  assert_events_eq(ev, m.u.events.events, 6);
 
   hp_encoder_reset(e);
   ck_assert_int_eq(hp_encode_events(e, NULL, 0), 0);
@@ -404,8 +433,8 @@ END_TEST
 START_TEST(roundtrip_counters_and_goodbye) {
   hp_encoder *e = hp_encoder_new(0);
   hp_decoder *d = hp_decoder_new();
-  hp_counters c = { 123456789, 42, (uint64_t)INT64_MAX };
-  hp_goodbye g = { (uint64_t)INT64_MAX, 0 };
+  hp_counters c = { 123456789, 42, (uint64_t)INT64_MAX, (uint64_t)INT64_MAX - 1 };
+  hp_goodbye g = { (uint64_t)INT64_MAX, 0, HP_END_STOPPED };
   ck_assert_int_eq(hp_encode_counters(e, &c), 0);
   hp_msg m;
   ck_assert_int_eq(decode_only(d, e, &m), 0);
@@ -413,12 +442,51 @@ START_TEST(roundtrip_counters_and_goodbye) {
   ck_assert_uint_eq(m.u.counters.ts_ns, 123456789);
   ck_assert_uint_eq(m.u.counters.events_dropped, 42);
   ck_assert_uint_eq(m.u.counters.sample_interval_bytes, (uint64_t)INT64_MAX);
+  ck_assert_uint_eq(m.u.counters.events_sent, (uint64_t)INT64_MAX - 1);
   hp_encoder_reset(e);
   ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
   ck_assert_int_eq(decode_only(d, e, &m), 0);
   ck_assert_int_eq(m.type, HP_MSG_GOODBYE);
   ck_assert_uint_eq(m.u.goodbye.ts_ns, (uint64_t)INT64_MAX);
   ck_assert_uint_eq(m.u.goodbye.events_dropped, 0);
+  ck_assert_uint_eq(m.u.goodbye.end_reason, HP_END_STOPPED);
+  hp_encoder_reset(e);
+  g = (hp_goodbye){ 5, 7, HP_END_HOOKS_REPLACED };
+  ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_uint_eq(m.u.goodbye.end_reason, HP_END_HOOKS_REPLACED);
+  ck_assert_uint_eq(m.u.goodbye.events_dropped, 7);
+  hp_decoder_free(d);
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(roundtrip_thread_def_and_marker) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_decoder *d = hp_decoder_new();
+  hp_thread_def t = { UINT64_MAX, S("MainThread") };
+  ck_assert_int_eq(hp_encode_thread_def(e, &t), 0);
+  hp_msg m;
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_int_eq(m.type, HP_MSG_THREAD_DEF);
+  ck_assert_uint_eq(m.u.thread_def.thread_id, UINT64_MAX);
+  ck_assert(str_is(m.u.thread_def.name, "MainThread"));
+
+  hp_encoder_reset(e);
+  hp_thread_def unnamed = { 0, S("") };
+  ck_assert_int_eq(hp_encode_thread_def(e, &unnamed), 0);
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_uint_eq(m.u.thread_def.thread_id, 0);
+  ck_assert_uint_eq(m.u.thread_def.name.len, 0);
+  ck_assert_ptr_nonnull(m.u.thread_def.name.ptr);
+
+  hp_encoder_reset(e);
+  hp_marker k = { (uint64_t)INT64_MAX, S("after load: 3 files") };
+  ck_assert_int_eq(hp_encode_marker(e, &k), 0);
+  ck_assert_int_eq(decode_only(d, e, &m), 0);
+  ck_assert_int_eq(m.type, HP_MSG_MARKER);
+  ck_assert_uint_eq(m.u.marker.ts_ns, (uint64_t)INT64_MAX);
+  ck_assert(str_is(m.u.marker.label, "after load: 3 files"));
   hp_decoder_free(d);
   hp_encoder_free(e);
 }
@@ -435,10 +503,28 @@ static void assert_encoded_bytes(hp_encoder *e, const uint8_t *want, size_t len)
 /* The examples in PROTOCOL.md, byte for byte. */
 START_TEST(goodbye_bytes_match_the_spec_example) {
   hp_encoder *e = hp_encoder_new(0);
-  hp_goodbye g = { 1500000000ull, 3 };
+  hp_goodbye g = { 1500000000ull, 3, HP_END_STOPPED };
   ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
-  static const uint8_t want[] = { 0x00, 0x00, 0x00, 0x08, 0x93, 0x06, 0xce,
-                                  0x59, 0x68, 0x2f, 0x00, 0x03 };
+  static const uint8_t want[] = { 0x00, 0x00, 0x00, 0x09, 0x94, 0x06, 0xce,
+                                  0x59, 0x68, 0x2f, 0x00, 0x03, 0x00 };
+  assert_encoded_bytes(e, want, sizeof(want));
+  hp_encoder_free(e);
+}
+END_TEST
+
+START_TEST(reattribute_and_marker_bytes_match_the_spec_example) {
+  hp_encoder *e = hp_encoder_new(0);
+  hp_event ev = { HP_EV_REATTRIBUTE, 0, 5, 2000, 4242, 0x1000, 0, 0 };
+  ck_assert_int_eq(hp_encode_events(e, &ev, 1), 0);
+  hp_marker k = { 2500, S("loaded") };
+  ck_assert_int_eq(hp_encode_marker(e, &k), 0);
+  static const uint8_t want[] = {
+    0x00, 0x00, 0x00, 0x10,
+    0x93, 0x04, 0xcd, 0x07, 0xd0, 0x91,
+    0x95, 0x02, 0x00, 0xcd, 0x10, 0x92, 0xcd, 0x10, 0x00, 0x05,
+    0x00, 0x00, 0x00, 0x0c,
+    0x93, 0x08, 0xcd, 0x09, 0xc4, 0xa6, 'l', 'o', 'a', 'd', 'e', 'd',
+  };
   assert_encoded_bytes(e, want, sizeof(want));
   hp_encoder_free(e);
 }
@@ -465,8 +551,8 @@ END_TEST
 START_TEST(encoder_appends_frames_and_resets) {
   hp_encoder *e = hp_encoder_new(8);
   hp_decoder *d = hp_decoder_new();
-  hp_goodbye g = { 1, 2 };
-  hp_counters c = { 3, 4, 5 };
+  hp_goodbye g = { 1, 2, 0 };
+  hp_counters c = { 3, 4, 5, 6 };
   ck_assert_int_eq(hp_encode_counters(e, &c), 0);
   ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
   size_t n;
@@ -497,15 +583,17 @@ START_TEST(msg_type_names) {
   ck_assert_str_eq(hp_msg_type_name(HP_MSG_EVENTS), "EVENTS");
   ck_assert_str_eq(hp_msg_type_name(HP_MSG_COUNTERS), "COUNTERS");
   ck_assert_str_eq(hp_msg_type_name(HP_MSG_GOODBYE), "GOODBYE");
+  ck_assert_str_eq(hp_msg_type_name(HP_MSG_THREAD_DEF), "THREAD_DEF");
+  ck_assert_str_eq(hp_msg_type_name(HP_MSG_MARKER), "MARKER");
   ck_assert_str_eq(hp_msg_type_name(0), "unknown");
-  ck_assert_str_eq(hp_msg_type_name(7), "unknown");
+  ck_assert_str_eq(hp_msg_type_name(9), "unknown");
 }
 END_TEST
 
 /* The hand-made canonical messages are valid: the error tests below change one thing. */
 START_TEST(decode_hand_made_messages) {
   char err[256];
-  for (int t = HP_MSG_HELLO; t <= HP_MSG_GOODBYE; t++)
+  for (int t = HP_MSG_HELLO; t <= HP_MSG_MARKER; t++)
     ck_assert_msg(decode_built(t, 0, NULL, err, sizeof(err)) == 0, "%s: %s",
                   hp_msg_type_name(t), err);
 }
@@ -579,13 +667,23 @@ START_TEST(decode_rejects_every_truncation) {
   check_every_prefix_is_truncated(e);
 
   hp_encoder_reset(e);
-  hp_counters c = { 1ull << 40, 70000, 1u << 20 };
+  hp_counters c = { 1ull << 40, 70000, 1u << 20, 1ull << 33 };
   ck_assert_int_eq(hp_encode_counters(e, &c), 0);
   check_every_prefix_is_truncated(e);
 
   hp_encoder_reset(e);
-  hp_goodbye g = { 1ull << 40, 70000 };
+  hp_goodbye g = { 1ull << 40, 70000, HP_END_HOOKS_REPLACED };
   ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
+  check_every_prefix_is_truncated(e);
+
+  hp_encoder_reset(e);
+  hp_thread_def t = { 1ull << 40, S("ThreadPoolExecutor-0_3") };
+  ck_assert_int_eq(hp_encode_thread_def(e, &t), 0);
+  check_every_prefix_is_truncated(e);
+
+  hp_encoder_reset(e);
+  hp_marker k = { 1ull << 40, S("checkpoint") };
+  ck_assert_int_eq(hp_encode_marker(e, &k), 0);
   check_every_prefix_is_truncated(e);
   hp_encoder_free(e);
 }
@@ -614,15 +712,21 @@ static const struct {
   { "not_an_array",  BYTES("\x04"),                                 -HP_ETYPE, NULL, NULL },
   { "empty_array",   BYTES("\x90"),                                 -HP_ETYPE, NULL, NULL },
   { "too_deep",      BYTES("\x93\x04\x00\x91\x91\x91\x90"),         -HP_EPARSE, "deeper", NULL },
-  { "type_7",        BYTES("\x92\x07\x00"),                         -HP_EMSGTYPE,
-    "unknown message type 7", NULL },
+  { "type_9",        BYTES("\x92\x09\x00"),                         -HP_EMSGTYPE,
+    NULL, "message field 1 (type): unknown message type 9 (known: 1..8)" },
   { "type_0",        BYTES("\x91\x00"),                             -HP_EMSGTYPE, NULL, NULL },
   { "type_2^32+1",   BYTES("\x91\xcf\x00\x00\x00\x01\x00\x00\x00\x01"), -HP_EMSGTYPE,
     NULL, NULL },
   { "type_-1",       BYTES("\x91\xff"),                             -HP_EMSGTYPE, NULL, NULL },
-  { "short_goodbye", BYTES("\x92\x06\x00"),                         -HP_ETYPE, NULL,
-    "GOODBYE has 2 elements, expected 3" },
-  { "long_goodbye",  BYTES("\x94\x06\x00\x00\x00"),                 -HP_ETYPE, NULL, NULL },
+  { "short_goodbye", BYTES("\x93\x06\x00\x00"),                     -HP_ETYPE, NULL,
+    "GOODBYE has 3 elements, expected 4" },
+  { "long_goodbye",  BYTES("\x95\x06\x00\x00\x00\x00"),             -HP_ETYPE, NULL, NULL },
+  { "v1_counters",   BYTES("\x94\x05\x00\x00\x01"),                 -HP_ETYPE, NULL,
+    "COUNTERS has 4 elements, expected 5" },
+  { "short_thread",  BYTES("\x92\x07\x01"),                         -HP_ETYPE, NULL,
+    "THREAD_DEF has 2 elements, expected 3" },
+  { "long_marker",   BYTES("\x94\x08\x01\xa1x\x00"),               -HP_ETYPE, NULL,
+    "MARKER has 4 elements, expected 3" },
 };
 
 #undef BYTES
@@ -645,7 +749,7 @@ END_TEST
 
 START_TEST(decode_rejects_trailing_bytes) {
   hp_encoder *e = hp_encoder_new(0);
-  hp_goodbye g = { 10, 0 };
+  hp_goodbye g = { 10, 0, 0 };
   ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
   size_t len;
   const uint8_t *p = only_payload(e, &len);
@@ -654,7 +758,7 @@ START_TEST(decode_rejects_trailing_bytes) {
   buf[len] = 0x00;
   char err[256];
   ck_assert_int_eq(decode_bytes(buf, len + 1, err, sizeof(err)), -HP_ETRAILING);
-  ck_assert_str_eq(err, "1 bytes left over after the GOODBYE (4 bytes)");
+  ck_assert_str_eq(err, "1 bytes left over after the GOODBYE (5 bytes)");
   memcpy(buf + len, p, len);   /* two messages in one payload */
   ck_assert_int_eq(decode_bytes(buf, 2 * len, NULL, 0), -HP_ETRAILING);
   hp_encoder_free(e);
@@ -679,7 +783,8 @@ START_TEST(decode_rejects_wrong_type_in_each_position) {
   for (unsigned f = 1; f <= nelem_of[t]; f++) {
     /* A string where an integer/array/bool goes, an integer where a string goes. */
     int is_str = (t == HP_MSG_HELLO && (f == 2 || f == 7 || f == 8)) ||
-                 (t == HP_MSG_FRAME_DEF && (f == 3 || f == 4));
+                 (t == HP_MSG_FRAME_DEF && (f == 3 || f == 4)) ||
+                 ((t == HP_MSG_THREAD_DEF || t == HP_MSG_MARKER) && f == 3);
     repl_fn wrongs[2] = { is_str ? repl_int : repl_str, repl_map };
     if (t == HP_MSG_HELLO && f == 13)
       wrongs[0] = repl_float;
@@ -709,7 +814,7 @@ static int decode_event_with(unsigned kind, unsigned f, int64_t v, uint64_t base
   msgpack_packer pk;
   msgpack_sbuffer_init(&sb);
   msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-  unsigned n = kind == 1 ? 4 : 8;
+  unsigned n = kind == 1 ? 4 : kind == 2 ? 5 : 8;
   msgpack_pack_array(&pk, 3);
   msgpack_pack_uint8(&pk, 4);
   msgpack_pack_uint64(&pk, base);
@@ -736,8 +841,8 @@ static int decode_event_with(unsigned kind, unsigned f, int64_t v, uint64_t base
 
 /* Wrong types inside events, one position at a time. */
 START_TEST(decode_rejects_wrong_type_inside_events) {
-  for (unsigned kind = 0; kind <= 1; kind++) {
-    unsigned n = kind == 0 ? 8 : 4;
+  for (unsigned kind = 0; kind <= 2; kind++) {
+    unsigned n = kind == 0 ? 8 : kind == 1 ? 4 : 5;
     for (unsigned f = 1; f <= n; f++) {
       char err[256];
       int rc = decode_event_with(kind, f, 0, 100, repl_str, err);
@@ -843,12 +948,24 @@ static void fx_magic_heapprog(msgpack_packer *pk) {
   msgpack_pack_uint8(pk, 1);
 }
 
-/* A future version with a different shape still gets the version error. */
-static void fx_version_2(msgpack_packer *pk) {
+/* Another version with a different shape still gets the version error: an older agent
+ * (version 1, whose HELLO had the same shape) and a future one. */
+static void fx_version_1(msgpack_packer *pk) {
+  msgpack_pack_array(pk, 13);
+  msgpack_pack_uint8(pk, 1);
+  msgpack_pack_str_with_body(pk, "heapprof", 8);
+  msgpack_pack_uint8(pk, 1);
+  msgpack_pack_uint8(pk, 10);
+  msgpack_pack_uint8(pk, 1);
+  msgpack_pack_array(pk, 0);
+  pack_hello_suffix(pk, 16);
+}
+
+static void fx_version_3(msgpack_packer *pk) {
   msgpack_pack_array(pk, 4);
   msgpack_pack_uint8(pk, 1);
   msgpack_pack_str_with_body(pk, "heapprof", 8);
-  msgpack_pack_uint8(pk, 2);
+  msgpack_pack_uint8(pk, 3);
   msgpack_pack_nil(pk);
 }
 
@@ -871,9 +988,12 @@ static const built_case type_cases[] = {
   { "frame_id_str",     fx_frame_id_str, -HP_ETYPE, NULL,
     "STACK_DEF field 4 (frame_ids): entry 1: expected an integer, got a string" },
   { "magic_heapprog",   fx_magic_heapprog, -HP_EMAGIC, "HELLO field 2 (magic)", NULL },
-  { "version_2",        fx_version_2, -HP_EVERSION, NULL,
-    "HELLO field 3 (version): protocol version 2 is not supported "
-    "(this heapprof speaks version 1)" },
+  { "version_1",        fx_version_1, -HP_EVERSION, NULL,
+    "HELLO field 3 (version): protocol version 1 is not supported "
+    "(this heapprof speaks version 2)" },
+  { "version_3",        fx_version_3, -HP_EVERSION, NULL,
+    "HELLO field 3 (version): protocol version 3 is not supported "
+    "(this heapprof speaks version 2)" },
   { "hello_type_only",  fx_hello_type_only, -HP_EMAGIC, NULL, NULL },
 };
 
@@ -903,8 +1023,13 @@ END_TEST
 START_TEST(encode_refuses_unknown_version) {
   hp_encoder *e = hp_encoder_new(0);
   hp_hello h = make_hello();
-  h.version = 2;
+  h.version = HP_PROTO_VERSION - 1;
   ck_assert_int_eq(hp_encode_hello(e, &h), -HP_EVERSION);
+  h.version = HP_PROTO_VERSION + 1;
+  ck_assert_int_eq(hp_encode_hello(e, &h), -HP_EVERSION);
+  size_t n;
+  hp_encoder_data(e, &n);
+  ck_assert_uint_eq(n, 0);
   hp_encoder_free(e);
 }
 END_TEST
@@ -921,10 +1046,19 @@ static const struct {
   const char *err_has;
   const char *err_is;
 } event_value_cases[] = {
-  { "domain_3",          0, 4, 3, 0, -HP_ERANGE, NULL,
-    "EVENTS field 3 (events): event 0 field 4 (domain): 3 is out of range 0..2" },
+  { "domain_4",          0, 4, 4, 0, -HP_ERANGE, NULL,
+    "EVENTS field 3 (events): event 0 field 4 (domain): 4 is out of range 0..3" },
+  { "domain_3_native",   0, 4, 3, 0, 0, NULL, NULL },
   { "domain_2",          0, 4, 2, 0, 0, NULL, NULL },
-  { "kind_2",            2, 1, 2, 0, -HP_ERANGE, "(kind)", NULL },
+  { "kind_3",            3, 1, 3, 0, -HP_ERANGE, NULL,
+    "EVENTS field 3 (events): event 0 field 1 (kind): 3 is out of range 0..2" },
+  { "reattr_valid",      2, 5, 9, 0, 0, NULL, NULL },
+  { "reattr_no_stack",   2, 5, 0, 0, 0, NULL, NULL },
+  { "reattr_stack_2^32", 2, 5, (int64_t)UINT32_MAX + 1, 0, -HP_ERANGE, NULL,
+    "EVENTS field 3 (events): event 0 field 5 (stack_id): 4294967296 is out of range "
+    "0..4294967295" },
+  { "reattr_addr_-1",    2, 4, -1, 0, -HP_ERANGE, "field 4 (address): -1 is negative", NULL },
+  { "reattr_ts_below_0", 2, 2, -2, 1, -HP_ERANGE, "below 0", NULL },
   { "stack_id_2^32",     0, 8, (int64_t)UINT32_MAX + 1, 0, -HP_ERANGE, "(stack_id)", NULL },
   { "size_-1",           0, 6, -1, 0, -HP_ERANGE, NULL, NULL },
   { "ts_below_0",        0, 2, -1, 0, -HP_ERANGE, "below 0", NULL },
@@ -993,7 +1127,7 @@ static void pack_hello_prefix_with_pid(msgpack_packer *pk, int64_t pid) {
   msgpack_pack_array(pk, 13);
   msgpack_pack_uint8(pk, 1);
   msgpack_pack_str_with_body(pk, "heapprof", 8);
-  msgpack_pack_uint8(pk, 1);
+  msgpack_pack_uint8(pk, HP_PROTO_VERSION);
   msgpack_pack_int64(pk, pid);
   msgpack_pack_uint8(pk, 1);
 }
@@ -1035,10 +1169,35 @@ static void fx_size_2_63(msgpack_packer *pk) {
 }
 
 static void fx_goodbye_ts_2_63(msgpack_packer *pk) {
-  msgpack_pack_array(pk, 3);
+  msgpack_pack_array(pk, 4);
   msgpack_pack_uint8(pk, 6);
   msgpack_pack_uint64(pk, 1ull << 63);
   msgpack_pack_uint64(pk, 0);
+  msgpack_pack_uint8(pk, 0);
+}
+
+static void fx_goodbye_reason_2(msgpack_packer *pk) {
+  msgpack_pack_array(pk, 4);
+  msgpack_pack_uint8(pk, 6);
+  msgpack_pack_uint64(pk, 5);
+  msgpack_pack_uint64(pk, 0);
+  msgpack_pack_uint8(pk, 2);
+}
+
+static void fx_counters_sent_2_63(msgpack_packer *pk) {
+  msgpack_pack_array(pk, 5);
+  msgpack_pack_uint8(pk, 5);
+  msgpack_pack_uint64(pk, 5);
+  msgpack_pack_uint64(pk, 0);
+  msgpack_pack_uint64(pk, 4096);
+  msgpack_pack_uint64(pk, 1ull << 63);
+}
+
+static void fx_marker_ts_2_63(msgpack_packer *pk) {
+  msgpack_pack_array(pk, 3);
+  msgpack_pack_uint8(pk, 8);
+  msgpack_pack_uint64(pk, 1ull << 63);
+  msgpack_pack_str_with_body(pk, "m", 1);
 }
 
 static void fx_too_many_events(msgpack_packer *pk) {
@@ -1089,6 +1248,27 @@ static void fx_long_function(msgpack_packer *pk) {
   msgpack_pack_uint8(pk, 1);
 }
 
+static void fx_long_thread_name(msgpack_packer *pk) {
+  msgpack_pack_array(pk, 3);
+  msgpack_pack_uint8(pk, 7);
+  msgpack_pack_uint8(pk, 1);
+  pack_long_str(pk, HP_MAX_STR_BYTES + 1);
+}
+
+static void fx_long_marker_label(msgpack_packer *pk) {
+  msgpack_pack_array(pk, 3);
+  msgpack_pack_uint8(pk, 8);
+  msgpack_pack_uint8(pk, 1);
+  pack_long_str(pk, HP_MAX_STR_BYTES + 1);
+}
+
+static void fx_thread_name_at_limit(msgpack_packer *pk) {
+  msgpack_pack_array(pk, 3);
+  msgpack_pack_uint8(pk, 7);
+  msgpack_pack_uint64(pk, UINT64_MAX);
+  pack_long_str(pk, HP_MAX_STR_BYTES);
+}
+
 static void fx_strings_at_limit(msgpack_packer *pk) {
   msgpack_pack_array(pk, 5);
   msgpack_pack_uint8(pk, 2);
@@ -1113,6 +1293,17 @@ static void fx_pid_0(msgpack_packer *pk) {
 static const built_case limit_cases[] = {
   { "size_2^63",        fx_size_2_63, -HP_ERANGE, "field 6 (size)", NULL },
   { "goodbye_ts_2^63",  fx_goodbye_ts_2_63, -HP_ERANGE, "GOODBYE field 2 (ts)", NULL },
+  { "goodbye_reason_2", fx_goodbye_reason_2, -HP_ERANGE, NULL,
+    "GOODBYE field 4 (end_reason): 2 is out of range 0..1" },
+  { "counters_sent_2^63", fx_counters_sent_2_63, -HP_ERANGE, NULL,
+    "COUNTERS field 5 (events_sent): 9223372036854775808 is out of range "
+    "0..9223372036854775807" },
+  { "marker_ts_2^63",   fx_marker_ts_2_63, -HP_ERANGE, "MARKER field 2 (ts)", NULL },
+  { "long_thread_name", fx_long_thread_name, -HP_ELEN, NULL,
+    "THREAD_DEF field 3 (name): 4097 bytes exceed the limit of 4096" },
+  { "long_marker_label", fx_long_marker_label, -HP_ELEN, NULL,
+    "MARKER field 3 (label): 4097 bytes exceed the limit of 4096" },
+  { "thread_name_at_limit", fx_thread_name_at_limit, 0, NULL, NULL },
   { "too_many_events",  fx_too_many_events, -HP_ELEN, NULL,
     "EVENTS field 3 (events): 16385 entries exceed the limit of 16384" },
   { "too_many_argv",    fx_too_many_argv, -HP_ELEN, NULL,
@@ -1208,14 +1399,14 @@ static void assert_refused(hp_encoder *e, int rc, int want) {
   size_t n;
   const uint8_t *p = hp_encoder_data(e, &n);
   /* The buffer still holds exactly the one GOODBYE encoded before. */
-  ck_assert_uint_eq(n, 12);
-  ck_assert_uint_eq(p[4], 0x93);
+  ck_assert_uint_eq(n, 13);
+  ck_assert_uint_eq(p[4], 0x94);
   ck_assert_uint_eq(p[5], 0x06);
 }
 
 START_TEST(encode_refuses_over_limit_input_keeping_the_buffer) {
   hp_encoder *e = hp_encoder_new(0);
-  hp_goodbye g = { 1500000000ull, 3 };
+  hp_goodbye g = { 1500000000ull, 3, 0 };
   ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
 
   hp_hello h = make_hello();
@@ -1266,11 +1457,15 @@ START_TEST(encode_refuses_over_limit_input_keeping_the_buffer) {
   hp_event *ev = calloc(HP_MAX_BATCH_EVENTS + 1, sizeof(*ev));
   fill_events(ev, HP_MAX_BATCH_EVENTS + 1);
   assert_refused(e, hp_encode_events(e, ev, HP_MAX_BATCH_EVENTS + 1), -HP_ELEN);
-  ev[10].domain = 3;
+  ev[10].domain = 4;
   ev[10].kind = HP_EV_ALLOC;
   assert_refused(e, hp_encode_events(e, ev, 20), -HP_ERANGE);
   fill_events(ev, 20);
-  ev[5].kind = 2;
+  ev[5].kind = 3;
+  assert_refused(e, hp_encode_events(e, ev, 20), -HP_ERANGE);
+  fill_events(ev, 20);
+  ev[5].kind = HP_EV_REATTRIBUTE;
+  ev[5].ts_ns = 1ull << 63;
   assert_refused(e, hp_encode_events(e, ev, 20), -HP_ERANGE);
   fill_events(ev, 20);
   ev[19].ts_ns = 1ull << 63;
@@ -1280,10 +1475,22 @@ START_TEST(encode_refuses_over_limit_input_keeping_the_buffer) {
   ev[0].kind = HP_EV_ALLOC;
   assert_refused(e, hp_encode_events(e, ev, 20), -HP_ERANGE);
 
-  hp_counters c = { 1ull << 63, 0, 0 };
+  hp_counters c = { 1ull << 63, 0, 0, 0 };
   assert_refused(e, hp_encode_counters(e, &c), -HP_ERANGE);
-  hp_goodbye gb = { 0, 1ull << 63 };
+  c = (hp_counters){ 1, 0, 0, 1ull << 63 };
+  assert_refused(e, hp_encode_counters(e, &c), -HP_ERANGE);
+  hp_goodbye gb = { 0, 1ull << 63, 0 };
   assert_refused(e, hp_encode_goodbye(e, &gb), -HP_ERANGE);
+  gb = (hp_goodbye){ 0, 0, HP_END_HOOKS_REPLACED + 1 };
+  assert_refused(e, hp_encode_goodbye(e, &gb), -HP_ERANGE);
+  hp_thread_def td = { 1, { big, HP_MAX_STR_BYTES + 1 } };
+  assert_refused(e, hp_encode_thread_def(e, &td), -HP_ELEN);
+  td = (hp_thread_def){ 1, { NULL, 3 } };
+  assert_refused(e, hp_encode_thread_def(e, &td), -HP_EINVAL);
+  hp_marker mk = { 1ull << 63, S("m") };
+  assert_refused(e, hp_encode_marker(e, &mk), -HP_ERANGE);
+  mk = (hp_marker){ 1, { big, HP_MAX_STR_BYTES + 1 } };
+  assert_refused(e, hp_encode_marker(e, &mk), -HP_ELEN);
   free(ev);
   free(big);
   free(argv);
@@ -1295,7 +1502,7 @@ END_TEST
  * be enforced when the frame is closed. */
 START_TEST(encode_refuses_oversized_frame_in_a_roomy_buffer) {
   hp_encoder *e = hp_encoder_new(8u << 20);
-  hp_goodbye g = { 1500000000ull, 3 };
+  hp_goodbye g = { 1500000000ull, 3, 0 };
   ck_assert_int_eq(hp_encode_goodbye(e, &g), 0);
   char *big = malloc(HP_MAX_STR_BYTES);
   memset(big, 'z', HP_MAX_STR_BYTES);
@@ -1313,7 +1520,7 @@ START_TEST(encode_refuses_oversized_frame_in_a_roomy_buffer) {
   const uint8_t *p = hp_encoder_data(e, &n);
   hp_decoder *d = hp_decoder_new();
   hp_msg m;
-  ck_assert_int_eq(hp_decoder_decode(d, p + 16, n - 16, &m), 0);
+  ck_assert_int_eq(hp_decoder_decode(d, p + 17, n - 17, &m), 0);
   ck_assert_uint_eq(m.u.hello.argc, HP_MAX_ARGV - 2);
   ck_assert_uint_eq(m.u.hello.argv[HP_MAX_ARGV - 3].len, HP_MAX_STR_BYTES);
   ck_assert_mem_eq(m.u.hello.argv[HP_MAX_ARGV - 3].ptr, big, HP_MAX_STR_BYTES);
@@ -1336,7 +1543,7 @@ static uint64_t rng(void) {
 
 static void assert_known_result(hp_decoder *d, int rc, const hp_msg *m) {
   if (rc == 0) {
-    ck_assert(m->type >= HP_MSG_HELLO && m->type <= HP_MSG_GOODBYE);
+    ck_assert(m->type >= HP_MSG_HELLO && m->type <= HP_MSG_MARKER);
     ck_assert_str_eq(hp_decoder_error(d), "");
   } else {
     ck_assert_msg(rc <= -HP_ENOMEM && rc >= -HP_ECLOSED, "unexpected code %d", rc);
@@ -1355,7 +1562,7 @@ START_TEST(random_bytes_never_crash) {
     if (len > 0 && iter % 2 == 0)
       p[0] = (uint8_t)(0x90 | (rng() % 14));   /* make it look like a message array */
     if (len > 1 && iter % 4 == 0)
-      p[1] = (uint8_t)(1 + rng() % 6);
+      p[1] = (uint8_t)(1 + rng() % 8);
     int rc = hp_decoder_decode(d, p, len, &m);
     assert_known_result(d, rc, &m);
     free(p);
@@ -1375,13 +1582,18 @@ START_TEST(mutated_messages_never_crash) {
   uint32_t ids[5] = { 1, 2, 3, 4, 5 };
   hp_stack_def s = { 9, 1, 5, ids };
   ck_assert_int_eq(hp_encode_stack_def(e, &s), 0);
+  hp_thread_def td = { 4242, S("worker") };
+  ck_assert_int_eq(hp_encode_thread_def(e, &td), 0);
+  hp_marker mk = { 123456, S("phase") };
+  ck_assert_int_eq(hp_encode_marker(e, &mk), 0);
   size_t total;
   const uint8_t *all = hp_encoder_data(e, &total);
   hp_decoder *d = hp_decoder_new();
   hp_msg m;
   int accepted = 0;
-  size_t offs[3], lens[3], off = 0;
-  for (int k = 0; k < 3; k++) {
+  enum { NMSG = 5 };
+  size_t offs[NMSG], lens[NMSG], off = 0;
+  for (int k = 0; k < NMSG; k++) {
     lens[k] = (uint32_t)all[off] << 24 | (uint32_t)all[off + 1] << 16 |
               (uint32_t)all[off + 2] << 8 | all[off + 3];
     offs[k] = off;
@@ -1389,7 +1601,7 @@ START_TEST(mutated_messages_never_crash) {
   }
   ck_assert_uint_eq(off, total);
   for (int iter = 0; iter < 30000; iter++) {
-    int which = (int)(rng() % 3);
+    int which = (int)(rng() % NMSG);
     size_t len = lens[which];
     const uint8_t *src = all + offs[which] + 4;
     uint8_t *p = malloc(len);
@@ -1423,7 +1635,7 @@ START_TEST(encoder_survives_allocation_failure) {
     ck_assert_int_lt(_i, 2);
     return;
   }
-  hp_goodbye g = { 1500000000ull, 3 };
+  hp_goodbye g = { 1500000000ull, 3, 0 };
   hp_hello h = make_hello();
   size_t n0, n1, n2;
   hp_encoder_data(e, &n0);
@@ -1435,7 +1647,7 @@ START_TEST(encoder_survives_allocation_failure) {
   ck_assert_uint_eq(n0, 0);
   ck_assert(rc1 == 0 || rc1 == -HP_ENOMEM);
   ck_assert(rc2 == 0 || rc2 == -HP_ENOMEM);
-  ck_assert_uint_eq(n1, rc1 == 0 ? 12u : 0u);
+  ck_assert_uint_eq(n1, rc1 == 0 ? 13u : 0u);
   if (rc2 == 0)
     ck_assert_uint_gt(n2, n1);
   else
@@ -1502,7 +1714,9 @@ Suite *codec_suite(void) {
   tcase_add_test(tc, roundtrip_events_full_batch);
   tcase_add_test(tc, roundtrip_events_extreme_values);
   tcase_add_test(tc, roundtrip_counters_and_goodbye);
+  tcase_add_test(tc, roundtrip_thread_def_and_marker);
   tcase_add_test(tc, goodbye_bytes_match_the_spec_example);
+  tcase_add_test(tc, reattribute_and_marker_bytes_match_the_spec_example);
   tcase_add_test(tc, events_bytes_match_the_spec_example);
   tcase_add_test(tc, encoder_appends_frames_and_resets);
   tcase_add_test(tc, msg_type_names);
@@ -1516,7 +1730,7 @@ Suite *codec_suite(void) {
   tcase_add_test(tc, decode_rejects_trailing_bytes);
   tcase_add_test(tc, decode_rejects_oversized_payload);
   tcase_add_loop_test(tc, decode_rejects_wrong_type_in_each_position, HP_MSG_HELLO,
-                      HP_MSG_GOODBYE + 1);
+                      HP_MSG_MARKER + 1);
   tcase_add_test(tc, decode_rejects_wrong_type_inside_events);
   tcase_add_loop_test(tc, decode_rejects_wrong_types_and_magic, 0, ARRAY_LEN(type_cases));
   tcase_add_test(tc, decode_widens_float32_bucket_rate);

@@ -13,8 +13,9 @@
 /* ------------------------------------------------------------------ recording sink */
 
 typedef struct {
-  int hello, frames, stacks, batches, counters, goodbye;
+  int hello, frames, stacks, batches, counters, goodbye, threads, markers;
   uint64_t events;
+  uint64_t reattributes, native;
   uint32_t last_stack_id;
   int fail_with;    /* returned by every callback when nonzero */
 } rec;
@@ -25,11 +26,21 @@ static int r_stack(void *c, const hp_stack_def *m) {
   rec *r = c; r->stacks++; r->last_stack_id = m->stack_id; return r->fail_with;
 }
 static int r_events(void *c, const hp_event *e, uint32_t n) {
-  rec *r = c; (void)e; r->batches++; r->events += n; return r->fail_with;
+  rec *r = c;
+  r->batches++;
+  r->events += n;
+  for (uint32_t i = 0; i < n; i++) {
+    r->reattributes += e[i].kind == HP_EV_REATTRIBUTE;
+    r->native += e[i].kind == HP_EV_ALLOC && e[i].domain == HP_DOMAIN_NATIVE;
+  }
+  return r->fail_with;
 }
 static int r_counters(void *c, const hp_counters *m) { rec *r = c; (void)m; r->counters++; return r->fail_with; }
 static int r_goodbye(void *c, const hp_goodbye *m) { rec *r = c; (void)m; r->goodbye++; return r->fail_with; }
-static const hp_conn_sink sink = {r_hello, r_frame, r_stack, r_events, r_counters, r_goodbye};
+static int r_thread(void *c, const hp_thread_def *m) { rec *r = c; (void)m; r->threads++; return r->fail_with; }
+static int r_marker(void *c, const hp_marker *m) { rec *r = c; (void)m; r->markers++; return r->fail_with; }
+static const hp_conn_sink sink = {r_hello, r_frame, r_stack, r_events, r_counters, r_goodbye,
+                                  r_thread, r_marker};
 
 static rec R;
 static hp_conn *C;
@@ -73,7 +84,28 @@ static hp_msg events(uint32_t stack_id) {
 }
 static hp_msg goodbye(void) {
   hp_msg m = {.type = HP_MSG_GOODBYE};
-  m.u.goodbye = (hp_goodbye){3000, 5};
+  m.u.goodbye = (hp_goodbye){3000, 5, HP_END_STOPPED};
+  return m;
+}
+static hp_msg thread_def(uint64_t tid, const char *name) {
+  hp_msg m = {.type = HP_MSG_THREAD_DEF};
+  m.u.thread_def = (hp_thread_def){tid, S(name)};
+  return m;
+}
+static hp_msg marker(uint64_t ts, const char *label) {
+  hp_msg m = {.type = HP_MSG_MARKER};
+  m.u.marker = (hp_marker){ts, S(label)};
+  return m;
+}
+/* A native allocation, then a reattribute of it under stack_id. */
+static hp_event evr_[2];
+static hp_msg native_and_reattribute(uint32_t stack_id) {
+  evr_[0] = (hp_event){.kind = HP_EV_ALLOC, .domain = HP_DOMAIN_NATIVE, .ts_ns = 2000,
+                       .thread_id = 7, .address = 0x3000, .size = 4096, .est_bytes = 4096};
+  evr_[1] = (hp_event){.kind = HP_EV_REATTRIBUTE, .stack_id = stack_id, .ts_ns = 2100,
+                       .thread_id = 8, .address = 0x3000};
+  hp_msg m = {.type = HP_MSG_EVENTS};
+  m.u.events = (hp_events){2, evr_};
   return m;
 }
 
@@ -184,6 +216,57 @@ START_TEST(conn_rejects_messages_after_goodbye) {
 }
 END_TEST
 
+/* THREAD_DEF and MARKER may come anywhere between HELLO and GOODBYE, also more than once
+ * for one thread (a rename), and reach the sink. */
+START_TEST(conn_passes_thread_names_and_markers_between_hello_and_goodbye) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  handle_ok(thread_def(100, "MainThread"));
+  handle_ok(marker(1500, "start"));
+  handle_ok(frame(1));
+  handle_ok(thread_def(100, "renamed"));
+  handle_ok(marker(1400, "earlier than the last one"));
+  hp_msg g = goodbye();
+  ck_assert_int_eq(hp_conn_handle(C, &g), 1);
+  ck_assert_int_eq(R.threads, 2);
+  ck_assert_int_eq(R.markers, 2);
+  hp_msg t = thread_def(101, "late");
+  ck_assert_int_eq(hp_conn_handle(C, &t), -HP_EORDER);
+  ck_assert_str_eq(hp_conn_error(C), "THREAD_DEF after GOODBYE");
+  ck_assert_int_eq(R.threads, 2);
+}
+END_TEST
+
+START_TEST(conn_rejects_thread_def_and_marker_before_hello) {
+  hp_msg t = thread_def(1, "x");
+  ck_assert_int_eq(hp_conn_handle(C, &t), -HP_EORDER);
+  ck_assert_str_eq(hp_conn_error(C), "THREAD_DEF before HELLO");
+  teardown();
+  setup();
+  hp_msg k = marker(1, "x");
+  ck_assert_int_eq(hp_conn_handle(C, &k), -HP_EORDER);
+  ck_assert_str_eq(hp_conn_error(C), "MARKER before HELLO");
+  ck_assert_int_eq(R.threads + R.markers, 0);
+}
+END_TEST
+
+/* Reattribute events name stacks under the same rule as allocations; native allocations
+ * (domain 3) are accepted. */
+START_TEST(conn_checks_reattribute_stacks_and_accepts_native) {
+  handle_ok(hello(HP_PROTO_VERSION));
+  handle_ok(frame(1));
+  handle_ok(stack(7, 1, ids_));
+  handle_ok(native_and_reattribute(7));
+  handle_ok(native_and_reattribute(HP_NO_STACK));
+  ck_assert_uint_eq(R.reattributes, 2);
+  ck_assert_uint_eq(R.native, 2);
+  hp_msg bad = native_and_reattribute(8);
+  ck_assert_int_eq(hp_conn_handle(C, &bad), -HP_EUNDEF);
+  ck_assert_str_eq(hp_conn_error(C), "event 1 of EVENTS uses stack id 8, which was never defined");
+  ck_assert_uint_eq(R.reattributes, 2);   /* the bad batch is refused as a unit */
+  ck_assert_uint_eq(hp_conn_events(C), 4);
+}
+END_TEST
+
 START_TEST(conn_stops_when_the_sink_fails) {
   R.fail_with = -HP_ENOMEM;
   hp_msg h = hello(HP_PROTO_VERSION);
@@ -286,12 +369,14 @@ static hp_encoder *encode_stream(void) {
   hp_encoder *e = hp_encoder_new(256);
   ck_assert_ptr_nonnull(e);
   hp_msg h = hello(HP_PROTO_VERSION), f1 = frame(1), f2 = frame(2), s = stack(7, 2, ids_),
-         ev = events(7), g = goodbye();
+         ev = events(7), g = goodbye(), t = thread_def(7, "worker"), k = marker(2500, "m");
   ck_assert_int_eq(hp_encode_hello(e, &h.u.hello), 0);
+  ck_assert_int_eq(hp_encode_thread_def(e, &t.u.thread_def), 0);
   ck_assert_int_eq(hp_encode_frame_def(e, &f1.u.frame_def), 0);
   ck_assert_int_eq(hp_encode_frame_def(e, &f2.u.frame_def), 0);
   ck_assert_int_eq(hp_encode_stack_def(e, &s.u.stack_def), 0);
   ck_assert_int_eq(hp_encode_events(e, ev.u.events.events, ev.u.events.count), 0);
+  ck_assert_int_eq(hp_encode_marker(e, &k.u.marker), 0);
   ck_assert_int_eq(hp_encode_goodbye(e, &g.u.goodbye), 0);
   return e;
 }
@@ -311,6 +396,8 @@ START_TEST(conn_feed_split_at_every_offset) {
     ck_assert_int_eq(R.frames, 2);
     ck_assert_int_eq(R.stacks, 1);
     ck_assert_uint_eq(R.events, 3);
+    ck_assert_int_eq(R.threads, 1);
+    ck_assert_int_eq(R.markers, 1);
     ck_assert_int_eq(R.goodbye, 1);
   }
   hp_encoder_free(e);
@@ -445,6 +532,9 @@ Suite *conn_suite(void) {
   tcase_add_test(order, conn_rejects_stack_with_undefined_frame);
   tcase_add_test(order, conn_rejects_events_with_undefined_stack_as_a_batch);
   tcase_add_test(order, conn_rejects_messages_after_goodbye);
+  tcase_add_test(order, conn_passes_thread_names_and_markers_between_hello_and_goodbye);
+  tcase_add_test(order, conn_rejects_thread_def_and_marker_before_hello);
+  tcase_add_test(order, conn_checks_reattribute_stacks_and_accepts_native);
   tcase_add_test(order, conn_stops_when_the_sink_fails);
   tcase_add_loop_test(order, conn_random_sequences_match_the_model, 0, 5);
   suite_add_tcase(s, order);

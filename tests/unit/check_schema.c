@@ -16,6 +16,9 @@
 
 #include "check_db_util.h"
 
+/* tests/data/schema_v1.sql, embedded by meson: the schema older heapprofd wrote. */
+extern const char hp_test_schema_v1_sql[];
+
 static char tmpdir[256];
 static char dbpath[512];
 static char errbuf[512];
@@ -89,6 +92,16 @@ static void exec_ok(sqlite3 *db, const char *sql) {
  * the sqlite3 API directly, for the "another application's database" cases. */
 static void make_foreign_db(const char *sql) {
   sqlite3 *db = hp_test_db_open(dbpath);
+  exec_ok(db, sql);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+
+/* A version 1 database as an older heapprofd left it (WAL, then closed), with `sql` run
+ * on it. */
+static void make_v1(const char *sql) {
+  sqlite3 *db = hp_test_db_open(dbpath);
+  exec_ok(db, "PRAGMA journal_mode = WAL");
+  exec_ok(db, hp_test_schema_v1_sql);
   exec_ok(db, sql);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
@@ -296,7 +309,7 @@ START_TEST(read_indexes_are_counted_and_not_created_by_open) {
   ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'index'"
                                       " AND name = 'alloc_by_session_stack'"), 1);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
-  /* An indexed database is still a heapprof database of version 1. */
+  /* An indexed database is still a heapprof database of this version. */
   ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
   ck_assert_int_eq(hp_schema_index_count(db, &present, &total), 0);
   ck_assert_int_eq(present, 2);
@@ -330,6 +343,122 @@ START_TEST(stale_running_sessions_end_at_their_last_event) {
   ck_assert_int_eq(hp_test_db_int(db, "SELECT status = 'exited' FROM session WHERE id = 3"), 1);
   ck_assert_int_eq(hp_schema_end_stale_sessions(db, &n), 0);   /* nothing left to end */
   ck_assert_int_eq(n, 0);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ migration */
+
+/* Two sessions, a frame, a stack, allocations, a timeline point and a sampling change:
+ * a bit of every table a version 1 heapprofd wrote. */
+static const char v1_data[] =
+    "INSERT INTO session (id, pid, ppid, argv, executable, python_version, started_ns,"
+    " ended_ns, sample_interval_bytes, sample_buckets, max_stack_depth, status, error,"
+    " events_received, events_dropped) VALUES"
+    " (1, 10, 1, '[\"a.py\"]', 'py', '3.11.2', 1000, 5000, 0, '[[128, 0.5]]', 64,"
+    "  'protocol_error', 'bad frame', 7, 2),"
+    " (3, 11, 1, '[\"b.py\"]', 'py', '3.11.2', 2000, NULL, 4096, NULL, 128, 'running',"
+    "  NULL, 0, 0);"
+    "INSERT INTO frame (id, function, filename, lineno) VALUES (5, 'f', 'a.py', 3);"
+    "INSERT INTO stack (id, hash, depth, truncated) VALUES (9, 77, 1, 0);"
+    "INSERT INTO stack_frame (stack_id, depth, frame_id) VALUES (9, 0, 5);"
+    "INSERT INTO alloc (id, session_id, ts_ns, thread_id, domain, address, size, est_bytes,"
+    " stack_id, freed_ns) VALUES (1, 1, 1500, 4, 2, 4096, 32, 512, 9, 2500),"
+    " (2, 1, 1600, 4, 0, 8192, 64, 64, NULL, NULL);"
+    "INSERT INTO timeline_point VALUES (1, 1000, 576, 17, 64);"
+    "INSERT INTO sampling_change (session_id, ts_ns, sample_interval_bytes)"
+    " VALUES (3, 2500, 8192);";
+
+/* The version 1 data, read through the views every version has. */
+static void assert_v1_data(sqlite3 *db) {
+  char *got = NULL;
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"), 2);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_dropped * 10 + events_received"
+                                      " FROM sessions WHERE session_id = 1"), 27);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions WHERE session_id = 3"
+                                      " AND status = 'running' AND ended_ns IS NULL"
+                                      " AND sample_interval_bytes = 4096"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM session_settings WHERE"
+                                      " session_id = 1 AND error = 'bad frame' AND"
+                                      " sample_buckets = '[[128, 0.5]]' AND"
+                                      " max_stack_depth = 64"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT sum(est_bytes) FROM allocations"
+                                      " WHERE freed_ns IS NULL OR freed_ns > 0"), 576);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations a JOIN stack_frames"
+                                      " USING (stack_id) JOIN frames f USING (frame_id)"
+                                      " WHERE f.function = 'f' AND a.domain = 'obj'"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT live_count FROM timeline"), 17);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT sample_interval_bytes FROM sampling_changes"
+                                      " WHERE session_id = 3"), 8192);
+  sqlite3_stmt *st = NULL;
+  ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
+  ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+  got = (char *)sqlite3_column_text(st, 0);
+  ck_assert_str_eq(got, "ok");
+  sqlite3_finalize(st);
+}
+
+START_TEST(migrates_a_version_1_database_keeping_its_data) {
+  make_v1(v1_data);
+  sqlite3 *db = NULL;
+  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
+  ck_assert_int_eq(hp_test_db_int(db, "PRAGMA user_version"), HP_SCHEMA_VERSION);
+  assert_v1_data(db);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM session_settings"
+                                      " WHERE argv_omitted = 0"), 2);
+  /* What version 2 adds works: the new status, thread names, markers, native. */
+  exec_ok(db, "UPDATE session SET status = 'hooks_replaced' WHERE id = 3");
+  exec_ok(db, "INSERT INTO thread_name VALUES (3, 4242, 'MainThread')");
+  exec_ok(db, "INSERT INTO marker (session_id, ts_ns, label) VALUES (3, 2600, 'm')");
+  exec_ok(db, "INSERT INTO alloc (session_id, ts_ns, thread_id, domain, address, size,"
+              " est_bytes) VALUES (3, 2700, 4242, 3, 1, 2, 3)");
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM threads WHERE name = 'MainThread'"),
+                   1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ts_ns FROM markers WHERE label = 'm'"), 2600);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM allocations WHERE"
+                                      " domain = 'native'"), 1);
+  /* New sessions continue after the highest id, as before. */
+  exec_ok(db, insert_session);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT max(session_id) FROM sessions"), 4);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sqlite_schema"
+                                      " WHERE name = 'session_v1'"), 0);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+
+  /* And it opens again as a version 2 database. */
+  db = NULL;
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions"), 3);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+END_TEST
+
+/* A version 1 database from before sampling_change was added within version 1. */
+START_TEST(migrates_an_early_version_1_database) {
+  make_v1("DROP VIEW sampling_changes; DROP TABLE sampling_change;"
+          "INSERT INTO session (pid, ppid, argv, executable, python_version, started_ns,"
+          " sample_interval_bytes, max_stack_depth, status) VALUES"
+          " (1, 0, '[]', 'py', '3.11', 5, 1, 64, 'exited')");
+  sqlite3 *db = NULL;
+  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sessions WHERE status = 'exited'"),
+                   1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sampling_changes"), 0);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+END_TEST
+
+/* A user's own view over the session table survives the migration, naming the new one. */
+START_TEST(migration_keeps_a_users_view_working) {
+  make_v1("INSERT INTO session (pid, ppid, argv, executable, python_version, started_ns,"
+          " sample_interval_bytes, max_stack_depth) VALUES (1, 0, '[]', 'py', '3.11', 5, 1, 64);"
+          "CREATE VIEW my_pids AS SELECT pid FROM session;");
+  sqlite3 *db = NULL;
+  int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
+  ck_assert_msg(rc == 0, "rc %d: %s", rc, errbuf);
+  exec_ok(db, insert_session);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT sum(pid) FROM my_pids"), 43);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
 END_TEST
@@ -368,6 +497,7 @@ static void make_heapprof(const char *sql) {
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
 
+
 /* Each heapprof case goes back to a rollback journal so that nothing but the main file
  * remains after close. */
 static const struct {
@@ -390,10 +520,13 @@ static const struct {
     -HP_ESCHEMA, "not a heapprof database (application_id 0x00000000, expected 0x68707266); "
                  "refusing to touch it" },
   { "newer_version",     make_heapprof,
-    INSERT_SESSION "; PRAGMA user_version = 2; PRAGMA journal_mode = DELETE;",
-    -HP_ENEWER, "written by a newer heapprof (schema version 2" },
+    INSERT_SESSION "; PRAGMA user_version = 3; PRAGMA journal_mode = DELETE;",
+    -HP_ENEWER, "written by a newer heapprof (schema version 3, this heapprof knows up to 2)" },
   { "older_version",     make_foreign, "PRAGMA application_id = 1752199782; CREATE TABLE t (x);",
-    -HP_ESCHEMA, "unsupported schema version 0" },
+    -HP_ESCHEMA, "unsupported schema version 0 (expected 1 to 2)" },
+  { "damaged_version_1", make_v1,
+    "DROP VIEW allocations; DROP TABLE alloc; PRAGMA journal_mode = DELETE;",
+    -HP_ESCHEMA, "damaged heapprof database (table alloc is missing)" },
   { "missing_tables",    make_heapprof,
     "DROP VIEW allocations; DROP TABLE alloc; PRAGMA journal_mode = DELETE;",
     -HP_ESCHEMA, "damaged heapprof database (table alloc is missing)" },
@@ -587,6 +720,52 @@ START_TEST(refusal_survives_every_allocation_failure) {
 }
 END_TEST
 
+/* A version 1 database opened with an allocation failure at every MIGRATION_STRIDE-th
+ * point in turn: each open either migrates it whole or leaves it a version 1 database
+ * with all its data (the migration is one transaction; a failure rolls all of it back).
+ * An open that fails after the commit (reading the version back) leaves it migrated
+ * whole. The stride keeps the sweep within a minute under ASan: a migrating open makes
+ * some 14000 allocations, and every statement of the migration makes dozens, so each
+ * still fails at several points. */
+#define MIGRATION_STRIDE 8
+START_TEST(migration_survives_every_allocation_failure) {
+  make_v1(v1_data);
+  size_t v1_len;
+  unsigned char *v1_bytes = slurp(dbpath, &v1_len);
+  install_oom_allocator();
+  long point, migrated = 0, refused = 0;
+  for (point = 0; point < OOM_MAX_POINTS; point += MIGRATION_STRIDE) {
+    remove_db_files();
+    write_file(dbpath, v1_bytes, v1_len);
+    sqlite3 *db;
+    int rc = open_failing_at(point, &db);
+    if (rc == 0) {
+      migrated++;
+      ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+    } else {
+      refused++;
+      ck_assert_ptr_null(db);
+    }
+    db = hp_test_db_open(dbpath);
+    long long version = hp_test_db_int(db, "PRAGMA user_version");
+    ck_assert_msg(version == HP_SCHEMA_VERSION ||
+                  (rc != 0 && version == HP_SCHEMA_OLDEST_VERSION),
+                  "point %ld: rc %d (%s): version %lld", point, rc, errbuf, version);
+    assert_v1_data(db);
+    if (version == HP_SCHEMA_VERSION)
+      ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sqlite_schema WHERE name IN"
+                                          " ('session_v1', 'thread_name', 'marker')"), 2);
+    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+    if (failures_injected == 0)
+      break;
+  }
+  ck_assert_msg(point < OOM_MAX_POINTS, "too many allocations");
+  ck_assert_int_gt(refused, 0);
+  ck_assert_int_gt(migrated, 0);
+  free(v1_bytes);
+}
+END_TEST
+
 Suite *schema_suite(void) {
   Suite *s = suite_create("schema");
   TCase *core = tcase_create("core");
@@ -601,6 +780,9 @@ Suite *schema_suite(void) {
   tcase_add_test(core, read_indexes_are_counted_and_not_created_by_open);
   tcase_add_test(core, new_databases_get_16k_pages_existing_ones_keep_theirs);
   tcase_add_test(core, stale_running_sessions_end_at_their_last_event);
+  tcase_add_test(core, migrates_a_version_1_database_keeping_its_data);
+  tcase_add_test(core, migrates_an_early_version_1_database);
+  tcase_add_test(core, migration_keeps_a_users_view_working);
   suite_add_tcase(s, core);
 
   TCase *refuse = tcase_create("refuse");
@@ -625,6 +807,7 @@ Suite *schema_suite(void) {
   tcase_set_timeout(oomc, 60);
   tcase_add_test(oomc, create_survives_every_allocation_failure);
   tcase_add_test(oomc, refusal_survives_every_allocation_failure);
+  tcase_add_test(oomc, migration_survives_every_allocation_failure);
   suite_add_tcase(s, oomc);
   return s;
 }

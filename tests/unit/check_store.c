@@ -73,8 +73,9 @@ static hp_event free_ev(uint64_t ms, uint64_t addr) {
                     .address = addr};
 }
 
-static hp_store_session *session_with_stack(hp_store *s, int64_t pid) {
+static hp_store_session *session_with_stack_at(hp_store *s, int64_t pid, uint64_t wall) {
   hp_hello h = hello(pid);
+  h.start_wall_ns = wall;
   hp_store_session *ss = hp_store_session_start(s, &h, pid);
   ck_assert_ptr_nonnull(ss);
   /* Agent ids differ between the sessions on purpose; the rows must still be shared. */
@@ -87,6 +88,19 @@ static hp_store_session *session_with_stack(hp_store *s, int64_t pid) {
   hp_stack_def st = {.stack_id = (uint32_t)pid, .truncated = 0, .depth = 2, .frame_ids = ids};
   ck_assert_int_eq(hp_store_stack_def(s, ss, &st), 0);
   return ss;
+}
+
+static hp_store_session *session_with_stack(hp_store *s, int64_t pid) {
+  return session_with_stack_at(s, pid, WALL0);
+}
+
+/* The current wall time, rounded down to a 100 ms timeline interval: sessions that start
+ * there are not closed early by the store's idle ticks, which follow the real clock. */
+static uint64_t wall_now_interval(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  return ((uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec) / 100000000ULL *
+         100000000ULL;
 }
 
 START_TEST(store_pairs_frees_and_shares_frames_across_sessions) {
@@ -103,7 +117,7 @@ START_TEST(store_pairs_frees_and_shares_frames_across_sessions) {
   ck_assert_int_eq(hp_store_events(s, a, ev, 8), 0);
   hp_event evb[] = {alloc_ev(1, 0x1000, 100, 2), alloc_ev(2, 0x2000, 50, 2)};
   ck_assert_int_eq(hp_store_events(s, b, evb, 2), 0);
-  hp_goodbye g = {MONO0 + 9000000ULL, 5};
+  hp_goodbye g = {MONO0 + 9000000ULL, 5, HP_END_STOPPED};
   ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
   hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
   hp_store_session_end(s, b, HP_SESSION_PROTOCOL_ERROR, "stack id 9 was never defined");
@@ -235,7 +249,7 @@ START_TEST(store_timeline_has_no_row_after_the_end) {
     free_ev(30, 0x2000),
   };
   ck_assert_int_eq(hp_store_events(s, a, ev, 3), 0);
-  hp_goodbye g = {MONO0 + 50000000ULL, 0};  /* ends in the spike's interval */
+  hp_goodbye g = {MONO0 + 50000000ULL, 0, HP_END_STOPPED};  /* ends in the spike's interval */
   ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
   hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
   ck_assert_int_eq(hp_store_stop(s), 0);
@@ -294,7 +308,7 @@ START_TEST(store_loop_side_oom_sweep) {
     uint32_t ids[1] = {1};
     hp_stack_def st = {.stack_id = 1, .depth = 1, .frame_ids = ids};
     hp_event ev = alloc_ev(1, 0x10, 8, 1);
-    hp_goodbye g = {MONO0 + 5000000ULL, 0};
+    hp_goodbye g = {MONO0 + 5000000ULL, 0, HP_END_STOPPED};
     int rc[5] = {hp_store_frame_def(s, ss, &f), hp_store_stack_def(s, ss, &st),
                  hp_store_events(s, ss, &ev, 1), hp_store_counters(s, ss, 2),
                  hp_store_goodbye(s, ss, &g)};
@@ -342,7 +356,7 @@ START_TEST(store_drops_allocations_over_the_live_limit) {
   hp_event evb[] = {alloc_ev(1, 0x1000, 10, 2), alloc_ev(2, 0x2000, 10, 2),
                     alloc_ev(3, 0x3000, 10, 2), alloc_ev(4, 0x4000, 10, 2)};
   ck_assert_int_eq(hp_store_events(s, b, evb, 4), 0);
-  hp_goodbye g = {MONO0 + 20000000ULL, 2};
+  hp_goodbye g = {MONO0 + 20000000ULL, 2, HP_END_STOPPED};
   ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
   hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
   hp_store_session_end(s, b, HP_SESSION_EXITED, NULL);
@@ -370,6 +384,176 @@ START_TEST(store_drops_allocations_over_the_live_limit) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ protocol 2 */
+
+static hp_event reattr_ev(uint64_t ms, uint64_t addr, uint32_t stack, uint64_t tid) {
+  return (hp_event){.kind = HP_EV_REATTRIBUTE, .stack_id = stack, .thread_id = tid,
+                    .ts_ns = MONO0 + ms * 1000000ULL, .address = addr};
+}
+
+START_TEST(store_keeps_the_latest_thread_name_and_every_marker) {
+  hp_store *s = start(0, 0, 100000000);
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_store_session *b = session_with_stack(s, 2);
+  hp_thread_def t1 = {4242, S("MainThread")}, t2 = {4243, S("worker-1")},
+                t3 = {4243, S("worker-1 (busy)")}, tb = {4242, S("other session")};
+  hp_marker m1 = {MONO0 + 5000000ULL, S("start")}, m2 = {MONO0 + 5000000ULL, S("same tick")},
+            m3 = {MONO0 + 9000000ULL, S("")};
+  ck_assert_int_eq(hp_store_thread_def(s, a, &t1), 0);
+  ck_assert_int_eq(hp_store_thread_def(s, a, &t2), 0);
+  ck_assert_int_eq(hp_store_marker(s, a, &m1), 0);
+  ck_assert_int_eq(hp_store_marker(s, a, &m2), 0);
+  ck_assert_int_eq(hp_store_thread_def(s, a, &t3), 0);
+  ck_assert_int_eq(hp_store_marker(s, a, &m3), 0);
+  ck_assert_int_eq(hp_store_thread_def(s, b, &tb), 0);
+  hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
+  hp_store_session_end(s, b, HP_SESSION_DISCONNECTED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = hp_test_db_open(dbpath);
+  char buf[256];
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM threads WHERE session_id = 1"), 2);
+  ck_assert_str_eq(qs(db, "SELECT group_concat(thread_id || '=' || name, ';') FROM"
+                          " (SELECT * FROM threads WHERE session_id = 1 ORDER BY thread_id)",
+                      buf, sizeof buf), "4242=MainThread;4243=worker-1 (busy)");
+  ck_assert_str_eq(qs(db, "SELECT name FROM threads WHERE session_id = 2", buf, sizeof buf),
+                   "other session");
+  ck_assert_str_eq(qs(db, "SELECT group_concat((ts_ns - 1700000000000000000) || ':' || label,"
+                          " ';') FROM markers WHERE session_id = 1", buf, sizeof buf),
+                   "5000000:start;5000000:same tick;9000000:");
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM markers WHERE session_id = 2"), 0);
+  sqlite3_close(db);
+}
+END_TEST
+
+/* A reattribute ends the live allocation at its address and starts a new one of the same
+ * domain, size and est_bytes for the new thread and stack: for a row still pending
+ * (batch_rows large) and for one already committed (batch_rows 1), and again for the new
+ * row. One at an address with no live allocation is an unpaired free. The timeline does
+ * not move: the block stays live throughout. */
+START_TEST(store_reattribute_moves_a_live_block_to_a_new_row) {
+  uint32_t rows = _i == 0 ? 0 : 1;
+  hp_store *s = start(rows, 0, 100000000);
+  uint64_t wall = wall_now_interval();
+  hp_store_session *a = session_with_stack_at(s, 1, wall);
+  hp_frame_def f = {77, S("reuse_site"), S("mod.py"), 40};
+  uint32_t ids[1] = {77};
+  hp_stack_def st = {.stack_id = 9, .depth = 1, .frame_ids = ids};
+  ck_assert_int_eq(hp_store_frame_def(s, a, &f), 0);
+  ck_assert_int_eq(hp_store_stack_def(s, a, &st), 0);
+  hp_event first[] = {alloc_ev(1, 0x1000, 100, 1)};
+  first[0].domain = HP_DOMAIN_MEM;
+  first[0].est_bytes = 6400;
+  ck_assert_int_eq(hp_store_events(s, a, first, 1), 0);
+  hp_event later[] = {
+    reattr_ev(5, 0x1000, 9, 8),             /* second life, stack 9, thread 8 */
+    reattr_ev(6, 0x9999, 9, 8),             /* nothing live there: unpaired */
+    reattr_ev(7, 0x1000, HP_NO_STACK, 9),   /* third life, no stack */
+    free_ev(12, 0x1000),                    /* ends the third */
+  };
+  ck_assert_int_eq(hp_store_events(s, a, later, 4), 0);
+  hp_goodbye g = {MONO0 + 20000000ULL, 0, HP_END_STOPPED};
+  ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+
+  sqlite3 *db = hp_test_db_open(dbpath);
+  char buf[512], sql[1024];
+  /* Each life: ts, freed, thread, stack's site, domain, size, est. */
+  snprintf(sql, sizeof sql, "SELECT group_concat(x, ' | ') FROM (SELECT"
+           " ((a.ts_ns - %1$llu) / 1000000) || ',' || ((a.freed_ns - %1$llu) / 1000000) || ','"
+           " || a.thread_id || ',' || coalesce(f.function, '-') || ',' ||"
+           " a.domain || ',' || a.size || ',' || a.est_bytes AS x"
+           " FROM allocations a LEFT JOIN stack_frames sf"
+           " ON sf.stack_id = a.stack_id AND sf.depth = 0"
+           " LEFT JOIN frames f USING (frame_id) ORDER BY a.alloc_id)",
+           (unsigned long long)wall);
+  ck_assert_str_eq(qs(db, sql, buf, sizeof buf),
+                   "1,5,7,inner,mem,100,6400 | 5,7,8,reuse_site,mem,100,6400 | "
+                   "7,12,9,-,mem,100,6400");
+  /* The block was live from 1 ms to 12 ms without a dip: one interval, 6400 at its
+   * highest and 0 at its end. */
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM timeline"), 1);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT live_bytes FROM timeline"), 6400);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT live_count FROM timeline"), 64);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT end_bytes FROM timeline_detail"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_received FROM sessions"), 5);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_dropped FROM sessions"), 0);
+  sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(store_stores_native_allocations) {
+  hp_store *s = start(0, 0, 100000000);
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_event ev[] = {alloc_ev(1, 0x1000, 1 << 20, HP_NO_STACK), alloc_ev(2, 0x2000, 10, 1)};
+  ev[0].domain = HP_DOMAIN_NATIVE;
+  ck_assert_int_eq(hp_store_events(s, a, ev, 2), 0);
+  hp_store_session_end(s, a, HP_SESSION_DISCONNECTED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  sqlite3 *db = hp_test_db_open(dbpath);
+  char buf[64];
+  ck_assert_str_eq(qs(db, "SELECT domain FROM allocations WHERE address = 4096", buf,
+                      sizeof buf), "native");
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT domain FROM alloc WHERE address = 4096"), 3);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT sum(est_bytes) FROM allocations"
+                                      " WHERE domain = 'native'"), 1 << 20);
+  sqlite3_close(db);
+}
+END_TEST
+
+/* The loss a stream's end without GOODBYE reveals: events_sent of the last COUNTERS minus
+ * the events received, added to the agent's own drop count. _i: 0 disconnected, 1 a
+ * protocol error, 2 GOODBYE (the agent's final count is the whole truth: no inference),
+ * 3 more received than the last COUNTERS said (events after it): nothing added. */
+START_TEST(store_counts_events_sent_but_never_received) {
+  static const int64_t want[] = {3 + 6, 3 + 6, 4, 3};
+  hp_store *s = start(0, 0, 100000000);
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_event ev[] = {alloc_ev(1, 0x1000, 100, 1), alloc_ev(2, 0x2000, 100, 1),
+                   free_ev(3, 0x1000), alloc_ev(4, 0x3000, 100, 1)};
+  hp_counters c = {.ts_ns = MONO0 + 5000000ULL, .events_dropped = 3,
+                   .sample_interval_bytes = 1, .events_sent = _i == 3 ? 2 : 10};
+  ck_assert_int_eq(hp_store_events(s, a, ev, 4), 0);
+  ck_assert_int_eq(hp_store_counters_msg(s, a, &c), 0);
+  if (_i == 2) {
+    hp_goodbye g = {MONO0 + 6000000ULL, 4, HP_END_STOPPED};
+    ck_assert_int_eq(hp_store_goodbye(s, a, &g), 0);
+  }
+  hp_store_session_end(s, a, _i == 2 ? HP_SESSION_EXITED : _i == 1 ? HP_SESSION_PROTOCOL_ERROR
+                                                                   : HP_SESSION_DISCONNECTED,
+                       _i == 1 ? "bad frame" : NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  sqlite3 *db = hp_test_db_open(dbpath);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_received FROM sessions"), 4);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT events_dropped FROM sessions"), want[_i]);
+  sqlite3_close(db);
+}
+END_TEST
+
+START_TEST(store_goodbye_with_hooks_replaced_sets_the_status) {
+  hp_store *s = start(0, 0, 100000000);
+  hp_store_session *a = session_with_stack(s, 1);
+  hp_store_session *b = session_with_stack(s, 2);
+  hp_goodbye g1 = {MONO0 + 6000000ULL, 0, HP_END_HOOKS_REPLACED};
+  hp_goodbye g2 = {MONO0 + 6000000ULL, 0, HP_END_STOPPED};
+  ck_assert_int_eq(hp_store_goodbye(s, a, &g1), 0);
+  ck_assert_int_eq(hp_store_goodbye(s, b, &g2), 0);
+  hp_store_session_end(s, a, HP_SESSION_EXITED, NULL);
+  hp_store_session_end(s, b, HP_SESSION_EXITED, NULL);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  sqlite3 *db = hp_test_db_open(dbpath);
+  char buf[64];
+  ck_assert_str_eq(qs(db, "SELECT status FROM sessions WHERE session_id = 1", buf, sizeof buf),
+                   "hooks_replaced");
+  ck_assert_str_eq(qs(db, "SELECT status FROM sessions WHERE session_id = 2", buf, sizeof buf),
+                   "exited");
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT ended_ns FROM sessions WHERE session_id = 1"),
+                   (int64_t)WALL0 + 6000000);
+  sqlite3_close(db);
+}
+END_TEST
+
 Suite *store_suite(void) {
   Suite *s = suite_create("store");
   TCase *core = tcase_create("core");
@@ -381,6 +565,15 @@ Suite *store_suite(void) {
   tcase_add_test(core, store_timeline_has_no_row_after_the_end);
   tcase_add_test(core, store_signals_full_queue_then_resumes);
   suite_add_tcase(s, core);
+  TCase *v2 = tcase_create("protocol2");
+  tcase_add_checked_fixture(v2, setup, teardown);
+  tcase_set_timeout(v2, 30);
+  tcase_add_test(v2, store_keeps_the_latest_thread_name_and_every_marker);
+  tcase_add_loop_test(v2, store_reattribute_moves_a_live_block_to_a_new_row, 0, 2);
+  tcase_add_test(v2, store_stores_native_allocations);
+  tcase_add_loop_test(v2, store_counts_events_sent_but_never_received, 0, 4);
+  tcase_add_test(v2, store_goodbye_with_hooks_replaced_sets_the_status);
+  suite_add_tcase(s, v2);
   TCase *oom = tcase_create("oom");
   tcase_add_checked_fixture(oom, setup, teardown);
   tcase_set_timeout(oom, 30);

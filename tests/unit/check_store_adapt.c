@@ -72,7 +72,7 @@ START_TEST(store_keeps_each_change_once_at_its_wall_time) {
   ck_assert_int_eq(counters(s, ss, 30, 8), 0);
   ck_assert_int_eq(hp_store_counters(s, ss, 5), 0);  /* no interval: leaves it at 8 */
   ck_assert_int_eq(counters(s, ss, 40, 64), 0);
-  hp_goodbye g = {MS(50), 5};
+  hp_goodbye g = {MS(50), 5, HP_END_STOPPED};
   ck_assert_int_eq(hp_store_goodbye(s, ss, &g), 0);
   hp_store_session_end(s, ss, HP_SESSION_EXITED, NULL);
   ck_assert_int_eq(hp_store_stop(s), 0);

@@ -1,0 +1,166 @@
+-- tests/data/schema_v1.sql — a frozen copy of schema/schema.sql as it was at schema
+-- version 1, for the migration tests (check_schema, test_db_open): the databases older
+-- heapprofd releases wrote. Never edit it to follow schema.sql.
+-- heapprof database schema, version 1.
+--
+-- The public, stable interface is the set of VIEWS at the end of this file
+-- (sessions, frames, stack_frames, allocations, timeline, and the heapprof extensions
+-- stacks, session_settings, timeline_detail, sampling_changes); schema/README.md
+-- documents them. The tables are storage, designed for fast batched ingestion by heapprofd, and may change
+-- from one user_version to the next.
+--
+-- All timestamps are integer nanoseconds since the Unix epoch.
+-- application_id 0x68707266 is 'hprf'. Bump user_version on any storage change and
+-- teach schema/hp_schema.c to refuse (or migrate) older and newer versions.
+PRAGMA application_id = 1752199782;
+PRAGMA user_version = 1;
+
+CREATE TABLE IF NOT EXISTS session (
+  id                    INTEGER PRIMARY KEY,
+  pid                   INTEGER NOT NULL,
+  ppid                  INTEGER NOT NULL,
+  argv                  TEXT    NOT NULL,             -- JSON array of strings
+  executable            TEXT    NOT NULL,
+  python_version        TEXT    NOT NULL,
+  started_ns            INTEGER NOT NULL,
+  ended_ns              INTEGER,                      -- NULL while running
+  sample_interval_bytes INTEGER NOT NULL,             -- 1: every allocation; 0: size buckets
+  sample_buckets        TEXT,                         -- JSON [[max_size, rate], ...] or NULL
+  max_stack_depth       INTEGER NOT NULL,
+  status                TEXT    NOT NULL DEFAULT 'running'
+                        CHECK (status IN ('running', 'exited', 'disconnected', 'protocol_error')),
+  error                 TEXT,                         -- why a protocol_error session was closed
+  events_received       INTEGER NOT NULL DEFAULT 0,
+  events_dropped        INTEGER NOT NULL DEFAULT 0
+);
+
+-- Frames and stacks are interned across sessions: one row per distinct value.
+CREATE TABLE IF NOT EXISTS frame (
+  id       INTEGER PRIMARY KEY,
+  function TEXT    NOT NULL,
+  filename TEXT    NOT NULL,
+  lineno   INTEGER NOT NULL,
+  UNIQUE (filename, lineno, function)
+);
+
+CREATE TABLE IF NOT EXISTS stack (
+  id        INTEGER PRIMARY KEY,
+  hash      INTEGER NOT NULL,   -- hash of (truncated, frame ids); collisions compared in full
+  depth     INTEGER NOT NULL,
+  truncated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stack_by_hash ON stack (hash);
+
+CREATE TABLE IF NOT EXISTS stack_frame (
+  stack_id INTEGER NOT NULL,
+  depth    INTEGER NOT NULL,    -- 0 is the innermost frame, where the allocation happened
+  frame_id INTEGER NOT NULL,
+  PRIMARY KEY (stack_id, depth)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS stack_frame_by_frame ON stack_frame (frame_id);
+
+-- One row per sampled allocation. freed_ns is filled in when its free arrives.
+CREATE TABLE IF NOT EXISTS alloc (
+  id         INTEGER PRIMARY KEY,
+  session_id INTEGER NOT NULL,
+  ts_ns      INTEGER NOT NULL,
+  thread_id  INTEGER NOT NULL,
+  domain     INTEGER NOT NULL,  -- 0 raw, 1 mem, 2 obj
+  address    INTEGER NOT NULL,
+  size       INTEGER NOT NULL,
+  est_bytes  INTEGER NOT NULL,
+  stack_id   INTEGER,           -- NULL: no Python stack (e.g. raw domain without the GIL)
+  freed_ns   INTEGER
+);
+CREATE INDEX IF NOT EXISTS alloc_by_session_ts ON alloc (session_id, ts_ns);
+
+-- Estimated live heap per timeline interval: the highest level reached within the
+-- interval (so short spikes keep their true height) and the level at its end.
+CREATE TABLE IF NOT EXISTS timeline_point (
+  session_id INTEGER NOT NULL,
+  ts_ns      INTEGER NOT NULL,  -- start of the interval
+  live_bytes INTEGER NOT NULL,  -- highest estimated live bytes within the interval
+  live_count INTEGER NOT NULL,  -- estimated live allocations at that highest point
+  end_bytes  INTEGER NOT NULL,  -- estimated live bytes at the end of the interval
+  PRIMARY KEY (session_id, ts_ns)
+) WITHOUT ROWID;
+
+-- One row per change of a session's sampling interval, in the order heapprofd received
+-- them (id). An agent recording with the on-full policy 'adapt' raises its interval when
+-- its send buffer runs full, instead of dropping events, and reports each change with a
+-- COUNTERS message (proto/PROTOCOL.md 2.5). The session's starting interval is
+-- session.sample_interval_bytes; a row is written only when a COUNTERS' interval differs
+-- from the session's current one. ts_ns is when the agent changed it (wall clock).
+--
+-- This table was added within schema version 1 (schema/README.md, "Versions"): a
+-- database written before it has none until heapprofd opens it again, which creates it
+-- here, and readers treat its absence as "no change". hp_schema.c therefore does not
+-- count a table whose statement carries the marker below as one a version 1 database
+-- must have. Keep the marker inside the statement: SQLite stores the statement's text.
+CREATE TABLE IF NOT EXISTS sampling_change ( -- heapprof: added within version 1
+  id                    INTEGER PRIMARY KEY,
+  session_id            INTEGER NOT NULL,
+  ts_ns                 INTEGER NOT NULL,
+  sample_interval_bytes INTEGER NOT NULL      -- the mean interval from ts_ns on
+);
+CREATE INDEX IF NOT EXISTS sampling_change_by_session ON sampling_change (session_id, id);
+
+-- ---------------------------------------------------------------- public views
+-- Views are dropped and created again each time heapprofd opens a database, so that a
+-- database of this version written with older view definitions gets the current ones
+-- (views hold no data; the tables above are kept as they are). IF NOT EXISTS after
+-- the DROP is redundant, kept so that every CREATE here has the same form (check_schema
+-- looks for it in the embedded text).
+--
+-- sessions, frames, stack_frames, allocations and timeline have exactly the columns of
+-- the public interface, in its order. stacks, session_settings, timeline_detail and
+-- sampling_changes are heapprof extensions (schema/README.md).
+DROP VIEW IF EXISTS sessions;
+CREATE VIEW IF NOT EXISTS sessions AS
+  SELECT id AS session_id, pid, ppid, argv, executable, python_version, started_ns,
+         ended_ns, sample_interval_bytes, status, events_received, events_dropped
+  FROM session;
+
+DROP VIEW IF EXISTS session_settings;
+CREATE VIEW IF NOT EXISTS session_settings AS
+  SELECT id AS session_id, sample_buckets, max_stack_depth, error FROM session;
+
+DROP VIEW IF EXISTS frames;
+CREATE VIEW IF NOT EXISTS frames AS
+  SELECT id AS frame_id, function, filename, lineno FROM frame;
+
+DROP VIEW IF EXISTS stack_frames;
+CREATE VIEW IF NOT EXISTS stack_frames AS
+  SELECT stack_id, depth, frame_id FROM stack_frame;
+
+DROP VIEW IF EXISTS stacks;
+CREATE VIEW IF NOT EXISTS stacks AS
+  SELECT id AS stack_id, depth, truncated FROM stack;
+
+DROP VIEW IF EXISTS allocations;
+CREATE VIEW IF NOT EXISTS allocations AS
+  SELECT session_id, id AS alloc_id, ts_ns, thread_id,
+         CASE domain WHEN 0 THEN 'raw' WHEN 1 THEN 'mem' ELSE 'obj' END AS domain,
+         address, size, est_bytes, stack_id, freed_ns
+  FROM alloc;
+
+DROP VIEW IF EXISTS timeline;
+CREATE VIEW IF NOT EXISTS timeline AS
+  SELECT session_id, ts_ns, live_bytes, live_count FROM timeline_point;
+
+DROP VIEW IF EXISTS timeline_detail;
+CREATE VIEW IF NOT EXISTS timeline_detail AS
+  SELECT session_id, ts_ns, live_bytes, live_count, end_bytes FROM timeline_point;
+
+-- change_no numbers a session's changes 1, 2, ... in the order they were received, which
+-- also orders changes with equal timestamps (a coarse clock can give two the same tick).
+DROP VIEW IF EXISTS sampling_changes;
+CREATE VIEW IF NOT EXISTS sampling_changes AS
+  SELECT c.session_id,
+         ROW_NUMBER() OVER w AS change_no,
+         c.ts_ns,
+         COALESCE(LAG(c.sample_interval_bytes) OVER w, s.sample_interval_bytes)
+           AS previous_interval_bytes,
+         c.sample_interval_bytes
+  FROM sampling_change c JOIN session s ON s.id = c.session_id
+  WINDOW w AS (PARTITION BY c.session_id ORDER BY c.id);
