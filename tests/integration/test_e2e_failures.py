@@ -163,10 +163,17 @@ class Failures(unittest.TestCase):
         # Woken up, the daemon reads up to the shut-down stream and ends the session
         # without a GOODBYE: the database says the session is incomplete.
         daemon.stop()
-        rows = daemon.query('SELECT status FROM sessions')
+        rows = daemon.query('SELECT status, events_received, events_dropped FROM sessions')
         self.assertEqual(len(rows), 1)
-        self.assertNotEqual(rows[0][0], 'exited')
-        self.assertNotEqual(rows[0][0], 'running')
+        status, received, dropped = rows[0]
+        self.assertEqual(status, 'disconnected')
+        # Issue 12 item 7: the loss is counted. The final COUNTERS went out before the
+        # drain, into room the data left in the socket, with the events committed and
+        # the ring's drops: every allocation of the loop (a bytearray object and its
+        # buffer, 300000 times) was either received or counted as dropped. Before, the
+        # database counted only what the last periodic COUNTERS knew, a small part.
+        self.assertGreaterEqual(dropped, int(lost.group(1)))
+        self.assertGreaterEqual(received + dropped, 2 * 300000)
 
     def test_stopped_daemon_in_block_mode_does_not_hold_the_program(self):
         # Review 2 item 1: in block mode every event waited for ring space, so a
