@@ -47,6 +47,7 @@ typedef struct session {
   hp_addrtab *addrtab;
   hp_sender *sender;                 /* under g_lock */
   /* Settings: written before the session is published, read-only after. */
+  int (*hooks_replaced)(void);       /* hp_agent_opts */
   clockid_t ts_clock;                /* event time stamps, see event_ts() */
   int block;                         /* block or adapt: a sample waits for ring space */
   int adapt;
@@ -65,6 +66,7 @@ typedef struct session {
    * its free reserve again, and blocking resumes. */
   _Atomic int block_gave_up;
   _Atomic int block_gave_up_said;    /* the one line is printed once a session */
+  _Atomic int hooks_replaced_said;   /* likewise, when the hooks were replaced */
   _Atomic uint32_t adapt_log_len;
   struct {
     _Atomic uint64_t ts_ns;
@@ -169,19 +171,53 @@ static void session_free(session *s)
   free(s);
 }
 
-/* Ends g_current's recording: withdraws it, waits out the threads still inside it, then
- * stops its sender (which sends what the ring holds and GOODBYE) and frees it. Under
- * g_lock. */
-static int session_end(session *s)
+/* Turns profiling off for s, withdraws it and waits out the threads still inside it:
+ * afterwards nothing pushes to its ring. Any thread but a hook; again is harmless. */
+static void session_withdraw(session *s)
 {
-  session *expected = s;
   if (atomic_load(&hp_agent_mode) == HP_MODE_PROFILE)
     profiling_off();
-  atomic_compare_exchange_strong(&g_session, &expected, NULL);
+  atomic_compare_exchange_strong(&g_session, &s, NULL);
   pins_drain();
-  int rc = hp_sender_stop(s->sender);
+}
+
+/* The hooks were replaced (issue 12 item 10: tracemalloc started before heapprof and
+ * stopped while it profiled puts back the allocators it found, without ours): nothing
+ * is recorded any more, and blocks freed from now on would look never freed. Said once;
+ * the session ends with HP_END_HOOKS_REPLACED ('hooks_replaced' in the database). */
+static uint32_t check_hooks(session *s)
+{
+  if (!s->hooks_replaced || !s->hooks_replaced())
+    return HP_END_STOPPED;
+  if (!atomic_exchange(&s->hooks_replaced_said, 1)) {
+    static const char msg[] = "heapprof: the allocator hooks were replaced or removed by "
+                              "someone else (e.g. tracemalloc.stop()); recording ended "
+                              "here, the session ends as hooks_replaced\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+  }
+  return HP_END_HOOKS_REPLACED;
+}
+
+/* Ends g_current's recording: withdraws it, then stops its sender (which sends the final
+ * counters, what the ring holds and GOODBYE) and frees it. Under g_lock. */
+static int session_end(session *s)
+{
+  session_withdraw(s);
+  int rc = hp_sender_stop_with(s->sender, check_hooks(s));
   session_free(s);
   return rc;
+}
+
+/* The sender thread, about once a second: hooks replaced ends the session there, with
+ * the time of the discovery as its end. */
+static uint32_t sender_check_end(void *arg)
+{
+  session *s = arg;
+  uint32_t reason = check_hooks(s);
+  if (reason != HP_END_STOPPED)
+    session_withdraw(s);
+  return reason;
 }
 
 static void on_sender_failed(void *arg, int err)
@@ -302,6 +338,7 @@ static session *session_new(const hp_agent_opts *o)
   /* Recording everything, see event_ts(). */
   s->ts_clock = (!o->nbuckets && o->sample_interval == 1) ? CLOCK_MONOTONIC_COARSE
                                                           : CLOCK_MONOTONIC;
+  s->hooks_replaced = o->hooks_replaced;
   s->adapt = o->adapt_when_full && !o->nbuckets;
   s->block = o->block_when_full || s->adapt;
   s->adapt_fill = hp_ring_capacity(s->ring) / 2;
@@ -358,7 +395,8 @@ int hp_agent_start(const hp_agent_opts *o)
   };
   hp_sender_cfg scfg = { .ring = s->ring, .intern = g_intern, .dropped = sender_dropped,
                          .interval_change = sender_interval_change,
-                         .failed = on_sender_failed, .arg = s,
+                         .failed = on_sender_failed,
+                         .check_end = o->hooks_replaced ? sender_check_end : NULL, .arg = s,
                          .socket_path = o->socket_path, .family = g_family };
   s->sender = hp_sender_start(fd, &h, &scfg, &rc);
   if (!s->sender) {
@@ -391,6 +429,15 @@ int hp_agent_stop(void)
     rc = session_end(g_current);
     g_current = NULL;
   }
+  pthread_mutex_unlock(&g_lock);
+  return rc;
+}
+
+int hp_agent_thread_name(uint64_t thread_id, const char *name, size_t len)
+{
+  pthread_mutex_lock(&g_lock);
+  int rc = g_current ? hp_sender_thread_name(g_current->sender, thread_id, name, len)
+                     : -HP_EINVAL;
   pthread_mutex_unlock(&g_lock);
   return rc;
 }

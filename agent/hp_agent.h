@@ -76,6 +76,11 @@ typedef struct {
   uint32_t argc;
   const hp_str *argv;              /* borrowed for the call */
   hp_str executable, python_version;
+  /* 1 when the allocator hooks were replaced or removed by someone else, so that the
+   * hooks see nothing any more (hp_hooks.c); NULL: never asked. Called without the GIL
+   * by the sender thread about once a second and by stop: the session then ends with
+   * end reason HP_END_HOOKS_REPLACED, after one line on stderr. */
+  int (*hooks_replaced)(void);
 } hp_agent_opts;
 
 /* Registers the fork handlers and allocates the tables; idempotent. 0 or -HP_ENOMEM. */
@@ -87,6 +92,10 @@ int hp_agent_start(const hp_agent_opts *o);
  * A no-op (0) when not profiling. */
 int hp_agent_stop(void);
 int hp_agent_is_profiling(void);
+/* The name the program gives a thread (kernel thread id), sent to the current session
+ * after the kernel's name so that it wins. Not from a hook. 0, or -HP_EINVAL when no
+ * session runs, or the sender's error. */
+int hp_agent_thread_name(uint64_t thread_id, const char *name, size_t len);
 /* Stats mode on/off (no session, no daemon). */
 void hp_agent_stats_enable(int on);
 

@@ -57,11 +57,20 @@ struct hp_sender {
   int unread;                /* the socket's unread bytes when last looked at */
   int final_sent;            /* the final counters went out */
   uint32_t pending_events;   /* encoded, not yet written */
+  /* Sender thread only: the threads of this stream whose kernel name was looked at
+   * (open addressing, 0 empty), the last one seen, and the main thread's name. */
+  uint32_t tids[2 * HP_SENDER_MAX_THREADS];
+  uint32_t ntids, last_tid;
+  char process_comm[32];
+  /* Names the program gave (hp_sender_thread_name), not yet sent; under mu. */
+  hp_thread_def *names[HP_SENDER_MAX_NAMES];
+  uint32_t nnames;
   int gave_up_for_family;    /* gave up because another process did */
-  pthread_mutex_t mu;        /* guards the idle wait only; hooks never touch it */
+  pthread_mutex_t mu;        /* guards the idle wait and names[]; hooks never touch it */
   pthread_cond_t wake;       /* signalled by hp_sender_stop(): exit without oversleeping */
   int sync_ready;            /* mu and wake were initialised */
   _Atomic int error;         /* first write error, set by the thread */
+  _Atomic uint32_t end_reason;   /* GOODBYE's; the first nonzero one set wins */
   _Atomic uint64_t events_sent;
 };
 
@@ -393,6 +402,96 @@ static int send_final_counters(hp_sender *s)
   return rc;
 }
 
+/* A thread's kernel name (/proc/self/task/TID/comm, without its newline) into buf;
+ * its length, 0 if the thread is gone or has none. */
+static size_t read_comm(const char *path, char *buf, size_t cap)
+{
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return 0;
+  size_t n = fread(buf, 1, cap - 1, f);
+  fclose(f);
+  while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\0'))
+    n--;
+  buf[n] = 0;
+  return n;
+}
+
+/* The kernel name of each thread this stream meets for the first time, as THREAD_DEF:
+ * the main thread's always, another thread's when it is not just the name it inherited
+ * from the main thread (set with pthread_setname_np or prctl: a native library's worker,
+ * a program that names its threads). Read here, never in a hook; a thread already gone
+ * has no name to read. At most HP_SENDER_MAX_THREADS threads a stream are looked at. */
+static int send_thread_names(hp_sender *s, const hp_event *ev, uint32_t n)
+{
+  int rc = 0;
+  for (uint32_t i = 0; i < n && rc == 0; i++) {
+    uint32_t tid = (uint32_t)ev[i].thread_id;
+    if (tid == s->last_tid || tid == 0)
+      continue;
+    s->last_tid = tid;
+    uint32_t slot = (tid * 2654435761u) & (2 * HP_SENDER_MAX_THREADS - 1);
+    while (s->tids[slot] != 0 && s->tids[slot] != tid)
+      slot = (slot + 1) & (2 * HP_SENDER_MAX_THREADS - 1);
+    if (s->tids[slot] == tid || s->ntids >= HP_SENDER_MAX_THREADS)
+      continue;
+    s->tids[slot] = tid;
+    s->ntids++;
+    char path[64], name[32];
+    snprintf(path, sizeof(path), "/proc/self/task/%u/comm", tid);
+    size_t len = read_comm(path, name, sizeof(name));
+    if (len == 0 || (tid != (uint32_t)s->hello.pid && strcmp(name, s->process_comm) == 0))
+      continue;
+    hp_thread_def d = { .thread_id = tid, .name = { name, (uint32_t)len } };
+    if ((rc = hp_encode_thread_def(s->enc, &d)) == 0)
+      rc = flush_if_big(s);
+  }
+  return rc;
+}
+
+/* The names the program gave, after the kernel's: the latest wins in the daemon. */
+static int send_given_names(hp_sender *s)
+{
+  hp_thread_def *taken[HP_SENDER_MAX_NAMES];
+  pthread_mutex_lock(&s->mu);
+  uint32_t n = s->nnames;
+  memcpy(taken, s->names, n * sizeof(taken[0]));
+  s->nnames = 0;
+  pthread_mutex_unlock(&s->mu);
+  int rc = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    if (rc == 0 && (rc = hp_encode_thread_def(s->enc, taken[i])) == 0)
+      rc = flush_if_big(s);
+    free(taken[i]);
+  }
+  return rc;
+}
+
+int hp_sender_thread_name(hp_sender *s, uint64_t thread_id, const char *name, size_t len)
+{
+  if (len > HP_MAX_STR_BYTES)
+    len = HP_MAX_STR_BYTES;
+  hp_thread_def *d = malloc(sizeof(*d) + len + 1);
+  if (!d)
+    return -HP_ENOMEM;
+  char *copy = (char *)(d + 1);
+  memcpy(copy, name, len);
+  copy[len] = 0;
+  d->thread_id = thread_id;
+  d->name.ptr = copy;
+  d->name.len = (uint32_t)len;
+  int rc = 0;
+  pthread_mutex_lock(&s->mu);
+  if (s->nnames < HP_SENDER_MAX_NAMES)
+    s->names[s->nnames++] = d;
+  else
+    rc = -HP_EFULL;
+  pthread_mutex_unlock(&s->mu);
+  if (rc < 0)
+    free(d);
+  return rc;
+}
+
 /* lost: events taken from the ring but never written, for the stop timeout's message. */
 static void report_failure(hp_sender *s, int err, uint64_t lost)
 {
@@ -451,9 +550,20 @@ static int send_events(hp_sender *s, const hp_event *ev, uint32_t n)
   return rc;
 }
 
+/* Ends the stream from within, as hp_sender_stop_with() would: the next turn of the
+ * loop sends the final counters and drains. */
+static void end_here(hp_sender *s, uint32_t reason)
+{
+  uint32_t none = 0;
+  atomic_compare_exchange_strong(&s->end_reason, &none, reason);
+  atomic_store_explicit(&s->stop_ns, hp_now_ns(), memory_order_relaxed);
+  atomic_store_explicit(&s->stop, 1, memory_order_release);
+}
+
 static void *sender_main(void *arg)
 {
   hp_sender *s = arg;
+  read_comm("/proc/self/comm", s->process_comm, sizeof(s->process_comm));
   /* HELLO opens the stream whatever comes next (write_data could put the final
    * counters first). */
   size_t hello_len;
@@ -474,7 +584,8 @@ static void *sender_main(void *arg)
     uint32_t n = 0;
     while (n < HP_SENDER_BATCH && hp_ring_pop(s->cfg.ring, &s->batch[n]))
       n++;
-    if ((rc = send_defs(s)) < 0 || (rc = send_events(s, s->batch, n)) < 0 ||
+    if ((rc = send_defs(s)) < 0 || (rc = send_thread_names(s, s->batch, n)) < 0 ||
+        (rc = send_given_names(s)) < 0 || (rc = send_events(s, s->batch, n)) < 0 ||
         (rc = flush_encoder(s)) < 0)
       break;
     uint64_t now = hp_now_ns();
@@ -487,6 +598,9 @@ static void *sender_main(void *arg)
       if ((rc = send_counters(s)) < 0)
         break;
       last_counters = now;
+      uint32_t reason;
+      if (!stopping && s->cfg.check_end && (reason = s->cfg.check_end(s->cfg.arg)) != 0)
+        end_here(s, reason);
     }
     /* A thin batch means the ring is nearly empty: wait for more rather than paying a
      * system call per handful of events. The wait doubles while batches stay thin
@@ -506,9 +620,9 @@ static void *sender_main(void *arg)
   if (rc == 0) {
     hp_goodbye g = { .ts_ns = hp_now_ns(),
                      .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
-                     .end_reason = HP_END_STOPPED };
-    if ((rc = send_interval_changes(s)) == 0 && (rc = send_counters(s)) == 0 &&
-        (rc = hp_encode_goodbye(s->enc, &g)) == 0)
+                     .end_reason = atomic_load(&s->end_reason) };
+    if ((rc = send_given_names(s)) == 0 && (rc = send_interval_changes(s)) == 0 &&
+        (rc = send_counters(s)) == 0 && (rc = hp_encode_goodbye(s->enc, &g)) == 0)
       rc = flush_encoder(s);
   }
   if (rc < 0) {
@@ -540,6 +654,8 @@ static void sender_release(hp_sender *s)
   }
   if (s->fd >= 0)
     close(s->fd);
+  for (uint32_t i = 0; i < s->nnames; i++)
+    free(s->names[i]);
   hp_encoder_free(s->enc);
   hp_encoder_free(s->ctl);
   free(s->batch);
@@ -597,6 +713,7 @@ hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *c
   atomic_init(&s->stop, 0);
   atomic_init(&s->error, 0);
   atomic_init(&s->events_sent, 0);
+  atomic_init(&s->end_reason, 0);
   pthread_condattr_t ca;
   if (pthread_condattr_init(&ca) != 0)
     goto out_release;
@@ -640,8 +757,16 @@ out:
 
 int hp_sender_stop(hp_sender *s)
 {
+  return hp_sender_stop_with(s, HP_END_STOPPED);
+}
+
+int hp_sender_stop_with(hp_sender *s, uint32_t end_reason)
+{
   if (!s)
     return 0;
+  uint32_t none = 0;
+  if (end_reason)
+    atomic_compare_exchange_strong(&s->end_reason, &none, end_reason);
   atomic_store_explicit(&s->stop_ns, hp_now_ns(), memory_order_relaxed);
   pthread_mutex_lock(&s->mu);
   atomic_store_explicit(&s->stop, 1, memory_order_release);

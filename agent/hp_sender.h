@@ -3,7 +3,9 @@
  * The thread sends HELLO, then repeatedly pops the event ring, emits FRAME_DEF and
  * STACK_DEF for every interned id not sent yet on this stream (before the events that
  * may use them: an event popped from the ring was pushed after its stack was
- * published), then the EVENTS batch; COUNTERS about once a second; GOODBYE at stop.
+ * published), THREAD_DEF for the threads it meets (their kernel names, then the names
+ * the program gave), then the EVENTS batch; COUNTERS about once a second; GOODBYE at
+ * stop.
  * Only this thread waits on the socket. It never touches Python state and allocates
  * with libc only. A write error (the daemon went away) ends the thread after one line
  * on stderr and a call to the failure callback; the program goes on unprofiled.
@@ -45,6 +47,9 @@
                                                   this long is given up on */
 #define HP_SENDER_STUCK_GRACE_NS 100000000ull   /* ... or for this long, when another
                                                   process of the program gave up on it */
+#define HP_SENDER_MAX_THREADS    4096u        /* threads a stream looks up a kernel name
+                                                 for */
+#define HP_SENDER_MAX_NAMES      1024u        /* names the program gave, pending at once */
 #define HP_SENDER_WAIT_SLICE_MS  50           /* a blocked write re-checks for stop */
 #define HP_SENDER_CONNECT_TIMEOUT_NS 5000000000ull /* a daemon whose listen backlog is
                                                      full (stopped, swamped) */
@@ -68,6 +73,10 @@ typedef struct {
    * when the stream lags behind. */
   int (*interval_change)(void *arg, uint32_t index, uint64_t *ts_ns, uint64_t *interval);
   void (*failed)(void *arg, int err);    /* called once from the sender thread */
+  /* Called by the sender thread about once a second (NULL: never): a nonzero
+   * hp_end_reason ends the stream there as a stop does (final counters, drain, GOODBYE
+   * with that reason). The callee has made sure nothing is pushed to the ring any more. */
+  uint32_t (*check_end)(void *arg);
   void *arg;
   const char *socket_path;               /* for messages only; copied */
   hp_sender_family *family;              /* NULL: none */
@@ -92,9 +101,16 @@ hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *c
  * -ETIMEDOUT (after one line on stderr and the failure callback). Otherwise 0, or the
  * error that stopped the thread earlier. NULL is a no-op. */
 int hp_sender_stop(hp_sender *s);
+/* The same, with GOODBYE's end_reason (hp_end_reason); the first reason given wins
+ * (the sender may have ended the stream itself, see check_end). */
+int hp_sender_stop_with(hp_sender *s, uint32_t end_reason);
 /* For a fork child, where the thread no longer exists: closes the socket and frees
  * without joining or sending. NULL is a no-op. */
 void hp_sender_abandon(hp_sender *s);
+/* A name the program gives a thread (threading.Thread.name), sent as THREAD_DEF after
+ * the kernel's name, so it wins; name is copied (cut at HP_MAX_STR_BYTES). Any thread
+ * but a hook. 0, -HP_ENOMEM, or -HP_EFULL when HP_SENDER_MAX_NAMES are pending. */
+int hp_sender_thread_name(hp_sender *s, uint64_t thread_id, const char *name, size_t len);
 /* Events, frame and stack definitions written so far (for tests and stats). */
 uint64_t hp_sender_events_sent(const hp_sender *s);
 

@@ -36,6 +36,10 @@ typedef struct {
   /* Written by the reader thread, read after it was joined. */
   unsigned goodbyes, bad_order, unpaired_frees, decode_errors;
   uint64_t events;
+  uint32_t last_end_reason;          /* of the last GOODBYE */
+  uint64_t last_events_sent;         /* of the last COUNTERS */
+  uint64_t stream_events;            /* of the last stream */
+  unsigned named;                    /* THREAD_DEFs naming a thread "named-by-test" */
 } reader;
 
 /* Live addresses of one stream: a FREE must follow an ALLOC of its address in the same
@@ -63,6 +67,7 @@ static void read_stream(reader *r, int fd, live_set *ls)
   ssize_t n;
   int nmsg = 0, ended = 0;
   memset(ls, 0, sizeof(*ls));
+  r->stream_events = 0;
   while ((n = read(fd, buf, sizeof(buf))) > 0) {
     if (hp_framer_feed(fm, buf, (size_t)n) != 0) {
       r->decode_errors++;
@@ -80,9 +85,17 @@ static void read_stream(reader *r, int fd, live_set *ls)
         r->bad_order++;
       if (m.type == HP_MSG_GOODBYE) {
         r->goodbyes++;
+        r->last_end_reason = m.u.goodbye.end_reason;
         ended = 1;
+      } else if (m.type == HP_MSG_COUNTERS) {
+        r->last_events_sent = m.u.counters.events_sent;
+      } else if (m.type == HP_MSG_THREAD_DEF) {
+        if (m.u.thread_def.name.len == 13 &&
+            memcmp(m.u.thread_def.name.ptr, "named-by-test", 13) == 0)
+          r->named++;
       } else if (m.type == HP_MSG_EVENTS) {
         r->events += m.u.events.count;
+        r->stream_events += m.u.events.count;
         for (uint32_t i = 0; i < m.u.events.count; i++) {
           const hp_event *e = &m.u.events.events[i];
           if (e->kind == HP_EV_ALLOC) {
@@ -261,12 +274,79 @@ START_TEST(start_stop_while_threads_allocate)
 }
 END_TEST
 
+static _Atomic int g_replaced;
+
+static int test_hooks_replaced(void)
+{
+  return atomic_load(&g_replaced);
+}
+
+/* Issue 12 item 10: hooks that someone else removed see nothing any more. The sender
+ * asks about once a second; the session then ends by itself, with the producers still
+ * running, as a stop would: final counters, drain, GOODBYE with end reason 1. Every
+ * event committed arrives (events_sent of the final counters), names given before the
+ * end are sent (item 12), and the later stop has nothing left to do. */
+START_TEST(replaced_hooks_end_the_session_from_the_sender)
+{
+  reader r;
+  reader_start(&r);
+  ck_assert_int_eq(hp_agent_init(), 0);
+  _Atomic int quit = 0;
+  _Atomic uint64_t rounds = 0;
+  producer ps[2];
+  for (int i = 0; i < 2; i++) {
+    ps[i] = (producer){ .index = i, .quit = &quit, .rounds = &rounds };
+    ck_assert_int_eq(pthread_create(&ps[i].thread, NULL, producer_main, &ps[i]), 0);
+  }
+  hp_agent_opts o = opts_for(r.path, 1);
+  o.hooks_replaced = test_hooks_replaced;
+  atomic_store(&g_replaced, 0);
+  int errpipe[2];
+  ck_assert_int_eq(pipe(errpipe), 0);
+  int saved_stderr = dup(STDERR_FILENO);
+  ck_assert_int_eq(dup2(errpipe[1], STDERR_FILENO), STDERR_FILENO);
+  ck_assert_int_eq(hp_agent_start(&o), 0);
+  ck_assert_int_eq(hp_agent_thread_name(12345, "named-by-test", 13), 0);
+  while (atomic_load(&rounds) < 1000)
+    sched_yield();
+  atomic_store(&g_replaced, 1);
+  for (int i = 0; i < 5000 && hp_agent_is_profiling(); i++)
+    usleep(1000);
+  int still = hp_agent_is_profiling();
+  ck_assert_int_eq(hp_agent_stop(), 0);
+  ck_assert_int_eq(dup2(saved_stderr, STDERR_FILENO), STDERR_FILENO);
+  close(saved_stderr);
+  close(errpipe[1]);
+  char msg[512];
+  ssize_t n = read(errpipe[0], msg, sizeof(msg) - 1);
+  msg[n > 0 ? n : 0] = 0;
+  close(errpipe[0]);
+  atomic_store(&quit, 1);
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(pthread_join(ps[i].thread, NULL), 0);
+  for (int i = 0; i < 5000 && atomic_load(&r.streams) < 1; i++)
+    usleep(1000);
+  reader_stop(&r);
+  ck_assert_msg(!still, "the sender did not end the session within 5 s");
+  ck_assert_uint_eq(atomic_load(&r.streams), 1);
+  ck_assert_uint_eq(r.goodbyes, 1);
+  ck_assert_uint_eq(r.last_end_reason, HP_END_HOOKS_REPLACED);
+  ck_assert_uint_eq(r.last_events_sent, r.stream_events);
+  ck_assert_uint_gt(r.stream_events, 0);
+  ck_assert_uint_eq(r.named, 1);
+  ck_assert_uint_eq(r.unpaired_frees, 0);
+  ck_assert_msg(strstr(msg, "the session ends as hooks_replaced\n") != NULL, "%s", msg);
+  ck_assert_ptr_null(strchr(strchr(msg, '\n') + 1, '\n'));   /* one line */
+}
+END_TEST
+
 Suite *agent_suite(void)
 {
   Suite *s = suite_create("agent");
   TCase *threads = tcase_create("threads");
   tcase_set_timeout(threads, 300);
   tcase_add_test(threads, start_stop_while_threads_allocate);
+  tcase_add_test(threads, replaced_hooks_end_the_session_from_the_sender);
   suite_add_tcase(s, threads);
   return s;
 }
