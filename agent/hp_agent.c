@@ -108,9 +108,10 @@ static struct {
   _Alignas(64) _Atomic uint64_t n;
 } g_pins[PIN_STRIPES];
 
-/* The kernel thread id (gettid): unlike pthread_self() values, not reused while the
- * process lives on, and what /proc and debuggers show. Cached per thread; the fork
- * child handler forgets the forking thread's. */
+/* The kernel thread id (gettid): unlike a pthread_self() value, not handed to the next
+ * thread as soon as one ends (the kernel cycles through pid_max first), and what /proc
+ * and debuggers show. Cached per thread; the fork child handler forgets the forking
+ * thread's. */
 static __thread uint32_t t_tid __attribute__((tls_model("initial-exec")));
 
 static inline uint32_t thread_id(void)

@@ -8,8 +8,7 @@ import unittest
 
 from agent_e2e_util import PYTHON, DaemonTestCase, line_of, run_python, write_program
 
-# Keeps 8 MB, frees 20 MB just before leaving through the exit named by argv[1].
-EXITS = '''
+SITES = '''
 import os, posix, sys
 def kept():
     out = []
@@ -21,6 +20,10 @@ def freed():
     for _ in range(200):
         out.append(bytearray(100000))                        # SITE_FREED
     return out
+'''
+
+# Keeps 8 MB, frees 20 MB just before leaving through the exit named by argv[1].
+EXITS = SITES + '''
 keep = kept()
 tmp = freed()
 del tmp
@@ -29,18 +32,7 @@ print(os.getpid(), flush=True)
 '''
 
 # The same in a fork child, which leaves through posix._exit.
-FORK_EXITS = '''
-import os, posix
-def kept():
-    out = []
-    for _ in range(80):
-        out.append(bytearray(100000))                        # SITE_KEPT
-    return out
-def freed():
-    out = []
-    for _ in range(200):
-        out.append(bytearray(100000))                        # SITE_FREED
-    return out
+FORK_EXITS = SITES + '''
 pid = os.fork()
 if pid == 0:
     keep = kept()

@@ -55,6 +55,28 @@ sys.exit(6)
 '''
 
 
+# Five fork children one after the other, each recording more than a socket buffers,
+# each leaving normally (atexit stops its session).
+FORKS_AT_STOPPED_DAEMON = '''
+import os, sys, time
+flag = sys.argv[1]
+print("ready", flush=True)
+deadline = time.monotonic() + 30
+while not os.path.exists(flag) and time.monotonic() < deadline:
+    time.sleep(0.01)
+codes = []
+for k in range(5):
+    pid = os.fork()
+    if pid == 0:
+        n = 0
+        for i in range(60000):
+            n += len(bytearray(100 + i % 50))
+        sys.exit(0)
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print("codes", *codes, flush=True)
+'''
+
+
 class Failures(unittest.TestCase):
 
     def setUp(self):
@@ -121,13 +143,14 @@ class Failures(unittest.TestCase):
         self.assertIn('lost the connection to heapprofd', lines[0])
         self.assertIn('the program continues', lines[0])
 
-    def run_with_stopped_daemon(self, timeout, **env):
-        """Runs STALLED recording every allocation: once it is ready, SIGSTOPs heapprofd
-        and lets the program allocate and exit. Returns (daemon, child, out, err); the
-        daemon is resumed (SIGCONT) before returning, whatever happened."""
+    def run_with_stopped_daemon(self, timeout, program=STALLED, pause=None, **env):
+        """Runs program (argv[1]: a flag file to wait for) recording every allocation:
+        once it says 'ready', SIGSTOPs heapprofd and creates the flag. pause: SIGCONT
+        that many seconds later, while the program runs; else only once it has ended.
+        Returns (daemon, child, out, err); the daemon is resumed whatever happened."""
         daemon = Daemon(self.tmp)
         self.addCleanup(daemon.kill)
-        path = write_program(self.tmp, 'stalled.py', STALLED)
+        path = write_program(self.tmp, 'stalled.py', program)
         flag = os.path.join(self.tmp, 'go')
         child = subprocess.Popen([PYTHON, path, flag], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True,
@@ -139,6 +162,10 @@ class Failures(unittest.TestCase):
             daemon.proc.send_signal(signal.SIGSTOP)
             stopped = True
             open(flag, 'w').close()
+            if pause is not None:
+                time.sleep(pause)
+                daemon.proc.send_signal(signal.SIGCONT)
+                stopped = False
             out, err = child.communicate(timeout=timeout)
         finally:
             if child.poll() is None:
@@ -147,6 +174,7 @@ class Failures(unittest.TestCase):
             if stopped:
                 daemon.proc.send_signal(signal.SIGCONT)
         return daemon, child, out, err
+
     def test_stopped_daemon_does_not_hang_the_exit(self):
         # Review item 2: a SIGSTOPped heapprofd (alive, reading nothing) blocked the
         # sender's send() and the atexit join for ever. Now the exit gives it 5 s
@@ -200,27 +228,9 @@ class Failures(unittest.TestCase):
         heapprofd that paused (a large commit, a checkpoint) lost events of a user who
         asked for all of them. A pause of 2.5 s now costs nothing: every event arrives,
         none is counted as dropped, and nothing is said."""
-        daemon = Daemon(self.tmp)
-        self.addCleanup(daemon.kill)
-        path = write_program(self.tmp, 'stalled.py', STALLED)
-        flag = os.path.join(self.tmp, 'go')
-        child = subprocess.Popen([PYTHON, path, flag], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True,
-                                 env=clean_env(HEAPPROF_SOCKET=daemon.socket,
-                                               HEAPPROF_INTERVAL=1, HEAPPROF_ON_FULL='block'))
-        try:
-            self.assertEqual(child.stdout.readline().strip(), 'ready')
-            daemon.proc.send_signal(signal.SIGSTOP)
-            try:
-                open(flag, 'w').close()     # the program allocates into the paused daemon
-                time.sleep(2.5)
-            finally:
-                daemon.proc.send_signal(signal.SIGCONT)
-            out, err = child.communicate(timeout=120)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+        # The program allocates into the paused daemon, which resumes 2.5 s later.
+        daemon, child, out, err = self.run_with_stopped_daemon(120, pause=2.5,
+                                                               HEAPPROF_ON_FULL='block')
         self.assertEqual(child.returncode, 6, err)
         self.assertIn('finished', out)
         self.assertEqual(err, '')
@@ -236,28 +246,9 @@ class Failures(unittest.TestCase):
         sequential children: 27 s instead of 1.2 s). The first process that gives up on
         it tells the others (they share a page): each later one gives up at once and
         says why, so only one line says it waited the full 5 s."""
-        daemon = Daemon(self.tmp)
-        self.addCleanup(daemon.kill)
-        path = write_program(self.tmp, 'forks.py', FORKS_AT_STOPPED_DAEMON)
-        flag = os.path.join(self.tmp, 'go')
-        child = subprocess.Popen([PYTHON, path, flag], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True,
-                                 env=clean_env(HEAPPROF_SOCKET=daemon.socket,
-                                               HEAPPROF_INTERVAL=1))
-        stopped = False
-        try:
-            self.assertEqual(child.stdout.readline().strip(), 'ready')
-            daemon.proc.send_signal(signal.SIGSTOP)
-            stopped = True
-            open(flag, 'w').close()
-            # Generous: 5 s once, plus the run; the old 5 s per process took 30 s.
-            out, err = child.communicate(timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-            if stopped:
-                daemon.proc.send_signal(signal.SIGCONT)
+        # Generous: 5 s once, plus the run; the old 5 s per process took 30 s.
+        daemon, child, out, err = self.run_with_stopped_daemon(
+            60, program=FORKS_AT_STOPPED_DAEMON)
         self.assertEqual(child.returncode, 0, err)
         self.assertEqual(out.split()[1:], ['0'] * 5)
         lines = err.splitlines()
@@ -268,28 +259,6 @@ class Failures(unittest.TestCase):
         self.assertGreaterEqual(len(at_once), 4, err)
         self.assertEqual(len(waited) + len(at_once), len(lines), err)
         daemon.stop()
-
-
-# Five fork children one after the other, each recording more than a socket buffers,
-# each leaving normally (atexit stops its session).
-FORKS_AT_STOPPED_DAEMON = '''
-import os, sys, time
-flag = sys.argv[1]
-print("ready", flush=True)
-deadline = time.monotonic() + 30
-while not os.path.exists(flag) and time.monotonic() < deadline:
-    time.sleep(0.01)
-codes = []
-for k in range(5):
-    pid = os.fork()
-    if pid == 0:
-        n = 0
-        for i in range(60000):
-            n += len(bytearray(100 + i % 50))
-        sys.exit(0)
-    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-print("codes", *codes, flush=True)
-'''
 
 
 if __name__ == '__main__':

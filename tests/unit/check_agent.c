@@ -213,6 +213,29 @@ static void *producer_main(void *arg)
   return NULL;
 }
 
+static void producers_start(producer *ps, int n, _Atomic int *quit, _Atomic uint64_t *rounds)
+{
+  for (int i = 0; i < n; i++) {
+    ps[i] = (producer){ .index = i, .quit = quit, .rounds = rounds };
+    ck_assert_int_eq(pthread_create(&ps[i].thread, NULL, producer_main, &ps[i]), 0);
+  }
+}
+
+static void producers_stop(producer *ps, int n)
+{
+  atomic_store(ps[0].quit, 1);
+  for (int i = 0; i < n; i++)
+    ck_assert_int_eq(pthread_join(ps[i].thread, NULL), 0);
+}
+
+/* After the last stop: the reader has every stream once the last one ended. */
+static void reader_wait_stop(reader *r, unsigned streams)
+{
+  for (int i = 0; i < 5000 && atomic_load(&r->streams) < streams; i++)
+    usleep(1000);
+  reader_stop(r);
+}
+
 static hp_agent_opts opts_for(const char *path, int round)
 {
   static const hp_str argv[1] = { { "check_agent", 11 } };
@@ -240,10 +263,7 @@ START_TEST(start_stop_while_threads_allocate)
   _Atomic int quit = 0;
   _Atomic uint64_t rounds = 0;
   producer ps[PRODUCERS];
-  for (int i = 0; i < PRODUCERS; i++) {
-    ps[i] = (producer){ .index = i, .quit = &quit, .rounds = &rounds };
-    ck_assert_int_eq(pthread_create(&ps[i].thread, NULL, producer_main, &ps[i]), 0);
-  }
+  producers_start(ps, PRODUCERS, &quit, &rounds);
   unsigned started = 0;
   for (int round = 0; round < ROUNDS; round++) {
     hp_agent_opts o = opts_for(r.path, round);
@@ -256,13 +276,8 @@ START_TEST(start_stop_while_threads_allocate)
       sched_yield();
     ck_assert_msg(hp_agent_stop() == 0, "round %d: stop failed", round);
   }
-  atomic_store(&quit, 1);
-  for (int i = 0; i < PRODUCERS; i++)
-    ck_assert_int_eq(pthread_join(ps[i].thread, NULL), 0);
-  /* The reader has every stream once its last one ended. */
-  for (int i = 0; i < 5000 && atomic_load(&r.streams) < started; i++)
-    usleep(1000);
-  reader_stop(&r);
+  producers_stop(ps, PRODUCERS);
+  reader_wait_stop(&r, started);
   ck_assert_uint_eq(atomic_load(&r.streams), started);
   ck_assert_uint_eq(r.goodbyes, started);
   ck_assert_uint_eq(r.bad_order, 0);
@@ -294,10 +309,7 @@ START_TEST(replaced_hooks_end_the_session_from_the_sender)
   _Atomic int quit = 0;
   _Atomic uint64_t rounds = 0;
   producer ps[2];
-  for (int i = 0; i < 2; i++) {
-    ps[i] = (producer){ .index = i, .quit = &quit, .rounds = &rounds };
-    ck_assert_int_eq(pthread_create(&ps[i].thread, NULL, producer_main, &ps[i]), 0);
-  }
+  producers_start(ps, 2, &quit, &rounds);
   hp_agent_opts o = opts_for(r.path, 1);
   o.hooks_replaced = test_hooks_replaced;
   atomic_store(&g_replaced, 0);
@@ -321,12 +333,8 @@ START_TEST(replaced_hooks_end_the_session_from_the_sender)
   ssize_t n = read(errpipe[0], msg, sizeof(msg) - 1);
   msg[n > 0 ? n : 0] = 0;
   close(errpipe[0]);
-  atomic_store(&quit, 1);
-  for (int i = 0; i < 2; i++)
-    ck_assert_int_eq(pthread_join(ps[i].thread, NULL), 0);
-  for (int i = 0; i < 5000 && atomic_load(&r.streams) < 1; i++)
-    usleep(1000);
-  reader_stop(&r);
+  producers_stop(ps, 2);
+  reader_wait_stop(&r, 1);
   ck_assert_msg(!still, "the sender did not end the session within 5 s");
   ck_assert_uint_eq(atomic_load(&r.streams), 1);
   ck_assert_uint_eq(r.goodbyes, 1);
