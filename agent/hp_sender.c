@@ -51,11 +51,12 @@ struct hp_sender {
   int64_t peer;              /* the daemon's pid (SO_PEERCRED), 0 unknown; read-only */
   int sndbuf;                /* SO_SNDBUF: the socket's size; read-only after start */
   size_t flush_bytes;        /* write once this much is encoded; read-only */
-  hp_encoder *ctl;           /* sender thread only: the final counters */
+  hp_encoder *ctl;           /* sender thread only: COUNTERS, written apart from enc */
   /* Sender thread only: */
   uint64_t progress_ns;      /* the daemon last took data from this stream, 0 never */
   int unread;                /* the socket's unread bytes when last looked at */
   int final_sent;            /* the final counters went out */
+  int gave_up_for_family;    /* gave up because another process did */
   uint32_t pending_events;   /* encoded, not yet written */
   /* Sender thread only: the threads of this stream whose kernel name was looked at
    * (open addressing, 0 empty), the last one seen, and the main thread's name. */
@@ -65,7 +66,6 @@ struct hp_sender {
   /* Names the program gave (hp_sender_thread_name), not yet sent; under mu. */
   hp_thread_def *names[HP_SENDER_MAX_NAMES];
   uint32_t nnames;
-  int gave_up_for_family;    /* gave up because another process did */
   pthread_mutex_t mu;        /* guards the idle wait and names[]; hooks never touch it */
   pthread_cond_t wake;       /* signalled by hp_sender_stop(): exit without oversleeping */
   int sync_ready;            /* mu and wake were initialised */
