@@ -4,7 +4,8 @@
 #   ./setup.sh demo     (default) set up, then profile examples/demo.py with a private
 #                       heapprofd and print where its memory went
 #   ./setup.sh test     set up, then run the whole test suite: every test of the normal
-#                       build, then the C unit and daemon tests again under ASan/UBSan
+#                       build, then the C unit and daemon tests again under ASan/UBSan,
+#                       then the agent's and daemon's concurrency tests under TSan
 #   ./setup.sh setup    only set up: Debian packages, .venv, build, install into .venv
 #
 # Environment:
@@ -18,6 +19,7 @@ ROOT=$PWD
 VENV=$ROOT/.venv
 BUILD=$ROOT/build
 BUILD_ASAN=$ROOT/build-asan
+BUILD_TSAN=$ROOT/build-tsan
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 MODE=${1:-demo}
 
@@ -89,7 +91,7 @@ EOF
 VENV_ID="$PYTHON_REAL${SYSTEM_SITE:+ $SYSTEM_SITE}"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.heapprof-python" 2>/dev/null)" != "$VENV_ID" ]; then
   say "creating .venv from $PYTHON_REAL${SYSTEM_SITE:+ (with its system packages)}"
-  rm -rf "$VENV" "$BUILD" "$BUILD_ASAN"
+  rm -rf "$VENV" "$BUILD" "$BUILD_ASAN" "$BUILD_TSAN"
   "$PYTHON_PATH" -m venv $SYSTEM_SITE "$VENV"
   echo "$VENV_ID" > "$VENV/.heapprof-python"
 fi
@@ -152,8 +154,28 @@ test)
     meson test -C "$BUILD_ASAN" --suite unit --suite daemon --num-processes "$JOBS" \
     --print-errorlogs || rc=$?
 
+  say "running the agent's and the daemon's concurrency tests under ThreadSanitizer"
+  # Suite 'concurrency': the agent engine driven from several threads (check_agent and
+  # the ring, table and sender tests) and heapprofd's loop and store thread (its unit
+  # tests, and the daemon tests with real clients). Reports go to files, so that one
+  # from a heapprofd a Python test started is not lost in that test's output.
+  configure "$BUILD_TSAN" -Db_sanitize=thread -Db_lundef=false -Dfuzz_seconds=0 \
+    -Dwerror=true
+  meson compile -C "$BUILD_TSAN" -j "$JOBS" >/dev/null 2>"$BUILD_TSAN/compile.err" \
+    || { cat "$BUILD_TSAN/compile.err" >&2; die "TSan build failed"; }
+  reports=$BUILD_TSAN/tsan-reports
+  rm -rf "$reports" && mkdir -p "$reports"
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 log_path=$reports/report" \
+    meson test -C "$BUILD_TSAN" --suite concurrency --num-processes "$JOBS" \
+    --print-errorlogs || rc=$?
+  if compgen -G "$reports/report.*" >/dev/null; then
+    cat "$reports"/report.* >&2
+    say "ThreadSanitizer reported the races above (also in $reports)"
+    rc=1
+  fi
+
   "$VENV/bin/python" tests/summarize.py "$BUILD/meson-logs/testlog.json" \
-    "$BUILD_ASAN/meson-logs/testlog.json" || rc=$?
+    "$BUILD_ASAN/meson-logs/testlog.json" "$BUILD_TSAN/meson-logs/testlog.json" || rc=$?
   exit $rc
   ;;
 esac

@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +25,45 @@ struct hp_addrtab {
 /* The filter of tables without one: never zero, so every address is a "maybe". */
 static _Atomic uint8_t g_all_maybe[HP_ADDRTAB_FILTER];
 static pthread_once_t g_all_maybe_once = PTHREAD_ONCE_INIT;
+
+/* Filters of freed tables, kept for the next tables: the free hook reads a filter
+ * without any lock or pin, so a filter may be read after its table is gone and must
+ * never be unmapped. The list holds as many as tables were ever alive at once (one, in
+ * the agent). Protected by g_pool_lock (taken by new/free only, never by a hook). */
+typedef struct pooled_filter {
+  struct pooled_filter *next;   /* apart from the counters: a late reader may read them */
+  _Atomic uint8_t counters[HP_ADDRTAB_FILTER];
+} pooled_filter;
+static pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pooled_filter *g_pool;
+
+/* A zeroed filter. A late reader of its previous table may still read it: atomic
+ * stores, and a stale "maybe" or "absent" only costs that reader a look-up or a miss
+ * on a table that is no longer its own. */
+static _Atomic uint8_t *filter_take(void)
+{
+  pthread_mutex_lock(&g_pool_lock);
+  pooled_filter *f = g_pool;
+  if (f)
+    g_pool = f->next;
+  pthread_mutex_unlock(&g_pool_lock);
+  if (!f)
+    return (f = calloc(1, sizeof(pooled_filter))) ? f->counters : NULL;
+  f->next = NULL;
+  for (size_t i = 0; i < HP_ADDRTAB_FILTER; i++)
+    atomic_store_explicit(&f->counters[i], 0, memory_order_relaxed);
+  return f->counters;
+}
+
+static void filter_give_back(_Atomic uint8_t *counters)
+{
+  pooled_filter *f = (pooled_filter *)(void *)((char *)counters -
+                                               offsetof(pooled_filter, counters));
+  pthread_mutex_lock(&g_pool_lock);
+  f->next = g_pool;
+  g_pool = f;
+  pthread_mutex_unlock(&g_pool_lock);
+}
 
 static void fill_all_maybe(void)
 {
@@ -65,7 +105,7 @@ hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
   t->spilled = calloc((nb + 63) / 64, sizeof(uint64_t));
   t->with_filter = with_filter;
   if (with_filter) {
-    t->filter = calloc(HP_ADDRTAB_FILTER, 1);
+    t->filter = filter_take();
   } else {
     pthread_once(&g_all_maybe_once, fill_all_maybe);
     t->filter = g_all_maybe;
@@ -87,23 +127,14 @@ void hp_addrtab_free(hp_addrtab *t)
     return;
   free(t->slots_mem);
   free((void *)t->spilled);
-  if (t->with_filter)
-    free((void *)t->filter);
+  if (t->with_filter && t->filter)
+    filter_give_back(t->filter);
   free(t);
 }
 
 size_t hp_addrtab_slots(const hp_addrtab *t)
 {
   return t->nbuckets * HP_ADDRTAB_BUCKET;
-}
-
-void hp_addrtab_clear(hp_addrtab *t)
-{
-  memset((void *)t->slots, 0, t->nbuckets * HP_ADDRTAB_BUCKET * sizeof(uintptr_t));
-  memset((void *)t->spilled, 0, (t->nbuckets + 63) / 64 * sizeof(uint64_t));
-  if (t->with_filter)
-    memset((void *)t->filter, 0, HP_ADDRTAB_FILTER);
-  atomic_store(&t->overflows, 0);
 }
 
 /* Fibonacci hashing of the address without its alignment bits; the second bucket uses

@@ -44,7 +44,11 @@ int hp_addrtab_filter_for_interval(uint64_t interval);
  * saturated) the filter reads as "maybe" for every address and costs nothing to keep.
  * NULL on OOM. */
 hp_addrtab *hp_addrtab_new(size_t slots, int with_filter);
-void hp_addrtab_free(hp_addrtab *t);        /* NULL is a no-op */
+/* NULL is a no-op. Only once no thread inserts, removes or looks up any more; readers of
+ * the filter alone (hp_addrtab_filter_absent, the free hook's unlocked test) may go on:
+ * a filter is never unmapped, it is zeroed and handed to a later table, so a late read
+ * only gets a stale hint. */
+void hp_addrtab_free(hp_addrtab *t);
 size_t hp_addrtab_slots(const hp_addrtab *t);
 /* 0, or -HP_EFULL when both buckets are full (counted). Address 0 is refused with
  * -HP_EINVAL. */
@@ -53,12 +57,11 @@ int  hp_addrtab_insert(hp_addrtab *t, uintptr_t addr);
 int  hp_addrtab_remove(hp_addrtab *t, uintptr_t addr);
 int  hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr);
 uint64_t hp_addrtab_overflows(const hp_addrtab *t);
-/* Forgets every address. Only while no other thread uses the table. */
-void hp_addrtab_clear(hp_addrtab *t);
 
 /* The counting filter, exposed so that the free hook can inline its negative test:
- * valid as long as the table. hp_addrtab_filter_absent() is 1 when addr is certainly not
- * in the table, 0 when it may be (then call hp_addrtab_remove). */
+ * readable for the life of the process (see hp_addrtab_free), meaningful as long as the
+ * table. hp_addrtab_filter_absent() is 1 when addr is certainly not in the table, 0 when
+ * it may be (then call hp_addrtab_remove). */
 const _Atomic uint8_t *hp_addrtab_filter(const hp_addrtab *t);
 
 /* The address bits above the 16-byte alignment, unhashed: sampled blocks are sparse and

@@ -1,9 +1,18 @@
-/* hp_agent.c — session lifecycle, the record path and fork handling (see hp_agent.h).
+/* hp_agent.c — sessions, the record path and fork handling (see hp_agent.h).
  *
- * Tables (ring, address table, interning) are allocated once and live until the process
- * ends: a hook running on another thread while a session stops may still touch them,
- * and freeing them under it would be a use-after-free. Interned frames and stacks keep
- * their ids for the life of the process; each new stream re-sends their definitions. */
+ * A session owns everything the record path writes: its ring, its address table, its
+ * counters and its settings. start() builds a session completely and then publishes it
+ * with one atomic store; the record path reaches it only through session_pin(), which
+ * announces the thread in a pin counter before it loads the pointer. stop() withdraws
+ * the pointer, waits until no thread is pinned, and only then stops the sender and frees
+ * the session. So a hook that raced the stop finishes in its own session's ring and
+ * table, and nothing it may still touch is reset or freed under it (issue 12 item 5);
+ * the pointer's publication orders every setting before its use (item 6).
+ *
+ * What the hooks read without a pin lives for the process: the sampler configuration,
+ * the gate, the mode and the free hook's filter (address-table filters are recycled,
+ * never unmapped). Interned frames and stacks keep their ids for the life of the
+ * process; each new stream re-sends their definitions. */
 #include "hp_agent.h"
 
 #include <errno.h>
@@ -11,6 +20,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,59 +35,123 @@ static _Atomic uint8_t g_no_filter[HP_ADDRTAB_FILTER];
 _Atomic(const _Atomic uint8_t *) hp_agent_free_filter = g_no_filter;
 hp_sampler_cfg hp_agent_sampler;
 _Atomic uint32_t hp_agent_gate = HP_AGENT_GATE_CLOSED;
-uint32_t hp_agent_max_depth = HP_AGENT_DEFAULT_MAX_DEPTH;
+_Atomic uint32_t hp_agent_max_depth = HP_AGENT_DEFAULT_MAX_DEPTH;
+
+/* Every change of a session's interval, in order, for the sender to report one by one
+ * (an interval doubles at most 30 times up to HP_AGENT_ADAPT_MAX_INTERVAL). An entry is
+ * published by its interval, stored last (0: not yet). */
+#define ADAPT_LOG_MAX 64u
+
+typedef struct session {
+  hp_ring *ring;
+  hp_addrtab *addrtab;
+  hp_sender *sender;                 /* under g_lock */
+  /* Settings: written before the session is published, read-only after. */
+  int (*hooks_replaced)(void);       /* hp_agent_opts */
+  clockid_t ts_clock;                /* event time stamps, see event_ts() */
+  int block;                         /* block or adapt: a sample waits for ring space */
+  int adapt;
+  size_t adapt_fill;                 /* adapt when fewer slots than this are free */
+  size_t adapt_samples_min;          /* ... and at least this many samples came */
+  /* Any thread, relaxed: counts and hints. */
+  _Atomic uint64_t adapt_samples;    /* samples since the last change */
+  _Atomic uint64_t extra_drops;      /* drops the ring does not count */
+  /* Set when a FREE waited HP_AGENT_FREE_WAIT_NS in vain (drop mode): later FREEs are
+   * dropped at once instead of each stalling the program, until one gets in. */
+  _Atomic int free_wait_gave_up;
+  /* Block (and adapt) mode's give-up latch: set when an event waited while the sender
+   * took nothing for HP_AGENT_BLOCK_STALL_NS (heapprofd stopped or stuck). Without it
+   * every further event would wait that long. While set, events are pushed only if there
+   * is room at once, else counted as dropped; it clears when the ring has drained below
+   * its free reserve again, and blocking resumes. */
+  _Atomic int block_gave_up;
+  _Atomic int block_gave_up_said;    /* the one line is printed once a session */
+  _Atomic int hooks_replaced_said;   /* likewise, when the hooks were replaced */
+  _Atomic uint32_t adapt_log_len;
+  struct {
+    _Atomic uint64_t ts_ns;
+    _Atomic uint64_t interval;
+  } adapt_log[ADAPT_LOG_MAX];
+} session;
 
 /* Serialises start/stop/fork; taken by the fork prepare handler so that a fork never
  * copies a half-started or half-stopped session into the child. */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static int g_initialised;                  /* under g_lock */
-static hp_ring *g_ring;                    /* set once under g_lock, then read-only */
-/* Created by the first start, sized for its interval; replaced (the old one is retired,
- * never freed: a hook that raced the previous stop may still read it) only by a start
- * that needs another size, and in a fork child. */
-static hp_addrtab *g_addrtab;
-static hp_intern *g_intern;                /* likewise */
-static hp_sender *g_sender;                /* under g_lock */
-/* Block mode, and adapt mode: a sample waits for ring space (bounded, see
- * g_block_gave_up) rather than being dropped; adapt raises the interval meanwhile. */
-static int g_block;                        /* written while mode is OFF */
-static int g_adapt;                        /* likewise */
-static size_t g_adapt_fill;                /* likewise: adapt when fewer slots are free */
-static size_t g_adapt_samples_min;         /* likewise: ... and this many samples came */
-static _Atomic uint64_t g_adapt_samples;   /* samples since the last change; relaxed */
-/* Serialises interval changes against each other and against a start (a try-lock: a
- * hook never waits for it); g_session_epoch tells a change that began in an earlier
- * session to give up. Reset in the fork child. */
+static hp_intern *g_intern;                /* set once under g_lock, then read-only */
+/* The session start() made and stop() has not ended yet, under g_lock. It stays here
+ * after its sender failed (then it is no longer published) until stop or the next
+ * start reaps it. */
+static session *g_current;
+/* The session the record path uses: g_current while it profiles, else NULL. Stored
+ * seq_cst, see session_pin(). */
+static _Atomic(session *) g_session;
+/* Serialises interval changes against each other (a try-lock: a hook never waits for
+ * it). Reset in the fork child. */
 static _Atomic int g_adapt_busy;
-static _Atomic uint32_t g_session_epoch;
-/* Every change of this session, in order, for the sender to report one by one (an
- * interval doubles at most 30 times up to HP_AGENT_ADAPT_MAX_INTERVAL). An entry is
- * published by its interval, stored last (0: not yet). */
-#define ADAPT_LOG_MAX 64u
-static struct {
-  _Atomic uint64_t ts_ns;
-  _Atomic uint64_t interval;
-} g_adapt_log[ADAPT_LOG_MAX];
-static _Atomic uint32_t g_adapt_log_len;
-static _Atomic uint64_t g_extra_drops;     /* drops not counted by the ring; relaxed */
 static _Atomic pid_t g_pid;                /* pid the session belongs to */
-/* Set when a FREE waited HP_AGENT_FREE_WAIT_NS in vain (the sender is stuck): later
- * FREEs are dropped at once instead of each stalling the program, until one gets in.
- * Any thread, relaxed: a hint. */
-static _Atomic int g_free_wait_gave_up;
-/* Block mode's give-up latch: set when an event waited HP_AGENT_BLOCK_TIMEOUT_NS in vain
- * (heapprofd stopped or stuck). Without it every further event would wait the full
- * timeout and a stuck daemon would hold the program at ~1 event/s. While set, events
- * are pushed only if there is room at once, else counted as dropped; it clears when the
- * ring has drained below its free reserve again, and blocking resumes. Relaxed: a hint. */
-static _Atomic int g_block_gave_up;
-static _Atomic int g_block_gave_up_said;   /* the one line is printed once a session */
 static int g_child_restart;                /* set in the fork child handler */
-static int g_addrtab_dirty;                /* under g_lock: a session may have filled it */
-static int g_addrtab_filter;               /* under g_lock: g_addrtab has a filter */
+/* Processes of this program share what their senders learnt about heapprofd (a
+ * MAP_SHARED page made once, inherited by fork children). NULL if mmap failed. */
+static hp_sender_family *g_family;
 
-static inline uint64_t event_ts(void);
-static clockid_t g_ts_clock;
+/* ---- pins: who may still be inside a session ---- */
+
+/* A thread on the record path counts itself here before it loads g_session and uncounts
+ * itself when done. stop() withdraws g_session, then waits for every counter to read
+ * zero: seq_cst on both sides (Dekker) means a thread either saw NULL or was seen, and
+ * the release of the decrement orders all its accesses to the session before the free.
+ * Counters are spread over cache lines by kernel thread id so that threads allocating
+ * at once do not share one. */
+#define PIN_STRIPES 16u
+static struct {
+  _Alignas(64) _Atomic uint64_t n;
+} g_pins[PIN_STRIPES];
+
+/* The kernel thread id (gettid): unlike a pthread_self() value, not handed to the next
+ * thread as soon as one ends (the kernel cycles through pid_max first), and what /proc
+ * and debuggers show. Cached per thread; the fork child handler forgets the forking
+ * thread's. */
+static __thread uint32_t t_tid __attribute__((tls_model("initial-exec")));
+
+static inline uint32_t thread_id(void)
+{
+  uint32_t tid = t_tid;
+  if (__builtin_expect(tid == 0, 0))
+    t_tid = tid = (uint32_t)syscall(SYS_gettid);
+  return tid;
+}
+
+static inline session *session_pin(_Atomic uint64_t **pin)
+{
+  _Atomic uint64_t *c = &g_pins[thread_id() % PIN_STRIPES].n;
+  atomic_fetch_add_explicit(c, 1, memory_order_seq_cst);
+  session *s = atomic_load_explicit(&g_session, memory_order_seq_cst);
+  if (!s) {
+    atomic_fetch_sub_explicit(c, 1, memory_order_release);
+    return NULL;
+  }
+  *pin = c;
+  return s;
+}
+
+static inline void session_unpin(_Atomic uint64_t *pin)
+{
+  atomic_fetch_sub_explicit(pin, 1, memory_order_release);
+}
+
+/* After g_session was withdrawn: a pinned thread only finishes its record (a waiting
+ * one sees g_session change within HP_AGENT_WAIT_SLICE), so this is short. */
+static void pins_drain(void)
+{
+  for (unsigned i = 0; i < PIN_STRIPES; i++)
+    while (atomic_load_explicit(&g_pins[i].n, memory_order_seq_cst) != 0)
+      sched_yield();
+}
+
+/* ---- sessions ---- */
+
+static inline uint64_t event_ts(const session *s);
 
 /* Every way out of profiling: the hooks' fast paths close first, so that they fall
  * back to the slow paths, which check the mode. */
@@ -91,31 +165,93 @@ static void profiling_off(void)
   atomic_store(&hp_agent_free_filter, g_no_filter);
 }
 
+static void session_free(session *s)
+{
+  hp_ring_free(s->ring);
+  hp_addrtab_free(s->addrtab);
+  free(s);
+}
+
+/* Turns profiling off for s, withdraws it and waits out the threads still inside it:
+ * afterwards nothing pushes to its ring. Any thread but a hook; again is harmless. */
+static void session_withdraw(session *s)
+{
+  if (atomic_load(&hp_agent_mode) == HP_MODE_PROFILE)
+    profiling_off();
+  atomic_compare_exchange_strong(&g_session, &s, NULL);
+  pins_drain();
+}
+
+/* The hooks were replaced (issue 12 item 10: tracemalloc started before heapprof and
+ * stopped while it profiled puts back the allocators it found, without ours): nothing
+ * is recorded any more, and blocks freed from now on would look never freed. Said once;
+ * the session ends with HP_END_HOOKS_REPLACED ('hooks_replaced' in the database). */
+static uint32_t check_hooks(session *s)
+{
+  if (!s->hooks_replaced || !s->hooks_replaced())
+    return HP_END_STOPPED;
+  if (!atomic_exchange(&s->hooks_replaced_said, 1)) {
+    static const char msg[] = "heapprof: the allocator hooks were replaced or removed by "
+                              "someone else (e.g. tracemalloc.stop()); recording ended "
+                              "here, the session ends as hooks_replaced\n";
+    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)w;
+  }
+  return HP_END_HOOKS_REPLACED;
+}
+
+/* Ends g_current's recording: withdraws it, then stops its sender (which sends the final
+ * counters, what the ring holds and GOODBYE) and frees it. Under g_lock. */
+static int session_end(session *s)
+{
+  session_withdraw(s);
+  int rc = hp_sender_stop_with(s->sender, check_hooks(s));
+  session_free(s);
+  return rc;
+}
+
+/* The sender thread, about once a second: hooks replaced ends the session there, with
+ * the time of the discovery as its end. */
+static uint32_t sender_check_end(void *arg)
+{
+  session *s = arg;
+  uint32_t reason = check_hooks(s);
+  if (reason != HP_END_STOPPED)
+    session_withdraw(s);
+  return reason;
+}
+
 static void on_sender_failed(void *arg, int err)
 {
-  (void)arg;
+  session *s = arg;
   (void)err;
   /* Profiling stops; hooks fall back to pass-through. The session is reaped by the next
-   * hp_agent_stop() (atexit), which reports nothing further. */
+   * hp_agent_stop() (atexit) or start, which report nothing further. */
   profiling_off();
+  atomic_compare_exchange_strong(&g_session, &s, NULL);
+}
+
+static uint64_t session_dropped(const session *s)
+{
+  return hp_ring_dropped(s->ring) +
+         atomic_load_explicit(&((session *)s)->extra_drops, memory_order_relaxed);
 }
 
 static uint64_t sender_dropped(void *arg)
 {
-  (void)arg;
-  return hp_agent_dropped();
+  return session_dropped(arg);
 }
 
 static int sender_interval_change(void *arg, uint32_t index, uint64_t *ts_ns,
                                   uint64_t *interval)
 {
-  (void)arg;
-  if (index >= ADAPT_LOG_MAX || index >= atomic_load(&g_adapt_log_len))
+  session *s = arg;
+  if (index >= ADAPT_LOG_MAX || index >= atomic_load(&s->adapt_log_len))
     return 0;
-  uint64_t v = atomic_load_explicit(&g_adapt_log[index].interval, memory_order_acquire);
+  uint64_t v = atomic_load_explicit(&s->adapt_log[index].interval, memory_order_acquire);
   if (v == 0)
     return 0;   /* claimed, not yet written */
-  *ts_ns = atomic_load_explicit(&g_adapt_log[index].ts_ns, memory_order_relaxed);
+  *ts_ns = atomic_load_explicit(&s->adapt_log[index].ts_ns, memory_order_relaxed);
   *interval = v;
   return 1;
 }
@@ -130,32 +266,25 @@ static void atfork_parent(void)
   pthread_mutex_unlock(&g_lock);
 }
 
-/* Only the forking thread exists here: the sender thread and any producer that was
- * mid-push are gone. Reset everything they could have left half-done. */
+/* Only the forking thread exists here: the sender thread and any thread that was on the
+ * record path are gone, some perhaps pinned or mid-push. The parent's session is not
+ * the child's: drop it whole (its memory is the child's copy, nobody else can touch it)
+ * and forget the pins of the threads that vanished. */
 static void atfork_child(void)
 {
   int was = atomic_load(&hp_agent_mode);
   profiling_off();
+  atomic_store(&g_session, NULL);
+  for (unsigned i = 0; i < PIN_STRIPES; i++)
+    atomic_store(&g_pins[i].n, 0);
   atomic_store(&g_adapt_busy, 0);   /* its holder, if any, is gone */
+  t_tid = 0;
   g_child_restart = (was == HP_MODE_PROFILE);
-  if (g_sender) {
-    hp_sender_abandon(g_sender);
-    g_sender = NULL;
+  if (g_current) {
+    hp_sender_abandon(g_current->sender);
+    session_free(g_current);
+    g_current = NULL;
   }
-  if (g_ring)
-    hp_ring_reset(g_ring);
-  if (g_addrtab) {
-    /* A fresh table maps zero pages instead of copying the parent's on write. */
-    hp_addrtab *fresh = hp_addrtab_new(hp_addrtab_slots(g_addrtab), g_addrtab_filter);
-    if (fresh) {
-      hp_addrtab_free(g_addrtab);
-      g_addrtab = fresh;
-      g_addrtab_dirty = 0;
-    } else {
-      hp_addrtab_clear(g_addrtab);
-    }
-  }
-  atomic_store(&g_extra_drops, 0);
   atomic_store(&g_pid, getpid());
   if (was == HP_MODE_STATS)
     atomic_store(&hp_agent_mode, HP_MODE_STATS);
@@ -168,35 +297,60 @@ int hp_agent_init(void)
   pthread_mutex_lock(&g_lock);
   if (g_initialised)
     goto out_unlock;
-  g_ring = hp_ring_new(HP_RING_DEFAULT_CAPACITY);
   g_intern = hp_intern_new(0, 0);
-  if (!g_ring || !g_intern) {
+  if (!g_intern) {
     rc = -HP_ENOMEM;
-    goto out_free;
+    goto out_unlock;
   }
   if (pthread_atfork(atfork_prepare, atfork_parent, atfork_child) != 0) {
     rc = -HP_ENOMEM;
     goto out_free;
   }
-  hp_sampler_configure_interval(&hp_agent_sampler, HP_SAMPLER_DEFAULT_INTERVAL);
+  hp_sampler_cfg cfg = { 0 };
+  hp_sampler_configure_interval(&cfg, HP_SAMPLER_DEFAULT_INTERVAL);
+  hp_sampler_publish(&hp_agent_sampler, &cfg);
+  g_family = hp_sender_family_new();   /* NULL: every process judges alone */
   atomic_store(&g_pid, getpid());
   g_initialised = 1;
   goto out_unlock;
 
 out_free:
-  hp_ring_free(g_ring);
   hp_intern_free(g_intern);
-  g_ring = NULL;
   g_intern = NULL;
 out_unlock:
   pthread_mutex_unlock(&g_lock);
   return rc;
 }
 
+/* A session with its ring and address table, not yet published. NULL on OOM. */
+static session *session_new(const hp_agent_opts *o)
+{
+  session *s = calloc(1, sizeof(*s));
+  if (!s)
+    return NULL;
+  uint64_t like = o->nbuckets ? 1 : o->sample_interval;   /* buckets: may sample a lot */
+  s->ring = hp_ring_new(HP_RING_DEFAULT_CAPACITY);
+  s->addrtab = hp_addrtab_new(hp_addrtab_slots_for_interval(like),
+                              hp_addrtab_filter_for_interval(like));
+  if (!s->ring || !s->addrtab) {
+    session_free(s);
+    return NULL;
+  }
+  /* Recording everything, see event_ts(). */
+  s->ts_clock = (!o->nbuckets && o->sample_interval == 1) ? CLOCK_MONOTONIC_COARSE
+                                                          : CLOCK_MONOTONIC;
+  s->hooks_replaced = o->hooks_replaced;
+  s->adapt = o->adapt_when_full && !o->nbuckets;
+  s->block = o->block_when_full || s->adapt;
+  s->adapt_fill = hp_ring_capacity(s->ring) / 2;
+  s->adapt_samples_min = hp_ring_capacity(s->ring) / HP_AGENT_ADAPT_SAMPLES_DIV;
+  return s;
+}
+
 int hp_agent_start(const hp_agent_opts *o)
 {
   int rc, fd = -1;
-  hp_event scratch;
+  session *s = NULL;
   if (!g_initialised || !o->socket_path || o->max_depth == 0 ||
       o->max_depth > HP_MAX_STACK_DEPTH)
     return -HP_EINVAL;
@@ -205,16 +359,12 @@ int hp_agent_start(const hp_agent_opts *o)
     rc = -HP_EINVAL;
     goto out_unlock;
   }
-  if (g_sender) {
+  if (g_current) {
     /* A session whose daemon went away (the sender turned profiling off): reap it. */
-    hp_sender_stop(g_sender);
-    g_sender = NULL;
+    session_end(g_current);
+    g_current = NULL;
   }
-  /* A change of the previous session still under way must not touch this one's
-   * configuration: it sees the new epoch and gives up, or finishes before this write. */
-  atomic_fetch_add(&g_session_epoch, 1);
-  while (atomic_load(&g_adapt_busy))
-    sched_yield();
+  /* No session is published and none is pinned: no adapter writes the sampler now. */
   hp_sampler_cfg cfg = hp_agent_sampler;
   rc = o->nbuckets ? hp_sampler_configure_buckets(&cfg, o->buckets, o->nbuckets)
                    : hp_sampler_configure_interval(&cfg, o->sample_interval);
@@ -222,45 +372,11 @@ int hp_agent_start(const hp_agent_opts *o)
     goto out_unlock;
   if ((rc = hp_sender_connect(o->socket_path, &fd)) < 0)
     goto out_unlock;
-  /* Leftovers of an earlier session (a hook that raced its stop) must not leak into
-   * this stream. No sender runs now, so this thread may consume. */
-  while (hp_ring_pop(g_ring, &scratch))
-    ;
-  hp_ring_reset(g_ring);
-  uint64_t like = o->nbuckets ? 1 : o->sample_interval;   /* buckets: may sample a lot */
-  size_t want = hp_addrtab_slots_for_interval(like);
-  int filter = hp_addrtab_filter_for_interval(like);
-  if (!g_addrtab || hp_addrtab_slots(g_addrtab) != want || g_addrtab_filter != filter) {
-    hp_addrtab *t = hp_addrtab_new(want, filter);
-    if (!t) {
-      close(fd);
-      rc = -HP_ENOMEM;
-      goto out_unlock;
-    }
-    g_addrtab = t;
-    g_addrtab_filter = filter;
-    g_addrtab_dirty = 0;
+  if (!(s = session_new(o))) {
+    close(fd);
+    rc = -HP_ENOMEM;
+    goto out_unlock;
   }
-  /* Clearing touches every page of the table; a fresh one is still all zero pages. */
-  if (g_addrtab_dirty)
-    hp_addrtab_clear(g_addrtab);
-  g_addrtab_dirty = 1;
-  atomic_store(&g_extra_drops, 0);
-  atomic_store(&g_free_wait_gave_up, 0);
-  atomic_store(&g_block_gave_up, 0);
-  atomic_store(&g_block_gave_up_said, 0);
-  g_ts_clock = (!o->nbuckets && o->sample_interval == 1) ? CLOCK_MONOTONIC_COARSE
-                                                          : CLOCK_MONOTONIC;
-  hp_agent_sampler = cfg;
-  hp_agent_max_depth = o->max_depth;
-  g_adapt = o->adapt_when_full && !o->nbuckets;
-  g_block = o->block_when_full || g_adapt;
-  g_adapt_fill = hp_ring_capacity(g_ring) / 2;
-  g_adapt_samples_min = hp_ring_capacity(g_ring) / HP_AGENT_ADAPT_SAMPLES_DIV;
-  atomic_store(&g_adapt_samples, 0);
-  for (uint32_t i = 0; i < ADAPT_LOG_MAX; i++)
-    atomic_store(&g_adapt_log[i].interval, 0);
-  atomic_store(&g_adapt_log_len, 0);
   atomic_store(&g_pid, getpid());
 
   hp_hello h = {
@@ -272,20 +388,27 @@ int hp_agent_start(const hp_agent_opts *o)
     .executable = o->executable,
     .python_version = o->python_version,
     .start_wall_ns = hp_wall_ns(),
-    .start_mono_ns = event_ts(),   /* the events' clock: no event stamps before it */
+    .start_mono_ns = event_ts(s),   /* the events' clock: no event stamps before it */
     .sample_interval_bytes = o->nbuckets ? 0 : o->sample_interval,
     .max_stack_depth = o->max_depth,
     .nbuckets = o->nbuckets,
     .buckets = o->buckets,
   };
-  hp_sender_cfg scfg = { .ring = g_ring, .intern = g_intern, .dropped = sender_dropped,
+  hp_sender_cfg scfg = { .ring = s->ring, .intern = g_intern, .dropped = sender_dropped,
                          .interval_change = sender_interval_change,
-                         .failed = on_sender_failed, .arg = NULL,
-                         .socket_path = o->socket_path };
-  g_sender = hp_sender_start(fd, &h, &scfg, &rc);
-  if (!g_sender)
+                         .failed = on_sender_failed,
+                         .check_end = o->hooks_replaced ? sender_check_end : NULL, .arg = s,
+                         .socket_path = o->socket_path, .family = g_family };
+  s->sender = hp_sender_start(fd, &h, &scfg, &rc);
+  if (!s->sender) {
+    session_free(s);
     goto out_unlock;
-  atomic_store(&hp_agent_free_filter, hp_addrtab_filter(g_addrtab));
+  }
+  hp_sampler_publish(&hp_agent_sampler, &cfg);
+  atomic_store(&hp_agent_max_depth, o->max_depth);
+  atomic_store(&hp_agent_free_filter, hp_addrtab_filter(s->addrtab));
+  g_current = s;
+  atomic_store_explicit(&g_session, s, memory_order_seq_cst);
   atomic_store(&hp_agent_mode, HP_MODE_PROFILE);
   if (!cfg.nbuckets && cfg.interval > 1)
     atomic_store(&hp_agent_gate, cfg.generation);
@@ -295,20 +418,27 @@ out_unlock:
   return rc;
 }
 
-/* Holds g_lock across the sender's join so that a start or a fork never sees half a
- * session; that is bounded: hp_sender_stop() gives a daemon that reads nothing at most
- * HP_SENDER_STOP_TIMEOUT_NS, so a fork in another thread (atfork_prepare) or the
- * program's exit (atexit) waits at most that long. */
+/* Holds g_lock across the sender's stop so that a start or a fork never sees half a
+ * session; that is bounded: hp_sender_stop() gives a daemon that takes nothing at most
+ * HP_SENDER_STALL_NS, so a fork in another thread (atfork_prepare) or the program's
+ * exit (atexit) waits at most that long for a stuck daemon. */
 int hp_agent_stop(void)
 {
   int rc = 0;
   pthread_mutex_lock(&g_lock);
-  if (atomic_load(&hp_agent_mode) == HP_MODE_PROFILE)
-    profiling_off();
-  if (g_sender) {
-    rc = hp_sender_stop(g_sender);
-    g_sender = NULL;
+  if (g_current) {
+    rc = session_end(g_current);
+    g_current = NULL;
   }
+  pthread_mutex_unlock(&g_lock);
+  return rc;
+}
+
+int hp_agent_thread_name(uint64_t thread_id, const char *name, size_t len)
+{
+  pthread_mutex_lock(&g_lock);
+  int rc = g_current ? hp_sender_thread_name(g_current->sender, thread_id, name, len)
+                     : -HP_EINVAL;
   pthread_mutex_unlock(&g_lock);
   return rc;
 }
@@ -346,14 +476,11 @@ int hp_agent_child_needs_restart(void)
  * second, where those 18 ns per event were 16% of the profile, so it keeps the coarse
  * clock: the same clock at kernel-tick resolution (1-4 ms; 4 ms here), whose sub-tick
  * order is still the stream order the daemon pairs by. Either way HELLO's
- * start_mono_ns (stamped by this function) converts the stamps to wall time.
- * Written under g_lock while profiling is off; read by the hooks. */
-static clockid_t g_ts_clock = CLOCK_MONOTONIC;
-
-static inline uint64_t event_ts(void)
+ * start_mono_ns (stamped by this function) converts the stamps to wall time. */
+static inline uint64_t event_ts(const session *s)
 {
   struct timespec ts;
-  clock_gettime(g_ts_clock, &ts);
+  clock_gettime(s->ts_clock, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
@@ -375,62 +502,75 @@ static int wrong_process(void)
   return 1;
 }
 
-static __attribute__((noinline)) int push_blocking(const hp_event *ev, uint64_t timeout_ns)
+/* Waits for ring space in slices of HP_AGENT_WAIT_SLICE_NS. With stall_ns, as long as
+ * the sender keeps taking records out (heapprofd takes data, however slowly) and until
+ * it has taken nothing for stall_ns; with limit_ns, at most that long in all. A stop
+ * ends the wait (the session is withdrawn): that is not the daemon's fault. 0, or
+ * -HP_EFULL with the drop counted. */
+static __attribute__((noinline)) int push_waiting(session *s, const hp_event *ev,
+                                                  uint64_t stall_ns, uint64_t limit_ns)
 {
-  uint64_t deadline = hp_now_ns() + timeout_ns;
-  struct timespec ts = { 0, 50000 };
-  do {
-    if (hp_ring_try_push(g_ring, ev) == 0)
+  uint64_t start = hp_now_ns(), moved = start;
+  uint64_t popped = hp_ring_popped(s->ring);
+  struct timespec ts = { 0, HP_AGENT_WAIT_SLICE_NS };
+  for (;;) {
+    if (hp_ring_try_push(s->ring, ev) == 0)
       return 0;
-    if (atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE)
+    if (atomic_load_explicit(&g_session, memory_order_relaxed) != s)
       break;
     nanosleep(&ts, NULL);
-  } while (hp_now_ns() < deadline);
-  atomic_fetch_add_explicit(&g_extra_drops, 1, memory_order_relaxed);
+    uint64_t now = hp_now_ns(), p = hp_ring_popped(s->ring);
+    if (p != popped) {
+      popped = p;
+      moved = now;
+    }
+    if ((limit_ns && now - start >= limit_ns) || (stall_ns && now - moved >= stall_ns))
+      break;
+  }
+  atomic_fetch_add_explicit(&s->extra_drops, 1, memory_order_relaxed);
   return -HP_EFULL;
 }
 
 /* A FREE in drop mode that found the ring full even with its reserve. */
-static __attribute__((noinline)) int push_free_waiting(const hp_event *ev)
+static __attribute__((noinline)) int push_free_waiting(session *s, const hp_event *ev)
 {
-  if (atomic_load_explicit(&g_free_wait_gave_up, memory_order_relaxed)) {
-    hp_ring_count_drop(g_ring);
+  if (atomic_load_explicit(&s->free_wait_gave_up, memory_order_relaxed)) {
+    hp_ring_count_drop(s->ring);
     return -HP_EFULL;
   }
-  int rc = push_blocking(ev, HP_AGENT_FREE_WAIT_NS);
+  int rc = push_waiting(s, ev, 0, HP_AGENT_FREE_WAIT_NS);
   if (rc < 0)
-    atomic_store_explicit(&g_free_wait_gave_up, 1, memory_order_relaxed);
+    atomic_store_explicit(&s->free_wait_gave_up, 1, memory_order_relaxed);
   return rc;
 }
 
-/* Block mode, after an event waited the whole timeout: see g_block_gave_up. */
-static __attribute__((noinline)) int push_block_gave_up(const hp_event *ev)
+/* Block mode, after an event waited for a sender that took nothing: see block_gave_up. */
+static __attribute__((noinline)) int push_block_gave_up(session *s, const hp_event *ev)
 {
-  if (hp_ring_alloc_room(g_ring)) {
-    atomic_store_explicit(&g_block_gave_up, 0, memory_order_relaxed);
-    return push_blocking(ev, HP_AGENT_BLOCK_TIMEOUT_NS);
+  if (hp_ring_alloc_room(s->ring)) {
+    atomic_store_explicit(&s->block_gave_up, 0, memory_order_relaxed);
+    return push_waiting(s, ev, HP_AGENT_BLOCK_STALL_NS, 0);
   }
-  if (hp_ring_try_push(g_ring, ev) == 0)
+  if (hp_ring_try_push(s->ring, ev) == 0)
     return 0;
-  atomic_fetch_add_explicit(&g_extra_drops, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&s->extra_drops, 1, memory_order_relaxed);
   return -HP_EFULL;
 }
 
-static __attribute__((noinline)) int push_block(const hp_event *ev)
+static __attribute__((noinline)) int push_block(session *s, const hp_event *ev)
 {
-  if (atomic_load_explicit(&g_block_gave_up, memory_order_relaxed))
-    return push_block_gave_up(ev);
-  int rc = push_blocking(ev, HP_AGENT_BLOCK_TIMEOUT_NS);
-  /* A stop (mode no longer PROFILE) also ends the wait: that is not the daemon's fault. */
-  if (rc < 0 && atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_PROFILE) {
-    atomic_store_explicit(&g_block_gave_up, 1, memory_order_relaxed);
-    if (!atomic_exchange(&g_block_gave_up_said, 1)) {
-      static const char block_msg[] = "heapprof: heapprofd took no data for 1 s; dropping "
-                                      "events (block mode)\n";
-      static const char adapt_msg[] = "heapprof: heapprofd took no data for 1 s; dropping "
-                                      "events (adapt mode)\n";
-      const char *msg = g_adapt ? adapt_msg : block_msg;
-      size_t len = g_adapt ? sizeof(adapt_msg) - 1 : sizeof(block_msg) - 1;
+  if (atomic_load_explicit(&s->block_gave_up, memory_order_relaxed))
+    return push_block_gave_up(s, ev);
+  int rc = push_waiting(s, ev, HP_AGENT_BLOCK_STALL_NS, 0);
+  if (rc < 0 && atomic_load_explicit(&g_session, memory_order_relaxed) == s) {
+    atomic_store_explicit(&s->block_gave_up, 1, memory_order_relaxed);
+    if (!atomic_exchange(&s->block_gave_up_said, 1)) {
+      static const char block_msg[] = "heapprof: heapprofd took no data for 5 s; dropping "
+                                      "events until it does (block mode)\n";
+      static const char adapt_msg[] = "heapprof: heapprofd took no data for 5 s; dropping "
+                                      "events until it does (adapt mode)\n";
+      const char *msg = s->adapt ? adapt_msg : block_msg;
+      size_t len = s->adapt ? sizeof(adapt_msg) - 1 : sizeof(block_msg) - 1;
       ssize_t w = write(STDERR_FILENO, msg, len);
       (void)w;
     }
@@ -440,59 +580,64 @@ static __attribute__((noinline)) int push_block(const hp_event *ev)
 
 /* ALLOCs are dropped when only the ring's free reserve is left (hp_ring.h); FREEs use
  * the reserve, and when even that is full they wait briefly (see push_free_waiting). */
-static int push(const hp_event *ev)
+static int push(session *s, const hp_event *ev)
 {
-  if (g_block)
-    return push_block(ev);
+  if (s->block)
+    return push_block(s, ev);
   if (ev->kind == HP_EV_ALLOC)
-    return hp_ring_push(g_ring, ev);
-  if (hp_ring_try_push(g_ring, ev) < 0)
-    return push_free_waiting(ev);
-  if (atomic_load_explicit(&g_free_wait_gave_up, memory_order_relaxed))
-    atomic_store_explicit(&g_free_wait_gave_up, 0, memory_order_relaxed);
+    return hp_ring_push(s->ring, ev);
+  if (hp_ring_try_push(s->ring, ev) < 0)
+    return push_free_waiting(s, ev);
+  if (atomic_load_explicit(&s->free_wait_gave_up, memory_order_relaxed))
+    atomic_store_explicit(&s->free_wait_gave_up, 0, memory_order_relaxed);
   return 0;
 }
 
 void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t est_bytes,
                            uint32_t stack_id)
 {
-  if (wrong_process())
+  _Atomic uint64_t *pin;
+  session *s = session_pin(&pin);
+  if (!s)
     return;
-  if (hp_addrtab_insert(g_addrtab, (uintptr_t)ptr) < 0) {
+  if (wrong_process())
+    goto out;
+  if (hp_addrtab_insert(s->addrtab, (uintptr_t)ptr) < 0) {
     /* Without a table entry its free could not be reported: the sample would look
      * leaked forever. Dropping it keeps the live heap honest; the loss is counted. */
-    atomic_fetch_add_explicit(&g_extra_drops, 1, memory_order_relaxed);
-    return;
+    atomic_fetch_add_explicit(&s->extra_drops, 1, memory_order_relaxed);
+    goto out;
   }
   hp_event ev = { .kind = HP_EV_ALLOC, .domain = (uint8_t)domain, .stack_id = stack_id,
-                  .ts_ns = event_ts(), .thread_id = (uint64_t)pthread_self(),
+                  .ts_ns = event_ts(s), .thread_id = thread_id(),
                   .address = (uint64_t)(uintptr_t)ptr, .size = size,
                   .est_bytes = est_bytes };
-  if (push(&ev) < 0)
-    hp_addrtab_remove(g_addrtab, (uintptr_t)ptr);
+  if (push(s, &ev) < 0)
+    hp_addrtab_remove(s->addrtab, (uintptr_t)ptr);
+out:
+  session_unpin(pin);
 }
 
-/* on_full='adapt', the ring more than half full: double the interval when half a
- * ring of samples came since the last change (see hp_agent.h). Any allocating thread;
- * the one that resets the count makes the change. */
-static __attribute__((noinline)) void adapt_interval(uint64_t samples_min)
+/* on_full='adapt', the ring more than half full: double the interval when enough
+ * samples came since the last change (see hp_agent.h). Any allocating thread, pinned to
+ * s; the one that resets the count makes the change. A change cannot outlive its
+ * session: the next start waits for the pins. */
+static __attribute__((noinline)) void adapt_interval(session *s, uint64_t samples_min)
 {
-  uint32_t epoch = atomic_load(&g_session_epoch);
-  uint64_t seen = atomic_load_explicit(&g_adapt_samples, memory_order_relaxed);
+  uint64_t seen = atomic_load_explicit(&s->adapt_samples, memory_order_relaxed);
   if (seen < samples_min || atomic_exchange(&g_adapt_busy, 1))
     return;
-  if (epoch != atomic_load(&g_session_epoch) ||
-      atomic_load(&hp_agent_mode) != HP_MODE_PROFILE ||
-      !atomic_compare_exchange_strong(&g_adapt_samples, &seen, 0))
+  if (atomic_load(&hp_agent_mode) != HP_MODE_PROFILE ||
+      !atomic_compare_exchange_strong(&s->adapt_samples, &seen, 0))
     goto out;
   uint64_t interval = __atomic_load_n(&hp_agent_sampler.interval, __ATOMIC_RELAXED);
   if (interval == 0 || interval >= HP_AGENT_ADAPT_MAX_INTERVAL)
     goto out;
-  uint32_t slot = atomic_load(&g_adapt_log_len);
+  uint32_t slot = atomic_load(&s->adapt_log_len);
   if (slot < ADAPT_LOG_MAX) {
-    atomic_store_explicit(&g_adapt_log[slot].ts_ns, hp_now_ns(), memory_order_relaxed);
-    atomic_store_explicit(&g_adapt_log[slot].interval, interval * 2, memory_order_release);
-    atomic_store(&g_adapt_log_len, slot + 1);
+    atomic_store_explicit(&s->adapt_log[slot].ts_ns, hp_now_ns(), memory_order_relaxed);
+    atomic_store_explicit(&s->adapt_log[slot].interval, interval * 2, memory_order_release);
+    atomic_store(&s->adapt_log_len, slot + 1);
   }
   atomic_store(&hp_agent_gate, hp_sampler_adapt(&hp_agent_sampler, interval * 2));
   if (atomic_load(&hp_agent_mode) != HP_MODE_PROFILE)   /* a stop raced this change */
@@ -503,28 +648,37 @@ out:
 
 int hp_agent_alloc_room(void)
 {
-  if (g_adapt) {
-    atomic_fetch_add_explicit(&g_adapt_samples, 1, memory_order_relaxed);
-    if (!hp_ring_has_room(g_ring, g_adapt_fill))
-      adapt_interval(hp_ring_alloc_room(g_ring) ? g_adapt_samples_min
-                                                : g_adapt_samples_min / HP_AGENT_ADAPT_DROP_DIV);
+  _Atomic uint64_t *pin;
+  session *s = session_pin(&pin);
+  if (!s)
+    return 0;
+  if (s->adapt) {
+    atomic_fetch_add_explicit(&s->adapt_samples, 1, memory_order_relaxed);
+    if (!hp_ring_has_room(s->ring, s->adapt_fill))
+      adapt_interval(s, hp_ring_alloc_room(s->ring)
+                            ? s->adapt_samples_min
+                            : s->adapt_samples_min / HP_AGENT_ADAPT_DROP_DIV);
   }
   /* Given up in block mode: like drop mode, skip the stack walk of a sample that would
    * be dropped (push_block_gave_up clears the latch once there is room). */
-  return (g_block && !atomic_load_explicit(&g_block_gave_up, memory_order_relaxed)) ||
-         hp_ring_alloc_room(g_ring);
+  int room = (s->block && !atomic_load_explicit(&s->block_gave_up, memory_order_relaxed)) ||
+             hp_ring_alloc_room(s->ring);
+  session_unpin(pin);
+  return room;
 }
 
 void hp_agent_record_free(void *ptr)
 {
-  if (!hp_addrtab_remove(g_addrtab, (uintptr_t)ptr))
+  _Atomic uint64_t *pin;
+  session *s = session_pin(&pin);
+  if (!s)
     return;
-  if (wrong_process())
-    return;
-  hp_event ev = { .kind = HP_EV_FREE, .ts_ns = event_ts(),
-                  .thread_id = (uint64_t)pthread_self(),
-                  .address = (uint64_t)(uintptr_t)ptr };
-  push(&ev);
+  if (hp_addrtab_remove(s->addrtab, (uintptr_t)ptr) && !wrong_process()) {
+    hp_event ev = { .kind = HP_EV_FREE, .ts_ns = event_ts(s), .thread_id = thread_id(),
+                    .address = (uint64_t)(uintptr_t)ptr };
+    push(s, &ev);
+  }
+  session_unpin(pin);
 }
 
 hp_intern *hp_agent_intern(void)
@@ -534,11 +688,18 @@ hp_intern *hp_agent_intern(void)
 
 uint64_t hp_agent_dropped(void)
 {
-  uint64_t ring = g_ring ? hp_ring_dropped(g_ring) : 0;
-  return ring + atomic_load_explicit(&g_extra_drops, memory_order_relaxed);
+  pthread_mutex_lock(&g_lock);
+  uint64_t n = g_current ? session_dropped(g_current) : 0;
+  pthread_mutex_unlock(&g_lock);
+  return n;
 }
 
 void hp_agent_count_drop(void)
 {
-  atomic_fetch_add_explicit(&g_extra_drops, 1, memory_order_relaxed);
+  _Atomic uint64_t *pin;
+  session *s = session_pin(&pin);
+  if (!s)
+    return;
+  atomic_fetch_add_explicit(&s->extra_drops, 1, memory_order_relaxed);
+  session_unpin(pin);
 }

@@ -6,8 +6,10 @@
  * Python binding) calls start/stop. Pure C: no Python API here.
  *
  * Thread rules: hp_agent_record_* run on any allocating thread and never block (except
- * in block mode, bounded by HP_AGENT_BLOCK_TIMEOUT_NS), never allocate and never fail
- * the caller. start/stop/fork handling are serialised by the agent lock. */
+ * in block and adapt mode, while heapprofd takes data and until it has taken nothing
+ * for HP_AGENT_BLOCK_STALL_NS), never allocate and never fail the caller; a call that
+ * races a stop or the next start records into the session it began with, or nowhere.
+ * start/stop/fork handling are serialised by the agent lock. */
 #ifndef HP_AGENT_H
 #define HP_AGENT_H
 
@@ -18,9 +20,14 @@
 #include "hp_intern.h"
 #include "hp_proto.h"
 #include "hp_sampler.h"
+#include "hp_sender.h"
 
 #define HP_AGENT_DEFAULT_MAX_DEPTH   128u
-#define HP_AGENT_BLOCK_TIMEOUT_NS    1000000000ull  /* block mode: then drop and count */
+/* Block mode waits for ring space while heapprofd takes data, however slowly (a commit
+ * or checkpoint may hold it for seconds), and gives up (drops and counts) once it has
+ * taken nothing for this long: the same bound as at exit. */
+#define HP_AGENT_BLOCK_STALL_NS      HP_SENDER_STALL_NS
+#define HP_AGENT_WAIT_SLICE_NS       50000L         /* a waiting push re-tries this often */
 /* Drop mode: a FREE that finds the ring full (its reserve used up) waits this long for
  * the sender before it is dropped, because a lost FREE makes its block look leaked. */
 #define HP_AGENT_FREE_WAIT_NS        20000000ull
@@ -42,9 +49,11 @@
 
 enum { HP_MODE_OFF = 0, HP_MODE_PROFILE = 1, HP_MODE_STATS = 2 };
 
-/* Read by every hook (relaxed): HP_MODE_*. Written under the agent lock. */
+/* Read by every hook (relaxed): HP_MODE_*, a gate only: the record path finds its
+ * session through an atomically published pointer. Written under the agent lock. */
 extern _Atomic int hp_agent_mode;
-/* Written only while hp_agent_mode is OFF; read by the hooks. */
+/* The hooks' sampler configuration: published by start (hp_sampler_publish), raised by
+ * adapt; the hooks read it with hp_sampler_sample() at any time. */
 extern hp_sampler_cfg hp_agent_sampler;
 /* The malloc hooks' fast path in one compare (hp_hooks.c): while profiling with a
  * Poisson interval > 1 it holds hp_agent_sampler.generation, which a thread's key equals
@@ -54,7 +63,7 @@ extern hp_sampler_cfg hp_agent_sampler;
  * last when profiling starts, closed first when it stops; read relaxed. */
 #define HP_AGENT_GATE_CLOSED UINT32_MAX
 extern _Atomic uint32_t hp_agent_gate;
-extern uint32_t hp_agent_max_depth;
+extern _Atomic uint32_t hp_agent_max_depth;   /* frames kept per stack; set by start */
 
 typedef struct {
   const char *socket_path;
@@ -67,6 +76,11 @@ typedef struct {
   uint32_t argc;
   const hp_str *argv;              /* borrowed for the call */
   hp_str executable, python_version;
+  /* 1 when the allocator hooks were replaced or removed by someone else, so that the
+   * hooks see nothing any more (hp_hooks.c); NULL: never asked. Called without the GIL
+   * by the sender thread about once a second and by stop: the session then ends with
+   * end reason HP_END_HOOKS_REPLACED, after one line on stderr. */
+  int (*hooks_replaced)(void);
 } hp_agent_opts;
 
 /* Registers the fork handlers and allocates the tables; idempotent. 0 or -HP_ENOMEM. */
@@ -78,6 +92,10 @@ int hp_agent_start(const hp_agent_opts *o);
  * A no-op (0) when not profiling. */
 int hp_agent_stop(void);
 int hp_agent_is_profiling(void);
+/* The name the program gives a thread (kernel thread id), sent to the current session
+ * after the kernel's name so that it wins. Not from a hook. 0, or -HP_EINVAL when no
+ * session runs, or the sender's error. */
+int hp_agent_thread_name(uint64_t thread_id, const char *name, size_t len);
 /* Stats mode on/off (no session, no daemon). */
 void hp_agent_stats_enable(int on);
 
@@ -106,7 +124,7 @@ extern _Atomic(const _Atomic uint8_t *) hp_agent_free_filter;
 
 hp_intern *hp_agent_intern(void);
 /* Cumulative drops of the current session (ring full, address table full, block
- * timeouts, interning tables full). */
+ * give-ups, interning tables full). Takes the agent lock. */
 uint64_t hp_agent_dropped(void);
 void hp_agent_count_drop(void);
 

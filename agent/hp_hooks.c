@@ -42,6 +42,8 @@
 typedef struct {
   PyMemAllocatorEx prev;
   hp_domain domain;
+  PyMemAllocatorDomain py_domain;
+  void *(*ours)(void *, size_t);   /* the malloc hook installed on py_domain */
 } hook_ctx;
 
 /* Written once by hp_hooks_install() under the GIL before the hooks go live. */
@@ -311,12 +313,30 @@ static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hook_tls *t, 
   return p;
 }
 
-/* The block of a sampled mem/obj request of at most PYMALLOC_SMALL bytes: see
- * g_frees_via_raw. Called with the re-entry marker set. */
-static void *sampled_block_malloc(hook_ctx *c, size_t size)
+/* The raw allocator failed a sampled small block that pymalloc may still serve (issue
+ * 12 item 9: the hooks must not fail what the underlying allocator would serve). The
+ * program gets pymalloc's block, unrecorded (its free would bypass the raw hook); the
+ * sample is counted as dropped, and errno is as pymalloc left it. */
+static __attribute__((noinline)) void sampled_block_fallback(int saved_errno)
 {
-  if (g_frees_via_raw)
-    return g_ctx[CTX_RAW].prev.malloc(g_ctx[CTX_RAW].prev.ctx, size);
+  hp_agent_count_drop();
+  errno = saved_errno;
+}
+
+/* The block of a sampled mem/obj request of at most PYMALLOC_SMALL bytes: see
+ * g_frees_via_raw. Called with the re-entry marker set. *record: whether the block may
+ * be recorded (not one of the fallback above). */
+static void *sampled_block_malloc(hook_ctx *c, size_t size, int *record)
+{
+  *record = 1;
+  if (g_frees_via_raw) {
+    int saved_errno = errno;
+    void *p = g_ctx[CTX_RAW].prev.malloc(g_ctx[CTX_RAW].prev.ctx, size);
+    if (p)
+      return p;
+    *record = 0;
+    sampled_block_fallback(saved_errno);
+  }
   return c->prev.malloc(c->prev.ctx, size);
 }
 
@@ -338,8 +358,9 @@ static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, siz
   if (!sampled || !sample_room())
     return c->prev.malloc(c->prev.ctx, size);
   enter(t);
-  void *p = sampled_block_malloc(c, size);
-  if (p)
+  int record;
+  void *p = sampled_block_malloc(c, size, &record);
+  if (p && record)
     record_sample_room(c->domain, p, size, est);
   leave(t);
   return p;
@@ -382,9 +403,14 @@ static void *calloc_small_sampling(hook_ctx *c, hook_tls *t, size_t nelem, size_
   if (!sampled || !sample_room())
     return c->prev.calloc(c->prev.ctx, nelem, elsize);
   enter(t);
+  int saved_errno = errno;
   void *p = g_ctx[CTX_RAW].prev.calloc(g_ctx[CTX_RAW].prev.ctx, nelem, elsize);
-  if (p)
+  if (p) {
     record_sample_room(c->domain, p, size, est);
+  } else {   /* as in sampled_block_malloc */
+    sampled_block_fallback(saved_errno);
+    p = c->prev.calloc(c->prev.ctx, nelem, elsize);
+  }
   leave(t);
   return p;
 }
@@ -582,12 +608,35 @@ static void hook_raw_free(void *ctx, void *ptr)
  * that an interpreter without it only loses the optimisation. Anything else (a debug
  * allocator, PYTHONMALLOC=malloc, tracemalloc or another profiler hooked first) keeps
  * every free hooked. */
+static const char *(*g_allocator_name)(void);   /* set at install; NULL if absent */
+
 static int allocators_are_pymalloc(void)
 {
-  const char *(*name)(void) =
-      (const char *(*)(void))dlsym(RTLD_DEFAULT, "_PyMem_GetCurrentAllocatorName");
-  const char *n = name ? name() : NULL;
+  const char *n = g_allocator_name ? g_allocator_name() : NULL;
   return n && strcmp(n, "pymalloc") == 0;
+}
+
+/* Whether our hooks are off the allocation path (hp_hooks.h). Someone else's hook on
+ * top of ours is fine (tracemalloc started after heapprof calls ours); ours are gone
+ * when a domain holds again what we replaced, or CPython's own allocators, which call
+ * no hook: tracemalloc.stop() after a tracemalloc.start() that came before heapprof puts
+ * back what tracemalloc found. Reads the allocator table without the GIL (the sender
+ * thread asks): in 3.11 PyMem_GetAllocator copies four words, and a racing change is
+ * seen on the next call. */
+int hp_hooks_replaced(void)
+{
+  if (!g_installed)
+    return 0;
+  for (int i = 0; i < 3; i++) {
+    PyMemAllocatorEx cur;
+    PyMem_GetAllocator(g_ctx[i].py_domain, &cur);
+    if (cur.malloc == g_ctx[i].ours)
+      continue;
+    if ((cur.malloc == g_ctx[i].prev.malloc && cur.ctx == g_ctx[i].prev.ctx) ||
+        (g_allocator_name && g_allocator_name() != NULL))
+      return 1;
+  }
+  return 0;
 }
 
 /* The forking thread's sampler state was copied into the child: without a reseed the
@@ -628,7 +677,11 @@ int hp_hooks_install(void)
   for (int i = 0; i < 3; i++) {
     PyMem_GetAllocator(domains[i], &g_ctx[i].prev);
     g_ctx[i].domain = ours[i];
+    g_ctx[i].py_domain = domains[i];
+    g_ctx[i].ours = hooks[i].malloc;
   }
+  g_allocator_name =
+      (const char *(*)(void))dlsym(RTLD_DEFAULT, "_PyMem_GetCurrentAllocatorName");
   g_frees_via_raw = allocators_are_pymalloc();
   if (pthread_atfork(NULL, NULL, hooks_after_fork_child) != 0)
     return -HP_ENOMEM;

@@ -17,4 +17,9 @@ int hp_hooks_install(void);
 /* 1 when the mem/obj frees go to pymalloc unhooked (see above), else 0. */
 int hp_hooks_frees_forwarded(void);
 
+/* 1 when someone else replaced or removed the hooks, so that they see nothing any more
+ * (e.g. tracemalloc.stop() after a tracemalloc.start() that came before heapprof's),
+ * else 0. Any thread, with or without the GIL. */
+int hp_hooks_replaced(void);
+
 #endif /* HP_HOOKS_H */

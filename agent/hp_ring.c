@@ -8,8 +8,7 @@
  *
  * We store the sequence minus the slot's index (seq - (pos & mask) = the lap base
  * pos & ~mask), so that all-zero memory is the initial state: a fresh ring is calloc()ed
- * zero pages that cost no memory until a lap first reaches them, and a reset only has
- * to clear the slots that were used.
+ * zero pages that cost no memory until a lap first reaches them.
  *
  * The free reserve (hp_ring.h): before claiming position pos for an ALLOC, the producer
  * checks that the slot of position pos + reserve is free for that position's lap, i.e.
@@ -28,10 +27,10 @@ typedef struct {
 } hp_slot;
 
 struct hp_ring {
-  /* Written by producers (CAS); cache-line separated from the consumer's index.
-   * head also tells hp_ring_reset() how many slots were ever touched. */
+  /* Written by producers (CAS); cache-line separated from the consumer's index. */
   _Alignas(64) _Atomic size_t head;
-  _Alignas(64) size_t tail;              /* consumer only */
+  /* Written by the consumer only; read by producers that wait (relaxed: a hint). */
+  _Alignas(64) _Atomic size_t tail;
   _Atomic uint64_t dropped;              /* any thread, relaxed: a statistic */
   size_t mask;
   size_t reserve;                        /* slots kept for FREE records */
@@ -54,7 +53,7 @@ hp_ring *hp_ring_new(size_t capacity)
   r->mask = cap - 1;
   r->reserve = cap / HP_RING_FREE_RESERVE_DIV;
   atomic_init(&r->head, 0);
-  r->tail = 0;
+  atomic_init(&r->tail, 0);
   atomic_init(&r->dropped, 0);
   return r;
 }
@@ -65,18 +64,6 @@ void hp_ring_free(hp_ring *r)
     return;
   free(r->slots);
   free(r);
-}
-
-void hp_ring_reset(hp_ring *r)
-{
-  size_t used = atomic_load_explicit(&r->head, memory_order_relaxed);
-  if (used > r->mask + 1)
-    used = r->mask + 1;
-  for (size_t i = 0; i < used; i++)
-    atomic_store_explicit(&r->slots[i].seq, 0, memory_order_relaxed);
-  atomic_store_explicit(&r->head, 0, memory_order_relaxed);
-  r->tail = 0;
-  atomic_store_explicit(&r->dropped, 0, memory_order_release);
 }
 
 int hp_ring_push(hp_ring *r, const hp_event *ev)
@@ -130,13 +117,13 @@ int hp_ring_try_push(hp_ring *r, const hp_event *ev)
 
 int hp_ring_pop(hp_ring *r, hp_event *out)
 {
-  size_t pos = r->tail;
+  size_t pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
   hp_slot *s = &r->slots[pos & r->mask];
   size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
   if (seq != (pos & ~r->mask) + 1)
     return 0;
   *out = s->ev;
-  r->tail = pos + 1;
+  atomic_store_explicit(&r->tail, pos + 1, memory_order_relaxed);
   atomic_store_explicit(&s->seq, (pos & ~r->mask) + r->mask + 1, memory_order_release);
   return 1;
 }
@@ -159,4 +146,14 @@ size_t hp_ring_capacity(const hp_ring *r)
 size_t hp_ring_free_reserve(const hp_ring *r)
 {
   return r->reserve;
+}
+
+uint64_t hp_ring_pushed(const hp_ring *r)
+{
+  return atomic_load_explicit(&((hp_ring *)r)->head, memory_order_acquire);
+}
+
+uint64_t hp_ring_popped(const hp_ring *r)
+{
+  return atomic_load_explicit(&((hp_ring *)r)->tail, memory_order_relaxed);
 }

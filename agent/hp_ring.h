@@ -3,6 +3,8 @@
  * Producers: any thread, including threads without the GIL; a push never blocks, never
  * allocates and never makes a system call: when the ring is full the record is dropped
  * and counted. Consumer: the sender thread only (or the owner while no sender runs).
+ * A ring is never emptied behind a producer's back: the agent gives each session a
+ * ring of its own and frees it only once no producer can still hold it.
  * Order: records come out in the order their pushes claimed a slot, so a FREE pushed
  * before the real free() precedes any later ALLOC of the same address.
  *
@@ -45,8 +47,11 @@ uint64_t hp_ring_dropped(const hp_ring *r);
 void     hp_ring_count_drop(hp_ring *r);
 size_t   hp_ring_capacity(const hp_ring *r);
 size_t   hp_ring_free_reserve(const hp_ring *r);   /* slots kept for FREE records */
-/* Empties the ring and zeroes the drop count. Only while no other thread uses it
- * (e.g. in a fork child, where the other threads are gone mid-push). */
-void     hp_ring_reset(hp_ring *r);
+/* Records whose slot was claimed by a push so far (including ones still being written):
+ * the number of records committed to the stream. Any thread. */
+uint64_t hp_ring_pushed(const hp_ring *r);
+/* Records taken out by the consumer so far. Any thread: producers that wait for room
+ * tell a consumer that moves (however slowly) from one that is stuck. */
+uint64_t hp_ring_popped(const hp_ring *r);
 
 #endif /* HP_RING_H */

@@ -39,13 +39,24 @@ int hp_sampler_configure_buckets(hp_sampler_cfg *cfg, const hp_bucket *b, uint32
   return 0;
 }
 
+void hp_sampler_publish(hp_sampler_cfg *dst, const hp_sampler_cfg *src)
+{
+  for (uint32_t i = 0; i < HP_MAX_BUCKETS; i++) {
+    __atomic_store_n(&dst->buckets[i].max_size, src->buckets[i].max_size, __ATOMIC_RELAXED);
+    __atomic_store(&dst->buckets[i].rate, &src->buckets[i].rate, __ATOMIC_RELAXED);
+  }
+  __atomic_store_n(&dst->nbuckets, src->nbuckets, __ATOMIC_RELAXED);
+  __atomic_store_n(&dst->interval, src->interval, __ATOMIC_RELAXED);
+  __atomic_store_n(&dst->generation, src->generation, __ATOMIC_RELEASE);
+}
+
 uint32_t hp_sampler_adapt(hp_sampler_cfg *cfg, uint64_t interval)
 {
   /* Interval before generation: a thread that sees the new generation (acquire) also
    * sees the new interval. One that sees the new interval with the old generation
    * draws for the new interval and redraws once more; either way its samples are
    * estimated with t->interval, the interval of the countdown they hit. */
-  uint32_t g = next_generation(cfg->generation);
+  uint32_t g = next_generation(__atomic_load_n(&cfg->generation, __ATOMIC_RELAXED));
   __atomic_store_n(&cfg->interval, interval, __ATOMIC_RELAXED);
   __atomic_store_n(&cfg->generation, g, __ATOMIC_RELEASE);
   return g;
@@ -121,9 +132,10 @@ int hp_sampler_sample_slow(const hp_sampler_cfg *cfg, hp_sampler_tls *t, size_t 
   }
   if (interval == 0) {
     double rate = 1.0;
-    for (uint32_t i = 0; i < cfg->nbuckets; i++) {
-      if (size <= cfg->buckets[i].max_size) {
-        rate = cfg->buckets[i].rate;
+    uint32_t n = __atomic_load_n(&cfg->nbuckets, __ATOMIC_RELAXED);
+    for (uint32_t i = 0; i < n && i < HP_MAX_BUCKETS; i++) {
+      if (size <= __atomic_load_n(&cfg->buckets[i].max_size, __ATOMIC_RELAXED)) {
+        __atomic_load(&cfg->buckets[i].rate, &rate, __ATOMIC_RELAXED);
         break;
       }
     }

@@ -21,10 +21,12 @@
  * falls in the first bucket with s <= max_size and is sampled with that rate (sizes
  * above the last bucket always); est_bytes = s / rate, again Horvitz-Thompson.
  *
- * Thread rules: the configuration is written while sampling is off, except that
- * hp_sampler_adapt() may raise a Poisson interval while threads sample (a generation
- * number tells threads to redraw); each thread owns its hp_sampler_tls. No locks, no
- * system calls except one clock read when a thread's generator is first seeded.
+ * Thread rules: a configuration the hooks read is changed only by hp_sampler_publish()
+ * and hp_sampler_adapt(), one writer at a time, while threads may be sampling: every
+ * field is accessed atomically and a generation number, stored last, tells threads to
+ * redraw. hp_sampler_configure_*() build a private copy. Each thread owns its
+ * hp_sampler_tls. No locks, no system calls except one clock read when a thread's
+ * generator is first seeded.
  *
  * Adapting (Perfetto-style, when the agent cannot send events as fast as they come): an
  * interval raised from I to I' mid-run keeps the estimate unbiased, because each
@@ -65,6 +67,11 @@ int hp_sampler_configure_interval(hp_sampler_cfg *cfg, uint64_t interval);
 /* 0, or -HP_EINVAL when n is 0 or over HP_MAX_BUCKETS, sizes are not increasing, or a
  * rate is outside (0, 1]. */
 int hp_sampler_configure_buckets(hp_sampler_cfg *cfg, const hp_bucket *b, uint32_t n);
+
+/* Makes src (built by the calls above on a private copy) the configuration in *dst,
+ * which threads may be reading: the fields first, the generation last (release), so a
+ * thread that sees the new generation sees all of it. One writer at a time. */
+void hp_sampler_publish(hp_sampler_cfg *dst, const hp_sampler_cfg *src);
 
 /* Raises a Poisson interval (> 1, or from 1: recording everything becomes sampling)
  * while threads may be sampling; returns the new generation. The only call that may

@@ -8,10 +8,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+/* One page shared by a program's processes (hp_sender.h). stuck_peer is the pid of a
+ * daemon one of them gave up on at stuck_ns (CLOCK_MONOTONIC, the same clock in every
+ * process), 0 when none or since it was seen taking data again. */
+struct hp_sender_family {
+  _Atomic int64_t stuck_peer;
+  _Atomic uint64_t stuck_ns;
+};
+
+hp_sender_family *hp_sender_family_new(void)
+{
+  void *p = mmap(NULL, sizeof(hp_sender_family), PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;   /* zero-filled: nobody stuck */
+}
 
 struct hp_sender {
   pthread_t thread;
@@ -28,12 +46,31 @@ struct hp_sender {
   uint32_t changes_sent;     /* sender thread only: interval changes reported */
   uint64_t interval_sent;    /* sender thread only: the interval last reported */
   _Atomic int stop;          /* set by hp_sender_stop(), under mu to pair with wake */
-  _Atomic uint64_t stop_deadline_ns;   /* written before stop is set (release) */
-  uint64_t stop_timeout_ns;  /* read-only after start */
-  pthread_mutex_t mu;        /* guards the idle wait only; hooks never touch it */
+  _Atomic uint64_t stop_ns;  /* when the stop began; written before stop is set */
+  uint64_t stall_ns;         /* read-only after start */
+  int64_t peer;              /* the daemon's pid (SO_PEERCRED), 0 unknown; read-only */
+  int sndbuf;                /* SO_SNDBUF: the socket's size; read-only after start */
+  size_t flush_bytes;        /* write once this much is encoded; read-only */
+  hp_encoder *ctl;           /* sender thread only: COUNTERS, written apart from enc */
+  /* Sender thread only: */
+  uint64_t progress_ns;      /* the daemon last took data from this stream, 0 never */
+  int unread;                /* the socket's unread bytes when last looked at */
+  int final_sent;            /* the final counters went out */
+  int gave_up_for_family;    /* gave up because another process did */
+  uint32_t pending_events;   /* encoded, not yet written */
+  /* Sender thread only: the threads of this stream whose kernel name was looked at
+   * (open addressing, 0 empty), the last one seen, and the main thread's name. */
+  uint32_t tids[2 * HP_SENDER_MAX_THREADS];
+  uint32_t ntids, last_tid;
+  char process_comm[32];
+  /* Names the program gave (hp_sender_thread_name), not yet sent; under mu. */
+  hp_thread_def *names[HP_SENDER_MAX_NAMES];
+  uint32_t nnames;
+  pthread_mutex_t mu;        /* guards the idle wait and names[]; hooks never touch it */
   pthread_cond_t wake;       /* signalled by hp_sender_stop(): exit without oversleeping */
   int sync_ready;            /* mu and wake were initialised */
   _Atomic int error;         /* first write error, set by the thread */
+  _Atomic uint32_t end_reason;   /* GOODBYE's; the first nonzero one set wins */
   _Atomic uint64_t events_sent;
 };
 
@@ -99,25 +136,82 @@ out_close:
   return err;
 }
 
-/* Waits until the socket may take more data. Before stop it waits as long as it takes
- * (the ring drops meanwhile, the program is not held up), in slices so that a stop is
- * noticed; after stop only until the stop deadline: -ETIMEDOUT then. A peer that hung up
- * also returns 0: the next send() reports the error. */
+/* Bytes the daemon has not read yet from this socket (the kernel's accounting, in the
+ * units of SO_SNDBUF); -1 if unknown. */
+static int unread_bytes(const hp_sender *s)
+{
+  int q = 0;
+  return ioctl(s->fd, SIOCOUTQ, &q) == 0 ? q : -1;
+}
+
+/* The daemon took data from this stream: remember it, and tell the program's other
+ * processes that it is not stuck after all. */
+static void note_progress(hp_sender *s, uint64_t now)
+{
+  s->progress_ns = now;
+  int64_t peer = s->peer;
+  if (s->cfg.family && peer &&
+      atomic_load_explicit(&s->cfg.family->stuck_peer, memory_order_relaxed) == peer)
+    atomic_compare_exchange_strong(&s->cfg.family->stuck_peer, &peer, 0);
+}
+
+/* Progress is the unread bytes going down since this thread last looked (after its own
+ * last write): only the daemon's reads make them go down. Returns them (-1: unknown). */
+static int check_progress(hp_sender *s)
+{
+  int q = unread_bytes(s);
+  if (q < 0)
+    return q;
+  if (q < s->unread)
+    note_progress(s, hp_now_ns());
+  s->unread = q;
+  return q;
+}
+
+/* Another process of this program gave up on this daemon after the last time this
+ * stream saw it take anything. */
+static int family_says_stuck(const hp_sender *s)
+{
+  hp_sender_family *f = s->cfg.family;
+  return f && s->peer &&
+         atomic_load_explicit(&f->stuck_peer, memory_order_acquire) == s->peer &&
+         atomic_load_explicit(&f->stuck_ns, memory_order_relaxed) > s->progress_ns;
+}
+
+/* Waits a slice for the socket to drain. Before stop it waits as long as it takes (the
+ * ring drops meanwhile, the program is not held up), in slices so that a stop is
+ * noticed; after stop, until the daemon has taken nothing for the stall bound (from the
+ * stop, or from its last progress if later; see hp_sender.h): -ETIMEDOUT then. A peer
+ * that hung up also returns 0: the next send() reports the error. */
 static int wait_writable(hp_sender *s)
 {
   int timeout_ms = HP_SENDER_WAIT_SLICE_MS;
+  check_progress(s);
   if (atomic_load_explicit(&s->stop, memory_order_acquire)) {
-    uint64_t deadline = atomic_load_explicit(&s->stop_deadline_ns, memory_order_relaxed);
+    uint64_t base = atomic_load_explicit(&s->stop_ns, memory_order_relaxed);
+    if (s->progress_ns > base)
+      base = s->progress_ns;
+    int stuck = family_says_stuck(s);
+    uint64_t deadline = base + (stuck ? HP_SENDER_STUCK_GRACE_NS : s->stall_ns);
     uint64_t now = hp_now_ns();
-    if (now >= deadline)
+    if (now >= deadline) {
+      s->gave_up_for_family = stuck;
       return -ETIMEDOUT;
+    }
     uint64_t left_ms = (deadline - now + 999999u) / 1000000u;
     if (left_ms < (uint64_t)timeout_ms)
       timeout_ms = (int)left_ms;
   }
   struct pollfd p = { .fd = s->fd, .events = POLLOUT };
-  if (poll(&p, 1, timeout_ms) < 0 && errno != EINTR)
+  int r = poll(&p, 1, timeout_ms);
+  if (r < 0 && errno != EINTR)
     return -errno;
+  if (r > 0 && !(p.revents & (POLLERR | POLLHUP))) {
+    /* Writable, yet the caller found no room for its data (the kernel reports room at a
+     * quarter full): let the daemon read on rather than spin. */
+    struct timespec ts = { 0, 1000000 };
+    nanosleep(&ts, NULL);
+  }
   return 0;
 }
 
@@ -127,6 +221,7 @@ static int wait_writable(hp_sender *s)
 static int write_all(hp_sender *s, const uint8_t *buf, size_t len)
 {
   while (len > 0) {
+    check_progress(s);
     ssize_t n = send(s->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR)
@@ -141,16 +236,51 @@ static int write_all(hp_sender *s, const uint8_t *buf, size_t len)
     }
     buf += n;
     len -= (size_t)n;
+    /* What this thread just added is not the daemon's progress. */
+    int q = unread_bytes(s);
+    if (q >= 0)
+      s->unread = q;
   }
   return 0;
+}
+
+static int send_final_counters(hp_sender *s);
+
+/* The stream's data (everything but the final counters) keeps a quarter of the socket
+ * free, so that the final counters get in even when the daemon has stopped reading:
+ * whole frames are written only while the unread bytes stay within three quarters of
+ * the socket's size (or the socket is empty: a frame larger than that still goes). A
+ * stop that arrives while this waits sends the final counters first. */
+static int write_data(hp_sender *s, const uint8_t *buf, size_t len)
+{
+  while (!s->final_sent) {
+    if (!s->final_sent && atomic_load_explicit(&s->stop, memory_order_acquire)) {
+      int rc = send_final_counters(s);
+      if (rc < 0)
+        return rc;
+    }
+    if (s->final_sent)
+      break;
+    int q = check_progress(s);
+    if (q <= 0 || (size_t)q + len <= (size_t)s->sndbuf / 4 * 3)
+      break;
+    int rc = wait_writable(s);
+    if (rc < 0)
+      return rc;
+  }
+  return write_all(s, buf, len);
 }
 
 static int flush_encoder(hp_sender *s)
 {
   size_t len;
   const uint8_t *data = hp_encoder_data(s->enc, &len);
-  int rc = len ? write_all(s, data, len) : 0;
+  int rc = len ? write_data(s, data, len) : 0;
   hp_encoder_reset(s->enc);
+  if (rc == 0 && s->pending_events) {
+    atomic_fetch_add_explicit(&s->events_sent, s->pending_events, memory_order_relaxed);
+    s->pending_events = 0;
+  }
   return rc;
 }
 
@@ -158,7 +288,7 @@ static int flush_if_big(hp_sender *s)
 {
   size_t len;
   hp_encoder_data(s->enc, &len);
-  return len >= HP_SENDER_FLUSH_BYTES ? flush_encoder(s) : 0;
+  return len >= s->flush_bytes ? flush_encoder(s) : 0;
 }
 
 /* Emits definitions published since the last call. Stacks are read first: a stack is
@@ -190,35 +320,175 @@ static int send_defs(hp_sender *s)
   return 0;
 }
 
-/* ts_ns: when the interval changed, or 0 for now. */
-static int send_counters_at(hp_sender *s, uint64_t ts_ns, uint64_t interval)
+/* Appends a COUNTERS message to the control encoder. ts_ns: when the interval changed,
+ * or 0 for now. */
+static int encode_counters(hp_sender *s, uint64_t ts_ns, uint64_t interval)
 {
   hp_counters c = { .ts_ns = ts_ns ? ts_ns : hp_now_ns(),
                     .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
                     .sample_interval_bytes = interval,
-                    /* 0 until the agent counts the events it commits to its ring: the
-                     * daemon then infers no loss (protocol 2, PROTOCOL.md 2.5). */
-                    .events_sent = 0 };
-  int rc = hp_encode_counters(s->enc, &c);
-  return rc < 0 ? rc : flush_encoder(s);
+                    .events_sent = hp_ring_pushed(s->cfg.ring) };
+  return hp_encode_counters(s->ctl, &c);
+}
+
+/* Writes the control encoder (COUNTERS) within the data's budget, or not at all when a
+ * stop arrives meanwhile: then the final counters, which supersede it, go instead, and
+ * 1 is returned. */
+static int write_control(hp_sender *s)
+{
+  size_t len;
+  const uint8_t *data = hp_encoder_data(s->ctl, &len);
+  int rc;
+  for (;;) {
+    if (!s->final_sent && atomic_load_explicit(&s->stop, memory_order_acquire)) {
+      hp_encoder_reset(s->ctl);
+      rc = send_final_counters(s);
+      return rc < 0 ? rc : 1;
+    }
+    int q = check_progress(s);
+    if (s->final_sent || q <= 0 || (size_t)q + len <= (size_t)s->sndbuf / 4 * 3)
+      break;
+    if ((rc = wait_writable(s)) < 0)
+      return rc;
+  }
+  rc = write_all(s, data, len);
+  hp_encoder_reset(s->ctl);
+  return rc;
 }
 
 static int send_counters(hp_sender *s)
 {
-  return send_counters_at(s, 0, s->interval_sent);
+  int rc = encode_counters(s, 0, s->interval_sent);
+  return rc < 0 ? rc : write_control(s);
 }
 
-/* Reports each change of interval not yet told, oldest first. */
+/* Reports each change of interval not yet told, oldest first, each once written. */
 static int send_interval_changes(hp_sender *s)
 {
   uint64_t ts, interval;
   int rc = 0;
   while (rc == 0 && s->cfg.interval_change &&
          s->cfg.interval_change(s->cfg.arg, s->changes_sent, &ts, &interval)) {
+    if ((rc = encode_counters(s, ts, interval)) < 0 || (rc = write_control(s)) != 0)
+      return rc < 0 ? rc : 0;   /* 1: the final counters told it */
     s->interval_sent = interval;
     s->changes_sent++;
-    rc = send_counters_at(s, ts, interval);
   }
+  return rc;
+}
+
+/* At the stop, once nothing is pushed any more: the interval changes not yet told and
+ * the final COUNTERS, ahead of whatever data is still to be written (between frames;
+ * write_data() keeps room for this). */
+static int send_final_counters(hp_sender *s)
+{
+  uint64_t ts, interval;
+  int rc = 0;
+  s->final_sent = 1;
+  hp_encoder_reset(s->ctl);
+  while (rc == 0 && s->cfg.interval_change &&
+         s->cfg.interval_change(s->cfg.arg, s->changes_sent, &ts, &interval)) {
+    rc = encode_counters(s, ts, interval);
+    s->interval_sent = interval;
+    s->changes_sent++;
+  }
+  if (rc == 0)
+    rc = encode_counters(s, 0, s->interval_sent);
+  size_t len;
+  const uint8_t *data = hp_encoder_data(s->ctl, &len);
+  if (rc == 0)
+    rc = write_all(s, data, len);
+  hp_encoder_reset(s->ctl);
+  return rc;
+}
+
+/* A thread's kernel name (/proc/self/task/TID/comm, without its newline) into buf;
+ * its length, 0 if the thread is gone or has none. */
+static size_t read_comm(const char *path, char *buf, size_t cap)
+{
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return 0;
+  size_t n = fread(buf, 1, cap - 1, f);
+  fclose(f);
+  while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\0'))
+    n--;
+  buf[n] = 0;
+  return n;
+}
+
+/* The kernel name of each thread this stream meets for the first time, as THREAD_DEF:
+ * the main thread's always, another thread's when it is not just the name it inherited
+ * from the main thread (set with pthread_setname_np or prctl: a native library's worker,
+ * a program that names its threads). Read here, never in a hook; a thread already gone
+ * has no name to read. At most HP_SENDER_MAX_THREADS threads a stream are looked at. */
+static int send_thread_names(hp_sender *s, const hp_event *ev, uint32_t n)
+{
+  int rc = 0;
+  for (uint32_t i = 0; i < n && rc == 0; i++) {
+    uint32_t tid = (uint32_t)ev[i].thread_id;
+    if (tid == s->last_tid || tid == 0)
+      continue;
+    s->last_tid = tid;
+    uint32_t slot = (tid * 2654435761u) & (2 * HP_SENDER_MAX_THREADS - 1);
+    while (s->tids[slot] != 0 && s->tids[slot] != tid)
+      slot = (slot + 1) & (2 * HP_SENDER_MAX_THREADS - 1);
+    if (s->tids[slot] == tid || s->ntids >= HP_SENDER_MAX_THREADS)
+      continue;
+    s->tids[slot] = tid;
+    s->ntids++;
+    char path[64], name[32];
+    snprintf(path, sizeof(path), "/proc/self/task/%u/comm", tid);
+    size_t len = read_comm(path, name, sizeof(name));
+    if (len == 0 || (tid != (uint32_t)s->hello.pid && strcmp(name, s->process_comm) == 0))
+      continue;
+    hp_thread_def d = { .thread_id = tid, .name = { name, (uint32_t)len } };
+    if ((rc = hp_encode_thread_def(s->enc, &d)) == 0)
+      rc = flush_if_big(s);
+  }
+  return rc;
+}
+
+/* The names the program gave, after the kernel's: the latest wins in the daemon. */
+static int send_given_names(hp_sender *s)
+{
+  hp_thread_def *taken[HP_SENDER_MAX_NAMES];
+  pthread_mutex_lock(&s->mu);
+  uint32_t n = s->nnames;
+  memcpy(taken, s->names, n * sizeof(taken[0]));
+  s->nnames = 0;
+  pthread_mutex_unlock(&s->mu);
+  int rc = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    if (rc == 0 && (rc = hp_encode_thread_def(s->enc, taken[i])) == 0)
+      rc = flush_if_big(s);
+    free(taken[i]);
+  }
+  return rc;
+}
+
+int hp_sender_thread_name(hp_sender *s, uint64_t thread_id, const char *name, size_t len)
+{
+  if (len > HP_MAX_STR_BYTES)
+    len = HP_MAX_STR_BYTES;
+  hp_thread_def *d = malloc(sizeof(*d) + len + 1);
+  if (!d)
+    return -HP_ENOMEM;
+  char *copy = (char *)(d + 1);
+  memcpy(copy, name, len);
+  copy[len] = 0;
+  d->thread_id = thread_id;
+  d->name.ptr = copy;
+  d->name.len = (uint32_t)len;
+  int rc = 0;
+  pthread_mutex_lock(&s->mu);
+  if (s->nnames < HP_SENDER_MAX_NAMES)
+    s->names[s->nnames++] = d;
+  else
+    rc = -HP_EFULL;
+  pthread_mutex_unlock(&s->mu);
+  if (rc < 0)
+    free(d);
   return rc;
 }
 
@@ -227,11 +497,16 @@ static void report_failure(hp_sender *s, int err, uint64_t lost)
 {
   char line[512];
   int n;
-  if (err == -ETIMEDOUT)
+  if (err == -ETIMEDOUT && s->gave_up_for_family)
     n = snprintf(line, sizeof(line),
-                 "heapprof: heapprofd at %s did not take the rest of the data within "
-                 "%.0f s; %llu events lost, the session is incomplete\n", s->socket_path,
-                 (double)s->stop_timeout_ns / 1e9, (unsigned long long)lost);
+                 "heapprof: heapprofd at %s is taking no data (another process of this "
+                 "program gave up on it); %llu events lost, the session is incomplete\n",
+                 s->socket_path, (unsigned long long)lost);
+  else if (err == -ETIMEDOUT)
+    n = snprintf(line, sizeof(line),
+                 "heapprof: heapprofd at %s took no data for %.3g s; %llu events lost, "
+                 "the session is incomplete\n", s->socket_path, (double)s->stall_ns / 1e9,
+                 (unsigned long long)lost);
   else
     n = snprintf(line, sizeof(line),
                  "heapprof: lost the connection to heapprofd at %s (%s); profiling "
@@ -259,32 +534,60 @@ static void idle_wait(hp_sender *s, uint64_t ns)
   pthread_mutex_unlock(&s->mu);
 }
 
+/* Encodes n events as EVENTS messages of at most HP_SENDER_FRAME_EVENTS, writing
+ * whenever the encoder holds a write's worth (small frames keep the writes within the
+ * data's budget, see write_data). */
+static int send_events(hp_sender *s, const hp_event *ev, uint32_t n)
+{
+  int rc = 0;
+  for (uint32_t i = 0; i < n && rc == 0; i += HP_SENDER_FRAME_EVENTS) {
+    uint32_t k = n - i < HP_SENDER_FRAME_EVENTS ? n - i : HP_SENDER_FRAME_EVENTS;
+    if ((rc = hp_encode_events(s->enc, ev + i, k)) == 0) {
+      s->pending_events += k;
+      rc = flush_if_big(s);
+    }
+  }
+  return rc;
+}
+
+/* Ends the stream from within, as hp_sender_stop_with() would: the next turn of the
+ * loop sends the final counters and drains. */
+static void end_here(hp_sender *s, uint32_t reason)
+{
+  uint32_t none = 0;
+  atomic_compare_exchange_strong(&s->end_reason, &none, reason);
+  atomic_store_explicit(&s->stop_ns, hp_now_ns(), memory_order_relaxed);
+  atomic_store_explicit(&s->stop, 1, memory_order_release);
+}
+
 static void *sender_main(void *arg)
 {
   hp_sender *s = arg;
+  read_comm("/proc/self/comm", s->process_comm, sizeof(s->process_comm));
+  /* HELLO opens the stream whatever comes next (write_data could put the final
+   * counters first). */
+  size_t hello_len;
   int rc = hp_encode_hello(s->enc, &s->hello);
+  const uint8_t *hello = hp_encoder_data(s->enc, &hello_len);
   if (rc == 0)
-    rc = flush_encoder(s);
+    rc = write_all(s, hello, hello_len);
+  hp_encoder_reset(s->enc);
   uint64_t last_counters = hp_now_ns();
   s->interval_sent = s->hello.sample_interval_bytes;
   uint64_t idle_ns = HP_SENDER_IDLE_NS;
-  uint32_t unsent = 0;       /* popped from the ring, not written yet */
   while (rc == 0) {
     int stopping = atomic_load_explicit(&s->stop, memory_order_acquire);
+    /* At the stop nothing is pushed any more: the counters are final. They go before
+     * the drain, so that a stream cut off at exit still says what it should have held. */
+    if (stopping && !s->final_sent && (rc = send_final_counters(s)) < 0)
+      break;
     uint32_t n = 0;
     while (n < HP_SENDER_BATCH && hp_ring_pop(s->cfg.ring, &s->batch[n]))
       n++;
-    unsent = n;
-    if ((rc = send_defs(s)) < 0)
+    if ((rc = send_defs(s)) < 0 || (rc = send_thread_names(s, s->batch, n)) < 0 ||
+        (rc = send_given_names(s)) < 0 || (rc = send_events(s, s->batch, n)) < 0 ||
+        (rc = flush_encoder(s)) < 0)
       break;
-    if (n > 0) {
-      if ((rc = hp_encode_events(s->enc, s->batch, n)) < 0 || (rc = flush_encoder(s)) < 0)
-        break;
-      unsent = 0;
-      atomic_fetch_add_explicit(&s->events_sent, n, memory_order_relaxed);
-    } else if ((rc = flush_encoder(s)) < 0) {
-      break;
-    }
     uint64_t now = hp_now_ns();
     /* An adapted interval is told at once (its time stamps the change in the daemon);
      * the events already sent were taken at the old one, later ones carry their own
@@ -295,6 +598,9 @@ static void *sender_main(void *arg)
       if ((rc = send_counters(s)) < 0)
         break;
       last_counters = now;
+      uint32_t reason;
+      if (!stopping && s->cfg.check_end && (reason = s->cfg.check_end(s->cfg.arg)) != 0)
+        end_here(s, reason);
     }
     /* A thin batch means the ring is nearly empty: wait for more rather than paying a
      * system call per handful of events. The wait doubles while batches stay thin
@@ -314,13 +620,13 @@ static void *sender_main(void *arg)
   if (rc == 0) {
     hp_goodbye g = { .ts_ns = hp_now_ns(),
                      .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
-                     .end_reason = HP_END_STOPPED };
-    if ((rc = send_interval_changes(s)) == 0 && (rc = send_counters(s)) == 0 &&
-        (rc = hp_encode_goodbye(s->enc, &g)) == 0)
+                     .end_reason = atomic_load(&s->end_reason) };
+    if ((rc = send_given_names(s)) == 0 && (rc = send_interval_changes(s)) == 0 &&
+        (rc = send_counters(s)) == 0 && (rc = hp_encode_goodbye(s->enc, &g)) == 0)
       rc = flush_encoder(s);
   }
   if (rc < 0) {
-    uint64_t lost = unsent;
+    uint64_t lost = s->pending_events;
     if (rc == -ETIMEDOUT) {
       /* The daemon may wake up later: it must see the stream end here, not a frame
        * that goes on with whatever a later writer puts on this socket. */
@@ -328,6 +634,11 @@ static void *sender_main(void *arg)
       hp_event ev;
       while (hp_ring_pop(s->cfg.ring, &ev))
         lost++;
+      /* The program's other processes need not wait for this daemon in turn. */
+      if (s->cfg.family && s->peer) {
+        atomic_store_explicit(&s->cfg.family->stuck_ns, hp_now_ns(), memory_order_relaxed);
+        atomic_store_explicit(&s->cfg.family->stuck_peer, s->peer, memory_order_release);
+      }
     }
     atomic_store(&s->error, rc);
     report_failure(s, rc, lost);
@@ -343,7 +654,10 @@ static void sender_release(hp_sender *s)
   }
   if (s->fd >= 0)
     close(s->fd);
+  for (uint32_t i = 0; i < s->nnames; i++)
+    free(s->names[i]);
   hp_encoder_free(s->enc);
+  hp_encoder_free(s->ctl);
   free(s->batch);
   free(s->hello_block);
   free(s->argv);
@@ -390,12 +704,16 @@ hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *c
   }
   s->fd = fd;
   s->cfg = *cfg;
-  s->stop_timeout_ns = cfg->stop_timeout_ns ? cfg->stop_timeout_ns
-                                            : HP_SENDER_STOP_TIMEOUT_NS;
-  atomic_init(&s->stop_deadline_ns, 0);
+  s->stall_ns = cfg->stall_ns ? cfg->stall_ns : HP_SENDER_STALL_NS;
+  atomic_init(&s->stop_ns, 0);
+  struct ucred cred;
+  socklen_t cred_len = sizeof(cred);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) == 0)
+    s->peer = cred.pid;
   atomic_init(&s->stop, 0);
   atomic_init(&s->error, 0);
   atomic_init(&s->events_sent, 0);
+  atomic_init(&s->end_reason, 0);
   pthread_condattr_t ca;
   if (pthread_condattr_init(&ca) != 0)
     goto out_release;
@@ -410,9 +728,16 @@ hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *c
   }
   s->sync_ready = 1;
   s->socket_path = strdup(cfg->socket_path ? cfg->socket_path : "?");
+  socklen_t optlen = sizeof(s->sndbuf);
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &s->sndbuf, &optlen) != 0 || s->sndbuf <= 0)
+    s->sndbuf = 212992;   /* Linux's usual default */
+  s->flush_bytes = (size_t)s->sndbuf / 4 < HP_SENDER_FLUSH_BYTES ? (size_t)s->sndbuf / 4
+                                                                 : HP_SENDER_FLUSH_BYTES;
+  s->ctl = hp_encoder_new(4096);
   s->enc = hp_encoder_new(HP_SENDER_FLUSH_BYTES + (64u << 10));
   s->batch = malloc(HP_SENDER_BATCH * sizeof(hp_event));
-  if (!s->socket_path || !s->enc || !s->batch || (rc = copy_hello(s, hello)) < 0) {
+  if (!s->socket_path || !s->enc || !s->ctl || !s->batch ||
+      (rc = copy_hello(s, hello)) < 0) {
     rc = -HP_ENOMEM;
     goto out_release;
   }
@@ -432,10 +757,17 @@ out:
 
 int hp_sender_stop(hp_sender *s)
 {
+  return hp_sender_stop_with(s, HP_END_STOPPED);
+}
+
+int hp_sender_stop_with(hp_sender *s, uint32_t end_reason)
+{
   if (!s)
     return 0;
-  atomic_store_explicit(&s->stop_deadline_ns, hp_now_ns() + s->stop_timeout_ns,
-                        memory_order_relaxed);
+  uint32_t none = 0;
+  if (end_reason)
+    atomic_compare_exchange_strong(&s->end_reason, &none, end_reason);
+  atomic_store_explicit(&s->stop_ns, hp_now_ns(), memory_order_relaxed);
   pthread_mutex_lock(&s->mu);
   atomic_store_explicit(&s->stop, 1, memory_order_release);
   pthread_cond_signal(&s->wake);

@@ -3,17 +3,29 @@
  * The thread sends HELLO, then repeatedly pops the event ring, emits FRAME_DEF and
  * STACK_DEF for every interned id not sent yet on this stream (before the events that
  * may use them: an event popped from the ring was pushed after its stack was
- * published), then the EVENTS batch; COUNTERS about once a second; GOODBYE at stop.
+ * published), THREAD_DEF for the threads it meets (their kernel names, then the names
+ * the program gave), then the EVENTS batch; COUNTERS about once a second; GOODBYE at
+ * stop.
  * Only this thread waits on the socket. It never touches Python state and allocates
  * with libc only. A write error (the daemon went away) ends the thread after one line
  * on stderr and a call to the failure callback; the program goes on unprofiled.
  *
- * Never hang the program: while profiling, a daemon that stops reading (SIGSTOPped,
- * stuck) only makes the sender wait and the ring drop; once hp_sender_stop() is called,
- * the sender gives the daemon at most the stop timeout in all (not per write: a daemon
- * that reads a byte now and then must not hold the exit either) to take what is left,
- * then shuts the socket down, says how many events were lost (one line) and ends, so
- * that the program's exit is delayed by at most that long. */
+ * Never hang the program, never cut off a daemon that works. While profiling, a daemon
+ * that stops reading (SIGSTOPped, stuck) only makes the sender wait and the ring drop.
+ * Once hp_sender_stop() is called, the sender first reports the final counters (COUNTERS
+ * with the number of events committed to the stream, so that whatever is lost after it
+ * is still counted), then drains the ring and says GOODBYE. It waits for the daemon as
+ * long as the daemon takes data, and gives up when it has taken nothing for the stall
+ * bound (counted from the stop, or from the daemon's last progress if that is later):
+ * then it shuts the socket down, says how many events were lost (one line) and ends.
+ * Progress is the daemon taking data from this stream: a write that goes through after
+ * the socket was full, or a socket it has read empty. A daemon that reads a byte now
+ * and then never makes the socket writable again, so it cannot hold the exit.
+ *
+ * The processes of one program (a process and its fork children) share what they learnt
+ * (hp_sender_family): once one of them gave up on a daemon, the others give up on it
+ * within HP_SENDER_STUCK_GRACE_NS when they find it still taking nothing, instead of
+ * each waiting the whole bound; the first sign of progress clears that. */
 #ifndef HP_SENDER_H
 #define HP_SENDER_H
 
@@ -23,17 +35,30 @@
 #include "hp_proto.h"
 #include "hp_ring.h"
 
-#define HP_SENDER_BATCH          4096u        /* events per EVENTS message */
-#define HP_SENDER_FLUSH_BYTES    (256u << 10) /* write once this much is encoded */
+#define HP_SENDER_BATCH          4096u        /* events taken from the ring at a time */
+#define HP_SENDER_FRAME_EVENTS   1024u        /* events per EVENTS message (~32 KiB) */
+#define HP_SENDER_FLUSH_BYTES    (256u << 10) /* write once this much is encoded (at most a
+                                                 quarter of the socket's buffer) */
 #define HP_SENDER_IDLE_NS        1000000ull   /* poll period while events flow */
 #define HP_SENDER_IDLE_MAX_NS    16000000ull  /* longest poll period of an idle ring; the
                                                  ring holds 16 ms of 8M events/s */
 #define HP_SENDER_COUNTERS_NS    1000000000ull
-#define HP_SENDER_STOP_TIMEOUT_NS 5000000000ull /* stop: longest wait for the daemon to
-                                                  take the rest of the stream */
+#define HP_SENDER_STALL_NS       5000000000ull  /* stop: a daemon that takes nothing for
+                                                  this long is given up on */
+#define HP_SENDER_STUCK_GRACE_NS 100000000ull   /* ... or for this long, when another
+                                                  process of the program gave up on it */
+#define HP_SENDER_MAX_THREADS    4096u        /* threads a stream looks up a kernel name
+                                                 for */
+#define HP_SENDER_MAX_NAMES      1024u        /* names the program gave, pending at once */
 #define HP_SENDER_WAIT_SLICE_MS  50           /* a blocked write re-checks for stop */
 #define HP_SENDER_CONNECT_TIMEOUT_NS 5000000000ull /* a daemon whose listen backlog is
                                                      full (stopped, swamped) */
+
+/* Shared by the processes of one program through a MAP_SHARED page that fork children
+ * inherit (opaque; any process, lock-free). */
+typedef struct hp_sender_family hp_sender_family;
+/* Maps a fresh one, never unmapped. NULL on failure: each process then judges alone. */
+hp_sender_family *hp_sender_family_new(void);
 
 typedef struct hp_sender hp_sender;  /* opaque */
 
@@ -48,9 +73,14 @@ typedef struct {
    * when the stream lags behind. */
   int (*interval_change)(void *arg, uint32_t index, uint64_t *ts_ns, uint64_t *interval);
   void (*failed)(void *arg, int err);    /* called once from the sender thread */
+  /* Called by the sender thread about once a second (NULL: never): a nonzero
+   * hp_end_reason ends the stream there as a stop does (final counters, drain, GOODBYE
+   * with that reason). The callee has made sure nothing is pushed to the ring any more. */
+  uint32_t (*check_end)(void *arg);
   void *arg;
   const char *socket_path;               /* for messages only; copied */
-  uint64_t stop_timeout_ns;              /* 0: HP_SENDER_STOP_TIMEOUT_NS (tests shorten it) */
+  hp_sender_family *family;              /* NULL: none */
+  uint64_t stall_ns;                     /* 0: HP_SENDER_STALL_NS (tests shorten it) */
 } hp_sender_cfg;
 
 /* Connects a stream socket to a Unix socket path, waiting at most
@@ -65,14 +95,22 @@ int hp_sender_connect_timeout(const char *path, uint64_t timeout_ns, int *fd_out
  * failure (-HP_ENOMEM, or -errno from pthread_create). */
 hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *cfg,
                            int *err);
-/* Sends what is left in the ring and GOODBYE, joins the thread, closes the socket,
- * frees. Returns within about the stop timeout even if the daemon reads nothing: then
+/* Sends the final counters, what is left in the ring and GOODBYE, joins the thread,
+ * closes the socket, frees. No producer may push to the ring any more. Waits while the
+ * daemon takes data; returns within about the stall bound once it takes nothing: then
  * -ETIMEDOUT (after one line on stderr and the failure callback). Otherwise 0, or the
  * error that stopped the thread earlier. NULL is a no-op. */
 int hp_sender_stop(hp_sender *s);
+/* The same, with GOODBYE's end_reason (hp_end_reason); the first reason given wins
+ * (the sender may have ended the stream itself, see check_end). */
+int hp_sender_stop_with(hp_sender *s, uint32_t end_reason);
 /* For a fork child, where the thread no longer exists: closes the socket and frees
  * without joining or sending. NULL is a no-op. */
 void hp_sender_abandon(hp_sender *s);
+/* A name the program gives a thread (threading.Thread.name), sent as THREAD_DEF after
+ * the kernel's name, so it wins; name is copied (cut at HP_MAX_STR_BYTES). Any thread
+ * but a hook. 0, -HP_ENOMEM, or -HP_EFULL when HP_SENDER_MAX_NAMES are pending. */
+int hp_sender_thread_name(hp_sender *s, uint64_t thread_id, const char *name, size_t len);
 /* Events, frame and stack definitions written so far (for tests and stats). */
 uint64_t hp_sender_events_sent(const hp_sender *s);
 

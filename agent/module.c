@@ -46,7 +46,7 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
     return NULL;
   hp_agent_opts o = { .socket_path = sock, .sample_interval = interval,
                       .max_depth = max_depth, .block_when_full = on_full == 1,
-                      .adapt_when_full = on_full == 2 };
+                      .adapt_when_full = on_full == 2, .hooks_replaced = hp_hooks_replaced };
   if (max_depth < 1 || max_depth > HP_MAX_STACK_DEPTH) {
     PyErr_Format(PyExc_ValueError, "max stack depth %u is outside 1..%u", max_depth,
                  HP_MAX_STACK_DEPTH);
@@ -139,6 +139,41 @@ static PyObject *agent_stop(PyObject *self, PyObject *unused)
   return PyLong_FromLong(rc);
 }
 
+/* thread_names([(native_id, name), ...]): the program's names for its threads, sent to
+ * the running session (after the kernel's names, so they win). Entries that are not a
+ * (int, str) pair raise TypeError; with no session running it does nothing. */
+static PyObject *agent_thread_names(PyObject *self, PyObject *arg)
+{
+  (void)self;
+  PyObject *seq = PySequence_Fast(arg, "thread_names() takes a sequence of (id, name)");
+  if (!seq)
+    return NULL;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  for (Py_ssize_t i = 0; i < n; i++) {
+    unsigned long long tid;
+    PyObject *name;
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KU;thread names are (id, name)",
+                          &tid, &name)) {
+      Py_DECREF(seq);
+      return NULL;
+    }
+    hp_str str;
+    if (str_arg(name, &str) < 0) {
+      Py_DECREF(seq);
+      return NULL;
+    }
+    int rc;
+    /* A stop in another thread may hold the agent lock while heapprofd drains. */
+    Py_BEGIN_ALLOW_THREADS
+    rc = hp_agent_thread_name(tid, str.ptr, str.len);
+    Py_END_ALLOW_THREADS
+    if (rc == -HP_EINVAL)
+      break;   /* no session */
+  }
+  Py_DECREF(seq);
+  Py_RETURN_NONE;
+}
+
 static PyObject *agent_is_profiling(PyObject *self, PyObject *unused)
 {
   (void)self;
@@ -223,6 +258,8 @@ static PyMethodDef agent_methods[] = {
    "start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version)"},
   {"stop", agent_stop, METH_NOARGS, "stop() -> 0 or the negative error that ended the stream"},
   {"is_profiling", agent_is_profiling, METH_NOARGS, "is_profiling() -> bool"},
+  {"thread_names", agent_thread_names, METH_O,
+   "thread_names([(native_id, name), ...]): the program's thread names, for the session"},
   {"child_needs_restart", agent_child_needs_restart, METH_NOARGS,
    "In a fork child: True once if the parent was profiling."},
   {"dropped", agent_dropped, METH_NOARGS, "Records dropped in the current session."},

@@ -21,7 +21,8 @@ Settings, by argument or environment variable:
 While a session runs, start() exports these variables (the resolved settings) so that
 spawned children -- multiprocessing 'spawn', subprocesses running Python -- profile
 themselves as their own sessions; stop() puts back what was there before. Fork children
-start their own session at the fork, and stop it when they leave through os._exit().
+start their own session at the fork. A profiled process that leaves through os._exit()
+or posix._exit() (which skip atexit) stops its session first.
 """
 import os
 import sys
@@ -44,6 +45,9 @@ _saved_environ = None
 MAX_INTERVAL = 1 << 40
 _ENV_VARS = ('HEAPPROF_SOCKET', 'HEAPPROF_INTERVAL', 'HEAPPROF_MAX_DEPTH', 'HEAPPROF_ON_FULL',
              'HEAPPROF_RATES')
+# posix._exit as it was before _install_exit_hook() replaced it (None: not replaced in
+# this process or the parent it was forked from).
+_real_exit = None
 
 
 class OptionError(ValueError):
@@ -225,31 +229,53 @@ def _restore_environment():
     _saved_environ = None
 
 
-def _stop_before_os_exit():
-    """Fork children usually leave through os._exit(), which skips atexit: the events
-    still buffered would be lost and the session would end 'disconnected'. In this
-    child only (the parent's os module is not touched), os._exit first stops the
-    session. Code that kept its own reference to os._exit from before the fork, or
-    calls posix._exit, bypasses this."""
-    real = os._exit
-    if getattr(real, '_heapprof_stops', False):
-        return                          # inherited from a profiled parent that forked
+def _install_exit_hook():
+    """os._exit() and posix._exit() (one function) skip atexit: the events still
+    buffered would be lost, the session would end 'disconnected' and blocks freed just
+    before the exit would look never freed (mypy, and most fork children, end this way).
+    Both names get one function that stops the session first, within the stop's usual
+    bound, then exits. Installed once, by the first start(); a fork child inherits it.
+    Code that took a reference to the function before that bypasses it."""
+    global _real_exit
+    if _real_exit is not None:
+        return
+    import posix
+    real = posix._exit
 
     def _exit(status):
-        # Never block the exit: if another thread is starting or stopping right now,
-        # leave without the GOODBYE rather than wait for it.
-        if _lock.acquire(False):
-            try:
-                _stop_locked()
-            except BaseException:  # noqa: BLE001 - the process is leaving anyway
-                pass
-            finally:
-                _lock.release()
+        import operator
+        status = operator.index(status)      # refuse what the real one would, first
+        try:
+            # Not under _lock: a start or stop in another thread holds it at most the
+            # agent's own bounds, and the native stop waits for that stop anyway.
+            if 'heapprof._agent' in sys.modules:
+                agent = _native()
+                if agent.is_profiling():
+                    agent.thread_names(_python_thread_names())
+                agent.stop()
+        except BaseException:  # noqa: BLE001 - the process is leaving anyway
+            pass
         real(status)
+    _exit.__name__ = real.__name__
+    _exit.__qualname__ = real.__name__
     _exit.__doc__ = real.__doc__
     _exit.__wrapped__ = real
-    _exit._heapprof_stops = True
-    os._exit = _exit
+    _real_exit = real
+    posix._exit = os._exit = _exit
+
+
+def _python_thread_names():
+    """[(native_id, name), ...] of the program's live threading.Thread objects, when it
+    uses threading at all (not imported here)."""
+    threading = sys.modules.get('threading')
+    if threading is None:
+        return []
+    names = []
+    for t in threading.enumerate():
+        tid = getattr(t, 'native_id', None)
+        if tid:
+            names.append((tid, str(t.name)))
+    return names
 
 
 def _register_process_hooks():
@@ -271,7 +297,6 @@ def _after_fork_in_child():
         if not _native().child_needs_restart() or _options is None:
             return
         if _start_agent(_options):
-            _stop_before_os_exit()
             mp = sys.modules.get('multiprocessing.util')
             if mp is not None:
                 # multiprocessing children leave through os._exit(), which skips atexit;
@@ -300,6 +325,7 @@ def start(socket=None, sample_interval=None, max_stack_depth=None, on_full=None,
         if not _start_agent(opts):
             _restore_environment()
             return False
+        _install_exit_hook()
         _options = opts
         return True
 
@@ -319,10 +345,19 @@ def _stop_locked():
     global _options
     _options = None
     # Nothing here allocates before the session has stopped (no import, no bound
-    # method): it would be profiled under heapprof's own frames.
+    # method) but the thread names: it would be profiled under heapprof's own frames.
     agent = sys.modules.get('heapprof._agent')
     try:
-        return agent.stop() if agent is not None else 0
+        if agent is None:
+            return 0
+        if agent.is_profiling():
+            try:
+                # Python's names for the threads still alive; the sender has given every
+                # thread it met its kernel name, if it had one of its own (agent/README.md).
+                agent.thread_names(_python_thread_names())
+            except Exception:  # noqa: BLE001 - names are a nicety; the stop must happen
+                pass
+        return agent.stop()
     finally:
         _restore_environment()
 

@@ -1,0 +1,121 @@
+"""End to end: what happens around the allocator hooks. A sampled small allocation never
+fails because the raw allocator refused it (issue 12 item 9); hooks that someone else
+removed (tracemalloc stopped after starting before heapprof) end the session as
+'hooks_replaced', with one line, instead of recording nothing and leaving blocks freed
+afterwards looking leaked (item 10)."""
+import os
+import unittest
+
+from agent_e2e_util import BUILD_ROOT, DaemonTestCase, clean_env, run_python, write_program
+
+FAILMALLOC = os.path.join(BUILD_ROOT, 'tests', 'integration', 'libhp_failmalloc.so')
+
+RAW_REFUSES = '''
+import ctypes
+set_failing = ctypes.CDLL(None).hp_failmalloc_set
+
+def work(n):
+    keep = []
+    for i in range(n):
+        keep.append((i, str(i) * 3))
+    return keep
+
+# The first round interns the stacks while the raw allocator still serves; in the second
+# libc refuses this thread every request of at most 512 bytes.
+for n, failing in ((100, 0), (2000, 1)):
+    set_failing(failing)
+    kept = work(n)
+    set_failing(0)
+print("ok", len(kept), flush=True)
+'''
+
+REMOVED_BY_TRACEMALLOC = '''
+import sys, time, tracemalloc
+import heapprof
+tracemalloc.start()                 # before heapprof: heapprof's hooks go on top of it
+heapprof.start(socket=sys.argv[1], sample_interval=4096)
+big = [bytearray(100000) for _ in range(230)]      # 23 MB, recorded
+tracemalloc.stop()                  # puts back the allocators it found: ours are gone
+time.sleep(float(sys.argv[2]))
+del big                             # freed where no hook sees it
+before_stop = time.time_ns()
+print(heapprof.is_profiling(), heapprof.stop(), before_stop, flush=True)
+'''
+
+ON_TOP_OF_HEAPPROF = '''
+import sys, time, tracemalloc
+import heapprof
+heapprof.start(socket=sys.argv[1], sample_interval=4096)
+tracemalloc.start()                 # after heapprof: it calls our hooks
+big = [bytearray(100000) for _ in range(50)]
+time.sleep(1.5)                     # the sender looks while tracemalloc is on top
+tracemalloc.stop()                  # puts ours back
+del big
+print(heapprof.is_profiling(), heapprof.stop(), flush=True)
+'''
+
+
+class RawAllocatorRefuses(DaemonTestCase):
+
+    def test_sampled_small_allocation_falls_back_and_counts_a_drop(self):
+        """Item 9: with CPython's allocators a sampled small object is served by the raw
+        allocator (so that its free reaches the hooks); when that failed, the hook
+        returned NULL and the program got a MemoryError that pymalloc would not have
+        raised. Now the block comes from pymalloc, unrecorded, and the sample is counted
+        as dropped."""
+        self.assertTrue(os.path.exists(FAILMALLOC), FAILMALLOC)
+        path = write_program(self.tmp, 'refused.py', RAW_REFUSES)
+        r = run_python(path, env=self.profiled_env(HEAPPROF_INTERVAL=1,
+                                                    LD_PRELOAD=FAILMALLOC))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ['ok', '2000'])
+        self.assertEqual(r.stderr, '')
+        self.daemon.stop()
+        (status, dropped), = self.daemon.query('SELECT status, events_dropped FROM sessions')
+        self.assertEqual(status, 'exited')
+        # Interval 1 samples every allocation: at least each loop's tuple was refused.
+        self.assertGreaterEqual(dropped, 2000)
+
+
+class HooksReplaced(DaemonTestCase):
+
+    def run_removed(self, sleep, profiling_at_stop):
+        path = write_program(self.tmp, 'removed.py', REMOVED_BY_TRACEMALLOC)
+        r = run_python(path, args=[self.daemon.socket, str(sleep)], env=clean_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        profiling, stopped, before_stop = r.stdout.split()
+        self.assertEqual((profiling, stopped), (profiling_at_stop, 'True'))
+        self.assertEqual(r.stderr.splitlines(), [
+            'heapprof: the allocator hooks were replaced or removed by someone else (e.g. '
+            'tracemalloc.stop()); recording ended here, the session ends as hooks_replaced'])
+        self.daemon.stop()
+        rows = self.daemon.query('SELECT status, ended_ns FROM sessions')
+        self.assertEqual(len(rows), 1)
+        self.assertEqual(rows[0][0], 'hooks_replaced')
+        return rows[0][1], int(before_stop)
+
+    def test_found_by_the_sender_while_running(self):
+        """Item 10: the 23 MB freed after tracemalloc.stop() looked never freed, in a
+        session that said 'exited'. The sender looks about once a second: the session
+        ends there, as 'hooks_replaced', before the program's stop."""
+        ended_ns, before_stop = self.run_removed(1.5, 'False')
+        self.assertLess(ended_ns, before_stop)
+
+    def test_found_at_the_stop(self):
+        """Removed less than a second before the stop: the stop finds it."""
+        self.run_removed(0, 'True')
+
+    def test_hooks_on_top_of_ours_are_not_a_replacement(self):
+        """tracemalloc started after heapprof chains to our hooks: nothing is said, the
+        session records on and ends 'exited'."""
+        path = write_program(self.tmp, 'ontop.py', ON_TOP_OF_HEAPPROF)
+        r = run_python(path, args=[self.daemon.socket], env=clean_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ['True', 'True'])
+        self.assertEqual(r.stderr, '')
+        self.daemon.stop()
+        self.assertEqual(self.daemon.query('SELECT status FROM sessions'), [('exited',)])
+
+
+if __name__ == '__main__':
+    unittest.main()
