@@ -322,10 +322,12 @@ def start(socket=None, sample_interval=None, max_stack_depth=None, on_full=None,
         # Exported before the session starts (and put back after it stops): the strings
         # os.environ allocates would otherwise be profiled under heapprof's own frames.
         _export_environment(opts)
+        # Installed before the session starts too, for the same reason; without a session
+        # the hook's stop is a no-op.
+        _install_exit_hook()
         if not _start_agent(opts):
             _restore_environment()
             return False
-        _install_exit_hook()
         _options = opts
         return True
 
