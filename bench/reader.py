@@ -5,7 +5,7 @@ the storage tables the way heapprofd writes them, then times every Reader operat
 waits for and prints a table. The issue's bar: a snapshot or a time series never takes more
 than a second on a 10-million-allocation session.
 
-    python bench/reader.py [--rows 10000000] [--repeat 3] [--rebuild]
+    python bench/reader.py [--rows 10000000] [--repeat 3] [--rebuild] [--report]
 
 Run it with the interpreter the heapprof package is installed into (the venv's python).
 The synthetic workload: 60 s of allocations from 2,000 stacks over 400 frames, most freed
@@ -124,6 +124,9 @@ def main(argv=None):
     ap.add_argument('--repeat', type=int, default=3)
     ap.add_argument('--rebuild', action='store_true')
     ap.add_argument('--build-only', action='store_true')
+    ap.add_argument('--report', action='store_true',
+                    help="also time the HTML report's data (heapprof.report.build_data), "
+                         'a client of the Reader that reads the whole session')
     args = ap.parse_args(argv)
     out = os.path.join(HERE, 'out')
     os.makedirs(out, exist_ok=True)
@@ -143,7 +146,8 @@ def main(argv=None):
         db = sqlite3.connect(indexed)
         db.executescript(PROPOSED_INDEXES)
         db.close()
-    results = [run_ops(path, args.repeat), run_ops(indexed, args.repeat)]
+    results = [run_ops(path, args.repeat, args.report),
+               run_ops(indexed, args.repeat, args.report)]
     print('heapprof Reader on %d sampled allocations (best of %d, SQLite %s)'
           % (args.rows, args.repeat, sqlite3.sqlite_version))
     print('%-40s %14s %14s' % ('operation (seconds)', 'schema v1', '+ indexes'))
@@ -154,7 +158,7 @@ def main(argv=None):
     return 0
 
 
-def run_ops(path, repeat):
+def run_ops(path, repeat, report=False):
     import heapprof.reader as hr
     r = hr.read(path)
     site = r.top_sites(30.5, n=1)[0]
@@ -174,6 +178,9 @@ def run_ops(path, repeat):
         ('leaks()', lambda: r.leaks()),
         ('size_histogram()', lambda: r.size_histogram()),
     ]
+    if report:
+        from heapprof import report as hp_report
+        ops.append(('report data (build_data)', lambda: hp_report.build_data(path)))
     out = []
     for name, fn in ops:
         out.append((name, _time(fn, repeat)))
