@@ -5,9 +5,12 @@ SQL over the public views documented in schema/README.md (sessions, frames, stac
 allocations, timeline, and the extensions session_settings and sampling_changes); the
 storage tables are never named, so the daemon may change them.
 
-Times given to and returned by a Reader are float seconds from the session's start. Byte
-figures are estimates: each sampled allocation carries est_bytes, the unbiased number of bytes
-it stands for, and sums of est_bytes estimate the true totals.
+Times given to and returned by a Reader are float seconds from the session's start, except
+in the methods whose names end in _ns: those take and return integer nanoseconds since the
+epoch, like the *_ns columns and Session fields, for callers that bin time exactly (the HTML
+report), and do not refuse instants outside the session. Byte figures are estimates: each
+sampled allocation carries est_bytes, the unbiased number of bytes it stands for, and sums of
+est_bytes estimate the true totals.
 
     r = heapprof.read('prof.sqlite')          # newest root session (see default_session)
     t, peak_bytes = r.peak()
@@ -154,6 +157,8 @@ def _session_from_row(row, last_ns, changes=()):
         try:
             buckets = json.loads(buckets)
         except ValueError:
+            buckets = None
+        if not isinstance(buckets, list):
             buckets = None
     return Session(sid, pid, ppid, argv, exe, pyver, started, ended, interval, status,
                    received, dropped, last_ns, buckets, extra.get('max_stack_depth'),
@@ -360,10 +365,33 @@ class Reader:
         """Seconds from the start to the session's last recorded allocation or free (0.0
         without any). After it, a session whose end is unknown (Session.end_known) may
         have freed what still looks live."""
-        row = self._con.execute('SELECT MAX(ts_ns), MAX(freed_ns) FROM allocations'
-                                ' WHERE session_id = ?', (self.session_id,)).fetchone()
-        last = max((x for x in row if x is not None), default=self.metadata.started_ns)
+        _, last_alloc, last_free = self._event_bounds()
+        last = max((x for x in (last_alloc, last_free) if x is not None),
+                   default=self.metadata.started_ns)
         return max(0.0, self._t(last))
+
+    def span_ns(self):
+        """(first_ns, last_ns): the instants the session's records cover. From its start,
+        or its first allocation when that is earlier, to the latest of its end, its last
+        allocation and its last free; a running session with no allocation yet ends at its
+        last timeline interval. Timeline intervals do not widen it otherwise: heapprofd
+        aligns them to its own clock, so the first may start before the session."""
+        meta = self.metadata
+        first_alloc, last_alloc, last_free = self._event_bounds()
+        first = min(x for x in (meta.started_ns, first_alloc) if x is not None)
+        ends = [x for x in (meta.ended_ns, last_alloc, last_free) if x is not None]
+        if ends:
+            last = max(ends)
+        else:
+            last = self._con.execute('SELECT MAX(ts_ns) FROM timeline WHERE session_id = ?',
+                                     (self.session_id,)).fetchone()[0] or first
+        return first, max(last, first)
+
+    def _event_bounds(self):
+        """(first allocation, last allocation, last free) of the session in ns, each None
+        when there is none."""
+        return self._con.execute('SELECT MIN(ts_ns), MAX(ts_ns), MAX(freed_ns) FROM allocations'
+                                 ' WHERE session_id = ?', (self.session_id,)).fetchone()
 
     def _ns(self, t):
         """Absolute ns for t seconds from the start, refusing times outside the session."""
@@ -435,16 +463,77 @@ class Reader:
         # before the session did; the series starts at 0.
         return max(0.0, self._t(ns))
 
+    def timeline_ns(self, start_ns, end_ns, points):
+        """The recorded timeline over [start_ns, end_ns] as [(ts_ns, live_bytes)] in time
+        order, one point per bucket: `points` equal buckets, plus one at end_ns for the
+        intervals that start at or after it. A point is the highest level of the bucket's
+        intervals, at that interval's start clamped into the range. When the last point is
+        before end_ns, one more gives the level at end_ns (the last interval's closing
+        level), so that a plot runs to the end. Empty when heapprofd wrote no timeline."""
+        span = max(end_ns - start_ns, 1)
+        # A bare column beside one MAX() aggregate takes its value from the row with the
+        # maximum (SQLite's documented rule): the start of the highest interval.
+        rows = self._con.execute(
+            'SELECT (MIN(MAX(ts_ns, :t0), :t1) - :t0) * :n / :span AS b,'
+            ' MIN(MAX(ts_ns, :t0), :t1), MAX(live_bytes)'
+            ' FROM timeline WHERE session_id = :sid GROUP BY b ORDER BY b',
+            {'t0': start_ns, 't1': end_ns, 'n': points, 'span': span,
+             'sid': self.session_id}).fetchall()
+        out = [(ts, b) for _, ts, b in rows]
+        if out and out[-1][0] < end_ns:
+            end_bytes = self._timeline_end_bytes()
+            out.append((end_ns, out[-1][1] if end_bytes is None else end_bytes))
+        return out
+
+    def _timeline_end_bytes(self):
+        """The level at the end of the last timeline interval, from timeline_detail; None
+        when the database has neither that view nor the column at the end of timeline
+        (both are extensions of the public timeline, schema/README.md)."""
+        view = 'timeline_detail' if _has_view(self._con, 'timeline_detail') else 'timeline'
+        try:
+            row = self._con.execute('SELECT end_bytes FROM %s WHERE session_id = ?'
+                                    ' ORDER BY ts_ns DESC LIMIT 1' % view,
+                                    (self.session_id,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return None if row is None else row[0]
+
     def peak(self):
-        """(t, live_bytes) of the highest estimated live heap. The timeline gives the interval;
-        the instant within it is where the sampled allocations and frees of that interval
-        reach their highest running level."""
+        """(t, live_bytes) of the highest estimated live heap: the level of the timeline's
+        highest interval, at the instant within it where the sampled allocations and frees
+        of that interval reach their highest running level. (0.0, 0) without a timeline."""
+        found = self._peak_search()
+        if found is None:
+            return 0.0, 0
+        _, timeline_bytes, instant_ns, _ = found
+        instant_ns = min(max(instant_ns, self.metadata.started_ns), self.metadata.last_ns)
+        return self._t(instant_ns), timeline_bytes
+
+    def peak_ns(self):
+        """(ts_ns, live_bytes): the peak instant as peak() finds it, not clamped into the
+        session (a timeline interval may start before the session did), and the level
+        there: the timeline's, or the level the sampled allocations and frees reach when
+        that is higher (a timeline that missed some of them). None without a timeline."""
+        found = self._peak_search()
+        if found is None:
+            return None
+        interval_ns, timeline_bytes, instant_ns, rise = found
+        # Live just before the interval: allocated before it and not freed before it.
+        before = self._live_bytes_ns(interval_ns - 1)
+        return instant_ns, max(timeline_bytes, before + rise)
+
+    def _peak_search(self):
+        """(interval_ns, timeline_bytes, instant_ns, rise) for the timeline interval with the
+        highest level (the earliest of equals): where it starts, its level, the instant in
+        it where the running level of its sampled allocations and frees is highest, and how
+        far that is above the level at its start (0: never above; the instant is then its
+        start). None without a timeline."""
         con, sid = self._con, self.session_id
         row = con.execute('SELECT ts_ns, live_bytes FROM timeline WHERE session_id = ?'
                           ' ORDER BY live_bytes DESC, ts_ns LIMIT 1', (sid,)).fetchone()
         if row is None:
-            return 0.0, 0
-        a, peak_bytes = row
+            return None
+        a, timeline_bytes = row
         nxt = con.execute('SELECT MIN(ts_ns) FROM timeline WHERE session_id = ? AND ts_ns > ?',
                           (sid, a)).fetchone()[0]
         b = nxt if nxt is not None else self.metadata.last_ns + 1
@@ -461,8 +550,27 @@ class Reader:
             level += d
             if level > best:
                 best, best_ns = level, ts
-        best_ns = min(max(best_ns, self.metadata.started_ns), self.metadata.last_ns)
-        return self._t(best_ns), peak_bytes
+        return a, timeline_bytes, best_ns, best
+
+    def live_levels_ns(self):
+        """[(ts_ns, live_bytes)] at every instant at which the session recorded a sampled
+        allocation or free, in time order: the estimated live heap just after it. The exact
+        step function that timeline() samples per interval; it reads every allocation, so
+        prefer timeline() for long sessions."""
+        con, sid = self._con, self.session_id
+        events = con.execute('SELECT ts_ns, est_bytes FROM allocations WHERE session_id = ?',
+                             (sid,)).fetchall()
+        events += con.execute('SELECT freed_ns, -est_bytes FROM allocations WHERE session_id = ?'
+                              ' AND freed_ns IS NOT NULL', (sid,)).fetchall()
+        events.sort()
+        out, level, i, n = [], 0, 0, len(events)
+        while i < n:
+            ts = events[i][0]
+            while i < n and events[i][0] == ts:
+                level += events[i][1]
+                i += 1
+            out.append((ts, level))
+        return out
 
     # ---------------------------------------------------------------- snapshots
     def _live_sql(self, cols, ns):
@@ -507,12 +615,12 @@ class Reader:
             return 0.0
         return (at[0] - first[0]) / (last[0] - first[0])
 
-    def _live_by_stack(self, t):
-        """{stack_id: (est bytes, est count, samples)} live at t seconds."""
+    def _live_by_stack(self, ns):
+        """{stack_id: (est bytes, est count, samples)} live at the instant ns."""
         sql, params = self._live_sql(
-            'stack_id, est_bytes, CAST(est_bytes AS REAL) / MAX(size, 1) AS n', self._ns(t))
+            'stack_id, est_bytes, CAST(est_bytes AS REAL) / MAX(size, 1) AS n', ns)
         # '+stack_id': grouping must not pick an index on stack_id, which would visit every
-        # allocation of the session in stack order (seconds on big sessions).
+        # allocation of the session in stack order.
         rows = self._con.execute('SELECT stack_id, TOTAL(est_bytes), TOTAL(n), COUNT(*) FROM'
                                  ' (%s) GROUP BY +stack_id' % sql, params)
         return {sid: (int(b), c, n) for sid, b, c, n in rows}
@@ -520,13 +628,46 @@ class Reader:
     def snapshot_at(self, t):
         """{stack_id: estimated live bytes} at t seconds from the start. Key None collects the
         allocations recorded without a Python stack."""
-        return {sid: v[0] for sid, v in self._live_by_stack(t).items()}
+        return self.snapshot_at_ns(self._ns(t))
+
+    def snapshot_at_ns(self, ts_ns):
+        """snapshot_at() at the instant ts_ns: {stack_id: estimated live bytes} of the
+        allocations made at or before ts_ns and not freed by then."""
+        return {sid: v[0] for sid, v in self._live_by_stack(ts_ns).items()}
 
     def live_bytes_at(self, t):
         """Estimated live bytes at t (the sum of snapshot_at(t))."""
-        sql, params = self._live_sql('est_bytes', self._ns(t))
+        return self._live_bytes_ns(self._ns(t))
+
+    def _live_bytes_ns(self, ns):
+        sql, params = self._live_sql('est_bytes', ns)
         return int(self._con.execute('SELECT TOTAL(est_bytes) FROM (%s)' % sql,
                                      params).fetchone()[0])
+
+    # ---------------------------------------------------------------- steps
+    def stack_step_deltas_ns(self, start_ns, step_ns, steps):
+        """Live bytes per stack at the instants start_ns + i * step_ns (i < steps), as
+        changes: {stack_id: {i: bytes}}, where a stack's live bytes at step i are the sum
+        of its changes at steps 0..i. An allocation counts from the first step at or after
+        it (step 0 for one made before start_ns) to the first step at or after its free.
+        Two grouped passes over the session, however many steps; stacks with no allocation
+        before the last step are left out."""
+        per_stack = {}
+        q = ('SELECT stack_id, MAX(0, ({col} - :t0 + :dt - 1) / :dt) AS i, TOTAL(est_bytes)'
+             ' FROM allocations WHERE session_id = :sid {extra} GROUP BY stack_id, i')
+        args = {'t0': start_ns, 'dt': step_ns, 'sid': self.session_id}
+        for stack_id, i, b in self._con.execute(q.format(col='ts_ns', extra=''), args):
+            b, i = int(b), int(i)       # i is REAL when a stored time overflowed the SQL
+            if i < steps:
+                changes = per_stack.setdefault(stack_id, {})
+                changes[i] = changes.get(i, 0) + b
+        for stack_id, i, b in self._con.execute(
+                q.format(col='freed_ns', extra='AND freed_ns IS NOT NULL'), args):
+            b, i = int(b), int(i)
+            if i < steps and stack_id in per_stack:
+                changes = per_stack[stack_id]
+                changes[i] = changes.get(i, 0) - b
+        return per_stack
 
     # ---------------------------------------------------------------- stacks and frames
     def _load_stacks(self, stack_ids):
@@ -567,6 +708,13 @@ class Reader:
             self._load_stacks([stack_id])
         return tuple(self._frames[f] for f in self._stacks[stack_id])
 
+    def frames_of_stacks(self, stack_ids):
+        """{stack_id: tuple of Frame, innermost (the allocating line) first} for many stacks
+        at once (line is None: no source is read). None maps to an empty tuple."""
+        ids = list(stack_ids)
+        self._load_stacks(ids)
+        return {sid: self._frames_of(sid) for sid in ids}
+
     def trace(self, stack_id):
         """The frames of one stack, innermost (the allocating line) first, each with its source
         line when the file is readable here."""
@@ -587,7 +735,7 @@ class Reader:
         """Sites (frames) holding the most live memory at t, by 'self' or 'cumulative' bytes."""
         if by not in ('self', 'cumulative'):
             raise ReaderError("order must be 'self' or 'cumulative', not %r" % (by,))
-        live = self._live_by_stack(t)
+        live = self._live_by_stack(self._ns(t))
         self._load_stacks(list(live))
         acc = {}   # frame_id -> [self_b, self_c, cum_b, cum_c, samples]
         for sid, (b, c, k) in live.items():
@@ -616,10 +764,7 @@ class Reader:
     def leaks(self, n=None):
         """Sites whose sampled allocations were never freed (still live at the end of the
         recording), largest first."""
-        rows = self._con.execute(
-            'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
-            ' COUNT(*), MIN(ts_ns), MAX(ts_ns) FROM allocations WHERE session_id = ?'
-            ' AND freed_ns IS NULL GROUP BY +stack_id', (self.session_id,)).fetchall()
+        rows = self._unfreed_by_stack()
         self._load_stacks([r[0] for r in rows])
         acc = {}
         for sid, b, c, k, lo, hi in rows:
@@ -638,6 +783,26 @@ class Reader:
                                 self._t(lo), self._t(hi)))
         out.sort(key=lambda s: (-s.bytes, s.filename, s.lineno, s.function))
         return out if n is None else out[:n]
+
+    def unfreed_stacks(self):
+        """[(stack_id, est_bytes, samples)]: per stack, the sampled allocations with no
+        recorded free (never freed, when the session's end is known: Session.end_known),
+        in stack id order with None (no Python stack) first."""
+        rows = [(sid, int(b), k) for sid, b, _, k, _, _ in self._unfreed_by_stack()]
+        return sorted(rows, key=lambda r: (r[0] is not None, r[0] or 0))
+
+    def _unfreed_by_stack(self):
+        """[(stack_id, est bytes (float), est count, samples, first ts_ns, last ts_ns)] of the
+        allocations with no recorded free, per stack."""
+        return self._con.execute(
+            'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
+            ' COUNT(*), MIN(ts_ns), MAX(ts_ns) FROM allocations WHERE session_id = ?'
+            ' AND freed_ns IS NULL GROUP BY +stack_id', (self.session_id,)).fetchall()
+
+    def allocation_count(self):
+        """The number of sampled allocations the session recorded."""
+        return self._con.execute('SELECT COUNT(*) FROM allocations WHERE session_id = ?',
+                                 (self.session_id,)).fetchone()[0]
 
     def totals(self):
         """Totals of the session's sampled allocations (see Totals)."""
