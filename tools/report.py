@@ -1,10 +1,9 @@
 """heapprof report: one self-contained, interactive HTML file for a recorded session.
 
 This sits at the end of the pipeline (agent -> proto -> daemon -> schema -> tools) and
-reads only the public SQL views documented in schema/README.md (sessions, frames,
-stack_frames, allocations, timeline, and the extensions session_settings and
-timeline_detail). It never embeds raw events: a session of a million
-sampled allocations is reduced here to
+asks the database everything through heapprof.reader, the one module of the tools that
+speaks SQL. It never embeds raw events: a session of a million sampled allocations is
+reduced here to
 
   * the timeline of the estimated live heap, down-sampled to at most TIMELINE_POINTS
     points by taking the highest level in each bucket (so spikes keep their height);
@@ -32,6 +31,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from heapprof import _db
+from heapprof import _fmt
 from heapprof import reader
 
 # Limits on what the HTML embeds; named once here, checked on the command line.
@@ -46,9 +47,8 @@ FINE_TIMELINE_POINTS = 1000  # "auto": fewer recorded intervals than this, and a
 FINE_TIMELINE_MAX_ALLOCS = 200_000  # this many allocations: plot from the events
 MAX_LEAK_SITES = 200         # rows of the leaks tab
 LEAK_STACKS_PER_SITE = 3     # example call paths shown per leaking site
-SQL_CHUNK = 500              # ids per "IN (...)" list, below SQLite's variable limit
 
-NO_STACK_FRAME = ("[no Python stack]", "<native>", 0)
+NO_STACK_FRAME = (reader.NO_STACK_LABEL, "<native>", 0)
 # Frame index of the "[other stacks]" pseudo-frame in the embedded stacks (report.js).
 OTHER_FRAME = -1
 
@@ -57,182 +57,16 @@ class ReportError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
-# ------------------------------------------------------------------ database access
-
-def _open_readonly(db_path):
-    """Opens a heapprof database read-only through heapprof._db, which verifies it; a
-    recording in progress is never disturbed (WAL: readers do not block the daemon)."""
-    from heapprof import _db
-    try:
-        return _db.open_db(db_path)
-    except _db.DatabaseError as e:
-        raise ReportError(str(e)) from None
-
-
-def _chunks(seq, n=SQL_CHUNK):
-    seq = list(seq)
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
-
-
-def _has_view(con, name):
-    return con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view' AND name = ?",
-                       (name,)).fetchone()[0] > 0
-
-
-def _pick_session(con, db_path, session):
-    # The extras (sample_buckets, max_stack_depth, error) come from session_settings. A
-    # database written by an earlier build of schema version 1 lacks that view and has
-    # some of them at the end of sessions: SELECT * and columns by name cover both.
-    if _has_view(con, "session_settings"):
-        sql = ("SELECT * FROM sessions LEFT JOIN session_settings USING (session_id)"
-               " ORDER BY started_ns, session_id")
-    else:
-        sql = "SELECT * FROM sessions ORDER BY started_ns, session_id"
-    cur = con.execute(sql)
-    cols = [d[0] for d in cur.description]
-    rows = [dict(zip(cols, r)) for r in cur.fetchall()]
-    if not rows:
-        raise ReportError(f"{db_path} holds no sessions")
-    ids = [r["session_id"] for r in rows]
-    if session is None:
-        # The newest root session: the program the user ran, not one of its child
-        # processes (the same choice as every other heapprof command).
-        all_sessions = reader._load_sessions(con)
-        chosen = reader.default_session(all_sessions)
-        s = next(r for r in rows if r["session_id"] == chosen.session_id)
-        note = reader.default_session_note(db_path, all_sessions, chosen)
-        if note:
-            print(f"heapprof report: {note}", file=sys.stderr)
-    else:
-        match = [r for r in rows if r["session_id"] == session]
-        if not match:
-            raise ReportError(f"session {session} not found in {db_path} "
-                              f"(sessions: {', '.join(map(str, ids))})")
-        s = match[0]
-    s["id"] = s["session_id"]
-    try:
-        argv = json.loads(s["argv"])
-        if not isinstance(argv, list):
-            argv = [str(argv)]
-    except (TypeError, ValueError):
-        argv = [str(s["argv"])]
-    s["argv"] = [str(a) for a in argv]
-    return s
-
-
 # ------------------------------------------------------------------ aggregation
 
-def _session_span(con, s):
-    """First and last instant the report covers, in ns: the session's start (or its first
-    event, if earlier) to its end (or, while running or after a crash, its last event).
-    Timeline intervals are not used: the daemon aligns them to its own clock, so the
-    first may start before the session and the last after it."""
-    sid = s["id"]
-    lo, hi_a, hi_f = con.execute(
-        "SELECT MIN(ts_ns), MAX(ts_ns), MAX(freed_ns) FROM allocations WHERE session_id = ?",
-        (sid,)).fetchone()
-    t0 = min(x for x in (s["started_ns"], lo) if x is not None)
-    ends = [x for x in (s["ended_ns"], hi_a, hi_f) if x is not None]
-    t1 = max(ends) if ends else t0
-    if s["ended_ns"] is None and not ends:
-        # A running session with no events yet: cover up to its last timeline point.
-        t1 = con.execute("SELECT MAX(ts_ns) FROM timeline WHERE session_id = ?",
-                         (sid,)).fetchone()[0] or t0
-    return t0, max(t1, t0)
-
-
-def _timeline(con, sid, t0, t1):
-    """Down-sampled (ts_ns, live_bytes) from the timeline view, highest level per bucket,
-    interval starts clamped into [t0, t1], ending with a point at t1; empty when the
-    daemon wrote no timeline (then the caller sweeps the events)."""
-    span = max(t1 - t0, 1)
-    rows = con.execute(
-        "SELECT (MIN(MAX(ts_ns, :t0), :t1) - :t0) * :n / :span AS b,"
-        " MIN(MAX(ts_ns, :t0), :t1), MAX(live_bytes)"
-        " FROM timeline WHERE session_id = :sid GROUP BY b ORDER BY b",
-        {"t0": t0, "t1": t1, "n": TIMELINE_POINTS, "span": span, "sid": sid}).fetchall()
-    points = [(r[1], r[2]) for r in rows]
-    if points and points[-1][0] < t1:
-        # The level at the end: the last interval's closing level, from timeline_detail
-        # (or, in a database whose views predate it, from the end of timeline).
-        view = "timeline_detail" if _has_view(con, "timeline_detail") else "timeline"
-        try:
-            end = con.execute(f"SELECT end_bytes FROM {view} WHERE session_id = ?"
-                              " ORDER BY ts_ns DESC LIMIT 1", (sid,)).fetchone()[0]
-        except sqlite3.OperationalError:
-            end = points[-1][1]
-        points.append((t1, end))
-    return points
-
-
-def _events(con, sid, lo=None, hi=None):
-    """Allocation (+est_bytes) and free (-est_bytes) events of a session within [lo, hi),
-    sorted by time."""
-    cond_a, cond_f, args = "", "", {"sid": sid}
-    if lo is not None:
-        cond_a = " AND ts_ns >= :lo AND ts_ns < :hi"
-        cond_f = " AND freed_ns >= :lo AND freed_ns < :hi"
-        args.update(lo=lo, hi=hi)
-    ev = con.execute(
-        "SELECT ts_ns, est_bytes FROM allocations WHERE session_id = :sid" + cond_a,
-        args).fetchall()
-    ev += con.execute(
-        "SELECT freed_ns, -est_bytes FROM allocations WHERE session_id = :sid"
-        " AND freed_ns IS NOT NULL" + cond_f, args).fetchall()
-    ev.sort()
-    return ev
-
-
-def _levels(events, level=0):
-    """Yields (ts, live bytes after every event at ts) for time-sorted events. Events at
-    one instant count together, as in the per-stack snapshot of that instant."""
-    i, n = 0, len(events)
-    while i < n:
-        ts = events[i][0]
-        while i < n and events[i][0] == ts:
-            level += events[i][1]
-            i += 1
-        yield ts, level
-
-
-def _live_at(con, sid, ts):
-    return int(con.execute(
-        "SELECT TOTAL(est_bytes) FROM allocations WHERE session_id = ?"
-        " AND ts_ns < ? AND (freed_ns IS NULL OR freed_ns >= ?)", (sid, ts, ts)).fetchone()[0])
-
-
-def _find_peak(con, sid):
-    """Exact (peak_ts, peak_bytes): the timeline names the interval with the highest level,
-    and the events inside that interval pin down the instant."""
-    rows = con.execute(
-        "SELECT ts_ns, live_bytes FROM timeline WHERE session_id = ?"
-        " ORDER BY live_bytes DESC, ts_ns LIMIT 1", (sid,)).fetchone()
-    p_ts, p_bytes = rows
-    nxt = con.execute("SELECT MIN(ts_ns) FROM timeline WHERE session_id = ? AND ts_ns > ?",
-                      (sid, p_ts)).fetchone()[0]
-    if nxt is None:
-        # The last interval runs to the last event.
-        last = con.execute(
-            "SELECT MAX(MAX(ts_ns), COALESCE(MAX(freed_ns), 0)) FROM allocations"
-            " WHERE session_id = ?", (sid,)).fetchone()[0]
-        nxt = max(p_ts, last or p_ts) + 1
-    level = best = _live_at(con, sid, p_ts)
-    best_ts = p_ts
-    for t, level in _levels(_events(con, sid, p_ts, nxt), level):
-        if level > best:
-            best, best_ts = level, t
-    # The timeline's level is authoritative for the plot; the instant comes from events.
-    return best_ts, max(p_bytes, best)
-
-
-def _timeline_from_events(con, sid, t0, t1):
-    """Builds the plotted timeline and the peak from the events, for a session whose
-    timeline the daemon never wrote (e.g. it stopped early)."""
+def _timeline_from_levels(levels, t0, t1):
+    """The plotted timeline and the peak from the level after every event (the Reader's
+    live_levels_ns), for a short session or one whose timeline heapprofd never wrote
+    (e.g. it stopped early): ([(ts_ns, bytes)], (peak ts_ns, peak bytes) or None)."""
     level, peak, peak_ts = 0, 0, None
     span = max(t1 - t0, 1)
     buckets = {}
-    for ts, level in _levels(_events(con, sid)):
+    for ts, level in levels:
         b = (ts - t0) * TIMELINE_POINTS // span
         cur = buckets.get(b)
         if cur is None:
@@ -248,29 +82,6 @@ def _timeline_from_events(con, sid, t0, t1):
     if points[-1][0] < t1:
         points.append((t1, level if peak_ts is not None else 0))
     return points, (peak_ts, peak) if peak_ts is not None else None
-
-
-def _step_deltas(con, sid, t0, dt, nsteps):
-    """Per stack, {step index: delta bytes}. An allocation made at ts is live at step
-    i (instant t0 + i*dt) from i = ceil((ts - t0)/dt) until its free's ceil index."""
-    per_stack = {}
-    alloc_total = {}
-    q = ("SELECT stack_id, MAX(0, ({col} - :t0 + :dt - 1) / :dt) AS i, TOTAL(est_bytes)"
-         " FROM allocations WHERE session_id = :sid {extra} GROUP BY stack_id, i")
-    args = {"t0": t0, "dt": dt, "sid": sid}
-    for stack_id, i, b in con.execute(q.format(col="ts_ns", extra=""), args):
-        b, i = int(b), int(i)       # i is REAL when a stored time overflowed the SQL
-        alloc_total[stack_id] = alloc_total.get(stack_id, 0) + b
-        if i < nsteps:
-            per_stack.setdefault(stack_id, {})
-            per_stack[stack_id][i] = per_stack[stack_id].get(i, 0) + b
-    for stack_id, i, b in con.execute(
-            q.format(col="freed_ns", extra="AND freed_ns IS NOT NULL"), args):
-        b, i = int(b), int(i)
-        if i < nsteps and stack_id in per_stack:
-            d = per_stack[stack_id]
-            d[i] = d.get(i, 0) - b
-    return per_stack, alloc_total
 
 
 def _series(deltas, nsteps):
@@ -350,48 +161,6 @@ def _fold(folded, paths, kept_paths, deltas, at_peak):
     return groups
 
 
-def _live_by_stack_at(con, sid, ts):
-    return {stack_id: int(b) for stack_id, b in con.execute(
-        "SELECT stack_id, TOTAL(est_bytes) FROM allocations WHERE session_id = ?"
-        " AND ts_ns <= ? AND (freed_ns IS NULL OR freed_ns > ?) GROUP BY stack_id",
-        (sid, ts, ts))}
-
-
-def _stack_frames(con, stack_ids):
-    """{stack_id: [frame_id, ...] root first}; a NULL stack gets no frames here."""
-    frames = {}
-    ids = [s for s in stack_ids if s is not None]
-    for chunk in _chunks(ids):
-        marks = ",".join("?" * len(chunk))
-        for stack_id, depth, frame_id in con.execute(
-                f"SELECT stack_id, depth, frame_id FROM stack_frames"
-                f" WHERE stack_id IN ({marks})", chunk):
-            frames.setdefault(stack_id, []).append((depth, frame_id))
-    # depth 0 is the innermost frame; a flame graph wants the root first.
-    return {k: [f for _, f in sorted(v, reverse=True)] for k, v in frames.items()}
-
-
-def _frame_rows(con, frame_ids):
-    rows = {}
-    for chunk in _chunks(frame_ids):
-        marks = ",".join("?" * len(chunk))
-        for fid, fn, filename, lineno in con.execute(
-                f"SELECT frame_id, function, filename, lineno FROM frames"
-                f" WHERE frame_id IN ({marks})", chunk):
-            rows[fid] = (fn, filename, lineno)
-    return rows
-
-
-def _sampling_changes(con, sid):
-    """[(ts_ns, sample_interval_bytes)] of the session's interval changes (on-full adapt),
-    in order; [] for a database written before heapprofd recorded them (no view)."""
-    if not con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view'"
-                       " AND name = 'sampling_changes'").fetchone()[0]:
-        return []
-    return con.execute("SELECT ts_ns, sample_interval_bytes FROM sampling_changes"
-                       " WHERE session_id = ? ORDER BY change_no", (sid,)).fetchall()
-
-
 def build_data(db_path, session=None, steps=DEFAULT_STEPS, top_stacks=DEFAULT_TOP_STACKS,
                timeline="auto", fold_share=DEFAULT_FOLD_SHARE):
     """Everything the HTML embeds, as a JSON-ready dict (see module docstring)."""
@@ -403,41 +172,29 @@ def build_data(db_path, session=None, steps=DEFAULT_STEPS, top_stacks=DEFAULT_TO
         raise ReportError(f"--top-stacks {top_stacks} is outside 1..{MAX_TOP_STACKS}")
     if not 0 <= fold_share <= MAX_FOLD_SHARE:
         raise ReportError(f"--fold-share {fold_share:g} is outside 0..{MAX_FOLD_SHARE:g}")
-    con = _open_readonly(db_path)
     try:
-        return _build(con, db_path, session, steps, top_stacks, timeline, fold_share)
+        with reader.read(db_path, session) as r:
+            if r.default_note:
+                print(f"heapprof report: {r.default_note}", file=sys.stderr)
+            return _report_data(r, db_path, steps, top_stacks, timeline, fold_share)
+    except (_db.DatabaseError, reader.ReaderError) as e:
+        raise ReportError(str(e)) from None
     except sqlite3.DatabaseError as e:
         raise ReportError(f"cannot read {db_path}: {e}") from None
-    finally:
-        con.close()
 
 
-def _build(con, db_path, session, nsteps, top_k, timeline_from, fold_share):
-    s = _pick_session(con, db_path, session)
-    sid = s["id"]
-    t0, t1 = _session_span(con, s)
-    n_allocs = con.execute("SELECT COUNT(*) FROM allocations WHERE session_id = ?",
-                           (sid,)).fetchone()[0]
-
-    timeline = _timeline(con, sid, t0, t1) if timeline_from != "events" else []
-    if timeline_from == "auto" and len(timeline) < FINE_TIMELINE_POINTS and \
-            n_allocs <= FINE_TIMELINE_MAX_ALLOCS:
-        # A short run has few daemon intervals (a staircase); its events are cheap to
-        # sweep and give the level at every allocation and free instead.
-        timeline = []
-    if timeline:
-        peak = _find_peak(con, sid)
-        timeline_source = "timeline"
-    else:
-        timeline, peak = _timeline_from_events(con, sid, t0, t1)
-        timeline_source = "events"
+def _report_data(r, db_path, nsteps, top_k, timeline_from, fold_share):
+    meta = r.metadata
+    t0, t1 = r.span_ns()
+    n_allocs = r.allocation_count()
+    timeline, peak, timeline_source = _plotted_timeline(r, t0, t1, n_allocs, timeline_from)
 
     # Uniform steps over the session, plus the peak's instant so that the flame graph
     # of the highest moment is exact rather than the nearest step's.
     dt = max(1, -(-(t1 - t0) // (nsteps - 1)))
     step_ts = [t0 + i * dt for i in range(nsteps)]
-    deltas, alloc_total = _step_deltas(con, sid, t0, dt, nsteps)
-    at_peak = _live_by_stack_at(con, sid, peak[0]) if peak else {}
+    deltas = r.stack_step_deltas_ns(t0, dt, nsteps)
+    at_peak = r.snapshot_at_ns(peak[0]) if peak else {}
 
     totals = [0] * nsteps
     for d in deltas.values():
@@ -449,56 +206,33 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from, fold_share):
                                           top_k, fold_share)
 
     # Leaks: sampled allocations never freed, grouped by allocation site (innermost frame).
-    leak_rows = con.execute(
-        "SELECT stack_id, TOTAL(est_bytes), COUNT(*) FROM allocations WHERE session_id = ?"
-        " AND freed_ns IS NULL GROUP BY stack_id", (sid,)).fetchall()
-    leak_rows = [(stack_id, int(b), n) for stack_id, b, n in leak_rows]
-    leaks_unknown = _leaks_unknown(s, leak_rows)
+    leak_rows = r.unfreed_stacks()
+    leaks_unknown = _leaks_unknown(meta, leak_rows)
     if leaks_unknown:
         leak_rows = []      # blocks freed after the recording stopped are no leaks
-    leak_stack_ids = [r[0] for r in leak_rows]
-    frames_of = _stack_frames(con, set(keep) | set(folded) | set(leak_stack_ids))
-
-    frame_ids = sorted({f for fl in frames_of.values() for f in fl})
-    frame_rows = _frame_rows(con, frame_ids)
-    frame_index = {}
-    frames = []
-
-    def fidx(frame_id):
-        if frame_id not in frame_index:
-            frame_index[frame_id] = len(frames)
-            frames.append(list(frame_rows.get(frame_id, ("?", "?", 0))))
-        return frame_index[frame_id]
-
-    def stack_path(stack_id):
-        fl = frames_of.get(stack_id) if stack_id is not None else None
-        if not fl:
-            key = ("nostack",)
-            if key not in frame_index:
-                frame_index[key] = len(frames)
-                frames.append(list(NO_STACK_FRAME))
-            return [frame_index[key]]
-        return [fidx(f) for f in fl]
+    table = _FrameTable(r.frames_of_stacks(set(keep) | set(folded) |
+                                           {row[0] for row in leak_rows}))
 
     stacks = []
     for stack_id in keep:
-        stacks.append(dict(_packed(series[stack_id]), id=stack_id, f=stack_path(stack_id),
+        stacks.append(dict(_packed(series[stack_id]), id=stack_id, f=table.stack(stack_id),
                            p=at_peak.get(stack_id, 0)))
     # Each folded stack becomes an "[other stacks]" box under the deepest caller it shares
     # with a kept stack, so the callers' figures stay whole; those sharing none are summed
     # at the top as "other".
-    kept_paths = [frames_of.get(k, ()) for k in keep if k is not None]
+    kept_paths = [table.paths.get(k, ()) for k in keep if k is not None]
     other, other_peak = [0] * nsteps, 0
     rest = [0] * nsteps
-    for prefix, (d, pk, n) in sorted(_fold(folded, frames_of, kept_paths, deltas,
-                                           at_peak).items()):
+    for prefix, (d, folded_peak, n) in sorted(_fold(folded, table.paths, kept_paths, deltas,
+                                                    at_peak).items()):
         ser = _series(d, nsteps)
-        rest = [r + v for r, v in zip(rest, ser)]
+        rest = [x + v for x, v in zip(rest, ser)]
         if not prefix:
-            other, other_peak = ser, pk
+            other, other_peak = ser, folded_peak
             continue
-        stacks.append(dict(_packed(ser), id=None, f=[fidx(f) for f in prefix] + [OTHER_FRAME],
-                           p=pk, folded=n))
+        stacks.append(dict(_packed(ser), id=None,
+                           f=[table.index(f) for f in prefix] + [OTHER_FRAME],
+                           p=folded_peak, folded=n))
     rest_peak = peak_total - sum(at_peak.get(k, 0) for k in keep)
     share, at_step = _folded_share(rest, totals, rest_peak, peak_total)
     fold = {"share_limit": fold_share, "kept": len(keep), "folded_stacks": len(folded),
@@ -506,55 +240,9 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from, fold_share):
             "max_share_t": None if at_step is None or share <= 0 else
             round((step_ts[at_step] - t0) * 1e-9, 9),
             "peak_share": rest_peak / peak_total if peak_total > 0 else 0.0}
+    leaks = _leak_sites(leak_rows, table)
 
-    sites = {}
-    for stack_id, b, n in leak_rows:
-        path = stack_path(stack_id)
-        site = path[-1]
-        e = sites.setdefault(site, {"site": site, "bytes": 0, "count": 0, "stacks": []})
-        e["bytes"] += b
-        e["count"] += n
-        e["stacks"].append((b, path))
-    leaks = sorted(sites.values(), key=lambda e: -e["bytes"])[:MAX_LEAK_SITES]
-    for e in leaks:
-        e["stacks"] = [p for _, p in sorted(e["stacks"], key=lambda x: -x[0])
-                       [:LEAK_STACKS_PER_SITE]]
-
-    warnings = []
-    recv, dropped = s["events_received"] or 0, s["events_dropped"] or 0
-    if dropped > 0:     # any drop makes the figures incomplete; say so plainly
-        pct = 100.0 * dropped / max(recv + dropped, 1)
-        warnings.append(
-            f"{dropped:,} of {recv + dropped:,} events ({pct:.2g}%) were dropped by the "
-            f"profiled process (its send buffer was full): every figure below is "
-            f"incomplete. Dropped allocations are missing, and an allocation whose free "
-            f"was dropped looks live to the end, so \"never freed\" (Leaks) may include "
-            f"memory that was freed. To record without drops, run again with "
-            f"`heapprof run --on-full adapt` (raises the interval instead: unbiased), "
-            f"`--on-full block` (waits: keeps everything) or a larger --interval.")
-    changes = _sampling_changes(con, sid)
-    if changes:
-        first, final, start = changes[0][0], changes[-1][1], s["sample_interval_bytes"]
-        verb = "raised" if final > start else "changed"
-        plural = "" if len(changes) == 1 else "s"
-        warnings.append(
-            f"heapprofd could not keep up, so the agent {verb} its sampling interval from "
-            f"{start:,} to {final:,} bytes ({len(changes)} time{plural}, first at "
-            f"+{(first - s['started_ns']) / 1e9:.2f} s). "
-            f"Estimates stay unbiased (each sample's est_bytes is right for the interval it "
-            f"was taken at), but after each change they rest on fewer samples.")
-    if s["status"] == "running" and s["ended_ns"] is None:
-        warnings.append("The session was still running when this report was written: "
-                        "it covers the events recorded so far, and \"never freed\" means "
-                        "\"not freed yet\".")
-    elif leaks_unknown:
-        why = f": {s['error']}" if s.get("error") else ""
-        warnings.append(f"The session ended abnormally ({s['status']}{why}): "
-                        f"{reader.end_unknown_reason(s['status'])}. Events after the break "
-                        f"are missing, so frees may be missing too, and what was still "
-                        f"allocated at its end is unknown (see Leaks).")
-    if n_allocs == 0:
-        warnings.append("No sampled allocations were recorded in this session.")
+    warnings = _warnings(meta, leaks_unknown, n_allocs)
     if fold["max_share"] > fold_share:
         when = "at the peak" if fold["max_share_t"] is None else \
             f"at {fold['max_share_t']:.3f} s"
@@ -566,34 +254,35 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from, fold_share):
             f"{100 * fold_share:g}% (--fold-share): raise --top-stacks to see them whole.")
 
     ns = 1e-9
-    pk = None
+    peak_data = None
     if peak:
-        pk = {"t": (max(peak[0], t0) - t0) * ns, "bytes": peak[1], "stack_bytes": peak_total,
-              "other": other_peak}
+        peak_data = {"t": (max(peak[0], t0) - t0) * ns, "bytes": peak[1],
+                     "stack_bytes": peak_total, "other": other_peak}
     return {
         "format": 1,
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M:%S UTC"),
         "db": str(db_path),
         "session": {
-            "id": sid, "pid": s["pid"], "ppid": s["ppid"], "argv": s["argv"],
-            "executable": s["executable"], "python_version": s["python_version"],
-            "started": _iso(s["started_ns"]), "ended": _iso(s["ended_ns"]),
-            "duration_s": ((s["ended_ns"] if s["ended_ns"] is not None else t1)
-                           - s["started_ns"]) * ns,
-            "sample_interval_bytes": s["sample_interval_bytes"], "status": s["status"],
-            "events_received": recv, "events_dropped": dropped,
-            "allocations": n_allocs, "sample_buckets": _buckets(s.get("sample_buckets")),
-            "max_stack_depth": s.get("max_stack_depth"), "error": s.get("error"),
+            "id": meta.session_id, "pid": meta.pid, "ppid": meta.ppid, "argv": meta.argv,
+            "executable": meta.executable, "python_version": meta.python_version,
+            "started": _iso(meta.started_ns), "ended": _iso(meta.ended_ns),
+            "duration_s": ((meta.ended_ns if meta.ended_ns is not None else t1)
+                           - meta.started_ns) * ns,
+            "sample_interval_bytes": meta.sample_interval_bytes, "status": meta.status,
+            "events_received": meta.events_received or 0,
+            "events_dropped": meta.events_dropped or 0,
+            "allocations": n_allocs, "sample_buckets": meta.sample_buckets,
+            "max_stack_depth": meta.max_stack_depth, "error": meta.error,
         },
         "warnings": warnings,
         "timeline": {"source": timeline_source,
                      "t": [round((ts - t0) * ns, 9) for ts, _ in timeline],
                      "bytes": [b for _, b in timeline]},
-        "peak": pk,
+        "peak": peak_data,
         "steps": {"t": [round((ts - t0) * ns, 9) for ts in step_ts], "total": totals,
                   "other": other},
-        "frames": frames,
+        "frames": table.rows,
         "stacks": stacks,
         "leaks": leaks,
         "leaks_unknown": leaks_unknown,
@@ -602,30 +291,123 @@ def _build(con, db_path, session, nsteps, top_k, timeline_from, fold_share):
     }
 
 
-def _leaks_unknown(s, leak_rows):
+def _plotted_timeline(r, t0, t1, n_allocs, timeline_from):
+    """(points [(ts_ns, bytes)], peak (ts_ns, bytes) or None, source) of the time plot:
+    heapprofd's recorded intervals, or the level after every event (timeline_from)."""
+    timeline = r.timeline_ns(t0, t1, TIMELINE_POINTS) if timeline_from != "events" else []
+    if timeline_from == "auto" and len(timeline) < FINE_TIMELINE_POINTS and \
+            n_allocs <= FINE_TIMELINE_MAX_ALLOCS:
+        # A short run has few daemon intervals (a staircase); its events are cheap to
+        # sweep and give the level at every allocation and free instead.
+        timeline = []
+    if timeline:
+        return timeline, r.peak_ns(), "timeline"
+    points, peak = _timeline_from_levels(r.live_levels_ns(), t0, t1)
+    return points, peak, "events"
+
+
+class _FrameTable:
+    """The frames the page names, each once, in the order first used, and stacks as
+    lists of indexes into them, root first."""
+
+    def __init__(self, frames_of_stacks):
+        # {stack_id: [frame_id, ...] root first}; stacks with no frames are left out.
+        self.paths = {stack_id: [f.frame_id for f in reversed(frames)]
+                      for stack_id, frames in frames_of_stacks.items() if frames}
+        self._names = {f.frame_id: (f.function, f.filename, f.lineno)
+                       for frames in frames_of_stacks.values() for f in frames}
+        self._index = {}
+        self.rows = []
+
+    def index(self, frame_id):
+        """The index of a frame in rows, adding it on first use."""
+        if frame_id not in self._index:
+            self._index[frame_id] = len(self.rows)
+            self.rows.append(list(self._names[frame_id]))
+        return self._index[frame_id]
+
+    def stack(self, stack_id):
+        """A stack as frame indexes, root first; one without frames is NO_STACK_FRAME."""
+        path = self.paths.get(stack_id) if stack_id is not None else None
+        if path:
+            return [self.index(f) for f in path]
+        if NO_STACK_FRAME not in self._index:
+            self._index[NO_STACK_FRAME] = len(self.rows)
+            self.rows.append(list(NO_STACK_FRAME))
+        return [self._index[NO_STACK_FRAME]]
+
+
+def _leak_sites(leak_rows, table):
+    """The Leaks tab: the largest sites (innermost frame index) by bytes never freed, each
+    with its count and its largest call paths. leak_rows: (stack_id, bytes, samples)."""
+    sites = {}
+    for stack_id, b, n in leak_rows:
+        path = table.stack(stack_id)
+        site = path[-1]
+        e = sites.setdefault(site, {"site": site, "bytes": 0, "count": 0, "stacks": []})
+        e["bytes"] += b
+        e["count"] += n
+        e["stacks"].append((b, path))
+    leaks = sorted(sites.values(), key=lambda e: -e["bytes"])[:MAX_LEAK_SITES]
+    for e in leaks:
+        e["stacks"] = [p for _, p in sorted(e["stacks"], key=lambda x: -x[0])
+                       [:LEAK_STACKS_PER_SITE]]
+    return leaks
+
+
+def _warnings(meta, leaks_unknown, n_allocs):
+    """The warnings that head the page: what makes the session's figures incomplete or
+    rougher than they look."""
+    warnings = []
+    recv, dropped = meta.events_received or 0, meta.events_dropped or 0
+    if dropped > 0:     # any drop makes the figures incomplete; say so plainly
+        pct = 100.0 * dropped / max(recv + dropped, 1)
+        warnings.append(
+            f"{dropped:,} of {recv + dropped:,} events ({pct:.2g}%) were dropped by the "
+            f"profiled process (its send buffer was full): every figure below is "
+            f"incomplete. Dropped allocations are missing, and an allocation whose free "
+            f"was dropped looks live to the end, so \"never freed\" (Leaks) may include "
+            f"memory that was freed. To record without drops, run again with "
+            f"`heapprof run --on-full adapt` (raises the interval instead: unbiased), "
+            f"`--on-full block` (waits: keeps everything) or a larger --interval.")
+    changes = meta.interval_changes
+    if changes:
+        first, final, start = changes[0][0], changes[-1][1], meta.sample_interval_bytes
+        verb = "raised" if final > start else "changed"
+        plural = "" if len(changes) == 1 else "s"
+        warnings.append(
+            f"heapprofd could not keep up, so the agent {verb} its sampling interval from "
+            f"{start:,} to {final:,} bytes ({len(changes)} time{plural}, first at "
+            f"+{(first - meta.started_ns) / 1e9:.2f} s). "
+            f"Estimates stay unbiased (each sample's est_bytes is right for the interval it "
+            f"was taken at), but after each change they rest on fewer samples.")
+    if meta.status == "running" and meta.ended_ns is None:
+        warnings.append("The session was still running when this report was written: "
+                        "it covers the events recorded so far, and \"never freed\" means "
+                        "\"not freed yet\".")
+    elif leaks_unknown:
+        why = f": {meta.error}" if meta.error else ""
+        warnings.append(f"The session ended abnormally ({meta.status}{why}): "
+                        f"{meta.end_unknown_reason}. Events after the break "
+                        f"are missing, so frees may be missing too, and what was still "
+                        f"allocated at its end is unknown (see Leaks).")
+    if n_allocs == 0:
+        warnings.append("No sampled allocations were recorded in this session.")
+    return warnings
+
+
+def _leaks_unknown(meta, leak_rows):
     """The Leaks tab's explanation for a session whose end was not recorded (it ended
     without its final flush, or stopped recording early), or None when its end is known.
     leak_rows: (stack_id, est bytes, samples) of the allocations with no recorded free."""
-    why = reader.end_unknown_reason(s["status"])
+    why = meta.end_unknown_reason
     if why is None:
         return None
-    from heapprof import _fmt
     n = sum(r[2] for r in leak_rows)
     return (f"What was still allocated at the end is unknown: the session ended "
-            f"'{s['status']}' ({why}). {_fmt.human_bytes(sum(r[1] for r in leak_rows))} in "
+            f"'{meta.status}' ({why}). {_fmt.human_bytes(sum(r[1] for r in leak_rows))} in "
             f"{n:,} sampled allocations have no recorded free; any of them may have been "
             f"freed after the recording stopped, so none is listed as a leak.")
-
-
-def _buckets(text):
-    """sample_buckets as [[max_size, rate], ...], or None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        b = json.loads(text)
-    except ValueError:
-        return None
-    return b if isinstance(b, list) else None
 
 
 def _iso(ns):

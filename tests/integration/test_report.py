@@ -467,7 +467,7 @@ class ReportErrors(unittest.TestCase):
     def test_unknown_session(self):
         make_db(self.db, sessions=2)
         line = self.fails("--db", self.db, "--session", "9", "-o", self.out,
-                          want="session 9 not found")
+                          want="session 9 is not in")
         self.assertIn("1, 2", line)
 
     def test_limits_are_named(self):
