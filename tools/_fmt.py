@@ -40,12 +40,25 @@ def end_unknown(meta):
 
 
 def wall_time(ns):
-    """Local date and time of ns since the epoch; a stored value no calendar holds (a
-    clock past 2**63 ns was once stored negative) is shown as its number."""
+    """Local date and time of ns since the epoch; a stored value no calendar holds (e.g.
+    a negative one) is shown as its number."""
     try:
         return datetime.datetime.fromtimestamp(ns / 1e9).strftime('%Y-%m-%d %H:%M:%S')
     except (ValueError, OverflowError, OSError):
         return '%d ns' % ns
+
+
+def interval_change(meta):
+    """(verb, when) of a session whose agent changed its sampling interval (on-full adapt):
+    'raised' when it ended higher than it started, else 'changed', and '3 times, first at
+    +0.12 s'; None when it never changed. meta is a reader.Session."""
+    changes = meta.interval_changes
+    if not changes:
+        return None
+    verb = 'raised' if meta.final_interval_bytes > meta.sample_interval_bytes else 'changed'
+    return verb, '%d time%s, first at +%.2f s' % (
+        len(changes), '' if len(changes) == 1 else 's',
+        (changes[0][0] - meta.started_ns) / 1e9)
 
 
 def sampling(meta):
@@ -109,13 +122,13 @@ def site_name(filename, lineno, function, width=None):
     if not filename:
         text = function
     else:
-        text = '%s (%s:%d)' % (function, _short_path(filename), lineno)
+        text = '%s (%s:%d)' % (function, short_path(filename), lineno)
     if width and len(text) > width:
         text = '...' + text[-(width - 3):]
     return text
 
 
-def _short_path(path):
+def short_path(path):
     """A path relative to the working directory when it is under it, else as recorded."""
     try:
         rel = os.path.relpath(path)

@@ -63,7 +63,7 @@ def to_dot(graph, labels, title, min_share):
     for fid in sorted(keep, key=lambda f: (f is None, f or 0)):
         fr, cum, self_b = graph.nodes[fid]
         where = '' if not fr.filename else '<BR/>%s:%d' % (
-            html.escape(_fmt._short_path(fr.filename)), fr.lineno)
+            html.escape(_fmt.short_path(fr.filename)), fr.lineno)
         cells = ''.join('<TD BGCOLOR="%s">%s<BR/>%s</TD>'
                         % (PALETTE[i], _fmt.human_bytes(cum[i]),
                            _fmt.percent(cum[i], graph.totals[i]).strip())

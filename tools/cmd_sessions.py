@@ -38,17 +38,13 @@ def _sampling(s):
 
 def adapted_note(s):
     """One line saying that (and when) a session's sampling interval was changed, or None."""
-    if not s.interval_changes:
+    change = _fmt.interval_change(s)
+    if change is None:
         return None
-    first_t = (s.interval_changes[0][0] - s.started_ns) / 1e9
-    n = len(s.interval_changes)
-    verb = 'raised' if s.final_interval_bytes > s.sample_interval_bytes else 'changed'
     return ('session %d: heapprofd could not keep up, so the agent %s its sampling interval '
-            'from %s to %s (%d time%s, first at +%.2f s); estimates stay unbiased, with fewer '
-            'samples after each change' % (s.session_id, verb,
-                                             _fmt.human_bytes(s.sample_interval_bytes),
-                                             _fmt.human_bytes(s.final_interval_bytes), n,
-                                             '' if n == 1 else 's', first_t))
+            'from %s to %s (%s); estimates stay unbiased, with fewer samples after each change'
+            % (s.session_id, change[0], _fmt.human_bytes(s.sample_interval_bytes),
+               _fmt.human_bytes(s.final_interval_bytes), change[1]))
 
 
 def as_json(rows):

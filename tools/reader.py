@@ -36,8 +36,8 @@ NO_STACK_LABEL = '[no Python stack]'
 # Bound on ids in one IN (...) list: SQLite's default limit on host parameters is 32766.
 _CHUNK = 900
 # Past this share of a session's allocations, live-at-T queries read the allocations freed
-# after T (through an index on freed_ns, when there is one) rather than those made before T.
-# From bench/reader.py: the two plans cost the same at about 0.7-0.8 of the rows.
+# after T (through an index on freed_ns, when there is one) rather than those made before T:
+# about where the two plans cost the same (bench/README.md, "Reader").
 _FREED_SCAN_FROM = 0.75
 # 'AS MATERIALIZED' appeared in SQLite 3.35; older libraries choose by themselves.
 _MATERIALIZED = 'MATERIALIZED' if sqlite3.sqlite_version_info >= (3, 35) else ''

@@ -370,15 +370,12 @@ def _warnings(meta, leaks_unknown, n_allocs):
             f"memory that was freed. To record without drops, run again with "
             f"`heapprof run --on-full adapt` (raises the interval instead: unbiased), "
             f"`--on-full block` (waits: keeps everything) or a larger --interval.")
-    changes = meta.interval_changes
-    if changes:
-        first, final, start = changes[0][0], changes[-1][1], meta.sample_interval_bytes
-        verb = "raised" if final > start else "changed"
-        plural = "" if len(changes) == 1 else "s"
+    change = _fmt.interval_change(meta)
+    if change:
+        verb, when = change
         warnings.append(
             f"heapprofd could not keep up, so the agent {verb} its sampling interval from "
-            f"{start:,} to {final:,} bytes ({len(changes)} time{plural}, first at "
-            f"+{(first - meta.started_ns) / 1e9:.2f} s). "
+            f"{meta.sample_interval_bytes:,} to {meta.final_interval_bytes:,} bytes ({when}). "
             f"Estimates stay unbiased (each sample's est_bytes is right for the interval it "
             f"was taken at), but after each change they rest on fewer samples.")
     if meta.status == "running" and meta.ended_ns is None:

@@ -223,12 +223,11 @@ def _drain(proc):
 def _adapted_line(meta):
     """The line saying that the agent changed its sampling interval (--on-full adapt)
     because heapprofd could not keep up; meta is a reader.Session with interval changes."""
-    changes, start = meta.interval_changes, meta.sample_interval_bytes
-    final = meta.final_interval_bytes
+    from heapprof import _fmt
+    verb, when = _fmt.interval_change(meta)
     return ('heapprof: heapprofd could not keep up; the sampling interval was %s from %d to '
-            '%d bytes (%d time%s, first at +%.2f s); estimates stay unbiased'
-            % ('raised' if final > start else 'changed', start, final, len(changes),
-               '' if len(changes) == 1 else 's', (changes[0][0] - meta.started_ns) / 1e9))
+            '%d bytes (%s); estimates stay unbiased'
+            % (verb, meta.sample_interval_bytes, meta.final_interval_bytes, when))
 
 
 def summarize(db, out=sys.stdout, top=5):
