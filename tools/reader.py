@@ -142,7 +142,7 @@ See Reader.stack_totals."""
 
 
 def _session_from_row(row, last_ns, changes=()):
-    (sid, pid, ppid, argv, exe, pyver, started, ended, interval, status, received,
+    (session_id, pid, ppid, argv, exe, pyver, started, ended, interval, status, received,
      dropped) = row[:12]
     extra = dict(zip(_SESSION_EXTRA, row[12:]))
     try:
@@ -160,7 +160,7 @@ def _session_from_row(row, last_ns, changes=()):
             buckets = None
         if not isinstance(buckets, list):
             buckets = None
-    return Session(sid, pid, ppid, argv, exe, pyver, started, ended, interval, status,
+    return Session(session_id, pid, ppid, argv, exe, pyver, started, ended, interval, status,
                    received, dropped, last_ns, buckets, extra.get('max_stack_depth'),
                    extra.get('error'), tuple(changes))
 
@@ -204,8 +204,8 @@ def _interval_changes(con, session_id=None):
         sql += ' WHERE session_id = ?'
         args = (session_id,)
     out = collections.defaultdict(list)
-    for sid, ts, interval in con.execute(sql + ' ORDER BY session_id, change_no', args):
-        out[sid].append((ts, interval))
+    for session_id, ts, interval in con.execute(sql + ' ORDER BY session_id, change_no', args):
+        out[session_id].append((ts, interval))
     return out
 
 
@@ -476,9 +476,9 @@ class Reader:
         rows = self._con.execute(
             'SELECT (MIN(MAX(ts_ns, :t0), :t1) - :t0) * :n / :span AS b,'
             ' MIN(MAX(ts_ns, :t0), :t1), MAX(live_bytes)'
-            ' FROM timeline WHERE session_id = :sid GROUP BY b ORDER BY b',
+            ' FROM timeline WHERE session_id = :session GROUP BY b ORDER BY b',
             {'t0': start_ns, 't1': end_ns, 'n': points, 'span': span,
-             'sid': self.session_id}).fetchall()
+             'session': self.session_id}).fetchall()
         out = [(ts, b) for _, ts, b in rows]
         if out and out[-1][0] < end_ns:
             end_bytes = self._timeline_end_bytes()
@@ -528,21 +528,21 @@ class Reader:
         it where the running level of its sampled allocations and frees is highest, and how
         far that is above the level at its start (0: never above; the instant is then its
         start). None without a timeline."""
-        con, sid = self._con, self.session_id
+        con, session = self._con, self.session_id
         row = con.execute('SELECT ts_ns, live_bytes FROM timeline WHERE session_id = ?'
-                          ' ORDER BY live_bytes DESC, ts_ns LIMIT 1', (sid,)).fetchone()
+                          ' ORDER BY live_bytes DESC, ts_ns LIMIT 1', (session,)).fetchone()
         if row is None:
             return None
         a, timeline_bytes = row
         nxt = con.execute('SELECT MIN(ts_ns) FROM timeline WHERE session_id = ? AND ts_ns > ?',
-                          (sid, a)).fetchone()[0]
+                          (session, a)).fetchone()[0]
         b = nxt if nxt is not None else self.metadata.last_ns + 1
         events = [(ts, est) for ts, est in con.execute(
             'SELECT ts_ns, est_bytes FROM allocations WHERE session_id = ? AND ts_ns >= ?'
-            ' AND ts_ns < ?', (sid, a, b))]
+            ' AND ts_ns < ?', (session, a, b))]
         events += [(fr, -est) for fr, est in con.execute(
             'SELECT freed_ns, est_bytes FROM allocations WHERE session_id = ? AND freed_ns >= ?'
-            ' AND freed_ns < ? AND ts_ns < ?', (sid, a, b, b))]
+            ' AND freed_ns < ? AND ts_ns < ?', (session, a, b, b))]
         # Frees before allocations at the same instant: an allocation is live at [ts, freed).
         events.sort(key=lambda e: (e[0], e[1] > 0))
         best_ns, best, level = a, 0, 0
@@ -557,11 +557,11 @@ class Reader:
         allocation or free, in time order: the estimated live heap just after it. The exact
         step function that timeline() samples per interval; it reads every allocation, so
         prefer timeline() for long sessions."""
-        con, sid = self._con, self.session_id
+        con, session = self._con, self.session_id
         events = con.execute('SELECT ts_ns, est_bytes FROM allocations WHERE session_id = ?',
-                             (sid,)).fetchall()
+                             (session,)).fetchall()
         events += con.execute('SELECT freed_ns, -est_bytes FROM allocations WHERE session_id = ?'
-                              ' AND freed_ns IS NOT NULL', (sid,)).fetchall()
+                              ' AND freed_ns IS NOT NULL', (session,)).fetchall()
         events.sort()
         out, level, i, n = [], 0, 0, len(events)
         while i < n:
@@ -580,14 +580,14 @@ class Reader:
         (session_id, ts_ns) index reaches them in few rows; late in a long session that range
         covers nearly every row, while the allocations freed after ns are few: when an index
         on freed_ns exists (see bench/README.md, "Reader"), read them through it instead."""
-        sid = self.session_id
+        session = self.session_id
         if self._has_freed_index() and self._fraction_before(ns) > _FREED_SCAN_FROM:
             return ('SELECT %s FROM allocations WHERE session_id = ? AND freed_ns > ?'
                     ' AND +ts_ns <= ? UNION ALL SELECT %s FROM allocations WHERE session_id = ?'
                     ' AND freed_ns IS NULL AND +ts_ns <= ?' % (cols, cols),
-                    (sid, ns, ns, sid, ns))
+                    (session, ns, ns, session, ns))
         return ('SELECT %s FROM allocations WHERE session_id = ? AND ts_ns <= ?'
-                ' AND (freed_ns IS NULL OR freed_ns > ?)' % cols, (sid, ns, ns))
+                ' AND (freed_ns IS NULL OR freed_ns > ?)' % cols, (session, ns, ns))
 
     def _has_index(self, columns):
         """Whether the database has an index starting with these columns (the optional read
@@ -606,11 +606,11 @@ class Reader:
         grow in arrival order); three index look-ups."""
         q = ('SELECT alloc_id FROM allocations WHERE session_id = ? AND ts_ns <= ?'
              ' ORDER BY ts_ns DESC LIMIT 1')
-        sid = self.session_id
+        session = self.session_id
         first = self._con.execute('SELECT alloc_id FROM allocations WHERE session_id = ?'
-                                  ' ORDER BY ts_ns LIMIT 1', (sid,)).fetchone()
-        last = self._con.execute(q, (sid, _INT64_MAX)).fetchone()
-        at = self._con.execute(q, (sid, ns)).fetchone()
+                                  ' ORDER BY ts_ns LIMIT 1', (session,)).fetchone()
+        last = self._con.execute(q, (session, _INT64_MAX)).fetchone()
+        at = self._con.execute(q, (session, ns)).fetchone()
         if first is None or at is None or last[0] <= first[0]:
             return 0.0
         return (at[0] - first[0]) / (last[0] - first[0])
@@ -654,8 +654,8 @@ class Reader:
         before the last step are left out."""
         per_stack = {}
         q = ('SELECT stack_id, MAX(0, ({col} - :t0 + :dt - 1) / :dt) AS i, TOTAL(est_bytes)'
-             ' FROM allocations WHERE session_id = :sid {extra} GROUP BY stack_id, i')
-        args = {'t0': start_ns, 'dt': step_ns, 'sid': self.session_id}
+             ' FROM allocations WHERE session_id = :session {extra} GROUP BY stack_id, i')
+        args = {'t0': start_ns, 'dt': step_ns, 'session': self.session_id}
         for stack_id, i, b in self._con.execute(q.format(col='ts_ns', extra=''), args):
             b, i = int(b), int(i)       # i is REAL when a stored time overflowed the SQL
             if i < steps:

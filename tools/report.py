@@ -85,6 +85,7 @@ def _timeline_from_levels(levels, t0, t1):
 
 
 def _series(deltas, nsteps):
+    """A stack's live bytes at every step, from its changes {step: bytes}."""
     dense = [0] * nsteps
     for i, b in deltas.items():
         dense[i] += b
