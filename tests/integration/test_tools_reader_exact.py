@@ -6,6 +6,7 @@ from the Reader itself.
 """
 import collections
 import os
+import re
 import sqlite3
 import tempfile
 import unittest
@@ -267,6 +268,25 @@ class ExactReaderTest(unittest.TestCase):
         self.assertEqual([f.function for f in got[s.db_stack_id(2)]], ['make_spike', 'main'])
         self.assertEqual(got[None], ())
         self.assertEqual(got[999], ())            # no such stack: no frames, no error
+
+    # ------------------------------------------------------------ one SQL layer
+    def test_only_the_reader_speaks_sql_and_no_client_calls_its_private_members(self):
+        # Every module of the installed package but the Reader and heapprof._db (which
+        # opens and checks a database) asks the Reader: no queries, no connections of
+        # its own, and no _private member of heapprof.reader.
+        package = os.path.dirname(hr.__file__)
+        sql = re.compile(r'\.execute(many|script)?\(|sqlite3\.connect\(|\bopen_db\(|\bSELECT\b')
+        private = re.compile(r'\b(_?reader|hr)\._[a-z]')
+        clients = sorted(f for f in os.listdir(package)
+                         if f.endswith('.py') and f not in ('reader.py', '_db.py'))
+        self.assertIn('report.py', clients)
+        self.assertIn('runner.py', clients)
+        for name in clients:
+            with open(os.path.join(package, name), encoding='utf-8') as f:
+                text = f.read()
+            with self.subTest(module=name):
+                self.assertIsNone(sql.search(text))
+                self.assertIsNone(private.search(text))
 
     # ------------------------------------------------------------ session facts
     def test_sample_buckets_that_are_not_a_list_read_as_none(self):
