@@ -102,15 +102,18 @@ class ExactReaderTest(unittest.TestCase):
             self.assertEqual(r.allocation_count(), 0)
 
     # ------------------------------------------------------------ timeline
-    def expected_buckets(self, rows, t0, t1, points):
-        """The highest row per bucket, the earliest of equals, at its clamped start."""
-        best = {}
+    def assert_buckets(self, got, rows, t0, t1, points):
+        """got holds, per bucket in order, the highest level of its intervals at the
+        (clamped) start of an interval with that level."""
+        buckets = collections.defaultdict(list)
         for ts, live, _, _ in rows:
             at = min(max(ts, t0), t1)
-            b = (at - t0) * points // max(t1 - t0, 1)
-            if b not in best or live > best[b][1]:
-                best[b] = (at, live)
-        return [best[b] for b in sorted(best)]
+            buckets[(at - t0) * points // max(t1 - t0, 1)].append((at, live))
+        self.assertEqual(len(got), len(buckets))
+        for (ts, live), b in zip(got, sorted(buckets)):
+            top = max(v for _, v in buckets[b])
+            self.assertEqual(live, top, b)
+            self.assertIn((ts, live), buckets[b])
 
     def test_timeline_ns_takes_the_highest_interval_per_bucket_and_ends_at_the_end(self):
         s = self.spike
@@ -127,11 +130,11 @@ class ExactReaderTest(unittest.TestCase):
         self.assertEqual(fine[-1], (t1, rows[-1][3]))
         # A range ending where the last interval starts needs no point for its end.
         self.assertEqual(to_last, [(ts, live) for ts, live, _, _ in rows])
-        self.assertEqual(coarse[:-1], self.expected_buckets(rows, t0, t1, 3))
+        self.assert_buckets(coarse[:-1], rows, t0, t1, 3)
         self.assertEqual(max(b for _, b in coarse), 100 * 100 * 1024 + 4096 * 6 + 8192)
         # Intervals before the range are clamped to its start, into the first bucket;
         # those at or after its end to its end, one more point, which is the last.
-        self.assertEqual(inner, self.expected_buckets(rows, s.ns(1.0), s.ns(2.0), 10))
+        self.assert_buckets(inner, rows, s.ns(1.0), s.ns(2.0), 10)
         self.assertEqual(len(inner), 11)
         self.assertEqual(inner[0][0], s.ns(1.0))
         self.assertEqual(inner[-1], (s.ns(2.0), max(live for ts, live, _, _ in rows
