@@ -272,6 +272,26 @@ class ExactReaderTest(unittest.TestCase):
         self.assertEqual(got[None], ())
         self.assertEqual(got[999], ())            # no such stack: no frames, no error
 
+    def test_same_answers_with_the_read_indexes(self):
+        # heapprofd adds indexes on (session_id, freed_ns) and (session_id, stack_id) at a
+        # clean shutdown (schema/indexes.sql); the plans change, the answers must not.
+        s = self.spike
+        path = self.copy_of(sc.spike(), 'indexed.sqlite')
+        con = sqlite3.connect(path)
+        con.execute('CREATE INDEX alloc_by_session_freed ON alloc (session_id, freed_ns)')
+        con.execute('CREATE INDEX alloc_by_session_stack ON alloc (session_id, stack_id)')
+        con.commit()
+        con.close()
+        with hr.read(path) as r, hr.read(self.spike_db) as plain:
+            self.assertEqual(r.stack_step_deltas_ns(s.start_ns, 100 * MS, 31),
+                             plain.stack_step_deltas_ns(s.start_ns, 100 * MS, 31))
+            self.assertEqual(r.unfreed_stacks(), plain.unfreed_stacks())
+            self.assertEqual(r.peak_ns(), plain.peak_ns())
+            self.assertEqual(r.live_levels_ns(), plain.live_levels_ns())
+            self.assertEqual(r.span_ns(), plain.span_ns())
+            for t in (0.5, 1.5, 2.9):
+                self.assertEqual(r.snapshot_at_ns(s.ns(t)), plain.snapshot_at_ns(s.ns(t)))
+
     # ------------------------------------------------------------ one SQL layer
     def test_only_the_reader_speaks_sql_and_no_client_calls_its_private_members(self):
         # Every module of the installed package but the Reader and heapprof._db (which
