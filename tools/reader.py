@@ -1015,13 +1015,6 @@ class Reader:
         return [StackTotal(sid, g1, g2, *v) for (sid, g1, g2), v in acc.items()
                 if v[0] or v[2]]
 
-    def frames_of_stacks(self, stack_ids):
-        """{stack_id: tuple of Frame, innermost (the allocating line) first} for many stacks
-        at once (line is None: no source is read). None maps to an empty tuple."""
-        ids = list(stack_ids)
-        self._load_stacks(ids)
-        return {sid: self._frames_of(sid) for sid in ids}
-
 
 def _max_per_interval(events, times):
     """[(t_k, highest level within [t_k, t_k+1))] for a step function given as (ns, net
