@@ -634,10 +634,6 @@ out_close:
   return rc;
 }
 
-const char *hp_schema_sql(void) {
-  return hp_schema_sql_text;
-}
-
 const char *hp_schema_index_sql(void) {
   return hp_schema_index_sql_text;
 }

@@ -130,7 +130,7 @@ END_TEST
 
 /* The COUNTERS item is the only loop-side allocation of hp_store_counters: when it
  * fails the call says so and the change is not stored; the next one is. */
-START_TEST(store_counters_msg_out_of_memory_stores_nothing) {
+START_TEST(store_counters_out_of_memory_stores_nothing) {
   hp_store *s = start();
   hp_hello h = hello(1, 2);
   hp_store_session *ss = hp_store_session_start(s, &h, 1);
@@ -161,7 +161,7 @@ Suite *store_adapt_suite(void) {
   TCase *oom = tcase_create("oom");
   tcase_add_checked_fixture(oom, setup, teardown);
   tcase_set_timeout(oom, 30);
-  tcase_add_test(oom, store_counters_msg_out_of_memory_stores_nothing);
+  tcase_add_test(oom, store_counters_out_of_memory_stores_nothing);
   suite_add_tcase(s, oom);
   return s;
 }
