@@ -17,9 +17,9 @@
 #include "check_db_util.h"
 
 /* tests/data/schema_v1.sql, embedded by meson: the schema older heapprofd wrote; and
- * schema/schema.sql, the one this heapprofd writes. */
+ * schema/schema.sql as hp_schema embeds it (schema/meson.build): the one it writes. */
 extern const char hp_test_schema_v1_sql[];
-extern const char hp_test_schema_sql[];
+extern const char hp_schema_sql_text[];
 
 static char tmpdir[256];
 static char dbpath[512];
@@ -294,7 +294,7 @@ START_TEST(new_databases_get_16k_pages_existing_ones_keep_theirs) {
   snprintf(other, sizeof other, "%s/old.sqlite", tmpdir);
   db = hp_test_db_open(other);
   exec_ok(db, "PRAGMA page_size=4096");
-  exec_ok(db, hp_test_schema_sql);
+  exec_ok(db, hp_schema_sql_text);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
   ck_assert_int_eq(hp_schema_open(other, &db, errbuf, sizeof errbuf), 0);
   ck_assert_int_eq(hp_test_db_int(db, "PRAGMA page_size"), 4096);
