@@ -326,8 +326,6 @@ void store_session_committed(hp_store *s);
 void store_session_rolled_back(hp_store *s);
 /* The session with database id `id`, or NULL when it is gone. */
 hp_store_session *store_session_find(hp_store *s, int64_t id);
-/* Wall time of an agent's monotonic time, clamped to 0 .. INT64_MAX. */
-int64_t store_session_wall(const hp_store_session *ss, uint64_t mono);
 /* What the session row reports as events_dropped. */
 int64_t store_session_dropped(const hp_store_session *ss);
 
@@ -338,6 +336,17 @@ int store_ids_load(hp_store *s);
 void store_intern_frame(hp_store *s, item *it);
 void store_intern_stack(hp_store *s, item *it);
 void store_id_table_free(id_table *t);
+
+/* Wall time of an agent's monotonic time (every event's: inline). Both clocks are i63
+ * (PROTOCOL.md), so their difference fits an int64; the sum need not: it is clamped to
+ * what SQLite stores, 0 .. INT64_MAX (a time before the epoch is as much nonsense from
+ * an agent as one past 2262), so no stored time is ever negative or wrapped. */
+static inline int64_t store_session_wall(const hp_store_session *ss, uint64_t mono) {
+  int64_t d = (int64_t)mono - ss->start_mono, w;
+  if (__builtin_add_overflow(ss->start_wall, d, &w))
+    w = d > 0 ? INT64_MAX : 0;
+  return w < 0 ? 0 : w;
+}
 
 /* The database id of the stack with this number in its session; 0 for none (HP_NO_STACK,
  * or a definition that could not be stored). */

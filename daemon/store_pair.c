@@ -31,7 +31,8 @@ static void timeline_add(hp_store *s, hp_store_session *ss, int64_t ts, int64_t 
                          int64_t dcount) {
   hp_tl_row rows[HP_TL_MAX_ROWS];
   int n = hp_timeline_add(ss->tl, ts, dbytes, dcount, rows);
-  store_timeline_rows(s, ss, rows, n);
+  if (n > 0)  /* rarely: at most once per interval */
+    store_timeline_rows(s, ss, rows, n);
 }
 
 /* Inserts the oldest `count` pending rows and moves the rest to the front. */

@@ -23,17 +23,6 @@ void store_session_free(hp_store_session *ss) {
   free(ss);
 }
 
-/* Both clocks are i63 (PROTOCOL.md), so their difference fits an int64; the sum need
- * not: it is clamped to what SQLite stores, 0 .. INT64_MAX (a time before the epoch is
- * as much nonsense from an agent as one past 2262), so no stored time is ever negative
- * or wrapped. */
-int64_t store_session_wall(const hp_store_session *ss, uint64_t mono) {
-  int64_t d = (int64_t)mono - ss->start_mono, w;
-  if (__builtin_add_overflow(ss->start_wall, d, &w))
-    w = d > 0 ? INT64_MAX : 0;
-  return w < 0 ? 0 : w;
-}
-
 static uint64_t sat_add_u64(uint64_t a, uint64_t b) {
   return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }

@@ -627,7 +627,7 @@ END_TEST
 
 /* ------------------------------------------------------------------ path */
 
-/* The database path is protected as the socket's is (issue 12, item 15): heapprofd may
+/* The database path is protected as the socket's is: heapprofd may
  * run as root in a directory others can write to. */
 
 static void side_path(char *buf, size_t n, const char *suffix) {

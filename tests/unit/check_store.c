@@ -561,7 +561,7 @@ END_TEST
 /* An allocation at an address whose previous allocation is still live means the agent
  * lost that allocation's free: the old row ends when the new one starts, so that
  * `leaks` (freed_ns IS NULL) and the timeline (which stops counting the old block then)
- * agree (issue 12, item 4). _i 0: the old row is still pending; 1: committed. */
+ * agree. _i 0: the old row is still pending; 1: committed. */
 START_TEST(store_ends_the_previous_row_at_a_reused_address) {
   hp_store *s = start(_i == 0 ? 0 : 1, 0, 100000000);
   uint64_t wall = wall_now_interval();
@@ -619,7 +619,7 @@ static int valid_utf8_column(sqlite3 *db, const char *sql) {
 #define R "\xef\xbf\xbd"   /* U+FFFD */
 
 /* Text the protocol allows but that is not UTF-8 (a Latin-1 argv, a NUL in a name) is
- * stored repaired, so that every reader can decode every column (issue 12, item 13). */
+ * stored repaired, so that every reader can decode every column. */
 START_TEST(store_repairs_text_that_is_not_utf8) {
   hp_store *s = start(0, 0, 100000000);
   static const hp_str bad_argv[] = {{"caf\xe9.py", 7}, {"--x=\xff\xfe", 6}, {"ok", 2}};
@@ -669,7 +669,7 @@ END_TEST
 
 /* Clocks the protocol allows but whose wall time falls outside SQLite's signed 64 bits
  * (a start near 2^63 and an event after it; an event long before a start near 0) are
- * stored clamped to 0 .. 2^63-1, never negative (issue 12, item 13). */
+ * stored clamped to 0 .. 2^63-1, never negative. */
 START_TEST(store_clamps_wall_times_to_the_int64_range) {
   hp_store *s = start(0, 0, 100000000);
   hp_hello h = hello(1);
@@ -789,7 +789,7 @@ static void wait_for_db(const char *sql, int64_t want, const char *what) {
 
 /* A full disk rolls back the transaction that inserted session A. Its id must not be
  * handed to session B, which starts once the disk has room again: the two programs
- * would be merged into one session (issue 12, item 1). A is stored too, later. */
+ * would be merged into one session. A is stored too, later. */
 START_TEST(store_never_reuses_the_id_of_a_rolled_back_session) {
   long before = hp_fault_writes_refused();
   hp_store *s = start_cfg((hp_store_config){.commit_ms = 20});
@@ -822,7 +822,7 @@ END_TEST
 
 /* A transaction that fails at COMMIT (disk full) is retried until the disk has room;
  * then everything is stored, the session ends with its true status, and nothing counts
- * as lost (issue 12, item 2). */
+ * as lost. */
 START_TEST(store_retries_a_failed_commit_until_the_disk_has_room) {
   hp_store *s = start_cfg((hp_store_config){.commit_ms = 20});
   hp_store_session *a = session_with_stack(s, 1);
@@ -855,7 +855,7 @@ START_TEST(store_retries_a_failed_commit_until_the_disk_has_room) {
 END_TEST
 
 /* Another connection holds the write lock while a program starts and ends: its session
- * must be stored, whole, once the lock is released (issue 12, item 2). */
+ * must be stored, whole, once the lock is released. */
 START_TEST(store_waits_out_another_writers_lock) {
   hp_store *s = start_cfg((hp_store_config){.commit_ms = 20, .busy_timeout_ms = 20});
   sqlite3 *locker = hp_test_db_open(dbpath);
@@ -881,8 +881,8 @@ END_TEST
 
 /* A session ends while BEGIN fails and some of its rows are still pending: the store
  * must not free the session before those rows are stored, since they point at it
- * (issue 12, item 3; under ASan the old code read the freed session here). batch_rows 4
- * makes every events item commit, keeping its own rows pending for one more round. */
+ * (under ASan, reading a freed session fails the test). batch_rows 4 makes every
+ * events item commit, keeping its own rows pending for one more round. */
 START_TEST(store_keeps_an_ended_session_until_its_rows_are_stored) {
   hp_store *s = start_cfg((hp_store_config){.batch_rows = 4, .commit_ms = 10000,
                                             .busy_timeout_ms = 10});
@@ -914,7 +914,7 @@ START_TEST(store_keeps_an_ended_session_until_its_rows_are_stored) {
 END_TEST
 
 /* The disk stays full until heapprofd stops: after stop_retry_ms the store gives up,
- * says so, and hp_store_stop fails, so that heapprofd exits non-zero (issue 12, item 2).
+ * says so, and hp_store_stop fails, so that heapprofd exits non-zero.
  * The session's row keeps the last state that could be written ('running'), which the
  * next heapprofd ends as disconnected. */
 START_TEST(store_gives_up_at_stop_when_the_disk_stays_full) {
@@ -980,7 +980,7 @@ END_TEST
 
 /* A HELLO may carry 1024 arguments of 4096 bytes (4 MiB); what a session's row keeps
  * of them is bounded, whole entries are left out from the end, and the row says how
- * many (issue 12, item 14). */
+ * many. */
 START_TEST(store_bounds_the_stored_argv_and_says_how_much_was_cut) {
   hp_store *s = start(0, 0, 100000000);
   static hp_str big[HP_MAX_ARGV];
@@ -1074,8 +1074,9 @@ Suite *store_suite(void) {
   TCase *oom = tcase_create("oom");
   tcase_add_checked_fixture(oom, setup, teardown);
   tcase_set_timeout(oom, 30);
-  /* Session start allocates 3 times before the maps (which have their own hook), plus
-   * the HELLO's JSON buffers and item; then one item per call. */
+  /* Session start allocates the session and its end item, then (after the address map,
+   * which has its own hook) the argv's JSON buffer and the HELLO item; then one item per
+   * call: 9 allocations in all. */
   tcase_add_loop_test(oom, store_loop_side_oom_sweep, 0, 9);
   suite_add_tcase(s, oom);
   TCase *limits = tcase_create("limits");

@@ -1,4 +1,4 @@
-/* check_store_adapt.c — the storage thread's side of adaptive sampling (issue 4): a
+/* check_store_adapt.c — the storage thread's side of adaptive sampling: a
  * COUNTERS whose interval differs from the session's current one becomes one
  * sampling_change row, at the agent's time turned into wall-clock time; repeats and
  * size-bucket sessions store none; a failed allocation refuses the message and stores

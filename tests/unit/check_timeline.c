@@ -115,7 +115,7 @@ END_TEST
 
 /* Estimates near 2^63 are legal (PROTOCOL.md, i63), and the level must come back down
  * exactly when they are freed: a saturated sum would lose what was added past the top
- * and end below zero (issue 12, item 13). Rows report levels past 2^63-1 as 2^63-1. */
+ * and end below zero. Rows report levels past 2^63-1 as 2^63-1. */
 START_TEST(timeline_levels_stay_exact_past_int64) {
   hp_tl_row rows[HP_TL_MAX_ROWS], cur;
   hp_timeline_add(tl, 1005, INT64_MAX, 1, rows);
