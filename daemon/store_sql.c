@@ -145,10 +145,17 @@ static void bind_opt(sqlite3_stmt *st, int col, int64_t v) {
     sqlite3_bind_null(st, col);
 }
 
-/* One alloc row into parameters col+1 .. col+ALLOC_COLUMNS. */
+/* One alloc row into parameters col+1 .. col+ALLOC_COLUMNS (ALLOC_* are in column order).
+ * Spelled out: this runs for every row, and a loop costs more instructions per row. */
 static void bind_alloc(sqlite3_stmt *st, int col, const int64_t *v) {
-  for (int i = ALLOC_ID; i <= ALLOC_EST; i++)
-    sqlite3_bind_int64(st, col + 1 + i, v[i]);
+  sqlite3_bind_int64(st, col + 1 + ALLOC_ID, v[ALLOC_ID]);
+  sqlite3_bind_int64(st, col + 1 + ALLOC_SESSION, v[ALLOC_SESSION]);
+  sqlite3_bind_int64(st, col + 1 + ALLOC_TS, v[ALLOC_TS]);
+  sqlite3_bind_int64(st, col + 1 + ALLOC_THREAD, v[ALLOC_THREAD]);
+  sqlite3_bind_int64(st, col + 1 + ALLOC_DOMAIN, v[ALLOC_DOMAIN]);
+  sqlite3_bind_int64(st, col + 1 + ALLOC_ADDRESS, v[ALLOC_ADDRESS]);
+  sqlite3_bind_int64(st, col + 1 + ALLOC_SIZE, v[ALLOC_SIZE]);
+  sqlite3_bind_int64(st, col + 1 + ALLOC_EST, v[ALLOC_EST]);
   bind_opt(st, col + 1 + ALLOC_STACK, v[ALLOC_STACK]);
   bind_opt(st, col + 1 + ALLOC_FREED, v[ALLOC_FREED]);
 }
