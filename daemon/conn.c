@@ -2,21 +2,29 @@
  * Pipeline position: server (libuv reads) -> conn -> store (via the sink). */
 #include "hp_conn.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "hp_map.h"
 
+typedef enum {
+  EXPECT_HELLO = 0,  /* nothing valid received yet */
+  STREAMING,         /* HELLO accepted */
+  DONE,              /* GOODBYE accepted */
+  FAILED,            /* a protocol error closed the stream */
+} conn_state;
+
 struct hp_conn {
   const hp_conn_sink *sink;
   void *ctx;
   hp_framer *framer;
   hp_decoder *decoder;
-  hp_map *frames;     /* agent frame ids defined so far (values unused) */
-  hp_map *stacks;     /* agent stack ids defined so far (values unused) */
-  hp_conn_state state;
-  uint64_t events;
+  hp_map *frames;     /* agent frame id -> number: its number in the stream, from 1 */
+  hp_map *stacks;     /* agent stack id -> number */
+  conn_state state;
+  uint32_t frame_numbers[HP_MAX_STACK_DEPTH];  /* a STACK_DEF's frames, renumbered */
   char error[512];
 };
 
@@ -53,7 +61,7 @@ static int fail(hp_conn *c, int err, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(c->error, sizeof c->error, fmt, ap);
   va_end(ap);
-  c->state = HP_CONN_FAILED;
+  c->state = FAILED;
   return err;
 }
 
@@ -64,19 +72,22 @@ static int sink_rc(hp_conn *c, int rc, const char *what) {
 }
 
 static int handle_hello(hp_conn *c, const hp_hello *h) {
-  if (c->state != HP_CONN_EXPECT_HELLO)
+  if (c->state != EXPECT_HELLO)
     return fail(c, -HP_EORDER, "second HELLO in one stream");
   if (h->version != HP_PROTO_VERSION)
     return fail(c, -HP_EVERSION, "protocol version %u is not supported (this heapprofd speaks %u)",
                 h->version, HP_PROTO_VERSION);
   int rc = sink_rc(c, c->sink->hello(c->ctx, h), "HELLO");
   if (rc == 0)
-    c->state = HP_CONN_STREAMING;
+    c->state = STREAMING;
   return rc;
 }
 
+/* The next number of a map of ids: ids are numbered 1, 2, ... as they are defined. */
+static uint32_t next_number(const hp_map *ids) { return (uint32_t)hp_map_count(ids) + 1; }
+
 static int handle_frame_def(hp_conn *c, const hp_frame_def *f) {
-  static const hp_map_val none = {0, 0, 0};
+  assert(c->state == STREAMING);
   if (f->frame_id == 0)
     return fail(c, -HP_ERANGE, "FRAME_DEF with frame id 0");
   if (hp_map_get(c->frames, f->frame_id) != NULL)
@@ -84,13 +95,16 @@ static int handle_frame_def(hp_conn *c, const hp_frame_def *f) {
   if (hp_map_count(c->frames) >= HP_CONN_MAX_FRAMES)
     return fail(c, -HP_EFULL, "FRAME_DEF of frame id %u exceeds the limit of %u frames "
                 "per session", f->frame_id, HP_CONN_MAX_FRAMES);
-  if (hp_map_put(c->frames, f->frame_id, &none) < 0)
+  hp_frame_def numbered = *f;
+  numbered.frame_id = next_number(c->frames);
+  hp_map_val v = {.number = numbered.frame_id};
+  if (hp_map_put(c->frames, f->frame_id, &v) < 0)
     return fail(c, -HP_ENOMEM, "out of memory recording frame id %u", f->frame_id);
-  return sink_rc(c, c->sink->frame_def(c->ctx, f), "FRAME_DEF");
+  return sink_rc(c, c->sink->frame_def(c->ctx, &numbered), "FRAME_DEF");
 }
 
 static int handle_stack_def(hp_conn *c, const hp_stack_def *s) {
-  static const hp_map_val none = {0, 0, 0};
+  assert(c->state == STREAMING);
   if (s->stack_id == 0)
     return fail(c, -HP_ERANGE, "STACK_DEF with stack id 0");
   if (s->depth > HP_MAX_STACK_DEPTH)
@@ -101,46 +115,55 @@ static int handle_stack_def(hp_conn *c, const hp_stack_def *s) {
   if (hp_map_count(c->stacks) >= HP_CONN_MAX_STACKS)
     return fail(c, -HP_EFULL, "STACK_DEF of stack id %u exceeds the limit of %u stacks "
                 "per session", s->stack_id, HP_CONN_MAX_STACKS);
-  for (uint32_t i = 0; i < s->depth; i++)
-    if (hp_map_get(c->frames, s->frame_ids[i]) == NULL)
+  for (uint32_t i = 0; i < s->depth; i++) {
+    const hp_map_val *f = hp_map_get(c->frames, s->frame_ids[i]);
+    if (f == NULL)
       return fail(c, -HP_EUNDEF, "stack id %u uses frame id %u, which was never defined",
                   s->stack_id, s->frame_ids[i]);
-  if (hp_map_put(c->stacks, s->stack_id, &none) < 0)
+    c->frame_numbers[i] = f->number;
+  }
+  hp_stack_def numbered = *s;
+  numbered.stack_id = next_number(c->stacks);
+  numbered.frame_ids = c->frame_numbers;
+  hp_map_val v = {.number = numbered.stack_id};
+  if (hp_map_put(c->stacks, s->stack_id, &v) < 0)
     return fail(c, -HP_ENOMEM, "out of memory recording stack id %u", s->stack_id);
-  return sink_rc(c, c->sink->stack_def(c->ctx, s), "STACK_DEF");
+  return sink_rc(c, c->sink->stack_def(c->ctx, &numbered), "STACK_DEF");
 }
 
-static int handle_events(hp_conn *c, const hp_events *ev) {
+/* Validates the whole batch before anything of it is passed on (a bad batch is
+ * refused as a unit), renumbering its stack ids on the way. */
+static int handle_events(hp_conn *c, hp_events *ev) {
   if (ev->count > HP_MAX_BATCH_EVENTS)
     return fail(c, -HP_ELEN, "EVENTS with %u events, over the limit of %u", ev->count,
                 HP_MAX_BATCH_EVENTS);
-  /* Validate the whole batch first: a bad batch is refused as a unit. */
   for (uint32_t i = 0; i < ev->count; i++) {
-    const hp_event *e = &ev->events[i];
+    hp_event *e = &ev->events[i];
     if (e->kind == HP_EV_FREE)
       continue;
     if (e->kind != HP_EV_ALLOC && e->kind != HP_EV_REATTRIBUTE)
       return fail(c, -HP_ERANGE, "event %u of EVENTS has unknown kind %u", i, e->kind);
     if (e->kind == HP_EV_ALLOC && e->domain > HP_DOMAIN_NATIVE)
       return fail(c, -HP_ERANGE, "event %u of EVENTS has unknown domain %u", i, e->domain);
-    if (e->stack_id != HP_NO_STACK && hp_map_get(c->stacks, e->stack_id) == NULL)
+    if (e->stack_id == HP_NO_STACK)
+      continue;
+    const hp_map_val *s = hp_map_get(c->stacks, e->stack_id);
+    if (s == NULL)
       return fail(c, -HP_EUNDEF, "event %u of EVENTS uses stack id %u, which was never defined",
                   i, e->stack_id);
+    e->stack_id = s->number;
   }
   if (ev->count == 0)
     return 0;
-  int rc = sink_rc(c, c->sink->events(c->ctx, ev->events, ev->count), "EVENTS");
-  if (rc == 0)
-    c->events += ev->count;
-  return rc;
+  return sink_rc(c, c->sink->events(c->ctx, ev->events, ev->count), "EVENTS");
 }
 
-int hp_conn_handle(hp_conn *c, const hp_msg *m) {
-  if (c->state == HP_CONN_FAILED)
+int hp_conn_handle(hp_conn *c, hp_msg *m) {
+  if (c->state == FAILED)
     return -HP_ECLOSED;
-  if (c->state == HP_CONN_DONE)
+  if (c->state == DONE)
     return fail(c, -HP_EORDER, "%s after GOODBYE", hp_msg_type_name(m->type));
-  if (c->state == HP_CONN_EXPECT_HELLO && m->type != HP_MSG_HELLO)
+  if (c->state == EXPECT_HELLO && m->type != HP_MSG_HELLO)
     return fail(c, -HP_EORDER, "%s before HELLO", hp_msg_type_name(m->type));
   switch (m->type) {
   case HP_MSG_HELLO:
@@ -161,7 +184,7 @@ int hp_conn_handle(hp_conn *c, const hp_msg *m) {
     int rc = sink_rc(c, c->sink->goodbye(c->ctx, &m->u.goodbye), "GOODBYE");
     if (rc < 0)
       return rc;
-    c->state = HP_CONN_DONE;
+    c->state = DONE;
     return 1;
   }
   }
@@ -184,9 +207,9 @@ static int fail_too_big(hp_conn *c, uint32_t announced) {
 }
 
 int hp_conn_feed(hp_conn *c, const uint8_t *data, size_t len) {
-  if (c->state == HP_CONN_FAILED)
+  if (c->state == FAILED)
     return -HP_ECLOSED;
-  if (c->state == HP_CONN_DONE && len > 0)
+  if (c->state == DONE && len > 0)
     return fail(c, -HP_EORDER, "%zu bytes after GOODBYE", len);
   int rc = hp_framer_feed(c->framer, data, len);
   if (rc < 0)
@@ -214,9 +237,5 @@ int hp_conn_feed(hp_conn *c, const uint8_t *data, size_t len) {
   }
 }
 
-hp_conn_state hp_conn_get_state(const hp_conn *c) { return c->state; }
 const char *hp_conn_error(const hp_conn *c) { return c->error; }
-uint64_t hp_conn_events(const hp_conn *c) { return c->events; }
 size_t hp_conn_buffered(const hp_conn *c) { return hp_framer_buffered(c->framer); }
-uint32_t hp_conn_frames(const hp_conn *c) { return (uint32_t)hp_map_count(c->frames); }
-uint32_t hp_conn_stacks(const hp_conn *c) { return (uint32_t)hp_map_count(c->stacks); }

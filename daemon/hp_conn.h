@@ -3,8 +3,9 @@
  * server.c feeds the bytes it reads from one socket; conn turns them into validated
  * messages for a sink (the store, or a test). It enforces the order PROTOCOL.md
  * requires: HELLO first and once; frame and stack ids defined once, before use, and
- * no more of them than the limits below; nothing after GOODBYE. A message that breaks a rule is not passed on; everything
- * before it was. Loop thread only; no libuv, no SQLite, so tests drive it directly. */
+ * no more of them than the limits below; nothing after GOODBYE. A message that breaks
+ * a rule is not passed on; everything before it was. Loop thread only; no libuv, no
+ * SQLite, so tests drive it directly. */
 #ifndef HP_CONN_H
 #define HP_CONN_H
 
@@ -14,15 +15,23 @@
 #include "hp_proto.h"
 
 /* Ids one stream may define: every definition costs memory until the session ends (an
- * id map entry here and one in the store), so a buggy or hostile agent must not grow
- * them without end. Twice what our agent can define (HP_INTERN_MAX_FRAMES/STACKS in
+ * id map entry here and an array entry in the store), so a buggy or hostile agent must
+ * not grow them without end. Twice what our agent can define (HP_INTERN_MAX_FRAMES/STACKS in
  * agent/hp_intern.h, 2^18 each), so a real session never reaches them. Beyond a limit
  * the stream fails with a protocol error naming it (daemon/README.md, "Limits"). */
 #define HP_CONN_MAX_FRAMES (1u << 19)
 #define HP_CONN_MAX_STACKS (1u << 19)
 
 /* Receivers of validated messages. Each returns 0 or a negative -HP_E* code, which
- * stops the stream (e.g. -HP_ENOMEM). Messages are borrowed for the call only. */
+ * stops the stream (e.g. -HP_ENOMEM). Messages are borrowed for the call only.
+ *
+ * Frame and stack ids reach the sink renumbered: conn numbers a stream's frames, and
+ * separately its stacks, 1, 2, 3, ... in the order they are defined, and every id in a
+ * message it passes on (a FRAME_DEF's frame_id, a STACK_DEF's stack_id and frame_ids,
+ * an event's stack_id) is that number; HP_NO_STACK stays 0. So conn's maps are the only
+ * ones keyed by the agent's ids, and a receiver keeps what it learns per id in an array
+ * (the store keeps database ids that way). Each number is passed on once, in order; a
+ * definition the sink refuses ends the stream, so no later message uses its number. */
 typedef struct {
   int (*hello)(void *ctx, const hp_hello *m);
   int (*frame_def)(void *ctx, const hp_frame_def *m);
@@ -34,13 +43,6 @@ typedef struct {
   int (*marker)(void *ctx, const hp_marker *m);
 } hp_conn_sink;
 
-typedef enum {
-  HP_CONN_EXPECT_HELLO = 0,  /* nothing valid received yet */
-  HP_CONN_STREAMING,         /* HELLO accepted */
-  HP_CONN_DONE,              /* GOODBYE accepted */
-  HP_CONN_FAILED,            /* a protocol error closed the stream */
-} hp_conn_state;
-
 typedef struct hp_conn hp_conn;  /* opaque */
 
 /* sink is borrowed for the life of the conn. NULL on OOM. */
@@ -49,17 +51,14 @@ void hp_conn_free(hp_conn *c);   /* NULL is a no-op */
 
 /* Feeds len bytes read from the socket. Returns 0 (more wanted), 1 (GOODBYE accepted:
  * the stream is complete), or a negative -HP_E* code: the stream is broken for good
- * and hp_conn_error() says why in one line. */
+ * (every later call returns -HP_ECLOSED) and hp_conn_error() says why in one line. */
 int hp_conn_feed(hp_conn *c, const uint8_t *data, size_t len);
 
-/* Applies one decoded message (what hp_conn_feed does per frame); same returns. */
-int hp_conn_handle(hp_conn *c, const hp_msg *m);
+/* Applies one decoded message (what hp_conn_feed does per frame); same returns. The
+ * events of an EVENTS message are renumbered in place (it is the decoder's scratch). */
+int hp_conn_handle(hp_conn *c, hp_msg *m);
 
-hp_conn_state hp_conn_get_state(const hp_conn *c);
 const char *hp_conn_error(const hp_conn *c);     /* "" while no error */
-uint64_t hp_conn_events(const hp_conn *c);       /* events accepted */
 size_t hp_conn_buffered(const hp_conn *c);       /* bytes held by the framer */
-uint32_t hp_conn_frames(const hp_conn *c);       /* frame ids defined so far */
-uint32_t hp_conn_stacks(const hp_conn *c);       /* stack ids defined so far */
 
 #endif /* HP_CONN_H */

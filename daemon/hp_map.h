@@ -1,12 +1,12 @@
 /* hp_map.h — open-addressing hash map from a 64-bit key to a small fixed value.
  *
  * Used by the daemon for everything it keys by an integer: the agent's frame and
- * stack ids of one stream (conn.c checks definitions, store.c maps them to database
- * ids) and the live sampled addresses of one session (store.c pairs frees with
- * allocations). Memory is proportional to the entries held: the table grows at half
- * load and shrinks again when it falls to an eighth, so an address map follows the
- * live sampled allocations of its session, not their history. The map has no limit of
- * its own: its owners cap the entries (HP_CONN_MAX_FRAMES/STACKS, HP_STORE_MAX_LIVE_ADDRS).
+ * stack ids of one stream (conn.c numbers them) and the live sampled addresses of one
+ * session (the store pairs frees with allocations). Memory is proportional to the
+ * entries held: the table grows at half load and shrinks again when it falls to an
+ * eighth, so an address map follows the live sampled allocations of its session, not
+ * their history. The map has no limit of its own: its owners cap the entries
+ * (HP_CONN_MAX_FRAMES/STACKS, HP_STORE_MAX_LIVE_ADDRS).
  * Not thread-safe: each map belongs to one thread. */
 #ifndef HP_MAP_H
 #define HP_MAP_H
@@ -14,8 +14,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The live sampled allocation at an address (the store's address maps). */
 typedef struct {
-  int64_t a, b, c;   /* meaning chosen by the owner of the map */
+  int64_t alloc_id;    /* its row in table alloc */
+  int64_t est_bytes;   /* what it adds to the timeline's live level */
+  int64_t est_count;   /* how many allocations it stands for */
+} hp_live_alloc;
+
+/* A value: each map uses one member, chosen by its owner. */
+typedef union {
+  uint32_t number;     /* conn's id maps: the id's number in its stream (hp_conn.h) */
+  hp_live_alloc live;  /* the store's address maps */
 } hp_map_val;
 
 typedef struct hp_map hp_map;  /* opaque */
@@ -29,13 +38,13 @@ int     hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v);
 hp_map_val *hp_map_upsert(hp_map *m, uint64_t key, int *created);
 /* Pointer to the value (valid until the next put/del/free), or NULL. */
 hp_map_val *hp_map_get(const hp_map *m, uint64_t key);
-/* 1 removed, 0 not present. */
-int     hp_map_del(hp_map *m, uint64_t key);
-/* Removes the entry whose value v points to (as returned by hp_map_get just before),
- * saving the second lookup of get-then-delete on the free path. */
+/* Removes the entry whose value v points to (as returned by hp_map_get or
+ * hp_map_upsert just before): one lookup where get-then-delete takes two. */
 void    hp_map_del_at(hp_map *m, hp_map_val *v);
 size_t  hp_map_count(const hp_map *m);
-size_t  hp_map_capacity(const hp_map *m); /* slots allocated, for bound tests */
+/* Slots allocated (32 bytes each): what the map's memory bound is stated in
+ * (daemon/README.md, "Limits"), and what tests check it by. */
+size_t  hp_map_capacity(const hp_map *m);
 
 /* Test hook: make the n-th allocation from now fail (0 disables). */
 void    hp_map_fail_alloc_after(unsigned n);

@@ -2,9 +2,10 @@
  *
  * The loop thread (server.c, through conn's sink) pushes copies of validated messages;
  * the store thread alone owns the sqlite3 connection. It interns frames and stacks
- * across sessions, maps each session's agent ids to database ids, pairs frees with
- * sampled allocations, keeps the timeline, and commits in transactions bounded by rows
- * and by time (HP_STORE_COMMIT_MS) so that readers see recent data within a second.
+ * across sessions, maps each session's frame and stack numbers to database ids, pairs
+ * frees with sampled allocations, keeps the timeline, and commits in transactions
+ * bounded by rows and by time (HP_STORE_COMMIT_MS) so that readers see recent data
+ * within a second.
  *
  * Pushing never blocks and never waits on SQLite. The queue is bounded in bytes:
  * hp_store_pause_if_full() tells the loop to stop reading sockets, and the store calls
@@ -13,9 +14,11 @@
  *
  * A transaction that fails (a full disk, another writer's lock, an I/O error) is rolled
  * back and written again, whole, until it commits; meanwhile the store takes nothing new
- * from the queue, so the queue's bound applies backpressure (store.c, "Failures"). Ids
- * are never reused after a rollback. What cannot be written in the end is counted in its
- * sessions' events_dropped, logged, and reported by hp_store_stop(). */
+ * from the queue, so the queue's bound applies backpressure (store_txn.c). Ids are never
+ * reused after a rollback. What cannot be written in the end is counted in its
+ * sessions' events_dropped, logged, and reported by hp_store_stop().
+ *
+ * The module's files and what each owns: daemon/store_int.h. */
 #ifndef HP_STORE_H
 #define HP_STORE_H
 
@@ -27,7 +30,6 @@
 #define HP_STORE_COMMIT_MS        200          /* longest a transaction stays open */
 #define HP_STORE_DEFAULT_ROWS     65536        /* rows per transaction */
 #define HP_STORE_QUEUE_HIGH       (16u << 20)  /* bytes queued: stop reading sockets */
-#define HP_STORE_QUEUE_LOW        (4u << 20)   /* bytes queued: read again */
 /* Live sampled allocations tracked per session (to pair their frees): as many as our
  * agent's own address table can hold (HP_ADDRTAB_MAX_SLOTS, agent/hp_addrtab.h), so a
  * real session never reaches it; about 256 MiB of map at the limit. Beyond it a new
@@ -57,7 +59,9 @@ typedef struct {
   int64_t timeline_interval_ns;
   uint32_t batch_rows;         /* 0: HP_STORE_DEFAULT_ROWS */
   uint32_t commit_ms;          /* 0: HP_STORE_COMMIT_MS */
-  size_t queue_high, queue_low;/* 0: the defaults above */
+  size_t queue_high;           /* 0: HP_STORE_QUEUE_HIGH */
+  size_t queue_low;            /* bytes queued to read again; 0 (or over queue_high):
+                                  a quarter of queue_high */
   uint32_t max_live_addrs;     /* per session; 0: HP_STORE_MAX_LIVE_ADDRS */
   uint32_t busy_timeout_ms;    /* how long BEGIN waits for another writer's lock before
                                   the transaction is retried later; 0: as opened */
@@ -83,21 +87,22 @@ int hp_store_start(hp_store **out, const hp_store_config *cfg);
  * no-op. */
 int hp_store_stop(hp_store *s);
 
-/* Loop thread only. The session handle is valid until hp_store_session_end(). Text from
- * the agent (argv, executable, python_version, frame names, thread names, marker
- * labels) is stored repaired to valid UTF-8 (hp_utf8.h), argv bounded by
- * HP_STORE_MAX_ARGV_BYTES, and agents' clocks clamped to 0 .. INT64_MAX ns. */
+/* Loop thread only. The session handle is valid until hp_store_session_end(). Messages
+ * come from conn (hp_conn.h): frame and stack ids are the numbers conn gave them, 1, 2,
+ * ... per session in the order of their definition, each defined before it is used.
+ * Text from the agent (argv, executable, python_version, frame names, thread names,
+ * marker labels) is stored repaired to valid UTF-8 (hp_utf8.h), argv bounded by
+ * HP_STORE_MAX_ARGV_BYTES, and agents' clocks clamped to 0 .. INT64_MAX ns. Each call
+ * returns 0, or -HP_ENOMEM with nothing queued. */
 hp_store_session *hp_store_session_start(hp_store *s, const hp_hello *h, int64_t peer_pid);
 int hp_store_frame_def(hp_store *s, hp_store_session *ss, const hp_frame_def *m);
 int hp_store_stack_def(hp_store *s, hp_store_session *ss, const hp_stack_def *m);
 int hp_store_events(hp_store *s, hp_store_session *ss, const hp_event *ev, uint32_t n);
-int hp_store_counters(hp_store *s, hp_store_session *ss, uint64_t events_dropped);
-/* COUNTERS in full: events_dropped as above, events_sent (kept for the end, above), and
- * the agent's current sampling interval.
- * When the interval differs from the session's current one (HELLO's until a change), the
- * change is stored as a sampling_change row at m->ts_ns (schema/README.md,
- * "sampling_changes"). hp_store_counters() leaves the interval as it is. */
-int hp_store_counters_msg(hp_store *s, hp_store_session *ss, const hp_counters *m);
+/* COUNTERS: the agent's drop count, events_sent (for an end without GOODBYE, below) and
+ * its current sampling interval. When the interval differs from the session's current
+ * one (HELLO's until a change), the change is stored as a sampling_change row at
+ * m->ts_ns (schema/README.md, "sampling_changes"). */
+int hp_store_counters(hp_store *s, hp_store_session *ss, const hp_counters *m);
 /* GOODBYE: the agent's final drop count, the end time and why it ended (end_reason
  * HP_END_HOOKS_REPLACED stores the session as 'hooks_replaced'). */
 int hp_store_goodbye(hp_store *s, hp_store_session *ss, const hp_goodbye *m);
@@ -115,7 +120,6 @@ void hp_store_session_end(hp_store *s, hp_store_session *ss, hp_session_end how,
 /* 1 when the queue is over its high-water mark: the caller must stop reading, and
  * on_resume will be called once it has drained; 0 otherwise. */
 int hp_store_pause_if_full(hp_store *s);
-size_t hp_store_queued_bytes(hp_store *s);
 
 /* Test hook: the loop-side allocations of this module fail from the n-th one on,
  * until called again with 0. */

@@ -51,8 +51,4 @@ int hp_timeline_current(const hp_timeline *t, hp_tl_row *row);
  * that interval's end_bytes. */
 int hp_timeline_finish(hp_timeline *t, int64_t end_ns, hp_tl_row *out);
 
-/* The level now, clamped to the int64 range (rows are clamped the same way). */
-int64_t hp_timeline_live_bytes(const hp_timeline *t);
-int64_t hp_timeline_live_count(const hp_timeline *t);
-
 #endif /* HP_TIMELINE_H */

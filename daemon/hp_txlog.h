@@ -4,7 +4,7 @@
  * or an I/O error, but the store has already applied its effects to memory (ids handed
  * out, frees paired, the timeline moved). So every write of the open transaction is
  * also appended here, with its values, and a transaction that failed is written again
- * from this log, whole, before anything new (store.c, "Failures"). Each entry is a kind
+ * from this log, whole, before anything new (store_txn.c). Each entry is a kind
  * chosen by the store, up to HP_TXOP_VALUES integers and an optional blob that the log
  * copies. Store thread only; the log holds at most one transaction's writes. */
 #ifndef HP_TXLOG_H
@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HP_TXOP_VALUES 10
+#define HP_TXOP_VALUES 11
 
 typedef struct {
   int kind;

@@ -13,13 +13,11 @@
 /* Output bytes per input byte at most: an invalid byte becomes U+FFFD (3 bytes). */
 #define HP_UTF8_MAX_GROWTH 3u
 
-/* 1 when the len bytes at src are well-formed UTF-8 (RFC 3629: no overlong forms, no
- * surrogates, nothing past U+10FFFF) without a NUL; else 0. */
-int hp_utf8_valid(const char *src, size_t len);
-
 /* Copies the len bytes at src to dst (room for HP_UTF8_MAX_GROWTH * len bytes), each byte
- * that does not begin a well-formed sequence, and each NUL, replaced by U+FFFD. Returns
- * the bytes written; dst is not NUL-terminated. */
+ * that does not begin a well-formed sequence (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF), and each NUL, replaced by U+FFFD. Well-formed text
+ * comes out byte for byte, so text is valid exactly when repairing it changes nothing.
+ * Returns the bytes written; dst is not NUL-terminated. */
 size_t hp_utf8_repair(char *dst, const char *src, size_t len);
 
 #endif /* HP_UTF8_H */

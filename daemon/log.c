@@ -21,10 +21,10 @@ int hp_log_parse_level(const char *name) {
   return -1;
 }
 
-int hp_log_enabled(hp_log_level level) { return (int)level <= atomic_load(&current_level); }
+static int enabled(hp_log_level level) { return (int)level <= atomic_load(&current_level); }
 
 void hp_log(hp_log_level level, const char *fmt, ...) {
-  if (!hp_log_enabled(level))
+  if (!enabled(level))
     return;
   char buf[2048];
   int n = snprintf(buf, sizeof buf, "heapprofd: %s: ", names[level]);

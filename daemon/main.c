@@ -186,9 +186,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   /* The database connection is used by one thread at a time (opened here, then only
-   * by the store thread), so SQLite's per-call connection mutex is pure cost: it was
-   * 15% of the store thread's time in the ingestion benchmark. Must precede any
-   * other SQLite call. Memory statistics would add a global mutex per malloc. */
+   * by the store thread), so SQLite's per-call connection mutex is pure cost
+   * (bench/README.md). Must precede any other SQLite call. Memory statistics would add
+   * a global mutex per malloc. */
   if (sqlite3_config(SQLITE_CONFIG_MULTITHREAD) != SQLITE_OK ||
       sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) != SQLITE_OK)
     hp_log(HP_LOG_DEBUG, "SQLite refused the threading configuration; using its default");

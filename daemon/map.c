@@ -6,6 +6,7 @@
  * slot of its own outside the table, so an empty table slot can be marked by key 0. */
 #include "hp_map.h"
 
+#include <assert.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,8 @@ void hp_map_free(hp_map *m) {
 }
 
 static int rehash(hp_map *m, size_t new_cap) {
+  assert(new_cap >= HP_MAP_MIN_CAP && (new_cap & (new_cap - 1)) == 0);
+  assert(m->count * 2 <= new_cap);  /* every entry fits, with an empty slot to end probes */
   slot *ns = map_calloc(new_cap, sizeof(slot));
   if (ns == NULL)
     return -HP_ENOMEM;
@@ -76,6 +79,7 @@ static int rehash(hp_map *m, size_t new_cap) {
 }
 
 static slot *find(const hp_map *m, uint64_t key) {
+  assert(key != 0);
   if (m->cap == 0)
     return NULL;
   size_t mask = m->cap - 1;
@@ -110,6 +114,7 @@ int hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v) {
   m->slots[i].key = key;
   m->slots[i].val = *v;
   m->count++;
+  assert(m->count * 2 <= m->cap);  /* at most half full: probes always end */
   return 0;
 }
 
@@ -117,7 +122,7 @@ hp_map_val *hp_map_upsert(hp_map *m, uint64_t key, int *created) {
   if (key == 0) {
     *created = !m->has_zero;
     if (*created)
-      m->zero_val = (hp_map_val){0, 0, 0};
+      memset(&m->zero_val, 0, sizeof m->zero_val);
     m->has_zero = 1;
     return &m->zero_val;
   }
@@ -136,8 +141,9 @@ hp_map_val *hp_map_upsert(hp_map *m, uint64_t key, int *created) {
     }
   }
   m->slots[i].key = key;
-  m->slots[i].val = (hp_map_val){0, 0, 0};
+  memset(&m->slots[i].val, 0, sizeof m->slots[i].val);
   m->count++;
+  assert(m->count * 2 <= m->cap);
   *created = 1;
   return &m->slots[i].val;
 }
@@ -150,6 +156,7 @@ hp_map_val *hp_map_get(const hp_map *m, uint64_t key) {
 }
 
 static void del_slot(hp_map *m, size_t hole) {
+  assert(hole < m->cap && m->slots[hole].key != 0 && m->count > 0);
   size_t mask = m->cap - 1;
   /* Backward shift: pull later members of the probe run into the hole whenever
    * their home slot does not lie cyclically between the hole and themselves. */
@@ -168,21 +175,9 @@ static void del_slot(hp_map *m, size_t hole) {
     (void)rehash(m, m->cap / 2);
 }
 
-int hp_map_del(hp_map *m, uint64_t key) {
-  if (key == 0) {
-    int had = m->has_zero;
-    m->has_zero = 0;
-    return had;
-  }
-  slot *s = find(m, key);
-  if (s == NULL)
-    return 0;
-  del_slot(m, (size_t)(s - m->slots));
-  return 1;
-}
-
 void hp_map_del_at(hp_map *m, hp_map_val *v) {
   if (v == &m->zero_val) {
+    assert(m->has_zero);
     m->has_zero = 0;
     return;
   }

@@ -245,7 +245,7 @@ static int sink_events(void *ctx, const hp_event *ev, uint32_t n) {
 }
 static int sink_counters(void *ctx, const hp_counters *m) {
   client *c = ctx;
-  return hp_store_counters_msg(c->srv->store, c->ss, m);
+  return hp_store_counters(c->srv->store, c->ss, m);
 }
 static int sink_goodbye(void *ctx, const hp_goodbye *m) {
   client *c = ctx;

@@ -1,8 +1,9 @@
 /* timeline.c — per-session live-heap intervals (see hp_timeline.h for the contract).
- * Sits at the end of the daemon pipeline: store.c feeds it paired events and writes
- * the rows it completes into timeline_point. */
+ * Sits at the end of the daemon pipeline: the store feeds it paired events
+ * (store_pair.c) and writes the rows it completes into timeline_point. */
 #include "hp_timeline.h"
 
+#include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -61,6 +62,7 @@ static int close_open(hp_timeline *t, int64_t next, int64_t until, hp_tl_row *ou
       after < next && after <= until)
     out[n++] = row_of(after, t->live_b, t->live_c, t->live_b);
   t->changed = 0;
+  assert(n <= HP_TL_MAX_ROWS);
   return n;
 }
 
@@ -89,6 +91,7 @@ int hp_timeline_add(hp_timeline *t, int64_t ts_ns, int64_t dbytes, int64_t dcoun
     t->max_c = t->live_c;
   }
   t->changed = 1;
+  assert(t->max_b >= t->live_b);  /* the open interval's maximum includes the level now */
   return n;
 }
 
@@ -124,5 +127,3 @@ int hp_timeline_finish(hp_timeline *t, int64_t end_ns, hp_tl_row *out) {
   return close_open(t, INT64_MAX, end_ns, out);
 }
 
-int64_t hp_timeline_live_bytes(const hp_timeline *t) { return clamp(t->live_b); }
-int64_t hp_timeline_live_count(const hp_timeline *t) { return clamp(t->live_c); }

@@ -38,18 +38,6 @@ static size_t seq_len(const unsigned char *p, size_t n) {
   return len;
 }
 
-int hp_utf8_valid(const char *src, size_t len) {
-  const unsigned char *p = (const unsigned char *)src;
-  size_t i = 0;
-  while (i < len) {
-    size_t k = seq_len(p + i, len - i);
-    if (k == 0)
-      return 0;
-    i += k;
-  }
-  return 1;
-}
-
 size_t hp_utf8_repair(char *dst, const char *src, size_t len) {
   static const char replacement[3] = {(char)0xef, (char)0xbf, (char)0xbd};  /* U+FFFD */
   const unsigned char *p = (const unsigned char *)src;

@@ -13,6 +13,7 @@
  *      field's type, range and length, with a message naming the field and the limit.
  * Stream-level rules (HELLO first, ids defined before use) are the daemon's job.
  * Layouts and limits: PROTOCOL.md. */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -165,6 +166,7 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
   for (;;) {
     while (left[sp] == 0) {
       if (sp == 0) {
+        assert(pos <= len);
         *end = pos;
         *nobjects = objects;
         return 0;
@@ -244,6 +246,7 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
     if (HP_UNLIKELY(objects + pending > HP_SCAN_MAX_OBJECTS))
       return fail(d, -HP_ELEN, "%s holds more than %u msgpack values",
                   peek_type_name(p, len), HP_SCAN_MAX_OBJECTS);
+    assert(sp < HP_SCAN_MAX_DEPTH && n <= len);  /* both checked just above */
     left[++sp] = (uint32_t)n;
   }
 }

@@ -1,4 +1,4 @@
-/* hp_error.c — names and messages for the HP_ERRNO_MAP codes and for -errno. */
+/* hp_error.c — messages for the HP_ERRNO_MAP codes and for -errno. */
 #include <string.h>
 
 #include "hp_error.h"
@@ -14,20 +14,4 @@ const char *hp_strerror(int err) {
   if (err < 0 && -err < 1000)
     return strerror(-err);  /* glibc returns a static or thread-local buffer */
   return "unknown error";
-}
-
-const char *hp_err_name(int err) {
-  switch (-err) {
-#define HP_ERROR_NAME_(name, code, msg) case code: return #name;
-    HP_ERRNO_MAP(HP_ERROR_NAME_)
-#undef HP_ERROR_NAME_
-  default:
-    break;
-  }
-  if (err < 0 && -err < 1000) {
-    const char *name = strerrorname_np(-err);
-    if (name != NULL)
-      return name;
-  }
-  return "UNKNOWN";
 }

@@ -39,7 +39,4 @@ typedef enum {
  * The returned string is static (or thread-local for unknown codes). */
 const char *hp_strerror(int err);
 
-/* Short symbolic name such as "ETRUNC" (or "EACCES" style for -errno; "UNKNOWN"). */
-const char *hp_err_name(int err);
-
 #endif /* HP_ERROR_H */

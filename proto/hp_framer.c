@@ -6,6 +6,7 @@
  * announced length above max_frame is refused as soon as its header is complete, and
  * nothing after that header is ever kept. Consumed bytes are shifted out only when the
  * tail has no room, so reassembling a large frame from small reads copies it once. */
+#include <assert.h>
 #include <string.h>
 
 #include "hp_proto_int.h"
@@ -86,6 +87,7 @@ static HP_NOINLINE int make_room(hp_framer *f, size_t len) {
     return -HP_ENOMEM;
   f->buf = nb;
   f->cap = cap;
+  assert(f->cap - f->end >= len);
   return 0;
 }
 
@@ -107,6 +109,7 @@ int hp_framer_feed(hp_framer *f, const uint8_t *data, size_t len) {
   memcpy(f->buf + f->end, data, len);
   f->end += len;
   f->end = keep_end(f);
+  assert(f->start <= f->end && f->end <= f->cap);
   return 0;
 }
 
@@ -131,5 +134,6 @@ int hp_framer_next(hp_framer *f, const uint8_t **payload, uint32_t *len) {
   *payload = f->buf + f->start + HP_FRAME_HEADER_BYTES;
   *len = n;
   f->start += HP_FRAME_HEADER_BYTES + (size_t)n;
+  assert(f->start <= f->end);
   return 1;
 }

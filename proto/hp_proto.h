@@ -120,7 +120,8 @@ typedef struct {
 
 typedef struct {
   uint32_t count;                  /* <= HP_MAX_BATCH_EVENTS */
-  const hp_event *events;
+  hp_event *events;                /* decoded: the decoder's scratch, which the receiver
+                                      may rewrite (the daemon renumbers stack ids) */
 } hp_events;
 
 /* Cumulative totals since HELLO; the latest one wins. */

@@ -26,9 +26,9 @@
 extern const char hp_schema_sql_text[];
 extern const char hp_schema_index_sql_text[];
 
-/* Page size of databases heapprofd creates: 16 KiB pages cost the daemon about 8% less
- * CPU per stored event than SQLite's default 4 KiB (bench/README.md, "Ingestion"): fewer
- * b-tree pages to split and to write to the WAL per row. */
+/* Page size of databases heapprofd creates: larger than SQLite's default 4 KiB, so that
+ * each row costs fewer b-tree page splits and WAL page writes, and the daemon less CPU
+ * per stored event (bench/README.md, "Ingestion"). */
 #define HP_SCHEMA_PAGE_SIZE 16384
 #define HP_SCHEMA_STR_(x) #x
 #define HP_SCHEMA_STR(x) HP_SCHEMA_STR_(x)
@@ -632,10 +632,6 @@ int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errl
 out_close:
   sqlite3_close(db);
   return rc;
-}
-
-const char *hp_schema_sql(void) {
-  return hp_schema_sql_text;
 }
 
 const char *hp_schema_index_sql(void) {

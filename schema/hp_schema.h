@@ -33,9 +33,6 @@ int hp_schema_open(const char *path, sqlite3 **db_out, char *errbuf, size_t errl
  * 0 otherwise, or when it cannot be told. */
 int hp_schema_path_warning(const char *path, char *buf, size_t len);
 
-/* The embedded schema.sql text (static). */
-const char *hp_schema_sql(void);
-
 /* The embedded indexes.sql text (static): the optional read indexes (alloc by
  * (session_id, freed_ns) and by (session_id, stack_id)) that make queries over long
  * sessions fast but slow ingestion down, so heapprofd builds them at shutdown. Every

@@ -189,7 +189,7 @@ static int decode_bytes(const void *p, size_t len, char *err, size_t errlen) {
  * messages. err_has / err_is NULL: that part of the message is not checked. */
 static void assert_decoded(const char *name, int rc, const char *err, int want,
                            const char *err_has, const char *err_is) {
-  ck_assert_msg(rc == want, "%s: got %s, want %s (%s)", name, hp_err_name(rc), hp_err_name(want),
+  ck_assert_msg(rc == want, "%s: got %d (%s), want %d (%s)", name, rc, hp_strerror(rc), want,
                 err);
   if (err_has != NULL)
     ck_assert_msg(strstr(err, err_has) != NULL, "%s: '%s' lacks '%s'", name, err, err_has);
@@ -632,8 +632,8 @@ static void check_every_prefix_is_truncated(hp_encoder *e) {
     uint8_t *copy = malloc(cut ? cut : 1);
     memcpy(copy, p, cut);
     int rc = hp_decoder_decode(d, copy, cut, &m);
-    ck_assert_msg(rc == -HP_ETRUNC, "cut at %zu of %zu: got %s (%s)", cut, len,
-                  hp_err_name(rc), hp_decoder_error(d));
+    ck_assert_msg(rc == -HP_ETRUNC, "cut at %zu of %zu: got %d (%s)", cut, len, rc,
+                  hp_decoder_error(d));
     ck_assert_str_ne(hp_decoder_error(d), "");
     free(copy);
   }
@@ -791,8 +791,8 @@ START_TEST(decode_rejects_wrong_type_in_each_position) {
     for (int w = 0; w < 2; w++) {
       int rc = decode_built(t, f, wrongs[w], err, sizeof(err));
       int want = (t == HP_MSG_HELLO && f == 2) ? -HP_EMAGIC : -HP_ETYPE;
-      ck_assert_msg(rc == want, "%s element %u (wrong %d): got %s: %s", hp_msg_type_name(t), f,
-                    w, hp_err_name(rc), err);
+      ck_assert_msg(rc == want, "%s element %u (wrong %d): got %d (%s): %s",
+                    hp_msg_type_name(t), f, w, rc, hp_strerror(rc), err);
       if (f > 1) {
         char where[64];
         snprintf(where, sizeof(where), "%s field %u (%s)", hp_msg_type_name(t), f,
@@ -1395,7 +1395,7 @@ END_TEST
 
 /* The encoder refuses what the decoder would refuse, and leaves its buffer untouched. */
 static void assert_refused(hp_encoder *e, int rc, int want) {
-  ck_assert_msg(rc == want, "got %s, want %s", hp_err_name(rc), hp_err_name(want));
+  ck_assert_msg(rc == want, "got %d (%s), want %d", rc, hp_strerror(rc), want);
   size_t n;
   const uint8_t *p = hp_encoder_data(e, &n);
   /* The buffer still holds exactly the one GOODBYE encoded before. */

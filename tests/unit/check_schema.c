@@ -16,8 +16,10 @@
 
 #include "check_db_util.h"
 
-/* tests/data/schema_v1.sql, embedded by meson: the schema older heapprofd wrote. */
+/* tests/data/schema_v1.sql, embedded by meson: the schema older heapprofd wrote; and
+ * schema/schema.sql as hp_schema embeds it (schema/meson.build): the one it writes. */
 extern const char hp_test_schema_v1_sql[];
+extern const char hp_schema_sql_text[];
 
 static char tmpdir[256];
 static char dbpath[512];
@@ -125,7 +127,7 @@ static void assert_refused_untouched(const char *name, int want, const char *msg
   sqlite3 *db = (sqlite3 *)0x1;
 
   int rc = hp_schema_open(dbpath, &db, errbuf, sizeof errbuf);
-  ck_assert_msg(rc == want, "%s: rc %d (%s), want %d; message: %s", name, rc, hp_err_name(rc),
+  ck_assert_msg(rc == want, "%s: rc %d (%s), want %d; message: %s", name, rc, hp_strerror(rc),
                 want, errbuf);
   ck_assert_msg(db == NULL, "%s: a connection was returned", name);
   ck_assert_msg(strstr(errbuf, dbpath) != NULL, "%s: message does not name the file: %s", name,
@@ -270,11 +272,14 @@ START_TEST(open_while_another_connection_holds_it) {
 }
 END_TEST
 
-START_TEST(schema_text_is_embedded) {
-  const char *sql = hp_schema_sql();
-  ck_assert_ptr_nonnull(sql);
-  ck_assert_ptr_nonnull(strstr(sql, "PRAGMA application_id"));
-  ck_assert_ptr_nonnull(strstr(sql, "CREATE VIEW IF NOT EXISTS allocations"));
+START_TEST(new_databases_get_the_embedded_schema) {
+  sqlite3 *db = NULL;
+  ck_assert_int_eq(hp_schema_open(dbpath, &db, errbuf, sizeof errbuf), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "PRAGMA application_id"), HP_SCHEMA_APPLICATION_ID);
+  ck_assert_int_eq(hp_test_db_int(db, "PRAGMA user_version"), HP_SCHEMA_VERSION);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM sqlite_schema WHERE type = 'view'"
+                                      " AND name = 'allocations'"), 1);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
 }
 END_TEST
 
@@ -289,7 +294,7 @@ START_TEST(new_databases_get_16k_pages_existing_ones_keep_theirs) {
   snprintf(other, sizeof other, "%s/old.sqlite", tmpdir);
   db = hp_test_db_open(other);
   exec_ok(db, "PRAGMA page_size=4096");
-  exec_ok(db, hp_schema_sql());
+  exec_ok(db, hp_schema_sql_text);
   ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
   ck_assert_int_eq(hp_schema_open(other, &db, errbuf, sizeof errbuf), 0);
   ck_assert_int_eq(hp_test_db_int(db, "PRAGMA page_size"), 4096);
@@ -622,7 +627,7 @@ END_TEST
 
 /* ------------------------------------------------------------------ path */
 
-/* The database path is protected as the socket's is (issue 12, item 15): heapprofd may
+/* The database path is protected as the socket's is: heapprofd may
  * run as root in a directory others can write to. */
 
 static void side_path(char *buf, size_t n, const char *suffix) {
@@ -968,7 +973,7 @@ Suite *schema_suite(void) {
   tcase_add_test(core, reopen_keeps_data_and_appends_sessions);
   tcase_add_test(core, reopen_restores_missing_views);
   tcase_add_test(core, open_while_another_connection_holds_it);
-  tcase_add_test(core, schema_text_is_embedded);
+  tcase_add_test(core, new_databases_get_the_embedded_schema);
   tcase_add_test(core, read_indexes_are_counted_and_not_created_by_open);
   tcase_add_test(core, new_databases_get_16k_pages_existing_ones_keep_theirs);
   tcase_add_test(core, stale_running_sessions_end_at_their_last_event);

@@ -1,8 +1,8 @@
-/* check_store_adapt.c — the storage thread's side of adaptive sampling (issue 4): a
+/* check_store_adapt.c — the storage thread's side of adaptive sampling: a
  * COUNTERS whose interval differs from the session's current one becomes one
- * sampling_change row, at the agent's time turned into wall-clock time; repeats, the
- * interval-less hp_store_counters() and size-bucket sessions store none; a failed
- * allocation refuses the message and stores nothing.
+ * sampling_change row, at the agent's time turned into wall-clock time; repeats and
+ * size-bucket sessions store none; a failed allocation refuses the message and stores
+ * nothing.
  *
  * Its own file beside check_store.c (another area's) so that the two can change
  * independently; it drives the same module, hp_store. */
@@ -57,9 +57,14 @@ static hp_hello hello(int64_t pid, uint64_t interval) {
   return h;
 }
 
+static int counters_dropped(hp_store *s, hp_store_session *ss, uint64_t ms, uint64_t interval,
+                            uint64_t dropped) {
+  hp_counters c = {.ts_ns = MS(ms), .events_dropped = dropped, .sample_interval_bytes = interval};
+  return hp_store_counters(s, ss, &c);
+}
+
 static int counters(hp_store *s, hp_store_session *ss, uint64_t ms, uint64_t interval) {
-  hp_counters c = {.ts_ns = MS(ms), .events_dropped = 0, .sample_interval_bytes = interval};
-  return hp_store_counters_msg(s, ss, &c);
+  return counters_dropped(s, ss, ms, interval, 0);
 }
 
 START_TEST(store_keeps_each_change_once_at_its_wall_time) {
@@ -70,7 +75,7 @@ START_TEST(store_keeps_each_change_once_at_its_wall_time) {
   ck_assert_int_eq(counters(s, ss, 1, 1), 0);    /* HELLO's value again: no row */
   ck_assert_int_eq(counters(s, ss, 20, 8), 0);
   ck_assert_int_eq(counters(s, ss, 30, 8), 0);
-  ck_assert_int_eq(hp_store_counters(s, ss, 5), 0);  /* no interval: leaves it at 8 */
+  ck_assert_int_eq(counters_dropped(s, ss, 35, 8, 5), 0);  /* the same interval: no row */
   ck_assert_int_eq(counters(s, ss, 40, 64), 0);
   hp_goodbye g = {MS(50), 5, HP_END_STOPPED};
   ck_assert_int_eq(hp_store_goodbye(s, ss, &g), 0);
@@ -123,9 +128,9 @@ START_TEST(store_never_adapts_size_bucket_sessions) {
 }
 END_TEST
 
-/* The COUNTERS item is the only loop-side allocation of hp_store_counters_msg: when it
+/* The COUNTERS item is the only loop-side allocation of hp_store_counters: when it
  * fails the call says so and the change is not stored; the next one is. */
-START_TEST(store_counters_msg_out_of_memory_stores_nothing) {
+START_TEST(store_counters_out_of_memory_stores_nothing) {
   hp_store *s = start();
   hp_hello h = hello(1, 2);
   hp_store_session *ss = hp_store_session_start(s, &h, 1);
@@ -156,7 +161,7 @@ Suite *store_adapt_suite(void) {
   TCase *oom = tcase_create("oom");
   tcase_add_checked_fixture(oom, setup, teardown);
   tcase_set_timeout(oom, 30);
-  tcase_add_test(oom, store_counters_msg_out_of_memory_stores_nothing);
+  tcase_add_test(oom, store_counters_out_of_memory_stores_nothing);
   suite_add_tcase(s, oom);
   return s;
 }
