@@ -56,6 +56,14 @@ class UsageError(Exception):
     pass
 
 
+def _refuse_unsupported_python():
+    """The program would run unprofiled: say so before anything starts."""
+    from heapprof import unsupported_reason
+    reason = unsupported_reason()
+    if reason:
+        raise UsageError(reason)
+
+
 def _parse(argv, options):
     """Options (name -> takes a value) up to the program; returns (opts, module, rest)."""
     opts, i = {}, 0
@@ -294,6 +302,7 @@ def run_main(argv):
         if opts.get('help'):
             sys.stdout.write(RUN_USAGE)
             return 0
+        _refuse_unsupported_python()
         env = dict(os.environ)
         if 'interval' in opts and 'rates' in opts:
             raise UsageError('--interval %s and --rates %s are both set: give one'
@@ -473,6 +482,7 @@ def stats_main(argv):
         if opts.get('help'):
             sys.stdout.write(STATS_USAGE)
             return 0
+        _refuse_unsupported_python()
         if module is None and not os.path.exists(rest[0]):
             raise UsageError("can't open file %r: no such file" % rest[0])
         if opts.get('report') and opts.get('socket'):
