@@ -62,6 +62,8 @@ static int on_code_event(PyCodeEvent event, PyCodeObject *code)
 
 static int watch_codes_with_watcher(void (*destroyed)(PyCodeObject *code))
 {
+  if (PyInterpreterState_Get() != PyInterpreterState_Main())
+    return -1;   /* the main interpreter's code would go unwatched */
   g_code_destroyed = destroyed;
   if (PyCode_AddWatcher(on_code_event) < 0) {   /* all watcher slots taken */
     PyErr_Clear();
