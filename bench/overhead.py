@@ -87,7 +87,7 @@ IDLE_TIMEOUT = 60.0                # give up waiting for an idle daemon after th
 CLK_TCK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
 
 
-def find_heapprofd(python):
+def find_heapprofd(python=sys.executable):
     env = os.environ.get('HEAPPROFD')
     if env:
         return env
