@@ -1,31 +1,19 @@
-/* hp_hooks.c — PEP 445 hooks: the per-allocation fast path, sampling, and the stack walk.
+/* hp_hooks.c — PEP 445 hooks: the per-allocation fast path and sampling.
  *
  * Pipeline position: the program's allocation -> these hooks -> hp_sampler (decide) ->
- * stack walk + interning (sampled only) -> hp_agent_record_* -> ring -> sender thread.
+ * hp_stacks (the Python stack, sampled only) -> hp_agent_record_* -> ring -> sender thread.
  *
- * The stack walk reads CPython 3.11's interpreter frames directly
- * (tstate->cframe->current_frame, ->previous, ->f_code, ->prev_instr), the way
- * tracemalloc does: PyThreadState_GetFrame()/PyFrame_GetBack() would create frame
- * objects, i.e. allocate, inside an allocator hook. Incomplete frames (still setting
- * up, before their first RESUME) are skipped. Only the thread that holds the GIL walks
- * its stack; any other caller (raw domain without the GIL) records stack id 0 without
- * touching Python state.
+ * Nothing here knows the CPython version: the stack of a sample comes from hp_stacks,
+ * which reads frames through the version shim hp_pyframe. Only the thread that holds the
+ * GIL gets a stack; any other caller (raw domain without the GIL) records stack id 0
+ * without touching Python state.
  *
  * Re-entry: a thread-local flag is set while a hook runs the real allocator and while
  * agent code runs. PyObject_Malloc falls through to PyMem_RawMalloc above 512 bytes;
  * the flag makes the inner raw call a plain pass-through, so one request is counted
- * once, in the domain the program asked for. The agent's own allocations (e.g. the
- * UTF-8 copy PyUnicode_AsUTF8AndSize may cache) pass through unprofiled. */
+ * once, in the domain the program asked for. The agent's own allocations pass through
+ * unprofiled. */
 #include <Python.h>
-
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-#define HP_FRAMES_SUPPORTED 1
-#define Py_BUILD_CORE 1
-#include <internal/pycore_frame.h>
-#undef Py_BUILD_CORE
-#else
-#define HP_FRAMES_SUPPORTED 0
-#endif
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -37,6 +25,7 @@
 #include "hp_addrtab.h"
 #include "hp_agent.h"
 #include "hp_hooks.h"
+#include "hp_stacks.h"
 #include "hp_stats.h"
 
 typedef struct {
@@ -93,144 +82,6 @@ static inline void leave(hook_tls *t)
   t->key = t->sampler.generation;
 }
 
-#if HP_FRAMES_SUPPORTED
-/* Direct-mapped cache (code, instruction offset) -> frame id, so that a hit skips the
- * line-table scan of PyCode_Addr2Line. Only interned code objects enter it and those
- * are kept alive, so a cached code pointer is never reused. Protected by the GIL. */
-#define FRAME_CACHE_SIZE 8192u
-static struct {
-  PyCodeObject *code;
-  int lasti;
-  uint32_t id;
-} g_frame_cache[FRAME_CACHE_SIZE];
-
-static uint32_t intern_new_frame(hp_intern *in, PyCodeObject *code, int line)
-{
-  PyObject *et, *ev, *tb;
-  Py_ssize_t nlen = 0, flen = 0;
-  /* Keep any exception the program is raising right now; AsUTF8 may set its own. */
-  PyErr_Fetch(&et, &ev, &tb);
-  const char *name = PyUnicode_AsUTF8AndSize(code->co_qualname, &nlen);
-  if (!name) {
-    PyErr_Clear();
-    name = "?";
-    nlen = 1;
-  }
-  const char *file = PyUnicode_AsUTF8AndSize(code->co_filename, &flen);
-  if (!file) {
-    PyErr_Clear();
-    file = "?";
-    flen = 1;
-  }
-  PyErr_Restore(et, ev, tb);
-  int64_t id = hp_intern_frame_add(in, (uintptr_t)code, line, name, (size_t)nlen, file,
-                                   (size_t)flen);
-  if (id <= 0)
-    return 0;
-  /* The key is the code object's address: keep it alive so the address is never
-   * handed to different code. Bounded by HP_INTERN_MAX_FRAMES. */
-  Py_INCREF(code);
-  return (uint32_t)id;
-}
-
-static uint32_t frame_id(hp_intern *in, _PyInterpreterFrame *f)
-{
-  PyCodeObject *code = f->f_code;
-  int lasti = _PyInterpreterFrame_LASTI(f);
-  size_t slot = (((uintptr_t)code >> 4) * 31u + (unsigned)lasti) & (FRAME_CACHE_SIZE - 1);
-  if (g_frame_cache[slot].code == code && g_frame_cache[slot].lasti == lasti)
-    return g_frame_cache[slot].id;
-  int line = PyCode_Addr2Line(code, lasti * (int)sizeof(_Py_CODEUNIT));
-  uint32_t id = hp_intern_frame_find(in, (uintptr_t)code, line);
-  if (id == 0)
-    id = intern_new_frame(in, code, line);
-  if (id != 0) {
-    g_frame_cache[slot].code = code;
-    g_frame_cache[slot].lasti = lasti;
-    g_frame_cache[slot].id = id;
-  }
-  return id;
-}
-
-/* Said once per process, from the GIL holder, when the interning tables are full. */
-static int g_intern_full_said;
-
-static __attribute__((noinline)) uint32_t intern_full(void)
-{
-  if (!g_intern_full_said) {
-    static const char msg[] = "heapprof: the agent's frame/stack tables are full ("
-                              "HP_INTERN_MAX_FRAMES/HP_INTERN_MAX_STACKS); further samples "
-                              "of new stacks are recorded without a stack\n";
-    g_intern_full_said = 1;
-    ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
-    (void)w;
-  }
-  return 0;
-}
-
-/* Direct-mapped cache: hash of the (code, instruction offset) chain -> stack id. A hit
- * skips the per-frame look-ups and the interning table (hash, probe, compare of the id
- * list): recording everything, most samples come from a few hundred distinct stacks.
- * The key is a 64-bit hash of the whole chain, its depth and truncation, so a hit may be
- * wrong only on a 64-bit hash collision between two stacks in one slot (odds ~2^-64 per
- * pair). Protected by the GIL, like g_frame_cache. */
-#define STACK_CACHE_SIZE 4096u
-static struct {
-  uint64_t hash;
-  uint32_t id;
-} g_stack_cache[STACK_CACHE_SIZE];
-
-static inline uint64_t chain_mix(uint64_t h, uint64_t v)
-{
-  h = (h ^ v) * 0x9e3779b97f4a7c15ull;
-  return h ^ (h >> 29);
-}
-
-/* Stack id of the calling thread's Python stack, 0 when there is none or it cannot be
- * interned (the event is still recorded, without a stack; see intern_full()). */
-static uint32_t walk_stack(PyThreadState *ts)
-{
-  _PyInterpreterFrame *frames[HP_MAX_STACK_DEPTH];
-  uint32_t ids[HP_MAX_STACK_DEPTH];
-  uint32_t depth = 0, max = hp_agent_max_depth;
-  uint8_t truncated = 0;
-  uint64_t h = 0x243f6a8885a308d3ull;
-  _PyCFrame *cf = ts->cframe;
-  if (!cf)
-    return 0;
-  for (_PyInterpreterFrame *f = cf->current_frame; f; f = f->previous) {
-    if (_PyFrame_IsIncomplete(f))
-      continue;
-    if (depth == max) {
-      truncated = 1;
-      break;
-    }
-    h = chain_mix(h, (uint64_t)(uintptr_t)f->f_code ^
-                     ((uint64_t)(uint32_t)_PyInterpreterFrame_LASTI(f) << 48));
-    frames[depth++] = f;
-  }
-  if (depth == 0)
-    return 0;
-  h = chain_mix(h, ((uint64_t)depth << 1) | truncated);
-  size_t slot = (size_t)h & (STACK_CACHE_SIZE - 1);
-  if (g_stack_cache[slot].hash == h && g_stack_cache[slot].id != 0)
-    return g_stack_cache[slot].id;
-  hp_intern *in = hp_agent_intern();
-  for (uint32_t i = 0; i < depth; i++) {
-    uint32_t id = frame_id(in, frames[i]);
-    if (id == 0)
-      return intern_full();
-    ids[i] = id;
-  }
-  int64_t sid = hp_intern_stack_add(in, ids, depth, truncated);
-  if (sid <= 0)
-    return intern_full();
-  g_stack_cache[slot].hash = h;
-  g_stack_cache[slot].id = (uint32_t)sid;
-  return (uint32_t)sid;
-}
-#endif
-
 /* The sampled path: off the fast path, never inlined into it. */
 /* Whether a sample may be recorded now. Overloaded (recording everything faster than
  * heapprofd stores), an ALLOC would be refused by the ring anyway: counting it as
@@ -250,13 +101,7 @@ static __attribute__((noinline)) void record_sample_room(hp_domain domain, void 
                                                          size_t size, uint64_t est)
 {
   int saved_errno = errno;
-  uint32_t stack_id = HP_NO_STACK;
-#if HP_FRAMES_SUPPORTED
-  PyThreadState *ts = _PyThreadState_UncheckedGet();
-  /* The GIL holder's thread state equals this thread's own only if we hold the GIL. */
-  if (ts && ts == PyGILState_GetThisThreadState())
-    stack_id = walk_stack(ts);
-#endif
+  uint32_t stack_id = hp_stacks_current();
   hp_agent_record_alloc(domain, ptr, size, est, stack_id);
   errno = saved_errno;
 }
@@ -656,6 +501,11 @@ int hp_hooks_frees_forwarded(void)
   return g_frees_via_raw;
 }
 
+int hp_hooks_in_hook(void)
+{
+  return is_reentrant(&t_tls);
+}
+
 int hp_hooks_install(void)
 {
   /* Indexed by CTX_*. */
@@ -670,10 +520,9 @@ int hp_hooks_install(void)
     [CTX_OBJ] = { .malloc = hook_obj_malloc, .calloc = hook_obj_calloc,
                   .realloc = hook_obj_realloc, .free = hook_obj_free },
   };
-  if (!HP_FRAMES_SUPPORTED)
-    return -HP_EINVAL;
   if (g_installed)
     return 0;
+  hp_stacks_init();
   for (int i = 0; i < 3; i++) {
     PyMem_GetAllocator(domains[i], &g_ctx[i].prev);
     g_ctx[i].domain = ours[i];

@@ -1,4 +1,4 @@
-/* hp_hooks.h — the PEP 445 allocator hooks and the Python stack walk.
+/* hp_hooks.h — the PEP 445 allocator hooks.
  *
  * Installed once (under the GIL) on the raw, mem and obj domains, chaining to the
  * allocators that were in place; never removed, because memory allocated through them
@@ -10,8 +10,7 @@
 #ifndef HP_HOOKS_H
 #define HP_HOOKS_H
 
-/* Installs the hooks if not yet installed. Caller holds the GIL. 0 or -HP_EINVAL when
- * the interpreter is not supported. */
+/* Installs the hooks if not yet installed. Caller holds the GIL. 0 or -HP_ENOMEM. */
 int hp_hooks_install(void);
 
 /* 1 when the mem/obj frees go to pymalloc unhooked (see above), else 0. */
@@ -21,5 +20,9 @@ int hp_hooks_frees_forwarded(void);
  * (e.g. tracemalloc.stop() after a tracemalloc.start() that came before heapprof's),
  * else 0. Any thread, with or without the GIL. */
 int hp_hooks_replaced(void);
+
+/* 1 while the calling thread is inside a hook (or agent code called from one), else 0.
+ * For tests: a gc.callbacks entry that sees 1 caught a collection started inside a hook. */
+int hp_hooks_in_hook(void);
 
 #endif /* HP_HOOKS_H */

@@ -10,7 +10,7 @@
 #include <string.h>
 
 typedef struct {
-  uintptr_t key;
+  uint64_t hash;
   int32_t line;
   uint32_t function_len, filename_len;
   char *strings;            /* function then filename, one allocation */
@@ -84,36 +84,50 @@ static uint64_t mix(uint64_t h, uint64_t v)
   return h * 0xff51afd7ed558ccdull;
 }
 
-static uint64_t frame_hash(uintptr_t key, int32_t line)
+static uint64_t bytes_hash(uint64_t h, const char *s, size_t n)
 {
-  return mix(mix(0, (uint64_t)key), (uint64_t)(uint32_t)line);
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;   /* FNV-1a */
+  return mix(h, n);
 }
 
-uint32_t hp_intern_frame_find(const hp_intern *in, uintptr_t key, int32_t line)
+static uint64_t frame_hash(const char *function, size_t function_len, const char *filename,
+                           size_t filename_len, int32_t line)
 {
-  size_t i = (size_t)frame_hash(key, line) & in->frame_mask;
-  for (;;) {
-    uint32_t id = in->frame_index[i];
-    if (id == 0)
-      return 0;
-    const frame_ent *e = &in->frames[id];
-    if (e->key == key && e->line == line)
-      return id;
-    i = (i + 1) & in->frame_mask;
-  }
+  uint64_t h = bytes_hash(0xcbf29ce484222325ull, function, function_len);
+  h = bytes_hash(h, filename, filename_len);
+  return mix(h, (uint64_t)(uint32_t)line);
 }
 
-int64_t hp_intern_frame_add(hp_intern *in, uintptr_t key, int32_t line,
-                            const char *function, size_t function_len,
-                            const char *filename, size_t filename_len)
+static int frame_is(const frame_ent *e, uint64_t h, const char *function, size_t function_len,
+                    const char *filename, size_t filename_len, int32_t line)
 {
-  uint32_t n = atomic_load_explicit(&in->nframes, memory_order_relaxed);
-  if (n >= in->max_frames)
-    return -HP_EFULL;
+  return e->hash == h && e->line == line && e->function_len == function_len &&
+         e->filename_len == filename_len &&
+         memcmp(e->strings, function, function_len) == 0 &&
+         memcmp(e->strings + function_len, filename, filename_len) == 0;
+}
+
+int64_t hp_intern_frame_add(hp_intern *in, const char *function, size_t function_len,
+                            const char *filename, size_t filename_len, int32_t line)
+{
   if (function_len > HP_MAX_STR_BYTES)
     function_len = HP_MAX_STR_BYTES;
   if (filename_len > HP_MAX_STR_BYTES)
     filename_len = HP_MAX_STR_BYTES;
+  uint64_t h = frame_hash(function, function_len, filename, filename_len, line);
+  size_t i = (size_t)h & in->frame_mask;
+  for (;;) {
+    uint32_t id = in->frame_index[i];
+    if (id == 0)
+      break;
+    if (frame_is(&in->frames[id], h, function, function_len, filename, filename_len, line))
+      return id;
+    i = (i + 1) & in->frame_mask;
+  }
+  uint32_t n = atomic_load_explicit(&in->nframes, memory_order_relaxed);
+  if (n >= in->max_frames)
+    return -HP_EFULL;
   char *s = malloc(function_len + filename_len + 1);
   if (!s)
     return -HP_ENOMEM;
@@ -123,14 +137,11 @@ int64_t hp_intern_frame_add(hp_intern *in, uintptr_t key, int32_t line,
     memcpy(s + function_len, filename, filename_len);
   uint32_t id = n + 1;
   frame_ent *e = &in->frames[id];
-  e->key = key;
+  e->hash = h;
   e->line = line;
   e->function_len = (uint32_t)function_len;
   e->filename_len = (uint32_t)filename_len;
   e->strings = s;
-  size_t i = (size_t)frame_hash(key, line) & in->frame_mask;
-  while (in->frame_index[i] != 0)
-    i = (i + 1) & in->frame_mask;
   in->frame_index[i] = id;
   atomic_store_explicit(&in->nframes, id, memory_order_release);
   return id;

@@ -1,8 +1,10 @@
 /* hp_intern.h — agent-side interning of frames and stacks, sent once per stream.
  *
- * A frame is (key, line) -> frame id, where key identifies a code object (the caller
- * keeps the code object alive, so a key is never reused for other code) and the entry
- * holds copies of the qualified name and filename. A stack is the sequence of frame ids,
+ * A frame is its content, (function, filename, line) -> frame id: never a code object's
+ * address, which Python may hand to other code once the object is freed, so the table
+ * holds no reference into the program and code that is compiled again and again (eval,
+ * namedtuple) adds no frames. The entry holds copies of the strings. A stack is the
+ * sequence of frame ids,
  * innermost first, plus a truncation flag -> stack id. Ids are dense, 1, 2, ...: entry
  * id is published (release) after it is complete, so the sender thread can read every
  * entry below hp_intern_frame_count()/hp_intern_stack_count() (acquire) without a lock
@@ -39,13 +41,11 @@ typedef struct {
 hp_intern *hp_intern_new(uint32_t max_frames, uint32_t max_stacks);
 void hp_intern_free(hp_intern *in);   /* NULL is a no-op */
 
-/* Frame id for (key, line), or 0 when unknown. */
-uint32_t hp_intern_frame_find(const hp_intern *in, uintptr_t key, int32_t line);
-/* Adds (key, line) with copies of the strings (cut to HP_MAX_STR_BYTES). Returns the
- * new id (> 0), or -HP_EFULL / -HP_ENOMEM. */
-int64_t hp_intern_frame_add(hp_intern *in, uintptr_t key, int32_t line,
-                            const char *function, size_t function_len,
-                            const char *filename, size_t filename_len);
+/* Frame id of (function, filename, line), adding it with copies of the strings when new.
+ * Strings are cut to HP_MAX_STR_BYTES first (the cut is part of the content). Returns the
+ * id (> 0), or -HP_EFULL / -HP_ENOMEM. */
+int64_t hp_intern_frame_add(hp_intern *in, const char *function, size_t function_len,
+                            const char *filename, size_t filename_len, int32_t line);
 /* Stack id for these frame ids (adding it when new), or -HP_EFULL / -HP_ENOMEM /
  * -HP_EINVAL (depth 0 or over HP_MAX_STACK_DEPTH). */
 int64_t hp_intern_stack_add(hp_intern *in, const uint32_t *frame_ids, uint32_t depth,

@@ -11,19 +11,36 @@
 
 #include "hp_agent.h"
 #include "hp_hooks.h"
+#include "hp_stacks.h"
 #include "hp_stats.h"
+#include "hp_pystr.h"
 
+/* A str argument as UTF-8 in a malloc()ed copy (the caller frees out->ptr), by the rule
+ * frame names follow (hp_pystr.h): argv and paths may come from bytes that are not UTF-8
+ * (sys.argv[0] of a script in such a directory). Cut at HP_MAX_STR_BYTES: informational. */
 static int str_arg(PyObject *o, hp_str *out)
 {
-  Py_ssize_t n;
-  const char *s = PyUnicode_AsUTF8AndSize(o, &n);
-  if (!s)
+  if (!PyUnicode_Check(o)) {
+    PyErr_SetString(PyExc_TypeError, "expected str");
     return -1;
-  if ((size_t)n > HP_MAX_STR_BYTES)
-    n = HP_MAX_STR_BYTES;   /* argv entries and paths are informational: cut, not refused */
-  out->ptr = s;
-  out->len = (uint32_t)n;
+  }
+  size_t cap = (size_t)PyUnicode_GET_LENGTH(o) * 4;
+  cap = cap > HP_MAX_STR_BYTES ? HP_MAX_STR_BYTES : cap;
+  char *buf = malloc(cap ? cap : 1);
+  if (!buf) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  out->ptr = buf;
+  out->len = (uint32_t)hp_pystr_encode(PyUnicode_DATA(o), PyUnicode_KIND(o),
+                                      (size_t)PyUnicode_GET_LENGTH(o), buf, cap);
   return 0;
+}
+
+static void str_args_free(hp_str *s, size_t n)
+{
+  for (size_t i = 0; s && i < n; i++)
+    free((char *)s[i].ptr);
 }
 
 /* start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version)
@@ -40,6 +57,7 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
   PyObject *buckets_obj, *argv_obj, *exe_obj, *ver_obj;
   hp_bucket buckets[HP_MAX_BUCKETS];
   hp_str *argv = NULL;
+  hp_str exe = { 0 }, ver = { 0 };
   PyObject *argv_seq = NULL, *result = NULL;
   if (!PyArg_ParseTuple(args, "sKIiOOUU", &sock, &interval, &max_depth, &on_full,
                         &buckets_obj, &argv_obj, &exe_obj, &ver_obj))
@@ -95,13 +113,15 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
   for (Py_ssize_t i = 0; i < argc; i++)
     if (str_arg(PySequence_Fast_GET_ITEM(argv_seq, i), &argv[i]) < 0)
       goto out;
-  if (str_arg(exe_obj, &o.executable) < 0 || str_arg(ver_obj, &o.python_version) < 0)
+  if (str_arg(exe_obj, &exe) < 0 || str_arg(ver_obj, &ver) < 0)
     goto out;
+  o.executable = exe;
+  o.python_version = ver;
   o.argc = (uint32_t)argc;
   o.argv = argv;
 
   if (hp_hooks_install() < 0) {
-    PyErr_SetString(PyExc_RuntimeError, "heapprof: this Python version is not supported");
+    PyErr_NoMemory();
     goto out;
   }
   int rc = hp_agent_start(&o);
@@ -122,7 +142,10 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
   }
   result = Py_NewRef(Py_None);
 out:
+  str_args_free(argv, argv ? (size_t)argc : 0);
   free(argv);
+  free((char *)exe.ptr);
+  free((char *)ver.ptr);
   Py_XDECREF(argv_seq);
   return result;
 }
@@ -201,10 +224,8 @@ static PyObject *agent_stats_enable(PyObject *self, PyObject *arg)
   int on = PyObject_IsTrue(arg);
   if (on < 0)
     return NULL;
-  if (on && hp_hooks_install() < 0) {
-    PyErr_SetString(PyExc_RuntimeError, "heapprof: this Python version is not supported");
-    return NULL;
-  }
+  if (on && hp_hooks_install() < 0)
+    return PyErr_NoMemory();
   hp_agent_stats_enable(on);
   Py_RETURN_NONE;
 }
@@ -244,6 +265,30 @@ static PyObject *agent_frees_forwarded(PyObject *self, PyObject *noargs)
   return PyBool_FromLong(hp_hooks_frees_forwarded());
 }
 
+/* For tests: whether this thread is inside a hook right now (a gc.callbacks entry asks
+ * it to catch a collection started inside an allocation hook). */
+static PyObject *agent_in_hook(PyObject *self, PyObject *noargs)
+{
+  (void)self;
+  (void)noargs;
+  return PyBool_FromLong(hp_hooks_in_hook());
+}
+
+/* For tests: the stack caches' counters (hp_stacks.h) and the interning tables' sizes. */
+static PyObject *agent_stack_stats(PyObject *self, PyObject *noargs)
+{
+  (void)self;
+  (void)noargs;
+  hp_stacks_stats st;
+  hp_stacks_get_stats(&st);
+  hp_intern *in = hp_agent_intern();
+  return Py_BuildValue("{s:O,s:K,s:K,s:I,s:I}", "caches_on", st.caches_on ? Py_True : Py_False,
+                       "code_flushes", (unsigned long long)st.code_flushes, "frames_named",
+                       (unsigned long long)st.frames_named, "frames",
+                       in ? hp_intern_frame_count(in) : 0u, "stacks",
+                       in ? hp_intern_stack_count(in) : 0u);
+}
+
 static PyObject *agent_sample_estimate(PyObject *self, PyObject *args)
 {
   (void)self;
@@ -269,6 +314,10 @@ static PyMethodDef agent_methods[] = {
   {"frees_forwarded", agent_frees_forwarded, METH_NOARGS,
    "frees_forwarded() -> bool: mem/obj frees go to pymalloc unhooked (sampled blocks "
    "come from the raw allocator, whose free is hooked)"},
+  {"_in_hook", agent_in_hook, METH_NOARGS,
+   "_in_hook() -> bool: this thread is inside an allocator hook (tests)"},
+  {"_stack_stats", agent_stack_stats, METH_NOARGS,
+   "_stack_stats() -> dict: stack caches and interning tables (tests)"},
   {"sample_estimate", agent_sample_estimate, METH_VARARGS,
    "sample_estimate(interval, size) -> est_bytes of one sample"},
   {NULL, NULL, 0, NULL},
@@ -280,14 +329,9 @@ static struct PyModuleDef agent_module = {
   NULL, NULL, NULL, NULL,
 };
 
+/* Built only for the CPython versions agent/meson.build has a stack-walk file for. */
 PyMODINIT_FUNC PyInit__agent(void)
 {
-#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030C0000
-  PyErr_Format(PyExc_ImportError,
-               "heapprof supports CPython 3.11 only (it reads 3.11's interpreter frames); "
-               "this is %s", Py_GetVersion());
-  return NULL;
-#else
   if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
     PyErr_SetString(PyExc_ImportError,
                     "heapprof profiles the main interpreter only; sub-interpreters are refused");
@@ -308,5 +352,4 @@ PyMODINIT_FUNC PyInit__agent(void)
     return NULL;
   }
   return m;
-#endif
 }

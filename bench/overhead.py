@@ -3,12 +3,17 @@
 under heapprof at several sampling intervals (1 = record everything), and under
 `python -X tracemalloc=1` and `=25`; prints wall time, CPU time and peak RSS as ratios to plain.
 
-    python bench/overhead.py [--reps 7] [--scale S] [--intervals 1,16384,65536,262144]
-                             [--workloads startup,churn,...] [--no-tracemalloc]
+    python bench/overhead.py [--python PYTHON] [--reps 7] [--scale S]
+                             [--intervals 1,16384,65536,262144]
+                             [--workloads startup,churn,...]
+                             [--tracemalloc 1,25 | --no-tracemalloc]
                              [--extra LABEL=VAR=VAL[,VAR=VAL...] ...] [--also LABEL=PYTHON ...]
 
-Run it with the Python that has heapprof installed (e.g. the venv's); heapprofd is found as
-$HEAPPROFD, beside that Python, or on PATH.
+--python names the interpreter that runs every column, plain, heapprof and tracemalloc
+alike (default: the one running this script); it must have heapprof installed (e.g. a
+venv's: .venv/bin/python for the main build, .venv-py3.12/bin/python for CPython 3.12 as
+setup.sh test builds it). heapprofd is found as $HEAPPROFD, beside that Python, or on
+PATH.
 
 What is measured. Each workload of bench/overhead_workloads.py runs as its own process, start-up
 and the final flush included; wall time, CPU time (user + system of the child, from wait4) and
@@ -55,7 +60,9 @@ Columns:
                      (repeatable) the heapprof columns (intervals and extras) again, run by
                      another Python with another heapprof build installed (e.g. a venv holding
                      the previous commit): two builds side by side, under the same load.
-  --no-tracemalloc   leave out the tracemalloc=1 and tracemalloc=25 columns (they are slow)."""
+  --tracemalloc N[,N...]
+                     `python -X tracemalloc=N` columns, N frames kept (default 1,25)
+  --no-tracemalloc   leave out the tracemalloc columns (they are slow)."""
 import argparse
 import json
 import os
@@ -80,22 +87,22 @@ IDLE_TIMEOUT = 60.0                # give up waiting for an idle daemon after th
 CLK_TCK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
 
 
-def find_heapprofd():
+def find_heapprofd(python=sys.executable):
     env = os.environ.get('HEAPPROFD')
     if env:
         return env
-    beside = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), 'heapprofd')
+    beside = os.path.join(os.path.dirname(os.path.abspath(python)), 'heapprofd')
     return beside if os.access(beside, os.X_OK) else shutil.which('heapprofd')
 
 
-def parse_intervals(text):
+def parse_intervals(text, option='--intervals'):
     """'1,65536' -> [1, 65536]; '' -> []. SystemExit with a one-line message otherwise."""
     try:
         intervals = [int(x) for x in text.split(',') if x]
     except ValueError:
-        raise SystemExit('--intervals %r: expected numbers separated by commas' % text)
+        raise SystemExit('%s %r: expected numbers separated by commas' % (option, text))
     if any(i < 1 for i in intervals):
-        raise SystemExit('--intervals: every interval must be at least 1')
+        raise SystemExit('%s: every number must be at least 1' % option)
     return intervals
 
 
@@ -226,6 +233,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                  epilog=__doc__.split('\n\n', 2)[2],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--python', default=sys.executable, metavar='PYTHON',
+                    help='interpreter with heapprof installed that runs every column '
+                    '(default: this one, %(default)s)')
     ap.add_argument('--reps', type=int, default=7, help='rounds (default 7; medians reported)')
     ap.add_argument('--scale', type=str, default=None, metavar='S',
                     help='multiplies the workloads\' loop counts (default %g: about 1.2 s '
@@ -238,6 +248,9 @@ def main():
     ap.add_argument('--startup-runs', type=int, default=5, metavar='N',
                     help='runs of `python -c pass` per configuration and round (median '
                     'taken; default 5)')
+    ap.add_argument('--tracemalloc', default='1,25', metavar='N[,N...]',
+                    help='tracemalloc columns: frames kept by -X tracemalloc=N (default '
+                    '%(default)s)')
     ap.add_argument('--no-tracemalloc', action='store_true',
                     help='leave out the tracemalloc columns')
     ap.add_argument('--extra', action='append', default=[], metavar='LABEL=VAR=VAL[,VAR=VAL...]',
@@ -247,6 +260,13 @@ def main():
     args = ap.parse_args()
     if args.reps < 1 or args.startup_runs < 1:
         raise SystemExit('--reps and --startup-runs must be at least 1')
+    python = shutil.which(args.python)
+    if not python:
+        raise SystemExit('--python %r: no such executable' % args.python)
+    version = subprocess.run([python, '-c', 'import platform; print(platform.python_version())'],
+                             capture_output=True, text=True).stdout.strip()
+    if not version:
+        raise SystemExit('--python %r: does not run' % args.python)
     try:
         scale = overhead_workloads.parse_scale(
             args.scale if args.scale is not None else str(overhead_workloads.DEFAULT_SCALE))
@@ -260,6 +280,7 @@ def main():
         others.append((label, exe))
     extras = [parse_extra(spec) for spec in args.extra]
     intervals = parse_intervals(args.intervals)
+    tm_frames = [] if args.no_tracemalloc else parse_intervals(args.tracemalloc, '--tracemalloc')
     workloads = [w for w in args.workloads.split(',') if w]
     for w in workloads:
         if w not in WORKLOADS:
@@ -269,28 +290,28 @@ def main():
     base = {k: v for k, v in os.environ.items()
             if not k.startswith('HEAPPROF_') and k != 'PYTHONDONTWRITEBYTECODE'}
     base[overhead_workloads.SCALE_VAR] = repr(scale)
-    for exe in [sys.executable] + [o[1] for o in others]:
+    for exe in [python] + [o[1] for o in others]:
         subprocess.run([exe, '-c', 'import compileall, os, heapprof; '
                         'compileall.compile_dir(os.path.dirname(heapprof.__file__), quiet=1)'],
                        env=base, check=True)
 
     # (name, python, interpreter options, environment, profiled by heapprof?)
-    configs = [('plain', sys.executable, [], {}, False)]
+    configs = [('plain', python, [], {}, False)]
     hp_columns = [('I=%s' % interval_name(i), {'HEAPPROF_INTERVAL': str(i)}) for i in intervals]
     hp_columns += extras
     for label, env in hp_columns:
-        configs.append(('hp %s' % label, sys.executable, [], env, True))
+        configs.append(('hp %s' % label, python, [], env, True))
         for olabel, exe in others:
             configs.append(('%s %s' % (olabel, label), exe, [], env, True))
-    if not args.no_tracemalloc:
-        configs.append(('tracemalloc=1', sys.executable, ['-X', 'tracemalloc=1'], {}, False))
-        configs.append(('tracemalloc=25', sys.executable, ['-X', 'tracemalloc=25'], {}, False))
+    for frames in tm_frames:
+        configs.append(('tracemalloc=%d' % frames, python, ['-X', 'tracemalloc=%d' % frames],
+                        {}, False))
     names = [c[0] for c in configs]
     if len(set(names)) != len(names):
         raise SystemExit('two columns have the same name; give --extra/--also distinct labels')
     daemon_exe = None
     if any(c[4] for c in configs):
-        daemon_exe = find_heapprofd()
+        daemon_exe = find_heapprofd(python)
         if not daemon_exe:
             raise SystemExit('heapprofd not found (set HEAPPROFD)')
 
@@ -343,7 +364,7 @@ def main():
 
     print('Python %s, scale %g, %d rounds (startup: median of %d runs per round); load average '
           '%s before, %s after; waited %.1f s in all for an idle heapprofd before runs'
-          % (sys.version.split()[0], scale, args.reps, args.startup_runs, load_before,
+          % (version, scale, args.reps, args.startup_runs, load_before,
              load_average(), idle_wait))
     print('Cells: median wall time, median ratio to plain; min-max: that ratio over the rounds; '
           'CPU time: the program\'s user+sys ratio; peak RSS: ratio of medians')

@@ -1,8 +1,15 @@
 """Print the closing summary of a test run from meson's testlog.json files.
 
-Used by setup.sh after `meson test`: one line per suite, Check's own counts (summed
-from the "NN%: Checks: N, Failures: N, Errors: N" line each Check runner prints), and a
-final "N passed, N failed" line. Exits non-zero when a test failed or none ran."""
+Used by setup.sh after `meson test`:
+
+    summarize.py [LABEL=]TESTLOG.json ... [--absent TEXT ...]
+
+One block per test log, headed by its label (setup.sh: the CPython version each build
+was made for), one line per suite in it, Check's own counts (summed from the "NN%:
+Checks: N, Failures: N, Errors: N" line each Check runner prints), then one line per
+--absent TEXT (a supported CPython the machine does not have: reported, never counted
+as passed) and a final "N passed, N failed" line. Exits non-zero when a test failed or
+none ran; an absent version alone does not fail the run."""
 import collections
 import json
 import re
@@ -14,11 +21,35 @@ PASSED = {"OK", "EXPECTEDFAIL"}
 SKIPPED = {"SKIP"}
 
 
-def main(paths):
-    per_suite = collections.defaultdict(collections.Counter)
+def parse_args(argv):
+    """-> ([(label, path)], [absent text]); SystemExit on a bad command line."""
+    logs, absent = [], []
+    args = iter(argv)
+    for a in args:
+        if a == "--absent":
+            text = next(args, None)
+            if text is None:
+                raise SystemExit("summarize: --absent needs a text")
+            absent.append(text)
+        elif a.startswith("-"):
+            raise SystemExit("summarize: unknown option %r (see the module docstring)" % a)
+        else:
+            label, sep, path = a.partition("=")
+            if not sep:
+                path = a
+                label = a.split("/meson-logs/")[0].rsplit("/", 1)[-1]
+            logs.append((label, path))
+    return logs, absent
+
+
+def main(argv):
+    logs, absent = parse_args(argv)
+    total = collections.Counter()
     checks = collections.Counter()
     failed_names = []
-    for path in paths:
+    print("\nheapprof test summary")
+    for label, path in logs:
+        per_suite = collections.defaultdict(collections.Counter)
         try:
             lines = open(path).read().splitlines()
         except OSError as e:
@@ -31,15 +62,14 @@ def main(paths):
             rec = json.loads(line)
             # Names look like "heapprof:unit+proto / codec-core": project:suites / test.
             suite = rec["name"].split(" / ")[0].split(":")[-1].split("+")[0]
-            key = f"{build}:{suite}"
             result = rec["result"]
             if result in PASSED:
-                per_suite[key]["passed"] += 1
+                per_suite[suite]["passed"] += 1
             elif result in SKIPPED:
-                per_suite[key]["skipped"] += 1
+                per_suite[suite]["skipped"] += 1
             else:
-                per_suite[key]["failed"] += 1
-                failed_names.append(f"{build}: {rec['name']} ({result})")
+                per_suite[suite]["failed"] += 1
+                failed_names.append(f"{label} ({build}): {rec['name']} ({result})")
             output = (rec.get("stdout") or "") + (rec.get("stderr") or "")
             for m in UNITTEST_LINE.finditer(output):
                 checks["unittest"] += int(m.group(1))
@@ -47,12 +77,14 @@ def main(paths):
                 checks["checks"] += int(m.group(2))
                 checks["failures"] += int(m.group(3))
                 checks["errors"] += int(m.group(4))
-    total = collections.Counter()
-    print("\nheapprof test summary")
-    for key in sorted(per_suite):
-        c = per_suite[key]
-        total.update(c)
-        print(f"  {key:<24} {c['passed']:4d} passed {c['failed']:4d} failed {c['skipped']:4d} skipped")
+        print(f"  {label} ({build})")
+        for suite in sorted(per_suite):
+            c = per_suite[suite]
+            total.update(c)
+            print(f"    {suite:<20} {c['passed']:4d} passed {c['failed']:4d} failed "
+                  f"{c['skipped']:4d} skipped")
+    for text in absent:
+        print(f"  {text}: absent, not tested")
     print(f"  Check unit tests: {checks['checks']} checks, {checks['failures']} failures, "
           f"{checks['errors']} errors")
     print(f"  Python unittest cases: {checks['unittest']}")
@@ -61,6 +93,8 @@ def main(paths):
     line = f"{total['passed']} passed, {total['failed']} failed"
     if total["skipped"]:
         line += f", {total['skipped']} skipped"
+    if absent:
+        line += "; absent: " + ", ".join(t.split(" (")[0] for t in absent)
     print(line)
     if total["passed"] == 0:
         print("summarize: no test ran", file=sys.stderr)

@@ -18,6 +18,10 @@ Settings, by argument or environment variable:
                                           (Perfetto-style; estimates stay unbiased)
     sample_rates     HEAPPROF_RATES       the original heapprof's {max_size: rate, ...}
 
+The agent runs on the CPython versions in heapprof._pythons (3.11, 3.12 and 3.13, with the
+GIL); on any other interpreter start() and the start-up hook refuse with one line and the
+program runs unprofiled. The Reader API works everywhere.
+
 While a session runs, start() exports these variables (the resolved settings) so that
 spawned children -- multiprocessing 'spawn', subprocesses running Python -- profile
 themselves as their own sessions; stop() puts back what was there before. Fork children
@@ -54,7 +58,33 @@ class OptionError(ValueError):
     """A bad setting; str() is one line naming the setting and the limit."""
 
 
+class UnsupportedPython(ImportError):
+    """This interpreter cannot run the agent; str() is one line naming it and the
+    supported ones."""
+
+
+def unsupported_reason(version_info=None, abiflags=None):
+    """None when this interpreter (or the one described) can run the agent, else the one
+    line that says why not."""
+    from heapprof._pythons import SUPPORTED
+    v = sys.version_info if version_info is None else version_info
+    flags = getattr(sys, 'abiflags', '') if abiflags is None else abiflags
+    impl = 'CPython' if sys.implementation.name == 'cpython' else sys.implementation.name
+    name = '%s %d.%d.%d' % (impl, v[0], v[1], v[2])
+    supported = 'CPython %s (with the GIL)' % ', '.join('%d.%d' % s for s in SUPPORTED)
+    if impl != 'CPython' or tuple(v[:2]) not in SUPPORTED:
+        return '%s is not supported; heapprof supports %s' % (name, supported)
+    if 't' in flags:
+        return 'free-threaded %s is not supported; heapprof supports %s' % (name, supported)
+    return None
+
+
+_UNSUPPORTED = unsupported_reason()
+
+
 def _native():
+    if _UNSUPPORTED:
+        raise UnsupportedPython(_UNSUPPORTED)
     from heapprof import _agent as agent
     return agent
 
@@ -286,13 +316,73 @@ def _register_process_hooks():
     import atexit
     atexit.register(stop)
     if hasattr(os, 'register_at_fork'):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+# CPython 3.12+ warns at os.fork() (DeprecationWarning, "This process (pid=N) is
+# multi-threaded, use of fork() may lead to deadlocks in the child") when the process has
+# more than one OS thread, counting heapprof's sender thread. That thread is fork-safe by
+# design (the agent's pthread_atfork handlers: agent/README.md), so a program whose only
+# other thread is heapprof's must not be warned. For such a fork, the front of
+# warnings.filters holds a filter that ignores this
+# warning once and then removes itself: 3.12 warns before the after-fork hooks run, 3.13
+# after them, so no hook could take it out at the right time. A program with threads of
+# its own is warned as it would be without heapprof.
+_FORK_WARNING = (r'This process \(pid=\d+\) is multi-threaded, use of \w+\(\) may lead to '
+                 r'deadlocks in the child\.')
+_fork_filter = None
+
+
+class _ForkWarningFilter:
+    """The message pattern of the one-shot filter (warnings calls its match())."""
+
+    def __init__(self):
+        import re
+        import warnings
+        self._pattern = re.compile(_FORK_WARNING)
+        self._filters = warnings.filters
+        self.entry = ('ignore', self, DeprecationWarning, None, 0)
+        self._filters.insert(0, self.entry)
+
+    def match(self, text):
+        if not self._pattern.match(text):
+            return False
+        self.remove()
+        return True
+
+    def remove(self):
+        try:
+            self._filters.remove(self.entry)
+        except ValueError:
+            pass                    # used, or the program replaced the filters
+
+
+def _os_thread_count():
+    try:
+        return len(os.listdir('/proc/self/task'))
+    except OSError:
+        return 0
+
+
+def _before_fork():
+    global _fork_filter
+    _end_fork_filter()              # one a fork did not use
+    if is_profiling() and _os_thread_count() == 2:
+        _fork_filter = _ForkWarningFilter()
+
+
+def _end_fork_filter():
+    global _fork_filter
+    if _fork_filter is not None:
+        _fork_filter.remove()
+        _fork_filter = None
 
 
 def _after_fork_in_child():
     """A fork child (os.fork, multiprocessing 'fork') gets its own session."""
     global _lock
     _lock = _thread.allocate_lock()      # the parent's may have been held by another thread
+    _end_fork_filter()
     try:
         if not _native().child_needs_restart() or _options is None:
             return
@@ -332,20 +422,42 @@ def start(socket=None, sample_interval=None, max_stack_depth=None, on_full=None,
         return True
 
 
+def _in_subinterpreter():
+    """Whether this is not the main interpreter (the modules are CPython's own: 3.12's
+    _xxsubinterpreters, 3.13's _interpreters)."""
+    for name in ('_interpreters', '_xxsubinterpreters'):
+        try:
+            mod = __import__(name)
+        except ImportError:
+            continue
+        return mod.get_current() != mod.get_main()
+    return False
+
+
 def _start_from_environment():
     try:
         # A sub-interpreter runs site.py, and so this hook, again: the process is already
         # profiled (the hooks are process-wide), so there is nothing to start or to say.
-        if _native().is_profiling():
-            return
+        # 3.12+'s isolated sub-interpreters cannot even load the agent (it is one per
+        # process); they are profiled with the process all the same.
+        try:
+            if _native().is_profiling():
+                return
+        except UnsupportedPython:
+            raise
+        except ImportError:
+            if _in_subinterpreter():
+                return
+            raise
         start()
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, UnsupportedPython) as e:
         sys.stderr.write('heapprof: %s; the program runs unprofiled\n' % e)
 
 
 def _stop_locked():
     global _options
     _options = None
+    _end_fork_filter()
     # Nothing here allocates before the session has stopped (no import, no bound
     # method) but the thread names: it would be profiled under heapprof's own frames.
     agent = sys.modules.get('heapprof._agent')

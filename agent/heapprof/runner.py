@@ -60,6 +60,14 @@ class UsageError(Exception):
     pass
 
 
+def _refuse_unsupported_python():
+    """The program would run unprofiled: say so before anything starts."""
+    from heapprof import unsupported_reason
+    reason = unsupported_reason()
+    if reason:
+        raise UsageError(reason)
+
+
 def _parse(argv, options):
     """Options (name -> takes a value) up to the program; returns (opts, module, rest)."""
     opts, i = {}, 0
@@ -326,6 +334,7 @@ def run_main(argv):
         if opts.get('help'):
             sys.stdout.write(RUN_USAGE)
             return 0
+        _refuse_unsupported_python()
         env = _program_env(opts, os.environ)
         cmd = [sys.executable] + (['-m', module] + rest if module else rest)
         if module is None and not os.path.exists(rest[0]):
@@ -477,6 +486,7 @@ def stats_main(argv):
         if opts.get('help'):
             sys.stdout.write(STATS_USAGE)
             return 0
+        _refuse_unsupported_python()
         if module is None and not os.path.exists(rest[0]):
             raise UsageError("can't open file %r: no such file" % rest[0])
         if opts.get('report') and opts.get('socket'):

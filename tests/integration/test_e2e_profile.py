@@ -44,7 +44,10 @@ sys.exit(3)
 
 
 SUB_INTERPRETERS = '''
-import _xxsubinterpreters as subs
+try:
+    import _interpreters as subs            # 3.13
+except ImportError:
+    import _xxsubinterpreters as subs       # 3.11, 3.12 (isolated, own GIL, on 3.12)
 for _ in range(3):
     interp = subs.create()
     subs.run_string(interp, "x = [bytearray(200) for _ in range(20000)]")

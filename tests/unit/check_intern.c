@@ -5,22 +5,26 @@
 
 #include "hp_intern.h"
 
-START_TEST(frames_are_interned_once)
+START_TEST(frames_are_interned_once_by_content)
 {
   hp_intern *in = hp_intern_new(0, 0);
   ck_assert_ptr_nonnull(in);
-  ck_assert_uint_eq(hp_intern_frame_find(in, 0x1000, 3), 0);
-  int64_t a = hp_intern_frame_add(in, 0x1000, 3, "f", 1, "a.py", 4);
-  int64_t b = hp_intern_frame_add(in, 0x1000, 4, "f", 1, "a.py", 4);
-  int64_t c = hp_intern_frame_add(in, 0x2000, 3, "Cls.g", 5, "b.py", 4);
+  int64_t a = hp_intern_frame_add(in, "f", 1, "a.py", 4, 3);
+  int64_t b = hp_intern_frame_add(in, "f", 1, "a.py", 4, 4);
+  int64_t c = hp_intern_frame_add(in, "Cls.g", 5, "b.py", 4, 3);
   ck_assert_int_eq(a, 1);
   ck_assert_int_eq(b, 2);
   ck_assert_int_eq(c, 3);
-  ck_assert_uint_eq(hp_intern_frame_find(in, 0x1000, 3), 1);
-  ck_assert_uint_eq(hp_intern_frame_find(in, 0x1000, 4), 2);
-  ck_assert_uint_eq(hp_intern_frame_find(in, 0x2000, 3), 3);
-  ck_assert_uint_eq(hp_intern_frame_find(in, 0x2000, 4), 0);
-  ck_assert_uint_eq(hp_intern_frame_count(in), 3);
+  /* The same content is the same frame, whatever code object it came from. */
+  ck_assert_int_eq(hp_intern_frame_add(in, "f", 1, "a.py", 4, 3), 1);
+  ck_assert_int_eq(hp_intern_frame_add(in, "Cls.g", 5, "b.py", 4, 3), 3);
+  /* Any difference is another frame: name, file, line, or where name ends and file begins. */
+  ck_assert_int_eq(hp_intern_frame_add(in, "g", 1, "a.py", 4, 3), 4);
+  ck_assert_int_eq(hp_intern_frame_add(in, "f", 1, "b.py", 4, 3), 5);
+  ck_assert_int_eq(hp_intern_frame_add(in, "fa", 2, ".py", 3, 3), 6);
+  ck_assert_int_eq(hp_intern_frame_add(in, "", 0, "", 0, 0), 7);
+  ck_assert_int_eq(hp_intern_frame_add(in, "", 0, "", 0, 0), 7);
+  ck_assert_uint_eq(hp_intern_frame_count(in), 7);
   hp_intern_frame f;
   hp_intern_frame_get(in, 3, &f);
   ck_assert_uint_eq(f.function.len, 5);
@@ -60,8 +64,9 @@ START_TEST(tables_are_bounded)
 {
   hp_intern *in = hp_intern_new(4, 3);
   for (int i = 0; i < 4; i++)
-    ck_assert_int_eq(hp_intern_frame_add(in, 0x100 + (uintptr_t)i, 1, "f", 1, "x", 1), i + 1);
-  ck_assert_int_eq(hp_intern_frame_add(in, 0x999, 1, "f", 1, "x", 1), -HP_EFULL);
+    ck_assert_int_eq(hp_intern_frame_add(in, "f", 1, "x", 1, i), i + 1);
+  ck_assert_int_eq(hp_intern_frame_add(in, "f", 1, "x", 1, 99), -HP_EFULL);
+  ck_assert_int_eq(hp_intern_frame_add(in, "f", 1, "x", 1, 2), 3);   /* known ones still found */
   ck_assert_uint_eq(hp_intern_frame_count(in), 4);
   for (uint32_t i = 1; i <= 3; i++)
     ck_assert_int_eq(hp_intern_stack_add(in, &i, 1, 0), i);
@@ -79,11 +84,14 @@ START_TEST(long_strings_are_cut_at_the_wire_limit)
   size_t n = HP_MAX_STR_BYTES + 100;
   char *big = malloc(n);
   memset(big, 'a', n);
-  ck_assert_int_eq(hp_intern_frame_add(in, 0x10, 1, big, n, "", 0), 1);
+  ck_assert_int_eq(hp_intern_frame_add(in, big, n, "", 0, 1), 1);
   hp_intern_frame f;
   hp_intern_frame_get(in, 1, &f);
   ck_assert_uint_eq(f.function.len, HP_MAX_STR_BYTES);
   ck_assert_uint_eq(f.filename.len, 0);
+  /* Names that differ only beyond the limit are one frame. */
+  big[n - 1] = 'b';
+  ck_assert_int_eq(hp_intern_frame_add(in, big, n, "", 0, 1), 1);
   free(big);
   hp_intern_free(in);
 }
@@ -93,7 +101,7 @@ Suite *intern_suite(void)
 {
   Suite *s = suite_create("intern");
   TCase *core = tcase_create("core");
-  tcase_add_test(core, frames_are_interned_once);
+  tcase_add_test(core, frames_are_interned_once_by_content);
   tcase_add_test(core, stacks_dedupe_by_ids_and_truncation);
   suite_add_tcase(s, core);
   TCase *limits = tcase_create("limits");

@@ -49,8 +49,8 @@ START_TEST(stream_has_hello_defs_events_goodbye_in_order)
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
   hp_ring *ring = hp_ring_new(64);
   hp_intern *in = hp_intern_new(0, 0);
-  ck_assert_int_eq(hp_intern_frame_add(in, 0x10, 5, "inner", 5, "m.py", 4), 1);
-  ck_assert_int_eq(hp_intern_frame_add(in, 0x20, 9, "<module>", 8, "m.py", 4), 2);
+  ck_assert_int_eq(hp_intern_frame_add(in, "inner", 5, "m.py", 4, 5), 1);
+  ck_assert_int_eq(hp_intern_frame_add(in, "<module>", 8, "m.py", 4, 9), 2);
   uint32_t ids[2] = { 1, 2 };
   ck_assert_int_eq(hp_intern_stack_add(in, ids, 2, 0), 1);
   for (uint64_t i = 0; i < 3; i++) {
