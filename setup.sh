@@ -110,16 +110,16 @@ print(platform.python_implementation(), platform.python_version(),
 # venv_setup PYTHON VENV [BUILD...]: (re)creates VENV from PYTHON unless it already is;
 # the build directories made for an older VENV go with it.
 venv_setup() {
-  local py=$1 venv=$2 real id site
+  local py=$1 venv=$2 real id site system_site=${VENV_SYSTEM_SITE:-}
   shift 2
   real=$("$py" -c 'import os, sys; print(os.path.realpath(sys.executable))')
   # VENV_SYSTEM_SITE=--system-site-packages gives the venv the interpreter's packages;
   # a venv made with other settings is made again.
-  id="$real${VENV_SYSTEM_SITE:+ $VENV_SYSTEM_SITE}"
+  id="$real${system_site:+ $system_site}"
   if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.heapprof-python" 2>/dev/null)" != "$id" ]; then
-    say "creating $(basename "$venv") from $real${VENV_SYSTEM_SITE:+ (with its system packages)}"
+    say "creating $(basename "$venv") from $real${system_site:+ (with its system packages)}"
     rm -rf "$venv" "$@"
-    "$py" -m venv $VENV_SYSTEM_SITE "$venv"
+    "$py" -m venv $system_site "$venv"
     echo "$id" > "$venv/.heapprof-python"
   fi
   # Meson before 1.2 introspects the interpreter with distutils, gone since 3.12: such a
