@@ -667,18 +667,20 @@ int hp_agent_alloc_room(void)
   return room;
 }
 
-void hp_agent_record_free(void *ptr)
+int hp_agent_record_free(void *ptr)
 {
   _Atomic uint64_t *pin;
   session *s = session_pin(&pin);
   if (!s)
-    return;
-  if (hp_addrtab_remove(s->addrtab, (uintptr_t)ptr) && !wrong_process()) {
+    return 0;
+  int sampled = hp_addrtab_remove(s->addrtab, (uintptr_t)ptr);
+  if (sampled && !wrong_process()) {
     hp_event ev = { .kind = HP_EV_FREE, .ts_ns = event_ts(s), .thread_id = thread_id(),
                     .address = (uint64_t)(uintptr_t)ptr };
     push(s, &ev);
   }
   session_unpin(pin);
+  return sampled;
 }
 
 hp_intern *hp_agent_intern(void)

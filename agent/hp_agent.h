@@ -114,8 +114,8 @@ void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t es
  * Always 1 in block mode. */
 int hp_agent_alloc_room(void);
 /* Looks ptr up; if it was sampled, forgets it and queues a FREE (before the caller
- * really frees it, so the address cannot be reused first). */
-void hp_agent_record_free(void *ptr);
+ * really frees it, so the address cannot be reused first). 1 when it was sampled. */
+int hp_agent_record_free(void *ptr);
 
 /* The free hook's inlined "certainly not sampled" test: the current table's filter
  * while profiling, an all-zero filter ("never sampled") otherwise, so that the free hook

@@ -25,6 +25,7 @@
 #include "hp_addrtab.h"
 #include "hp_agent.h"
 #include "hp_hooks.h"
+#include "hp_hooks_int.h"
 #include "hp_stacks.h"
 #include "hp_stats.h"
 
@@ -49,38 +50,13 @@ static int g_installed;
  * come from the raw allocator (pymalloc passes them down). */
 static int g_frees_via_raw;
 
-/* key: the thread's sampler generation, or KEY_REENTRANT while the thread is inside a
- * hook's real call or agent code. The malloc fast path compares it with hp_agent_gate
- * and so checks in one compare that profiling is on in Poisson mode, that this thread's
- * countdown belongs to the current configuration, and that it is not re-entering. A
- * thread never seeded has key 0, which no gate equals either. */
-#define KEY_REENTRANT (UINT32_MAX - 1u)
-
-typedef struct {
-  hp_sampler_tls sampler;
-  uint32_t key;
-} hook_tls;
-
-/* initial-exec: a fixed offset from the thread pointer, no __tls_get_addr call (which
- * may itself allocate on a thread's first access in a dlopen()ed library). */
-static __thread hook_tls t_tls __attribute__((tls_model("initial-exec")));
-
-static inline int is_reentrant(const hook_tls *t)
-{
-  return t->key == KEY_REENTRANT;
-}
-
-static inline void enter(hook_tls *t)
-{
-  t->key = KEY_REENTRANT;
-}
-
-/* Also after the sampler's slow path, which may have moved the thread to a new
- * generation. */
-static inline void leave(hook_tls *t)
-{
-  t->key = t->sampler.generation;
-}
+/* The thread's key (hp_hooks_int.h): its sampler generation, or the re-entry marker
+ * while the thread is inside a hook's real call or agent code. The malloc fast path
+ * compares it with hp_agent_gate and so checks in one compare that profiling is on in
+ * Poisson mode, that this thread's countdown belongs to the current configuration, and
+ * that it is not re-entering. A thread never seeded has key 0, which no gate equals
+ * either. Shared with the native hooks (hp_native.c). */
+__thread hp_hooks_tls hp_hooks_t __attribute__((tls_model("initial-exec")));
 
 /* The sampled path: off the fast path, never inlined into it. */
 /* Whether a sample may be recorded now. Overloaded (recording everything faster than
@@ -112,7 +88,7 @@ static void record_sample(hp_domain domain, void *ptr, size_t size, uint64_t est
     record_sample_room(domain, ptr, size, est);
 }
 
-static inline void after_alloc(hook_tls *t, hp_domain domain, void *ptr, size_t size)
+static inline void after_alloc(hp_hooks_tls *t, hp_domain domain, void *ptr, size_t size)
 {
   int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
   uint64_t est;
@@ -132,11 +108,11 @@ static inline void after_alloc(hook_tls *t, hp_domain domain, void *ptr, size_t 
 #define HP_LIKELY(x) __builtin_expect(!!(x), 1)
 
 /* The unsampled fast path of a small mem/obj request, shared by malloc and calloc: the
- * gate against the thread's key (see hook_tls), the size, the countdown step. The
+ * gate against the thread's key (see hp_hooks_tls), the size, the countdown step. The
  * countdown test is hp_sampler_sample()'s, spelled out so that the hooks stay frameless
  * and end in a tail call. Everything else (off, stats, interval 1, size buckets,
  * re-entry, a new configuration, a sample) fails a compare and takes the slow path. */
-static inline int small_unsampled(hook_tls *t, size_t size)
+static inline int small_unsampled(hp_hooks_tls *t, size_t size)
 {
   if (HP_LIKELY(t->key == atomic_load_explicit(&hp_agent_gate, memory_order_relaxed) &&
                 size <= PYMALLOC_SMALL && (uint64_t)t->sampler.countdown > size)) {
@@ -148,13 +124,13 @@ static inline int small_unsampled(hook_tls *t, size_t size)
 
 /* A request that may reach another hook (raw domain, or above pymalloc's threshold):
  * flagged so that the nested call passes through. */
-static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hook_tls *t, size_t size)
+static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hp_hooks_tls *t, size_t size)
 {
-  enter(t);
+  hp_hooks_enter(t);
   void *p = c->prev.malloc(c->prev.ctx, size);
   if (p)
     after_alloc(t, c->domain, p, size);
-  leave(t);
+  hp_hooks_leave(t);
   return p;
 }
 
@@ -186,11 +162,11 @@ static void *sampled_block_malloc(hook_ctx *c, size_t size, int *record)
 }
 
 /* Everything but the mem/obj fast path: off, stats, re-entry, large, or sampled. */
-static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, size_t size)
+static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hp_hooks_tls *t, size_t size)
 {
   uint64_t est;
   int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
-  if (is_reentrant(t) || mode == HP_MODE_OFF)
+  if (hp_hooks_is_reentrant(t) || mode == HP_MODE_OFF)
     return c->prev.malloc(c->prev.ctx, size);
   if (size > PYMALLOC_SMALL || c->domain == HP_DOMAIN_RAW)
     return malloc_flagged(c, t, size);
@@ -199,15 +175,15 @@ static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, siz
     return c->prev.malloc(c->prev.ctx, size);
   }
   int sampled = hp_sampler_sample_slow(&hp_agent_sampler, &t->sampler, size, &est);
-  leave(t);   /* the key follows a newly drawn countdown's generation */
+  hp_hooks_leave(t);   /* the key follows a newly drawn countdown's generation */
   if (!sampled || !sample_room())
     return c->prev.malloc(c->prev.ctx, size);
-  enter(t);
+  hp_hooks_enter(t);
   int record;
   void *p = sampled_block_malloc(c, size, &record);
   if (p && record)
     record_sample_room(c->domain, p, size, est);
-  leave(t);
+  hp_hooks_leave(t);
   return p;
 }
 
@@ -219,7 +195,7 @@ static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, siz
 /* mem and obj domains. */
 static inline void *malloc_fast(hook_ctx *c, size_t size)
 {
-  hook_tls *t = &t_tls;
+  hp_hooks_tls *t = &hp_hooks_t;
   if (small_unsampled(t, size))
     return c->prev.malloc(c->prev.ctx, size);
   return malloc_slow(c, t, size);
@@ -231,23 +207,23 @@ static void *hook_raw_malloc(void *ctx, size_t size)
 {
   (void)ctx;
   hook_ctx *c = &g_ctx[CTX_RAW];
-  hook_tls *t = &t_tls;
-  if (is_reentrant(t) || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
+  hp_hooks_tls *t = &hp_hooks_t;
+  if (hp_hooks_is_reentrant(t) || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
     return c->prev.malloc(c->prev.ctx, size);
   return malloc_flagged(c, t, size);
 }
 
 /* A small mem/obj calloc while profiling with g_frees_via_raw: the sampling decision
  * comes first, because a sampled block must come from the raw allocator. */
-static void *calloc_small_sampling(hook_ctx *c, hook_tls *t, size_t nelem, size_t elsize,
+static void *calloc_small_sampling(hook_ctx *c, hp_hooks_tls *t, size_t nelem, size_t elsize,
                                    size_t size)
 {
   uint64_t est;
   int sampled = hp_sampler_sample_slow(&hp_agent_sampler, &t->sampler, size, &est);
-  leave(t);   /* the key follows a newly drawn countdown's generation */
+  hp_hooks_leave(t);   /* the key follows a newly drawn countdown's generation */
   if (!sampled || !sample_room())
     return c->prev.calloc(c->prev.ctx, nelem, elsize);
-  enter(t);
+  hp_hooks_enter(t);
   int saved_errno = errno;
   void *p = g_ctx[CTX_RAW].prev.calloc(g_ctx[CTX_RAW].prev.ctx, nelem, elsize);
   if (p) {
@@ -256,32 +232,32 @@ static void *calloc_small_sampling(hook_ctx *c, hook_tls *t, size_t nelem, size_
     sampled_block_fallback(saved_errno);
     p = c->prev.calloc(c->prev.ctx, nelem, elsize);
   }
-  leave(t);
+  hp_hooks_leave(t);
   return p;
 }
 
-static __attribute__((noinline)) void *calloc_slow(hook_ctx *c, hook_tls *t, size_t nelem,
+static __attribute__((noinline)) void *calloc_slow(hook_ctx *c, hp_hooks_tls *t, size_t nelem,
                                                    size_t elsize)
 {
   int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
   size_t size;
-  if (is_reentrant(t) || mode == HP_MODE_OFF)
+  if (hp_hooks_is_reentrant(t) || mode == HP_MODE_OFF)
     return c->prev.calloc(c->prev.ctx, nelem, elsize);
   if (g_frees_via_raw && mode == HP_MODE_PROFILE && c->domain != HP_DOMAIN_RAW &&
       !__builtin_mul_overflow(nelem, elsize, &size) && size <= PYMALLOC_SMALL)
     return calloc_small_sampling(c, t, nelem, elsize, size);
-  enter(t);
+  hp_hooks_enter(t);
   void *p = c->prev.calloc(c->prev.ctx, nelem, elsize);
   if (p)   /* a product that overflows was refused by the real calloc */
     after_alloc(t, c->domain, p, nelem * elsize);
-  leave(t);
+  hp_hooks_leave(t);
   return p;
 }
 
 /* mem and obj domains (3.11's GC objects and dict keys come through here). */
 static inline void *calloc_fast(hook_ctx *c, size_t nelem, size_t elsize)
 {
-  hook_tls *t = &t_tls;
+  hp_hooks_tls *t = &hp_hooks_t;
   size_t size;
   if (!__builtin_mul_overflow(nelem, elsize, &size) && small_unsampled(t, size))
     return c->prev.calloc(c->prev.ctx, nelem, elsize);
@@ -291,7 +267,7 @@ static inline void *calloc_fast(hook_ctx *c, size_t nelem, size_t elsize)
 static void *hook_raw_calloc(void *ctx, size_t nelem, size_t elsize)
 {
   (void)ctx;
-  return calloc_slow(&g_ctx[CTX_RAW], &t_tls, nelem, elsize);
+  return calloc_slow(&g_ctx[CTX_RAW], &hp_hooks_t, nelem, elsize);
 }
 
 /* After a mem/obj realloc to at most PYMALLOC_SMALL bytes with g_frees_via_raw: a
@@ -299,7 +275,7 @@ static void *hook_raw_calloc(void *ctx, size_t nelem, size_t elsize)
  * to a raw block (copying the size bytes the caller asked for). Only sampled reallocs
  * pay the copy. If the raw allocation fails, the sample is dropped (counted), never
  * the program's block. */
-static void *after_small_realloc(hook_ctx *c, hook_tls *t, void *p, size_t size)
+static void *after_small_realloc(hook_ctx *c, hp_hooks_tls *t, void *p, size_t size)
 {
   uint64_t est;
   int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
@@ -327,7 +303,7 @@ static void *after_small_realloc(hook_ctx *c, hook_tls *t, void *p, size_t size)
  * lost sample rather than a wrong pairing.) */
 static inline void *realloc_any(hook_ctx *c, void *ptr, size_t size)
 {
-  hook_tls *t = &t_tls;
+  hp_hooks_tls *t = &hp_hooks_t;
   int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
   if (mode == HP_MODE_OFF)
     return c->prev.realloc(c->prev.ctx, ptr, size);
@@ -336,22 +312,22 @@ static inline void *realloc_any(hook_ctx *c, void *ptr, size_t size)
       !hp_addrtab_filter_absent(atomic_load_explicit(&hp_agent_free_filter,
                                                      memory_order_relaxed), (uintptr_t)ptr)) {
     int saved_errno = errno;
-    int was_reentrant = is_reentrant(t);
-    enter(t);
+    int was_reentrant = hp_hooks_is_reentrant(t);
+    hp_hooks_enter(t);
     hp_agent_record_free(ptr);
     if (!was_reentrant)
-      leave(t);
+      hp_hooks_leave(t);
     errno = saved_errno;
   }
-  if (is_reentrant(t))
+  if (hp_hooks_is_reentrant(t))
     return c->prev.realloc(c->prev.ctx, ptr, size);
-  enter(t);
+  hp_hooks_enter(t);
   void *p = c->prev.realloc(c->prev.ctx, ptr, size);
   if (p && g_frees_via_raw && c->domain != HP_DOMAIN_RAW && size <= PYMALLOC_SMALL)
     p = after_small_realloc(c, t, p, size);
   else if (p)
     after_alloc(t, c->domain, p, size);
-  leave(t);
+  hp_hooks_leave(t);
   return p;
 }
 
@@ -362,14 +338,14 @@ static inline void *realloc_any(hook_ctx *c, void *ptr, size_t size)
  * The filter comes first so that a failed test never has taken the countdown step. */
 static inline void *realloc_fast(hook_ctx *c, void *ptr, size_t size)
 {
-  hook_tls *t = &t_tls;
+  hp_hooks_tls *t = &hp_hooks_t;
   if (HP_LIKELY(hp_addrtab_filter_absent(
                     atomic_load_explicit(&hp_agent_free_filter, memory_order_relaxed),
                     (uintptr_t)ptr) &&
                 small_unsampled(t, size))) {
-    enter(t);
+    hp_hooks_enter(t);
     void *p = c->prev.realloc(c->prev.ctx, ptr, size);
-    leave(t);
+    hp_hooks_leave(t);
     return p;
   }
   return realloc_any(c, ptr, size);
@@ -388,20 +364,20 @@ static void *hook_raw_realloc(void *ctx, void *ptr, size_t size)
  * while re-entering lost the frees that another allocator hooked on top of ours makes
  * inside our real call (tracemalloc started after heapprof frees its trace records
  * from within pymalloc's PyMem_RawRealloc): their blocks looked leaked. */
-static __attribute__((noinline)) void free_slow(hook_ctx *c, hook_tls *t, void *ptr)
+static __attribute__((noinline)) void free_slow(hook_ctx *c, hp_hooks_tls *t, void *ptr)
 {
   if (!ptr || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE) {
     c->prev.free(c->prev.ctx, ptr);
     return;
   }
-  int was_reentrant = is_reentrant(t);
-  enter(t);
+  int was_reentrant = hp_hooks_is_reentrant(t);
+  hp_hooks_enter(t);
   int saved_errno = errno;
   hp_agent_record_free(ptr);
   errno = saved_errno;
   c->prev.free(c->prev.ctx, ptr);
   if (!was_reentrant)
-    leave(t);
+    hp_hooks_leave(t);
 }
 
 static inline void free_fast(hook_ctx *c, void *ptr)
@@ -414,7 +390,26 @@ static inline void free_fast(hook_ctx *c, void *ptr)
     c->prev.free(c->prev.ctx, ptr);
     return;
   }
-  free_slow(c, &t_tls, ptr);
+  free_slow(c, &hp_hooks_t, ptr);
+}
+
+void hp_hooks_sample_alloc(hp_hooks_tls *t, hp_domain domain, void *ptr, size_t size)
+{
+  after_alloc(t, domain, ptr, size);
+}
+
+int hp_hooks_sample_free(hp_hooks_tls *t, void *ptr)
+{
+  if (!ptr || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE)
+    return 0;
+  int was_reentrant = hp_hooks_is_reentrant(t);
+  hp_hooks_enter(t);
+  int saved_errno = errno;
+  int sampled = hp_agent_record_free(ptr);
+  errno = saved_errno;
+  if (!was_reentrant)
+    hp_hooks_leave(t);
+  return sampled;
 }
 
 #define HOOK_FAST_PATHS(dom, i)                                                              \
@@ -489,11 +484,11 @@ int hp_hooks_replaced(void)
  * -- and errors -- would be identical. The next sample reseeds (clock and pid). */
 static void hooks_after_fork_child(void)
 {
-  hook_tls *t = &t_tls;
+  hp_hooks_tls *t = &hp_hooks_t;
   t->sampler.rng = 0;
   t->sampler.generation = 0;
-  if (!is_reentrant(t))
-    leave(t);
+  if (!hp_hooks_is_reentrant(t))
+    hp_hooks_leave(t);
 }
 
 int hp_hooks_frees_forwarded(void)
@@ -503,7 +498,7 @@ int hp_hooks_frees_forwarded(void)
 
 int hp_hooks_in_hook(void)
 {
-  return is_reentrant(&t_tls);
+  return hp_hooks_is_reentrant(&hp_hooks_t);
 }
 
 int hp_hooks_install(void)

@@ -11,6 +11,7 @@
 
 #include "hp_agent.h"
 #include "hp_hooks.h"
+#include "hp_native.h"
 #include "hp_stacks.h"
 #include "hp_stats.h"
 #include "hp_pystr.h"
@@ -43,8 +44,10 @@ static void str_args_free(hp_str *s, size_t n)
     free((char *)s[i].ptr);
 }
 
-/* start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version)
- * on_full: 0 drop, 1 block, 2 adapt.
+/* start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version,
+ *       native)
+ * on_full: 0 drop, 1 block, 2 adapt. native: also interpose the malloc family of the
+ * loaded shared objects (hp_native.h).
  * buckets: None or a sequence of (max_size, rate). Raises ValueError for bad options,
  * OSError(errno, message) when the daemon cannot be reached. */
 static PyObject *agent_start(PyObject *self, PyObject *args)
@@ -53,14 +56,14 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
   const char *sock;
   unsigned long long interval;
   unsigned int max_depth;
-  int on_full;
+  int on_full, native = 1;
   PyObject *buckets_obj, *argv_obj, *exe_obj, *ver_obj;
   hp_bucket buckets[HP_MAX_BUCKETS];
   hp_str *argv = NULL;
   hp_str exe = { 0 }, ver = { 0 };
   PyObject *argv_seq = NULL, *result = NULL;
-  if (!PyArg_ParseTuple(args, "sKIiOOUU", &sock, &interval, &max_depth, &on_full,
-                        &buckets_obj, &argv_obj, &exe_obj, &ver_obj))
+  if (!PyArg_ParseTuple(args, "sKIiOOUU|p", &sock, &interval, &max_depth, &on_full,
+                        &buckets_obj, &argv_obj, &exe_obj, &ver_obj, &native))
     return NULL;
   hp_agent_opts o = { .socket_path = sock, .sample_interval = interval,
                       .max_depth = max_depth, .block_when_full = on_full == 1,
@@ -140,6 +143,10 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
     }
     goto out;
   }
+  /* After the session is up: a start that failed has rewritten nothing. A failure here
+   * (out of memory) only narrows what is seen. */
+  if (native)
+    (void)hp_native_start();
   result = Py_NewRef(Py_None);
 out:
   str_args_free(argv, argv ? (size_t)argc : 0);
@@ -157,6 +164,9 @@ static PyObject *agent_stop(PyObject *self, PyObject *unused)
   int rc;
   /* The sender may need a moment to drain; other Python threads can run meanwhile. */
   Py_BEGIN_ALLOW_THREADS
+  /* The slots first, so that the program runs without the native hooks while the
+   * session drains. */
+  hp_native_stop();
   rc = hp_agent_stop();
   Py_END_ALLOW_THREADS
   return PyLong_FromLong(rc);
@@ -289,6 +299,18 @@ static PyObject *agent_stack_stats(PyObject *self, PyObject *noargs)
                        in ? hp_intern_stack_count(in) : 0u);
 }
 
+/* For tests: how many import slots hold a native hook now. */
+static PyObject *agent_native_slots(PyObject *self, PyObject *noargs)
+{
+  (void)self;
+  (void)noargs;
+  size_t n;
+  Py_BEGIN_ALLOW_THREADS
+  n = hp_native_slots();
+  Py_END_ALLOW_THREADS
+  return PyLong_FromSize_t(n);
+}
+
 static PyObject *agent_sample_estimate(PyObject *self, PyObject *args)
 {
   (void)self;
@@ -300,7 +322,8 @@ static PyObject *agent_sample_estimate(PyObject *self, PyObject *args)
 
 static PyMethodDef agent_methods[] = {
   {"start", agent_start, METH_VARARGS,
-   "start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version)"},
+   "start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version"
+   "[, native=True])"},
   {"stop", agent_stop, METH_NOARGS, "stop() -> 0 or the negative error that ended the stream"},
   {"is_profiling", agent_is_profiling, METH_NOARGS, "is_profiling() -> bool"},
   {"thread_names", agent_thread_names, METH_O,
@@ -318,6 +341,8 @@ static PyMethodDef agent_methods[] = {
    "_in_hook() -> bool: this thread is inside an allocator hook (tests)"},
   {"_stack_stats", agent_stack_stats, METH_NOARGS,
    "_stack_stats() -> dict: stack caches and interning tables (tests)"},
+  {"_native_slots", agent_native_slots, METH_NOARGS,
+   "_native_slots() -> int: import slots rewritten to the native hooks now (tests)"},
   {"sample_estimate", agent_sample_estimate, METH_VARARGS,
    "sample_estimate(interval, size) -> est_bytes of one sample"},
   {NULL, NULL, 0, NULL},

@@ -5,8 +5,9 @@
     ...
     heapprof.stop()                                  # implicit at exit
 
-The native agent (heapprof._agent) samples allocations of all three PEP 445 domains and
-streams them to heapprofd, which writes a SQLite database; heapprof.read() opens one.
+The native agent (heapprof._agent) samples allocations of all three PEP 445 domains, and
+native code's malloc family (the import slots of loaded shared objects are redirected while
+a session runs), and streams them to heapprofd, which writes a SQLite database; heapprof.read() opens one.
 
 Settings, by argument or environment variable:
     socket           HEAPPROF_SOCKET      heapprofd's Unix socket
@@ -17,6 +18,9 @@ Settings, by argument or environment variable:
                                           room, or 'adapt': double the sampling interval
                                           (Perfetto-style; estimates stay unbiased)
     sample_rates     HEAPPROF_RATES       the original heapprof's {max_size: rate, ...}
+    native           HEAPPROF_NATIVE      also sample the malloc family and anonymous mmap
+                                          of C extensions and their libraries (domain
+                                          'native'); on unless 0 / False
 
 The agent runs on the CPython versions in heapprof._pythons (3.11, 3.12 and 3.13, with the
 GIL); on any other interpreter start() and the start-up hook refuse with one line and the
@@ -48,7 +52,7 @@ _saved_environ = None
 # The largest mean sampling interval a setting may ask for (1 TiB).
 MAX_INTERVAL = 1 << 40
 _ENV_VARS = ('HEAPPROF_SOCKET', 'HEAPPROF_INTERVAL', 'HEAPPROF_MAX_DEPTH', 'HEAPPROF_ON_FULL',
-             'HEAPPROF_RATES')
+             'HEAPPROF_RATES', 'HEAPPROF_NATIVE')
 # posix._exit as it was before _install_exit_hook() replaced it (None: not replaced in
 # this process or the parent it was forked from).
 _real_exit = None
@@ -145,8 +149,24 @@ def _int_setting(name, value, env, lo, hi, environ=os.environ):
     return n
 
 
+def _bool_setting(name, value, env, environ=os.environ):
+    """True/False from the argument, else from environ[env] ('1'/'0', 'true'/'false',
+    'yes'/'no', 'on'/'off'), else None."""
+    if value is not None:
+        return bool(value)
+    text = environ.get(env)
+    if not text:
+        return None
+    low = text.strip().lower()
+    if low in ('1', 'true', 'yes', 'on'):
+        return True
+    if low in ('0', 'false', 'no', 'off'):
+        return False
+    raise OptionError('%s %s=%r: expected 1 or 0' % (name, env, text))
+
+
 def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates,
-             environ=os.environ):
+             environ=os.environ, native=None):
     """The session's settings from the arguments, else environ (HEAPPROF_*), else the
     defaults; OptionError names the argument or variable at fault."""
     agent = _native()
@@ -182,8 +202,10 @@ def _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates,
     if rates is not None and on_full == 'adapt':
         raise OptionError("%s='adapt' doubles a sampling interval; with %s (size-bucket "
                           "rates) use 'drop' or 'block'" % (on_full_name, rates_name))
+    native = _bool_setting('native', native, 'HEAPPROF_NATIVE', environ)
     return {
         'socket': str(socket),
+        'native': True if native is None else native,
         'interval': interval if interval is not None else agent.DEFAULT_INTERVAL,
         'max_depth': depth if depth is not None else agent.DEFAULT_MAX_DEPTH,
         'on_full': on_full,
@@ -218,7 +240,7 @@ def _start_agent(opts):
     try:
         agent.start(opts['socket'], opts['interval'], opts['max_depth'],
                     _ON_FULL.index(opts['on_full']), opts['rates'], _program_argv(),
-                    sys.executable or '', sys.version.split()[0])
+                    sys.executable or '', sys.version.split()[0], opts.get('native', True))
     except OSError as e:
         sys.stderr.write('heapprof: cannot reach heapprofd at %s (%s); the program runs '
                          'unprofiled\n' % (opts['socket'], e.strerror or e))
@@ -234,7 +256,8 @@ def _export_environment(opts):
         _saved_environ = {k: os.environ.get(k) for k in _ENV_VARS}
     new = {'HEAPPROF_SOCKET': opts['socket'],
            'HEAPPROF_MAX_DEPTH': str(opts['max_depth']),
-           'HEAPPROF_ON_FULL': opts['on_full']}
+           'HEAPPROF_ON_FULL': opts['on_full'],
+           'HEAPPROF_NATIVE': '1' if opts.get('native', True) else '0'}
     if opts['rates']:
         new['HEAPPROF_RATES'] = ','.join('%d:%r' % (size, rate) for size, rate in opts['rates'])
     else:
@@ -397,14 +420,18 @@ def _after_fork_in_child():
 
 
 def start(socket=None, sample_interval=None, max_stack_depth=None, on_full=None,
-          sample_rates=None):
+          sample_rates=None, native=None):
     """Starts profiling this process; returns True when profiling.
+
+    native=False (or HEAPPROF_NATIVE=0) leaves C extensions' malloc family unobserved:
+    only the interpreter's PEP 445 allocations are sampled.
 
     Unset arguments come from the environment (see the module docstring), then the
     defaults. Bad settings raise ValueError. When heapprofd cannot be reached, one line
     goes to stderr and False is returned: the program goes on unprofiled."""
     global _options
-    opts = _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates)
+    opts = _resolve(socket, sample_interval, max_stack_depth, on_full, sample_rates,
+                    native=native)
     with _lock:
         if _native().is_profiling():
             raise RuntimeError('heapprof is already profiling this process')

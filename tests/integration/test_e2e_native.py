@@ -1,0 +1,271 @@
+"""End to end: native allocations (domain 'native', issue 11). A C extension built by the
+test suite (hp_native_testext.c, lazy binding and full RELRO) allocates with every
+function of the malloc family and maps anonymous memory from known Python lines; a real
+heapprofd records a real profiled program. At interval 1 each call is seen once, with the
+size asked for, domain 'native', its line and its free; nothing is counted again in a PEP
+445 domain; the import slots are put back at stop(), also while threads allocate, and
+across fork."""
+import os
+import unittest
+
+from agent_e2e_util import (BUILD_ROOT, DaemonTestCase, line_of, run_python, write_program)
+
+EXT_DIR = os.path.join(BUILD_ROOT, 'tests', 'integration')
+LIB = os.path.join(EXT_DIR, 'libhp_native_lib.so')
+
+# The sites of EVERY_FUNCTION: marker -> (size asked for, freed by the program).
+SITES = {
+    'N_MALLOC': (100003, True),
+    'N_CALLOC': (7 * 1001, True),
+    'N_REALLOC_NEW': (5003, True),        # realloc(NULL, n): a new block, freed by the growth
+    'N_REALLOC_GROW': (90001, True),
+    'N_REALLOCARRAY': (11 * 13, True),
+    'N_POSIX': (3001, True),
+    'N_ALIGNED': (4096, True),
+    'N_MEMALIGN': (2001, True),
+    'N_VALLOC': (6001, True),
+    'N_PVALLOC': (7001, True),
+    'N_MMAP': (1 << 20, True),
+    'N_LEAK': (12345, False),
+}
+
+EVERY_FUNCTION = '''
+import sys
+ext = __import__(sys.argv[1])            # imported after the start-up hook started heapprof
+ext.counts()
+a = ext.malloc(100003)                   # N_MALLOC
+b = ext.calloc(7, 1001)                  # N_CALLOC
+c = ext.realloc(None, 5003)              # N_REALLOC_NEW
+c = ext.realloc(c, 90001)                # N_REALLOC_GROW
+r = ext.reallocarray(None, 11, 13)       # N_REALLOCARRAY
+d = ext.posix_memalign(64, 3001)         # N_POSIX
+e = ext.aligned_alloc(128, 4096)         # N_ALIGNED
+f = ext.memalign(256, 2001)              # N_MEMALIGN
+g = ext.valloc(6001)                     # N_VALLOC
+h = ext.pvalloc(7001)                    # N_PVALLOC
+m = ext.mmap(1 << 20)                    # N_MMAP
+leak = ext.malloc(12345)                 # N_LEAK
+fm = ext.mmap_file(65536)                # N_FILE
+asked, calls = ext.counts()
+for p in (a, b, c, r, d, e, f, g, h):
+    ext.free(p)                          # N_FREE
+ext.munmap(m, 1 << 20)
+ext.munmap(fm, 65536)
+hooked = ext.malloc_slot_hooked()
+print("asked", asked, calls, hooked)
+'''
+
+# Allocations whose innermost Python frame is path:line.
+AT_LINE = '''
+    SELECT a.domain, a.size, a.est_bytes, a.freed_ns IS NOT NULL
+    FROM allocations a
+    JOIN stack_frames sf ON sf.stack_id = a.stack_id AND sf.depth = 0
+    JOIN frames f ON f.frame_id = sf.frame_id
+    WHERE f.filename = ? AND f.lineno = ?
+    ORDER BY a.alloc_id
+'''
+
+
+def ext_env(test, **extra):
+    return test.profiled_env(PYTHONPATH=EXT_DIR, **extra)
+
+
+class NativeEveryFunction(DaemonTestCase):
+
+    def run_every_function(self, module):
+        path = write_program(self.tmp, 'every.py', EVERY_FUNCTION)
+        r = run_python(path, [module], env=ext_env(self, HEAPPROF_INTERVAL=1))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        words = r.stdout.split()
+        self.assertEqual(words[0], 'asked', r.stdout)
+        asked, calls, hooked = int(words[1]), int(words[2]), words[3]
+        self.assertEqual(hooked, 'True', 'the extension\'s malloc slot is not hooked')
+        self.assertEqual(len(self.sessions()), 1)
+        return path, asked, calls
+
+    def check_every_function(self, module):
+        path, asked, calls = self.run_every_function(module)
+        seen_bytes = 0
+        for marker, (size, freed) in SITES.items():
+            rows = self.daemon.query(AT_LINE, (path, line_of(path, marker)))
+            native = [r for r in rows if r[0] == 'native']
+            with self.subTest(module=module, site=marker):
+                self.assertEqual(len(native), 1, rows)
+                self.assertEqual(native[0][1], size)
+                self.assertEqual(native[0][2], size)          # interval 1: est = size
+                self.assertEqual(bool(native[0][3]), freed)
+                # Counted once: no PEP 445 allocation of that size at the line.
+                self.assertEqual([r for r in rows if r[0] != 'native' and r[1] >= 1000], [])
+            seen_bytes += native[0][1] if native else 0
+        # realloc(NULL, n) then realloc(p, m): the extension asked for both.
+        self.assertEqual(seen_bytes, asked)
+        self.assertEqual(calls, len(SITES))
+        # A file mapping is not a native allocation.
+        rows = self.daemon.query(AT_LINE, (path, line_of(path, 'N_FILE')))
+        self.assertEqual([r for r in rows if r[0] == 'native'], [])
+
+    def test_every_function_lazy_binding(self):
+        self.check_every_function('hp_native_testext')
+
+    def test_every_function_full_relro(self):
+        self.check_every_function('hp_native_testext_now')
+
+    def test_interval_default_estimates(self):
+        """At the default interval large blocks are sampled with est_bytes by the same
+        sampler: the sum over 200 blocks of 256 KiB is within 10% of what was asked."""
+        src = '''
+        import sys, hp_native_testext as ext
+        kept = [ext.malloc(262144) for _ in range(200)]      # N_BIG
+        print(ext.counts()[0])
+        '''
+        path = write_program(self.tmp, 'big.py', src)
+        r = run_python(path, env=ext_env(self))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        asked = int(r.stdout.split()[0])
+        self.sessions()
+        rows = self.daemon.query(AT_LINE, (path, line_of(path, 'N_BIG')))
+        est = sum(row[2] for row in rows if row[0] == 'native')
+        self.assertGreater(est, 0.9 * asked)
+        self.assertLess(est, 1.1 * asked)
+
+
+LOADED_BEFORE = '''
+import sys, heapprof, hp_native_testext as ext
+from heapprof import _agent
+before = ext.malloc_slot_hooked()
+heapprof.start(socket=sys.argv[1], sample_interval=1, native=sys.argv[2] == '1')
+during = ext.malloc_slot_hooked()
+slots = _agent._native_slots()
+p = ext.malloc(54321)                    # N_BEFORE
+ext.free(p)
+q = ext.malloc_nogil(43210)              # N_NOGIL
+ext.free(q)
+heapprof.stop()
+print(before, during, slots > 0, ext.malloc_slot_hooked(), _agent._native_slots())
+'''
+
+
+class NativeStartStop(DaemonTestCase):
+
+    def run_loaded_before(self, native):
+        path = write_program(self.tmp, 'before.py', LOADED_BEFORE)
+        env = ext_env(self)
+        env.pop('HEAPPROF_SOCKET')
+        r = run_python(path, [self.daemon.socket, native], env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.sessions()
+        return path, r.stdout.split()
+
+    def test_loaded_before_start_and_restored_at_stop(self):
+        path, out = self.run_loaded_before('1')
+        # Not hooked before start, hooked while profiling, nothing left after stop().
+        self.assertEqual(out, ['False', 'True', 'True', 'False', '0'])
+        rows = self.daemon.query(AT_LINE, (path, line_of(path, 'N_BEFORE')))
+        self.assertEqual([(r[0], r[1], r[3]) for r in rows if r[1] >= 1000],
+                         [('native', 54321, 1)])
+        # Without the GIL: recorded, freed, with no Python stack.
+        rows = self.daemon.query("SELECT stack_id, freed_ns IS NOT NULL FROM allocations "
+                                 "WHERE domain = 'native' AND size = 43210")
+        self.assertEqual(rows, [(None, 1)])
+
+    def test_native_false(self):
+        path, out = self.run_loaded_before('0')
+        self.assertEqual(out, ['False', 'False', 'False', 'False', '0'])
+        self.assertEqual(self.daemon.query(
+            "SELECT COUNT(*) FROM allocations WHERE domain = 'native'"), [(0,)])
+
+    def test_heapprof_native_0(self):
+        path = write_program(self.tmp, 'every.py', EVERY_FUNCTION)
+        r = run_python(path, ['hp_native_testext'],
+                       env=ext_env(self, HEAPPROF_INTERVAL=1, HEAPPROF_NATIVE=0))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.strip().endswith('False'), r.stdout)
+        self.sessions()
+        self.assertEqual(self.daemon.query(
+            "SELECT COUNT(*) FROM allocations WHERE domain = 'native'"), [(0,)])
+        # The PEP 445 domains are recorded as ever.
+        self.assertGreater(self.daemon.query("SELECT COUNT(*) FROM allocations")[0][0], 100)
+
+    def test_ctypes_dlopen_of_a_plain_library(self):
+        src = '''
+        import ctypes, sys
+        lib = ctypes.PyDLL(sys.argv[1])          # dlopen() at run time, the GIL kept
+        lib.hp_native_lib_malloc.restype = ctypes.c_void_p
+        lib.hp_native_lib_free.argtypes = [ctypes.c_void_p]
+        p = lib.hp_native_lib_malloc(77777)      # N_LIB
+        lib.hp_native_lib_free(p)
+        '''
+        path = write_program(self.tmp, 'lib.py', src)
+        r = run_python(path, [LIB], env=ext_env(self, HEAPPROF_INTERVAL=1))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.sessions()
+        rows = self.daemon.query(AT_LINE, (path, line_of(path, 'N_LIB')))
+        self.assertEqual([(r[0], r[1], r[3]) for r in rows if r[1] == 77777],
+                         [('native', 77777, 1)])
+
+    def test_stop_while_threads_allocate(self):
+        """Threads allocate and free natively without the GIL while profiling starts and
+        stops three times: no crash, every stop leaves nothing patched, and the threads'
+        allocations are recorded with no stack."""
+        src = '''
+        import sys, time, heapprof, hp_native_testext as ext
+        from heapprof import _agent
+        ext.churn_start(4)
+        out = []
+        for i in range(3):
+            heapprof.start(socket=sys.argv[1], sample_interval=4096)
+            n = ext.churned()
+            while ext.churned() < n + 200:
+                time.sleep(0.01)
+            heapprof.stop()
+            out.append((ext.malloc_slot_hooked(), _agent._native_slots()))
+            n = ext.churned()
+            while ext.churned() < n + 200:
+                time.sleep(0.01)
+        ext.churn_stop()
+        print(out)
+        '''
+        path = write_program(self.tmp, 'churn.py', src)
+        env = ext_env(self)
+        env.pop('HEAPPROF_SOCKET')
+        r = run_python(path, [self.daemon.socket], env=env, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), str([(False, 0)] * 3))
+        sessions = self.sessions()
+        self.assertEqual([s[4] for s in sessions], ['exited'] * 3)
+        for s in sessions:
+            n = self.daemon.query("SELECT COUNT(*) FROM allocations WHERE session_id = ? AND "
+                                  "domain = 'native' AND stack_id IS NULL", (s[0],))[0][0]
+            self.assertGreater(n, 0, s)
+
+    def test_fork_while_native_calls_run(self):
+        src = '''
+        import os, sys, heapprof, hp_native_testext as ext
+        ext.churn_start(3)
+        codes = []
+        for i in range(4):
+            pid = os.fork()
+            if pid == 0:
+                ok = ext.malloc_slot_hooked()
+                p = ext.malloc(65432)            # N_CHILD
+                ext.free(p)
+                heapprof.stop()
+                ok = ok and not ext.malloc_slot_hooked()
+                os._exit(0 if ok else 7)
+            codes.append(os.waitpid(pid, 0)[1])
+        ext.churn_stop()
+        print(codes)
+        '''
+        path = write_program(self.tmp, 'fork.py', src)
+        r = run_python(path, env=ext_env(self, HEAPPROF_INTERVAL=1), timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), str([0] * 4))
+        sessions = self.sessions()
+        self.assertEqual(len(sessions), 5)
+        rows = self.daemon.query(AT_LINE, (path, line_of(path, 'N_CHILD')))
+        self.assertEqual(sorted((r[0], r[1], r[3]) for r in rows if r[1] == 65432),
+                         [('native', 65432, 1)] * 4)
+
+
+if __name__ == '__main__':
+    unittest.main()
