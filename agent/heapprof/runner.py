@@ -19,7 +19,7 @@ import time
 RUN_USAGE = """\
 usage: python -m heapprof run [-o PATH] [--socket S] [--interval N] [--max-depth N]
                               [--rates R] [--on-full drop|block|adapt]
-                              [--report[=HTML]]
+                              [--no-native] [--report[=HTML]]
                               (-m MODULE | SCRIPT) [args...]
 
 Profile a Python program and print where its memory went.
@@ -32,6 +32,8 @@ Profile a Python program and print where its memory went.
   --rates R           the original heapprof's size-bucket rates, e.g. "{128: 1e-4, 8192: 0.1}"
   --on-full MODE      when the send buffer is full: drop (default) or block, or adapt:
                       double the sampling interval (estimates stay unbiased)
+  --no-native         do not sample C extensions' malloc/calloc/realloc/mmap (domain
+                      native), only the interpreter's own allocations (HEAPPROF_NATIVE=0)
   --report[=HTML]     also write the interactive HTML report (default: the database's
                       name with .html); not with --socket
   -m MODULE           run a module, like python -m
@@ -83,8 +85,12 @@ def _parse(argv, options):
         if a == '--':
             i += 1
             break
-        if a == '--report':         # the one option that may stand without a value
+        if a == '--report':         # the options that stand without a value
             opts['report'] = True
+            i += 1
+            continue
+        if a == '--no-native' and '--no-native' in options:
+            opts['native'] = '0'
             i += 1
             continue
         if not a.startswith('-') or a == '-':
@@ -137,6 +143,8 @@ def _program_env(opts, environ):
                 raise UsageError("--on-full %r: expected drop, block or adapt"
                                  % opts['on_full'])
             env['HEAPPROF_ON_FULL'] = opts['on_full']
+        if 'native' in opts:
+            env['HEAPPROF_NATIVE'] = opts['native']
         if env.get('HEAPPROF_ON_FULL') == 'adapt' and env.get('HEAPPROF_RATES'):
             raise UsageError('%s doubles a sampling interval; with %s (size-bucket rates) '
                              'use drop or block'
@@ -330,7 +338,7 @@ def run_main(argv):
         opts, module, rest = _parse(argv, {
             '-o': 'output', '--output': 'output', '--socket': 'socket',
             '--interval': 'interval', '--max-depth': 'max_depth', '--rates': 'rates',
-            '--on-full': 'on_full', '--report': 'report'})
+            '--on-full': 'on_full', '--report': 'report', '--no-native': 'native'})
         if opts.get('help'):
             sys.stdout.write(RUN_USAGE)
             return 0

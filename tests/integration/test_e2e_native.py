@@ -6,9 +6,12 @@ size asked for, domain 'native', its line and its free; nothing is counted again
 445 domain; the import slots are put back at stop(), also while threads allocate, and
 across fork."""
 import os
+import sqlite3
+import tempfile
 import unittest
 
-from agent_e2e_util import (BUILD_ROOT, DaemonTestCase, line_of, run_python, write_program)
+from agent_e2e_util import (BUILD_ROOT, DaemonTestCase, clean_env, heapprofd_path, line_of,
+                            run_python, write_program)
 
 EXT_DIR = os.path.join(BUILD_ROOT, 'tests', 'integration')
 LIB = os.path.join(EXT_DIR, 'libhp_native_lib.so')
@@ -265,6 +268,38 @@ class NativeStartStop(DaemonTestCase):
         rows = self.daemon.query(AT_LINE, (path, line_of(path, 'N_CHILD')))
         self.assertEqual(sorted((r[0], r[1], r[3]) for r in rows if r[1] == 65432),
                          [('native', 65432, 1)] * 4)
+
+
+class NativeRunner(unittest.TestCase):
+    """`heapprof run` records native allocations by default; --no-native does not."""
+
+    def run_count(self, *options):
+        with tempfile.TemporaryDirectory(prefix='hp-native-run-') as tmp:
+            path = write_program(tmp, 'app.py', '''
+            import hp_native_testext as ext
+            kept = [ext.malloc(1 << 20) for _ in range(20)]     # N_RUN
+            ''')
+            db = os.path.join(tmp, 'out.sqlite')
+            env = clean_env(HEAPPROFD=heapprofd_path(), PYTHONPATH=EXT_DIR)
+            r = run_python('-m', ['heapprof', 'run', '-o', db] + list(options) + [path],
+                           env=env, cwd=tmp)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            con = sqlite3.connect(db)
+            try:
+                return con.execute("SELECT COUNT(*) FROM allocations WHERE domain = 'native' "
+                                   "AND size = ?", (1 << 20,)).fetchone()[0]
+            finally:
+                con.close()
+
+    def test_native_by_default(self):
+        self.assertEqual(self.run_count(), 20)
+
+    def test_no_native(self):
+        self.assertEqual(self.run_count('--no-native'), 0)
+
+    def test_no_native_in_help(self):
+        r = run_python('-m', ['heapprof', 'run', '--help'], env=clean_env())
+        self.assertIn('--no-native', r.stdout + r.stderr)
 
 
 if __name__ == '__main__':
