@@ -9,8 +9,11 @@
  *   load bias + r_offset with the address of symbol ELF_R_SYM(r_info). With lazy binding
  *   a JUMP_SLOT first holds an address inside the object's own PLT.
  * - Slots inside PT_GNU_RELRO are read-only once relocated (full RELRO makes the whole
- *   GOT so); they are made writable for the write and read-only again after. Other slots
- *   live in a writable PT_LOAD segment.
+ *   GOT so); they are made writable for the write and read-only again after. The loader
+ *   protects the region's whole pages only (start and end rounded down to a page), so a
+ *   slot on the page of its end stays writable and is written without mprotect: making
+ *   that page read-only would break the data beside it. Other slots live in a writable
+ *   PT_LOAD segment.
  * - dl_iterate_phdr() runs its callback under the loader's lock, so an object seen there
  *   cannot be unloaded during the callback: every write to a slot happens inside it. */
 
@@ -107,7 +110,7 @@ static got_obj *find_obj(hp_got_set *s, const struct dl_phdr_info *info)
 
 typedef struct {
   uintptr_t bias, lo, hi;         /* load bias; mapped range of its PT_LOAD segments */
-  uintptr_t relro_lo, relro_hi;   /* PT_GNU_RELRO, or empty */
+  uintptr_t relro_lo, relro_hi;   /* the pages PT_GNU_RELRO made read-only, or empty */
   const ElfW(Dyn) *dyn;
 } obj_layout;
 
@@ -127,8 +130,9 @@ static void layout_of(const struct dl_phdr_info *info, obj_layout *l)
     } else if (p->p_type == PT_DYNAMIC) {
       l->dyn = (const ElfW(Dyn) *)start;
     } else if (p->p_type == PT_GNU_RELRO) {
-      l->relro_lo = start;
-      l->relro_hi = end;
+      uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+      l->relro_lo = start & ~(page - 1);
+      l->relro_hi = end & ~(page - 1);
     }
   }
   if (l->lo == UINTPTR_MAX)
