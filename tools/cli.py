@@ -49,6 +49,16 @@ def add_at_option(parser, default='peak', multiple=False):
                             help='the time to show (%s; default: %s)' % (what, default))
 
 
+def add_domain_option(parser):
+    """--domain: count only some allocation domains (Reader.restrict_domains)."""
+    parser.add_argument('--domain', action='append', metavar='D',
+                        choices=_reader.DOMAINS + tuple(_reader.DOMAIN_GROUPS),
+                        help="only allocations of domain D: native (C extensions' malloc "
+                             "family and anonymous mmap), python (the interpreter's: raw, "
+                             "mem and obj), or one of raw, mem, obj; repeat for several "
+                             "(default: all)")
+
+
 def db_path(args):
     if args.db:
         return args.db
@@ -64,6 +74,7 @@ def open_reader(args):
     r = _reader.read(db_path(args), getattr(args, 'session', None))
     if r.default_note:
         sys.stderr.write('%s: %s\n' % (PROG, r.default_note))
+    r.restrict_domains(getattr(args, 'domain', None))
     return r
 
 

@@ -10,7 +10,8 @@ import os
 
 from heapprof import _svg
 from heapprof import reader as _reader
-from heapprof.cli import UsageError, add_at_option, add_db_options, open_reader, write_output
+from heapprof.cli import (UsageError, add_at_option, add_db_options, add_domain_option,
+                          open_reader, write_output)
 
 # Output extension -> format; '-' (stdout) is folded.
 EXTENSIONS = {'.svg': 'svg', '.folded': 'folded', '.txt': 'folded', '.json': 'speedscope'}
@@ -20,6 +21,7 @@ def register(subparsers):
     p = subparsers.add_parser('flame', help='flame graph at a time (SVG, folded, speedscope)',
                               description=__doc__.split('\n\n')[1].replace('\n', ' '))
     add_db_options(p)
+    add_domain_option(p)
     add_at_option(p, default='peak')
     p.add_argument('-o', '--output', required=True, metavar='FILE',
                    help="output file: .svg, .folded or .txt, .json ('-': folded to stdout)")

@@ -4,7 +4,7 @@ Only for a session whose end was recorded: one that ended without its final flus
 stopped recording early) cannot tell a leak from a block freed after it stopped.
 """
 from heapprof import _fmt
-from heapprof.cli import UsageError, add_db_options, open_reader
+from heapprof.cli import UsageError, add_db_options, add_domain_option, open_reader
 
 
 def register(subparsers):
@@ -12,6 +12,7 @@ def register(subparsers):
                               description='Allocation sites whose sampled allocations were never '
                                           'freed during the recording, largest first.')
     add_db_options(p)
+    add_domain_option(p)
     p.add_argument('-n', '--limit', type=int, default=20, metavar='N',
                    help='sites to show (default: 20)')
     p.set_defaults(func=run)
@@ -28,8 +29,9 @@ def run(args):
         total = sum(s.bytes for s in sites)
         when = 'so far (the session is still recording)' if meta.status == 'running' else \
             'by the end of the recording (%.3f s)' % r.duration
-        print('heapprof leaks: session %d (pid %d): %s never freed %s'
-              % (meta.session_id, meta.pid, _fmt.human_bytes(total), when))
+        print('heapprof leaks: session %d (pid %d): %s%s never freed %s'
+              % (meta.session_id, meta.pid, _fmt.human_bytes(total),
+                 ' of domain %s' % ', '.join(r.domains) if r.domains else '', when))
         print(_fmt.ESTIMATE_NOTE)
         for line in _fmt.drop_warning(meta, 'never freed'):
             print(line)

@@ -10,7 +10,7 @@ import time
 
 from heapprof import _fmt
 from heapprof import reader as _reader
-from heapprof.cli import add_at_option, add_db_options, open_reader
+from heapprof.cli import add_at_option, add_db_options, add_domain_option, open_reader
 
 CLEAR = '\x1b[H\x1b[2J'
 
@@ -21,6 +21,7 @@ def register(subparsers):
                                           'time: self (allocated at that line) and cumulative '
                                           '(allocated while that line was on the stack).')
     add_db_options(p)
+    add_domain_option(p)
     # No default in argparse: --follow must tell an explicit --at from the default.
     add_at_option(p, default='peak')
     p.set_defaults(at=None)
@@ -44,6 +45,10 @@ def _describe(meta):
     return 'session %d (pid %d, %s)' % (meta.session_id, meta.pid, cmd)
 
 
+def _domains_label(r):
+    return ' of domain %s' % ', '.join(r.domains) if r.domains else ''
+
+
 def render(r, t, label, limit, by, width=100):
     """Lines of the top table at t seconds."""
     sites = r.top_sites(t, n=None, by=by)
@@ -51,8 +56,9 @@ def render(r, t, label, limit, by, width=100):
     samples = sum(s.samples for s in sites)
     meta = r.metadata
     lines = ['heapprof top: %s at %.3f s%s' % (_describe(meta), t, label),
-             'live heap: %s in %s sampled allocations (sampling %s)'
-             % (_fmt.human_bytes(total), _fmt.human_count(samples), _fmt.sampling(meta)),
+             'live heap%s: %s in %s sampled allocations (sampling %s)'
+             % (_domains_label(r), _fmt.human_bytes(total), _fmt.human_count(samples),
+                _fmt.sampling(meta)),
              _fmt.ESTIMATE_NOTE]
     lines.extend(_fmt.drop_warning(meta, 'live'))
     ended = _fmt.end_unknown(meta)

@@ -33,6 +33,12 @@ __all__ = ['read', 'sessions', 'default_session', 'end_unknown_reason', 'Reader'
 NS = 1_000_000_000
 # Stack id NULL in the allocations view: no Python stack (e.g. raw domain without the GIL).
 NO_STACK_LABEL = '[no Python stack]'
+# Allocation domains (the allocations view's domain column), and the names
+# Reader.restrict_domains() accepts for groups of them: 'python' is what the interpreter
+# allocates through PEP 445, 'native' what C extensions and their libraries get from the
+# malloc family and anonymous mmap.
+DOMAINS = ('raw', 'mem', 'obj', 'native')
+DOMAIN_GROUPS = {'python': ('raw', 'mem', 'obj')}
 # Bound on ids in one IN (...) list: SQLite's default limit on host parameters is 32766.
 _CHUNK = 900
 # Past this share of a session's allocations, live-at-T queries read the allocations freed
@@ -309,6 +315,9 @@ class Reader:
         self._stacks = {}     # stack_id -> tuple of frame ids, innermost first
         self._frames = {}     # frame_id -> Frame
         self._indexes = {}    # leading columns -> whether an index has them
+        self._domain_sql = ''   # restrict_domains(): an AND clause over domain, and its
+        self._domain_args = ()  # parameters
+        self.domains = ()       # the domains counted, () for all
 
     # ---------------------------------------------------------------- lifecycle
     def close(self):
@@ -572,6 +581,29 @@ class Reader:
             out.append((ts, level))
         return out
 
+    def restrict_domains(self, domains):
+        """From now on the snapshots (snapshot_at, live_bytes_at, top_sites, flame,
+        flame_stacks) and leaks() count only allocations of these domains: names of DOMAINS
+        or DOMAIN_GROUPS; None or empty: all. The timeline, peak and totals stay the whole
+        heap's, so that 'peak' names the same instant whatever the domain."""
+        names = []
+        for d in domains or ():
+            d = d.strip().lower()
+            group = DOMAIN_GROUPS.get(d, (d,))
+            for g in group:
+                if g not in DOMAINS:
+                    raise ReaderError('unknown domain %r: expected one of %s' % (
+                        d, ', '.join(DOMAINS + tuple(DOMAIN_GROUPS))))
+                if g not in names:
+                    names.append(g)
+        if not names or len(names) == len(DOMAINS):
+            self._domain_sql, self._domain_args = '', ()
+            self.domains = ()
+        else:
+            self._domain_sql = ' AND domain IN (%s)' % ', '.join('?' * len(names))
+            self._domain_args = tuple(names)
+            self.domains = tuple(names)
+
     # ---------------------------------------------------------------- snapshots
     def _live_sql(self, cols, ns):
         """(sql, params): a SELECT of cols over the allocations live at ns.
@@ -581,13 +613,15 @@ class Reader:
         covers nearly every row, while the allocations freed after ns are few: when an index
         on freed_ns exists (see bench/README.md, "Reader"), read them through it instead."""
         session = self.session_id
+        dom, dargs = self._domain_sql, self._domain_args
         if self._has_freed_index() and self._fraction_before(ns) > _FREED_SCAN_FROM:
             return ('SELECT %s FROM allocations WHERE session_id = ? AND freed_ns > ?'
-                    ' AND +ts_ns <= ? UNION ALL SELECT %s FROM allocations WHERE session_id = ?'
-                    ' AND freed_ns IS NULL AND +ts_ns <= ?' % (cols, cols),
-                    (session, ns, ns, session, ns))
+                    ' AND +ts_ns <= ?%s UNION ALL SELECT %s FROM allocations WHERE session_id = ?'
+                    ' AND freed_ns IS NULL AND +ts_ns <= ?%s' % (cols, dom, cols, dom),
+                    (session, ns, ns) + dargs + (session, ns) + dargs)
         return ('SELECT %s FROM allocations WHERE session_id = ? AND ts_ns <= ?'
-                ' AND (freed_ns IS NULL OR freed_ns > ?)' % cols, (session, ns, ns))
+                ' AND (freed_ns IS NULL OR freed_ns > ?)%s' % (cols, dom),
+                (session, ns, ns) + dargs)
 
     def _has_index(self, columns):
         """Whether the database has an index starting with these columns (the optional read
@@ -802,7 +836,8 @@ class Reader:
         return self._con.execute(
             'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
             ' COUNT(*), MIN(ts_ns), MAX(ts_ns) FROM allocations WHERE session_id = ?'
-            ' AND freed_ns IS NULL GROUP BY +stack_id', (self.session_id,)).fetchall()
+            ' AND freed_ns IS NULL%s GROUP BY +stack_id' % self._domain_sql,
+            (self.session_id,) + self._domain_args).fetchall()
 
     def allocation_count(self):
         """The number of sampled allocations the session recorded."""
