@@ -220,7 +220,8 @@ static void patch_relocs(patch_walk *w, got_obj *o, const obj_layout *l, uint32_
     if (cur == w->syms[k].hook)
       continue;
     /* Bound to the real function, or not bound yet (a lazy PLT stub of its own). */
-    if (cur != w->syms[k].real && !((uintptr_t)cur >= l->lo && (uintptr_t)cur < l->hi))
+    if (cur != w->syms[k].real && (cur != w->syms[k].alias || !cur) &&
+        !((uintptr_t)cur >= l->lo && (uintptr_t)cur < l->hi))
       continue;
     if (obj_add_slot(o, slot, cur, w->syms[k].hook) < 0) {
       w->err = -HP_ENOMEM;

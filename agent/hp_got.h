@@ -31,6 +31,11 @@ typedef struct {
   const char *name;   /* the symbol, without version */
   void *real;         /* the function the slot holds when bound (the global definition) */
   void *hook;         /* what the slot should hold instead */
+  /* Another address a bound slot may hold for the same function, or NULL: a non-PIE
+   * executable that takes a function's address defines a canonical PLT entry for it, to
+   * which GLOB_DAT slots everywhere (and dlsym) resolve, while JUMP_SLOTs get the real
+   * definition. */
+  void *alias;
 } hp_got_sym;
 
 hp_got_set *hp_got_set_new(void);   /* NULL on OOM */

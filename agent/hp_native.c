@@ -23,6 +23,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -340,13 +341,73 @@ static uint32_t choose(const char *path, int is_main, uintptr_t lo, uintptr_t hi
   return g_all_mask;
 }
 
+/* The main executable's mapped range, and the other loaded objects' paths in load order
+ * (the order of the global lookup: the executable, LD_PRELOAD, its dependencies...). */
+#define MAX_LOOKUP_OBJS 64
+typedef struct {
+  uintptr_t main_lo, main_hi;
+  const char *paths[MAX_LOOKUP_OBJS];
+  int n, index;
+} objs_walk;
+
+static int objs_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+  objs_walk *w = arg;
+  (void)size;
+  if (w->index++ == 0) {
+    w->main_lo = UINTPTR_MAX;
+    for (ElfW(Half) i = 0; i < info->dlpi_phnum; i++) {
+      const ElfW(Phdr) *p = &info->dlpi_phdr[i];
+      uintptr_t start = (uintptr_t)info->dlpi_addr + p->p_vaddr;
+      if (p->p_type != PT_LOAD)
+        continue;
+      if (start < w->main_lo)
+        w->main_lo = start;
+      if (start + p->p_memsz > w->main_hi)
+        w->main_hi = start + p->p_memsz;
+    }
+    return 0;
+  }
+  if (info->dlpi_name && info->dlpi_name[0] && w->n < MAX_LOOKUP_OBJS)
+    w->paths[w->n++] = info->dlpi_name;
+  return 0;
+}
+
+/* dlsym() gives the address every GLOB_DAT slot holds: in a non-PIE executable that takes
+ * a function's address (Debian's python3 does, for malloc) that is the executable's
+ * canonical PLT entry, which jumps through the executable's own slot. The slots of the
+ * other objects' calls (JUMP_SLOT) hold the definition itself: the first object after the
+ * executable, in lookup order, that defines the name. The hooks call that definition, and
+ * a slot holding either address is ours to rewrite (hp_got_sym.alias). */
+static void definitions_past_canonical_plt(void)
+{
+  objs_walk w = { 0 };
+  dl_iterate_phdr(objs_cb, &w);
+  for (int i = 0; i < SYM_COUNT; i++) {
+    hp_got_sym *g = &g_syms[i];
+    if (!g->real || (uintptr_t)g->real < w.main_lo || (uintptr_t)g->real >= w.main_hi)
+      continue;
+    for (int k = 0; k < w.n; k++) {
+      void *h = dlopen(w.paths[k], RTLD_LAZY | RTLD_NOLOAD);
+      if (!h)
+        continue;
+      void *def = dlsym(h, g->name);
+      dlclose(h);
+      Dl_info di;
+      if (def && def != g->real && dladdr(def, &di) && di.dli_fname &&
+          strcmp(di.dli_fname, w.paths[k]) == 0) {
+        g->alias = g->real;
+        g->real = def;
+        break;
+      }
+    }
+  }
+}
+
 static void resolve_unlocked(void)
 {
 #define SYM(idx, fn)                                                                         \
-  do {                                                                                       \
-    real.fn = (__typeof__(real.fn))dlsym(RTLD_DEFAULT, #fn);                                           \
-    g_syms[idx] = (hp_got_sym){ #fn, (void *)real.fn, (void *)nat_##fn };                   \
-  } while (0)
+  g_syms[idx] = (hp_got_sym){ #fn, dlsym(RTLD_DEFAULT, #fn), (void *)nat_##fn, NULL }
   SYM(SYM_MALLOC, malloc);
   SYM(SYM_CALLOC, calloc);
   SYM(SYM_REALLOC, realloc);
@@ -364,6 +425,25 @@ static void resolve_unlocked(void)
   SYM(SYM_DLOPEN, dlopen);
   SYM(SYM_DLCLOSE, dlclose);
 #undef SYM
+  definitions_past_canonical_plt();
+#define REAL(idx, fn) real.fn = (__typeof__(real.fn))g_syms[idx].real
+  REAL(SYM_MALLOC, malloc);
+  REAL(SYM_CALLOC, calloc);
+  REAL(SYM_REALLOC, realloc);
+  REAL(SYM_REALLOCARRAY, reallocarray);
+  REAL(SYM_FREE, free);
+  REAL(SYM_POSIX_MEMALIGN, posix_memalign);
+  REAL(SYM_ALIGNED_ALLOC, aligned_alloc);
+  REAL(SYM_MEMALIGN, memalign);
+  REAL(SYM_VALLOC, valloc);
+  REAL(SYM_PVALLOC, pvalloc);
+  REAL(SYM_MMAP, mmap);
+  REAL(SYM_MMAP64, mmap64);
+  REAL(SYM_MUNMAP, munmap);
+  REAL(SYM_MREMAP, mremap);
+  REAL(SYM_DLOPEN, dlopen);
+  REAL(SYM_DLCLOSE, dlclose);
+#undef REAL
   /* A function this libc lacks is simply not interposed. */
   g_npresent = g_all_mask = g_loader_mask = 0;
   for (int i = 0; i < SYM_COUNT; i++) {

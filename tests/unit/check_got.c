@@ -60,7 +60,7 @@ static lib lib_open(const char *env)
 static void patch_call_restore(const char *env, const char *name)
 {
   lib l = lib_open(env);
-  hp_got_sym sym = { "malloc", dlsym(RTLD_DEFAULT, "malloc"), (void *)counting_malloc };
+  hp_got_sym sym = { "malloc", dlsym(RTLD_DEFAULT, "malloc"), (void *)counting_malloc, NULL };
   hp_got_set *s = hp_got_set_new();
   ck_assert_ptr_nonnull(s);
   choice c = { name, 0, 0 };
@@ -117,7 +117,7 @@ START_TEST(foreign_slot_left_alone)
 {
   lib l = lib_open("HP_GOT_TESTLIB_NOW");   /* bound at load: the slot holds malloc */
   hp_got_sym sym = { "malloc", (void *)counting_malloc /* not what the slot holds */,
-                     (void *)counting_malloc };
+                     (void *)counting_malloc, NULL };
   hp_got_set *s = hp_got_set_new();
   choice c = { "libhp_got_testlib_now.so", 0, 0 };
   ck_assert_int_eq(hp_got_patch(s, &sym, 1, choose_lib, &c), 0);
@@ -127,11 +127,33 @@ START_TEST(foreign_slot_left_alone)
 }
 END_TEST
 
+/* A slot holding the alias (an executable's canonical PLT entry) is rewritten as if it
+ * held the real function, and gets the alias back at the restore. */
+START_TEST(alias_slot_rewritten)
+{
+  lib l = lib_open("HP_GOT_TESTLIB_NOW");
+  hp_got_sym sym = { "malloc", (void *)lib_open, (void *)counting_malloc,
+                     dlsym(RTLD_DEFAULT, "malloc") };
+  hp_got_set *s = hp_got_set_new();
+  choice c = { "libhp_got_testlib_now.so", 0, 0 };
+  int n = hp_got_patch(s, &sym, 1, choose_lib, &c);
+  ck_assert_int_ge(n, 1);
+  g_hook_calls = 0;
+  l.lib_free(l.lib_malloc(10));
+  ck_assert_int_eq(g_hook_calls, 1);
+  ck_assert_int_eq(hp_got_restore(s), n);
+  l.lib_free(l.lib_malloc(10));
+  ck_assert_int_eq(g_hook_calls, 1);
+  hp_got_set_free(s);
+  dlclose(l.h);
+}
+END_TEST
+
 /* An object unloaded after its slots were rewritten is forgotten, never written to. */
 START_TEST(unloaded_object_forgotten)
 {
   lib l = lib_open("HP_GOT_TESTLIB_NOW");
-  hp_got_sym sym = { "malloc", dlsym(RTLD_DEFAULT, "malloc"), (void *)counting_malloc };
+  hp_got_sym sym = { "malloc", dlsym(RTLD_DEFAULT, "malloc"), (void *)counting_malloc, NULL };
   hp_got_set *s = hp_got_set_new();
   choice c = { "libhp_got_testlib_now.so", 0, 0 };
   int n = hp_got_patch(s, &sym, 1, choose_lib, &c);
@@ -171,6 +193,7 @@ static Suite *got_suite(void)
   tcase_add_test(tc, lazy_binding_patched_and_restored);
   tcase_add_test(tc, full_relro_patched_and_restored);
   tcase_add_test(tc, foreign_slot_left_alone);
+  tcase_add_test(tc, alias_slot_rewritten);
   tcase_add_test(tc, unloaded_object_forgotten);
   tcase_add_test(tc, too_many_symbols_refused);
   suite_add_tcase(s, tc);
