@@ -77,7 +77,10 @@ static __attribute__((noinline)) void record_sample_room(hp_domain domain, void 
                                                          size_t size, uint64_t est)
 {
   int saved_errno = errno;
-  uint32_t stack_id = hp_stacks_current();
+  /* Native code that released the GIL around the call (numpy's large calloc) still has
+   * its thread's Python stack; the PEP 445 domains keep "no stack without the GIL". */
+  uint32_t stack_id = domain == HP_DOMAIN_NATIVE ? hp_stacks_current_detached()
+                                                 : hp_stacks_current();
   hp_agent_record_alloc(domain, ptr, size, est, stack_id);
   errno = saved_errno;
 }

@@ -28,6 +28,13 @@ typedef struct {
  * holds the GIL of the main interpreter. */
 uint32_t hp_pyframe_walk(hp_pyframe *out, uint32_t max, uint8_t *truncated);
 
+/* The same for a thread of the main interpreter that released the GIL around a C call
+ * (Py_BEGIN_ALLOW_THREADS: numpy's large calloc, ctypes calls): its own frames, which
+ * only it could change. 0, having written nothing, when the thread holds the GIL, has no
+ * thread state or the interpreter is finalizing. The caller serialises the use of what
+ * it returns with any other walker (hp_stacks' lock), as the GIL does for the other. */
+uint32_t hp_pyframe_walk_detached(hp_pyframe *out, uint32_t max, uint8_t *truncated);
+
 /* From now on, destroyed(code) is called for every code object of the main interpreter
  * before its memory is freed (with the GIL held, possibly inside an allocation: it must
  * only forget the address). Caller holds the GIL; call once. 0, or -1 when this interpreter

@@ -25,13 +25,48 @@ static PyThreadState *main_gil_holder(void)
   return ts;
 }
 
+/* The calling thread's own state of the main interpreter while it does not hold the GIL
+ * (released around a C call), else NULL. Its frames are its own: no other thread changes
+ * them, and they and their code objects stay as they are until this thread takes the GIL
+ * back. Not while the interpreter finalizes, which frees other threads' states. */
+static PyThreadState *detached_own_state(void)
+{
+  PyThreadState *ts = PyGILState_GetThisThreadState();
+  if (!ts || ts == _PyThreadState_UncheckedGet() || ts->interp != PyInterpreterState_Main())
+    return NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+  if (Py_IsFinalizing())
+    return NULL;
+#else
+  if (_Py_IsFinalizing())
+    return NULL;
+#endif
+  return ts;
+}
+
+static uint32_t walk_state(PyThreadState *ts, hp_pyframe *out, uint32_t max, uint8_t *truncated);
+
 uint32_t hp_pyframe_walk(hp_pyframe *out, uint32_t max, uint8_t *truncated)
 {
-  uint32_t n = 0;
   *truncated = 0;
   PyThreadState *ts = main_gil_holder();
   if (!ts)
     return 0;
+  return walk_state(ts, out, max, truncated);
+}
+
+uint32_t hp_pyframe_walk_detached(hp_pyframe *out, uint32_t max, uint8_t *truncated)
+{
+  *truncated = 0;
+  PyThreadState *ts = detached_own_state();
+  if (!ts)
+    return 0;
+  return walk_state(ts, out, max, truncated);
+}
+
+static uint32_t walk_state(PyThreadState *ts, hp_pyframe *out, uint32_t max, uint8_t *truncated)
+{
+  uint32_t n = 0;
   for (_PyInterpreterFrame *f = first_frame(ts); f; f = f->previous) {
     PyCodeObject *code = frame_code(f);
     if (!code)

@@ -3,8 +3,11 @@
  * Pipeline position: a sampled allocation (hp_hooks.c) -> hp_stacks_current() -> frames
  * from hp_pyframe -> stack cache, else frame cache, else naming -> hp_intern ids.
  *
- * All state here is protected by the main interpreter's GIL: hp_pyframe_walk() returns no
- * frames to any other caller, and code objects die (code_destroyed) under that GIL too.
+ * All state here is protected by g_busy, a spin lock taken by the GIL holder's walks, by
+ * code_destroyed (under the GIL) and by the walks of threads that released the GIL around
+ * a native allocation (hp_stacks_current_detached): the GIL alone served while only its
+ * holder walked. Its holders never wait for anything (no GIL, no other lock, and the
+ * hooks' re-entry marker keeps a signal handler's allocation out), so a spin is short.
  *
  * Caches and code lifetime. Both caches are keyed by code addresses, which CPython reuses
  * once a code object is freed (at once, with pymalloc's free lists, for code compiled in
@@ -16,6 +19,9 @@
  * by content (hp_intern.h), so they need no flush and bound memory by what is distinct. */
 #include <Python.h>
 
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -23,6 +29,30 @@
 #include "hp_pyframe.h"
 #include "hp_stacks.h"
 #include "hp_pystr.h"
+
+static _Atomic int g_busy;
+
+static void busy_lock(void)
+{
+  while (atomic_exchange_explicit(&g_busy, 1, memory_order_acquire))
+    sched_yield();
+}
+
+static void busy_unlock(void)
+{
+  atomic_store_explicit(&g_busy, 0, memory_order_release);
+}
+
+/* A fork copies the state of the walks of other threads: it waits for them. */
+static void atfork_prepare(void)
+{
+  busy_lock();
+}
+
+static void atfork_release(void)
+{
+  busy_unlock();
+}
 
 /* Generation of the cache entries now valid; never 0, so an empty entry is stale. */
 static uint64_t g_gen = 1;
@@ -47,11 +77,13 @@ static inline void code_cached(const PyCodeObject *code)
 static void code_destroyed(PyCodeObject *code)
 {
   size_t b = code_bit(code);
-  if (!(g_code_filter[b >> 3] & (1u << (b & 7))))
-    return;
-  g_gen++;
-  g_code_flushes++;
-  memset(g_code_filter, 0, sizeof(g_code_filter));
+  busy_lock();
+  if (g_code_filter[b >> 3] & (1u << (b & 7))) {
+    g_gen++;
+    g_code_flushes++;
+    memset(g_code_filter, 0, sizeof(g_code_filter));
+  }
+  busy_unlock();
 }
 
 /* Direct-mapped (code, instruction offset) -> frame id: a hit skips the line-table scan
@@ -147,16 +179,40 @@ void hp_stacks_init(void)
     return;
   done = 1;
   g_caches_on = hp_pyframe_watch_codes(code_destroyed) == 0;
+  (void)pthread_atfork(atfork_prepare, atfork_release, atfork_release);
 }
+
+static hp_pyframe g_frames[HP_MAX_STACK_DEPTH];   /* g_busy */
+
+static uint32_t stack_of(uint32_t depth, uint8_t truncated);
 
 uint32_t hp_stacks_current(void)
 {
-  static hp_pyframe frames[HP_MAX_STACK_DEPTH];   /* GIL: written only for its holder */
-  uint32_t ids[HP_MAX_STACK_DEPTH];
   uint8_t truncated;
-  uint32_t depth = hp_pyframe_walk(frames, hp_agent_max_depth, &truncated);
+  busy_lock();
+  uint32_t depth = hp_pyframe_walk(g_frames, hp_agent_max_depth, &truncated);
+  uint32_t id = depth ? stack_of(depth, truncated) : HP_NO_STACK;
+  busy_unlock();
+  return id;
+}
+
+uint32_t hp_stacks_current_detached(void)
+{
+  uint8_t truncated;
+  busy_lock();
+  uint32_t depth = hp_pyframe_walk(g_frames, hp_agent_max_depth, &truncated);
   if (depth == 0)
-    return HP_NO_STACK;
+    depth = hp_pyframe_walk_detached(g_frames, hp_agent_max_depth, &truncated);
+  uint32_t id = depth ? stack_of(depth, truncated) : HP_NO_STACK;
+  busy_unlock();
+  return id;
+}
+
+/* The stack id of g_frames[0..depth). Under g_busy. */
+static uint32_t stack_of(uint32_t depth, uint8_t truncated)
+{
+  hp_pyframe *frames = g_frames;
+  uint32_t ids[HP_MAX_STACK_DEPTH];
   uint64_t h = chain_mix(0x243f6a8885a308d3ull, g_gen);
   for (uint32_t i = 0; i < depth; i++)
     h = chain_mix(h, (uint64_t)(uintptr_t)frames[i].code ^ ((uint64_t)(uint32_t)frames[i].offset << 48));

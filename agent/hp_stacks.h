@@ -3,7 +3,8 @@
  *
  * Called from the sampled path of the allocator hooks. Everything it does is allowed
  * there: it never allocates through Python, raises, runs Python code, starts a collection
- * or takes a lock, and it holds no reference to any Python object. Frames come from
+ * or takes a lock Python code can hold (only its own short spin lock, see hp_stacks.c),
+ * and it holds no reference to any Python object. Frames come from
  * hp_pyframe (the version shim); names are the strings' code points copied into libc
  * memory by the surrogateescape/replacement rule of hp_pystr.h; lines come from
  * PyCode_Addr2Line, which reads the code's line table. The caches forget a code object's
@@ -23,6 +24,10 @@ void hp_stacks_init(void);
  * at most hp_agent_max_depth frames), or HP_NO_STACK when the thread does not hold the
  * main interpreter's GIL, runs no Python code, or the interning tables are full. */
 uint32_t hp_stacks_current(void);
+
+/* The same, and for a thread that released the GIL around a C call (numpy's large calloc,
+ * ctypes) its own stack (hp_pyframe_walk_detached). For the native hooks. */
+uint32_t hp_stacks_current_detached(void);
 
 typedef struct {
   int caches_on;            /* code objects are watched, the caches are used */
