@@ -280,6 +280,9 @@ def summarize(db, out=sys.stdout, top=5):
                              else '--on-full adapt or --on-full block'))
             if meta.interval_changes:
                 out.write('  %s\n' % _adapted_line(meta))
+            native = _native_line(r, meta)
+            if native:
+                out.write('  %s\n' % native)
             sites = r.allocated_sites(top)
             if sites:
                 out.write('  top allocation sites (estimated bytes allocated / %s):\n'
@@ -289,6 +292,28 @@ def summarize(db, out=sys.stdout, top=5):
                     out.write('    %10s %10s  %s%s\n' % (hb(s.allocated_bytes),
                                                        hb(s.unfreed_bytes), s.function, where))
     out.write('database: %s\n' % db)
+
+
+def _native_line(r, meta):
+    """What native code (C extensions' malloc family and anonymous mmap) allocated, held at
+    the peak and left allocated, or None when the session recorded none of it."""
+    from heapprof import _fmt
+    hb = _fmt.human_bytes
+    allocated = sum(s.alloc_bytes for s in r.stack_totals(r.duration, by=('domain',))
+                    if s.domain == 'native')
+    if not allocated:
+        return None
+    r.restrict_domains(['native'])
+    try:
+        at_peak = r.live_bytes_at(r.peak()[0])
+        unfreed = sum(b for _, b, _ in r.unfreed_stacks())
+    finally:
+        r.restrict_domains(None)
+    line = "native (C extensions' malloc/mmap): ~%s allocated, ~%s of it live at the peak" \
+        % (hb(allocated), hb(at_peak))
+    if meta.end_known:
+        line += ', ~%s at exit' % hb(unfreed)
+    return line
 
 
 def _remove_if_no_session(db):

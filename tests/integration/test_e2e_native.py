@@ -288,15 +288,21 @@ class NativeRunner(unittest.TestCase):
             con = sqlite3.connect(db)
             try:
                 return con.execute("SELECT COUNT(*) FROM allocations WHERE domain = 'native' "
-                                   "AND size = ?", (1 << 20,)).fetchone()[0]
+                                   "AND size = ?", (1 << 20,)).fetchone()[0], r.stderr
             finally:
                 con.close()
 
     def test_native_by_default(self):
-        self.assertEqual(self.run_count(), 20)
+        count, summary = self.run_count()
+        self.assertEqual(count, 20)
+        # The summary says what native code held: 20 MiB, all of it still at exit.
+        self.assertIn("native (C extensions' malloc/mmap): ~20.0 MiB allocated, ~20.0 MiB of "
+                      "it live at the peak, ~20.0 MiB at exit", summary)
 
     def test_no_native(self):
-        self.assertEqual(self.run_count('--no-native'), 0)
+        count, summary = self.run_count('--no-native')
+        self.assertEqual(count, 0)
+        self.assertNotIn('native (', summary)
 
     def test_no_native_in_help(self):
         r = run_python('-m', ['heapprof', 'run', '--help'], env=clean_env())
