@@ -81,6 +81,7 @@ sys.path.insert(0, HERE)
 import overhead_workloads  # noqa: E402  (beside this file; for its scale and names)
 
 WORKLOADS = ['startup'] + list(overhead_workloads.WORKLOADS)
+OPTIONAL_WORKLOADS = list(overhead_workloads.OPTIONAL_WORKLOADS)   # only when named
 TAG = 'hp-bench-config='          # argv tag of every run: the configuration's name
 IDLE_WINDOW = 0.1                  # heapprofd is idle when its CPU grew <= 1 tick in this window
 IDLE_TIMEOUT = 60.0                # give up waiting for an idle daemon after this (and say so)
@@ -244,7 +245,8 @@ def main():
                     help='heapprof sampling intervals to run (1 = every allocation); '
                     'empty for none')
     ap.add_argument('--workloads', default=','.join(WORKLOADS),
-                    help='rows to run (default: %(default)s)')
+                    help='rows to run (default: %%(default)s; also: %s, which need numpy '
+                    'in --python)' % ', '.join(OPTIONAL_WORKLOADS))
     ap.add_argument('--startup-runs', type=int, default=5, metavar='N',
                     help='runs of `python -c pass` per configuration and round (median '
                     'taken; default 5)')
@@ -283,8 +285,9 @@ def main():
     tm_frames = [] if args.no_tracemalloc else parse_intervals(args.tracemalloc, '--tracemalloc')
     workloads = [w for w in args.workloads.split(',') if w]
     for w in workloads:
-        if w not in WORKLOADS:
-            raise SystemExit('--workloads: unknown %r (known: %s)' % (w, ', '.join(WORKLOADS)))
+        if w not in WORKLOADS + OPTIONAL_WORKLOADS:
+            raise SystemExit('--workloads: unknown %r (known: %s)'
+                             % (w, ', '.join(WORKLOADS + OPTIONAL_WORKLOADS)))
 
     # As users run it: byte-compiled modules (pip compiles what it installs; so does setup.sh).
     base = {k: v for k, v in os.environ.items()
