@@ -16,7 +16,6 @@
  *   PT_LOAD segment.
  * - dl_iterate_phdr() runs its callback under the loader's lock, so an object seen there
  *   cannot be unloaded during the callback: every write to a slot happens inside it. */
-
 #include "hp_got.h"
 
 #include <elf.h>

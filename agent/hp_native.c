@@ -16,10 +16,9 @@
  *
  * Sizes recorded are those the caller asked for (pvalloc's rounding and malloc's
  * headers are the allocator's business, as in the PEP 445 domains). */
+#include <Python.h>   /* PyObject_Malloc, only to find the interpreter's object */
 
 #include "hp_native.h"
-
-#include <Python.h>   /* PyObject_Malloc, only to find the interpreter's object */
 
 #include <dlfcn.h>
 #include <errno.h>
