@@ -15,6 +15,10 @@
 #include "hp_stats.h"
 #include "hp_pystr.h"
 
+/* Whether the running session re-attributes blocks that free lists hand out again
+ * (hp_hooks_reuse_start). Under the GIL. */
+static int g_reuse_seen;
+
 /* A str argument as UTF-8 in a malloc()ed copy (the caller frees out->ptr), by the rule
  * frame names follow (hp_pystr.h): argv and paths may come from bytes that are not UTF-8
  * (sys.argv[0] of a script in such a directory). Cut at HP_MAX_STR_BYTES: informational. */
@@ -140,6 +144,7 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
     }
     goto out;
   }
+  g_reuse_seen = hp_hooks_reuse_start() == 0;
   result = Py_NewRef(Py_None);
 out:
   str_args_free(argv, argv ? (size_t)argc : 0);
@@ -155,6 +160,8 @@ static PyObject *agent_stop(PyObject *self, PyObject *unused)
   (void)self;
   (void)unused;
   int rc;
+  hp_hooks_reuse_stop();   /* needs the GIL */
+  g_reuse_seen = 0;
   /* The sender may need a moment to drain; other Python threads can run meanwhile. */
   Py_BEGIN_ALLOW_THREADS
   rc = hp_agent_stop();
@@ -265,6 +272,15 @@ static PyObject *agent_frees_forwarded(PyObject *self, PyObject *noargs)
   return PyBool_FromLong(hp_hooks_frees_forwarded());
 }
 
+/* Whether blocks that free lists hand out again are re-attributed in this session
+ * (CPython 3.13+; hp_hooks.h). */
+static PyObject *agent_reuse_seen(PyObject *self, PyObject *noargs)
+{
+  (void)self;
+  (void)noargs;
+  return PyBool_FromLong(g_reuse_seen && hp_agent_is_profiling());
+}
+
 /* For tests: whether this thread is inside a hook right now (a gc.callbacks entry asks
  * it to catch a collection started inside an allocation hook). */
 static PyObject *agent_in_hook(PyObject *self, PyObject *noargs)
@@ -314,6 +330,9 @@ static PyMethodDef agent_methods[] = {
   {"frees_forwarded", agent_frees_forwarded, METH_NOARGS,
    "frees_forwarded() -> bool: mem/obj frees go to pymalloc unhooked (sampled blocks "
    "come from the raw allocator, whose free is hooked)"},
+  {"reuse_seen", agent_reuse_seen, METH_NOARGS,
+   "reuse_seen() -> bool: this session re-attributes sampled blocks that the interpreter's "
+   "free lists hand out again (CPython 3.13+)"},
   {"_in_hook", agent_in_hook, METH_NOARGS,
    "_in_hook() -> bool: this thread is inside an allocator hook (tests)"},
   {"_stack_stats", agent_stack_stats, METH_NOARGS,
