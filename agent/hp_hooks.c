@@ -553,6 +553,14 @@ int hp_hooks_frees_forwarded(void)
   return g_frees_via_raw;
 }
 
+void hp_hooks_unprofiled(int on)
+{
+  if (on)
+    enter(&t_tls);
+  else
+    leave(&t_tls);
+}
+
 int hp_hooks_in_hook(void)
 {
   return is_reentrant(&t_tls);

@@ -29,6 +29,11 @@ int hp_hooks_replaced(void);
 int  hp_hooks_reuse_start(void);
 void hp_hooks_reuse_stop(void);
 
+/* While on, the calling thread's allocations pass through unprofiled, as the agent's
+ * own do (its frees are still looked up): for heapprof's own Python code at the stop.
+ * Not from a hook; calls do not nest. */
+void hp_hooks_unprofiled(int on);
+
 /* 1 while the calling thread is inside a hook (or agent code called from one), else 0.
  * For tests: a gc.callbacks entry that sees 1 caught a collection started inside a hook. */
 int hp_hooks_in_hook(void);

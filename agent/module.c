@@ -169,13 +169,26 @@ static PyObject *agent_stop(PyObject *self, PyObject *unused)
   return PyLong_FromLong(rc);
 }
 
-/* thread_names([(native_id, name), ...]): the program's names for its threads, sent to
- * the running session (after the kernel's names, so they win). Entries that are not a
- * (int, str) pair raise TypeError; with no session running it does nothing. */
+/* thread_names(names): the program's names for its threads, sent to the running session
+ * (after the kernel's names, so they win). names is a sequence of (native_id, name), or
+ * a callable returning one, which is then called with this thread's allocations
+ * unprofiled: heapprof's own work at the stop must not show up in the profile under its
+ * frames. Entries that are not a (int, str) pair raise TypeError; with no session running
+ * it does nothing. */
 static PyObject *agent_thread_names(PyObject *self, PyObject *arg)
 {
   (void)self;
+  PyObject *names = NULL;
+  if (PyCallable_Check(arg)) {
+    hp_hooks_unprofiled(1);
+    names = PyObject_CallNoArgs(arg);
+    hp_hooks_unprofiled(0);
+    if (!names)
+      return NULL;
+    arg = names;
+  }
   PyObject *seq = PySequence_Fast(arg, "thread_names() takes a sequence of (id, name)");
+  Py_XDECREF(names);
   if (!seq)
     return NULL;
   Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);

@@ -242,6 +242,41 @@ json.dump(stats, sys.stdout)
         est = self.live_at(sid, 'make_buf', buf_first)[2]
         self.assertLess(est, size + 4 * sampling_sd(n, size / n))
 
+    # ---- heapprof's own work
+
+    def test_stop_does_not_profile_heapprof(self):
+        """stop() collects the names of the live threads (Python code that allocates)
+        while the session still runs; none of it may show up under heapprof's frames."""
+        code = '''
+import heapprof, os, threading
+ev = threading.Event()
+ts = [threading.Thread(target=ev.wait, name="worker-%d" % i) for i in range(20)]
+for t in ts:
+    t.start()
+heapprof.start(socket=os.environ["SOCK"], sample_interval=1, on_full="block")
+x = [bytearray(100) for _ in range(100)]
+heapprof.stop()
+ev.set()
+for t in ts:
+    t.join()
+print("ok")
+'''
+        path = write_program(self.tmp, 'own.py', code)
+        r = run_python(path, env=clean_env(SOCK=self.daemon.socket))
+        self.assertEqual((r.returncode, r.stdout), (0, 'ok\n'), r.stderr)
+        self.assertEqual(len(self.sessions()), 1)
+        own = self.daemon.query(
+            "SELECT f.function, f.filename, COUNT(*) FROM allocations a "
+            "JOIN stack_frames sf ON sf.stack_id = a.stack_id "
+            "JOIN frames f ON f.frame_id = sf.frame_id "
+            "WHERE f.filename LIKE '%/heapprof/%' GROUP BY f.frame_id")
+        self.assertEqual(own, [])
+        names = {n for (n,) in self.daemon.query('SELECT name FROM threads')}
+        self.assertTrue({'worker-%d' % i for i in range(20)} <= names, names)
+        # The program's own allocations are there (bytearray(100): 101 bytes each).
+        self.assertGreaterEqual(self.daemon.query(
+            "SELECT COUNT(*) FROM allocations WHERE size = 101")[0][0], 100)
+
 
 if __name__ == '__main__':
     unittest.main()
