@@ -584,7 +584,7 @@ static int push(session *s, const hp_event *ev)
 {
   if (s->block)
     return push_block(s, ev);
-  if (ev->kind == HP_EV_ALLOC)
+  if (ev->kind != HP_EV_FREE)
     return hp_ring_push(s->ring, ev);
   if (hp_ring_try_push(s->ring, ev) < 0)
     return push_free_waiting(s, ev);
@@ -681,6 +681,33 @@ int hp_agent_record_free(void *ptr)
   }
   session_unpin(pin);
   return sampled;
+}
+
+int hp_agent_is_sampled(const void *ptr)
+{
+  _Atomic uint64_t *pin;
+  session *s = session_pin(&pin);
+  if (!s)
+    return 0;
+  int r = hp_addrtab_contains(s->addrtab, (uintptr_t)ptr);
+  session_unpin(pin);
+  return r;
+}
+
+/* Pushed like an ALLOC: a lost REATTRIBUTE leaves the block with its old stack, its
+ * bytes and its free still right, so it gets no share of the free reserve. */
+void hp_agent_record_reattribute(const void *ptr, uint32_t stack_id)
+{
+  _Atomic uint64_t *pin;
+  session *s = session_pin(&pin);
+  if (!s)
+    return;
+  if (hp_addrtab_contains(s->addrtab, (uintptr_t)ptr) && !wrong_process()) {
+    hp_event ev = { .kind = HP_EV_REATTRIBUTE, .stack_id = stack_id, .ts_ns = event_ts(s),
+                    .thread_id = thread_id(), .address = (uint64_t)(uintptr_t)ptr };
+    push(s, &ev);
+  }
+  session_unpin(pin);
 }
 
 hp_intern *hp_agent_intern(void)

@@ -117,6 +117,13 @@ int hp_agent_alloc_room(void);
  * really frees it, so the address cannot be reused first). 1 when it was sampled. */
 int hp_agent_record_free(void *ptr);
 
+/* 1 while ptr is a live sampled block of the current session, else 0. */
+int hp_agent_is_sampled(const void *ptr);
+/* The live sampled block at ptr was handed out again without being freed (an interpreter
+ * free list reused its object): queues a REATTRIBUTE under stack_id (PROTOCOL.md 2.4).
+ * Does nothing unless ptr is a live sampled block. */
+void hp_agent_record_reattribute(const void *ptr, uint32_t stack_id);
+
 /* The free hook's inlined "certainly not sampled" test: the current table's filter
  * while profiling, an all-zero filter ("never sampled") otherwise, so that the free hook
  * needs no mode check. Switched before profiling turns on and after it turns off. */

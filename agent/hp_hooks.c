@@ -26,6 +26,7 @@
 #include "hp_agent.h"
 #include "hp_hooks.h"
 #include "hp_hooks_int.h"
+#include "hp_pyframe.h"
 #include "hp_stacks.h"
 #include "hp_stats.h"
 
@@ -82,6 +83,7 @@ static __attribute__((noinline)) void record_sample_room(hp_domain domain, void 
   uint32_t stack_id = domain == HP_DOMAIN_NATIVE ? hp_stacks_current_detached()
                                                  : hp_stacks_current();
   hp_agent_record_alloc(domain, ptr, size, est, stack_id);
+  hp_hooks_t.fresh = (uintptr_t)ptr;
   errno = saved_errno;
 }
 
@@ -445,6 +447,55 @@ static void hook_raw_free(void *ctx, void *ptr)
   free_fast(&g_ctx[CTX_RAW], ptr);
 }
 
+/* Objects handed out again (hp_pyframe_reuse_start; CPython 3.13+). A free list keeps an
+ * object's block allocated after the object dies and gives it to the next object of its
+ * type without calling the allocator: without this the block's bytes would stay with the
+ * line of its first allocation for as long as the free list recycles it, as tracemalloc
+ * avoids by re-attributing a traced block at that moment. A sampled block made live
+ * again is re-attributed to the stack creating the new object (REATTRIBUTE, PROTOCOL.md
+ * 2.4), with its size and estimate unchanged: the bytes are the same, only their owner
+ * changed.
+ *
+ * Called for every object the program creates while profiling, so the common case is
+ * the filter's "not sampled". An object whose block was sampled a moment ago, by this
+ * allocation (the thread's fresh block), is new and keeps its sample's stack: it is not
+ * re-attributed. */
+static __attribute__((noinline)) void block_created_slow(hp_hooks_tls *t, uintptr_t block)
+{
+  if (hp_hooks_is_reentrant(t) ||
+      atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE ||
+      !hp_agent_is_sampled((const void *)block))
+    return;
+  int saved_errno = errno;
+  hp_hooks_enter(t);
+  hp_agent_record_reattribute((const void *)block, hp_stacks_current());
+  hp_hooks_leave(t);
+  errno = saved_errno;
+}
+
+static void block_created(uintptr_t block)
+{
+  if (HP_LIKELY(hp_addrtab_filter_absent(
+          atomic_load_explicit(&hp_agent_free_filter, memory_order_relaxed), block)))
+    return;
+  hp_hooks_tls *t = &hp_hooks_t;
+  if (t->fresh == block) {
+    t->fresh = 0;
+    return;
+  }
+  block_created_slow(t, block);
+}
+
+int hp_hooks_reuse_start(void)
+{
+  return hp_pyframe_reuse_start(block_created);
+}
+
+void hp_hooks_reuse_stop(void)
+{
+  hp_pyframe_reuse_stop();
+}
+
 /* Whether the three domains are CPython's defaults (raw malloc, pymalloc for mem and
  * obj), asked before our hooks go in. The function is CPython's own (3.11 exports
  * _PyMem_GetCurrentAllocatorName but declares it internal), looked up at run time so
@@ -497,6 +548,14 @@ static void hooks_after_fork_child(void)
 int hp_hooks_frees_forwarded(void)
 {
   return g_frees_via_raw;
+}
+
+void hp_hooks_unprofiled(int on)
+{
+  if (on)
+    hp_hooks_enter(&hp_hooks_t);
+  else
+    hp_hooks_leave(&hp_hooks_t);
 }
 
 int hp_hooks_in_hook(void)

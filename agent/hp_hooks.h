@@ -21,6 +21,19 @@ int hp_hooks_frees_forwarded(void);
  * else 0. Any thread, with or without the GIL. */
 int hp_hooks_replaced(void);
 
+/* Re-attribution of sampled blocks that the interpreter hands out again without freeing
+ * them (free lists): hp_hooks.c, "Objects handed out again". Start when profiling starts,
+ * stop before it stops; the caller holds the GIL. Start returns 0, or -1 when this
+ * interpreter offers no hook for it (CPython 3.11, 3.12): such blocks then keep the
+ * stack of their first allocation until they are freed. */
+int  hp_hooks_reuse_start(void);
+void hp_hooks_reuse_stop(void);
+
+/* While on, the calling thread's allocations pass through unprofiled, as the agent's
+ * own do (its frees are still looked up): for heapprof's own Python code at the stop.
+ * Not from a hook; calls do not nest. */
+void hp_hooks_unprofiled(int on);
+
 /* 1 while the calling thread is inside a hook (or agent code called from one), else 0.
  * For tests: a gc.callbacks entry that sees 1 caught a collection started inside a hook. */
 int hp_hooks_in_hook(void);

@@ -1,5 +1,6 @@
 /* hp_pyframe.h — the only window onto CPython's interpreter internals: the Python frames
- * the calling thread is running, and the death of code objects.
+ * the calling thread is running, the death of code objects, and the creation of objects
+ * (to see a free list hand a block out again).
  *
  * One implementation per CPython minor version, hp_pyframe_3XX.c, chosen by the build
  * (agent/meson.build); they alone define Py_BUILD_CORE, and the rest of the agent (the
@@ -8,8 +9,8 @@
  * states its version's facts and where they were checked (that version's tracemalloc and
  * internal frame header).
  *
- * Both functions may run inside an allocator hook: they read memory only, and never
- * allocate, raise, run Python code or take a lock. */
+ * hp_pyframe_walk may run inside an allocator hook: it reads memory only, and never
+ * allocates, raises, runs Python code or takes a lock. */
 #ifndef HP_PYFRAME_H
 #define HP_PYFRAME_H
 
@@ -41,5 +42,21 @@ uint32_t hp_pyframe_walk_detached(hp_pyframe *out, uint32_t max, uint8_t *trunca
  * offers no way to watch (e.g. no code-watcher slot left): then never cache anything by a
  * code object's address. */
 int hp_pyframe_watch_codes(void (*destroyed)(PyCodeObject *code));
+
+/* From now on, created(block) is called whenever the interpreter makes an object live,
+ * whether its memory is new or was kept by a free list since the last object there died
+ * (CPython allocates nothing then), with block = the start of the object's memory block
+ * (the object minus its pre-header: the GC header, managed dict and weakref pointers).
+ * created() runs with the GIL of the object's interpreter held, in the middle of the
+ * object's creation: it must not run Python code, allocate through Python or raise.
+ * A tracer that was in place (tracemalloc's, while it traces) is still called. Caller
+ * holds the GIL; calling it again while in place does nothing. 0, or -1 when this
+ * interpreter has no way to see it: CPython 3.11 and 3.12 (PyRefTracer_SetTracer is new
+ * in 3.13; their free lists call only tracemalloc's private hook). */
+int hp_pyframe_reuse_start(void (*created)(uintptr_t block));
+/* Puts back the tracer that was in place at the start, unless someone has replaced ours
+ * since (tracemalloc.start() takes the one tracer slot without calling the previous
+ * one; its stop() empties the slot): theirs is then left alone. Caller holds the GIL. */
+void hp_pyframe_reuse_stop(void);
 
 #endif /* HP_PYFRAME_H */

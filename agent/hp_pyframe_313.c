@@ -12,8 +12,16 @@
  *   instruction, so it is always incomplete.
  * - instr_ptr points at the current instruction; _PyInterpreterFrame_LASTI gives its
  *   code-unit index, which PyCode_Addr2Line wants in bytes.
- * - Code objects are watched with PyCode_AddWatcher. */
+ * - Code objects are watched with PyCode_AddWatcher.
+ * - Every object made live, new or taken from a free list, passes _Py_NewReference, which
+ *   calls the runtime's one reference tracer (PyRefTracer_SetTracer, PyRefTracer_CREATE)
+ *   with the object's type already set and the GIL held; the object's memory block starts
+ *   _PyType_PreHeaderSize(type) bytes before it (tracemalloc's _PyTraceMalloc_TraceRef
+ *   finds its trace there). tracemalloc.start() sets its own tracer, calling no previous
+ *   one; tracemalloc.stop() sets none. */
 #include <Python.h>
+
+#include <stdatomic.h>
 
 #if PY_VERSION_HEX < 0x030D0000 || PY_VERSION_HEX >= 0x030E0000
 #error "hp_pyframe_313.c is for CPython 3.13 (agent/meson.build chooses the file)"
@@ -24,6 +32,7 @@
 
 #define Py_BUILD_CORE 1
 #include <internal/pycore_frame.h>
+#include <internal/pycore_gc.h>
 #undef Py_BUILD_CORE
 
 static inline _PyInterpreterFrame *first_frame(PyThreadState *ts)
@@ -49,4 +58,57 @@ static inline int frame_offset(_PyInterpreterFrame *f)
 int hp_pyframe_watch_codes(void (*destroyed)(PyCodeObject *code))
 {
   return watch_codes_with_watcher(destroyed);
+}
+
+/* Read by on_ref_event on any thread holding some interpreter's GIL (3.13's isolated
+ * sub-interpreters run in parallel with the main one), written under the main GIL by
+ * start: relaxed atomics. */
+static _Atomic(void (*)(uintptr_t)) g_created;
+static _Atomic(PyRefTracer) g_prev_tracer;
+static _Atomic(void *) g_prev_data;
+
+/* _PyType_PreHeaderSize() of the GIL build (pycore_object.h, whose inline functions do
+ * not compile cleanly with -Wextra). */
+static inline size_t preheader_size(PyTypeObject *tp)
+{
+  return (PyType_HasFeature(tp, Py_TPFLAGS_HAVE_GC) ? sizeof(PyGC_Head) : 0) +
+         (PyType_HasFeature(tp, Py_TPFLAGS_PREHEADER) ? 2 * sizeof(PyObject *) : 0);
+}
+
+static int on_ref_event(PyObject *op, PyRefTracerEvent event, void *data)
+{
+  (void)data;
+  PyRefTracer prev = atomic_load_explicit(&g_prev_tracer, memory_order_relaxed);
+  if (prev)
+    prev(op, event, atomic_load_explicit(&g_prev_data, memory_order_relaxed));
+  if (event == PyRefTracer_CREATE)
+    atomic_load_explicit(&g_created, memory_order_relaxed)(
+        (uintptr_t)op - preheader_size(Py_TYPE(op)));
+  return 0;
+}
+
+int hp_pyframe_reuse_start(void (*created)(uintptr_t block))
+{
+  void *data;
+  PyRefTracer cur = PyRefTracer_GetTracer(&data);
+  if (cur == on_ref_event)
+    return 0;   /* still ours, e.g. in a fork child starting its own session */
+  atomic_store_explicit(&g_created, created, memory_order_relaxed);
+  atomic_store_explicit(&g_prev_tracer, cur, memory_order_relaxed);
+  atomic_store_explicit(&g_prev_data, data, memory_order_relaxed);
+  if (PyRefTracer_SetTracer(on_ref_event, NULL) < 0) {
+    PyErr_Clear();
+    return -1;
+  }
+  return 0;
+}
+
+void hp_pyframe_reuse_stop(void)
+{
+  void *data;
+  if (PyRefTracer_GetTracer(&data) != on_ref_event)
+    return;
+  if (PyRefTracer_SetTracer(atomic_load_explicit(&g_prev_tracer, memory_order_relaxed),
+                            atomic_load_explicit(&g_prev_data, memory_order_relaxed)) < 0)
+    PyErr_Clear();
 }

@@ -108,4 +108,17 @@ static int watch_codes_with_watcher(void (*destroyed)(PyCodeObject *code))
 }
 #endif
 
+#if PY_VERSION_HEX < 0x030D0000
+/* No public hook sees a free list hand an object out again before 3.13. */
+int hp_pyframe_reuse_start(void (*created)(uintptr_t block))
+{
+  (void)created;
+  return -1;
+}
+
+void hp_pyframe_reuse_stop(void)
+{
+}
+#endif
+
 #endif /* HP_PYFRAME_INT_H */

@@ -90,7 +90,7 @@ int hp_ring_try_push(hp_ring *r, const hp_event *ev)
 {
   size_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
   for (;;) {
-    if (ev->kind == HP_EV_ALLOC && r->reserve) {
+    if (ev->kind != HP_EV_FREE && r->reserve) {
       size_t ahead = pos + r->reserve;
       size_t aseq = atomic_load_explicit(&r->slots[ahead & r->mask].seq, memory_order_relaxed);
       if ((intptr_t)aseq - (intptr_t)(ahead & ~r->mask) < 0)

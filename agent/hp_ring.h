@@ -8,9 +8,9 @@
  * Order: records come out in the order their pushes claimed a slot, so a FREE pushed
  * before the real free() precedes any later ALLOC of the same address.
  *
- * Frees have reserved space: an ALLOC is refused once fewer than reserve + 1 slots are
- * free (reserve = capacity / HP_RING_FREE_RESERVE_DIV), a FREE only when the ring is
- * completely full. A lost FREE is worse than a lost ALLOC: its block would look leaked
+ * Frees have reserved space: an ALLOC (or a REATTRIBUTE, which like an ALLOC only adds
+ * information) is refused once fewer than reserve + 1 slots are free (reserve = capacity
+ * / HP_RING_FREE_RESERVE_DIV), a FREE only when the ring is completely full. A lost FREE is worse than a lost ALLOC: its block would look leaked
  * forever, while a lost ALLOC only loses one sample (its address is forgotten too).
  * Each FREE answers an ALLOC that got in, so a burst of frees after allocs are refused
  * drains into the reserve while the sender catches up. */

@@ -16,6 +16,10 @@
 #include "hp_stats.h"
 #include "hp_pystr.h"
 
+/* Whether the running session re-attributes blocks that free lists hand out again
+ * (hp_hooks_reuse_start). Under the GIL. */
+static int g_reuse_seen;
+
 /* A str argument as UTF-8 in a malloc()ed copy (the caller frees out->ptr), by the rule
  * frame names follow (hp_pystr.h): argv and paths may come from bytes that are not UTF-8
  * (sys.argv[0] of a script in such a directory). Cut at HP_MAX_STR_BYTES: informational. */
@@ -147,6 +151,7 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
    * (out of memory) only narrows what is seen. */
   if (native)
     (void)hp_native_start();
+  g_reuse_seen = hp_hooks_reuse_start() == 0;
   result = Py_NewRef(Py_None);
 out:
   str_args_free(argv, argv ? (size_t)argc : 0);
@@ -162,6 +167,8 @@ static PyObject *agent_stop(PyObject *self, PyObject *unused)
   (void)self;
   (void)unused;
   int rc;
+  hp_hooks_reuse_stop();   /* needs the GIL */
+  g_reuse_seen = 0;
   /* The sender may need a moment to drain; other Python threads can run meanwhile. */
   Py_BEGIN_ALLOW_THREADS
   /* The slots first, so that the program runs without the native hooks while the
@@ -172,13 +179,26 @@ static PyObject *agent_stop(PyObject *self, PyObject *unused)
   return PyLong_FromLong(rc);
 }
 
-/* thread_names([(native_id, name), ...]): the program's names for its threads, sent to
- * the running session (after the kernel's names, so they win). Entries that are not a
- * (int, str) pair raise TypeError; with no session running it does nothing. */
+/* thread_names(names): the program's names for its threads, sent to the running session
+ * (after the kernel's names, so they win). names is a sequence of (native_id, name), or
+ * a callable returning one, which is then called with this thread's allocations
+ * unprofiled: heapprof's own work at the stop must not show up in the profile under its
+ * frames. Entries that are not a (int, str) pair raise TypeError; with no session running
+ * it does nothing. */
 static PyObject *agent_thread_names(PyObject *self, PyObject *arg)
 {
   (void)self;
+  PyObject *names = NULL;
+  if (PyCallable_Check(arg)) {
+    hp_hooks_unprofiled(1);
+    names = PyObject_CallNoArgs(arg);
+    hp_hooks_unprofiled(0);
+    if (!names)
+      return NULL;
+    arg = names;
+  }
   PyObject *seq = PySequence_Fast(arg, "thread_names() takes a sequence of (id, name)");
+  Py_XDECREF(names);
   if (!seq)
     return NULL;
   Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -275,6 +295,15 @@ static PyObject *agent_frees_forwarded(PyObject *self, PyObject *noargs)
   return PyBool_FromLong(hp_hooks_frees_forwarded());
 }
 
+/* Whether blocks that free lists hand out again are re-attributed in this session
+ * (CPython 3.13+; hp_hooks.h). */
+static PyObject *agent_reuse_seen(PyObject *self, PyObject *noargs)
+{
+  (void)self;
+  (void)noargs;
+  return PyBool_FromLong(g_reuse_seen && hp_agent_is_profiling());
+}
+
 /* For tests: whether this thread is inside a hook right now (a gc.callbacks entry asks
  * it to catch a collection started inside an allocation hook). */
 static PyObject *agent_in_hook(PyObject *self, PyObject *noargs)
@@ -337,6 +366,9 @@ static PyMethodDef agent_methods[] = {
   {"frees_forwarded", agent_frees_forwarded, METH_NOARGS,
    "frees_forwarded() -> bool: mem/obj frees go to pymalloc unhooked (sampled blocks "
    "come from the raw allocator, whose free is hooked)"},
+  {"reuse_seen", agent_reuse_seen, METH_NOARGS,
+   "reuse_seen() -> bool: this session re-attributes sampled blocks that the interpreter's "
+   "free lists hand out again (CPython 3.13+)"},
   {"_in_hook", agent_in_hook, METH_NOARGS,
    "_in_hook() -> bool: this thread is inside an allocator hook (tests)"},
   {"_stack_stats", agent_stack_stats, METH_NOARGS,

@@ -304,7 +304,7 @@ def _install_exit_hook():
             if 'heapprof._agent' in sys.modules:
                 agent = _native()
                 if agent.is_profiling():
-                    agent.thread_names(_python_thread_names())
+                    agent.thread_names(_python_thread_names)
                 agent.stop()
         except BaseException:  # noqa: BLE001 - the process is leaving anyway
             pass
@@ -486,7 +486,8 @@ def _stop_locked():
     _options = None
     _end_fork_filter()
     # Nothing here allocates before the session has stopped (no import, no bound
-    # method) but the thread names: it would be profiled under heapprof's own frames.
+    # method) but the thread names, which the agent collects with this thread's
+    # allocations unprofiled: they would show under heapprof's own frames.
     agent = sys.modules.get('heapprof._agent')
     try:
         if agent is None:
@@ -495,7 +496,7 @@ def _stop_locked():
             try:
                 # Python's names for the threads still alive; the sender has given every
                 # thread it met its kernel name, if it had one of its own (agent/README.md).
-                agent.thread_names(_python_thread_names())
+                agent.thread_names(_python_thread_names)
             except Exception:  # noqa: BLE001 - names are a nicety; the stop must happen
                 pass
         return agent.stop()
