@@ -7,7 +7,8 @@ import datetime
 import os
 
 ESTIMATE_NOTE = ('note: figures are estimates from sampled allocations '
-                 '(each sample stands for its est_bytes)')
+                 '(each sample stands for its est_bytes); \u00b1 is the half width of '
+                 'their 95% interval')
 
 
 def drop_warning(meta, what):
@@ -89,6 +90,13 @@ def human_bytes(n):
             return '%s%d %s' % (sign, n, unit) if unit == 'B' else '%s%.1f %s' % (sign, n, unit)
         n /= 1024
     return '%s%.1f PiB' % (sign, n)
+
+
+def margin(se):
+    """'\u00b11.2 MiB': the half width of the 95% interval of an estimate whose standard
+    error is se (reader.Z95); '\u00b10 B' for a figure that sampling did not blur."""
+    from heapprof.reader import Z95
+    return '\u00b1%s' % human_bytes(Z95 * se)
 
 
 def size_range(lo, hi):

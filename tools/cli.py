@@ -39,7 +39,8 @@ def add_db_options(parser, session=True):
 
 
 def add_at_option(parser, default='peak', multiple=False):
-    what = "seconds from the session start, 'peak' or 'end'"
+    what = ("seconds from the session start, 'peak', 'end' or marker:LABEL (the first "
+            "marker the program set with heapprof.mark(LABEL))")
     if multiple:
         parser.add_argument('--at', metavar='T', action='append',
                             help='a time to show (%s); repeat to compare several times '
