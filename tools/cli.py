@@ -19,7 +19,7 @@ from heapprof import reader as _reader
 
 PROG = 'heapprof'
 # Modules providing subcommands, in the order --help lists them.
-_COMMANDS = ('sessions', 'top', 'leaks', 'plot', 'flame', 'flow', 'stats', 'export')
+_COMMANDS = ('sessions', 'top', 'leaks', 'plot', 'flame', 'flow', 'stats', 'export', 'diff')
 
 
 class UsageError(Exception):
