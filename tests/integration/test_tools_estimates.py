@@ -170,6 +170,34 @@ class EstimatesTest(unittest.TestCase):
         row = [l for l in p.stdout.splitlines() if ':9)' in l][0]
         self.assertIn('\u00b1%.1f KiB' % (hr.Z95 * math.sqrt(4096 * 3584) / 1024), row)
 
+    def test_plot_and_report_draw_the_markers(self):
+        svg = os.path.join(self.tmp.name, 'plot.svg')
+        p = heapprof('plot', '--db', self.spike_db, '-o', svg)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(svg, encoding='utf-8') as f:
+            text = f.read()
+        groups = re.findall(r'<g class="marker"><title>([^<]*)</title><line x1="([\d.]+)"',
+                            text)
+        self.assertEqual([g[0] for g in groups],
+                         ['before spike (1.100 s)', 'phase (1.500 s)', 'after spike (1.850 s)',
+                          'phase (2.000 s)'])
+        # Evenly placed in time: x grows with t, 1.1 -> 1.5 is 0.4 s, 1.5 -> 2.0 is 0.5 s.
+        xs = [float(g[1]) for g in groups]
+        self.assertAlmostEqual((xs[1] - xs[0]) / (xs[3] - xs[1]), 0.4 / 0.5, places=2)
+        # Without markers, none drawn.
+        p = heapprof('plot', '--db', self.leak_db, '-o', svg)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(svg, encoding='utf-8') as f:
+            self.assertNotIn('class="marker"', f.read())
+        from heapprof import report
+        data = report.build_data(self.spike_db)
+        t0 = hr.read(self.spike_db).span_ns()[0]
+        self.assertEqual([(m['label'], round(m['t'], 6)) for m in data['markers']],
+                         [(label, round((self.spike.ns(t) - t0) / 1e9, 6)) for t, label in
+                          ((1.1, 'before spike'), (1.5, 'phase'), (1.85, 'after spike'),
+                           (2.0, 'phase'))])
+        self.assertEqual(report.build_data(self.leak_db)['markers'], [])
+
 
 if __name__ == '__main__':
     unittest.main()
