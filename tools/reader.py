@@ -734,6 +734,18 @@ class Reader:
         ns = self._ns(t)
         return self._live_estimate_ns(ns, self._since_ns(since, t, ns))
 
+    def allocated_between(self, since, t):
+        """Estimate of the bytes allocated after since and up to t (seconds from the start;
+        since None: from the start), freed since or not, with its standard error."""
+        ns = self._ns(t)
+        since_ns = self._since_ns(since, t, ns)
+        b, v = self._con.execute(
+            'SELECT TOTAL(est_bytes), TOTAL(%s) FROM allocations WHERE session_id = ?'
+            ' AND ts_ns > ? AND ts_ns <= ?' % _VAR,
+            (self.session_id, -_INT64_MAX - 1 if since_ns is None else since_ns,
+             ns)).fetchone()
+        return Estimate(int(b), v ** 0.5)
+
     def _since_ns(self, since, t, ns):
         if since is None:
             return None
