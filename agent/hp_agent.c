@@ -443,6 +443,20 @@ int hp_agent_thread_name(uint64_t thread_id, const char *name, size_t len)
   return rc;
 }
 
+/* Reaches the session through a pin, as the record path does, rather than g_lock: a
+ * stop holds that lock while heapprofd drains (up to the stall bound), and a marker must
+ * not wait for it. While pinned, the session and its sender stay allocated. */
+int hp_agent_mark(const char *label, size_t len)
+{
+  _Atomic uint64_t *pin;
+  session *s = session_pin(&pin);
+  if (!s)
+    return -HP_EINVAL;
+  int rc = hp_sender_marker(s->sender, event_ts(s), label, len);
+  session_unpin(pin);
+  return rc;
+}
+
 int hp_agent_is_profiling(void)
 {
   return atomic_load(&hp_agent_mode) == HP_MODE_PROFILE;

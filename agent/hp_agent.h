@@ -96,6 +96,11 @@ int hp_agent_is_profiling(void);
  * after the kernel's name so that it wins. Not from a hook. 0, or -HP_EINVAL when no
  * session runs, or the sender's error. */
 int hp_agent_thread_name(uint64_t thread_id, const char *name, size_t len);
+/* A marker the program sets (heapprof.mark), stamped now with the events' clock and
+ * queued for the sender of the running session. Never waits: not for the agent lock (a
+ * stop may hold it while heapprofd drains) nor for the socket. Not from a hook.
+ * 0; -HP_EINVAL when no session runs; -HP_ENOMEM or -HP_EFULL (too many pending). */
+int hp_agent_mark(const char *label, size_t len);
 /* Stats mode on/off (no session, no daemon). */
 void hp_agent_stats_enable(int on);
 

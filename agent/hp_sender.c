@@ -66,7 +66,11 @@ struct hp_sender {
   /* Names the program gave (hp_sender_thread_name), not yet sent; under mu. */
   hp_thread_def *names[HP_SENDER_MAX_NAMES];
   uint32_t nnames;
-  pthread_mutex_t mu;        /* guards the idle wait and names[]; hooks never touch it */
+  /* Markers the program set (hp_sender_marker), not yet sent; under mu. */
+  hp_marker *markers[HP_SENDER_MAX_MARKERS];
+  uint32_t nmarkers;
+  pthread_mutex_t mu;        /* guards the idle wait, names[] and markers[]; hooks never
+                                touch it */
   pthread_cond_t wake;       /* signalled by hp_sender_stop(): exit without oversleeping */
   int sync_ready;            /* mu and wake were initialised */
   _Atomic int error;         /* first write error, set by the thread */
@@ -492,6 +496,54 @@ int hp_sender_thread_name(hp_sender *s, uint64_t thread_id, const char *name, si
   return rc;
 }
 
+/* The markers the program set, in the order it set them. */
+static int send_markers(hp_sender *s)
+{
+  hp_marker *taken[HP_SENDER_MAX_MARKERS];
+  pthread_mutex_lock(&s->mu);
+  uint32_t n = s->nmarkers;
+  memcpy(taken, s->markers, n * sizeof(taken[0]));
+  s->nmarkers = 0;
+  pthread_mutex_unlock(&s->mu);
+  int rc = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    if (rc == 0 && (rc = hp_encode_marker(s->enc, taken[i])) == 0)
+      rc = flush_if_big(s);
+    free(taken[i]);
+  }
+  return rc;
+}
+
+int hp_sender_marker(hp_sender *s, uint64_t ts_ns, const char *label, size_t len)
+{
+  if (len > HP_MAX_STR_BYTES) {
+    /* Cut before a continuation byte would split a character: the daemon would store
+     * the remnant as U+FFFD. */
+    len = HP_MAX_STR_BYTES;
+    while (len > 0 && ((unsigned char)label[len] & 0xC0) == 0x80)
+      len--;
+  }
+  hp_marker *m = malloc(sizeof(*m) + len + 1);
+  if (!m)
+    return -HP_ENOMEM;
+  char *copy = (char *)(m + 1);
+  memcpy(copy, label, len);
+  copy[len] = 0;
+  m->ts_ns = ts_ns;
+  m->label.ptr = copy;
+  m->label.len = (uint32_t)len;
+  int rc = 0;
+  pthread_mutex_lock(&s->mu);
+  if (s->nmarkers < HP_SENDER_MAX_MARKERS)
+    s->markers[s->nmarkers++] = m;
+  else
+    rc = -HP_EFULL;
+  pthread_mutex_unlock(&s->mu);
+  if (rc < 0)
+    free(m);
+  return rc;
+}
+
 /* lost: events taken from the ring but never written, for the stop timeout's message. */
 static void report_failure(hp_sender *s, int err, uint64_t lost)
 {
@@ -585,7 +637,8 @@ static void *sender_main(void *arg)
     while (n < HP_SENDER_BATCH && hp_ring_pop(s->cfg.ring, &s->batch[n]))
       n++;
     if ((rc = send_defs(s)) < 0 || (rc = send_thread_names(s, s->batch, n)) < 0 ||
-        (rc = send_given_names(s)) < 0 || (rc = send_events(s, s->batch, n)) < 0 ||
+        (rc = send_given_names(s)) < 0 || (rc = send_markers(s)) < 0 ||
+        (rc = send_events(s, s->batch, n)) < 0 ||
         (rc = flush_encoder(s)) < 0)
       break;
     uint64_t now = hp_now_ns();
@@ -621,7 +674,8 @@ static void *sender_main(void *arg)
     hp_goodbye g = { .ts_ns = hp_now_ns(),
                      .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
                      .end_reason = atomic_load(&s->end_reason) };
-    if ((rc = send_given_names(s)) == 0 && (rc = send_interval_changes(s)) == 0 &&
+    if ((rc = send_given_names(s)) == 0 && (rc = send_markers(s)) == 0 &&
+        (rc = send_interval_changes(s)) == 0 &&
         (rc = send_counters(s)) == 0 && (rc = hp_encode_goodbye(s->enc, &g)) == 0)
       rc = flush_encoder(s);
   }
@@ -656,6 +710,8 @@ static void sender_release(hp_sender *s)
     close(s->fd);
   for (uint32_t i = 0; i < s->nnames; i++)
     free(s->names[i]);
+  for (uint32_t i = 0; i < s->nmarkers; i++)
+    free(s->markers[i]);
   hp_encoder_free(s->enc);
   hp_encoder_free(s->ctl);
   free(s->batch);

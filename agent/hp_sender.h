@@ -4,7 +4,7 @@
  * STACK_DEF for every interned id not sent yet on this stream (before the events that
  * may use them: an event popped from the ring was pushed after its stack was
  * published), THREAD_DEF for the threads it meets (their kernel names, then the names
- * the program gave), then the EVENTS batch; COUNTERS about once a second; GOODBYE at
+ * the program gave), MARKER for the markers the program set, then the EVENTS batch; COUNTERS about once a second; GOODBYE at
  * stop.
  * Only this thread waits on the socket. It never touches Python state and allocates
  * with libc only. A write error (the daemon went away) ends the thread after one line
@@ -50,6 +50,7 @@
 #define HP_SENDER_MAX_THREADS    4096u        /* threads a stream looks up a kernel name
                                                  for */
 #define HP_SENDER_MAX_NAMES      1024u        /* names the program gave, pending at once */
+#define HP_SENDER_MAX_MARKERS    4096u        /* markers the program set, pending at once */
 #define HP_SENDER_WAIT_SLICE_MS  50           /* a blocked write re-checks for stop */
 #define HP_SENDER_CONNECT_TIMEOUT_NS 5000000000ull /* a daemon whose listen backlog is
                                                      full (stopped, swamped) */
@@ -111,6 +112,10 @@ void hp_sender_abandon(hp_sender *s);
  * the kernel's name, so it wins; name is copied (cut at HP_MAX_STR_BYTES). Any thread
  * but a hook. 0, -HP_ENOMEM, or -HP_EFULL when HP_SENDER_MAX_NAMES are pending. */
 int hp_sender_thread_name(hp_sender *s, uint64_t thread_id, const char *name, size_t len);
+/* A marker the program sets (heapprof.mark), sent as MARKER; label is copied (cut at
+ * HP_MAX_STR_BYTES, at a UTF-8 character boundary). Any thread but a hook; never waits
+ * on the socket. 0, -HP_ENOMEM, or -HP_EFULL when HP_SENDER_MAX_MARKERS are pending. */
+int hp_sender_marker(hp_sender *s, uint64_t ts_ns, const char *label, size_t len);
 /* Events, frame and stack definitions written so far (for tests and stats). */
 uint64_t hp_sender_events_sent(const hp_sender *s);
 

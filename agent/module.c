@@ -227,6 +227,29 @@ static PyObject *agent_thread_names(PyObject *self, PyObject *arg)
   Py_RETURN_NONE;
 }
 
+/* mark(label): a marker for the running session (heapprof.mark). True when queued;
+ * False when no session runs or the marker could not be queued. TypeError for a label
+ * that is not a str. Never waits (hp_agent_mark). */
+static PyObject *agent_mark(PyObject *self, PyObject *label)
+{
+  (void)self;
+  if (!PyUnicode_Check(label)) {
+    PyErr_Format(PyExc_TypeError, "heapprof.mark() label must be str, not %.100s",
+                 Py_TYPE(label)->tp_name);
+    return NULL;
+  }
+  if (!hp_agent_is_profiling())
+    Py_RETURN_FALSE;
+  hp_str str;
+  if (str_arg(label, &str) < 0) {
+    PyErr_Clear();          /* out of memory: the marker is lost, the program goes on */
+    Py_RETURN_FALSE;
+  }
+  int rc = hp_agent_mark(str.ptr, str.len);
+  free((char *)str.ptr);
+  return PyBool_FromLong(rc == 0);
+}
+
 static PyObject *agent_is_profiling(PyObject *self, PyObject *unused)
 {
   (void)self;
@@ -355,6 +378,8 @@ static PyMethodDef agent_methods[] = {
    "[, native=True])"},
   {"stop", agent_stop, METH_NOARGS, "stop() -> 0 or the negative error that ended the stream"},
   {"is_profiling", agent_is_profiling, METH_NOARGS, "is_profiling() -> bool"},
+  {"mark", agent_mark, METH_O,
+   "mark(label) -> bool: a timestamped marker for the running session; False when none"},
   {"thread_names", agent_thread_names, METH_O,
    "thread_names([(native_id, name), ...]): the program's thread names, for the session"},
   {"child_needs_restart", agent_child_needs_restart, METH_NOARGS,

@@ -7,7 +7,8 @@ import datetime
 import os
 
 ESTIMATE_NOTE = ('note: figures are estimates from sampled allocations '
-                 '(each sample stands for its est_bytes)')
+                 '(each sample stands for its est_bytes); \u00b1 is the half width of '
+                 'their 95% interval')
 
 
 def drop_warning(meta, what):
@@ -89,6 +90,36 @@ def human_bytes(n):
             return '%s%d %s' % (sign, n, unit) if unit == 'B' else '%s%.1f %s' % (sign, n, unit)
         n /= 1024
     return '%s%.1f PiB' % (sign, n)
+
+
+def margin(se):
+    """'\u00b11.2 MiB': the half width of the 95% interval of an estimate whose standard
+    error is se (reader.Z95); '\u00b10 B' for a figure that sampling did not blur."""
+    from heapprof.reader import Z95
+    return '\u00b1%s' % human_bytes(Z95 * se)
+
+
+_UNITS = {'': 1, 'b': 1, 'k': 1 << 10, 'kb': 1 << 10, 'kib': 1 << 10, 'm': 1 << 20,
+          'mb': 1 << 20, 'mib': 1 << 20, 'g': 1 << 30, 'gb': 1 << 30, 'gib': 1 << 30,
+          't': 1 << 40, 'tb': 1 << 40, 'tib': 1 << 40}
+
+
+def parse_bytes(text):
+    """Bytes of '24 MB', '1.5GiB', '4096' or '512k'; KB, MB, GB, TB are powers of 1024
+    like KiB, MiB, GiB, TiB (as memory limits usually mean). ValueError saying what is
+    accepted."""
+    t = str(text).strip()
+    i = len(t)
+    while i and t[i - 1].isalpha():
+        i -= 1
+    number, unit = t[:i].strip(), t[i:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        value = None
+    if value is None or unit not in _UNITS or not value >= 0 or value == float('inf'):
+        raise ValueError('expected a size like 24MB, 1.5 GiB or 4096 (bytes), not %r' % text)
+    return int(round(value * _UNITS[unit]))
 
 
 def size_range(lo, hi):

@@ -13,6 +13,8 @@ from xml.sax.saxutils import escape
 from heapprof import _fmt
 
 FONT = 'font-family="Helvetica, Arial, sans-serif"'
+# Markers (heapprof.mark): a gray no series uses.
+MARKER_COLOR = '#555555'
 # One color per plotted series (the total first).
 SERIES_COLORS = ('#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b',
                  '#e377c2', '#17becf', '#bcbd22', '#7f7f7f')
@@ -65,9 +67,10 @@ def _thin(points, t0, t1, width):
     return [points[i] for i in sorted(keep)]
 
 
-def _panel(body, top, series, y_max, y_label, t_max, x_label, first_color=0):
+def _panel(body, top, series, y_max, y_label, t_max, x_label, first_color=0, markers=()):
     """One plot panel at vertical offset top: step series [(label, [(t, v)])], each
-    value holding from its t to the next (the last to t_max)."""
+    value holding from its t to the next (the last to t_max); markers [(t, label)] as
+    dashed vertical lines, labelled along them."""
     left, right, height = 84, PLOT_WIDTH - 24, PANEL_HEIGHT - 64
     bottom = top + height
     y_ticks = _nice_ticks(y_max)
@@ -95,6 +98,15 @@ def _panel(body, top, series, y_max, y_label, t_max, x_label, first_color=0):
     if x_label:
         body.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>\n'
                     % ((left + right) / 2, bottom + 36, _text(x_label)))
+    for t, label in markers:
+        if not 0 <= t <= x_hi:
+            continue
+        body.append('<g class="marker"><title>%s (%.3f s)</title>'
+                    '<line x1="%.1f" x2="%.1f" y1="%d" y2="%d" stroke="%s" '
+                    'stroke-dasharray="4 3"/><text x="%.1f" y="%d" font-size="10" fill="%s" '
+                    'transform="rotate(-90 %.1f %d)">%s</text></g>\n'
+                    % (_text(label), t, x(t), x(t), top, bottom, MARKER_COLOR, x(t) - 3,
+                       top + 4, MARKER_COLOR, x(t) - 3, top + 4, _text(label[:40])))
     for i, (label, points) in enumerate(series):
         color = SERIES_COLORS[(first_color + i) % len(SERIES_COLORS)]
         points = _thin(points, 0.0, x_hi, right - left)
@@ -111,9 +123,10 @@ def _panel(body, top, series, y_max, y_label, t_max, x_label, first_color=0):
                        _text(label)))
 
 
-def plot(title, t_max, total, sites):
+def plot(title, t_max, total, sites, markers=()):
     """The time plot as SVG text. total: [(t, live bytes)]; sites: [(label, [(t, bytes)],
-    [(t, fraction of the total)])]. With sites, a second panel shows their fractions."""
+    [(t, fraction of the total)])]. With sites, a second panel shows their fractions.
+    markers: [(t, label)] the program set (heapprof.mark), drawn across every panel."""
     peak = max([v for _, v in total] + [v for _, pts, _ in sites for _, v in pts] + [0])
     scale, unit = next(u for u in ((1 << 30, 'GiB'), (1 << 20, 'MiB'), (1 << 10, 'KiB'),
                                    (1, 'B')) if peak >= u[0] or u[0] == 1)
@@ -121,12 +134,12 @@ def plot(title, t_max, total, sites):
     series = [('total', total)] + [(label, pts) for label, pts, _ in sites]
     series = [(label, [(t, v / scale) for t, v in pts]) for label, pts in series]
     _panel(body, 32, series, peak / scale, 'estimated live heap (%s)' % unit, t_max,
-           None if sites else 'seconds from the session start')
+           None if sites else 'seconds from the session start', markers=markers)
     height = 32 + PANEL_HEIGHT
     if sites:
         _panel(body, height, [(label, fr) for label, _, fr in sites], 1.0,
                'fraction of the live heap', t_max, 'seconds from the session start',
-               first_color=1)
+               first_color=1, markers=markers)
         height += PANEL_HEIGHT
     return _document(PLOT_WIDTH, height, body, title)
 

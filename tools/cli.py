@@ -19,7 +19,7 @@ from heapprof import reader as _reader
 
 PROG = 'heapprof'
 # Modules providing subcommands, in the order --help lists them.
-_COMMANDS = ('sessions', 'top', 'leaks', 'plot', 'flame', 'flow', 'stats', 'export')
+_COMMANDS = ('sessions', 'top', 'leaks', 'plot', 'flame', 'flow', 'stats', 'export', 'diff')
 
 
 class UsageError(Exception):
@@ -39,7 +39,8 @@ def add_db_options(parser, session=True):
 
 
 def add_at_option(parser, default='peak', multiple=False):
-    what = "seconds from the session start, 'peak' or 'end'"
+    what = ("seconds from the session start, 'peak', 'end' or marker:LABEL (the first "
+            "marker the program set with heapprof.mark(LABEL))")
     if multiple:
         parser.add_argument('--at', metavar='T', action='append',
                             help='a time to show (%s); repeat to compare several times '

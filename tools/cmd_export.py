@@ -45,8 +45,9 @@ def register(subparsers):
     add_db_options(p)
     when = p.add_mutually_exclusive_group()
     when.add_argument('--at', metavar='T',
-                      help="the time of the profile: seconds from the session start, 'peak' "
-                           "or 'end' (default: peak); alloc_* cover the start to T")
+                      help="the time of the profile: seconds from the session start, 'peak', "
+                           "'end' or marker:LABEL (default: peak); alloc_* cover the start "
+                           "to T")
     when.add_argument('--between', nargs=2, metavar=('T1', 'T2'),
                       help='a range instead: alloc_* cover the allocations made after T1 up '
                            'to T2, inuse_* are live at T2')

@@ -27,10 +27,11 @@ def run(args):
             return _end_unknown(r)
         sites = r.leaks()
         total = sum(s.bytes for s in sites)
+        total_se = sum(s.se ** 2 for s in sites) ** 0.5
         when = 'so far (the session is still recording)' if meta.status == 'running' else \
             'by the end of the recording (%.3f s)' % r.duration
-        print('heapprof leaks: session %d (pid %d): %s%s never freed %s'
-              % (meta.session_id, meta.pid, _fmt.human_bytes(total),
+        print('heapprof leaks: session %d (pid %d): %s %s%s never freed %s'
+              % (meta.session_id, meta.pid, _fmt.human_bytes(total), _fmt.margin(total_se),
                  ' of domain %s' % ', '.join(r.domains) if r.domains else '', when))
         print(_fmt.ESTIMATE_NOTE)
         for line in _fmt.drop_warning(meta, 'never freed'):
@@ -38,12 +39,13 @@ def run(args):
         if not sites:
             print('no sampled allocation was left unfreed')
             return 0
-        rows = [(i, _fmt.human_bytes(s.bytes), _fmt.percent(s.bytes, total),
+        rows = [(i, _fmt.human_bytes(s.bytes), _fmt.margin(s.se), _fmt.percent(s.bytes, total),
                  _fmt.human_count(s.count), s.samples, '%.3f' % s.first_t, '%.3f' % s.last_t,
                  _fmt.site_name(s.filename, s.lineno, s.function, width=100))
                 for i, s in enumerate(sites[:args.limit], 1)]
-        print('\n'.join(_fmt.table(('#', 'never freed', '%', 'est.count', 'samples',
-                                    'first (s)', 'last (s)', 'site'), rows, align='rrrrrrrl')))
+        print('\n'.join(_fmt.table(('#', 'never freed', '95%', '%', 'est.count', 'samples',
+                                    'first (s)', 'last (s)', 'site'), rows,
+                                   align='rrrrrrrrl')))
     return 0
 
 

@@ -3,6 +3,8 @@
 The extension of the output chooses the format: .svg (drawn by heapprof, always available),
 .csv (the series: t_seconds, total_live_bytes, then <site> bytes and <site> fraction of the
 total for each --site), or .png and .pdf, drawn by matplotlib when it is importable.
+
+Markers the program set with heapprof.mark(label) are drawn as labelled vertical lines.
 """
 import csv
 import io
@@ -19,7 +21,8 @@ FORMATS = ('.svg', '.csv') + MATPLOTLIB_FORMATS
 
 def register(subparsers):
     p = subparsers.add_parser('plot', help='time plot of the live heap (SVG, CSV, PNG, PDF)',
-                              description=__doc__.split('\n\n')[1].replace('\n', ' '))
+                              description=' '.join(__doc__.split('\n\n')[1:3])
+                              .replace('\n', ' '))
     add_db_options(p)
     p.add_argument('-o', '--output', required=True, metavar='FILE',
                    help='output file: .svg or .csv, or .png or .pdf (with matplotlib)')
@@ -70,6 +73,11 @@ def _plot(path, r, header, rows, sites):
     ax.set_ylabel('estimated live heap (MiB)')
     ax.set_title('heapprof: session %d (pid %d), estimates from sampled allocations'
                  % (r.metadata.session_id, r.metadata.pid))
+    for m in r.markers():
+        for row in axes:
+            row[0].axvline(m.t, color='#555555', linestyle='--', linewidth=0.8)
+        ax.annotate(m.label[:40], (m.t, 1.0), xycoords=('data', 'axes fraction'),
+                    rotation=90, va='top', ha='right', fontsize=8, color='#555555')
     ax.legend(loc='best')
     if sites:
         ax2 = axes[1][0]
@@ -93,7 +101,8 @@ def to_svg(r, header, rows, sites):
                 for i, s in enumerate(sites)]
     title = ('heapprof: session %d (pid %d), estimates from sampled allocations'
              % (r.metadata.session_id, r.metadata.pid))
-    return _svg.plot(title, max(r.duration, ts[-1]), total, per_site)
+    return _svg.plot(title, max(r.duration, ts[-1]), total, per_site,
+                     markers=[(m.t, m.label) for m in r.markers()])
 
 
 def _matplotlib_missing(out, ext):

@@ -25,6 +25,10 @@ def register(subparsers):
     # No default in argparse: --follow must tell an explicit --at from the default.
     add_at_option(p, default='peak')
     p.set_defaults(at=None)
+    p.add_argument('--between', nargs=2, metavar=('A', 'B'),
+                   help='what was allocated after time A and is still live at time B (each '
+                        "seconds, 'peak', 'end' or marker:LABEL): what a phase between two "
+                        'markers left behind; not with --at')
     p.add_argument('-n', '--limit', type=int, default=20, metavar='N',
                    help='sites to show (default: 20)')
     p.add_argument('--by', choices=('self', 'cumulative'), default='self',
@@ -49,15 +53,24 @@ def _domains_label(r):
     return ' of domain %s' % ', '.join(r.domains) if r.domains else ''
 
 
-def render(r, t, label, limit, by, width=100):
-    """Lines of the top table at t seconds."""
-    sites = r.top_sites(t, n=None, by=by)
+def render(r, t, label, limit, by, width=100, since=None):
+    """Lines of the top table at t seconds (with since: of what was allocated after since
+    and is still live at t)."""
+    sites = r.top_sites(t, n=None, by=by, since=since)
     total = sum(s.self_bytes for s in sites)
+    total_se = sum(s.self_se ** 2 for s in sites) ** 0.5
     samples = sum(s.samples for s in sites)
     meta = r.metadata
-    lines = ['heapprof top: %s at %.3f s%s' % (_describe(meta), t, label),
-             'live heap%s: %s in %s sampled allocations (sampling %s)'
-             % (_domains_label(r), _fmt.human_bytes(total), _fmt.human_count(samples),
+    if since is None:
+        head = 'heapprof top: %s at %.3f s%s' % (_describe(meta), t, label)
+        what = 'live heap'
+    else:
+        head = 'heapprof top: %s, allocated after %.3f s and live at %.3f s%s' % (
+            _describe(meta), since, t, label)
+        what = 'left behind'
+    lines = [head,
+             '%s%s: %s %s in %s sampled allocations (sampling %s)'
+             % (what, _domains_label(r), _fmt.human_bytes(total), _fmt.margin(total_se), _fmt.human_count(samples),
                 _fmt.sampling(meta)),
              _fmt.ESTIMATE_NOTE]
     lines.extend(_fmt.drop_warning(meta, 'live'))
@@ -72,12 +85,13 @@ def render(r, t, label, limit, by, width=100):
         return lines
     rows = []
     for i, s in enumerate(sites[:limit], 1):
-        rows.append((i, _fmt.human_bytes(s.self_bytes), _fmt.percent(s.self_bytes, total),
+        rows.append((i, _fmt.human_bytes(s.self_bytes), _fmt.margin(s.self_se),
+                     _fmt.percent(s.self_bytes, total),
                      _fmt.human_count(s.self_count), _fmt.human_bytes(s.cum_bytes),
-                     _fmt.percent(s.cum_bytes, total),
+                     _fmt.margin(s.cum_se), _fmt.percent(s.cum_bytes, total),
                      _fmt.site_name(s.filename, s.lineno, s.function, width=width)))
-    lines.extend(_fmt.table(('#', 'self', 'self%', 'est.count', 'cumulative', 'cum%', 'site'),
-                            rows, align='rrrrrrl'))
+    lines.extend(_fmt.table(('#', 'self', '95%', 'self%', 'est.count', 'cumulative', '95%',
+                             'cum%', 'site'), rows, align='rrrrrrrrl'))
     return lines
 
 
@@ -90,11 +104,26 @@ def run(args):
             from heapprof.cli import UsageError
             raise UsageError('--follow always shows the latest moment; use --at without '
                              '--follow to see time %s' % args.at)
+        if args.between is not None:
+            from heapprof.cli import UsageError
+            raise UsageError('--follow always shows the latest moment; use --between '
+                             'without --follow')
         return follow(args)
+    if args.between is not None:
+        if args.at is not None:
+            from heapprof.cli import UsageError
+            raise UsageError('--between A B names its own times; not with --at')
+        with open_reader(args) as r:
+            since, t = (r.resolve_time(x) for x in args.between)
+            label = ' (%s .. %s)' % tuple(args.between)
+            print('\n'.join(render(r, t, label, args.limit, args.by, since=since)))
+        return 0
     at = 'peak' if args.at is None else args.at
     with open_reader(args) as r:
         t = r.resolve_time(at)
-        label = ' (%s)' % at.strip().lower() if at.strip().lower() in ('peak', 'end') else ''
+        word = at.strip().lower()
+        label = ' (%s)' % at.strip() if word in ('peak', 'end') or \
+            word.startswith('marker:') else ''
         print('\n'.join(render(r, t, label, args.limit, args.by)))
     return 0
 

@@ -10,7 +10,8 @@ in the methods whose names end in _ns: those take and return integer nanoseconds
 epoch, like the *_ns columns and Session fields, for callers that bin time exactly (the HTML
 report), and do not refuse instants outside the session. Byte figures are estimates: each
 sampled allocation carries est_bytes, the unbiased number of bytes it stands for, and sums of
-est_bytes estimate the true totals.
+est_bytes estimate the true totals. Each estimate comes with its standard error (the *_se
+fields, and Estimate): see "Standard errors" in tools/README.md for the derivation.
 
     r = heapprof.read('prof.sqlite')          # newest root session (see default_session)
     t, peak_bytes = r.peak()
@@ -28,7 +29,8 @@ from heapprof import _db
 
 __all__ = ['read', 'sessions', 'default_session', 'end_unknown_reason', 'Reader', 'ReaderError',
            'NoSessionsError', 'Session', 'Frame', 'SiteStat', 'LeakSite', 'SizeBucket', 'Totals',
-           'AllocSite', 'FlowGraph', 'NO_STACK_LABEL', 'StackTotal']
+           'AllocSite', 'FlowGraph', 'NO_STACK_LABEL', 'StackTotal', 'Estimate', 'Marker',
+           'Z95', 'variance_sql']
 
 NS = 1_000_000_000
 # Stack id NULL in the allocations view: no Python stack (e.g. raw domain without the GIL).
@@ -50,6 +52,43 @@ _MATERIALIZED = 'MATERIALIZED' if sqlite3.sqlite_version_info >= (3, 35) else ''
 # Sums of est_bytes use TOTAL(), a float, and become Python ints: SUM() fails with "integer
 # overflow" past this, and a stored est_bytes may be near it (schema/README.md).
 _INT64_MAX = (1 << 63) - 1
+# The normal quantile of a two-sided 95% interval: estimate +- Z95 * standard error.
+Z95 = 1.959963984540054
+# The variance a sampled allocation adds to a sum of est_bytes, estimated from that sample
+# alone: e * (e - s) for est_bytes e and size s (tools/README.md, "Standard errors"). REAL,
+# so that sums of squares of large estimates do not overflow. 0 when e <= s (recorded
+# with probability 1).
+_VAR = 'CAST(est_bytes AS REAL) * MAX(est_bytes - size, 0)'
+
+
+def variance_sql():
+    """The SQL expression, over the columns of the allocations view, of one sample's
+    estimated variance contribution: sum it like est_bytes."""
+    return _VAR
+
+
+class Estimate(collections.namedtuple('Estimate', ['value', 'se'])):
+    """An estimated figure (bytes or a count) and its standard error; margin is the half
+    width of its 95% interval (normal approximation), low/high its ends (low clipped at
+    0 for a figure that cannot be negative is the caller's choice)."""
+    __slots__ = ()
+
+    @property
+    def margin(self):
+        return Z95 * self.se
+
+    @property
+    def low(self):
+        return self.value - self.margin
+
+    @property
+    def high(self):
+        return self.value + self.margin
+
+
+Marker = collections.namedtuple('Marker', ['t', 'ts_ns', 'label'])
+Marker.__doc__ = """A marker the program set with heapprof.mark(label): t seconds from the
+session's start (ts_ns since the epoch)."""
 
 
 class ReaderError(ValueError):
@@ -104,32 +143,37 @@ Frame.__doc__ = 'One frame of a stack; line is the source text, or None when unr
 
 SiteStat = collections.namedtuple('SiteStat', [
     'frame_id', 'function', 'filename', 'lineno', 'self_bytes', 'self_count', 'cum_bytes',
-    'cum_count', 'samples'])
+    'cum_count', 'samples', 'self_se', 'cum_se'], defaults=(0.0, 0.0))
 SiteStat.__doc__ = """Live memory attributed to one code location (a frame) at one time.
 self: allocations made at this line (innermost frame); cumulative: allocations made while this
 line was on the stack. *_count are estimated allocation counts; samples is the number of
-sampled allocations behind the self figures. frame_id is None for NO_STACK_LABEL."""
+sampled allocations behind the self figures; *_se the standard errors of the byte figures.
+frame_id is None for NO_STACK_LABEL."""
 
 LeakSite = collections.namedtuple('LeakSite', [
     'frame_id', 'function', 'filename', 'lineno', 'bytes', 'count', 'samples', 'first_t',
-    'last_t'])
+    'last_t', 'se'], defaults=(0.0,))
 LeakSite.__doc__ = """Allocations made at one site (innermost frame) and never freed:
-estimated bytes and count, sampled allocations, first and last allocation time (s)."""
+estimated bytes and count, sampled allocations, first and last allocation time (s), and
+the standard error of bytes."""
 
 SizeBucket = collections.namedtuple('SizeBucket', ['lo', 'hi', 'samples', 'est_count',
                                                    'est_bytes'])
 SizeBucket.__doc__ = 'Sampled allocations with lo <= size <= hi (requested bytes).'
 
 Totals = collections.namedtuple('Totals', ['samples', 'allocated_bytes', 'unfreed_samples',
-                                           'unfreed_bytes'])
+                                           'unfreed_bytes', 'allocated_se', 'unfreed_se'],
+                                defaults=(0.0, 0.0))
 Totals.__doc__ = """A session's sampled allocations: how many, the estimated bytes they stand
 for, and of those the ones with no recorded free (still live at the end, when the session's
-end is known: see Session.end_known)."""
+end is known: see Session.end_known); *_se are the standard errors of the byte figures."""
 
 AllocSite = collections.namedtuple('AllocSite', ['frame_id', 'function', 'filename', 'lineno',
-                                                 'allocated_bytes', 'unfreed_bytes'])
+                                                 'allocated_bytes', 'unfreed_bytes',
+                                                 'allocated_se', 'unfreed_se'],
+                                   defaults=(0.0, 0.0))
 AllocSite.__doc__ = """Estimated bytes allocated over the whole session at one site (innermost
-frame), and of those the bytes with no recorded free."""
+frame), and of those the bytes with no recorded free; *_se their standard errors."""
 
 FlowGraph = collections.namedtuple('FlowGraph', ['times', 'totals', 'nodes', 'edges'])
 FlowGraph.__doc__ = """Live memory at several times as a caller->callee graph.
@@ -419,7 +463,10 @@ class Reader:
         return (ns - self.metadata.started_ns) / NS
 
     def resolve_time(self, spec):
-        """Seconds for a user's time: a number of seconds, 'peak' or 'end' (or 'start')."""
+        """Seconds for a user's time: a number of seconds, 'peak' or 'end' (or 'start'), or
+        'marker:LABEL', the first marker with that label (heapprof.mark)."""
+        if isinstance(spec, str) and spec.strip().lower().startswith('marker:'):
+            return self.marker_time(spec.strip()[len('marker:'):])
         if isinstance(spec, str):
             word = spec.strip().lower()
             if word == 'peak':
@@ -431,10 +478,36 @@ class Reader:
             try:
                 spec = float(word.rstrip('s'))
             except ValueError:
-                raise ReaderError("time must be seconds from the start, 'peak' or 'end', not %r"
-                                  % spec) from None
+                raise ReaderError("time must be seconds from the start, 'peak' or 'end', not %r "
+                                  "(or marker:LABEL)" % spec) from None
         self._ns(spec)
         return float(spec)
+
+    # ---------------------------------------------------------------- markers
+    def markers(self):
+        """[Marker]: the markers the program set with heapprof.mark(label), in time order
+        (the order they were set, for equal times). Empty for a database whose schema
+        predates markers (version 1)."""
+        if not _has_view(self._con, 'markers'):
+            return []
+        return [Marker(self._t(ts), ts, label) for ts, label in self._con.execute(
+            'SELECT ts_ns, label FROM markers WHERE session_id = ? ORDER BY ts_ns',
+            (self.session_id,))]
+
+    def marker_time(self, label):
+        """Seconds from the start to the first marker with this label (clamped into the
+        session); ReaderError naming the labels there are when there is none."""
+        found = self.markers()
+        for m in found:
+            if m.label == label:
+                return min(max(m.t, 0.0), self.duration)
+        names = []
+        for m in found:
+            if m.label not in names:
+                names.append(m.label)
+        known = ', '.join(repr(n) for n in names[:10]) + (', ...' if len(names) > 10 else '')
+        raise ReaderError('no marker %r in session %d (markers: %s)'
+                          % (label, self.session_id, known or 'none'))
 
     # ---------------------------------------------------------------- sampling
     def sampling_changes(self):
@@ -605,8 +678,9 @@ class Reader:
             self.domains = tuple(names)
 
     # ---------------------------------------------------------------- snapshots
-    def _live_sql(self, cols, ns):
-        """(sql, params): a SELECT of cols over the allocations live at ns.
+    def _live_sql(self, cols, ns, since_ns=None):
+        """(sql, params): a SELECT of cols over the allocations live at ns (and, with
+        since_ns, made after since_ns).
 
         Live at ns means ts_ns <= ns < freed_ns (or never freed). Early in a session the
         (session_id, ts_ns) index reaches them in few rows; late in a long session that range
@@ -614,6 +688,10 @@ class Reader:
         on freed_ns exists (see bench/README.md, "Reader"), read them through it instead."""
         session = self.session_id
         dom, dargs = self._domain_sql, self._domain_args
+        if since_ns is not None:
+            return ('SELECT %s FROM allocations WHERE session_id = ? AND ts_ns > ?'
+                    ' AND ts_ns <= ? AND (freed_ns IS NULL OR freed_ns > ?)%s' % (cols, dom),
+                    (session, since_ns, ns, ns) + dargs)
         if self._has_freed_index() and self._fraction_before(ns) > _FREED_SCAN_FROM:
             return ('SELECT %s FROM allocations WHERE session_id = ? AND freed_ns > ?'
                     ' AND +ts_ns <= ?%s UNION ALL SELECT %s FROM allocations WHERE session_id = ?'
@@ -649,15 +727,17 @@ class Reader:
             return 0.0
         return (at[0] - first[0]) / (last[0] - first[0])
 
-    def _live_by_stack(self, ns):
-        """{stack_id: (est bytes, est count, samples)} live at the instant ns."""
+    def _live_by_stack(self, ns, since_ns=None):
+        """{stack_id: (est bytes, est count, samples, variance of est bytes)} live at the
+        instant ns (and made after since_ns)."""
         sql, params = self._live_sql(
-            'stack_id, est_bytes, CAST(est_bytes AS REAL) / MAX(size, 1) AS n', ns)
+            'stack_id, est_bytes, CAST(est_bytes AS REAL) / MAX(size, 1) AS n, %s AS v' % _VAR,
+            ns, since_ns)
         # '+stack_id': grouping must not pick an index on stack_id, which would visit every
         # allocation of the session in stack order.
-        rows = self._con.execute('SELECT stack_id, TOTAL(est_bytes), TOTAL(n), COUNT(*) FROM'
-                                 ' (%s) GROUP BY +stack_id' % sql, params)
-        return {sid: (int(b), c, n) for sid, b, c, n in rows}
+        rows = self._con.execute('SELECT stack_id, TOTAL(est_bytes), TOTAL(n), COUNT(*),'
+                                 ' TOTAL(v) FROM (%s) GROUP BY +stack_id' % sql, params)
+        return {sid: (int(b), c, n, v) for sid, b, c, n, v in rows}
 
     def snapshot_at(self, t):
         """{stack_id: estimated live bytes} at t seconds from the start. Key None collects the
@@ -674,9 +754,40 @@ class Reader:
         return self._live_bytes_ns(self._ns(t))
 
     def _live_bytes_ns(self, ns):
-        sql, params = self._live_sql('est_bytes', ns)
-        return int(self._con.execute('SELECT TOTAL(est_bytes) FROM (%s)' % sql,
-                                     params).fetchone()[0])
+        return self._live_estimate_ns(ns).value
+
+    def _live_estimate_ns(self, ns, since_ns=None):
+        sql, params = self._live_sql('est_bytes, size', ns, since_ns)
+        b, v = self._con.execute('SELECT TOTAL(est_bytes), TOTAL(%s) FROM (%s)' % (_VAR, sql),
+                                 params).fetchone()
+        return Estimate(int(b), v ** 0.5)
+
+    def live_at(self, t, since=None):
+        """Estimate of the live bytes at t (seconds from the start), with its standard
+        error; with since, of those allocated after since (seconds) and still live at t."""
+        ns = self._ns(t)
+        return self._live_estimate_ns(ns, self._since_ns(since, t, ns))
+
+    def allocated_between(self, since, t):
+        """Estimate of the bytes allocated after since and up to t (seconds from the start;
+        since None: from the start), freed since or not, with its standard error."""
+        ns = self._ns(t)
+        since_ns = self._since_ns(since, t, ns)
+        b, v = self._con.execute(
+            'SELECT TOTAL(est_bytes), TOTAL(%s) FROM allocations WHERE session_id = ?'
+            ' AND ts_ns > ? AND ts_ns <= ?' % _VAR,
+            (self.session_id, -_INT64_MAX - 1 if since_ns is None else since_ns,
+             ns)).fetchone()
+        return Estimate(int(b), v ** 0.5)
+
+    def _since_ns(self, since, t, ns):
+        if since is None:
+            return None
+        since_ns = self._ns(since)
+        if since_ns > ns:
+            raise ReaderError('a range must start before it ends, not at %g s when it '
+                              'ends at %g s' % (since, t))
+        return since_ns
 
     # ---------------------------------------------------------------- steps
     def stack_step_deltas_ns(self, start_ns, step_ns, steps):
@@ -770,29 +881,34 @@ class Reader:
         return out
 
     # ---------------------------------------------------------------- sites
-    def top_sites(self, t, n=20, by='self'):
-        """Sites (frames) holding the most live memory at t, by 'self' or 'cumulative' bytes."""
+    def top_sites(self, t, n=20, by='self', since=None):
+        """Sites (frames) holding the most live memory at t, by 'self' or 'cumulative' bytes.
+        With since (seconds, before t): only what was allocated after since and is still
+        live at t (what a phase between two markers left behind)."""
         if by not in ('self', 'cumulative'):
             raise ReaderError("order must be 'self' or 'cumulative', not %r" % (by,))
-        live = self._live_by_stack(self._ns(t))
+        ns = self._ns(t)
+        live = self._live_by_stack(ns, self._since_ns(since, t, ns))
         self._load_stacks(list(live))
-        acc = {}   # frame_id -> [self_b, self_c, cum_b, cum_c, samples]
-        for sid, (b, c, k) in live.items():
+        acc = {}   # frame_id -> [self_b, self_c, cum_b, cum_c, samples, self_var, cum_var]
+        for sid, (b, c, k, v) in live.items():
             frames = self._stacks.get(sid, ()) if sid is not None else ()
             leaf = frames[0] if frames else None
-            e = acc.setdefault(leaf, [0, 0.0, 0, 0.0, 0])
+            e = acc.setdefault(leaf, [0, 0.0, 0, 0.0, 0, 0.0, 0.0])
             e[0] += b
             e[1] += c
             e[4] += k
+            e[5] += v
             for fid in set(frames) or (None,):
-                e = acc.setdefault(fid, [0, 0.0, 0, 0.0, 0])
+                e = acc.setdefault(fid, [0, 0.0, 0, 0.0, 0, 0.0, 0.0])
                 e[2] += b
                 e[3] += c
+                e[6] += v
         out = []
-        for fid, (sb, sc, cb, cc, k) in acc.items():
+        for fid, (sb, sc, cb, cc, k, sv, cv) in acc.items():
             fr = self._site_frame(fid)
             out.append(SiteStat(fid, fr.function, fr.filename, fr.lineno, sb, round(sc), cb,
-                                round(cc), k))
+                                round(cc), k, sv ** 0.5, cv ** 0.5))
         key = (lambda s: (-s.self_bytes, -s.cum_bytes)) if by == 'self' else \
               (lambda s: (-s.cum_bytes, -s.self_bytes))
         out.sort(key=lambda s: key(s) + (s.filename, s.lineno, s.function))
@@ -806,20 +922,21 @@ class Reader:
         rows = self._unfreed_by_stack()
         self._load_stacks([r[0] for r in rows])
         acc = {}
-        for sid, b, c, k, lo, hi in rows:
+        for sid, b, c, k, lo, hi, v in rows:
             frames = self._stacks.get(sid, ()) if sid is not None else ()
             leaf = frames[0] if frames else None
-            e = acc.setdefault(leaf, [0, 0.0, 0, lo, hi])
+            e = acc.setdefault(leaf, [0, 0.0, 0, lo, hi, 0.0])
             e[0] += b
             e[1] += c
             e[2] += k
             e[3] = min(e[3], lo)
             e[4] = max(e[4], hi)
+            e[5] += v
         out = []
-        for fid, (b, c, k, lo, hi) in acc.items():
+        for fid, (b, c, k, lo, hi, v) in acc.items():
             fr = self._site_frame(fid)
             out.append(LeakSite(fid, fr.function, fr.filename, fr.lineno, int(b), round(c), k,
-                                self._t(lo), self._t(hi)))
+                                self._t(lo), self._t(hi), v ** 0.5))
         out.sort(key=lambda s: (-s.bytes, s.filename, s.lineno, s.function))
         return out if n is None else out[:n]
 
@@ -827,16 +944,16 @@ class Reader:
         """[(stack_id, est_bytes, samples)]: per stack, the sampled allocations with no
         recorded free (never freed, when the session's end is known: Session.end_known),
         in stack id order with None (no Python stack) first."""
-        rows = [(sid, int(b), k) for sid, b, _, k, _, _ in self._unfreed_by_stack()]
+        rows = [(sid, int(b), k) for sid, b, _, k, _, _, _ in self._unfreed_by_stack()]
         return sorted(rows, key=lambda r: (r[0] is not None, r[0] or 0))
 
     def _unfreed_by_stack(self):
-        """[(stack_id, est bytes (float), est count, samples, first ts_ns, last ts_ns)] of the
-        allocations with no recorded free, per stack."""
+        """[(stack_id, est bytes (float), est count, samples, first ts_ns, last ts_ns,
+        variance of est bytes)] of the allocations with no recorded free, per stack."""
         return self._con.execute(
             'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
-            ' COUNT(*), MIN(ts_ns), MAX(ts_ns) FROM allocations WHERE session_id = ?'
-            ' AND freed_ns IS NULL%s GROUP BY +stack_id' % self._domain_sql,
+            ' COUNT(*), MIN(ts_ns), MAX(ts_ns), TOTAL(%s) FROM allocations WHERE session_id = ?'
+            ' AND freed_ns IS NULL%s GROUP BY +stack_id' % (_VAR, self._domain_sql),
             (self.session_id,) + self._domain_args).fetchall()
 
     def allocation_count(self):
@@ -846,30 +963,36 @@ class Reader:
 
     def totals(self):
         """Totals of the session's sampled allocations (see Totals)."""
-        n, b, un, ub = self._con.execute(
+        n, b, un, ub, v, uv = self._con.execute(
             'SELECT COUNT(*), TOTAL(est_bytes), TOTAL(freed_ns IS NULL),'
-            ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END) FROM allocations'
-            ' WHERE session_id = ?', (self.session_id,)).fetchone()
-        return Totals(n, int(b), int(un), int(ub))
+            ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END), TOTAL({v}),'
+            ' TOTAL(CASE WHEN freed_ns IS NULL THEN {v} END) FROM allocations'
+            ' WHERE session_id = ?'.format(v=_VAR), (self.session_id,)).fetchone()
+        return Totals(n, int(b), int(un), int(ub), v ** 0.5, uv ** 0.5)
 
     def allocated_sites(self, n=None):
         """Sites (innermost frames) by the estimated bytes allocated there over the whole
         session, largest first, with the bytes of those that have no recorded free."""
         rows = self._con.execute(
             'SELECT stack_id, TOTAL(est_bytes),'
-            ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END) FROM allocations'
-            ' WHERE session_id = ? GROUP BY +stack_id', (self.session_id,)).fetchall()
+            ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END), TOTAL({v}),'
+            ' TOTAL(CASE WHEN freed_ns IS NULL THEN {v} END) FROM allocations'
+            ' WHERE session_id = ? GROUP BY +stack_id'.format(v=_VAR),
+            (self.session_id,)).fetchall()
         self._load_stacks([r[0] for r in rows])
-        acc = collections.defaultdict(lambda: [0, 0])
-        for sid, b, unfreed in rows:
+        acc = collections.defaultdict(lambda: [0, 0, 0.0, 0.0])
+        for sid, b, unfreed, v, uv in rows:
             frames = self._stacks.get(sid, ()) if sid is not None else ()
             e = acc[frames[0] if frames else None]
             e[0] += int(b)
             e[1] += int(unfreed)
+            e[2] += v
+            e[3] += uv
         out = []
-        for fid, (b, unfreed) in acc.items():
+        for fid, (b, unfreed, v, uv) in acc.items():
             fr = self._site_frame(fid)
-            out.append(AllocSite(fid, fr.function, fr.filename, fr.lineno, b, unfreed))
+            out.append(AllocSite(fid, fr.function, fr.filename, fr.lineno, b, unfreed,
+                                 v ** 0.5, uv ** 0.5))
         out.sort(key=lambda s: (-s.allocated_bytes, s.filename, s.lineno, s.function))
         return out if n is None else out[:n]
 

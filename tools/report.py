@@ -281,6 +281,9 @@ def _report_data(r, db_path, nsteps, top_k, timeline_from, fold_share):
                      "t": [round((ts - t0) * ns, 9) for ts, _ in timeline],
                      "bytes": [b for _, b in timeline]},
         "peak": peak_data,
+        # heapprof.mark(label) calls, drawn on the time plot (seconds like the timeline's).
+        "markers": [{"t": round((m.ts_ns - t0) * ns, 9), "label": m.label}
+                    for m in r.markers()],
         "steps": {"t": [round((ts - t0) * ns, 9) for ts in step_ts], "total": totals,
                   "other": other},
         "frames": table.rows,

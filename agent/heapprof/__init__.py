@@ -38,7 +38,8 @@ import _thread
 
 __version__ = '0.1.0'
 
-__all__ = ['start', 'stop', 'is_profiling', 'profile', 'read', 'sessions', '__version__']
+__all__ = ['start', 'stop', 'is_profiling', 'mark', 'profile', 'read', 'sessions',
+           '__version__']
 
 # The options of the running session, reused by fork children (which start their own
 # session). Protected by _lock.
@@ -519,6 +520,23 @@ def stop():
 def is_profiling():
     """True while a session is streaming to heapprofd."""
     return 'heapprof._agent' in sys.modules and _native().is_profiling()
+
+
+def mark(label):
+    """Records a timestamped marker with this label in the running session (the `markers`
+    view; `heapprof top --at marker:LABEL`). Returns True when the marker was queued for
+    heapprofd, False when this process is not profiling (or the marker could not be
+    queued: 4096 pending, out of memory): code may call it unconditionally, it never
+    blocks and costs a dictionary lookup when not profiling. Labels longer than 4096
+    bytes of UTF-8 are cut there. A label that is not a str raises TypeError, profiling
+    or not."""
+    agent = sys.modules.get('heapprof._agent')
+    if agent is None:
+        if not isinstance(label, str):
+            raise TypeError('heapprof.mark() label must be str, not %s'
+                            % type(label).__name__)
+        return False
+    return agent.mark(label)
 
 
 class profile:

@@ -316,8 +316,8 @@ class GoPprofTest(ExportMixin, unittest.TestCase):
         self.assertEqual(top.returncode, 0, top.stderr)
         ours = []       # (self bytes as printed, 'function file:line')
         for line in top.stdout.splitlines():
-            m = re.match(r'^\s*\d+\s+(\S+ \S+)\s+\S+\s+\S+\s+\S+ \S+\s+\S+\s+(.*) \((.*)\)$',
-                         line)
+            m = re.match(r'^\s*\d+\s+(\S+ \S+)\s+\S+ \S+\s+\S+\s+\S+\s+\S+ \S+\s+\S+ \S+\s+\S+'
+                         r'\s+(.*) \((.*)\)$', line)
             if m and m.group(2) != hr.NO_STACK_LABEL:
                 ours.append((m.group(1), '%s %s' % (m.group(2), m.group(3))))
         self.assertGreaterEqual(len(ours), 3, top.stdout)

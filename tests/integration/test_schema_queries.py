@@ -183,6 +183,14 @@ EXPECTED = {
         (2.0, "loaded", 12048),
         (4.7, "parsed", 12072),
     ],
+    "Left behind between two markers, with a 95% interval (heapprof extension)": [
+        # Made in (2.0, 4.7] and live at 4.7: allocs 4 (helper, est = size), 7 (no stack,
+        # freed at 5.0) and 6 (parse, 1024 for 50 bytes: variance 1024 * 974); alloc 5 was
+        # freed at 4.0.
+        ("helper", "lib.py:50", 5000, 0.0, 1),
+        (None, None, 4000, 0.0, 1),
+        ("parse", "lib.py:5", 1024, 1.96 * math.sqrt(1024 * 974), 1),
+    ],
     "Allocated bytes by thread (heapprof extension)": [
         # 7001: allocs 1, 2, 3, 6, 8, 9; 7002: allocs 4, 5, 7.
         (7001, "MainThread", 16144, 6),

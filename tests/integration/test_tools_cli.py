@@ -169,8 +169,8 @@ class CliTest(unittest.TestCase):
         """[(self text, site text)] of a top table."""
         rows = []
         for line in out.splitlines():
-            m = re.match(r'^\s*(\d+)\s+(\S+ \S+)\s+(\S+%)\s+(\S+)\s+(\S+ \S+)\s+(\S+%)\s+(.*)$',
-                         line)
+            m = re.match(r'^\s*(\d+)\s+(\S+ \S+)\s+\u00b1\S+ \S+\s+(\S+%)\s+(\S+)\s+(\S+ \S+)'
+                         r'\s+\u00b1\S+ \S+\s+(\S+%)\s+(.*)$', line)
             if m:
                 rows.append((m.group(2), m.group(5), m.group(7)))
         return rows
@@ -219,7 +219,9 @@ class CliTest(unittest.TestCase):
     def test_leaks_top_row_is_the_leaking_line(self):
         out = self.ok('leaks', '--db', self.leak_db).stdout
         rows = [l for l in out.splitlines() if re.match(r'^\s*\d+\s', l)]
-        self.assertRegex(rows[0], r'^\s*1\s+3\.8 MiB\s+99\.9%\s+60\s+60\s+0\.010\s+2\.960\s+'
+        # Every leaked block of the scenario was sampled with probability 1: no blur.
+        self.assertRegex(rows[0], r'^\s*1\s+3\.8 MiB\s+\u00b10 B\s+99\.9%\s+60\s+60\s+0\.010\s+'
+                                  r'2\.960\s+'
                                   r'handle_request \(' + re.escape(sc.LEAK_FILE) + r':17\)$')
         self.assertEqual(len(rows), 2)
         self.assertIn('estimates from sampled allocations', out)

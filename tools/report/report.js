@@ -153,6 +153,19 @@
       ctx.beginPath(); ctx.moveTo(x, bb.top); ctx.lineTo(x, bb.top + bb.height); ctx.stroke();
     }
     ctx.restore();
+    // Markers the program set (heapprof.mark): dashed gray lines, labels along them.
+    (D.markers || []).forEach(m => {
+      if (m.t < 0 || m.t > X_MAX) return;
+      const x = u.valToPos(m.t, "x", true);
+      ctx.save();
+      ctx.strokeStyle = "#555"; ctx.fillStyle = "#555"; ctx.lineWidth = dpr;
+      ctx.setLineDash([4 * dpr, 3 * dpr]);
+      ctx.beginPath(); ctx.moveTo(x, bb.top); ctx.lineTo(x, bb.top + bb.height); ctx.stroke();
+      ctx.translate(x - 3 * dpr, bb.top + 4 * dpr); ctx.rotate(-Math.PI / 2);
+      ctx.font = (10 * dpr) + "px system-ui, sans-serif"; ctx.textAlign = "right";
+      ctx.fillText(m.label.slice(0, 40), 0, 0);
+      ctx.restore();
+    });
     if (D.peak) {
       const x = u.valToPos(D.peak.t, "x", true), y = u.valToPos(D.peak.bytes, "y", true);
       ctx.save();
