@@ -66,9 +66,9 @@ const _Atomic uint8_t *hp_addrtab_filter(const hp_addrtab *t);
 
 /* The address bits above the 16-byte alignment, unhashed: sampled blocks are sparse and
  * spread over the heap, so 15 address bits spread them as well as a multiplicative hash
- * did, and every free of the program saves the multiply (the free hook's fast path is
- * 10 instructions). Page-aligned blocks (mmap) share 1/256 of the counters; they are the
- * large, nearly always sampled ones, so few of them are live at a time. */
+ * would, and every free of the program saves the multiply. Page-aligned blocks (mmap)
+ * share 1/256 of the counters; they are the large, nearly always sampled ones, so few
+ * of them are live at a time. */
 static inline size_t hp_addrtab_filter_index(uintptr_t addr)
 {
   return (size_t)(addr >> 4) & (HP_ADDRTAB_FILTER - 1);

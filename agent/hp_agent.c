@@ -6,8 +6,8 @@
  * announces the thread in a pin counter before it loads the pointer. stop() withdraws
  * the pointer, waits until no thread is pinned, and only then stops the sender and frees
  * the session. So a hook that raced the stop finishes in its own session's ring and
- * table, and nothing it may still touch is reset or freed under it (issue 12 item 5);
- * the pointer's publication orders every setting before its use (item 6).
+ * table, and nothing it may still touch is reset or freed under it; the pointer's
+ * publication orders every setting before its use.
  *
  * What the hooks read without a pin lives for the process: the sampler configuration,
  * the gate, the mode and the free hook's filter (address-table filters are recycled,
@@ -141,7 +141,7 @@ static inline void session_unpin(_Atomic uint64_t *pin)
 }
 
 /* After g_session was withdrawn: a pinned thread only finishes its record (a waiting
- * one sees g_session change within HP_AGENT_WAIT_SLICE), so this is short. */
+ * one sees g_session change within HP_AGENT_WAIT_SLICE_NS), so this is short. */
 static void pins_drain(void)
 {
   for (unsigned i = 0; i < PIN_STRIPES; i++)
@@ -182,8 +182,8 @@ static void session_withdraw(session *s)
   pins_drain();
 }
 
-/* The hooks were replaced (issue 12 item 10: tracemalloc started before heapprof and
- * stopped while it profiled puts back the allocators it found, without ours): nothing
+/* The hooks were replaced (tracemalloc started before heapprof and stopped while it
+ * profiled puts back the allocators it found, without ours): nothing
  * is recorded any more, and blocks freed from now on would look never freed. Said once;
  * the session ends with HP_END_HOOKS_REPLACED ('hooks_replaced' in the database). */
 static uint32_t check_hooks(session *s)
@@ -470,12 +470,11 @@ int hp_agent_child_needs_restart(void)
 }
 
 /* Event timestamps. When sampling (interval > 1, or bucket rates) events are few and
- * get CLOCK_MONOTONIC: nanosecond resolution through the vDSO, ~21 ns a read here
- * against ~3 ns for CLOCK_MONOTONIC_COARSE, i.e. nothing measurable at a few thousand
- * events a second. Recording everything (interval 1) produces millions of events a
- * second, where those 18 ns per event were 16% of the profile, so it keeps the coarse
- * clock: the same clock at kernel-tick resolution (1-4 ms; 4 ms here), whose sub-tick
- * order is still the stream order the daemon pairs by. Either way HELLO's
+ * get CLOCK_MONOTONIC at nanosecond resolution. Recording everything (interval 1)
+ * produces millions of events a second, where the precise clock's read is a visible
+ * share of the cost (bench/README.md), so it uses CLOCK_MONOTONIC_COARSE: the same
+ * clock at kernel-tick resolution, whose sub-tick order is still the stream order the
+ * daemon pairs by. Either way HELLO's
  * start_mono_ns (stamped by this function) converts the stamps to wall time. */
 static inline uint64_t event_ts(const session *s)
 {

@@ -82,7 +82,6 @@ static inline void leave(hook_tls *t)
   t->key = t->sampler.generation;
 }
 
-/* The sampled path: off the fast path, never inlined into it. */
 /* Whether a sample may be recorded now. Overloaded (recording everything faster than
  * heapprofd stores), an ALLOC would be refused by the ring anyway: counting it as
  * dropped here saves the stack walk and the address table's insert and remove, and
@@ -158,8 +157,8 @@ static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hook_tls *t, 
   return p;
 }
 
-/* The raw allocator failed a sampled small block that pymalloc may still serve (issue
- * 12 item 9: the hooks must not fail what the underlying allocator would serve). The
+/* The raw allocator failed a sampled small block that pymalloc may still serve (the
+ * hooks must not fail what the underlying allocator would serve). The
  * program gets pymalloc's block, unrecorded (its free would bypass the raw hook); the
  * sample is counted as dropped, and errno is as pymalloc left it. */
 static __attribute__((noinline)) void sampled_block_fallback(int saved_errno)

@@ -603,10 +603,9 @@ static void *sender_main(void *arg)
         end_here(s, reason);
     }
     /* A thin batch means the ring is nearly empty: wait for more rather than paying a
-     * system call per handful of events. The wait doubles while batches stay thin
-     * (sampling at the default interval brings a few dozen events a millisecond: a
-     * wake-up and a send() every 1 ms were a measurable share of the program's CPU,
-     * and of heapprofd's on the shared cores) and drops back as soon as a batch is
+     * system call per handful of events (a wake-up and a send() per millisecond cost
+     * the program and heapprofd CPU for nothing at the default interval). The wait
+     * doubles while batches stay thin and drops back as soon as a batch is
      * substantial. At HP_SENDER_IDLE_MAX_NS the ring holds any thin flow many times
      * over. */
     if (n == 0 && stopping)
