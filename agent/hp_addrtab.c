@@ -1,6 +1,7 @@
 /* hp_addrtab.c — lock-free bucketed set of sampled addresses (see hp_addrtab.h). */
 #include "hp_addrtab.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -117,6 +118,7 @@ hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
   t->slots = (_Atomic uintptr_t *)(((uintptr_t)t->slots_mem + 63) & ~(uintptr_t)63);
   t->nbuckets = nb;
   t->shift = 64 - bits;
+  assert(((size_t)1 << bits) == nb && nb * HP_ADDRTAB_BUCKET <= HP_ADDRTAB_MAX_SLOTS);
   atomic_init(&t->overflows, 0);
   return t;
 }
@@ -164,6 +166,7 @@ static void filter_add(hp_addrtab *t, uintptr_t addr, int delta)
   do {
     if (v == 255)
       return;   /* saturated: sticks at "maybe" */
+    assert(delta > 0 || v > 0);   /* only a stored address is removed */
   } while (!atomic_compare_exchange_weak_explicit(c, &v, (uint8_t)(v + delta),
                                                   memory_order_acq_rel, memory_order_relaxed));
 }
@@ -187,6 +190,7 @@ static int spilled(const hp_addrtab *t, size_t b)
 
 static int bucket_insert(hp_addrtab *t, size_t b, uintptr_t addr)
 {
+  assert(b < t->nbuckets);
   _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
   for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++) {
     uintptr_t k = atomic_load_explicit(&s[i], memory_order_relaxed);
@@ -200,6 +204,7 @@ static int bucket_insert(hp_addrtab *t, size_t b, uintptr_t addr)
 
 static int bucket_remove(hp_addrtab *t, size_t b, uintptr_t addr)
 {
+  assert(b < t->nbuckets);
   _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
   for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++) {
     uintptr_t k = atomic_load_explicit(&s[i], memory_order_acquire);

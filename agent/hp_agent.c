@@ -15,6 +15,7 @@
  * process; each new stream re-sends their definitions. */
 #include "hp_agent.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -137,7 +138,9 @@ static inline session *session_pin(_Atomic uint64_t **pin)
 
 static inline void session_unpin(_Atomic uint64_t *pin)
 {
-  atomic_fetch_sub_explicit(pin, 1, memory_order_release);
+  uint64_t was = atomic_fetch_sub_explicit(pin, 1, memory_order_release);
+  assert(was > 0);
+  (void)was;
 }
 
 /* After g_session was withdrawn: a pinned thread only finishes its record (a waiting
@@ -178,8 +181,10 @@ static void session_withdraw(session *s)
 {
   if (atomic_load(&hp_agent_mode) == HP_MODE_PROFILE)
     profiling_off();
-  atomic_compare_exchange_strong(&g_session, &s, NULL);
+  session *expected = s;
+  atomic_compare_exchange_strong(&g_session, &expected, NULL);
   pins_drain();
+  assert(atomic_load(&g_session) != s);   /* nothing can reach s any more */
 }
 
 /* The hooks were replaced (tracemalloc started before heapprof and stopped while it
@@ -404,6 +409,7 @@ int hp_agent_start(const hp_agent_opts *o)
     session_free(s);
     goto out_unlock;
   }
+  assert(!g_current && !atomic_load(&g_session));   /* one session at a time */
   hp_sampler_publish(&hp_agent_sampler, &cfg);
   atomic_store(&hp_agent_max_depth, o->max_depth);
   atomic_store(&hp_agent_free_filter, hp_addrtab_filter(s->addrtab));
@@ -581,6 +587,7 @@ static __attribute__((noinline)) int push_block(session *s, const hp_event *ev)
  * the reserve, and when even that is full they wait briefly (see push_free_waiting). */
 static int push(session *s, const hp_event *ev)
 {
+  assert(ev->kind == HP_EV_ALLOC || ev->kind == HP_EV_FREE);
   if (s->block)
     return push_block(s, ev);
   if (ev->kind == HP_EV_ALLOC)

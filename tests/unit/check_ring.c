@@ -1,6 +1,7 @@
 /* check_ring.c — the MPSC event ring: order, bounds, counted drops, concurrent producers. */
 #include <check.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -42,6 +43,17 @@ START_TEST(ring_capacity_rounds_up_to_power_of_two)
   hp_ring_free(r);
 }
 END_TEST
+
+#ifndef NDEBUG
+/* The normal build keeps the agent's asserts: asking for more room than the ring has is
+ * a caller's bug, caught where it is assumed. */
+START_TEST(room_beyond_capacity_is_an_assertion)
+{
+  hp_ring *r = hp_ring_new(16);
+  hp_ring_has_room(r, 16);
+}
+END_TEST
+#endif
 
 START_TEST(full_ring_drops_and_counts)
 {
@@ -183,6 +195,9 @@ Suite *ring_suite(void)
   TCase *limits = tcase_create("limits");
   tcase_add_test(limits, full_ring_drops_and_counts);
   tcase_add_test(limits, ring_full_of_allocs_still_accepts_frees_up_to_reserve);
+#ifndef NDEBUG
+  tcase_add_test_raise_signal(limits, room_beyond_capacity_is_an_assertion, SIGABRT);
+#endif
   suite_add_tcase(s, limits);
   TCase *threads = tcase_create("threads");
   tcase_set_timeout(threads, 60);
