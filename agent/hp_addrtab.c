@@ -15,7 +15,6 @@
 struct hp_addrtab {
   size_t nbuckets;                  /* power of two */
   int shift;                        /* 64 - log2(nbuckets) */
-  _Atomic uint64_t overflows;       /* relaxed: a statistic */
   _Atomic uint64_t *spilled;        /* one bit per bucket; set once, cleared by clear() */
   _Atomic uint8_t *filter;          /* HP_ADDRTAB_FILTER counters, or g_all_maybe */
   int with_filter;
@@ -119,7 +118,6 @@ hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
   t->nbuckets = nb;
   t->shift = 64 - bits;
   assert(((size_t)1 << bits) == nb && nb * HP_ADDRTAB_BUCKET <= HP_ADDRTAB_MAX_SLOTS);
-  atomic_init(&t->overflows, 0);
   return t;
 }
 
@@ -132,11 +130,6 @@ void hp_addrtab_free(hp_addrtab *t)
   if (t->with_filter && t->filter)
     filter_give_back(t->filter);
   free(t);
-}
-
-size_t hp_addrtab_slots(const hp_addrtab *t)
-{
-  return t->nbuckets * HP_ADDRTAB_BUCKET;
 }
 
 /* Fibonacci hashing of the address without its alignment bits; the second bucket uses
@@ -216,15 +209,6 @@ static int bucket_remove(hp_addrtab *t, size_t b, uintptr_t addr)
   return -1;
 }
 
-static int bucket_contains(const hp_addrtab *t, size_t b, uintptr_t addr)
-{
-  _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
-  for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++)
-    if (atomic_load_explicit(&s[i], memory_order_acquire) == addr)
-      return 1;
-  return 0;
-}
-
 int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr)
 {
   if (addr == EMPTY)
@@ -240,7 +224,6 @@ int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr)
   if (bucket_insert(t, bucket2(t, addr), addr))
     return 0;
   filter_add(t, addr, -1);
-  atomic_fetch_add_explicit(&t->overflows, 1, memory_order_relaxed);
   return -HP_EFULL;
 }
 
@@ -255,19 +238,4 @@ int hp_addrtab_remove(hp_addrtab *t, uintptr_t addr)
   if (r)
     filter_add(t, addr, -1);
   return r;
-}
-
-int hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr)
-{
-  if (filter_says_absent(t, addr))
-    return 0;
-  size_t b1 = bucket1(t, addr);
-  if (bucket_contains(t, b1, addr))
-    return 1;
-  return spilled(t, b1) && bucket_contains(t, bucket2(t, addr), addr);
-}
-
-uint64_t hp_addrtab_overflows(const hp_addrtab *t)
-{
-  return atomic_load_explicit(&((hp_addrtab *)t)->overflows, memory_order_relaxed);
 }

@@ -495,7 +495,7 @@ static void hooks_after_fork_child(void)
     leave(t);
 }
 
-int hp_hooks_frees_forwarded(void)
+int hp_hooks_frees_via_raw(void)
 {
   return g_frees_via_raw;
 }

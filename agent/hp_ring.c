@@ -149,11 +149,6 @@ size_t hp_ring_capacity(const hp_ring *r)
   return r->mask + 1;
 }
 
-size_t hp_ring_free_reserve(const hp_ring *r)
-{
-  return r->reserve;
-}
-
 uint64_t hp_ring_pushed(const hp_ring *r)
 {
   return atomic_load_explicit(&((hp_ring *)r)->head, memory_order_acquire);

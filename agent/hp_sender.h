@@ -111,8 +111,6 @@ void hp_sender_abandon(hp_sender *s);
  * the kernel's name, so it wins; name is copied (cut at HP_MAX_STR_BYTES). Any thread
  * but a hook. 0, -HP_ENOMEM, or -HP_EFULL when HP_SENDER_MAX_NAMES are pending. */
 int hp_sender_thread_name(hp_sender *s, uint64_t thread_id, const char *name, size_t len);
-/* Events, frame and stack definitions written so far (for tests and stats). */
-uint64_t hp_sender_events_sent(const hp_sender *s);
 
 uint64_t hp_now_ns(void);        /* CLOCK_MONOTONIC */
 uint64_t hp_wall_ns(void);       /* CLOCK_REALTIME */
