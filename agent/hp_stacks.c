@@ -158,9 +158,7 @@ uint32_t hp_stacks_current(void)
   uint32_t depth = hp_pyframe_walk(frames, hp_agent_max_depth, &truncated);
   if (depth == 0)
     return HP_NO_STACK;
-  /* Only the GIL holder interns: hp_intern has one writer, and the caches and frames[]
-   * above are the GIL's. hp_pyframe_walk() found no frames for anyone else. */
-  assert(PyGILState_Check() && depth <= HP_MAX_STACK_DEPTH);
+  assert(depth <= HP_MAX_STACK_DEPTH);
   uint64_t h = chain_mix(0x243f6a8885a308d3ull, g_gen);
   for (uint32_t i = 0; i < depth; i++)
     h = chain_mix(h, (uint64_t)(uintptr_t)frames[i].code ^ ((uint64_t)(uint32_t)frames[i].offset << 48));
@@ -168,6 +166,9 @@ uint32_t hp_stacks_current(void)
   size_t slot = (size_t)h & (STACK_CACHE_SIZE - 1);
   if (g_caches_on && g_stack_cache[slot].hash == h && g_stack_cache[slot].id != 0)
     return g_stack_cache[slot].id;
+  /* Only the GIL holder interns: hp_intern has one writer, and the caches and frames[]
+   * are the GIL's. hp_pyframe_walk() found no frames for anyone else. */
+  assert(PyGILState_Check());
   hp_intern *in = hp_agent_intern();
   for (uint32_t i = 0; i < depth; i++) {
     ids[i] = frame_id(in, &frames[i]);
