@@ -1,6 +1,7 @@
 /* hp_addrtab.c — lock-free bucketed set of sampled addresses (see hp_addrtab.h). */
 #include "hp_addrtab.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -14,7 +15,6 @@
 struct hp_addrtab {
   size_t nbuckets;                  /* power of two */
   int shift;                        /* 64 - log2(nbuckets) */
-  _Atomic uint64_t overflows;       /* relaxed: a statistic */
   _Atomic uint64_t *spilled;        /* one bit per bucket; set once, cleared by clear() */
   _Atomic uint8_t *filter;          /* HP_ADDRTAB_FILTER counters, or g_all_maybe */
   int with_filter;
@@ -117,7 +117,7 @@ hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
   t->slots = (_Atomic uintptr_t *)(((uintptr_t)t->slots_mem + 63) & ~(uintptr_t)63);
   t->nbuckets = nb;
   t->shift = 64 - bits;
-  atomic_init(&t->overflows, 0);
+  assert(((size_t)1 << bits) == nb && nb * HP_ADDRTAB_BUCKET <= HP_ADDRTAB_MAX_SLOTS);
   return t;
 }
 
@@ -130,11 +130,6 @@ void hp_addrtab_free(hp_addrtab *t)
   if (t->with_filter && t->filter)
     filter_give_back(t->filter);
   free(t);
-}
-
-size_t hp_addrtab_slots(const hp_addrtab *t)
-{
-  return t->nbuckets * HP_ADDRTAB_BUCKET;
 }
 
 /* Fibonacci hashing of the address without its alignment bits; the second bucket uses
@@ -164,6 +159,7 @@ static void filter_add(hp_addrtab *t, uintptr_t addr, int delta)
   do {
     if (v == 255)
       return;   /* saturated: sticks at "maybe" */
+    assert(delta > 0 || v > 0);   /* only a stored address is removed */
   } while (!atomic_compare_exchange_weak_explicit(c, &v, (uint8_t)(v + delta),
                                                   memory_order_acq_rel, memory_order_relaxed));
 }
@@ -187,6 +183,7 @@ static int spilled(const hp_addrtab *t, size_t b)
 
 static int bucket_insert(hp_addrtab *t, size_t b, uintptr_t addr)
 {
+  assert(b < t->nbuckets);
   _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
   for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++) {
     uintptr_t k = atomic_load_explicit(&s[i], memory_order_relaxed);
@@ -200,6 +197,7 @@ static int bucket_insert(hp_addrtab *t, size_t b, uintptr_t addr)
 
 static int bucket_remove(hp_addrtab *t, size_t b, uintptr_t addr)
 {
+  assert(b < t->nbuckets);
   _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
   for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++) {
     uintptr_t k = atomic_load_explicit(&s[i], memory_order_acquire);
@@ -209,15 +207,6 @@ static int bucket_remove(hp_addrtab *t, size_t b, uintptr_t addr)
                                                      memory_order_relaxed);
   }
   return -1;
-}
-
-static int bucket_contains(const hp_addrtab *t, size_t b, uintptr_t addr)
-{
-  _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
-  for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++)
-    if (atomic_load_explicit(&s[i], memory_order_acquire) == addr)
-      return 1;
-  return 0;
 }
 
 int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr)
@@ -235,7 +224,6 @@ int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr)
   if (bucket_insert(t, bucket2(t, addr), addr))
     return 0;
   filter_add(t, addr, -1);
-  atomic_fetch_add_explicit(&t->overflows, 1, memory_order_relaxed);
   return -HP_EFULL;
 }
 
@@ -250,19 +238,4 @@ int hp_addrtab_remove(hp_addrtab *t, uintptr_t addr)
   if (r)
     filter_add(t, addr, -1);
   return r;
-}
-
-int hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr)
-{
-  if (filter_says_absent(t, addr))
-    return 0;
-  size_t b1 = bucket1(t, addr);
-  if (bucket_contains(t, b1, addr))
-    return 1;
-  return spilled(t, b1) && bucket_contains(t, bucket2(t, addr), addr);
-}
-
-uint64_t hp_addrtab_overflows(const hp_addrtab *t)
-{
-  return atomic_load_explicit(&((hp_addrtab *)t)->overflows, memory_order_relaxed);
 }

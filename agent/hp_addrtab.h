@@ -7,7 +7,7 @@
  * small bitmap; a lookup reads the second bucket only when that bit is set. A miss thus
  * costs one bit test (L1-resident bitmap) and one cache line, and removal just empties
  * the slot: no tombstones, so the cost never degrades as addresses churn. Both buckets
- * full: the insert is refused and counted.
+ * full: the insert is refused (the caller counts the lost sample).
  *
  * In front of the buckets sits a counting filter of HP_ADDRTAB_FILTER one-byte counters
  * (32 KiB, cache-resident): insert increments an address's counter before storing it,
@@ -49,14 +49,11 @@ hp_addrtab *hp_addrtab_new(size_t slots, int with_filter);
  * a filter is never unmapped, it is zeroed and handed to a later table, so a late read
  * only gets a stale hint. */
 void hp_addrtab_free(hp_addrtab *t);
-size_t hp_addrtab_slots(const hp_addrtab *t);
-/* 0, or -HP_EFULL when both buckets are full (counted). Address 0 is refused with
+/* 0, or -HP_EFULL when both buckets are full. Address 0 is refused with
  * -HP_EINVAL. */
 int  hp_addrtab_insert(hp_addrtab *t, uintptr_t addr);
 /* 1 if addr was present (and is now removed), else 0. */
 int  hp_addrtab_remove(hp_addrtab *t, uintptr_t addr);
-int  hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr);
-uint64_t hp_addrtab_overflows(const hp_addrtab *t);
 
 /* The counting filter, exposed so that the free hook can inline its negative test:
  * readable for the life of the process (see hp_addrtab_free), meaningful as long as the
@@ -66,9 +63,9 @@ const _Atomic uint8_t *hp_addrtab_filter(const hp_addrtab *t);
 
 /* The address bits above the 16-byte alignment, unhashed: sampled blocks are sparse and
  * spread over the heap, so 15 address bits spread them as well as a multiplicative hash
- * did, and every free of the program saves the multiply (the free hook's fast path is
- * 10 instructions). Page-aligned blocks (mmap) share 1/256 of the counters; they are the
- * large, nearly always sampled ones, so few of them are live at a time. */
+ * would, and every free of the program saves the multiply. Page-aligned blocks (mmap)
+ * share 1/256 of the counters; they are the large, nearly always sampled ones, so few
+ * of them are live at a time. */
 static inline size_t hp_addrtab_filter_index(uintptr_t addr)
 {
   return (size_t)(addr >> 4) & (HP_ADDRTAB_FILTER - 1);

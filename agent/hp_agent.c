@@ -6,8 +6,8 @@
  * announces the thread in a pin counter before it loads the pointer. stop() withdraws
  * the pointer, waits until no thread is pinned, and only then stops the sender and frees
  * the session. So a hook that raced the stop finishes in its own session's ring and
- * table, and nothing it may still touch is reset or freed under it (issue 12 item 5);
- * the pointer's publication orders every setting before its use (item 6).
+ * table, and nothing it may still touch is reset or freed under it; the pointer's
+ * publication orders every setting before its use.
  *
  * What the hooks read without a pin lives for the process: the sampler configuration,
  * the gate, the mode and the free hook's filter (address-table filters are recycled,
@@ -15,6 +15,7 @@
  * process; each new stream re-sends their definitions. */
 #include "hp_agent.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -137,11 +138,13 @@ static inline session *session_pin(_Atomic uint64_t **pin)
 
 static inline void session_unpin(_Atomic uint64_t *pin)
 {
-  atomic_fetch_sub_explicit(pin, 1, memory_order_release);
+  uint64_t was = atomic_fetch_sub_explicit(pin, 1, memory_order_release);
+  assert(was > 0);
+  (void)was;
 }
 
 /* After g_session was withdrawn: a pinned thread only finishes its record (a waiting
- * one sees g_session change within HP_AGENT_WAIT_SLICE), so this is short. */
+ * one sees g_session change within HP_AGENT_WAIT_SLICE_NS), so this is short. */
 static void pins_drain(void)
 {
   for (unsigned i = 0; i < PIN_STRIPES; i++)
@@ -178,12 +181,14 @@ static void session_withdraw(session *s)
 {
   if (atomic_load(&hp_agent_mode) == HP_MODE_PROFILE)
     profiling_off();
-  atomic_compare_exchange_strong(&g_session, &s, NULL);
+  session *expected = s;
+  atomic_compare_exchange_strong(&g_session, &expected, NULL);
   pins_drain();
+  assert(atomic_load(&g_session) != s);   /* nothing can reach s any more */
 }
 
-/* The hooks were replaced (issue 12 item 10: tracemalloc started before heapprof and
- * stopped while it profiled puts back the allocators it found, without ours): nothing
+/* The hooks were replaced (tracemalloc started before heapprof and stopped while it
+ * profiled puts back the allocators it found, without ours): nothing
  * is recorded any more, and blocks freed from now on would look never freed. Said once;
  * the session ends with HP_END_HOOKS_REPLACED ('hooks_replaced' in the database). */
 static uint32_t check_hooks(session *s)
@@ -404,6 +409,7 @@ int hp_agent_start(const hp_agent_opts *o)
     session_free(s);
     goto out_unlock;
   }
+  assert(!g_current && !atomic_load(&g_session));   /* one session at a time */
   hp_sampler_publish(&hp_agent_sampler, &cfg);
   atomic_store(&hp_agent_max_depth, o->max_depth);
   atomic_store(&hp_agent_free_filter, hp_addrtab_filter(s->addrtab));
@@ -484,12 +490,11 @@ int hp_agent_child_needs_restart(void)
 }
 
 /* Event timestamps. When sampling (interval > 1, or bucket rates) events are few and
- * get CLOCK_MONOTONIC: nanosecond resolution through the vDSO, ~21 ns a read here
- * against ~3 ns for CLOCK_MONOTONIC_COARSE, i.e. nothing measurable at a few thousand
- * events a second. Recording everything (interval 1) produces millions of events a
- * second, where those 18 ns per event were 16% of the profile, so it keeps the coarse
- * clock: the same clock at kernel-tick resolution (1-4 ms; 4 ms here), whose sub-tick
- * order is still the stream order the daemon pairs by. Either way HELLO's
+ * get CLOCK_MONOTONIC at nanosecond resolution. Recording everything (interval 1)
+ * produces millions of events a second, where the precise clock's read is a visible
+ * share of the cost (bench/README.md), so it uses CLOCK_MONOTONIC_COARSE: the same
+ * clock at kernel-tick resolution, whose sub-tick order is still the stream order the
+ * daemon pairs by. Either way HELLO's
  * start_mono_ns (stamped by this function) converts the stamps to wall time. */
 static inline uint64_t event_ts(const session *s)
 {
@@ -596,6 +601,7 @@ static __attribute__((noinline)) int push_block(session *s, const hp_event *ev)
  * the reserve, and when even that is full they wait briefly (see push_free_waiting). */
 static int push(session *s, const hp_event *ev)
 {
+  assert(ev->kind == HP_EV_ALLOC || ev->kind == HP_EV_FREE);
   if (s->block)
     return push_block(s, ev);
   if (ev->kind != HP_EV_FREE)

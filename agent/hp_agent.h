@@ -33,16 +33,14 @@
 #define HP_AGENT_FREE_WAIT_NS        20000000ull
 /* on_full='adapt' (Perfetto-style adaptive sampling): the sampling interval doubles
  * when the ring is more than half full AND at least 1/HP_AGENT_ADAPT_SAMPLES_DIV of a
- * ring of new samples came since the last change (1/32: a quicker climb samples fewer
- * long-lived blocks at the smallest intervals, whose frees later fill the ring; stdlib
- * at interval 1 ran ~2.6 s with 1/8, ~2.0 s with 1/32, plain 1.17 s). The second condition makes it a
- * rate: samples arriving faster than the sender drains them; a ring full of FREEs (the
- * frees of blocks sampled at the old, smaller interval, which no interval can reduce)
- * counts little. While samples are being dropped (only the free reserve left) the
- * count needed is HP_AGENT_ADAPT_DROP_DIV times smaller: every sample then is one lost,
- * so the climb from interval 1 must be quick (a starved sender thread on a loaded
- * machine otherwise cost ~16K lost samples per doubling). Up to
- * HP_AGENT_ADAPT_MAX_INTERVAL; it never goes back down within a session. */
+ * ring of new samples came since the last change. The second condition makes it a
+ * rate, samples arriving faster than the sender drains them, so that a ring full of
+ * FREEs (of blocks sampled at an older, smaller interval, which no interval can reduce)
+ * counts little; a small divisor climbs quickly, before many long-lived blocks are
+ * sampled at the smallest intervals. While samples are being dropped (only the free
+ * reserve left) every sample is one lost, so the count needed is HP_AGENT_ADAPT_DROP_DIV
+ * times smaller. Up to HP_AGENT_ADAPT_MAX_INTERVAL; it never goes back down within a
+ * session. The divisors were chosen by bench/overhead.py (bench/README.md). */
 #define HP_AGENT_ADAPT_SAMPLES_DIV   32u
 #define HP_AGENT_ADAPT_DROP_DIV      8u
 #define HP_AGENT_ADAPT_MAX_INTERVAL  (1ull << 30)

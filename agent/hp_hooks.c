@@ -59,7 +59,6 @@ static int g_frees_via_raw;
  * either. Shared with the native hooks (hp_native.c). */
 __thread hp_hooks_tls hp_hooks_t __attribute__((tls_model("initial-exec")));
 
-/* The sampled path: off the fast path, never inlined into it. */
 /* Whether a sample may be recorded now. Overloaded (recording everything faster than
  * heapprofd stores), an ALLOC would be refused by the ring anyway: counting it as
  * dropped here saves the stack walk and the address table's insert and remove, and
@@ -139,8 +138,8 @@ static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hp_hooks_tls 
   return p;
 }
 
-/* The raw allocator failed a sampled small block that pymalloc may still serve (issue
- * 12 item 9: the hooks must not fail what the underlying allocator would serve). The
+/* The raw allocator failed a sampled small block that pymalloc may still serve (the
+ * hooks must not fail what the underlying allocator would serve). The
  * program gets pymalloc's block, unrecorded (its free would bypass the raw hook); the
  * sample is counted as dropped, and errno is as pymalloc left it. */
 static __attribute__((noinline)) void sampled_block_fallback(int saved_errno)
@@ -545,7 +544,7 @@ static void hooks_after_fork_child(void)
     hp_hooks_leave(t);
 }
 
-int hp_hooks_frees_forwarded(void)
+int hp_hooks_frees_via_raw(void)
 {
   return g_frees_via_raw;
 }

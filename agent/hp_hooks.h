@@ -13,8 +13,9 @@
 /* Installs the hooks if not yet installed. Caller holds the GIL. 0 or -HP_ENOMEM. */
 int hp_hooks_install(void);
 
-/* 1 when the mem/obj frees go to pymalloc unhooked (see above), else 0. */
-int hp_hooks_frees_forwarded(void);
+/* 1 when the mem/obj frees go to pymalloc unhooked and sampled blocks' frees come via
+ * the raw free hook (see above), else 0. */
+int hp_hooks_frees_via_raw(void);
 
 /* 1 when someone else replaced or removed the hooks, so that they see nothing any more
  * (e.g. tracemalloc.stop() after a tracemalloc.start() that came before heapprof's),

@@ -5,6 +5,7 @@
  * readers use the entry array below the published count. */
 #include "hp_intern.h"
 
+#include <assert.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,9 @@ hp_intern *hp_intern_new(uint32_t max_frames, uint32_t max_stacks)
   in->stacks = calloc((size_t)in->max_stacks + 1, sizeof(stack_ent));
   in->frame_index = calloc(in->frame_mask + 1, sizeof(uint32_t));
   in->stack_index = calloc(in->stack_mask + 1, sizeof(uint32_t));
+  /* An index at most half full: every probe ends at an empty slot. */
+  assert(in->frame_mask + 1 >= 2 * (size_t)in->max_frames &&
+         in->stack_mask + 1 >= 2 * (size_t)in->max_stacks);
   if (!in->frames || !in->stacks || !in->frame_index || !in->stack_index) {
     hp_intern_free(in);
     return NULL;
@@ -202,6 +206,7 @@ uint32_t hp_intern_stack_count(const hp_intern *in)
 
 void hp_intern_frame_get(const hp_intern *in, uint32_t id, hp_intern_frame *out)
 {
+  assert(id >= 1 && id <= hp_intern_frame_count(in));
   const frame_ent *e = &in->frames[id];
   out->function.ptr = e->strings;
   out->function.len = e->function_len;
@@ -212,6 +217,7 @@ void hp_intern_frame_get(const hp_intern *in, uint32_t id, hp_intern_frame *out)
 
 void hp_intern_stack_get(const hp_intern *in, uint32_t id, hp_intern_stack *out)
 {
+  assert(id >= 1 && id <= hp_intern_stack_count(in));
   const stack_ent *e = &in->stacks[id];
   out->depth = e->depth;
   out->truncated = e->truncated;

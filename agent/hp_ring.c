@@ -18,6 +18,7 @@
  * completely full is the caller's to wait for (hp_agent.c). */
 #include "hp_ring.h"
 
+#include <assert.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -52,6 +53,7 @@ hp_ring *hp_ring_new(size_t capacity)
   }
   r->mask = cap - 1;
   r->reserve = cap / HP_RING_FREE_RESERVE_DIV;
+  assert((cap & r->mask) == 0 && r->reserve < cap);   /* indices wrap by mask */
   atomic_init(&r->head, 0);
   atomic_init(&r->tail, 0);
   atomic_init(&r->dropped, 0);
@@ -76,6 +78,7 @@ int hp_ring_push(hp_ring *r, const hp_event *ev)
 
 int hp_ring_has_room(const hp_ring *r, size_t n)
 {
+  assert(n <= r->mask);
   size_t ahead = atomic_load_explicit(&((hp_ring *)r)->head, memory_order_relaxed) + n;
   size_t seq = atomic_load_explicit(&r->slots[ahead & r->mask].seq, memory_order_relaxed);
   return (intptr_t)seq - (intptr_t)(ahead & ~r->mask) >= 0;
@@ -120,8 +123,11 @@ int hp_ring_pop(hp_ring *r, hp_event *out)
   size_t pos = atomic_load_explicit(&r->tail, memory_order_relaxed);
   hp_slot *s = &r->slots[pos & r->mask];
   size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+  /* A slot the single consumer reaches is free for this lap or published in it. */
+  assert(seq - (pos & ~r->mask) <= 1);
   if (seq != (pos & ~r->mask) + 1)
     return 0;
+  assert(atomic_load_explicit(&r->head, memory_order_relaxed) > pos);
   *out = s->ev;
   atomic_store_explicit(&r->tail, pos + 1, memory_order_relaxed);
   atomic_store_explicit(&s->seq, (pos & ~r->mask) + r->mask + 1, memory_order_release);
@@ -141,11 +147,6 @@ void hp_ring_count_drop(hp_ring *r)
 size_t hp_ring_capacity(const hp_ring *r)
 {
   return r->mask + 1;
-}
-
-size_t hp_ring_free_reserve(const hp_ring *r)
-{
-  return r->reserve;
 }
 
 uint64_t hp_ring_pushed(const hp_ring *r)

@@ -46,7 +46,6 @@ uint64_t hp_ring_dropped(const hp_ring *r);
 /* Counts a record the caller gave up on (block mode timeout) as dropped. */
 void     hp_ring_count_drop(hp_ring *r);
 size_t   hp_ring_capacity(const hp_ring *r);
-size_t   hp_ring_free_reserve(const hp_ring *r);   /* slots kept for FREE records */
 /* Records whose slot was claimed by a push so far (including ones still being written):
  * the number of records committed to the stream. Any thread. */
 uint64_t hp_ring_pushed(const hp_ring *r);

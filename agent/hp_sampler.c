@@ -1,6 +1,7 @@
 /* hp_sampler.c — Poisson-by-bytes and size-bucket sampling; the math is in hp_sampler.h. */
 #include "hp_sampler.h"
 
+#include <assert.h>
 #include <math.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,6 +42,8 @@ int hp_sampler_configure_buckets(hp_sampler_cfg *cfg, const hp_bucket *b, uint32
 
 void hp_sampler_publish(hp_sampler_cfg *dst, const hp_sampler_cfg *src)
 {
+  assert(src->generation >= 1 && src->generation <= HP_SAMPLER_GENERATION_MAX);
+  assert(src->nbuckets <= HP_MAX_BUCKETS && (src->nbuckets > 0) == (src->interval == 0));
   for (uint32_t i = 0; i < HP_MAX_BUCKETS; i++) {
     __atomic_store_n(&dst->buckets[i].max_size, src->buckets[i].max_size, __ATOMIC_RELAXED);
     __atomic_store(&dst->buckets[i].rate, &src->buckets[i].rate, __ATOMIC_RELAXED);
@@ -56,6 +59,7 @@ uint32_t hp_sampler_adapt(hp_sampler_cfg *cfg, uint64_t interval)
    * sees the new interval. One that sees the new interval with the old generation
    * draws for the new interval and redraws once more; either way its samples are
    * estimated with t->interval, the interval of the countdown they hit. */
+  assert(interval > 1 && interval > __atomic_load_n(&cfg->interval, __ATOMIC_RELAXED));
   uint32_t g = next_generation(__atomic_load_n(&cfg->generation, __ATOMIC_RELAXED));
   __atomic_store_n(&cfg->interval, interval, __ATOMIC_RELAXED);
   __atomic_store_n(&cfg->generation, g, __ATOMIC_RELEASE);
@@ -124,6 +128,7 @@ int hp_sampler_sample_slow(const hp_sampler_cfg *cfg, hp_sampler_tls *t, size_t 
     hp_sampler_seed(t, (uint64_t)(uintptr_t)t ^ ((uint64_t)ts.tv_nsec << 20) ^
                        (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40));
   }
+  assert(t->rng != 0);   /* xorshift's fixed point */
   uint32_t generation = __atomic_load_n(&cfg->generation, __ATOMIC_ACQUIRE);
   uint64_t interval = __atomic_load_n(&cfg->interval, __ATOMIC_RELAXED);
   if (interval == 1) {
@@ -155,6 +160,7 @@ int hp_sampler_sample_slow(const hp_sampler_cfg *cfg, hp_sampler_tls *t, size_t 
   }
   /* A point fell inside this block; by memorylessness the next one lies an
    * exponential gap beyond the block's end. The estimate is the drawn interval's. */
+  assert(t->interval > 1 && t->countdown >= 1);
   *est_bytes = hp_sampler_estimate(t->interval, size);
   t->countdown = draw_gap(t, t->interval);
   return 1;

@@ -75,7 +75,6 @@ struct hp_sender {
   int sync_ready;            /* mu and wake were initialised */
   _Atomic int error;         /* first write error, set by the thread */
   _Atomic uint32_t end_reason;   /* GOODBYE's; the first nonzero one set wins */
-  _Atomic uint64_t events_sent;
 };
 
 uint64_t hp_now_ns(void)
@@ -281,10 +280,8 @@ static int flush_encoder(hp_sender *s)
   const uint8_t *data = hp_encoder_data(s->enc, &len);
   int rc = len ? write_data(s, data, len) : 0;
   hp_encoder_reset(s->enc);
-  if (rc == 0 && s->pending_events) {
-    atomic_fetch_add_explicit(&s->events_sent, s->pending_events, memory_order_relaxed);
+  if (rc == 0)
     s->pending_events = 0;
-  }
   return rc;
 }
 
@@ -656,10 +653,9 @@ static void *sender_main(void *arg)
         end_here(s, reason);
     }
     /* A thin batch means the ring is nearly empty: wait for more rather than paying a
-     * system call per handful of events. The wait doubles while batches stay thin
-     * (sampling at the default interval brings a few dozen events a millisecond: a
-     * wake-up and a send() every 1 ms were a measurable share of the program's CPU,
-     * and of heapprofd's on the shared cores) and drops back as soon as a batch is
+     * system call per handful of events (a wake-up and a send() per millisecond cost
+     * the program and heapprofd CPU for nothing at the default interval). The wait
+     * doubles while batches stay thin and drops back as soon as a batch is
      * substantial. At HP_SENDER_IDLE_MAX_NS the ring holds any thin flow many times
      * over. */
     if (n == 0 && stopping)
@@ -768,7 +764,6 @@ hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *c
     s->peer = cred.pid;
   atomic_init(&s->stop, 0);
   atomic_init(&s->error, 0);
-  atomic_init(&s->events_sent, 0);
   atomic_init(&s->end_reason, 0);
   pthread_condattr_t ca;
   if (pthread_condattr_init(&ca) != 0)
@@ -842,9 +837,4 @@ void hp_sender_abandon(hp_sender *s)
    * (destroying a mutex locked by a thread that no longer exists is undefined). */
   s->sync_ready = 0;
   sender_release(s);
-}
-
-uint64_t hp_sender_events_sent(const hp_sender *s)
-{
-  return atomic_load_explicit(&((hp_sender *)s)->events_sent, memory_order_relaxed);
 }

@@ -116,8 +116,6 @@ int hp_sender_thread_name(hp_sender *s, uint64_t thread_id, const char *name, si
  * HP_MAX_STR_BYTES, at a UTF-8 character boundary). Any thread but a hook; never waits
  * on the socket. 0, -HP_ENOMEM, or -HP_EFULL when HP_SENDER_MAX_MARKERS are pending. */
 int hp_sender_marker(hp_sender *s, uint64_t ts_ns, const char *label, size_t len);
-/* Events, frame and stack definitions written so far (for tests and stats). */
-uint64_t hp_sender_events_sent(const hp_sender *s);
 
 uint64_t hp_now_ns(void);        /* CLOCK_MONOTONIC */
 uint64_t hp_wall_ns(void);       /* CLOCK_REALTIME */

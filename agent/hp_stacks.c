@@ -19,6 +19,7 @@
  * by content (hp_intern.h), so they need no flush and bound memory by what is distinct. */
 #include <Python.h>
 
+#include <assert.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -213,6 +214,7 @@ static uint32_t stack_of(uint32_t depth, uint8_t truncated)
 {
   hp_pyframe *frames = g_frames;
   uint32_t ids[HP_MAX_STACK_DEPTH];
+  assert(depth > 0 && depth <= HP_MAX_STACK_DEPTH);
   uint64_t h = chain_mix(0x243f6a8885a308d3ull, g_gen);
   for (uint32_t i = 0; i < depth; i++)
     h = chain_mix(h, (uint64_t)(uintptr_t)frames[i].code ^ ((uint64_t)(uint32_t)frames[i].offset << 48));
@@ -220,6 +222,9 @@ static uint32_t stack_of(uint32_t depth, uint8_t truncated)
   size_t slot = (size_t)h & (STACK_CACHE_SIZE - 1);
   if (g_caches_on && g_stack_cache[slot].hash == h && g_stack_cache[slot].id != 0)
     return g_stack_cache[slot].id;
+  /* hp_intern has one writer at a time: every caller holds g_busy, which serialises the
+   * GIL holder's walks with those of threads that released the GIL. */
+  assert(atomic_load_explicit(&g_busy, memory_order_relaxed));
   hp_intern *in = hp_agent_intern();
   for (uint32_t i = 0; i < depth; i++) {
     ids[i] = frame_id(in, &frames[i]);

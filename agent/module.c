@@ -311,11 +311,11 @@ static PyObject *agent_stats_snapshot(PyObject *self, PyObject *unused)
 }
 
 /* For tests and the curious: whether mem/obj frees bypass the hooks (hp_hooks.h). */
-static PyObject *agent_frees_forwarded(PyObject *self, PyObject *noargs)
+static PyObject *agent_frees_via_raw(PyObject *self, PyObject *noargs)
 {
   (void)self;
   (void)noargs;
-  return PyBool_FromLong(hp_hooks_frees_forwarded());
+  return PyBool_FromLong(hp_hooks_frees_via_raw());
 }
 
 /* Whether blocks that free lists hand out again are re-attributed in this session
@@ -388,8 +388,8 @@ static PyMethodDef agent_methods[] = {
   {"stats_enable", agent_stats_enable, METH_O, "stats_enable(on): stats mode"},
   {"stats_snapshot", agent_stats_snapshot, METH_NOARGS,
    "[(lo, hi, count, bytes), ...] per size class"},
-  {"frees_forwarded", agent_frees_forwarded, METH_NOARGS,
-   "frees_forwarded() -> bool: mem/obj frees go to pymalloc unhooked (sampled blocks "
+  {"frees_via_raw", agent_frees_via_raw, METH_NOARGS,
+   "frees_via_raw() -> bool: mem/obj frees go to pymalloc unhooked (sampled blocks "
    "come from the raw allocator, whose free is hooked)"},
   {"reuse_seen", agent_reuse_seen, METH_NOARGS,
    "reuse_seen() -> bool: this session re-attributes sampled blocks that the interpreter's "

@@ -102,13 +102,13 @@ class AccuracyAgainstTracemalloc(DaemonTestCase):
         """With CPython's default allocators the agent leaves mem/obj frees to pymalloc
         unhooked and serves sampled blocks from the raw allocator (whose free is hooked);
         under any other allocator every free is hooked. Both must pair every free."""
-        probe = 'import heapprof._agent as a; print(a.frees_forwarded())'
-        for allocator, forwarded in (('', 'True'), ('malloc', 'False'),
+        probe = 'import heapprof._agent as a; print(a.frees_via_raw())'
+        for allocator, via_raw in (('', 'True'), ('malloc', 'False'),
                                      ('pymalloc_debug', 'False')):
             with self.subTest(PYTHONMALLOC=allocator):
                 r = run_python('-c', args=[probe],
                                env=self.profiled_env(PYTHONMALLOC=allocator))
-                self.assertEqual(r.stdout.strip(), forwarded, r.stderr)
+                self.assertEqual(r.stdout.strip(), via_raw, r.stderr)
         for allocator in ('malloc', 'pymalloc_debug'):
             with self.subTest(PYTHONMALLOC=allocator):
                 self.daemon = self.fresh_daemon(allocator)
