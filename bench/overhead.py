@@ -3,7 +3,7 @@
 under heapprof at several sampling intervals (1 = record everything), and under
 `python -X tracemalloc=1` and `=25`; prints wall time, CPU time and peak RSS as ratios to plain.
 
-    python bench/overhead.py [--python PYTHON] [--reps 7] [--scale S]
+    python bench/overhead.py [--python PYTHON] [--reps 7 | --pairs 15] [--seed N] [--scale S]
                              [--intervals 1,16384,65536,262144]
                              [--workloads startup,churn,...]
                              [--tracemalloc 1,25 | --no-tracemalloc]
@@ -24,19 +24,30 @@ pass` in every configuration (interpreter start; for heapprof the import, connec
 daemon, the sender thread and the exit flush), run --startup-runs times per round; its `added
 ms` line is what every profiled process pays once.
 
-Noise. Every configuration of a workload runs once per round, back to back, in an order that
-rotates each round (so no configuration always follows the one that kept the daemon busy);
-before each run the bench waits until heapprofd is idle (its CPU time stops growing), so a run
-does not compete with the daemon still storing the previous run's events. Each round starts a
-fresh heapprofd on an empty database (removed after the round), so no round writes into a
-bigger database than another. The first line of a cell is the median wall time and the median
-over rounds of the ratio to plain (each round's run over that round's plain run); the `min-max`
-line is the range of that ratio over the rounds (for the plain column: each round's plain time
-over the median plain time), which is the noise a reader should allow for. `CPU time` is the
-median ratio of the program's own CPU time: wall time is the target, but when heapprofd takes
-a core away from the program, CPU time shows what the program itself paid. `peak RSS` is the
-ratio of the medians (the plain column gives plain's peak RSS in MiB). heapprofd's own CPU is
-not counted in any of these.
+Noise. Every configuration of a workload runs once per round, back to back, in an order
+drawn at random each round (--seed makes it repeatable; so no configuration always follows
+the one that kept the daemon busy, or always runs first after a pause); before each run the
+bench waits until heapprofd is idle (its CPU time stops growing), so a run does not compete
+with the daemon still storing the previous run's events. Each round starts a fresh heapprofd
+on an empty database (removed after the round), so no round writes into a bigger database
+than another. `--pairs N` is the method for small effects: N rounds of just plain and
+heapprof at its default interval ("hp default"; --extra/--also add columns), so that each
+round is one interleaved pair; use 15 or more.
+
+Each round's run is compared with that round's plain run: the per-pair ratio. The first
+line of a cell is the median wall time and the median per-pair ratio; `Q1-Q3` and
+`min-max` its quartiles and range over the rounds (for the plain column: each round's plain
+time over the median plain time, i.e. the noise of plain itself). `median CI` is a 95%
+distribution-free confidence interval of the median ratio (order statistics of the
+binomial: the k-th smallest and k-th largest ratio; with fewer than 6 pairs there is none,
+`-`); `slower` counts the pairs in which heapprof's run took longer, with the two-sided
+sign test's p (how likely so lopsided a count is if heapprof changed nothing). A change is
+real when its CI excludes 1.00 (equivalently p < 0.05); two builds differ when their CIs
+do not overlap. `CPU time` is the median per-pair ratio of the program's own CPU time
+(user + system, sender thread included, from wait4) and its 95% CI: wall time is the
+target, but when heapprofd or another job takes a core away from the program, CPU time
+shows what the program itself paid. `peak RSS` is the ratio of the medians (the plain
+column gives plain's peak RSS in MiB). heapprofd's own CPU is not counted in any of these.
 
 After the table, one line per heapprof configuration gives the events heapprofd recorded and
 the events dropped (summed over the `sessions` view of each round's database; every run's argv
@@ -65,7 +76,9 @@ Columns:
   --no-tracemalloc   leave out the tracemalloc columns (they are slow)."""
 import argparse
 import json
+import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -230,6 +243,43 @@ def fmt_time(seconds, startup):
     return '%.1fms' % (seconds * 1e3) if startup else '%.2fs' % seconds
 
 
+def binom_cdf(k, n):
+    """P(X <= k) for X ~ Binomial(n, 1/2)."""
+    return sum(math.comb(n, i) for i in range(0, k + 1)) / 2.0 ** n if k >= 0 else 0.0
+
+
+def median_ci(xs, level=0.95):
+    """(low, high): a distribution-free confidence interval of the median of xs, at least
+    LEVEL, from order statistics (the k-th smallest and k-th largest); None below 6 values,
+    where no such interval reaches 95%."""
+    s = sorted(xs)
+    n = len(s)
+    k = 0
+    while k + 1 <= n // 2 and binom_cdf(k, n) <= (1 - level) / 2:
+        k += 1          # P(median < s[k]) = binom_cdf(k - 1, n) stays within the tail
+    if k == 0:
+        return None
+    return s[k - 1], s[n - k]
+
+
+def sign_test(ratios):
+    """(pairs with ratio > 1, pairs with a ratio other than 1, two-sided p of the sign test)."""
+    up = sum(1 for r in ratios if r > 1)
+    down = sum(1 for r in ratios if r < 1)
+    n = up + down
+    if n == 0:
+        return 0, 0, 1.0
+    return up, n, min(1.0, 2 * binom_cdf(min(up, down), n))
+
+
+def quartiles(xs):
+    """(Q1, Q3) of xs (inclusive method; a single value is its own quartiles)."""
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method='inclusive')
+    return q[0], q[2]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                  epilog=__doc__.split('\n\n', 2)[2],
@@ -238,21 +288,27 @@ def main():
                     help='interpreter with heapprof installed that runs every column '
                     '(default: this one, %(default)s)')
     ap.add_argument('--reps', type=int, default=7, help='rounds (default 7; medians reported)')
+    ap.add_argument('--pairs', type=int, default=None, metavar='N',
+                    help='N rounds of plain against heapprof at its default interval only '
+                    '(no --intervals or tracemalloc columns unless given): interleaved pairs '
+                    'for small effects; use 15 or more')
+    ap.add_argument('--seed', type=int, default=None,
+                    help='seed of the random order of each round (default: drawn, and printed)')
     ap.add_argument('--scale', type=str, default=None, metavar='S',
                     help='multiplies the workloads\' loop counts (default %g: about 1.2 s '
                     'per workload plain)' % overhead_workloads.DEFAULT_SCALE)
-    ap.add_argument('--intervals', default='1,16384,65536,262144',
-                    help='heapprof sampling intervals to run (1 = every allocation); '
-                    'empty for none')
+    ap.add_argument('--intervals', default=None,
+                    help='heapprof sampling intervals to run (1 = every allocation; default '
+                    '1,16384,65536,262144, none with --pairs); empty for none')
     ap.add_argument('--workloads', default=','.join(WORKLOADS),
                     help='rows to run (default: %%(default)s; also: %s, which need numpy '
                     'in --python)' % ', '.join(OPTIONAL_WORKLOADS))
     ap.add_argument('--startup-runs', type=int, default=5, metavar='N',
                     help='runs of `python -c pass` per configuration and round (median '
                     'taken; default 5)')
-    ap.add_argument('--tracemalloc', default='1,25', metavar='N[,N...]',
+    ap.add_argument('--tracemalloc', default=None, metavar='N[,N...]',
                     help='tracemalloc columns: frames kept by -X tracemalloc=N (default '
-                    '%(default)s)')
+                    '1,25; none with --pairs)')
     ap.add_argument('--no-tracemalloc', action='store_true',
                     help='leave out the tracemalloc columns')
     ap.add_argument('--extra', action='append', default=[], metavar='LABEL=VAR=VAL[,VAR=VAL...]',
@@ -260,8 +316,21 @@ def main():
     ap.add_argument('--also', action='append', default=[], metavar='LABEL=PYTHON',
                     help='also run the heapprof columns with this Python (another build)')
     args = ap.parse_args()
+    pairs = args.pairs is not None
+    if pairs:
+        args.reps = args.pairs
+        if args.intervals is None:
+            args.intervals = ''
+        if args.tracemalloc is None:
+            args.no_tracemalloc = True
+    if args.intervals is None:
+        args.intervals = '1,16384,65536,262144'
+    if args.tracemalloc is None:
+        args.tracemalloc = '1,25'
     if args.reps < 1 or args.startup_runs < 1:
-        raise SystemExit('--reps and --startup-runs must be at least 1')
+        raise SystemExit('--reps, --pairs and --startup-runs must be at least 1')
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    order_rng = random.Random(seed)
     python = shutil.which(args.python)
     if not python:
         raise SystemExit('--python %r: no such executable' % args.python)
@@ -300,7 +369,8 @@ def main():
 
     # (name, python, interpreter options, environment, profiled by heapprof?)
     configs = [('plain', python, [], {}, False)]
-    hp_columns = [('I=%s' % interval_name(i), {'HEAPPROF_INTERVAL': str(i)}) for i in intervals]
+    hp_columns = [('default', {})] if pairs else []
+    hp_columns += [('I=%s' % interval_name(i), {'HEAPPROF_INTERVAL': str(i)}) for i in intervals]
     hp_columns += extras
     for label, env in hp_columns:
         configs.append(('hp %s' % label, python, [], env, True))
@@ -330,9 +400,9 @@ def main():
             daemon = Daemon(daemon_exe, tmp) if daemon_exe else None
             try:
                 for w in workloads:
-                    # Rotate the order each round; within a round plain runs once per workload.
-                    k = rnd % len(configs)
-                    order = configs[k:] + configs[:k]
+                    # A random order each round; within a round plain runs once per workload.
+                    order = list(configs)
+                    order_rng.shuffle(order)
                     runs = args.startup_runs if w == 'startup' else 1
                     per_round = {}
                     for _ in range(runs):
@@ -365,12 +435,14 @@ def main():
         print('round %d/%d done (%.0f s)' % (rnd + 1, args.reps, time.monotonic() - started),
               file=sys.stderr)
 
-    print('Python %s, scale %g, %d rounds (startup: median of %d runs per round); load average '
-          '%s before, %s after; waited %.1f s in all for an idle heapprofd before runs'
-          % (version, scale, args.reps, args.startup_runs, load_before,
-             load_average(), idle_wait))
-    print('Cells: median wall time, median ratio to plain; min-max: that ratio over the rounds; '
-          'CPU time: the program\'s user+sys ratio; peak RSS: ratio of medians')
+    print('Python %s, scale %g, %d rounds (startup: median of %d runs per round), order seed %d; '
+          'load average %s before, %s after; waited %.1f s in all for an idle heapprofd '
+          'before runs' % (version, scale, args.reps, args.startup_runs, seed, load_before,
+                           load_average(), idle_wait))
+    print('Cells: median wall time, median per-pair ratio to plain; Q1-Q3, min-max: that ratio '
+          'over the rounds; median CI: its 95% interval; slower: pairs with ratio > 1 and the '
+          'sign test\'s p; CPU time: the program\'s user+sys ratio, median and 95% interval; '
+          'peak RSS: ratio of medians')
     width = max(14, max(len(n) for n in names) + 2)
     print('%-16s' % 'workload' + ''.join('%*s' % (width, n) for n in names))
     for w in workloads:
@@ -378,29 +450,40 @@ def main():
         plain = results[(w, 'plain')]
         plain_wall = statistics.median(r[0] for r in plain)
         plain_rss = statistics.median(r[2] for r in plain)
-        lines = {'time': [], 'range': [], 'added': [], 'cpu': [], 'rss': []}
+        lines = {k: [] for k in ('time', 'iqr', 'range', 'ci', 'sign', 'added', 'cpu',
+                                 'cpuci', 'rss')}
         for n in names:
             rows = results[(w, n)]
             wall = statistics.median(r[0] for r in rows)
+            cpu_ratios = []
             if n == 'plain':
                 ratios = [r[0] / plain_wall for r in rows]
                 ratio, cpu_ratio = 1.0, 1.0
             else:
                 ratios = [r[0] / p[0] for r, p in zip(rows, plain)]
                 ratio = statistics.median(ratios)
-                cpu_ratio = statistics.median(r[1] / p[1] for r, p in zip(rows, plain) if p[1])
+                cpu_ratios = [r[1] / p[1] for r, p in zip(rows, plain) if p[1]]
+                cpu_ratio = statistics.median(cpu_ratios) if cpu_ratios else float('nan')
             added = statistics.median(r[0] - p[0] for r, p in zip(rows, plain))
             rss = statistics.median(r[2] for r in rows)
+            ci = median_ci(ratios) if n != 'plain' else None
+            cpu_ci = median_ci(cpu_ratios) if cpu_ratios else None
+            up, nonzero, p_sign = sign_test(ratios)
             lines['time'].append('%s %.2fx' % (fmt_time(wall, startup), ratio))
+            lines['iqr'].append('%.3f-%.3f' % quartiles(ratios))
             lines['range'].append('%.2f-%.2f' % (min(ratios), max(ratios)))
+            lines['ci'].append('%.3f-%.3f' % ci if ci else '-')
+            lines['sign'].append('%d/%d p=%.2f' % (up, nonzero, p_sign) if n != 'plain' else '-')
             lines['added'].append('%+.1f' % (added * 1e3))
-            lines['cpu'].append('%.2fx' % cpu_ratio)
+            lines['cpu'].append('%.3fx' % cpu_ratio)
+            lines['cpuci'].append('%.3f-%.3f' % cpu_ci if cpu_ci else '-')
             lines['rss'].append('%.2fx' % (rss / plain_rss) if n != 'plain'
                                 else '%.1fMiB' % (plain_rss / 1024))
-        labels = [('time', w), ('range', '  min-max'), ('cpu', '  CPU time'),
-                  ('rss', '  peak RSS')]
+        labels = [('time', w), ('iqr', '  Q1-Q3'), ('range', '  min-max'),
+                  ('ci', '  median CI'), ('sign', '  slower'), ('cpu', '  CPU time'),
+                  ('cpuci', '  CPU CI'), ('rss', '  peak RSS')]
         if startup:
-            labels.insert(2, ('added', '  added ms'))
+            labels.insert(5, ('added', '  added ms'))
         for key, label in labels:
             print('%-16s' % label + ''.join('%*s' % (width, c) for c in lines[key]))
 

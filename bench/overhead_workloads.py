@@ -97,6 +97,37 @@ def stdlib():
         pat.findall(text)
 
 
+class Entry:
+    """A cache entry of big_heap: a small object with a reference to its value."""
+    __slots__ = ('key', 'value', 'hits')
+
+    def __init__(self, key, value):
+        self.key = key
+        self.value = value
+        self.hits = 0
+
+
+def big_heap():
+    """A long-lived large heap: a cache of a million small objects (entries, their strings
+    and ints: some 210 MiB that every full collection walks), built once, then a request
+    loop that reads entries, replaces 1 value in 4 and answers with a short-lived dict.
+    The cache's size is the point, so the scale leaves it at a million and changes the
+    requests only."""
+    size = 1000000
+    cache = {}
+    for i in range(size):
+        cache[i] = Entry(i, 'value-%d' % i)
+    n = 0
+    for j in range(scaled(1000000)):
+        e = cache[(j * 7919) % size]
+        e.hits += 1
+        if j % 4 == 0:
+            e.value = 'value-%d-%d' % (e.key, j)
+        reply = {'key': e.key, 'value': e.value, 'hits': e.hits}
+        n += len(reply['value'])
+    return n
+
+
 def numpy_arrays():
     """numpy arrays of 512 B to 256 KiB made, computed on and dropped, a few kept for a
     while: their data comes from numpy's own malloc/calloc (heapprof's native domain),
@@ -117,7 +148,7 @@ def numpy_arrays():
     return total
 
 
-WORKLOADS = {f.__name__: f for f in (churn, big_buffers, slow_leak, threads, stdlib)}
+WORKLOADS = {f.__name__: f for f in (churn, big_buffers, slow_leak, threads, stdlib, big_heap)}
 # Run only when named (they need a package the interpreter may lack).
 OPTIONAL_WORKLOADS = {f.__name__: f for f in (numpy_arrays,)}
 
