@@ -227,6 +227,15 @@ int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr)
   return -HP_EFULL;
 }
 
+static int bucket_contains(const hp_addrtab *t, size_t b, uintptr_t addr)
+{
+  _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
+  for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++)
+    if (atomic_load_explicit(&s[i], memory_order_acquire) == addr)
+      return 1;
+  return 0;
+}
+
 int hp_addrtab_remove(hp_addrtab *t, uintptr_t addr)
 {
   if (filter_says_absent(t, addr))
@@ -238,4 +247,14 @@ int hp_addrtab_remove(hp_addrtab *t, uintptr_t addr)
   if (r)
     filter_add(t, addr, -1);
   return r;
+}
+
+int hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr)
+{
+  if (filter_says_absent(t, addr))
+    return 0;
+  size_t b1 = bucket1(t, addr);
+  if (bucket_contains(t, b1, addr))
+    return 1;
+  return spilled(t, b1) && bucket_contains(t, bucket2(t, addr), addr);
 }

@@ -54,6 +54,8 @@ void hp_addrtab_free(hp_addrtab *t);
 int  hp_addrtab_insert(hp_addrtab *t, uintptr_t addr);
 /* 1 if addr was present (and is now removed), else 0. */
 int  hp_addrtab_remove(hp_addrtab *t, uintptr_t addr);
+/* 1 if addr is present: a block handed out again is re-attributed only when sampled. */
+int  hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr);
 
 /* The counting filter, exposed so that the free hook can inline its negative test:
  * readable for the life of the process (see hp_addrtab_free), meaningful as long as the
