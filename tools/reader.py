@@ -1161,15 +1161,15 @@ class Reader:
         acc = {}
         # '+stack_id': see _live_by_stack.
         for sid, g1, g2, b, c in self._con.execute(
-                'SELECT %s, SUM(est_bytes), SUM(%s) FROM allocations WHERE %s'
+                'SELECT %s, TOTAL(est_bytes), TOTAL(%s) FROM allocations WHERE %s'
                 ' GROUP BY +stack_id, g1, g2' % (keys, count, where), params):
-            acc[(sid, g1, g2)] = [b, c, 0, 0.0]
+            acc[(sid, g1, g2)] = [int(b), c, 0, 0.0]
         live_sql, live_params = self._live_sql('%s, est_bytes, %s AS n' % (keys, count), ns)
         for sid, g1, g2, b, c in self._con.execute(
-                'SELECT stack_id, g1, g2, SUM(est_bytes), SUM(n) FROM (%s)'
+                'SELECT stack_id, g1, g2, TOTAL(est_bytes), TOTAL(n) FROM (%s)'
                 ' GROUP BY +stack_id, g1, g2' % live_sql, live_params):
             e = acc.setdefault((sid, g1, g2), [0, 0.0, 0, 0.0])
-            e[2], e[3] = b, c
+            e[2], e[3] = int(b), c
         return [StackTotal(sid, g1, g2, *v) for (sid, g1, g2), v in acc.items()
                 if v[0] or v[2]]
 

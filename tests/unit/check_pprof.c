@@ -155,8 +155,9 @@ static void run_exports(uint64_t every_ms, uint64_t run_ms, run_result *r) {
 START_TEST(pprof_spawns_an_export_each_period_with_ranges_that_tile) {
   run_result r;
   run_exports(150, 1600, &r);
-  /* About ten periods; a loaded machine may skip a few, never spawn two at once. */
-  ck_assert_uint_ge(r.k.started, 4);
+  /* About ten periods; on a loaded machine an export may outlive several periods (each
+   * then skipped) and the timer fire late, but exports keep coming, never two at once. */
+  ck_assert_uint_ge(r.k.started, 2);
   ck_assert_uint_le(r.k.started + r.k.skipped, 11);
   ck_assert_uint_eq(r.k.failed, 0);
   assert_no_heapprof_env();
