@@ -190,6 +190,15 @@ class NativeStartStop(DaemonTestCase):
         # The PEP 445 domains are recorded as ever.
         self.assertGreater(self.daemon.query("SELECT COUNT(*) FROM allocations")[0][0], 100)
 
+    def test_bad_heapprof_native_is_named(self):
+        r = run_python('print("ran")', env=ext_env(self, HEAPPROF_NATIVE='maybe'))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, 'ran\n')
+        self.assertEqual(r.stderr.splitlines(),
+                         ["heapprof: native HEAPPROF_NATIVE='maybe': expected 1 or 0; the "
+                          "program runs unprofiled"])
+        self.assertEqual(self.sessions(), [])
+
     def test_ctypes_dlopen_of_a_plain_library(self):
         src = '''
         import ctypes, sys
