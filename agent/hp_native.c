@@ -9,8 +9,9 @@
  * made inside a PEP 445 hook or by agent code is not counted, nor is the mmap an
  * interposed allocator makes inside its own malloc; one request is counted once.
  *
- * The real functions are the global definitions (dlsym(RTLD_DEFAULT)), resolved once
- * before the first slot is rewritten and never changed after, so the hooks read them
+ * The real functions are the global definitions (dlsym(RTLD_DEFAULT), looked past a
+ * non-PIE executable's canonical PLT entries: definitions_past_canonical_plt), resolved
+ * once before the first slot is rewritten and never changed after, so the hooks read them
  * without a lock. A slot's own earlier value is not called: with lazy binding it is a PLT
  * stub whose resolver would write the real address over our hook.
  *
