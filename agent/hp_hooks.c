@@ -218,7 +218,8 @@ static void *hook_raw_malloc(void *ctx, size_t size)
   (void)ctx;
   hook_ctx *c = &g_ctx[CTX_RAW];
   hp_hooks_tls *t = &hp_hooks_t;
-  if (hp_hooks_is_reentrant(t) || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
+  if (hp_hooks_is_reentrant(t) ||
+      atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
     return c->prev.malloc(c->prev.ctx, size);
   return malloc_flagged(c, t, size);
 }

@@ -9,8 +9,9 @@
  * made inside a PEP 445 hook or by agent code is not counted, nor is the mmap an
  * interposed allocator makes inside its own malloc; one request is counted once.
  *
- * The real functions are the global definitions (dlsym(RTLD_DEFAULT)), resolved once
- * before the first slot is rewritten and never changed after, so the hooks read them
+ * The real functions are the global definitions (dlsym(RTLD_DEFAULT), looked past a
+ * non-PIE executable's canonical PLT entries: definitions_past_canonical_plt), resolved
+ * once before the first slot is rewritten and never changed after, so the hooks read them
  * without a lock. A slot's own earlier value is not called: with lazy binding it is a PLT
  * stub whose resolver would write the real address over our hook.
  *
@@ -60,11 +61,20 @@ static struct {
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static hp_got_set *g_set;        /* under g_lock */
 static int g_resolved;           /* under g_lock: real is filled */
-static _Atomic int g_started;    /* slots are rewritten; dlopen rewrites new objects */
+/* Slots are rewritten, dlopen rewrites new objects, the allocation hooks sample. Cleared
+ * first by stop. */
+static _Atomic int g_started;
 
+/* Whether the allocation hooks only pass calls on: not profiling, or a stop is restoring
+ * the slots. The restore is one slot at a time, and the thread doing it may be preempted
+ * in between: a block sampled through a malloc slot still rewritten and freed through a
+ * free slot already restored would look leaked. So sampling ends first (g_started), while
+ * the free hooks go on reporting the frees of what was sampled until their own slot is
+ * put back. */
 static inline int profiling_off(void)
 {
-  return atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF;
+  return atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF ||
+         !atomic_load_explicit(&g_started, memory_order_relaxed);
 }
 
 static inline int maybe_sampled(const void *p)

@@ -80,7 +80,8 @@ sys.path.insert(0, HERE)
 import overhead  # noqa: E402  (beside this file: heapprofd, --extra and the daemon as it does)
 import overhead_workloads  # noqa: E402
 
-WORKLOADS = ['startup'] + list(overhead_workloads.WORKLOADS)
+WORKLOADS = (['startup'] + list(overhead_workloads.WORKLOADS) +
+             list(overhead_workloads.OPTIONAL_WORKLOADS))   # the optional ones when named
 DEFAULT_SCALE = 0.1
 AGENT_OBJECT = re.compile(r'(^|/)_agent[^/]*\.so$')
 
@@ -166,7 +167,8 @@ def main():
                     help='heapprof sampling intervals to run (1 = every allocation; '
                     'default %(default)s); empty for none')
     ap.add_argument('--workloads', default=','.join(overhead_workloads.WORKLOADS),
-                    help='rows to run (default: %%(default)s; also known: %s)' % WORKLOADS[0])
+                    help='rows to run (default: %%(default)s; also known: %s)'
+                    % ', '.join([WORKLOADS[0]] + list(overhead_workloads.OPTIONAL_WORKLOADS)))
     ap.add_argument('--extra', action='append', default=[], metavar='LABEL=VAR=VAL[,VAR=VAL...]',
                     help='a heapprof column with extra environment variables (repeatable)')
     ap.add_argument('--jobs', type=int, default=2, metavar='N',

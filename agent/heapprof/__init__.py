@@ -7,7 +7,8 @@
 
 The native agent (heapprof._agent) samples allocations of all three PEP 445 domains, and
 native code's malloc family (the import slots of loaded shared objects are redirected while
-a session runs), and streams them to heapprofd, which writes a SQLite database; heapprof.read() opens one.
+a session runs), and streams them to heapprofd, which writes a SQLite database;
+heapprof.read() opens one.
 
 Settings, by argument or environment variable:
     socket           HEAPPROF_SOCKET      heapprofd's Unix socket

@@ -190,6 +190,15 @@ class NativeStartStop(DaemonTestCase):
         # The PEP 445 domains are recorded as ever.
         self.assertGreater(self.daemon.query("SELECT COUNT(*) FROM allocations")[0][0], 100)
 
+    def test_bad_heapprof_native_is_named(self):
+        r = run_python('print("ran")', env=ext_env(self, HEAPPROF_NATIVE='maybe'))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, 'ran\n')
+        self.assertEqual(r.stderr.splitlines(),
+                         ["heapprof: native HEAPPROF_NATIVE='maybe': expected 1 or 0; the "
+                          "program runs unprofiled"])
+        self.assertEqual(self.sessions(), [])
+
     def test_ctypes_dlopen_of_a_plain_library(self):
         src = '''
         import ctypes, sys
@@ -207,6 +216,38 @@ class NativeStartStop(DaemonTestCase):
         self.assertEqual([(r[0], r[1], r[3]) for r in rows if r[1] == 77777],
                          [('native', 77777, 1)])
 
+    def test_library_unloaded_before_stop(self):
+        """A library whose slots were rewritten is unloaded (dlclose) while profiling:
+        it is forgotten, and stop() writes nothing into the memory it occupied."""
+        src = '''
+        import _ctypes, ctypes, sys, heapprof
+        from heapprof import _agent
+        heapprof.start(socket=sys.argv[2], sample_interval=1)
+        before = _agent._native_slots()
+        lib = ctypes.PyDLL(sys.argv[1])
+        lib.hp_native_lib_malloc.restype = ctypes.c_void_p
+        lib.hp_native_lib_free.argtypes = [ctypes.c_void_p]
+        lib.hp_native_lib_free(lib.hp_native_lib_malloc(55555))       # N_UNLOAD
+        loaded = _agent._native_slots()
+        _ctypes.dlclose(lib._handle)
+        del lib
+        with open('/proc/self/maps') as f:
+            gone = 'libhp_native_lib' not in f.read()
+        after = _agent._native_slots()
+        heapprof.stop()
+        print(loaded > before, gone, after == before, _agent._native_slots())
+        '''
+        path = write_program(self.tmp, 'unload.py', src)
+        env = ext_env(self)
+        env.pop('HEAPPROF_SOCKET')
+        r = run_python(path, [LIB, self.daemon.socket], env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ['True', 'True', 'True', '0'])
+        self.sessions()
+        rows = self.daemon.query(AT_LINE, (path, line_of(path, 'N_UNLOAD')))
+        self.assertEqual([(r[0], r[1], r[3]) for r in rows if r[1] == 55555],
+                         [('native', 55555, 1)])
+
     def test_stop_while_threads_allocate(self):
         """Threads allocate and free natively without the GIL while profiling starts and
         stops three times: no crash, every stop leaves nothing patched, and the threads'
@@ -217,7 +258,7 @@ class NativeStartStop(DaemonTestCase):
         ext.churn_start(4)
         out = []
         for i in range(3):
-            heapprof.start(socket=sys.argv[1], sample_interval=4096)
+            heapprof.start(socket=sys.argv[1], sample_interval=4096, on_full='block')
             n = ext.churned()
             while ext.churned() < n + 200:
                 time.sleep(0.01)
@@ -238,9 +279,15 @@ class NativeStartStop(DaemonTestCase):
         sessions = self.sessions()
         self.assertEqual([s[4] for s in sessions], ['exited'] * 3)
         for s in sessions:
-            n = self.daemon.query("SELECT COUNT(*) FROM allocations WHERE session_id = ? AND "
-                                  "domain = 'native' AND stack_id IS NULL", (s[0],))[0][0]
-            self.assertGreater(n, 0, s)
+            n, unfreed = self.daemon.query(
+                "SELECT COUNT(*), TOTAL(freed_ns IS NULL) FROM allocations WHERE "
+                "session_id = ? AND domain = 'native' AND stack_id IS NULL", (s[0],))[0]
+            self.assertGreater(n, 200, s)
+            # Every block is freed in the round that made it: only those alive when the
+            # session stopped (4 threads x 8 blocks and 1 mapping), and one being sampled
+            # by each thread at that moment, may lack their free ('block': none dropped).
+            self.assertEqual(s[5], 0, s)
+            self.assertLessEqual(unfreed, 4 * 10, s)
 
     def test_fork_while_native_calls_run(self):
         src = '''
