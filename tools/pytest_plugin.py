@@ -201,27 +201,40 @@ class HeapprofPlugin:
         # session records was allocated by the test (and this hook).
         heapprof.stop()
         started = time.time_ns()
-        self._start(self.fine_interval)
-        heapprof.mark(START_MARK + item.nodeid)
+        own = heapprof.start(socket=self.socket, sample_interval=self.fine_interval)
+        if own:
+            heapprof.mark(START_MARK + item.nodeid)
+        outcome = yield
+        # Nothing below may raise: the wrappers around this one would not finish (pytest's
+        # output capture is one). The verdict goes into the call's report instead
+        # (pytest_runtest_makereport).
         try:
-            outcome = yield
-            if leaks is not None and outcome.excinfo is None:
-                gc.collect()
-            heapprof.mark(END_MARK + item.nodeid)
-        finally:
-            heapprof.stop()
+            if own:
+                if leaks is not None and outcome.excinfo is None:
+                    gc.collect()
+                heapprof.mark(END_MARK + item.nodeid)
+                heapprof.stop()
             stopped = time.time_ns()
-            self._start(self.interval)
-        if outcome.excinfo is not None:
-            return      # the test's own failure says more; its traceback holds memory
-        # A wrapper must not raise (the wrappers around it would not finish): the verdict
-        # goes into the call's report (pytest_runtest_makereport).
+            heapprof.start(socket=self.socket, sample_interval=self.interval)
+            if not own:
+                message = ('heapprof: could not start this test\'s session at %s; its limits '
+                           'were not checked' % self.socket)
+            elif outcome.excinfo is not None:
+                message = None      # its own failure says more; its traceback holds memory
+            else:
+                message = self._check(started, stopped, memory, leaks)
+        except Exception as e:  # noqa: BLE001 - reported as the test's failure
+            message = 'heapprof: the limits of this test could not be checked: %s' % e
+        if message:
+            self.failures[item.nodeid] = message
+
+    def _check(self, started, stopped, memory, leaks):
+        """The failure message of a test whose own session ran from started to stopped
+        (wall ns), or None when it kept within its limits."""
         r = self._stored_session(started, stopped)
         if r is None:
-            self.failures[item.nodeid] = (
-                'heapprof: heapprofd did not store the session of this test within %g s; its '
-                'limits could not be checked' % STORE_TIMEOUT)
-            return
+            return ('heapprof: heapprofd did not store the session of this test within %g s; '
+                    'its limits could not be checked' % STORE_TIMEOUT)
         with r:
             problems = []
             if memory is not None:
@@ -239,8 +252,7 @@ class HeapprofPlugin:
                     est = _reader.Estimate(t.unfreed_bytes, t.unfreed_se)
                     if est.value > leaks:
                         problems.append(self._leak_message(r, sites, est, leaks))
-        if problems:
-            self.failures[item.nodeid] = '\n\n'.join(problems)
+        return '\n\n'.join(problems) or None
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):

@@ -69,8 +69,8 @@ def variance_sql():
 
 class Estimate(collections.namedtuple('Estimate', ['value', 'se'])):
     """An estimated figure (bytes or a count) and its standard error; margin is the half
-    width of its 95% interval (normal approximation), low/high its ends (low clipped at
-    0 for a figure that cannot be negative is the caller's choice)."""
+    width of its 95% interval (normal approximation), low and high its ends (low may be
+    below 0: a caller clips it for a figure that cannot be negative)."""
     __slots__ = ()
 
     @property

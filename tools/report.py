@@ -241,7 +241,8 @@ def _report_data(r, db_path, nsteps, top_k, timeline_from, fold_share):
             "max_share_t": None if at_step is None or share <= 0 else
             round((step_ts[at_step] - t0) * 1e-9, 9),
             "peak_share": rest_peak / peak_total if peak_total > 0 else 0.0}
-    leaks = _leak_sites(leak_rows, table)
+    leaks = _leak_sites(leak_rows, table,
+                        {s.frame_id: s.se for s in r.leaks()} if leak_rows else {})
 
     warnings = _warnings(meta, leaks_unknown, n_allocs)
     if fold["max_share"] > fold_share:
@@ -258,7 +259,9 @@ def _report_data(r, db_path, nsteps, top_k, timeline_from, fold_share):
     peak_data = None
     if peak:
         peak_data = {"t": (max(peak[0], t0) - t0) * ns, "bytes": peak[1],
-                     "stack_bytes": peak_total, "other": other_peak}
+                     "stack_bytes": peak_total, "other": other_peak,
+                     # The standard error of the live bytes at that instant.
+                     "se": r.live_at(r.peak()[0]).se}
     return {
         "format": 1,
         "generated": datetime.datetime.now(datetime.timezone.utc).strftime(
@@ -282,6 +285,7 @@ def _report_data(r, db_path, nsteps, top_k, timeline_from, fold_share):
                      "bytes": [b for _, b in timeline]},
         "peak": peak_data,
         # heapprof.mark(label) calls, drawn on the time plot (seconds like the timeline's).
+        "z95": reader.Z95,
         "markers": [{"t": round((m.ts_ns - t0) * ns, 9), "label": m.label}
                     for m in r.markers()],
         "steps": {"t": [round((ts - t0) * ns, 9) for ts in step_ts], "total": totals,
@@ -341,14 +345,18 @@ class _FrameTable:
         return [self._index[NO_STACK_FRAME]]
 
 
-def _leak_sites(leak_rows, table):
+def _leak_sites(leak_rows, table, se_by_frame):
     """The Leaks tab: the largest sites (innermost frame index) by bytes never freed, each
-    with its count and its largest call paths. leak_rows: (stack_id, bytes, samples)."""
+    with its count, the standard error of its bytes (se_by_frame: {innermost frame id:
+    se}, Reader.leaks()) and its largest call paths. leak_rows: (stack_id, bytes,
+    samples)."""
     sites = {}
     for stack_id, b, n in leak_rows:
         path = table.stack(stack_id)
         site = path[-1]
-        e = sites.setdefault(site, {"site": site, "bytes": 0, "count": 0, "stacks": []})
+        leaf = (table.paths.get(stack_id) or [None])[-1]
+        e = sites.setdefault(site, {"site": site, "bytes": 0, "count": 0, "stacks": [],
+                                    "se": se_by_frame.get(leaf, 0.0)})
         e["bytes"] += b
         e["count"] += n
         e["stacks"].append((b, path))

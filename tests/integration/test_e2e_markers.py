@@ -1,9 +1,13 @@
 """End to end: heapprof.mark(label) from a real program lands in the markers view of a
 real heapprofd's database, in order, on the events' clock; without a session it returns
 False and does nothing."""
+import os
+import signal
+import subprocess
 import unittest
 
-from agent_e2e_util import DaemonTestCase, clean_env, line_of, run_python, write_program
+from agent_e2e_util import (CHILD_TIMEOUT, PYTHON, DaemonTestCase, clean_env, line_of,
+                            run_python, write_program)
 
 PROGRAM = '''
 import sys, threading, heapprof
@@ -93,6 +97,54 @@ class Markers(DaemonTestCase):
     def test_markers_recording_everything(self):
         # Interval 1 stamps events with the coarse clock; markers take the same clock.
         self.check(1)
+
+    def test_mark_never_waits_for_a_stuck_daemon(self):
+        # heapprofd stopped: the socket fills, the sender waits on it, markers pile up to
+        # their bound and the rest are refused (False) at once; none is lost silently.
+        path = write_program(self.tmp, 'stuck.py', STUCK_PROGRAM)
+        p = subprocess.Popen([PYTHON, path, self.daemon.socket], env=clean_env(),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(p.stdout.readline().strip(), 'ready')
+            os.kill(self.daemon.proc.pid, signal.SIGSTOP)
+            try:
+                p.stdin.write('go\n')
+                p.stdin.flush()
+                counts = p.stdout.readline().split()
+            finally:
+                os.kill(self.daemon.proc.pid, signal.SIGCONT)
+            p.stdin.write('stop\n')
+            p.stdin.flush()
+            out, err = p.communicate(timeout=CHILD_TIMEOUT)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual(counts[0], 'marked', counts)
+        queued, refused = int(counts[1]), int(counts[2])
+        self.assertEqual(queued + refused, 20000)
+        self.assertGreater(refused, 0)
+        self.assertGreaterEqual(queued, 4096)
+        sessions = self.sessions()
+        self.assertEqual([s[4] for s in sessions], ['exited'])
+        stored = self.daemon.query('SELECT COUNT(*) FROM markers WHERE session_id = ?',
+                                   (sessions[0][0],))[0][0]
+        self.assertEqual(stored, queued)
+
+
+STUCK_PROGRAM = '''
+import sys, heapprof
+heapprof.start(socket=sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+label = "m" * 1000
+results = [heapprof.mark(label) for _ in range(20000)]
+print("marked", results.count(True), results.count(False), flush=True)
+sys.stdin.readline()
+heapprof.stop()
+'''
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import tempfile
 import textwrap
+import time
 import unittest
 
 SOURCE_ROOT = os.environ.get('HEAPPROF_SOURCE_ROOT', os.path.dirname(os.path.dirname(
@@ -206,6 +207,35 @@ class PytestPluginTest(unittest.TestCase):
         self.assertEqual(by_test['test_plain'], {262144})
         # The outer marker is in the run's session, the inner one in the test's own.
         self.assertEqual(by_test['test_under_memory_limit'], {262144, 1024})
+
+    def test_with_a_heapprofd_of_ones_own(self):
+        # --heapprof-socket: the daemon keeps recording after the run; the plugin waits for
+        # it to store each session it reads.
+        d = tempfile.mkdtemp(dir=self.tmp.name)
+        db, sock = os.path.join(d, 'own.sqlite'), os.path.join(d, 'd.sock')
+        log = open(os.path.join(d, 'd.log'), 'w+')
+        daemon = subprocess.Popen([os.path.join(os.path.dirname(self.python), 'heapprofd'),
+                                   '--db', db, '--socket', sock], stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        try:
+            for _ in range(2000):
+                log.seek(0)
+                if 'listening on' in log.read() or daemon.poll() is not None:
+                    break
+                time.sleep(0.01)
+            r = self.pytest('-rA', '--heapprof', '--heapprof-socket', sock, '--heapprof-db', db,
+                            '-k', 'plain or over_memory_limit or real_leak')
+            out = r.stdout + r.stderr
+            self.assertEqual(self.outcomes(r.stdout),
+                             {'test_plain': 'passed', 'test_over_memory_limit': 'failed',
+                              'test_real_leak': 'failed'}, out)
+            self.assertIn('over its limit_memory of 24.0 MiB', out)
+            self.assertIn('heapprof: 3 tests recorded in %s' % db, out)
+            self.assertIsNone(daemon.poll())        # still recording: not the plugin's
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=60)
+            log.close()
 
     def test_bad_limits_and_options_are_usage_errors(self):
         bad = os.path.join(self.suite_dir, 'test_bad.py')

@@ -198,6 +198,20 @@ class EstimatesTest(unittest.TestCase):
                            (2.0, 'phase'))])
         self.assertEqual(report.build_data(self.leak_db)['markers'], [])
 
+    def test_report_gives_the_standard_errors(self):
+        from heapprof import report
+        data = report.build_data(self.leak_db)
+        by_line = {data['frames'][l['site']][2]: l for l in data['leaks']}
+        self.assertEqual(by_line[17]['se'], 0.0)
+        self.assertAlmostEqual(by_line[9]['se'], math.sqrt(4096 * (4096 - 512)), places=6)
+        self.assertAlmostEqual(data['z95'], hr.Z95)
+        data = report.build_data(self.spike_db)
+        with hr.read(self.spike_db) as r:
+            t = r.peak()[0]
+            want = math.sqrt(var(live(self.spike, t)))
+        self.assertAlmostEqual(data['peak']['se'], want, places=6)
+        self.assertGreater(data['peak']['se'], 0)
+
 
 if __name__ == '__main__':
     unittest.main()

@@ -40,6 +40,7 @@ typedef struct {
   uint64_t last_events_sent;         /* of the last COUNTERS */
   uint64_t stream_events;            /* of the last stream */
   unsigned named;                    /* THREAD_DEFs naming a thread "named-by-test" */
+  unsigned markers;                  /* MARKERs labelled "m" */
 } reader;
 
 /* Live addresses of one stream: a FREE must follow an ALLOC of its address in the same
@@ -89,6 +90,9 @@ static void read_stream(reader *r, int fd, live_set *ls)
         ended = 1;
       } else if (m.type == HP_MSG_COUNTERS) {
         r->last_events_sent = m.u.counters.events_sent;
+      } else if (m.type == HP_MSG_MARKER) {
+        if (m.u.marker.label.len == 1 && m.u.marker.label.ptr[0] == 'm')
+          r->markers++;
       } else if (m.type == HP_MSG_THREAD_DEF) {
         if (m.u.thread_def.name.len == 13 &&
             memcmp(m.u.thread_def.name.ptr, "named-by-test", 13) == 0)
@@ -172,6 +176,7 @@ typedef struct {
   int index;
   _Atomic int *quit;
   _Atomic uint64_t *rounds;
+  _Atomic uint64_t *marked;          /* markers queued (hp_agent_mark returned 0) */
   pthread_t thread;
 } producer;
 
@@ -208,15 +213,21 @@ static void *producer_main(void *arg)
         atomic_load_explicit(&hp_agent_free_filter, memory_order_relaxed);
     if (!hp_addrtab_filter_absent(filter, a))
       hp_agent_record_free((void *)a);
+    /* heapprof.mark() from a program thread, racing the stop as the hooks do: it must
+     * land in a session whole or be refused, never touch a freed one. */
+    if ((n & 1023) == 0 && hp_agent_mark("m", 1) == 0)
+      atomic_fetch_add_explicit(p->marked, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(p->rounds, 1, memory_order_relaxed);
   }
   return NULL;
 }
 
+static _Atomic uint64_t g_marked;
+
 static void producers_start(producer *ps, int n, _Atomic int *quit, _Atomic uint64_t *rounds)
 {
   for (int i = 0; i < n; i++) {
-    ps[i] = (producer){ .index = i, .quit = quit, .rounds = rounds };
+    ps[i] = (producer){ .index = i, .quit = quit, .rounds = rounds, .marked = &g_marked };
     ck_assert_int_eq(pthread_create(&ps[i].thread, NULL, producer_main, &ps[i]), 0);
   }
 }
@@ -263,6 +274,7 @@ START_TEST(start_stop_while_threads_allocate)
   _Atomic int quit = 0;
   _Atomic uint64_t rounds = 0;
   producer ps[PRODUCERS];
+  atomic_store(&g_marked, 0);
   producers_start(ps, PRODUCERS, &quit, &rounds);
   unsigned started = 0;
   for (int round = 0; round < ROUNDS; round++) {
@@ -286,6 +298,9 @@ START_TEST(start_stop_while_threads_allocate)
                 r.unpaired_frees);
   ck_assert_uint_gt(r.events, 0);
   ck_assert_uint_gt(atomic_load(&rounds), 0);
+  /* Every marker queued reached its stream before GOODBYE (bad_order counts any after). */
+  ck_assert_uint_eq(r.markers, atomic_load(&g_marked));
+  ck_assert_uint_gt(r.markers, 0);
 }
 END_TEST
 

@@ -129,6 +129,75 @@ START_TEST(stream_has_hello_defs_events_goodbye_in_order)
 }
 END_TEST
 
+/* heapprof.mark(): markers go out as MARKER messages in the order they were set, with
+ * their times, before GOODBYE; a label over HP_MAX_STR_BYTES is cut before the character
+ * that straddles the limit, not inside it. */
+START_TEST(markers_are_sent_in_order_and_cut_at_a_character)
+{
+  int sv[2];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  hp_ring *ring = hp_ring_new(64);
+  hp_intern *in = hp_intern_new(0, 0);
+  hp_hello h = test_hello();
+  hp_sender_cfg cfg = { .ring = ring, .intern = in, .dropped = fake_drops,
+                        .failed = on_failed, .socket_path = "test" };
+  int err = 0;
+  hp_sender *s = hp_sender_start(sv[0], &h, &cfg, &err);
+  ck_assert_ptr_nonnull(s);
+  /* 4095 ASCII bytes, then a 2-byte character at bytes 4095-4096: cut to 4095. */
+  static char long_label[HP_MAX_STR_BYTES + 10];
+  memset(long_label, 'x', sizeof(long_label));
+  long_label[HP_MAX_STR_BYTES - 1] = (char)0xc3;
+  long_label[HP_MAX_STR_BYTES] = (char)0xa9;
+  ck_assert_int_eq(hp_sender_marker(s, 100, "start", 5), 0);
+  ck_assert_int_eq(hp_sender_marker(s, 200, long_label, sizeof(long_label)), 0);
+  ck_assert_int_eq(hp_sender_marker(s, 300, "", 0), 0);
+  ck_assert_int_eq(hp_sender_marker(s, 400, "end", 3), 0);
+  ck_assert_int_eq(hp_sender_stop(s), 0);
+
+  hp_framer *fm = hp_framer_new(0);
+  hp_decoder *dec = hp_decoder_new();
+  uint8_t buf[4096];
+  ssize_t n;
+  while ((n = read(sv[1], buf, sizeof(buf))) > 0)
+    ck_assert_int_eq(hp_framer_feed(fm, buf, (size_t)n), 0);
+  const uint8_t *payload;
+  uint32_t len;
+  uint64_t ts[8];
+  uint32_t lens[8];
+  int nmark = 0, last = -1;
+  char first[8] = "";
+  while (hp_framer_next(fm, &payload, &len) == 1) {
+    hp_msg m;
+    ck_assert_msg(hp_decoder_decode(dec, payload, len, &m) == 0, "%s", hp_decoder_error(dec));
+    last = m.type;
+    if (m.type != HP_MSG_MARKER)
+      continue;
+    ck_assert_int_lt(nmark, 8);
+    if (nmark == 0)
+      memcpy(first, m.u.marker.label.ptr, m.u.marker.label.len < 7 ? m.u.marker.label.len : 7);
+    ts[nmark] = m.u.marker.ts_ns;
+    lens[nmark++] = m.u.marker.label.len;
+  }
+  ck_assert_int_eq(last, HP_MSG_GOODBYE);
+  ck_assert_int_eq(nmark, 4);
+  ck_assert_str_eq(first, "start");
+  ck_assert_uint_eq(ts[0], 100);
+  ck_assert_uint_eq(ts[1], 200);
+  ck_assert_uint_eq(ts[2], 300);
+  ck_assert_uint_eq(ts[3], 400);
+  ck_assert_uint_eq(lens[0], 5);
+  ck_assert_uint_eq(lens[1], HP_MAX_STR_BYTES - 1);
+  ck_assert_uint_eq(lens[2], 0);
+  ck_assert_uint_eq(lens[3], 3);
+  hp_framer_free(fm);
+  hp_decoder_free(dec);
+  close(sv[1]);
+  hp_ring_free(ring);
+  hp_intern_free(in);
+}
+END_TEST
+
 START_TEST(peer_gone_ends_thread_with_one_failure)
 {
   int sv[2];
@@ -454,6 +523,7 @@ Suite *sender_suite(void)
   TCase *core = tcase_create("core");
   tcase_set_timeout(core, 30);
   tcase_add_test(core, stream_has_hello_defs_events_goodbye_in_order);
+  tcase_add_test(core, markers_are_sent_in_order_and_cut_at_a_character);
   tcase_add_test(core, peer_gone_ends_thread_with_one_failure);
   tcase_add_test(core, connect_reports_errno);
   suite_add_tcase(s, core);

@@ -83,7 +83,7 @@
   const summary = document.getElementById("summary");
   summary.innerHTML = "";
   [["session", S.id], ["pid", S.pid], ["Python", S.python_version], ["duration", fmtSecs(S.duration_s)],
-   ["peak", D.peak ? fmtBytes(D.peak.bytes) + " at " + fmtSecs(D.peak.t) : "-"],
+   ["peak", D.peak ? fmtBytes(D.peak.bytes) + fmtMargin(D.peak.se) + " at " + fmtSecs(D.peak.t) : "-"],
    ["sampled allocations", S.allocations.toLocaleString("en")]].forEach(([k, v], n) => {
     if (n) summary.appendChild(document.createTextNode(" \u00b7 "));
     summary.appendChild(document.createTextNode(k + " "));
@@ -508,6 +508,9 @@
   const TABLE_ROWS = 300;
   const fnCol = { key: "fn", title: "Function", sort: r => frameName(r.fi), cell: (r, td) => { td.textContent = frameName(r.fi); } };
   const locCol = { key: "loc", title: "File:line", cls: "loc", sort: r => frameLoc(r.fi), cell: (r, td) => { td.textContent = frameLoc(r.fi); } };
+  // The half width of an estimate's 95% interval, from its standard error.
+  function fmtMargin(se) { return " \u00b1" + fmtBytes((D.z95 || 1.96) * (se || 0)); }
+
   function bytesCol(key, title, get, total) {
     return { key: key, title: title, num: true, sort: get, cell: (r, td) => {
       const v = get(r);
@@ -581,10 +584,11 @@
         (D.leaks.length >= D.limits.leak_sites ? " (top " + D.limits.leak_sites + " sites)" : "") + "."
       : "Every sampled allocation was freed before the session ended.";
     if (!D.leaks.length) { document.getElementById("leaks").innerHTML = ""; return; }
-    const rows = D.leaks.map(l => ({ fi: l.site, bytes: l.bytes, count: l.count, stacks: l.stacks }));
+    const rows = D.leaks.map(l => ({ fi: l.site, bytes: l.bytes, count: l.count, stacks: l.stacks, se: l.se || 0 }));
     sortableTable(document.getElementById("leaks"), [
       fnCol, locCol,
       bytesCol("bytes", "Est. bytes never freed", r => r.bytes, total),
+      { key: "se", title: "\u00b1 95%", num: true, sort: r => r.se, cell: (r, td) => { td.textContent = fmtMargin(r.se).trim(); } },
       { key: "count", title: "Sampled allocations", num: true, sort: r => r.count, cell: (r, td) => { td.textContent = r.count.toLocaleString("en"); } },
       { key: "path", title: "Call path (outermost first)", cell: (r, td) => {
           r.stacks.forEach(p => {
