@@ -37,15 +37,16 @@ esac
 
 # ---------------------------------------------------------------- Debian packages
 # Build and runtime needs; the test suite also wants clang + its runtime (the libFuzzer
-# run), graphviz (flow graphs rendered for real), chromium (the HTML report test),
+# run), clang-format (the 'format' suite checks the C files against .clang-format),
+# graphviz (flow graphs rendered for real), chromium (the HTML report test),
 # golang-go (`go tool pprof` reads the exported pprof profiles, offline), and what a pip
 # install into a user's venv on Debian's python3 needs (pip, meson-python) with packages a
 # user has there (numpy, matplotlib; pytest, which `pytest --heapprof` runs under).
 PKGS=(meson ninja-build pkg-config gcc libuv1-dev libmsgpack-dev libsqlite3-dev check
       python3 python3-venv python3-dev sqlite3)
 if [ "$MODE" = test ]; then
-  PKGS+=(clang libclang-rt-14-dev graphviz chromium golang-go python3-pip python3-mesonpy
-         python3-numpy python3-matplotlib python3-pytest)
+  PKGS+=(clang libclang-rt-14-dev clang-format graphviz chromium golang-go python3-pip
+         python3-mesonpy python3-numpy python3-matplotlib python3-pytest)
 fi
 # Debian's own python3 (the default on a fresh Debian 12) gets .venv with its system
 # packages, and matplotlib among them, so that `heapprof plot -o heap.png` draws.

@@ -117,6 +117,7 @@ hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
   t->slots = (_Atomic uintptr_t *)(((uintptr_t)t->slots_mem + 63) & ~(uintptr_t)63);
   t->nbuckets = nb;
   t->shift = 64 - bits;
+  /* bucket1() and bucket2() keep the top bits of a 64-bit hash: always a bucket. */
   assert(((size_t)1 << bits) == nb && nb * HP_ADDRTAB_BUCKET <= HP_ADDRTAB_MAX_SLOTS);
   return t;
 }
@@ -150,7 +151,10 @@ static size_t filter_index(uintptr_t addr)
   return hp_addrtab_filter_index(addr);
 }
 
-static void filter_add(hp_addrtab *t, uintptr_t addr, int delta)
+/* Always inlined: insert and remove pass a constant delta, and with the assert GCC
+ * would otherwise call it on every sampled allocation and free. */
+static inline __attribute__((always_inline)) void filter_add(hp_addrtab *t, uintptr_t addr,
+                                                              int delta)
 {
   if (!t->with_filter)
     return;
@@ -183,7 +187,6 @@ static int spilled(const hp_addrtab *t, size_t b)
 
 static int bucket_insert(hp_addrtab *t, size_t b, uintptr_t addr)
 {
-  assert(b < t->nbuckets);
   _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
   for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++) {
     uintptr_t k = atomic_load_explicit(&s[i], memory_order_relaxed);
@@ -197,7 +200,6 @@ static int bucket_insert(hp_addrtab *t, size_t b, uintptr_t addr)
 
 static int bucket_remove(hp_addrtab *t, size_t b, uintptr_t addr)
 {
-  assert(b < t->nbuckets);
   _Atomic uintptr_t *s = &t->slots[b * HP_ADDRTAB_BUCKET];
   for (unsigned i = 0; i < HP_ADDRTAB_BUCKET; i++) {
     uintptr_t k = atomic_load_explicit(&s[i], memory_order_acquire);

@@ -601,7 +601,6 @@ static __attribute__((noinline)) int push_block(session *s, const hp_event *ev)
  * the reserve, and when even that is full they wait briefly (see push_free_waiting). */
 static int push(session *s, const hp_event *ev)
 {
-  assert(ev->kind == HP_EV_ALLOC || ev->kind == HP_EV_FREE);
   if (s->block)
     return push_block(s, ev);
   if (ev->kind != HP_EV_FREE)

@@ -9,6 +9,8 @@
 
 #include "hp_proto_int.h"
 
+/* The names of each message's elements by position, laid out by hand. */
+/* clang-format off */
 static const char *const hello_names[] = {
   "?", "type", "magic", "version", "pid", "ppid", "argv", "executable", "python_version",
   "start_wall_ns", "start_mono_ns", "sample_interval_bytes", "max_stack_depth", "buckets",
@@ -35,6 +37,7 @@ static const char *const free_names[] = { "?", "kind", "ts_delta", "thread_id", 
 static const char *const reattr_names[] = {
   "?", "kind", "ts_delta", "thread_id", "address", "stack_id",
 };
+/* clang-format on */
 
 #define HP_NAME_AT(tab, i) ((i) < sizeof(tab) / sizeof((tab)[0]) ? (tab)[i] : "?")
 

@@ -129,6 +129,8 @@ enum { SC_FIXARRAY = -1, SC_FIXMAP = -2, SC_VAR = -3, SC_BAD = -4 };
 #define M SC_FIXMAP
 #define V SC_VAR
 #define X SC_BAD
+/* One row per 16 bytes, laid out by hand. */
+/* clang-format off */
 static const int8_t scan_class[256] = {
   /* 00 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
   /* 10 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -147,6 +149,7 @@ static const int8_t scan_class[256] = {
   /* e0 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
   /* f0 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
+/* clang-format on */
 #undef A
 #undef M
 #undef V
@@ -213,6 +216,8 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
       unsigned lenbytes;
       uint64_t skip = 0;
       int container = 0;
+      /* One line per msgpack type, laid out by hand. */
+      /* clang-format off */
       switch (b) {
       case 0xc4: case 0xd9: lenbytes = 1; break;                  /* bin8, str8 */
       case 0xc5: case 0xda: lenbytes = 2; break;                  /* bin16, str16 */
@@ -223,6 +228,7 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
       case 0xdc: case 0xde: lenbytes = 2; container = 1; break;   /* array16, map16 */
       default: lenbytes = 4; container = 1; break;                /* array32, map32 */
       }
+      /* clang-format on */
       uint64_t l;
       if (scan_len(p, len, &pos, lenbytes, &l) < 0)
         return scan_truncated(d, p, len, at);

@@ -47,6 +47,8 @@
 #define HP_BUCKET_NELEM     2u   /* [max_size, rate] */
 
 /* Element positions (1-based) named in errors. */
+/* One line per message, laid out by hand. */
+/* clang-format off */
 enum {
   HP_F_TYPE = 1,
   HP_F_HELLO_MAGIC = 2, HP_F_HELLO_VERSION, HP_F_HELLO_PID, HP_F_HELLO_PPID,
@@ -65,6 +67,7 @@ enum {
   HP_F_FREE_ADDR = 4,
   HP_F_REATTR_ADDR = 4, HP_F_REATTR_STACK,
 };
+/* clang-format on */
 
 /* Where a precise message goes; NULL means the caller only wants the code. */
 typedef struct {
