@@ -242,6 +242,37 @@ json.dump(stats, sys.stdout)
         self.assertLess(counts.get(line_of(path, '# TEMP'), 0), 100)
         self.assertEqual(len(self.sessions()), 1)
 
+    @unittest.skipUnless(REUSE_SEEN, 'the reference tracer is new in CPython 3.13')
+    def test_tracemalloc_started_later_keeps_its_tracer(self):
+        """tracemalloc.start() while heapprof profiles takes the one tracer slot;
+        heapprof's stop must leave it there, or tracemalloc stops following reuses."""
+        code = '''
+import json, os, sys, tracemalloc, heapprof
+heapprof.start(socket=os.environ["SOCK"])
+tracemalloc.start()
+heapprof.stop()
+
+def temp():
+    t = [1, 2]          # TEMP
+    return len(t)
+
+keep = []
+for i in range(20000):
+    temp()
+    keep.append([])     # AFTER
+stats = {}
+for st in tracemalloc.take_snapshot().statistics("lineno"):
+    if st.traceback[0].filename == __file__:
+        stats[st.traceback[0].lineno] = st.count
+json.dump(stats, sys.stdout)
+'''
+        path = write_program(self.tmp, 'tm_later.py', code)
+        r = run_python(path, env=clean_env(SOCK=self.daemon.socket))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        counts = {int(k): v for k, v in json.loads(r.stdout).items()}
+        self.assertGreaterEqual(counts.get(line_of(path, '# AFTER'), 0), 20000 - 100)
+        self.assertLess(counts.get(line_of(path, '# TEMP'), 0), 100)
+
     # ---- item 2: reallocation
 
     def test_grown_blocks_belong_to_the_growing_line_interval_one(self):
