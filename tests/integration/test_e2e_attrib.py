@@ -95,7 +95,7 @@ if os.environ.get("TRACE_OUT"):
 else:
     heapprof.start(socket=os.environ["SOCK"])
 mods = []
-for name in MODS:
+for name in MODS[:int(os.environ.get("NMODS", len(MODS)))]:
     try:
         mods.append(importlib.import_module(name))
     except ImportError:
@@ -317,19 +317,19 @@ json.dump(stats, sys.stdout)
 
     # ---- item 2: _compile_bytecode (issue 13 saw it ~30% above tracemalloc)
 
-    def compile_bytecode_run(self, interval):
+    def compile_bytecode_run(self, interval, nmods):
         """Imports a large stdlib set with tracemalloc, then with heapprof, each started
         by the program at the same point; returns tracemalloc's live block sizes at
         _compile_bytecode (marshal.loads of the .pyc files) and heapprof's
         (count, size, est_bytes) there."""
         path = write_program(self.tmp, 'imports.py', IMPORTS)
         out = os.path.join(self.tmp, 'sizes.json')
-        r = run_python(path, env=clean_env(TRACE_OUT=out))
+        r = run_python(path, env=clean_env(TRACE_OUT=out, NMODS=nmods))
         self.assertEqual((r.returncode, r.stdout), (0, 'ok\n'), r.stderr)
         with open(out) as f:
             sizes = json.load(f)
         r = run_python(path, env=clean_env(SOCK=self.daemon.socket, HEAPPROF_INTERVAL=interval,
-                                           HEAPPROF_ON_FULL='block'))
+                                           HEAPPROF_ON_FULL='block', NMODS=nmods))
         self.assertEqual((r.returncode, r.stdout), (0, 'ok\n'), r.stderr)
         sessions = self.sessions()
         self.assertEqual([s[5] for s in sessions], [0])
@@ -345,14 +345,16 @@ json.dump(stats, sys.stdout)
         """What marshal.loads leaves live is the same block by block: no code object,
         string or tuple it makes is resized after its allocation or counted at another
         size (both profilers see the same requests)."""
-        sizes, (n, size, est) = self.compile_bytecode_run(1)
-        self.assertGreater(len(sizes), 20000)
+        # A third of the modules: recording everything, the whole set is over a million
+        # events, which a loaded machine's heapprofd may not store without a stall.
+        sizes, (n, size, est) = self.compile_bytecode_run(1, 20)
+        self.assertGreater(len(sizes), 10000)
         self.assertAlmostEqual(n / len(sizes), 1.0, delta=0.03)
         self.assertAlmostEqual(size / sum(sizes), 1.0, delta=0.03)
         self.assertEqual(est, size)
 
     def test_compile_bytecode_within_sampling_error(self):
-        sizes, (n, size, est) = self.compile_bytecode_run(65536)
+        sizes, (n, size, est) = self.compile_bytecode_run(65536, 1000)
         sd = math.sqrt(sum(s * s * math.exp(-s / 65536) / (1 - math.exp(-s / 65536))
                            for s in sizes))
         self.assertAlmostEqual(est, sum(sizes), delta=4 * sd)
