@@ -459,10 +459,10 @@ static void hook_raw_free(void *ctx, void *ptr)
  * 2.4), with its size and estimate unchanged: the bytes are the same, only their owner
  * changed.
  *
- * Called for every object the program creates while profiling, so the common case is
- * the filter's "not sampled". An object whose block was sampled a moment ago, by this
- * allocation (the thread's fresh block), is new and keeps its sample's stack: it is not
- * re-attributed. */
+ * Called for every object the program creates while profiling; the version shim tests
+ * the free filter first, so only blocks that may be sampled get here. An object whose
+ * block was sampled a moment ago, by this allocation (the thread's fresh block), is new
+ * and keeps its sample's stack: it is not re-attributed. */
 static __attribute__((noinline)) void block_created_slow(hp_hooks_tls *t, uintptr_t block)
 {
   if (hp_hooks_is_reentrant(t) ||
@@ -476,11 +476,9 @@ static __attribute__((noinline)) void block_created_slow(hp_hooks_tls *t, uintpt
   errno = saved_errno;
 }
 
+/* Called for the blocks the free filter does not rule out (hp_pyframe_reuse_start). */
 static void block_created(uintptr_t block)
 {
-  if (HP_LIKELY(hp_addrtab_filter_absent(
-          atomic_load_explicit(&hp_agent_free_filter, memory_order_relaxed), block)))
-    return;
   hp_hooks_tls *t = &hp_hooks_t;
   if (t->fresh == block) {
     t->fresh = 0;
@@ -491,7 +489,7 @@ static void block_created(uintptr_t block)
 
 int hp_hooks_reuse_start(void)
 {
-  return hp_pyframe_reuse_start(block_created);
+  return hp_pyframe_reuse_start(block_created, &hp_agent_free_filter);
 }
 
 void hp_hooks_reuse_stop(void)

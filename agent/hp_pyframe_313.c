@@ -35,6 +35,8 @@
 #include <internal/pycore_gc.h>
 #undef Py_BUILD_CORE
 
+#include "hp_addrtab.h"
+
 static inline _PyInterpreterFrame *first_frame(PyThreadState *ts)
 {
   return ts->current_frame;
@@ -60,10 +62,11 @@ int hp_pyframe_watch_codes(void (*destroyed)(PyCodeObject *code))
   return watch_codes_with_watcher(destroyed);
 }
 
-/* Read by on_ref_event on any thread holding some interpreter's GIL (3.13's isolated
+/* Read by the tracers on any thread holding some interpreter's GIL (3.13's isolated
  * sub-interpreters run in parallel with the main one), written under the main GIL by
  * start: relaxed atomics. */
 static _Atomic(void (*)(uintptr_t)) g_created;
+static _Atomic(const _Atomic uint8_t *const _Atomic *) g_filter;
 static _Atomic(PyRefTracer) g_prev_tracer;
 static _Atomic(void *) g_prev_data;
 
@@ -75,28 +78,49 @@ static inline size_t preheader_size(PyTypeObject *tp)
          (PyType_HasFeature(tp, Py_TPFLAGS_PREHEADER) ? 2 * sizeof(PyObject *) : 0);
 }
 
+/* Runs for every object created and destroyed while profiling: the filter's "never
+ * sampled" ends nearly every call here, without a second call. */
+static inline void object_created(PyObject *op)
+{
+  uintptr_t block = (uintptr_t)op - preheader_size(Py_TYPE(op));
+  const _Atomic uint8_t *filter = atomic_load_explicit(
+      atomic_load_explicit(&g_filter, memory_order_relaxed), memory_order_relaxed);
+  if (__builtin_expect(!hp_addrtab_filter_absent(filter, block), 0))
+    atomic_load_explicit(&g_created, memory_order_relaxed)(block);
+}
+
 static int on_ref_event(PyObject *op, PyRefTracerEvent event, void *data)
+{
+  (void)data;
+  if (event == PyRefTracer_CREATE)
+    object_created(op);
+  return 0;
+}
+
+/* The same, after the tracer that was in place before ours (tracemalloc's). */
+static int on_ref_event_chained(PyObject *op, PyRefTracerEvent event, void *data)
 {
   (void)data;
   PyRefTracer prev = atomic_load_explicit(&g_prev_tracer, memory_order_relaxed);
   if (prev)
     prev(op, event, atomic_load_explicit(&g_prev_data, memory_order_relaxed));
   if (event == PyRefTracer_CREATE)
-    atomic_load_explicit(&g_created, memory_order_relaxed)(
-        (uintptr_t)op - preheader_size(Py_TYPE(op)));
+    object_created(op);
   return 0;
 }
 
-int hp_pyframe_reuse_start(void (*created)(uintptr_t block))
+int hp_pyframe_reuse_start(void (*created)(uintptr_t block),
+                           const _Atomic uint8_t *const _Atomic *filter)
 {
   void *data;
   PyRefTracer cur = PyRefTracer_GetTracer(&data);
-  if (cur == on_ref_event)
+  if (cur == on_ref_event || cur == on_ref_event_chained)
     return 0;   /* still ours, e.g. in a fork child starting its own session */
   atomic_store_explicit(&g_created, created, memory_order_relaxed);
+  atomic_store_explicit(&g_filter, filter, memory_order_relaxed);
   atomic_store_explicit(&g_prev_tracer, cur, memory_order_relaxed);
   atomic_store_explicit(&g_prev_data, data, memory_order_relaxed);
-  if (PyRefTracer_SetTracer(on_ref_event, NULL) < 0) {
+  if (PyRefTracer_SetTracer(cur ? on_ref_event_chained : on_ref_event, NULL) < 0) {
     PyErr_Clear();
     return -1;
   }
@@ -106,7 +130,8 @@ int hp_pyframe_reuse_start(void (*created)(uintptr_t block))
 void hp_pyframe_reuse_stop(void)
 {
   void *data;
-  if (PyRefTracer_GetTracer(&data) != on_ref_event)
+  PyRefTracer cur = PyRefTracer_GetTracer(&data);
+  if (cur != on_ref_event && cur != on_ref_event_chained)
     return;
   if (PyRefTracer_SetTracer(atomic_load_explicit(&g_prev_tracer, memory_order_relaxed),
                             atomic_load_explicit(&g_prev_data, memory_order_relaxed)) < 0)

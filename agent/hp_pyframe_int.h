@@ -110,9 +110,11 @@ static int watch_codes_with_watcher(void (*destroyed)(PyCodeObject *code))
 
 #if PY_VERSION_HEX < 0x030D0000
 /* No public hook sees a free list hand an object out again before 3.13. */
-int hp_pyframe_reuse_start(void (*created)(uintptr_t block))
+int hp_pyframe_reuse_start(void (*created)(uintptr_t block),
+                           const _Atomic uint8_t *const _Atomic *filter)
 {
   (void)created;
+  (void)filter;
   return -1;
 }
 

@@ -35,7 +35,7 @@ typedef struct {
   _Atomic unsigned streams;     /* streams read to their end */
   /* Written by the reader thread, read after it was joined. */
   unsigned goodbyes, bad_order, unpaired_frees, decode_errors;
-  uint64_t events;
+  uint64_t events, reattributes;
   uint32_t last_end_reason;          /* of the last GOODBYE */
   uint64_t last_events_sent;         /* of the last COUNTERS */
   uint64_t stream_events;            /* of the last stream */
@@ -104,6 +104,11 @@ static void read_stream(reader *r, int fd, live_set *ls)
           const hp_event *e = &m.u.events.events[i];
           if (e->kind == HP_EV_ALLOC) {
             ls->key[live_slot(ls, e->address)] = e->address;
+          } else if (e->kind == HP_EV_REATTRIBUTE) {
+            /* Only a live sampled block is handed out again: paired like a FREE. */
+            r->reattributes++;
+            if (ls->key[live_slot(ls, e->address)] != e->address)
+              r->unpaired_frees++;
           } else if (e->kind == HP_EV_FREE) {
             size_t s = live_slot(ls, e->address);
             if (ls->key[s] != e->address) {
@@ -207,6 +212,9 @@ static void *producer_main(void *arg)
       else
         hp_agent_count_drop();
     }
+    /* A free list handing the block out again (hp_hooks.c, block_created). */
+    if ((n & 7) == 0 && hp_agent_is_sampled((void *)a))
+      hp_agent_record_reattribute((void *)a, HP_NO_STACK);
     if ((n & 127) == 0)
       sched_yield();
     const _Atomic uint8_t *filter =
@@ -297,6 +305,7 @@ START_TEST(start_stop_while_threads_allocate)
   ck_assert_msg(r.unpaired_frees == 0, "%u FREEs of addresses not allocated in their stream",
                 r.unpaired_frees);
   ck_assert_uint_gt(r.events, 0);
+  ck_assert_uint_gt(r.reattributes, 0);
   ck_assert_uint_gt(atomic_load(&rounds), 0);
   /* Every marker queued reached its stream before GOODBYE (bad_order counts any after). */
   ck_assert_uint_eq(r.markers, atomic_load(&g_marked));

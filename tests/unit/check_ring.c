@@ -86,6 +86,27 @@ START_TEST(full_ring_drops_and_counts)
 }
 END_TEST
 
+/* A REATTRIBUTE only adds information, like an ALLOC: it must not eat into the room
+ * kept for FREEs, whose loss would make a block look leaked. */
+START_TEST(reattribute_leaves_the_free_reserve_alone)
+{
+  hp_ring *r = hp_ring_new(16);              /* reserve 1 */
+  hp_event re = { .kind = HP_EV_REATTRIBUTE, .address = 7, .stack_id = 3 };
+  for (int i = 0; i < 15; i++)
+    ck_assert_int_eq(hp_ring_push(r, &re), 0);
+  ck_assert_int_eq(hp_ring_push(r, &re), -HP_EFULL);
+  ck_assert_int_eq(hp_ring_try_push(r, &re), -HP_EFULL);
+  ck_assert_uint_eq(hp_ring_dropped(r), 1);
+  hp_event f = { .kind = HP_EV_FREE, .address = 7 };
+  ck_assert_int_eq(hp_ring_push(r, &f), 0);
+  hp_event out;
+  ck_assert_int_eq(hp_ring_pop(r, &out), 1);
+  ck_assert_int_eq(out.kind, HP_EV_REATTRIBUTE);
+  ck_assert_uint_eq(out.stack_id, 3);
+  hp_ring_free(r);
+}
+END_TEST
+
 /* Item 3 of the review: a ring full of allocations still takes the frees of the
  * allocations it holds, up to the reserve, on every lap; the records come out in order. */
 START_TEST(ring_full_of_allocs_still_accepts_frees_up_to_reserve)
@@ -198,6 +219,7 @@ Suite *ring_suite(void)
 #ifndef NDEBUG
   tcase_add_test_raise_signal(limits, room_beyond_capacity_is_an_assertion, SIGABRT);
 #endif
+  tcase_add_test(limits, reattribute_leaves_the_free_reserve_alone);
   suite_add_tcase(s, limits);
   TCase *threads = tcase_create("threads");
   tcase_set_timeout(threads, 60);
