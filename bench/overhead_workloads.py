@@ -109,7 +109,7 @@ class Entry:
 
 def big_heap():
     """A long-lived large heap: a cache of a million small objects (entries, their strings
-    and ints: some 220 MiB that every full collection walks), built once, then a request
+    and ints: some 210 MiB that every full collection walks), built once, then a request
     loop that reads entries, replaces 1 value in 4 and answers with a short-lived dict.
     The cache's size is the point, so the scale leaves it at a million and changes the
     requests only."""
