@@ -131,6 +131,13 @@ static inline void after_alloc(hook_tls *t, hp_domain domain, void *ptr, size_t 
 
 #define HP_LIKELY(x) __builtin_expect(!!(x), 1)
 
+/* The hooks' fast paths run millions of times a second inside loops whose own code
+ * already fills the L1 instruction cache: every cache line they take evicts a line of
+ * the interpreter's. So they are few (one hook per function for mem and obj), small
+ * (everything but the fast path out of line) and packed together in one section, the
+ * first of them on a cache line's start. */
+#define HP_HOT_HOOK __attribute__((section(".text.hot.hp_hooks")))
+
 /* The unsampled fast path of a small mem/obj request, shared by malloc and calloc: the
  * gate against the thread's key (see hook_tls), the size, the countdown step. The
  * countdown test is hp_sampler_sample()'s, spelled out so that the hooks stay frameless
@@ -211,10 +218,9 @@ static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, siz
   return p;
 }
 
-/* The fast paths below are written once (inline, taking the domain's hook_ctx) and
- * instantiated per domain with a constant &g_ctx[i], so that the call to the real
- * allocator loads its address and context straight from g_ctx instead of through the
- * ctx argument: two instructions fewer on each of millions of calls a second. */
+/* The fast paths below are written once (inline, taking the domain's hook_ctx). The
+ * raw domain's hooks use a constant &g_ctx[CTX_RAW]; the mem and obj domains share one
+ * hook per function, which finds its hook_ctx in the ctx argument (hp_hooks_install). */
 
 /* mem and obj domains. */
 static inline void *malloc_fast(hook_ctx *c, size_t size)
@@ -325,7 +331,7 @@ static void *after_small_realloc(hook_ctx *c, hook_tls *t, void *p, size_t size)
  * queued before the real realloc, which may release the old address to other threads.
  * (If the real realloc then fails, the old block lives on unreported: rare, and a
  * lost sample rather than a wrong pairing.) */
-static inline void *realloc_any(hook_ctx *c, void *ptr, size_t size)
+static __attribute__((noinline)) void *realloc_any(hook_ctx *c, void *ptr, size_t size)
 {
   hook_tls *t = &t_tls;
   int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
@@ -417,29 +423,26 @@ static inline void free_fast(hook_ctx *c, void *ptr)
   free_slow(c, &t_tls, ptr);
 }
 
-#define HOOK_FAST_PATHS(dom, i)                                                              \
-  static void *hook_##dom##_malloc(void *ctx, size_t size)                                   \
-  {                                                                                          \
-    (void)ctx;                                                                               \
-    return malloc_fast(&g_ctx[i], size);                                                     \
-  }                                                                                          \
-  static void *hook_##dom##_calloc(void *ctx, size_t nelem, size_t elsize)                   \
-  {                                                                                          \
-    (void)ctx;                                                                               \
-    return calloc_fast(&g_ctx[i], nelem, elsize);                                            \
-  }                                                                                          \
-  static void *hook_##dom##_realloc(void *ctx, void *ptr, size_t size)                      \
-  {                                                                                          \
-    (void)ctx;                                                                               \
-    return realloc_fast(&g_ctx[i], ptr, size);                                               \
-  }                                                                                          \
-  static void hook_##dom##_free(void *ctx, void *ptr)                                        \
-  {                                                                                          \
-    (void)ctx;                                                                               \
-    free_fast(&g_ctx[i], ptr);                                                               \
-  }
-HOOK_FAST_PATHS(mem, CTX_MEM)
-HOOK_FAST_PATHS(obj, CTX_OBJ)
+/* The mem and obj domains: ctx is the domain's hook_ctx. */
+static HP_HOT_HOOK __attribute__((aligned(64))) void *hook_pym_malloc(void *ctx, size_t size)
+{
+  return malloc_fast(ctx, size);
+}
+
+static HP_HOT_HOOK void *hook_pym_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+  return calloc_fast(ctx, nelem, elsize);
+}
+
+static HP_HOT_HOOK void *hook_pym_realloc(void *ctx, void *ptr, size_t size)
+{
+  return realloc_fast(ctx, ptr, size);
+}
+
+static void hook_pym_free(void *ctx, void *ptr)
+{
+  free_fast(ctx, ptr);
+}
 
 static void hook_raw_free(void *ctx, void *ptr)
 {
@@ -515,10 +518,10 @@ int hp_hooks_install(void)
   static const PyMemAllocatorEx hooks[3] = {
     [CTX_RAW] = { .malloc = hook_raw_malloc, .calloc = hook_raw_calloc,
                   .realloc = hook_raw_realloc, .free = hook_raw_free },
-    [CTX_MEM] = { .malloc = hook_mem_malloc, .calloc = hook_mem_calloc,
-                  .realloc = hook_mem_realloc, .free = hook_mem_free },
-    [CTX_OBJ] = { .malloc = hook_obj_malloc, .calloc = hook_obj_calloc,
-                  .realloc = hook_obj_realloc, .free = hook_obj_free },
+    [CTX_MEM] = { .malloc = hook_pym_malloc, .calloc = hook_pym_calloc,
+                  .realloc = hook_pym_realloc, .free = hook_pym_free },
+    [CTX_OBJ] = { .malloc = hook_pym_malloc, .calloc = hook_pym_calloc,
+                  .realloc = hook_pym_realloc, .free = hook_pym_free },
   };
   if (g_installed)
     return 0;
@@ -536,9 +539,11 @@ int hp_hooks_install(void)
     return -HP_ENOMEM;
   for (int i = 0; i < 3; i++) {
     PyMemAllocatorEx a = hooks[i];
-    /* Our hooks find their domain in g_ctx; the domain's ctx stays the real one, so
-     * that a function passed on unhooked (free, below) gets what it expects. */
-    a.ctx = g_ctx[i].prev.ctx;
+    /* The raw hooks find their domain in g_ctx, and the raw domain's ctx stays the
+     * real one. The shared mem/obj hooks get theirs as ctx; the free passed on unhooked
+     * (below) then gets it too, which is safe only because that free is pymalloc's,
+     * which ignores its ctx (g_frees_via_raw is set for pymalloc alone). */
+    a.ctx = i == CTX_RAW ? g_ctx[i].prev.ctx : (void *)&g_ctx[i];
     if (g_frees_via_raw && i != CTX_RAW)
       a.free = g_ctx[i].prev.free;
     PyMem_SetAllocator(domains[i], &a);
