@@ -8,6 +8,7 @@ under heapprof at several sampling intervals (1 = record everything), and under
                              [--workloads startup,churn,...]
                              [--tracemalloc 1,25 | --no-tracemalloc]
                              [--extra LABEL=VAR=VAL[,VAR=VAL...] ...] [--also LABEL=PYTHON ...]
+                             [--pin PROGRAM_CPUS:DAEMON_CPUS] [--discard]
 
 --python names the interpreter that runs every column, plain, heapprof and tracemalloc
 alike (default: the one running this script); it must have heapprof installed (e.g. a
@@ -73,7 +74,14 @@ Columns:
                      the previous commit): two builds side by side, under the same load.
   --tracemalloc N[,N...]
                      `python -X tracemalloc=N` columns, N frames kept (default 1,25)
-  --no-tracemalloc   leave out the tracemalloc columns (they are slow)."""
+  --no-tracemalloc   leave out the tracemalloc columns (they are slow).
+
+The daemon:
+  --pin P:D          bind every run (plain too) to CPUs P and heapprofd to CPUs D (e.g. 0:1),
+                     so that the daemon's work is always on the other core.
+  --discard          profiled runs send to a server that reads and drops the stream instead
+                     of heapprofd: what sending costs the program without the daemon's work
+                     (its cache and memory traffic on the other core). No events are counted."""
 import argparse
 import json
 import math
@@ -150,7 +158,7 @@ def load_average():
 class Daemon:
     """One heapprofd on a fresh database in DIRECTORY, for one round."""
 
-    def __init__(self, exe, directory):
+    def __init__(self, exe, directory, cpus=None):
         self.db = os.path.join(directory, 'bench.sqlite')
         self.sock = os.path.join(directory, 'd.sock')
         self.log = os.path.join(directory, 'heapprofd.log')
@@ -158,7 +166,7 @@ class Daemon:
         with open(self.log, 'w') as log:
             self.proc = subprocess.Popen(
                 [exe, '--db', self.db, '--socket', self.sock, '--no-index', '--log-level', 'warn'],
-                stdout=subprocess.PIPE, stderr=log, text=True)
+                stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=pinned(cpus))
         line = self.proc.stdout.readline()
         if 'listening on' not in line:
             self.stop()
@@ -224,10 +232,108 @@ class Daemon:
         return rows
 
 
-def run_once(argv, env):
+def pinned(cpus):
+    """A preexec_fn that binds the child to CPUS (a set of CPU numbers), or None."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def parse_pin(text):
+    """'0:1' -> ({0}, {1}): the programs' CPUs and heapprofd's. SystemExit otherwise."""
+    try:
+        prog, daemon = ({int(c) for c in part.split(',')} for part in text.split(':'))
+    except ValueError:
+        raise SystemExit('--pin %r: expected PROGRAM_CPUS:DAEMON_CPUS, e.g. 0:1' % text)
+    avail = os.sched_getaffinity(0)
+    if not prog <= avail or not daemon <= avail:
+        raise SystemExit('--pin %r: this process may run on CPUs %s only'
+                         % (text, ','.join(map(str, sorted(avail)))))
+    return prog, daemon
+
+
+# A stand-in for heapprofd that accepts agents and reads and drops what they send (the
+# stream is one-way: proto/PROTOCOL.md), so that the bench can tell what the daemon's work
+# on the other core costs the program from what sending costs it.
+DISCARD_SERVER = r'''
+import os, selectors, socket, sys
+path = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(64)
+srv.setblocking(False)
+sel = selectors.DefaultSelector()
+sel.register(srv, selectors.EVENT_READ)
+print('discard: listening on %s' % path, flush=True)
+buf = bytearray(1 << 20)
+accepted = 0
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is srv:
+            try:
+                conn, _ = srv.accept()
+            except BlockingIOError:
+                continue
+            conn.setblocking(False)
+            sel.register(conn, selectors.EVENT_READ)
+            accepted += 1
+            with open(path + '.accepted', 'w') as f:
+                f.write(str(accepted))
+            continue
+        try:
+            n = key.fileobj.recv_into(buf)
+        except BlockingIOError:
+            continue
+        except OSError:
+            n = 0
+        if n == 0:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+'''
+
+
+class Discarder(Daemon):
+    """DISCARD_SERVER in place of heapprofd, for one round: no database, no sessions."""
+
+    def __init__(self, directory, cpus=None):
+        self.db = None
+        self.sock = os.path.join(directory, 'd.sock')
+        self.log = os.path.join(directory, 'discard.log')
+        with open(self.log, 'w') as log:
+            self.proc = subprocess.Popen([sys.executable, '-c', DISCARD_SERVER, self.sock],
+                                         stdout=subprocess.PIPE, stderr=log, text=True,
+                                         preexec_fn=pinned(cpus))
+        line = self.proc.stdout.readline()
+        if 'listening on' not in line:
+            self.stop()
+            raise SystemExit('discarding server did not start: %s %s'
+                             % (line.strip(), self.log_tail()))
+        self.stat = '/proc/%d/stat' % self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        return 0
+
+    def sessions(self):
+        return []
+
+    def accepted(self):
+        """Connections accepted so far."""
+        try:
+            with open(self.sock + '.accepted') as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return 0
+
+
+def run_once(argv, env, cpus=None):
     """(wall s, CPU s, peak RSS KiB, stderr text) of one child process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=pinned(cpus))
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -292,6 +398,12 @@ def main():
                     help='N rounds of plain against heapprof at its default interval only '
                     '(no --intervals or tracemalloc columns unless given): interleaved pairs '
                     'for small effects; use 15 or more')
+    ap.add_argument('--pin', metavar='PROGRAM_CPUS:DAEMON_CPUS',
+                    help='bind every run to PROGRAM_CPUS and heapprofd to DAEMON_CPUS '
+                    '(e.g. 0:1: the daemon on the other core, as taskset would)')
+    ap.add_argument('--discard', action='store_true',
+                    help='profiled runs send to a server that reads and drops the stream '
+                    'instead of heapprofd (what sending costs without the daemon\'s work)')
     ap.add_argument('--seed', type=int, default=None,
                     help='seed of the random order of each round (default: drawn, and printed)')
     ap.add_argument('--scale', type=str, default=None, metavar='S',
@@ -329,6 +441,7 @@ def main():
         args.tracemalloc = '1,25'
     if args.reps < 1 or args.startup_runs < 1:
         raise SystemExit('--reps, --pairs and --startup-runs must be at least 1')
+    pin = parse_pin(args.pin) if args.pin else (None, None)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     order_rng = random.Random(seed)
     python = shutil.which(args.python)
@@ -393,11 +506,15 @@ def main():
     warnings = {}    # (config, stderr text) -> times seen
     sessions = []    # (config, workload, status, received, dropped)
     idle_wait = 0.0
+    accepted = 0     # connections the discarding server saw (--discard)
     load_before = load_average()
     started = time.monotonic()
     for rnd in range(args.reps):
         with tempfile.TemporaryDirectory(prefix='hp-bench-') as tmp:
-            daemon = Daemon(daemon_exe, tmp) if daemon_exe else None
+            daemon = None
+            if daemon_exe:
+                daemon = (Discarder(tmp, pin[1]) if args.discard
+                          else Daemon(daemon_exe, tmp, pin[1]))
             try:
                 for w in workloads:
                     # A random order each round; within a round plain runs once per workload.
@@ -417,7 +534,7 @@ def main():
                                 argv = [exe] + xopts + [script, w, tag]
                             if daemon:
                                 idle_wait += daemon.wait_idle()
-                            wall, cpu, rss, err = run_once(argv, env)
+                            wall, cpu, rss, err = run_once(argv, env, pin[0])
                             per_round.setdefault(name, []).append((wall, cpu, rss))
                             if err:
                                 warnings[(name, err)] = warnings.get((name, err), 0) + 1
@@ -427,7 +544,9 @@ def main():
             finally:
                 if daemon:
                     status = daemon.stop()
-            if daemon:
+            if daemon and args.discard:
+                accepted += daemon.accepted()
+            elif daemon:
                 if status != 0:
                     raise SystemExit('heapprofd exited with status %s: %s'
                                      % (status, daemon.log_tail()))
@@ -435,9 +554,11 @@ def main():
         print('round %d/%d done (%.0f s)' % (rnd + 1, args.reps, time.monotonic() - started),
               file=sys.stderr)
 
-    print('Python %s, scale %g, %d rounds (startup: median of %d runs per round), order seed %d; '
+    print('Python %s, scale %g, %d rounds (startup: median of %d runs per round), order seed %d%s; '
           'load average %s before, %s after; waited %.1f s in all for an idle heapprofd '
-          'before runs' % (version, scale, args.reps, args.startup_runs, seed, load_before,
+          'before runs' % (version, scale, args.reps, args.startup_runs, seed,
+                           (', pinned %s' % args.pin if args.pin else '') +
+                           (', daemon discarding' if args.discard else ''), load_before,
                            load_average(), idle_wait))
     print('Cells: median wall time, median per-pair ratio to plain; Q1-Q3, min-max: that ratio '
           'over the rounds; median CI: its 95% interval; slower: pairs with ratio > 1 and the '
@@ -487,7 +608,14 @@ def main():
         for key, label in labels:
             print('%-16s' % label + ''.join('%*s' % (width, c) for c in lines[key]))
 
-    if daemon_exe:
+    if daemon_exe and args.discard:
+        print()
+        expected = args.reps * sum(args.startup_runs if w == 'startup' else 1 for w in workloads)
+        expected *= sum(1 for c in configs if c[4])
+        print('Profiled runs sent to a server that discards (--discard): %d of %d runs '
+              'connected%s' % (accepted, expected, '' if accepted == expected else
+                               ' (WARNING: the others ran unprofiled)'))
+    elif daemon_exe:
         print()
         print('Events per heapprof configuration (all rounds and rows; dropped: not recorded)')
         expected = args.reps * sum(args.startup_runs if w == 'startup' else 1 for w in workloads)

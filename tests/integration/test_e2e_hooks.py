@@ -6,7 +6,8 @@ afterwards looking leaked (item 10)."""
 import os
 import unittest
 
-from agent_e2e_util import BUILD_ROOT, DaemonTestCase, clean_env, run_python, write_program
+from agent_e2e_util import (BUILD_ROOT, DaemonTestCase, clean_env, line_of, run_python,
+                             write_program)
 
 FAILMALLOC = os.path.join(BUILD_ROOT, 'tests', 'integration', 'libhp_failmalloc.so')
 
@@ -53,6 +54,61 @@ tracemalloc.stop()                  # puts ours back
 del big
 print(heapprof.is_profiling(), heapprof.stop(), flush=True)
 '''
+
+
+# Blocks of known sizes, each from one domain: a list's item array (PyMem_Malloc), grown
+# item arrays (PyMem_Realloc), bytes (PyObject_Calloc).
+DOMAINS = '''
+def mem_site(n):
+    return [[None] * 40 for _ in range(n)]        # MEM_SITE: 320-byte item arrays
+
+def realloc_site(n):
+    keep = []
+    for _ in range(n):
+        items = []
+        for j in range(17):
+            items.append(j)                          # REALLOC_SITE: item arrays grown
+        keep.append(items)
+    return keep
+
+def obj_site(n):
+    return [bytes(300) for _ in range(n)]          # OBJ_SITE: 333-byte bytes objects
+
+kept = mem_site(500), realloc_site(500), obj_site(500)
+print("ok", flush=True)
+'''
+
+DOMAIN_SQL = '''
+    SELECT a.domain, COUNT(*)
+    FROM allocations a
+    JOIN stack_frames sf ON sf.stack_id = a.stack_id AND sf.depth = 0
+    JOIN frames f ON f.frame_id = sf.frame_id
+    WHERE a.session_id = ? AND f.lineno = ? AND a.size = ?
+    GROUP BY a.domain
+'''
+
+
+class Domains(DaemonTestCase):
+
+    def test_mem_and_obj_requests_are_recorded_in_their_own_domain(self):
+        """The mem and obj domains share one hook per function, which finds its domain
+        in the context CPython passes: a list's item array must be recorded as mem, a
+        bytes object as obj, whether allocated, grown or zeroed."""
+        path = write_program(self.tmp, 'domains.py', DOMAINS)
+        r = run_python(path, env=self.profiled_env(HEAPPROF_INTERVAL=1,
+                                                    HEAPPROF_ON_FULL='block'))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ['ok'])
+        self.daemon.stop()
+        (sid, dropped), = self.daemon.query('SELECT session_id, events_dropped FROM sessions')
+        self.assertEqual(dropped, 0)
+        # 17 appends grow an empty list's capacity 0 -> 4 -> 8 -> 16 -> 24 items.
+        for marker, size, domain in (('MEM_SITE', 320, 'mem'), ('REALLOC_SITE', 192, 'mem'),
+                                     ('OBJ_SITE', 333, 'obj')):
+            with self.subTest(marker):
+                rows = dict(self.daemon.query(DOMAIN_SQL, (sid, line_of(path, marker), size)))
+                self.assertEqual(set(rows), {domain}, rows)
+                self.assertGreaterEqual(rows[domain], 500)
 
 
 class RawAllocatorRefuses(DaemonTestCase):
