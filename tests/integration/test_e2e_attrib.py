@@ -67,6 +67,13 @@ lists = [[] for _ in range(3000)]           # LIST_FIRST
 for l in lists:
     for i in range(300):
         l.append(i)                         # LIST_GROW
+
+def make_big():
+    return bytearray(50000)                 # BIG_FIRST
+
+bigs = [make_big() for _ in range(500)]
+for b in bigs:
+    del b[1000:]                            # SHRINK
 ''' + FREE_LIST[FREE_LIST.index('out = os.environ'):FREE_LIST.index('import heapprof')] + '''
 print("ok")
 '''
@@ -280,7 +287,8 @@ json.dump(stats, sys.stdout)
         truth = self.tracemalloc_truth(path)
         sid = self.profiled(path, 'ok', HEAPPROF_INTERVAL=1, HEAPPROF_ON_FULL='block')
         for marker, function in (('BUF_GROW', '<module>'), ('LIST_GROW', '<module>'),
-                                 ('BUF_FIRST', 'make_buf'), ('LIST_FIRST', '<listcomp>')):
+                                 ('BUF_FIRST', 'make_buf'), ('LIST_FIRST', '<listcomp>'),
+                                 ('SHRINK', '<module>'), ('BIG_FIRST', 'make_big')):
             line = line_of(path, marker)
             if marker == 'LIST_FIRST' and sys.version_info >= (3, 12):
                 function = '<module>'   # comprehensions are inlined since 3.12 (PEP 709)
@@ -292,10 +300,15 @@ json.dump(stats, sys.stdout)
                 self.assertLessEqual(abs(count - t_count), 50, (count, t_count))
                 self.assertLessEqual(abs(size - t_size), 50 * 200, (size, t_size))
                 self.assertEqual(est, size)
-        # The grown blocks themselves: 3000 buffers of 21000 bytes and 3000 items arrays.
+        # The grown blocks themselves: 3000 buffers of 21000 bytes and 3000 items arrays;
+        # the shrunk ones, 500 buffers of ~1000 bytes, at the line that shrank them
+        # (the 25 MB they had at first are gone).
         grow = truth[line_of(path, 'BUF_GROW')]
         self.assertEqual(grow[0], 3000)
         self.assertGreater(grow[1], 3000 * 21000)
+        shrink = truth[line_of(path, 'SHRINK')]
+        self.assertEqual(shrink[0], 500)
+        self.assertLess(shrink[1], 500 * 1100)
 
     def test_grown_blocks_belong_to_the_growing_line_default_interval(self):
         path = write_program(self.tmp, 'grown.py', GROWN)
@@ -314,6 +327,15 @@ json.dump(stats, sys.stdout)
         n, size = truth[buf_first]
         est = self.live_at(sid, 'make_buf', buf_first)[2]
         self.assertLess(est, size + 4 * sampling_sd(n, size / n))
+        # Likewise the 25 MB of 50 KB buffers that a later line shrank to ~1 KB: at most
+        # the bytearray objects stay at their first line.
+        big_first = line_of(path, 'BIG_FIRST')
+        n, size = truth[big_first]
+        est = self.live_at(sid, 'make_big', big_first)[2]
+        self.assertLess(est, size + 4 * sampling_sd(n, size / n))
+        n, size = truth[line_of(path, 'SHRINK')]
+        est = self.live_at(sid, '<module>', line_of(path, 'SHRINK'))[2]
+        self.assertAlmostEqual(est, size, delta=4 * sampling_sd(n, size / n))
 
     # ---- item 2: _compile_bytecode (issue 13 saw it ~30% above tracemalloc)
 
