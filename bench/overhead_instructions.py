@@ -27,7 +27,8 @@ on all threads together, not the time the program waited. Profiled runs stream t
 heapprofd that this bench starts on an empty database in a temporary directory (heapprofd
 itself runs natively and is not counted). --scale defaults to 0.1: valgrind runs a program
 some 50 times slower than native, so most runs take 10-20 s, big_buffers (some 14 billion
-instructions, nearly all of them filling buffers) 3-4 minutes, and the defaults about 5
+instructions, nearly all of them filling buffers) 3-4 minutes, big_heap (which builds its
+million-object cache at every scale: 6.4 billion) a few minutes, and the defaults about 10
 minutes on 2 cores. The work per iteration is the same at every scale, so the ratios change
 little with it, apart from the fixed start-up cost weighing more at small scales.
 PYTHONHASHSEED is fixed at 0 so that string hashing, and with it dict and set layouts, is
