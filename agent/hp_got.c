@@ -44,8 +44,8 @@
 
 typedef struct {
   void **slot;
-  void *orig;   /* what the slot held before */
-  void *hook;   /* what we wrote */
+  void *orig; /* what the slot held before */
+  void *hook; /* what we wrote */
 } got_slot;
 
 /* One patched object, known by its load bias and program headers (the loader's
@@ -55,7 +55,7 @@ typedef struct {
   const void *phdr;
   got_slot *slots;
   size_t nslots, cap;
-  int seen;     /* scratch of the current walk */
+  int seen; /* scratch of the current walk */
 } got_obj;
 
 struct hp_got_set {
@@ -108,9 +108,9 @@ static got_obj *find_obj(hp_got_set *s, const struct dl_phdr_info *info)
 /* ---- one object's layout ---- */
 
 typedef struct {
-  uintptr_t bias, lo, hi;         /* load bias; mapped range of its PT_LOAD segments */
-  uintptr_t relro_lo, relro_hi;   /* the pages PT_GNU_RELRO made read-only, or empty */
-  const ElfW(Dyn) *dyn;
+  uintptr_t bias, lo, hi;       /* load bias; mapped range of its PT_LOAD segments */
+  uintptr_t relro_lo, relro_hi; /* the pages PT_GNU_RELRO made read-only, or empty */
+  const ElfW(Dyn) * dyn;
 } obj_layout;
 
 static void layout_of(const struct dl_phdr_info *info, obj_layout *l)
@@ -171,8 +171,8 @@ typedef struct {
   hp_got_choose choose;
   void *arg;
   int count, err;
-  unsigned index;   /* of the object in this walk */
-  int unchanged;    /* the loader's counts say nothing came or went */
+  unsigned index; /* of the object in this walk */
+  int unchanged;  /* the loader's counts say nothing came or went */
   int counted;
   unsigned long long adds, subs;
 } patch_walk;
@@ -187,7 +187,7 @@ static int obj_add_slot(got_obj *o, void **slot, void *orig, void *hook)
     o->slots = n;
     o->cap = cap;
   }
-  o->slots[o->nslots++] = (got_slot){ slot, orig, hook };
+  o->slots[o->nslots++] = (got_slot){slot, orig, hook};
   return 0;
 }
 
@@ -201,7 +201,7 @@ static int sym_index(const patch_walk *w, uint32_t mask, const char *name)
 
 /* The relocations rel[0..n) of one object: rewrite the chosen imports. */
 static void patch_relocs(patch_walk *w, got_obj *o, const obj_layout *l, uint32_t mask,
-                         const ElfW(Rela) *rel, size_t n, const ElfW(Sym) *symtab,
+                         const ElfW(Rela) * rel, size_t n, const ElfW(Sym) * symtab,
                          const char *strtab)
 {
   for (size_t i = 0; i < n && !w->err; i++) {
@@ -210,7 +210,7 @@ static void patch_relocs(patch_walk *w, got_obj *o, const obj_layout *l, uint32_
       continue;
     const ElfW(Sym) *sym = &symtab[HP_R_SYM(rel[i].r_info)];
     if (sym->st_shndx != SHN_UNDEF || sym->st_name == 0)
-      continue;   /* the object's own definition: not ours to redirect */
+      continue; /* the object's own definition: not ours to redirect */
     int k = sym_index(w, mask, strtab + sym->st_name);
     if (k < 0)
       continue;
@@ -241,13 +241,13 @@ static void patch_obj(patch_walk *w, got_obj *o, const obj_layout *l, uint32_t m
   long pltrel = DT_RELA;
   for (const ElfW(Dyn) *d = l->dyn; d->d_tag != DT_NULL; d++) {
     switch (d->d_tag) {
-    case DT_JMPREL:   jmprel = dyn_ptr(l, d->d_un.d_ptr); break;
+    case DT_JMPREL: jmprel = dyn_ptr(l, d->d_un.d_ptr); break;
     case DT_PLTRELSZ: pltrelsz = d->d_un.d_val; break;
-    case DT_PLTREL:   pltrel = (long)d->d_un.d_val; break;
-    case DT_RELA:     rela = dyn_ptr(l, d->d_un.d_ptr); break;
-    case DT_RELASZ:   relasz = d->d_un.d_val; break;
-    case DT_SYMTAB:   symtab = dyn_ptr(l, d->d_un.d_ptr); break;
-    case DT_STRTAB:   strtab = dyn_ptr(l, d->d_un.d_ptr); break;
+    case DT_PLTREL: pltrel = (long)d->d_un.d_val; break;
+    case DT_RELA: rela = dyn_ptr(l, d->d_un.d_ptr); break;
+    case DT_RELASZ: relasz = d->d_un.d_val; break;
+    case DT_SYMTAB: symtab = dyn_ptr(l, d->d_un.d_ptr); break;
+    case DT_STRTAB: strtab = dyn_ptr(l, d->d_un.d_ptr); break;
     default: break;
     }
   }
@@ -269,8 +269,10 @@ static int patch_cb(struct dl_phdr_info *info, size_t size, void *arg)
   if (w->err)
     return 1;
   unsigned index = w->index++;
-  if (index == 0 && size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
-    if (w->set->counted && info->dlpi_adds == w->set->adds && info->dlpi_subs == w->set->subs) {
+  if (index == 0 &&
+      size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
+    if (w->set->counted && info->dlpi_adds == w->set->adds &&
+        info->dlpi_subs == w->set->subs) {
       w->unchanged = 1;
       return 1;
     }
@@ -302,7 +304,7 @@ static int patch_cb(struct dl_phdr_info *info, size_t size, void *arg)
   }
   /* Recorded even when nothing in it is chosen, so that it is not looked at again. */
   o = &s->objs[s->nobjs++];
-  *o = (got_obj){ .bias = l.bias, .phdr = info->dlpi_phdr, .seen = 1 };
+  *o = (got_obj){.bias = l.bias, .phdr = info->dlpi_phdr, .seen = 1};
   if (mask)
     patch_obj(w, o, &l, mask);
   return w->err ? 1 : 0;
@@ -323,20 +325,20 @@ static void forget_unseen(hp_got_set *s)
   s->nobjs = j;
 }
 
-int hp_got_patch(hp_got_set *s, const hp_got_sym *syms, uint32_t nsyms, hp_got_choose choose,
-                 void *arg)
+int hp_got_patch(hp_got_set *s, const hp_got_sym *syms, uint32_t nsyms,
+                 hp_got_choose choose, void *arg)
 {
   if (nsyms > HP_GOT_MAX_SYMS)
     return -HP_EINVAL;
   for (size_t i = 0; i < s->nobjs; i++)
     s->objs[i].seen = 0;
-  patch_walk w = { .set = s, .syms = syms, .nsyms = nsyms, .choose = choose, .arg = arg };
+  patch_walk w = {.set = s, .syms = syms, .nsyms = nsyms, .choose = choose, .arg = arg};
   dl_iterate_phdr(patch_cb, &w);
   if (w.unchanged)
     return 0;
   if (w.err) {
     for (size_t i = 0; i < s->nobjs; i++)
-      s->objs[i].seen = 1;   /* an interrupted walk proves nothing unloaded */
+      s->objs[i].seen = 1; /* an interrupted walk proves nothing unloaded */
     return w.err;
   }
   forget_unseen(s);
@@ -374,7 +376,7 @@ static int restore_cb(struct dl_phdr_info *info, size_t size, void *arg)
 
 int hp_got_restore(hp_got_set *s)
 {
-  restore_walk w = { .set = s };
+  restore_walk w = {.set = s};
   dl_iterate_phdr(restore_cb, &w);
   for (size_t i = 0; i < s->nobjs; i++)
     obj_clear(&s->objs[i]);

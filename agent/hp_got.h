@@ -17,9 +17,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HP_GOT_MAX_SYMS 32u   /* functions per hp_got_set */
+#define HP_GOT_MAX_SYMS 32u /* functions per hp_got_set */
 
-typedef struct hp_got_set hp_got_set;   /* opaque: the rewritten slots, by object */
+typedef struct hp_got_set hp_got_set; /* opaque: the rewritten slots, by object */
 
 /* What to do with one loaded object: a bit mask over the symbols passed to hp_got_patch()
  * (bit i: symbol i), 0 to leave the object alone. path is the loader's name for it ("" for
@@ -28,9 +28,9 @@ typedef uint32_t (*hp_got_choose)(const char *path, int is_main, uintptr_t lo, u
                                   void *arg);
 
 typedef struct {
-  const char *name;   /* the symbol, without version */
-  void *real;         /* the function the slot holds when bound (the global definition) */
-  void *hook;         /* what the slot should hold instead */
+  const char *name; /* the symbol, without version */
+  void *real;       /* the function the slot holds when bound (the global definition) */
+  void *hook;       /* what the slot should hold instead */
   /* Another address a bound slot may hold for the same function, or NULL: a non-PIE
    * executable that takes a function's address defines a canonical PLT entry for it, to
    * which GLOB_DAT slots everywhere (and dlsym) resolve, while JUMP_SLOTs get the real
@@ -38,7 +38,7 @@ typedef struct {
   void *alias;
 } hp_got_sym;
 
-hp_got_set *hp_got_set_new(void);   /* NULL on OOM */
+hp_got_set *hp_got_set_new(void); /* NULL on OOM */
 /* Restores nothing: call hp_got_restore() first. NULL is a no-op. */
 void hp_got_set_free(hp_got_set *s);
 
@@ -46,8 +46,8 @@ void hp_got_set_free(hp_got_set *s);
  * HP_GOT_MAX_SYMS, borrowed for the call), and forgets the objects unloaded since the last
  * call. Returns the number of slots rewritten now (>= 0), or -HP_ENOMEM (the slots
  * rewritten until then are recorded). */
-int hp_got_patch(hp_got_set *s, const hp_got_sym *syms, uint32_t nsyms, hp_got_choose choose,
-                 void *arg);
+int hp_got_patch(hp_got_set *s, const hp_got_sym *syms, uint32_t nsyms,
+                 hp_got_choose choose, void *arg);
 
 /* Puts back every recorded slot of the objects still loaded that still holds our hook,
  * and forgets them all. Returns the number of slots written back. */

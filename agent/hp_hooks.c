@@ -34,11 +34,11 @@ typedef struct {
   PyMemAllocatorEx prev;
   hp_domain domain;
   PyMemAllocatorDomain py_domain;
-  void *(*ours)(void *, size_t);   /* the malloc hook installed on py_domain */
+  void *(*ours)(void *, size_t); /* the malloc hook installed on py_domain */
 } hook_ctx;
 
 /* Written once by hp_hooks_install() under the GIL before the hooks go live. */
-static hook_ctx g_ctx[3];   /* indexed by CTX_* */
+static hook_ctx g_ctx[3]; /* indexed by CTX_* */
 enum { CTX_RAW, CTX_MEM, CTX_OBJ };
 static int g_installed;
 
@@ -135,7 +135,8 @@ static inline int small_unsampled(hp_hooks_tls *t, size_t size)
 
 /* A request that may reach another hook (raw domain, or above pymalloc's threshold):
  * flagged so that the nested call passes through. */
-static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hp_hooks_tls *t, size_t size)
+static __attribute__((noinline)) void *malloc_flagged(hook_ctx *c, hp_hooks_tls *t,
+                                                      size_t size)
 {
   hp_hooks_enter(t);
   void *p = c->prev.malloc(c->prev.ctx, size);
@@ -173,7 +174,8 @@ static void *sampled_block_malloc(hook_ctx *c, size_t size, int *record)
 }
 
 /* Everything but the mem/obj fast path: off, stats, re-entry, large, or sampled. */
-static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hp_hooks_tls *t, size_t size)
+static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hp_hooks_tls *t,
+                                                   size_t size)
 {
   uint64_t est;
   int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
@@ -186,7 +188,7 @@ static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hp_hooks_tls *t,
     return c->prev.malloc(c->prev.ctx, size);
   }
   int sampled = hp_sampler_sample_slow(&hp_agent_sampler, &t->sampler, size, &est);
-  hp_hooks_leave(t);   /* the key follows a newly drawn countdown's generation */
+  hp_hooks_leave(t); /* the key follows a newly drawn countdown's generation */
   if (!sampled || !sample_room())
     return c->prev.malloc(c->prev.ctx, size);
   hp_hooks_enter(t);
@@ -226,12 +228,12 @@ static void *hook_raw_malloc(void *ctx, size_t size)
 
 /* A small mem/obj calloc while profiling with g_frees_via_raw: the sampling decision
  * comes first, because a sampled block must come from the raw allocator. */
-static void *calloc_small_sampling(hook_ctx *c, hp_hooks_tls *t, size_t nelem, size_t elsize,
-                                   size_t size)
+static void *calloc_small_sampling(hook_ctx *c, hp_hooks_tls *t, size_t nelem,
+                                   size_t elsize, size_t size)
 {
   uint64_t est;
   int sampled = hp_sampler_sample_slow(&hp_agent_sampler, &t->sampler, size, &est);
-  hp_hooks_leave(t);   /* the key follows a newly drawn countdown's generation */
+  hp_hooks_leave(t); /* the key follows a newly drawn countdown's generation */
   if (!sampled || !sample_room())
     return c->prev.calloc(c->prev.ctx, nelem, elsize);
   hp_hooks_enter(t);
@@ -239,7 +241,7 @@ static void *calloc_small_sampling(hook_ctx *c, hp_hooks_tls *t, size_t nelem, s
   void *p = g_ctx[CTX_RAW].prev.calloc(g_ctx[CTX_RAW].prev.ctx, nelem, elsize);
   if (p) {
     record_sample_room(c->domain, p, size, est);
-  } else {   /* as in sampled_block_malloc */
+  } else { /* as in sampled_block_malloc */
     sampled_block_fallback(saved_errno);
     p = c->prev.calloc(c->prev.ctx, nelem, elsize);
   }
@@ -247,8 +249,8 @@ static void *calloc_small_sampling(hook_ctx *c, hp_hooks_tls *t, size_t nelem, s
   return p;
 }
 
-static __attribute__((noinline)) void *calloc_slow(hook_ctx *c, hp_hooks_tls *t, size_t nelem,
-                                                   size_t elsize)
+static __attribute__((noinline)) void *calloc_slow(hook_ctx *c, hp_hooks_tls *t,
+                                                   size_t nelem, size_t elsize)
 {
   int mode = atomic_load_explicit(&hp_agent_mode, memory_order_relaxed);
   size_t size;
@@ -259,7 +261,7 @@ static __attribute__((noinline)) void *calloc_slow(hook_ctx *c, hp_hooks_tls *t,
     return calloc_small_sampling(c, t, nelem, elsize, size);
   hp_hooks_enter(t);
   void *p = c->prev.calloc(c->prev.ctx, nelem, elsize);
-  if (p)   /* a product that overflows was refused by the real calloc */
+  if (p) /* a product that overflows was refused by the real calloc */
     after_alloc(t, c->domain, p, nelem * elsize);
   hp_hooks_leave(t);
   return p;
@@ -321,7 +323,8 @@ static __attribute__((noinline)) void *realloc_any(hook_ctx *c, void *ptr, size_
   /* The old block's free is looked up even while re-entering, as in free_slow(). */
   if (ptr && mode == HP_MODE_PROFILE &&
       !hp_addrtab_filter_absent(atomic_load_explicit(&hp_agent_free_filter,
-                                                     memory_order_relaxed), (uintptr_t)ptr)) {
+                                                     memory_order_relaxed),
+                                (uintptr_t)ptr)) {
     int saved_errno = errno;
     int was_reentrant = hp_hooks_is_reentrant(t);
     hp_hooks_enter(t);
@@ -350,9 +353,9 @@ static __attribute__((noinline)) void *realloc_any(hook_ctx *c, void *ptr, size_
 static inline void *realloc_fast(hook_ctx *c, void *ptr, size_t size)
 {
   hp_hooks_tls *t = &hp_hooks_t;
-  if (HP_LIKELY(hp_addrtab_filter_absent(
-                    atomic_load_explicit(&hp_agent_free_filter, memory_order_relaxed),
-                    (uintptr_t)ptr) &&
+  if (HP_LIKELY(hp_addrtab_filter_absent(atomic_load_explicit(&hp_agent_free_filter,
+                                                              memory_order_relaxed),
+                                         (uintptr_t)ptr) &&
                 small_unsampled(t, size))) {
     hp_hooks_enter(t);
     void *p = c->prev.realloc(c->prev.ctx, ptr, size);
@@ -377,7 +380,8 @@ static void *hook_raw_realloc(void *ctx, void *ptr, size_t size)
  * from within pymalloc's PyMem_RawRealloc): their blocks looked leaked. */
 static __attribute__((noinline)) void free_slow(hook_ctx *c, hp_hooks_tls *t, void *ptr)
 {
-  if (!ptr || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE) {
+  if (!ptr ||
+      atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE) {
     c->prev.free(c->prev.ctx, ptr);
     return;
   }
@@ -396,8 +400,9 @@ static inline void free_fast(hook_ctx *c, void *ptr)
   /* Fast path: the counting filter proves most pointers were never sampled (and, while
    * not profiling, is all zero). No TLS and no mode: re-entry, NULL and the mode matter
    * only for the few pointers the filter lets by. */
-  if (HP_LIKELY(hp_addrtab_filter_absent(
-          atomic_load_explicit(&hp_agent_free_filter, memory_order_relaxed), (uintptr_t)ptr))) {
+  if (HP_LIKELY(hp_addrtab_filter_absent(atomic_load_explicit(&hp_agent_free_filter,
+                                                              memory_order_relaxed),
+                                         (uintptr_t)ptr))) {
     c->prev.free(c->prev.ctx, ptr);
     return;
   }
@@ -424,7 +429,8 @@ int hp_hooks_sample_free(hp_hooks_tls *t, void *ptr)
 }
 
 /* The mem and obj domains: ctx is the domain's hook_ctx. */
-static HP_HOT_HOOK __attribute__((aligned(64))) void *hook_pym_malloc(void *ctx, size_t size)
+static HP_HOT_HOOK __attribute__((aligned(64))) void *hook_pym_malloc(void *ctx,
+                                                                      size_t size)
 {
   return malloc_fast(ctx, size);
 }
@@ -503,7 +509,7 @@ void hp_hooks_reuse_stop(void)
  * that an interpreter without it only loses the optimisation. Anything else (a debug
  * allocator, PYTHONMALLOC=malloc, tracemalloc or another profiler hooked first) keeps
  * every free hooked. */
-static const char *(*g_allocator_name)(void);   /* set at install; NULL if absent */
+static const char *(*g_allocator_name)(void); /* set at install; NULL if absent */
 
 static int allocators_are_pymalloc(void)
 {
@@ -567,16 +573,22 @@ int hp_hooks_in_hook(void)
 int hp_hooks_install(void)
 {
   /* Indexed by CTX_*. */
-  static const PyMemAllocatorDomain domains[3] = { PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM,
-                                                   PYMEM_DOMAIN_OBJ };
-  static const hp_domain ours[3] = { HP_DOMAIN_RAW, HP_DOMAIN_MEM, HP_DOMAIN_OBJ };
+  static const PyMemAllocatorDomain domains[3] = {PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM,
+                                                  PYMEM_DOMAIN_OBJ};
+  static const hp_domain ours[3] = {HP_DOMAIN_RAW, HP_DOMAIN_MEM, HP_DOMAIN_OBJ};
   static const PyMemAllocatorEx hooks[3] = {
-    [CTX_RAW] = { .malloc = hook_raw_malloc, .calloc = hook_raw_calloc,
-                  .realloc = hook_raw_realloc, .free = hook_raw_free },
-    [CTX_MEM] = { .malloc = hook_pym_malloc, .calloc = hook_pym_calloc,
-                  .realloc = hook_pym_realloc, .free = hook_pym_free },
-    [CTX_OBJ] = { .malloc = hook_pym_malloc, .calloc = hook_pym_calloc,
-                  .realloc = hook_pym_realloc, .free = hook_pym_free },
+    [CTX_RAW] = {.malloc = hook_raw_malloc,
+                 .calloc = hook_raw_calloc,
+                 .realloc = hook_raw_realloc,
+                 .free = hook_raw_free},
+    [CTX_MEM] = {.malloc = hook_pym_malloc,
+                 .calloc = hook_pym_calloc,
+                 .realloc = hook_pym_realloc,
+                 .free = hook_pym_free},
+    [CTX_OBJ] = {.malloc = hook_pym_malloc,
+                 .calloc = hook_pym_calloc,
+                 .realloc = hook_pym_realloc,
+                 .free = hook_pym_free},
   };
   if (g_installed)
     return 0;
@@ -587,8 +599,8 @@ int hp_hooks_install(void)
     g_ctx[i].py_domain = domains[i];
     g_ctx[i].ours = hooks[i].malloc;
   }
-  g_allocator_name =
-      (const char *(*)(void))dlsym(RTLD_DEFAULT, "_PyMem_GetCurrentAllocatorName");
+  g_allocator_name = (const char *(*)(void))dlsym(RTLD_DEFAULT,
+                                                  "_PyMem_GetCurrentAllocatorName");
   g_frees_via_raw = allocators_are_pymalloc();
   if (pthread_atfork(NULL, NULL, hooks_after_fork_child) != 0)
     return -HP_ENOMEM;

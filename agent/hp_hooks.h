@@ -27,7 +27,7 @@ int hp_hooks_replaced(void);
  * stop before it stops; the caller holds the GIL. Start returns 0, or -1 when this
  * interpreter offers no hook for it (CPython 3.11, 3.12): such blocks then keep the
  * stack of their first allocation until they are freed. */
-int  hp_hooks_reuse_start(void);
+int hp_hooks_reuse_start(void);
 void hp_hooks_reuse_stop(void);
 
 /* While on, the calling thread's allocations pass through unprofiled, as the agent's

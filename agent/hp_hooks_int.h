@@ -17,7 +17,7 @@
 typedef struct {
   hp_sampler_tls sampler;
   uint32_t key;
-  uintptr_t fresh;   /* the block of this thread's latest sample: see block_created() */
+  uintptr_t fresh; /* the block of this thread's latest sample: see block_created() */
 } hp_hooks_tls;
 
 /* initial-exec: a fixed offset from the thread pointer, no __tls_get_addr call (which

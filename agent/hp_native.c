@@ -17,7 +17,7 @@
  *
  * Sizes recorded are those the caller asked for (pvalloc's rounding and malloc's
  * headers are the allocator's business, as in the PEP 445 domains). */
-#include <Python.h>   /* PyObject_Malloc, only to find the interpreter's object */
+#include <Python.h> /* PyObject_Malloc, only to find the interpreter's object */
 
 #include "hp_native.h"
 
@@ -59,8 +59,8 @@ static struct {
 } real;
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
-static hp_got_set *g_set;        /* under g_lock */
-static int g_resolved;           /* under g_lock: real is filled */
+static hp_got_set *g_set; /* under g_lock */
+static int g_resolved;    /* under g_lock: real is filled */
 /* Slots are rewritten, dlopen rewrites new objects, the allocation hooks sample. Cleared
  * first by stop. */
 static _Atomic int g_started;
@@ -79,8 +79,9 @@ static inline int profiling_off(void)
 
 static inline int maybe_sampled(const void *p)
 {
-  return !hp_addrtab_filter_absent(
-      atomic_load_explicit(&hp_agent_free_filter, memory_order_relaxed), (uintptr_t)p);
+  return !hp_addrtab_filter_absent(atomic_load_explicit(&hp_agent_free_filter,
+                                                        memory_order_relaxed),
+                                   (uintptr_t)p);
 }
 
 /* ---- the malloc family ---- */
@@ -105,7 +106,7 @@ static void *nat_calloc(size_t nelem, size_t elsize)
     return real.calloc(nelem, elsize);
   hp_hooks_enter(t);
   void *p = real.calloc(nelem, elsize);
-  if (p)   /* a product that overflows was refused by the real calloc */
+  if (p) /* a product that overflows was refused by the real calloc */
     hp_hooks_sample_alloc(t, HP_DOMAIN_NATIVE, p, nelem * elsize);
   hp_hooks_leave(t);
   return p;
@@ -132,7 +133,7 @@ static void *nat_reallocarray(void *ptr, size_t nelem, size_t elsize)
 {
   size_t size;
   if (__builtin_mul_overflow(nelem, elsize, &size))
-    return real.reallocarray(ptr, nelem, elsize);   /* fails with ENOMEM, ptr untouched */
+    return real.reallocarray(ptr, nelem, elsize); /* fails with ENOMEM, ptr untouched */
   hp_hooks_tls *t = &hp_hooks_t;
   if (ptr && maybe_sampled(ptr))
     hp_hooks_sample_free(t, ptr);
@@ -172,35 +173,35 @@ static int nat_posix_memalign(void **out, size_t align, size_t size)
 }
 
 /* aligned_alloc and memalign: (alignment, size). */
-#define NAT_ALIGNED(fn)                                                                      \
-  static void *nat_##fn(size_t align, size_t size)                                           \
-  {                                                                                          \
-    hp_hooks_tls *t = &hp_hooks_t;                                                           \
-    if (hp_hooks_is_reentrant(t) || profiling_off())                                         \
-      return real.fn(align, size);                                                           \
-    hp_hooks_enter(t);                                                                       \
-    void *p = real.fn(align, size);                                                          \
-    if (p)                                                                                   \
-      hp_hooks_sample_alloc(t, HP_DOMAIN_NATIVE, p, size);                                   \
-    hp_hooks_leave(t);                                                                       \
-    return p;                                                                                \
+#define NAT_ALIGNED(fn) \
+  static void *nat_##fn(size_t align, size_t size) \
+  { \
+    hp_hooks_tls *t = &hp_hooks_t; \
+    if (hp_hooks_is_reentrant(t) || profiling_off()) \
+      return real.fn(align, size); \
+    hp_hooks_enter(t); \
+    void *p = real.fn(align, size); \
+    if (p) \
+      hp_hooks_sample_alloc(t, HP_DOMAIN_NATIVE, p, size); \
+    hp_hooks_leave(t); \
+    return p; \
   }
 NAT_ALIGNED(aligned_alloc)
 NAT_ALIGNED(memalign)
 
 /* valloc and pvalloc: (size), page-aligned. */
-#define NAT_PAGED(fn)                                                                        \
-  static void *nat_##fn(size_t size)                                                         \
-  {                                                                                          \
-    hp_hooks_tls *t = &hp_hooks_t;                                                           \
-    if (hp_hooks_is_reentrant(t) || profiling_off())                                         \
-      return real.fn(size);                                                                  \
-    hp_hooks_enter(t);                                                                       \
-    void *p = real.fn(size);                                                                 \
-    if (p)                                                                                   \
-      hp_hooks_sample_alloc(t, HP_DOMAIN_NATIVE, p, size);                                   \
-    hp_hooks_leave(t);                                                                       \
-    return p;                                                                                \
+#define NAT_PAGED(fn) \
+  static void *nat_##fn(size_t size) \
+  { \
+    hp_hooks_tls *t = &hp_hooks_t; \
+    if (hp_hooks_is_reentrant(t) || profiling_off()) \
+      return real.fn(size); \
+    hp_hooks_enter(t); \
+    void *p = real.fn(size); \
+    if (p) \
+      hp_hooks_sample_alloc(t, HP_DOMAIN_NATIVE, p, size); \
+    hp_hooks_leave(t); \
+    return p; \
   }
 NAT_PAGED(valloc)
 NAT_PAGED(pvalloc)
@@ -305,14 +306,28 @@ static int nat_dlclose(void *h)
 
 /* Indexed by SYM_*; the bits of hp_got_choose's mask. */
 enum {
-  SYM_MALLOC, SYM_CALLOC, SYM_REALLOC, SYM_REALLOCARRAY, SYM_FREE, SYM_POSIX_MEMALIGN,
-  SYM_ALIGNED_ALLOC, SYM_MEMALIGN, SYM_VALLOC, SYM_PVALLOC, SYM_MMAP, SYM_MMAP64,
-  SYM_MUNMAP, SYM_MREMAP, SYM_DLOPEN, SYM_DLCLOSE, SYM_COUNT
+  SYM_MALLOC,
+  SYM_CALLOC,
+  SYM_REALLOC,
+  SYM_REALLOCARRAY,
+  SYM_FREE,
+  SYM_POSIX_MEMALIGN,
+  SYM_ALIGNED_ALLOC,
+  SYM_MEMALIGN,
+  SYM_VALLOC,
+  SYM_PVALLOC,
+  SYM_MMAP,
+  SYM_MMAP64,
+  SYM_MUNMAP,
+  SYM_MREMAP,
+  SYM_DLOPEN,
+  SYM_DLCLOSE,
+  SYM_COUNT
 };
 
-static hp_got_sym g_syms[SYM_COUNT];   /* under g_lock; .real NULL: absent here */
+static hp_got_sym g_syms[SYM_COUNT]; /* under g_lock; .real NULL: absent here */
 static hp_got_sym g_present[SYM_COUNT];
-static uint32_t g_npresent, g_all_mask, g_loader_mask;   /* over g_present */
+static uint32_t g_npresent, g_all_mask, g_loader_mask; /* over g_present */
 
 static const char *base_name(const char *path)
 {
@@ -345,7 +360,8 @@ static uint32_t choose(const char *path, int is_main, uintptr_t lo, uintptr_t hi
       starts_with(name, "libclang_rt"))
     return 0;
   /* The interpreter: its allocations come through PEP 445 already. */
-  if (is_main || contains(lo, hi, (const void *)PyObject_Malloc) || starts_with(name, "libpython"))
+  if (is_main || contains(lo, hi, (const void *)PyObject_Malloc) ||
+      starts_with(name, "libpython"))
     return g_loader_mask;
   return g_all_mask;
 }
@@ -390,7 +406,7 @@ static int objs_cb(struct dl_phdr_info *info, size_t size, void *arg)
  * a slot holding either address is ours to rewrite (hp_got_sym.alias). */
 static void definitions_past_canonical_plt(void)
 {
-  objs_walk w = { 0 };
+  objs_walk w = {0};
   dl_iterate_phdr(objs_cb, &w);
   for (int i = 0; i < SYM_COUNT; i++) {
     hp_got_sym *g = &g_syms[i];
@@ -415,8 +431,8 @@ static void definitions_past_canonical_plt(void)
 
 static void resolve_unlocked(void)
 {
-#define SYM(idx, fn)                                                                         \
-  g_syms[idx] = (hp_got_sym){ #fn, dlsym(RTLD_DEFAULT, #fn), (void *)nat_##fn, NULL }
+#define SYM(idx, fn) \
+  g_syms[idx] = (hp_got_sym){#fn, dlsym(RTLD_DEFAULT, #fn), (void *)nat_##fn, NULL}
   SYM(SYM_MALLOC, malloc);
   SYM(SYM_CALLOC, calloc);
   SYM(SYM_REALLOC, realloc);
@@ -494,7 +510,7 @@ int hp_native_start(void)
     resolve_unlocked();
     errno = saved_errno;
     if (!real.malloc || !real.free || !real.realloc || !real.calloc) {
-      rc = 0;   /* nothing sensible to interpose */
+      rc = 0; /* nothing sensible to interpose */
       goto out_unlock;
     }
     if (pthread_atfork(atfork_prepare, atfork_release, atfork_release) != 0) {

@@ -83,8 +83,9 @@ static inline size_t preheader_size(PyTypeObject *tp)
 static inline void object_created(PyObject *op)
 {
   uintptr_t block = (uintptr_t)op - preheader_size(Py_TYPE(op));
-  const _Atomic uint8_t *filter = atomic_load_explicit(
-      atomic_load_explicit(&g_filter, memory_order_relaxed), memory_order_relaxed);
+  const _Atomic uint8_t *filter =
+    atomic_load_explicit(atomic_load_explicit(&g_filter, memory_order_relaxed),
+                         memory_order_relaxed);
   if (__builtin_expect(!hp_addrtab_filter_absent(filter, block), 0))
     atomic_load_explicit(&g_created, memory_order_relaxed)(block);
 }
@@ -115,7 +116,7 @@ int hp_pyframe_reuse_start(void (*created)(uintptr_t block),
   void *data;
   PyRefTracer cur = PyRefTracer_GetTracer(&data);
   if (cur == on_ref_event || cur == on_ref_event_chained)
-    return 0;   /* still ours, e.g. in a fork child starting its own session */
+    return 0; /* still ours, e.g. in a fork child starting its own session */
   atomic_store_explicit(&g_created, created, memory_order_relaxed);
   atomic_store_explicit(&g_filter, filter, memory_order_relaxed);
   atomic_store_explicit(&g_prev_tracer, cur, memory_order_relaxed);

@@ -20,7 +20,8 @@
 static PyThreadState *main_gil_holder(void)
 {
   PyThreadState *ts = _PyThreadState_UncheckedGet();
-  if (!ts || ts != PyGILState_GetThisThreadState() || ts->interp != PyInterpreterState_Main())
+  if (!ts || ts != PyGILState_GetThisThreadState() ||
+      ts->interp != PyInterpreterState_Main())
     return NULL;
   return ts;
 }
@@ -44,7 +45,8 @@ static PyThreadState *detached_own_state(void)
   return ts;
 }
 
-static uint32_t walk_state(PyThreadState *ts, hp_pyframe *out, uint32_t max, uint8_t *truncated);
+static uint32_t walk_state(PyThreadState *ts, hp_pyframe *out, uint32_t max,
+                           uint8_t *truncated);
 
 uint32_t hp_pyframe_walk(hp_pyframe *out, uint32_t max, uint8_t *truncated)
 {
@@ -64,7 +66,8 @@ uint32_t hp_pyframe_walk_detached(hp_pyframe *out, uint32_t max, uint8_t *trunca
   return walk_state(ts, out, max, truncated);
 }
 
-static uint32_t walk_state(PyThreadState *ts, hp_pyframe *out, uint32_t max, uint8_t *truncated)
+static uint32_t walk_state(PyThreadState *ts, hp_pyframe *out, uint32_t max,
+                           uint8_t *truncated)
 {
   uint32_t n = 0;
   for (_PyInterpreterFrame *f = first_frame(ts); f; f = f->previous) {
@@ -98,9 +101,9 @@ static int on_code_event(PyCodeEvent event, PyCodeObject *code)
 static int watch_codes_with_watcher(void (*destroyed)(PyCodeObject *code))
 {
   if (PyInterpreterState_Get() != PyInterpreterState_Main())
-    return -1;   /* the main interpreter's code would go unwatched */
+    return -1; /* the main interpreter's code would go unwatched */
   g_code_destroyed = destroyed;
-  if (PyCode_AddWatcher(on_code_event) < 0) {   /* all watcher slots taken */
+  if (PyCode_AddWatcher(on_code_event) < 0) { /* all watcher slots taken */
     PyErr_Clear();
     return -1;
   }

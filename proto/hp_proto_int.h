@@ -15,15 +15,15 @@
 #include "hp_proto.h"
 
 #if defined(__GNUC__)
-#define HP_NOINLINE __attribute__((noinline))
-#define HP_COLD __attribute__((cold))
-#define HP_LIKELY(x) __builtin_expect(!!(x), 1)
-#define HP_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define HP_NOINLINE     __attribute__((noinline))
+#define HP_COLD         __attribute__((cold))
+#define HP_LIKELY(x)    __builtin_expect(!!(x), 1)
+#define HP_UNLIKELY(x)  __builtin_expect(!!(x), 0)
 #define HP_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
 #define HP_NOINLINE
 #define HP_COLD
-#define HP_LIKELY(x) (x)
+#define HP_LIKELY(x)   (x)
 #define HP_UNLIKELY(x) (x)
 #define HP_PRINTF(f, a)
 #endif
@@ -41,10 +41,10 @@
 #define HP_GOODBYE_NELEM    4u
 #define HP_THREAD_DEF_NELEM 3u
 #define HP_MARKER_NELEM     3u
-#define HP_ALLOC_NELEM      8u   /* [0, ts_delta, tid, domain, addr, size, est, stack_id] */
-#define HP_FREE_NELEM       4u   /* [1, ts_delta, tid, addr] */
-#define HP_REATTR_NELEM     5u   /* [2, ts_delta, tid, addr, stack_id] */
-#define HP_BUCKET_NELEM     2u   /* [max_size, rate] */
+#define HP_ALLOC_NELEM      8u /* [0, ts_delta, tid, domain, addr, size, est, stack_id] */
+#define HP_FREE_NELEM       4u /* [1, ts_delta, tid, addr] */
+#define HP_REATTR_NELEM     5u /* [2, ts_delta, tid, addr, stack_id] */
+#define HP_BUCKET_NELEM     2u /* [max_size, rate] */
 
 /* Element positions (1-based) named in errors. */
 /* One line per message, laid out by hand. */
@@ -82,7 +82,7 @@ int hp_proto_fail(hp_errbuf *eb, int code, int msg_type, unsigned field, const c
 /* Like hp_proto_fail for a field of one event inside EVENTS. */
 int hp_proto_fail_event(hp_errbuf *eb, int code, uint32_t index, unsigned kind,
                         unsigned field, const char *fmt, ...) HP_NOINLINE HP_COLD
-    HP_PRINTF(6, 7);
+  HP_PRINTF(6, 7);
 
 /* Name of element `field` of a message of type msg_type ("frame_ids"); "?" if none. */
 const char *hp_proto_field_name(int msg_type, unsigned field);
@@ -103,7 +103,8 @@ int hp_check_event_slow(const hp_event *ev, uint32_t index, hp_errbuf *eb) HP_NO
 
 /* The per-event check runs once per event on both sides, so its passing path is
  * inline; the failing path finds and reports the offending field. */
-static inline int hp_check_event(const hp_event *ev, uint32_t index, hp_errbuf *eb) {
+static inline int hp_check_event(const hp_event *ev, uint32_t index, hp_errbuf *eb)
+{
   if (HP_LIKELY((ev->kind == HP_EV_FREE || ev->kind == HP_EV_REATTRIBUTE) &&
                 ev->ts_ns <= HP_MAX_I64))
     return 0;
