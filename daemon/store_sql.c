@@ -40,7 +40,8 @@ static const char *const sql_text[ST_COUNT] = {
   [ST_INS_STACK] = "INSERT INTO stack(id, hash, depth, truncated) VALUES(?,?,?,?)",
   [ST_INS_STACK_FRAME] = "INSERT INTO stack_frame(stack_id, depth, frame_id) VALUES(?,?,?)",
   [ST_INS_ALLOC] = ALLOC_INSERT "(?,?,?,?,?,?,?,?,?,?)",
-  [ST_UPD_FREE] = "UPDATE alloc SET freed_ns=?2 WHERE id=?1",
+  [ST_UPD_FREE] =
+    "UPDATE alloc SET freed_ns=?2 WHERE id=?1 RETURNING session_id, stack_id, est_bytes, size",
   [ST_UPSERT_TL] =
     "INSERT INTO timeline_point(session_id, ts_ns, live_bytes, live_count, end_bytes)"
     " VALUES(?,?,?,?,?) ON CONFLICT(session_id, ts_ns) DO UPDATE SET"
@@ -53,6 +54,20 @@ static const char *const sql_text[ST_COUNT] = {
     "INSERT INTO thread_name(session_id, thread_id, name) VALUES(?1,?2,?3)"
     " ON CONFLICT(session_id, thread_id) DO UPDATE SET name=excluded.name",
   [ST_INS_MARKER] = "INSERT INTO marker(session_id, ts_ns, label) VALUES(?,?,?)",
+  [ST_INS_AGG_SESSION] = "INSERT OR IGNORE INTO agg_session(session_id, bucket_ns) VALUES(?,?)",
+  [ST_UPSERT_AGG_STACK] =
+    "INSERT INTO agg_stack(session_id, bucket_ns, stack_id, alloc_bytes, alloc_count,"
+    " alloc_samples, freed_bytes, freed_count, freed_samples) VALUES(?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT(session_id, bucket_ns, stack_id) DO UPDATE SET"
+    " alloc_bytes=alloc_bytes+excluded.alloc_bytes, alloc_count=alloc_count+excluded.alloc_count,"
+    " alloc_samples=alloc_samples+excluded.alloc_samples,"
+    " freed_bytes=freed_bytes+excluded.freed_bytes, freed_count=freed_count+excluded.freed_count,"
+    " freed_samples=freed_samples+excluded.freed_samples",
+  [ST_UPSERT_AGG_SIZE] =
+    "INSERT INTO agg_size(session_id, size_class, samples, est_count, est_bytes)"
+    " VALUES(?,?,?,?,?) ON CONFLICT(session_id, size_class) DO UPDATE SET"
+    " samples=samples+excluded.samples, est_count=est_count+excluded.est_count,"
+    " est_bytes=est_bytes+excluded.est_bytes",
 };
 
 /* The statements that bind text (SQLITE_STATIC). */
@@ -163,6 +178,8 @@ static void bind_alloc(sqlite3_stmt *st, int col, const int64_t *v) {
 /* Inserts n alloc rows: HP_STORE_MULTI of them in one statement, fewer one by one. */
 static void insert_allocs(hp_store *s, int64_t (*rows)[HP_TXOP_VALUES], uint32_t n) {
   assert(n <= HP_STORE_MULTI);
+  for (uint32_t j = 0; j < n; j++)
+    store_agg_row(s, rows[j]);
   if (n == HP_STORE_MULTI) {
     for (uint32_t j = 0; j < n; j++)
       bind_alloc(s->ins_multi, (int)j * ALLOC_COLUMNS, rows[j]);
@@ -178,6 +195,25 @@ static void insert_allocs(hp_store *s, int64_t (*rows)[HP_TXOP_VALUES], uint32_t
 static void bind_ints(sqlite3_stmt *st, const int64_t *v, int n) {
   for (int i = 0; i < n; i++)
     sqlite3_bind_int64(st, i + 1, v[i]);
+}
+
+/* Ends a stored row (FREE_* values); its aggregates need what RETURNING says of it. All
+ * of an UPDATE's changes happen at its first step, so the reset after one row is fine. */
+static void free_row(hp_store *s, const int64_t *v) {
+  sqlite3_stmt *st = s->st[ST_UPD_FREE];
+  if (s->broken)
+    return;
+  bind_ints(st, v, 2);  /* FREE_ID, FREE_TS */
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    int64_t stack = sqlite3_column_int64(st, 1);  /* NULL reads as 0, as agg_stack keys it */
+    store_agg_freed(s, sqlite3_column_int64(st, 0), stack, sqlite3_column_int64(st, 2),
+                    sqlite3_column_int64(st, 3), v[FREE_TS]);
+    rc = SQLITE_DONE;
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE)
+    store_sql_break(s, sql_text[ST_UPD_FREE], rc);
 }
 
 /* Executes one write that is not an alloc row (those go through insert_allocs). */
@@ -209,8 +245,7 @@ static void apply(hp_store *s, const hp_txop *op) {
     break;
   }
   case OP_FREE:
-    bind_ints(s->st[ST_UPD_FREE], v, 2);  /* FREE_ID, FREE_TS */
-    (void)store_sql_run(s, ST_UPD_FREE);
+    free_row(s, v);
     break;
   case OP_TIMELINE:
     bind_ints(s->st[ST_UPSERT_TL], v, 5);
