@@ -309,6 +309,7 @@ class Reader:
         self._stacks = {}     # stack_id -> tuple of frame ids, innermost first
         self._frames = {}     # frame_id -> Frame
         self._indexes = {}    # leading columns -> whether an index has them
+        self._bucket_ns = False  # aggregates' bucket width; None: none (see _agg_bucket)
 
     # ---------------------------------------------------------------- lifecycle
     def close(self):
@@ -617,6 +618,8 @@ class Reader:
 
     def _live_by_stack(self, ns):
         """{stack_id: (est bytes, est count, samples)} live at the instant ns."""
+        if self._can_use_aggregates():
+            return self._live_by_stack_agg(ns)
         sql, params = self._live_sql(
             'stack_id, est_bytes, CAST(est_bytes AS REAL) / MAX(size, 1) AS n', ns)
         # '+stack_id': grouping must not pick an index on stack_id, which would visit every
@@ -640,9 +643,70 @@ class Reader:
         return self._live_bytes_ns(self._ns(t))
 
     def _live_bytes_ns(self, ns):
+        if self._can_use_aggregates():
+            return sum(v[0] for v in self._live_by_stack_agg(ns).values())
         sql, params = self._live_sql('est_bytes', ns)
         return int(self._con.execute('SELECT TOTAL(est_bytes) FROM (%s)' % sql,
                                      params).fetchone()[0])
+
+    # ---------------------------------------------------------------- aggregates
+    # heapprofd keeps sums per stack and time bucket, and per size class, in the
+    # transactions of the rows they sum (schema/README.md, "Aggregates"); a session that
+    # has them is answered from them, others (older recordings) from the rows. Both give
+    # the same figures: bytes and samples exactly, estimated counts up to the order of
+    # float summation.
+    def _agg_bucket(self):
+        """The session's aggregate bucket width in ns, or None when it has none."""
+        if self._bucket_ns is False:
+            self._bucket_ns = None
+            if _has_view(self._con, 'aggregated_sessions'):
+                row = self._con.execute('SELECT bucket_ns FROM aggregated_sessions'
+                                        ' WHERE session_id = ?', (self.session_id,)).fetchone()
+                if row is not None and row[0] > 0:
+                    self._bucket_ns = row[0]
+        return self._bucket_ns
+
+    def _can_use_aggregates(self):
+        """Whether live-at-T answers come from the aggregates: they need the rows of one
+        bucket, among them those freed in it, which only an index on freed_ns reaches
+        without reading the session (heapprofd builds it when it stops)."""
+        return self._agg_bucket() is not None and self._has_freed_index()
+
+    def _read_txn(self):
+        """A context in which several SELECTs see one state of a database being recorded
+        (heapprofd commits rows and their aggregates together)."""
+        return _ReadTxn(self._con)
+
+    def _live_by_stack_agg(self, ns):
+        """_live_by_stack(ns) from the aggregates: the buckets before ns's own, plus that
+        bucket's allocations made by ns and live at ns, minus the earlier allocations
+        freed in it by ns."""
+        width, session = self._agg_bucket(), self.session_id
+        edge = ns - ns % width
+        acc = {}
+        with self._read_txn():
+            for sid, b, c, k in self._con.execute(
+                    'SELECT stack_id, TOTAL(alloc_bytes) - TOTAL(freed_bytes),'
+                    ' TOTAL(alloc_count) - TOTAL(freed_count),'
+                    ' TOTAL(alloc_samples) - TOTAL(freed_samples) FROM stack_buckets'
+                    ' WHERE session_id = ? AND bucket_ns < ? GROUP BY stack_id',
+                    (session, edge)):
+                acc[sid] = [b, c, k]
+            for sign, sql in ((1, 'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS'
+                                  ' REAL) / MAX(size, 1)), COUNT(*) FROM allocations'
+                                  ' WHERE session_id = ? AND ts_ns >= ? AND ts_ns <= ?'
+                                  ' AND (freed_ns IS NULL OR freed_ns > ?) GROUP BY +stack_id'),
+                              (-1, 'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS'
+                                   ' REAL) / MAX(size, 1)), COUNT(*) FROM allocations'
+                                   ' WHERE session_id = ? AND freed_ns >= ? AND freed_ns <= ?'
+                                   ' AND +ts_ns < ? GROUP BY +stack_id')):
+                args = (session, edge, ns, ns) if sign > 0 else (session, edge, ns, edge)
+                for sid, b, c, k in self._con.execute(sql, args):
+                    e = acc.setdefault(sid, [0.0, 0.0, 0.0])
+                    e[0] += sign * b
+                    e[1] += sign * c
+                    e[2] += sign * k
+        return {sid: (int(b), c, int(k)) for sid, (b, c, k) in acc.items() if k > 0}
 
     # ---------------------------------------------------------------- steps
     def stack_step_deltas_ns(self, start_ns, step_ns, steps):
@@ -811,19 +875,33 @@ class Reader:
 
     def totals(self):
         """Totals of the session's sampled allocations (see Totals)."""
-        n, b, un, ub = self._con.execute(
-            'SELECT COUNT(*), TOTAL(est_bytes), TOTAL(freed_ns IS NULL),'
-            ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END) FROM allocations'
-            ' WHERE session_id = ?', (self.session_id,)).fetchone()
+        if self._agg_bucket() is not None:
+            n, b, un, ub = self._con.execute(
+                'SELECT TOTAL(alloc_samples), TOTAL(alloc_bytes),'
+                ' TOTAL(alloc_samples) - TOTAL(freed_samples),'
+                ' TOTAL(alloc_bytes) - TOTAL(freed_bytes) FROM stack_buckets'
+                ' WHERE session_id = ?', (self.session_id,)).fetchone()
+            n = int(n)
+        else:
+            n, b, un, ub = self._con.execute(
+                'SELECT COUNT(*), TOTAL(est_bytes), TOTAL(freed_ns IS NULL),'
+                ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END) FROM allocations'
+                ' WHERE session_id = ?', (self.session_id,)).fetchone()
         return Totals(n, int(b), int(un), int(ub))
 
     def allocated_sites(self, n=None):
         """Sites (innermost frames) by the estimated bytes allocated there over the whole
         session, largest first, with the bytes of those that have no recorded free."""
-        rows = self._con.execute(
-            'SELECT stack_id, TOTAL(est_bytes),'
-            ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END) FROM allocations'
-            ' WHERE session_id = ? GROUP BY +stack_id', (self.session_id,)).fetchall()
+        if self._agg_bucket() is not None:
+            rows = self._con.execute(
+                'SELECT stack_id, TOTAL(alloc_bytes), TOTAL(alloc_bytes) - TOTAL(freed_bytes)'
+                ' FROM stack_buckets WHERE session_id = ? GROUP BY stack_id',
+                (self.session_id,)).fetchall()
+        else:
+            rows = self._con.execute(
+                'SELECT stack_id, TOTAL(est_bytes),'
+                ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END) FROM allocations'
+                ' WHERE session_id = ? GROUP BY +stack_id', (self.session_id,)).fetchall()
         self._load_stacks([r[0] for r in rows])
         acc = collections.defaultdict(lambda: [0, 0])
         for sid, b, unfreed in rows:
@@ -906,10 +984,16 @@ class Reader:
         """Sampled allocations by requested size, in power-of-two buckets: 0, 1, 2-3, 4-7,
         ..., [2**(k-1), 2**k - 1], the size classes of `heapprof stats PROGRAM` (the agent's
         hp_stats.h); empty buckets between the smallest and largest are kept."""
-        rows = self._con.execute(
-            'SELECT %s AS b, COUNT(*), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
-            ' TOTAL(est_bytes) FROM allocations WHERE +session_id = ? GROUP BY b ORDER BY b'
-            % _size_bucket_sql(0, 64), (self.session_id,)).fetchall()
+        if self._agg_bucket() is not None:
+            rows = self._con.execute(
+                'SELECT size_class, samples, est_count, est_bytes FROM size_classes'
+                ' WHERE session_id = ? AND samples > 0 ORDER BY size_class',
+                (self.session_id,)).fetchall()
+        else:
+            rows = self._con.execute(
+                'SELECT %s AS b, COUNT(*), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
+                ' TOTAL(est_bytes) FROM allocations WHERE +session_id = ? GROUP BY b'
+                ' ORDER BY b' % _size_bucket_sql(0, 64), (self.session_id,)).fetchall()
         if not rows:
             return []
         got = {b: (n, c, e) for b, n, c, e in rows}
@@ -1014,6 +1098,22 @@ class Reader:
             e[2], e[3] = b, c
         return [StackTotal(sid, g1, g2, *v) for (sid, g1, g2), v in acc.items()
                 if v[0] or v[2]]
+
+
+class _ReadTxn:
+    """BEGIN ... COMMIT around several SELECTs, unless a transaction is open already."""
+
+    def __init__(self, con):
+        self._con, self._own = con, False
+
+    def __enter__(self):
+        if not self._con.in_transaction:
+            self._con.execute('BEGIN')
+            self._own = True
+
+    def __exit__(self, *exc):
+        if self._own:
+            self._con.execute('COMMIT')
 
 
 def _max_per_interval(events, times):
