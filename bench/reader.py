@@ -7,6 +7,9 @@ than a second on a 10-million-allocation session.
 
     python bench/reader.py [--rows 10000000] [--repeat 3] [--rebuild] [--report]
 
+Each operation is timed on three files: the rows only, with the read indexes heapprofd
+builds at shutdown, and with those and the aggregates heapprofd keeps while recording.
+
 Run it with the interpreter the heapprof package is installed into (the venv's python).
 The synthetic workload: 60 s of allocations from 2,000 stacks over 400 frames, most freed
 within ~50 ms, a slowly growing set kept for seconds, 1% never freed, and a spike at 30 s.
@@ -108,6 +111,36 @@ def build(path, rows, seed=1):
     os.replace(tmp, path)
 
 
+def _size_class_sql():
+    """The bit length of size (0 for 0): agg_size's size_class."""
+    return 'CASE WHEN size <= 0 THEN 0 %s ELSE 63 END' % ' '.join(
+        'WHEN size < %d THEN %d' % (1 << k, k) for k in range(1, 63))
+
+
+def add_aggregates(path):
+    """Adds the aggregates heapprofd keeps while recording (schema/README.md, "Aggregates")
+    to the database at path, computed from its rows: what heapprofd would have written
+    (tests/unit/check_store_agg.c and test_daemon_faults check that the two agree)."""
+    db = sqlite3.connect(path)
+    db.executescript("""
+      INSERT INTO agg_session(session_id, bucket_ns) SELECT id, 1000000000 FROM session;
+      INSERT INTO agg_stack SELECT s, b, k, SUM(ab), SUM(ac), SUM(an), SUM(fb), SUM(fc), SUM(fn)
+      FROM (SELECT session_id s, ts_ns - ts_ns %% 1000000000 b, coalesce(stack_id, 0) k,
+                   TOTAL(est_bytes) ab, TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)) ac,
+                   COUNT(*) an, 0 fb, 0 fc, 0 fn FROM alloc GROUP BY 1, 2, 3
+            UNION ALL
+            SELECT session_id, freed_ns - freed_ns %% 1000000000, coalesce(stack_id, 0), 0, 0, 0,
+                   TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)), COUNT(*)
+            FROM alloc WHERE freed_ns IS NOT NULL GROUP BY 1, 2, 3)
+      GROUP BY 1, 2, 3;
+      INSERT INTO agg_size SELECT session_id, %s, COUNT(*),
+             TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)), TOTAL(est_bytes)
+      FROM alloc GROUP BY 1, 2;
+    """ % _size_class_sql())
+    db.commit()
+    db.close()
+
+
 def _time(fn, repeat):
     best = None
     for _ in range(repeat):
@@ -146,15 +179,25 @@ def main(argv=None):
         db = sqlite3.connect(indexed)
         db.executescript(PROPOSED_INDEXES)
         db.close()
+    aggregated = path.replace('.sqlite', '-aggregates.sqlite')
+    if args.rebuild or not os.path.exists(aggregated):
+        print('adding the aggregates to a copy of the indexed one: %s' % aggregated,
+              file=sys.stderr)
+        shutil.copyfile(indexed, aggregated + '.tmp')
+        add_aggregates(aggregated + '.tmp')
+        os.replace(aggregated + '.tmp', aggregated)
     results = [run_ops(path, args.repeat, args.report),
-               run_ops(indexed, args.repeat, args.report)]
+               run_ops(indexed, args.repeat, args.report),
+               run_ops(aggregated, args.repeat, args.report)]
     print('heapprof Reader on %d sampled allocations (best of %d, SQLite %s)'
           % (args.rows, args.repeat, sqlite3.sqlite_version))
-    print('%-40s %14s %14s' % ('operation (seconds)', 'schema v1', '+ indexes'))
-    print('-' * 70)
-    for (name, a), (_, b) in zip(*results):
-        print('%-40s %14.3f %14.3f' % (name, a, b))
+    print('%-40s %14s %14s %14s' % ('operation (seconds)', 'rows only', '+ indexes',
+                                    '+ aggregates'))
+    print('-' * 85)
+    for (name, a), (_, b), (_, c) in zip(*results):
+        print('%-40s %14.3f %14.3f %14.3f' % (name, a, b, c))
     print('+ indexes: ' + ' '.join(PROPOSED_INDEXES.split()))
+    print('+ aggregates: the indexed file with the aggregates heapprofd keeps (schema/README.md)')
     return 0
 
 

@@ -9,8 +9,10 @@
  * transaction's log sums its rows again. An UPSERT per row would cost more than the
  * row's INSERT; one per (session, bucket, stack) per transaction costs a few per cent.
  *
- * The sums live in one open-addressing table keyed by (session, bucket, stack); size
- * classes share it with bucket = -1 - class (real buckets are >= 0: stored times are).
+ * The sums live in one open-addressing table keyed by (session, bucket, stack), and the
+ * size classes of the first AGG_SIZE_SESSIONS sessions of a transaction in arrays; those
+ * of further sessions share the table with bucket = -1 - class (real buckets are >= 0:
+ * stored times are).
  * Its entries are bounded by HP_STORE_AGG_MAX_ENTRIES: at the bound, or when it cannot
  * grow, the sums so far are written at once, which is as correct, only slower. */
 #include "store_int.h"
@@ -19,8 +21,20 @@
 #include <string.h>
 
 #define AGG_MIN_SLOTS 1024u
+#define AGG_SIZE_SESSIONS 8u   /* sessions whose size classes have an array of their own */
+#define AGG_CLASSES 64
+
+/* One session's size classes in this transaction: an array, cheaper than the table for
+ * what every row adds to. */
+typedef struct {
+  int64_t session;            /* 0: unused (session ids start at 1) */
+  double bytes[AGG_CLASSES], count[AGG_CLASSES];
+  int64_t samples[AGG_CLASSES];
+} agg_sizes;
 
 struct store_agg {
+  agg_sizes sizes[AGG_SIZE_SESSIONS];  /* more sessions per transaction use the table */
+  uint32_t nsizes;
   agg_entry *e;        /* entries in insertion order, e[0 .. n) */
   uint32_t n, cap;     /* entries used, allocated */
   uint32_t *slot;      /* 0: empty, else index into e plus 1 */
@@ -53,6 +67,9 @@ void store_agg_free(store_agg *a) {
 
 void store_agg_clear(hp_store *s) {
   store_agg *a = s->agg;
+  if (a->nsizes > 0)
+    memset(a->sizes, 0, a->nsizes * sizeof a->sizes[0]);
+  a->nsizes = 0;
   if (a->n == 0)
     return;
   memset(a->slot, 0, (size_t)a->nslots * sizeof *a->slot);
@@ -144,6 +161,18 @@ static double est_count(int64_t est, int64_t size) {
   return (double)est / (double)(size > 1 ? size : 1);
 }
 
+/* The size-class array of the session, or NULL when AGG_SIZE_SESSIONS are in use. */
+static agg_sizes *sizes_of(store_agg *a, int64_t session) {
+  for (uint32_t i = 0; i < a->nsizes; i++)
+    if (a->sizes[i].session == session)
+      return &a->sizes[i];
+  if (a->nsizes == AGG_SIZE_SESSIONS)
+    return NULL;
+  agg_sizes *z = &a->sizes[a->nsizes++];
+  z->session = session;
+  return z;
+}
+
 void store_agg_row(hp_store *s, const int64_t *v) {
   double count = est_count(v[ALLOC_EST], v[ALLOC_SIZE]);
   double bytes = (double)v[ALLOC_EST];
@@ -154,7 +183,15 @@ void store_agg_row(hp_store *s, const int64_t *v) {
   if (v[ALLOC_FREED] != 0)
     store_agg_freed(s, v[ALLOC_SESSION], v[ALLOC_STACK], v[ALLOC_EST], v[ALLOC_SIZE],
                     v[ALLOC_FREED]);
-  x = entry(s, v[ALLOC_SESSION], -1 - size_class(v[ALLOC_SIZE]), 0);
+  int64_t c = size_class(v[ALLOC_SIZE]);
+  agg_sizes *z = sizes_of(s->agg, v[ALLOC_SESSION]);
+  if (z != NULL) {
+    z->bytes[c] += bytes;
+    z->count[c] += count;
+    z->samples[c]++;
+    return;
+  }
+  x = entry(s, v[ALLOC_SESSION], -1 - c, 0);
   x->alloc_bytes += bytes;
   x->alloc_count += count;
   x->alloc_samples++;
@@ -190,6 +227,19 @@ void store_agg_write(hp_store *s) {
       sqlite3_bind_int64(sz, 3, x->alloc_samples);
       sqlite3_bind_double(sz, 4, x->alloc_count);
       sqlite3_bind_double(sz, 5, x->alloc_bytes);
+      (void)store_sql_run(s, ST_UPSERT_AGG_SIZE);
+    }
+  }
+  for (uint32_t i = 0; i < a->nsizes && !s->broken; i++) {
+    const agg_sizes *z = &a->sizes[i];
+    for (int c = 0; c < AGG_CLASSES && !s->broken; c++) {
+      if (z->samples[c] == 0)
+        continue;
+      sqlite3_bind_int64(sz, 1, z->session);
+      sqlite3_bind_int64(sz, 2, c);
+      sqlite3_bind_int64(sz, 3, z->samples[c]);
+      sqlite3_bind_double(sz, 4, z->count[c]);
+      sqlite3_bind_double(sz, 5, z->bytes[c]);
       (void)store_sql_run(s, ST_UPSERT_AGG_SIZE);
     }
   }

@@ -259,6 +259,23 @@ START_TEST(agg_equal_a_group_by_over_the_rows) {
 }
 END_TEST
 
+/* More sessions in one transaction than have size-class arrays (store_agg.c): the rest
+ * go through the table, with the same result. */
+START_TEST(agg_many_sessions_in_one_transaction) {
+  hp_store *s = start_cfg((hp_store_config){.commit_ms = 100000});
+  hp_store_session *ss[11];
+  for (int i = 0; i < 11; i++)
+    ss[i] = session(s, 100 + i);
+  for (int i = 0; i < 11; i++)
+    workload(s, ss[i], 10u + (unsigned)i, 1);
+  for (int i = 0; i < 11; i++)
+    end(s, ss[i], 2000);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  ck_assert_int_eq(db_int("SELECT count(DISTINCT session_id) FROM agg_size"), 11);
+  ck_assert_int_eq(db_int(mismatch_sql()), 0);
+}
+END_TEST
+
 /* A full disk rolls back transactions with their aggregates; their replay must sum the
  * rows again, once. */
 START_TEST(agg_survive_rolled_back_transactions) {
@@ -326,6 +343,7 @@ Suite *store_agg_suite(void) {
   tcase_set_timeout(core, 60);
   tcase_add_test(core, agg_known_values_of_a_small_session);
   tcase_add_loop_test(core, agg_equal_a_group_by_over_the_rows, 0, 2);
+  tcase_add_test(core, agg_many_sessions_in_one_transaction);
   suite_add_tcase(s, core);
   TCase *faults = tcase_create("faults");
   tcase_add_checked_fixture(faults, setup_faults, teardown_faults);
