@@ -132,7 +132,7 @@ enum {
   ST_BEGIN, ST_COMMIT, ST_INS_SESSION, ST_UPD_SESSION, ST_INS_FRAME, ST_SEL_FRAME,
   ST_SEL_STACK, ST_SEL_STACK_FRAMES, ST_INS_STACK, ST_INS_STACK_FRAME, ST_INS_ALLOC,
   ST_UPD_FREE, ST_UPSERT_TL, ST_INS_SAMPLING, ST_SEL_ALLOC, ST_UPSERT_THREAD, ST_INS_MARKER,
-  ST_INS_AGG_SESSION, ST_UPSERT_AGG_STACK, ST_UPSERT_AGG_SIZE,
+  ST_INS_AGG_SESSION, ST_UPSERT_AGG_STACK, ST_UPSERT_AGG_SIZE, ST_SEL_FREED,
   ST_COUNT
 };
 
@@ -142,7 +142,7 @@ enum {
  * edges reads the rows of at most one bucket. */
 #define HP_STORE_AGG_BUCKET_NS 1000000000LL
 /* Sums one transaction keeps in memory before writing them early (store_agg.c). */
-#define HP_STORE_AGG_MAX_ENTRIES (1u << 20)
+#define HP_STORE_AGG_MAX_ENTRIES (1u << 16)
 
 /* One key's sums of one transaction (store_agg.c). Bytes are doubles, exact below 2^53
  * per key, so that no sum can overflow (SQLite turns an overflowing + into a REAL too). */

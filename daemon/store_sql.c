@@ -40,8 +40,8 @@ static const char *const sql_text[ST_COUNT] = {
   [ST_INS_STACK] = "INSERT INTO stack(id, hash, depth, truncated) VALUES(?,?,?,?)",
   [ST_INS_STACK_FRAME] = "INSERT INTO stack_frame(stack_id, depth, frame_id) VALUES(?,?,?)",
   [ST_INS_ALLOC] = ALLOC_INSERT "(?,?,?,?,?,?,?,?,?,?)",
-  [ST_UPD_FREE] =
-    "UPDATE alloc SET freed_ns=?2 WHERE id=?1 RETURNING session_id, stack_id, est_bytes, size",
+  [ST_UPD_FREE] = "UPDATE alloc SET freed_ns=?2 WHERE id=?1",
+  [ST_SEL_FREED] = "SELECT stack_id, est_bytes, size FROM alloc WHERE id=?1",
   [ST_UPSERT_TL] =
     "INSERT INTO timeline_point(session_id, ts_ns, live_bytes, live_count, end_bytes)"
     " VALUES(?,?,?,?,?) ON CONFLICT(session_id, ts_ns) DO UPDATE SET"
@@ -197,23 +197,25 @@ static void bind_ints(sqlite3_stmt *st, const int64_t *v, int n) {
     sqlite3_bind_int64(st, i + 1, v[i]);
 }
 
-/* Ends a stored row (FREE_* values); its aggregates need what RETURNING says of it. All
- * of an UPDATE's changes happen at its first step, so the reset after one row is fine. */
+/* Ends a stored row (FREE_* values). Its aggregates need the row's stack, est_bytes and
+ * size: read by a SELECT first, which costs far less than the same UPDATE with a
+ * RETURNING clause (SQLite runs that through a temporary table per execution). */
 static void free_row(hp_store *s, const int64_t *v) {
-  sqlite3_stmt *st = s->st[ST_UPD_FREE];
+  sqlite3_stmt *sel = s->st[ST_SEL_FREED];
   if (s->broken)
     return;
-  bind_ints(st, v, 2);  /* FREE_ID, FREE_TS */
-  int rc = sqlite3_step(st);
-  if (rc == SQLITE_ROW) {
-    int64_t stack = sqlite3_column_int64(st, 1);  /* NULL reads as 0, as agg_stack keys it */
-    store_agg_freed(s, sqlite3_column_int64(st, 0), stack, sqlite3_column_int64(st, 2),
-                    sqlite3_column_int64(st, 3), v[FREE_TS]);
-    rc = SQLITE_DONE;
+  sqlite3_bind_int64(sel, 1, v[FREE_ID]);
+  int rc = sqlite3_step(sel);
+  if (rc == SQLITE_ROW)  /* a NULL stack reads as 0, as agg_stack keys it */
+    store_agg_freed(s, v[FREE_SESSION], sqlite3_column_int64(sel, 0),
+                    sqlite3_column_int64(sel, 1), sqlite3_column_int64(sel, 2), v[FREE_TS]);
+  sqlite3_reset(sel);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    store_sql_break(s, sql_text[ST_SEL_FREED], rc);
+    return;
   }
-  sqlite3_reset(st);
-  if (rc != SQLITE_DONE)
-    store_sql_break(s, sql_text[ST_UPD_FREE], rc);
+  bind_ints(s->st[ST_UPD_FREE], v, 2);  /* FREE_ID, FREE_TS */
+  (void)store_sql_run(s, ST_UPD_FREE);
 }
 
 /* Executes one write that is not an alloc row (those go through insert_allocs). */
