@@ -678,11 +678,27 @@ class Reader:
         return _ReadTxn(self._con)
 
     def _live_by_stack_agg(self, ns):
-        """_live_by_stack(ns) from the aggregates: the buckets before ns's own, plus that
-        bucket's allocations made by ns and live at ns, minus the earlier allocations
-        freed in it by ns."""
+        """_live_by_stack(ns) from the aggregates and the rows of the half bucket between ns
+        and its nearer bucket edge. From the edge before ns: the buckets before it, plus
+        the allocations made from the edge to ns and live at ns, minus the earlier ones
+        freed from the edge to ns. From the edge after: the buckets up to it, minus the
+        allocations made after ns and before it that are still live there, plus the ones
+        made by ns and freed after ns and before it."""
         width, session = self._agg_bucket(), self.session_id
         edge = ns - ns % width
+        rows = ('SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) /'
+                ' MAX(size, 1)), COUNT(*) FROM allocations WHERE session_id = ? AND ')
+        if ns - edge <= width // 2:
+            terms = ((1, rows + 'ts_ns >= ? AND ts_ns <= ? AND (freed_ns IS NULL OR'
+                      ' freed_ns > ?) GROUP BY +stack_id', (session, edge, ns, ns)),
+                     (-1, rows + 'freed_ns >= ? AND freed_ns <= ? AND +ts_ns < ?'
+                      ' GROUP BY +stack_id', (session, edge, ns, edge)))
+        else:
+            edge += width
+            terms = ((-1, rows + 'ts_ns > ? AND ts_ns < ? AND (freed_ns IS NULL OR'
+                      ' freed_ns >= ?) GROUP BY +stack_id', (session, ns, edge, edge)),
+                     (1, rows + 'freed_ns > ? AND freed_ns < ? AND +ts_ns <= ?'
+                      ' GROUP BY +stack_id', (session, ns, edge, ns)))
         acc = {}
         with self._read_txn():
             for sid, b, c, k in self._con.execute(
@@ -692,15 +708,7 @@ class Reader:
                     ' WHERE session_id = ? AND bucket_ns < ? GROUP BY stack_id',
                     (session, edge)):
                 acc[sid] = [b, c, k]
-            for sign, sql in ((1, 'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS'
-                                  ' REAL) / MAX(size, 1)), COUNT(*) FROM allocations'
-                                  ' WHERE session_id = ? AND ts_ns >= ? AND ts_ns <= ?'
-                                  ' AND (freed_ns IS NULL OR freed_ns > ?) GROUP BY +stack_id'),
-                              (-1, 'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS'
-                                   ' REAL) / MAX(size, 1)), COUNT(*) FROM allocations'
-                                   ' WHERE session_id = ? AND freed_ns >= ? AND freed_ns <= ?'
-                                   ' AND +ts_ns < ? GROUP BY +stack_id')):
-                args = (session, edge, ns, ns) if sign > 0 else (session, edge, ns, edge)
+            for sign, sql, args in terms:
                 for sid, b, c, k in self._con.execute(sql, args):
                     e = acc.setdefault(sid, [0.0, 0.0, 0.0])
                     e[0] += sign * b
