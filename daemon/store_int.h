@@ -174,6 +174,7 @@ struct hp_store {
   sqlite3_stmt *st[ST_COUNT];
   sqlite3_stmt *ins_multi;     /* ST_INS_ALLOC with HP_STORE_MULTI rows */
   store_agg *agg;              /* the open transaction's aggregates (store_agg.c) */
+  sqlite3_stmt *sel_freed_multi;  /* ST_SEL_FREED for HP_STORE_MULTI ids at once */
   unsigned errors_logged;
 
   /* The open transaction (store_txn.c). */
@@ -336,6 +337,9 @@ void store_agg_free(store_agg *a);   /* NULL is a no-op */
 void store_agg_row(hp_store *s, const int64_t *v);
 void store_agg_freed(hp_store *s, int64_t session, int64_t stack, int64_t est, int64_t size,
                      int64_t freed);
+/* The UPDATE that set freed_ns of stored row `id`: its stack, est_bytes and size are read
+ * with others' before the commit (one statement per HP_STORE_MULTI rows). */
+void store_agg_stored_freed(hp_store *s, int64_t session, int64_t id, int64_t freed);
 /* Writes the sums into agg_stack and agg_size (before COMMIT); store_agg_clear forgets
  * them (after COMMIT, or at a rollback: the replay sums the rows again). */
 void store_agg_write(hp_store *s);
