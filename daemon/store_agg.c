@@ -32,14 +32,7 @@ typedef struct {
   int64_t samples[AGG_CLASSES];
 } agg_sizes;
 
-/* A stored row the transaction freed, whose stack, est_bytes and size are still to read. */
-typedef struct {
-  int64_t id, session, freed;
-} agg_freed;
-
 struct store_agg {
-  agg_freed *freed;    /* sorted by id when read */
-  uint32_t nfreed, freed_cap;
   agg_sizes sizes[AGG_SIZE_SESSIONS];  /* more sessions per transaction use the table */
   uint32_t nsizes;
   agg_entry *e;        /* entries in insertion order, e[0 .. n) */
@@ -69,13 +62,11 @@ void store_agg_free(store_agg *a) {
     return;
   free(a->slot);
   free(a->e);
-  free(a->freed);
   free(a);
 }
 
 void store_agg_clear(hp_store *s) {
   store_agg *a = s->agg;
-  a->nfreed = 0;
   if (a->nsizes > 0)
     memset(a->sizes, 0, a->nsizes * sizeof a->sizes[0]);
   a->nsizes = 0;
@@ -214,66 +205,8 @@ void store_agg_freed(hp_store *s, int64_t session, int64_t stack, int64_t est, i
   x->freed_samples++;
 }
 
-static int by_id(const void *x, const void *y) {
-  int64_t a = ((const agg_freed *)x)->id, b = ((const agg_freed *)y)->id;
-  return (a > b) - (a < b);
-}
-
-/* Reads the stack, est_bytes and size of the freed rows f[0 .. n), sorted by id, n at
- * most HP_STORE_MULTI, with one statement (ids beyond n repeat the last one). */
-static void read_freed_chunk(hp_store *s, const agg_freed *f, uint32_t n) {
-  sqlite3_stmt *st = s->sel_freed_multi;
-  for (uint32_t i = 0; i < HP_STORE_MULTI; i++)
-    sqlite3_bind_int64(st, (int)i + 1, f[i < n ? i : n - 1].id);
-  int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    agg_freed key = {.id = sqlite3_column_int64(st, 0)};
-    const agg_freed *hit = bsearch(&key, f, n, sizeof *f, by_id);
-    if (hit != NULL)  /* a NULL stack reads as 0, as agg_stack keys it */
-      store_agg_freed(s, hit->session, sqlite3_column_int64(st, 1),
-                      sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3), hit->freed);
-  }
-  sqlite3_reset(st);
-  if (rc != SQLITE_DONE)
-    store_sql_break(s, "reading freed allocations for the aggregates", rc);
-}
-
-/* Reads every stored row freed so far (they go into the sums, which may be written and
- * cleared meanwhile: the list is taken first). */
-static void read_freed(hp_store *s) {
-  store_agg *a = s->agg;
-  uint32_t n = a->nfreed;
-  if (n == 0 || s->broken)
-    return;
-  a->nfreed = 0;
-  qsort(a->freed, n, sizeof *a->freed, by_id);
-  for (uint32_t i = 0; i < n && !s->broken; i += HP_STORE_MULTI)
-    read_freed_chunk(s, a->freed + i, n - i < HP_STORE_MULTI ? n - i : HP_STORE_MULTI);
-}
-
-void store_agg_stored_freed(hp_store *s, int64_t session, int64_t id, int64_t freed) {
-  store_agg *a = s->agg;
-  if (a->nfreed == a->freed_cap) {
-    uint32_t cap = a->freed_cap ? a->freed_cap * 2 : 1024;
-    agg_freed *f = cap <= HP_STORE_AGG_MAX_ENTRIES ? realloc(a->freed, cap * sizeof *f) : NULL;
-    if (f == NULL) {
-      read_freed(s);  /* at the bound, or out of memory: read these now */
-    } else {
-      a->freed = f;
-      a->freed_cap = cap;
-    }
-    if (a->nfreed == a->freed_cap) {  /* nothing to read into: read this one alone */
-      agg_freed one = {.id = id, .session = session, .freed = freed};
-      read_freed_chunk(s, &one, 1);
-      return;
-    }
-  }
-  a->freed[a->nfreed++] = (agg_freed){.id = id, .session = session, .freed = freed};
-}
-
 void store_agg_write(hp_store *s) {
   store_agg *a = s->agg;
-  read_freed(s);
   sqlite3_stmt *st = s->st[ST_UPSERT_AGG_STACK], *sz = s->st[ST_UPSERT_AGG_SIZE];
   for (uint32_t i = 0; i < a->n && !s->broken; i++) {
     const agg_entry *x = &a->e[i];

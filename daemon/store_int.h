@@ -174,7 +174,6 @@ struct hp_store {
   sqlite3_stmt *st[ST_COUNT];
   sqlite3_stmt *ins_multi;     /* ST_INS_ALLOC with HP_STORE_MULTI rows */
   store_agg *agg;              /* the open transaction's aggregates (store_agg.c) */
-  sqlite3_stmt *sel_freed_multi;  /* ST_SEL_FREED for HP_STORE_MULTI ids at once */
   unsigned errors_logged;
 
   /* The open transaction (store_txn.c). */
@@ -284,7 +283,8 @@ enum {
   ALLOC_ID, ALLOC_SESSION, ALLOC_TS, ALLOC_THREAD, ALLOC_DOMAIN, ALLOC_ADDRESS, ALLOC_SIZE,
   ALLOC_EST, ALLOC_STACK /* 0: NULL */, ALLOC_FREED /* 0: NULL */, ALLOC_EVENTS /* not a column */
 };
-enum { FREE_ID, FREE_TS, FREE_SESSION, FREE_EVENTS };
+/* A stored row's end; FREE_STACK and FREE_SIZE are -1 when the row must be read for them. */
+enum { FREE_ID, FREE_TS, FREE_SESSION, FREE_EVENTS, FREE_STACK, FREE_EST, FREE_SIZE };
 
 int store_sql_prepare(hp_store *s);
 void store_sql_finalize(hp_store *s);
@@ -302,6 +302,8 @@ void store_sql_log_error(hp_store *s, const char *what, int rc);
 void store_write(hp_store *s, int kind, const int64_t *v, const void *blob, uint32_t len);
 /* Alloc rows (ALLOC_* values): logged, and inserted HP_STORE_MULTI to a statement. */
 void store_write_allocs(hp_store *s, int64_t (*rows)[HP_TXOP_VALUES], uint32_t n);
+/* The stack (0: none) and size of stored row `id`: 0, or -1 when it cannot be read. */
+int store_sql_row_of(hp_store *s, int64_t id, int64_t *stack, int64_t *size);
 /* Writes the log again after a rollback, in its order. */
 void store_sql_replay(hp_store *s);
 
@@ -337,9 +339,6 @@ void store_agg_free(store_agg *a);   /* NULL is a no-op */
 void store_agg_row(hp_store *s, const int64_t *v);
 void store_agg_freed(hp_store *s, int64_t session, int64_t stack, int64_t est, int64_t size,
                      int64_t freed);
-/* The UPDATE that set freed_ns of stored row `id`: its stack, est_bytes and size are read
- * with others' before the commit (one statement per HP_STORE_MULTI rows). */
-void store_agg_stored_freed(hp_store *s, int64_t session, int64_t id, int64_t freed);
 /* Writes the sums into agg_stack and agg_size (before COMMIT); store_agg_clear forgets
  * them (after COMMIT, or at a rollback: the replay sums the rows again). */
 void store_agg_write(hp_store *s);

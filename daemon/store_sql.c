@@ -19,7 +19,6 @@
 #include "hp_log.h"
 
 #define ALLOC_COLUMNS 10
-#define SEL_FREED_MULTI "SELECT id, stack_id, est_bytes, size FROM alloc WHERE id IN ("
 #define ALLOC_INSERT \
   "INSERT INTO alloc(id, session_id, ts_ns, thread_id, domain, address, size, est_bytes," \
   " stack_id, freed_ns) VALUES "
@@ -42,7 +41,7 @@ static const char *const sql_text[ST_COUNT] = {
   [ST_INS_STACK_FRAME] = "INSERT INTO stack_frame(stack_id, depth, frame_id) VALUES(?,?,?)",
   [ST_INS_ALLOC] = ALLOC_INSERT "(?,?,?,?,?,?,?,?,?,?)",
   [ST_UPD_FREE] = "UPDATE alloc SET freed_ns=?2 WHERE id=?1",
-  [ST_SEL_FREED] = "SELECT id, stack_id, est_bytes, size FROM alloc WHERE id=?1",
+  [ST_SEL_FREED] = "SELECT stack_id, size FROM alloc WHERE id=?1",
   [ST_UPSERT_TL] =
     "INSERT INTO timeline_point(session_id, ts_ns, live_bytes, live_count, end_bytes)"
     " VALUES(?,?,?,?,?) ON CONFLICT(session_id, ts_ns) DO UPDATE SET"
@@ -97,21 +96,6 @@ int store_sql_prepare(hp_store *s) {
     hp_log(HP_LOG_ERROR, "database: preparing the multi-row insert: %s", sqlite3_errmsg(s->db));
     return -HP_ESQLITE;
   }
-  char sel[sizeof SEL_FREED_MULTI + HP_STORE_MULTI * 2 + 2];
-  len = strlen(SEL_FREED_MULTI);
-  memcpy(sel, SEL_FREED_MULTI, len);
-  for (int i = 0; i < HP_STORE_MULTI; i++) {
-    if (i > 0)
-      sel[len++] = ',';
-    sel[len++] = '?';
-  }
-  sel[len++] = ')';
-  sel[len] = 0;
-  if (sqlite3_prepare_v3(s->db, sel, -1, SQLITE_PREPARE_PERSISTENT, &s->sel_freed_multi, NULL)
-      != SQLITE_OK) {
-    hp_log(HP_LOG_ERROR, "database: preparing the freed rows' lookup: %s", sqlite3_errmsg(s->db));
-    return -HP_ESQLITE;
-  }
   return 0;
 }
 
@@ -122,8 +106,6 @@ void store_sql_finalize(hp_store *s) {
   }
   sqlite3_finalize(s->ins_multi);
   s->ins_multi = NULL;
-  sqlite3_finalize(s->sel_freed_multi);
-  s->sel_freed_multi = NULL;
 }
 
 /* Storage errors are logged in full 20 times; then store_txn.c says at most every
@@ -215,14 +197,32 @@ static void bind_ints(sqlite3_stmt *st, const int64_t *v, int n) {
     sqlite3_bind_int64(st, i + 1, v[i]);
 }
 
-/* Ends a stored row (FREE_* values). Its aggregates need the row's stack, est_bytes and
- * size, which store_agg.c reads for many rows at once before the commit. */
+/* Ends a stored row (FREE_* values) and adds it to the aggregates' frees, with the stack
+ * and size the address map kept; only a value that did not fit there is read back. */
 static void free_row(hp_store *s, const int64_t *v) {
-  if (s->broken)
-    return;
   bind_ints(s->st[ST_UPD_FREE], v, 2);  /* FREE_ID, FREE_TS */
-  if (store_sql_run(s, ST_UPD_FREE) == 0)
-    store_agg_stored_freed(s, v[FREE_SESSION], v[FREE_ID], v[FREE_TS]);
+  if (store_sql_run(s, ST_UPD_FREE) < 0)
+    return;
+  int64_t stack = v[FREE_STACK], size = v[FREE_SIZE];
+  if ((stack < 0 || size < 0) && store_sql_row_of(s, v[FREE_ID], &stack, &size) < 0)
+    return;
+  store_agg_freed(s, v[FREE_SESSION], stack, v[FREE_EST], size, v[FREE_TS]);
+}
+
+int store_sql_row_of(hp_store *s, int64_t id, int64_t *stack, int64_t *size) {
+  sqlite3_stmt *sel = s->st[ST_SEL_FREED];
+  if (s->broken)
+    return -1;
+  sqlite3_bind_int64(sel, 1, id);
+  int rc = sqlite3_step(sel);
+  if (rc == SQLITE_ROW) {
+    *stack = sqlite3_column_int64(sel, 0);  /* NULL reads as 0, as agg_stack keys it */
+    *size = sqlite3_column_int64(sel, 1);
+  }
+  sqlite3_reset(sel);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    store_sql_break(s, sql_text[ST_SEL_FREED], rc);
+  return rc == SQLITE_ROW ? 0 : -1;
 }
 
 /* Executes one write that is not an alloc row (those go through insert_allocs). */

@@ -276,6 +276,42 @@ START_TEST(agg_many_sessions_in_one_transaction) {
 }
 END_TEST
 
+/* Blocks of 4 GiB and more do not fit the address map's 32-bit size: their rows are read
+ * back when they end, pending or stored, for the aggregates and the timeline's count. */
+START_TEST(agg_blocks_over_4_gib_are_read_back) {
+  hp_store *s = start_cfg((hp_store_config){.commit_ms = 5});
+  hp_store_session *a = session(s, 1);
+  const uint64_t G = 1ull << 30;
+  hp_event e1[] = {
+    ev(HP_EV_ALLOC, 1, 0x1000, 5 * G, 10 * G, 1),  /* stands for 2 allocations */
+    ev(HP_EV_ALLOC, 2, 0x2000, 6 * G, 6 * G, 0),
+    ev(HP_EV_ALLOC, 3, 0x3000, 7 * G, 7 * G, 2),
+  };
+  ck_assert_int_eq(hp_store_events(s, a, e1, 3), 0);
+  for (int i = 0; i < 10000 && db_int("SELECT count(*) FROM alloc") < 3; i++)
+    sleep_ms(2);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM alloc"), 3);  /* stored: ends are UPDATEs */
+  hp_event e2[] = {
+    ev(HP_EV_FREE, 1200, 0x1000, 0, 0, 0),
+    ev(HP_EV_REATTRIBUTE, 1300, 0x2000, 0, 0, 3),
+    ev(HP_EV_ALLOC, 1400, 0x3000, 8 * G, 8 * G, 1),  /* over a live block: its end */
+    ev(HP_EV_FREE, 1500, 0x3000, 0, 0, 0),           /* a pending row's end */
+  };
+  ck_assert_int_eq(hp_store_events(s, a, e2, 4), 0);
+  end(s, a, 2000);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM alloc WHERE freed_ns IS NOT NULL"), 4);
+  ck_assert(db_real("SELECT freed_count FROM agg_stack WHERE stack_id = 1"
+                    " AND bucket_ns = 1700000001000000000") == 3.0);
+  /* The timeline counted 2 + 1 + 1 live at first, and after the ends only the
+   * reattributed block. */
+  ck_assert_int_eq(db_int("SELECT max(live_count) FROM timeline"), 4);
+  ck_assert_int_eq(db_int("SELECT end_bytes FROM timeline_detail ORDER BY ts_ns DESC"
+                          " LIMIT 1"), (int64_t)(6 * G));
+  ck_assert_int_eq(db_int(mismatch_sql()), 0);
+}
+END_TEST
+
 /* A full disk rolls back transactions with their aggregates; their replay must sum the
  * rows again, once. */
 START_TEST(agg_survive_rolled_back_transactions) {
@@ -344,6 +380,7 @@ Suite *store_agg_suite(void) {
   tcase_add_test(core, agg_known_values_of_a_small_session);
   tcase_add_loop_test(core, agg_equal_a_group_by_over_the_rows, 0, 2);
   tcase_add_test(core, agg_many_sessions_in_one_transaction);
+  tcase_add_test(core, agg_blocks_over_4_gib_are_read_back);
   suite_add_tcase(s, core);
   TCase *faults = tcase_create("faults");
   tcase_add_checked_fixture(faults, setup_faults, teardown_faults);
