@@ -312,6 +312,34 @@ START_TEST(agg_blocks_over_4_gib_are_read_back) {
 }
 END_TEST
 
+/* One transaction with more keys (session, bucket, stack) than the sums may hold
+ * (HP_STORE_AGG_MAX_ENTRIES, 65536): what is summed so far is written early, in the same
+ * transaction, and the result is the same. */
+START_TEST(agg_more_keys_than_one_transaction_holds) {
+  enum { STACKS = 300, SECONDS = 240, N = STACKS * SECONDS };
+  hp_store *s = start_cfg((hp_store_config){.commit_ms = 1000000, .batch_rows = 1000000});
+  hp_store_session *a = session(s, 1);
+  for (uint32_t k = 4; k <= STACKS; k++) {  /* stacks 1-3 exist; frame k, stack k */
+    hp_frame_def f = {k, S("f"), S("many.py"), (int32_t)k};
+    ck_assert_int_eq(hp_store_frame_def(s, a, &f), 0);
+    uint32_t ids[1] = {k};
+    hp_stack_def st = {.stack_id = k, .depth = 1, .frame_ids = ids};
+    ck_assert_int_eq(hp_store_stack_def(s, a, &st), 0);
+  }
+  static hp_event e[N];
+  for (uint32_t i = 0; i < N; i++)
+    e[i] = ev(HP_EV_ALLOC, (uint64_t)(i / STACKS) * 1000 + 1, 0x100000 + 16u * i, 24, 48,
+              i % STACKS + 1);
+  for (uint32_t i = 0; i < N; i += 12000)
+    ck_assert_int_eq(hp_store_events(s, a, e + i, N - i < 12000 ? N - i : 12000), 0);
+  end(s, a, SECONDS * 1000 + 10);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM alloc"), N);
+  ck_assert_int_gt(db_int("SELECT count(*) FROM agg_stack"), 65536);
+  ck_assert_int_eq(db_int(mismatch_sql()), 0);
+}
+END_TEST
+
 /* A full disk rolls back transactions with their aggregates; their replay must sum the
  * rows again, once. */
 START_TEST(agg_survive_rolled_back_transactions) {
@@ -381,6 +409,7 @@ Suite *store_agg_suite(void) {
   tcase_add_loop_test(core, agg_equal_a_group_by_over_the_rows, 0, 2);
   tcase_add_test(core, agg_many_sessions_in_one_transaction);
   tcase_add_test(core, agg_blocks_over_4_gib_are_read_back);
+  tcase_add_test(core, agg_more_keys_than_one_transaction_holds);
   suite_add_tcase(s, core);
   TCase *faults = tcase_create("faults");
   tcase_add_checked_fixture(faults, setup_faults, teardown_faults);
