@@ -12,14 +12,14 @@
 #define EMPTY ((uintptr_t)0)
 
 struct hp_addrtab {
-  size_t nbuckets;                  /* power of two */
-  int shift;                        /* 64 - log2(nbuckets) */
-  _Atomic uint64_t overflows;       /* relaxed: a statistic */
-  _Atomic uint64_t *spilled;        /* one bit per bucket; set once, cleared by clear() */
-  _Atomic uint8_t *filter;          /* HP_ADDRTAB_FILTER counters, or g_all_maybe */
+  size_t nbuckets;            /* power of two */
+  int shift;                  /* 64 - log2(nbuckets) */
+  _Atomic uint64_t overflows; /* relaxed: a statistic */
+  _Atomic uint64_t *spilled;  /* one bit per bucket; set once, cleared by clear() */
+  _Atomic uint8_t *filter;    /* HP_ADDRTAB_FILTER counters, or g_all_maybe */
   int with_filter;
-  _Atomic uintptr_t *slots;         /* nbuckets * HP_ADDRTAB_BUCKET, 64-byte aligned */
-  void *slots_mem;                  /* what calloc returned */
+  _Atomic uintptr_t *slots; /* nbuckets * HP_ADDRTAB_BUCKET, 64-byte aligned */
+  void *slots_mem;          /* what calloc returned */
 };
 
 /* The filter of tables without one: never zero, so every address is a "maybe". */
@@ -31,7 +31,7 @@ static pthread_once_t g_all_maybe_once = PTHREAD_ONCE_INIT;
  * never be unmapped. The list holds as many as tables were ever alive at once (one, in
  * the agent). Protected by g_pool_lock (taken by new/free only, never by a hook). */
 typedef struct pooled_filter {
-  struct pooled_filter *next;   /* apart from the counters: a late reader may read them */
+  struct pooled_filter *next; /* apart from the counters: a late reader may read them */
   _Atomic uint8_t counters[HP_ADDRTAB_FILTER];
 } pooled_filter;
 static pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -80,7 +80,7 @@ size_t hp_addrtab_slots_for_interval(uint64_t interval)
 {
   if (interval == 0)
     interval = 1;
-  uint64_t want = (8ull << 30) / interval;   /* 8 slots per sample of a 1 GiB heap */
+  uint64_t want = (8ull << 30) / interval; /* 8 slots per sample of a 1 GiB heap */
   if (want < (1u << 16))
     want = 1u << 16;
   if (want > HP_ADDRTAB_MAX_SLOTS)
@@ -163,9 +163,10 @@ static void filter_add(hp_addrtab *t, uintptr_t addr, int delta)
   uint8_t v = atomic_load_explicit(c, memory_order_relaxed);
   do {
     if (v == 255)
-      return;   /* saturated: sticks at "maybe" */
+      return; /* saturated: sticks at "maybe" */
   } while (!atomic_compare_exchange_weak_explicit(c, &v, (uint8_t)(v + delta),
-                                                  memory_order_acq_rel, memory_order_relaxed));
+                                                  memory_order_acq_rel,
+                                                  memory_order_relaxed));
 }
 
 /* Same index as hp_addrtab_filter_absent() in the header. */

@@ -25,12 +25,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HP_ADDRTAB_BUCKET      8u           /* slots per bucket: one cache line */
-#define HP_ADDRTAB_MIN_SLOTS   (1u << 7)
-#define HP_ADDRTAB_MAX_SLOTS   (1u << 22)   /* 32 MiB of address space, touched lazily */
-#define HP_ADDRTAB_FILTER      (1u << 15)   /* counting-filter bytes */
+#define HP_ADDRTAB_BUCKET    8u /* slots per bucket: one cache line */
+#define HP_ADDRTAB_MIN_SLOTS (1u << 7)
+#define HP_ADDRTAB_MAX_SLOTS (1u << 22) /* 32 MiB of address space, touched lazily */
+#define HP_ADDRTAB_FILTER    (1u << 15) /* counting-filter bytes */
 
-typedef struct hp_addrtab hp_addrtab;  /* opaque */
+typedef struct hp_addrtab hp_addrtab; /* opaque */
 
 /* Slots to allocate for a sampling interval (bucket mode: pass 1): about eight slots per
  * sampled block of a 1 GiB live heap, within [2^16, HP_ADDRTAB_MAX_SLOTS]. A table
@@ -52,10 +52,10 @@ void hp_addrtab_free(hp_addrtab *t);
 size_t hp_addrtab_slots(const hp_addrtab *t);
 /* 0, or -HP_EFULL when both buckets are full (counted). Address 0 is refused with
  * -HP_EINVAL. */
-int  hp_addrtab_insert(hp_addrtab *t, uintptr_t addr);
+int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr);
 /* 1 if addr was present (and is now removed), else 0. */
-int  hp_addrtab_remove(hp_addrtab *t, uintptr_t addr);
-int  hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr);
+int hp_addrtab_remove(hp_addrtab *t, uintptr_t addr);
+int hp_addrtab_contains(const hp_addrtab *t, uintptr_t addr);
 uint64_t hp_addrtab_overflows(const hp_addrtab *t);
 
 /* The counting filter, exposed so that the free hook can inline its negative test:

@@ -45,17 +45,17 @@ _Atomic uint32_t hp_agent_max_depth = HP_AGENT_DEFAULT_MAX_DEPTH;
 typedef struct session {
   hp_ring *ring;
   hp_addrtab *addrtab;
-  hp_sender *sender;                 /* under g_lock */
+  hp_sender *sender; /* under g_lock */
   /* Settings: written before the session is published, read-only after. */
-  int (*hooks_replaced)(void);       /* hp_agent_opts */
-  clockid_t ts_clock;                /* event time stamps, see event_ts() */
-  int block;                         /* block or adapt: a sample waits for ring space */
+  int (*hooks_replaced)(void); /* hp_agent_opts */
+  clockid_t ts_clock;          /* event time stamps, see event_ts() */
+  int block;                   /* block or adapt: a sample waits for ring space */
   int adapt;
-  size_t adapt_fill;                 /* adapt when fewer slots than this are free */
-  size_t adapt_samples_min;          /* ... and at least this many samples came */
+  size_t adapt_fill;        /* adapt when fewer slots than this are free */
+  size_t adapt_samples_min; /* ... and at least this many samples came */
   /* Any thread, relaxed: counts and hints. */
-  _Atomic uint64_t adapt_samples;    /* samples since the last change */
-  _Atomic uint64_t extra_drops;      /* drops the ring does not count */
+  _Atomic uint64_t adapt_samples; /* samples since the last change */
+  _Atomic uint64_t extra_drops;   /* drops the ring does not count */
   /* Set when a FREE waited HP_AGENT_FREE_WAIT_NS in vain (drop mode): later FREEs are
    * dropped at once instead of each stalling the program, until one gets in. */
   _Atomic int free_wait_gave_up;
@@ -65,8 +65,8 @@ typedef struct session {
    * is room at once, else counted as dropped; it clears when the ring has drained below
    * its free reserve again, and blocking resumes. */
   _Atomic int block_gave_up;
-  _Atomic int block_gave_up_said;    /* the one line is printed once a session */
-  _Atomic int hooks_replaced_said;   /* likewise, when the hooks were replaced */
+  _Atomic int block_gave_up_said;  /* the one line is printed once a session */
+  _Atomic int hooks_replaced_said; /* likewise, when the hooks were replaced */
   _Atomic uint32_t adapt_log_len;
   struct {
     _Atomic uint64_t ts_ns;
@@ -77,8 +77,8 @@ typedef struct session {
 /* Serialises start/stop/fork; taken by the fork prepare handler so that a fork never
  * copies a half-started or half-stopped session into the child. */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
-static int g_initialised;                  /* under g_lock */
-static hp_intern *g_intern;                /* set once under g_lock, then read-only */
+static int g_initialised;   /* under g_lock */
+static hp_intern *g_intern; /* set once under g_lock, then read-only */
 /* The session start() made and stop() has not ended yet, under g_lock. It stays here
  * after its sender failed (then it is no longer published) until stop or the next
  * start reaps it. */
@@ -89,8 +89,8 @@ static _Atomic(session *) g_session;
 /* Serialises interval changes against each other (a try-lock: a hook never waits for
  * it). Reset in the fork child. */
 static _Atomic int g_adapt_busy;
-static _Atomic pid_t g_pid;                /* pid the session belongs to */
-static int g_child_restart;                /* set in the fork child handler */
+static _Atomic pid_t g_pid; /* pid the session belongs to */
+static int g_child_restart; /* set in the fork child handler */
 /* Processes of this program share what their senders learnt about heapprofd (a
  * MAP_SHARED page made once, inherited by fork children). NULL if mmap failed. */
 static hp_sender_family *g_family;
@@ -250,7 +250,7 @@ static int sender_interval_change(void *arg, uint32_t index, uint64_t *ts_ns,
     return 0;
   uint64_t v = atomic_load_explicit(&s->adapt_log[index].interval, memory_order_acquire);
   if (v == 0)
-    return 0;   /* claimed, not yet written */
+    return 0; /* claimed, not yet written */
   *ts_ns = atomic_load_explicit(&s->adapt_log[index].ts_ns, memory_order_relaxed);
   *interval = v;
   return 1;
@@ -277,7 +277,7 @@ static void atfork_child(void)
   atomic_store(&g_session, NULL);
   for (unsigned i = 0; i < PIN_STRIPES; i++)
     atomic_store(&g_pins[i].n, 0);
-  atomic_store(&g_adapt_busy, 0);   /* its holder, if any, is gone */
+  atomic_store(&g_adapt_busy, 0); /* its holder, if any, is gone */
   t_tid = 0;
   g_child_restart = (was == HP_MODE_PROFILE);
   if (g_current) {
@@ -306,10 +306,10 @@ int hp_agent_init(void)
     rc = -HP_ENOMEM;
     goto out_free;
   }
-  hp_sampler_cfg cfg = { 0 };
+  hp_sampler_cfg cfg = {0};
   hp_sampler_configure_interval(&cfg, HP_SAMPLER_DEFAULT_INTERVAL);
   hp_sampler_publish(&hp_agent_sampler, &cfg);
-  g_family = hp_sender_family_new();   /* NULL: every process judges alone */
+  g_family = hp_sender_family_new(); /* NULL: every process judges alone */
   atomic_store(&g_pid, getpid());
   g_initialised = 1;
   goto out_unlock;
@@ -328,7 +328,7 @@ static session *session_new(const hp_agent_opts *o)
   session *s = calloc(1, sizeof(*s));
   if (!s)
     return NULL;
-  uint64_t like = o->nbuckets ? 1 : o->sample_interval;   /* buckets: may sample a lot */
+  uint64_t like = o->nbuckets ? 1 : o->sample_interval; /* buckets: may sample a lot */
   s->ring = hp_ring_new(HP_RING_DEFAULT_CAPACITY);
   s->addrtab = hp_addrtab_new(hp_addrtab_slots_for_interval(like),
                               hp_addrtab_filter_for_interval(like));
@@ -388,17 +388,21 @@ int hp_agent_start(const hp_agent_opts *o)
     .executable = o->executable,
     .python_version = o->python_version,
     .start_wall_ns = hp_wall_ns(),
-    .start_mono_ns = event_ts(s),   /* the events' clock: no event stamps before it */
+    .start_mono_ns = event_ts(s), /* the events' clock: no event stamps before it */
     .sample_interval_bytes = o->nbuckets ? 0 : o->sample_interval,
     .max_stack_depth = o->max_depth,
     .nbuckets = o->nbuckets,
     .buckets = o->buckets,
   };
-  hp_sender_cfg scfg = { .ring = s->ring, .intern = g_intern, .dropped = sender_dropped,
-                         .interval_change = sender_interval_change,
-                         .failed = on_sender_failed,
-                         .check_end = o->hooks_replaced ? sender_check_end : NULL, .arg = s,
-                         .socket_path = o->socket_path, .family = g_family };
+  hp_sender_cfg scfg = {.ring = s->ring,
+                        .intern = g_intern,
+                        .dropped = sender_dropped,
+                        .interval_change = sender_interval_change,
+                        .failed = on_sender_failed,
+                        .check_end = o->hooks_replaced ? sender_check_end : NULL,
+                        .arg = s,
+                        .socket_path = o->socket_path,
+                        .family = g_family};
   s->sender = hp_sender_start(fd, &h, &scfg, &rc);
   if (!s->sender) {
     session_free(s);
@@ -512,7 +516,7 @@ static __attribute__((noinline)) int push_waiting(session *s, const hp_event *ev
 {
   uint64_t start = hp_now_ns(), moved = start;
   uint64_t popped = hp_ring_popped(s->ring);
-  struct timespec ts = { 0, HP_AGENT_WAIT_SLICE_NS };
+  struct timespec ts = {0, HP_AGENT_WAIT_SLICE_NS};
   for (;;) {
     if (hp_ring_try_push(s->ring, ev) == 0)
       return 0;
@@ -608,10 +612,14 @@ void hp_agent_record_alloc(hp_domain domain, void *ptr, size_t size, uint64_t es
     atomic_fetch_add_explicit(&s->extra_drops, 1, memory_order_relaxed);
     goto out;
   }
-  hp_event ev = { .kind = HP_EV_ALLOC, .domain = (uint8_t)domain, .stack_id = stack_id,
-                  .ts_ns = event_ts(s), .thread_id = thread_id(),
-                  .address = (uint64_t)(uintptr_t)ptr, .size = size,
-                  .est_bytes = est_bytes };
+  hp_event ev = {.kind = HP_EV_ALLOC,
+                 .domain = (uint8_t)domain,
+                 .stack_id = stack_id,
+                 .ts_ns = event_ts(s),
+                 .thread_id = thread_id(),
+                 .address = (uint64_t)(uintptr_t)ptr,
+                 .size = size,
+                 .est_bytes = est_bytes};
   if (push(s, &ev) < 0)
     hp_addrtab_remove(s->addrtab, (uintptr_t)ptr);
 out:
@@ -640,7 +648,7 @@ static __attribute__((noinline)) void adapt_interval(session *s, uint64_t sample
     atomic_store(&s->adapt_log_len, slot + 1);
   }
   atomic_store(&hp_agent_gate, hp_sampler_adapt(&hp_agent_sampler, interval * 2));
-  if (atomic_load(&hp_agent_mode) != HP_MODE_PROFILE)   /* a stop raced this change */
+  if (atomic_load(&hp_agent_mode) != HP_MODE_PROFILE) /* a stop raced this change */
     atomic_store(&hp_agent_gate, HP_AGENT_GATE_CLOSED);
 out:
   atomic_store(&g_adapt_busy, 0);
@@ -656,8 +664,8 @@ int hp_agent_alloc_room(void)
     atomic_fetch_add_explicit(&s->adapt_samples, 1, memory_order_relaxed);
     if (!hp_ring_has_room(s->ring, s->adapt_fill))
       adapt_interval(s, hp_ring_alloc_room(s->ring)
-                            ? s->adapt_samples_min
-                            : s->adapt_samples_min / HP_AGENT_ADAPT_DROP_DIV);
+                          ? s->adapt_samples_min
+                          : s->adapt_samples_min / HP_AGENT_ADAPT_DROP_DIV);
   }
   /* Given up in block mode: like drop mode, skip the stack walk of a sample that would
    * be dropped (push_block_gave_up clears the latch once there is room). */
@@ -674,8 +682,10 @@ void hp_agent_record_free(void *ptr)
   if (!s)
     return;
   if (hp_addrtab_remove(s->addrtab, (uintptr_t)ptr) && !wrong_process()) {
-    hp_event ev = { .kind = HP_EV_FREE, .ts_ns = event_ts(s), .thread_id = thread_id(),
-                    .address = (uint64_t)(uintptr_t)ptr };
+    hp_event ev = {.kind = HP_EV_FREE,
+                   .ts_ns = event_ts(s),
+                   .thread_id = thread_id(),
+                   .address = (uint64_t)(uintptr_t)ptr};
     push(s, &ev);
   }
   session_unpin(pin);

@@ -22,15 +22,15 @@
 #include "hp_sampler.h"
 #include "hp_sender.h"
 
-#define HP_AGENT_DEFAULT_MAX_DEPTH   128u
+#define HP_AGENT_DEFAULT_MAX_DEPTH 128u
 /* Block mode waits for ring space while heapprofd takes data, however slowly (a commit
  * or checkpoint may hold it for seconds), and gives up (drops and counts) once it has
  * taken nothing for this long: the same bound as at exit. */
-#define HP_AGENT_BLOCK_STALL_NS      HP_SENDER_STALL_NS
-#define HP_AGENT_WAIT_SLICE_NS       50000L         /* a waiting push re-tries this often */
+#define HP_AGENT_BLOCK_STALL_NS HP_SENDER_STALL_NS
+#define HP_AGENT_WAIT_SLICE_NS  50000L /* a waiting push re-tries this often */
 /* Drop mode: a FREE that finds the ring full (its reserve used up) waits this long for
  * the sender before it is dropped, because a lost FREE makes its block look leaked. */
-#define HP_AGENT_FREE_WAIT_NS        20000000ull
+#define HP_AGENT_FREE_WAIT_NS 20000000ull
 /* on_full='adapt' (Perfetto-style adaptive sampling): the sampling interval doubles
  * when the ring is more than half full AND at least 1/HP_AGENT_ADAPT_SAMPLES_DIV of a
  * ring of new samples came since the last change (1/32: a quicker climb samples fewer
@@ -43,9 +43,9 @@
  * so the climb from interval 1 must be quick (a starved sender thread on a loaded
  * machine otherwise cost ~16K lost samples per doubling). Up to
  * HP_AGENT_ADAPT_MAX_INTERVAL; it never goes back down within a session. */
-#define HP_AGENT_ADAPT_SAMPLES_DIV   32u
-#define HP_AGENT_ADAPT_DROP_DIV      8u
-#define HP_AGENT_ADAPT_MAX_INTERVAL  (1ull << 30)
+#define HP_AGENT_ADAPT_SAMPLES_DIV  32u
+#define HP_AGENT_ADAPT_DROP_DIV     8u
+#define HP_AGENT_ADAPT_MAX_INTERVAL (1ull << 30)
 
 enum { HP_MODE_OFF = 0, HP_MODE_PROFILE = 1, HP_MODE_STATS = 2 };
 
@@ -63,18 +63,18 @@ extern hp_sampler_cfg hp_agent_sampler;
  * last when profiling starts, closed first when it stops; read relaxed. */
 #define HP_AGENT_GATE_CLOSED UINT32_MAX
 extern _Atomic uint32_t hp_agent_gate;
-extern _Atomic uint32_t hp_agent_max_depth;   /* frames kept per stack; set by start */
+extern _Atomic uint32_t hp_agent_max_depth; /* frames kept per stack; set by start */
 
 typedef struct {
   const char *socket_path;
-  uint64_t sample_interval;        /* >= 1; ignored when nbuckets > 0 */
-  const hp_bucket *buckets;        /* bucket sampling when nbuckets > 0 */
+  uint64_t sample_interval; /* >= 1; ignored when nbuckets > 0 */
+  const hp_bucket *buckets; /* bucket sampling when nbuckets > 0 */
   uint32_t nbuckets;
-  uint32_t max_depth;              /* 1..HP_MAX_STACK_DEPTH */
-  int block_when_full;             /* on_full='block' */
-  int adapt_when_full;             /* on_full='adapt' (Poisson intervals only) */
+  uint32_t max_depth;  /* 1..HP_MAX_STACK_DEPTH */
+  int block_when_full; /* on_full='block' */
+  int adapt_when_full; /* on_full='adapt' (Poisson intervals only) */
   uint32_t argc;
-  const hp_str *argv;              /* borrowed for the call */
+  const hp_str *argv; /* borrowed for the call */
   hp_str executable, python_version;
   /* 1 when the allocator hooks were replaced or removed by someone else, so that the
    * hooks see nothing any more (hp_hooks.c); NULL: never asked. Called without the GIL

@@ -32,11 +32,11 @@ typedef struct {
   PyMemAllocatorEx prev;
   hp_domain domain;
   PyMemAllocatorDomain py_domain;
-  void *(*ours)(void *, size_t);   /* the malloc hook installed on py_domain */
+  void *(*ours)(void *, size_t); /* the malloc hook installed on py_domain */
 } hook_ctx;
 
 /* Written once by hp_hooks_install() under the GIL before the hooks go live. */
-static hook_ctx g_ctx[3];   /* indexed by CTX_* */
+static hook_ctx g_ctx[3]; /* indexed by CTX_* */
 enum { CTX_RAW, CTX_MEM, CTX_OBJ };
 static int g_installed;
 
@@ -199,7 +199,7 @@ static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hook_tls *t, siz
     return c->prev.malloc(c->prev.ctx, size);
   }
   int sampled = hp_sampler_sample_slow(&hp_agent_sampler, &t->sampler, size, &est);
-  leave(t);   /* the key follows a newly drawn countdown's generation */
+  leave(t); /* the key follows a newly drawn countdown's generation */
   if (!sampled || !sample_room())
     return c->prev.malloc(c->prev.ctx, size);
   enter(t);
@@ -232,7 +232,8 @@ static void *hook_raw_malloc(void *ctx, size_t size)
   (void)ctx;
   hook_ctx *c = &g_ctx[CTX_RAW];
   hook_tls *t = &t_tls;
-  if (is_reentrant(t) || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
+  if (is_reentrant(t) ||
+      atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) == HP_MODE_OFF)
     return c->prev.malloc(c->prev.ctx, size);
   return malloc_flagged(c, t, size);
 }
@@ -244,7 +245,7 @@ static void *calloc_small_sampling(hook_ctx *c, hook_tls *t, size_t nelem, size_
 {
   uint64_t est;
   int sampled = hp_sampler_sample_slow(&hp_agent_sampler, &t->sampler, size, &est);
-  leave(t);   /* the key follows a newly drawn countdown's generation */
+  leave(t); /* the key follows a newly drawn countdown's generation */
   if (!sampled || !sample_room())
     return c->prev.calloc(c->prev.ctx, nelem, elsize);
   enter(t);
@@ -252,7 +253,7 @@ static void *calloc_small_sampling(hook_ctx *c, hook_tls *t, size_t nelem, size_
   void *p = g_ctx[CTX_RAW].prev.calloc(g_ctx[CTX_RAW].prev.ctx, nelem, elsize);
   if (p) {
     record_sample_room(c->domain, p, size, est);
-  } else {   /* as in sampled_block_malloc */
+  } else { /* as in sampled_block_malloc */
     sampled_block_fallback(saved_errno);
     p = c->prev.calloc(c->prev.ctx, nelem, elsize);
   }
@@ -272,7 +273,7 @@ static __attribute__((noinline)) void *calloc_slow(hook_ctx *c, hook_tls *t, siz
     return calloc_small_sampling(c, t, nelem, elsize, size);
   enter(t);
   void *p = c->prev.calloc(c->prev.ctx, nelem, elsize);
-  if (p)   /* a product that overflows was refused by the real calloc */
+  if (p) /* a product that overflows was refused by the real calloc */
     after_alloc(t, c->domain, p, nelem * elsize);
   leave(t);
   return p;
@@ -334,7 +335,8 @@ static inline void *realloc_any(hook_ctx *c, void *ptr, size_t size)
   /* The old block's free is looked up even while re-entering, as in free_slow(). */
   if (ptr && mode == HP_MODE_PROFILE &&
       !hp_addrtab_filter_absent(atomic_load_explicit(&hp_agent_free_filter,
-                                                     memory_order_relaxed), (uintptr_t)ptr)) {
+                                                     memory_order_relaxed),
+                                (uintptr_t)ptr)) {
     int saved_errno = errno;
     int was_reentrant = is_reentrant(t);
     enter(t);
@@ -363,9 +365,9 @@ static inline void *realloc_any(hook_ctx *c, void *ptr, size_t size)
 static inline void *realloc_fast(hook_ctx *c, void *ptr, size_t size)
 {
   hook_tls *t = &t_tls;
-  if (HP_LIKELY(hp_addrtab_filter_absent(
-                    atomic_load_explicit(&hp_agent_free_filter, memory_order_relaxed),
-                    (uintptr_t)ptr) &&
+  if (HP_LIKELY(hp_addrtab_filter_absent(atomic_load_explicit(&hp_agent_free_filter,
+                                                              memory_order_relaxed),
+                                         (uintptr_t)ptr) &&
                 small_unsampled(t, size))) {
     enter(t);
     void *p = c->prev.realloc(c->prev.ctx, ptr, size);
@@ -390,7 +392,8 @@ static void *hook_raw_realloc(void *ctx, void *ptr, size_t size)
  * from within pymalloc's PyMem_RawRealloc): their blocks looked leaked. */
 static __attribute__((noinline)) void free_slow(hook_ctx *c, hook_tls *t, void *ptr)
 {
-  if (!ptr || atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE) {
+  if (!ptr ||
+      atomic_load_explicit(&hp_agent_mode, memory_order_relaxed) != HP_MODE_PROFILE) {
     c->prev.free(c->prev.ctx, ptr);
     return;
   }
@@ -409,34 +412,35 @@ static inline void free_fast(hook_ctx *c, void *ptr)
   /* Fast path: the counting filter proves most pointers were never sampled (and, while
    * not profiling, is all zero). No TLS and no mode: re-entry, NULL and the mode matter
    * only for the few pointers the filter lets by. */
-  if (HP_LIKELY(hp_addrtab_filter_absent(
-          atomic_load_explicit(&hp_agent_free_filter, memory_order_relaxed), (uintptr_t)ptr))) {
+  if (HP_LIKELY(hp_addrtab_filter_absent(atomic_load_explicit(&hp_agent_free_filter,
+                                                              memory_order_relaxed),
+                                         (uintptr_t)ptr))) {
     c->prev.free(c->prev.ctx, ptr);
     return;
   }
   free_slow(c, &t_tls, ptr);
 }
 
-#define HOOK_FAST_PATHS(dom, i)                                                              \
-  static void *hook_##dom##_malloc(void *ctx, size_t size)                                   \
-  {                                                                                          \
-    (void)ctx;                                                                               \
-    return malloc_fast(&g_ctx[i], size);                                                     \
-  }                                                                                          \
-  static void *hook_##dom##_calloc(void *ctx, size_t nelem, size_t elsize)                   \
-  {                                                                                          \
-    (void)ctx;                                                                               \
-    return calloc_fast(&g_ctx[i], nelem, elsize);                                            \
-  }                                                                                          \
-  static void *hook_##dom##_realloc(void *ctx, void *ptr, size_t size)                      \
-  {                                                                                          \
-    (void)ctx;                                                                               \
-    return realloc_fast(&g_ctx[i], ptr, size);                                               \
-  }                                                                                          \
-  static void hook_##dom##_free(void *ctx, void *ptr)                                        \
-  {                                                                                          \
-    (void)ctx;                                                                               \
-    free_fast(&g_ctx[i], ptr);                                                               \
+#define HOOK_FAST_PATHS(dom, i) \
+  static void *hook_##dom##_malloc(void *ctx, size_t size) \
+  { \
+    (void)ctx; \
+    return malloc_fast(&g_ctx[i], size); \
+  } \
+  static void *hook_##dom##_calloc(void *ctx, size_t nelem, size_t elsize) \
+  { \
+    (void)ctx; \
+    return calloc_fast(&g_ctx[i], nelem, elsize); \
+  } \
+  static void *hook_##dom##_realloc(void *ctx, void *ptr, size_t size) \
+  { \
+    (void)ctx; \
+    return realloc_fast(&g_ctx[i], ptr, size); \
+  } \
+  static void hook_##dom##_free(void *ctx, void *ptr) \
+  { \
+    (void)ctx; \
+    free_fast(&g_ctx[i], ptr); \
   }
 HOOK_FAST_PATHS(mem, CTX_MEM)
 HOOK_FAST_PATHS(obj, CTX_OBJ)
@@ -453,7 +457,7 @@ static void hook_raw_free(void *ctx, void *ptr)
  * that an interpreter without it only loses the optimisation. Anything else (a debug
  * allocator, PYTHONMALLOC=malloc, tracemalloc or another profiler hooked first) keeps
  * every free hooked. */
-static const char *(*g_allocator_name)(void);   /* set at install; NULL if absent */
+static const char *(*g_allocator_name)(void); /* set at install; NULL if absent */
 
 static int allocators_are_pymalloc(void)
 {
@@ -509,16 +513,22 @@ int hp_hooks_in_hook(void)
 int hp_hooks_install(void)
 {
   /* Indexed by CTX_*. */
-  static const PyMemAllocatorDomain domains[3] = { PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM,
-                                                   PYMEM_DOMAIN_OBJ };
-  static const hp_domain ours[3] = { HP_DOMAIN_RAW, HP_DOMAIN_MEM, HP_DOMAIN_OBJ };
+  static const PyMemAllocatorDomain domains[3] = {PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM,
+                                                  PYMEM_DOMAIN_OBJ};
+  static const hp_domain ours[3] = {HP_DOMAIN_RAW, HP_DOMAIN_MEM, HP_DOMAIN_OBJ};
   static const PyMemAllocatorEx hooks[3] = {
-    [CTX_RAW] = { .malloc = hook_raw_malloc, .calloc = hook_raw_calloc,
-                  .realloc = hook_raw_realloc, .free = hook_raw_free },
-    [CTX_MEM] = { .malloc = hook_mem_malloc, .calloc = hook_mem_calloc,
-                  .realloc = hook_mem_realloc, .free = hook_mem_free },
-    [CTX_OBJ] = { .malloc = hook_obj_malloc, .calloc = hook_obj_calloc,
-                  .realloc = hook_obj_realloc, .free = hook_obj_free },
+    [CTX_RAW] = {.malloc = hook_raw_malloc,
+                 .calloc = hook_raw_calloc,
+                 .realloc = hook_raw_realloc,
+                 .free = hook_raw_free},
+    [CTX_MEM] = {.malloc = hook_mem_malloc,
+                 .calloc = hook_mem_calloc,
+                 .realloc = hook_mem_realloc,
+                 .free = hook_mem_free},
+    [CTX_OBJ] = {.malloc = hook_obj_malloc,
+                 .calloc = hook_obj_calloc,
+                 .realloc = hook_obj_realloc,
+                 .free = hook_obj_free},
   };
   if (g_installed)
     return 0;
@@ -529,8 +539,8 @@ int hp_hooks_install(void)
     g_ctx[i].py_domain = domains[i];
     g_ctx[i].ours = hooks[i].malloc;
   }
-  g_allocator_name =
-      (const char *(*)(void))dlsym(RTLD_DEFAULT, "_PyMem_GetCurrentAllocatorName");
+  g_allocator_name = (const char *(*)(void))dlsym(RTLD_DEFAULT,
+                                                  "_PyMem_GetCurrentAllocatorName");
   g_frees_via_raw = allocators_are_pymalloc();
   if (pthread_atfork(NULL, NULL, hooks_after_fork_child) != 0)
     return -HP_ENOMEM;

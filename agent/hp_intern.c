@@ -13,7 +13,7 @@ typedef struct {
   uint64_t hash;
   int32_t line;
   uint32_t function_len, filename_len;
-  char *strings;            /* function then filename, one allocation */
+  char *strings; /* function then filename, one allocation */
 } frame_ent;
 
 typedef struct {
@@ -25,10 +25,10 @@ typedef struct {
 
 struct hp_intern {
   uint32_t max_frames, max_stacks;
-  _Atomic uint32_t nframes, nstacks;     /* published counts */
-  frame_ent *frames;                     /* [0] unused: ids start at 1 */
+  _Atomic uint32_t nframes, nstacks; /* published counts */
+  frame_ent *frames;                 /* [0] unused: ids start at 1 */
   stack_ent *stacks;
-  uint32_t *frame_index, *stack_index;   /* 0 = empty; writer only */
+  uint32_t *frame_index, *stack_index; /* 0 = empty; writer only */
   size_t frame_mask, stack_mask;
 };
 
@@ -87,7 +87,7 @@ static uint64_t mix(uint64_t h, uint64_t v)
 static uint64_t bytes_hash(uint64_t h, const char *s, size_t n)
 {
   for (size_t i = 0; i < n; i++)
-    h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;   /* FNV-1a */
+    h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull; /* FNV-1a */
   return mix(h, n);
 }
 
@@ -99,8 +99,9 @@ static uint64_t frame_hash(const char *function, size_t function_len, const char
   return mix(h, (uint64_t)(uint32_t)line);
 }
 
-static int frame_is(const frame_ent *e, uint64_t h, const char *function, size_t function_len,
-                    const char *filename, size_t filename_len, int32_t line)
+static int frame_is(const frame_ent *e, uint64_t h, const char *function,
+                    size_t function_len, const char *filename, size_t filename_len,
+                    int32_t line)
 {
   return e->hash == h && e->line == line && e->function_len == function_len &&
          e->filename_len == filename_len &&
@@ -156,7 +157,7 @@ static uint64_t stack_hash(const uint32_t *ids, uint32_t depth, uint8_t truncate
 }
 
 int64_t hp_intern_stack_add(hp_intern *in, const uint32_t *frame_ids, uint32_t depth,
-                        uint8_t truncated)
+                            uint8_t truncated)
 {
   if (depth == 0 || depth > HP_MAX_STACK_DEPTH)
     return -HP_EINVAL;

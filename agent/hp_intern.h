@@ -20,10 +20,10 @@
 
 #include "hp_proto.h"
 
-#define HP_INTERN_MAX_FRAMES  (1u << 18)
-#define HP_INTERN_MAX_STACKS  (1u << 18)
+#define HP_INTERN_MAX_FRAMES (1u << 18)
+#define HP_INTERN_MAX_STACKS (1u << 18)
 
-typedef struct hp_intern hp_intern;  /* opaque */
+typedef struct hp_intern hp_intern; /* opaque */
 
 typedef struct {
   hp_str function;
@@ -39,7 +39,7 @@ typedef struct {
 
 /* max_frames/max_stacks of 0 mean the defaults above. NULL on OOM. */
 hp_intern *hp_intern_new(uint32_t max_frames, uint32_t max_stacks);
-void hp_intern_free(hp_intern *in);   /* NULL is a no-op */
+void hp_intern_free(hp_intern *in); /* NULL is a no-op */
 
 /* Frame id of (function, filename, line), adding it with copies of the strings when new.
  * Strings are cut to HP_MAX_STR_BYTES first (the cut is part of the content). Returns the
@@ -49,7 +49,7 @@ int64_t hp_intern_frame_add(hp_intern *in, const char *function, size_t function
 /* Stack id for these frame ids (adding it when new), or -HP_EFULL / -HP_ENOMEM /
  * -HP_EINVAL (depth 0 or over HP_MAX_STACK_DEPTH). */
 int64_t hp_intern_stack_add(hp_intern *in, const uint32_t *frame_ids, uint32_t depth,
-                        uint8_t truncated);
+                            uint8_t truncated);
 
 /* Published counts: ids 1..count are readable. */
 uint32_t hp_intern_frame_count(const hp_intern *in);

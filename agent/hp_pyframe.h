@@ -17,8 +17,8 @@
 #include <stdint.h>
 
 typedef struct {
-  PyCodeObject *code;   /* borrowed: alive while its frame runs */
-  int offset;           /* byte offset of the frame's current instruction (PyCode_Addr2Line) */
+  PyCodeObject *code; /* borrowed: alive while its frame runs */
+  int offset; /* byte offset of the frame's current instruction (PyCode_Addr2Line) */
 } hp_pyframe;
 
 /* The calling thread's Python frames, innermost first: those a traceback shows. Frames

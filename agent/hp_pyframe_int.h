@@ -20,7 +20,8 @@
 static PyThreadState *main_gil_holder(void)
 {
   PyThreadState *ts = _PyThreadState_UncheckedGet();
-  if (!ts || ts != PyGILState_GetThisThreadState() || ts->interp != PyInterpreterState_Main())
+  if (!ts || ts != PyGILState_GetThisThreadState() ||
+      ts->interp != PyInterpreterState_Main())
     return NULL;
   return ts;
 }
@@ -63,9 +64,9 @@ static int on_code_event(PyCodeEvent event, PyCodeObject *code)
 static int watch_codes_with_watcher(void (*destroyed)(PyCodeObject *code))
 {
   if (PyInterpreterState_Get() != PyInterpreterState_Main())
-    return -1;   /* the main interpreter's code would go unwatched */
+    return -1; /* the main interpreter's code would go unwatched */
   g_code_destroyed = destroyed;
-  if (PyCode_AddWatcher(on_code_event) < 0) {   /* all watcher slots taken */
+  if (PyCode_AddWatcher(on_code_event) < 0) { /* all watcher slots taken */
     PyErr_Clear();
     return -1;
   }

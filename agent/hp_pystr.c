@@ -14,9 +14,9 @@
 typedef struct {
   char *out;
   size_t len, cap;
-  int full;                  /* a character did not fit: write nothing more */
-  unsigned char pend[4];     /* escaped bytes of an unfinished sequence */
-  unsigned npend, need;      /* held, and the sequence's whole length */
+  int full;              /* a character did not fit: write nothing more */
+  unsigned char pend[4]; /* escaped bytes of an unfinished sequence */
+  unsigned npend, need;  /* held, and the sequence's whole length */
 } writer;
 
 static void put(writer *w, const void *bytes, size_t n)
@@ -31,7 +31,7 @@ static void put(writer *w, const void *bytes, size_t n)
 
 static void put_replacement(writer *w)
 {
-  static const unsigned char fffd[3] = { 0xEF, 0xBF, 0xBD };
+  static const unsigned char fffd[3] = {0xEF, 0xBF, 0xBD};
   put(w, fffd, sizeof(fffd));
 }
 
@@ -120,7 +120,7 @@ static void put_escaped_byte(writer *w, unsigned char b)
 
 size_t hp_pystr_encode(const void *data, unsigned kind, size_t n, char *out, size_t cap)
 {
-  writer w = { .out = out, .cap = cap };
+  writer w = {.out = out, .cap = cap};
   if (kind != 1 && kind != 2 && kind != 4)
     return 0;
   for (size_t i = 0; i < n && !w.full; i++) {

@@ -31,9 +31,9 @@ struct hp_ring {
   _Alignas(64) _Atomic size_t head;
   /* Written by the consumer only; read by producers that wait (relaxed: a hint). */
   _Alignas(64) _Atomic size_t tail;
-  _Atomic uint64_t dropped;              /* any thread, relaxed: a statistic */
+  _Atomic uint64_t dropped; /* any thread, relaxed: a statistic */
   size_t mask;
-  size_t reserve;                        /* slots kept for FREE records */
+  size_t reserve; /* slots kept for FREE records */
   hp_slot *slots;
 };
 
@@ -92,16 +92,18 @@ int hp_ring_try_push(hp_ring *r, const hp_event *ev)
   for (;;) {
     if (ev->kind == HP_EV_ALLOC && r->reserve) {
       size_t ahead = pos + r->reserve;
-      size_t aseq = atomic_load_explicit(&r->slots[ahead & r->mask].seq, memory_order_relaxed);
+      size_t aseq = atomic_load_explicit(&r->slots[ahead & r->mask].seq,
+                                         memory_order_relaxed);
       if ((intptr_t)aseq - (intptr_t)(ahead & ~r->mask) < 0)
-        return -HP_EFULL;   /* only the free reserve is left */
+        return -HP_EFULL; /* only the free reserve is left */
     }
     hp_slot *s = &r->slots[pos & r->mask];
     size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
     intptr_t dif = (intptr_t)seq - (intptr_t)(pos & ~r->mask);
     if (dif == 0) {
       if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + 1,
-                                                memory_order_relaxed, memory_order_relaxed)) {
+                                                memory_order_relaxed,
+                                                memory_order_relaxed)) {
         s->ev = *ev;
         atomic_store_explicit(&s->seq, (pos & ~r->mask) + 1, memory_order_release);
         return 0;

@@ -22,31 +22,31 @@
 
 #include "hp_proto.h"
 
-#define HP_RING_DEFAULT_CAPACITY  (1u << 17)   /* records (64 bytes each) */
-#define HP_RING_FREE_RESERVE_DIV  16u          /* 1/16 of the slots only frees may use */
+#define HP_RING_DEFAULT_CAPACITY (1u << 17) /* records (64 bytes each) */
+#define HP_RING_FREE_RESERVE_DIV 16u        /* 1/16 of the slots only frees may use */
 
-typedef struct hp_ring hp_ring;   /* opaque */
+typedef struct hp_ring hp_ring; /* opaque */
 
-hp_ring *hp_ring_new(size_t capacity);            /* rounded up to a power of two; NULL on OOM */
-void     hp_ring_free(hp_ring *r);                /* NULL is a no-op */
+hp_ring *hp_ring_new(size_t capacity); /* rounded up to a power of two; NULL on OOM */
+void hp_ring_free(hp_ring *r);         /* NULL is a no-op */
 /* 0, or -HP_EFULL: the record was dropped and counted (an ALLOC when the free reserve is
  * all that is left, a FREE when the ring is full). */
-int      hp_ring_push(hp_ring *r, const hp_event *ev);
+int hp_ring_push(hp_ring *r, const hp_event *ev);
 /* 1 if an ALLOC pushed now would get in (more than the free reserve is free), else 0.
  * A hint for producers that can skip the work of building a record that would be
  * dropped; the push itself decides. */
-int      hp_ring_alloc_room(const hp_ring *r);
+int hp_ring_alloc_room(const hp_ring *r);
 /* 1 if more than n slots are free (n < capacity): a fill level, as a hint likewise. */
-int      hp_ring_has_room(const hp_ring *r, size_t n);
+int hp_ring_has_room(const hp_ring *r, size_t n);
 /* Like hp_ring_push() but a full ring is not counted (block mode retries). */
-int      hp_ring_try_push(hp_ring *r, const hp_event *ev);
+int hp_ring_try_push(hp_ring *r, const hp_event *ev);
 /* 1 and fills *out, or 0 when empty (or the next record is still being written). */
-int      hp_ring_pop(hp_ring *r, hp_event *out);
+int hp_ring_pop(hp_ring *r, hp_event *out);
 uint64_t hp_ring_dropped(const hp_ring *r);
 /* Counts a record the caller gave up on (block mode timeout) as dropped. */
-void     hp_ring_count_drop(hp_ring *r);
-size_t   hp_ring_capacity(const hp_ring *r);
-size_t   hp_ring_free_reserve(const hp_ring *r);   /* slots kept for FREE records */
+void hp_ring_count_drop(hp_ring *r);
+size_t hp_ring_capacity(const hp_ring *r);
+size_t hp_ring_free_reserve(const hp_ring *r); /* slots kept for FREE records */
 /* Records whose slot was claimed by a push so far (including ones still being written):
  * the number of records committed to the stream. Any thread. */
 uint64_t hp_ring_pushed(const hp_ring *r);

@@ -110,7 +110,7 @@ uint64_t hp_sampler_estimate(uint64_t interval, uint64_t size)
   if (interval <= 1)
     return size;
   double s = (double)size;
-  double p = -expm1(-s / (double)interval);   /* 1 - exp(-s/I), accurate for small s/I */
+  double p = -expm1(-s / (double)interval); /* 1 - exp(-s/I), accurate for small s/I */
   return (uint64_t)llround(s / p);
 }
 
@@ -122,7 +122,7 @@ int hp_sampler_sample_slow(const hp_sampler_cfg *cfg, hp_sampler_tls *t, size_t 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     /* The pid keeps fork children that seed at the same instant apart. */
     hp_sampler_seed(t, (uint64_t)(uintptr_t)t ^ ((uint64_t)ts.tv_nsec << 20) ^
-                       (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40));
+                         (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40));
   }
   uint32_t generation = __atomic_load_n(&cfg->generation, __ATOMIC_ACQUIRE);
   uint64_t interval = __atomic_load_n(&cfg->interval, __ATOMIC_RELAXED);

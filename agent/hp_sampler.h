@@ -41,14 +41,14 @@
 
 #include "hp_proto.h"
 
-#define HP_SAMPLER_DEFAULT_INTERVAL  (64u * 1024u)   /* bytes; see bench/README.md */
+#define HP_SAMPLER_DEFAULT_INTERVAL (64u * 1024u) /* bytes; see bench/README.md */
 /* Generations wrap from here back to 1: 0, UINT32_MAX - 1 and UINT32_MAX are never a
  * generation, so the hooks may use them as markers (hp_hooks.c, hp_agent_gate). */
-#define HP_SAMPLER_GENERATION_MAX    (UINT32_MAX - 2u)
+#define HP_SAMPLER_GENERATION_MAX (UINT32_MAX - 2u)
 
 typedef struct {
-  uint64_t interval;               /* Poisson mean interval; 0 in bucket mode */
-  uint32_t generation;             /* bumped by every configure call, in
+  uint64_t interval;   /* Poisson mean interval; 0 in bucket mode */
+  uint32_t generation; /* bumped by every configure call, in
                                       [1, HP_SAMPLER_GENERATION_MAX] */
   uint32_t nbuckets;
   hp_bucket buckets[HP_MAX_BUCKETS];
@@ -56,10 +56,10 @@ typedef struct {
 
 /* Per-thread state; all zero is a valid "not yet seeded" state (thread-local storage). */
 typedef struct {
-  int64_t countdown;               /* bytes until the next sample point */
-  uint64_t rng;                    /* xorshift64* state, never 0 once seeded */
-  uint64_t interval;               /* the interval this countdown was drawn for */
-  uint32_t generation;             /* configuration this countdown was drawn for */
+  int64_t countdown;   /* bytes until the next sample point */
+  uint64_t rng;        /* xorshift64* state, never 0 once seeded */
+  uint64_t interval;   /* the interval this countdown was drawn for */
+  uint32_t generation; /* configuration this countdown was drawn for */
 } hp_sampler_tls;
 
 /* 0, or -HP_EINVAL for interval 0. */

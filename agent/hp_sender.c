@@ -28,7 +28,7 @@ hp_sender_family *hp_sender_family_new(void)
 {
   void *p = mmap(NULL, sizeof(hp_sender_family), PROT_READ | PROT_WRITE,
                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  return p == MAP_FAILED ? NULL : p;   /* zero-filled: nobody stuck */
+  return p == MAP_FAILED ? NULL : p; /* zero-filled: nobody stuck */
 }
 
 struct hp_sender {
@@ -36,28 +36,28 @@ struct hp_sender {
   int fd;
   hp_sender_cfg cfg;
   char *socket_path;
-  hp_hello hello;            /* strings point into hello_block */
+  hp_hello hello; /* strings point into hello_block */
   hp_str *argv;
   char *hello_block;
   hp_bucket *buckets;
-  hp_encoder *enc;           /* sender thread only */
-  hp_event *batch;           /* sender thread only */
-  uint32_t frames_sent, stacks_sent;   /* sender thread only */
-  uint32_t changes_sent;     /* sender thread only: interval changes reported */
-  uint64_t interval_sent;    /* sender thread only: the interval last reported */
-  _Atomic int stop;          /* set by hp_sender_stop(), under mu to pair with wake */
-  _Atomic uint64_t stop_ns;  /* when the stop began; written before stop is set */
-  uint64_t stall_ns;         /* read-only after start */
-  int64_t peer;              /* the daemon's pid (SO_PEERCRED), 0 unknown; read-only */
-  int sndbuf;                /* SO_SNDBUF: the socket's size; read-only after start */
-  size_t flush_bytes;        /* write once this much is encoded; read-only */
-  hp_encoder *ctl;           /* sender thread only: COUNTERS, written apart from enc */
+  hp_encoder *enc;                   /* sender thread only */
+  hp_event *batch;                   /* sender thread only */
+  uint32_t frames_sent, stacks_sent; /* sender thread only */
+  uint32_t changes_sent;             /* sender thread only: interval changes reported */
+  uint64_t interval_sent;            /* sender thread only: the interval last reported */
+  _Atomic int stop;         /* set by hp_sender_stop(), under mu to pair with wake */
+  _Atomic uint64_t stop_ns; /* when the stop began; written before stop is set */
+  uint64_t stall_ns;        /* read-only after start */
+  int64_t peer;             /* the daemon's pid (SO_PEERCRED), 0 unknown; read-only */
+  int sndbuf;               /* SO_SNDBUF: the socket's size; read-only after start */
+  size_t flush_bytes;       /* write once this much is encoded; read-only */
+  hp_encoder *ctl;          /* sender thread only: COUNTERS, written apart from enc */
   /* Sender thread only: */
-  uint64_t progress_ns;      /* the daemon last took data from this stream, 0 never */
-  int unread;                /* the socket's unread bytes when last looked at */
-  int final_sent;            /* the final counters went out */
-  int gave_up_for_family;    /* gave up because another process did */
-  uint32_t pending_events;   /* encoded, not yet written */
+  uint64_t progress_ns;    /* the daemon last took data from this stream, 0 never */
+  int unread;              /* the socket's unread bytes when last looked at */
+  int final_sent;          /* the final counters went out */
+  int gave_up_for_family;  /* gave up because another process did */
+  uint32_t pending_events; /* encoded, not yet written */
   /* Sender thread only: the threads of this stream whose kernel name was looked at
    * (open addressing, 0 empty), the last one seen, and the main thread's name. */
   uint32_t tids[2 * HP_SENDER_MAX_THREADS];
@@ -66,11 +66,11 @@ struct hp_sender {
   /* Names the program gave (hp_sender_thread_name), not yet sent; under mu. */
   hp_thread_def *names[HP_SENDER_MAX_NAMES];
   uint32_t nnames;
-  pthread_mutex_t mu;        /* guards the idle wait and names[]; hooks never touch it */
-  pthread_cond_t wake;       /* signalled by hp_sender_stop(): exit without oversleeping */
-  int sync_ready;            /* mu and wake were initialised */
-  _Atomic int error;         /* first write error, set by the thread */
-  _Atomic uint32_t end_reason;   /* GOODBYE's; the first nonzero one set wins */
+  pthread_mutex_t mu;  /* guards the idle wait and names[]; hooks never touch it */
+  pthread_cond_t wake; /* signalled by hp_sender_stop(): exit without oversleeping */
+  int sync_ready;      /* mu and wake were initialised */
+  _Atomic int error;   /* first write error, set by the thread */
+  _Atomic uint32_t end_reason; /* GOODBYE's; the first nonzero one set wins */
   _Atomic uint64_t events_sent;
 };
 
@@ -125,7 +125,7 @@ int hp_sender_connect_timeout(const char *path, uint64_t timeout_ns, int *fd_out
       err = -ETIMEDOUT;
       goto out_close;
     }
-    struct timespec ts = { 0, 1000000 };
+    struct timespec ts = {0, 1000000};
     nanosleep(&ts, NULL);
   }
   *fd_out = fd;
@@ -202,14 +202,14 @@ static int wait_writable(hp_sender *s)
     if (left_ms < (uint64_t)timeout_ms)
       timeout_ms = (int)left_ms;
   }
-  struct pollfd p = { .fd = s->fd, .events = POLLOUT };
+  struct pollfd p = {.fd = s->fd, .events = POLLOUT};
   int r = poll(&p, 1, timeout_ms);
   if (r < 0 && errno != EINTR)
     return -errno;
   if (r > 0 && !(p.revents & (POLLERR | POLLHUP))) {
     /* Writable, yet the caller found no room for its data (the kernel reports room at a
      * quarter full): let the daemon read on rather than spin. */
-    struct timespec ts = { 0, 1000000 };
+    struct timespec ts = {0, 1000000};
     nanosleep(&ts, NULL);
   }
   return 0;
@@ -302,8 +302,10 @@ static int send_defs(hp_sender *s)
   for (uint32_t id = s->frames_sent + 1; id <= nframes; id++) {
     hp_intern_frame f;
     hp_intern_frame_get(in, id, &f);
-    hp_frame_def d = { .frame_id = id, .function = f.function, .filename = f.filename,
-                       .lineno = f.lineno };
+    hp_frame_def d = {.frame_id = id,
+                      .function = f.function,
+                      .filename = f.filename,
+                      .lineno = f.lineno};
     if ((rc = hp_encode_frame_def(s->enc, &d)) < 0 || (rc = flush_if_big(s)) < 0)
       return rc;
     s->frames_sent = id;
@@ -311,8 +313,10 @@ static int send_defs(hp_sender *s)
   for (uint32_t id = s->stacks_sent + 1; id <= nstacks; id++) {
     hp_intern_stack st;
     hp_intern_stack_get(in, id, &st);
-    hp_stack_def d = { .stack_id = id, .truncated = st.truncated, .depth = st.depth,
-                       .frame_ids = st.frame_ids };
+    hp_stack_def d = {.stack_id = id,
+                      .truncated = st.truncated,
+                      .depth = st.depth,
+                      .frame_ids = st.frame_ids};
     if ((rc = hp_encode_stack_def(s->enc, &d)) < 0 || (rc = flush_if_big(s)) < 0)
       return rc;
     s->stacks_sent = id;
@@ -324,10 +328,10 @@ static int send_defs(hp_sender *s)
  * or 0 for now. */
 static int encode_counters(hp_sender *s, uint64_t ts_ns, uint64_t interval)
 {
-  hp_counters c = { .ts_ns = ts_ns ? ts_ns : hp_now_ns(),
-                    .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
-                    .sample_interval_bytes = interval,
-                    .events_sent = hp_ring_pushed(s->cfg.ring) };
+  hp_counters c = {.ts_ns = ts_ns ? ts_ns : hp_now_ns(),
+                   .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
+                   .sample_interval_bytes = interval,
+                   .events_sent = hp_ring_pushed(s->cfg.ring)};
   return hp_encode_counters(s->ctl, &c);
 }
 
@@ -370,7 +374,7 @@ static int send_interval_changes(hp_sender *s)
   while (rc == 0 && s->cfg.interval_change &&
          s->cfg.interval_change(s->cfg.arg, s->changes_sent, &ts, &interval)) {
     if ((rc = encode_counters(s, ts, interval)) < 0 || (rc = write_control(s)) != 0)
-      return rc < 0 ? rc : 0;   /* 1: the final counters told it */
+      return rc < 0 ? rc : 0; /* 1: the final counters told it */
     s->interval_sent = interval;
     s->changes_sent++;
   }
@@ -442,7 +446,7 @@ static int send_thread_names(hp_sender *s, const hp_event *ev, uint32_t n)
     size_t len = read_comm(path, name, sizeof(name));
     if (len == 0 || (tid != (uint32_t)s->hello.pid && strcmp(name, s->process_comm) == 0))
       continue;
-    hp_thread_def d = { .thread_id = tid, .name = { name, (uint32_t)len } };
+    hp_thread_def d = {.thread_id = tid, .name = {name, (uint32_t)len}};
     if ((rc = hp_encode_thread_def(s->enc, &d)) == 0)
       rc = flush_if_big(s);
   }
@@ -505,14 +509,16 @@ static void report_failure(hp_sender *s, int err, uint64_t lost)
   else if (err == -ETIMEDOUT)
     n = snprintf(line, sizeof(line),
                  "heapprof: heapprofd at %s took no data for %.3g s; %llu events lost, "
-                 "the session is incomplete\n", s->socket_path, (double)s->stall_ns / 1e9,
-                 (unsigned long long)lost);
+                 "the session is incomplete\n",
+                 s->socket_path, (double)s->stall_ns / 1e9, (unsigned long long)lost);
   else
     n = snprintf(line, sizeof(line),
                  "heapprof: lost the connection to heapprofd at %s (%s); profiling "
-                 "stopped, the program continues\n", s->socket_path, hp_strerror(err));
+                 "stopped, the program continues\n",
+                 s->socket_path, hp_strerror(err));
   if (n > 0) {
-    ssize_t w = write(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    ssize_t w = write(STDERR_FILENO, line,
+                      (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
     (void)w;
   }
   if (s->cfg.failed)
@@ -612,15 +618,16 @@ static void *sender_main(void *arg)
     if (n == 0 && stopping)
       break;
     idle_ns = n < HP_SENDER_BATCH / 16
-                  ? (idle_ns * 2 > HP_SENDER_IDLE_MAX_NS ? HP_SENDER_IDLE_MAX_NS : idle_ns * 2)
-                  : HP_SENDER_IDLE_NS;
+                ? (idle_ns * 2 > HP_SENDER_IDLE_MAX_NS ? HP_SENDER_IDLE_MAX_NS
+                                                       : idle_ns * 2)
+                : HP_SENDER_IDLE_NS;
     if (n < HP_SENDER_BATCH / 4 && !stopping)
       idle_wait(s, idle_ns);
   }
   if (rc == 0) {
-    hp_goodbye g = { .ts_ns = hp_now_ns(),
-                     .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
-                     .end_reason = atomic_load(&s->end_reason) };
+    hp_goodbye g = {.ts_ns = hp_now_ns(),
+                    .events_dropped = s->cfg.dropped ? s->cfg.dropped(s->cfg.arg) : 0,
+                    .end_reason = atomic_load(&s->end_reason)};
     if ((rc = send_given_names(s)) == 0 && (rc = send_interval_changes(s)) == 0 &&
         (rc = send_counters(s)) == 0 && (rc = hp_encode_goodbye(s->enc, &g)) == 0)
       rc = flush_encoder(s);
@@ -679,8 +686,14 @@ static int copy_hello(hp_sender *s, const hp_hello *h)
   if (!s->hello_block || !s->argv || !s->buckets)
     return -HP_ENOMEM;
   char *p = s->hello_block;
-#define COPY_STR_(dst, src) do { if ((src).len) memcpy(p, (src).ptr, (src).len); \
-    (dst).ptr = p; (dst).len = (src).len; p += (src).len; } while (0)
+#define COPY_STR_(dst, src) \
+  do { \
+    if ((src).len) \
+      memcpy(p, (src).ptr, (src).len); \
+    (dst).ptr = p; \
+    (dst).len = (src).len; \
+    p += (src).len; \
+  } while (0)
   for (uint32_t i = 0; i < h->argc; i++)
     COPY_STR_(s->argv[i], h->argv[i]);
   COPY_STR_(s->hello.executable, h->executable);
@@ -730,7 +743,7 @@ hp_sender *hp_sender_start(int fd, const hp_hello *hello, const hp_sender_cfg *c
   s->socket_path = strdup(cfg->socket_path ? cfg->socket_path : "?");
   socklen_t optlen = sizeof(s->sndbuf);
   if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &s->sndbuf, &optlen) != 0 || s->sndbuf <= 0)
-    s->sndbuf = 212992;   /* Linux's usual default */
+    s->sndbuf = 212992; /* Linux's usual default */
   s->flush_bytes = (size_t)s->sndbuf / 4 < HP_SENDER_FLUSH_BYTES ? (size_t)s->sndbuf / 4
                                                                  : HP_SENDER_FLUSH_BYTES;
   s->ctl = hp_encoder_new(4096);

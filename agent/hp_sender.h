@@ -35,23 +35,29 @@
 #include "hp_proto.h"
 #include "hp_ring.h"
 
-#define HP_SENDER_BATCH          4096u        /* events taken from the ring at a time */
-#define HP_SENDER_FRAME_EVENTS   1024u        /* events per EVENTS message (~32 KiB) */
-#define HP_SENDER_FLUSH_BYTES    (256u << 10) /* write once this much is encoded (at most a
+#define HP_SENDER_BATCH        4096u /* events taken from the ring at a time */
+#define HP_SENDER_FRAME_EVENTS 1024u /* events per EVENTS message (~32 KiB) */
+#define HP_SENDER_FLUSH_BYTES \
+  (256u << 10)                       /* write once this much is encoded (at most a
                                                  quarter of the socket's buffer) */
-#define HP_SENDER_IDLE_NS        1000000ull   /* poll period while events flow */
-#define HP_SENDER_IDLE_MAX_NS    16000000ull  /* longest poll period of an idle ring; the
+#define HP_SENDER_IDLE_NS 1000000ull /* poll period while events flow */
+#define HP_SENDER_IDLE_MAX_NS \
+  16000000ull /* longest poll period of an idle ring; the
                                                  ring holds 16 ms of 8M events/s */
-#define HP_SENDER_COUNTERS_NS    1000000000ull
-#define HP_SENDER_STALL_NS       5000000000ull  /* stop: a daemon that takes nothing for
+#define HP_SENDER_COUNTERS_NS 1000000000ull
+#define HP_SENDER_STALL_NS \
+  5000000000ull /* stop: a daemon that takes nothing for
                                                   this long is given up on */
-#define HP_SENDER_STUCK_GRACE_NS 100000000ull   /* ... or for this long, when another
+#define HP_SENDER_STUCK_GRACE_NS \
+  100000000ull /* ... or for this long, when another
                                                   process of the program gave up on it */
-#define HP_SENDER_MAX_THREADS    4096u        /* threads a stream looks up a kernel name
+#define HP_SENDER_MAX_THREADS \
+  4096u                               /* threads a stream looks up a kernel name
                                                  for */
-#define HP_SENDER_MAX_NAMES      1024u        /* names the program gave, pending at once */
-#define HP_SENDER_WAIT_SLICE_MS  50           /* a blocked write re-checks for stop */
-#define HP_SENDER_CONNECT_TIMEOUT_NS 5000000000ull /* a daemon whose listen backlog is
+#define HP_SENDER_MAX_NAMES     1024u /* names the program gave, pending at once */
+#define HP_SENDER_WAIT_SLICE_MS 50    /* a blocked write re-checks for stop */
+#define HP_SENDER_CONNECT_TIMEOUT_NS \
+  5000000000ull /* a daemon whose listen backlog is
                                                      full (stopped, swamped) */
 
 /* Shared by the processes of one program through a MAP_SHARED page that fork children
@@ -60,27 +66,27 @@ typedef struct hp_sender_family hp_sender_family;
 /* Maps a fresh one, never unmapped. NULL on failure: each process then judges alone. */
 hp_sender_family *hp_sender_family_new(void);
 
-typedef struct hp_sender hp_sender;  /* opaque */
+typedef struct hp_sender hp_sender; /* opaque */
 
 typedef struct {
-  hp_ring *ring;                         /* borrowed until hp_sender_stop/abandon */
-  hp_intern *intern;                     /* borrowed likewise */
-  uint64_t (*dropped)(void *arg);        /* cumulative drops, read by the sender thread */
+  hp_ring *ring;                  /* borrowed until hp_sender_stop/abandon */
+  hp_intern *intern;              /* borrowed likewise */
+  uint64_t (*dropped)(void *arg); /* cumulative drops, read by the sender thread */
   /* The index-th change of the sampling interval this session (0, 1, ...): 1 and its
    * time (CLOCK_MONOTONIC) and new interval once it has happened, else 0; NULL: the
    * interval never changes. Each change is reported at once, in order, in a COUNTERS
    * message stamped with the change's time, so the daemon dates every step right even
    * when the stream lags behind. */
   int (*interval_change)(void *arg, uint32_t index, uint64_t *ts_ns, uint64_t *interval);
-  void (*failed)(void *arg, int err);    /* called once from the sender thread */
+  void (*failed)(void *arg, int err); /* called once from the sender thread */
   /* Called by the sender thread about once a second (NULL: never): a nonzero
    * hp_end_reason ends the stream there as a stop does (final counters, drain, GOODBYE
    * with that reason). The callee has made sure nothing is pushed to the ring any more. */
   uint32_t (*check_end)(void *arg);
   void *arg;
-  const char *socket_path;               /* for messages only; copied */
-  hp_sender_family *family;              /* NULL: none */
-  uint64_t stall_ns;                     /* 0: HP_SENDER_STALL_NS (tests shorten it) */
+  const char *socket_path;  /* for messages only; copied */
+  hp_sender_family *family; /* NULL: none */
+  uint64_t stall_ns;        /* 0: HP_SENDER_STALL_NS (tests shorten it) */
 } hp_sender_cfg;
 
 /* Connects a stream socket to a Unix socket path, waiting at most
@@ -114,7 +120,7 @@ int hp_sender_thread_name(hp_sender *s, uint64_t thread_id, const char *name, si
 /* Events, frame and stack definitions written so far (for tests and stats). */
 uint64_t hp_sender_events_sent(const hp_sender *s);
 
-uint64_t hp_now_ns(void);        /* CLOCK_MONOTONIC */
-uint64_t hp_wall_ns(void);       /* CLOCK_REALTIME */
+uint64_t hp_now_ns(void);  /* CLOCK_MONOTONIC */
+uint64_t hp_wall_ns(void); /* CLOCK_REALTIME */
 
 #endif /* HP_SENDER_H */

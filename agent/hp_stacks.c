@@ -35,7 +35,8 @@ static uint8_t g_code_filter[CODE_FILTER_BITS / 8];
 
 static inline size_t code_bit(const PyCodeObject *code)
 {
-  return (size_t)((((uintptr_t)code >> 4) * 0x9e3779b97f4a7c15ull) >> 49) & (CODE_FILTER_BITS - 1);
+  return (size_t)((((uintptr_t)code >> 4) * 0x9e3779b97f4a7c15ull) >> 49) &
+         (CODE_FILTER_BITS - 1);
 }
 
 static inline void code_cached(const PyCodeObject *code)
@@ -89,14 +90,14 @@ static size_t name_utf8(PyObject *s, char *buf, size_t cap)
     buf[0] = '?';
     return 1;
   }
-  return hp_pystr_encode(PyUnicode_DATA(s), PyUnicode_KIND(s), (size_t)PyUnicode_GET_LENGTH(s),
-                        buf, cap);
+  return hp_pystr_encode(PyUnicode_DATA(s), PyUnicode_KIND(s),
+                         (size_t)PyUnicode_GET_LENGTH(s), buf, cap);
 }
 
 /* The frame id of (code, offset), interned by content; 0 when the table is full. */
 static uint32_t name_frame(hp_intern *in, PyCodeObject *code, int offset)
 {
-  static char function[HP_MAX_STR_BYTES], filename[HP_MAX_STR_BYTES];   /* GIL */
+  static char function[HP_MAX_STR_BYTES], filename[HP_MAX_STR_BYTES]; /* GIL */
   size_t nlen = name_utf8(code->co_qualname, function, sizeof(function));
   size_t flen = name_utf8(code->co_filename, filename, sizeof(filename));
   int line = PyCode_Addr2Line(code, offset);
@@ -109,7 +110,8 @@ static uint32_t frame_id(hp_intern *in, const hp_pyframe *f)
 {
   if (!g_caches_on)
     return name_frame(in, f->code, f->offset);
-  size_t slot = (((uintptr_t)f->code >> 4) * 31u + (unsigned)f->offset) & (FRAME_CACHE_SIZE - 1);
+  size_t slot = (((uintptr_t)f->code >> 4) * 31u + (unsigned)f->offset) &
+                (FRAME_CACHE_SIZE - 1);
   if (g_frame_cache[slot].code == f->code && g_frame_cache[slot].offset == f->offset &&
       g_frame_cache[slot].gen == g_gen)
     return g_frame_cache[slot].id;
@@ -151,7 +153,7 @@ void hp_stacks_init(void)
 
 uint32_t hp_stacks_current(void)
 {
-  static hp_pyframe frames[HP_MAX_STACK_DEPTH];   /* GIL: written only for its holder */
+  static hp_pyframe frames[HP_MAX_STACK_DEPTH]; /* GIL: written only for its holder */
   uint32_t ids[HP_MAX_STACK_DEPTH];
   uint8_t truncated;
   uint32_t depth = hp_pyframe_walk(frames, hp_agent_max_depth, &truncated);
@@ -159,7 +161,8 @@ uint32_t hp_stacks_current(void)
     return HP_NO_STACK;
   uint64_t h = chain_mix(0x243f6a8885a308d3ull, g_gen);
   for (uint32_t i = 0; i < depth; i++)
-    h = chain_mix(h, (uint64_t)(uintptr_t)frames[i].code ^ ((uint64_t)(uint32_t)frames[i].offset << 48));
+    h = chain_mix(h, (uint64_t)(uintptr_t)frames[i].code ^
+                       ((uint64_t)(uint32_t)frames[i].offset << 48));
   h = chain_mix(h, ((uint64_t)depth << 1) | truncated);
   size_t slot = (size_t)h & (STACK_CACHE_SIZE - 1);
   if (g_caches_on && g_stack_cache[slot].hash == h && g_stack_cache[slot].id != 0)

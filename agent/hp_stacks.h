@@ -25,9 +25,9 @@ void hp_stacks_init(void);
 uint32_t hp_stacks_current(void);
 
 typedef struct {
-  int caches_on;            /* code objects are watched, the caches are used */
-  uint64_t code_flushes;    /* cached code objects died: the caches were emptied */
-  uint64_t frames_named;    /* frames named afresh (cache misses) */
+  int caches_on;         /* code objects are watched, the caches are used */
+  uint64_t code_flushes; /* cached code objects died: the caches were emptied */
+  uint64_t frames_named; /* frames named afresh (cache misses) */
 } hp_stacks_stats;
 
 /* For tests: reads under the GIL. */

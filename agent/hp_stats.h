@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HP_STATS_CLASSES 65   /* class 0: size 0; class k: sizes in [2^(k-1), 2^k) */
+#define HP_STATS_CLASSES 65 /* class 0: size 0; class k: sizes in [2^(k-1), 2^k) */
 
 void hp_stats_add(size_t size);
 void hp_stats_reset(void);

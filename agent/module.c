@@ -33,7 +33,7 @@ static int str_arg(PyObject *o, hp_str *out)
   }
   out->ptr = buf;
   out->len = (uint32_t)hp_pystr_encode(PyUnicode_DATA(o), PyUnicode_KIND(o),
-                                      (size_t)PyUnicode_GET_LENGTH(o), buf, cap);
+                                       (size_t)PyUnicode_GET_LENGTH(o), buf, cap);
   return 0;
 }
 
@@ -57,14 +57,17 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
   PyObject *buckets_obj, *argv_obj, *exe_obj, *ver_obj;
   hp_bucket buckets[HP_MAX_BUCKETS];
   hp_str *argv = NULL;
-  hp_str exe = { 0 }, ver = { 0 };
+  hp_str exe = {0}, ver = {0};
   PyObject *argv_seq = NULL, *result = NULL;
   if (!PyArg_ParseTuple(args, "sKIiOOUU", &sock, &interval, &max_depth, &on_full,
                         &buckets_obj, &argv_obj, &exe_obj, &ver_obj))
     return NULL;
-  hp_agent_opts o = { .socket_path = sock, .sample_interval = interval,
-                      .max_depth = max_depth, .block_when_full = on_full == 1,
-                      .adapt_when_full = on_full == 2, .hooks_replaced = hp_hooks_replaced };
+  hp_agent_opts o = {.socket_path = sock,
+                     .sample_interval = interval,
+                     .max_depth = max_depth,
+                     .block_when_full = on_full == 1,
+                     .adapt_when_full = on_full == 2,
+                     .hooks_replaced = hp_hooks_replaced};
   if (max_depth < 1 || max_depth > HP_MAX_STACK_DEPTH) {
     PyErr_Format(PyExc_ValueError, "max stack depth %u is outside 1..%u", max_depth,
                  HP_MAX_STACK_DEPTH);
@@ -84,8 +87,10 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
     for (Py_ssize_t i = 0; i < n; i++) {
       unsigned long long sz;
       double rate;
-      if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "Kd;sample rate entries are "
-                            "(max_size, rate)", &sz, &rate)) {
+      if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i),
+                            "Kd;sample rate entries are "
+                            "(max_size, rate)",
+                            &sz, &rate)) {
         Py_DECREF(seq);
         return NULL;
       }
@@ -127,8 +132,9 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
   int rc = hp_agent_start(&o);
   if (rc == -HP_EINVAL) {
     PyErr_SetString(PyExc_ValueError, hp_agent_is_profiling()
-                    ? "heapprof is already profiling this process"
-                    : "invalid sampling options (bucket sizes must increase, rates in (0, 1])");
+                                        ? "heapprof is already profiling this process"
+                                        : "invalid sampling options (bucket sizes must "
+                                          "increase, rates in (0, 1])");
     goto out;
   }
   if (rc < 0) {
@@ -156,10 +162,8 @@ static PyObject *agent_stop(PyObject *self, PyObject *unused)
   (void)unused;
   int rc;
   /* The sender may need a moment to drain; other Python threads can run meanwhile. */
-  Py_BEGIN_ALLOW_THREADS
-  rc = hp_agent_stop();
-  Py_END_ALLOW_THREADS
-  return PyLong_FromLong(rc);
+  Py_BEGIN_ALLOW_THREADS rc = hp_agent_stop();
+  Py_END_ALLOW_THREADS return PyLong_FromLong(rc);
 }
 
 /* thread_names([(native_id, name), ...]): the program's names for its threads, sent to
@@ -175,8 +179,8 @@ static PyObject *agent_thread_names(PyObject *self, PyObject *arg)
   for (Py_ssize_t i = 0; i < n; i++) {
     unsigned long long tid;
     PyObject *name;
-    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KU;thread names are (id, name)",
-                          &tid, &name)) {
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i),
+                          "KU;thread names are (id, name)", &tid, &name)) {
       Py_DECREF(seq);
       return NULL;
     }
@@ -187,11 +191,8 @@ static PyObject *agent_thread_names(PyObject *self, PyObject *arg)
     }
     int rc;
     /* A stop in another thread may hold the agent lock while heapprofd drains. */
-    Py_BEGIN_ALLOW_THREADS
-    rc = hp_agent_thread_name(tid, str.ptr, str.len);
-    Py_END_ALLOW_THREADS
-    if (rc == -HP_EINVAL)
-      break;   /* no session */
+    Py_BEGIN_ALLOW_THREADS rc = hp_agent_thread_name(tid, str.ptr, str.len);
+    Py_END_ALLOW_THREADS if (rc == -HP_EINVAL) break; /* no session */
   }
   Py_DECREF(seq);
   Py_RETURN_NONE;
@@ -282,8 +283,9 @@ static PyObject *agent_stack_stats(PyObject *self, PyObject *noargs)
   hp_stacks_stats st;
   hp_stacks_get_stats(&st);
   hp_intern *in = hp_agent_intern();
-  return Py_BuildValue("{s:O,s:K,s:K,s:I,s:I}", "caches_on", st.caches_on ? Py_True : Py_False,
-                       "code_flushes", (unsigned long long)st.code_flushes, "frames_named",
+  return Py_BuildValue("{s:O,s:K,s:K,s:I,s:I}", "caches_on",
+                       st.caches_on ? Py_True : Py_False, "code_flushes",
+                       (unsigned long long)st.code_flushes, "frames_named",
                        (unsigned long long)st.frames_named, "frames",
                        in ? hp_intern_frame_count(in) : 0u, "stacks",
                        in ? hp_intern_stack_count(in) : 0u);
@@ -300,8 +302,10 @@ static PyObject *agent_sample_estimate(PyObject *self, PyObject *args)
 
 static PyMethodDef agent_methods[] = {
   {"start", agent_start, METH_VARARGS,
-   "start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version)"},
-  {"stop", agent_stop, METH_NOARGS, "stop() -> 0 or the negative error that ended the stream"},
+   "start(socket, interval, max_depth, on_full, buckets, argv, executable, "
+   "python_version)"},
+  {"stop", agent_stop, METH_NOARGS,
+   "stop() -> 0 or the negative error that ended the stream"},
   {"is_profiling", agent_is_profiling, METH_NOARGS, "is_profiling() -> bool"},
   {"thread_names", agent_thread_names, METH_O,
    "thread_names([(native_id, name), ...]): the program's thread names, for the session"},
@@ -324,17 +328,23 @@ static PyMethodDef agent_methods[] = {
 };
 
 static struct PyModuleDef agent_module = {
-  PyModuleDef_HEAD_INIT, "heapprof._agent",
-  "heapprof's native agent: PEP 445 hooks, sampler and sender thread.", -1, agent_methods,
-  NULL, NULL, NULL, NULL,
+  PyModuleDef_HEAD_INIT,
+  "heapprof._agent",
+  "heapprof's native agent: PEP 445 hooks, sampler and sender thread.",
+  -1,
+  agent_methods,
+  NULL,
+  NULL,
+  NULL,
+  NULL,
 };
 
 /* Built only for the CPython versions agent/meson.build has a stack-walk file for. */
 PyMODINIT_FUNC PyInit__agent(void)
 {
   if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
-    PyErr_SetString(PyExc_ImportError,
-                    "heapprof profiles the main interpreter only; sub-interpreters are refused");
+    PyErr_SetString(PyExc_ImportError, "heapprof profiles the main interpreter only; "
+                                       "sub-interpreters are refused");
     return NULL;
   }
   if (hp_agent_init() < 0) {

@@ -10,10 +10,10 @@
 #include "hp_map.h"
 
 typedef enum {
-  EXPECT_HELLO = 0,  /* nothing valid received yet */
-  STREAMING,         /* HELLO accepted */
-  DONE,              /* GOODBYE accepted */
-  FAILED,            /* a protocol error closed the stream */
+  EXPECT_HELLO = 0, /* nothing valid received yet */
+  STREAMING,        /* HELLO accepted */
+  DONE,             /* GOODBYE accepted */
+  FAILED,           /* a protocol error closed the stream */
 } conn_state;
 
 struct hp_conn {
@@ -21,14 +21,15 @@ struct hp_conn {
   void *ctx;
   hp_framer *framer;
   hp_decoder *decoder;
-  hp_map *frames;     /* agent frame id -> number: its number in the stream, from 1 */
-  hp_map *stacks;     /* agent stack id -> number */
+  hp_map *frames; /* agent frame id -> number: its number in the stream, from 1 */
+  hp_map *stacks; /* agent stack id -> number */
   conn_state state;
-  uint32_t frame_numbers[HP_MAX_STACK_DEPTH];  /* a STACK_DEF's frames, renumbered */
+  uint32_t frame_numbers[HP_MAX_STACK_DEPTH]; /* a STACK_DEF's frames, renumbered */
   char error[512];
 };
 
-hp_conn *hp_conn_new(const hp_conn_sink *sink, void *ctx) {
+hp_conn *hp_conn_new(const hp_conn_sink *sink, void *ctx)
+{
   hp_conn *c = calloc(1, sizeof *c);
   if (c == NULL)
     return NULL;
@@ -45,7 +46,8 @@ hp_conn *hp_conn_new(const hp_conn_sink *sink, void *ctx) {
   return c;
 }
 
-void hp_conn_free(hp_conn *c) {
+void hp_conn_free(hp_conn *c)
+{
   if (c == NULL)
     return;
   hp_framer_free(c->framer);
@@ -55,8 +57,9 @@ void hp_conn_free(hp_conn *c) {
   free(c);
 }
 
-__attribute__((format(printf, 3, 4)))
-static int fail(hp_conn *c, int err, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int fail(hp_conn *c, int err, const char *fmt,
+                                                      ...)
+{
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(c->error, sizeof c->error, fmt, ap);
@@ -65,17 +68,20 @@ static int fail(hp_conn *c, int err, const char *fmt, ...) {
   return err;
 }
 
-static int sink_rc(hp_conn *c, int rc, const char *what) {
+static int sink_rc(hp_conn *c, int rc, const char *what)
+{
   if (rc < 0)
     return fail(c, rc, "storing %s failed: %s", what, hp_strerror(rc));
   return 0;
 }
 
-static int handle_hello(hp_conn *c, const hp_hello *h) {
+static int handle_hello(hp_conn *c, const hp_hello *h)
+{
   if (c->state != EXPECT_HELLO)
     return fail(c, -HP_EORDER, "second HELLO in one stream");
   if (h->version != HP_PROTO_VERSION)
-    return fail(c, -HP_EVERSION, "protocol version %u is not supported (this heapprofd speaks %u)",
+    return fail(c, -HP_EVERSION,
+                "protocol version %u is not supported (this heapprofd speaks %u)",
                 h->version, HP_PROTO_VERSION);
   int rc = sink_rc(c, c->sink->hello(c->ctx, h), "HELLO");
   if (rc == 0)
@@ -84,17 +90,23 @@ static int handle_hello(hp_conn *c, const hp_hello *h) {
 }
 
 /* The next number of a map of ids: ids are numbered 1, 2, ... as they are defined. */
-static uint32_t next_number(const hp_map *ids) { return (uint32_t)hp_map_count(ids) + 1; }
+static uint32_t next_number(const hp_map *ids)
+{
+  return (uint32_t)hp_map_count(ids) + 1;
+}
 
-static int handle_frame_def(hp_conn *c, const hp_frame_def *f) {
+static int handle_frame_def(hp_conn *c, const hp_frame_def *f)
+{
   assert(c->state == STREAMING);
   if (f->frame_id == 0)
     return fail(c, -HP_ERANGE, "FRAME_DEF with frame id 0");
   if (hp_map_get(c->frames, f->frame_id) != NULL)
     return fail(c, -HP_EDUP, "frame id %u defined twice", f->frame_id);
   if (hp_map_count(c->frames) >= HP_CONN_MAX_FRAMES)
-    return fail(c, -HP_EFULL, "FRAME_DEF of frame id %u exceeds the limit of %u frames "
-                "per session", f->frame_id, HP_CONN_MAX_FRAMES);
+    return fail(c, -HP_EFULL,
+                "FRAME_DEF of frame id %u exceeds the limit of %u frames "
+                "per session",
+                f->frame_id, HP_CONN_MAX_FRAMES);
   hp_frame_def numbered = *f;
   numbered.frame_id = next_number(c->frames);
   hp_map_val v = {.number = numbered.frame_id};
@@ -103,18 +115,21 @@ static int handle_frame_def(hp_conn *c, const hp_frame_def *f) {
   return sink_rc(c, c->sink->frame_def(c->ctx, &numbered), "FRAME_DEF");
 }
 
-static int handle_stack_def(hp_conn *c, const hp_stack_def *s) {
+static int handle_stack_def(hp_conn *c, const hp_stack_def *s)
+{
   assert(c->state == STREAMING);
   if (s->stack_id == 0)
     return fail(c, -HP_ERANGE, "STACK_DEF with stack id 0");
   if (s->depth > HP_MAX_STACK_DEPTH)
-    return fail(c, -HP_ELEN, "stack id %u has %u frames, over the limit of %u",
-                s->stack_id, s->depth, HP_MAX_STACK_DEPTH);
+    return fail(c, -HP_ELEN, "stack id %u has %u frames, over the limit of %u", s->stack_id,
+                s->depth, HP_MAX_STACK_DEPTH);
   if (hp_map_get(c->stacks, s->stack_id) != NULL)
     return fail(c, -HP_EDUP, "stack id %u defined twice", s->stack_id);
   if (hp_map_count(c->stacks) >= HP_CONN_MAX_STACKS)
-    return fail(c, -HP_EFULL, "STACK_DEF of stack id %u exceeds the limit of %u stacks "
-                "per session", s->stack_id, HP_CONN_MAX_STACKS);
+    return fail(c, -HP_EFULL,
+                "STACK_DEF of stack id %u exceeds the limit of %u stacks "
+                "per session",
+                s->stack_id, HP_CONN_MAX_STACKS);
   for (uint32_t i = 0; i < s->depth; i++) {
     const hp_map_val *f = hp_map_get(c->frames, s->frame_ids[i]);
     if (f == NULL)
@@ -133,7 +148,8 @@ static int handle_stack_def(hp_conn *c, const hp_stack_def *s) {
 
 /* Validates the whole batch before anything of it is passed on (a bad batch is
  * refused as a unit), renumbering its stack ids on the way. */
-static int handle_events(hp_conn *c, hp_events *ev) {
+static int handle_events(hp_conn *c, hp_events *ev)
+{
   if (ev->count > HP_MAX_BATCH_EVENTS)
     return fail(c, -HP_ELEN, "EVENTS with %u events, over the limit of %u", ev->count,
                 HP_MAX_BATCH_EVENTS);
@@ -149,8 +165,9 @@ static int handle_events(hp_conn *c, hp_events *ev) {
       continue;
     const hp_map_val *s = hp_map_get(c->stacks, e->stack_id);
     if (s == NULL)
-      return fail(c, -HP_EUNDEF, "event %u of EVENTS uses stack id %u, which was never defined",
-                  i, e->stack_id);
+      return fail(c, -HP_EUNDEF,
+                  "event %u of EVENTS uses stack id %u, which was never defined", i,
+                  e->stack_id);
     e->stack_id = s->number;
   }
   if (ev->count == 0)
@@ -158,7 +175,8 @@ static int handle_events(hp_conn *c, hp_events *ev) {
   return sink_rc(c, c->sink->events(c->ctx, ev->events, ev->count), "EVENTS");
 }
 
-int hp_conn_handle(hp_conn *c, hp_msg *m) {
+int hp_conn_handle(hp_conn *c, hp_msg *m)
+{
   if (c->state == FAILED)
     return -HP_ECLOSED;
   if (c->state == DONE)
@@ -166,20 +184,15 @@ int hp_conn_handle(hp_conn *c, hp_msg *m) {
   if (c->state == EXPECT_HELLO && m->type != HP_MSG_HELLO)
     return fail(c, -HP_EORDER, "%s before HELLO", hp_msg_type_name(m->type));
   switch (m->type) {
-  case HP_MSG_HELLO:
-    return handle_hello(c, &m->u.hello);
-  case HP_MSG_FRAME_DEF:
-    return handle_frame_def(c, &m->u.frame_def);
-  case HP_MSG_STACK_DEF:
-    return handle_stack_def(c, &m->u.stack_def);
-  case HP_MSG_EVENTS:
-    return handle_events(c, &m->u.events);
+  case HP_MSG_HELLO: return handle_hello(c, &m->u.hello);
+  case HP_MSG_FRAME_DEF: return handle_frame_def(c, &m->u.frame_def);
+  case HP_MSG_STACK_DEF: return handle_stack_def(c, &m->u.stack_def);
+  case HP_MSG_EVENTS: return handle_events(c, &m->u.events);
   case HP_MSG_COUNTERS:
     return sink_rc(c, c->sink->counters(c->ctx, &m->u.counters), "COUNTERS");
   case HP_MSG_THREAD_DEF:
     return sink_rc(c, c->sink->thread_def(c->ctx, &m->u.thread_def), "THREAD_DEF");
-  case HP_MSG_MARKER:
-    return sink_rc(c, c->sink->marker(c->ctx, &m->u.marker), "MARKER");
+  case HP_MSG_MARKER: return sink_rc(c, c->sink->marker(c->ctx, &m->u.marker), "MARKER");
   case HP_MSG_GOODBYE: {
     int rc = sink_rc(c, c->sink->goodbye(c->ctx, &m->u.goodbye), "GOODBYE");
     if (rc < 0)
@@ -193,7 +206,8 @@ int hp_conn_handle(hp_conn *c, hp_msg *m) {
 
 /* Sizes in MiB when that is exact enough to show the excess ("frame of 9.0 MiB exceeds
  * the 4 MiB limit"); in bytes when MiB would round to the limit itself. */
-static int fail_too_big(hp_conn *c, uint32_t announced) {
+static int fail_too_big(hp_conn *c, uint32_t announced)
+{
   const double mib = 1024.0 * 1024.0;
   char limit[32];
   if (HP_MAX_FRAME_BYTES % (1024u * 1024u) == 0)
@@ -201,12 +215,13 @@ static int fail_too_big(hp_conn *c, uint32_t announced) {
   else
     snprintf(limit, sizeof limit, "%u bytes", HP_MAX_FRAME_BYTES);
   if ((double)announced - HP_MAX_FRAME_BYTES >= 0.05 * mib)
-    return fail(c, -HP_ETOOBIG, "frame of %.1f MiB exceeds the %s limit",
-                announced / mib, limit);
+    return fail(c, -HP_ETOOBIG, "frame of %.1f MiB exceeds the %s limit", announced / mib,
+                limit);
   return fail(c, -HP_ETOOBIG, "frame of %u bytes exceeds the %s limit", announced, limit);
 }
 
-int hp_conn_feed(hp_conn *c, const uint8_t *data, size_t len) {
+int hp_conn_feed(hp_conn *c, const uint8_t *data, size_t len)
+{
   if (c->state == FAILED)
     return -HP_ECLOSED;
   if (c->state == DONE && len > 0)
@@ -233,9 +248,15 @@ int hp_conn_feed(hp_conn *c, const uint8_t *data, size_t len) {
     }
     rc = hp_conn_handle(c, &m);
     if (rc != 0)
-      return rc;   /* error, or 1 after GOODBYE: later bytes are checked by the next feed */
+      return rc; /* error, or 1 after GOODBYE: later bytes are checked by the next feed */
   }
 }
 
-const char *hp_conn_error(const hp_conn *c) { return c->error; }
-size_t hp_conn_buffered(const hp_conn *c) { return hp_framer_buffered(c->framer); }
+const char *hp_conn_error(const hp_conn *c)
+{
+  return c->error;
+}
+size_t hp_conn_buffered(const hp_conn *c)
+{
+  return hp_framer_buffered(c->framer);
+}

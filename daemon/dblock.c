@@ -24,10 +24,11 @@
 
 struct hp_dblock {
   int fd;
-  char path[];   /* "<db>.lock" */
+  char path[]; /* "<db>.lock" */
 };
 
-static long read_pid(int fd) {
+static long read_pid(int fd)
+{
   char buf[32];
   ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
   if (n <= 0)
@@ -38,7 +39,8 @@ static long read_pid(int fd) {
   return (end != buf && pid > 0) ? pid : 0;
 }
 
-static int write_pid(int fd) {
+static int write_pid(int fd)
+{
   char buf[32];
   int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
   if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n)
@@ -46,7 +48,8 @@ static int write_pid(int fd) {
   return 0;
 }
 
-int hp_dblock_acquire(const char *db_path, hp_dblock **out, long *holder_pid) {
+int hp_dblock_acquire(const char *db_path, hp_dblock **out, long *holder_pid)
+{
   size_t len = strlen(db_path);
   int rc;
 
@@ -87,7 +90,7 @@ int hp_dblock_acquire(const char *db_path, hp_dblock **out, long *holder_pid) {
       *out = l;
       return 0;
     }
-    close(l->fd);   /* the file we locked was removed meanwhile: lock the new one */
+    close(l->fd); /* the file we locked was removed meanwhile: lock the new one */
   }
   rc = -EAGAIN;
   goto out_free;
@@ -99,7 +102,8 @@ out_free:
   return rc;
 }
 
-void hp_dblock_release(hp_dblock *l) {
+void hp_dblock_release(hp_dblock *l)
+{
   if (l == NULL)
     return;
   unlink(l->path);

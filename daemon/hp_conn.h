@@ -43,11 +43,11 @@ typedef struct {
   int (*marker)(void *ctx, const hp_marker *m);
 } hp_conn_sink;
 
-typedef struct hp_conn hp_conn;  /* opaque */
+typedef struct hp_conn hp_conn; /* opaque */
 
 /* sink is borrowed for the life of the conn. NULL on OOM. */
 hp_conn *hp_conn_new(const hp_conn_sink *sink, void *ctx);
-void hp_conn_free(hp_conn *c);   /* NULL is a no-op */
+void hp_conn_free(hp_conn *c); /* NULL is a no-op */
 
 /* Feeds len bytes read from the socket. Returns 0 (more wanted), 1 (GOODBYE accepted:
  * the stream is complete), or a negative -HP_E* code: the stream is broken for good
@@ -58,7 +58,7 @@ int hp_conn_feed(hp_conn *c, const uint8_t *data, size_t len);
  * events of an EVENTS message are renumbered in place (it is the decoder's scratch). */
 int hp_conn_handle(hp_conn *c, hp_msg *m);
 
-const char *hp_conn_error(const hp_conn *c);     /* "" while no error */
-size_t hp_conn_buffered(const hp_conn *c);       /* bytes held by the framer */
+const char *hp_conn_error(const hp_conn *c); /* "" while no error */
+size_t hp_conn_buffered(const hp_conn *c);   /* bytes held by the framer */
 
 #endif /* HP_CONN_H */

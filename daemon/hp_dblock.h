@@ -8,7 +8,7 @@
 #ifndef HP_DBLOCK_H
 #define HP_DBLOCK_H
 
-typedef struct hp_dblock hp_dblock;  /* opaque */
+typedef struct hp_dblock hp_dblock; /* opaque */
 
 /* Takes the lock of db_path. 0 and *out; -EWOULDBLOCK when another process holds it
  * (*holder_pid is then its pid, or 0 if unknown); -EPERM when the lock file belongs to

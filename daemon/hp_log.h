@@ -7,7 +7,7 @@ typedef enum { HP_LOG_ERROR = 0, HP_LOG_WARN, HP_LOG_INFO, HP_LOG_DEBUG } hp_log
 
 void hp_log_set_level(hp_log_level level);
 /* -1 when name is not one of error|warn|info|debug. */
-int  hp_log_parse_level(const char *name);
+int hp_log_parse_level(const char *name);
 void hp_log(hp_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif /* HP_LOG_H */

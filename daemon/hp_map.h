@@ -20,24 +20,24 @@
  * HP_LIVE_LOOKUP, and read from the row when needed. */
 #define HP_LIVE_LOOKUP UINT32_MAX
 typedef struct {
-  int64_t alloc_id;    /* its row in table alloc */
-  int64_t est_bytes;   /* what it adds to the timeline's live level */
-  uint32_t size;       /* requested size, or HP_LIVE_LOOKUP */
-  uint32_t stack;      /* database stack id (0: none), or HP_LIVE_LOOKUP */
+  int64_t alloc_id;  /* its row in table alloc */
+  int64_t est_bytes; /* what it adds to the timeline's live level */
+  uint32_t size;     /* requested size, or HP_LIVE_LOOKUP */
+  uint32_t stack;    /* database stack id (0: none), or HP_LIVE_LOOKUP */
 } hp_live_alloc;
 
 /* A value: each map uses one member, chosen by its owner. */
 typedef union {
-  uint32_t number;     /* conn's id maps: the id's number in its stream (hp_conn.h) */
-  hp_live_alloc live;  /* the store's address maps */
+  uint32_t number;    /* conn's id maps: the id's number in its stream (hp_conn.h) */
+  hp_live_alloc live; /* the store's address maps */
 } hp_map_val;
 
-typedef struct hp_map hp_map;  /* opaque */
+typedef struct hp_map hp_map; /* opaque */
 
-hp_map *hp_map_new(void);                 /* NULL on OOM */
-void    hp_map_free(hp_map *m);           /* NULL is a no-op */
+hp_map *hp_map_new(void);    /* NULL on OOM */
+void hp_map_free(hp_map *m); /* NULL is a no-op */
 /* Inserts or replaces. 0, or -HP_ENOMEM (the map is unchanged). */
-int     hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v);
+int hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v);
 /* The value for key, inserted zeroed if absent (*created says which): one probe where
  * get-then-put takes two. NULL on OOM. Valid until the next put/upsert/del/free. */
 hp_map_val *hp_map_upsert(hp_map *m, uint64_t key, int *created);
@@ -45,13 +45,13 @@ hp_map_val *hp_map_upsert(hp_map *m, uint64_t key, int *created);
 hp_map_val *hp_map_get(const hp_map *m, uint64_t key);
 /* Removes the entry whose value v points to (as returned by hp_map_get or
  * hp_map_upsert just before): one lookup where get-then-delete takes two. */
-void    hp_map_del_at(hp_map *m, hp_map_val *v);
-size_t  hp_map_count(const hp_map *m);
+void hp_map_del_at(hp_map *m, hp_map_val *v);
+size_t hp_map_count(const hp_map *m);
 /* Slots allocated (32 bytes each): what the map's memory bound is stated in
  * (daemon/README.md, "Limits"), and what tests check it by. */
-size_t  hp_map_capacity(const hp_map *m);
+size_t hp_map_capacity(const hp_map *m);
 
 /* Test hook: make the n-th allocation from now fail (0 disables). */
-void    hp_map_fail_alloc_after(unsigned n);
+void hp_map_fail_alloc_after(unsigned n);
 
 #endif /* HP_MAP_H */

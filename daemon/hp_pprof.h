@@ -13,28 +13,28 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define HP_PPROF_DEFAULT_EVERY_S 60      /* --pprof-dir without --pprof-every */
+#define HP_PPROF_DEFAULT_EVERY_S 60 /* --pprof-dir without --pprof-every */
 #define HP_PPROF_MAX_EVERY_S     86400
 /* Each period's range ends this long before the export starts: the agent's buffers and
  * the store's commits (HP_STORE_COMMIT_MS, an allocation row by its second commit) put
  * an allocation in the database up to about half a second after it happened. */
-#define HP_PPROF_SETTLE_MS       1000
+#define HP_PPROF_SETTLE_MS 1000
 /* At hp_pprof_stop(), a running export has this long to exit after SIGTERM. */
-#define HP_PPROF_KILL_MS         2000
+#define HP_PPROF_KILL_MS 2000
 
-typedef struct hp_pprof hp_pprof;   /* opaque */
+typedef struct hp_pprof hp_pprof; /* opaque */
 
 typedef struct {
-  const char *db_path;   /* copied */
-  const char *dir;       /* copied; checked with hp_pprof_check_dir() */
-  uint64_t every_ms;     /* the period */
-  const char *python;    /* the exporter's interpreter; NULL: HP_PYTHON, set at build */
+  const char *db_path; /* copied */
+  const char *dir;     /* copied; checked with hp_pprof_check_dir() */
+  uint64_t every_ms;   /* the period */
+  const char *python;  /* the exporter's interpreter; NULL: HP_PYTHON, set at build */
 } hp_pprof_config;
 
 typedef struct {
-  uint64_t started;      /* exports spawned */
-  uint64_t skipped;      /* periods skipped because an export was still running */
-  uint64_t failed;       /* exports that could not start, exited non-zero or were killed */
+  uint64_t started; /* exports spawned */
+  uint64_t skipped; /* periods skipped because an export was still running */
+  uint64_t failed;  /* exports that could not start, exited non-zero or were killed */
 } hp_pprof_counts;
 
 /* 0 when dir is a directory we can write into; else a negative errno with one line for

@@ -16,7 +16,7 @@
  * EMFILE. daemon/README.md, "Limits". */
 #define HP_SERVER_RESERVED_FDS 32
 
-typedef struct hp_server hp_server;  /* opaque */
+typedef struct hp_server hp_server; /* opaque */
 
 /* Checks that path can be served before anything is created: its length fits
  * sun_path, its directory is owned by us and writable by nobody else (creating it
@@ -25,7 +25,7 @@ typedef struct hp_server hp_server;  /* opaque */
  * 0, or a negative code with one line for users in err. */
 int hp_server_check_path(const char *path, int create_dir, char *err, size_t errlen);
 
-hp_server *hp_server_new(uv_loop_t *loop);  /* NULL on failure */
+hp_server *hp_server_new(uv_loop_t *loop); /* NULL on failure */
 /* Binds (mode 0600), listens and installs the signal handlers; the store is borrowed
  * until the loop has returned. 0, or a negative code with a message in err. */
 int hp_server_listen(hp_server *srv, const char *path, hp_store *store, char *err,

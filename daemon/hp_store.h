@@ -27,46 +27,46 @@
 
 #include "hp_proto.h"
 
-#define HP_STORE_COMMIT_MS        200          /* longest a transaction stays open */
-#define HP_STORE_DEFAULT_ROWS     65536        /* rows per transaction */
-#define HP_STORE_QUEUE_HIGH       (16u << 20)  /* bytes queued: stop reading sockets */
+#define HP_STORE_COMMIT_MS    200         /* longest a transaction stays open */
+#define HP_STORE_DEFAULT_ROWS 65536       /* rows per transaction */
+#define HP_STORE_QUEUE_HIGH   (16u << 20) /* bytes queued: stop reading sockets */
 /* Live sampled allocations tracked per session (to pair their frees): as many as our
  * agent's own address table can hold (HP_ADDRTAB_MAX_SLOTS, agent/hp_addrtab.h), so a
  * real session never reaches it; about 256 MiB of map at the limit. Beyond it a new
  * allocation is dropped and counted in the session's events_dropped (logged once), not
  * stored: a row whose free could never be paired would look leaked forever. Frees make
  * room again. daemon/README.md, "Limits". */
-#define HP_STORE_MAX_LIVE_ADDRS   (1u << 22)
+#define HP_STORE_MAX_LIVE_ADDRS (1u << 22)
 /* A session's argv, as stored (JSON text): what does not fit is left out, entry by
  * entry, and counted in session_settings.argv_omitted. A HELLO can carry 4 MiB of
  * argv (HP_MAX_ARGV entries of HP_MAX_STR_BYTES); a real command line is far shorter.
  * daemon/README.md, "Limits". */
-#define HP_STORE_MAX_ARGV_BYTES   (64u << 10)
+#define HP_STORE_MAX_ARGV_BYTES (64u << 10)
 /* Thread names one session may store (THREAD_DEF, renames included): metadata bounded
  * like argv; a program that names more threads than this gets the rest unnamed. */
-#define HP_STORE_MAX_THREAD_DEFS  65536u
+#define HP_STORE_MAX_THREAD_DEFS 65536u
 /* At shutdown, how long a failing database is retried before what is left is given up. */
-#define HP_STORE_STOP_RETRY_MS    10000u
+#define HP_STORE_STOP_RETRY_MS 10000u
 
 typedef enum {
-  HP_SESSION_EXITED = 0,       /* GOODBYE received */
-  HP_SESSION_DISCONNECTED,     /* the stream ended without GOODBYE */
-  HP_SESSION_PROTOCOL_ERROR,   /* closed by the daemon for bad input */
+  HP_SESSION_EXITED = 0,     /* GOODBYE received */
+  HP_SESSION_DISCONNECTED,   /* the stream ended without GOODBYE */
+  HP_SESSION_PROTOCOL_ERROR, /* closed by the daemon for bad input */
 } hp_session_end;
 
 typedef struct {
-  sqlite3 *db;                 /* from hp_schema_open; the store takes ownership */
+  sqlite3 *db; /* from hp_schema_open; the store takes ownership */
   int64_t timeline_interval_ns;
-  uint32_t batch_rows;         /* 0: HP_STORE_DEFAULT_ROWS */
-  uint32_t commit_ms;          /* 0: HP_STORE_COMMIT_MS */
-  size_t queue_high;           /* 0: HP_STORE_QUEUE_HIGH */
-  size_t queue_low;            /* bytes queued to read again; 0 (or over queue_high):
+  uint32_t batch_rows;          /* 0: HP_STORE_DEFAULT_ROWS */
+  uint32_t commit_ms;           /* 0: HP_STORE_COMMIT_MS */
+  size_t queue_high;            /* 0: HP_STORE_QUEUE_HIGH */
+  size_t queue_low;             /* bytes queued to read again; 0 (or over queue_high):
                                   a quarter of queue_high */
-  uint32_t max_live_addrs;     /* per session; 0: HP_STORE_MAX_LIVE_ADDRS */
-  uint32_t busy_timeout_ms;    /* how long BEGIN waits for another writer's lock before
+  uint32_t max_live_addrs;      /* per session; 0: HP_STORE_MAX_LIVE_ADDRS */
+  uint32_t busy_timeout_ms;     /* how long BEGIN waits for another writer's lock before
                                   the transaction is retried later; 0: as opened */
-  uint32_t stop_retry_ms;      /* 0: HP_STORE_STOP_RETRY_MS */
-  void (*on_resume)(void *ctx);/* called on the store thread */
+  uint32_t stop_retry_ms;       /* 0: HP_STORE_STOP_RETRY_MS */
+  void (*on_resume)(void *ctx); /* called on the store thread */
   void *ctx;
   /* SQL run by hp_store_stop() after the final commit, before the database closes:
    * heapprofd's read indexes (hp_schema_index_sql()), too costly to keep up while
@@ -74,8 +74,9 @@ typedef struct {
   const char *index_sql;
 } hp_store_config;
 
-typedef struct hp_store hp_store;                  /* opaque */
-typedef struct hp_store_session hp_store_session;  /* opaque; lives until its end is stored */
+typedef struct hp_store hp_store; /* opaque */
+typedef struct hp_store_session
+  hp_store_session; /* opaque; lives until its end is stored */
 
 /* Starts the store thread. 0 and *out, or a negative code (cfg->db is then closed). */
 int hp_store_start(hp_store **out, const hp_store_config *cfg);

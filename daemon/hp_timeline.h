@@ -16,18 +16,18 @@
 #include <stdint.h>
 
 typedef struct {
-  int64_t ts_ns;       /* interval start */
-  int64_t live_bytes;  /* highest level within the interval */
-  int64_t live_count;  /* live count at that highest level */
-  int64_t end_bytes;   /* level at the end of the interval (so far, if still open) */
+  int64_t ts_ns;      /* interval start */
+  int64_t live_bytes; /* highest level within the interval */
+  int64_t live_count; /* live count at that highest level */
+  int64_t end_bytes;  /* level at the end of the interval (so far, if still open) */
 } hp_tl_row;
 
-#define HP_TL_MAX_ROWS 2  /* rows one call can complete */
+#define HP_TL_MAX_ROWS 2 /* rows one call can complete */
 
-typedef struct hp_timeline hp_timeline;  /* opaque */
+typedef struct hp_timeline hp_timeline; /* opaque */
 
 hp_timeline *hp_timeline_new(int64_t interval_ns); /* interval_ns > 0; NULL on OOM */
-void hp_timeline_free(hp_timeline *t);              /* NULL is a no-op */
+void hp_timeline_free(hp_timeline *t);             /* NULL is a no-op */
 
 /* Applies a change of dbytes/dcount at ts_ns. Intervals that this closes are written
  * to out (at most HP_TL_MAX_ROWS); returns how many. An event older than the current

@@ -18,14 +18,14 @@
 typedef struct {
   int kind;
   int64_t v[HP_TXOP_VALUES];
-  const void *blob;        /* borrowed until the log is changed; NULL when len is 0 */
+  const void *blob; /* borrowed until the log is changed; NULL when len is 0 */
   uint32_t len;
 } hp_txop;
 
-typedef struct hp_txlog hp_txlog;  /* opaque */
+typedef struct hp_txlog hp_txlog; /* opaque */
 
-hp_txlog *hp_txlog_new(void);      /* NULL on OOM */
-void hp_txlog_free(hp_txlog *l);   /* NULL is a no-op */
+hp_txlog *hp_txlog_new(void);    /* NULL on OOM */
+void hp_txlog_free(hp_txlog *l); /* NULL is a no-op */
 /* Appends one write; the blob (len bytes) is copied. 0, or -HP_ENOMEM (not appended). */
 int hp_txlog_add(hp_txlog *l, int kind, const int64_t v[HP_TXOP_VALUES], const void *blob,
                  uint32_t len);
@@ -34,6 +34,6 @@ size_t hp_txlog_count(const hp_txlog *l);
 void hp_txlog_get(const hp_txlog *l, size_t i, hp_txop *op);
 /* Keeps the entries keep() says 1 for, in their order; drops the others. */
 void hp_txlog_filter(hp_txlog *l, int (*keep)(const hp_txop *op, void *ctx), void *ctx);
-void hp_txlog_clear(hp_txlog *l);  /* keeps its memory for the next transaction */
+void hp_txlog_clear(hp_txlog *l); /* keeps its memory for the next transaction */
 
 #endif /* HP_TXLOG_H */

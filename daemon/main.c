@@ -64,7 +64,8 @@ static const char usage_text[] =
   "data could not be stored (full disk, database locked until the end), 2 on a\n"
   "usage error.\n";
 
-static int usage_error(const char *fmt, const char *arg) {
+static int usage_error(const char *fmt, const char *arg)
+{
   fprintf(stderr, "heapprofd: ");
   fprintf(stderr, fmt, arg);
   fprintf(stderr, "\nTry 'heapprofd --help'.\n");
@@ -72,7 +73,8 @@ static int usage_error(const char *fmt, const char *arg) {
 }
 
 /* Parses a decimal integer in [lo, hi]; 0 on success. */
-static int parse_num(const char *s, long long lo, long long hi, long long *out) {
+static int parse_num(const char *s, long long lo, long long hi, long long *out)
+{
   char *end;
   errno = 0;
   long long v = strtoll(s, &end, 10);
@@ -82,13 +84,15 @@ static int parse_num(const char *s, long long lo, long long hi, long long *out) 
   return 0;
 }
 
-static void close_walk_cb(uv_handle_t *h, void *arg) {
+static void close_walk_cb(uv_handle_t *h, void *arg)
+{
   (void)arg;
   if (!uv_is_closing(h))
     uv_close(h, NULL);
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
   const char *db_path = NULL, *socket_arg = NULL;
   long long interval_ms = 100, batch_rows = HP_STORE_DEFAULT_ROWS;
   long long max_live = HP_STORE_MAX_LIVE_ADDRS;
@@ -118,7 +122,8 @@ int main(int argc, char **argv) {
     case 't':
       if (parse_num(optarg, 1, 3600000, &interval_ms) < 0)
         return usage_error("--timeline-interval: '%s' is not a number of milliseconds "
-                           "from 1 to 3600000", optarg);
+                           "from 1 to 3600000",
+                           optarg);
       break;
     case 'b':
       /* The store keeps up to two batches of rows in memory (72 bytes each). */
@@ -136,7 +141,8 @@ int main(int argc, char **argv) {
     case 'l': {
       int lvl = hp_log_parse_level(optarg);
       if (lvl < 0)
-        return usage_error("--log-level: '%s' is not one of error, warn, info, debug", optarg);
+        return usage_error("--log-level: '%s' is not one of error, warn, info, debug",
+                           optarg);
       hp_log_set_level((hp_log_level)lvl);
       break;
     }
@@ -148,11 +154,12 @@ int main(int argc, char **argv) {
                            optarg);
       break;
     case 'h': fputs(usage_text, stdout); return 0;
-    case 'V': printf("heapprofd %s (protocol %u, schema %d)\n", HP_VERSION, HP_PROTO_VERSION,
-                     HP_SCHEMA_VERSION);
-              return 0;
+    case 'V':
+      printf("heapprofd %s (protocol %u, schema %d)\n", HP_VERSION, HP_PROTO_VERSION,
+             HP_SCHEMA_VERSION);
+      return 0;
     case ':': return usage_error("option %s needs a value", argv[optind - 1]);
-    default:  return usage_error("unknown option '%s'", argv[optind - 1]);
+    default: return usage_error("unknown option '%s'", argv[optind - 1]);
     }
   }
   if (optind < argc)
@@ -201,16 +208,22 @@ int main(int argc, char **argv) {
   int lock_rc = hp_dblock_acquire(db_path, &lock, &holder);
   if (lock_rc == -EWOULDBLOCK) {
     if (holder > 0)
-      fprintf(stderr, "heapprofd: %s is being recorded by another heapprofd (pid %ld); "
-              "two daemons on one database are not supported\n", db_path, holder);
+      fprintf(stderr,
+              "heapprofd: %s is being recorded by another heapprofd (pid %ld); "
+              "two daemons on one database are not supported\n",
+              db_path, holder);
     else
-      fprintf(stderr, "heapprofd: %s is being recorded by another heapprofd; "
-              "two daemons on one database are not supported\n", db_path);
+      fprintf(stderr,
+              "heapprofd: %s is being recorded by another heapprofd; "
+              "two daemons on one database are not supported\n",
+              db_path);
     return 1;
   }
   if (lock_rc == -EPERM) {
-    fprintf(stderr, "heapprofd: the lock file %s.lock belongs to another user; refusing "
-            "to use it or to open the database\n", db_path);
+    fprintf(stderr,
+            "heapprofd: the lock file %s.lock belongs to another user; refusing "
+            "to use it or to open the database\n",
+            db_path);
     return 1;
   }
   if (hp_schema_path_warning(db_path, err, sizeof err))
@@ -234,9 +247,10 @@ int main(int argc, char **argv) {
     hp_log(HP_LOG_WARN, "%s: cannot end the sessions a stopped daemon left running: %s",
            db_path, sqlite3_errmsg(db));
   else if (stale > 0)
-    hp_log(HP_LOG_INFO, "%lld session%s left running by a heapprofd that did not stop "
-           "cleanly: marked disconnected, ended at their last event", stale,
-           stale == 1 ? "" : "s");
+    hp_log(HP_LOG_INFO,
+           "%lld session%s left running by a heapprofd that did not stop "
+           "cleanly: marked disconnected, ended at their last event",
+           stale, stale == 1 ? "" : "s");
   signal(SIGPIPE, SIG_IGN);
 
   /* The read indexes are built at shutdown; a database that already has them (from an
@@ -246,9 +260,10 @@ int main(int argc, char **argv) {
   if (hp_schema_index_count(db, &idx_present, &idx_total) < 0) {
     hp_log(HP_LOG_WARN, "%s: cannot list its indexes: %s", db_path, sqlite3_errmsg(db));
   } else if (idx_present > 0) {
-    hp_log(HP_LOG_WARN, "%s already has %d of the %d read indexes: recording into it is "
-           "slower (they are kept up to date on every insert)", db_path, idx_present,
-           idx_total);
+    hp_log(HP_LOG_WARN,
+           "%s already has %d of the %d read indexes: recording into it is "
+           "slower (they are kept up to date on every insert)",
+           db_path, idx_present, idx_total);
     if (idx_present == idx_total)
       index_sql = NULL;
   }
@@ -274,7 +289,8 @@ int main(int argc, char **argv) {
   };
   int rc = hp_store_start(&store, &cfg);
   if (rc < 0) {
-    fprintf(stderr, "heapprofd: cannot start storage on %s: %s\n", db_path, hp_strerror(rc));
+    fprintf(stderr, "heapprofd: cannot start storage on %s: %s\n", db_path,
+            hp_strerror(rc));
     goto out_close_loop;
   }
   if (hp_server_listen(srv, path, store, err, sizeof err) < 0) {
@@ -284,8 +300,10 @@ int main(int argc, char **argv) {
   hp_pprof *pprof = NULL;
   if (pprof_dir != NULL) {
     hp_pprof_config pcfg = {
-      .db_path = db_path, .dir = pprof_dir,
-      .every_ms = (uint64_t)(pprof_every > 0 ? pprof_every : HP_PPROF_DEFAULT_EVERY_S) * 1000,
+      .db_path = db_path,
+      .dir = pprof_dir,
+      .every_ms = (uint64_t)(pprof_every > 0 ? pprof_every : HP_PPROF_DEFAULT_EVERY_S) *
+                  1000,
     };
     if (hp_pprof_start(loop, &pcfg, &pprof, err, sizeof err) < 0) {
       fprintf(stderr, "heapprofd: %s\n", err);
@@ -294,26 +312,28 @@ int main(int argc, char **argv) {
   }
   printf("heapprofd: listening on %s\n", path);
   fflush(stdout);
-  hp_log(HP_LOG_INFO, "recording into %s (timeline interval %lld ms)", db_path, interval_ms);
+  hp_log(HP_LOG_INFO, "recording into %s (timeline interval %lld ms)", db_path,
+         interval_ms);
 
   uv_run(loop, UV_RUN_DEFAULT);
-  hp_pprof_stop(pprof);   /* before the final commit and indexing: ends a running export */
+  hp_pprof_stop(pprof); /* before the final commit and indexing: ends a running export */
   status = 0;
 
 out_stop_store:
   /* Everything the loop queued is stored before the database closes; what could not be
    * is logged per session, and makes the exit status say so. */
   if (hp_store_stop(store) < 0 && status == 0) {
-    hp_log(HP_LOG_ERROR, "stopped with data received but not stored (see the errors above)");
+    hp_log(HP_LOG_ERROR,
+           "stopped with data received but not stored (see the errors above)");
     status = 1;
   }
 out_close_loop:
   uv_walk(loop, close_walk_cb, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
-  hp_server_free(srv);  /* removes the socket, after the database is closed */
+  hp_server_free(srv); /* removes the socket, after the database is closed */
   if (uv_loop_close(loop) != 0)
     hp_log(HP_LOG_DEBUG, "event loop closed with handles still open");
-  hp_dblock_release(lock);   /* the database is closed: another daemon may take it */
+  hp_dblock_release(lock); /* the database is closed: another daemon may take it */
   if (status == 0)
     hp_log(HP_LOG_INFO, "stopped");
   return status;

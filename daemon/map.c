@@ -16,50 +16,60 @@
 #define HP_MAP_MIN_CAP 16u
 
 typedef struct {
-  uint64_t key;     /* 0 marks an empty slot */
+  uint64_t key; /* 0 marks an empty slot */
   hp_map_val val;
 } slot;
 
 struct hp_map {
   slot *slots;
-  size_t cap;       /* power of two, or 0 before the first put */
-  size_t count;     /* entries in slots, not counting the zero key */
+  size_t cap;   /* power of two, or 0 before the first put */
+  size_t count; /* entries in slots, not counting the zero key */
   int has_zero;
   hp_map_val zero_val;
 };
 
 static unsigned fail_countdown; /* test hook only; the daemon never sets it */
 
-void hp_map_fail_alloc_after(unsigned n) { fail_countdown = n; }
+void hp_map_fail_alloc_after(unsigned n)
+{
+  fail_countdown = n;
+}
 
-static void *map_calloc(size_t n, size_t size) {
+static void *map_calloc(size_t n, size_t size)
+{
   if (fail_countdown > 0 && --fail_countdown == 0)
     return NULL;
   return calloc(n, size);
 }
 
-static inline size_t mix(uint64_t k) {
+static inline size_t mix(uint64_t k)
+{
   /* splitmix64 finaliser: addresses differ mostly in their middle bits. */
-  k ^= k >> 30; k *= 0xbf58476d1ce4e5b9ULL;
-  k ^= k >> 27; k *= 0x94d049bb133111ebULL;
+  k ^= k >> 30;
+  k *= 0xbf58476d1ce4e5b9ULL;
+  k ^= k >> 27;
+  k *= 0x94d049bb133111ebULL;
   k ^= k >> 31;
   return (size_t)k;
 }
 
-hp_map *hp_map_new(void) {
+hp_map *hp_map_new(void)
+{
   return map_calloc(1, sizeof(hp_map));
 }
 
-void hp_map_free(hp_map *m) {
+void hp_map_free(hp_map *m)
+{
   if (m == NULL)
     return;
   free(m->slots);
   free(m);
 }
 
-static int rehash(hp_map *m, size_t new_cap) {
+static int rehash(hp_map *m, size_t new_cap)
+{
   assert(new_cap >= HP_MAP_MIN_CAP && (new_cap & (new_cap - 1)) == 0);
-  assert(m->count * 2 <= new_cap);  /* every entry fits, with an empty slot to end probes */
+  assert(m->count * 2 <= new_cap); /* every entry fits, with an empty slot to end probes */
   slot *ns = map_calloc(new_cap, sizeof(slot));
   if (ns == NULL)
     return -HP_ENOMEM;
@@ -78,7 +88,8 @@ static int rehash(hp_map *m, size_t new_cap) {
   return 0;
 }
 
-static slot *find(const hp_map *m, uint64_t key) {
+static slot *find(const hp_map *m, uint64_t key)
+{
   assert(key != 0);
   if (m->cap == 0)
     return NULL;
@@ -91,7 +102,8 @@ static slot *find(const hp_map *m, uint64_t key) {
   }
 }
 
-int hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v) {
+int hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v)
+{
   if (key == 0) {
     m->has_zero = 1;
     m->zero_val = *v;
@@ -114,11 +126,12 @@ int hp_map_put(hp_map *m, uint64_t key, const hp_map_val *v) {
   m->slots[i].key = key;
   m->slots[i].val = *v;
   m->count++;
-  assert(m->count * 2 <= m->cap);  /* at most half full: probes always end */
+  assert(m->count * 2 <= m->cap); /* at most half full: probes always end */
   return 0;
 }
 
-hp_map_val *hp_map_upsert(hp_map *m, uint64_t key, int *created) {
+hp_map_val *hp_map_upsert(hp_map *m, uint64_t key, int *created)
+{
   if (key == 0) {
     *created = !m->has_zero;
     if (*created)
@@ -148,14 +161,16 @@ hp_map_val *hp_map_upsert(hp_map *m, uint64_t key, int *created) {
   return &m->slots[i].val;
 }
 
-hp_map_val *hp_map_get(const hp_map *m, uint64_t key) {
+hp_map_val *hp_map_get(const hp_map *m, uint64_t key)
+{
   if (key == 0)
     return m->has_zero ? (hp_map_val *)&m->zero_val : NULL;
   slot *s = find(m, key);
   return s ? &s->val : NULL;
 }
 
-static void del_slot(hp_map *m, size_t hole) {
+static void del_slot(hp_map *m, size_t hole)
+{
   assert(hole < m->cap && m->slots[hole].key != 0 && m->count > 0);
   size_t mask = m->cap - 1;
   /* Backward shift: pull later members of the probe run into the hole whenever
@@ -175,7 +190,8 @@ static void del_slot(hp_map *m, size_t hole) {
     (void)rehash(m, m->cap / 2);
 }
 
-void hp_map_del_at(hp_map *m, hp_map_val *v) {
+void hp_map_del_at(hp_map *m, hp_map_val *v)
+{
   if (v == &m->zero_val) {
     assert(m->has_zero);
     m->has_zero = 0;
@@ -185,5 +201,11 @@ void hp_map_del_at(hp_map *m, hp_map_val *v) {
   del_slot(m, (size_t)(s - m->slots));
 }
 
-size_t hp_map_count(const hp_map *m) { return m->count + (m->has_zero ? 1 : 0); }
-size_t hp_map_capacity(const hp_map *m) { return m->cap; }
+size_t hp_map_count(const hp_map *m)
+{
+  return m->count + (m->has_zero ? 1 : 0);
+}
+size_t hp_map_capacity(const hp_map *m)
+{
+  return m->cap;
+}

@@ -38,32 +38,35 @@ extern char **environ;
 
 struct hp_pprof {
   uv_loop_t *loop;
-  uv_timer_t tick;          /* the period */
-  uv_timer_t kill;          /* hp_pprof_stop(): SIGKILL after HP_PPROF_KILL_MS */
-  uv_process_t proc;        /* the running export, while busy */
-  int busy;                 /* proc spawned and its handle not yet closed */
-  int running;              /* proc spawned and its exit not yet seen */
-  int stopping;             /* hp_pprof_stop() was called: a running export is ended */
-  int open_handles;         /* handles not yet through their close callback */
+  uv_timer_t tick;   /* the period */
+  uv_timer_t kill;   /* hp_pprof_stop(): SIGKILL after HP_PPROF_KILL_MS */
+  uv_process_t proc; /* the running export, while busy */
+  int busy;          /* proc spawned and its handle not yet closed */
+  int running;       /* proc spawned and its exit not yet seen */
+  int stopping;      /* hp_pprof_stop() was called: a running export is ended */
+  int open_handles;  /* handles not yet through their close callback */
   uint64_t every_ms;
-  uint64_t spawned_ms;      /* uv_now() when the running export started */
-  int64_t since_ns;         /* end of the last range handed to an export */
+  uint64_t spawned_ms; /* uv_now() when the running export started */
+  int64_t since_ns;    /* end of the last range handed to an export */
   hp_pprof_counts counts;
   char *python, *db, *dir;
-  char **env;               /* environ without HEAPPROF_*, NULL-terminated */
+  char **env; /* environ without HEAPPROF_*, NULL-terminated */
 };
 
-static int64_t wall_ns(void) {
+static int64_t wall_ns(void)
+{
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void fmt_epoch(char *buf, size_t len, int64_t ns) {
+static void fmt_epoch(char *buf, size_t len, int64_t ns)
+{
   snprintf(buf, len, "%" PRId64 ".%09" PRId64, ns / 1000000000, ns % 1000000000);
 }
 
-static void free_all(hp_pprof *p) {
+static void free_all(hp_pprof *p)
+{
   if (p->env != NULL)
     for (char **e = p->env; *e != NULL; e++)
       free(*e);
@@ -74,7 +77,8 @@ static void free_all(hp_pprof *p) {
   free(p);
 }
 
-static void on_handle_closed(uv_handle_t *h) {
+static void on_handle_closed(uv_handle_t *h)
+{
   hp_pprof *p = h->data;
   if (h == (uv_handle_t *)&p->proc)
     p->busy = 0;
@@ -82,7 +86,8 @@ static void on_handle_closed(uv_handle_t *h) {
     free_all(p);
 }
 
-static void on_export_exit(uv_process_t *proc, int64_t status, int term_signal) {
+static void on_export_exit(uv_process_t *proc, int64_t status, int term_signal)
+{
   hp_pprof *p = proc->data;
   p->running = 0;
   double secs = (double)(uv_now(p->loop) - p->spawned_ms) / 1000.0;
@@ -93,11 +98,14 @@ static void on_export_exit(uv_process_t *proc, int64_t status, int term_signal) 
            proc->pid, secs);
   } else if (term_signal != 0) {
     p->counts.failed++;
-    hp_log(HP_LOG_WARN, "pprof export (pid %d) was ended by signal %d after %.1f s; the "
-           "profiles of its period are missing", proc->pid, term_signal, secs);
+    hp_log(HP_LOG_WARN,
+           "pprof export (pid %d) was ended by signal %d after %.1f s; the "
+           "profiles of its period are missing",
+           proc->pid, term_signal, secs);
   } else if (status != 0) {
     p->counts.failed++;
-    hp_log(HP_LOG_WARN, "pprof export (pid %d) failed with exit status %" PRId64 " after "
+    hp_log(HP_LOG_WARN,
+           "pprof export (pid %d) failed with exit status %" PRId64 " after "
            "%.1f s (its messages are above); the profiles of its period are missing",
            proc->pid, status, secs);
   } else {
@@ -108,18 +116,21 @@ static void on_export_exit(uv_process_t *proc, int64_t status, int term_signal) 
   uv_close((uv_handle_t *)proc, on_handle_closed);
 }
 
-static void spawn_export(hp_pprof *p) {
+static void spawn_export(hp_pprof *p)
+{
   int64_t until = wall_ns() - (int64_t)HP_PPROF_SETTLE_MS * 1000000;
   if (until <= p->since_ns)
-    return;   /* the wall clock went back: nothing new to export yet */
+    return; /* the wall clock went back: nothing new to export yet */
   char since_arg[32], until_arg[32];
   fmt_epoch(since_arg, sizeof since_arg, p->since_ns);
   fmt_epoch(until_arg, sizeof until_arg, until);
-  char *args[] = {p->python, "-m", "heapprof", "export", "--format", "pprof", "--db", p->db,
-                  "--dir", p->dir, "--since", since_arg, "--until", until_arg, NULL};
+  char *args[] = {p->python, "-m",      "heapprof", "export",  "--format",
+                  "pprof",   "--db",    p->db,      "--dir",   p->dir,
+                  "--since", since_arg, "--until",  until_arg, NULL};
   /* Our stdout carries the "listening" line only; the exporter's messages are logs. */
   uv_stdio_container_t stdio[3] = {
-    {.flags = UV_IGNORE}, {.flags = UV_IGNORE},
+    {.flags = UV_IGNORE},
+    {.flags = UV_IGNORE},
     {.flags = UV_INHERIT_FD, .data.fd = STDERR_FILENO},
   };
   uv_process_options_t opts = {
@@ -154,28 +165,33 @@ static void spawn_export(hp_pprof *p) {
          until_arg);
 }
 
-static void on_tick(uv_timer_t *t) {
+static void on_tick(uv_timer_t *t)
+{
   hp_pprof *p = t->data;
   if (p->busy && !p->running)
-    return;   /* a failed spawn still closing: the next range covers this period */
+    return; /* a failed spawn still closing: the next range covers this period */
   if (p->running) {
     p->counts.skipped++;
-    hp_log(HP_LOG_WARN, "pprof export still running after %.1f s (--pprof-every %.1f s): "
+    hp_log(HP_LOG_WARN,
+           "pprof export still running after %.1f s (--pprof-every %.1f s): "
            "skipping this period; the next profiles cover it",
-           (double)(uv_now(p->loop) - p->spawned_ms) / 1000.0, (double)p->every_ms / 1000.0);
+           (double)(uv_now(p->loop) - p->spawned_ms) / 1000.0,
+           (double)p->every_ms / 1000.0);
     return;
   }
   spawn_export(p);
 }
 
-static void on_kill(uv_timer_t *t) {
+static void on_kill(uv_timer_t *t)
+{
   hp_pprof *p = t->data;
   if (p->running && uv_process_kill(&p->proc, SIGKILL) == 0)
     hp_log(HP_LOG_WARN, "pprof export (pid %d) did not end within %d ms of SIGTERM: killed",
            p->proc.pid, HP_PPROF_KILL_MS);
 }
 
-int hp_pprof_check_dir(const char *dir, char *err, size_t errlen) {
+int hp_pprof_check_dir(const char *dir, char *err, size_t errlen)
+{
   struct stat st;
   if (stat(dir, &st) < 0) {
     int e = errno;
@@ -195,7 +211,8 @@ int hp_pprof_check_dir(const char *dir, char *err, size_t errlen) {
 }
 
 /* heapprofd's environment without HEAPPROF_*; NULL on OOM. */
-static char **child_env(void) {
+static char **child_env(void)
+{
   size_t n = 0;
   for (char **e = environ; *e != NULL; e++)
     n++;
@@ -219,11 +236,14 @@ out_free:
 }
 
 int hp_pprof_start(uv_loop_t *loop, const hp_pprof_config *cfg, hp_pprof **out, char *err,
-                   size_t errlen) {
+                   size_t errlen)
+{
   const char *python = cfg->python != NULL ? cfg->python : HP_PYTHON;
   if (access(python, X_OK) < 0) {
-    snprintf(err, errlen, "--pprof-dir needs the Python exporter, but the interpreter "
-             "heapprof was built with, %s, cannot be run: %s", python, strerror(errno));
+    snprintf(err, errlen,
+             "--pprof-dir needs the Python exporter, but the interpreter "
+             "heapprof was built with, %s, cannot be run: %s",
+             python, strerror(errno));
     return -ENOENT;
   }
   hp_pprof *p = calloc(1, sizeof *p);
@@ -254,11 +274,13 @@ out_nomem:
   return -ENOMEM;
 }
 
-void hp_pprof_counts_get(const hp_pprof *p, hp_pprof_counts *out) {
+void hp_pprof_counts_get(const hp_pprof *p, hp_pprof_counts *out)
+{
   *out = p->counts;
 }
 
-void hp_pprof_stop(hp_pprof *p) {
+void hp_pprof_stop(hp_pprof *p)
+{
   if (p == NULL)
     return;
   uv_timer_stop(&p->tick);
@@ -274,8 +296,10 @@ void hp_pprof_stop(hp_pprof *p) {
   /* The loop has returned: only our process handle and timer keep it busy now. */
   while (p->busy)
     uv_run(p->loop, UV_RUN_ONCE);
-  hp_log(HP_LOG_INFO, "pprof: %" PRIu64 " exports started, %" PRIu64 " periods skipped, "
-         "%" PRIu64 " failed", p->counts.started, p->counts.skipped, p->counts.failed);
+  hp_log(HP_LOG_INFO,
+         "pprof: %" PRIu64 " exports started, %" PRIu64 " periods skipped, "
+         "%" PRIu64 " failed",
+         p->counts.started, p->counts.skipped, p->counts.failed);
   uv_close((uv_handle_t *)&p->tick, on_handle_closed);
   uv_close((uv_handle_t *)&p->kill, on_handle_closed);
 }

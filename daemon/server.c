@@ -21,19 +21,19 @@
 #include "hp_conn.h"
 #include "hp_log.h"
 
-#define HP_READ_BYTES   65536u  /* one read; the framer copies it, so one buffer serves all */
+#define HP_READ_BYTES     65536u /* one read; the framer copies it, so one buffer serves all */
 #define HP_LISTEN_BACKLOG 256
 /* Refusals are logged at most once per this many ms (with how many since the last). */
 #define HP_SERVER_REFUSAL_LOG_MS 10000
 
 typedef struct client {
-  uv_pipe_t pipe;               /* first: the handle's address is the client's */
+  uv_pipe_t pipe; /* first: the handle's address is the client's */
   hp_server *srv;
   hp_conn *conn;
-  hp_store_session *ss;         /* NULL until HELLO */
+  hp_store_session *ss; /* NULL until HELLO */
   int64_t peer_pid;
   uint64_t bytes_in;
-  int finished;                 /* session ended; the handle is closing */
+  int finished; /* session ended; the handle is closing */
   struct client *prev, *next;
 } client;
 
@@ -41,23 +41,24 @@ struct hp_server {
   uv_loop_t *loop;
   uv_pipe_t listener;
   uv_signal_t sigint, sigterm;
-  uv_async_t wake;              /* store -> loop: the queue has room again */
+  uv_async_t wake; /* store -> loop: the queue has room again */
   hp_store *store;
-  char *path;                   /* socket to remove at the end; NULL until bound */
+  char *path; /* socket to remove at the end; NULL until bound */
   client *clients;
-  long nclients;                /* on the clients list */
-  long max_clients;             /* RLIMIT_NOFILE - HP_SERVER_RESERVED_FDS */
-  unsigned long long fd_limit;  /* RLIMIT_NOFILE, for messages */
-  uint64_t refused, refused_unlogged;  /* connections refused over max_clients */
-  uint64_t next_refusal_log;    /* uv_now() after which a refusal is logged again */
+  long nclients;                      /* on the clients list */
+  long max_clients;                   /* RLIMIT_NOFILE - HP_SERVER_RESERVED_FDS */
+  unsigned long long fd_limit;        /* RLIMIT_NOFILE, for messages */
+  uint64_t refused, refused_unlogged; /* connections refused over max_clients */
+  uint64_t next_refusal_log;          /* uv_now() after which a refusal is logged again */
   int listening, paused, stopping;
   char rbuf[HP_READ_BYTES];
 };
 
 /* ------------------------------------------------------------------ path checks */
 
-__attribute__((format(printf, 3, 4)))
-static int say(char *err, size_t errlen, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static int say(char *err, size_t errlen,
+                                                     const char *fmt, ...)
+{
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(err, errlen, fmt, ap);
@@ -65,7 +66,8 @@ static int say(char *err, size_t errlen, const char *fmt, ...) {
   return -HP_EINVAL;
 }
 
-int hp_server_check_path(const char *path, int create_dir, char *err, size_t errlen) {
+int hp_server_check_path(const char *path, int create_dir, char *err, size_t errlen)
+{
   struct sockaddr_un sa;
   size_t len = strlen(path);
   if (len == 0)
@@ -98,13 +100,17 @@ int hp_server_check_path(const char *path, int create_dir, char *err, size_t err
   }
   /* Whoever can write the directory can swap the socket for their own. */
   if (st.st_mode & (S_IWGRP | S_IWOTH)) {
-    rc = say(err, errlen, "socket directory %s is writable by other users (mode %03o); "
-             "use a directory only you can write", dir, (unsigned)(st.st_mode & 0777));
+    rc = say(err, errlen,
+             "socket directory %s is writable by other users (mode %03o); "
+             "use a directory only you can write",
+             dir, (unsigned)(st.st_mode & 0777));
     goto out_free;
   }
   if (create_dir && (st.st_uid != geteuid() || (st.st_mode & 077))) {
-    rc = say(err, errlen, "socket directory %s must be private to uid %u (mode 0700), "
-             "it has mode %03o", dir, (unsigned)geteuid(), (unsigned)(st.st_mode & 0777));
+    rc = say(err, errlen,
+             "socket directory %s must be private to uid %u (mode 0700), "
+             "it has mode %03o",
+             dir, (unsigned)geteuid(), (unsigned)(st.st_mode & 0777));
     goto out_free;
   }
 
@@ -133,7 +139,8 @@ int hp_server_check_path(const char *path, int create_dir, char *err, size_t err
     else
       hp_log(HP_LOG_INFO, "replaced stale socket %s", path);
   } else {
-    rc = say(err, errlen, "socket %s exists and cannot be probed: %s", path, strerror(errno));
+    rc = say(err, errlen, "socket %s exists and cannot be probed: %s", path,
+             strerror(errno));
   }
   close(fd);
 out_free:
@@ -143,13 +150,15 @@ out_free:
 
 /* ------------------------------------------------------------------ clients */
 
-static void on_client_closed(uv_handle_t *h) {
+static void on_client_closed(uv_handle_t *h)
+{
   client *c = (client *)h;
   hp_conn_free(c->conn);
   free(c);
 }
 
-static void client_finish(client *c, hp_session_end how, const char *reason) {
+static void client_finish(client *c, hp_session_end how, const char *reason)
+{
   if (c->finished)
     return;
   c->finished = 1;
@@ -161,7 +170,8 @@ static void client_finish(client *c, hp_session_end how, const char *reason) {
     hp_log(HP_LOG_WARN, "connection from pid %lld: protocol error before HELLO: %s",
            (long long)c->peer_pid, reason);
   } else if (c->bytes_in > 0) {
-    hp_log(HP_LOG_DEBUG, "connection from pid %lld closed before HELLO", (long long)c->peer_pid);
+    hp_log(HP_LOG_DEBUG, "connection from pid %lld closed before HELLO",
+           (long long)c->peer_pid);
   }
   if (c->prev)
     c->prev->next = c->next;
@@ -174,7 +184,8 @@ static void client_finish(client *c, hp_session_end how, const char *reason) {
   uv_close((uv_handle_t *)&c->pipe, on_client_closed);
 }
 
-static void pause_all(hp_server *srv) {
+static void pause_all(hp_server *srv)
+{
   srv->paused = 1;
   for (client *c = srv->clients; c; c = c->next)
     uv_read_stop((uv_stream_t *)&c->pipe);
@@ -182,7 +193,8 @@ static void pause_all(hp_server *srv) {
          srv->clients ? "all agents" : "(no agents)");
 }
 
-static void feed_client(client *c, const uint8_t *data, size_t len) {
+static void feed_client(client *c, const uint8_t *data, size_t len)
+{
   hp_server *srv = c->srv;
   c->bytes_in += len;
   int rc = hp_conn_feed(c->conn, data, len);
@@ -194,81 +206,97 @@ static void feed_client(client *c, const uint8_t *data, size_t len) {
     pause_all(srv);
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
   (void)suggested;
   client *c = (client *)h;
   *buf = uv_buf_init(c->srv->rbuf, sizeof c->srv->rbuf);
 }
 
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
   client *c = (client *)st;
   if (nread > 0) {
     feed_client(c, (const uint8_t *)buf->base, (size_t)nread);
     return;
   }
   if (nread == 0)
-    return;  /* EAGAIN */
+    return; /* EAGAIN */
   if (nread != UV_EOF)
-    hp_log(HP_LOG_DEBUG, "read from pid %lld: %s", (long long)c->peer_pid, uv_strerror((int)nread));
+    hp_log(HP_LOG_DEBUG, "read from pid %lld: %s", (long long)c->peer_pid,
+           uv_strerror((int)nread));
   size_t partial = hp_conn_buffered(c->conn);
   if (partial > 0)
-    hp_log(HP_LOG_WARN, "connection from pid %lld closed inside a frame (%zu bytes of it "
-           "received); the complete frames before it are kept", (long long)c->peer_pid, partial);
+    hp_log(HP_LOG_WARN,
+           "connection from pid %lld closed inside a frame (%zu bytes of it "
+           "received); the complete frames before it are kept",
+           (long long)c->peer_pid, partial);
   client_finish(c, HP_SESSION_DISCONNECTED, NULL);
 }
 
-static int start_reading(client *c) {
+static int start_reading(client *c)
+{
   int rc = uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
   if (rc < 0) {
-    hp_log(HP_LOG_ERROR, "reading from pid %lld: %s", (long long)c->peer_pid, uv_strerror(rc));
+    hp_log(HP_LOG_ERROR, "reading from pid %lld: %s", (long long)c->peer_pid,
+           uv_strerror(rc));
     client_finish(c, HP_SESSION_DISCONNECTED, NULL);
   }
   return rc;
 }
 
-static int sink_hello(void *ctx, const hp_hello *m) {
+static int sink_hello(void *ctx, const hp_hello *m)
+{
   client *c = ctx;
   c->ss = hp_store_session_start(c->srv->store, m, c->peer_pid);
   return c->ss ? 0 : -HP_ENOMEM;
 }
-static int sink_frame(void *ctx, const hp_frame_def *m) {
+static int sink_frame(void *ctx, const hp_frame_def *m)
+{
   client *c = ctx;
   return hp_store_frame_def(c->srv->store, c->ss, m);
 }
-static int sink_stack(void *ctx, const hp_stack_def *m) {
+static int sink_stack(void *ctx, const hp_stack_def *m)
+{
   client *c = ctx;
   return hp_store_stack_def(c->srv->store, c->ss, m);
 }
-static int sink_events(void *ctx, const hp_event *ev, uint32_t n) {
+static int sink_events(void *ctx, const hp_event *ev, uint32_t n)
+{
   client *c = ctx;
   return hp_store_events(c->srv->store, c->ss, ev, n);
 }
-static int sink_counters(void *ctx, const hp_counters *m) {
+static int sink_counters(void *ctx, const hp_counters *m)
+{
   client *c = ctx;
   return hp_store_counters(c->srv->store, c->ss, m);
 }
-static int sink_goodbye(void *ctx, const hp_goodbye *m) {
+static int sink_goodbye(void *ctx, const hp_goodbye *m)
+{
   client *c = ctx;
   return hp_store_goodbye(c->srv->store, c->ss, m);
 }
 
-static int sink_thread(void *ctx, const hp_thread_def *m) {
+static int sink_thread(void *ctx, const hp_thread_def *m)
+{
   client *c = ctx;
   return hp_store_thread_def(c->srv->store, c->ss, m);
 }
-static int sink_marker(void *ctx, const hp_marker *m) {
+static int sink_marker(void *ctx, const hp_marker *m)
+{
   client *c = ctx;
   return hp_store_marker(c->srv->store, c->ss, m);
 }
 
 static const hp_conn_sink store_sink = {
-  sink_hello, sink_frame, sink_stack, sink_events, sink_counters, sink_goodbye,
-  sink_thread, sink_marker,
+  sink_hello,    sink_frame,   sink_stack,  sink_events,
+  sink_counters, sink_goodbye, sink_thread, sink_marker,
 };
 
 /* A connection refused: counted, and logged at once unless one was logged in the last
  * HP_SERVER_REFUSAL_LOG_MS (then the next line says how many came meanwhile). */
-static void refused(hp_server *srv, long pid, const char *why) {
+static void refused(hp_server *srv, long pid, const char *why)
+{
   srv->refused++;
   uint64_t now = uv_now(srv->loop);
   if (now < srv->next_refusal_log) {
@@ -287,7 +315,8 @@ static void refused(hp_server *srv, long pid, const char *why) {
   srv->next_refusal_log = now + HP_SERVER_REFUSAL_LOG_MS;
 }
 
-static void on_connection(uv_stream_t *listener, int status) {
+static void on_connection(uv_stream_t *listener, int status)
+{
   hp_server *srv = listener->data;
   char why[160];
   if (status < 0) {
@@ -308,7 +337,7 @@ static void on_connection(uv_stream_t *listener, int status) {
     free(c);
     return;
   }
-  c->finished = 1;  /* until it is on the client list */
+  c->finished = 1; /* until it is on the client list */
   rc = uv_accept(listener, (uv_stream_t *)&c->pipe);
   if (rc < 0) {
     hp_log(HP_LOG_WARN, "accept: %s", uv_strerror(rc));
@@ -320,20 +349,24 @@ static void on_connection(uv_stream_t *listener, int status) {
   socklen_t clen = sizeof cred;
   if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0 ||
       getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0) {
-    hp_log(HP_LOG_WARN, "refused a connection: cannot read its credentials: %s", strerror(errno));
+    hp_log(HP_LOG_WARN, "refused a connection: cannot read its credentials: %s",
+           strerror(errno));
     uv_close((uv_handle_t *)&c->pipe, on_client_closed);
     return;
   }
   c->peer_pid = cred.pid;
   if (srv->nclients >= srv->max_clients) {
-    snprintf(why, sizeof why, "over the limit of %ld connections (open file limit %llu, "
-             "ulimit -n)", srv->max_clients, srv->fd_limit);
+    snprintf(why, sizeof why,
+             "over the limit of %ld connections (open file limit %llu, "
+             "ulimit -n)",
+             srv->max_clients, srv->fd_limit);
     refused(srv, (long)cred.pid, why);
     uv_close((uv_handle_t *)&c->pipe, on_client_closed);
     return;
   }
   if (cred.uid != geteuid()) {
-    hp_log(HP_LOG_WARN, "refused connection from pid %ld: uid %u is not the daemon's uid %u",
+    hp_log(HP_LOG_WARN,
+           "refused connection from pid %ld: uid %u is not the daemon's uid %u",
            (long)cred.pid, (unsigned)cred.uid, (unsigned)geteuid());
     uv_close((uv_handle_t *)&c->pipe, on_client_closed);
     return;
@@ -357,7 +390,8 @@ static void on_connection(uv_stream_t *listener, int status) {
 
 /* ------------------------------------------------------------------ wake-up, shutdown */
 
-static void on_wake(uv_async_t *a) {
+static void on_wake(uv_async_t *a)
+{
   hp_server *srv = a->data;
   if (!srv->paused || srv->stopping)
     return;
@@ -365,19 +399,21 @@ static void on_wake(uv_async_t *a) {
   hp_log(HP_LOG_DEBUG, "storage caught up: reading again");
   client *next;
   for (client *c = srv->clients; c; c = next) {
-    next = c->next;  /* start_reading may finish c */
+    next = c->next; /* start_reading may finish c */
     start_reading(c);
   }
 }
 
-void hp_server_wake(void *ctx) {
+void hp_server_wake(void *ctx)
+{
   hp_server *srv = ctx;
   uv_async_send(&srv->wake);
 }
 
 /* Reads what the agent already wrote before we stopped: it was sent before the
  * signal, so it belongs in the database. The socket buffer bounds this. */
-static void drain_client(client *c) {
+static void drain_client(client *c)
+{
   uv_os_fd_t fd;
   uv_read_stop((uv_stream_t *)&c->pipe);
   if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0)
@@ -394,7 +430,8 @@ static void drain_client(client *c) {
   }
 }
 
-static void on_signal(uv_signal_t *sig, int signum) {
+static void on_signal(uv_signal_t *sig, int signum)
+{
   hp_server *srv = sig->data;
   if (srv->stopping)
     return;
@@ -418,7 +455,8 @@ static void on_signal(uv_signal_t *sig, int signum) {
 
 /* ------------------------------------------------------------------ setup */
 
-hp_server *hp_server_new(uv_loop_t *loop) {
+hp_server *hp_server_new(uv_loop_t *loop)
+{
   hp_server *srv = calloc(1, sizeof *srv);
   if (srv == NULL)
     return NULL;
@@ -432,16 +470,20 @@ hp_server *hp_server_new(uv_loop_t *loop) {
 }
 
 int hp_server_listen(hp_server *srv, const char *path, hp_store *store, char *err,
-                     size_t errlen) {
+                     size_t errlen)
+{
   int rc;
   srv->store = store;
   struct rlimit rl;
   srv->fd_limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
-                      ? (unsigned long long)rl.rlim_cur : 1048576ULL;
+                    ? (unsigned long long)rl.rlim_cur
+                    : 1048576ULL;
   srv->max_clients = (long)srv->fd_limit - HP_SERVER_RESERVED_FDS;
   if (srv->max_clients < 1)
-    return say(err, errlen, "the open file limit (ulimit -n) is %llu; heapprofd needs more "
-               "than %d", srv->fd_limit, HP_SERVER_RESERVED_FDS);
+    return say(err, errlen,
+               "the open file limit (ulimit -n) is %llu; heapprofd needs more "
+               "than %d",
+               srv->fd_limit, HP_SERVER_RESERVED_FDS);
   if ((rc = uv_pipe_init(srv->loop, &srv->listener, 0)) < 0)
     return say(err, errlen, "uv_pipe_init: %s", uv_strerror(rc));
   srv->listener.data = srv;
@@ -468,12 +510,15 @@ int hp_server_listen(hp_server *srv, const char *path, hp_store *store, char *er
   return 0;
 }
 
-void hp_server_free(hp_server *srv) {
+void hp_server_free(hp_server *srv)
+{
   if (srv == NULL)
     return;
   if (srv->refused > 0)
-    hp_log(HP_LOG_WARN, "refused %llu connections over the limit of %ld connections "
-           "(open file limit %llu, ulimit -n); raise ulimit -n to serve more agents at once",
+    hp_log(HP_LOG_WARN,
+           "refused %llu connections over the limit of %ld connections "
+           "(open file limit %llu, ulimit -n); raise ulimit -n to serve more agents at "
+           "once",
            (unsigned long long)srv->refused, srv->max_clients, srv->fd_limit);
   if (srv->path != NULL && unlink(srv->path) < 0 && errno != ENOENT)
     hp_log(HP_LOG_WARN, "cannot remove socket %s: %s", srv->path, strerror(errno));

@@ -9,7 +9,8 @@
 
 #include "hp_log.h"
 
-static void process(hp_store *s, item *it) {
+static void process(hp_store *s, item *it)
+{
   switch (it->kind) {
   case IT_HELLO: store_session_hello(s, it); break;
   case IT_FRAME: store_intern_frame(s, it); break;
@@ -25,7 +26,8 @@ static void process(hp_store *s, item *it) {
 
 /* Processes the held items, each inside the open transaction. While storing fails
  * they stay held, in order. */
-static void process_held(hp_store *s) {
+static void process_held(hp_store *s)
+{
   while (s->held != NULL) {
     if (store_txn_begin(s) < 0)
       return;
@@ -37,7 +39,7 @@ static void process_held(hp_store *s) {
     item_kind kind = it->kind;
     process(s, it);
     if (kind != IT_HELLO && kind != IT_END)
-      free(it);  /* a session keeps its HELLO and its end until it is freed */
+      free(it); /* a session keeps its HELLO and its end until it is freed */
     if (s->broken)
       store_txn_fail(s, s->broken_rc);
     else if (s->txn_rows >= s->cfg.batch_rows)
@@ -48,8 +50,9 @@ static void process_held(hp_store *s) {
 
 /* Idle sessions: close timeline intervals that time has passed, so that the drop
  * after a spike shows even when the program then goes quiet. */
-static void idle_tick(hp_store *s) {
-  int64_t now = store_wall_now_ns() - 1000000000;  /* slack for batches on their way */
+static void idle_tick(hp_store *s)
+{
+  int64_t now = store_wall_now_ns() - 1000000000; /* slack for batches on their way */
   int due = 0;
   for (hp_store_session *ss = s->active; ss && !due; ss = ss->next)
     due = hp_timeline_due(ss->tl, now);
@@ -62,15 +65,17 @@ static void idle_tick(hp_store *s) {
   }
 }
 
-static void *store_main(void *arg) {
+static void *store_main(void *arg)
+{
   hp_store *s = arg;
   int stop_seen = 0;
   s->next_tick = store_ts_add_ms(store_mono_now(), 1000);
   for (;;) {
     /* Wake for the commit deadline, the retry, or once a second for idle timelines;
      * at a stop with storage failing, at the latest when the retries run out. */
-    struct timespec deadline = s->in_txn  ? s->txn_deadline
-                             : s->failing ? s->retry_at : s->next_tick;
+    struct timespec deadline = s->in_txn    ? s->txn_deadline
+                               : s->failing ? s->retry_at
+                                            : s->next_tick;
     if (stop_seen && store_ts_before(s->stop_at, deadline))
       deadline = s->stop_at;
     int stopping = store_queue_take(s, &deadline, !s->failing);
@@ -84,14 +89,15 @@ static void *store_main(void *arg) {
     if (s->in_txn && !store_ts_before(now, s->txn_deadline)) {
       store_txn_commit(s, 0);
     } else if (!s->in_txn && s->failing && s->held == NULL) {
-      if (store_txn_begin(s) == 0)  /* not before the retry time: writes the failed one again */
+      if (store_txn_begin(s) ==
+          0) /* not before the retry time: writes the failed one again */
         store_txn_commit(s, 0);
     } else if (!s->in_txn && !store_ts_before(now, s->next_tick)) {
       idle_tick(s);
       s->next_tick = store_ts_add_ms(now, 1000);
     }
     if (stopping && s->held == NULL) {
-      if (store_txn_begin(s) == 0) {  /* open already, or not before a retry's time */
+      if (store_txn_begin(s) == 0) { /* open already, or not before a retry's time */
         store_txn_commit(s, 1);
         if (!s->failing)
           break;
@@ -114,33 +120,39 @@ static void *store_main(void *arg) {
  * CREATE INDEX is its own transaction: a kill while building leaves the database as
  * it was, just without the index being built. max(id) counts the rows because
  * allocations get consecutive ids, and it costs one b-tree descent. */
-static void build_indexes(hp_store *s) {
+static void build_indexes(hp_store *s)
+{
   long long rows = 0;
   sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(s->db, "SELECT coalesce(max(id), 0) FROM alloc", -1, &st, NULL)
-          == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+  if (sqlite3_prepare_v2(s->db, "SELECT coalesce(max(id), 0) FROM alloc", -1, &st, NULL) ==
+        SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
     rows = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
   hp_log(HP_LOG_INFO, "indexing %lld allocations for fast queries...", rows);
   struct timespec t0 = store_mono_now();
   char *msg = NULL;
   if (sqlite3_exec(s->db, s->cfg.index_sql, NULL, NULL, &msg) != SQLITE_OK) {
-    hp_log(HP_LOG_ERROR, "database: building the read indexes: %s; the data is intact, "
-           "queries over long sessions will be slower", msg ? msg : "?");
+    hp_log(HP_LOG_ERROR,
+           "database: building the read indexes: %s; the data is intact, "
+           "queries over long sessions will be slower",
+           msg ? msg : "?");
     sqlite3_free(msg);
     return;
   }
   hp_log(HP_LOG_INFO, "indexed %lld allocations in %.2f s", rows, store_seconds_since(t0));
 }
 
-static void close_db(hp_store *s) {
+static void close_db(hp_store *s)
+{
   store_sql_finalize(s);
   int rc = sqlite3_close(s->db);
   if (rc != SQLITE_OK)
     hp_log(HP_LOG_ERROR, "closing the database: %s", sqlite3_errstr(rc));
 }
 
-static void apply_defaults(hp_store_config *cfg) {
+static void apply_defaults(hp_store_config *cfg)
+{
   if (cfg->batch_rows == 0)
     cfg->batch_rows = HP_STORE_DEFAULT_ROWS;
   if (cfg->commit_ms == 0)
@@ -157,7 +169,8 @@ static void apply_defaults(hp_store_config *cfg) {
     cfg->stop_retry_ms = HP_STORE_STOP_RETRY_MS;
 }
 
-int hp_store_start(hp_store **out, const hp_store_config *cfg) {
+int hp_store_start(hp_store **out, const hp_store_config *cfg)
+{
   int rc = -HP_ENOMEM;
   *out = NULL;
   hp_store *s = calloc(1, sizeof *s);
@@ -183,7 +196,8 @@ int hp_store_start(hp_store **out, const hp_store_config *cfg) {
    * SQLite's 1000 copies hot b-tree pages back less often (bench/README.md); the WAL is
    * removed at a clean close. */
   char *msg = NULL;
-  if (sqlite3_exec(s->db, "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-16384;"
+  if (sqlite3_exec(s->db,
+                   "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-16384;"
                    " PRAGMA wal_autocheckpoint=8192; PRAGMA temp_store=MEMORY;",
                    NULL, NULL, &msg) != SQLITE_OK) {
     hp_log(HP_LOG_ERROR, "database: setting pragmas: %s", msg ? msg : "?");
@@ -206,7 +220,7 @@ int hp_store_start(hp_store **out, const hp_store_config *cfg) {
     rc = -prc;
     goto out_destroy;
   }
-  pthread_setname_np(s->thread, "hp-store");  /* for top -H and perf; best effort */
+  pthread_setname_np(s->thread, "hp-store"); /* for top -H and perf; best effort */
   *out = s;
   return 0;
 
@@ -222,7 +236,8 @@ out_free:
   return rc;
 }
 
-int hp_store_stop(hp_store *s) {
+int hp_store_stop(hp_store *s)
+{
   if (s == NULL)
     return 0;
   pthread_mutex_lock(&s->mu);
@@ -238,7 +253,7 @@ int hp_store_stop(hp_store *s) {
     item *it = s->held;
     s->held = it->next;
     if (it->kind == IT_HELLO)
-      store_session_free(it->ss);  /* frees it->ss->end; `it` is not the session's yet */
+      store_session_free(it->ss); /* frees it->ss->end; `it` is not the session's yet */
     if (it->kind != IT_END)
       free(it);
   }

@@ -20,29 +20,30 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define AGG_MIN_SLOTS 1024u
-#define AGG_SIZE_SESSIONS 8u   /* sessions whose size classes have an array of their own */
-#define AGG_CLASSES 64
+#define AGG_MIN_SLOTS     1024u
+#define AGG_SIZE_SESSIONS 8u /* sessions whose size classes have an array of their own */
+#define AGG_CLASSES       64
 
 /* One session's size classes in this transaction: an array, cheaper than the table for
  * what every row adds to. */
 typedef struct {
-  int64_t session;            /* 0: unused (session ids start at 1) */
+  int64_t session; /* 0: unused (session ids start at 1) */
   double bytes[AGG_CLASSES], count[AGG_CLASSES];
   int64_t samples[AGG_CLASSES];
 } agg_sizes;
 
 struct store_agg {
-  agg_sizes sizes[AGG_SIZE_SESSIONS];  /* more sessions per transaction use the table */
+  agg_sizes sizes[AGG_SIZE_SESSIONS]; /* more sessions per transaction use the table */
   uint32_t nsizes;
-  agg_entry *e;        /* entries in insertion order, e[0 .. n) */
-  uint32_t n, cap;     /* entries used, allocated */
-  uint32_t *slot;      /* 0: empty, else index into e plus 1 */
-  uint32_t nslots;     /* a power of two, at least twice n */
-  uint32_t last;       /* index plus 1 of the entry found last: rows come in runs */
+  agg_entry *e;    /* entries in insertion order, e[0 .. n) */
+  uint32_t n, cap; /* entries used, allocated */
+  uint32_t *slot;  /* 0: empty, else index into e plus 1 */
+  uint32_t nslots; /* a power of two, at least twice n */
+  uint32_t last;   /* index plus 1 of the entry found last: rows come in runs */
 };
 
-store_agg *store_agg_new(void) {
+store_agg *store_agg_new(void)
+{
   store_agg *a = calloc(1, sizeof *a);
   if (a == NULL)
     return NULL;
@@ -57,7 +58,8 @@ store_agg *store_agg_new(void) {
   return a;
 }
 
-void store_agg_free(store_agg *a) {
+void store_agg_free(store_agg *a)
+{
   if (a == NULL)
     return;
   free(a->slot);
@@ -65,7 +67,8 @@ void store_agg_free(store_agg *a) {
   free(a);
 }
 
-void store_agg_clear(hp_store *s) {
+void store_agg_clear(hp_store *s)
+{
   store_agg *a = s->agg;
   if (a->nsizes > 0)
     memset(a->sizes, 0, a->nsizes * sizeof a->sizes[0]);
@@ -77,7 +80,8 @@ void store_agg_clear(hp_store *s) {
   a->last = 0;
 }
 
-static uint32_t hash3(int64_t x, int64_t y, int64_t z) {
+static uint32_t hash3(int64_t x, int64_t y, int64_t z)
+{
   uint64_t h = (uint64_t)x * 0x9E3779B97F4A7C15ull;
   h ^= (uint64_t)y + 0x632BE59BD9B4E019ull + (h << 6) + (h >> 2);
   h ^= (uint64_t)z * 0xC2B2AE3D27D4EB4Full + (h << 6) + (h >> 2);
@@ -86,7 +90,8 @@ static uint32_t hash3(int64_t x, int64_t y, int64_t z) {
   return (uint32_t)(h ^ (h >> 32));
 }
 
-static void place(store_agg *a, uint32_t index) {
+static void place(store_agg *a, uint32_t index)
+{
   const agg_entry *x = &a->e[index];
   uint32_t mask = a->nslots - 1, i = hash3(x->session, x->bucket, x->stack) & mask;
   while (a->slot[i] != 0)
@@ -95,7 +100,8 @@ static void place(store_agg *a, uint32_t index) {
 }
 
 /* Room for one more entry: 0, or -1 when the table cannot grow. */
-static int grow(store_agg *a) {
+static int grow(store_agg *a)
+{
   if (a->n >= HP_STORE_AGG_MAX_ENTRIES)
     return -1;
   if (a->n == a->cap) {
@@ -120,7 +126,8 @@ static int grow(store_agg *a) {
 
 /* The entry for the key, created zeroed if absent. At the bound, the sums so far are
  * written first (the transaction is open: every caller writes a row in it). */
-static agg_entry *entry(hp_store *s, int64_t session, int64_t bucket, int64_t stack) {
+static agg_entry *entry(hp_store *s, int64_t session, int64_t bucket, int64_t stack)
+{
   store_agg *a = s->agg;
   if (a->last != 0) {
     agg_entry *x = &a->e[a->last - 1];
@@ -149,20 +156,26 @@ static agg_entry *entry(hp_store *s, int64_t session, int64_t bucket, int64_t st
   return x;
 }
 
-static int64_t bucket_of(int64_t ts) { return ts - ts % HP_STORE_AGG_BUCKET_NS; }
+static int64_t bucket_of(int64_t ts)
+{
+  return ts - ts % HP_STORE_AGG_BUCKET_NS;
+}
 
 /* The bit length of size: 0 for 0 (and for a negative size, which no agent sends). */
-static int64_t size_class(int64_t size) {
+static int64_t size_class(int64_t size)
+{
   return size <= 0 ? 0 : 64 - __builtin_clzll((unsigned long long)size);
 }
 
 /* As the readers count it: est_bytes / MAX(size, 1), a REAL. */
-static double est_count(int64_t est, int64_t size) {
+static double est_count(int64_t est, int64_t size)
+{
   return (double)est / (double)(size > 1 ? size : 1);
 }
 
 /* The size-class array of the session, or NULL when AGG_SIZE_SESSIONS are in use. */
-static agg_sizes *sizes_of(store_agg *a, int64_t session) {
+static agg_sizes *sizes_of(store_agg *a, int64_t session)
+{
   for (uint32_t i = 0; i < a->nsizes; i++)
     if (a->sizes[i].session == session)
       return &a->sizes[i];
@@ -173,7 +186,8 @@ static agg_sizes *sizes_of(store_agg *a, int64_t session) {
   return z;
 }
 
-void store_agg_row(hp_store *s, const int64_t *v) {
+void store_agg_row(hp_store *s, const int64_t *v)
+{
   double count = est_count(v[ALLOC_EST], v[ALLOC_SIZE]);
   double bytes = (double)v[ALLOC_EST];
   agg_entry *x = entry(s, v[ALLOC_SESSION], bucket_of(v[ALLOC_TS]), v[ALLOC_STACK]);
@@ -198,14 +212,16 @@ void store_agg_row(hp_store *s, const int64_t *v) {
 }
 
 void store_agg_freed(hp_store *s, int64_t session, int64_t stack, int64_t est, int64_t size,
-                     int64_t freed) {
+                     int64_t freed)
+{
   agg_entry *x = entry(s, session, bucket_of(freed), stack);
   x->freed_bytes += (double)est;
   x->freed_count += est_count(est, size);
   x->freed_samples++;
 }
 
-void store_agg_write(hp_store *s) {
+void store_agg_write(hp_store *s)
+{
   store_agg *a = s->agg;
   sqlite3_stmt *st = s->st[ST_UPSERT_AGG_STACK], *sz = s->st[ST_UPSERT_AGG_SIZE];
   for (uint32_t i = 0; i < a->n && !s->broken; i++) {

@@ -27,10 +27,18 @@
 /* ------------------------------------------------------------------ queue items */
 
 typedef enum {
-  IT_HELLO, IT_FRAME, IT_STACK, IT_EVENTS, IT_COUNTERS, IT_GOODBYE, IT_THREAD, IT_MARKER, IT_END
+  IT_HELLO,
+  IT_FRAME,
+  IT_STACK,
+  IT_EVENTS,
+  IT_COUNTERS,
+  IT_GOODBYE,
+  IT_THREAD,
+  IT_MARKER,
+  IT_END
 } item_kind;
 
-#define HP_STORE_REASON_BYTES 512   /* a protocol error's message, as stored */
+#define HP_STORE_REASON_BYTES 512 /* a protocol error's message, as stored */
 
 /* One message, copied by the loop thread (strings repaired, hp_utf8.h) so that the
  * store thread never reads the connection's buffers. */
@@ -38,48 +46,75 @@ typedef struct item {
   struct item *next;
   item_kind kind;
   hp_store_session *ss;
-  size_t cost;                       /* bytes charged to the queue's bound */
+  size_t cost; /* bytes charged to the queue's bound */
   union {
     struct {
       int64_t pid, ppid;
       uint64_t start_wall, start_mono, sample_interval;
       uint32_t max_depth, argc, argv_omitted;
-      size_t argv_bytes;             /* of the whole argv, for the log line when cut */
+      size_t argv_bytes; /* of the whole argv, for the log line when cut */
       char *argv_json, *executable, *python_version, *buckets_json; /* into data */
     } hello;
-    struct { uint32_t number; int32_t lineno; char *function, *filename; } frame;
-    struct { uint32_t number; uint8_t truncated; uint32_t depth; uint32_t *frame_numbers; } stack;
-    struct { uint32_t n; hp_event *ev; } events;
-    struct { uint64_t dropped, ts, interval, sent; } counters;
-    struct { uint64_t ts, dropped; uint32_t reason; } goodbye;
-    struct { uint64_t tid; char *name; } thread;
-    struct { uint64_t ts; char *label; } marker;
-    struct { hp_session_end how; int64_t wall_ns; char reason[HP_STORE_REASON_BYTES]; } end;
+    struct {
+      uint32_t number;
+      int32_t lineno;
+      char *function, *filename;
+    } frame;
+    struct {
+      uint32_t number;
+      uint8_t truncated;
+      uint32_t depth;
+      uint32_t *frame_numbers;
+    } stack;
+    struct {
+      uint32_t n;
+      hp_event *ev;
+    } events;
+    struct {
+      uint64_t dropped, ts, interval, sent;
+    } counters;
+    struct {
+      uint64_t ts, dropped;
+      uint32_t reason;
+    } goodbye;
+    struct {
+      uint64_t tid;
+      char *name;
+    } thread;
+    struct {
+      uint64_t ts;
+      char *label;
+    } marker;
+    struct {
+      hp_session_end how;
+      int64_t wall_ns;
+      char reason[HP_STORE_REASON_BYTES];
+    } end;
   } u;
-  _Alignas(16) unsigned char data[];  /* strings, frame numbers or events of this item */
+  _Alignas(16) unsigned char data[]; /* strings, frame numbers or events of this item */
 } item;
 
 /* ------------------------------------------------------------------ sessions */
 
 /* Where a session is in its life on the store thread. */
 typedef enum {
-  SESSION_QUEUED = 0,  /* created by the loop thread; its HELLO not processed yet */
-  SESSION_ACTIVE,      /* HELLO processed: on the active list, status 'running' */
-  SESSION_ENDED,       /* its end processed: on the ending list until a commit stores it */
+  SESSION_QUEUED = 0, /* created by the loop thread; its HELLO not processed yet */
+  SESSION_ACTIVE,     /* HELLO processed: on the active list, status 'running' */
+  SESSION_ENDED,      /* its end processed: on the ending list until a commit stores it */
 } session_state;
 
 /* How far the session's row has got into the database. */
 typedef enum {
-  ROW_NONE = 0,        /* not inserted, or its INSERT was rolled back */
-  ROW_IN_TXN,          /* inserted by the open transaction */
-  ROW_STORED,          /* inserted by a committed transaction: updated from now on */
+  ROW_NONE = 0, /* not inserted, or its INSERT was rolled back */
+  ROW_IN_TXN,   /* inserted by the open transaction */
+  ROW_STORED,   /* inserted by a committed transaction: updated from now on */
 } row_state;
 
 /* Database ids of a session's frames or of its stacks, by the number conn gave each
  * (hp_conn.h): numbers arrive in order, so an array does where a map would. */
 typedef struct {
-  int64_t *db_id;      /* [number - 1]; 0: its definition could not be stored */
-  uint32_t count;      /* numbers recorded, 1 .. count */
+  int64_t *db_id; /* [number - 1]; 0: its definition could not be stored */
+  uint32_t count; /* numbers recorded, 1 .. count */
   uint32_t cap;
 } id_table;
 
@@ -87,34 +122,34 @@ typedef struct {
  * (its mutex orders the hand-over); after that only the store thread touches it,
  * except `end`, which the loop thread fills in and pushes as the session's last item. */
 struct hp_store_session {
-  item *end;                 /* preallocated end item; freed with the session */
-  item *hello;               /* the HELLO item, for the session row; freed with it */
+  item *end;   /* preallocated end item; freed with the session */
+  item *hello; /* the HELLO item, for the session row; freed with it */
   int64_t peer_pid;
   /* store thread only: */
   session_state state;
   row_state row;
-  int dirty;                 /* the row differs from what was last written */
+  int dirty; /* the row differs from what was last written */
   int64_t id, pid;
   int64_t start_wall, start_mono;
-  int64_t ended_wall;        /* from GOODBYE, 0 until then */
-  int64_t end_ns;            /* ended_ns as stored, once the end is processed */
-  const char *status;        /* "running" until the end is processed */
+  int64_t ended_wall; /* from GOODBYE, 0 until then */
+  int64_t end_ns;     /* ended_ns as stored, once the end is processed */
+  const char *status; /* "running" until the end is processed */
   id_table frames, stacks;
-  hp_map *addrs;             /* live sampled address -> .live */
+  hp_map *addrs; /* live sampled address -> .live */
   hp_timeline *tl;
   uint64_t events_received, events_dropped, unpaired_frees;
-  uint64_t untracked;        /* allocations dropped here: addrs was at max_live_addrs */
-  uint64_t events_sent;      /* the last COUNTERS' events_sent */
-  uint64_t lost_in_transit;  /* events_sent - events_received at an end without GOODBYE */
-  uint64_t lost_storage;     /* events given up after storage failures */
-  uint32_t end_reason;       /* GOODBYE's (hp_end_reason) */
-  uint32_t thread_defs;      /* THREAD_DEFs stored; beyond HP_STORE_MAX_THREAD_DEFS ignored */
+  uint64_t untracked;       /* allocations dropped here: addrs was at max_live_addrs */
+  uint64_t events_sent;     /* the last COUNTERS' events_sent */
+  uint64_t lost_in_transit; /* events_sent - events_received at an end without GOODBYE */
+  uint64_t lost_storage;    /* events given up after storage failures */
+  uint32_t end_reason;      /* GOODBYE's (hp_end_reason) */
+  uint32_t thread_defs; /* THREAD_DEFs stored; beyond HP_STORE_MAX_THREAD_DEFS ignored */
   uint64_t thread_defs_ignored;
   uint64_t start_interval;   /* HELLO's sampling interval (0: size buckets) */
   uint64_t interval;         /* the current one: HELLO's, or the last stored change */
   uint64_t interval_changes; /* sampling_change rows stored for this session */
   int interval_refused;      /* a nonsensical change was logged (once per session) */
-  struct hp_store_session *prev, *next;  /* the active list, or the ending list */
+  struct hp_store_session *prev, *next; /* the active list, or the ending list */
 };
 
 /* ------------------------------------------------------------------ the store */
@@ -124,19 +159,36 @@ typedef struct {
   hp_store_session *ss;
   int64_t ts, thread, address, size, est, stack, freed; /* stack, freed 0: NULL */
   int domain;
-  int events;                /* events this row stores: its alloc, and its free */
+  int events; /* events this row stores: its alloc, and its free */
 } pending_alloc;
 
 /* Statements prepared once (store_sql.c). */
 enum {
-  ST_BEGIN, ST_COMMIT, ST_INS_SESSION, ST_UPD_SESSION, ST_INS_FRAME, ST_SEL_FRAME,
-  ST_SEL_STACK, ST_SEL_STACK_FRAMES, ST_INS_STACK, ST_INS_STACK_FRAME, ST_INS_ALLOC,
-  ST_UPD_FREE, ST_UPSERT_TL, ST_INS_SAMPLING, ST_SEL_ALLOC, ST_UPSERT_THREAD, ST_INS_MARKER,
-  ST_INS_AGG_SESSION, ST_UPSERT_AGG_STACK, ST_UPSERT_AGG_SIZE, ST_SEL_FREED,
+  ST_BEGIN,
+  ST_COMMIT,
+  ST_INS_SESSION,
+  ST_UPD_SESSION,
+  ST_INS_FRAME,
+  ST_SEL_FRAME,
+  ST_SEL_STACK,
+  ST_SEL_STACK_FRAMES,
+  ST_INS_STACK,
+  ST_INS_STACK_FRAME,
+  ST_INS_ALLOC,
+  ST_UPD_FREE,
+  ST_UPSERT_TL,
+  ST_INS_SAMPLING,
+  ST_SEL_ALLOC,
+  ST_UPSERT_THREAD,
+  ST_INS_MARKER,
+  ST_INS_AGG_SESSION,
+  ST_UPSERT_AGG_STACK,
+  ST_UPSERT_AGG_SIZE,
+  ST_SEL_FREED,
   ST_COUNT
 };
 
-#define HP_STORE_MULTI 64  /* rows per multi-row INSERT into alloc */
+#define HP_STORE_MULTI 64 /* rows per multi-row INSERT into alloc */
 
 /* Width of the aggregates' time buckets (schema.sql, agg_session): a snapshot between two
  * edges reads the rows of at most one bucket. */
@@ -147,7 +199,7 @@ enum {
 /* One key's sums of one transaction (store_agg.c). Bytes are doubles, exact below 2^53
  * per key, so that no sum can overflow (SQLite turns an overflowing + into a REAL too). */
 typedef struct {
-  int64_t session, bucket, stack;  /* bucket < 0: size class -1 - bucket, stack 0 */
+  int64_t session, bucket, stack; /* bucket < 0: size class -1 - bucket, stack 0 */
   double alloc_bytes, alloc_count, freed_bytes, freed_count;
   int64_t alloc_samples, freed_samples;
 } agg_entry;
@@ -159,73 +211,77 @@ struct hp_store {
 
   /* The queue between the loop thread and this one (store_queue.c): protected by mu. */
   pthread_mutex_t mu;
-  pthread_cond_t cond;         /* signalled on push and on stop */
-  item *head, *tail;           /* pushed, not taken yet */
-  size_t queued_bytes;         /* cost of the items pushed and not processed yet */
-  int paused;                  /* the loop stopped reading; call on_resume below queue_low */
-  int stop;                    /* hp_store_stop() asks the thread to finish */
+  pthread_cond_t cond; /* signalled on push and on stop */
+  item *head, *tail;   /* pushed, not taken yet */
+  size_t queued_bytes; /* cost of the items pushed and not processed yet */
+  int paused;          /* the loop stopped reading; call on_resume below queue_low */
+  int stop;            /* hp_store_stop() asks the thread to finish */
 
   /* Everything below: the store thread only (and hp_store_stop after the join). */
-  item *held, *held_tail;      /* taken from the queue, not processed yet */
-  struct timespec next_tick;   /* next idle tick of the timelines (store.c) */
+  item *held, *held_tail;    /* taken from the queue, not processed yet */
+  struct timespec next_tick; /* next idle tick of the timelines (store.c) */
 
   /* SQLite (store_sql.c). */
   sqlite3 *db;
   sqlite3_stmt *st[ST_COUNT];
-  sqlite3_stmt *ins_multi;     /* ST_INS_ALLOC with HP_STORE_MULTI rows */
-  store_agg *agg;              /* the open transaction's aggregates (store_agg.c) */
+  sqlite3_stmt *ins_multi; /* ST_INS_ALLOC with HP_STORE_MULTI rows */
+  store_agg *agg;          /* the open transaction's aggregates (store_agg.c) */
   unsigned errors_logged;
 
   /* The open transaction (store_txn.c). */
   int in_txn;
-  int broken;                  /* a statement of the open transaction failed */
+  int broken; /* a statement of the open transaction failed */
   int broken_rc;
   uint64_t txn_rows;
   struct timespec txn_deadline;
-  hp_txlog *log;               /* the open transaction's writes */
-  int log_incomplete;          /* a write could not be logged (out of memory) */
+  hp_txlog *log;      /* the open transaction's writes */
+  int log_incomplete; /* a write could not be logged (out of memory) */
 
   /* A failed transaction waiting to be written again (store_txn.c). */
   int failing;
-  unsigned attempts;           /* failed attempts in a row */
+  unsigned attempts; /* failed attempts in a row */
   struct timespec fail_since, retry_at, next_fail_log, stop_at;
-  uint64_t lost_events;        /* given up for good */
-  uint64_t lost_at_failure;    /* lost_events when the current failure began */
-  uint64_t lost_sessions;      /* sessions whose row or end could not be written */
+  uint64_t lost_events;     /* given up for good */
+  uint64_t lost_at_failure; /* lost_events when the current failure began */
+  uint64_t lost_sessions;   /* sessions whose row or end could not be written */
 
   /* Allocation rows kept back (store_pair.c): pending[i] gets alloc id pending_base + i. */
-  pending_alloc *pending;      /* oldest first */
+  pending_alloc *pending; /* oldest first */
   uint32_t npending, pending_cap;
-  uint32_t pending_old;        /* pending[0..pending_old) were pending at the last commit */
-  int64_t pending_base;        /* only grows */
+  uint32_t pending_old; /* pending[0..pending_old) were pending at the last commit */
+  int64_t pending_base; /* only grows */
 
   /* Id counters (store_intern.c): read from the tables at start, then only grow. */
   int64_t next_session, next_frame, next_stack;
 
   /* Sessions (store_session.c). */
-  hp_store_session *active;    /* HELLO processed, end not yet */
-  hp_store_session *ending;    /* end processed, not committed yet */
+  hp_store_session *active; /* HELLO processed, end not yet */
+  hp_store_session *ending; /* end processed, not committed yet */
 };
 
 /* ------------------------------------------------------------------ time */
 
-static inline struct timespec store_mono_now(void) {
+static inline struct timespec store_mono_now(void)
+{
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts;
 }
 
-static inline int64_t store_wall_now_ns(void) {
+static inline int64_t store_wall_now_ns(void)
+{
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static inline int store_ts_before(struct timespec a, struct timespec b) {
+static inline int store_ts_before(struct timespec a, struct timespec b)
+{
   return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
 }
 
-static inline struct timespec store_ts_add_ms(struct timespec t, uint32_t ms) {
+static inline struct timespec store_ts_add_ms(struct timespec t, uint32_t ms)
+{
   t.tv_sec += ms / 1000;
   t.tv_nsec += (long)(ms % 1000) * 1000000L;
   if (t.tv_nsec >= 1000000000L) {
@@ -235,7 +291,8 @@ static inline struct timespec store_ts_add_ms(struct timespec t, uint32_t ms) {
   return t;
 }
 
-static inline double store_seconds_since(struct timespec t) {
+static inline double store_seconds_since(struct timespec t)
+{
   struct timespec now = store_mono_now();
   return (double)(now.tv_sec - t.tv_sec) + (double)(now.tv_nsec - t.tv_nsec) / 1e9;
 }
@@ -267,21 +324,30 @@ int store_buckets_json(const hp_hello *h, char **json);
 
 /* The writes kept in the transaction log, and the meaning of each one's values. */
 enum {
-  OP_FRAME,     /* FRAME_*; blob: function \0 filename \0 */
-  OP_STACK,     /* STACK_*; blob: depth int64 frame ids */
-  OP_ALLOC,     /* ALLOC_* */
-  OP_FREE,      /* FREE_* */
-  OP_TIMELINE,  /* session, ts, live_bytes, live_count, end_bytes */
-  OP_SAMPLING,  /* session, ts, interval */
-  OP_THREAD,    /* session, thread id; blob: name \0 */
-  OP_MARKER,    /* session, ts; blob: label \0 */
+  OP_FRAME,    /* FRAME_*; blob: function \0 filename \0 */
+  OP_STACK,    /* STACK_*; blob: depth int64 frame ids */
+  OP_ALLOC,    /* ALLOC_* */
+  OP_FREE,     /* FREE_* */
+  OP_TIMELINE, /* session, ts, live_bytes, live_count, end_bytes */
+  OP_SAMPLING, /* session, ts, interval */
+  OP_THREAD,   /* session, thread id; blob: name \0 */
+  OP_MARKER,   /* session, ts; blob: label \0 */
 };
 enum { FRAME_ID, FRAME_LINENO };
 enum { STACK_ID, STACK_HASH, STACK_DEPTH, STACK_TRUNCATED };
 /* An alloc row's values, in the order of its columns. */
 enum {
-  ALLOC_ID, ALLOC_SESSION, ALLOC_TS, ALLOC_THREAD, ALLOC_DOMAIN, ALLOC_ADDRESS, ALLOC_SIZE,
-  ALLOC_EST, ALLOC_STACK /* 0: NULL */, ALLOC_FREED /* 0: NULL */, ALLOC_EVENTS /* not a column */
+  ALLOC_ID,
+  ALLOC_SESSION,
+  ALLOC_TS,
+  ALLOC_THREAD,
+  ALLOC_DOMAIN,
+  ALLOC_ADDRESS,
+  ALLOC_SIZE,
+  ALLOC_EST,
+  ALLOC_STACK /* 0: NULL */,
+  ALLOC_FREED /* 0: NULL */,
+  ALLOC_EVENTS /* not a column */
 };
 /* A stored row's end; FREE_STACK and FREE_SIZE are -1 when the row must be read for them. */
 enum { FREE_ID, FREE_TS, FREE_SESSION, FREE_EVENTS, FREE_STACK, FREE_EST, FREE_SIZE };
@@ -332,8 +398,8 @@ void store_timeline_rows(hp_store *s, hp_store_session *ss, const hp_tl_row *row
 
 /* ------------------------------------------------------------------ store_agg.c */
 
-store_agg *store_agg_new(void);      /* NULL on OOM */
-void store_agg_free(store_agg *a);   /* NULL is a no-op */
+store_agg *store_agg_new(void);    /* NULL on OOM */
+void store_agg_free(store_agg *a); /* NULL is a no-op */
 /* An alloc row written in the open transaction (ALLOC_* values), or the freed_ns an
  * UPDATE set on the row of that session, stack, est_bytes and size. */
 void store_agg_row(hp_store *s, const int64_t *v);
@@ -376,7 +442,8 @@ void store_id_table_free(id_table *t);
  * (PROTOCOL.md), so their difference fits an int64; the sum need not: it is clamped to
  * what SQLite stores, 0 .. INT64_MAX (a time before the epoch is as much nonsense from
  * an agent as one past 2262), so no stored time is ever negative or wrapped. */
-static inline int64_t store_session_wall(const hp_store_session *ss, uint64_t mono) {
+static inline int64_t store_session_wall(const hp_store_session *ss, uint64_t mono)
+{
   int64_t d = (int64_t)mono - ss->start_mono, w;
   if (__builtin_add_overflow(ss->start_wall, d, &w))
     w = d > 0 ? INT64_MAX : 0;
@@ -385,7 +452,8 @@ static inline int64_t store_session_wall(const hp_store_session *ss, uint64_t mo
 
 /* The database id of the stack with this number in its session; 0 for none (HP_NO_STACK,
  * or a definition that could not be stored). */
-static inline int64_t store_stack_db_id(const hp_store_session *ss, uint32_t number) {
+static inline int64_t store_stack_db_id(const hp_store_session *ss, uint32_t number)
+{
   const id_table *t = &ss->stacks;
   return number >= 1 && number <= t->count ? t->db_id[number - 1] : 0;
 }

@@ -19,7 +19,8 @@
 #include "hp_log.h"
 #include "hp_utf8.h"
 
-int store_ids_load(hp_store *s) {
+int store_ids_load(hp_store *s)
+{
   static const char sql[] =
     "SELECT (SELECT coalesce(max(id), 0) FROM session), (SELECT coalesce(max(id), 0) FROM"
     " frame), (SELECT coalesce(max(id), 0) FROM stack), (SELECT coalesce(max(id), 0) FROM"
@@ -42,7 +43,8 @@ int store_ids_load(hp_store *s) {
 
 /* ------------------------------------------------------------------ id tables */
 
-void store_id_table_free(id_table *t) {
+void store_id_table_free(id_table *t)
+{
   free(t->db_id);
   t->db_id = NULL;
   t->count = t->cap = 0;
@@ -51,7 +53,8 @@ void store_id_table_free(id_table *t) {
 /* Records the database id of `number`. Numbers only grow; one skipped (its entry could
  * not be recorded for lack of memory) reads as 0, like a definition that could not be
  * stored. 0, or -HP_ENOMEM. */
-static int id_table_set(id_table *t, uint32_t number, int64_t db_id) {
+static int id_table_set(id_table *t, uint32_t number, int64_t db_id)
+{
   assert(number > t->count);
   if (number > t->cap) {
     uint32_t cap = t->cap ? t->cap : 64;
@@ -70,17 +73,21 @@ static int id_table_set(id_table *t, uint32_t number, int64_t db_id) {
 }
 
 static void record(hp_store_session *ss, id_table *t, const char *what, uint32_t number,
-                   int64_t db_id) {
+                   int64_t db_id)
+{
   if (id_table_set(t, number, db_id) < 0)
-    hp_log(HP_LOG_ERROR, "session %" PRId64 ": out of memory recording %s %u; what uses "
-           "it is stored without it", ss->id, what, number);
+    hp_log(HP_LOG_ERROR,
+           "session %" PRId64 ": out of memory recording %s %u; what uses "
+           "it is stored without it",
+           ss->id, what, number);
 }
 
 /* ------------------------------------------------------------------ frames */
 
 /* The id of a frame with this content: the one in the table, or a new one. 0 only if
  * the table cannot be read (then the frame stays unattributed). */
-static int64_t frame_id(hp_store *s, const item *it) {
+static int64_t frame_id(hp_store *s, const item *it)
+{
   if (s->broken)
     return 0;
   sqlite3_stmt *sel = s->st[ST_SEL_FRAME];
@@ -108,7 +115,8 @@ static int64_t frame_id(hp_store *s, const item *it) {
   return id;
 }
 
-void store_intern_frame(hp_store *s, item *it) {
+void store_intern_frame(hp_store *s, item *it)
+{
   hp_store_session *ss = it->ss;
   assert(ss->state == SESSION_ACTIVE);
   record(ss, &ss->frames, "frame", it->u.frame.number, frame_id(s, it));
@@ -117,7 +125,8 @@ void store_intern_frame(hp_store *s, item *it) {
 /* ------------------------------------------------------------------ stacks */
 
 /* 1 when stack `id` consists of exactly frames[0..depth); -1 if it cannot be read. */
-static int stack_matches(hp_store *s, int64_t id, const int64_t *frames, uint32_t depth) {
+static int stack_matches(hp_store *s, int64_t id, const int64_t *frames, uint32_t depth)
+{
   sqlite3_stmt *st = s->st[ST_SEL_STACK_FRAMES];
   sqlite3_bind_int64(st, 1, id);
   uint32_t i = 0;
@@ -137,7 +146,8 @@ static int stack_matches(hp_store *s, int64_t id, const int64_t *frames, uint32_
   return same && i == depth;
 }
 
-static int64_t stack_id(hp_store *s, const int64_t *frames, uint32_t depth, int truncated) {
+static int64_t stack_id(hp_store *s, const int64_t *frames, uint32_t depth, int truncated)
+{
   if (s->broken)
     return 0;
   /* FNV-1a over (truncated, frame ids); the table compares colliding stacks in full. */
@@ -171,14 +181,17 @@ static int64_t stack_id(hp_store *s, const int64_t *frames, uint32_t depth, int 
     return 0;
   }
   int64_t id = s->next_stack++;
-  int64_t v[HP_TXOP_VALUES] = {[STACK_ID] = id, [STACK_HASH] = hash, [STACK_DEPTH] = depth,
+  int64_t v[HP_TXOP_VALUES] = {[STACK_ID] = id,
+                               [STACK_HASH] = hash,
+                               [STACK_DEPTH] = depth,
                                [STACK_TRUNCATED] = truncated};
   store_write(s, OP_STACK, v, frames, (uint32_t)(depth * sizeof *frames));
   s->txn_rows += depth;
   return id;
 }
 
-void store_intern_stack(hp_store *s, item *it) {
+void store_intern_stack(hp_store *s, item *it)
+{
   hp_store_session *ss = it->ss;
   assert(ss->state == SESSION_ACTIVE && it->u.stack.depth <= HP_MAX_STACK_DEPTH);
   int64_t frames[HP_MAX_STACK_DEPTH];

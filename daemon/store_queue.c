@@ -18,9 +18,13 @@
 /* Loop thread only, like the functions that allocate through it. */
 static unsigned fail_countdown;
 
-void hp_store_fail_alloc_after(unsigned n) { fail_countdown = n; }
+void hp_store_fail_alloc_after(unsigned n)
+{
+  fail_countdown = n;
+}
 
-static int alloc_fails(void) {
+static int alloc_fails(void)
+{
   if (fail_countdown == 0)
     return 0;
   if (fail_countdown > 1) {
@@ -30,13 +34,23 @@ static int alloc_fails(void) {
   return 1;
 }
 
-void *store_loop_malloc(size_t n) { return alloc_fails() ? NULL : malloc(n); }
-void *store_loop_realloc(void *p, size_t n) { return alloc_fails() ? NULL : realloc(p, n); }
-static void *loop_calloc(size_t n, size_t size) { return alloc_fails() ? NULL : calloc(n, size); }
+void *store_loop_malloc(size_t n)
+{
+  return alloc_fails() ? NULL : malloc(n);
+}
+void *store_loop_realloc(void *p, size_t n)
+{
+  return alloc_fails() ? NULL : realloc(p, n);
+}
+static void *loop_calloc(size_t n, size_t size)
+{
+  return alloc_fails() ? NULL : calloc(n, size);
+}
 
 /* ------------------------------------------------------------------ the loop side */
 
-static item *item_new(item_kind kind, hp_store_session *ss, size_t extra) {
+static item *item_new(item_kind kind, hp_store_session *ss, size_t extra)
+{
   item *it = store_loop_malloc(sizeof(item) + extra);
   if (it == NULL)
     return NULL;
@@ -47,7 +61,8 @@ static item *item_new(item_kind kind, hp_store_session *ss, size_t extra) {
   return it;
 }
 
-static void push(hp_store *s, item *it) {
+static void push(hp_store *s, item *it)
+{
   pthread_mutex_lock(&s->mu);
   if (s->tail)
     s->tail->next = it;
@@ -59,7 +74,8 @@ static void push(hp_store *s, item *it) {
   pthread_mutex_unlock(&s->mu);
 }
 
-static char *copy_cstr(char **cursor, const char *str) {
+static char *copy_cstr(char **cursor, const char *str)
+{
   size_t len = strlen(str);
   char *dst = *cursor;
   memcpy(dst, str, len + 1);
@@ -67,7 +83,8 @@ static char *copy_cstr(char **cursor, const char *str) {
   return dst;
 }
 
-hp_store_session *hp_store_session_start(hp_store *s, const hp_hello *h, int64_t peer_pid) {
+hp_store_session *hp_store_session_start(hp_store *s, const hp_hello *h, int64_t peer_pid)
+{
   char *argv = NULL, *buckets = NULL;
   uint32_t omitted = 0;
   hp_store_session *ss = loop_calloc(1, sizeof *ss);
@@ -117,8 +134,10 @@ out_free_session:
   return NULL;
 }
 
-int hp_store_frame_def(hp_store *s, hp_store_session *ss, const hp_frame_def *m) {
-  item *it = item_new(IT_FRAME, ss, store_text_room(m->function) + store_text_room(m->filename));
+int hp_store_frame_def(hp_store *s, hp_store_session *ss, const hp_frame_def *m)
+{
+  item *it = item_new(IT_FRAME, ss,
+                      store_text_room(m->function) + store_text_room(m->filename));
   if (it == NULL)
     return -HP_ENOMEM;
   char *cur = (char *)it->data;
@@ -130,7 +149,8 @@ int hp_store_frame_def(hp_store *s, hp_store_session *ss, const hp_frame_def *m)
   return 0;
 }
 
-int hp_store_stack_def(hp_store *s, hp_store_session *ss, const hp_stack_def *m) {
+int hp_store_stack_def(hp_store *s, hp_store_session *ss, const hp_stack_def *m)
+{
   item *it = item_new(IT_STACK, ss, (size_t)m->depth * sizeof(uint32_t));
   if (it == NULL)
     return -HP_ENOMEM;
@@ -144,7 +164,8 @@ int hp_store_stack_def(hp_store *s, hp_store_session *ss, const hp_stack_def *m)
   return 0;
 }
 
-int hp_store_events(hp_store *s, hp_store_session *ss, const hp_event *ev, uint32_t n) {
+int hp_store_events(hp_store *s, hp_store_session *ss, const hp_event *ev, uint32_t n)
+{
   item *it = item_new(IT_EVENTS, ss, (size_t)n * sizeof(hp_event));
   if (it == NULL)
     return -HP_ENOMEM;
@@ -155,7 +176,8 @@ int hp_store_events(hp_store *s, hp_store_session *ss, const hp_event *ev, uint3
   return 0;
 }
 
-int hp_store_counters(hp_store *s, hp_store_session *ss, const hp_counters *m) {
+int hp_store_counters(hp_store *s, hp_store_session *ss, const hp_counters *m)
+{
   item *it = item_new(IT_COUNTERS, ss, 0);
   if (it == NULL)
     return -HP_ENOMEM;
@@ -167,7 +189,8 @@ int hp_store_counters(hp_store *s, hp_store_session *ss, const hp_counters *m) {
   return 0;
 }
 
-int hp_store_goodbye(hp_store *s, hp_store_session *ss, const hp_goodbye *m) {
+int hp_store_goodbye(hp_store *s, hp_store_session *ss, const hp_goodbye *m)
+{
   item *it = item_new(IT_GOODBYE, ss, 0);
   if (it == NULL)
     return -HP_ENOMEM;
@@ -178,7 +201,8 @@ int hp_store_goodbye(hp_store *s, hp_store_session *ss, const hp_goodbye *m) {
   return 0;
 }
 
-int hp_store_thread_def(hp_store *s, hp_store_session *ss, const hp_thread_def *m) {
+int hp_store_thread_def(hp_store *s, hp_store_session *ss, const hp_thread_def *m)
+{
   item *it = item_new(IT_THREAD, ss, store_text_room(m->name));
   if (it == NULL)
     return -HP_ENOMEM;
@@ -189,7 +213,8 @@ int hp_store_thread_def(hp_store *s, hp_store_session *ss, const hp_thread_def *
   return 0;
 }
 
-int hp_store_marker(hp_store *s, hp_store_session *ss, const hp_marker *m) {
+int hp_store_marker(hp_store *s, hp_store_session *ss, const hp_marker *m)
+{
   item *it = item_new(IT_MARKER, ss, store_text_room(m->label));
   if (it == NULL)
     return -HP_ENOMEM;
@@ -201,7 +226,8 @@ int hp_store_marker(hp_store *s, hp_store_session *ss, const hp_marker *m) {
 }
 
 void hp_store_session_end(hp_store *s, hp_store_session *ss, hp_session_end how,
-                          const char *reason) {
+                          const char *reason)
+{
   item *it = ss->end;
   assert(it != NULL && it->kind == IT_END);
   it->u.end.how = how;
@@ -210,7 +236,8 @@ void hp_store_session_end(hp_store *s, hp_store_session *ss, hp_session_end how,
   push(s, it);
 }
 
-int hp_store_pause_if_full(hp_store *s) {
+int hp_store_pause_if_full(hp_store *s)
+{
   pthread_mutex_lock(&s->mu);
   int full = s->queued_bytes > s->cfg.queue_high;
   if (full)
@@ -221,7 +248,8 @@ int hp_store_pause_if_full(hp_store *s) {
 
 /* ------------------------------------------------------------------ the store side */
 
-int store_queue_take(hp_store *s, const struct timespec *deadline, int wake_on_stop) {
+int store_queue_take(hp_store *s, const struct timespec *deadline, int wake_on_stop)
+{
   pthread_mutex_lock(&s->mu);
   while (s->head == NULL && !(s->stop && wake_on_stop))
     if (pthread_cond_timedwait(&s->cond, &s->mu, deadline) == ETIMEDOUT)
@@ -241,7 +269,8 @@ int store_queue_take(hp_store *s, const struct timespec *deadline, int wake_on_s
   return stop;
 }
 
-void store_queue_release(hp_store *s, size_t cost) {
+void store_queue_release(hp_store *s, size_t cost)
+{
   int resume = 0;
   pthread_mutex_lock(&s->mu);
   assert(s->queued_bytes >= cost);

@@ -13,7 +13,8 @@
 
 #include "hp_log.h"
 
-void store_session_free(hp_store_session *ss) {
+void store_session_free(hp_store_session *ss)
+{
   store_id_table_free(&ss->frames);
   store_id_table_free(&ss->stacks);
   hp_map_free(ss->addrs);
@@ -23,20 +24,23 @@ void store_session_free(hp_store_session *ss) {
   free(ss);
 }
 
-static uint64_t sat_add_u64(uint64_t a, uint64_t b) {
+static uint64_t sat_add_u64(uint64_t a, uint64_t b)
+{
   return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
 
 /* The agent's count (absolute, from COUNTERS and GOODBYE), the allocations this store
  * could not track, at an end without GOODBYE the events the agent said it sent that
  * never arrived, and what storage gave up. */
-int64_t store_session_dropped(const hp_store_session *ss) {
+int64_t store_session_dropped(const hp_store_session *ss)
+{
   uint64_t n = sat_add_u64(sat_add_u64(ss->events_dropped, ss->untracked),
                            sat_add_u64(ss->lost_in_transit, ss->lost_storage));
   return n > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)n;
 }
 
-hp_store_session *store_session_find(hp_store *s, int64_t id) {
+hp_store_session *store_session_find(hp_store *s, int64_t id)
+{
   hp_store_session *lists[2] = {s->active, s->ending};
   for (int l = 0; l < 2; l++)
     for (hp_store_session *ss = lists[l]; ss; ss = ss->next)
@@ -47,7 +51,8 @@ hp_store_session *store_session_find(hp_store *s, int64_t id) {
 
 /* ------------------------------------------------------------------ messages */
 
-void store_session_hello(hp_store *s, item *it) {
+void store_session_hello(hp_store *s, item *it)
+{
   hp_store_session *ss = it->ss;
   assert(ss->state == SESSION_QUEUED && ss->hello == NULL);
   ss->state = SESSION_ACTIVE;
@@ -63,14 +68,18 @@ void store_session_hello(hp_store *s, item *it) {
   if (s->active)
     s->active->prev = ss;
   s->active = ss;
-  hp_log(HP_LOG_INFO, "session %" PRId64 " (pid %" PRId64 ") started: argv %s, %s, Python %s",
-         ss->id, ss->pid, it->u.hello.argv_json, it->u.hello.executable,
+  hp_log(HP_LOG_INFO,
+         "session %" PRId64 " (pid %" PRId64 ") started: argv %s, %s, Python %s", ss->id,
+         ss->pid, it->u.hello.argv_json, it->u.hello.executable,
          it->u.hello.python_version);
   if (it->u.hello.argv_omitted > 0)
-    hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): argv of %" PRIu32 " entries "
-           "(%zu bytes) exceeds the limit of %u bytes; the last %" PRIu32 " entries are not "
-           "stored (session_settings.argv_omitted)", ss->id, ss->pid, it->u.hello.argc,
-           it->u.hello.argv_bytes, HP_STORE_MAX_ARGV_BYTES, it->u.hello.argv_omitted);
+    hp_log(HP_LOG_WARN,
+           "session %" PRId64 " (pid %" PRId64 "): argv of %" PRIu32 " entries "
+           "(%zu bytes) exceeds the limit of %u bytes; the last %" PRIu32
+           " entries are not "
+           "stored (session_settings.argv_omitted)",
+           ss->id, ss->pid, it->u.hello.argc, it->u.hello.argv_bytes,
+           HP_STORE_MAX_ARGV_BYTES, it->u.hello.argv_omitted);
 }
 
 /* A COUNTERS whose interval differs from the session's current one: the agent adapted
@@ -79,28 +88,33 @@ void store_session_hello(hp_store *s, item *it) {
  * (interval 0) cannot adapt, and no Poisson session can turn into one mid-stream, so a
  * change from or to 0 is nonsense from the agent: logged once and not stored, the
  * session goes on with its interval. */
-static __attribute__((noinline)) void interval_change(hp_store *s, item *it) {
+static __attribute__((noinline)) void interval_change(hp_store *s, item *it)
+{
   hp_store_session *ss = it->ss;
   uint64_t to = it->u.counters.interval;
   if (ss->interval == 0 || to == 0) {
     if (!ss->interval_refused) {
       ss->interval_refused = 1;
-      hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): ignoring a change of "
+      hp_log(HP_LOG_WARN,
+             "session %" PRId64 " (pid %" PRId64 "): ignoring a change of "
              "sampling interval from %" PRIu64 " to %" PRIu64 " bytes (0 is size-bucket "
-             "sampling, which a session cannot switch to or from)", ss->id, ss->pid,
-             ss->interval, to);
+             "sampling, which a session cannot switch to or from)",
+             ss->id, ss->pid, ss->interval, to);
     }
     return;
   }
-  int64_t v[HP_TXOP_VALUES] = {ss->id, store_session_wall(ss, it->u.counters.ts), (int64_t)to};
+  int64_t v[HP_TXOP_VALUES] = {ss->id, store_session_wall(ss, it->u.counters.ts),
+                               (int64_t)to};
   store_write(s, OP_SAMPLING, v, NULL, 0);
-  hp_log(HP_LOG_DEBUG, "session %" PRId64 ": sampling interval %" PRIu64 " -> %" PRIu64
-         " bytes", ss->id, ss->interval, to);
+  hp_log(HP_LOG_DEBUG,
+         "session %" PRId64 ": sampling interval %" PRIu64 " -> %" PRIu64 " bytes", ss->id,
+         ss->interval, to);
   ss->interval = to;
   ss->interval_changes++;
 }
 
-void store_session_counters(hp_store *s, item *it) {
+void store_session_counters(hp_store *s, item *it)
+{
   hp_store_session *ss = it->ss;
   assert(ss->state == SESSION_ACTIVE);
   ss->events_dropped = it->u.counters.dropped;
@@ -110,7 +124,8 @@ void store_session_counters(hp_store *s, item *it) {
     interval_change(s, it);
 }
 
-void store_session_goodbye(item *it) {
+void store_session_goodbye(item *it)
+{
   hp_store_session *ss = it->ss;
   assert(ss->state == SESSION_ACTIVE);
   ss->events_dropped = it->u.goodbye.dropped;
@@ -120,14 +135,16 @@ void store_session_goodbye(item *it) {
 }
 
 /* The thread's latest name wins (an upsert): no memory is kept per thread here. */
-void store_session_thread(hp_store *s, item *it) {
+void store_session_thread(hp_store *s, item *it)
+{
   hp_store_session *ss = it->ss;
   assert(ss->state == SESSION_ACTIVE);
   if (ss->thread_defs >= HP_STORE_MAX_THREAD_DEFS) {
     if (ss->thread_defs_ignored++ == 0)
-      hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): over the limit of %u "
-             "thread names per session; further names are not stored", ss->id, ss->pid,
-             HP_STORE_MAX_THREAD_DEFS);
+      hp_log(HP_LOG_WARN,
+             "session %" PRId64 " (pid %" PRId64 "): over the limit of %u "
+             "thread names per session; further names are not stored",
+             ss->id, ss->pid, HP_STORE_MAX_THREAD_DEFS);
     return;
   }
   ss->thread_defs++;
@@ -135,16 +152,19 @@ void store_session_thread(hp_store *s, item *it) {
   store_write(s, OP_THREAD, v, it->u.thread.name, (uint32_t)strlen(it->u.thread.name) + 1);
 }
 
-void store_session_marker(hp_store *s, item *it) {
+void store_session_marker(hp_store *s, item *it)
+{
   hp_store_session *ss = it->ss;
   assert(ss->state == SESSION_ACTIVE);
   int64_t v[HP_TXOP_VALUES] = {ss->id, store_session_wall(ss, it->u.marker.ts)};
-  store_write(s, OP_MARKER, v, it->u.marker.label, (uint32_t)strlen(it->u.marker.label) + 1);
+  store_write(s, OP_MARKER, v, it->u.marker.label,
+              (uint32_t)strlen(it->u.marker.label) + 1);
 }
 
 /* ------------------------------------------------------------------ the end */
 
-static const char *end_status(const hp_store_session *ss, hp_session_end how) {
+static const char *end_status(const hp_store_session *ss, hp_session_end how)
+{
   switch (how) {
   case HP_SESSION_EXITED:
     return ss->end_reason == HP_END_HOOKS_REPLACED ? "hooks_replaced" : "exited";
@@ -155,7 +175,8 @@ static const char *end_status(const hp_store_session *ss, hp_session_end how) {
 }
 
 static void log_end(const hp_store *s, const hp_store_session *ss, hp_session_end how,
-                    const char *reason) {
+                    const char *reason)
+{
   if (how == HP_SESSION_PROTOCOL_ERROR)
     hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): protocol error: %s", ss->id,
            ss->pid, reason);
@@ -166,32 +187,39 @@ static void log_end(const hp_store *s, const hp_store_session *ss, hp_session_en
          (uint64_t)store_session_dropped(ss), ss->unpaired_frees,
          (double)(ss->end_ns - ss->start_wall) / 1e9);
   if (ss->lost_in_transit > 0)
-    hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): the stream ended without "
+    hp_log(HP_LOG_WARN,
+           "session %" PRId64 " (pid %" PRId64 "): the stream ended without "
            "GOODBYE; %" PRIu64 " events the agent sent never arrived (counted in "
-           "events_dropped)", ss->id, ss->pid, ss->lost_in_transit);
+           "events_dropped)",
+           ss->id, ss->pid, ss->lost_in_transit);
   if (ss->end_reason == HP_END_HOOKS_REPLACED && how == HP_SESSION_EXITED)
-    hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): recording ended early: "
+    hp_log(HP_LOG_WARN,
+           "session %" PRId64 " (pid %" PRId64 "): recording ended early: "
            "the program replaced or removed heapprof's allocator hooks (hooks_replaced)",
            ss->id, ss->pid);
   if (ss->interval_changes > 0)
-    hp_log(HP_LOG_INFO, "session %" PRId64 " (pid %" PRId64 "): the agent changed its "
+    hp_log(HP_LOG_INFO,
+           "session %" PRId64 " (pid %" PRId64 "): the agent changed its "
            "sampling interval %" PRIu64 " times, from %" PRIu64 " to %" PRIu64 " bytes "
-           "(sampling_changes)", ss->id, ss->pid, ss->interval_changes, ss->start_interval,
-           ss->interval);
+           "(sampling_changes)",
+           ss->id, ss->pid, ss->interval_changes, ss->start_interval, ss->interval);
   if (ss->untracked > 0)
-    hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): %" PRIu64 " allocations "
+    hp_log(HP_LOG_WARN,
+           "session %" PRId64 " (pid %" PRId64 "): %" PRIu64 " allocations "
            "dropped (counted in events_dropped): over the limit of %u live sampled "
-           "allocations per session, or out of memory", ss->id, ss->pid, ss->untracked,
-           s->cfg.max_live_addrs);
+           "allocations per session, or out of memory",
+           ss->id, ss->pid, ss->untracked, s->cfg.max_live_addrs);
   if (ss->thread_defs_ignored > 0)
-    hp_log(HP_LOG_WARN, "session %" PRId64 " (pid %" PRId64 "): %" PRIu64 " thread names "
-           "not stored (over the limit of %u)", ss->id, ss->pid, ss->thread_defs_ignored,
-           HP_STORE_MAX_THREAD_DEFS);
+    hp_log(HP_LOG_WARN,
+           "session %" PRId64 " (pid %" PRId64 "): %" PRIu64 " thread names "
+           "not stored (over the limit of %u)",
+           ss->id, ss->pid, ss->thread_defs_ignored, HP_STORE_MAX_THREAD_DEFS);
 }
 
 /* Its rows and final timeline go into this transaction, its row is written at the
  * commit, and it is freed once that commit succeeds. */
-void store_session_end(hp_store *s, item *it) {
+void store_session_end(hp_store *s, item *it)
+{
   hp_store_session *ss = it->ss;
   assert(ss->state == SESSION_ACTIVE && it == ss->end);
   hp_session_end how = it->u.end.how;
@@ -202,7 +230,7 @@ void store_session_end(hp_store *s, item *it) {
   /* Pending rows point at this session; insert them before it can go away. */
   store_pair_flush(s);
   int64_t ended = (how == HP_SESSION_EXITED && ss->ended_wall) ? ss->ended_wall
-                                                                : it->u.end.wall_ns;
+                                                               : it->u.end.wall_ns;
   hp_tl_row rows[HP_TL_MAX_ROWS];
   int n = hp_timeline_finish(ss->tl, ended, rows);
   store_timeline_rows(s, ss, rows, n);
@@ -225,21 +253,24 @@ void store_session_end(hp_store *s, item *it) {
 
 /* ------------------------------------------------------------------ rows */
 
-static void bind_text_or_null(sqlite3_stmt *st, int col, const char *text) {
+static void bind_text_or_null(sqlite3_stmt *st, int col, const char *text)
+{
   if (text)
     sqlite3_bind_text(st, col, text, -1, SQLITE_STATIC);
   else
     sqlite3_bind_null(st, col);
 }
 
-static void bind_int_or_null(sqlite3_stmt *st, int col, int64_t v) {
+static void bind_int_or_null(sqlite3_stmt *st, int col, int64_t v)
+{
   if (v)
     sqlite3_bind_int64(st, col, v);
   else
     sqlite3_bind_null(st, col);
 }
 
-static void write_row(hp_store *s, hp_store_session *ss) {
+static void write_row(hp_store *s, hp_store_session *ss)
+{
   assert(ss->state != SESSION_QUEUED && ss->hello != NULL);
   int ended = ss->state == SESSION_ENDED;
   const char *error = NULL;
@@ -286,7 +317,8 @@ static void write_row(hp_store *s, hp_store_session *ss) {
   s->txn_rows++;
 }
 
-void store_session_write_rows(hp_store *s) {
+void store_session_write_rows(hp_store *s)
+{
   hp_store_session *lists[2] = {s->active, s->ending};
   for (int l = 0; l < 2; l++)
     for (hp_store_session *ss = lists[l]; ss; ss = ss->next)
@@ -294,7 +326,8 @@ void store_session_write_rows(hp_store *s) {
         write_row(s, ss);
 }
 
-void store_session_committed(hp_store *s) {
+void store_session_committed(hp_store *s)
+{
   for (hp_store_session *ss = s->active; ss; ss = ss->next) {
     assert(ss->state == SESSION_ACTIVE && ss->row != ROW_NONE && !ss->dirty);
     ss->row = ROW_STORED;
@@ -307,7 +340,8 @@ void store_session_committed(hp_store *s) {
   }
 }
 
-void store_session_rolled_back(hp_store *s) {
+void store_session_rolled_back(hp_store *s)
+{
   hp_store_session *lists[2] = {s->active, s->ending};
   for (int l = 0; l < 2; l++)
     for (hp_store_session *ss = lists[l]; ss; ss = ss->next) {

@@ -28,7 +28,8 @@ static const char *const sql_text[ST_COUNT] = {
   [ST_COMMIT] = "COMMIT",
   [ST_INS_SESSION] =
     "INSERT INTO session(id, pid, ppid, argv, executable, python_version, started_ns,"
-    " sample_interval_bytes, sample_buckets, max_stack_depth, argv_omitted, ended_ns, status,"
+    " sample_interval_bytes, sample_buckets, max_stack_depth, argv_omitted, ended_ns, "
+    "status,"
     " error, events_received, events_dropped) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
   [ST_UPD_SESSION] =
     "UPDATE session SET ended_ns=?2, status=?3, error=?4, events_received=?5,"
@@ -36,7 +37,8 @@ static const char *const sql_text[ST_COUNT] = {
   [ST_INS_FRAME] = "INSERT INTO frame(id, function, filename, lineno) VALUES(?1,?2,?3,?4)",
   [ST_SEL_FRAME] = "SELECT id FROM frame WHERE filename=?2 AND lineno=?3 AND function=?1",
   [ST_SEL_STACK] = "SELECT id FROM stack WHERE hash=?1 AND depth=?2 AND truncated=?3",
-  [ST_SEL_STACK_FRAMES] = "SELECT frame_id FROM stack_frame WHERE stack_id=? ORDER BY depth",
+  [ST_SEL_STACK_FRAMES] =
+    "SELECT frame_id FROM stack_frame WHERE stack_id=? ORDER BY depth",
   [ST_INS_STACK] = "INSERT INTO stack(id, hash, depth, truncated) VALUES(?,?,?,?)",
   [ST_INS_STACK_FRAME] = "INSERT INTO stack_frame(stack_id, depth, frame_id) VALUES(?,?,?)",
   [ST_INS_ALLOC] = ALLOC_INSERT "(?,?,?,?,?,?,?,?,?,?)",
@@ -54,14 +56,17 @@ static const char *const sql_text[ST_COUNT] = {
     "INSERT INTO thread_name(session_id, thread_id, name) VALUES(?1,?2,?3)"
     " ON CONFLICT(session_id, thread_id) DO UPDATE SET name=excluded.name",
   [ST_INS_MARKER] = "INSERT INTO marker(session_id, ts_ns, label) VALUES(?,?,?)",
-  [ST_INS_AGG_SESSION] = "INSERT OR IGNORE INTO agg_session(session_id, bucket_ns) VALUES(?,?)",
+  [ST_INS_AGG_SESSION] =
+    "INSERT OR IGNORE INTO agg_session(session_id, bucket_ns) VALUES(?,?)",
   [ST_UPSERT_AGG_STACK] =
     "INSERT INTO agg_stack(session_id, bucket_ns, stack_id, alloc_bytes, alloc_count,"
     " alloc_samples, freed_bytes, freed_count, freed_samples) VALUES(?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT(session_id, bucket_ns, stack_id) DO UPDATE SET"
-    " alloc_bytes=alloc_bytes+excluded.alloc_bytes, alloc_count=alloc_count+excluded.alloc_count,"
+    " alloc_bytes=alloc_bytes+excluded.alloc_bytes, "
+    "alloc_count=alloc_count+excluded.alloc_count,"
     " alloc_samples=alloc_samples+excluded.alloc_samples,"
-    " freed_bytes=freed_bytes+excluded.freed_bytes, freed_count=freed_count+excluded.freed_count,"
+    " freed_bytes=freed_bytes+excluded.freed_bytes, "
+    "freed_count=freed_count+excluded.freed_count,"
     " freed_samples=freed_samples+excluded.freed_samples",
   [ST_UPSERT_AGG_SIZE] =
     "INSERT INTO agg_size(session_id, size_class, samples, est_count, est_bytes)"
@@ -72,17 +77,22 @@ static const char *const sql_text[ST_COUNT] = {
 
 /* The statements that bind text (SQLITE_STATIC). */
 static const unsigned char binds_text[ST_COUNT] = {
-  [ST_INS_SESSION] = 1, [ST_UPD_SESSION] = 1, [ST_INS_FRAME] = 1, [ST_SEL_FRAME] = 1,
-  [ST_UPSERT_THREAD] = 1, [ST_INS_MARKER] = 1,
+  [ST_INS_SESSION] = 1, [ST_UPD_SESSION] = 1,   [ST_INS_FRAME] = 1,
+  [ST_SEL_FRAME] = 1,   [ST_UPSERT_THREAD] = 1, [ST_INS_MARKER] = 1,
 };
 
-const char *store_sql_text(int which) { return sql_text[which]; }
+const char *store_sql_text(int which)
+{
+  return sql_text[which];
+}
 
-int store_sql_prepare(hp_store *s) {
+int store_sql_prepare(hp_store *s)
+{
   for (int i = 0; i < ST_COUNT; i++)
     if (sqlite3_prepare_v3(s->db, sql_text[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
                            NULL) != SQLITE_OK) {
-      hp_log(HP_LOG_ERROR, "database: preparing \"%s\": %s", sql_text[i], sqlite3_errmsg(s->db));
+      hp_log(HP_LOG_ERROR, "database: preparing \"%s\": %s", sql_text[i],
+             sqlite3_errmsg(s->db));
       return -HP_ESQLITE;
     }
   char multi[sizeof ALLOC_INSERT + HP_STORE_MULTI * sizeof ",(?,?,?,?,?,?,?,?,?,?)"];
@@ -91,15 +101,17 @@ int store_sql_prepare(hp_store *s) {
   for (int i = 0; i < HP_STORE_MULTI; i++)
     len += (size_t)snprintf(multi + len, sizeof multi - len, "%s(?,?,?,?,?,?,?,?,?,?)",
                             i ? "," : "");
-  if (sqlite3_prepare_v3(s->db, multi, -1, SQLITE_PREPARE_PERSISTENT, &s->ins_multi, NULL)
-      != SQLITE_OK) {
-    hp_log(HP_LOG_ERROR, "database: preparing the multi-row insert: %s", sqlite3_errmsg(s->db));
+  if (sqlite3_prepare_v3(s->db, multi, -1, SQLITE_PREPARE_PERSISTENT, &s->ins_multi,
+                         NULL) != SQLITE_OK) {
+    hp_log(HP_LOG_ERROR, "database: preparing the multi-row insert: %s",
+           sqlite3_errmsg(s->db));
     return -HP_ESQLITE;
   }
   return 0;
 }
 
-void store_sql_finalize(hp_store *s) {
+void store_sql_finalize(hp_store *s)
+{
   for (int i = 0; i < ST_COUNT; i++) {
     sqlite3_finalize(s->st[i]);
     s->st[i] = NULL;
@@ -110,14 +122,17 @@ void store_sql_finalize(hp_store *s) {
 
 /* Storage errors are logged in full 20 times; then store_txn.c says at most every
  * HP_STORE_FAIL_LOG_S that a failure lasts, so a full disk cannot flood stderr. */
-void store_sql_log_error(hp_store *s, const char *what, int rc) {
+void store_sql_log_error(hp_store *s, const char *what, int rc)
+{
   if (s->errors_logged >= 20)
     return;
   s->errors_logged++;
-  hp_log(HP_LOG_ERROR, "database: %s: %s (%s)", what, sqlite3_errmsg(s->db), sqlite3_errstr(rc));
+  hp_log(HP_LOG_ERROR, "database: %s: %s (%s)", what, sqlite3_errmsg(s->db),
+         sqlite3_errstr(rc));
 }
 
-void store_sql_break(hp_store *s, const char *what, int rc) {
+void store_sql_break(hp_store *s, const char *what, int rc)
+{
   assert(s->in_txn);
   if (s->broken)
     return;
@@ -126,7 +141,8 @@ void store_sql_break(hp_store *s, const char *what, int rc) {
   store_sql_log_error(s, what, rc);
 }
 
-static int step(hp_store *s, sqlite3_stmt *st, const char *what) {
+static int step(hp_store *s, sqlite3_stmt *st, const char *what)
+{
   if (s->broken) {
     sqlite3_reset(st);
     return -1;
@@ -139,21 +155,24 @@ static int step(hp_store *s, sqlite3_stmt *st, const char *what) {
   return -1;
 }
 
-int store_sql_run(hp_store *s, int which) {
+int store_sql_run(hp_store *s, int which)
+{
   int rc = step(s, s->st[which], sql_text[which]);
   if (binds_text[which])
     sqlite3_clear_bindings(s->st[which]);
   return rc;
 }
 
-void store_sql_unbind(hp_store *s, int which) {
+void store_sql_unbind(hp_store *s, int which)
+{
   assert(binds_text[which]);
   sqlite3_clear_bindings(s->st[which]);
 }
 
 /* ------------------------------------------------------------------ writes */
 
-static void bind_opt(sqlite3_stmt *st, int col, int64_t v) {
+static void bind_opt(sqlite3_stmt *st, int col, int64_t v)
+{
   if (v)
     sqlite3_bind_int64(st, col, v);
   else
@@ -162,7 +181,8 @@ static void bind_opt(sqlite3_stmt *st, int col, int64_t v) {
 
 /* One alloc row into parameters col+1 .. col+ALLOC_COLUMNS (ALLOC_* are in column order).
  * Spelled out: this runs for every row, and a loop costs more instructions per row. */
-static void bind_alloc(sqlite3_stmt *st, int col, const int64_t *v) {
+static void bind_alloc(sqlite3_stmt *st, int col, const int64_t *v)
+{
   sqlite3_bind_int64(st, col + 1 + ALLOC_ID, v[ALLOC_ID]);
   sqlite3_bind_int64(st, col + 1 + ALLOC_SESSION, v[ALLOC_SESSION]);
   sqlite3_bind_int64(st, col + 1 + ALLOC_TS, v[ALLOC_TS]);
@@ -176,7 +196,8 @@ static void bind_alloc(sqlite3_stmt *st, int col, const int64_t *v) {
 }
 
 /* Inserts n alloc rows: HP_STORE_MULTI of them in one statement, fewer one by one. */
-static void insert_allocs(hp_store *s, int64_t (*rows)[HP_TXOP_VALUES], uint32_t n) {
+static void insert_allocs(hp_store *s, int64_t (*rows)[HP_TXOP_VALUES], uint32_t n)
+{
   assert(n <= HP_STORE_MULTI);
   for (uint32_t j = 0; j < n; j++)
     store_agg_row(s, rows[j]);
@@ -192,15 +213,17 @@ static void insert_allocs(hp_store *s, int64_t (*rows)[HP_TXOP_VALUES], uint32_t
   }
 }
 
-static void bind_ints(sqlite3_stmt *st, const int64_t *v, int n) {
+static void bind_ints(sqlite3_stmt *st, const int64_t *v, int n)
+{
   for (int i = 0; i < n; i++)
     sqlite3_bind_int64(st, i + 1, v[i]);
 }
 
 /* Ends a stored row (FREE_* values) and adds it to the aggregates' frees, with the stack
  * and size the address map kept; only a value that did not fit there is read back. */
-static void free_row(hp_store *s, const int64_t *v) {
-  bind_ints(s->st[ST_UPD_FREE], v, 2);  /* FREE_ID, FREE_TS */
+static void free_row(hp_store *s, const int64_t *v)
+{
+  bind_ints(s->st[ST_UPD_FREE], v, 2); /* FREE_ID, FREE_TS */
   if (store_sql_run(s, ST_UPD_FREE) < 0)
     return;
   int64_t stack = v[FREE_STACK], size = v[FREE_SIZE];
@@ -209,14 +232,15 @@ static void free_row(hp_store *s, const int64_t *v) {
   store_agg_freed(s, v[FREE_SESSION], stack, v[FREE_EST], size, v[FREE_TS]);
 }
 
-int store_sql_row_of(hp_store *s, int64_t id, int64_t *stack, int64_t *size) {
+int store_sql_row_of(hp_store *s, int64_t id, int64_t *stack, int64_t *size)
+{
   sqlite3_stmt *sel = s->st[ST_SEL_FREED];
   if (s->broken)
     return -1;
   sqlite3_bind_int64(sel, 1, id);
   int rc = sqlite3_step(sel);
   if (rc == SQLITE_ROW) {
-    *stack = sqlite3_column_int64(sel, 0);  /* NULL reads as 0, as agg_stack keys it */
+    *stack = sqlite3_column_int64(sel, 0); /* NULL reads as 0, as agg_stack keys it */
     *size = sqlite3_column_int64(sel, 1);
   }
   sqlite3_reset(sel);
@@ -226,7 +250,8 @@ int store_sql_row_of(hp_store *s, int64_t id, int64_t *stack, int64_t *size) {
 }
 
 /* Executes one write that is not an alloc row (those go through insert_allocs). */
-static void apply(hp_store *s, const hp_txop *op) {
+static void apply(hp_store *s, const hp_txop *op)
+{
   sqlite3_stmt *st;
   const int64_t *v = op->v;
   switch (op->kind) {
@@ -253,9 +278,7 @@ static void apply(hp_store *s, const hp_txop *op) {
     }
     break;
   }
-  case OP_FREE:
-    free_row(s, v);
-    break;
+  case OP_FREE: free_row(s, v); break;
   case OP_TIMELINE:
     bind_ints(s->st[ST_UPSERT_TL], v, 5);
     (void)store_sql_run(s, ST_UPSERT_TL);
@@ -272,21 +295,23 @@ static void apply(hp_store *s, const hp_txop *op) {
     (void)store_sql_run(s, which);
     break;
   }
-  default:
-    assert(!"an alloc row, or a write of no known kind");
+  default: assert(!"an alloc row, or a write of no known kind");
   }
 }
 
-static void log_write(hp_store *s, int kind, const int64_t *v, const void *blob, uint32_t len) {
+static void log_write(hp_store *s, int kind, const int64_t *v, const void *blob,
+                      uint32_t len)
+{
   if (hp_txlog_add(s->log, kind, v, blob, len) == 0)
     return;
   if (!s->log_incomplete)
     hp_log(HP_LOG_ERROR, "database: out of memory keeping the transaction's writes; if it "
-           "fails, its data is given up");
+                         "fails, its data is given up");
   s->log_incomplete = 1;
 }
 
-void store_write(hp_store *s, int kind, const int64_t *v, const void *blob, uint32_t len) {
+void store_write(hp_store *s, int kind, const int64_t *v, const void *blob, uint32_t len)
+{
   assert(s->in_txn && kind != OP_ALLOC);
   log_write(s, kind, v, blob, len);
   hp_txop op = {.kind = kind, .blob = blob, .len = len};
@@ -295,14 +320,16 @@ void store_write(hp_store *s, int kind, const int64_t *v, const void *blob, uint
   s->txn_rows++;
 }
 
-void store_write_allocs(hp_store *s, int64_t (*rows)[HP_TXOP_VALUES], uint32_t n) {
+void store_write_allocs(hp_store *s, int64_t (*rows)[HP_TXOP_VALUES], uint32_t n)
+{
   assert(s->in_txn);
   for (uint32_t j = 0; j < n; j++)
     log_write(s, OP_ALLOC, rows[j], NULL, 0);
   insert_allocs(s, rows, n);
 }
 
-void store_sql_replay(hp_store *s) {
+void store_sql_replay(hp_store *s)
+{
   assert(s->in_txn);
   size_t n = hp_txlog_count(s->log);
   int64_t rows[HP_STORE_MULTI][HP_TXOP_VALUES];

@@ -13,9 +13,13 @@
 
 #include "hp_utf8.h"
 
-size_t store_text_room(hp_str s) { return (size_t)s.len * HP_UTF8_MAX_GROWTH + 1; }
+size_t store_text_room(hp_str s)
+{
+  return (size_t)s.len * HP_UTF8_MAX_GROWTH + 1;
+}
 
-char *store_text_copy(char **cursor, hp_str s) {
+char *store_text_copy(char **cursor, hp_str s)
+{
   char *dst = *cursor;
   size_t n = hp_utf8_repair(dst, s.ptr, s.len);
   dst[n] = '\0';
@@ -24,9 +28,14 @@ char *store_text_copy(char **cursor, hp_str s) {
 }
 
 /* A growing NUL-terminated buffer; after a failed allocation it only records `oom`. */
-typedef struct { char *p; size_t len, cap; int oom; } sbuf;
+typedef struct {
+  char *p;
+  size_t len, cap;
+  int oom;
+} sbuf;
 
-static void sb_put(sbuf *b, const char *s, size_t n) {
+static void sb_put(sbuf *b, const char *s, size_t n)
+{
   if (b->oom)
     return;
   if (b->len + n + 1 > b->cap) {
@@ -47,7 +56,8 @@ static void sb_put(sbuf *b, const char *s, size_t n) {
 }
 
 /* s as a JSON string, repaired to valid UTF-8 first. */
-static void sb_json_str(sbuf *b, hp_str s) {
+static void sb_json_str(sbuf *b, hp_str s)
+{
   char stack_buf[HP_UTF8_MAX_GROWTH * 256];
   char *text = stack_buf;
   if ((size_t)s.len * HP_UTF8_MAX_GROWTH > sizeof stack_buf &&
@@ -77,7 +87,8 @@ static void sb_json_str(sbuf *b, hp_str s) {
 }
 
 /* The buffer's text as the caller's to free, or -HP_ENOMEM (and nothing to free). */
-static int sb_finish(sbuf *b, char **json) {
+static int sb_finish(sbuf *b, char **json)
+{
   if (b->oom) {
     free(b->p);
     *json = NULL;
@@ -87,7 +98,8 @@ static int sb_finish(sbuf *b, char **json) {
   return 0;
 }
 
-int store_argv_json(const hp_hello *h, char **json, uint32_t *omitted) {
+int store_argv_json(const hp_hello *h, char **json, uint32_t *omitted)
+{
   sbuf b = {0};
   sb_put(&b, "[", 1);
   uint32_t i = 0;
@@ -97,7 +109,7 @@ int store_argv_json(const hp_hello *h, char **json, uint32_t *omitted) {
       sb_put(&b, ",", 1);
     sb_json_str(&b, h->argv[i]);
     if (b.len + 1 > HP_STORE_MAX_ARGV_BYTES) {
-      b.len = mark;   /* whole entries only, so that the text stays a valid array */
+      b.len = mark; /* whole entries only, so that the text stays a valid array */
       if (b.p != NULL)
         b.p[mark] = '\0';
       break;
@@ -108,7 +120,8 @@ int store_argv_json(const hp_hello *h, char **json, uint32_t *omitted) {
   return sb_finish(&b, json);
 }
 
-int store_buckets_json(const hp_hello *h, char **json) {
+int store_buckets_json(const hp_hello *h, char **json)
+{
   sbuf b = {0};
   *json = NULL;
   if (h->nbuckets == 0)

@@ -26,13 +26,14 @@
 
 /* Retries of a failed transaction: the first after RETRY_MIN_MS, doubling up to
  * RETRY_MAX_MS; an error that is not transient is given up after PERMANENT_TRIES. */
-#define HP_STORE_RETRY_MIN_MS 50u
-#define HP_STORE_RETRY_MAX_MS 2000u
+#define HP_STORE_RETRY_MIN_MS    50u
+#define HP_STORE_RETRY_MAX_MS    2000u
 #define HP_STORE_PERMANENT_TRIES 3
 /* While storing fails, one log line per this many seconds. */
 #define HP_STORE_FAIL_LOG_S 30
 
-int store_txn_begin(hp_store *s) {
+int store_txn_begin(hp_store *s)
+{
   if (s->in_txn)
     return 0;
   assert(!s->broken && s->txn_rows == 0);
@@ -60,7 +61,8 @@ int store_txn_begin(hp_store *s) {
 
 /* The transaction committed: its log is done with, and so are the sessions whose end
  * it stored. */
-static void committed(hp_store *s) {
+static void committed(hp_store *s)
+{
   s->in_txn = 0;
   s->txn_rows = 0;
   store_agg_clear(s);
@@ -70,19 +72,22 @@ static void committed(hp_store *s) {
   if (s->failing) {
     uint64_t lost = s->lost_events - s->lost_at_failure;
     if (lost == 0)
-      hp_log(HP_LOG_INFO, "database: storing works again after %u failed attempts in %.1f s;"
-             " nothing received meanwhile was lost", s->attempts,
-             store_seconds_since(s->fail_since));
+      hp_log(HP_LOG_INFO,
+             "database: storing works again after %u failed attempts in %.1f s;"
+             " nothing received meanwhile was lost",
+             s->attempts, store_seconds_since(s->fail_since));
     else
-      hp_log(HP_LOG_WARN, "database: storing works again after %u failed attempts in %.1f s;"
-             " %" PRIu64 " events were given up (counted in events_dropped)", s->attempts,
-             store_seconds_since(s->fail_since), lost);
+      hp_log(HP_LOG_WARN,
+             "database: storing works again after %u failed attempts in %.1f s;"
+             " %" PRIu64 " events were given up (counted in events_dropped)",
+             s->attempts, store_seconds_since(s->fail_since), lost);
     s->failing = 0;
     s->attempts = 0;
   }
 }
 
-void store_txn_commit(hp_store *s, int final) {
+void store_txn_commit(hp_store *s, int final)
+{
   assert(s->in_txn);
   if (final)
     store_pair_flush(s);
@@ -122,18 +127,23 @@ void store_txn_commit(hp_store *s, int final) {
 
 /* ------------------------------------------------------------------ failures */
 
-static int transient(int rc) {
+static int transient(int rc)
+{
   switch (rc & 0xff) {
-  case SQLITE_BUSY: case SQLITE_LOCKED: case SQLITE_FULL: case SQLITE_IOERR:
-  case SQLITE_NOMEM: case SQLITE_CANTOPEN: case SQLITE_PROTOCOL:
-    return 1;
-  default:
-    return 0;
+  case SQLITE_BUSY:
+  case SQLITE_LOCKED:
+  case SQLITE_FULL:
+  case SQLITE_IOERR:
+  case SQLITE_NOMEM:
+  case SQLITE_CANTOPEN:
+  case SQLITE_PROTOCOL: return 1;
+  default: return 0;
   }
 }
 
 /* Counts the events of one write that is given up in its session. */
-static void count_lost(hp_store *s, const hp_txop *op) {
+static void count_lost(hp_store *s, const hp_txop *op)
+{
   int64_t session = 0, events = 0;
   if (op->kind == OP_ALLOC) {
     session = op->v[ALLOC_SESSION];
@@ -152,23 +162,27 @@ static void count_lost(hp_store *s, const hp_txop *op) {
   s->lost_events += (uint64_t)events;
 }
 
-static int keep_definition(const hp_txop *op, void *ctx) {
+static int keep_definition(const hp_txop *op, void *ctx)
+{
   if (op->kind == OP_FRAME || op->kind == OP_STACK)
     return 1;
   count_lost(ctx, op);
   return 0;
 }
 
-static void give_up(hp_store *s, int rc) {
+static void give_up(hp_store *s, int rc)
+{
   uint64_t before = s->lost_events;
   hp_txlog_filter(s->log, keep_definition, s);
   s->log_incomplete = 0;
-  hp_log(HP_LOG_ERROR, "database: giving up a transaction after %u attempts (%s): %" PRIu64
-         " events are lost, counted in their sessions' events_dropped", s->attempts,
-         sqlite3_errstr(rc), s->lost_events - before);
+  hp_log(HP_LOG_ERROR,
+         "database: giving up a transaction after %u attempts (%s): %" PRIu64
+         " events are lost, counted in their sessions' events_dropped",
+         s->attempts, sqlite3_errstr(rc), s->lost_events - before);
 }
 
-void store_txn_fail(hp_store *s, int rc) {
+void store_txn_fail(hp_store *s, int rc)
+{
   if (!sqlite3_get_autocommit(s->db))
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
   s->in_txn = 0;
@@ -183,9 +197,11 @@ void store_txn_fail(hp_store *s, int rc) {
     s->lost_at_failure = s->lost_events;
     s->fail_since = now;
     s->next_fail_log = store_ts_add_ms(now, HP_STORE_FAIL_LOG_S * 1000);
-    hp_log(HP_LOG_ERROR, "database: storing failed (%s); everything received is kept and "
+    hp_log(HP_LOG_ERROR,
+           "database: storing failed (%s); everything received is kept and "
            "written again when the database can take it (meanwhile agents wait or count "
-           "what they drop)", sqlite3_errstr(rc));
+           "what they drop)",
+           sqlite3_errstr(rc));
   } else if (!store_ts_before(now, s->next_fail_log)) {
     s->next_fail_log = store_ts_add_ms(now, HP_STORE_FAIL_LOG_S * 1000);
     hp_log(HP_LOG_ERROR, "database: storing still fails after %u attempts in %.0f s (%s)",
@@ -196,12 +212,14 @@ void store_txn_fail(hp_store *s, int rc) {
     give_up(s, rc);
   unsigned shift = s->attempts > 10 ? 10 : s->attempts - 1;
   uint32_t delay = HP_STORE_RETRY_MIN_MS << shift;
-  s->retry_at = store_ts_add_ms(now, delay > HP_STORE_RETRY_MAX_MS ? HP_STORE_RETRY_MAX_MS : delay);
+  s->retry_at = store_ts_add_ms(now, delay > HP_STORE_RETRY_MAX_MS ? HP_STORE_RETRY_MAX_MS
+                                                                   : delay);
 }
 
-void store_txn_give_up_all(hp_store *s) {
+void store_txn_give_up_all(hp_store *s)
+{
   assert(s->failing && !s->in_txn);
-  hp_txlog_filter(s->log, keep_definition, s);  /* counts the log's data */
+  hp_txlog_filter(s->log, keep_definition, s); /* counts the log's data */
   for (uint32_t i = 0; i < s->npending; i++) {
     s->pending[i].ss->lost_storage += (uint64_t)s->pending[i].events;
     s->lost_events += (uint64_t)s->pending[i].events;
@@ -216,17 +234,21 @@ void store_txn_give_up_all(hp_store *s) {
   for (int l = 0; l < 2; l++)
     for (hp_store_session *ss = lists[l]; ss; ss = ss->next) {
       s->lost_sessions++;
-      hp_log(HP_LOG_ERROR, "session %" PRId64 " (pid %" PRId64 "): could not be stored to "
-             "its end: %" PRIu64 " events lost; its row %s", ss->id, ss->pid,
-             ss->lost_storage, ss->row == ROW_STORED ? "stays 'running' until the next "
-             "heapprofd marks it disconnected" : "was never written");
+      hp_log(HP_LOG_ERROR,
+             "session %" PRId64 " (pid %" PRId64 "): could not be stored to "
+             "its end: %" PRIu64 " events lost; its row %s",
+             ss->id, ss->pid, ss->lost_storage,
+             ss->row == ROW_STORED ? "stays 'running' until the next "
+                                     "heapprofd marks it disconnected"
+                                   : "was never written");
     }
   for (item *it = s->held; it; it = it->next)
     if (it->kind == IT_HELLO) {
       s->lost_sessions++;
       hp_log(HP_LOG_ERROR, "session of pid %" PRId64 ": never stored", it->ss->peer_pid);
     }
-  hp_log(HP_LOG_ERROR, "database: stopping with storage still failing after %u attempts "
-         "in %.0f s: %" PRIu64 " events could not be stored", s->attempts,
-         store_seconds_since(s->fail_since), s->lost_events);
+  hp_log(HP_LOG_ERROR,
+         "database: stopping with storage still failing after %u attempts "
+         "in %.0f s: %" PRIu64 " events could not be stored",
+         s->attempts, store_seconds_since(s->fail_since), s->lost_events);
 }

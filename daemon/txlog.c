@@ -11,7 +11,7 @@
 typedef struct {
   int kind;
   uint32_t len;
-  size_t off;              /* of the blob in the arena */
+  size_t off; /* of the blob in the arena */
   int64_t v[HP_TXOP_VALUES];
 } entry;
 
@@ -22,9 +22,13 @@ struct hp_txlog {
   size_t used, size;
 };
 
-hp_txlog *hp_txlog_new(void) { return calloc(1, sizeof(hp_txlog)); }
+hp_txlog *hp_txlog_new(void)
+{
+  return calloc(1, sizeof(hp_txlog));
+}
 
-void hp_txlog_free(hp_txlog *l) {
+void hp_txlog_free(hp_txlog *l)
+{
   if (l == NULL)
     return;
   free(l->e);
@@ -32,7 +36,8 @@ void hp_txlog_free(hp_txlog *l) {
   free(l);
 }
 
-static int grow(void **p, size_t *cap, size_t need, size_t unit, size_t first) {
+static int grow(void **p, size_t *cap, size_t need, size_t unit, size_t first)
+{
   if (need <= *cap)
     return 0;
   size_t c = *cap ? *cap : first;
@@ -47,10 +52,14 @@ static int grow(void **p, size_t *cap, size_t need, size_t unit, size_t first) {
 }
 
 /* Blobs start at multiples of 8, so that one holding integers can be read in place. */
-static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
+static size_t align8(size_t n)
+{
+  return (n + 7) & ~(size_t)7;
+}
 
 int hp_txlog_add(hp_txlog *l, int kind, const int64_t v[HP_TXOP_VALUES], const void *blob,
-                 uint32_t len) {
+                 uint32_t len)
+{
   size_t off = align8(l->used);
   if (grow((void **)&l->e, &l->cap, l->n + 1, sizeof(entry), 1024) < 0 ||
       grow((void **)&l->arena, &l->size, off + len, 1, 4096) < 0)
@@ -67,9 +76,13 @@ int hp_txlog_add(hp_txlog *l, int kind, const int64_t v[HP_TXOP_VALUES], const v
   return 0;
 }
 
-size_t hp_txlog_count(const hp_txlog *l) { return l->n; }
+size_t hp_txlog_count(const hp_txlog *l)
+{
+  return l->n;
+}
 
-void hp_txlog_get(const hp_txlog *l, size_t i, hp_txop *op) {
+void hp_txlog_get(const hp_txlog *l, size_t i, hp_txop *op)
+{
   const entry *x = &l->e[i];
   op->kind = x->kind;
   memcpy(op->v, x->v, sizeof op->v);
@@ -77,7 +90,8 @@ void hp_txlog_get(const hp_txlog *l, size_t i, hp_txop *op) {
   op->blob = x->len > 0 ? l->arena + x->off : NULL;
 }
 
-void hp_txlog_filter(hp_txlog *l, int (*keep)(const hp_txop *op, void *ctx), void *ctx) {
+void hp_txlog_filter(hp_txlog *l, int (*keep)(const hp_txop *op, void *ctx), void *ctx)
+{
   size_t out = 0, used = 0;
   for (size_t i = 0; i < l->n; i++) {
     hp_txop op;
@@ -100,7 +114,8 @@ void hp_txlog_filter(hp_txlog *l, int (*keep)(const hp_txop *op, void *ctx), voi
   l->used = used;
 }
 
-void hp_txlog_clear(hp_txlog *l) {
+void hp_txlog_clear(hp_txlog *l)
+{
   l->n = 0;
   l->used = 0;
 }

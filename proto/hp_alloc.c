@@ -14,11 +14,13 @@
  * only by tests; atomic so that concurrent users never see a torn value. */
 static _Atomic long fail_countdown = -1;
 
-void hp_proto_test_fail_alloc_after(long n) {
+void hp_proto_test_fail_alloc_after(long n)
+{
   atomic_store_explicit(&fail_countdown, n, memory_order_relaxed);
 }
 
-static int should_fail(void) {
+static int should_fail(void)
+{
   long n = atomic_load_explicit(&fail_countdown, memory_order_relaxed);
   if (HP_LIKELY(n < 0))
     return 0;
@@ -28,14 +30,17 @@ static int should_fail(void) {
   return 0;
 }
 
-void *hp_proto_malloc(size_t size) {
+void *hp_proto_malloc(size_t size)
+{
   return should_fail() ? NULL : malloc(size);
 }
 
-void *hp_proto_realloc(void *p, size_t size) {
+void *hp_proto_realloc(void *p, size_t size)
+{
   return should_fail() ? NULL : realloc(p, size);
 }
 
-void hp_proto_free(void *p) {
+void hp_proto_free(void *p)
+{
   free(p);
 }

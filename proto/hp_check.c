@@ -10,8 +10,20 @@
 #include "hp_proto_int.h"
 
 static const char *const hello_names[] = {
-  "?", "type", "magic", "version", "pid", "ppid", "argv", "executable", "python_version",
-  "start_wall_ns", "start_mono_ns", "sample_interval_bytes", "max_stack_depth", "buckets",
+  "?",
+  "type",
+  "magic",
+  "version",
+  "pid",
+  "ppid",
+  "argv",
+  "executable",
+  "python_version",
+  "start_wall_ns",
+  "start_mono_ns",
+  "sample_interval_bytes",
+  "max_stack_depth",
+  "buckets",
 };
 static const char *const frame_def_names[] = {
   "?", "type", "frame_id", "function", "filename", "lineno",
@@ -19,26 +31,28 @@ static const char *const frame_def_names[] = {
 static const char *const stack_def_names[] = {
   "?", "type", "stack_id", "truncated", "frame_ids",
 };
-static const char *const events_names[] = { "?", "type", "base_ts", "events" };
+static const char *const events_names[] = {"?", "type", "base_ts", "events"};
 static const char *const counters_names[] = {
   "?", "type", "ts", "events_dropped", "sample_interval_bytes", "events_sent",
 };
 static const char *const goodbye_names[] = {
   "?", "type", "ts", "events_dropped", "end_reason",
 };
-static const char *const thread_def_names[] = { "?", "type", "thread_id", "name" };
-static const char *const marker_names[] = { "?", "type", "ts", "label" };
+static const char *const thread_def_names[] = {"?", "type", "thread_id", "name"};
+static const char *const marker_names[] = {"?", "type", "ts", "label"};
 static const char *const alloc_names[] = {
-  "?", "kind", "ts_delta", "thread_id", "domain", "address", "size", "est_bytes", "stack_id",
+  "?",       "kind", "ts_delta",  "thread_id", "domain",
+  "address", "size", "est_bytes", "stack_id",
 };
-static const char *const free_names[] = { "?", "kind", "ts_delta", "thread_id", "address" };
+static const char *const free_names[] = {"?", "kind", "ts_delta", "thread_id", "address"};
 static const char *const reattr_names[] = {
   "?", "kind", "ts_delta", "thread_id", "address", "stack_id",
 };
 
 #define HP_NAME_AT(tab, i) ((i) < sizeof(tab) / sizeof((tab)[0]) ? (tab)[i] : "?")
 
-const char *hp_proto_field_name(int msg_type, unsigned field) {
+const char *hp_proto_field_name(int msg_type, unsigned field)
+{
   switch (msg_type) {
   case HP_MSG_HELLO: return HP_NAME_AT(hello_names, field);
   case HP_MSG_FRAME_DEF: return HP_NAME_AT(frame_def_names, field);
@@ -52,7 +66,8 @@ const char *hp_proto_field_name(int msg_type, unsigned field) {
   }
 }
 
-const char *hp_proto_event_field_name(unsigned kind, unsigned field) {
+const char *hp_proto_event_field_name(unsigned kind, unsigned field)
+{
   if (kind == HP_EV_FREE)
     return HP_NAME_AT(free_names, field);
   if (kind == HP_EV_REATTRIBUTE)
@@ -60,7 +75,8 @@ const char *hp_proto_event_field_name(unsigned kind, unsigned field) {
   return HP_NAME_AT(alloc_names, field);
 }
 
-const char *hp_msg_type_name(int type) {
+const char *hp_msg_type_name(int type)
+{
   switch (type) {
   case HP_MSG_HELLO: return "HELLO";
   case HP_MSG_FRAME_DEF: return "FRAME_DEF";
@@ -75,7 +91,8 @@ const char *hp_msg_type_name(int type) {
 }
 
 int hp_proto_fail(hp_errbuf *eb, int code, int msg_type, unsigned field, const char *fmt,
-                  ...) {
+                  ...)
+{
   if (eb == NULL || eb->buf == NULL || eb->size == 0)
     return code;
   int n = snprintf(eb->buf, eb->size, "%s field %u (%s): ", hp_msg_type_name(msg_type),
@@ -90,11 +107,13 @@ int hp_proto_fail(hp_errbuf *eb, int code, int msg_type, unsigned field, const c
 }
 
 int hp_proto_fail_event(hp_errbuf *eb, int code, uint32_t index, unsigned kind,
-                        unsigned field, const char *fmt, ...) {
+                        unsigned field, const char *fmt, ...)
+{
   if (eb == NULL || eb->buf == NULL || eb->size == 0)
     return code;
-  int n = snprintf(eb->buf, eb->size, "EVENTS field %u (events): event %" PRIu32
-                   " field %u (%s): ", (unsigned)HP_F_EVENTS_EVENTS, index, field,
+  int n = snprintf(eb->buf, eb->size,
+                   "EVENTS field %u (events): event %" PRIu32 " field %u (%s): ",
+                   (unsigned)HP_F_EVENTS_EVENTS, index, field,
                    hp_proto_event_field_name(kind, field));
   if (n >= 0 && (size_t)n < eb->size) {
     va_list ap;
@@ -116,7 +135,8 @@ int hp_proto_fail_event(hp_errbuf *eb, int code, uint32_t index, unsigned kind,
   hp_proto_fail(eb, -HP_ERANGE, t, f, "%" PRId64 " is out of range %" PRId64 "..%" PRId64, \
                 (int64_t)(v), (int64_t)(lo), (int64_t)(hi))
 
-static int check_str(const hp_str *s, int t, unsigned f, hp_errbuf *eb) {
+static int check_str(const hp_str *s, int t, unsigned f, hp_errbuf *eb)
+{
   if (s->len > 0 && s->ptr == NULL)
     return hp_proto_fail(eb, -HP_EINVAL, t, f, "NULL string of %" PRIu32 " bytes", s->len);
   if (s->len > HP_MAX_STR_BYTES)
@@ -124,7 +144,8 @@ static int check_str(const hp_str *s, int t, unsigned f, hp_errbuf *eb) {
   return 0;
 }
 
-int hp_check_hello(const hp_hello *m, hp_errbuf *eb) {
+int hp_check_hello(const hp_hello *m, hp_errbuf *eb)
+{
   const int t = HP_MSG_HELLO;
   int rc;
   if (m->version != HP_PROTO_VERSION)
@@ -138,16 +159,16 @@ int hp_check_hello(const hp_hello *m, hp_errbuf *eb) {
   if (m->argc > HP_MAX_ARGV)
     return FAIL_LEN(eb, t, HP_F_HELLO_ARGV, m->argc, HP_MAX_ARGV, "entries");
   if (m->argc > 0 && m->argv == NULL)
-    return hp_proto_fail(eb, -HP_EINVAL, t, HP_F_HELLO_ARGV, "NULL array of %" PRIu32
-                         " entries", m->argc);
+    return hp_proto_fail(eb, -HP_EINVAL, t, HP_F_HELLO_ARGV,
+                         "NULL array of %" PRIu32 " entries", m->argc);
   for (uint32_t i = 0; i < m->argc; i++) {
     if (m->argv[i].len > 0 && m->argv[i].ptr == NULL)
-      return hp_proto_fail(eb, -HP_EINVAL, t, HP_F_HELLO_ARGV, "entry %" PRIu32
-                           " is a NULL string", i);
+      return hp_proto_fail(eb, -HP_EINVAL, t, HP_F_HELLO_ARGV,
+                           "entry %" PRIu32 " is a NULL string", i);
     if (m->argv[i].len > HP_MAX_STR_BYTES)
-      return hp_proto_fail(eb, -HP_ELEN, t, HP_F_HELLO_ARGV, "entry %" PRIu32 ": %" PRIu32
-                           " bytes exceed the limit of %u", i, m->argv[i].len,
-                           HP_MAX_STR_BYTES);
+      return hp_proto_fail(eb, -HP_ELEN, t, HP_F_HELLO_ARGV,
+                           "entry %" PRIu32 ": %" PRIu32 " bytes exceed the limit of %u", i,
+                           m->argv[i].len, HP_MAX_STR_BYTES);
   }
   if ((rc = check_str(&m->executable, t, HP_F_HELLO_EXECUTABLE, eb)) < 0)
     return rc;
@@ -158,7 +179,8 @@ int hp_check_hello(const hp_hello *m, hp_errbuf *eb) {
   if (m->start_mono_ns > HP_MAX_I64)
     return FAIL_RANGE_U(eb, t, HP_F_HELLO_MONO, m->start_mono_ns, 0, HP_MAX_I64);
   if (m->sample_interval_bytes > HP_MAX_I64)
-    return FAIL_RANGE_U(eb, t, HP_F_HELLO_INTERVAL, m->sample_interval_bytes, 0, HP_MAX_I64);
+    return FAIL_RANGE_U(eb, t, HP_F_HELLO_INTERVAL, m->sample_interval_bytes, 0,
+                        HP_MAX_I64);
   if (m->max_stack_depth < 1 || m->max_stack_depth > HP_MAX_STACK_DEPTH)
     return FAIL_RANGE_U(eb, t, HP_F_HELLO_DEPTH, m->max_stack_depth, 1, HP_MAX_STACK_DEPTH);
   if (m->nbuckets > HP_MAX_BUCKETS)
@@ -171,30 +193,34 @@ int hp_check_hello(const hp_hello *m, hp_errbuf *eb) {
   if (m->sample_interval_bytes != 0 && m->nbuckets != 0)
     return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_HELLO_BUCKETS,
                          "%" PRIu32 " entries, but must be empty when sample_interval_bytes"
-                         " is not 0", m->nbuckets);
+                         " is not 0",
+                         m->nbuckets);
   if (m->nbuckets > 0 && m->buckets == NULL)
-    return hp_proto_fail(eb, -HP_EINVAL, t, HP_F_HELLO_BUCKETS, "NULL array of %" PRIu32
-                         " entries", m->nbuckets);
+    return hp_proto_fail(eb, -HP_EINVAL, t, HP_F_HELLO_BUCKETS,
+                         "NULL array of %" PRIu32 " entries", m->nbuckets);
   for (uint32_t i = 0; i < m->nbuckets; i++) {
     const hp_bucket *b = &m->buckets[i];
     /* max_size may use all 64 bits: UINT64_MAX is the natural "every larger size"
      * bucket, and the daemon stores buckets as JSON text, not as INTEGER columns. */
     if (b->max_size < 1)
-      return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_HELLO_BUCKETS, "bucket %" PRIu32
-                           " max_size 0 is out of range 1..%" PRIu64, i, UINT64_MAX);
+      return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_HELLO_BUCKETS,
+                           "bucket %" PRIu32 " max_size 0 is out of range 1..%" PRIu64, i,
+                           UINT64_MAX);
     if (i > 0 && b->max_size <= m->buckets[i - 1].max_size)
-      return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_HELLO_BUCKETS, "bucket %" PRIu32
-                           " max_size %" PRIu64 " is not above the previous %" PRIu64, i,
-                           b->max_size, m->buckets[i - 1].max_size);
+      return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_HELLO_BUCKETS,
+                           "bucket %" PRIu32 " max_size %" PRIu64
+                           " is not above the previous %" PRIu64,
+                           i, b->max_size, m->buckets[i - 1].max_size);
     /* Written so that NaN fails too. */
     if (!(isfinite(b->rate) && b->rate > 0.0 && b->rate <= 1.0))
-      return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_HELLO_BUCKETS, "bucket %" PRIu32
-                           " rate %g is not in (0, 1]", i, b->rate);
+      return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_HELLO_BUCKETS,
+                           "bucket %" PRIu32 " rate %g is not in (0, 1]", i, b->rate);
   }
   return 0;
 }
 
-int hp_check_frame_def(const hp_frame_def *m, hp_errbuf *eb) {
+int hp_check_frame_def(const hp_frame_def *m, hp_errbuf *eb)
+{
   const int t = HP_MSG_FRAME_DEF;
   int rc;
   if (m->frame_id == 0)
@@ -208,11 +234,13 @@ int hp_check_frame_def(const hp_frame_def *m, hp_errbuf *eb) {
   return 0;
 }
 
-int hp_check_stack_def(const hp_stack_def *m, hp_errbuf *eb) {
+int hp_check_stack_def(const hp_stack_def *m, hp_errbuf *eb)
+{
   const int t = HP_MSG_STACK_DEF;
   if (m->stack_id == HP_NO_STACK)
     return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_STACK_ID,
-                         "0 is reserved for \"no stack\" (range 1..%" PRIu32 ")", UINT32_MAX);
+                         "0 is reserved for \"no stack\" (range 1..%" PRIu32 ")",
+                         UINT32_MAX);
   if (m->truncated > 1)
     return FAIL_RANGE_U(eb, t, HP_F_STACK_TRUNCATED, m->truncated, 0, 1);
   if (m->depth > HP_MAX_STACK_DEPTH)
@@ -221,16 +249,17 @@ int hp_check_stack_def(const hp_stack_def *m, hp_errbuf *eb) {
     return hp_proto_fail(eb, -HP_ELEN, t, HP_F_STACK_FRAME_IDS,
                          "empty; a stack has at least one frame");
   if (m->frame_ids == NULL)
-    return hp_proto_fail(eb, -HP_EINVAL, t, HP_F_STACK_FRAME_IDS, "NULL array of %" PRIu32
-                         " entries", m->depth);
+    return hp_proto_fail(eb, -HP_EINVAL, t, HP_F_STACK_FRAME_IDS,
+                         "NULL array of %" PRIu32 " entries", m->depth);
   for (uint32_t i = 0; i < m->depth; i++)
     if (m->frame_ids[i] == 0)
-      return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_STACK_FRAME_IDS, "entry %" PRIu32
-                           " is frame id 0, which is reserved", i);
+      return hp_proto_fail(eb, -HP_ERANGE, t, HP_F_STACK_FRAME_IDS,
+                           "entry %" PRIu32 " is frame id 0, which is reserved", i);
   return 0;
 }
 
-int hp_check_counters(const hp_counters *m, hp_errbuf *eb) {
+int hp_check_counters(const hp_counters *m, hp_errbuf *eb)
+{
   const int t = HP_MSG_COUNTERS;
   if (m->ts_ns > HP_MAX_I64)
     return FAIL_RANGE_U(eb, t, HP_F_COUNTERS_TS, m->ts_ns, 0, HP_MAX_I64);
@@ -244,7 +273,8 @@ int hp_check_counters(const hp_counters *m, hp_errbuf *eb) {
   return 0;
 }
 
-int hp_check_goodbye(const hp_goodbye *m, hp_errbuf *eb) {
+int hp_check_goodbye(const hp_goodbye *m, hp_errbuf *eb)
+{
   const int t = HP_MSG_GOODBYE;
   if (m->ts_ns > HP_MAX_I64)
     return FAIL_RANGE_U(eb, t, HP_F_GOODBYE_TS, m->ts_ns, 0, HP_MAX_I64);
@@ -253,15 +283,18 @@ int hp_check_goodbye(const hp_goodbye *m, hp_errbuf *eb) {
   /* Only the reasons PROTOCOL.md defines: a daemon cannot store a status it does not
    * know, and a new reason is a new protocol version. */
   if (m->end_reason > HP_END_HOOKS_REPLACED)
-    return FAIL_RANGE_U(eb, t, HP_F_GOODBYE_REASON, m->end_reason, 0, HP_END_HOOKS_REPLACED);
+    return FAIL_RANGE_U(eb, t, HP_F_GOODBYE_REASON, m->end_reason, 0,
+                        HP_END_HOOKS_REPLACED);
   return 0;
 }
 
-int hp_check_thread_def(const hp_thread_def *m, hp_errbuf *eb) {
+int hp_check_thread_def(const hp_thread_def *m, hp_errbuf *eb)
+{
   return check_str(&m->name, HP_MSG_THREAD_DEF, HP_F_THREAD_NAME, eb);
 }
 
-int hp_check_marker(const hp_marker *m, hp_errbuf *eb) {
+int hp_check_marker(const hp_marker *m, hp_errbuf *eb)
+{
   const int t = HP_MSG_MARKER;
   if (m->ts_ns > HP_MAX_I64)
     return FAIL_RANGE_U(eb, t, HP_F_MARKER_TS, m->ts_ns, 0, HP_MAX_I64);
@@ -272,7 +305,8 @@ int hp_check_marker(const hp_marker *m, hp_errbuf *eb) {
   hp_proto_fail_event(eb, -HP_ERANGE, i, k, f, "%" PRIu64 " is out of range 0..%" PRIu64, \
                       (uint64_t)(v), (uint64_t)(hi))
 
-int hp_check_event_slow(const hp_event *ev, uint32_t i, hp_errbuf *eb) {
+int hp_check_event_slow(const hp_event *ev, uint32_t i, hp_errbuf *eb)
+{
   if (ev->kind > HP_EV_REATTRIBUTE)
     return FAIL_EV(eb, i, ev->kind, HP_F_EV_KIND, ev->kind, HP_EV_REATTRIBUTE);
   if (ev->ts_ns > HP_MAX_I64)

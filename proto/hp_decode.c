@@ -41,17 +41,18 @@
    64u * 1024u)
 
 struct hp_decoder {
-  msgpack_zone *zone;             /* object tree of the current message */
-  size_t zone_chunk;              /* size of its first chunk */
-  hp_event *events;               /* decoded EVENTS batch */
+  msgpack_zone *zone; /* object tree of the current message */
+  size_t zone_chunk;  /* size of its first chunk */
+  hp_event *events;   /* decoded EVENTS batch */
   uint32_t events_cap;
-  char err[256];                  /* hp_decoder_error(); "" after a success */
+  char err[256]; /* hp_decoder_error(); "" after a success */
   uint32_t frame_ids[HP_MAX_STACK_DEPTH];
   hp_bucket buckets[HP_MAX_BUCKETS];
   hp_str argv[HP_MAX_ARGV];
 };
 
-hp_decoder *hp_decoder_new(void) {
+hp_decoder *hp_decoder_new(void)
+{
   hp_decoder *d = hp_proto_malloc(sizeof(*d));
   if (d == NULL)
     return NULL;
@@ -67,7 +68,8 @@ out_free_decoder:
   return NULL;
 }
 
-void hp_decoder_free(hp_decoder *d) {
+void hp_decoder_free(hp_decoder *d)
+{
   if (d == NULL)
     return;
   msgpack_zone_free(d->zone);
@@ -75,12 +77,14 @@ void hp_decoder_free(hp_decoder *d) {
   hp_proto_free(d);
 }
 
-const char *hp_decoder_error(const hp_decoder *d) {
+const char *hp_decoder_error(const hp_decoder *d)
+{
   return d->err;
 }
 
-static HP_NOINLINE HP_COLD HP_PRINTF(3, 4) int fail(hp_decoder *d, int code, const char *fmt,
-                                                    ...) {
+static HP_NOINLINE HP_COLD HP_PRINTF(3, 4) int fail(hp_decoder *d, int code,
+                                                    const char *fmt, ...)
+{
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(d->err, sizeof(d->err), fmt, ap);
@@ -91,7 +95,8 @@ static HP_NOINLINE HP_COLD HP_PRINTF(3, 4) int fail(hp_decoder *d, int code, con
 /* ---------------------------------------------------------------- pass 1: scan */
 
 /* Name of the message a payload claims to be, for errors raised before it is parsed. */
-static const char *peek_type_name(const uint8_t *p, size_t len) {
+static const char *peek_type_name(const uint8_t *p, size_t len)
+{
   if (len >= 2 && p[0] >= 0x90 && p[0] <= 0x9f && p[1] <= 0x7f &&
       strcmp(hp_msg_type_name(p[1]), "unknown") != 0)
     return hp_msg_type_name(p[1]);
@@ -99,7 +104,8 @@ static const char *peek_type_name(const uint8_t *p, size_t len) {
 }
 
 static HP_NOINLINE HP_COLD int scan_truncated(hp_decoder *d, const uint8_t *p, size_t len,
-                                              size_t at) {
+                                              size_t at)
+{
   if (len == 0)
     return fail(d, -HP_ETRUNC, "empty message: a payload holds one msgpack array");
   return fail(d, -HP_ETRUNC,
@@ -109,7 +115,8 @@ static HP_NOINLINE HP_COLD int scan_truncated(hp_decoder *d, const uint8_t *p, s
 
 /* Reads an n-byte big-endian length at *pos; -1 when the bytes are not there. */
 static inline int scan_len(const uint8_t *p, size_t len, size_t *pos, unsigned n,
-                           uint64_t *out) {
+                           uint64_t *out)
+{
   if (len - *pos < n)
     return -1;
   uint64_t v = 0;
@@ -130,22 +137,22 @@ enum { SC_FIXARRAY = -1, SC_FIXMAP = -2, SC_VAR = -3, SC_BAD = -4 };
 #define V SC_VAR
 #define X SC_BAD
 static const int8_t scan_class[256] = {
-  /* 00 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 10 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 20 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 30 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 40 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 50 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 60 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 70 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 80 */ M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M,
-  /* 90 */ A, A, A, A, A, A, A, A, A, A, A, A, A, A, A, A,
-  /* a0 */ 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+  /* 00 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 10 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 20 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 30 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 40 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 50 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 60 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 70 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 80 */ M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,
+  /* 90 */ A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,
+  /* a0 */ 0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
   /* b0 */ 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
-  /* c0 */ 0, X, 0, 0, V, V, V, V, V, V, 4, 8, 1, 2, 4, 8,
-  /* d0 */ 1, 2, 4, 8, 2, 3, 5, 9, 17, V, V, V, V, V, V, V,
-  /* e0 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* f0 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* c0 */ 0,  X,  0,  0,  V,  V,  V,  V,  V,  V,  4,  8,  1,  2,  4,  8,
+  /* d0 */ 1,  2,  4,  8,  2,  3,  5,  9,  17, V,  V,  V,  V,  V,  V,  V,
+  /* e0 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* f0 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
 };
 #undef A
 #undef M
@@ -156,10 +163,11 @@ static const int8_t scan_class[256] = {
  * -HP_ETRUNC / -HP_EPARSE / -HP_ELEN. Never reads past p[len-1]. *nobjects is the
  * number of msgpack values, which bounds what msgpack-c will allocate for them. */
 static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
-                uint64_t *nobjects) {
+                uint64_t *nobjects)
+{
   uint32_t left[HP_SCAN_MAX_DEPTH + 1]; /* elements still to read at each open level */
   unsigned sp = 0;
-  uint64_t pending = 1;                 /* elements still to read at all levels */
+  uint64_t pending = 1; /* elements still to read at all levels */
   uint64_t objects = 0;
   size_t pos = 0;
   left[0] = 1;
@@ -186,7 +194,7 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
       c = scan_class[b];
       if (c < 0)
         break;
-      if (HP_UNLIKELY((size_t)c >= len - pos))  /* needs 1 + c bytes */
+      if (HP_UNLIKELY((size_t)c >= len - pos)) /* needs 1 + c bytes */
         return scan_truncated(d, p, len, pos);
       pos += 1u + (size_t)c;
       k--;
@@ -201,27 +209,48 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
     left[sp]--;
     pending--;
     objects++;
-    uint64_t n;           /* elements of a container */
+    uint64_t n; /* elements of a container */
     if (c == SC_FIXARRAY) {
       n = b & 0x0fu;
     } else if (c == SC_FIXMAP) {
       n = 2u * (b & 0x0fu);
     } else if (c == SC_BAD) {
-      return fail(d, -HP_EPARSE, "malformed msgpack: byte 0x%02x at offset %zu is not a "
-                  "valid type", b, at);
+      return fail(d, -HP_EPARSE,
+                  "malformed msgpack: byte 0x%02x at offset %zu is not a "
+                  "valid type",
+                  b, at);
     } else {
       unsigned lenbytes;
       uint64_t skip = 0;
       int container = 0;
       switch (b) {
-      case 0xc4: case 0xd9: lenbytes = 1; break;                  /* bin8, str8 */
-      case 0xc5: case 0xda: lenbytes = 2; break;                  /* bin16, str16 */
-      case 0xc6: case 0xdb: lenbytes = 4; break;                  /* bin32, str32 */
-      case 0xc7: lenbytes = 1; skip = 1; break;                   /* ext8 (+type) */
-      case 0xc8: lenbytes = 2; skip = 1; break;
-      case 0xc9: lenbytes = 4; skip = 1; break;
-      case 0xdc: case 0xde: lenbytes = 2; container = 1; break;   /* array16, map16 */
-      default: lenbytes = 4; container = 1; break;                /* array32, map32 */
+      case 0xc4:
+      case 0xd9: lenbytes = 1; break; /* bin8, str8 */
+      case 0xc5:
+      case 0xda: lenbytes = 2; break; /* bin16, str16 */
+      case 0xc6:
+      case 0xdb: lenbytes = 4; break; /* bin32, str32 */
+      case 0xc7:
+        lenbytes = 1;
+        skip = 1;
+        break; /* ext8 (+type) */
+      case 0xc8:
+        lenbytes = 2;
+        skip = 1;
+        break;
+      case 0xc9:
+        lenbytes = 4;
+        skip = 1;
+        break;
+      case 0xdc:
+      case 0xde:
+        lenbytes = 2;
+        container = 1;
+        break; /* array16, map16 */
+      default:
+        lenbytes = 4;
+        container = 1;
+        break; /* array32, map32 */
       }
       uint64_t l;
       if (scan_len(p, len, &pos, lenbytes, &l) < 0)
@@ -236,8 +265,10 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
       n = (b == 0xde || b == 0xdf) ? 2 * l : l;
     }
     if (HP_UNLIKELY(sp + 1 > HP_SCAN_MAX_DEPTH))
-      return fail(d, -HP_EPARSE, "%s nests msgpack containers deeper than %u levels "
-                  "(at byte %zu)", peek_type_name(p, len), HP_SCAN_MAX_DEPTH, at);
+      return fail(d, -HP_EPARSE,
+                  "%s nests msgpack containers deeper than %u levels "
+                  "(at byte %zu)",
+                  peek_type_name(p, len), HP_SCAN_MAX_DEPTH, at);
     /* Every element takes at least one byte: more elements than bytes left can only
      * mean a truncated payload (or a lying header, which is the same to us). */
     pending += n;
@@ -246,20 +277,22 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
     if (HP_UNLIKELY(objects + pending > HP_SCAN_MAX_OBJECTS))
       return fail(d, -HP_ELEN, "%s holds more than %u msgpack values",
                   peek_type_name(p, len), HP_SCAN_MAX_OBJECTS);
-    assert(sp < HP_SCAN_MAX_DEPTH && n <= len);  /* both checked just above */
+    assert(sp < HP_SCAN_MAX_DEPTH && n <= len); /* both checked just above */
     left[++sp] = (uint32_t)n;
   }
 }
 
 /* ---------------------------------------------------------------- pass 2: fields */
 
-static const char *obj_type_name(const msgpack_object *o) {
+static const char *obj_type_name(const msgpack_object *o)
+{
   switch (o->type) {
   case MSGPACK_OBJECT_NIL: return "nil";
   case MSGPACK_OBJECT_BOOLEAN: return "a boolean";
   case MSGPACK_OBJECT_POSITIVE_INTEGER: return "an integer";
   case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "a negative integer";
-  case MSGPACK_OBJECT_FLOAT32: case MSGPACK_OBJECT_FLOAT64: return "a float";
+  case MSGPACK_OBJECT_FLOAT32:
+  case MSGPACK_OBJECT_FLOAT64: return "a float";
   case MSGPACK_OBJECT_STR: return "a string";
   case MSGPACK_OBJECT_ARRAY: return "an array";
   case MSGPACK_OBJECT_MAP: return "a map";
@@ -269,27 +302,32 @@ static const char *obj_type_name(const msgpack_object *o) {
   }
 }
 
-static inline hp_errbuf errbuf(hp_decoder *d) {
-  hp_errbuf eb = { d->err, sizeof(d->err) };
+static inline hp_errbuf errbuf(hp_decoder *d)
+{
+  hp_errbuf eb = {d->err, sizeof(d->err)};
   return eb;
 }
 
 static HP_NOINLINE HP_COLD int bad_int(hp_decoder *d, const msgpack_object *o, int t,
-                                       unsigned f, int64_t min, uint64_t max) {
+                                       unsigned f, int64_t min, uint64_t max)
+{
   hp_errbuf eb = errbuf(d);
   if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-    return hp_proto_fail(&eb, -HP_ERANGE, t, f, "%" PRIu64 " is out of range %" PRId64
-                         "..%" PRIu64, o->via.u64, min, max);
+    return hp_proto_fail(&eb, -HP_ERANGE, t, f,
+                         "%" PRIu64 " is out of range %" PRId64 "..%" PRIu64, o->via.u64,
+                         min, max);
   if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-    return hp_proto_fail(&eb, -HP_ERANGE, t, f, "%" PRId64 " is out of range %" PRId64
-                         "..%" PRIu64, o->via.i64, min, max);
+    return hp_proto_fail(&eb, -HP_ERANGE, t, f,
+                         "%" PRId64 " is out of range %" PRId64 "..%" PRIu64, o->via.i64,
+                         min, max);
   return hp_proto_fail(&eb, -HP_ETYPE, t, f, "expected an integer, got %s",
                        obj_type_name(o));
 }
 
 /* An unsigned integer in 0..max. */
 static inline int get_uint(hp_decoder *d, const msgpack_object *o, int t, unsigned f,
-                           uint64_t max, uint64_t *out) {
+                           uint64_t max, uint64_t *out)
+{
   if (HP_LIKELY(o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= max)) {
     *out = o->via.u64;
     return 0;
@@ -299,7 +337,8 @@ static inline int get_uint(hp_decoder *d, const msgpack_object *o, int t, unsign
 
 /* A signed integer in min..max (max <= INT64_MAX). */
 static int get_int(hp_decoder *d, const msgpack_object *o, int t, unsigned f, int64_t min,
-                   int64_t max, int64_t *out) {
+                   int64_t max, int64_t *out)
+{
   if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= (uint64_t)max &&
       (int64_t)o->via.u64 >= min) {
     *out = (int64_t)o->via.u64;
@@ -313,7 +352,8 @@ static int get_int(hp_decoder *d, const msgpack_object *o, int t, unsigned f, in
   return bad_int(d, o, t, f, min, (uint64_t)max);
 }
 
-static int get_str(hp_decoder *d, const msgpack_object *o, int t, unsigned f, hp_str *out) {
+static int get_str(hp_decoder *d, const msgpack_object *o, int t, unsigned f, hp_str *out)
+{
   hp_errbuf eb = errbuf(d);
   if (o->type != MSGPACK_OBJECT_STR)
     return hp_proto_fail(&eb, -HP_ETYPE, t, f, "expected a string, got %s",
@@ -327,27 +367,31 @@ static int get_str(hp_decoder *d, const msgpack_object *o, int t, unsigned f, hp
 }
 
 static int get_array(hp_decoder *d, const msgpack_object *o, int t, unsigned f,
-                     uint32_t max, const msgpack_object **items, uint32_t *n) {
+                     uint32_t max, const msgpack_object **items, uint32_t *n)
+{
   hp_errbuf eb = errbuf(d);
   if (o->type != MSGPACK_OBJECT_ARRAY)
     return hp_proto_fail(&eb, -HP_ETYPE, t, f, "expected an array, got %s",
                          obj_type_name(o));
   if (o->via.array.size > max)
-    return hp_proto_fail(&eb, -HP_ELEN, t, f, "%" PRIu32 " entries exceed the limit of %"
-                         PRIu32, o->via.array.size, max);
+    return hp_proto_fail(&eb, -HP_ELEN, t, f,
+                         "%" PRIu32 " entries exceed the limit of %" PRIu32,
+                         o->via.array.size, max);
   *items = o->via.array.ptr;
   *n = o->via.array.size;
   return 0;
 }
 
-static int check_nelem(hp_decoder *d, int t, uint32_t have, uint32_t want) {
+static int check_nelem(hp_decoder *d, int t, uint32_t have, uint32_t want)
+{
   if (HP_LIKELY(have == want))
     return 0;
   return fail(d, -HP_ETYPE, "%s has %" PRIu32 " elements, expected %" PRIu32,
               hp_msg_type_name(t), have, want);
 }
 
-static int decode_hello(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_hello *m) {
+static int decode_hello(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_hello *m)
+{
   const int t = HP_MSG_HELLO;
   hp_errbuf eb = errbuf(d);
   const msgpack_object *items = NULL;
@@ -367,20 +411,22 @@ static int decode_hello(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_
                          HP_PROTO_MAGIC);
   if (n < HP_F_HELLO_VERSION)
     return check_nelem(d, t, n, HP_HELLO_NELEM);
-  if ((rc = get_uint(d, &el[HP_F_HELLO_VERSION - 1], t, HP_F_HELLO_VERSION, UINT32_MAX, &u))
-      < 0)
+  if ((rc = get_uint(d, &el[HP_F_HELLO_VERSION - 1], t, HP_F_HELLO_VERSION, UINT32_MAX,
+                     &u)) < 0)
     return rc;
   if (u != HP_PROTO_VERSION)
     return hp_proto_fail(&eb, -HP_EVERSION, t, HP_F_HELLO_VERSION,
                          "protocol version %" PRIu64 " is not supported (this heapprof "
-                         "speaks version %u)", u, HP_PROTO_VERSION);
+                         "speaks version %u)",
+                         u, HP_PROTO_VERSION);
   m->version = (uint32_t)u;
   if ((rc = check_nelem(d, t, n, HP_HELLO_NELEM)) < 0)
     return rc;
   if ((rc = get_int(d, &el[HP_F_HELLO_PID - 1], t, HP_F_HELLO_PID, 1, INT32_MAX, &i64)) < 0)
     return rc;
   m->pid = i64;
-  if ((rc = get_int(d, &el[HP_F_HELLO_PPID - 1], t, HP_F_HELLO_PPID, 0, INT32_MAX, &i64)) < 0)
+  if ((rc = get_int(d, &el[HP_F_HELLO_PPID - 1], t, HP_F_HELLO_PPID, 0, INT32_MAX, &i64)) <
+      0)
     return rc;
   m->ppid = i64;
   if ((rc = get_array(d, &el[HP_F_HELLO_ARGV - 1], t, HP_F_HELLO_ARGV, HP_MAX_ARGV, &items,
@@ -388,12 +434,14 @@ static int decode_hello(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_
     return rc;
   for (uint32_t i = 0; i < count; i++) {
     if (items[i].type != MSGPACK_OBJECT_STR)
-      return hp_proto_fail(&eb, -HP_ETYPE, t, HP_F_HELLO_ARGV, "entry %" PRIu32 ": expected "
-                           "a string, got %s", i, obj_type_name(&items[i]));
+      return hp_proto_fail(&eb, -HP_ETYPE, t, HP_F_HELLO_ARGV,
+                           "entry %" PRIu32 ": expected "
+                           "a string, got %s",
+                           i, obj_type_name(&items[i]));
     if (items[i].via.str.size > HP_MAX_STR_BYTES)
-      return hp_proto_fail(&eb, -HP_ELEN, t, HP_F_HELLO_ARGV, "entry %" PRIu32 ": %" PRIu32
-                           " bytes exceed the limit of %u", i, items[i].via.str.size,
-                           HP_MAX_STR_BYTES);
+      return hp_proto_fail(&eb, -HP_ELEN, t, HP_F_HELLO_ARGV,
+                           "entry %" PRIu32 ": %" PRIu32 " bytes exceed the limit of %u", i,
+                           items[i].via.str.size, HP_MAX_STR_BYTES);
     d->argv[i].ptr = items[i].via.str.size > 0 ? items[i].via.str.ptr : "";
     d->argv[i].len = items[i].via.str.size;
   }
@@ -424,16 +472,17 @@ static int decode_hello(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_
   for (uint32_t i = 0; i < count; i++) {
     const msgpack_object *b = &items[i];
     if (b->type != MSGPACK_OBJECT_ARRAY || b->via.array.size != HP_BUCKET_NELEM)
-      return hp_proto_fail(&eb, -HP_ETYPE, t, HP_F_HELLO_BUCKETS, "bucket %" PRIu32
-                           ": expected an array [max_size, rate]", i);
+      return hp_proto_fail(&eb, -HP_ETYPE, t, HP_F_HELLO_BUCKETS,
+                           "bucket %" PRIu32 ": expected an array [max_size, rate]", i);
     const msgpack_object *bf = b->via.array.ptr;
     if (bf[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-      return hp_proto_fail(&eb, -HP_ETYPE, t, HP_F_HELLO_BUCKETS, "bucket %" PRIu32
-                           " max_size: expected an integer, got %s", i,
+      return hp_proto_fail(&eb, -HP_ETYPE, t, HP_F_HELLO_BUCKETS,
+                           "bucket %" PRIu32 " max_size: expected an integer, got %s", i,
                            obj_type_name(&bf[0]));
     if (bf[1].type != MSGPACK_OBJECT_FLOAT64 && bf[1].type != MSGPACK_OBJECT_FLOAT32)
-      return hp_proto_fail(&eb, -HP_ETYPE, t, HP_F_HELLO_BUCKETS, "bucket %" PRIu32
-                           " rate: expected a float, got %s", i, obj_type_name(&bf[1]));
+      return hp_proto_fail(&eb, -HP_ETYPE, t, HP_F_HELLO_BUCKETS,
+                           "bucket %" PRIu32 " rate: expected a float, got %s", i,
+                           obj_type_name(&bf[1]));
     d->buckets[i].max_size = bf[0].via.u64;
     d->buckets[i].rate = bf[1].via.f64;
   }
@@ -443,7 +492,8 @@ static int decode_hello(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_
 }
 
 static int decode_frame_def(hp_decoder *d, const msgpack_object *el, uint32_t n,
-                            hp_frame_def *m) {
+                            hp_frame_def *m)
+{
   const int t = HP_MSG_FRAME_DEF;
   hp_errbuf eb = errbuf(d);
   uint64_t u = 0;
@@ -468,7 +518,8 @@ static int decode_frame_def(hp_decoder *d, const msgpack_object *el, uint32_t n,
 }
 
 static int decode_stack_def(hp_decoder *d, const msgpack_object *el, uint32_t n,
-                            hp_stack_def *m) {
+                            hp_stack_def *m)
+{
   const int t = HP_MSG_STACK_DEF;
   hp_errbuf eb = errbuf(d);
   const msgpack_object *items = NULL;
@@ -492,10 +543,12 @@ static int decode_stack_def(hp_decoder *d, const msgpack_object *el, uint32_t n,
     if (items[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER || items[i].via.u64 > UINT32_MAX) {
       if (items[i].type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
           items[i].type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-        return hp_proto_fail(&eb, -HP_ERANGE, t, HP_F_STACK_FRAME_IDS, "entry %" PRIu32
-                             " is out of range 1..%" PRIu32, i, UINT32_MAX);
-      return hp_proto_fail(&eb, -HP_ETYPE, t, HP_F_STACK_FRAME_IDS, "entry %" PRIu32
-                           ": expected an integer, got %s", i, obj_type_name(&items[i]));
+        return hp_proto_fail(&eb, -HP_ERANGE, t, HP_F_STACK_FRAME_IDS,
+                             "entry %" PRIu32 " is out of range 1..%" PRIu32, i,
+                             UINT32_MAX);
+      return hp_proto_fail(&eb, -HP_ETYPE, t, HP_F_STACK_FRAME_IDS,
+                           "entry %" PRIu32 ": expected an integer, got %s", i,
+                           obj_type_name(&items[i]));
     }
     d->frame_ids[i] = (uint32_t)items[i].via.u64;
   }
@@ -505,17 +558,19 @@ static int decode_stack_def(hp_decoder *d, const msgpack_object *el, uint32_t n,
 }
 
 /* Diagnoses an event the fast path refused: finds the first bad field and says why. */
-static HP_NOINLINE HP_COLD int bad_event(hp_decoder *d, const msgpack_object *eo, uint32_t i,
-                                         uint64_t prev) {
+static HP_NOINLINE HP_COLD int bad_event(hp_decoder *d, const msgpack_object *eo,
+                                         uint32_t i, uint64_t prev)
+{
   hp_errbuf eb = errbuf(d);
   if (eo->type != MSGPACK_OBJECT_ARRAY)
-    return hp_proto_fail(&eb, -HP_ETYPE, HP_MSG_EVENTS, HP_F_EVENTS_EVENTS, "event %" PRIu32
-                         ": expected an array, got %s", i, obj_type_name(eo));
+    return hp_proto_fail(&eb, -HP_ETYPE, HP_MSG_EVENTS, HP_F_EVENTS_EVENTS,
+                         "event %" PRIu32 ": expected an array, got %s", i,
+                         obj_type_name(eo));
   uint32_t n = eo->via.array.size;
   const msgpack_object *f = eo->via.array.ptr;
   if (n == 0)
-    return hp_proto_fail(&eb, -HP_ETYPE, HP_MSG_EVENTS, HP_F_EVENTS_EVENTS, "event %" PRIu32
-                         " is an empty array", i);
+    return hp_proto_fail(&eb, -HP_ETYPE, HP_MSG_EVENTS, HP_F_EVENTS_EVENTS,
+                         "event %" PRIu32 " is an empty array", i);
   if (f[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
     return hp_proto_fail_event(&eb, -HP_ETYPE, i, 0, HP_F_EV_KIND,
                                "expected an integer, got %s", obj_type_name(&f[0]));
@@ -524,12 +579,13 @@ static HP_NOINLINE HP_COLD int bad_event(hp_decoder *d, const msgpack_object *eo
                                "%" PRIu64 " is out of range 0..%u", f[0].via.u64,
                                (unsigned)HP_EV_REATTRIBUTE);
   unsigned kind = (unsigned)f[0].via.u64;
-  static const uint32_t nelem[] = { HP_ALLOC_NELEM, HP_FREE_NELEM, HP_REATTR_NELEM };
-  static const char *const kind_name[] = { "alloc", "free", "reattribute" };
+  static const uint32_t nelem[] = {HP_ALLOC_NELEM, HP_FREE_NELEM, HP_REATTR_NELEM};
+  static const char *const kind_name[] = {"alloc", "free", "reattribute"};
   if (n != nelem[kind])
-    return hp_proto_fail(&eb, -HP_ETYPE, HP_MSG_EVENTS, HP_F_EVENTS_EVENTS, "event %" PRIu32
-                         " (%s) has %" PRIu32 " elements, expected %" PRIu32, i,
-                         kind_name[kind], n, nelem[kind]);
+    return hp_proto_fail(&eb, -HP_ETYPE, HP_MSG_EVENTS, HP_F_EVENTS_EVENTS,
+                         "event %" PRIu32 " (%s) has %" PRIu32
+                         " elements, expected %" PRIu32,
+                         i, kind_name[kind], n, nelem[kind]);
   for (unsigned k = 1; k < n; k++) {
     if (f[k].type == MSGPACK_OBJECT_POSITIVE_INTEGER)
       continue;
@@ -543,31 +599,34 @@ static HP_NOINLINE HP_COLD int bad_event(hp_decoder *d, const msgpack_object *eo
   }
   const msgpack_object *ts = &f[HP_F_EV_TS - 1];
   if (ts->type == MSGPACK_OBJECT_POSITIVE_INTEGER && ts->via.u64 > HP_MAX_I64 - prev)
-    return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_EV_TS, "delta %" PRIu64
-                               " takes the timestamp past %" PRIu64 " (previous %" PRIu64
-                               ")", ts->via.u64, HP_MAX_I64, prev);
+    return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_EV_TS,
+                               "delta %" PRIu64 " takes the timestamp past %" PRIu64
+                               " (previous %" PRIu64 ")",
+                               ts->via.u64, HP_MAX_I64, prev);
   if (ts->type == MSGPACK_OBJECT_NEGATIVE_INTEGER && (int64_t)prev + ts->via.i64 < 0)
-    return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_EV_TS, "delta %" PRId64
+    return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_EV_TS,
+                               "delta %" PRId64
                                " takes the timestamp below 0 (previous %" PRIu64 ")",
                                ts->via.i64, prev);
   if (kind == HP_EV_ALLOC) {
     if (f[HP_F_EV_DOMAIN - 1].via.u64 > HP_DOMAIN_NATIVE)
-      return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_EV_DOMAIN, "%" PRIu64
-                                 " is out of range 0..%u", f[HP_F_EV_DOMAIN - 1].via.u64,
-                                 (unsigned)HP_DOMAIN_NATIVE);
+      return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_EV_DOMAIN,
+                                 "%" PRIu64 " is out of range 0..%u",
+                                 f[HP_F_EV_DOMAIN - 1].via.u64, (unsigned)HP_DOMAIN_NATIVE);
     if (f[HP_F_EV_STACK - 1].via.u64 > UINT32_MAX)
-      return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_EV_STACK, "%" PRIu64
-                                 " is out of range 0..%" PRIu32, f[HP_F_EV_STACK - 1].via.u64,
-                                 UINT32_MAX);
+      return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_EV_STACK,
+                                 "%" PRIu64 " is out of range 0..%" PRIu32,
+                                 f[HP_F_EV_STACK - 1].via.u64, UINT32_MAX);
   }
   if (kind == HP_EV_REATTRIBUTE && f[HP_F_REATTR_STACK - 1].via.u64 > UINT32_MAX)
-    return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_REATTR_STACK, "%" PRIu64
-                               " is out of range 0..%" PRIu32,
+    return hp_proto_fail_event(&eb, -HP_ERANGE, i, kind, HP_F_REATTR_STACK,
+                               "%" PRIu64 " is out of range 0..%" PRIu32,
                                f[HP_F_REATTR_STACK - 1].via.u64, UINT32_MAX);
   return fail(d, -HP_EPARSE, "EVENTS field 3 (events): event %" PRIu32 " is invalid", i);
 }
 
-static int decode_events(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_events *m) {
+static int decode_events(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_events *m)
+{
   const int t = HP_MSG_EVENTS;
   hp_errbuf eb = errbuf(d);
   const msgpack_object *items = NULL;
@@ -667,7 +726,8 @@ static int decode_events(hp_decoder *d, const msgpack_object *el, uint32_t n, hp
 }
 
 static int decode_counters(hp_decoder *d, const msgpack_object *el, uint32_t n,
-                           hp_counters *m) {
+                           hp_counters *m)
+{
   const int t = HP_MSG_COUNTERS;
   hp_errbuf eb = errbuf(d);
   int rc;
@@ -676,8 +736,8 @@ static int decode_counters(hp_decoder *d, const msgpack_object *el, uint32_t n,
   if ((rc = get_uint(d, &el[HP_F_COUNTERS_TS - 1], t, HP_F_COUNTERS_TS, HP_MAX_I64,
                      &m->ts_ns)) < 0)
     return rc;
-  if ((rc = get_uint(d, &el[HP_F_COUNTERS_DROPPED - 1], t, HP_F_COUNTERS_DROPPED, HP_MAX_I64,
-                     &m->events_dropped)) < 0)
+  if ((rc = get_uint(d, &el[HP_F_COUNTERS_DROPPED - 1], t, HP_F_COUNTERS_DROPPED,
+                     HP_MAX_I64, &m->events_dropped)) < 0)
     return rc;
   if ((rc = get_uint(d, &el[HP_F_COUNTERS_INTERVAL - 1], t, HP_F_COUNTERS_INTERVAL,
                      HP_MAX_I64, &m->sample_interval_bytes)) < 0)
@@ -689,7 +749,8 @@ static int decode_counters(hp_decoder *d, const msgpack_object *el, uint32_t n,
 }
 
 static int decode_goodbye(hp_decoder *d, const msgpack_object *el, uint32_t n,
-                          hp_goodbye *m) {
+                          hp_goodbye *m)
+{
   const int t = HP_MSG_GOODBYE;
   hp_errbuf eb = errbuf(d);
   uint64_t u = 0;
@@ -710,7 +771,8 @@ static int decode_goodbye(hp_decoder *d, const msgpack_object *el, uint32_t n,
 }
 
 static int decode_thread_def(hp_decoder *d, const msgpack_object *el, uint32_t n,
-                             hp_thread_def *m) {
+                             hp_thread_def *m)
+{
   const int t = HP_MSG_THREAD_DEF;
   hp_errbuf eb = errbuf(d);
   int rc;
@@ -724,7 +786,8 @@ static int decode_thread_def(hp_decoder *d, const msgpack_object *el, uint32_t n
   return hp_check_thread_def(m, &eb);
 }
 
-static int decode_marker(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_marker *m) {
+static int decode_marker(hp_decoder *d, const msgpack_object *el, uint32_t n, hp_marker *m)
+{
   const int t = HP_MSG_MARKER;
   hp_errbuf eb = errbuf(d);
   int rc;
@@ -739,7 +802,8 @@ static int decode_marker(hp_decoder *d, const msgpack_object *el, uint32_t n, hp
 }
 
 /* Makes the zone's first chunk big enough for nobjects values (see HP_ZONE_*). */
-static int zone_reserve(hp_decoder *d, uint64_t nobjects) {
+static int zone_reserve(hp_decoder *d, uint64_t nobjects)
+{
   /* Each container's elements are one zone allocation whose size is a multiple of the
    * zone's alignment already; the slack covers the chunk header. */
   uint64_t need = nobjects * sizeof(msgpack_object) + 4096u;
@@ -759,7 +823,8 @@ static int zone_reserve(hp_decoder *d, uint64_t nobjects) {
   return 0;
 }
 
-int hp_decoder_decode(hp_decoder *d, const uint8_t *payload, size_t len, hp_msg *out) {
+int hp_decoder_decode(hp_decoder *d, const uint8_t *payload, size_t len, hp_msg *out)
+{
   size_t end = 0;
   uint64_t nobjects = 0;
   int rc;
@@ -772,8 +837,8 @@ int hp_decoder_decode(hp_decoder *d, const uint8_t *payload, size_t len, hp_msg 
   if ((rc = scan(d, payload, len, &end, &nobjects)) < 0)
     return rc;
   if (end != len)
-    return fail(d, -HP_ETRAILING, "%zu bytes left over after the %s (%zu bytes)",
-                len - end, peek_type_name(payload, len), end);
+    return fail(d, -HP_ETRAILING, "%zu bytes left over after the %s (%zu bytes)", len - end,
+                peek_type_name(payload, len), end);
 
   /* msgpack_unpack() with the decoder's own zone (msgpack-c's zone API) rather than
    * msgpack_unpack_next(), which frees its msgpack_unpacked zone and allocates a new
@@ -783,7 +848,8 @@ int hp_decoder_decode(hp_decoder *d, const uint8_t *payload, size_t len, hp_msg 
   msgpack_zone_clear(d->zone);
   msgpack_object root;
   size_t off = 0;
-  msgpack_unpack_return ur = msgpack_unpack((const char *)payload, len, &off, d->zone, &root);
+  msgpack_unpack_return ur = msgpack_unpack((const char *)payload, len, &off, d->zone,
+                                            &root);
   if (ur != MSGPACK_UNPACK_SUCCESS) {
     /* The scan accepted the bytes, so only memory can run out here. */
     if (ur == MSGPACK_UNPACK_NOMEM_ERROR)
@@ -802,33 +868,18 @@ int hp_decoder_decode(hp_decoder *d, const uint8_t *payload, size_t len, hp_msg 
                 "message field 1 (type): expected a message type 1..%d, got %s",
                 (int)HP_MSG_MARKER, obj_type_name(&el[0]));
   switch (el[0].via.u64) {
-  case HP_MSG_HELLO:
-    rc = decode_hello(d, el, n, &out->u.hello);
-    break;
-  case HP_MSG_FRAME_DEF:
-    rc = decode_frame_def(d, el, n, &out->u.frame_def);
-    break;
-  case HP_MSG_STACK_DEF:
-    rc = decode_stack_def(d, el, n, &out->u.stack_def);
-    break;
-  case HP_MSG_EVENTS:
-    rc = decode_events(d, el, n, &out->u.events);
-    break;
-  case HP_MSG_COUNTERS:
-    rc = decode_counters(d, el, n, &out->u.counters);
-    break;
-  case HP_MSG_GOODBYE:
-    rc = decode_goodbye(d, el, n, &out->u.goodbye);
-    break;
-  case HP_MSG_THREAD_DEF:
-    rc = decode_thread_def(d, el, n, &out->u.thread_def);
-    break;
-  case HP_MSG_MARKER:
-    rc = decode_marker(d, el, n, &out->u.marker);
-    break;
+  case HP_MSG_HELLO: rc = decode_hello(d, el, n, &out->u.hello); break;
+  case HP_MSG_FRAME_DEF: rc = decode_frame_def(d, el, n, &out->u.frame_def); break;
+  case HP_MSG_STACK_DEF: rc = decode_stack_def(d, el, n, &out->u.stack_def); break;
+  case HP_MSG_EVENTS: rc = decode_events(d, el, n, &out->u.events); break;
+  case HP_MSG_COUNTERS: rc = decode_counters(d, el, n, &out->u.counters); break;
+  case HP_MSG_GOODBYE: rc = decode_goodbye(d, el, n, &out->u.goodbye); break;
+  case HP_MSG_THREAD_DEF: rc = decode_thread_def(d, el, n, &out->u.thread_def); break;
+  case HP_MSG_MARKER: rc = decode_marker(d, el, n, &out->u.marker); break;
   default:
-    return fail(d, -HP_EMSGTYPE, "message field 1 (type): unknown message type %" PRIu64
-                " (known: 1..%d)", el[0].via.u64, (int)HP_MSG_MARKER);
+    return fail(d, -HP_EMSGTYPE,
+                "message field 1 (type): unknown message type %" PRIu64 " (known: 1..%d)",
+                el[0].via.u64, (int)HP_MSG_MARKER);
   }
   if (rc < 0)
     return rc;

@@ -12,14 +12,15 @@
 #include "hp_proto_int.h"
 
 struct hp_encoder {
-  uint8_t *buf;       /* frames encoded so far: [0, len) */
+  uint8_t *buf; /* frames encoded so far: [0, len) */
   size_t len;
   size_t cap;
   size_t frame_start; /* offset of the header of the frame being packed */
   int err;            /* why the write callback refused: -HP_ENOMEM or -HP_ETOOBIG */
 };
 
-hp_encoder *hp_encoder_new(size_t initial_capacity) {
+hp_encoder *hp_encoder_new(size_t initial_capacity)
+{
   hp_encoder *e = hp_proto_malloc(sizeof(*e));
   if (e == NULL)
     return NULL;
@@ -37,25 +38,29 @@ out_free_encoder:
   return NULL;
 }
 
-void hp_encoder_free(hp_encoder *e) {
+void hp_encoder_free(hp_encoder *e)
+{
   if (e == NULL)
     return;
   hp_proto_free(e->buf);
   hp_proto_free(e);
 }
 
-const uint8_t *hp_encoder_data(const hp_encoder *e, size_t *len) {
+const uint8_t *hp_encoder_data(const hp_encoder *e, size_t *len)
+{
   *len = e->len;
   return e->buf;
 }
 
-void hp_encoder_reset(hp_encoder *e) {
+void hp_encoder_reset(hp_encoder *e)
+{
   e->len = 0;
 }
 
 /* Slow path of the write callback. Refuses to grow a frame past the frame limit, so
  * an oversized message costs at most HP_MAX_FRAME_BYTES of buffer, not its full size. */
-static HP_NOINLINE int enc_grow(hp_encoder *e, size_t need) {
+static HP_NOINLINE int enc_grow(hp_encoder *e, size_t need)
+{
   size_t payload = e->len - e->frame_start - HP_FRAME_HEADER_BYTES;
   if (payload > HP_MAX_FRAME_BYTES || need > HP_MAX_FRAME_BYTES - payload) {
     e->err = -HP_ETOOBIG;
@@ -75,7 +80,8 @@ static HP_NOINLINE int enc_grow(hp_encoder *e, size_t need) {
   return 0;
 }
 
-static int enc_write(void *data, const char *buf, size_t len) {
+static int enc_write(void *data, const char *buf, size_t len)
+{
   hp_encoder *e = data;
   if (HP_UNLIKELY(e->cap - e->len < len) && enc_grow(e, len) < 0)
     return -1;
@@ -85,7 +91,8 @@ static int enc_write(void *data, const char *buf, size_t len) {
 }
 
 /* Reserves the header and points a packer at the buffer. */
-static int frame_begin(hp_encoder *e, msgpack_packer *pk) {
+static int frame_begin(hp_encoder *e, msgpack_packer *pk)
+{
   e->frame_start = e->len;
   e->err = 0;
   if (e->cap - e->len < HP_FRAME_HEADER_BYTES) {
@@ -103,10 +110,11 @@ static int frame_begin(hp_encoder *e, msgpack_packer *pk) {
 }
 
 /* Backfills the big-endian payload length, or rolls the buffer back on failure. */
-static int frame_end(hp_encoder *e, int pack_rc) {
+static int frame_end(hp_encoder *e, int pack_rc)
+{
   size_t payload = e->len - e->frame_start - HP_FRAME_HEADER_BYTES;
   if (pack_rc == 0 && payload > HP_MAX_FRAME_BYTES)
-    e->err = -HP_ETOOBIG;  /* grew into capacity left by an earlier frame */
+    e->err = -HP_ETOOBIG; /* grew into capacity left by an earlier frame */
   if (pack_rc != 0 || e->err != 0) {
     e->len = e->frame_start;
     return e->err != 0 ? e->err : -HP_ENOMEM;
@@ -120,14 +128,16 @@ static int frame_end(hp_encoder *e, int pack_rc) {
   return 0;
 }
 
-static int pack_str(msgpack_packer *pk, const hp_str *s) {
+static int pack_str(msgpack_packer *pk, const hp_str *s)
+{
   int rc = msgpack_pack_str(pk, s->len);
   if (s->len > 0)
     rc |= msgpack_pack_str_body(pk, s->ptr, s->len);
   return rc;
 }
 
-int hp_encode_hello(hp_encoder *e, const hp_hello *m) {
+int hp_encode_hello(hp_encoder *e, const hp_hello *m)
+{
   msgpack_packer pk;
   int rc = hp_check_hello(m, NULL);
   if (rc < 0)
@@ -158,7 +168,8 @@ int hp_encode_hello(hp_encoder *e, const hp_hello *m) {
   return frame_end(e, rc);
 }
 
-int hp_encode_frame_def(hp_encoder *e, const hp_frame_def *m) {
+int hp_encode_frame_def(hp_encoder *e, const hp_frame_def *m)
+{
   msgpack_packer pk;
   int rc = hp_check_frame_def(m, NULL);
   if (rc < 0)
@@ -174,7 +185,8 @@ int hp_encode_frame_def(hp_encoder *e, const hp_frame_def *m) {
   return frame_end(e, rc);
 }
 
-int hp_encode_stack_def(hp_encoder *e, const hp_stack_def *m) {
+int hp_encode_stack_def(hp_encoder *e, const hp_stack_def *m)
+{
   msgpack_packer pk;
   int rc = hp_check_stack_def(m, NULL);
   if (rc < 0)
@@ -194,7 +206,8 @@ int hp_encode_stack_def(hp_encoder *e, const hp_stack_def *m) {
 /* Timestamps travel as signed deltas from the previous event (the first from the
  * batch's base_ts): a few bytes instead of nine. Signed, because the ring hands the
  * sender events of different threads in push order, not in timestamp order. */
-int hp_encode_events(hp_encoder *e, const hp_event *events, uint32_t count) {
+int hp_encode_events(hp_encoder *e, const hp_event *events, uint32_t count)
+{
   msgpack_packer pk;
   int rc;
   if (count > HP_MAX_BATCH_EVENTS)
@@ -244,7 +257,8 @@ int hp_encode_events(hp_encoder *e, const hp_event *events, uint32_t count) {
   return frame_end(e, rc);
 }
 
-int hp_encode_counters(hp_encoder *e, const hp_counters *m) {
+int hp_encode_counters(hp_encoder *e, const hp_counters *m)
+{
   msgpack_packer pk;
   int rc = hp_check_counters(m, NULL);
   if (rc < 0)
@@ -260,7 +274,8 @@ int hp_encode_counters(hp_encoder *e, const hp_counters *m) {
   return frame_end(e, rc);
 }
 
-int hp_encode_goodbye(hp_encoder *e, const hp_goodbye *m) {
+int hp_encode_goodbye(hp_encoder *e, const hp_goodbye *m)
+{
   msgpack_packer pk;
   int rc = hp_check_goodbye(m, NULL);
   if (rc < 0)
@@ -275,7 +290,8 @@ int hp_encode_goodbye(hp_encoder *e, const hp_goodbye *m) {
   return frame_end(e, rc);
 }
 
-int hp_encode_thread_def(hp_encoder *e, const hp_thread_def *m) {
+int hp_encode_thread_def(hp_encoder *e, const hp_thread_def *m)
+{
   msgpack_packer pk;
   int rc = hp_check_thread_def(m, NULL);
   if (rc < 0)
@@ -289,7 +305,8 @@ int hp_encode_thread_def(hp_encoder *e, const hp_thread_def *m) {
   return frame_end(e, rc);
 }
 
-int hp_encode_marker(hp_encoder *e, const hp_marker *m) {
+int hp_encode_marker(hp_encoder *e, const hp_marker *m)
+{
   msgpack_packer pk;
   int rc = hp_check_marker(m, NULL);
   if (rc < 0)

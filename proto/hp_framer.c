@@ -16,15 +16,16 @@
 
 struct hp_framer {
   uint8_t *buf;
-  size_t start;        /* first unconsumed byte */
-  size_t end;          /* one past the last buffered byte */
+  size_t start; /* first unconsumed byte */
+  size_t end;   /* one past the last buffered byte */
   size_t cap;
   uint32_t max_frame;
-  int failed;          /* an oversized header was seen; the stream is lost */
-  uint32_t announced;  /* the oversized length, kept so every later next() can name it */
+  int failed;         /* an oversized header was seen; the stream is lost */
+  uint32_t announced; /* the oversized length, kept so every later next() can name it */
 };
 
-hp_framer *hp_framer_new(uint32_t max_frame) {
+hp_framer *hp_framer_new(uint32_t max_frame)
+{
   hp_framer *f = hp_proto_malloc(sizeof(*f));
   if (f == NULL)
     return NULL;
@@ -34,24 +35,28 @@ hp_framer *hp_framer_new(uint32_t max_frame) {
   return f;
 }
 
-void hp_framer_free(hp_framer *f) {
+void hp_framer_free(hp_framer *f)
+{
   if (f == NULL)
     return;
   hp_proto_free(f->buf);
   hp_proto_free(f);
 }
 
-size_t hp_framer_buffered(const hp_framer *f) {
+size_t hp_framer_buffered(const hp_framer *f)
+{
   return f->end - f->start;
 }
 
-static inline uint32_t load_be32(const uint8_t *p) {
+static inline uint32_t load_be32(const uint8_t *p)
+{
   return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
 /* Finds the end of the last byte worth keeping: frames are walked header to header,
  * and the stream is cut right after the first header announcing too much. */
-static size_t keep_end(const hp_framer *f) {
+static size_t keep_end(const hp_framer *f)
+{
   size_t pos = f->start;
   while (f->end - pos >= HP_FRAME_HEADER_BYTES) {
     uint32_t n = load_be32(f->buf + pos);
@@ -64,7 +69,8 @@ static size_t keep_end(const hp_framer *f) {
   return f->end;
 }
 
-static HP_NOINLINE int make_room(hp_framer *f, size_t len) {
+static HP_NOINLINE int make_room(hp_framer *f, size_t len)
+{
   size_t held = f->end - f->start;
   if (f->start > 0 && held > 0 && f->buf != NULL)
     memmove(f->buf, f->buf + f->start, held);
@@ -91,10 +97,11 @@ static HP_NOINLINE int make_room(hp_framer *f, size_t len) {
   return 0;
 }
 
-int hp_framer_feed(hp_framer *f, const uint8_t *data, size_t len) {
+int hp_framer_feed(hp_framer *f, const uint8_t *data, size_t len)
+{
   int rc;
   if (f->failed || len == 0)
-    return 0;  /* after an oversized header, hp_framer_next() reports it; drop the rest */
+    return 0; /* after an oversized header, hp_framer_next() reports it; drop the rest */
   if (f->start == f->end) {
     f->start = f->end = 0;
     if (f->cap > HP_FRAMER_KEEP_BYTES && len <= HP_FRAMER_KEEP_BYTES) {
@@ -113,7 +120,8 @@ int hp_framer_feed(hp_framer *f, const uint8_t *data, size_t len) {
   return 0;
 }
 
-int hp_framer_next(hp_framer *f, const uint8_t **payload, uint32_t *len) {
+int hp_framer_next(hp_framer *f, const uint8_t **payload, uint32_t *len)
+{
   if (f->failed) {
     *len = f->announced;
     return -HP_ETOOBIG;
@@ -126,7 +134,7 @@ int hp_framer_next(hp_framer *f, const uint8_t **payload, uint32_t *len) {
     f->failed = 1;
     f->announced = n;
     f->start = f->end = 0;
-    *len = n;   /* so the error message can name the announced size */
+    *len = n; /* so the error message can name the announced size */
     return -HP_ETOOBIG;
   }
   if (held - HP_FRAME_HEADER_BYTES < n)

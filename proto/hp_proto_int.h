@@ -15,15 +15,15 @@
 #include "hp_proto.h"
 
 #if defined(__GNUC__)
-#define HP_NOINLINE __attribute__((noinline))
-#define HP_COLD __attribute__((cold))
-#define HP_LIKELY(x) __builtin_expect(!!(x), 1)
-#define HP_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define HP_NOINLINE     __attribute__((noinline))
+#define HP_COLD         __attribute__((cold))
+#define HP_LIKELY(x)    __builtin_expect(!!(x), 1)
+#define HP_UNLIKELY(x)  __builtin_expect(!!(x), 0)
 #define HP_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
 #define HP_NOINLINE
 #define HP_COLD
-#define HP_LIKELY(x) (x)
+#define HP_LIKELY(x)   (x)
 #define HP_UNLIKELY(x) (x)
 #define HP_PRINTF(f, a)
 #endif
@@ -41,29 +41,58 @@
 #define HP_GOODBYE_NELEM    4u
 #define HP_THREAD_DEF_NELEM 3u
 #define HP_MARKER_NELEM     3u
-#define HP_ALLOC_NELEM      8u   /* [0, ts_delta, tid, domain, addr, size, est, stack_id] */
-#define HP_FREE_NELEM       4u   /* [1, ts_delta, tid, addr] */
-#define HP_REATTR_NELEM     5u   /* [2, ts_delta, tid, addr, stack_id] */
-#define HP_BUCKET_NELEM     2u   /* [max_size, rate] */
+#define HP_ALLOC_NELEM      8u /* [0, ts_delta, tid, domain, addr, size, est, stack_id] */
+#define HP_FREE_NELEM       4u /* [1, ts_delta, tid, addr] */
+#define HP_REATTR_NELEM     5u /* [2, ts_delta, tid, addr, stack_id] */
+#define HP_BUCKET_NELEM     2u /* [max_size, rate] */
 
 /* Element positions (1-based) named in errors. */
 enum {
   HP_F_TYPE = 1,
-  HP_F_HELLO_MAGIC = 2, HP_F_HELLO_VERSION, HP_F_HELLO_PID, HP_F_HELLO_PPID,
-  HP_F_HELLO_ARGV, HP_F_HELLO_EXECUTABLE, HP_F_HELLO_PYVER, HP_F_HELLO_WALL,
-  HP_F_HELLO_MONO, HP_F_HELLO_INTERVAL, HP_F_HELLO_DEPTH, HP_F_HELLO_BUCKETS,
-  HP_F_FRAME_ID = 2, HP_F_FRAME_FUNCTION, HP_F_FRAME_FILENAME, HP_F_FRAME_LINENO,
-  HP_F_STACK_ID = 2, HP_F_STACK_TRUNCATED, HP_F_STACK_FRAME_IDS,
-  HP_F_EVENTS_BASE_TS = 2, HP_F_EVENTS_EVENTS,
-  HP_F_COUNTERS_TS = 2, HP_F_COUNTERS_DROPPED, HP_F_COUNTERS_INTERVAL, HP_F_COUNTERS_SENT,
-  HP_F_GOODBYE_TS = 2, HP_F_GOODBYE_DROPPED, HP_F_GOODBYE_REASON,
-  HP_F_THREAD_ID = 2, HP_F_THREAD_NAME,
-  HP_F_MARKER_TS = 2, HP_F_MARKER_LABEL,
+  HP_F_HELLO_MAGIC = 2,
+  HP_F_HELLO_VERSION,
+  HP_F_HELLO_PID,
+  HP_F_HELLO_PPID,
+  HP_F_HELLO_ARGV,
+  HP_F_HELLO_EXECUTABLE,
+  HP_F_HELLO_PYVER,
+  HP_F_HELLO_WALL,
+  HP_F_HELLO_MONO,
+  HP_F_HELLO_INTERVAL,
+  HP_F_HELLO_DEPTH,
+  HP_F_HELLO_BUCKETS,
+  HP_F_FRAME_ID = 2,
+  HP_F_FRAME_FUNCTION,
+  HP_F_FRAME_FILENAME,
+  HP_F_FRAME_LINENO,
+  HP_F_STACK_ID = 2,
+  HP_F_STACK_TRUNCATED,
+  HP_F_STACK_FRAME_IDS,
+  HP_F_EVENTS_BASE_TS = 2,
+  HP_F_EVENTS_EVENTS,
+  HP_F_COUNTERS_TS = 2,
+  HP_F_COUNTERS_DROPPED,
+  HP_F_COUNTERS_INTERVAL,
+  HP_F_COUNTERS_SENT,
+  HP_F_GOODBYE_TS = 2,
+  HP_F_GOODBYE_DROPPED,
+  HP_F_GOODBYE_REASON,
+  HP_F_THREAD_ID = 2,
+  HP_F_THREAD_NAME,
+  HP_F_MARKER_TS = 2,
+  HP_F_MARKER_LABEL,
   /* inside one event */
-  HP_F_EV_KIND = 1, HP_F_EV_TS, HP_F_EV_TID, HP_F_EV_DOMAIN, HP_F_EV_ADDR, HP_F_EV_SIZE,
-  HP_F_EV_EST, HP_F_EV_STACK,
+  HP_F_EV_KIND = 1,
+  HP_F_EV_TS,
+  HP_F_EV_TID,
+  HP_F_EV_DOMAIN,
+  HP_F_EV_ADDR,
+  HP_F_EV_SIZE,
+  HP_F_EV_EST,
+  HP_F_EV_STACK,
   HP_F_FREE_ADDR = 4,
-  HP_F_REATTR_ADDR = 4, HP_F_REATTR_STACK,
+  HP_F_REATTR_ADDR = 4,
+  HP_F_REATTR_STACK,
 };
 
 /* Where a precise message goes; NULL means the caller only wants the code. */
@@ -79,7 +108,7 @@ int hp_proto_fail(hp_errbuf *eb, int code, int msg_type, unsigned field, const c
 /* Like hp_proto_fail for a field of one event inside EVENTS. */
 int hp_proto_fail_event(hp_errbuf *eb, int code, uint32_t index, unsigned kind,
                         unsigned field, const char *fmt, ...) HP_NOINLINE HP_COLD
-    HP_PRINTF(6, 7);
+  HP_PRINTF(6, 7);
 
 /* Name of element `field` of a message of type msg_type ("frame_ids"); "?" if none. */
 const char *hp_proto_field_name(int msg_type, unsigned field);
@@ -100,7 +129,8 @@ int hp_check_event_slow(const hp_event *ev, uint32_t index, hp_errbuf *eb) HP_NO
 
 /* The per-event check runs once per event on both sides, so its passing path is
  * inline; the failing path finds and reports the offending field. */
-static inline int hp_check_event(const hp_event *ev, uint32_t index, hp_errbuf *eb) {
+static inline int hp_check_event(const hp_event *ev, uint32_t index, hp_errbuf *eb)
+{
   if (HP_LIKELY((ev->kind == HP_EV_FREE || ev->kind == HP_EV_REATTRIBUTE) &&
                 ev->ts_ns <= HP_MAX_I64))
     return 0;
