@@ -6,6 +6,10 @@ waits for and prints a table. The issue's bar: a snapshot or a time series never
 than a second on a 10-million-allocation session.
 
     python bench/reader.py [--rows 10000000] [--repeat 3] [--rebuild] [--report]
+    python bench/reader.py --db prof.sqlite [--session N] [--repeat 3]
+
+Each operation is timed on three files: the rows only, with the read indexes heapprofd
+builds at shutdown, and with those and the aggregates heapprofd keeps while recording.
 
 Run it with the interpreter the heapprof package is installed into (the venv's python).
 The synthetic workload: 60 s of allocations from 2,000 stacks over 400 frames, most freed
@@ -108,6 +112,36 @@ def build(path, rows, seed=1):
     os.replace(tmp, path)
 
 
+def _size_class_sql():
+    """The bit length of size (0 for 0): agg_size's size_class."""
+    return 'CASE WHEN size <= 0 THEN 0 %s ELSE 63 END' % ' '.join(
+        'WHEN size < %d THEN %d' % (1 << k, k) for k in range(1, 63))
+
+
+def add_aggregates(path):
+    """Adds the aggregates heapprofd keeps while recording (schema/README.md, "Aggregates")
+    to the database at path, computed from its rows: what heapprofd would have written
+    (tests/unit/check_store_agg.c and test_daemon_faults check that the two agree)."""
+    db = sqlite3.connect(path)
+    db.executescript("""
+      INSERT INTO agg_session(session_id, bucket_ns) SELECT id, 1000000000 FROM session;
+      INSERT INTO agg_stack SELECT s, b, k, SUM(ab), SUM(ac), SUM(an), SUM(fb), SUM(fc), SUM(fn)
+      FROM (SELECT session_id s, ts_ns - ts_ns %% 1000000000 b, coalesce(stack_id, 0) k,
+                   TOTAL(est_bytes) ab, TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)) ac,
+                   COUNT(*) an, 0 fb, 0 fc, 0 fn FROM alloc GROUP BY 1, 2, 3
+            UNION ALL
+            SELECT session_id, freed_ns - freed_ns %% 1000000000, coalesce(stack_id, 0), 0, 0, 0,
+                   TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)), COUNT(*)
+            FROM alloc WHERE freed_ns IS NOT NULL GROUP BY 1, 2, 3)
+      GROUP BY 1, 2, 3;
+      INSERT INTO agg_size SELECT session_id, %s, COUNT(*),
+             TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)), TOTAL(est_bytes)
+      FROM alloc GROUP BY 1, 2;
+    """ % _size_class_sql())
+    db.commit()
+    db.close()
+
+
 def _time(fn, repeat):
     best = None
     for _ in range(repeat):
@@ -127,7 +161,15 @@ def main(argv=None):
     ap.add_argument('--report', action='store_true',
                     help="also time the HTML report's data (heapprof.report.build_data), "
                          'a client of the Reader that reads the whole session')
+    ap.add_argument('--db', help='time a recording made by heapprofd instead (its newest root'
+                    ' session, or --session): from its aggregates, and from a copy without'
+                    ' them (as an older heapprof wrote it)')
+    ap.add_argument('--session', type=int)
+    ap.add_argument('--skip-rows', action='store_true',
+                    help='time only the files with indexes and with aggregates')
     args = ap.parse_args(argv)
+    if args.db:
+        return main_recording(args)
     out = os.path.join(HERE, 'out')
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, 'reader-%d.sqlite' % args.rows)
@@ -146,35 +188,81 @@ def main(argv=None):
         db = sqlite3.connect(indexed)
         db.executescript(PROPOSED_INDEXES)
         db.close()
-    results = [run_ops(path, args.repeat, args.report),
-               run_ops(indexed, args.repeat, args.report)]
+    aggregated = path.replace('.sqlite', '-aggregates.sqlite')
+    if args.rebuild or not os.path.exists(aggregated):
+        print('adding the aggregates to a copy of the indexed one: %s' % aggregated,
+              file=sys.stderr)
+        shutil.copyfile(indexed, aggregated + '.tmp')
+        add_aggregates(aggregated + '.tmp')
+        os.replace(aggregated + '.tmp', aggregated)
+    results = [None if args.skip_rows else run_ops(path, args.repeat, args.report),
+               run_ops(indexed, args.repeat, args.report),
+               run_ops(aggregated, args.repeat, args.report)]
+    if results[0] is None:
+        results[0] = [(name, float('nan')) for name, _ in results[1]]
     print('heapprof Reader on %d sampled allocations (best of %d, SQLite %s)'
           % (args.rows, args.repeat, sqlite3.sqlite_version))
-    print('%-40s %14s %14s' % ('operation (seconds)', 'schema v1', '+ indexes'))
-    print('-' * 70)
-    for (name, a), (_, b) in zip(*results):
-        print('%-40s %14.3f %14.3f' % (name, a, b))
+    print('%-40s %14s %14s %14s' % ('operation (seconds)', 'rows only', '+ indexes',
+                                    '+ aggregates'))
+    print('-' * 85)
+    for (name, a), (_, b), (_, c) in zip(*results):
+        print('%-40s %14.3f %14.3f %14.3f' % (name, a, b, c))
     print('+ indexes: ' + ' '.join(PROPOSED_INDEXES.split()))
+    print('+ aggregates: the indexed file with the aggregates heapprofd keeps (schema/README.md)')
     return 0
 
 
-def run_ops(path, repeat, report=False):
+def main_recording(args):
+    """The operations on a real recording, with and without its aggregates."""
     import heapprof.reader as hr
-    r = hr.read(path)
-    site = r.top_sites(30.5, n=1)[0]
+    rows = os.path.join(os.path.dirname(os.path.abspath(args.db)),
+                        'rows-' + os.path.basename(args.db))
+    if args.rebuild or not os.path.exists(rows):
+        print('copying without the aggregates: %s' % rows, file=sys.stderr)
+        shutil.copyfile(args.db, rows + '.tmp')
+        db = sqlite3.connect(rows + '.tmp')
+        db.execute('DROP VIEW IF EXISTS aggregated_sessions')
+        db.commit()
+        db.close()
+        os.replace(rows + '.tmp', rows)
+    with hr.read(args.db, args.session) as r:
+        session, d = r.session_id, r.duration
+        samples = r.allocation_count()
+    times = (0.02 * d, 0.5 * d, 0.98 * d, [d / 6, d / 2, 5 * d / 6])
+    times = tuple(round(x, 2) if not isinstance(x, list) else [round(y, 2) for y in x]
+                  for x in times)
+    results = [run_ops(rows, args.repeat, args.report, session, times),
+               run_ops(args.db, args.repeat, args.report, session, times)]
+    print('heapprof Reader on session %d of %s: %d sampled allocations over %.1f s'
+          ' (best of %d, SQLite %s)' % (session, os.path.basename(args.db), samples, d,
+                                        args.repeat, sqlite3.sqlite_version))
+    print('%-40s %14s %14s' % ('operation (seconds)', 'rows', 'aggregates'))
+    print('-' * 70)
+    for (name, a), (_, b) in zip(*results):
+        print('%-40s %14.3f %14.3f' % (name, a, b))
+    return 0
+
+
+def run_ops(path, repeat, report=False, session=None, times=None):
+    """[(operation, best seconds)] on one session of path. times: (early, middle, late,
+    [three flow times]) in seconds; the synthetic session's when None."""
+    import heapprof.reader as hr
+    r = hr.read(path, session)
+    early, mid, late, flow_times = times or (1.0, 30.5, 59.0, [10.0, 30.5, 50.0])
+    site = r.top_sites(mid, n=1)[0]
     site_key = '%s:%d' % (site.filename, site.lineno)
     ops = [
-        ('open + metadata', lambda: hr.read(path).close()),
+        ('open + metadata', lambda: hr.read(path, session).close()),
         ('timeline (total live bytes series)', lambda: r.timeline()),
         ('peak', lambda: r.peak()),
-        ('snapshot_at(1 s)', lambda: r.snapshot_at(1.0)),
-        ('snapshot_at(30.5 s, spike)', lambda: r.snapshot_at(30.5)),
-        ('snapshot_at(59 s)', lambda: r.snapshot_at(59.0)),
+        ('snapshot_at(%g s)' % early, lambda: r.snapshot_at(early)),
+        ('snapshot_at(%g s)' % mid, lambda: r.snapshot_at(mid)),
+        ('snapshot_at(%g s)' % late, lambda: r.snapshot_at(late)),
         ('snapshot_at(end)', lambda: r.snapshot_at(r.duration)),
         ('site_series(1 site, whole session)', lambda: r.site_series([site_key])),
-        ('top_sites(30.5 s, self+cumulative)', lambda: r.top_sites(30.5)),
-        ('flame(30.5 s) folded', lambda: r.flame(30.5)),
-        ('flow([10, 30.5, 50] s)', lambda: r.flow([10.0, 30.5, 50.0])),
+        ('top_sites(%g s, self+cumulative)' % mid, lambda: r.top_sites(mid)),
+        ('flame(%g s) folded' % mid, lambda: r.flame(mid)),
+        ('flow(%s s)' % ', '.join('%g' % x for x in flow_times), lambda: r.flow(flow_times)),
         ('leaks()', lambda: r.leaks()),
         ('size_histogram()', lambda: r.size_histogram()),
     ]

@@ -14,11 +14,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The live sampled allocation at an address (the store's address maps). */
+/* The live sampled allocation at an address (the store's address maps). Its size and
+ * stack let the store end its row in the aggregates without reading the row back; one
+ * that does not fit 32 bits (a block of 4 GiB or more, a stack id past 2^32 - 2) is
+ * HP_LIVE_LOOKUP, and read from the row when needed. */
+#define HP_LIVE_LOOKUP UINT32_MAX
 typedef struct {
   int64_t alloc_id;  /* its row in table alloc */
   int64_t est_bytes; /* what it adds to the timeline's live level */
-  int64_t est_count; /* how many allocations it stands for */
+  uint32_t size;     /* requested size, or HP_LIVE_LOOKUP */
+  uint32_t stack;    /* database stack id (0: none), or HP_LIVE_LOOKUP */
 } hp_live_alloc;
 
 /* A value: each map uses one member, chosen by its owner. */

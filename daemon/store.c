@@ -186,7 +186,8 @@ int hp_store_start(hp_store **out, const hp_store_config *cfg)
   s->pending_cap = 2 * s->cfg.batch_rows + HP_STORE_MULTI;
   s->pending = malloc((size_t)s->pending_cap * sizeof(pending_alloc));
   s->log = hp_txlog_new();
-  if (s->pending == NULL || s->log == NULL)
+  s->agg = store_agg_new();
+  if (s->pending == NULL || s->log == NULL || s->agg == NULL)
     goto out_free;
   /* WAL with synchronous=NORMAL survives a killed process (the OS keeps what was
    * written); only a power cut can lose the last commits, never corrupt. The page cache
@@ -229,6 +230,7 @@ out_destroy:
 out_free:
   close_db(s);
   hp_txlog_free(s->log);
+  store_agg_free(s->agg);
   free(s->pending);
   free(s);
   return rc;
@@ -269,6 +271,7 @@ int hp_store_stop(hp_store *s)
   pthread_cond_destroy(&s->cond);
   pthread_mutex_destroy(&s->mu);
   hp_txlog_free(s->log);
+  store_agg_free(s->agg);
   free(s->pending);
   free(s);
   return rc;

@@ -9,6 +9,7 @@
  *   store_pair.c     allocation rows kept back, frees and reattributes paired with them
  *   store_session.c  a session's life on the store thread: its row, counters and end
  *   store_intern.c   frames and stacks shared across sessions; the id counters
+ *   store_agg.c      the aggregates, summed from the rows each transaction writes
  * Unless a comment says otherwise, everything here belongs to the store thread. */
 #ifndef HP_STORE_INT_H
 #define HP_STORE_INT_H
@@ -180,10 +181,30 @@ enum {
   ST_SEL_ALLOC,
   ST_UPSERT_THREAD,
   ST_INS_MARKER,
+  ST_INS_AGG_SESSION,
+  ST_UPSERT_AGG_STACK,
+  ST_UPSERT_AGG_SIZE,
+  ST_SEL_FREED,
   ST_COUNT
 };
 
 #define HP_STORE_MULTI 64 /* rows per multi-row INSERT into alloc */
+
+/* Width of the aggregates' time buckets (schema.sql, agg_session): a snapshot between two
+ * edges reads the rows of at most one bucket. */
+#define HP_STORE_AGG_BUCKET_NS 1000000000LL
+/* Sums one transaction keeps in memory before writing them early (store_agg.c). */
+#define HP_STORE_AGG_MAX_ENTRIES (1u << 16)
+
+/* One key's sums of one transaction (store_agg.c). Bytes are doubles, exact below 2^53
+ * per key, so that no sum can overflow (SQLite turns an overflowing + into a REAL too). */
+typedef struct {
+  int64_t session, bucket, stack; /* bucket < 0: size class -1 - bucket, stack 0 */
+  double alloc_bytes, alloc_count, freed_bytes, freed_count;
+  double alloc_var, freed_var; /* sums of est_var(): the standard errors of the bytes */
+  int64_t alloc_samples, freed_samples;
+} agg_entry;
+typedef struct store_agg store_agg;
 
 struct hp_store {
   hp_store_config cfg;
@@ -205,6 +226,7 @@ struct hp_store {
   sqlite3 *db;
   sqlite3_stmt *st[ST_COUNT];
   sqlite3_stmt *ins_multi; /* ST_INS_ALLOC with HP_STORE_MULTI rows */
+  store_agg *agg;          /* the open transaction's aggregates (store_agg.c) */
   unsigned errors_logged;
 
   /* The open transaction (store_txn.c). */
@@ -328,7 +350,8 @@ enum {
   ALLOC_FREED /* 0: NULL */,
   ALLOC_EVENTS /* not a column */
 };
-enum { FREE_ID, FREE_TS, FREE_SESSION, FREE_EVENTS };
+/* A stored row's end; FREE_STACK and FREE_SIZE are -1 when the row must be read for them. */
+enum { FREE_ID, FREE_TS, FREE_SESSION, FREE_EVENTS, FREE_STACK, FREE_EST, FREE_SIZE };
 
 int store_sql_prepare(hp_store *s);
 void store_sql_finalize(hp_store *s);
@@ -346,6 +369,8 @@ void store_sql_log_error(hp_store *s, const char *what, int rc);
 void store_write(hp_store *s, int kind, const int64_t *v, const void *blob, uint32_t len);
 /* Alloc rows (ALLOC_* values): logged, and inserted HP_STORE_MULTI to a statement. */
 void store_write_allocs(hp_store *s, int64_t (*rows)[HP_TXOP_VALUES], uint32_t n);
+/* The stack (0: none) and size of stored row `id`: 0, or -1 when it cannot be read. */
+int store_sql_row_of(hp_store *s, int64_t id, int64_t *stack, int64_t *size);
 /* Writes the log again after a rollback, in its order. */
 void store_sql_replay(hp_store *s);
 
@@ -371,6 +396,20 @@ void store_pair_flush(hp_store *s);
 void store_pair_flush_old(hp_store *s);
 /* Timeline rows of a session, written in the open transaction. */
 void store_timeline_rows(hp_store *s, hp_store_session *ss, const hp_tl_row *rows, int n);
+
+/* ------------------------------------------------------------------ store_agg.c */
+
+store_agg *store_agg_new(void);    /* NULL on OOM */
+void store_agg_free(store_agg *a); /* NULL is a no-op */
+/* An alloc row written in the open transaction (ALLOC_* values), or the freed_ns an
+ * UPDATE set on the row of that session, stack, est_bytes and size. */
+void store_agg_row(hp_store *s, const int64_t *v);
+void store_agg_freed(hp_store *s, int64_t session, int64_t stack, int64_t est, int64_t size,
+                     int64_t freed);
+/* Writes the sums into agg_stack and agg_size (before COMMIT); store_agg_clear forgets
+ * them (after COMMIT, or at a rollback: the replay sums the rows again). */
+void store_agg_write(hp_store *s);
+void store_agg_clear(hp_store *s);
 
 /* ------------------------------------------------------------------ store_session.c */
 

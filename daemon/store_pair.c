@@ -100,11 +100,44 @@ static int64_t add_pending(hp_store *s, pending_alloc row)
   return s->pending_base + slot;
 }
 
-/* Ends the allocation row `id` at ts. `events`: 1 when this is the event of its free;
- * 0 when its end comes with the next allocation at the address (a reattribute, or a
- * lost free), whose row counts that event. */
-static void end_row(hp_store *s, hp_store_session *ss, int64_t id, int64_t ts, int events)
+/* How many allocations a sample stands for: est_bytes / size, the inverse of its
+ * sampling probability (unsigned, as the agent sent them). */
+static int64_t count_of(uint64_t est, uint64_t size)
 {
+  if (size > 0 && est > size) {
+    double ratio = (double)est / (double)size;
+    return ratio < 1e18 ? (int64_t)llround(ratio) : (int64_t)1000000000000000000LL;
+  }
+  return 1;
+}
+
+static uint32_t fit32(int64_t v)
+{
+  return v >= 0 && v < (int64_t)HP_LIVE_LOOKUP ? (uint32_t)v : HP_LIVE_LOOKUP;
+}
+
+/* The size of the live allocation: from the map, else from its row. A stored row that
+ * cannot be read now (the transaction failed: it is written again later) counts as a
+ * size that makes the sample stand for one allocation, as every block of 4 GiB does
+ * unless sampled with a larger interval. */
+static int64_t live_size(hp_store *s, const hp_live_alloc *l)
+{
+  if (l->size != HP_LIVE_LOOKUP)
+    return l->size;
+  if (l->alloc_id >= s->pending_base)
+    return s->pending[l->alloc_id - s->pending_base].size;
+  int64_t stack, size;
+  return store_sql_row_of(s, l->alloc_id, &stack, &size) == 0 ? size : l->est_bytes;
+}
+
+/* Ends the row of the live allocation l at ts. `events`: 1 when this is the event of its
+ * free; 0 when its end comes with the next allocation at the address (a reattribute, or a
+ * lost free), whose row counts that event. A stored row is ended by an UPDATE, which
+ * also adds it to the aggregates' frees with the stack and size kept in the map. */
+static void end_row(hp_store *s, hp_store_session *ss, const hp_live_alloc *l, int64_t ts,
+                    int events)
+{
+  int64_t id = l->alloc_id;
   if (id >= s->pending_base) {
     assert(id - s->pending_base < s->npending);
     pending_alloc *p = &s->pending[id - s->pending_base];
@@ -113,8 +146,16 @@ static void end_row(hp_store *s, hp_store_session *ss, int64_t id, int64_t ts, i
     p->events += events;
     return;
   }
-  int64_t v[HP_TXOP_VALUES] =
-    {[FREE_ID] = id, [FREE_TS] = ts, [FREE_SESSION] = ss->id, [FREE_EVENTS] = events};
+  int64_t v[HP_TXOP_VALUES] = {[FREE_ID] = id,
+                               [FREE_TS] = ts,
+                               [FREE_SESSION] = ss->id,
+                               [FREE_EVENTS] = events,
+                               [FREE_STACK] = l->stack == HP_LIVE_LOOKUP
+                                                ? -1
+                                                : (int64_t)l->stack,
+                               [FREE_EST] = l->est_bytes,
+                               [FREE_SIZE] = l->size == HP_LIVE_LOOKUP ? -1
+                                                                       : (int64_t)l->size};
   store_write(s, OP_FREE, v, NULL, 0);
 }
 
@@ -124,9 +165,10 @@ static void end_live(hp_store *s, hp_store_session *ss, hp_map_val *v, int64_t t
                      int events)
 {
   hp_live_alloc live = v->live;
-  end_row(s, ss, live.alloc_id, ts, events);
+  int64_t cnt = count_of((uint64_t)live.est_bytes, (uint64_t)live_size(s, &live));
+  end_row(s, ss, &live, ts, events);
   hp_map_del_at(ss->addrs, v);
-  timeline_add(s, ss, ts, -live.est_bytes, -live.est_count);
+  timeline_add(s, ss, ts, -live.est_bytes, -cnt);
 }
 
 static void do_free(hp_store *s, hp_store_session *ss, const hp_event *e)
@@ -167,13 +209,7 @@ static void do_alloc(hp_store *s, hp_store_session *ss, const hp_event *e)
   make_room(s);
   int64_t ts = store_session_wall(ss, e->ts_ns);
   int64_t est = (int64_t)e->est_bytes;
-  /* est_bytes / size is the inverse of the sampling probability: how many allocations
-   * this sample stands for. */
-  int64_t cnt = 1;
-  if (e->size > 0 && e->est_bytes > e->size) {
-    double ratio = (double)e->est_bytes / (double)e->size;
-    cnt = ratio < 1e18 ? (int64_t)llround(ratio) : (int64_t)1000000000000000000LL;
-  }
+  int64_t cnt = count_of(e->est_bytes, e->size);
 
   /* At the limit only an address already live may be reused (that replaces an entry). */
   int created = 0;
@@ -190,8 +226,10 @@ static void do_alloc(hp_store *s, hp_store_session *ss, const hp_event *e)
     /* The address was handed out again, so its previous block was freed even though
      * its free never came (the agent dropped it): it ends now, in its row as in the
      * timeline, so that leaks and the timeline agree. */
-    end_row(s, ss, v->live.alloc_id, ts, 0);
-    timeline_add(s, ss, ts, -v->live.est_bytes, -v->live.est_count);
+    hp_live_alloc old = v->live;
+    int64_t old_cnt = count_of((uint64_t)old.est_bytes, (uint64_t)live_size(s, &old));
+    end_row(s, ss, &old, ts, 0);
+    timeline_add(s, ss, ts, -old.est_bytes, -old_cnt);
   }
   int64_t id = add_pending(s, (pending_alloc){.ss = ss,
                                               .ts = ts,
@@ -202,7 +240,11 @@ static void do_alloc(hp_store *s, hp_store_session *ss, const hp_event *e)
                                               .stack = stack,
                                               .domain = e->domain,
                                               .events = 1});
-  v->live = (hp_live_alloc){.alloc_id = id, .est_bytes = est, .est_count = cnt};
+  v->live =
+    (hp_live_alloc){.alloc_id = id,
+                    .est_bytes = est,
+                    .size = fit32((int64_t)(e->size > INT64_MAX ? INT64_MAX : e->size)),
+                    .stack = fit32(stack)};
   timeline_add(s, ss, ts, est, cnt);
 }
 
@@ -254,7 +296,7 @@ static void do_reattribute(hp_store *s, hp_store_session *ss, const hp_event *e)
     ss->dirty = 1;
     return;
   }
-  end_row(s, ss, v->live.alloc_id, ts, 0);
+  end_row(s, ss, &v->live, ts, 0);
   v->live.alloc_id = add_pending(s, (pending_alloc){.ss = ss,
                                                     .ts = ts,
                                                     .thread = (int64_t)e->thread_id,
@@ -264,6 +306,7 @@ static void do_reattribute(hp_store *s, hp_store_session *ss, const hp_event *e)
                                                     .stack = stack,
                                                     .domain = domain,
                                                     .events = 1});
+  v->live.stack = fit32(stack);
 }
 
 void store_pair_events(hp_store *s, item *it)

@@ -298,6 +298,11 @@ static void write_row(hp_store *s, hp_store_session *ss)
     sqlite3_bind_int64(st, 16, store_session_dropped(ss));
     if (store_sql_run(s, ST_INS_SESSION) == 0)
       ss->row = ROW_IN_TXN;
+    /* Its aggregates are complete from its first row on: readers may use them. */
+    st = s->st[ST_INS_AGG_SESSION];
+    sqlite3_bind_int64(st, 1, ss->id);
+    sqlite3_bind_int64(st, 2, HP_STORE_AGG_BUCKET_NS);
+    (void)store_sql_run(s, ST_INS_AGG_SESSION);
   } else {
     st = s->st[ST_UPD_SESSION];
     sqlite3_bind_int64(st, 1, ss->id);

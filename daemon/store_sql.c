@@ -43,6 +43,7 @@ static const char *const sql_text[ST_COUNT] = {
   [ST_INS_STACK_FRAME] = "INSERT INTO stack_frame(stack_id, depth, frame_id) VALUES(?,?,?)",
   [ST_INS_ALLOC] = ALLOC_INSERT "(?,?,?,?,?,?,?,?,?,?)",
   [ST_UPD_FREE] = "UPDATE alloc SET freed_ns=?2 WHERE id=?1",
+  [ST_SEL_FREED] = "SELECT stack_id, size FROM alloc WHERE id=?1",
   [ST_UPSERT_TL] =
     "INSERT INTO timeline_point(session_id, ts_ns, live_bytes, live_count, end_bytes)"
     " VALUES(?,?,?,?,?) ON CONFLICT(session_id, ts_ns) DO UPDATE SET"
@@ -55,6 +56,25 @@ static const char *const sql_text[ST_COUNT] = {
     "INSERT INTO thread_name(session_id, thread_id, name) VALUES(?1,?2,?3)"
     " ON CONFLICT(session_id, thread_id) DO UPDATE SET name=excluded.name",
   [ST_INS_MARKER] = "INSERT INTO marker(session_id, ts_ns, label) VALUES(?,?,?)",
+  [ST_INS_AGG_SESSION] =
+    "INSERT OR IGNORE INTO agg_session(session_id, bucket_ns) VALUES(?,?)",
+  [ST_UPSERT_AGG_STACK] =
+    "INSERT INTO agg_stack(session_id, bucket_ns, stack_id, alloc_bytes, alloc_count,"
+    " alloc_samples, freed_bytes, freed_count, freed_samples, alloc_var, freed_var)"
+    " VALUES(?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT(session_id, bucket_ns, stack_id) DO UPDATE SET"
+    " alloc_bytes=alloc_bytes+excluded.alloc_bytes, "
+    "alloc_count=alloc_count+excluded.alloc_count,"
+    " alloc_samples=alloc_samples+excluded.alloc_samples,"
+    " freed_bytes=freed_bytes+excluded.freed_bytes, "
+    "freed_count=freed_count+excluded.freed_count,"
+    " freed_samples=freed_samples+excluded.freed_samples,"
+    " alloc_var=alloc_var+excluded.alloc_var, freed_var=freed_var+excluded.freed_var",
+  [ST_UPSERT_AGG_SIZE] =
+    "INSERT INTO agg_size(session_id, size_class, samples, est_count, est_bytes)"
+    " VALUES(?,?,?,?,?) ON CONFLICT(session_id, size_class) DO UPDATE SET"
+    " samples=samples+excluded.samples, est_count=est_count+excluded.est_count,"
+    " est_bytes=est_bytes+excluded.est_bytes",
 };
 
 /* The statements that bind text (SQLITE_STATIC). */
@@ -181,6 +201,8 @@ static void bind_alloc(sqlite3_stmt *st, int col, const int64_t *v)
 static void insert_allocs(hp_store *s, int64_t (*rows)[HP_TXOP_VALUES], uint32_t n)
 {
   assert(n <= HP_STORE_MULTI);
+  for (uint32_t j = 0; j < n; j++)
+    store_agg_row(s, rows[j]);
   if (n == HP_STORE_MULTI) {
     for (uint32_t j = 0; j < n; j++)
       bind_alloc(s->ins_multi, (int)j * ALLOC_COLUMNS, rows[j]);
@@ -197,6 +219,36 @@ static void bind_ints(sqlite3_stmt *st, const int64_t *v, int n)
 {
   for (int i = 0; i < n; i++)
     sqlite3_bind_int64(st, i + 1, v[i]);
+}
+
+/* Ends a stored row (FREE_* values) and adds it to the aggregates' frees, with the stack
+ * and size the address map kept; only a value that did not fit there is read back. */
+static void free_row(hp_store *s, const int64_t *v)
+{
+  bind_ints(s->st[ST_UPD_FREE], v, 2); /* FREE_ID, FREE_TS */
+  if (store_sql_run(s, ST_UPD_FREE) < 0)
+    return;
+  int64_t stack = v[FREE_STACK], size = v[FREE_SIZE];
+  if ((stack < 0 || size < 0) && store_sql_row_of(s, v[FREE_ID], &stack, &size) < 0)
+    return;
+  store_agg_freed(s, v[FREE_SESSION], stack, v[FREE_EST], size, v[FREE_TS]);
+}
+
+int store_sql_row_of(hp_store *s, int64_t id, int64_t *stack, int64_t *size)
+{
+  sqlite3_stmt *sel = s->st[ST_SEL_FREED];
+  if (s->broken)
+    return -1;
+  sqlite3_bind_int64(sel, 1, id);
+  int rc = sqlite3_step(sel);
+  if (rc == SQLITE_ROW) {
+    *stack = sqlite3_column_int64(sel, 0); /* NULL reads as 0, as agg_stack keys it */
+    *size = sqlite3_column_int64(sel, 1);
+  }
+  sqlite3_reset(sel);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    store_sql_break(s, sql_text[ST_SEL_FREED], rc);
+  return rc == SQLITE_ROW ? 0 : -1;
 }
 
 /* Executes one write that is not an alloc row (those go through insert_allocs). */
@@ -228,10 +280,7 @@ static void apply(hp_store *s, const hp_txop *op)
     }
     break;
   }
-  case OP_FREE:
-    bind_ints(s->st[ST_UPD_FREE], v, 2); /* FREE_ID, FREE_TS */
-    (void)store_sql_run(s, ST_UPD_FREE);
-    break;
+  case OP_FREE: free_row(s, v); break;
   case OP_TIMELINE:
     bind_ints(s->st[ST_UPSERT_TL], v, 5);
     (void)store_sql_run(s, ST_UPSERT_TL);

@@ -65,6 +65,7 @@ static void committed(hp_store *s)
 {
   s->in_txn = 0;
   s->txn_rows = 0;
+  store_agg_clear(s);
   hp_txlog_clear(s->log);
   s->log_incomplete = 0;
   store_session_committed(s);
@@ -102,6 +103,7 @@ void store_txn_commit(hp_store *s, int final)
       store_timeline_rows(s, ss, rows, 1);
   }
   store_session_write_rows(s);
+  store_agg_write(s);
   int rc = s->broken ? s->broken_rc : SQLITE_OK;
   if (!s->broken) {
     sqlite3_stmt *st = s->st[ST_COMMIT];
@@ -186,6 +188,7 @@ void store_txn_fail(hp_store *s, int rc)
   s->in_txn = 0;
   s->broken = 0;
   s->txn_rows = 0;
+  store_agg_clear(s);
   store_session_rolled_back(s);
   struct timespec now = store_mono_now();
   if (!s->failing) {

@@ -12,8 +12,20 @@
 /* The names of each message's elements by position, laid out by hand. */
 /* clang-format off */
 static const char *const hello_names[] = {
-  "?", "type", "magic", "version", "pid", "ppid", "argv", "executable", "python_version",
-  "start_wall_ns", "start_mono_ns", "sample_interval_bytes", "max_stack_depth", "buckets",
+  "?",
+  "type",
+  "magic",
+  "version",
+  "pid",
+  "ppid",
+  "argv",
+  "executable",
+  "python_version",
+  "start_wall_ns",
+  "start_mono_ns",
+  "sample_interval_bytes",
+  "max_stack_depth",
+  "buckets",
 };
 static const char *const frame_def_names[] = {
   "?", "type", "frame_id", "function", "filename", "lineno",
@@ -21,19 +33,20 @@ static const char *const frame_def_names[] = {
 static const char *const stack_def_names[] = {
   "?", "type", "stack_id", "truncated", "frame_ids",
 };
-static const char *const events_names[] = { "?", "type", "base_ts", "events" };
+static const char *const events_names[] = {"?", "type", "base_ts", "events"};
 static const char *const counters_names[] = {
   "?", "type", "ts", "events_dropped", "sample_interval_bytes", "events_sent",
 };
 static const char *const goodbye_names[] = {
   "?", "type", "ts", "events_dropped", "end_reason",
 };
-static const char *const thread_def_names[] = { "?", "type", "thread_id", "name" };
-static const char *const marker_names[] = { "?", "type", "ts", "label" };
+static const char *const thread_def_names[] = {"?", "type", "thread_id", "name"};
+static const char *const marker_names[] = {"?", "type", "ts", "label"};
 static const char *const alloc_names[] = {
-  "?", "kind", "ts_delta", "thread_id", "domain", "address", "size", "est_bytes", "stack_id",
+  "?",       "kind", "ts_delta",  "thread_id", "domain",
+  "address", "size", "est_bytes", "stack_id",
 };
-static const char *const free_names[] = { "?", "kind", "ts_delta", "thread_id", "address" };
+static const char *const free_names[] = {"?", "kind", "ts_delta", "thread_id", "address"};
 static const char *const reattr_names[] = {
   "?", "kind", "ts_delta", "thread_id", "address", "stack_id",
 };

@@ -139,22 +139,22 @@ enum { SC_FIXARRAY = -1, SC_FIXMAP = -2, SC_VAR = -3, SC_BAD = -4 };
 /* One row per 16 bytes, laid out by hand. */
 /* clang-format off */
 static const int8_t scan_class[256] = {
-  /* 00 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 10 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 20 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 30 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 40 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 50 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 60 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 70 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* 80 */ M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M,
-  /* 90 */ A, A, A, A, A, A, A, A, A, A, A, A, A, A, A, A,
-  /* a0 */ 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+  /* 00 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 10 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 20 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 30 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 40 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 50 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 60 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 70 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* 80 */ M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,  M,
+  /* 90 */ A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,  A,
+  /* a0 */ 0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
   /* b0 */ 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
-  /* c0 */ 0, X, 0, 0, V, V, V, V, V, V, 4, 8, 1, 2, 4, 8,
-  /* d0 */ 1, 2, 4, 8, 2, 3, 5, 9, 17, V, V, V, V, V, V, V,
-  /* e0 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  /* f0 */ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  /* c0 */ 0,  X,  0,  0,  V,  V,  V,  V,  V,  V,  4,  8,  1,  2,  4,  8,
+  /* d0 */ 1,  2,  4,  8,  2,  3,  5,  9,  17, V,  V,  V,  V,  V,  V,  V,
+  /* e0 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+  /* f0 */ 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
 };
 /* clang-format on */
 #undef A
@@ -229,14 +229,33 @@ static int scan(hp_decoder *d, const uint8_t *p, size_t len, size_t *end,
       /* One line per msgpack type, laid out by hand. */
       /* clang-format off */
       switch (b) {
-      case 0xc4: case 0xd9: lenbytes = 1; break;                  /* bin8, str8 */
-      case 0xc5: case 0xda: lenbytes = 2; break;                  /* bin16, str16 */
-      case 0xc6: case 0xdb: lenbytes = 4; break;                  /* bin32, str32 */
-      case 0xc7: lenbytes = 1; skip = 1; break;                   /* ext8 (+type) */
-      case 0xc8: lenbytes = 2; skip = 1; break;
-      case 0xc9: lenbytes = 4; skip = 1; break;
-      case 0xdc: case 0xde: lenbytes = 2; container = 1; break;   /* array16, map16 */
-      default: lenbytes = 4; container = 1; break;                /* array32, map32 */
+      case 0xc4:
+      case 0xd9: lenbytes = 1; break; /* bin8, str8 */
+      case 0xc5:
+      case 0xda: lenbytes = 2; break; /* bin16, str16 */
+      case 0xc6:
+      case 0xdb: lenbytes = 4; break; /* bin32, str32 */
+      case 0xc7:
+        lenbytes = 1;
+        skip = 1;
+        break; /* ext8 (+type) */
+      case 0xc8:
+        lenbytes = 2;
+        skip = 1;
+        break;
+      case 0xc9:
+        lenbytes = 4;
+        skip = 1;
+        break;
+      case 0xdc:
+      case 0xde:
+        lenbytes = 2;
+        container = 1;
+        break; /* array16, map16 */
+      default:
+        lenbytes = 4;
+        container = 1;
+        break; /* array32, map32 */
       }
       /* clang-format on */
       uint64_t l;

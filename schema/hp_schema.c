@@ -174,11 +174,14 @@ static int check_header(const char *path, off_t size, char *errbuf, size_t errle
 /* Tables added in version 2 carry this one: a version 1 database lacks them until it is
  * migrated. */
 #define HP_SCHEMA_ADDED_V2_MARK "-- heapprof: added in version 2"
+/* Tables added within version 2 (the aggregates) carry this one: a database of any
+ * version may lack them until heapprofd opens it again. */
+#define HP_SCHEMA_ADDED_WITHIN_V2_MARK "-- heapprof: added within version 2"
 
 /* Every table that schema.sql creates must exist in a database that claims to be ours:
  * without them it is damaged, and appending to it would fail later and obscurely. (In a
  * version 1 database, tables marked HP_SCHEMA_ADDED_MARK or HP_SCHEMA_ADDED_V2_MARK are
- * the exception. Views and indexes are not checked: opening re-applies schema.sql, which
+ * the exception; in any version, those marked HP_SCHEMA_ADDED_WITHIN_V2_MARK. Views and indexes are not checked: opening re-applies schema.sql, which
  * creates missing tables and indexes and drops and recreates every view, and so restores
  * them.) The names come from applying the embedded schema to an in-memory database, so
  * they are spelled only in schema.sql. */
@@ -198,7 +201,8 @@ static int check_objects(sqlite3 *db, long long version, const char *path, char 
   if (sqlite3_prepare_v2(ref,
                          "SELECT type, name FROM sqlite_schema "
                          "WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' "
-                         "ESCAPE '\\' AND (?1 >= 2 OR (instr(sql, '" HP_SCHEMA_ADDED_MARK
+                         "ESCAPE '\\' AND instr(sql, '" HP_SCHEMA_ADDED_WITHIN_V2_MARK "') = 0 "
+                         "AND (?1 >= 2 OR (instr(sql, '" HP_SCHEMA_ADDED_MARK
                          "') = 0 AND instr(sql, '" HP_SCHEMA_ADDED_V2_MARK "') = 0)) "
                          "ORDER BY type, name",
                          -1, &list, NULL) != SQLITE_OK ||

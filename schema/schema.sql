@@ -129,6 +129,55 @@ CREATE TABLE IF NOT EXISTS marker ( -- heapprof: added in version 2
 );
 CREATE INDEX IF NOT EXISTS marker_by_session_ts ON marker (session_id, ts_ns);
 
+-- Aggregates heapprofd keeps while it records, so that readers answer snapshots, top
+-- sites, flame graphs and the size histogram of long sessions without reading every
+-- allocation (schema/README.md, "Aggregates"). heapprofd writes them in the same
+-- transaction as the alloc rows they sum, so they always equal a GROUP BY over those
+-- rows, also after a kill. They were added within version 2, as sampling_change was
+-- within version 1: a version 2 database written before them has none until heapprofd
+-- opens it again, and the sessions recorded before that have no aggregates (no
+-- agg_session row): readers then read the rows. hp_schema.c does not require a table
+-- carrying the marker below, whatever the version.
+--
+-- One row per session recorded with aggregates: the width of its buckets. A bucket is
+-- [k * bucket_ns, (k + 1) * bucket_ns) since the Unix epoch.
+CREATE TABLE IF NOT EXISTS agg_session ( -- heapprof: added within version 2
+  session_id INTEGER PRIMARY KEY,
+  bucket_ns  INTEGER NOT NULL
+);
+
+-- Per session, stack and bucket: the alloc rows whose ts_ns lies in the bucket (alloc_*)
+-- and those whose freed_ns lies in it (freed_*). *_bytes sum est_bytes, *_count sum
+-- est_bytes / MAX(size, 1) (a REAL), *_samples count rows, *_var sum each row's variance
+-- share est_bytes * MAX(est_bytes - size, 0) (a REAL). stack_id 0: NULL in alloc.
+-- Live bytes of a stack at a bucket's start are the sum of alloc_bytes - freed_bytes
+-- over the buckets before it.
+CREATE TABLE IF NOT EXISTS agg_stack ( -- heapprof: added within version 2
+  session_id    INTEGER NOT NULL,
+  bucket_ns     INTEGER NOT NULL,
+  stack_id      INTEGER NOT NULL,
+  alloc_bytes   INTEGER NOT NULL,
+  alloc_count   REAL    NOT NULL,
+  alloc_samples INTEGER NOT NULL,
+  freed_bytes   INTEGER NOT NULL,
+  freed_count   REAL    NOT NULL,
+  freed_samples INTEGER NOT NULL,
+  alloc_var     REAL    NOT NULL,
+  freed_var     REAL    NOT NULL,
+  PRIMARY KEY (session_id, bucket_ns, stack_id)
+) WITHOUT ROWID;
+
+-- Per session and size class (the bit length of size: 0 for 0, k for 2^(k-1) .. 2^k - 1):
+-- the session's alloc rows of that class.
+CREATE TABLE IF NOT EXISTS agg_size ( -- heapprof: added within version 2
+  session_id INTEGER NOT NULL,
+  size_class INTEGER NOT NULL,
+  samples    INTEGER NOT NULL,
+  est_count  REAL    NOT NULL,
+  est_bytes  INTEGER NOT NULL,
+  PRIMARY KEY (session_id, size_class)
+) WITHOUT ROWID;
+
 -- ---------------------------------------------------------------- public views
 -- Views are dropped and created again each time heapprofd opens a database, so that a
 -- database of this version written with older view definitions gets the current ones
@@ -138,7 +187,8 @@ CREATE INDEX IF NOT EXISTS marker_by_session_ts ON marker (session_id, ts_ns);
 --
 -- sessions, frames, stack_frames, allocations and timeline have exactly the columns of
 -- the public interface, in its order. stacks, session_settings, timeline_detail,
--- sampling_changes, threads and markers are heapprof extensions (schema/README.md).
+-- sampling_changes, threads and markers are heapprof extensions (schema/README.md), and
+-- so are aggregated_sessions, stack_buckets, stack_live and size_classes, the aggregates.
 DROP VIEW IF EXISTS sessions;
 CREATE VIEW IF NOT EXISTS sessions AS
   SELECT id AS session_id, pid, ppid, argv, executable, python_version, started_ns,
@@ -197,3 +247,30 @@ CREATE VIEW IF NOT EXISTS threads AS
 DROP VIEW IF EXISTS markers;
 CREATE VIEW IF NOT EXISTS markers AS
   SELECT session_id, ts_ns, label FROM marker;
+
+DROP VIEW IF EXISTS aggregated_sessions;
+CREATE VIEW IF NOT EXISTS aggregated_sessions AS
+  SELECT session_id, bucket_ns FROM agg_session;
+
+DROP VIEW IF EXISTS stack_buckets;
+CREATE VIEW IF NOT EXISTS stack_buckets AS
+  SELECT session_id, bucket_ns, NULLIF(stack_id, 0) AS stack_id, alloc_bytes, alloc_count,
+         alloc_samples, freed_bytes, freed_count, freed_samples, alloc_var, freed_var
+  FROM agg_stack;
+
+-- Live bytes of each stack at the end of each bucket in which it changed.
+DROP VIEW IF EXISTS stack_live;
+CREATE VIEW IF NOT EXISTS stack_live AS
+  SELECT g.session_id, g.bucket_ns + a.bucket_ns AS end_ns, NULLIF(g.stack_id, 0) AS stack_id,
+         SUM(g.alloc_bytes - g.freed_bytes) OVER w AS live_bytes,
+         SUM(g.alloc_samples - g.freed_samples) OVER w AS live_samples
+  FROM agg_stack g JOIN agg_session a USING (session_id)
+  WINDOW w AS (PARTITION BY g.session_id, g.stack_id ORDER BY g.bucket_ns);
+
+DROP VIEW IF EXISTS size_classes;
+CREATE VIEW IF NOT EXISTS size_classes AS
+  SELECT session_id, size_class,
+         CASE WHEN size_class = 0 THEN 0 ELSE 1 << (size_class - 1) END AS min_size,
+         CASE WHEN size_class >= 63 THEN 9223372036854775807 ELSE (1 << size_class) - 1 END
+           AS max_size, samples, est_count, est_bytes
+  FROM agg_size;

@@ -362,6 +362,7 @@ class Reader:
         self._domain_sql = ''   # restrict_domains(): an AND clause over domain, and its
         self._domain_args = ()  # parameters
         self.domains = ()       # the domains counted, () for all
+        self._bucket_ns = False  # aggregates' bucket width; None: none (see _agg_bucket)
 
     # ---------------------------------------------------------------- lifecycle
     def close(self):
@@ -730,6 +731,8 @@ class Reader:
     def _live_by_stack(self, ns, since_ns=None):
         """{stack_id: (est bytes, est count, samples, variance of est bytes)} live at the
         instant ns (and made after since_ns)."""
+        if since_ns is None and self._can_use_aggregates():
+            return self._live_by_stack_agg(ns)
         sql, params = self._live_sql(
             'stack_id, est_bytes, CAST(est_bytes AS REAL) / MAX(size, 1) AS n, %s AS v' % _VAR,
             ns, since_ns)
@@ -757,6 +760,9 @@ class Reader:
         return self._live_estimate_ns(ns).value
 
     def _live_estimate_ns(self, ns, since_ns=None):
+        if since_ns is None and self._can_use_aggregates():
+            live = self._live_by_stack_agg(ns).values()
+            return Estimate(sum(v[0] for v in live), sum(v[3] for v in live) ** 0.5)
         sql, params = self._live_sql('est_bytes, size', ns, since_ns)
         b, v = self._con.execute('SELECT TOTAL(est_bytes), TOTAL(%s) FROM (%s)' % (_VAR, sql),
                                  params).fetchone()
@@ -788,6 +794,80 @@ class Reader:
             raise ReaderError('a range must start before it ends, not at %g s when it '
                               'ends at %g s' % (since, t))
         return since_ns
+
+    # ---------------------------------------------------------------- aggregates
+    # heapprofd keeps sums per stack and time bucket, and per size class, in the
+    # transactions of the rows they sum (schema/README.md, "Aggregates"); a session that
+    # has them is answered from them, others (older recordings) from the rows. Both give
+    # the same figures: bytes and samples exactly, estimated counts up to the order of
+    # float summation.
+    def _agg_bucket(self):
+        """The session's aggregate bucket width in ns, or None when it has none."""
+        if self._bucket_ns is False:
+            self._bucket_ns = None
+            if _has_view(self._con, 'aggregated_sessions'):
+                row = self._con.execute('SELECT bucket_ns FROM aggregated_sessions'
+                                        ' WHERE session_id = ?', (self.session_id,)).fetchone()
+                if row is not None and row[0] > 0:
+                    self._bucket_ns = row[0]
+        return self._bucket_ns
+
+    def _can_use_aggregates(self):
+        """Whether live-at-T answers come from the aggregates: they need the rows of one
+        bucket, among them those freed in it, which only an index on freed_ns reaches
+        without reading the session (heapprofd builds it when it stops). The aggregates
+        are per stack, not per domain: a snapshot restricted to domains reads the rows."""
+        return (self._agg_bucket() is not None and self._has_freed_index()
+                and not self.domains)
+
+    def _read_txn(self):
+        """A context in which several SELECTs see one state of a database being recorded
+        (heapprofd commits rows and their aggregates together)."""
+        return _ReadTxn(self._con)
+
+    def _live_by_stack_agg(self, ns):
+        """_live_by_stack(ns) from the aggregates and the rows of the half bucket between ns
+        and its nearer bucket edge. From the edge before ns: the buckets before it, plus
+        the allocations made from the edge to ns and live at ns, minus the earlier ones
+        freed from the edge to ns. From the edge after: the buckets up to it, minus the
+        allocations made after ns and before it that are still live there, plus the ones
+        made by ns and freed after ns and before it."""
+        width, session = self._agg_bucket(), self.session_id
+        edge = ns - ns % width
+        rows = ('SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) /'
+                ' MAX(size, 1)), COUNT(*), TOTAL(%s) FROM allocations'
+                ' WHERE session_id = ? AND ' % _VAR)
+        if ns - edge <= width // 2:
+            terms = ((1, rows + 'ts_ns >= ? AND ts_ns <= ? AND (freed_ns IS NULL OR'
+                      ' freed_ns > ?) GROUP BY +stack_id', (session, edge, ns, ns)),
+                     (-1, rows + 'freed_ns >= ? AND freed_ns <= ? AND +ts_ns < ?'
+                      ' GROUP BY +stack_id', (session, edge, ns, edge)))
+        else:
+            edge += width
+            terms = ((-1, rows + 'ts_ns > ? AND ts_ns < ? AND (freed_ns IS NULL OR'
+                      ' freed_ns >= ?) GROUP BY +stack_id', (session, ns, edge, edge)),
+                     (1, rows + 'freed_ns > ? AND freed_ns < ? AND +ts_ns <= ?'
+                      ' GROUP BY +stack_id', (session, ns, edge, ns)))
+        acc = {}
+        with self._read_txn():
+            for sid, b, c, k, v in self._con.execute(
+                    'SELECT stack_id, TOTAL(alloc_bytes) - TOTAL(freed_bytes),'
+                    ' TOTAL(alloc_count) - TOTAL(freed_count),'
+                    ' TOTAL(alloc_samples) - TOTAL(freed_samples),'
+                    ' TOTAL(alloc_var) - TOTAL(freed_var) FROM stack_buckets'
+                    ' WHERE session_id = ? AND bucket_ns < ? GROUP BY stack_id',
+                    (session, edge)):
+                acc[sid] = [b, c, k, v]
+            for sign, sql, args in terms:
+                for sid, b, c, k, v in self._con.execute(sql, args):
+                    e = acc.setdefault(sid, [0.0, 0.0, 0.0, 0.0])
+                    e[0] += sign * b
+                    e[1] += sign * c
+                    e[2] += sign * k
+                    e[3] += sign * v
+        # Variances are float sums and differences: one can come out a hair below 0.
+        return {sid: (int(b), c, int(k), max(v, 0.0)) for sid, (b, c, k, v) in acc.items()
+                if k > 0}
 
     # ---------------------------------------------------------------- steps
     def stack_step_deltas_ns(self, start_ns, step_ns, steps):
@@ -963,22 +1043,39 @@ class Reader:
 
     def totals(self):
         """Totals of the session's sampled allocations (see Totals)."""
-        n, b, un, ub, v, uv = self._con.execute(
-            'SELECT COUNT(*), TOTAL(est_bytes), TOTAL(freed_ns IS NULL),'
-            ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END), TOTAL({v}),'
-            ' TOTAL(CASE WHEN freed_ns IS NULL THEN {v} END) FROM allocations'
-            ' WHERE session_id = ?'.format(v=_VAR), (self.session_id,)).fetchone()
-        return Totals(n, int(b), int(un), int(ub), v ** 0.5, uv ** 0.5)
+        if self._agg_bucket() is not None:
+            n, b, un, ub, v, uv = self._con.execute(
+                'SELECT TOTAL(alloc_samples), TOTAL(alloc_bytes),'
+                ' TOTAL(alloc_samples) - TOTAL(freed_samples),'
+                ' TOTAL(alloc_bytes) - TOTAL(freed_bytes), TOTAL(alloc_var),'
+                ' TOTAL(alloc_var) - TOTAL(freed_var) FROM stack_buckets'
+                ' WHERE session_id = ?', (self.session_id,)).fetchone()
+            n = int(n)
+        else:
+            n, b, un, ub, v, uv = self._con.execute(
+                'SELECT COUNT(*), TOTAL(est_bytes), TOTAL(freed_ns IS NULL),'
+                ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END), TOTAL({v}),'
+                ' TOTAL(CASE WHEN freed_ns IS NULL THEN {v} END) FROM allocations'
+                ' WHERE session_id = ?'.format(v=_VAR), (self.session_id,)).fetchone()
+        # A difference of float sums can come out a hair below 0.
+        return Totals(n, int(b), int(un), int(ub), max(v, 0.0) ** 0.5, max(uv, 0.0) ** 0.5)
 
     def allocated_sites(self, n=None):
         """Sites (innermost frames) by the estimated bytes allocated there over the whole
         session, largest first, with the bytes of those that have no recorded free."""
-        rows = self._con.execute(
-            'SELECT stack_id, TOTAL(est_bytes),'
-            ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END), TOTAL({v}),'
-            ' TOTAL(CASE WHEN freed_ns IS NULL THEN {v} END) FROM allocations'
-            ' WHERE session_id = ? GROUP BY +stack_id'.format(v=_VAR),
-            (self.session_id,)).fetchall()
+        if self._agg_bucket() is not None:
+            rows = self._con.execute(
+                'SELECT stack_id, TOTAL(alloc_bytes), TOTAL(alloc_bytes) - TOTAL(freed_bytes),'
+                ' TOTAL(alloc_var), MAX(TOTAL(alloc_var) - TOTAL(freed_var), 0)'
+                ' FROM stack_buckets WHERE session_id = ? GROUP BY stack_id',
+                (self.session_id,)).fetchall()
+        else:
+            rows = self._con.execute(
+                'SELECT stack_id, TOTAL(est_bytes),'
+                ' TOTAL(CASE WHEN freed_ns IS NULL THEN est_bytes END), TOTAL({v}),'
+                ' TOTAL(CASE WHEN freed_ns IS NULL THEN {v} END) FROM allocations'
+                ' WHERE session_id = ? GROUP BY +stack_id'.format(v=_VAR),
+                (self.session_id,)).fetchall()
         self._load_stacks([r[0] for r in rows])
         acc = collections.defaultdict(lambda: [0, 0, 0.0, 0.0])
         for sid, b, unfreed, v, uv in rows:
@@ -1064,10 +1161,16 @@ class Reader:
         """Sampled allocations by requested size, in power-of-two buckets: 0, 1, 2-3, 4-7,
         ..., [2**(k-1), 2**k - 1], the size classes of `heapprof stats PROGRAM` (the agent's
         hp_stats.h); empty buckets between the smallest and largest are kept."""
-        rows = self._con.execute(
-            'SELECT %s AS b, COUNT(*), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
-            ' TOTAL(est_bytes) FROM allocations WHERE +session_id = ? GROUP BY b ORDER BY b'
-            % _size_bucket_sql(0, 64), (self.session_id,)).fetchall()
+        if self._agg_bucket() is not None:
+            rows = self._con.execute(
+                'SELECT size_class, samples, est_count, est_bytes FROM size_classes'
+                ' WHERE session_id = ? AND samples > 0 ORDER BY size_class',
+                (self.session_id,)).fetchall()
+        else:
+            rows = self._con.execute(
+                'SELECT %s AS b, COUNT(*), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
+                ' TOTAL(est_bytes) FROM allocations WHERE +session_id = ? GROUP BY b'
+                ' ORDER BY b' % _size_bucket_sql(0, 64), (self.session_id,)).fetchall()
         if not rows:
             return []
         got = {b: (n, c, e) for b, n, c, e in rows}
@@ -1172,6 +1275,22 @@ class Reader:
             e[2], e[3] = int(b), c
         return [StackTotal(sid, g1, g2, *v) for (sid, g1, g2), v in acc.items()
                 if v[0] or v[2]]
+
+
+class _ReadTxn:
+    """BEGIN ... COMMIT around several SELECTs, unless a transaction is open already."""
+
+    def __init__(self, con):
+        self._con, self._own = con, False
+
+    def __enter__(self):
+        if not self._con.in_transaction:
+            self._con.execute('BEGIN')
+            self._own = True
+
+    def __exit__(self, *exc):
+        if self._own:
+            self._con.execute('COMMIT')
 
 
 def _max_per_interval(events, times):

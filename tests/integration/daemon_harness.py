@@ -204,3 +204,47 @@ class SharedDaemonTest(unittest.TestCase):
             cls.d.check_sanitizers()
         finally:
             cls.tmp.cleanup()
+
+
+def _size_class_sql():
+    """The bit length of size (0 for 0 or less) as SQL: agg_size's size_class."""
+    return 'CASE WHEN size <= 0 THEN 0 %s ELSE 63 END' % ' '.join(
+        'WHEN size < %d THEN %d' % (1 << k, k) for k in range(1, 63))
+
+
+def aggregate_mismatches(con):
+    """Rows of agg_stack and agg_size (the aggregates heapprofd keeps, schema/schema.sql)
+    that differ from a GROUP BY over the alloc rows, in either direction, for the sessions
+    that have aggregates; 0 when they agree. Counts are REAL sums added in another order,
+    so they are compared to a relative 1e-9."""
+    return con.execute("""
+      WITH r AS (SELECT * FROM alloc WHERE session_id IN (SELECT session_id FROM agg_session)),
+      e AS (SELECT session_id s, ts_ns - ts_ns %% 1000000000 b, coalesce(stack_id, 0) k,
+              total(est_bytes) ab, total(CAST(est_bytes AS REAL) / max(size, 1)) ac,
+              count(*) an, 0 fb, 0 fc, 0 fn,
+              total(CAST(est_bytes AS REAL) * max(est_bytes - size, 0)) av, 0 fv
+              FROM r GROUP BY 1, 2, 3
+            UNION ALL
+            SELECT session_id, freed_ns - freed_ns %% 1000000000, coalesce(stack_id, 0), 0, 0,
+              0, total(est_bytes), total(CAST(est_bytes AS REAL) / max(size, 1)), count(*),
+              0, total(CAST(est_bytes AS REAL) * max(est_bytes - size, 0))
+              FROM r WHERE freed_ns IS NOT NULL GROUP BY 1, 2, 3),
+      g AS (SELECT s, b, k, sum(ab) ab, sum(ac) ac, sum(an) an, sum(fb) fb, sum(fc) fc,
+              sum(fn) fn, sum(av) av, sum(fv) fv FROM e GROUP BY 1, 2, 3),
+      z AS (SELECT session_id s, %s c, count(*) n,
+              total(CAST(est_bytes AS REAL) / max(size, 1)) ec, total(est_bytes) eb
+              FROM r GROUP BY 1, 2)
+      SELECT (SELECT count(*) FROM g LEFT JOIN agg_stack a ON a.session_id = g.s
+                AND a.bucket_ns = g.b AND a.stack_id = g.k AND a.alloc_bytes = g.ab
+                AND a.alloc_samples = g.an AND a.freed_bytes = g.fb
+                AND a.freed_samples = g.fn AND abs(a.alloc_count - g.ac) <= 1e-9 * max(1, g.ac)
+                AND abs(a.freed_count - g.fc) <= 1e-9 * max(1, g.fc)
+                AND abs(a.alloc_var - g.av) <= 1e-9 * max(1, g.av)
+                AND abs(a.freed_var - g.fv) <= 1e-9 * max(1, g.fv)
+              WHERE a.session_id IS NULL)
+           + abs((SELECT count(*) FROM agg_stack) - (SELECT count(*) FROM g))
+           + (SELECT count(*) FROM z LEFT JOIN agg_size a ON a.session_id = z.s
+                AND a.size_class = z.c AND a.samples = z.n AND a.est_bytes = z.eb
+                AND abs(a.est_count - z.ec) <= 1e-9 * max(1, z.ec) WHERE a.session_id IS NULL)
+           + abs((SELECT count(*) FROM agg_size) - (SELECT count(*) FROM z))
+    """ % _size_class_sql()).fetchone()[0]

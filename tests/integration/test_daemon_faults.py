@@ -17,8 +17,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_harness import (HEAPPROFD_FAULT, Client, Daemon, finished_session, query,  # noqa: E402
-                            run_client, session, wait_for)
+from daemon_harness import (HEAPPROFD_FAULT, Client, Daemon, aggregate_mismatches,  # noqa: E402
+                            finished_session, query, run_client, session, wait_for)
 
 
 class DiskFull(unittest.TestCase):
@@ -72,6 +72,13 @@ class DiskFull(unittest.TestCase):
                 self.assertEqual((n["n"], n["freed"]), (s["allocs"], s["frees"]), tag)
             self.assertNotIn("giving up", d.log())
             self.assertEqual(d.stop(), 0)
+        # Rolled-back transactions took their aggregates with them; the retries wrote
+        # them again with their rows, once.
+        con = sqlite3.connect(d.db)
+        try:
+            self.assertEqual(aggregate_mismatches(con), 0)
+        finally:
+            con.close()
 
     def test_a_disk_full_until_the_stop_is_an_error_and_the_session_ends_truthfully(self):
         with self.daemon() as d:

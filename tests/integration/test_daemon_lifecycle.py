@@ -8,8 +8,8 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon_harness import (HEAPPROFD, Client, Daemon, finished_session, query,  # noqa: E402
-                            run_client, session, wait_for)
+from daemon_harness import (HEAPPROFD, Client, Daemon, aggregate_mismatches, finished_session,  # noqa: E402
+                            query, run_client, session, wait_for)
 
 
 class CommandLine(unittest.TestCase):
@@ -103,6 +103,9 @@ class Shutdown(unittest.TestCase):
                 statuses = [r[0] for r in con.execute("SELECT status FROM sessions")]
                 self.assertGreaterEqual(len(statuses), 1)
                 self.assertEqual(set(statuses), {"running"})
+                # The aggregates committed with the rows they sum, so they still agree.
+                self.assertGreater(con.execute("SELECT count(*) FROM agg_stack").fetchone()[0], 0)
+                self.assertEqual(aggregate_mismatches(con), 0)
             finally:
                 con.close()
             # A new daemon reopens the database and replaces the stale socket.

@@ -121,6 +121,13 @@ EXTENSION_VIEWS = {
                          "sample_interval_bytes"],
     "threads": ["session_id", "thread_id", "name"],
     "markers": ["session_id", "ts_ns", "label"],
+    "aggregated_sessions": ["session_id", "bucket_ns"],
+    "stack_buckets": ["session_id", "bucket_ns", "stack_id", "alloc_bytes", "alloc_count",
+                      "alloc_samples", "freed_bytes", "freed_count", "freed_samples",
+                      "alloc_var", "freed_var"],
+    "stack_live": ["session_id", "end_ns", "stack_id", "live_bytes", "live_samples"],
+    "size_classes": ["session_id", "size_class", "min_size", "max_size", "samples",
+                     "est_count", "est_bytes"],
 }
 
 # Session 1 (started at 1024 bytes) adapted its sampling interval twice within one clock

@@ -7,7 +7,7 @@
 #include "hp_map.h"
 
 static hp_map_val val(int64_t a) {
-  return (hp_map_val){.live = {.alloc_id = a, .est_bytes = a * 2, .est_count = a * 3}};
+  return (hp_map_val){.live = {.alloc_id = a, .est_bytes = a * 2, .size = (uint32_t)a * 3}};
 }
 
 /* Removes key through the one deletion the map has (get, then delete at). */
@@ -28,7 +28,7 @@ START_TEST(map_put_get_del_basic) {
   hp_map_val *g = hp_map_get(m, 42);
   ck_assert_ptr_nonnull(g);
   ck_assert_int_eq(g->live.alloc_id, 7);
-  ck_assert_int_eq(g->live.est_count, 21);
+  ck_assert_int_eq(g->live.size, 21);
   v = val(9);
   ck_assert_int_eq(hp_map_put(m, 42, &v), 0);  /* replace */
   ck_assert_int_eq(hp_map_get(m, 42)->live.alloc_id, 9);

@@ -252,6 +252,19 @@ START_TEST(reopen_restores_missing_views) {
 }
 END_TEST
 
+START_TEST(reopen_adds_the_aggregates_to_a_version_2_database_without_them) {
+  /* Written before the aggregates were added within version 2: not damaged for that. */
+  sqlite3 *db = reopen_after("DROP VIEW aggregated_sessions; DROP VIEW stack_buckets;"
+                             " DROP VIEW stack_live; DROP VIEW size_classes;"
+                             " DROP TABLE agg_session; DROP TABLE agg_stack; DROP TABLE agg_size;");
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM aggregated_sessions"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM stack_buckets"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "SELECT count(*) FROM size_classes"), 0);
+  ck_assert_int_eq(hp_test_db_int(db, "PRAGMA user_version"), HP_SCHEMA_VERSION);
+  ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+}
+END_TEST
+
 START_TEST(open_while_another_connection_holds_it) {
   /* The daemon may be restarted while a reader is looking at the file. */
   sqlite3 *db = NULL, *db2 = NULL, *reader = NULL;
@@ -972,6 +985,7 @@ Suite *schema_suite(void) {
   tcase_add_test(core, open_claims_empty_sqlite_database);
   tcase_add_test(core, reopen_keeps_data_and_appends_sessions);
   tcase_add_test(core, reopen_restores_missing_views);
+  tcase_add_test(core, reopen_adds_the_aggregates_to_a_version_2_database_without_them);
   tcase_add_test(core, open_while_another_connection_holds_it);
   tcase_add_test(core, new_databases_get_the_embedded_schema);
   tcase_add_test(core, read_indexes_are_counted_and_not_created_by_open);
