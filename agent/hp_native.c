@@ -271,19 +271,25 @@ static void *nat_mremap(void *old, size_t old_len, size_t new_len, int flags, ..
 
 static int rescan_unlocked(void);
 
-/* New objects (and their dependencies) get their slots rewritten before dlopen returns,
- * so the first call into them is seen. */
+/* After a dlopen or dlclose: new objects (and their dependencies) get their slots
+ * rewritten before dlopen returns, so the first call into them is seen. */
+static void rescan_if_started(void)
+{
+  if (!atomic_load(&g_started))
+    return;
+  int saved_errno = errno;
+  pthread_mutex_lock(&g_lock);
+  if (atomic_load(&g_started))
+    rescan_unlocked();
+  pthread_mutex_unlock(&g_lock);
+  errno = saved_errno;
+}
+
 static void *nat_dlopen(const char *file, int flags)
 {
   void *h = real.dlopen(file, flags);
-  if (h && atomic_load(&g_started)) {
-    int saved_errno = errno;
-    pthread_mutex_lock(&g_lock);
-    if (atomic_load(&g_started))
-      rescan_unlocked();
-    pthread_mutex_unlock(&g_lock);
-    errno = saved_errno;
-  }
+  if (h)
+    rescan_if_started();
   return h;
 }
 
@@ -291,14 +297,7 @@ static void *nat_dlopen(const char *file, int flags)
 static int nat_dlclose(void *h)
 {
   int rc = real.dlclose(h);
-  if (atomic_load(&g_started)) {
-    int saved_errno = errno;
-    pthread_mutex_lock(&g_lock);
-    if (atomic_load(&g_started))
-      rescan_unlocked();
-    pthread_mutex_unlock(&g_lock);
-    errno = saved_errno;
-  }
+  rescan_if_started();
   return rc;
 }
 

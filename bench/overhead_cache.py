@@ -60,6 +60,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import overhead  # noqa: E402  (beside this file: heapprofd, --extra and the daemon as it does)
 import overhead_workloads  # noqa: E402
+from overhead_instructions import valgrind_version  # noqa: E402
 
 WORKLOADS = ['startup'] + list(overhead_workloads.WORKLOADS)
 DEFAULT_SCALE = 0.1
@@ -322,14 +323,6 @@ def main():
     for (name, err), count in sorted(notes.items()):
         print('note: %s printed (%d run%s): %s' % (name, count, '' if count == 1 else 's',
                                                    err.splitlines()[0]))
-
-
-def valgrind_version():
-    try:
-        out = subprocess.run(['valgrind', '--version'], stdout=subprocess.PIPE, text=True)
-        return out.stdout.strip().replace('valgrind-', '')
-    except OSError:
-        return '?'
 
 
 if __name__ == '__main__':
