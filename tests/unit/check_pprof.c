@@ -148,7 +148,10 @@ static void run_exports(uint64_t every_ms, uint64_t run_ms, run_result *r) {
   hp_pprof_counts_get(p, &r->k);
   stop(p);
   r->n = read_calls(r->c, 64);
-  ck_assert_int_eq(r->n, (int)r->k.started);
+  /* The export running at stop is ended (SIGTERM): on a loaded machine that can come
+   * before the stand-in logged its call. */
+  ck_assert_int_le(r->n, (int)r->k.started);
+  ck_assert_int_ge(r->n, (int)r->k.started - 1);
   assert_ranges_tile(r->c, r->n, t0, epoch_now());
 }
 
