@@ -272,7 +272,7 @@ def render_json(pa, ra, pb, rb, rows, totals, failed, threshold):
 def failure_line(failed):
     where, fig, c, limit = failed
     what = dict(FIGURES)[fig]
-    place = 'in all' if where == 'all' else 'at %s' % _site_text(where)
+    place = '(all sites together)' if where == 'all' else 'at %s' % _site_text(where)
     return ('heapprof diff: %s %s grew by %s %s (%s to %s), over the limit of %s'
             % (what, place, _signed(c.change), _fmt.margin(c.se), _fmt.human_bytes(c.a.value),
                _fmt.human_bytes(c.b.value), _fmt.human_bytes(limit)))
