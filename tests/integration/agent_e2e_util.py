@@ -41,7 +41,9 @@ class Daemon:
                                       '--timeline-interval', '20'],
                                      stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
+        # Generous: a loaded machine (the ASan, TSan and per-version builds of the test
+        # command run side by side with other jobs) can take seconds to start a process.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             self.log.seek(0)
             if 'listening on' in self.log.read():
@@ -49,8 +51,12 @@ class Daemon:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
+        status = self.proc.poll()
+        output = self.output()   # before kill(), which closes the log
         self.kill()
-        raise AssertionError('heapprofd did not start: %s' % self.output())
+        raise AssertionError('heapprofd did not start (%s): %s' % (
+            'still running after 60 s' if status is None else 'exit status %d' % status,
+            output))
 
     def output(self):
         self.log.seek(0)
