@@ -23,7 +23,7 @@ struct hp_addrtab {
 };
 
 /* The filter of tables without one: never zero, so every address is a "maybe". */
-static _Atomic uint8_t g_all_maybe[HP_ADDRTAB_FILTER];
+static _Atomic uint8_t g_all_maybe[HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER];
 static pthread_once_t g_all_maybe_once = PTHREAD_ONCE_INIT;
 
 /* Filters of freed tables, kept for the next tables: the free hook reads a filter
@@ -32,7 +32,7 @@ static pthread_once_t g_all_maybe_once = PTHREAD_ONCE_INIT;
  * the agent). Protected by g_pool_lock (taken by new/free only, never by a hook). */
 typedef struct pooled_filter {
   struct pooled_filter *next; /* apart from the counters: a late reader may read them */
-  _Atomic uint8_t counters[HP_ADDRTAB_FILTER];
+  _Atomic uint8_t counters[HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER];
 } pooled_filter;
 static pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static pooled_filter *g_pool;
@@ -48,17 +48,19 @@ static _Atomic uint8_t *filter_take(void)
     g_pool = f->next;
   pthread_mutex_unlock(&g_pool_lock);
   if (!f)
-    return (f = calloc(1, sizeof(pooled_filter))) ? f->counters : NULL;
+    return (f = calloc(1, sizeof(pooled_filter))) ? f->counters + HP_ADDRTAB_FILTER_FRONT
+                                                  : NULL;
   f->next = NULL;
-  for (size_t i = 0; i < HP_ADDRTAB_FILTER; i++)
+  for (size_t i = 0; i < HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER; i++)
     atomic_store_explicit(&f->counters[i], 0, memory_order_relaxed);
-  return f->counters;
+  return f->counters + HP_ADDRTAB_FILTER_FRONT;
 }
 
 static void filter_give_back(_Atomic uint8_t *counters)
 {
-  pooled_filter *f = (pooled_filter *)(void *)((char *)counters -
-                                               offsetof(pooled_filter, counters));
+  pooled_filter *f =
+    (pooled_filter *)(void *)((char *)(counters - HP_ADDRTAB_FILTER_FRONT) -
+                              offsetof(pooled_filter, counters));
   pthread_mutex_lock(&g_pool_lock);
   f->next = g_pool;
   g_pool = f;
@@ -67,7 +69,7 @@ static void filter_give_back(_Atomic uint8_t *counters)
 
 static void fill_all_maybe(void)
 {
-  for (size_t i = 0; i < HP_ADDRTAB_FILTER; i++)
+  for (size_t i = 0; i < HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER; i++)
     atomic_init(&g_all_maybe[i], 255);
 }
 
@@ -108,7 +110,7 @@ hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
     t->filter = filter_take();
   } else {
     pthread_once(&g_all_maybe_once, fill_all_maybe);
-    t->filter = g_all_maybe;
+    t->filter = g_all_maybe + HP_ADDRTAB_FILTER_FRONT;
   }
   if (!t->slots_mem || !t->spilled || !t->filter) {
     hp_addrtab_free(t);
@@ -151,14 +153,8 @@ static size_t filter_index(uintptr_t addr)
   return hp_addrtab_filter_index(addr);
 }
 
-/* Always inlined: insert and remove pass a constant delta, and with the assert GCC
- * would otherwise call it on every sampled allocation and free. */
-static inline __attribute__((always_inline)) void filter_add(hp_addrtab *t, uintptr_t addr,
-                                                             int delta)
+static inline __attribute__((always_inline)) void counter_add(_Atomic uint8_t *c, int delta)
 {
-  if (!t->with_filter)
-    return;
-  _Atomic uint8_t *c = &t->filter[filter_index(addr)];
   uint8_t v = atomic_load_explicit(c, memory_order_relaxed);
   do {
     if (v == 255)
@@ -167,6 +163,21 @@ static inline __attribute__((always_inline)) void filter_add(hp_addrtab *t, uint
   } while (!atomic_compare_exchange_weak_explicit(c, &v, (uint8_t)(v + delta),
                                                   memory_order_acq_rel,
                                                   memory_order_relaxed));
+}
+
+/* Always inlined: insert and remove pass a constant delta, and with the assert GCC
+ * would otherwise call it on every sampled allocation and free. The last
+ * HP_ADDRTAB_FILTER_FRONT counters have copies in front of the first, counting the same
+ * addresses on their own (each is a correct counter, saturated or not). */
+static inline __attribute__((always_inline)) void filter_add(hp_addrtab *t, uintptr_t addr,
+                                                             int delta)
+{
+  if (!t->with_filter)
+    return;
+  size_t i = filter_index(addr);
+  counter_add(&t->filter[i], delta);
+  if (i >= HP_ADDRTAB_FILTER - HP_ADDRTAB_FILTER_FRONT)
+    counter_add(&t->filter[(ptrdiff_t)i - (ptrdiff_t)HP_ADDRTAB_FILTER], delta);
 }
 
 /* Same index as hp_addrtab_filter_absent() in the header. */

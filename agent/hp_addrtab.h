@@ -29,6 +29,11 @@
 #define HP_ADDRTAB_MIN_SLOTS (1u << 7)
 #define HP_ADDRTAB_MAX_SLOTS (1u << 22) /* 32 MiB of address space, touched lazily */
 #define HP_ADDRTAB_FILTER    (1u << 15) /* counting-filter bytes */
+/* Counters in front of the first one, copies of the last ones (see
+ * hp_addrtab_filter_absent_near): memory holding a filter has HP_ADDRTAB_FILTER_FRONT +
+ * HP_ADDRTAB_FILTER bytes, and the filter pointer points HP_ADDRTAB_FILTER_FRONT bytes
+ * into it. */
+#define HP_ADDRTAB_FILTER_FRONT 2u
 
 typedef struct hp_addrtab hp_addrtab; /* opaque */
 
@@ -77,6 +82,20 @@ static inline int hp_addrtab_filter_absent(const _Atomic uint8_t *filter, uintpt
 {
   return atomic_load_explicit(&filter[hp_addrtab_filter_index(addr)],
                               memory_order_acquire) == 0;
+}
+
+/* 1 when none of addr, addr - 16 and addr - 32 can be in the table: the test of CPython
+ * 3.13's reference tracer, which learns an object's address and would need two loads and
+ * a computation from its type to find the block in front of it (up to 32 bytes of
+ * pre-header). Three neighbouring counters, the two before the first being copies of
+ * the last two, so that no index wraps. */
+static inline int hp_addrtab_filter_absent_near(const _Atomic uint8_t *filter,
+                                                uintptr_t addr)
+{
+  const _Atomic uint8_t *c = &filter[hp_addrtab_filter_index(addr)];
+  return (atomic_load_explicit(&c[0], memory_order_acquire) |
+          atomic_load_explicit(&c[-1], memory_order_acquire) |
+          atomic_load_explicit(&c[-2], memory_order_acquire)) == 0;
 }
 
 #endif /* HP_ADDRTAB_H */

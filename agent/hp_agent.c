@@ -32,8 +32,9 @@
 
 _Atomic int hp_agent_mode = HP_MODE_OFF;
 /* Read by the free hook while not profiling: every address "never sampled". */
-static _Atomic uint8_t g_no_filter[HP_ADDRTAB_FILTER];
-_Atomic(const _Atomic uint8_t *) hp_agent_free_filter = g_no_filter;
+static _Atomic uint8_t g_no_filter[HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER];
+_Atomic(const _Atomic uint8_t *) hp_agent_free_filter = g_no_filter +
+                                                        HP_ADDRTAB_FILTER_FRONT;
 hp_sampler_cfg hp_agent_sampler;
 _Atomic uint32_t hp_agent_gate = HP_AGENT_GATE_CLOSED;
 _Atomic uint32_t hp_agent_max_depth = HP_AGENT_DEFAULT_MAX_DEPTH;
@@ -165,7 +166,7 @@ static void profiling_off(void)
    * between these stores only counts down and calls the real allocator. */
   atomic_store(&hp_agent_mode, HP_MODE_OFF);
   atomic_store(&hp_agent_gate, HP_AGENT_GATE_CLOSED);
-  atomic_store(&hp_agent_free_filter, g_no_filter);
+  atomic_store(&hp_agent_free_filter, g_no_filter + HP_ADDRTAB_FILTER_FRONT);
 }
 
 static void session_free(session *s)

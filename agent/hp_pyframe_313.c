@@ -66,7 +66,6 @@ int hp_pyframe_watch_codes(void (*destroyed)(PyCodeObject *code))
  * sub-interpreters run in parallel with the main one), written under the main GIL by
  * start: relaxed atomics. */
 static _Atomic(void (*)(uintptr_t)) g_created;
-static _Atomic(const _Atomic uint8_t *const _Atomic *) g_filter;
 static _Atomic(PyRefTracer) g_prev_tracer;
 static _Atomic(void *) g_prev_data;
 
@@ -78,35 +77,38 @@ static inline size_t preheader_size(PyTypeObject *tp)
          (PyType_HasFeature(tp, Py_TPFLAGS_PREHEADER) ? 2 * sizeof(PyObject *) : 0);
 }
 
-/* Runs for every object created and destroyed while profiling: the filter's "never
- * sampled" ends nearly every call here, without a second call. */
-static inline void object_created(PyObject *op)
+/* Runs for every object created and destroyed while profiling: a DESTROY returns at
+ * once, and for a CREATE the filter's "never sampled" ends nearly every call here, without
+ * a second call. The filter's test takes the object's address itself, standing for the
+ * three blocks that may hold it (no pre-header, 16 or 32 bytes of it), so that the type's
+ * flags are read only for the few objects that may be in a sampled block. data is the
+ * tracer's own (hp_pyframe_reuse_start): where the filter's address is, one load fewer
+ * than a global. */
+static inline void object_created(PyObject *op, void *data)
 {
-  uintptr_t block = (uintptr_t)op - preheader_size(Py_TYPE(op));
   const _Atomic uint8_t *filter =
-    atomic_load_explicit(atomic_load_explicit(&g_filter, memory_order_relaxed),
+    atomic_load_explicit((const _Atomic uint8_t *const _Atomic *)data,
                          memory_order_relaxed);
-  if (__builtin_expect(!hp_addrtab_filter_absent(filter, block), 0))
-    atomic_load_explicit(&g_created, memory_order_relaxed)(block);
+  if (__builtin_expect(!hp_addrtab_filter_absent_near(filter, (uintptr_t)op), 0))
+    atomic_load_explicit(&g_created,
+                         memory_order_relaxed)((uintptr_t)op - preheader_size(Py_TYPE(op)));
 }
 
 static int on_ref_event(PyObject *op, PyRefTracerEvent event, void *data)
 {
-  (void)data;
   if (event == PyRefTracer_CREATE)
-    object_created(op);
+    object_created(op, data);
   return 0;
 }
 
 /* The same, after the tracer that was in place before ours (tracemalloc's). */
 static int on_ref_event_chained(PyObject *op, PyRefTracerEvent event, void *data)
 {
-  (void)data;
   PyRefTracer prev = atomic_load_explicit(&g_prev_tracer, memory_order_relaxed);
   if (prev)
     prev(op, event, atomic_load_explicit(&g_prev_data, memory_order_relaxed));
   if (event == PyRefTracer_CREATE)
-    object_created(op);
+    object_created(op, data);
   return 0;
 }
 
@@ -118,10 +120,10 @@ int hp_pyframe_reuse_start(void (*created)(uintptr_t block),
   if (cur == on_ref_event || cur == on_ref_event_chained)
     return 0; /* still ours, e.g. in a fork child starting its own session */
   atomic_store_explicit(&g_created, created, memory_order_relaxed);
-  atomic_store_explicit(&g_filter, filter, memory_order_relaxed);
   atomic_store_explicit(&g_prev_tracer, cur, memory_order_relaxed);
   atomic_store_explicit(&g_prev_data, data, memory_order_relaxed);
-  if (PyRefTracer_SetTracer(cur ? on_ref_event_chained : on_ref_event, NULL) < 0) {
+  if (PyRefTracer_SetTracer(cur ? on_ref_event_chained : on_ref_event, (void *)filter) <
+      0) {
     PyErr_Clear();
     return -1;
   }

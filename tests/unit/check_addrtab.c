@@ -91,6 +91,35 @@ START_TEST(filter_answers_absent_without_touching_buckets)
 }
 END_TEST
 
+/* The reference tracer's test (hp_addrtab_filter_absent_near): an object's address stands
+ * for the blocks at it, 16 and 32 bytes before it; across the wrap of the filter's index
+ * too (the two counters before the first copy the last two), and in the filter of a
+ * table without one (always "maybe"). */
+START_TEST(filter_absent_near_covers_two_granules_before)
+{
+  hp_addrtab *t = hp_addrtab_new(1024, 1);
+  const _Atomic uint8_t *f = hp_addrtab_filter(t);
+  const uintptr_t period = (uintptr_t)HP_ADDRTAB_FILTER << 4;
+  const uintptr_t blocks[] = {0x50000, 0x7000 * period - 32, 0x7000 * period - 16};
+  for (size_t b = 0; b < sizeof(blocks) / sizeof(blocks[0]); b++) {
+    uintptr_t block = blocks[b];
+    ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block + 32), 1);
+    ck_assert_int_eq(hp_addrtab_insert(t, block), 0);
+    ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block), 0);
+    ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block + 16), 0);
+    ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block + 32), 0);
+    ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block + 48), 1);
+    ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block - 16), 1);
+    ck_assert_int_eq(hp_addrtab_remove(t, block), 1);
+    ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block + 32), 1);
+  }
+  hp_addrtab_free(t);
+  t = hp_addrtab_new(1024, 0);
+  ck_assert_int_eq(hp_addrtab_filter_absent_near(hp_addrtab_filter(t), 0x7000 * period), 0);
+  hp_addrtab_free(t);
+}
+END_TEST
+
 /* The free hook tests a filter without any lock, so it may read one after its table was
  * freed (each session has its own table): the memory stays valid and the next table
  * gets it back zeroed. */
@@ -185,6 +214,7 @@ Suite *addrtab_suite(void)
   tcase_add_loop_test(core, collisions_and_spills, 0, 2);
   tcase_add_test(core, filter_answers_absent_without_touching_buckets);
   tcase_add_test(core, filter_outlives_its_table_and_comes_back_zeroed);
+  tcase_add_test(core, filter_absent_near_covers_two_granules_before);
   tcase_add_test(core, sizing_follows_interval);
   suite_add_tcase(s, core);
   TCase *limits = tcase_create("limits");
