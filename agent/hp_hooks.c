@@ -267,12 +267,15 @@ static __attribute__((noinline)) void *calloc_slow(hook_ctx *c, hp_hooks_tls *t,
   return p;
 }
 
-/* mem and obj domains (3.11's GC objects and dict keys come through here). */
+/* mem and obj domains (3.11's GC objects and dict keys come through here). The product
+ * is taken as it wraps, without an overflow test: a request whose true product overflows
+ * is refused by the real calloc (which tests it), and its wrapped product, when small,
+ * only moves the countdown by at most PYMALLOC_SMALL bytes for a request that allocated
+ * nothing, as a small malloc that fails does. */
 static inline void *calloc_fast(hook_ctx *c, size_t nelem, size_t elsize)
 {
   hp_hooks_tls *t = &hp_hooks_t;
-  size_t size;
-  if (!__builtin_mul_overflow(nelem, elsize, &size) && small_unsampled(t, size))
+  if (small_unsampled(t, nelem * elsize))
     return c->prev.calloc(c->prev.ctx, nelem, elsize);
   return calloc_slow(c, t, nelem, elsize);
 }

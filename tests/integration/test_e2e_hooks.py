@@ -133,6 +133,38 @@ class RawAllocatorRefuses(DaemonTestCase):
         self.assertGreaterEqual(dropped, 2000)
 
 
+CALLOC_OVERFLOW = '''
+import ctypes
+api = ctypes.pythonapi
+for name in ('PyMem_RawCalloc', 'PyMem_Calloc', 'PyObject_Calloc'):
+    f = getattr(api, name)
+    f.restype, f.argtypes = ctypes.c_void_p, [ctypes.c_size_t, ctypes.c_size_t]
+    # Products that wrap to 0, 4 and 16: small, were the overflow not seen.
+    refused = [f(2**63, 2), f(2**62 + 1, 4), f(2**60 + 1, 16)]
+    ok = f(3, 5)
+    api.PyMem_RawFree.argtypes = api.PyMem_Free.argtypes = [ctypes.c_void_p]
+    api.PyObject_Free.argtypes = [ctypes.c_void_p]
+    getattr(api, name.replace('Calloc', 'Free'))(ok)
+    print(name, refused == [None] * 3, ok is not None)
+'''
+
+
+class CallocOverflow(DaemonTestCase):
+
+    def test_overflowing_calloc_is_refused_at_every_interval(self):
+        """The mem/obj calloc fast path takes the product as it wraps (no overflow test):
+        the real calloc must still refuse the request, whether the countdown lets it
+        through the fast path (default interval) or every request is sampled (1)."""
+        path = write_program(self.tmp, 'overflow.py', CALLOC_OVERFLOW)
+        for interval in ('1', '65536'):
+            with self.subTest(interval=interval):
+                r = run_python(path, env=self.profiled_env(HEAPPROF_INTERVAL=interval))
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(r.stdout.split(),
+                                 [w for n in ('PyMem_RawCalloc', 'PyMem_Calloc',
+                                              'PyObject_Calloc') for w in (n, 'True', 'True')])
+
+
 class HooksReplaced(DaemonTestCase):
 
     def run_removed(self, sleep, profiling_at_stop):
