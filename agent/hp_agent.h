@@ -47,12 +47,17 @@
 
 enum { HP_MODE_OFF = 0, HP_MODE_PROFILE = 1, HP_MODE_STATS = 2 };
 
+/* On the variables every hook reads: hidden, so that a hook loads them PC-relative in
+ * one instruction instead of through the GOT (the module's symbols are hidden anyway;
+ * a declaration must say so for the compiler to rely on it). */
+#define HP_AGENT_HIDDEN __attribute__((visibility("hidden")))
+
 /* Read by every hook (relaxed): HP_MODE_*, a gate only: the record path finds its
  * session through an atomically published pointer. Written under the agent lock. */
-extern _Atomic int hp_agent_mode;
+extern HP_AGENT_HIDDEN _Atomic int hp_agent_mode;
 /* The hooks' sampler configuration: published by start (hp_sampler_publish), raised by
  * adapt; the hooks read it with hp_sampler_sample() at any time. */
-extern hp_sampler_cfg hp_agent_sampler;
+extern HP_AGENT_HIDDEN hp_sampler_cfg hp_agent_sampler;
 /* The malloc hooks' fast path in one compare (hp_hooks.c): while profiling with a
  * Poisson interval > 1 it holds hp_agent_sampler.generation, which a thread's key equals
  * once its countdown was drawn for this configuration; otherwise HP_AGENT_GATE_CLOSED,
@@ -60,7 +65,7 @@ extern hp_sampler_cfg hp_agent_sampler;
  * every allocation takes the slow path (off, stats, interval 1, size buckets). Opened
  * last when profiling starts, closed first when it stops; read relaxed. */
 #define HP_AGENT_GATE_CLOSED UINT32_MAX
-extern _Atomic uint32_t hp_agent_gate;
+extern HP_AGENT_HIDDEN _Atomic uint32_t hp_agent_gate;
 extern _Atomic uint32_t hp_agent_max_depth; /* frames kept per stack; set by start */
 
 typedef struct {
@@ -130,7 +135,7 @@ void hp_agent_record_reattribute(const void *ptr, uint32_t stack_id);
 /* The free hook's inlined "certainly not sampled" test: the current table's filter
  * while profiling, an all-zero filter ("never sampled") otherwise, so that the free hook
  * needs no mode check. Switched before profiling turns on and after it turns off. */
-extern _Atomic(const _Atomic uint8_t *) hp_agent_free_filter;
+extern HP_AGENT_HIDDEN _Atomic(const _Atomic uint8_t *) hp_agent_free_filter;
 
 hp_intern *hp_agent_intern(void);
 /* Cumulative drops of the current session (ring full, address table full, block
