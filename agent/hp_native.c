@@ -149,14 +149,20 @@ static void *nat_reallocarray(void *ptr, size_t nelem, size_t elsize)
 
 /* The counting filter proves most pointers were never sampled, and is all zero while
  * not profiling: no thread-local state and no mode on the common path. */
+/* Out of line, so that the unsampled free saves no register and ends in a tail call. */
+static __attribute__((noinline)) void nat_free_maybe_sampled(void *ptr)
+{
+  hp_hooks_sample_free(&hp_hooks_t, ptr);
+  real.free(ptr);
+}
+
 static void nat_free(void *ptr)
 {
   if (HP_LIKELY(!maybe_sampled(ptr))) {
     real.free(ptr);
     return;
   }
-  hp_hooks_sample_free(&hp_hooks_t, ptr);
-  real.free(ptr);
+  nat_free_maybe_sampled(ptr);
 }
 
 static int nat_posix_memalign(void **out, size_t align, size_t size)
