@@ -147,8 +147,6 @@ static void *nat_reallocarray(void *ptr, size_t nelem, size_t elsize)
   return p;
 }
 
-/* The counting filter proves most pointers were never sampled, and is all zero while
- * not profiling: no thread-local state and no mode on the common path. */
 /* Out of line, so that the unsampled free saves no register and ends in a tail call. */
 static __attribute__((noinline)) void nat_free_maybe_sampled(void *ptr)
 {
@@ -156,6 +154,8 @@ static __attribute__((noinline)) void nat_free_maybe_sampled(void *ptr)
   real.free(ptr);
 }
 
+/* The counting filter proves most pointers were never sampled, and is all zero while
+ * not profiling: no thread-local state and no mode on the common path. */
 static void nat_free(void *ptr)
 {
   if (HP_LIKELY(!maybe_sampled(ptr))) {
