@@ -203,8 +203,8 @@ class Attribution(DaemonTestCase):
         """start(freelists=False) and its HEAPPROF_FREELISTS for spawned children; and the
         default, exported as on."""
         code = '''
-import os, subprocess, sys, heapprof, heapprof._agent as a
-heapprof.start(socket=os.environ["SOCK"], **eval(sys.argv[1]))
+import json, os, subprocess, sys, heapprof, heapprof._agent as a
+heapprof.start(socket=os.environ["SOCK"], **json.loads(sys.argv[1]))
 child = subprocess.run([sys.executable, "-c",
                         "import heapprof._agent as a; print(a.reuse_seen())"],
                        capture_output=True, text=True)
@@ -213,7 +213,7 @@ heapprof.stop()
 print("HEAPPROF_FREELISTS" in os.environ)
 '''
         path = write_program(self.tmp, 'children.py', code)
-        for kwargs, want in (('{"freelists": False}', ['0', 'False', 'False', 'False']),
+        for kwargs, want in (('{"freelists": false}', ['0', 'False', 'False', 'False']),
                              ('{}', ['1', str(REUSE_SEEN), str(REUSE_SEEN), 'False'])):
             with self.subTest(kwargs):
                 r = run_python(path, [kwargs], env=clean_env(SOCK=self.daemon.socket))
