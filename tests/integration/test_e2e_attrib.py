@@ -200,8 +200,8 @@ class Attribution(DaemonTestCase):
         self.free_list_interval_one(False, HEAPPROF_FREELISTS='0')
 
     def test_free_list_setting_by_argument_exported_to_children(self):
-        """start(freelists=False) and its HEAPPROF_FREELISTS for spawned children; and the
-        default, exported as on."""
+        """start(freelists=False), its HEAPPROF_FREELISTS for spawned children and the
+        same setting in a fork child's session; and the default, exported as on."""
         code = '''
 import json, os, subprocess, sys, heapprof, heapprof._agent as a
 heapprof.start(socket=os.environ["SOCK"], **json.loads(sys.argv[1]))
@@ -209,19 +209,25 @@ child = subprocess.run([sys.executable, "-c",
                         "import heapprof._agent as a; print(a.reuse_seen())"],
                        capture_output=True, text=True)
 print(os.environ["HEAPPROF_FREELISTS"], a.reuse_seen(), child.stdout.strip(), child.stderr)
+pid = os.fork()
+if pid == 0:
+    print(a.reuse_seen(), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
 heapprof.stop()
 print("HEAPPROF_FREELISTS" in os.environ)
 '''
         path = write_program(self.tmp, 'children.py', code)
-        for kwargs, want in (('{"freelists": false}', ['0', 'False', 'False', 'False']),
-                             ('{}', ['1', str(REUSE_SEEN), str(REUSE_SEEN), 'False'])):
+        on = str(REUSE_SEEN)
+        for kwargs, want in (('{"freelists": false}', ['0'] + ['False'] * 4),
+                             ('{}', ['1', on, on, on, 'False'])):
             with self.subTest(kwargs):
                 r = run_python(path, [kwargs], env=clean_env(SOCK=self.daemon.socket))
                 self.assertEqual(r.returncode, 0, r.stderr)
                 self.assertEqual(r.stdout.split(), want, r.stdout)
         sessions = self.sessions()
-        self.assertEqual(len(sessions), 4)              # each program and its child
-        self.assertEqual([s[4] for s in sessions], ['exited'] * 4)
+        self.assertEqual(len(sessions), 6)              # each program and its children
+        self.assertEqual([s[4] for s in sessions], ['exited'] * 6)
 
     def test_free_list_run_no_freelists(self):
         """`heapprof run --no-freelists`: the program's session keeps the first line."""
