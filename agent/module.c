@@ -49,9 +49,12 @@ static void str_args_free(hp_str *s, size_t n)
 }
 
 /* start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version,
- *       native)
+ *       native, freelists)
  * on_full: 0 drop, 1 block, 2 adapt. native: also interpose the malloc family of the
- * loaded shared objects (hp_native.h).
+ * loaded shared objects (hp_native.h). freelists: re-attribute blocks that free lists
+ * hand out again (hp_hooks_reuse_start); off, the interpreter calls no tracer of ours
+ * for every object, and a reused block keeps its first stack as on 3.11/3.12, where
+ * there is nothing to install either way.
  * buckets: None or a sequence of (max_size, rate). Raises ValueError for bad options,
  * OSError(errno, message) when the daemon cannot be reached. */
 static PyObject *agent_start(PyObject *self, PyObject *args)
@@ -60,14 +63,14 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
   const char *sock;
   unsigned long long interval;
   unsigned int max_depth;
-  int on_full, native = 1;
+  int on_full, native = 1, freelists = 1;
   PyObject *buckets_obj, *argv_obj, *exe_obj, *ver_obj;
   hp_bucket buckets[HP_MAX_BUCKETS];
   hp_str *argv = NULL;
   hp_str exe = {0}, ver = {0};
   PyObject *argv_seq = NULL, *result = NULL;
-  if (!PyArg_ParseTuple(args, "sKIiOOUU|p", &sock, &interval, &max_depth, &on_full,
-                        &buckets_obj, &argv_obj, &exe_obj, &ver_obj, &native))
+  if (!PyArg_ParseTuple(args, "sKIiOOUU|pp", &sock, &interval, &max_depth, &on_full,
+                        &buckets_obj, &argv_obj, &exe_obj, &ver_obj, &native, &freelists))
     return NULL;
   hp_agent_opts o = {.socket_path = sock,
                      .sample_interval = interval,
@@ -157,7 +160,7 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
    * (out of memory) only narrows what is seen. */
   if (native)
     (void)hp_native_start();
-  g_reuse_seen = hp_hooks_reuse_start() == 0;
+  g_reuse_seen = freelists && hp_hooks_reuse_start() == 0;
   result = Py_NewRef(Py_None);
 out:
   str_args_free(argv, argv ? (size_t)argc : 0);
@@ -376,7 +379,7 @@ static PyObject *agent_sample_estimate(PyObject *self, PyObject *args)
 static PyMethodDef agent_methods[] = {
   {"start", agent_start, METH_VARARGS,
    "start(socket, interval, max_depth, on_full, buckets, argv, executable, python_version"
-   "[, native=True])"},
+   "[, native=True, freelists=True])"},
   {"stop", agent_stop, METH_NOARGS,
    "stop() -> 0 or the negative error that ended the stream"},
   {"is_profiling", agent_is_profiling, METH_NOARGS, "is_profiling() -> bool"},

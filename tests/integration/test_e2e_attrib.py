@@ -5,7 +5,9 @@ Free lists (item 1): CPython keeps a dead list's block allocated and gives it to
 list without calling the allocator. tracemalloc moves the block to the line that creates
 the new object; so does heapprof on CPython 3.13+ (a reference tracer, REATTRIBUTE
 events). On 3.11 and 3.12 there is no public hook: the block keeps the line of its first
-allocation until it is freed, as agent/README.md says, and the test holds it to that.
+allocation until it is freed, as agent/README.md says, and the test holds it to that. So
+does 3.13 with the setting off (HEAPPROF_FREELISTS=0, start(freelists=False), run
+--no-freelists), which every version accepts.
 
 Reallocation (item 2): a block that a later line grows belongs to that line (realloc is
 the free of the old block and the allocation of the new one, sampled afresh), as in
@@ -18,10 +20,12 @@ tolerances are 4 of those."""
 import json
 import math
 import os
+import sqlite3
 import sys
 import unittest
 
-from agent_e2e_util import (DaemonTestCase, clean_env, line_of, run_python, write_program)
+from agent_e2e_util import (DaemonTestCase, clean_env, heapprofd_path, line_of, run_python,
+                            write_program)
 
 REUSE_SEEN = sys.version_info >= (3, 13)
 
@@ -158,18 +162,20 @@ class Attribution(DaemonTestCase):
 
     # ---- item 1: free lists
 
-    def test_free_list_reuse_interval_one(self):
+    def free_list_interval_one(self, reuse_seen, **env):
+        """FREE_LIST recording everything; reuse_seen: whether the session is to follow
+        free-list reuse (tracemalloc's answer), else the first line keeps the blocks."""
         path = write_program(self.tmp, 'freelist.py', FREE_LIST)
         temp_line, keep_line = line_of(path, '# TEMP'), line_of(path, '# KEEP')
         truth = self.tracemalloc_truth(path)
         t_count, t_size = truth[keep_line]
         self.assertGreaterEqual(t_count, 200000)
         self.assertNotIn(temp_line, truth)   # tracemalloc: nothing of temp() is live
-        sid = self.profiled(path, str(REUSE_SEEN), HEAPPROF_INTERVAL=1,
-                            HEAPPROF_ON_FULL='block')
+        sid = self.profiled(path, str(reuse_seen), HEAPPROF_INTERVAL=1,
+                            HEAPPROF_ON_FULL='block', **env)
         temp_n, temp_size, _ = self.live_at(sid, 'temp', temp_line)
         keep_n, keep_size, keep_est = self.live_at(sid, '<module>', keep_line)
-        if REUSE_SEEN:
+        if reuse_seen:
             # Every kept list is at KEEP, as in tracemalloc. The few lists either
             # profiler found on the free list when it started (tracemalloc starts before
             # site, heapprof from it) may lie either way.
@@ -184,6 +190,69 @@ class Attribution(DaemonTestCase):
             self.assertGreaterEqual(temp_n, 200000 - 100)
             self.assertLessEqual(keep_n, 100)
             self.assertAlmostEqual(temp_size + keep_size, t_size, delta=100 * 64)
+
+    def test_free_list_reuse_interval_one(self):
+        self.free_list_interval_one(REUSE_SEEN)
+
+    def test_free_list_reuse_off_keeps_the_first_line(self):
+        """HEAPPROF_FREELISTS=0: 3.13 installs no reference tracer and gives 3.11/3.12's
+        answer; 3.11 and 3.12 accept the setting and give it anyway."""
+        self.free_list_interval_one(False, HEAPPROF_FREELISTS='0')
+
+    def test_free_list_setting_by_argument_exported_to_children(self):
+        """start(freelists=False), its HEAPPROF_FREELISTS for spawned children and the
+        same setting in a fork child's session; and the default, exported as on."""
+        code = '''
+import json, os, subprocess, sys, heapprof, heapprof._agent as a
+heapprof.start(socket=os.environ["SOCK"], **json.loads(sys.argv[1]))
+child = subprocess.run([sys.executable, "-c",
+                        "import heapprof._agent as a; print(a.reuse_seen())"],
+                       capture_output=True, text=True)
+print(os.environ["HEAPPROF_FREELISTS"], a.reuse_seen(), child.stdout.strip(), child.stderr)
+pid = os.fork()
+if pid == 0:
+    print(a.reuse_seen(), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+heapprof.stop()
+print("HEAPPROF_FREELISTS" in os.environ)
+'''
+        path = write_program(self.tmp, 'children.py', code)
+        on = str(REUSE_SEEN)
+        for kwargs, want in (('{"freelists": false}', ['0'] + ['False'] * 4),
+                             ('{}', ['1', on, on, on, 'False'])):
+            with self.subTest(kwargs):
+                r = run_python(path, [kwargs], env=clean_env(SOCK=self.daemon.socket))
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(r.stdout.split(), want, r.stdout)
+        sessions = self.sessions()
+        self.assertEqual(len(sessions), 6)              # each program and its children
+        self.assertEqual([s[4] for s in sessions], ['exited'] * 6)
+
+    def test_free_list_run_no_freelists(self):
+        """`heapprof run --no-freelists`: the program's session keeps the first line."""
+        path = write_program(self.tmp, 'freelist.py', FREE_LIST)
+        db = os.path.join(self.tmp, 'out.sqlite')
+        r = run_python('-m', ['heapprof', 'run', '-o', db, '--interval', '1',
+                              '--on-full', 'block', '--no-freelists', path],
+                       env=clean_env(HEAPPROFD=heapprofd_path()), cwd=self.tmp)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, 'False\n', r.stderr)
+        con = sqlite3.connect(db)
+        try:
+            (sid,), = con.execute('SELECT session_id FROM sessions').fetchall()
+            temp_n = con.execute(LIVE_SQL, (sid, 'temp', line_of(path, '# TEMP'))).fetchone()[0]
+        finally:
+            con.close()
+        self.assertGreaterEqual(temp_n, 200000 - 100)
+
+    def test_bad_freelists_setting_is_one_line(self):
+        r = run_python('print("ran")', env=self.profiled_env(HEAPPROF_FREELISTS='maybe'))
+        self.assertEqual((r.returncode, r.stdout), (0, 'ran\n'), r.stderr)
+        self.assertEqual(r.stderr.splitlines(),
+                         ["heapprof: freelists HEAPPROF_FREELISTS='maybe': expected 1 or 0; "
+                          "the program runs unprofiled"])
+        self.assertEqual(self.sessions(), [])
 
     def test_free_list_reuse_default_interval(self):
         path = write_program(self.tmp, 'freelist.py', FREE_LIST)

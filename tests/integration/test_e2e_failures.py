@@ -106,6 +106,8 @@ class Failures(unittest.TestCase):
                            ({'HEAPPROF_ON_FULL': 'wait'},
                             "HEAPPROF_ON_FULL 'wait': expected 'drop', 'block' or 'adapt'"),
                            ({'HEAPPROF_RATES': '{128: 2.0}'}, 'HEAPPROF_RATES: sample rates'),
+                           ({'HEAPPROF_FREELISTS': 'maybe'},
+                            "freelists HEAPPROF_FREELISTS='maybe': expected 1 or 0"),
                            # Review 2 item 3: an interval from the environment was
                            # silently replaced by the rates.
                            ({'HEAPPROF_INTERVAL': '4096', 'HEAPPROF_RATES': '128:0.5'},

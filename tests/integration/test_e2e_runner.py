@@ -172,6 +172,8 @@ class Runner(unittest.TestCase):
             ([], {'HEAPPROF_MAX_DEPTH': '99999'}, 'HEAPPROF_MAX_DEPTH 99999 is outside'),
             ([], {'HEAPPROF_ON_FULL': 'wait'}, "HEAPPROF_ON_FULL 'wait': expected"),
             ([], {'HEAPPROF_RATES': '{128: 2}'}, 'HEAPPROF_RATES: sample rates: rate 2'),
+            ([], {'HEAPPROF_FREELISTS': 'maybe'},
+             "HEAPPROF_FREELISTS='maybe': expected 1 or 0"),
             (['--rates', '128:0.5'], {'HEAPPROF_ON_FULL': 'adapt'},
              'HEAPPROF_ON_FULL=adapt doubles a sampling interval; with --rates'),
             (['--socket', '/nonexistent/heapprofd.sock'], {},
@@ -342,6 +344,7 @@ class Runner(unittest.TestCase):
         r = self.heapprof('run', '--help')
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn('usage: python -m heapprof run', r.stdout)
+        self.assertIn('--no-freelists', r.stdout)
         # `heapprof stats --help` is the CLI's (it also reads databases); the runner's own
         # help is what `stats PROGRAM --help`-style callers reach through stats_main.
         r = run_python('import sys; from heapprof.runner import stats_main; '
