@@ -363,6 +363,7 @@ class Reader:
         self._domain_args = ()  # parameters
         self.domains = ()       # the domains counted, () for all
         self._bucket_ns = False  # aggregates' bucket width; None: none (see _agg_bucket)
+        self._site_ns = False    # site aggregate's bucket width; None: none (_site_bucket)
 
     # ---------------------------------------------------------------- lifecycle
     def close(self):
@@ -1120,6 +1121,10 @@ class Reader:
         out = {}
         for site in sites:
             fids = self._match_sites(site)
+            series = self._site_series_agg(fids, times)
+            if series is not None:
+                out[site] = [(self._t_clamped(ts), b) for ts, b in series]
+                continue
             stacks = set()
             for i in range(0, len(fids), _CHUNK):
                 part = fids[i:i + _CHUNK]
@@ -1154,6 +1159,60 @@ class Reader:
                 events = sorted(merged.items())
             out[site] = [(self._t_clamped(ts), b)
                          for ts, b in _max_per_interval(events, times)]
+        return out
+
+    def _site_bucket(self):
+        """The width of the session's site buckets when its site aggregate is complete
+        (heapprofd stored its end) and its buckets are whole timeline intervals; else
+        None, and the series are read from the rows."""
+        if self._site_ns is False:
+            self._site_ns = None
+            if _has_view(self._con, 'site_sessions'):
+                row = self._con.execute('SELECT bucket_ns, done_ns FROM site_sessions'
+                                        ' WHERE session_id = ?', (self.session_id,)).fetchone()
+                if row is not None and row[0] > 0 and row[1] == _INT64_MAX:
+                    off = self._con.execute(
+                        'SELECT COUNT(*) FROM timeline WHERE session_id = ? AND ts_ns % ? <> 0',
+                        (self.session_id, row[0])).fetchone()[0]
+                    if off == 0:
+                        self._site_ns = row[0]
+        return self._site_ns
+
+    def _site_series_agg(self, fids, times):
+        """[(ts_ns, highest level)] at times from the site aggregate, or None when it
+        cannot answer: the frames are not all on one line (a file given by a suffix that
+        several files end with), or the session has no complete aggregate. A line's level
+        before a bucket is the sum of the nets of the buckets before it; the highest within
+        a run of buckets is the highest of level + high_bytes over its buckets, and the
+        level at its start when no change comes at that instant (a bucket without a row,
+        or whose high_bytes counts its start)."""
+        if self._site_bucket() is None:
+            return None
+        keys = set()
+        for i in range(0, len(fids), _CHUNK):
+            part = fids[i:i + _CHUNK]
+            keys.update(k for k, in self._con.execute(
+                'SELECT (SELECT MIN(g.frame_id) FROM frames g WHERE g.filename = f.filename'
+                ' AND g.lineno = f.lineno) FROM frames f WHERE f.frame_id IN (%s)'
+                % ','.join('?' * len(part)), part))
+        if len(keys) != 1:
+            return None
+        rows = self._con.execute(
+            'SELECT bucket_ns, net_bytes, high_bytes FROM agg_site WHERE session_id = ?'
+            ' AND frame_id = ? ORDER BY bucket_ns', (self.session_id, keys.pop())).fetchall()
+        out, level, i, n = [], 0, 0, len(rows)
+        for k, start in enumerate(times):
+            while i < n and rows[i][0] < start:
+                level += rows[i][1]
+                i += 1
+            best = None if i < n and rows[i][0] == start else level
+            end = times[k + 1] if k + 1 < len(times) else None
+            while i < n and (end is None or rows[i][0] < end):
+                high = level + rows[i][2]
+                best = high if best is None or high > best else best
+                level += rows[i][1]
+                i += 1
+            out.append((start, level if best is None else best))
         return out
 
     # ---------------------------------------------------------------- histogram
