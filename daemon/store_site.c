@@ -182,8 +182,9 @@ void store_site_add(hp_store *s, int64_t session, int64_t stack, int64_t delta, 
     fail(x); /* its bucket is written already */
     return;
   }
-  if (x->kept.n + x->txn.n >= HP_STORE_SITE_MAX_EVENTS ||
-      reserve((void **)&x->txn.ev, &x->txn.cap, x->txn.n + 1, sizeof(site_ev)) < 0) {
+  if (x->txn.n == x->txn.cap &&
+      (x->kept.n + x->txn.n >= HP_STORE_SITE_MAX_EVENTS ||
+       reserve((void **)&x->txn.ev, &x->txn.cap, x->txn.n + 1, sizeof(site_ev)) < 0)) {
     fail(x);
     return;
   }
@@ -298,10 +299,15 @@ static site_ev *sort_events(site_ev *a, site_ev *b, uint32_t n)
   if (n < 2)
     return a;
   int64_t lo = a[0].ts, hi = a[0].ts;
+  int sorted = 1;
   for (uint32_t i = 1; i < n; i++) {
     lo = a[i].ts < lo ? a[i].ts : lo;
     hi = a[i].ts > hi ? a[i].ts : hi;
+    sorted &= a[i - 1].ts < a[i].ts ||
+              (a[i - 1].ts == a[i].ts && a[i - 1].delta <= a[i].delta);
   }
+  if (sorted)
+    return a;
   uint64_t span = ((uint64_t)hi - (uint64_t)lo) * 2 + 1;
 #define KEY(e) ((((uint64_t)(e).ts - (uint64_t)lo) << 1) | ((e).delta > 0))
   for (unsigned shift = 0; shift < 64 && (span >> shift) != 0; shift += 11) {
@@ -364,11 +370,10 @@ static int write_before(hp_store *s, site_sess *x, int64_t limit)
   int64_t last_stack = 0;
   const stack_lines *sl = NULL;
   for (uint32_t i = 0; i < n && !s->broken; i++) {
-    int64_t b = bucket_of(ev[i].ts, width);
-    if (i == 0 || b != bucket) {
+    if (i == 0 || ev[i].ts - bucket >= width) {
       if (i > 0)
         write_bucket(s, x->id, bucket, ntouched);
-      bucket = b;
+      bucket = bucket_of(ev[i].ts, width);
       ntouched = 0;
       if (++t->gen == 0) { /* wrapped: no stamp may look current */
         memset(t->stamp, 0, (size_t)t->nlines * sizeof *t->stamp);
