@@ -73,6 +73,7 @@ struct store_site {
   uint32_t nlines, caplines, gen;
   site_ev *sorted, *tmp; /* scratch of the write */
   uint32_t capsorted;
+  uint32_t count[(1u << 16) + 1]; /* of the radix sort */
 };
 
 store_site *store_site_new(void)
@@ -293,8 +294,9 @@ static const stack_lines *lines_of_stack(hp_store *s, int64_t stack, int *oom)
 
 /* Sorts n events by time, frees before allocations at one instant (an allocation is live
  * over [ts, freed)): a least-significant-digit radix sort on the time since the
- * earliest, whose spread is a few buckets; digits all events share are skipped. */
-static site_ev *sort_events(site_ev *a, site_ev *b, uint32_t n)
+ * earliest, whose spread is a few buckets, in as few passes of at most 16 bits as it
+ * takes; events already in order are left as they are. count: 2^16 + 1 entries. */
+static site_ev *sort_events(site_ev *a, site_ev *b, uint32_t n, uint32_t *count)
 {
   if (n < 2)
     return a;
@@ -309,17 +311,18 @@ static site_ev *sort_events(site_ev *a, site_ev *b, uint32_t n)
   if (sorted)
     return a;
   uint64_t span = ((uint64_t)hi - (uint64_t)lo) * 2 + 1;
+  unsigned bits = 64 - (unsigned)__builtin_clzll(span);
+  unsigned passes = (bits + 15) / 16, digit = (bits + passes - 1) / passes;
+  uint64_t mask = ((uint64_t)1 << digit) - 1;
 #define KEY(e) ((((uint64_t)(e).ts - (uint64_t)lo) << 1) | ((e).delta > 0))
-  for (unsigned shift = 0; shift < 64 && (span >> shift) != 0; shift += 11) {
-    uint32_t count[2049] = {0};
+  for (unsigned shift = 0; shift < bits; shift += digit) {
+    memset(count, 0, (mask + 2) * sizeof *count);
     for (uint32_t i = 0; i < n; i++)
-      count[((KEY(a[i]) >> shift) & 2047) + 1]++;
-    if (count[((KEY(a[0]) >> shift) & 2047) + 1] == n)
-      continue;
-    for (int d = 0; d < 2048; d++)
+      count[((KEY(a[i]) >> shift) & mask) + 1]++;
+    for (uint64_t d = 0; d < mask; d++)
       count[d + 1] += count[d];
     for (uint32_t i = 0; i < n; i++)
-      b[count[(KEY(a[i]) >> shift) & 2047]++] = a[i];
+      b[count[(KEY(a[i]) >> shift) & mask]++] = a[i];
     site_ev *c = a;
     a = b;
     b = c;
@@ -364,7 +367,7 @@ static int write_before(hp_store *s, site_sess *x, int64_t limit)
     for (uint32_t i = 0; i < bufs[k]->n; i++)
       if (bufs[k]->ev[i].ts < limit)
         t->sorted[n++] = bufs[k]->ev[i];
-  const site_ev *ev = sort_events(t->sorted, t->tmp, n);
+  const site_ev *ev = sort_events(t->sorted, t->tmp, n, t->count);
   int64_t bucket = 0;
   uint32_t ntouched = 0;
   int64_t last_stack = 0;
