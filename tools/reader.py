@@ -445,8 +445,13 @@ class Reader:
     def _event_bounds(self):
         """(first allocation, last allocation, last free) of the session in ns, each None
         when there is none."""
-        return self._con.execute('SELECT MIN(ts_ns), MAX(ts_ns), MAX(freed_ns) FROM allocations'
-                                 ' WHERE session_id = ?', (self.session_id,)).fetchone()
+        # Three subqueries: each MIN or MAX alone is one index look-up, where one SELECT
+        # of all three reads every row of the session.
+        return self._con.execute(
+            'SELECT (SELECT MIN(ts_ns) FROM allocations WHERE session_id = :s),'
+            ' (SELECT MAX(ts_ns) FROM allocations WHERE session_id = :s),'
+            ' (SELECT MAX(freed_ns) FROM allocations WHERE session_id = :s)',
+            {'s': self.session_id}).fetchone()
 
     def _ns(self, t):
         """Absolute ns for t seconds from the start, refusing times outside the session."""
@@ -900,6 +905,47 @@ class Reader:
                 changes[i] = changes.get(i, 0) - b
         return per_stack
 
+    def bucket_steps_ns(self, first_ns, last_ns, points):
+        """(start_ns, step_ns, steps) for stack_step_deltas_ns whose steps are all bucket
+        ends of the aggregates, about `points` of them (fewer when the session has fewer
+        buckets) from before first_ns to at or after last_ns, so that stack_step_deltas_agg_ns
+        answers them; None when the session has no aggregates. Step 0 comes before
+        first_ns (nothing of the session is live there) by less than a step."""
+        width = self._agg_bucket()
+        if width is None:
+            return None
+        step = max(1, -(-(last_ns - first_ns) // max(1, points - 1)))
+        step = -(-step // width) * width
+        start = first_ns - first_ns % width + width - step - 1
+        return start, step, -(-(last_ns - start) // step) + 1
+
+    def stack_step_deltas_agg_ns(self, start_ns, step_ns, steps):
+        """stack_step_deltas_ns(start_ns, step_ns, steps) from the aggregates, for steps at
+        bucket ends (start_ns + 1 and step_ns multiples of the bucket width, as
+        bucket_steps_ns gives): every allocation and free of a bucket then counts from the
+        same step, the first at or after the bucket's last instant. None when the session
+        has no aggregates or the steps are not bucket ends."""
+        width = self._agg_bucket()
+        if width is None or (start_ns + 1) % width or step_ns % width:
+            return None
+        per_stack, frees = {}, []
+        for sid, b, ab, an, fb, fn in self._con.execute(
+                'SELECT stack_id, bucket_ns, alloc_bytes, alloc_samples, freed_bytes,'
+                ' freed_samples FROM stack_buckets WHERE session_id = ?', (self.session_id,)):
+            i = max(0, -(-(b + width - 1 - start_ns) // step_ns))
+            if i >= steps:
+                continue
+            if an:
+                changes = per_stack.setdefault(sid, {})
+                changes[i] = changes.get(i, 0) + int(ab)
+            if fn:
+                frees.append((sid, i, int(fb)))
+        for sid, i, fb in frees:
+            if sid in per_stack:
+                changes = per_stack[sid]
+                changes[i] = changes.get(i, 0) - fb
+        return per_stack
+
     # ---------------------------------------------------------------- stacks and frames
     def _load_stacks(self, stack_ids):
         need = [s for s in stack_ids if s is not None and s not in self._stacks]
@@ -1039,6 +1085,9 @@ class Reader:
 
     def allocation_count(self):
         """The number of sampled allocations the session recorded."""
+        if self._agg_bucket() is not None:
+            return int(self._con.execute('SELECT TOTAL(alloc_samples) FROM stack_buckets'
+                                         ' WHERE session_id = ?', (self.session_id,)).fetchone()[0])
         return self._con.execute('SELECT COUNT(*) FROM allocations WHERE session_id = ?',
                                  (self.session_id,)).fetchone()[0]
 

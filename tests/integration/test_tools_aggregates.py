@@ -215,6 +215,41 @@ class AggregatesTest(unittest.TestCase):
         self.assertLessEqual(max(b for _, b in got), max(b for _, b in a.timeline()))
         self.assertLess(got[-1][1], MIB)
 
+    def test_steps_at_bucket_ends_are_equal(self):
+        for a, r in self.pairs():
+            first, last = r.span_ns()
+            for points in (2, 7, 200):
+                start, step, n = a.bucket_steps_ns(first, last, points)
+                self.assertEqual((start + 1) % NS, 0)
+                self.assertLessEqual(start, first)
+                self.assertGreaterEqual(start + (n - 1) * step, last)
+                got = a.stack_step_deltas_agg_ns(start, step, n)
+                self.assertEqual(got, r.stack_step_deltas_ns(start, step, n), points)
+                self.assertEqual(got, a.stack_step_deltas_ns(start, step, n), points)
+            self.assertIsNone(a.stack_step_deltas_agg_ns(first, NS, 3))
+            self.assertIsNone(r.bucket_steps_ns(first, last, 200))
+
+    def test_report_of_a_large_session_takes_its_steps_from_the_aggregates(self):
+        from heapprof import report
+        sid = min(self.sessions)
+        old = report.AGGREGATE_STEPS_FROM
+        report.AGGREGATE_STEPS_FROM = 0
+        try:
+            data = report.build_data(self.db, sid)
+        finally:
+            report.AGGREGATE_STEPS_FROM = old
+        plain = report.build_data(self.db, sid)
+        with hr.read(self.db, sid) as a:
+            first, last = a.span_ns()
+            start, step, n = a.bucket_steps_ns(first, last, report.DEFAULT_STEPS)
+        self.assertEqual(len(data['steps']['t']), n)
+        self.assertEqual(data['steps']['t'][0], 0)
+        self.assertAlmostEqual(data['steps']['t'][1], (start + step - first) / NS)
+        self.assertEqual(len(plain['steps']['t']), report.DEFAULT_STEPS)
+        # The same stacks, and the same heap at the end.
+        self.assertEqual(data['steps']['total'][-1], plain['steps']['total'][-1])
+        self.assertEqual(data['peak'], plain['peak'])
+
     def test_the_aggregates_are_what_answers(self):
         # A copy whose aggregates say one more byte for one stack in its first bucket:
         # the Reader must show it, or it did not read them.
