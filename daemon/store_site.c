@@ -57,6 +57,8 @@ typedef struct {
   uint32_t off, n; /* into lines_of */
 } stack_lines;
 
+#define SITE_CACHE 256 /* stacks whose lines are found without a hash look-up */
+
 struct store_site {
   site_sess *sess;
   uint32_t nsess, capsess, last;
@@ -73,7 +75,9 @@ struct store_site {
   uint32_t nlines, caplines, gen;
   site_ev *sorted, *tmp; /* scratch of the write */
   uint32_t capsorted;
-  uint32_t count[(1u << 16) + 1]; /* of the radix sort */
+  uint32_t count[(1u << 16) + 1];  /* of the radix sort */
+  int64_t cache_stack[SITE_CACHE]; /* stacks found last (0: none), by their low bits */
+  uint32_t cache_index[SITE_CACHE];
 };
 
 store_site *store_site_new(void)
@@ -140,10 +144,8 @@ static int reserve(void **p, uint32_t *cap, uint32_t need, size_t sz)
 }
 
 /* The session's state, created at its first row; NULL when memory ran out. */
-static site_sess *sess_of(store_site *t, int64_t id)
+static __attribute__((noinline)) site_sess *sess_find(store_site *t, int64_t id)
 {
-  if (t->last != 0 && t->sess[t->last - 1].id == id)
-    return &t->sess[t->last - 1];
   for (uint32_t i = 0; i < t->nsess; i++)
     if (t->sess[i].id == id) {
       t->last = i + 1;
@@ -155,6 +157,14 @@ static site_sess *sess_of(store_site *t, int64_t id)
   *x = (site_sess){.id = id, .max_ts = INT64_MIN, .txn_max = INT64_MIN};
   t->last = t->nsess;
   return x;
+}
+
+/* Rows come in runs of one session. */
+static inline site_sess *sess_of(store_site *t, int64_t id)
+{
+  if (t->last != 0 && t->sess[t->last - 1].id == id)
+    return &t->sess[t->last - 1];
+  return sess_find(t, id);
 }
 
 static int64_t bucket_of(int64_t ts, int64_t width)
@@ -244,9 +254,15 @@ static int64_t line_of_frame(hp_store *s, int64_t frame)
 static const stack_lines *lines_of_stack(hp_store *s, int64_t stack, int *oom)
 {
   store_site *t = s->site;
+  uint32_t c = (uint32_t)stack & (SITE_CACHE - 1);
+  if (t->cache_stack[c] == stack)
+    return &t->st[t->cache_index[c]];
   hp_map_val *v = hp_map_get(t->stacks, (uint64_t)stack);
-  if (v != NULL)
+  if (v != NULL) {
+    t->cache_stack[c] = stack;
+    t->cache_index[c] = v->number - 1;
     return &t->st[v->number - 1];
+  }
   if (s->broken)
     return NULL;
   int64_t frames[HP_MAX_STACK_DEPTH];
