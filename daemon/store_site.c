@@ -74,7 +74,7 @@ struct store_site {
   uint32_t *stamp, *touched;
   uint32_t nlines, caplines, gen;
   site_ev *sorted, *tmp; /* scratch of the write */
-  uint32_t capsorted;
+  uint32_t capsorted, captmp;
   uint32_t count[(1u << 16) + 1];  /* of the radix sort */
   int64_t cache_stack[SITE_CACHE]; /* stacks found last (0: none), by their low bits */
   uint32_t cache_index[SITE_CACHE];
@@ -371,12 +371,8 @@ static int write_before(hp_store *s, site_sess *x, int64_t limit)
   store_site *t = s->site;
   int64_t width = s->cfg.timeline_interval_ns;
   uint32_t n = 0, total = x->kept.n + x->txn.n;
-  if (reserve((void **)&t->sorted, &t->capsorted, total, sizeof *t->sorted) < 0)
-    return -1;
-  uint32_t cap = 0;
-  free(t->tmp);
-  t->tmp = NULL;
-  if (reserve((void **)&t->tmp, &cap, total, sizeof *t->tmp) < 0)
+  if (reserve((void **)&t->sorted, &t->capsorted, total, sizeof *t->sorted) < 0 ||
+      reserve((void **)&t->tmp, &t->captmp, total, sizeof *t->tmp) < 0)
     return -1;
   const ev_buf *bufs[2] = {&x->kept, &x->txn};
   for (int k = 0; k < 2; k++)
@@ -434,6 +430,14 @@ static void delete_rows(hp_store *s, int64_t session)
   (void)store_sql_run(s, ST_DEL_AGG_SITE);
 }
 
+static uint64_t waiting_events(const store_site *t)
+{
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < t->nsess; i++)
+    n += t->sess[i].kept.n + t->sess[i].txn.n;
+  return n;
+}
+
 void store_site_write(hp_store *s)
 {
   store_site *t = s->site;
@@ -455,10 +459,7 @@ void store_site_write(hp_store *s)
   }
   /* Past the soft bound, buckets are written as soon as their rows are: only events out
    * of time order can then come too late, and the memory stays bounded. */
-  uint64_t waiting = 0;
-  for (uint32_t i = 0; i < t->nsess; i++)
-    waiting += t->sess[i].kept.n + t->sess[i].txn.n;
-  int64_t lag = waiting > HP_STORE_SITE_SOFT_EVENTS ? 0 : HP_STORE_SITE_LAG_NS;
+  int64_t lag = waiting_events(t) > HP_STORE_SITE_SOFT_EVENTS ? 0 : HP_STORE_SITE_LAG_NS;
   for (uint32_t i = 0; i < t->nsess && !s->broken; i++) {
     site_sess *x = &t->sess[i];
     if (x->deleted)
@@ -496,12 +497,11 @@ void store_site_write(hp_store *s)
 /* Keeps the events of b at or after `done` in a (appended). */
 static int keep_after(ev_buf *a, const ev_buf *b, int64_t done)
 {
+  if (reserve((void **)&a->ev, &a->cap, a->n + b->n, sizeof(site_ev)) < 0)
+    return -1;
   for (uint32_t i = 0; i < b->n; i++)
-    if (b->ev[i].ts >= done) {
-      if (reserve((void **)&a->ev, &a->cap, a->n + 1, sizeof(site_ev)) < 0)
-        return -1;
+    if (b->ev[i].ts >= done)
       a->ev[a->n++] = b->ev[i];
-    }
   return 0;
 }
 
@@ -536,11 +536,14 @@ void store_site_committed(hp_store *s)
   }
   t->nsess = j;
   t->last = 0;
-  /* The scratch of the write is as large as the most events one write sorted. */
-  free(t->tmp);
-  free(t->sorted);
-  t->tmp = t->sorted = NULL;
-  t->capsorted = 0;
+  /* The scratch of the writes stays for the next ones, unless it is far larger than
+   * what waits now (the memory of a burst is given back). */
+  if (t->capsorted > (1u << 20) && t->capsorted / 4 > waiting_events(t)) {
+    free(t->tmp);
+    free(t->sorted);
+    t->tmp = t->sorted = NULL;
+    t->capsorted = t->captmp = 0;
+  }
 }
 
 void store_site_rolled_back(hp_store *s)
