@@ -1076,7 +1076,23 @@ class Reader:
 
     def _unfreed_by_stack(self):
         """[(stack_id, est bytes (float), est count, samples, first ts_ns, last ts_ns,
-        variance of est bytes)] of the allocations with no recorded free, per stack."""
+        variance of est bytes)] of the allocations with no recorded free, per stack. With
+        the aggregates, the sums come from them (what was allocated minus what was freed),
+        and only the first and last times from the rows, through the index on freed_ns."""
+        if self._can_use_aggregates():
+            with self._read_txn():
+                sums = {sid: (b, c, k, max(v, 0.0)) for sid, b, c, k, v in self._con.execute(
+                    'SELECT stack_id, TOTAL(alloc_bytes) - TOTAL(freed_bytes),'
+                    ' TOTAL(alloc_count) - TOTAL(freed_count),'
+                    ' TOTAL(alloc_samples) - TOTAL(freed_samples),'
+                    ' TOTAL(alloc_var) - TOTAL(freed_var) FROM stack_buckets'
+                    ' WHERE session_id = ? GROUP BY stack_id', (self.session_id,))}
+                times = self._con.execute(
+                    'SELECT stack_id, MIN(ts_ns), MAX(ts_ns) FROM allocations'
+                    ' WHERE session_id = ? AND freed_ns IS NULL GROUP BY +stack_id',
+                    (self.session_id,)).fetchall()
+            return [(sid, sums[sid][0], sums[sid][1], int(sums[sid][2]), lo, hi, sums[sid][3])
+                    for sid, lo, hi in times]
         return self._con.execute(
             'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
             ' COUNT(*), MIN(ts_ns), MAX(ts_ns), TOTAL(%s) FROM allocations WHERE session_id = ?'

@@ -215,6 +215,19 @@ class AggregatesTest(unittest.TestCase):
         self.assertLessEqual(max(b for _, b in got), max(b for _, b in a.timeline()))
         self.assertLess(got[-1][1], MIB)
 
+    def test_leaks_are_equal(self):
+        seen = 0
+        for a, r in self.pairs():
+            self.assertEqual(a.unfreed_stacks(), r.unfreed_stacks())
+            got, want = a.leaks(), r.leaks()
+            key = lambda s: (s.frame_id, s.bytes, s.samples, s.first_t, s.last_t)
+            self.assertEqual([key(s) for s in got], [key(s) for s in want])
+            for g, w in zip(got, want):
+                self.assertLessEqual(abs(g.count - w.count), 1)
+                self.assertLessEqual(abs(g.se - w.se), 1e-6 * max(1.0, w.se) + 1e-3)
+            seen += len(want)
+        self.assertGreater(seen, 0)
+
     def test_steps_at_bucket_ends_are_equal(self):
         for a, r in self.pairs():
             first, last = r.span_ns()
