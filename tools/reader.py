@@ -364,6 +364,7 @@ class Reader:
         self.domains = ()       # the domains counted, () for all
         self._bucket_ns = False  # aggregates' bucket width; None: none (see _agg_bucket)
         self._site_ns = False    # site aggregate's bucket width; None: none (_site_bucket)
+        self._unfreed = None     # (domains, _unfreed_by_stack()) of an ended session
 
     # ---------------------------------------------------------------- lifecycle
     def close(self):
@@ -1079,6 +1080,17 @@ class Reader:
         variance of est bytes)] of the allocations with no recorded free, per stack. With
         the aggregates, the sums come from them (what was allocated minus what was freed),
         and only the first and last times from the rows, through the index on freed_ns."""
+        # Kept for the next call (the report asks twice) while nothing can change them:
+        # the session's end is stored and the domains are the same.
+        key = (self._domain_sql, self._domain_args)
+        if self._unfreed is not None and self._unfreed[0] == key:
+            return self._unfreed[1]
+        rows = self._unfreed_by_stack_read()
+        if self.metadata.ended_ns is not None:
+            self._unfreed = (key, rows)
+        return rows
+
+    def _unfreed_by_stack_read(self):
         if self._can_use_aggregates():
             with self._read_txn():
                 sums = {sid: (b, c, k, max(v, 0.0)) for sid, b, c, k, v in self._con.execute(
