@@ -208,6 +208,8 @@ def main(argv=None):
     ap.add_argument('--session', type=int)
     ap.add_argument('--skip-rows', action='store_true',
                     help='time only the files with indexes and with aggregates')
+    ap.add_argument('--skip-indexed', action='store_true',
+                    help='do not time the file with indexes either: only the aggregates')
     args = ap.parse_args(argv)
     if args.db:
         return main_recording(args)
@@ -236,11 +238,13 @@ def main(argv=None):
         shutil.copyfile(indexed, aggregated + '.tmp')
         add_aggregates(aggregated + '.tmp')
         os.replace(aggregated + '.tmp', aggregated)
-    results = [None if args.skip_rows else run_ops(path, args.repeat, args.report),
-               run_ops(indexed, args.repeat, args.report),
+    skip_rows = args.skip_rows or args.skip_indexed
+    results = [None if skip_rows else run_ops(path, args.repeat, args.report),
+               None if args.skip_indexed else run_ops(indexed, args.repeat, args.report),
                run_ops(aggregated, args.repeat, args.report)]
-    if results[0] is None:
-        results[0] = [(name, float('nan')) for name, _ in results[1]]
+    for k in (0, 1):
+        if results[k] is None:
+            results[k] = [(name, float('nan')) for name, _ in results[2]]
     print('heapprof Reader on %d sampled allocations (best of %d, SQLite %s)'
           % (args.rows, args.repeat, sqlite3.sqlite_version))
     print('%-40s %14s %14s %14s' % ('operation (seconds)', 'rows only', '+ indexes',
