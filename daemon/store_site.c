@@ -364,8 +364,9 @@ static void write_bucket(hp_store *s, int64_t session, int64_t bucket, uint32_t 
   }
 }
 
-/* Writes the buckets of x's events before `limit` (a bucket edge). 0, or -1 when
- * memory ran out (the session fails) or the transaction broke. */
+/* Writes the buckets of x's events before `limit` (a bucket edge; INT64_MAX: all of
+ * them, at the session's end). 0, or -1 when memory ran out (the session fails) or the
+ * transaction broke. */
 static int write_before(hp_store *s, site_sess *x, int64_t limit)
 {
   store_site *t = s->site;
@@ -377,7 +378,7 @@ static int write_before(hp_store *s, site_sess *x, int64_t limit)
   const ev_buf *bufs[2] = {&x->kept, &x->txn};
   for (int k = 0; k < 2; k++)
     for (uint32_t i = 0; i < bufs[k]->n; i++)
-      if (bufs[k]->ev[i].ts < limit)
+      if (bufs[k]->ev[i].ts < limit || limit == INT64_MAX)
         t->sorted[n++] = bufs[k]->ev[i];
   const site_ev *ev = sort_events(t->sorted, t->tmp, n, t->count);
   int64_t bucket = 0;
