@@ -268,6 +268,69 @@ START_TEST(agg_known_values_of_a_small_session) {
 END_TEST
 
 /* Small batches commit often, so frees meet rows both pending and stored. */
+/* The site aggregate of the small session above: per line (frames 1-3 are lines 1-3 of
+ * m.py; stacks 1-3 are lines {1,2}, {2,3}, {3,1}) and 100 ms bucket, the net change and
+ * the highest level relative to the bucket's start. Every change here comes at its
+ * bucket's first instant, so the start does not count; the reattribute from stack 2 to 3
+ * moves 300 bytes from line 2 to line 1 and leaves line 3, on both, unchanged (no row). */
+START_TEST(agg_site_known_values) {
+  hp_store *s = start_cfg((hp_store_config){0});
+  hp_store_session *a = session(s, 1);
+  hp_event e[] = {
+    ev(HP_EV_ALLOC, 100, 0x1000, 100, 400, 1),
+    ev(HP_EV_ALLOC, 200, 0x2000, 3, 9, 0),
+    ev(HP_EV_ALLOC, 230, 0x4000, 10, 50, 1),  /* a 50-byte spike within bucket 200 */
+    ev(HP_EV_FREE, 260, 0x4000, 0, 0, 0),
+    ev(HP_EV_FREE, 1500, 0x1000, 0, 0, 0),
+    ev(HP_EV_ALLOC, 1600, 0x3000, 100, 300, 2),
+    ev(HP_EV_REATTRIBUTE, 2500, 0x3000, 0, 0, 3),
+  };
+  ck_assert_int_eq(hp_store_events(s, a, e, 7), 0);
+  end(s, a, 3000);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  ck_assert_int_eq(db_int("SELECT bucket_ns FROM site_sessions"), 100000000);
+  ck_assert_int_eq(db_int("SELECT done_ns = 9223372036854775807 FROM site_sessions"), 1);
+  ck_assert_int_eq(
+    db_int("SELECT group_concat(x, ' ') = '1:100:400:400 1:200:0:50 1:1500:-400:-400"
+           " 1:2500:300:300 2:100:400:400 2:200:0:50 2:1500:-400:-400 2:1600:300:300"
+           " 2:2500:-300:-300 3:1600:300:300' FROM (SELECT frame_id || ':' ||"
+           " ((bucket_ns - 1700000000000000000) / 1000000) || ':' || net_bytes || ':' ||"
+           " high_bytes x FROM agg_site ORDER BY frame_id, bucket_ns)"), 1);
+  /* The view: the level before each bucket, and the highest within it. */
+  ck_assert_int_eq(db_int("SELECT before_bytes * 1000 + high_bytes FROM site_buckets"
+                          " WHERE lineno = 2 AND bucket_ns = 1700000000200000000"), 400450);
+  ck_assert_int_eq(mismatches(), 0);
+}
+END_TEST
+
+/* An event stamped well before the bucket its session's site aggregate has written
+ * gives that aggregate up: its rows go, readers read the alloc rows. */
+START_TEST(agg_site_given_up_for_an_event_too_late) {
+  hp_store *s = start_cfg((hp_store_config){.commit_ms = 5});
+  hp_store_session *a = session(s, 1);
+  hp_store_session *b = session(s, 2);
+  hp_event e[40];
+  for (int i = 0; i < 40; i++)
+    e[i] = ev(HP_EV_ALLOC, 50 + 50 * (uint64_t)i, 0x1000 + 16u * (uint64_t)i, 8, 80, 1);
+  ck_assert_int_eq(hp_store_events(s, a, e, 40), 0);
+  ck_assert_int_eq(hp_store_events(s, b, e, 40), 0);
+  for (int i = 0; i < 10000 && db_int("SELECT count(*) FROM site_sessions"
+                                      " WHERE done_ns > 1700000001000000000") < 2; i++)
+    sleep_ms(2);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM site_sessions"
+                          " WHERE done_ns > 1700000001000000000"), 2);
+  hp_event late = ev(HP_EV_ALLOC, 120, 0x9000, 8, 80, 2);
+  ck_assert_int_eq(hp_store_events(s, a, &late, 1), 0);
+  end(s, a, 3000);
+  end(s, b, 3000);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM alloc WHERE session_id = 1"), 41);
+  ck_assert_int_eq(db_int("SELECT group_concat(session_id) FROM site_sessions"), 2);
+  ck_assert_int_eq(db_int("SELECT count(DISTINCT session_id) FROM agg_site"), 1);
+  ck_assert_int_eq(mismatches(), 0);
+}
+END_TEST
+
 START_TEST(agg_equal_a_group_by_over_the_rows) {
   uint32_t batch = _i == 0 ? 16 : 0;
   hp_store *s = start_cfg((hp_store_config){.batch_rows = batch, .commit_ms = 5});
@@ -445,6 +508,8 @@ Suite *store_agg_suite(void) {
   tcase_add_checked_fixture(core, setup, teardown);
   tcase_set_timeout(core, 60);
   tcase_add_test(core, agg_known_values_of_a_small_session);
+  tcase_add_test(core, agg_site_known_values);
+  tcase_add_test(core, agg_site_given_up_for_an_event_too_late);
   tcase_add_loop_test(core, agg_equal_a_group_by_over_the_rows, 0, 2);
   tcase_add_test(core, agg_many_sessions_in_one_transaction);
   tcase_add_test(core, agg_blocks_over_4_gib_are_read_back);
