@@ -365,6 +365,7 @@ class Reader:
         self._bucket_ns = False  # aggregates' bucket width; None: none (see _agg_bucket)
         self._site_ns = False    # site aggregate's bucket width; None: none (_site_bucket)
         self._unfreed = None     # (domains, _unfreed_by_stack()) of an ended session
+        self._peak_found = None  # _peak_search() of an ended session
 
     # ---------------------------------------------------------------- lifecycle
     def close(self):
@@ -618,6 +619,15 @@ class Reader:
         it where the running level of its sampled allocations and frees is highest, and how
         far that is above the level at its start (0: never above; the instant is then its
         start). None without a timeline."""
+        # An ended session's peak cannot move: found once (the report asks twice).
+        if self._peak_found is not None:
+            return self._peak_found
+        found = self._peak_search_read()
+        if self.metadata.ended_ns is not None:
+            self._peak_found = found
+        return found
+
+    def _peak_search_read(self):
         con, session = self._con, self.session_id
         row = con.execute('SELECT ts_ns, live_bytes FROM timeline WHERE session_id = ?'
                           ' ORDER BY live_bytes DESC, ts_ns LIMIT 1', (session,)).fetchone()
