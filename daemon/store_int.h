@@ -218,8 +218,9 @@ typedef struct store_site store_site;
  * (store_site.c): events of agent threads reach heapprofd out of time order by less. */
 #define HP_STORE_SITE_LAG_NS 250000000LL
 /* Events of all sessions waiting for their bucket's write beyond which there is no lag;
- * events of one session, and line references of the stacks read, beyond which the site
- * aggregate gives up (store_site.c). */
+ * beyond which the sessions holding the most give their site aggregate up (also any one
+ * session at once); line references of the stacks read beyond which it gives up
+ * (store_site.c). */
 #define HP_STORE_SITE_SOFT_EVENTS   (1u << 20)
 #define HP_STORE_SITE_MAX_EVENTS    (1u << 22)
 #define HP_STORE_SITE_MAX_LINE_REFS (1u << 24)

@@ -458,8 +458,19 @@ void store_site_write(hp_store *s)
     if (x != NULL)
       x->ended = 1;
   }
+  /* Past the hard bound (events stamped far denser than heapprofd stores them fill a
+   * bucket faster than it can be written), the sessions holding the most give their
+   * site aggregate up until the rest fit. */
+  for (uint64_t w = waiting_events(t); w > HP_STORE_SITE_MAX_EVENTS;) {
+    site_sess *big = &t->sess[0];
+    for (uint32_t i = 1; i < t->nsess; i++)
+      if (t->sess[i].kept.n + t->sess[i].txn.n > big->kept.n + big->txn.n)
+        big = &t->sess[i];
+    w -= big->kept.n + big->txn.n;
+    fail(big);
+  }
   /* Past the soft bound, buckets are written as soon as their rows are: only events out
-   * of time order can then come too late, and the memory stays bounded. */
+   * of time order can then come too late. */
   int64_t lag = waiting_events(t) > HP_STORE_SITE_SOFT_EVENTS ? 0 : HP_STORE_SITE_LAG_NS;
   for (uint32_t i = 0; i < t->nsess && !s->broken; i++) {
     site_sess *x = &t->sess[i];
