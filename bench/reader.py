@@ -16,6 +16,7 @@ The synthetic workload: 60 s of allocations from 2,000 stacks over 400 frames, m
 within ~50 ms, a slowly growing set kept for seconds, 1% never freed, and a spike at 30 s.
 """
 import argparse
+import heapq
 import os
 import random
 import shutil
@@ -125,21 +126,61 @@ def add_aggregates(path):
     db = sqlite3.connect(path)
     db.executescript("""
       INSERT INTO agg_session(session_id, bucket_ns) SELECT id, 1000000000 FROM session;
-      INSERT INTO agg_stack SELECT s, b, k, SUM(ab), SUM(ac), SUM(an), SUM(fb), SUM(fc), SUM(fn)
+      INSERT INTO agg_stack SELECT s, b, k, SUM(ab), SUM(ac), SUM(an), SUM(fb), SUM(fc), SUM(fn),
+             SUM(av), SUM(fv)
       FROM (SELECT session_id s, ts_ns - ts_ns %% 1000000000 b, coalesce(stack_id, 0) k,
                    TOTAL(est_bytes) ab, TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)) ac,
-                   COUNT(*) an, 0 fb, 0 fc, 0 fn FROM alloc GROUP BY 1, 2, 3
+                   COUNT(*) an, 0 fb, 0 fc, 0 fn,
+                   TOTAL(CAST(est_bytes AS REAL) * MAX(est_bytes - size, 0)) av, 0 fv
+            FROM alloc GROUP BY 1, 2, 3
             UNION ALL
             SELECT session_id, freed_ns - freed_ns %% 1000000000, coalesce(stack_id, 0), 0, 0, 0,
-                   TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)), COUNT(*)
+                   TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)), COUNT(*), 0,
+                   TOTAL(CAST(est_bytes AS REAL) * MAX(est_bytes - size, 0))
             FROM alloc WHERE freed_ns IS NOT NULL GROUP BY 1, 2, 3)
       GROUP BY 1, 2, 3;
       INSERT INTO agg_size SELECT session_id, %s, COUNT(*),
              TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)), TOTAL(est_bytes)
       FROM alloc GROUP BY 1, 2;
     """ % _size_class_sql())
+    add_site_aggregates(db, TIMELINE_STEP_NS)
     db.commit()
     db.close()
+
+
+def add_site_aggregates(db, width):
+    """The site aggregate (agg_site, agg_site_session) of every session, computed from the
+    rows as daemon/store_site.c does (site_mismatches in tests/integration/daemon_harness.py
+    checks heapprofd's against the same computation): each row's changes in time order,
+    frees before allocations at one instant, applied to every distinct line of its stack."""
+    lines = {}
+    for sid, key in db.execute(
+            'SELECT DISTINCT sf.stack_id, (SELECT MIN(g.id) FROM frame g WHERE'
+            ' g.filename = f.filename AND g.lineno = f.lineno)'
+            ' FROM stack_frame sf JOIN frame f ON f.id = sf.frame_id'):
+        lines.setdefault(sid, []).append(key)
+    for session, in db.execute('SELECT id FROM session').fetchall():
+        allocs = db.execute('SELECT ts_ns, 1, est_bytes, stack_id FROM alloc WHERE session_id = ?'
+                            ' AND stack_id IS NOT NULL ORDER BY ts_ns', (session,))
+        frees = db.execute('SELECT freed_ns, 0, -est_bytes, stack_id FROM alloc'
+                           ' WHERE session_id = ? AND freed_ns IS NOT NULL'
+                           ' AND stack_id IS NOT NULL ORDER BY freed_ns', (session,))
+        state, rows = {}, []
+        for t, _, d, stack in heapq.merge(allocs, frees):
+            b = t - t % width
+            for line in lines.get(stack, ()):
+                st = state.get(line)
+                if st is None or st[0] != b:
+                    if st is not None and (st[1] or st[2]):
+                        rows.append((session, line, st[0], st[1], st[2]))
+                    st = state[line] = [b, 0, -(1 << 63) if t == b else 0]
+                st[1] += d
+                if st[1] > st[2]:
+                    st[2] = st[1]
+        rows.extend((session, line, st[0], st[1], st[2]) for line, st in state.items()
+                    if st[1] or st[2])
+        db.executemany('INSERT INTO agg_site VALUES (?,?,?,?,?)', rows)
+        db.execute('INSERT INTO agg_site_session VALUES (?,?,?)', (session, width, (1 << 63) - 1))
 
 
 def _time(fn, repeat):
@@ -167,6 +208,8 @@ def main(argv=None):
     ap.add_argument('--session', type=int)
     ap.add_argument('--skip-rows', action='store_true',
                     help='time only the files with indexes and with aggregates')
+    ap.add_argument('--skip-indexed', action='store_true',
+                    help='do not time the file with indexes either: only the aggregates')
     args = ap.parse_args(argv)
     if args.db:
         return main_recording(args)
@@ -195,11 +238,13 @@ def main(argv=None):
         shutil.copyfile(indexed, aggregated + '.tmp')
         add_aggregates(aggregated + '.tmp')
         os.replace(aggregated + '.tmp', aggregated)
-    results = [None if args.skip_rows else run_ops(path, args.repeat, args.report),
-               run_ops(indexed, args.repeat, args.report),
+    skip_rows = args.skip_rows or args.skip_indexed
+    results = [None if skip_rows else run_ops(path, args.repeat, args.report),
+               None if args.skip_indexed else run_ops(indexed, args.repeat, args.report),
                run_ops(aggregated, args.repeat, args.report)]
-    if results[0] is None:
-        results[0] = [(name, float('nan')) for name, _ in results[1]]
+    for k in (0, 1):
+        if results[k] is None:
+            results[k] = [(name, float('nan')) for name, _ in results[2]]
     print('heapprof Reader on %d sampled allocations (best of %d, SQLite %s)'
           % (args.rows, args.repeat, sqlite3.sqlite_version))
     print('%-40s %14s %14s %14s' % ('operation (seconds)', 'rows only', '+ indexes',
@@ -222,6 +267,7 @@ def main_recording(args):
         shutil.copyfile(args.db, rows + '.tmp')
         db = sqlite3.connect(rows + '.tmp')
         db.execute('DROP VIEW IF EXISTS aggregated_sessions')
+        db.execute('DROP VIEW IF EXISTS site_sessions')
         db.commit()
         db.close()
         os.replace(rows + '.tmp', rows)
@@ -249,12 +295,18 @@ def run_ops(path, repeat, report=False, session=None, times=None):
     import heapprof.reader as hr
     r = hr.read(path, session)
     early, mid, late, flow_times = times or (1.0, 30.5, 59.0, [10.0, 30.5, 50.0])
+    def fresh(method):
+        with hr.read(path, session) as f:
+            return method(f)
+
     site = r.top_sites(mid, n=1)[0]
     site_key = '%s:%d' % (site.filename, site.lineno)
     ops = [
         ('open + metadata', lambda: hr.read(path, session).close()),
         ('timeline (total live bytes series)', lambda: r.timeline()),
-        ('peak', lambda: r.peak()),
+        # A Reader keeps an ended session's peak and unfreed sums once read: a fresh one
+        # for each run of these, so that every run reads them.
+        ('peak', lambda: fresh(hr.Reader.peak)),
         ('snapshot_at(%g s)' % early, lambda: r.snapshot_at(early)),
         ('snapshot_at(%g s)' % mid, lambda: r.snapshot_at(mid)),
         ('snapshot_at(%g s)' % late, lambda: r.snapshot_at(late)),
@@ -263,7 +315,7 @@ def run_ops(path, repeat, report=False, session=None, times=None):
         ('top_sites(%g s, self+cumulative)' % mid, lambda: r.top_sites(mid)),
         ('flame(%g s) folded' % mid, lambda: r.flame(mid)),
         ('flow(%s s)' % ', '.join('%g' % x for x in flow_times), lambda: r.flow(flow_times)),
-        ('leaks()', lambda: r.leaks()),
+        ('leaks()', lambda: fresh(hr.Reader.leaks)),
         ('size_histogram()', lambda: r.size_histogram()),
     ]
     if report:

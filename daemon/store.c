@@ -187,7 +187,8 @@ int hp_store_start(hp_store **out, const hp_store_config *cfg)
   s->pending = malloc((size_t)s->pending_cap * sizeof(pending_alloc));
   s->log = hp_txlog_new();
   s->agg = store_agg_new();
-  if (s->pending == NULL || s->log == NULL || s->agg == NULL)
+  s->site = store_site_new();
+  if (s->pending == NULL || s->log == NULL || s->agg == NULL || s->site == NULL)
     goto out_free;
   /* WAL with synchronous=NORMAL survives a killed process (the OS keeps what was
    * written); only a power cut can lose the last commits, never corrupt. The page cache
@@ -231,6 +232,7 @@ out_free:
   close_db(s);
   hp_txlog_free(s->log);
   store_agg_free(s->agg);
+  store_site_free(s->site);
   free(s->pending);
   free(s);
   return rc;
@@ -272,6 +274,7 @@ int hp_store_stop(hp_store *s)
   pthread_mutex_destroy(&s->mu);
   hp_txlog_free(s->log);
   store_agg_free(s->agg);
+  store_site_free(s->site);
   free(s->pending);
   free(s);
   return rc;

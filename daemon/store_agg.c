@@ -203,6 +203,7 @@ void store_agg_row(hp_store *s, const int64_t *v)
   x->alloc_count += count;
   x->alloc_var += est_var(v[ALLOC_EST], v[ALLOC_SIZE]);
   x->alloc_samples++;
+  store_site_add(s, v[ALLOC_SESSION], v[ALLOC_STACK], v[ALLOC_EST], v[ALLOC_TS]);
   if (v[ALLOC_FREED] != 0)
     store_agg_freed(s, v[ALLOC_SESSION], v[ALLOC_STACK], v[ALLOC_EST], v[ALLOC_SIZE],
                     v[ALLOC_FREED]);
@@ -228,6 +229,7 @@ void store_agg_freed(hp_store *s, int64_t session, int64_t stack, int64_t est, i
   x->freed_count += est_count(est, size);
   x->freed_var += est_var(est, size);
   x->freed_samples++;
+  store_site_add(s, session, stack, -est, freed);
 }
 
 void store_agg_write(hp_store *s)

@@ -10,6 +10,7 @@
  *   store_session.c  a session's life on the store thread: its row, counters and end
  *   store_intern.c   frames and stacks shared across sessions; the id counters
  *   store_agg.c      the aggregates, summed from the rows each transaction writes
+ *   store_site.c     the site aggregate: each line's highest level per bucket
  * Unless a comment says otherwise, everything here belongs to the store thread. */
 #ifndef HP_STORE_INT_H
 #define HP_STORE_INT_H
@@ -185,6 +186,12 @@ enum {
   ST_UPSERT_AGG_STACK,
   ST_UPSERT_AGG_SIZE,
   ST_SEL_FREED,
+  ST_INS_AGG_SITE_SESSION,
+  ST_INS_AGG_SITE,
+  ST_UPD_AGG_SITE_DONE,
+  ST_DEL_AGG_SITE_SESSION,
+  ST_DEL_AGG_SITE,
+  ST_SEL_FRAME_LINE,
   ST_COUNT
 };
 
@@ -205,6 +212,18 @@ typedef struct {
   int64_t alloc_samples, freed_samples;
 } agg_entry;
 typedef struct store_agg store_agg;
+typedef struct store_site store_site;
+
+/* How long before a session's latest event the site aggregate writes a bucket
+ * (store_site.c): events of agent threads reach heapprofd out of time order by less. */
+#define HP_STORE_SITE_LAG_NS 250000000LL
+/* Events of all sessions waiting for their bucket's write beyond which there is no lag;
+ * beyond which the sessions holding the most give their site aggregate up (also any one
+ * session at once); line references of the stacks read beyond which it gives up
+ * (store_site.c). */
+#define HP_STORE_SITE_SOFT_EVENTS   (1u << 20)
+#define HP_STORE_SITE_MAX_EVENTS    (1u << 22)
+#define HP_STORE_SITE_MAX_LINE_REFS (1u << 24)
 
 struct hp_store {
   hp_store_config cfg;
@@ -227,6 +246,7 @@ struct hp_store {
   sqlite3_stmt *st[ST_COUNT];
   sqlite3_stmt *ins_multi; /* ST_INS_ALLOC with HP_STORE_MULTI rows */
   store_agg *agg;          /* the open transaction's aggregates (store_agg.c) */
+  store_site *site;        /* the site aggregate's waiting events (store_site.c) */
   unsigned errors_logged;
 
   /* The open transaction (store_txn.c). */
@@ -410,6 +430,18 @@ void store_agg_freed(hp_store *s, int64_t session, int64_t stack, int64_t est, i
  * them (after COMMIT, or at a rollback: the replay sums the rows again). */
 void store_agg_write(hp_store *s);
 void store_agg_clear(hp_store *s);
+
+/* ------------------------------------------------------------------ store_site.c */
+
+store_site *store_site_new(void);    /* NULL on OOM */
+void store_site_free(store_site *t); /* NULL is a no-op */
+/* A change of delta bytes at ts on the lines of stack (0: none) of a session, from an
+ * alloc row or a free written in the open transaction (store_agg.c calls it). */
+void store_site_add(hp_store *s, int64_t session, int64_t stack, int64_t delta, int64_t ts);
+/* Writes the buckets no later row can reach (before COMMIT); then one of: */
+void store_site_write(hp_store *s);
+void store_site_committed(hp_store *s);
+void store_site_rolled_back(hp_store *s); /* the replay adds the rows again */
 
 /* ------------------------------------------------------------------ store_session.c */
 

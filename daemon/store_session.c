@@ -303,6 +303,12 @@ static void write_row(hp_store *s, hp_store_session *ss)
     sqlite3_bind_int64(st, 1, ss->id);
     sqlite3_bind_int64(st, 2, HP_STORE_AGG_BUCKET_NS);
     (void)store_sql_run(s, ST_INS_AGG_SESSION);
+    /* The site aggregate's buckets are the timeline's intervals, so that a line's
+     * series is read at the timeline's times. */
+    st = s->st[ST_INS_AGG_SITE_SESSION];
+    sqlite3_bind_int64(st, 1, ss->id);
+    sqlite3_bind_int64(st, 2, s->cfg.timeline_interval_ns);
+    (void)store_sql_run(s, ST_INS_AGG_SITE_SESSION);
   } else {
     st = s->st[ST_UPD_SESSION];
     sqlite3_bind_int64(st, 1, ss->id);

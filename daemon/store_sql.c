@@ -75,6 +75,17 @@ static const char *const sql_text[ST_COUNT] = {
     " VALUES(?,?,?,?,?) ON CONFLICT(session_id, size_class) DO UPDATE SET"
     " samples=samples+excluded.samples, est_count=est_count+excluded.est_count,"
     " est_bytes=est_bytes+excluded.est_bytes",
+  [ST_INS_AGG_SITE_SESSION] =
+    "INSERT OR IGNORE INTO agg_site_session(session_id, bucket_ns, done_ns) VALUES(?,?,0)",
+  [ST_INS_AGG_SITE] =
+    "INSERT INTO agg_site(session_id, frame_id, bucket_ns, net_bytes, high_bytes)"
+    " VALUES(?,?,?,?,?)",
+  [ST_UPD_AGG_SITE_DONE] = "UPDATE agg_site_session SET done_ns=?2 WHERE session_id=?1",
+  [ST_DEL_AGG_SITE_SESSION] = "DELETE FROM agg_site_session WHERE session_id=?1",
+  [ST_DEL_AGG_SITE] = "DELETE FROM agg_site WHERE session_id=?1",
+  [ST_SEL_FRAME_LINE] =
+    "SELECT (SELECT min(g.id) FROM frame g WHERE g.filename=f.filename AND"
+    " g.lineno=f.lineno) FROM frame f WHERE f.id=?1",
 };
 
 /* The statements that bind text (SQLITE_STATIC). */
@@ -227,6 +238,10 @@ static void free_row(hp_store *s, const int64_t *v)
 {
   bind_ints(s->st[ST_UPD_FREE], v, 2); /* FREE_ID, FREE_TS */
   if (store_sql_run(s, ST_UPD_FREE) < 0)
+    return;
+  /* No row: it was given up with a failed transaction (store_txn.c), so its free is
+   * in no sum either. */
+  if (sqlite3_changes(s->db) == 0)
     return;
   int64_t stack = v[FREE_STACK], size = v[FREE_SIZE];
   if ((stack < 0 || size < 0) && store_sql_row_of(s, v[FREE_ID], &stack, &size) < 0)

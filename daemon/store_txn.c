@@ -66,6 +66,7 @@ static void committed(hp_store *s)
   s->in_txn = 0;
   s->txn_rows = 0;
   store_agg_clear(s);
+  store_site_committed(s);
   hp_txlog_clear(s->log);
   s->log_incomplete = 0;
   store_session_committed(s);
@@ -104,6 +105,7 @@ void store_txn_commit(hp_store *s, int final)
   }
   store_session_write_rows(s);
   store_agg_write(s);
+  store_site_write(s);
   int rc = s->broken ? s->broken_rc : SQLITE_OK;
   if (!s->broken) {
     sqlite3_stmt *st = s->st[ST_COMMIT];
@@ -189,6 +191,7 @@ void store_txn_fail(hp_store *s, int rc)
   s->broken = 0;
   s->txn_rows = 0;
   store_agg_clear(s);
+  store_site_rolled_back(s);
   store_session_rolled_back(s);
   struct timespec now = store_mono_now();
   if (!s->failing) {

@@ -178,6 +178,32 @@ CREATE TABLE IF NOT EXISTS agg_size ( -- heapprof: added within version 2
   PRIMARY KEY (session_id, size_class)
 ) WITHOUT ROWID;
 
+-- The site aggregate. One row per session recorded with it: the width of its buckets
+-- (heapprofd's timeline interval, so that they are the timeline's intervals) and the
+-- time before which its buckets are written (INT64_MAX once the session's end is
+-- stored). A session whose site aggregate heapprofd gave up has no row.
+CREATE TABLE IF NOT EXISTS agg_site_session ( -- heapprof: added within version 2
+  session_id INTEGER PRIMARY KEY,
+  bucket_ns  INTEGER NOT NULL,
+  done_ns    INTEGER NOT NULL
+);
+
+-- Per session, source line and bucket, over the alloc rows whose stack has that line
+-- (each row once, however often the line is on its stack): net_bytes, the change of
+-- their live bytes over the bucket (est_bytes at ts_ns, minus est_bytes at freed_ns),
+-- and high_bytes, the highest level they reach in the bucket relative to the level at
+-- its start (the start itself included unless a change comes at that very instant;
+-- frees before allocations at one instant). A line is keyed by the smallest frame id
+-- with its filename and lineno. A line with no row in a bucket did not change in it.
+CREATE TABLE IF NOT EXISTS agg_site ( -- heapprof: added within version 2
+  session_id INTEGER NOT NULL,
+  frame_id   INTEGER NOT NULL,
+  bucket_ns  INTEGER NOT NULL,
+  net_bytes  INTEGER NOT NULL,
+  high_bytes INTEGER NOT NULL,
+  PRIMARY KEY (session_id, frame_id, bucket_ns)
+) WITHOUT ROWID;
+
 -- ---------------------------------------------------------------- public views
 -- Views are dropped and created again each time heapprofd opens a database, so that a
 -- database of this version written with older view definitions gets the current ones
@@ -188,7 +214,8 @@ CREATE TABLE IF NOT EXISTS agg_size ( -- heapprof: added within version 2
 -- sessions, frames, stack_frames, allocations and timeline have exactly the columns of
 -- the public interface, in its order. stacks, session_settings, timeline_detail,
 -- sampling_changes, threads and markers are heapprof extensions (schema/README.md), and
--- so are aggregated_sessions, stack_buckets, stack_live and size_classes, the aggregates.
+-- so are aggregated_sessions, stack_buckets, stack_live, size_classes, site_sessions and
+-- site_buckets, the aggregates.
 DROP VIEW IF EXISTS sessions;
 CREATE VIEW IF NOT EXISTS sessions AS
   SELECT id AS session_id, pid, ppid, argv, executable, python_version, started_ns,
@@ -274,3 +301,18 @@ CREATE VIEW IF NOT EXISTS size_classes AS
          CASE WHEN size_class >= 63 THEN 9223372036854775807 ELSE (1 << size_class) - 1 END
            AS max_size, samples, est_count, est_bytes
   FROM agg_size;
+
+DROP VIEW IF EXISTS site_sessions;
+CREATE VIEW IF NOT EXISTS site_sessions AS
+  SELECT session_id, bucket_ns, done_ns FROM agg_site_session;
+
+-- Each line's live bytes at the start of the bucket (before_bytes) and the highest they
+-- reach in it, for every bucket in which they changed.
+DROP VIEW IF EXISTS site_buckets;
+CREATE VIEW IF NOT EXISTS site_buckets AS
+  SELECT g.session_id, g.bucket_ns, f.filename, f.lineno, g.frame_id,
+         SUM(g.net_bytes) OVER w - g.net_bytes AS before_bytes,
+         SUM(g.net_bytes) OVER w - g.net_bytes + g.high_bytes AS high_bytes,
+         SUM(g.net_bytes) OVER w AS end_bytes
+  FROM agg_site g JOIN frame f ON f.id = g.frame_id
+  WINDOW w AS (PARTITION BY g.session_id, g.frame_id ORDER BY g.bucket_ns);

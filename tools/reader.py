@@ -363,6 +363,9 @@ class Reader:
         self._domain_args = ()  # parameters
         self.domains = ()       # the domains counted, () for all
         self._bucket_ns = False  # aggregates' bucket width; None: none (see _agg_bucket)
+        self._site_ns = False    # site aggregate's bucket width; None: none (_site_bucket)
+        self._unfreed = None     # (domains, _unfreed_by_stack()) of an ended session
+        self._peak_found = None  # _peak_search() of an ended session
 
     # ---------------------------------------------------------------- lifecycle
     def close(self):
@@ -444,8 +447,13 @@ class Reader:
     def _event_bounds(self):
         """(first allocation, last allocation, last free) of the session in ns, each None
         when there is none."""
-        return self._con.execute('SELECT MIN(ts_ns), MAX(ts_ns), MAX(freed_ns) FROM allocations'
-                                 ' WHERE session_id = ?', (self.session_id,)).fetchone()
+        # Three subqueries: each MIN or MAX alone is one index look-up, where one SELECT
+        # of all three reads every row of the session.
+        return self._con.execute(
+            'SELECT (SELECT MIN(ts_ns) FROM allocations WHERE session_id = :s),'
+            ' (SELECT MAX(ts_ns) FROM allocations WHERE session_id = :s),'
+            ' (SELECT MAX(freed_ns) FROM allocations WHERE session_id = :s)',
+            {'s': self.session_id}).fetchone()
 
     def _ns(self, t):
         """Absolute ns for t seconds from the start, refusing times outside the session."""
@@ -611,6 +619,15 @@ class Reader:
         it where the running level of its sampled allocations and frees is highest, and how
         far that is above the level at its start (0: never above; the instant is then its
         start). None without a timeline."""
+        # An ended session's peak cannot move: found once (the report asks twice).
+        if self._peak_found is not None:
+            return self._peak_found
+        found = self._peak_search_read()
+        if self.metadata.ended_ns is not None:
+            self._peak_found = found
+        return found
+
+    def _peak_search_read(self):
         con, session = self._con, self.session_id
         row = con.execute('SELECT ts_ns, live_bytes FROM timeline WHERE session_id = ?'
                           ' ORDER BY live_bytes DESC, ts_ns LIMIT 1', (session,)).fetchone()
@@ -899,6 +916,47 @@ class Reader:
                 changes[i] = changes.get(i, 0) - b
         return per_stack
 
+    def bucket_steps_ns(self, first_ns, last_ns, points):
+        """(start_ns, step_ns, steps) for stack_step_deltas_ns whose steps are all bucket
+        ends of the aggregates, about `points` of them (fewer when the session has fewer
+        buckets) from before first_ns to at or after last_ns, so that stack_step_deltas_agg_ns
+        answers them; None when the session has no aggregates. Step 0 comes before
+        first_ns (nothing of the session is live there) by less than a step."""
+        width = self._agg_bucket()
+        if width is None:
+            return None
+        step = max(1, -(-(last_ns - first_ns) // max(1, points - 1)))
+        step = -(-step // width) * width
+        start = first_ns - first_ns % width + width - step - 1
+        return start, step, -(-(last_ns - start) // step) + 1
+
+    def stack_step_deltas_agg_ns(self, start_ns, step_ns, steps):
+        """stack_step_deltas_ns(start_ns, step_ns, steps) from the aggregates, for steps at
+        bucket ends (start_ns + 1 and step_ns multiples of the bucket width, as
+        bucket_steps_ns gives): every allocation and free of a bucket then counts from the
+        same step, the first at or after the bucket's last instant. None when the session
+        has no aggregates or the steps are not bucket ends."""
+        width = self._agg_bucket()
+        if width is None or (start_ns + 1) % width or step_ns % width:
+            return None
+        per_stack, frees = {}, []
+        for sid, b, ab, an, fb, fn in self._con.execute(
+                'SELECT stack_id, bucket_ns, alloc_bytes, alloc_samples, freed_bytes,'
+                ' freed_samples FROM stack_buckets WHERE session_id = ?', (self.session_id,)):
+            i = max(0, -(-(b + width - 1 - start_ns) // step_ns))
+            if i >= steps:
+                continue
+            if an:
+                changes = per_stack.setdefault(sid, {})
+                changes[i] = changes.get(i, 0) + int(ab)
+            if fn:
+                frees.append((sid, i, int(fb)))
+        for sid, i, fb in frees:
+            if sid in per_stack:
+                changes = per_stack[sid]
+                changes[i] = changes.get(i, 0) - fb
+        return per_stack
+
     # ---------------------------------------------------------------- stacks and frames
     def _load_stacks(self, stack_ids):
         need = [s for s in stack_ids if s is not None and s not in self._stacks]
@@ -1029,7 +1087,34 @@ class Reader:
 
     def _unfreed_by_stack(self):
         """[(stack_id, est bytes (float), est count, samples, first ts_ns, last ts_ns,
-        variance of est bytes)] of the allocations with no recorded free, per stack."""
+        variance of est bytes)] of the allocations with no recorded free, per stack. With
+        the aggregates, the sums come from them (what was allocated minus what was freed),
+        and only the first and last times from the rows, through the index on freed_ns."""
+        # Kept for the next call (the report asks twice) while nothing can change them:
+        # the session's end is stored and the domains are the same.
+        key = (self._domain_sql, self._domain_args)
+        if self._unfreed is not None and self._unfreed[0] == key:
+            return self._unfreed[1]
+        rows = self._unfreed_by_stack_read()
+        if self.metadata.ended_ns is not None:
+            self._unfreed = (key, rows)
+        return rows
+
+    def _unfreed_by_stack_read(self):
+        if self._can_use_aggregates():
+            with self._read_txn():
+                sums = {sid: (b, c, k, max(v, 0.0)) for sid, b, c, k, v in self._con.execute(
+                    'SELECT stack_id, TOTAL(alloc_bytes) - TOTAL(freed_bytes),'
+                    ' TOTAL(alloc_count) - TOTAL(freed_count),'
+                    ' TOTAL(alloc_samples) - TOTAL(freed_samples),'
+                    ' TOTAL(alloc_var) - TOTAL(freed_var) FROM stack_buckets'
+                    ' WHERE session_id = ? GROUP BY stack_id', (self.session_id,))}
+                times = self._con.execute(
+                    'SELECT stack_id, MIN(ts_ns), MAX(ts_ns) FROM allocations'
+                    ' WHERE session_id = ? AND freed_ns IS NULL GROUP BY +stack_id',
+                    (self.session_id,)).fetchall()
+            return [(sid, sums[sid][0], sums[sid][1], int(sums[sid][2]), lo, hi, sums[sid][3])
+                    for sid, lo, hi in times]
         return self._con.execute(
             'SELECT stack_id, TOTAL(est_bytes), TOTAL(CAST(est_bytes AS REAL) / MAX(size, 1)),'
             ' COUNT(*), MIN(ts_ns), MAX(ts_ns), TOTAL(%s) FROM allocations WHERE session_id = ?'
@@ -1038,6 +1123,9 @@ class Reader:
 
     def allocation_count(self):
         """The number of sampled allocations the session recorded."""
+        if self._agg_bucket() is not None:
+            return int(self._con.execute('SELECT TOTAL(alloc_samples) FROM stack_buckets'
+                                         ' WHERE session_id = ?', (self.session_id,)).fetchone()[0])
         return self._con.execute('SELECT COUNT(*) FROM allocations WHERE session_id = ?',
                                  (self.session_id,)).fetchone()[0]
 
@@ -1120,6 +1208,10 @@ class Reader:
         out = {}
         for site in sites:
             fids = self._match_sites(site)
+            series = self._site_series_agg(fids, times)
+            if series is not None:
+                out[site] = [(self._t_clamped(ts), b) for ts, b in series]
+                continue
             stacks = set()
             for i in range(0, len(fids), _CHUNK):
                 part = fids[i:i + _CHUNK]
@@ -1154,6 +1246,60 @@ class Reader:
                 events = sorted(merged.items())
             out[site] = [(self._t_clamped(ts), b)
                          for ts, b in _max_per_interval(events, times)]
+        return out
+
+    def _site_bucket(self):
+        """The width of the session's site buckets when its site aggregate is complete
+        (heapprofd stored its end) and its buckets are whole timeline intervals; else
+        None, and the series are read from the rows."""
+        if self._site_ns is False:
+            self._site_ns = None
+            if _has_view(self._con, 'site_sessions'):
+                row = self._con.execute('SELECT bucket_ns, done_ns FROM site_sessions'
+                                        ' WHERE session_id = ?', (self.session_id,)).fetchone()
+                if row is not None and row[0] > 0 and row[1] == _INT64_MAX:
+                    off = self._con.execute(
+                        'SELECT COUNT(*) FROM timeline WHERE session_id = ? AND ts_ns % ? <> 0',
+                        (self.session_id, row[0])).fetchone()[0]
+                    if off == 0:
+                        self._site_ns = row[0]
+        return self._site_ns
+
+    def _site_series_agg(self, fids, times):
+        """[(ts_ns, highest level)] at times from the site aggregate, or None when it
+        cannot answer: the frames are not all on one line (a file given by a suffix that
+        several files end with), or the session has no complete aggregate. A line's level
+        before a bucket is the sum of the nets of the buckets before it; the highest within
+        a run of buckets is the highest of level + high_bytes over its buckets, and the
+        level at its start when no change comes at that instant (a bucket without a row,
+        or whose high_bytes counts its start)."""
+        if self._site_bucket() is None:
+            return None
+        keys = set()
+        for i in range(0, len(fids), _CHUNK):
+            part = fids[i:i + _CHUNK]
+            keys.update(k for k, in self._con.execute(
+                'SELECT (SELECT MIN(g.frame_id) FROM frames g WHERE g.filename = f.filename'
+                ' AND g.lineno = f.lineno) FROM frames f WHERE f.frame_id IN (%s)'
+                % ','.join('?' * len(part)), part))
+        if len(keys) != 1:
+            return None
+        rows = self._con.execute(
+            'SELECT bucket_ns, net_bytes, high_bytes FROM agg_site WHERE session_id = ?'
+            ' AND frame_id = ? ORDER BY bucket_ns', (self.session_id, keys.pop())).fetchall()
+        out, level, i, n = [], 0, 0, len(rows)
+        for k, start in enumerate(times):
+            while i < n and rows[i][0] < start:
+                level += rows[i][1]
+                i += 1
+            best = None if i < n and rows[i][0] == start else level
+            end = times[k + 1] if k + 1 < len(times) else None
+            while i < n and (end is None or rows[i][0] < end):
+                high = level + rows[i][2]
+                best = high if best is None or high > best else best
+                level += rows[i][1]
+                i += 1
+            out.append((start, level if best is None else best))
         return out
 
     # ---------------------------------------------------------------- histogram

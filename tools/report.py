@@ -37,6 +37,7 @@ from heapprof import reader
 
 # Limits on what the HTML embeds; named once here, checked on the command line.
 DEFAULT_STEPS = 200          # uniform moments at which live bytes per stack are kept
+AGGREGATE_STEPS_FROM = 1_000_000  # sampled allocations from which steps are bucket ends
 MAX_STEPS = 1000
 DEFAULT_TOP_STACKS = 5000    # at most this many stacks kept whole; the rest are folded
 MAX_TOP_STACKS = 20000
@@ -191,10 +192,19 @@ def _report_data(r, db_path, nsteps, top_k, timeline_from, fold_share):
     timeline, peak, timeline_source = _plotted_timeline(r, t0, t1, n_allocs, timeline_from)
 
     # Uniform steps over the session, plus the peak's instant so that the flame graph
-    # of the highest moment is exact rather than the nearest step's.
-    dt = max(1, -(-(t1 - t0) // (nsteps - 1)))
-    step_ts = [t0 + i * dt for i in range(nsteps)]
-    deltas = r.stack_step_deltas_ns(t0, dt, nsteps)
+    # of the highest moment is exact rather than the nearest step's. The steps read every
+    # allocation twice; a session with many has them from its aggregates instead, at
+    # bucket ends (every bucket's end when the session has fewer buckets than steps).
+    steps = r.bucket_steps_ns(t0, t1, nsteps) if n_allocs >= AGGREGATE_STEPS_FROM else None
+    if steps is not None:
+        start, dt, nsteps = steps
+        deltas = r.stack_step_deltas_agg_ns(start, dt, nsteps)
+    else:
+        start = t0
+        dt = max(1, -(-(t1 - t0) // (nsteps - 1)))
+        deltas = r.stack_step_deltas_ns(t0, dt, nsteps)
+    # Step 0 of bucket steps comes before the session: it shows at its start.
+    step_ts = [max(t0, start + i * dt) for i in range(nsteps)]
     at_peak = r.snapshot_at_ns(peak[0]) if peak else {}
 
     totals = [0] * nsteps

@@ -212,12 +212,50 @@ def _size_class_sql():
         'WHEN size < %d THEN %d' % (1 << k, k) for k in range(1, 63))
 
 
+def site_mismatches(con):
+    """Rows of agg_site (the site aggregate, schema/schema.sql) that differ from the same
+    computation over the alloc rows, in either direction, in the buckets heapprofd has
+    written (before each session's done_ns); 0 when they agree. Per session, line (the
+    smallest frame id of its filename and lineno) and bucket: the net change of the live
+    bytes of the rows whose stack has the line, and the highest level after any instant
+    of the bucket, relative to its start, which counts too unless a change comes at the
+    bucket's first instant."""
+    return con.execute("""
+      WITH ss AS (SELECT session_id s, bucket_ns w, done_ns done FROM agg_site_session),
+      lines AS (SELECT DISTINCT sf.stack_id k, (SELECT min(g.id) FROM frame g
+                  WHERE g.filename = f.filename AND g.lineno = f.lineno) line
+                FROM stack_frame sf JOIN frame f ON f.id = sf.frame_id),
+      ev AS (SELECT a.session_id s, l.line, a.ts_ns t, a.est_bytes d
+               FROM alloc a JOIN lines l ON l.k = a.stack_id
+               WHERE a.session_id IN (SELECT s FROM ss)
+             UNION ALL
+             SELECT a.session_id, l.line, a.freed_ns, -a.est_bytes
+               FROM alloc a JOIN lines l ON l.k = a.stack_id
+               WHERE a.freed_ns IS NOT NULL AND a.session_id IN (SELECT s FROM ss)),
+      inst AS (SELECT ev.s, line, t, t - t % ss.w b, sum(d) d FROM ev JOIN ss ON ss.s = ev.s
+               WHERE t - t % ss.w < ss.done GROUP BY ev.s, line, t),
+      run AS (SELECT s, line, b, t, d, sum(d) OVER (PARTITION BY s, line, b ORDER BY t) lvl
+              FROM inst),
+      g AS (SELECT s, line, b, max(max(lvl), CASE WHEN min(t) = b THEN -9223372036854775808
+                                                  ELSE 0 END) high,
+                   sum(d) net
+            FROM run GROUP BY s, line, b),
+      want AS (SELECT * FROM g WHERE NOT (net = 0 AND high = 0))
+      SELECT (SELECT count(*) FROM want LEFT JOIN agg_site a ON a.session_id = want.s
+                AND a.frame_id = want.line AND a.bucket_ns = want.b
+                AND a.net_bytes = want.net AND a.high_bytes = want.high
+              WHERE a.session_id IS NULL)
+           + abs((SELECT count(*) FROM agg_site) - (SELECT count(*) FROM want))
+    """).fetchone()[0]
+
+
 def aggregate_mismatches(con):
     """Rows of agg_stack and agg_size (the aggregates heapprofd keeps, schema/schema.sql)
     that differ from a GROUP BY over the alloc rows, in either direction, for the sessions
-    that have aggregates; 0 when they agree. Counts are REAL sums added in another order,
-    so they are compared to a relative 1e-9."""
-    return con.execute("""
+    that have aggregates, plus those of agg_site (site_mismatches); 0 when they agree.
+    Counts are REAL sums added in another order, so they are compared to a relative
+    1e-9."""
+    return site_mismatches(con) + con.execute("""
       WITH r AS (SELECT * FROM alloc WHERE session_id IN (SELECT session_id FROM agg_session)),
       e AS (SELECT session_id s, ts_ns - ts_ns %% 1000000000 b, coalesce(stack_id, 0) k,
               total(est_bytes) ab, total(CAST(est_bytes AS REAL) / max(size, 1)) ac,

@@ -128,6 +128,9 @@ EXTENSION_VIEWS = {
     "stack_live": ["session_id", "end_ns", "stack_id", "live_bytes", "live_samples"],
     "size_classes": ["session_id", "size_class", "min_size", "max_size", "samples",
                      "est_count", "est_bytes"],
+    "site_sessions": ["session_id", "bucket_ns", "done_ns"],
+    "site_buckets": ["session_id", "bucket_ns", "filename", "lineno", "frame_id",
+                     "before_bytes", "high_bytes", "end_bytes"],
 }
 
 # Session 1 (started at 1024 bytes) adapted its sampling interval twice within one clock

@@ -19,6 +19,21 @@ import tools_recording as rec
 from heapprof import reader as hr
 
 NS = 1_000_000_000
+MIB = 1 << 20
+
+# 80 MiB held for 30 ms, well inside one timeline interval (100 ms), between churn.
+SHORT_SPIKE = '''import time
+def churn(n):
+    for _ in range(n):
+        junk = [bytes(256) for _ in range(100)]
+        del junk
+        time.sleep(0.01)
+churn(20)
+spike = [bytearray(64 * 1024) for _ in range(1280)]  # line 8
+time.sleep(0.03)
+del spike
+churn(20)
+'''
 
 
 def without_aggregates(src, dst):
@@ -27,6 +42,7 @@ def without_aggregates(src, dst):
     con = sqlite3.connect(dst)
     try:
         con.execute('DROP VIEW aggregated_sessions')
+        con.execute('DROP VIEW site_sessions')
         con.commit()
     finally:
         con.close()
@@ -42,6 +58,10 @@ class AggregatesTest(unittest.TestCase):
             daemon.record('spike.py', 20, interval=512)
             daemon.record('leak.py', 200, interval=1)
             daemon.record('steady.py', 2.5, interval=256)
+            cls.short_spike = os.path.join(cls.tmp.name, 'short_spike.py')
+            with open(cls.short_spike, 'w') as f:
+                f.write(SHORT_SPIKE)
+            daemon.record(cls.short_spike, interval=4096)
         finally:
             daemon.stop()
         cls.db = daemon.db
@@ -89,7 +109,7 @@ class AggregatesTest(unittest.TestCase):
                                10)
         finally:
             con.close()
-        self.assertEqual(len(self.sessions), 3)
+        self.assertEqual(len(self.sessions), 4)
 
     def test_snapshots_are_equal_at_every_instant(self):
         for a, r in self.pairs():
@@ -151,6 +171,97 @@ class AggregatesTest(unittest.TestCase):
                              [(b.lo, b.hi, b.samples, b.est_bytes) for b in want])
             for g, w in zip(got, want):
                 self.assert_counts_close(g.est_count, w.est_count)
+
+    def sites_of(self, r):
+        """Every 'file:line' on a stack of r's session, as a full path and as a suffix."""
+        con = sqlite3.connect(self.rows_db)
+        try:
+            rows = con.execute(
+                'SELECT DISTINCT f.filename, f.lineno FROM allocations a'
+                ' JOIN stack_frames sf ON sf.stack_id = a.stack_id'
+                ' JOIN frames f ON f.frame_id = sf.frame_id WHERE a.session_id = ?',
+                (r.session_id,)).fetchall()
+        finally:
+            con.close()
+        return ['%s:%d' % (os.path.basename(fn) if k % 2 else fn, line)
+                for k, (fn, line) in enumerate(sorted(rows))]
+
+    def test_site_series_are_equal_and_from_the_aggregates(self):
+        answered = 0
+        for a, r in self.pairs():
+            self.assertIsNotNone(a._site_bucket())
+            self.assertIsNone(r._site_bucket())
+            sites = self.sites_of(r)
+            self.assertGreater(len(sites), 3)
+            got, want = a.site_series(sites), r.site_series(sites)
+            for site in sites:
+                self.assertEqual(got[site], want[site], site)
+                fids = a._match_sites(site)
+                times = [ts for ts, in a._con.execute(
+                    'SELECT ts_ns FROM timeline WHERE session_id = ?', (a.session_id,))]
+                answered += a._site_series_agg(fids, sorted(times)) is not None
+        self.assertGreater(answered, 20)
+
+    def test_a_spike_shorter_than_an_interval_keeps_its_height(self):
+        sid = max(self.sessions)
+        a, r = self.both(sid)
+        site = 'short_spike.py:8'
+        got = a.site_series([site])[site]
+        self.assertEqual(got, r.site_series([site])[site])
+        high = [(t, b) for t, b in got if b >= 80 * MIB]
+        self.assertIn(len(high), (1, 2), got)   # its interval, and the next if it straddles
+        self.assertLess(high[-1][0] - high[0][0], 0.15)
+        self.assertGreaterEqual(max(b for _, b in got), 80 * MIB)
+        self.assertLessEqual(max(b for _, b in got), max(b for _, b in a.timeline()))
+        self.assertLess(got[-1][1], MIB)
+
+    def test_leaks_are_equal(self):
+        seen = 0
+        for a, r in self.pairs():
+            self.assertEqual(a.unfreed_stacks(), r.unfreed_stacks())
+            got, want = a.leaks(), r.leaks()
+            key = lambda s: (s.frame_id, s.bytes, s.samples, s.first_t, s.last_t)
+            self.assertEqual([key(s) for s in got], [key(s) for s in want])
+            for g, w in zip(got, want):
+                self.assertLessEqual(abs(g.count - w.count), 1)
+                self.assertLessEqual(abs(g.se - w.se), 1e-6 * max(1.0, w.se) + 1e-3)
+            seen += len(want)
+        self.assertGreater(seen, 0)
+
+    def test_steps_at_bucket_ends_are_equal(self):
+        for a, r in self.pairs():
+            first, last = r.span_ns()
+            for points in (2, 7, 200):
+                start, step, n = a.bucket_steps_ns(first, last, points)
+                self.assertEqual((start + 1) % NS, 0)
+                self.assertLessEqual(start, first)
+                self.assertGreaterEqual(start + (n - 1) * step, last)
+                got = a.stack_step_deltas_agg_ns(start, step, n)
+                self.assertEqual(got, r.stack_step_deltas_ns(start, step, n), points)
+                self.assertEqual(got, a.stack_step_deltas_ns(start, step, n), points)
+            self.assertIsNone(a.stack_step_deltas_agg_ns(first, NS, 3))
+            self.assertIsNone(r.bucket_steps_ns(first, last, 200))
+
+    def test_report_of_a_large_session_takes_its_steps_from_the_aggregates(self):
+        from heapprof import report
+        sid = min(self.sessions)
+        old = report.AGGREGATE_STEPS_FROM
+        report.AGGREGATE_STEPS_FROM = 0
+        try:
+            data = report.build_data(self.db, sid)
+        finally:
+            report.AGGREGATE_STEPS_FROM = old
+        plain = report.build_data(self.db, sid)
+        with hr.read(self.db, sid) as a:
+            first, last = a.span_ns()
+            start, step, n = a.bucket_steps_ns(first, last, report.DEFAULT_STEPS)
+        self.assertEqual(len(data['steps']['t']), n)
+        self.assertEqual(data['steps']['t'][0], 0)
+        self.assertAlmostEqual(data['steps']['t'][1], (start + step - first) / NS)
+        self.assertEqual(len(plain['steps']['t']), report.DEFAULT_STEPS)
+        # The same stacks, and the same heap at the end.
+        self.assertEqual(data['steps']['total'][-1], plain['steps']['total'][-1])
+        self.assertEqual(data['peak'], plain['peak'])
 
     def test_the_aggregates_are_what_answers(self):
         # A copy whose aggregates say one more byte for one stack in its first bucket:

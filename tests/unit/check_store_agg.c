@@ -2,7 +2,8 @@
  * views) against a real SQLite database: known values for a small session, and equality
  * with a GROUP BY over the alloc rows after a mixed workload (frees of pending and of
  * stored rows, reattributes, reused addresses, no stack), after a full disk rolled
- * transactions back, and after a transaction was given up. */
+ * transactions back, and after a transaction was given up; agg_site likewise against the
+ * same computation over the rows. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +141,34 @@ static const char MISMATCH_TAIL[] =
   "   AND abs(a.est_count - z.ec) <= 1e-9 * max(1, z.ec) WHERE a.session_id IS NULL)"
   " + abs((SELECT count(*) FROM agg_size) - (SELECT count(*) FROM z))";
 
+/* Rows of agg_site that differ from the same computation over alloc (in either
+ * direction), in the buckets written (before each session's done_ns): per session, line
+ * (the smallest frame id of its filename and lineno) and bucket, the net change of the
+ * live bytes of the rows whose stack has the line, and the highest level after any
+ * instant of the bucket, relative to its start, which counts unless a change comes at
+ * the bucket's first instant. As site_mismatches in tests/integration/daemon_harness.py. */
+static const char SITE_MISMATCH[] =
+  "WITH ss AS (SELECT session_id s, bucket_ns w, done_ns done FROM agg_site_session),"
+  " lines AS (SELECT DISTINCT sf.stack_id k, (SELECT min(g.id) FROM frame g"
+  "   WHERE g.filename = f.filename AND g.lineno = f.lineno) line"
+  "   FROM stack_frame sf JOIN frame f ON f.id = sf.frame_id),"
+  " ev AS (SELECT a.session_id s, l.line, a.ts_ns t, a.est_bytes d"
+  "   FROM alloc a JOIN lines l ON l.k = a.stack_id WHERE a.session_id IN (SELECT s FROM ss)"
+  "  UNION ALL SELECT a.session_id, l.line, a.freed_ns, -a.est_bytes"
+  "   FROM alloc a JOIN lines l ON l.k = a.stack_id"
+  "   WHERE a.freed_ns IS NOT NULL AND a.session_id IN (SELECT s FROM ss)),"
+  " inst AS (SELECT ev.s, line, t, t - t % ss.w b, sum(d) d FROM ev JOIN ss ON ss.s = ev.s"
+  "   WHERE t - t % ss.w < ss.done GROUP BY ev.s, line, t),"
+  " run AS (SELECT s, line, b, t, d, sum(d) OVER (PARTITION BY s, line, b ORDER BY t) lvl"
+  "   FROM inst),"
+  " g AS (SELECT s, line, b, max(max(lvl), CASE WHEN min(t) = b"
+  "   THEN -9223372036854775808 ELSE 0 END) high, sum(d) net FROM run GROUP BY s, line, b),"
+  " want AS (SELECT * FROM g WHERE NOT (net = 0 AND high = 0))"
+  " SELECT (SELECT count(*) FROM want LEFT JOIN agg_site a ON a.session_id = want.s"
+  "   AND a.frame_id = want.line AND a.bucket_ns = want.b AND a.net_bytes = want.net"
+  "   AND a.high_bytes = want.high WHERE a.session_id IS NULL)"
+  " + abs((SELECT count(*) FROM agg_site) - (SELECT count(*) FROM want))";
+
 static const char *mismatch_sql(void) {
   static char sql[sizeof MISMATCH_HEAD + sizeof MISMATCH_TAIL + 2048];
   char cls[2048] = "CASE WHEN size <= 0 THEN 0";
@@ -151,6 +180,9 @@ static const char *mismatch_sql(void) {
   snprintf(sql, sizeof sql, "%s%s%s", MISMATCH_HEAD, cls, MISMATCH_TAIL);
   return sql;
 }
+
+/* Mismatches of every aggregate. */
+static long long mismatches(void) { return db_int(mismatch_sql()) + db_int(SITE_MISMATCH); }
 
 /* A mixed workload over `seconds` s: allocations over three stacks and none, of sizes
  * from 0 to 64 KiB with unrounded estimates; frees soon (pending rows) and late (stored
@@ -231,11 +263,74 @@ START_TEST(agg_known_values_of_a_small_session) {
                    3 * 100000 + 1000);
   ck_assert_int_eq(db_int("SELECT samples FROM size_classes WHERE size_class = 2"
                           " AND min_size = 2 AND max_size = 3"), 1);
-  ck_assert_int_eq(db_int(mismatch_sql()), 0);
+  ck_assert_int_eq(mismatches(), 0);
 }
 END_TEST
 
 /* Small batches commit often, so frees meet rows both pending and stored. */
+/* The site aggregate of the small session above: per line (frames 1-3 are lines 1-3 of
+ * m.py; stacks 1-3 are lines {1,2}, {2,3}, {3,1}) and 100 ms bucket, the net change and
+ * the highest level relative to the bucket's start. Every change here comes at its
+ * bucket's first instant, so the start does not count; the reattribute from stack 2 to 3
+ * moves 300 bytes from line 2 to line 1 and leaves line 3, on both, unchanged (no row). */
+START_TEST(agg_site_known_values) {
+  hp_store *s = start_cfg((hp_store_config){0});
+  hp_store_session *a = session(s, 1);
+  hp_event e[] = {
+    ev(HP_EV_ALLOC, 100, 0x1000, 100, 400, 1),
+    ev(HP_EV_ALLOC, 200, 0x2000, 3, 9, 0),
+    ev(HP_EV_ALLOC, 230, 0x4000, 10, 50, 1),  /* a 50-byte spike within bucket 200 */
+    ev(HP_EV_FREE, 260, 0x4000, 0, 0, 0),
+    ev(HP_EV_FREE, 1500, 0x1000, 0, 0, 0),
+    ev(HP_EV_ALLOC, 1600, 0x3000, 100, 300, 2),
+    ev(HP_EV_REATTRIBUTE, 2500, 0x3000, 0, 0, 3),
+  };
+  ck_assert_int_eq(hp_store_events(s, a, e, 7), 0);
+  end(s, a, 3000);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  ck_assert_int_eq(db_int("SELECT bucket_ns FROM site_sessions"), 100000000);
+  ck_assert_int_eq(db_int("SELECT done_ns = 9223372036854775807 FROM site_sessions"), 1);
+  ck_assert_int_eq(
+    db_int("SELECT group_concat(x, ' ') = '1:100:400:400 1:200:0:50 1:1500:-400:-400"
+           " 1:2500:300:300 2:100:400:400 2:200:0:50 2:1500:-400:-400 2:1600:300:300"
+           " 2:2500:-300:-300 3:1600:300:300' FROM (SELECT frame_id || ':' ||"
+           " ((bucket_ns - 1700000000000000000) / 1000000) || ':' || net_bytes || ':' ||"
+           " high_bytes x FROM agg_site ORDER BY frame_id, bucket_ns)"), 1);
+  /* The view: the level before each bucket, and the highest within it. */
+  ck_assert_int_eq(db_int("SELECT before_bytes * 1000 + high_bytes FROM site_buckets"
+                          " WHERE lineno = 2 AND bucket_ns = 1700000000200000000"), 400450);
+  ck_assert_int_eq(mismatches(), 0);
+}
+END_TEST
+
+/* An event stamped well before the bucket its session's site aggregate has written
+ * gives that aggregate up: its rows go, readers read the alloc rows. */
+START_TEST(agg_site_given_up_for_an_event_too_late) {
+  hp_store *s = start_cfg((hp_store_config){.commit_ms = 5});
+  hp_store_session *a = session(s, 1);
+  hp_store_session *b = session(s, 2);
+  hp_event e[40];
+  for (int i = 0; i < 40; i++)
+    e[i] = ev(HP_EV_ALLOC, 50 + 50 * (uint64_t)i, 0x1000 + 16u * (uint64_t)i, 8, 80, 1);
+  ck_assert_int_eq(hp_store_events(s, a, e, 40), 0);
+  ck_assert_int_eq(hp_store_events(s, b, e, 40), 0);
+  for (int i = 0; i < 10000 && db_int("SELECT count(*) FROM site_sessions"
+                                      " WHERE done_ns > 1700000001000000000") < 2; i++)
+    sleep_ms(2);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM site_sessions"
+                          " WHERE done_ns > 1700000001000000000"), 2);
+  hp_event late = ev(HP_EV_ALLOC, 120, 0x9000, 8, 80, 2);
+  ck_assert_int_eq(hp_store_events(s, a, &late, 1), 0);
+  end(s, a, 3000);
+  end(s, b, 3000);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM alloc WHERE session_id = 1"), 41);
+  ck_assert_int_eq(db_int("SELECT group_concat(session_id) FROM site_sessions"), 2);
+  ck_assert_int_eq(db_int("SELECT count(DISTINCT session_id) FROM agg_site"), 1);
+  ck_assert_int_eq(mismatches(), 0);
+}
+END_TEST
+
 START_TEST(agg_equal_a_group_by_over_the_rows) {
   uint32_t batch = _i == 0 ? 16 : 0;
   hp_store *s = start_cfg((hp_store_config){.batch_rows = batch, .commit_ms = 5});
@@ -249,7 +344,10 @@ START_TEST(agg_equal_a_group_by_over_the_rows) {
   ck_assert_int_gt(db_int("SELECT count(*) FROM alloc WHERE freed_ns IS NOT NULL"), 1000);
   ck_assert_int_gt(db_int("SELECT count(*) FROM agg_stack"), 20);
   ck_assert_int_eq(db_int("SELECT count(*) FROM agg_session"), 2);
-  ck_assert_int_eq(db_int(mismatch_sql()), 0);
+  ck_assert_int_gt(db_int("SELECT count(*) FROM agg_site"), 20);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM agg_site_session WHERE done_ns ="
+                          " 9223372036854775807"), 2);
+  ck_assert_int_eq(mismatches(), 0);
   /* The comparison sees one sample too many, and one count off by more than rounding. */
   sqlite3 *db = hp_test_db_open(dbpath);
   ck_assert_int_eq(sqlite3_exec(db, "UPDATE agg_stack SET freed_samples = freed_samples + 1"
@@ -259,7 +357,7 @@ START_TEST(agg_equal_a_group_by_over_the_rows) {
                                 " WHERE size_class = 3 AND session_id = 1", NULL, NULL, NULL),
                    SQLITE_OK);
   sqlite3_close(db);
-  ck_assert_int_eq(db_int(mismatch_sql()), 2);
+  ck_assert_int_eq(mismatches(), 2);
 }
 END_TEST
 
@@ -276,7 +374,7 @@ START_TEST(agg_many_sessions_in_one_transaction) {
     end(s, ss[i], 2000);
   ck_assert_int_eq(hp_store_stop(s), 0);
   ck_assert_int_eq(db_int("SELECT count(DISTINCT session_id) FROM agg_size"), 11);
-  ck_assert_int_eq(db_int(mismatch_sql()), 0);
+  ck_assert_int_eq(mismatches(), 0);
 }
 END_TEST
 
@@ -312,7 +410,7 @@ START_TEST(agg_blocks_over_4_gib_are_read_back) {
   ck_assert_int_eq(db_int("SELECT max(live_count) FROM timeline"), 4);
   ck_assert_int_eq(db_int("SELECT end_bytes FROM timeline_detail ORDER BY ts_ns DESC"
                           " LIMIT 1"), (int64_t)(6 * G));
-  ck_assert_int_eq(db_int(mismatch_sql()), 0);
+  ck_assert_int_eq(mismatches(), 0);
 }
 END_TEST
 
@@ -340,7 +438,7 @@ START_TEST(agg_more_keys_than_one_transaction_holds) {
   ck_assert_int_eq(hp_store_stop(s), 0);
   ck_assert_int_eq(db_int("SELECT count(*) FROM alloc"), N);
   ck_assert_int_gt(db_int("SELECT count(*) FROM agg_stack"), 65536);
-  ck_assert_int_eq(db_int(mismatch_sql()), 0);
+  ck_assert_int_eq(mismatches(), 0);
 }
 END_TEST
 
@@ -361,7 +459,7 @@ START_TEST(agg_survive_rolled_back_transactions) {
   end(s, a, 9000);
   ck_assert_int_eq(hp_store_stop(s), 0);
   ck_assert_int_eq(db_int("SELECT events_dropped FROM sessions"), 0);
-  ck_assert_int_eq(db_int(mismatch_sql()), 0);
+  ck_assert_int_eq(mismatches(), 0);
 }
 END_TEST
 
@@ -400,7 +498,7 @@ START_TEST(agg_lose_what_a_given_up_transaction_loses) {
   ck_assert_int_eq(db_int("SELECT count(*) FROM alloc WHERE session_id = 1"), 5);
   ck_assert_int_eq(db_int("SELECT total(alloc_bytes) FROM agg_stack"), 400);
   ck_assert_int_eq(db_int("SELECT total(freed_bytes) FROM agg_stack"), 80);
-  ck_assert_int_eq(db_int(mismatch_sql()), 0);
+  ck_assert_int_eq(mismatches(), 0);
 }
 END_TEST
 
@@ -410,6 +508,8 @@ Suite *store_agg_suite(void) {
   tcase_add_checked_fixture(core, setup, teardown);
   tcase_set_timeout(core, 60);
   tcase_add_test(core, agg_known_values_of_a_small_session);
+  tcase_add_test(core, agg_site_known_values);
+  tcase_add_test(core, agg_site_given_up_for_an_event_too_late);
   tcase_add_loop_test(core, agg_equal_a_group_by_over_the_rows, 0, 2);
   tcase_add_test(core, agg_many_sessions_in_one_transaction);
   tcase_add_test(core, agg_blocks_over_4_gib_are_read_back);
