@@ -18,7 +18,8 @@
  * their bucket's rows written, and agg_site_session.done_ns moved past them, in the
  * transaction that commits them. A row or free that arrives for a bucket already
  * written (an agent thread's event stamped more than the lag before the stream's
- * latest), or memory that runs out, ends the session's site aggregate: its rows are
+ * latest), memory that runs out, or a level beyond 64 bits ends the session's site
+ * aggregate: its rows are
  * deleted and readers read the alloc rows, as for an older recording.
  *
  * Lines are keyed by the smallest frame id with that filename and line number (two
@@ -365,8 +366,8 @@ static void write_bucket(hp_store *s, int64_t session, int64_t bucket, uint32_t 
 }
 
 /* Writes the buckets of x's events before `limit` (a bucket edge; INT64_MAX: all of
- * them, at the session's end). 0, or -1 when memory ran out (the session fails) or the
- * transaction broke. */
+ * them, at the session's end). 0, or -1 when memory ran out or a level overflowed (the
+ * session fails) or the transaction broke. */
 static int write_before(hp_store *s, site_sess *x, int64_t limit)
 {
   store_site *t = s->site;
@@ -412,7 +413,11 @@ static int write_before(hp_store *s, site_sess *x, int64_t limit)
         t->high[l] = ev[i].ts == bucket ? INT64_MIN : 0;
         t->touched[ntouched++] = l;
       }
-      t->level[l] += ev[i].delta;
+      /* est_bytes may come near 2^63 (unbiased estimates of huge blocks at a tiny
+       * interval): a level beyond 64 bits gives the session's aggregate up, as memory
+       * running out does, rather than store a wrong sum. */
+      if (__builtin_add_overflow(t->level[l], ev[i].delta, &t->level[l]))
+        return -1;
       if (t->level[l] > t->high[l])
         t->high[l] = t->level[l];
     }

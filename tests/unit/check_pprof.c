@@ -171,10 +171,13 @@ START_TEST(pprof_skips_periods_while_an_export_runs_and_the_next_covers_them) {
   setenv("FAKE_SLEEP", "0.5", 1);
   run_result r;
   run_exports(100, 1700, &r);
-  /* Each export takes five periods: at most one runs at a time, the rest are skipped. */
+  /* Each export takes five periods: at most one runs at a time (so at most four start
+   * in 1.7 s), and the periods that fall inside a running export are skipped, at least
+   * one per export before the last. Not more: on a loaded machine the timer fires late
+   * and fewer periods come at all. */
   ck_assert_uint_ge(r.k.started, 1);
   ck_assert_uint_le(r.k.started, 4);
-  ck_assert_uint_ge(r.k.skipped, 3 * r.k.started - 1);
+  ck_assert_uint_ge(r.k.skipped, r.k.started - 1);
   /* A skipped period is not lost (the ranges tile): the next range covers it. */
   for (int i = 1; i < r.n; i++)
     ck_assert_double_ge(atof(r.c[i].until) - atof(r.c[i].since), 0.45);
