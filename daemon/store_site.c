@@ -14,9 +14,10 @@
  * store_pair.c, with the free folded into it). So each session's events wait in memory
  * until no row written later can fall into their bucket: before the session's oldest
  * pending row and HP_STORE_SITE_LAG_NS before its latest event (no lag while more than
- * HP_STORE_SITE_SOFT_EVENTS wait). Then they are sorted,
- * their bucket's rows written, and agg_site_session.done_ns moved past them, in the
- * transaction that commits them. A row or free that arrives for a bucket already
+ * HP_STORE_SITE_SOFT_EVENTS wait). They wait in their bucket's list of chunks, so
+ * that a commit costs what it writes, not what waits, and nothing is copied as it grows. Then a bucket's events are sorted, its rows
+ * written, and agg_site_session.done_ns moved past it, in the transaction that commits
+ * them. A row or free that arrives for a bucket already
  * written (an agent thread's event stamped more than the lag before the stream's
  * latest), memory that runs out, or a level beyond 64 bits ends the session's site
  * aggregate: its rows are
@@ -36,10 +37,31 @@ typedef struct {
   int64_t ts, delta, stack;
 } site_ev;
 
+#define SITE_CHUNK       512 /* events per chunk: 12 KiB */
+#define SITE_SPARE_CHUNK 256 /* free chunks kept for reuse */
+
+typedef struct site_chunk {
+  struct site_chunk *next;
+  uint32_t n;
+  site_ev ev[SITE_CHUNK];
+} site_chunk;
+
+/* Waiting events in the order they came; the first `committed` are committed, the rest
+ * the open transaction's (a rollback drops them). */
 typedef struct {
-  site_ev *ev;
-  uint32_t n, cap;
-} ev_buf;
+  site_chunk *head, *tail;
+  uint32_t n, committed;
+  int64_t last, committed_last; /* the latest time in it */
+  int unsorted, committed_unsorted;
+} ev_list;
+
+/* A bucket's frees (and changes of 0) and allocations apart: each list comes in time
+ * order as a rule (rows in the order of their allocation, frees in theirs), so a write
+ * merges the two as they are and sorts only a list that is not in order. */
+typedef struct {
+  int64_t start; /* the bucket's first ns */
+  ev_list l[2];  /* [delta > 0] */
+} site_bucket;
 
 typedef struct {
   int64_t id;
@@ -50,8 +72,9 @@ typedef struct {
   int64_t next_done;       /* what this transaction's write moved it to */
   int64_t max_ts, txn_max; /* latest event time committed, and in this transaction */
   int64_t pending_min;     /* oldest pending row's ts_ns, at the write */
-  ev_buf kept;             /* committed, in buckets not written yet */
-  ev_buf txn;              /* written by the open transaction */
+  site_bucket *b;          /* by start */
+  uint32_t nb, capb, cur;  /* cur: the bucket of the latest event */
+  uint32_t waiting;        /* events in b[0..nb-1] */
 } site_sess;
 
 typedef struct {
@@ -74,8 +97,10 @@ struct store_site {
   int64_t *level, *high;
   uint32_t *stamp, *touched;
   uint32_t nlines, caplines, gen;
-  site_ev *sorted, *tmp; /* scratch of the write */
-  uint32_t capsorted, captmp;
+  site_chunk *spare; /* free chunks, SITE_SPARE_CHUNK at most after a commit */
+  uint32_t nspare;
+  site_ev *sorted[2], *tmp; /* scratch of the write: a list sorted */
+  uint32_t capsorted[2], captmp;
   uint32_t count[(1u << 16) + 1];  /* of the radix sort */
   int64_t cache_stack[SITE_CACHE]; /* stacks found last (0: none), by their low bits */
   uint32_t cache_index[SITE_CACHE];
@@ -96,11 +121,27 @@ store_site *store_site_new(void)
   return t;
 }
 
-static void sess_release(site_sess *x)
+/* Gives the chunks of list c back to the spares. */
+static void chunks_release(store_site *t, site_chunk *c)
 {
-  free(x->kept.ev);
-  free(x->txn.ev);
-  x->kept = x->txn = (ev_buf){0};
+  while (c != NULL) {
+    site_chunk *next = c->next;
+    c->next = t->spare;
+    t->spare = c;
+    t->nspare++;
+    c = next;
+  }
+}
+
+static void sess_release(store_site *t, site_sess *x)
+{
+  for (uint32_t i = 0; i < x->nb; i++) {
+    chunks_release(t, x->b[i].l[0].head);
+    chunks_release(t, x->b[i].l[1].head);
+  }
+  free(x->b);
+  x->b = NULL;
+  x->nb = x->capb = x->cur = x->waiting = 0;
 }
 
 void store_site_free(store_site *t)
@@ -108,8 +149,12 @@ void store_site_free(store_site *t)
   if (t == NULL)
     return;
   for (uint32_t i = 0; i < t->nsess; i++)
-    sess_release(&t->sess[i]);
+    sess_release(t, &t->sess[i]);
   free(t->sess);
+  for (site_chunk *c = t->spare, *next; c != NULL; c = next) {
+    next = c->next;
+    free(c);
+  }
   hp_map_free(t->stacks);
   hp_map_free(t->frames);
   hp_map_free(t->keys);
@@ -120,7 +165,8 @@ void store_site_free(store_site *t)
   free(t->high);
   free(t->stamp);
   free(t->touched);
-  free(t->sorted);
+  free(t->sorted[0]);
+  free(t->sorted[1]);
   free(t->tmp);
   free(t);
 }
@@ -174,12 +220,52 @@ static int64_t bucket_of(int64_t ts, int64_t width)
   return ts - (r < 0 ? r + width : r);
 }
 
-static void fail(site_sess *x)
+static void fail(store_site *t, site_sess *x)
 {
   if (!x->failed) {
     x->failed = 1;
-    sess_release(x);
+    sess_release(t, x);
   }
+}
+
+/* The bucket starting at `start`, inserted in order if new; NULL when memory runs out. */
+static __attribute__((noinline)) site_bucket *bucket_find(site_sess *x, int64_t start)
+{
+  uint32_t i = x->nb;
+  while (i > 0 && x->b[i - 1].start > start)
+    i--;
+  if (i == 0 || x->b[i - 1].start != start) {
+    if (reserve((void **)&x->b, &x->capb, x->nb + 1, sizeof *x->b) < 0)
+      return NULL;
+    memmove(&x->b[i + 1], &x->b[i], (x->nb - i) * sizeof *x->b);
+    x->b[i] = (site_bucket){.start = start,
+                            .l = {{.last = INT64_MIN, .committed_last = INT64_MIN},
+                                  {.last = INT64_MIN, .committed_last = INT64_MIN}}};
+    x->nb++;
+    i++;
+  }
+  x->cur = i - 1;
+  return &x->b[i - 1];
+}
+
+/* Appends a chunk to list b: 0, or -1 when memory runs out. */
+static __attribute__((noinline)) int chunk_append(store_site *t, ev_list *b)
+{
+  site_chunk *c = t->spare;
+  if (c != NULL) {
+    t->spare = c->next;
+    t->nspare--;
+  } else if ((c = malloc(sizeof *c)) == NULL) {
+    return -1;
+  }
+  c->next = NULL;
+  c->n = 0;
+  if (b->tail != NULL)
+    b->tail->next = c;
+  else
+    b->head = c;
+  b->tail = c;
+  return 0;
 }
 
 void store_site_add(hp_store *s, int64_t session, int64_t stack, int64_t delta, int64_t ts)
@@ -191,16 +277,26 @@ void store_site_add(hp_store *s, int64_t session, int64_t stack, int64_t delta, 
   if (x == NULL || x->failed)
     return;
   if (ts < x->done) {
-    fail(x); /* its bucket is written already */
+    fail(t, x); /* its bucket is written already */
     return;
   }
-  if (x->txn.n == x->txn.cap &&
-      (x->kept.n + x->txn.n >= HP_STORE_SITE_MAX_EVENTS ||
-       reserve((void **)&x->txn.ev, &x->txn.cap, x->txn.n + 1, sizeof(site_ev)) < 0)) {
-    fail(x);
+  int64_t width = s->cfg.timeline_interval_ns;
+  site_bucket *b = x->nb > 0 ? &x->b[x->cur] : NULL;
+  if (b == NULL || ts < b->start || ts - b->start >= width)
+    b = bucket_find(x, bucket_of(ts, width));
+  ev_list *l = b != NULL ? &b->l[delta > 0] : NULL;
+  if (l == NULL || ((l->tail == NULL || l->tail->n == SITE_CHUNK) &&
+                    (x->waiting >= HP_STORE_SITE_MAX_EVENTS || chunk_append(t, l) < 0))) {
+    fail(t, x);
     return;
   }
-  x->txn.ev[x->txn.n++] = (site_ev){.ts = ts, .delta = delta, .stack = stack};
+  l->tail->ev[l->tail->n++] = (site_ev){.ts = ts, .delta = delta, .stack = stack};
+  l->n++;
+  if (ts < l->last)
+    l->unsorted = 1;
+  else
+    l->last = ts;
+  x->waiting++;
   if (ts > x->txn_max)
     x->txn_max = ts;
 }
@@ -309,29 +405,40 @@ static const stack_lines *lines_of_stack(hp_store *s, int64_t stack, int *oom)
 
 /* ------------------------------------------------------------------ the write */
 
-/* Sorts n events by time, frees before allocations at one instant (an allocation is live
- * over [ts, freed)): a least-significant-digit radix sort on the time since the
- * earliest, whose spread is a few buckets, in as few passes of at most 16 bits as it
- * takes; events already in order are left as they are. count: 2^16 + 1 entries. */
-static site_ev *sort_events(site_ev *a, site_ev *b, uint32_t n, uint32_t *count)
+/* Sorts the n events of the bucket starting at `start` by time, frees before
+ * allocations at one instant (an allocation is live over [ts, freed)). Events already in
+ * order are left as they are; a few are insertion-sorted; more by a least-significant-
+ * digit radix sort on twice the time into the bucket, in passes of as many bits as n
+ * has (between 8 and 16), so that a small bucket does not clear a large count array.
+ * Returns a or b, whichever holds the result; count: 2^16 + 1 entries. */
+static site_ev *sort_events(site_ev *a, site_ev *b, uint32_t n, int64_t start,
+                            uint32_t *count)
 {
-  if (n < 2)
-    return a;
-  int64_t lo = a[0].ts, hi = a[0].ts;
+#define KEY(e) ((((uint64_t)(e).ts - (uint64_t)start) << 1) | ((e).delta > 0))
+  uint64_t hi = 0;
   int sorted = 1;
-  for (uint32_t i = 1; i < n; i++) {
-    lo = a[i].ts < lo ? a[i].ts : lo;
-    hi = a[i].ts > hi ? a[i].ts : hi;
-    sorted &= a[i - 1].ts < a[i].ts ||
-              (a[i - 1].ts == a[i].ts && a[i - 1].delta <= a[i].delta);
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t k = KEY(a[i]);
+    sorted &= i == 0 || KEY(a[i - 1]) <= k;
+    hi = k > hi ? k : hi;
   }
   if (sorted)
     return a;
-  uint64_t span = ((uint64_t)hi - (uint64_t)lo) * 2 + 1;
-  unsigned bits = 64 - (unsigned)__builtin_clzll(span);
-  unsigned passes = (bits + 15) / 16, digit = (bits + passes - 1) / passes;
+  if (n <= 32) {
+    for (uint32_t i = 1; i < n; i++) {
+      site_ev e = a[i];
+      uint32_t j = i;
+      for (; j > 0 && KEY(a[j - 1]) > KEY(e); j--)
+        a[j] = a[j - 1];
+      a[j] = e;
+    }
+    return a;
+  }
+  unsigned bits = 64 - (unsigned)__builtin_clzll(hi | 1);
+  unsigned want = 32 - (unsigned)__builtin_clz(n);
+  want = want < 8 ? 8 : want > 16 ? 16 : want;
+  unsigned passes = (bits + want - 1) / want, digit = (bits + passes - 1) / passes;
   uint64_t mask = ((uint64_t)1 << digit) - 1;
-#define KEY(e) ((((uint64_t)(e).ts - (uint64_t)lo) << 1) | ((e).delta > 0))
   for (unsigned shift = 0; shift < bits; shift += digit) {
     memset(count, 0, (mask + 2) * sizeof *count);
     for (uint32_t i = 0; i < n; i++)
@@ -365,44 +472,88 @@ static void write_bucket(hp_store *s, int64_t session, int64_t bucket, uint32_t 
   }
 }
 
-/* Writes the buckets of x's events before `limit` (a bucket edge; INT64_MAX: all of
- * them, at the session's end). 0, or -1 when memory ran out or a level overflowed (the
- * session fails) or the transaction broke. */
-static int write_before(hp_store *s, site_sess *x, int64_t limit)
+/* Reads a list in time order: its chunks, or its copy sorted. */
+typedef struct {
+  const site_chunk *c;
+  const site_ev *p, *end;
+} ev_cursor;
+
+/* A cursor on list l, sorted into scratch k if it is not in order: 0, or -1 when memory
+ * runs out. */
+static int cursor_open(store_site *t, const ev_list *l, int64_t start, int k,
+                       ev_cursor *cur)
+{
+  static const site_ev none;
+  *cur = (ev_cursor){.p = &none, .end = &none};
+  if (l->n == 0)
+    return 0;
+  if (!l->unsorted) {
+    *cur = (ev_cursor){.c = l->head, .p = l->head->ev, .end = l->head->ev + l->head->n};
+    return 0;
+  }
+  if (reserve((void **)&t->sorted[k], &t->capsorted[k], l->n, sizeof(site_ev)) < 0 ||
+      reserve((void **)&t->tmp, &t->captmp, l->n, sizeof(site_ev)) < 0)
+    return -1;
+  uint32_t n = 0;
+  for (const site_chunk *c = l->head; c != NULL; c = c->next) {
+    memcpy(t->sorted[k] + n, c->ev, (size_t)c->n * sizeof *c->ev);
+    n += c->n;
+  }
+  const site_ev *a = sort_events(t->sorted[k], t->tmp, n, start, t->count);
+  if (a == t->tmp) { /* the result stays in scratch k; tmp is the next sort's */
+    site_ev *e = t->tmp;
+    uint32_t c = t->captmp;
+    t->tmp = t->sorted[k];
+    t->captmp = t->capsorted[k];
+    t->sorted[k] = e;
+    t->capsorted[k] = c;
+  }
+  *cur = (ev_cursor){.p = t->sorted[k], .end = t->sorted[k] + n};
+  return 0;
+}
+
+static inline void cursor_next(ev_cursor *cur)
+{
+  if (++cur->p == cur->end && cur->c != NULL && cur->c->next != NULL) {
+    cur->c = cur->c->next;
+    cur->p = cur->c->ev;
+    cur->end = cur->p + cur->c->n;
+  }
+}
+
+/* Writes bucket b of session x: its two lists merged in time order, frees before
+ * allocations at one instant (an allocation is live over [ts, freed)), each line's net
+ * change and highest level. 0, or -1 when memory ran out, a level overflowed or the
+ * transaction broke. */
+static int write_bucket_of(hp_store *s, site_sess *x, const site_bucket *b)
 {
   store_site *t = s->site;
-  int64_t width = s->cfg.timeline_interval_ns;
-  uint32_t n = 0, total = x->kept.n + x->txn.n;
-  if (reserve((void **)&t->sorted, &t->capsorted, total, sizeof *t->sorted) < 0 ||
-      reserve((void **)&t->tmp, &t->captmp, total, sizeof *t->tmp) < 0)
+  ev_cursor fr, al;
+  if (cursor_open(t, &b->l[0], b->start, 0, &fr) < 0 ||
+      cursor_open(t, &b->l[1], b->start, 1, &al) < 0)
     return -1;
-  const ev_buf *bufs[2] = {&x->kept, &x->txn};
-  for (int k = 0; k < 2; k++)
-    for (uint32_t i = 0; i < bufs[k]->n; i++)
-      if (bufs[k]->ev[i].ts < limit || limit == INT64_MAX)
-        t->sorted[n++] = bufs[k]->ev[i];
-  const site_ev *ev = sort_events(t->sorted, t->tmp, n, t->count);
-  int64_t bucket = 0;
+  if (++t->gen == 0) { /* wrapped: no stamp may look current */
+    memset(t->stamp, 0, (size_t)t->nlines * sizeof *t->stamp);
+    t->gen = 1;
+  }
   uint32_t ntouched = 0;
   int64_t last_stack = 0;
   const stack_lines *sl = NULL;
-  for (uint32_t i = 0; i < n && !s->broken; i++) {
-    if (i == 0 || ev[i].ts - bucket >= width) {
-      if (i > 0)
-        write_bucket(s, x->id, bucket, ntouched);
-      bucket = bucket_of(ev[i].ts, width);
-      ntouched = 0;
-      if (++t->gen == 0) { /* wrapped: no stamp may look current */
-        memset(t->stamp, 0, (size_t)t->nlines * sizeof *t->stamp);
-        t->gen = 1;
-      }
+  while (fr.p != fr.end || al.p != al.end) {
+    const site_ev *ev;
+    if (al.p == al.end || (fr.p != fr.end && fr.p->ts <= al.p->ts)) {
+      ev = fr.p;
+      cursor_next(&fr);
+    } else {
+      ev = al.p;
+      cursor_next(&al);
     }
-    if (sl == NULL || ev[i].stack != last_stack) {
+    if (sl == NULL || ev->stack != last_stack) {
       int oom = 0;
-      sl = lines_of_stack(s, ev[i].stack, &oom);
+      sl = lines_of_stack(s, ev->stack, &oom);
       if (sl == NULL)
         return -1;
-      last_stack = ev[i].stack;
+      last_stack = ev->stack;
     }
     for (uint32_t j = 0; j < sl->n; j++) {
       uint32_t l = t->lines_of[sl->off + j];
@@ -410,21 +561,30 @@ static int write_before(hp_store *s, site_sess *x, int64_t limit)
         t->stamp[l] = t->gen;
         t->level[l] = 0;
         /* The level before the bucket counts unless an event comes at its very start. */
-        t->high[l] = ev[i].ts == bucket ? INT64_MIN : 0;
+        t->high[l] = ev->ts == b->start ? INT64_MIN : 0;
         t->touched[ntouched++] = l;
       }
       /* est_bytes may come near 2^63 (unbiased estimates of huge blocks at a tiny
        * interval): a level beyond 64 bits gives the session's aggregate up, as memory
        * running out does, rather than store a wrong sum. */
-      if (__builtin_add_overflow(t->level[l], ev[i].delta, &t->level[l]))
+      if (__builtin_add_overflow(t->level[l], ev->delta, &t->level[l]))
         return -1;
       if (t->level[l] > t->high[l])
         t->high[l] = t->level[l];
     }
   }
-  if (n > 0 && !s->broken)
-    write_bucket(s, x->id, bucket, ntouched);
+  write_bucket(s, x->id, b->start, ntouched);
   return s->broken ? -1 : 0;
+}
+
+/* Writes the buckets of x before `limit` (a bucket edge; INT64_MAX: all of them, at the
+ * session's end). 0, or -1 as write_bucket_of. */
+static int write_before(hp_store *s, site_sess *x, int64_t limit)
+{
+  for (uint32_t i = 0; i < x->nb && x->b[i].start < limit; i++)
+    if (write_bucket_of(s, x, &x->b[i]) < 0)
+      return -1;
+  return 0;
 }
 
 /* A session given up: readers read its alloc rows. */
@@ -440,7 +600,7 @@ static uint64_t waiting_events(const store_site *t)
 {
   uint64_t n = 0;
   for (uint32_t i = 0; i < t->nsess; i++)
-    n += t->sess[i].kept.n + t->sess[i].txn.n;
+    n += t->sess[i].waiting;
   return n;
 }
 
@@ -469,10 +629,10 @@ void store_site_write(hp_store *s)
   for (uint64_t w = waiting_events(t); w > HP_STORE_SITE_MAX_EVENTS;) {
     site_sess *big = &t->sess[0];
     for (uint32_t i = 1; i < t->nsess; i++)
-      if (t->sess[i].kept.n + t->sess[i].txn.n > big->kept.n + big->txn.n)
+      if (t->sess[i].waiting > big->waiting)
         big = &t->sess[i];
-    w -= big->kept.n + big->txn.n;
-    fail(big);
+    w -= big->waiting;
+    fail(t, big);
   }
   /* Past the soft bound, buckets are written as soon as their rows are: only events out
    * of time order can then come too late. */
@@ -500,7 +660,7 @@ void store_site_write(hp_store *s)
     if (write_before(s, x, limit) < 0) {
       if (s->broken)
         return;
-      fail(x);
+      fail(t, x);
       delete_rows(s, x->id); /* some of this write's among them */
       continue;
     }
@@ -511,15 +671,29 @@ void store_site_write(hp_store *s)
   }
 }
 
-/* Keeps the events of b at or after `done` in a (appended). */
-static int keep_after(ev_buf *a, const ev_buf *b, int64_t done)
+/* Drops x's buckets before `done` (written), their chunks to the spares, and makes the
+ * rest committed. */
+static void commit_buckets(store_site *t, site_sess *x)
 {
-  if (reserve((void **)&a->ev, &a->cap, a->n + b->n, sizeof(site_ev)) < 0)
-    return -1;
-  for (uint32_t i = 0; i < b->n; i++)
-    if (b->ev[i].ts >= done)
-      a->ev[a->n++] = b->ev[i];
-  return 0;
+  uint32_t gone = 0;
+  for (; gone < x->nb && x->b[gone].start < x->done; gone++) {
+    chunks_release(t, x->b[gone].l[0].head);
+    chunks_release(t, x->b[gone].l[1].head);
+  }
+  if (gone > 0) {
+    memmove(&x->b[0], &x->b[gone], (x->nb - gone) * sizeof *x->b);
+    x->nb -= gone;
+    x->cur = 0;
+  }
+  x->waiting = 0;
+  for (uint32_t i = 0; i < x->nb; i++)
+    for (int k = 0; k < 2; k++) {
+      ev_list *l = &x->b[i].l[k];
+      l->committed = l->n;
+      l->committed_last = l->last;
+      l->committed_unsorted = l->unsorted;
+      x->waiting += l->n;
+    }
 }
 
 void store_site_committed(hp_store *s)
@@ -535,18 +709,11 @@ void store_site_committed(hp_store *s)
       if (x->txn_max > x->max_ts)
         x->max_ts = x->txn_max;
       x->txn_max = INT64_MIN;
-      uint32_t kept = 0;
-      for (uint32_t k = 0; k < x->kept.n; k++)
-        if (x->kept.ev[k].ts >= x->done)
-          x->kept.ev[kept++] = x->kept.ev[k];
-      x->kept.n = kept;
-      if (keep_after(&x->kept, &x->txn, x->done) < 0)
-        fail(x); /* its rows are deleted at the next commit */
-      x->txn.n = 0;
+      commit_buckets(t, x);
     }
     /* A session whose end committed is done with. */
     if (x->ended && (x->deleted || x->done == INT64_MAX)) {
-      sess_release(x);
+      sess_release(t, x);
       continue;
     }
     t->sess[j++] = *x;
@@ -554,21 +721,62 @@ void store_site_committed(hp_store *s)
   t->nsess = j;
   t->last = 0;
   /* The scratch of the writes stays for the next ones, unless it is far larger than
-   * what waits now (the memory of a burst is given back). */
-  if (t->capsorted > (1u << 20) && t->capsorted / 4 > waiting_events(t)) {
+   * what waits now, and so do SITE_SPARE_CHUNK free chunks (the memory of a burst is
+   * given back). */
+  uint64_t waiting = waiting_events(t);
+  for (int k = 0; k < 2; k++)
+    if (t->capsorted[k] > (1u << 20) && t->capsorted[k] / 4 > waiting) {
+      free(t->sorted[k]);
+      t->sorted[k] = NULL;
+      t->capsorted[k] = 0;
+    }
+  if (t->captmp > (1u << 20) && t->captmp / 4 > waiting) {
     free(t->tmp);
-    free(t->sorted);
-    t->tmp = t->sorted = NULL;
-    t->capsorted = t->captmp = 0;
+    t->tmp = NULL;
+    t->captmp = 0;
   }
+  while (t->nspare > SITE_SPARE_CHUNK) {
+    site_chunk *c = t->spare;
+    t->spare = c->next;
+    t->nspare--;
+    free(c);
+  }
+}
+
+/* Drops the open transaction's events of list b (their chunks to the spares); returns
+ * the events left. */
+static uint32_t list_truncate(store_site *t, ev_list *b)
+{
+  uint32_t left = b->committed;
+  site_chunk *last = NULL;
+  for (site_chunk *c = b->head; c != NULL && left > 0; c = c->next) {
+    last = c;
+    if (c->n >= left) {
+      c->n = left;
+      break;
+    }
+    left -= c->n;
+  }
+  chunks_release(t, last != NULL ? last->next : b->head);
+  if (last != NULL)
+    last->next = NULL;
+  else
+    b->head = NULL;
+  b->tail = last;
+  b->last = b->committed_last;
+  b->unsorted = b->committed_unsorted;
+  return b->n = b->committed;
 }
 
 void store_site_rolled_back(hp_store *s)
 {
   store_site *t = s->site;
   for (uint32_t i = 0; i < t->nsess; i++) {
-    t->sess[i].txn.n = 0;
-    t->sess[i].txn_max = INT64_MIN;
-    t->sess[i].next_done = t->sess[i].done;
+    site_sess *x = &t->sess[i];
+    x->txn_max = INT64_MIN;
+    x->next_done = x->done;
+    x->waiting = 0;
+    for (uint32_t k = 0; k < x->nb; k++)
+      x->waiting += list_truncate(t, &x->b[k].l[0]) + list_truncate(t, &x->b[k].l[1]);
   }
 }

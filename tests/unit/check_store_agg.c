@@ -187,12 +187,13 @@ static long long mismatches(void) { return db_int(mismatch_sql()) + db_int(SITE_
 /* A mixed workload over `seconds` s: allocations over three stacks and none, of sizes
  * from 0 to 64 KiB with unrounded estimates; frees soon (pending rows) and late (stored
  * rows); reattributes; addresses reused without a free. Deterministic. */
-static void workload(hp_store *s, hp_store_session *ss, unsigned seed, int seconds) {
+static void workload_from(hp_store *s, hp_store_session *ss, unsigned seed, uint64_t first_ms,
+                          int seconds) {
   enum { BATCH = 200, SLOTS = 512 };
   uint64_t live[SLOTS] = {0};
   hp_event batch[BATCH];
   int n = 0;
-  for (uint64_t ms = 1; ms < (uint64_t)seconds * 1000; ms += 2) {
+  for (uint64_t ms = first_ms; ms < first_ms + (uint64_t)seconds * 1000; ms += 2) {
     seed = seed * 1103515245u + 12345u;
     unsigned r = seed >> 8;
     unsigned slot = r % SLOTS;
@@ -217,6 +218,10 @@ static void workload(hp_store *s, hp_store_session *ss, unsigned seed, int secon
   }
   if (n > 0)
     ck_assert_int_eq(hp_store_events(s, ss, batch, (uint32_t)n), 0);
+}
+
+static void workload(hp_store *s, hp_store_session *ss, unsigned seed, int seconds) {
+  workload_from(s, ss, seed, 1, seconds);
 }
 
 START_TEST(agg_known_values_of_a_small_session) {
@@ -299,6 +304,29 @@ START_TEST(agg_site_known_values) {
   /* The view: the level before each bucket, and the highest within it. */
   ck_assert_int_eq(db_int("SELECT before_bytes * 1000 + high_bytes FROM site_buckets"
                           " WHERE lineno = 2 AND bucket_ns = 1700000000200000000"), 400450);
+  ck_assert_int_eq(mismatches(), 0);
+}
+END_TEST
+
+/* Agent threads' batches reach heapprofd out of time order: here three blocks arrive
+ * latest first, so both the bucket's allocations and its frees come out of order. In
+ * time order the line reaches 600 bytes (135-159 and 146-174 ms overlap); taken as they
+ * came it would reach 700, with only the frees sorted 400. */
+START_TEST(agg_site_events_out_of_time_order) {
+  hp_store *s = start_cfg((hp_store_config){0});
+  hp_store_session *a = session(s, 1);
+  hp_event e[] = {
+    ev(HP_EV_ALLOC, 171, 0x3000, 100, 100, 1), ev(HP_EV_ALLOC, 146, 0x1000, 300, 300, 1),
+    ev(HP_EV_ALLOC, 135, 0x2000, 300, 300, 1), ev(HP_EV_FREE, 185, 0x3000, 0, 0, 0),
+    ev(HP_EV_FREE, 174, 0x1000, 0, 0, 0),      ev(HP_EV_FREE, 159, 0x2000, 0, 0, 0),
+  };
+  ck_assert_int_eq(hp_store_events(s, a, e, 6), 0);
+  end(s, a, 1000);
+  ck_assert_int_eq(hp_store_stop(s), 0);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM site_sessions"), 1); /* not given up */
+  ck_assert_int_gt(db_int("SELECT count(*) FROM agg_site"), 0);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM agg_site WHERE bucket_ns != 1700000000100000000"
+                          " OR net_bytes != 0 OR high_bytes != 600"), 0);
   ck_assert_int_eq(mismatches(), 0);
 }
 END_TEST
@@ -443,14 +471,20 @@ START_TEST(agg_more_keys_than_one_transaction_holds) {
 END_TEST
 
 /* A full disk rolls back transactions with their aggregates; their replay must sum the
- * rows again, once. */
+ * rows again, once. Loop 1: 3 s buckets of 1500 events, whose waiting lists span several
+ * chunks (store_site.c), the full disk coming after some of a bucket's rows committed. */
 START_TEST(agg_survive_rolled_back_transactions) {
-  hp_store *s = start_cfg((hp_store_config){.batch_rows = 64, .commit_ms = 10});
+  hp_store *s = start_cfg((hp_store_config){
+    .batch_rows = _i == 0 ? 64 : 333, .commit_ms = 10,
+    .timeline_interval_ns = _i == 0 ? 0 : 3000000000});
   hp_store_session *a = session(s, 1);
   workload(s, a, 3, 2);
+  if (_i == 1) /* the first rows committed: the full disk comes in the middle of a bucket */
+    for (int i = 0; i < 5000 && db_int("SELECT count(*) FROM alloc") < 200; i++)
+      sleep_ms(2);
   long before = hp_fault_writes_refused();
   hp_fault_set_full(1);
-  workload(s, a, 4, 2);
+  workload_from(s, a, 4, 2001, 2); /* later: the site aggregate takes no event too late */
   for (int i = 0; i < 10000 && hp_fault_writes_refused() == before; i++)
     sleep_ms(2);
   ck_assert_int_gt(hp_fault_writes_refused(), before);
@@ -459,6 +493,8 @@ START_TEST(agg_survive_rolled_back_transactions) {
   end(s, a, 9000);
   ck_assert_int_eq(hp_store_stop(s), 0);
   ck_assert_int_eq(db_int("SELECT events_dropped FROM sessions"), 0);
+  ck_assert_int_eq(db_int("SELECT count(*) FROM agg_site_session"), 1); /* not given up */
+  ck_assert_int_gt(db_int("SELECT count(*) FROM agg_site"), 0);
   ck_assert_int_eq(mismatches(), 0);
 }
 END_TEST
@@ -509,6 +545,7 @@ Suite *store_agg_suite(void) {
   tcase_set_timeout(core, 60);
   tcase_add_test(core, agg_known_values_of_a_small_session);
   tcase_add_test(core, agg_site_known_values);
+  tcase_add_test(core, agg_site_events_out_of_time_order);
   tcase_add_test(core, agg_site_given_up_for_an_event_too_late);
   tcase_add_loop_test(core, agg_equal_a_group_by_over_the_rows, 0, 2);
   tcase_add_test(core, agg_many_sessions_in_one_transaction);
@@ -518,7 +555,7 @@ Suite *store_agg_suite(void) {
   TCase *faults = tcase_create("faults");
   tcase_add_checked_fixture(faults, setup_faults, teardown_faults);
   tcase_set_timeout(faults, 60);
-  tcase_add_test(faults, agg_survive_rolled_back_transactions);
+  tcase_add_loop_test(faults, agg_survive_rolled_back_transactions, 0, 2);
   tcase_add_test(faults, agg_lose_what_a_given_up_transaction_loses);
   suite_add_tcase(s, faults);
   return s;
