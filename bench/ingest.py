@@ -64,7 +64,7 @@ def stored(db, clients, n):
     return row[0] == clients and row[1] == clients * n
 
 
-def run_one(build, clients, n, batch, extra, page_size, pprof_every):
+def run_one(build, clients, n, batch, extra, page_size, pprof_every, clock=False):
     heapprofd = os.path.join(build, "daemon", "heapprofd")
     load = os.path.join(build, "bench", "ingest_load")
     with tempfile.TemporaryDirectory(prefix="hp-ingest-") as tmp:
@@ -87,7 +87,8 @@ def run_one(build, clients, n, batch, extra, page_size, pprof_every):
                 sys.exit("heapprofd did not start")
             t0 = time.monotonic()
             p = subprocess.run([load, "--socket", sock, "--clients", str(clients), "--events",
-                                str(n), "--batch", str(batch)], stdout=subprocess.PIPE,
+                                str(n), "--batch", str(batch)] + (["--clock"] if clock else []),
+                               stdout=subprocess.PIPE,
                                check=True, timeout=600)
             sent_s = float(p.stdout.decode().split()[0])
             deadline = time.monotonic() + 600
@@ -146,11 +147,14 @@ def main():
                     help="comma-separated --pprof-every periods in seconds to compare, 0 for "
                          "none (default: none)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of the whole table")
+    ap.add_argument("--clock", action="store_true",
+                    help="the load stamps events by the clock as it makes them, as an agent"
+                         " does (default: 200 ns apart, far denser than they are stored)")
     a = ap.parse_args()
     pages = [int(x) for x in a.page_sizes.split(",") if x] or [0]
     periods = [int(x) for x in a.pprof_every.split(",") if x] or [0]
-    print("heapprofd ingestion: %d concurrent clients, %d events per EVENTS message"
-          % (a.clients, a.batch))
+    print("heapprofd ingestion: %d concurrent clients, %d events per EVENTS message, stamped %s"
+          % (a.clients, a.batch, "by the clock" if a.clock else "200 ns apart"))
     print("%10s %6s %8s %9s %15s %11s %11s %13s %13s %7s %8s %6s %8s %7s %12s" % (
         "events", "page", "send s", "stored s", "events/s stored", "DB B/event", "peak RSS MiB",
         "daemon CPU s", "CPU ns/event", "stop s", "WAL MiB", "pprof", "profiles", "skipped",
@@ -163,7 +167,7 @@ def main():
                 for every in periods:
                     (total, sent_s, elapsed, bpe, hwm, cpu, stop_s, real_page, written,
                      skipped, export_cpu, wal) = run_one(a.build, a.clients, n, a.batch,
-                                                         a.daemon_arg, page, every)
+                                                         a.daemon_arg, page, every, a.clock)
                     print("%10d %6d %8.2f %9.2f %15.0f %11.1f %12.1f %13.2f %13.0f %7.2f %8d"
                           " %6s %8d %7d %12.2f"
                           % (total, real_page, sent_s, elapsed, total / elapsed, bpe,

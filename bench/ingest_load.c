@@ -1,11 +1,13 @@
 /* ingest_load.c — load generator for the heapprofd ingestion benchmark.
  *
- *   ingest_load --socket PATH --clients K --events N [--batch B] [--live L]
+ *   ingest_load --socket PATH --clients K --events N [--batch B] [--live L] [--clock]
  *
  * K threads, each one agent connection: HELLO, a few frames and stacks, then N events
  * in EVENTS batches of B: allocations over 4 stacks and the matching frees, with about
  * L allocations live at any time (the shape of a steady-state Python program), then
  * GOODBYE. Built on the codec like a real agent; encoding cost is part of the load.
+ * Events are stamped 200 ns apart, denser than heapprofd stores them, or with --clock
+ * by the monotonic clock as they are made, as an agent stamps them.
  * Prints the seconds it spent sending. */
 #include <errno.h>
 #include <getopt.h>
@@ -23,6 +25,7 @@
 static const char *sock_path;
 static uint64_t nevents = 1000000;
 static uint32_t batch = 8192, live = 4096;
+static int clock_stamps;
 
 static uint64_t now_ns(clockid_t c) {
   struct timespec ts;
@@ -93,7 +96,12 @@ static void *run(void *arg) {
   uint32_t used = 0;
   while (sent < nevents) {
     hp_event *ev = &buf[used++];
-    t += 200;
+    if (clock_stamps) {
+      uint64_t now = now_ns(CLOCK_MONOTONIC);
+      t = now > t ? now : t + 1;
+    } else {
+      t += 200;
+    }
     /* Alternate alloc/free once `live` allocations exist; frees go oldest first. */
     if (allocs >= frees + live && (sent & 1)) {
       *ev = (hp_event){.kind = HP_EV_FREE, .ts_ns = t, .thread_id = 1,
@@ -133,7 +141,8 @@ int main(int argc, char **argv) {
   static const struct option opts[] = {
     {"socket", required_argument, NULL, 's'}, {"clients", required_argument, NULL, 'k'},
     {"events", required_argument, NULL, 'n'}, {"batch", required_argument, NULL, 'b'},
-    {"live", required_argument, NULL, 'l'},   {NULL, 0, NULL, 0}};
+    {"live", required_argument, NULL, 'l'},   {"clock", no_argument, NULL, 'c'},
+    {NULL, 0, NULL, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (opt) {
@@ -142,12 +151,13 @@ int main(int argc, char **argv) {
     case 'n': nevents = strtoull(optarg, NULL, 10); break;
     case 'b': batch = (uint32_t)strtoul(optarg, NULL, 10); break;
     case 'l': live = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'c': clock_stamps = 1; break;
     default: return 2;
     }
   }
   if (sock_path == NULL || clients < 1 || batch < 1 || batch > HP_MAX_BATCH_EVENTS || live < 1) {
     fprintf(stderr, "usage: ingest_load --socket PATH [--clients K] [--events N] [--batch B<=%u]"
-            " [--live L]\n", HP_MAX_BATCH_EVENTS);
+            " [--live L] [--clock]\n", HP_MAX_BATCH_EVENTS);
     return 2;
   }
   uint64_t t0 = now_ns(CLOCK_MONOTONIC);
