@@ -14,14 +14,16 @@
  * store_pair.c, with the free folded into it). So each session's events wait in memory
  * until no row written later can fall into their bucket: before the session's oldest
  * pending row and HP_STORE_SITE_LAG_NS before its latest event (no lag while more than
- * HP_STORE_SITE_SOFT_EVENTS wait). They wait in their bucket's list of chunks, so
- * that a commit costs what it writes, not what waits, and nothing is copied as it grows. Then a bucket's events are sorted, its rows
- * written, and agg_site_session.done_ns moved past it, in the transaction that commits
- * them. A row or free that arrives for a bucket already
- * written (an agent thread's event stamped more than the lag before the stream's
- * latest), memory that runs out, or a level beyond 64 bits ends the session's site
- * aggregate: its rows are
- * deleted and readers read the alloc rows, as for an older recording.
+ * HP_STORE_SITE_SOFT_EVENTS wait). They wait in two lists per bucket, allocations and
+ * frees, of chunks that grow and are reused: nothing is copied as a list grows, and a
+ * commit costs what it writes, not what waits. Then the bucket's two lists are merged
+ * (a list that came out of time order is sorted first), its rows written, and
+ * agg_site_session.done_ns moved past it, in the transaction that commits them. A row
+ * or free that arrives for a bucket already written (an agent thread's event stamped
+ * more than the lag before the stream's latest), memory that runs out or reaches
+ * HP_STORE_SITE_MAX_EVENTS, or a level beyond 64 bits ends the session's site
+ * aggregate: its rows are deleted and readers read the alloc rows, as for an older
+ * recording.
  *
  * Lines are keyed by the smallest frame id with that filename and line number (two
  * functions on one line, e.g. a comprehension and its caller, are one site); each
@@ -37,13 +39,17 @@ typedef struct {
   int64_t ts, delta, stack;
 } site_ev;
 
-#define SITE_CHUNK       512 /* events per chunk: 12 KiB */
-#define SITE_SPARE_CHUNK 256 /* free chunks kept for reuse */
+/* A list's chunks grow from SITE_CHUNK_FIRST events, doubling, to SITE_CHUNK (12 KiB),
+ * so that the many short lists of small intervals stay small; full-size chunks are kept
+ * for reuse, SITE_SPARE_CHUNK of them at most after a commit. */
+#define SITE_CHUNK_FIRST 16
+#define SITE_CHUNK       512
+#define SITE_SPARE_CHUNK 256
 
 typedef struct site_chunk {
   struct site_chunk *next;
-  uint32_t n;
-  site_ev ev[SITE_CHUNK];
+  uint32_t n, cap;
+  site_ev ev[];
 } site_chunk;
 
 /* Waiting events in the order they came; the first `committed` are committed, the rest
@@ -55,9 +61,11 @@ typedef struct {
   int unsorted, committed_unsorted;
 } ev_list;
 
-/* A bucket's frees (and changes of 0) and allocations apart: each list comes in time
- * order as a rule (rows in the order of their allocation, frees in theirs), so a write
- * merges the two as they are and sorts only a list that is not in order. */
+/* A bucket's frees (and changes of 0) and allocations apart. Allocations come in time
+ * order as a rule (rows are written in the order of their allocation), so a write merges
+ * them as they are; frees come in order only when blocks die in the order they were
+ * made (frees folded into rows come in allocation order, UPDATEd ones in theirs), and a
+ * list out of order is sorted. */
 typedef struct {
   int64_t start; /* the bucket's first ns */
   ev_list l[2];  /* [delta > 0] */
@@ -73,8 +81,10 @@ typedef struct {
   int64_t max_ts, txn_max; /* latest event time committed, and in this transaction */
   int64_t pending_min;     /* oldest pending row's ts_ns, at the write */
   site_bucket *b;          /* by start */
-  uint32_t nb, capb, cur;  /* cur: the bucket of the latest event */
-  uint32_t waiting;        /* events in b[0..nb-1] */
+  uint32_t nb, capb;
+  uint32_t cur[2];  /* the bucket of the latest free and allocation: a hint */
+  uint32_t waiting; /* events in b[0..nb-1] */
+  uint32_t held;    /* events their chunks can hold: what the bounds count */
 } site_sess;
 
 typedef struct {
@@ -121,14 +131,19 @@ store_site *store_site_new(void)
   return t;
 }
 
-/* Gives the chunks of list c back to the spares. */
-static void chunks_release(store_site *t, site_chunk *c)
+/* Gives the chunks of list c, held by x, back: full-size ones to the spares. */
+static void chunks_release(store_site *t, site_sess *x, site_chunk *c)
 {
   while (c != NULL) {
     site_chunk *next = c->next;
-    c->next = t->spare;
-    t->spare = c;
-    t->nspare++;
+    x->held -= c->cap;
+    if (c->cap == SITE_CHUNK) {
+      c->next = t->spare;
+      t->spare = c;
+      t->nspare++;
+    } else {
+      free(c);
+    }
     c = next;
   }
 }
@@ -136,12 +151,13 @@ static void chunks_release(store_site *t, site_chunk *c)
 static void sess_release(store_site *t, site_sess *x)
 {
   for (uint32_t i = 0; i < x->nb; i++) {
-    chunks_release(t, x->b[i].l[0].head);
-    chunks_release(t, x->b[i].l[1].head);
+    chunks_release(t, x, x->b[i].l[0].head);
+    chunks_release(t, x, x->b[i].l[1].head);
   }
   free(x->b);
   x->b = NULL;
-  x->nb = x->capb = x->cur = x->waiting = 0;
+  x->nb = x->capb = x->cur[0] = x->cur[1] = x->waiting = 0;
+  assert(x->held == 0);
 }
 
 void store_site_free(store_site *t)
@@ -228,43 +244,55 @@ static void fail(store_site *t, site_sess *x)
   }
 }
 
-/* The bucket starting at `start`, inserted in order if new; NULL when memory runs out. */
-static __attribute__((noinline)) site_bucket *bucket_find(site_sess *x, int64_t start)
+/* The bucket starting at `start`, inserted in order if new, and made x's current one for
+ * changes of kind k; NULL when memory runs out. */
+static __attribute__((noinline)) site_bucket *bucket_find(site_sess *x, int64_t start,
+                                                          int k)
 {
-  uint32_t i = x->nb;
-  while (i > 0 && x->b[i - 1].start > start)
-    i--;
-  if (i == 0 || x->b[i - 1].start != start) {
+  uint32_t lo = 0, hi = x->nb; /* the first bucket at or after start */
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (x->b[mid].start < start)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo == x->nb || x->b[lo].start != start) {
     if (reserve((void **)&x->b, &x->capb, x->nb + 1, sizeof *x->b) < 0)
       return NULL;
-    memmove(&x->b[i + 1], &x->b[i], (x->nb - i) * sizeof *x->b);
-    x->b[i] = (site_bucket){.start = start,
-                            .l = {{.last = INT64_MIN, .committed_last = INT64_MIN},
-                                  {.last = INT64_MIN, .committed_last = INT64_MIN}}};
+    memmove(&x->b[lo + 1], &x->b[lo], (x->nb - lo) * sizeof *x->b);
+    x->b[lo] = (site_bucket){.start = start,
+                             .l = {{.last = INT64_MIN, .committed_last = INT64_MIN},
+                                   {.last = INT64_MIN, .committed_last = INT64_MIN}}};
     x->nb++;
-    i++;
   }
-  x->cur = i - 1;
-  return &x->b[i - 1];
+  x->cur[k] = lo;
+  return &x->b[lo];
 }
 
-/* Appends a chunk to list b: 0, or -1 when memory runs out. */
-static __attribute__((noinline)) int chunk_append(store_site *t, ev_list *b)
+/* Appends a chunk to list l of x: 0, or -1 when the bound is reached or memory runs
+ * out. */
+static __attribute__((noinline)) int chunk_append(store_site *t, site_sess *x, ev_list *l)
 {
-  site_chunk *c = t->spare;
-  if (c != NULL) {
+  uint32_t cap = l->tail == NULL ? SITE_CHUNK_FIRST : l->tail->cap * 2;
+  cap = cap < SITE_CHUNK ? cap : SITE_CHUNK;
+  if (x->held + cap > HP_STORE_SITE_MAX_EVENTS)
+    return -1;
+  site_chunk *c = NULL;
+  if (cap == SITE_CHUNK && t->spare != NULL) {
+    c = t->spare;
     t->spare = c->next;
     t->nspare--;
-  } else if ((c = malloc(sizeof *c)) == NULL) {
+  } else if ((c = malloc(sizeof *c + (size_t)cap * sizeof(site_ev))) == NULL) {
     return -1;
   }
-  c->next = NULL;
-  c->n = 0;
-  if (b->tail != NULL)
-    b->tail->next = c;
+  *c = (site_chunk){.cap = cap};
+  x->held += cap;
+  if (l->tail != NULL)
+    l->tail->next = c;
   else
-    b->head = c;
-  b->tail = c;
+    l->head = c;
+  l->tail = c;
   return 0;
 }
 
@@ -281,12 +309,13 @@ void store_site_add(hp_store *s, int64_t session, int64_t stack, int64_t delta, 
     return;
   }
   int64_t width = s->cfg.timeline_interval_ns;
-  site_bucket *b = x->nb > 0 ? &x->b[x->cur] : NULL;
+  int k = delta > 0;
+  site_bucket *b = x->cur[k] < x->nb ? &x->b[x->cur[k]] : NULL;
   if (b == NULL || ts < b->start || ts - b->start >= width)
-    b = bucket_find(x, bucket_of(ts, width));
-  ev_list *l = b != NULL ? &b->l[delta > 0] : NULL;
-  if (l == NULL || ((l->tail == NULL || l->tail->n == SITE_CHUNK) &&
-                    (x->waiting >= HP_STORE_SITE_MAX_EVENTS || chunk_append(t, l) < 0))) {
+    b = bucket_find(x, bucket_of(ts, width), k);
+  ev_list *l = b != NULL ? &b->l[k] : NULL;
+  if (l == NULL ||
+      ((l->tail == NULL || l->tail->n == l->tail->cap) && chunk_append(t, x, l) < 0)) {
     fail(t, x);
     return;
   }
@@ -604,6 +633,14 @@ static uint64_t waiting_events(const store_site *t)
   return n;
 }
 
+static uint64_t held_events(const store_site *t)
+{
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < t->nsess; i++)
+    n += t->sess[i].held;
+  return n;
+}
+
 void store_site_write(hp_store *s)
 {
   store_site *t = s->site;
@@ -623,15 +660,15 @@ void store_site_write(hp_store *s)
     if (x != NULL)
       x->ended = 1;
   }
-  /* Past the hard bound (events stamped far denser than heapprofd stores them fill a
-   * bucket faster than it can be written), the sessions holding the most give their
-   * site aggregate up until the rest fit. */
-  for (uint64_t w = waiting_events(t); w > HP_STORE_SITE_MAX_EVENTS;) {
+  /* Past the hard bound, on the memory the waiting events hold (events stamped far
+   * denser than heapprofd stores them fill a bucket faster than it can be written), the
+   * sessions holding the most give their site aggregate up until the rest fit. */
+  for (uint64_t w = held_events(t); w > HP_STORE_SITE_MAX_EVENTS;) {
     site_sess *big = &t->sess[0];
     for (uint32_t i = 1; i < t->nsess; i++)
-      if (t->sess[i].waiting > big->waiting)
+      if (t->sess[i].held > big->held)
         big = &t->sess[i];
-    w -= big->waiting;
+    w -= big->held;
     fail(t, big);
   }
   /* Past the soft bound, buckets are written as soon as their rows are: only events out
@@ -677,13 +714,13 @@ static void commit_buckets(store_site *t, site_sess *x)
 {
   uint32_t gone = 0;
   for (; gone < x->nb && x->b[gone].start < x->done; gone++) {
-    chunks_release(t, x->b[gone].l[0].head);
-    chunks_release(t, x->b[gone].l[1].head);
+    chunks_release(t, x, x->b[gone].l[0].head);
+    chunks_release(t, x, x->b[gone].l[1].head);
   }
   if (gone > 0) {
     memmove(&x->b[0], &x->b[gone], (x->nb - gone) * sizeof *x->b);
     x->nb -= gone;
-    x->cur = 0;
+    x->cur[0] = x->cur[1] = 0;
   }
   x->waiting = 0;
   for (uint32_t i = 0; i < x->nb; i++)
@@ -745,7 +782,7 @@ void store_site_committed(hp_store *s)
 
 /* Drops the open transaction's events of list b (their chunks to the spares); returns
  * the events left. */
-static uint32_t list_truncate(store_site *t, ev_list *b)
+static uint32_t list_truncate(store_site *t, site_sess *x, ev_list *b)
 {
   uint32_t left = b->committed;
   site_chunk *last = NULL;
@@ -757,7 +794,7 @@ static uint32_t list_truncate(store_site *t, ev_list *b)
     }
     left -= c->n;
   }
-  chunks_release(t, last != NULL ? last->next : b->head);
+  chunks_release(t, x, last != NULL ? last->next : b->head);
   if (last != NULL)
     last->next = NULL;
   else
@@ -777,6 +814,6 @@ void store_site_rolled_back(hp_store *s)
     x->next_done = x->done;
     x->waiting = 0;
     for (uint32_t k = 0; k < x->nb; k++)
-      x->waiting += list_truncate(t, &x->b[k].l[0]) + list_truncate(t, &x->b[k].l[1]);
+      x->waiting += list_truncate(t, x, &x->b[k].l[0]) + list_truncate(t, x, &x->b[k].l[1]);
   }
 }
