@@ -23,6 +23,7 @@
 #define AGG_MIN_SLOTS     1024u
 #define AGG_SIZE_SESSIONS 8u /* sessions whose size classes have an array of their own */
 #define AGG_CLASSES       64
+#define AGG_RECENT        256u /* entries found last, by their stack's low bits */
 
 /* One session's size classes in this transaction: an array, cheaper than the table for
  * what every row adds to. */
@@ -39,7 +40,9 @@ struct store_agg {
   uint32_t n, cap; /* entries used, allocated */
   uint32_t *slot;  /* 0: empty, else index into e plus 1 */
   uint32_t nslots; /* a power of two, at least twice n */
-  uint32_t last;   /* index plus 1 of the entry found last: rows come in runs */
+  /* Index plus 1 of the entry found last per stack's low bits (0: none): a row's stack
+   * recurs within a transaction, and the table's hash costs more than this look. */
+  uint32_t recent[AGG_RECENT];
 };
 
 store_agg *store_agg_new(void)
@@ -77,7 +80,7 @@ void store_agg_clear(hp_store *s)
     return;
   memset(a->slot, 0, (size_t)a->nslots * sizeof *a->slot);
   a->n = 0;
-  a->last = 0;
+  memset(a->recent, 0, sizeof a->recent);
 }
 
 static uint32_t hash3(int64_t x, int64_t y, int64_t z)
@@ -126,19 +129,16 @@ static int grow(store_agg *a)
 
 /* The entry for the key, created zeroed if absent. At the bound, the sums so far are
  * written first (the transaction is open: every caller writes a row in it). */
-static agg_entry *entry(hp_store *s, int64_t session, int64_t bucket, int64_t stack)
+static __attribute__((noinline)) agg_entry *entry_find(hp_store *s, int64_t session,
+                                                       int64_t bucket, int64_t stack)
 {
   store_agg *a = s->agg;
-  if (a->last != 0) {
-    agg_entry *x = &a->e[a->last - 1];
-    if (x->session == session && x->bucket == bucket && x->stack == stack)
-      return x;
-  }
+  uint32_t *r = &a->recent[(uint64_t)stack & (AGG_RECENT - 1)];
   uint32_t mask = a->nslots - 1, i = hash3(session, bucket, stack) & mask;
   for (; a->slot[i] != 0; i = (i + 1) & mask) {
     agg_entry *x = &a->e[a->slot[i] - 1];
     if (x->session == session && x->bucket == bucket && x->stack == stack) {
-      a->last = a->slot[i];
+      *r = a->slot[i];
       return x;
     }
   }
@@ -152,8 +152,21 @@ static agg_entry *entry(hp_store *s, int64_t session, int64_t bucket, int64_t st
   x->bucket = bucket;
   x->stack = stack;
   place(a, a->n);
-  a->last = ++a->n;
+  *r = ++a->n;
   return x;
+}
+
+/* entry_find() after a look at the entry found last for the stack's low bits. */
+static inline agg_entry *entry(hp_store *s, int64_t session, int64_t bucket, int64_t stack)
+{
+  store_agg *a = s->agg;
+  uint32_t r = a->recent[(uint64_t)stack & (AGG_RECENT - 1)];
+  if (r != 0) {
+    agg_entry *x = &a->e[r - 1];
+    if (x->session == session && x->bucket == bucket && x->stack == stack)
+      return x;
+  }
+  return entry_find(s, session, bucket, stack);
 }
 
 static int64_t bucket_of(int64_t ts)
