@@ -91,6 +91,13 @@ typedef struct {
   uint32_t off, n; /* into lines_of */
 } stack_lines;
 
+/* A line's level in the bucket being written, together: the write's inner loop reads
+ * all three for every line of every change. */
+typedef struct {
+  int64_t level, high;
+  uint32_t stamp; /* == gen: level and high are this write's */
+} line_state;
+
 #define SITE_CACHE 256 /* stacks whose lines are found without a hash look-up */
 
 struct store_site {
@@ -101,11 +108,11 @@ struct store_site {
   uint32_t nst, capst;
   uint32_t *lines_of; /* line indexes of the stacks, distinct per stack */
   uint32_t nlines_of, caplines_of;
-  hp_map *frames; /* frame id -> number: line index plus 1 */
-  hp_map *keys;   /* line key (a frame id) -> number: line index plus 1 */
-  int64_t *key;   /* per line index: its key */
-  int64_t *level, *high;
-  uint32_t *stamp, *touched;
+  hp_map *frames;    /* frame id -> number: line index plus 1 */
+  hp_map *keys;      /* line key (a frame id) -> number: line index plus 1 */
+  int64_t *key;      /* per line index: its key */
+  line_state *ls;    /* per line index */
+  uint32_t *touched; /* line indexes the write touched */
   uint32_t nlines, caplines, gen;
   site_chunk *spare; /* free chunks, SITE_SPARE_CHUNK at most after a commit */
   uint32_t nspare;
@@ -177,9 +184,7 @@ void store_site_free(store_site *t)
   free(t->st);
   free(t->lines_of);
   free(t->key);
-  free(t->level);
-  free(t->high);
-  free(t->stamp);
+  free(t->ls);
   free(t->touched);
   free(t->sorted[0]);
   free(t->sorted[1]);
@@ -356,17 +361,15 @@ static int64_t line_of_frame(hp_store *s, int64_t frame)
   if (created) {
     uint32_t i = t->nlines, c = t->caplines;
     if (reserve((void **)&t->key, &c, i + 1, sizeof *t->key) < 0 ||
-        (c = t->caplines, reserve((void **)&t->level, &c, i + 1, sizeof *t->level)) < 0 ||
-        (c = t->caplines, reserve((void **)&t->high, &c, i + 1, sizeof *t->high)) < 0 ||
+        (c = t->caplines, reserve((void **)&t->ls, &c, i + 1, sizeof *t->ls)) < 0 ||
         (c = t->caplines, reserve((void **)&t->touched, &c, i + 1, sizeof *t->touched)) <
-          0 ||
-        (c = t->caplines, reserve((void **)&t->stamp, &c, i + 1, sizeof *t->stamp)) < 0) {
+          0) {
       hp_map_del_at(t->keys, k);
       return -1;
     }
     t->caplines = c;
     t->key[i] = key;
-    t->stamp[i] = 0;
+    t->ls[i].stamp = 0;
     k->number = ++t->nlines;
   }
   uint32_t line = k->number - 1;
@@ -490,13 +493,14 @@ static void write_bucket(hp_store *s, int64_t session, int64_t bucket, uint32_t 
   sqlite3_stmt *st = s->st[ST_INS_AGG_SITE];
   for (uint32_t i = 0; i < ntouched && !s->broken; i++) {
     uint32_t l = t->touched[i];
-    if (t->level[l] == 0 && t->high[l] == 0)
+    const line_state *x = &t->ls[l];
+    if (x->level == 0 && x->high == 0)
       continue; /* as if untouched */
     sqlite3_bind_int64(st, 1, session);
     sqlite3_bind_int64(st, 2, t->key[l]);
     sqlite3_bind_int64(st, 3, bucket);
-    sqlite3_bind_int64(st, 4, t->level[l]);
-    sqlite3_bind_int64(st, 5, t->high[l]);
+    sqlite3_bind_int64(st, 4, x->level);
+    sqlite3_bind_int64(st, 5, x->high);
     (void)store_sql_run(s, ST_INS_AGG_SITE);
   }
 }
@@ -562,7 +566,8 @@ static int write_bucket_of(hp_store *s, site_sess *x, const site_bucket *b)
       cursor_open(t, &b->l[1], b->start, 1, &al) < 0)
     return -1;
   if (++t->gen == 0) { /* wrapped: no stamp may look current */
-    memset(t->stamp, 0, (size_t)t->nlines * sizeof *t->stamp);
+    for (uint32_t l = 0; l < t->nlines; l++)
+      t->ls[l].stamp = 0;
     t->gen = 1;
   }
   uint32_t ntouched = 0;
@@ -586,20 +591,21 @@ static int write_bucket_of(hp_store *s, site_sess *x, const site_bucket *b)
     }
     for (uint32_t j = 0; j < sl->n; j++) {
       uint32_t l = t->lines_of[sl->off + j];
-      if (t->stamp[l] != t->gen) {
-        t->stamp[l] = t->gen;
-        t->level[l] = 0;
+      line_state *y = &t->ls[l];
+      if (y->stamp != t->gen) {
+        y->stamp = t->gen;
+        y->level = 0;
         /* The level before the bucket counts unless an event comes at its very start. */
-        t->high[l] = ev->ts == b->start ? INT64_MIN : 0;
+        y->high = ev->ts == b->start ? INT64_MIN : 0;
         t->touched[ntouched++] = l;
       }
       /* est_bytes may come near 2^63 (unbiased estimates of huge blocks at a tiny
        * interval): a level beyond 64 bits gives the session's aggregate up, as memory
        * running out does, rather than store a wrong sum. */
-      if (__builtin_add_overflow(t->level[l], ev->delta, &t->level[l]))
+      if (__builtin_add_overflow(y->level, ev->delta, &y->level))
         return -1;
-      if (t->level[l] > t->high[l])
-        t->high[l] = t->level[l];
+      if (y->level > y->high)
+        y->high = y->level;
     }
   }
   write_bucket(s, x->id, b->start, ntouched);
