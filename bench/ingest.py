@@ -64,9 +64,10 @@ def stored(db, clients, n):
     return row[0] == clients and row[1] == clients * n
 
 
-def run_one(build, clients, n, batch, extra, page_size, pprof_every, clock=False):
+def run_one(build, clients, n, batch, extra, page_size, pprof_every, clock=False, load=None):
+    """One run of heapprofd from build; the load generator is build's unless given."""
     heapprofd = os.path.join(build, "daemon", "heapprofd")
-    load = os.path.join(build, "bench", "ingest_load")
+    load = load or os.path.join(build, "bench", "ingest_load")
     with tempfile.TemporaryDirectory(prefix="hp-ingest-") as tmp:
         db, sock = os.path.join(tmp, "bench.sqlite"), os.path.join(tmp, "hp.sock")
         if page_size:
