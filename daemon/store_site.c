@@ -33,24 +33,31 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* One change of a line's level: from a row's ts_ns (+est_bytes) or freed_ns (-). */
 typedef struct {
   int64_t ts, delta, stack;
 } site_ev;
 
-/* A list's chunks grow from SITE_CHUNK_FIRST events, doubling, to SITE_CHUNK (12 KiB),
- * so that the many short lists of small intervals stay small; full-size chunks are kept
- * for reuse, SITE_SPARE_CHUNK of them at most after a commit. */
-#define SITE_CHUNK_FIRST 16
-#define SITE_CHUNK       512
-#define SITE_SPARE_CHUNK 256
-
 typedef struct site_chunk {
   struct site_chunk *next;
   uint32_t n, cap;
   site_ev ev[];
 } site_chunk;
+
+/* A list's chunks grow from SITE_CHUNK_FIRST events, doubling, to SITE_CHUNK, so that the
+ * many short lists of small intervals stay small. Full-size chunks (16 KiB) are mapped
+ * apart from the heap and kept for reuse after a commit, as many as are in use (a steady
+ * load reuses them all; the memory of a burst is given back), within SITE_SPARE_MIN and
+ * SITE_SPARE_MAX. Thousands of them a second freed and allocated from the heap left holes
+ * that SQLite's own allocations then paid for (glibc's unlink_chunk under
+ * sqlite3BtreeInsert: +1.2% of heapprofd's time at interval 1). */
+#define SITE_CHUNK_BYTES 16384
+#define SITE_CHUNK_FIRST 16
+#define SITE_CHUNK       ((SITE_CHUNK_BYTES - sizeof(site_chunk)) / sizeof(site_ev))
+#define SITE_SPARE_MIN   256
+#define SITE_SPARE_MAX   2048
 
 /* Waiting events in the order they came; the first `committed` are committed, the rest
  * the open transaction's (a rollback drops them). */
@@ -114,7 +121,7 @@ struct store_site {
   line_state *ls;    /* per line index */
   uint32_t *touched; /* line indexes the write touched */
   uint32_t nlines, caplines, gen;
-  site_chunk *spare; /* free chunks, SITE_SPARE_CHUNK at most after a commit */
+  site_chunk *spare; /* free full-size chunks */
   uint32_t nspare;
   site_ev *sorted[2], *tmp; /* scratch of the write: a list sorted */
   uint32_t capsorted[2], captmp;
@@ -138,6 +145,24 @@ store_site *store_site_new(void)
   return t;
 }
 
+/* A chunk for cap events: NULL when memory runs out. */
+static site_chunk *chunk_new(uint32_t cap)
+{
+  if (cap < SITE_CHUNK)
+    return malloc(sizeof(site_chunk) + (size_t)cap * sizeof(site_ev));
+  void *p = mmap(NULL, SITE_CHUNK_BYTES, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+static void chunk_free(site_chunk *c)
+{
+  if (c->cap < SITE_CHUNK)
+    free(c);
+  else
+    munmap(c, SITE_CHUNK_BYTES);
+}
+
 /* Gives the chunks of list c, held by x, back: full-size ones to the spares. */
 static void chunks_release(store_site *t, site_sess *x, site_chunk *c)
 {
@@ -149,7 +174,7 @@ static void chunks_release(store_site *t, site_sess *x, site_chunk *c)
       t->spare = c;
       t->nspare++;
     } else {
-      free(c);
+      chunk_free(c);
     }
     c = next;
   }
@@ -176,7 +201,7 @@ void store_site_free(store_site *t)
   free(t->sess);
   for (site_chunk *c = t->spare, *next; c != NULL; c = next) {
     next = c->next;
-    free(c);
+    chunk_free(c);
   }
   hp_map_free(t->stacks);
   hp_map_free(t->frames);
@@ -280,7 +305,7 @@ static __attribute__((noinline)) site_bucket *bucket_find(site_sess *x, int64_t 
 static __attribute__((noinline)) int chunk_append(store_site *t, site_sess *x, ev_list *l)
 {
   uint32_t cap = l->tail == NULL ? SITE_CHUNK_FIRST : l->tail->cap * 2;
-  cap = cap < SITE_CHUNK ? cap : SITE_CHUNK;
+  cap = cap < SITE_CHUNK ? cap : (uint32_t)SITE_CHUNK;
   if (x->held + cap > HP_STORE_SITE_MAX_EVENTS)
     return -1;
   site_chunk *c = NULL;
@@ -288,7 +313,7 @@ static __attribute__((noinline)) int chunk_append(store_site *t, site_sess *x, e
     c = t->spare;
     t->spare = c->next;
     t->nspare--;
-  } else if ((c = malloc(sizeof *c + (size_t)cap * sizeof(site_ev))) == NULL) {
+  } else if ((c = chunk_new(cap)) == NULL) {
     return -1;
   }
   *c = (site_chunk){.cap = cap};
@@ -764,8 +789,7 @@ void store_site_committed(hp_store *s)
   t->nsess = j;
   t->last = 0;
   /* The scratch of the writes stays for the next ones, unless it is far larger than
-   * what waits now, and so do SITE_SPARE_CHUNK free chunks (the memory of a burst is
-   * given back). */
+   * what waits now, and so do free chunks up to those in use (see SITE_CHUNK). */
   uint64_t waiting = waiting_events(t);
   for (int k = 0; k < 2; k++)
     if (t->capsorted[k] > (1u << 20) && t->capsorted[k] / 4 > waiting) {
@@ -778,11 +802,15 @@ void store_site_committed(hp_store *s)
     t->tmp = NULL;
     t->captmp = 0;
   }
-  while (t->nspare > SITE_SPARE_CHUNK) {
+  uint64_t keep = held_events(t) / SITE_CHUNK;
+  keep = keep < SITE_SPARE_MIN   ? SITE_SPARE_MIN
+         : keep > SITE_SPARE_MAX ? SITE_SPARE_MAX
+                                 : keep;
+  while (t->nspare > keep) {
     site_chunk *c = t->spare;
     t->spare = c->next;
     t->nspare--;
-    free(c);
+    chunk_free(c);
   }
 }
 
