@@ -5,21 +5,23 @@
                                [--load dense,clock,agent] [--sizes 500000] [--clients 4]
 
 Run times on a shared machine are bimodal (the same run is fast or slow from one run to
-the next), so one run per build says little. Each round runs every build once, in an
-order that alternates from round to round, on each load; the table shows every build's
-per-round ratio to the first build (events/s stored, and daemon CPU per event), as the
-median and interquartile range over the rounds. A change is real when the IQR of its
-ratio stays clear of 1.0 over 15 rounds or more; CPU per event is the steadier figure,
-since other processes on the machine disturb it least.
+the next), so one run per build says little. Each round runs every build once on each
+load, in an order that alternates from round to round. The table gives, for every build
+against each build before it on the command line, the per-round ratio of events/s stored
+and of daemon CPU per event, as the median and interquartile range over the rounds. A
+change is real when the IQR of its ratio stays clear of 1.0 over 15 rounds or more; CPU
+per event is the steadier figure, since other processes disturb it least.
 
 Loads:
-  dense  bench/ingest_load (one binary for all builds), K agents of N events stamped 200 ns apart (ingest.py's default)
-  clock  the same, stamped by the monotonic clock as an agent stamps them (ingest.py --clock)
+  dense  bench/ingest_load (one binary drives every build), K agents of N events stamped
+         200 ns apart (ingest.py's default)
+  clock  the same, stamped by the monotonic clock as an agent stamps them (ingest.py
+         --clock)
   agent  a real Python program, bench/overhead_workloads.py's churn, under the agent at
          sampling interval 1 (every allocation): it makes more events than heapprofd can
          store and drops the rest (counted), so the rate stored over the session's span
-         is heapprofd's throughput. The agent comes from the first build's Python
-         (--python, default .venv/bin/python); only heapprofd differs between builds.
+         is heapprofd's throughput. The agent is the one installed for --python
+         (default .venv/bin/python) in every round: only heapprofd differs between builds.
 Each daemon runs with --no-index (the read indexes are built after recording)."""
 import argparse
 import os
@@ -97,7 +99,7 @@ def quartiles(xs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", action="append", required=True,
-                    help="a build directory (repeat; the first is the reference)")
+                    help="a build directory (repeat; list the oldest first)")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--load", default="dense,clock,agent",
                     help="comma-separated: dense, clock, agent")
@@ -151,23 +153,22 @@ def main():
         print(line)
         sys.stdout.flush()
     print()
-    print("%-6s %-5s %12s %22s %22s" % ("load", "build", "events/s", "events/s ratio",
-                                          "CPU/event ratio"))
-    print("%-6s %-5s %12s %22s %22s" % ("", "", "median", "median (IQR)",
-                                          "median (IQR)"))
+    print("Per-round ratios of each build to each earlier one (events/s: above 1 is faster;"
+          " CPU per event: below 1 is cheaper)")
+    print("%-6s %-6s %22s %22s" % ("load", "builds", "events/s median (IQR)",
+                                    "CPU/event median (IQR)"))
     for name in loads:
-        ref = res[(name, 0)]
         for b in range(len(args.build)):
-            runs = res[(name, b)]
-            rate = statistics.median(x[0] for x in runs)
-            if b == 0:
-                print("%-6s %-5s %11.2fM %22s %22s" % (name, "A", rate / 1e6, "-", "-"))
-                continue
-            rr = quartiles([x[0] / y[0] for x, y in zip(runs, ref)])
-            cr = quartiles([x[1] / y[1] for x, y in zip(runs, ref)])
-            print("%-6s %-5s %11.2fM %8.3f (%.3f-%.3f) %8.3f (%.3f-%.3f)" % (
-                name, chr(65 + b), rate / 1e6, rr[1], rr[0], rr[2], cr[1], cr[0], cr[2]))
-
+            rate = statistics.median(x[0] for x in res[(name, b)])
+            print("%-6s %-6s %21.2fM" % (name, chr(65 + b), rate / 1e6))
+        for b in range(1, len(args.build)):
+            for a in range(b):
+                runs, ref = res[(name, b)], res[(name, a)]
+                rr = quartiles([x[0] / y[0] for x, y in zip(runs, ref)])
+                cr = quartiles([x[1] / y[1] for x, y in zip(runs, ref)])
+                print("%-6s %-6s %8.3f (%.3f-%.3f) %8.3f (%.3f-%.3f)" % (
+                    name, "%s/%s" % (chr(65 + b), chr(65 + a)), rr[1], rr[0], rr[2], cr[1],
+                    cr[0], cr[2]))
 
 if __name__ == "__main__":
     main()
