@@ -97,16 +97,21 @@ def quartiles(xs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", action="append", required=True,
                     help="a build directory (repeat; list the oldest first)")
-    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=20,
+                    help="rounds; each runs every build once per load (default 20)")
     ap.add_argument("--load", default="dense,clock,agent",
-                    help="comma-separated: dense, clock, agent")
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--sizes", type=int, default=500000, help="events per client")
+                    help="comma-separated: dense, clock, agent (default all three)")
+    ap.add_argument("--clients", type=int, default=4,
+                    help="agents of the dense and clock loads (default 4)")
+    ap.add_argument("--sizes", type=int, default=500000,
+                    help="events per agent of the dense and clock loads (default 500000)")
     ap.add_argument("--scale", type=float, default=2.0,
-                    help="HEAPPROF_BENCH_SCALE of the agent load")
+                    help="HEAPPROF_BENCH_SCALE of the agent load (default 2: about 8 s)")
     ap.add_argument("--python", default=os.path.join(os.path.dirname(HERE), ".venv", "bin",
                                                      "python"),
                     help="the interpreter with heapprof installed, for the agent load")
@@ -118,6 +123,8 @@ def main():
     for name in loads:
         if name not in ("dense", "clock", "agent"):
             ap.error("unknown load %r (dense, clock, agent)" % name)
+    if args.rounds < 1 or args.clients < 1 or args.sizes < 1 or not args.scale > 0:
+        ap.error("--rounds, --clients, --sizes and --scale must be positive")
     if len(args.build) < 2:
         ap.error("give at least two --build")
     for b in args.build:
