@@ -127,13 +127,13 @@ static int grow(store_agg *a)
   return 0;
 }
 
-/* The entry for the key, created zeroed if absent. At the bound, the sums so far are
- * written first (the transaction is open: every caller writes a row in it). */
-static __attribute__((noinline)) agg_entry *entry_find(hp_store *s, int64_t session,
-                                                       int64_t bucket, int64_t stack)
+/* The entry for the key, created zeroed if absent, and remembered in *r. At the bound,
+ * the sums so far are written first (the transaction is open: every caller writes a row
+ * in it). */
+static __attribute__((noinline)) agg_entry *
+entry_find(hp_store *s, int64_t session, int64_t bucket, int64_t stack, uint32_t *r)
 {
   store_agg *a = s->agg;
-  uint32_t *r = &a->recent[(uint64_t)stack & (AGG_RECENT - 1)];
   uint32_t mask = a->nslots - 1, i = hash3(session, bucket, stack) & mask;
   for (; a->slot[i] != 0; i = (i + 1) & mask) {
     agg_entry *x = &a->e[a->slot[i] - 1];
@@ -160,13 +160,13 @@ static __attribute__((noinline)) agg_entry *entry_find(hp_store *s, int64_t sess
 static inline agg_entry *entry(hp_store *s, int64_t session, int64_t bucket, int64_t stack)
 {
   store_agg *a = s->agg;
-  uint32_t r = a->recent[(uint64_t)stack & (AGG_RECENT - 1)];
-  if (r != 0) {
-    agg_entry *x = &a->e[r - 1];
+  uint32_t *r = &a->recent[(uint64_t)stack & (AGG_RECENT - 1)];
+  if (*r != 0) {
+    agg_entry *x = &a->e[*r - 1];
     if (x->session == session && x->bucket == bucket && x->stack == stack)
       return x;
   }
-  return entry_find(s, session, bucket, stack);
+  return entry_find(s, session, bucket, stack, r);
 }
 
 static int64_t bucket_of(int64_t ts)

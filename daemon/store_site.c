@@ -48,11 +48,10 @@ typedef struct site_chunk {
 
 /* A list's chunks grow from SITE_CHUNK_FIRST events, doubling, to SITE_CHUNK, so that the
  * many short lists of small intervals stay small. Full-size chunks (16 KiB) are mapped
- * apart from the heap and kept for reuse after a commit, as many as are in use (a steady
- * load reuses them all; the memory of a burst is given back), within SITE_SPARE_MIN and
- * SITE_SPARE_MAX. Thousands of them a second freed and allocated from the heap left holes
- * that SQLite's own allocations then paid for (glibc's unlink_chunk under
- * sqlite3BtreeInsert: +1.2% of heapprofd's time at interval 1). */
+ * apart from the heap, because thousands of them a second taken from and given back to
+ * the heap leave holes there that SQLite's own allocations then pay for. They are kept
+ * for reuse after a commit, as many as are in use (a steady load reuses them all; the
+ * memory of a burst is given back), within SITE_SPARE_MIN and SITE_SPARE_MAX. */
 #define SITE_CHUNK_BYTES 16384
 #define SITE_CHUNK_FIRST 16
 #define SITE_CHUNK       ((SITE_CHUNK_BYTES - sizeof(site_chunk)) / sizeof(site_ev))
