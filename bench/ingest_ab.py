@@ -35,6 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ingest  # noqa: E402  (run_one, cpu_seconds)
+import overhead  # noqa: E402  (quartiles)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -88,12 +89,10 @@ def run_agent(build, args):
     return n / span, cpu / n * 1e9
 
 
-def quartiles(xs):
-    xs = sorted(xs)
-    if len(xs) < 4:
-        return xs[0], statistics.median(xs), xs[-1]
-    q = statistics.quantiles(xs, n=4)
-    return q[0], q[1], q[2]
+def spread(xs):
+    """(Q1, median, Q3) of xs, quartiles as bench/overhead.py reports them."""
+    q1, q3 = overhead.quartiles(xs)
+    return q1, statistics.median(xs), q3
 
 
 def main():
@@ -171,8 +170,8 @@ def main():
         for b in range(1, len(args.build)):
             for a in range(b):
                 runs, ref = res[(name, b)], res[(name, a)]
-                rr = quartiles([x[0] / y[0] for x, y in zip(runs, ref)])
-                cr = quartiles([x[1] / y[1] for x, y in zip(runs, ref)])
+                rr = spread([x[0] / y[0] for x, y in zip(runs, ref)])
+                cr = spread([x[1] / y[1] for x, y in zip(runs, ref)])
                 print("%-6s %-6s %8.3f (%.3f-%.3f) %8.3f (%.3f-%.3f)" % (
                     name, "%s/%s" % (chr(65 + b), chr(65 + a)), rr[1], rr[0], rr[2], cr[1],
                     cr[0], cr[2]))
