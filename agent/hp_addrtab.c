@@ -6,6 +6,8 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
+
+#include "hp_prefault.h"
 #include <string.h>
 
 #include "hp_error.h"
@@ -122,6 +124,17 @@ hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
   /* bucket1() and bucket2() keep the top bits of a 64-bit hash: always a bucket. */
   assert(((size_t)1 << bits) == nb && nb * HP_ADDRTAB_BUCKET <= HP_ADDRTAB_MAX_SLOTS);
   return t;
+}
+
+void hp_addrtab_prefault(const hp_addrtab *t, size_t max_bytes)
+{
+  size_t bytes = t->nbuckets * HP_ADDRTAB_BUCKET * sizeof(uintptr_t);
+  if (hp_prefault((const void *)t->slots, bytes < max_bytes ? bytes : max_bytes) < 0)
+    return;
+  (void)hp_prefault((const void *)t->spilled, (t->nbuckets + 63) / 64 * sizeof(uint64_t));
+  if (t->with_filter) /* the shared all-"maybe" filter is never written */
+    (void)hp_prefault((const void *)(t->filter - HP_ADDRTAB_FILTER_FRONT),
+                      HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER);
 }
 
 void hp_addrtab_free(hp_addrtab *t)

@@ -57,6 +57,11 @@ void hp_addrtab_free(hp_addrtab *t);
 /* 0, or -HP_EFULL when both buckets are full. Address 0 is refused with
  * -HP_EINVAL. */
 int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr);
+/* Maps in the first max_bytes of the buckets, the spill bitmap and the filter
+ * (hp_prefault.h): inserts land anywhere in them, so nearly every early insert would
+ * otherwise fault a page in. Any thread, while others use the table. */
+void hp_addrtab_prefault(const hp_addrtab *t, size_t max_bytes);
+
 /* 1 if addr was present (and is now removed), else 0. */
 int hp_addrtab_remove(hp_addrtab *t, uintptr_t addr);
 /* 1 if addr is present: a block handed out again is re-attributed only when sampled. */

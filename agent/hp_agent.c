@@ -243,6 +243,17 @@ static uint64_t session_dropped(const session *s)
          atomic_load_explicit(&((session *)s)->extra_drops, memory_order_relaxed);
 }
 
+/* The address table's buckets are written at random: mapped in from the start, so that
+ * early samples take no page fault in the program's threads. Tables for intervals under
+ * about 4 KiB are larger than this and are mapped in as far as it goes. */
+#define HP_AGENT_PREFAULT_ADDRTAB_BYTES (2u << 20)
+
+static void sender_warm(void *arg)
+{
+  session *s = arg;
+  hp_addrtab_prefault(s->addrtab, HP_AGENT_PREFAULT_ADDRTAB_BYTES);
+}
+
 static uint64_t sender_dropped(void *arg)
 {
   return session_dropped(arg);
@@ -406,6 +417,7 @@ int hp_agent_start(const hp_agent_opts *o)
                         .interval_change = sender_interval_change,
                         .failed = on_sender_failed,
                         .check_end = o->hooks_replaced ? sender_check_end : NULL,
+                        .warm = sender_warm,
                         .arg = s,
                         .socket_path = o->socket_path,
                         .family = g_family};

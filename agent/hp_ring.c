@@ -22,6 +22,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "hp_prefault.h"
+
 typedef struct {
   _Atomic size_t seq;
   hp_event ev;
@@ -36,6 +38,8 @@ struct hp_ring {
   size_t mask;
   size_t reserve; /* slots kept for FREE records */
   hp_slot *slots;
+  /* Consumer only: slots [0, prefaulted) are mapped in (hp_ring_prefault). */
+  size_t prefaulted;
 };
 
 hp_ring *hp_ring_new(size_t capacity)
@@ -57,6 +61,7 @@ hp_ring *hp_ring_new(size_t capacity)
   atomic_init(&r->head, 0);
   atomic_init(&r->tail, 0);
   atomic_init(&r->dropped, 0);
+  r->prefaulted = 0;
   return r;
 }
 
@@ -158,4 +163,24 @@ uint64_t hp_ring_pushed(const hp_ring *r)
 uint64_t hp_ring_popped(const hp_ring *r)
 {
   return atomic_load_explicit(&((hp_ring *)r)->tail, memory_order_relaxed);
+}
+
+/* The room test reads the slot reserve positions past the head, and a push writes the
+ * head's: mapping in twice the reserve ahead keeps both on mapped pages between the
+ * consumer's turns. A call maps at least a quarter of that, so a lap takes a few dozen
+ * system calls. After the first lap every slot is mapped and a call is one compare. */
+void hp_ring_prefault(hp_ring *r)
+{
+  size_t cap = r->mask + 1, ahead = 2 * r->reserve;
+  if (r->prefaulted >= cap)
+    return;
+  size_t want = atomic_load_explicit(&r->head, memory_order_relaxed) + ahead;
+  if (want > cap)
+    want = cap;
+  if (want <= r->prefaulted || (want < cap && want - r->prefaulted < ahead / 4))
+    return;
+  if (hp_prefault(&r->slots[r->prefaulted], (want - r->prefaulted) * sizeof(hp_slot)) < 0)
+    r->prefaulted = cap; /* not on this kernel: pages fault in as pushes write them */
+  else
+    r->prefaulted = want;
 }

@@ -619,6 +619,9 @@ static void *sender_main(void *arg)
 {
   hp_sender *s = arg;
   read_comm("/proc/self/comm", s->process_comm, sizeof(s->process_comm));
+  hp_ring_prefault(s->cfg.ring);
+  if (s->cfg.warm)
+    s->cfg.warm(s->cfg.arg);
   /* HELLO opens the stream whatever comes next (write_data could put the final
    * counters first). */
   size_t hello_len;
@@ -665,6 +668,7 @@ static void *sender_main(void *arg)
      * over. */
     if (n == 0 && stopping)
       break;
+    hp_ring_prefault(s->cfg.ring);
     idle_ns = n < HP_SENDER_BATCH / 16
                 ? (idle_ns * 2 > HP_SENDER_IDLE_MAX_NS ? HP_SENDER_IDLE_MAX_NS
                                                        : idle_ns * 2)

@@ -84,6 +84,10 @@ typedef struct {
    * hp_end_reason ends the stream there as a stop does (final counters, drain, GOODBYE
    * with that reason). The callee has made sure nothing is pushed to the ring any more. */
   uint32_t (*check_end)(void *arg);
+  /* Called once by the sender thread as it starts (NULL: never): work the program's
+   * threads would otherwise do, such as mapping in memory the hooks will write
+   * (hp_prefault.h). The ring's pages the sender maps in itself. */
+  void (*warm)(void *arg);
   void *arg;
   const char *socket_path;  /* for messages only; copied */
   hp_sender_family *family; /* NULL: none */
