@@ -368,6 +368,22 @@ static inline void *realloc_fast(hook_ctx *c, void *ptr, size_t size)
   return realloc_any(c, ptr, size);
 }
 
+/* The same with g_frees_via_raw, without the filter: a sampled mem/obj block lives in
+ * the raw allocator, so pymalloc hands its realloc to PyMem_RawRealloc, whose hook
+ * reports the free while re-entering (realloc_any). Every realloc saves the filter's
+ * load. */
+static inline void *realloc_fast_via_raw(hook_ctx *c, void *ptr, size_t size)
+{
+  hp_hooks_tls *t = &hp_hooks_t;
+  if (HP_LIKELY(small_unsampled(t, size))) {
+    hp_hooks_enter(t);
+    void *p = c->prev.realloc(c->prev.ctx, ptr, size);
+    hp_hooks_leave(t);
+    return p;
+  }
+  return realloc_any(c, ptr, size);
+}
+
 static void *hook_raw_realloc(void *ctx, void *ptr, size_t size)
 {
   (void)ctx;
@@ -443,7 +459,13 @@ static HP_HOT_HOOK void *hook_pym_calloc(void *ctx, size_t nelem, size_t elsize)
   return calloc_fast(ctx, nelem, elsize);
 }
 
-static HP_HOT_HOOK void *hook_pym_realloc(void *ctx, void *ptr, size_t size)
+static HP_HOT_HOOK void *hook_pym_realloc_via_raw(void *ctx, void *ptr, size_t size)
+{
+  return realloc_fast_via_raw(ctx, ptr, size);
+}
+
+/* Without g_frees_via_raw (another allocator under or over ours): not hot. */
+static void *hook_pym_realloc(void *ctx, void *ptr, size_t size)
 {
   return realloc_fast(ctx, ptr, size);
 }
@@ -614,8 +636,10 @@ int hp_hooks_install(void)
      * (below) then gets it too, which is safe only because that free is pymalloc's,
      * which ignores its ctx (g_frees_via_raw is set for pymalloc alone). */
     a.ctx = i == CTX_RAW ? g_ctx[i].prev.ctx : (void *)&g_ctx[i];
-    if (g_frees_via_raw && i != CTX_RAW)
+    if (g_frees_via_raw && i != CTX_RAW) {
       a.free = g_ctx[i].prev.free;
+      a.realloc = hook_pym_realloc_via_raw;
+    }
     PyMem_SetAllocator(domains[i], &a);
   }
   g_installed = 1;

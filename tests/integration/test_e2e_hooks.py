@@ -111,6 +111,48 @@ class Domains(DaemonTestCase):
                 self.assertGreaterEqual(rows[domain], 500)
 
 
+# Small item arrays grown by appends (PyMem_Realloc), then all dropped.
+GROWN_AND_DROPPED = '''
+def grow(n):
+    keep = []
+    for _ in range(n):
+        items = []
+        for j in range(30):
+            items.append(j)                          # GROW: 32- to 256-byte item arrays
+        keep.append(items)
+    return keep
+
+for _ in range(10):
+    del grow(20000)[:]
+print("ok", flush=True)
+'''
+
+
+class SampledReallocs(DaemonTestCase):
+
+    def test_small_reallocs_of_sampled_blocks_report_their_frees(self):
+        """With CPython's allocators the mem/obj realloc hook does not look its block up:
+        a sampled small block lives in the raw allocator, so pymalloc hands its realloc
+        to PyMem_RawRealloc, whose hook reports the free. Every sampled block that a
+        later append moved must be seen freed, or it would look leaked."""
+        path = write_program(self.tmp, 'grown.py', GROWN_AND_DROPPED)
+        r = run_python(path, env=self.profiled_env(HEAPPROF_INTERVAL=4096,
+                                                    HEAPPROF_ON_FULL='block'))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ['ok'])
+        self.daemon.stop()
+        (sid, dropped), = self.daemon.query('SELECT session_id, events_dropped FROM sessions')
+        self.assertEqual(dropped, 0)
+        (sampled, live), = self.daemon.query(
+            '''SELECT COUNT(*), TOTAL(a.freed_ns IS NULL) FROM allocations a
+               JOIN stack_frames sf ON sf.stack_id = a.stack_id AND sf.depth = 0
+               JOIN frames f ON f.frame_id = sf.frame_id
+               WHERE a.session_id = ? AND f.lineno = ? AND a.domain = ?''',
+            (sid, line_of(path, 'GROW'), 'mem'))
+        self.assertGreater(sampled, 5000)     # 6M bytes reallocated, one sample per 4 KiB
+        self.assertEqual(live, 0)
+
+
 class RawAllocatorRefuses(DaemonTestCase):
 
     def test_sampled_small_allocation_falls_back_and_counts_a_drop(self):
