@@ -51,6 +51,13 @@ static int g_installed;
  * come from the raw allocator (pymalloc passes them down). */
 static int g_frees_via_raw;
 
+/* With g_frees_via_raw, the functions of pymalloc that both the mem and obj domains had
+ * (their ctx is NULL, and none of them reads it). The hot hooks below call them
+ * directly, passing on the ctx they got, which is ours: one load and one move fewer per
+ * call than through the domain's hook_ctx, the same reliance on pymalloc ignoring its ctx
+ * as the unhooked free (hp_hooks_install). Written at install. */
+static PyMemAllocatorEx g_pymalloc;
+
 /* The thread's key (hp_hooks_int.h): its sampler generation, or the re-entry marker
  * while the thread is inside a hook's real call or agent code. The malloc fast path
  * compares it with hp_agent_gate and so checks in one compare that profiling is on in
@@ -200,16 +207,19 @@ static __attribute__((noinline)) void *malloc_slow(hook_ctx *c, hp_hooks_tls *t,
   return p;
 }
 
-/* The fast paths below are written once (inline, taking the domain's hook_ctx). The
- * raw domain's hooks use a constant &g_ctx[CTX_RAW]; the mem and obj domains share one
- * hook per function, which finds its hook_ctx in the ctx argument (hp_hooks_install). */
+/* The fast paths below are written once (inline, taking the domain's hook_ctx, and the
+ * real allocator with the ctx to pass it: the domain's, or pymalloc's own with ours).
+ * The raw domain's hooks use a constant &g_ctx[CTX_RAW]; the mem and obj domains share
+ * one hook per function, which finds its hook_ctx in the ctx argument
+ * (hp_hooks_install). */
 
 /* mem and obj domains. */
-static inline void *malloc_fast(hook_ctx *c, size_t size)
+static inline void *malloc_fast(hook_ctx *c, const PyMemAllocatorEx *real, void *real_ctx,
+                                size_t size)
 {
   hp_hooks_tls *t = &hp_hooks_t;
   if (small_unsampled(t, size))
-    return c->prev.malloc(c->prev.ctx, size);
+    return real->malloc(real_ctx, size);
   return malloc_slow(c, t, size);
 }
 
@@ -272,11 +282,12 @@ static __attribute__((noinline)) void *calloc_slow(hook_ctx *c, hp_hooks_tls *t,
  * is refused by the real calloc (which tests it), and its wrapped product, when small,
  * only moves the countdown by at most PYMALLOC_SMALL bytes for a request that allocated
  * nothing, as a small malloc that fails does. */
-static inline void *calloc_fast(hook_ctx *c, size_t nelem, size_t elsize)
+static inline void *calloc_fast(hook_ctx *c, const PyMemAllocatorEx *real, void *real_ctx,
+                                size_t nelem, size_t elsize)
 {
   hp_hooks_tls *t = &hp_hooks_t;
   if (small_unsampled(t, nelem * elsize))
-    return c->prev.calloc(c->prev.ctx, nelem, elsize);
+    return real->calloc(real_ctx, nelem, elsize);
   return calloc_slow(c, t, nelem, elsize);
 }
 
@@ -377,7 +388,7 @@ static inline void *realloc_fast_via_raw(hook_ctx *c, void *ptr, size_t size)
   hp_hooks_tls *t = &hp_hooks_t;
   if (HP_LIKELY(small_unsampled(t, size))) {
     hp_hooks_enter(t);
-    void *p = c->prev.realloc(c->prev.ctx, ptr, size);
+    void *p = g_pymalloc.realloc(c, ptr, size);
     hp_hooks_leave(t);
     return p;
   }
@@ -447,24 +458,38 @@ int hp_hooks_sample_free(hp_hooks_tls *t, void *ptr)
   return sampled;
 }
 
-/* The mem and obj domains: ctx is the domain's hook_ctx. */
-static HP_HOT_HOOK __attribute__((aligned(64))) void *hook_pym_malloc(void *ctx,
-                                                                      size_t size)
+/* The mem and obj domains: ctx is the domain's hook_ctx. With g_frees_via_raw (CPython's
+ * own allocators, the common case) the hot ones, calling pymalloc directly. */
+static HP_HOT_HOOK __attribute__((aligned(64))) void *hook_pymalloc_malloc(void *ctx,
+                                                                           size_t size)
 {
-  return malloc_fast(ctx, size);
+  return malloc_fast(ctx, &g_pymalloc, ctx, size);
 }
 
-static HP_HOT_HOOK void *hook_pym_calloc(void *ctx, size_t nelem, size_t elsize)
+static HP_HOT_HOOK void *hook_pymalloc_calloc(void *ctx, size_t nelem, size_t elsize)
 {
-  return calloc_fast(ctx, nelem, elsize);
+  return calloc_fast(ctx, &g_pymalloc, ctx, nelem, elsize);
 }
 
-static HP_HOT_HOOK void *hook_pym_realloc_via_raw(void *ctx, void *ptr, size_t size)
+static HP_HOT_HOOK void *hook_pymalloc_realloc(void *ctx, void *ptr, size_t size)
 {
   return realloc_fast_via_raw(ctx, ptr, size);
 }
 
-/* Without g_frees_via_raw (another allocator under or over ours): not hot. */
+/* Under any other allocator (a debug allocator, PYTHONMALLOC=malloc, another profiler
+ * under or over ours): through the domain's hook_ctx, and realloc tests the filter. */
+static void *hook_pym_malloc(void *ctx, size_t size)
+{
+  hook_ctx *c = ctx;
+  return malloc_fast(c, &c->prev, c->prev.ctx, size);
+}
+
+static void *hook_pym_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+  hook_ctx *c = ctx;
+  return calloc_fast(c, &c->prev, c->prev.ctx, nelem, elsize);
+}
+
 static void *hook_pym_realloc(void *ctx, void *ptr, size_t size)
 {
   return realloc_fast(ctx, ptr, size);
@@ -622,24 +647,30 @@ int hp_hooks_install(void)
     PyMem_GetAllocator(domains[i], &g_ctx[i].prev);
     g_ctx[i].domain = ours[i];
     g_ctx[i].py_domain = domains[i];
-    g_ctx[i].ours = hooks[i].malloc;
   }
   g_allocator_name = (const char *(*)(void))dlsym(RTLD_DEFAULT,
                                                   "_PyMem_GetCurrentAllocatorName");
-  g_frees_via_raw = allocators_are_pymalloc();
+  g_frees_via_raw = allocators_are_pymalloc() &&
+                    memcmp(&g_ctx[CTX_MEM].prev, &g_ctx[CTX_OBJ].prev,
+                           sizeof(PyMemAllocatorEx)) == 0;
+  g_pymalloc = g_ctx[CTX_OBJ].prev;
   if (pthread_atfork(NULL, NULL, hooks_after_fork_child) != 0)
     return -HP_ENOMEM;
   for (int i = 0; i < 3; i++) {
     PyMemAllocatorEx a = hooks[i];
     /* The raw hooks find their domain in g_ctx, and the raw domain's ctx stays the
-     * real one. The shared mem/obj hooks get theirs as ctx; the free passed on unhooked
-     * (below) then gets it too, which is safe only because that free is pymalloc's,
-     * which ignores its ctx (g_frees_via_raw is set for pymalloc alone). */
+     * real one. The shared mem/obj hooks get theirs as ctx; with g_frees_via_raw the
+     * free passed on unhooked (below) gets it too, and the hot hooks pass it on to
+     * pymalloc (g_pymalloc), which is safe only because pymalloc ignores its ctx
+     * (g_frees_via_raw is set for pymalloc alone). */
     a.ctx = i == CTX_RAW ? g_ctx[i].prev.ctx : (void *)&g_ctx[i];
     if (g_frees_via_raw && i != CTX_RAW) {
+      a.malloc = hook_pymalloc_malloc;
+      a.calloc = hook_pymalloc_calloc;
+      a.realloc = hook_pymalloc_realloc;
       a.free = g_ctx[i].prev.free;
-      a.realloc = hook_pym_realloc_via_raw;
     }
+    g_ctx[i].ours = a.malloc;
     PyMem_SetAllocator(domains[i], &a);
   }
   g_installed = 1;
