@@ -6,11 +6,10 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
-
-#include "hp_prefault.h"
 #include <string.h>
 
 #include "hp_error.h"
+#include "hp_prefault.h"
 
 #define EMPTY ((uintptr_t)0)
 
@@ -126,15 +125,21 @@ hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
   return t;
 }
 
-void hp_addrtab_prefault(const hp_addrtab *t, size_t max_bytes)
+size_t hp_addrtab_prefault(const hp_addrtab *t, size_t from, size_t len)
 {
   size_t bytes = t->nbuckets * HP_ADDRTAB_BUCKET * sizeof(uintptr_t);
-  if (hp_prefault((const void *)t->slots, bytes < max_bytes ? bytes : max_bytes) < 0)
-    return;
-  (void)hp_prefault((const void *)t->spilled, (t->nbuckets + 63) / 64 * sizeof(uint64_t));
-  if (t->with_filter) /* the shared all-"maybe" filter is never written */
-    (void)hp_prefault((const void *)(t->filter - HP_ADDRTAB_FILTER_FRONT),
-                      HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER);
+  if (from >= bytes)
+    return bytes;
+  size_t end = len < bytes - from ? from + len : bytes;
+  if (hp_prefault((const char *)t->slots + from, end - from) < 0)
+    return bytes;
+  if (from == 0) {
+    (void)hp_prefault((const void *)t->spilled, (t->nbuckets + 63) / 64 * sizeof(uint64_t));
+    if (t->with_filter) /* the shared all-"maybe" filter is never written */
+      (void)hp_prefault((const void *)(t->filter - HP_ADDRTAB_FILTER_FRONT),
+                        HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER);
+  }
+  return end;
 }
 
 void hp_addrtab_free(hp_addrtab *t)

@@ -57,10 +57,12 @@ void hp_addrtab_free(hp_addrtab *t);
 /* 0, or -HP_EFULL when both buckets are full. Address 0 is refused with
  * -HP_EINVAL. */
 int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr);
-/* Maps in the first max_bytes of the buckets, the spill bitmap and the filter
- * (hp_prefault.h): inserts land anywhere in them, so nearly every early insert would
- * otherwise fault a page in. Any thread, while others use the table. */
-void hp_addrtab_prefault(const hp_addrtab *t, size_t max_bytes);
+/* Maps in bytes [from, from + len) of the buckets, and with the first piece (from 0) the
+ * spill bitmap and the filter (hp_prefault.h): inserts land anywhere in them, so nearly
+ * every early insert would otherwise fault a page in. Returns the offset reached; the
+ * buckets' size once there is nothing left to map in (also when the kernel cannot).
+ * Any thread, while others use the table. */
+size_t hp_addrtab_prefault(const hp_addrtab *t, size_t from, size_t len);
 
 /* 1 if addr was present (and is now removed), else 0. */
 int hp_addrtab_remove(hp_addrtab *t, uintptr_t addr);

@@ -47,7 +47,8 @@ _Atomic uint32_t hp_agent_max_depth = HP_AGENT_DEFAULT_MAX_DEPTH;
 typedef struct session {
   hp_ring *ring;
   hp_addrtab *addrtab;
-  hp_sender *sender; /* under g_lock */
+  hp_sender *sender;     /* under g_lock */
+  size_t addrtab_warmed; /* sender thread only: bytes of the table mapped in */
   /* Settings: written before the session is published, read-only after. */
   int (*hooks_replaced)(void); /* hp_agent_opts */
   clockid_t ts_clock;          /* event time stamps, see event_ts() */
@@ -248,10 +249,18 @@ static uint64_t session_dropped(const session *s)
  * about 4 KiB are larger than this and are mapped in as far as it goes. */
 #define HP_AGENT_PREFAULT_ADDRTAB_BYTES (2u << 20)
 
-static void sender_warm(void *arg)
+static int sender_warm(void *arg, size_t max_bytes)
 {
   session *s = arg;
-  hp_addrtab_prefault(s->addrtab, HP_AGENT_PREFAULT_ADDRTAB_BYTES);
+  const size_t limit = HP_AGENT_PREFAULT_ADDRTAB_BYTES;
+  if (s->addrtab_warmed >= limit)
+    return 0;
+  size_t len = limit - s->addrtab_warmed < max_bytes ? limit - s->addrtab_warmed
+                                                     : max_bytes;
+  size_t end = hp_addrtab_prefault(s->addrtab, s->addrtab_warmed, len);
+  /* Anything but from + len: the table ended, or the kernel cannot; done either way. */
+  s->addrtab_warmed = end == s->addrtab_warmed + len ? end : limit;
+  return s->addrtab_warmed < limit;
 }
 
 static uint64_t sender_dropped(void *arg)

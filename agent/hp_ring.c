@@ -167,20 +167,25 @@ uint64_t hp_ring_popped(const hp_ring *r)
 
 /* The room test reads the slot reserve positions past the head, and a push writes the
  * head's: mapping in twice the reserve ahead keeps both on mapped pages between the
- * consumer's turns. A call maps at least a quarter of that, so a lap takes a few dozen
- * system calls. After the first lap every slot is mapped and a call is one compare. */
-void hp_ring_prefault(hp_ring *r)
+ * consumer's turns. Work starts once a quarter of that is missing, so a lap takes a few
+ * dozen system calls. After the first lap every slot is mapped and a call is one
+ * compare. */
+int hp_ring_prefault(hp_ring *r, size_t max_bytes)
 {
   size_t cap = r->mask + 1, ahead = 2 * r->reserve;
   if (r->prefaulted >= cap)
-    return;
+    return 0;
   size_t want = atomic_load_explicit(&r->head, memory_order_relaxed) + ahead;
   if (want > cap)
     want = cap;
   if (want <= r->prefaulted || (want < cap && want - r->prefaulted < ahead / 4))
-    return;
-  if (hp_prefault(&r->slots[r->prefaulted], (want - r->prefaulted) * sizeof(hp_slot)) < 0)
+    return 0;
+  size_t chunk = max_bytes / sizeof(hp_slot) ? max_bytes / sizeof(hp_slot) : 1;
+  size_t end = want - r->prefaulted > chunk ? r->prefaulted + chunk : want;
+  if (hp_prefault(&r->slots[r->prefaulted], (end - r->prefaulted) * sizeof(hp_slot)) < 0) {
     r->prefaulted = cap; /* not on this kernel: pages fault in as pushes write them */
-  else
-    r->prefaulted = want;
+    return 0;
+  }
+  r->prefaulted = end;
+  return end < want;
 }

@@ -52,8 +52,9 @@ uint64_t hp_ring_pushed(const hp_ring *r);
 /* Records taken out by the consumer so far. Any thread: producers that wait for room
  * tell a consumer that moves (however slowly) from one that is stuck. */
 uint64_t hp_ring_popped(const hp_ring *r);
-/* Consumer: maps in the pages the producers are about to write (hp_prefault.h), so that
- * their first writes take no page fault in the producing thread. Call between pops. */
-void hp_ring_prefault(hp_ring *r);
+/* Consumer: maps in up to max_bytes of the pages the producers are about to write
+ * (hp_prefault.h), so that their first writes take no page fault in the producing
+ * thread. Call between pops; 1 when more is wanted now (call again), else 0. */
+int hp_ring_prefault(hp_ring *r, size_t max_bytes);
 
 #endif /* HP_RING_H */

@@ -44,6 +44,7 @@ struct hp_sender {
   hp_event *batch;                   /* sender thread only */
   uint32_t frames_sent, stacks_sent; /* sender thread only */
   uint32_t changes_sent;             /* sender thread only: interval changes reported */
+  int warmed;                        /* sender thread only: cfg.warm returned 0 */
   uint64_t interval_sent;            /* sender thread only: the interval last reported */
   _Atomic int stop;         /* set by hp_sender_stop(), under mu to pair with wake */
   _Atomic uint64_t stop_ns; /* when the stop began; written before stop is set */
@@ -615,13 +616,24 @@ static void end_here(hp_sender *s, uint32_t reason)
   atomic_store_explicit(&s->stop, 1, memory_order_release);
 }
 
+/* Memory the hooks will write, mapped in a piece at a time (the ring's next pages first,
+ * then cfg.warm's), with a look at the stop flag after each: a short program's exit
+ * waits for one piece at most. */
+static void prefault_ahead(hp_sender *s)
+{
+  while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
+    if (hp_ring_prefault(s->cfg.ring, HP_SENDER_PREFAULT_BYTES))
+      continue;
+    if (!s->cfg.warm || s->warmed)
+      break;
+    s->warmed = !s->cfg.warm(s->cfg.arg, HP_SENDER_PREFAULT_BYTES);
+  }
+}
+
 static void *sender_main(void *arg)
 {
   hp_sender *s = arg;
   read_comm("/proc/self/comm", s->process_comm, sizeof(s->process_comm));
-  hp_ring_prefault(s->cfg.ring);
-  if (s->cfg.warm)
-    s->cfg.warm(s->cfg.arg);
   /* HELLO opens the stream whatever comes next (write_data could put the final
    * counters first). */
   size_t hello_len;
@@ -630,6 +642,8 @@ static void *sender_main(void *arg)
   if (rc == 0)
     rc = write_all(s, hello, hello_len);
   hp_encoder_reset(s->enc);
+  if (rc == 0)
+    prefault_ahead(s);
   uint64_t last_counters = hp_now_ns();
   s->interval_sent = s->hello.sample_interval_bytes;
   uint64_t idle_ns = HP_SENDER_IDLE_NS;
@@ -668,7 +682,7 @@ static void *sender_main(void *arg)
      * over. */
     if (n == 0 && stopping)
       break;
-    hp_ring_prefault(s->cfg.ring);
+    prefault_ahead(s);
     idle_ns = n < HP_SENDER_BATCH / 16
                 ? (idle_ns * 2 > HP_SENDER_IDLE_MAX_NS ? HP_SENDER_IDLE_MAX_NS
                                                        : idle_ns * 2)

@@ -52,11 +52,12 @@
   100000000ull /* ... or for this long, when another
                                                   process of the program gave up on it */
 #define HP_SENDER_MAX_THREADS \
-  4096u                               /* threads a stream looks up a kernel name
+  4096u                                       /* threads a stream looks up a kernel name
                                                  for */
-#define HP_SENDER_MAX_NAMES     1024u /* names the program gave, pending at once */
-#define HP_SENDER_MAX_MARKERS   4096u /* markers the program set, pending at once */
-#define HP_SENDER_WAIT_SLICE_MS 50    /* a blocked write re-checks for stop */
+#define HP_SENDER_MAX_NAMES      1024u        /* names the program gave, pending at once */
+#define HP_SENDER_MAX_MARKERS    4096u        /* markers the program set, pending at once */
+#define HP_SENDER_WAIT_SLICE_MS  50           /* a blocked write re-checks for stop */
+#define HP_SENDER_PREFAULT_BYTES (256u << 10) /* mapped in per piece (prefault_ahead) */
 #define HP_SENDER_CONNECT_TIMEOUT_NS \
   5000000000ull /* a daemon whose listen backlog is
                                                      full (stopped, swamped) */
@@ -84,10 +85,11 @@ typedef struct {
    * hp_end_reason ends the stream there as a stop does (final counters, drain, GOODBYE
    * with that reason). The callee has made sure nothing is pushed to the ring any more. */
   uint32_t (*check_end)(void *arg);
-  /* Called once by the sender thread as it starts (NULL: never): work the program's
-   * threads would otherwise do, such as mapping in memory the hooks will write
-   * (hp_prefault.h). The ring's pages the sender maps in itself. */
-  void (*warm)(void *arg);
+  /* Called by the sender thread between its turns until it returns 0 (NULL: never):
+   * work the program's threads would otherwise do, such as mapping in memory the hooks
+   * will write (hp_prefault.h), at most about max_bytes of it per call, so that a stop
+   * never waits long. The ring's pages the sender maps in itself. */
+  int (*warm)(void *arg, size_t max_bytes);
   void *arg;
   const char *socket_path;  /* for messages only; copied */
   hp_sender_family *family; /* NULL: none */

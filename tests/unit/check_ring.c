@@ -190,7 +190,8 @@ START_TEST(prefault_spares_the_producer_page_faults)
   ck_assert_ptr_nonnull(warm);
   ck_assert_ptr_nonnull(cold);
   int supported = kernel_can_prefault();
-  hp_ring_prefault(warm);
+  while (hp_ring_prefault(warm, 64u << 10)) /* in pieces, as the sender does */
+    ;
   long f0 = thread_minor_faults();
   push_allocs(warm, n);
   long f1 = thread_minor_faults();
@@ -266,7 +267,8 @@ START_TEST(mpsc_threads_keep_per_producer_order_and_count_drops)
       received++;
       continue;
     }
-    hp_ring_prefault(g_r); /* as the sender does between batches, while producers push */
+    hp_ring_prefault(g_r,
+                     4096); /* as the sender does between batches, while producers push */
     if (done)
       break;
     if (received + hp_ring_dropped(g_r) == (uint64_t)PRODUCERS * PER_PRODUCER) {

@@ -2,7 +2,8 @@
  * HELLO first, definitions before the events that use them, GOODBYE last with the drop
  * count; a peer that went away ends the thread with one failure callback; a peer that
  * stops reading delays hp_sender_stop() by at most the stop timeout (review item 2: a
- * SIGSTOPped heapprofd hung the program's exit), a slow one still gets everything. */
+ * SIGSTOPped heapprofd hung the program's exit), a slow one still gets everything; the
+ * warm-up callback runs in pieces until done, and a stop ends it. */
 #include <check.h>
 #include <errno.h>
 #include <stdio.h>
@@ -35,11 +36,18 @@ static void on_failed(void *arg, int err)
 
 static hp_hello test_hello(void)
 {
-  static const hp_str argv[2] = { { "app.py", 6 }, { "--x", 3 } };
-  hp_hello h = { .version = HP_PROTO_VERSION, .pid = 1234, .ppid = 1,
-                 .argc = 2, .argv = argv, .executable = { "/usr/bin/python3", 16 },
-                 .python_version = { "3.11.7", 6 }, .start_wall_ns = 1, .start_mono_ns = 2,
-                 .sample_interval_bytes = 65536, .max_stack_depth = 64 };
+  static const hp_str argv[2] = {{"app.py", 6}, {"--x", 3}};
+  hp_hello h = {.version = HP_PROTO_VERSION,
+                .pid = 1234,
+                .ppid = 1,
+                .argc = 2,
+                .argv = argv,
+                .executable = {"/usr/bin/python3", 16},
+                .python_version = {"3.11.7", 6},
+                .start_wall_ns = 1,
+                .start_mono_ns = 2,
+                .sample_interval_bytes = 65536,
+                .max_stack_depth = 64};
   return h;
 }
 
@@ -51,20 +59,28 @@ START_TEST(stream_has_hello_defs_events_goodbye_in_order)
   hp_intern *in = hp_intern_new(0, 0);
   ck_assert_int_eq(hp_intern_frame_add(in, "inner", 5, "m.py", 4, 5), 1);
   ck_assert_int_eq(hp_intern_frame_add(in, "<module>", 8, "m.py", 4, 9), 2);
-  uint32_t ids[2] = { 1, 2 };
+  uint32_t ids[2] = {1, 2};
   ck_assert_int_eq(hp_intern_stack_add(in, ids, 2, 0), 1);
   for (uint64_t i = 0; i < 3; i++) {
-    hp_event e = { .kind = HP_EV_ALLOC, .domain = HP_DOMAIN_OBJ, .stack_id = 1,
-                   .ts_ns = 10 + i, .thread_id = 99, .address = 0x1000 + i * 16,
-                   .size = 100, .est_bytes = 65586 };
+    hp_event e = {.kind = HP_EV_ALLOC,
+                  .domain = HP_DOMAIN_OBJ,
+                  .stack_id = 1,
+                  .ts_ns = 10 + i,
+                  .thread_id = 99,
+                  .address = 0x1000 + i * 16,
+                  .size = 100,
+                  .est_bytes = 65586};
     ck_assert_int_eq(hp_ring_push(ring, &e), 0);
   }
-  hp_event fr = { .kind = HP_EV_FREE, .ts_ns = 20, .thread_id = 99, .address = 0x1000 };
+  hp_event fr = {.kind = HP_EV_FREE, .ts_ns = 20, .thread_id = 99, .address = 0x1000};
   ck_assert_int_eq(hp_ring_push(ring, &fr), 0);
 
   hp_hello h = test_hello();
-  hp_sender_cfg cfg = { .ring = ring, .intern = in, .dropped = fake_drops,
-                        .failed = on_failed, .socket_path = "test" };
+  hp_sender_cfg cfg = {.ring = ring,
+                       .intern = in,
+                       .dropped = fake_drops,
+                       .failed = on_failed,
+                       .socket_path = "test"};
   int err = 0;
   atomic_store(&g_failures, 0);
   hp_sender *s = hp_sender_start(sv[0], &h, &cfg, &err);
@@ -83,7 +99,8 @@ START_TEST(stream_has_hello_defs_events_goodbye_in_order)
   int order[16], nmsg = 0, frames = 0, events = 0, frees = 0;
   while (hp_framer_next(fm, &payload, &len) == 1) {
     hp_msg m;
-    ck_assert_msg(hp_decoder_decode(dec, payload, len, &m) == 0, "%s", hp_decoder_error(dec));
+    ck_assert_msg(hp_decoder_decode(dec, payload, len, &m) == 0, "%s",
+                  hp_decoder_error(dec));
     ck_assert_int_lt(nmsg, 16);
     order[nmsg++] = m.type;
     if (m.type == HP_MSG_HELLO) {
@@ -95,7 +112,7 @@ START_TEST(stream_has_hello_defs_events_goodbye_in_order)
       frames++;
       ck_assert_uint_eq(m.u.frame_def.frame_id, (uint32_t)frames);
     } else if (m.type == HP_MSG_STACK_DEF) {
-      ck_assert_int_eq(frames, 2);   /* frames come before the stack using them */
+      ck_assert_int_eq(frames, 2); /* frames come before the stack using them */
       ck_assert_uint_eq(m.u.stack_def.depth, 2);
     } else if (m.type == HP_MSG_EVENTS) {
       for (uint32_t i = 0; i < m.u.events.count; i++) {
@@ -129,6 +146,88 @@ START_TEST(stream_has_hello_defs_events_goodbye_in_order)
 }
 END_TEST
 
+static atomic_int g_warm_calls;
+
+/* Done at its fifth call. */
+static int warm_five_pieces(void *arg, size_t max_bytes)
+{
+  (void)arg;
+  ck_assert_uint_gt(max_bytes, 0);
+  return atomic_fetch_add(&g_warm_calls, 1) + 1 < 5;
+}
+
+/* Never done. */
+static int warm_forever(void *arg, size_t max_bytes)
+{
+  (void)arg;
+  (void)max_bytes;
+  atomic_fetch_add(&g_warm_calls, 1);
+  usleep(1000);
+  return 1;
+}
+
+static hp_sender *start_with_warm(int (*warm)(void *, size_t), int *peer, hp_ring **ring,
+                                  hp_intern **in)
+{
+  int sv[2];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  *ring = hp_ring_new(64);
+  *in = hp_intern_new(0, 0);
+  hp_hello h = test_hello();
+  hp_sender_cfg cfg = {.ring = *ring,
+                       .intern = *in,
+                       .dropped = fake_drops,
+                       .warm = warm,
+                       .socket_path = "test"};
+  int err = 0;
+  atomic_store(&g_warm_calls, 0);
+  hp_sender *s = hp_sender_start(sv[0], &h, &cfg, &err);
+  ck_assert_ptr_nonnull(s);
+  *peer = sv[1];
+  return s;
+}
+
+/* cfg.warm (the agent maps the address table in with it) is called a piece at a time
+ * until it says it is done, and never after. */
+START_TEST(warm_is_called_until_done_and_not_after)
+{
+  int peer;
+  hp_ring *ring;
+  hp_intern *in;
+  hp_sender *s = start_with_warm(warm_five_pieces, &peer, &ring, &in);
+  for (int i = 0; i < 5000 && atomic_load(&g_warm_calls) < 5; i++)
+    usleep(1000);
+  usleep(100000); /* turns of the sender's loop: 1 to 16 ms each */
+  ck_assert_int_eq(atomic_load(&g_warm_calls), 5);
+  ck_assert_int_eq(hp_sender_stop(s), 0);
+  ck_assert_int_eq(atomic_load(&g_warm_calls), 5);
+  close(peer);
+  hp_ring_free(ring);
+  hp_intern_free(in);
+}
+END_TEST
+
+/* A stop ends the warming between two pieces: a short program's exit waits for one piece
+ * at most, never for the whole (here endless) work. */
+START_TEST(stop_ends_the_warming)
+{
+  int peer;
+  hp_ring *ring;
+  hp_intern *in;
+  hp_sender *s = start_with_warm(warm_forever, &peer, &ring, &in);
+  for (int i = 0; i < 5000 && atomic_load(&g_warm_calls) < 3; i++)
+    usleep(1000);
+  ck_assert_int_ge(atomic_load(&g_warm_calls), 3);
+  ck_assert_int_eq(hp_sender_stop(s), 0);
+  int calls = atomic_load(&g_warm_calls);
+  usleep(20000);
+  ck_assert_int_eq(atomic_load(&g_warm_calls), calls); /* the thread is gone */
+  close(peer);
+  hp_ring_free(ring);
+  hp_intern_free(in);
+}
+END_TEST
+
 /* heapprof.mark(): markers go out as MARKER messages in the order they were set, with
  * their times, before GOODBYE; a label over HP_MAX_STR_BYTES is cut before the character
  * that straddles the limit, not inside it. */
@@ -139,8 +238,11 @@ START_TEST(markers_are_sent_in_order_and_cut_at_a_character)
   hp_ring *ring = hp_ring_new(64);
   hp_intern *in = hp_intern_new(0, 0);
   hp_hello h = test_hello();
-  hp_sender_cfg cfg = { .ring = ring, .intern = in, .dropped = fake_drops,
-                        .failed = on_failed, .socket_path = "test" };
+  hp_sender_cfg cfg = {.ring = ring,
+                       .intern = in,
+                       .dropped = fake_drops,
+                       .failed = on_failed,
+                       .socket_path = "test"};
   int err = 0;
   hp_sender *s = hp_sender_start(sv[0], &h, &cfg, &err);
   ck_assert_ptr_nonnull(s);
@@ -169,13 +271,15 @@ START_TEST(markers_are_sent_in_order_and_cut_at_a_character)
   char first[8] = "";
   while (hp_framer_next(fm, &payload, &len) == 1) {
     hp_msg m;
-    ck_assert_msg(hp_decoder_decode(dec, payload, len, &m) == 0, "%s", hp_decoder_error(dec));
+    ck_assert_msg(hp_decoder_decode(dec, payload, len, &m) == 0, "%s",
+                  hp_decoder_error(dec));
     last = m.type;
     if (m.type != HP_MSG_MARKER)
       continue;
     ck_assert_int_lt(nmark, 8);
     if (nmark == 0)
-      memcpy(first, m.u.marker.label.ptr, m.u.marker.label.len < 7 ? m.u.marker.label.len : 7);
+      memcpy(first, m.u.marker.label.ptr,
+             m.u.marker.label.len < 7 ? m.u.marker.label.len : 7);
     ts[nmark] = m.u.marker.ts_ns;
     lens[nmark++] = m.u.marker.label.len;
   }
@@ -206,8 +310,11 @@ START_TEST(peer_gone_ends_thread_with_one_failure)
   hp_ring *ring = hp_ring_new(64);
   hp_intern *in = hp_intern_new(0, 0);
   hp_hello h = test_hello();
-  hp_sender_cfg cfg = { .ring = ring, .intern = in, .dropped = fake_drops,
-                        .failed = on_failed, .socket_path = "gone.sock" };
+  hp_sender_cfg cfg = {.ring = ring,
+                       .intern = in,
+                       .dropped = fake_drops,
+                       .failed = on_failed,
+                       .socket_path = "gone.sock"};
   int err = 0;
   atomic_store(&g_failures, 0);
   /* Would be killed by SIGPIPE without MSG_NOSIGNAL. */
@@ -235,16 +342,21 @@ START_TEST(connect_reports_errno)
 }
 END_TEST
 
-enum { MANY = 60000 };   /* ~2 MiB encoded: far more than a socketpair buffers */
+enum { MANY = 60000 }; /* ~2 MiB encoded: far more than a socketpair buffers */
 
 static hp_ring *ring_with_many_events(void)
 {
   hp_ring *ring = hp_ring_new(1u << 16);
   ck_assert_ptr_nonnull(ring);
   for (uint64_t i = 0; i < MANY; i++) {
-    hp_event e = { .kind = HP_EV_ALLOC, .domain = HP_DOMAIN_RAW, .stack_id = 0,
-                   .ts_ns = 10 + i, .thread_id = 1, .address = 0x100000 + i * 64,
-                   .size = 1000 + i, .est_bytes = 1000 + i };
+    hp_event e = {.kind = HP_EV_ALLOC,
+                  .domain = HP_DOMAIN_RAW,
+                  .stack_id = 0,
+                  .ts_ns = 10 + i,
+                  .thread_id = 1,
+                  .address = 0x100000 + i * 64,
+                  .size = 1000 + i,
+                  .est_bytes = 1000 + i};
     ck_assert_int_eq(hp_ring_push(ring, &e), 0);
   }
   return ring;
@@ -348,8 +460,9 @@ static hp_sender *sender_on_many(hp_sender_cfg *cfg, int *peer)
 START_TEST(stop_gives_up_on_a_peer_that_reads_nothing)
 {
   hp_intern *in = hp_intern_new(0, 0);
-  hp_sender_cfg cfg = { .intern = in, .socket_path = "stopped.sock",
-                        .stall_ns = 300000000ull };
+  hp_sender_cfg cfg = {.intern = in,
+                       .socket_path = "stopped.sock",
+                       .stall_ns = 300000000ull};
   caught c;
   char msg[1024];
   int peer;
@@ -369,7 +482,7 @@ START_TEST(stop_gives_up_on_a_peer_that_reads_nothing)
   ck_assert_uint_gt(lost, 0);
   ck_assert_uint_le(lost, MANY);
   ck_assert_ptr_nonnull(strchr(msg, '\n'));
-  ck_assert_ptr_null(strchr(strchr(msg, '\n') + 1, '\n'));   /* one line */
+  ck_assert_ptr_null(strchr(strchr(msg, '\n') + 1, '\n')); /* one line */
   /* The stream was shut down: the peer reads what was buffered, then end of file. */
   uint8_t buf[65536];
   ssize_t n;
@@ -404,8 +517,8 @@ static void check_everything_arrives(reader *r, hp_sender_cfg *cfg)
 START_TEST(stop_waits_for_a_slow_reader)
 {
   /* The socket buffer fills and the sender has to wait. */
-  reader r = { .delay_us = 200000 };
-  hp_sender_cfg cfg = { .socket_path = "slow.sock" };
+  reader r = {.delay_us = 200000};
+  hp_sender_cfg cfg = {.socket_path = "slow.sock"};
   check_everything_arrives(&r, &cfg);
 }
 END_TEST
@@ -417,8 +530,8 @@ END_TEST
  * (here 300 ms) only ends a wait in which it took nothing. */
 START_TEST(stop_waits_while_the_reader_makes_progress)
 {
-  reader r = { .pace_us = 50000 };
-  hp_sender_cfg cfg = { .socket_path = "busy.sock", .stall_ns = 300000000ull };
+  reader r = {.pace_us = 50000};
+  hp_sender_cfg cfg = {.socket_path = "busy.sock", .stall_ns = 300000000ull};
   check_everything_arrives(&r, &cfg);
 }
 END_TEST
@@ -429,21 +542,21 @@ END_TEST
 START_TEST(final_counters_get_through_to_a_peer_that_reads_nothing)
 {
   hp_intern *in = hp_intern_new(0, 0);
-  hp_sender_cfg cfg = { .intern = in, .socket_path = "stuck.sock", .stall_ns = 200000000ull };
+  hp_sender_cfg cfg = {.intern = in, .socket_path = "stuck.sock", .stall_ns = 200000000ull};
   caught c;
   char msg[1024];
   int peer;
   stderr_catch(&c);
   hp_sender *s = sender_on_many(&cfg, &peer);
-  usleep(300000);                      /* the socket fills as far as the data may */
+  usleep(300000); /* the socket fills as far as the data may */
   int rc = hp_sender_stop(s);
   stderr_caught(&c, msg, sizeof(msg));
   ck_assert_int_eq(rc, -ETIMEDOUT);
   tally t;
   tally_stream(peer, 0, &t);
   ck_assert_uint_gt(t.events, 0);
-  ck_assert_uint_lt(t.events, MANY);   /* cut off: the peer took nothing */
-  ck_assert_uint_eq(t.counters, 1);    /* the final counters, within the first second */
+  ck_assert_uint_lt(t.events, MANY); /* cut off: the peer took nothing */
+  ck_assert_uint_eq(t.counters, 1);  /* the final counters, within the first second */
   ck_assert_uint_eq(t.last_dropped, 7);
   ck_assert_uint_eq(t.goodbyes, 0);
   close(peer);
@@ -465,8 +578,10 @@ START_TEST(a_daemon_given_up_on_is_given_up_at_once_by_the_family)
   char msg[2][1024];
   int rcs[2];
   for (int i = 0; i < 2; i++) {
-    hp_sender_cfg cfg = { .intern = in, .socket_path = "stopped.sock", .family = fam,
-                          .stall_ns = i == 0 ? 200000000ull : 0 };
+    hp_sender_cfg cfg = {.intern = in,
+                         .socket_path = "stopped.sock",
+                         .family = fam,
+                         .stall_ns = i == 0 ? 200000000ull : 0};
     caught c;
     int peer;
     stderr_catch(&c);
@@ -480,7 +595,8 @@ START_TEST(a_daemon_given_up_on_is_given_up_at_once_by_the_family)
   ck_assert_msg(strstr(msg[0], "took no data for 0.2 s") != NULL, "%s", msg[0]);
   ck_assert_int_eq(rcs[1], -ETIMEDOUT);
   ck_assert_msg(strstr(msg[1], "is taking no data (another process of this program gave up "
-                               "on it)") != NULL, "%s", msg[1]);
+                               "on it)") != NULL,
+                "%s", msg[1]);
   hp_intern_free(in);
 }
 END_TEST
@@ -508,8 +624,8 @@ START_TEST(connect_gives_up_on_a_full_backlog)
       break;
     fds[nfds++] = fd;
   }
-  ck_assert_int_ge(nfds, 1);               /* the backlog took some */
-  ck_assert_int_eq(rc, -ETIMEDOUT);        /* and then the limit, not a hang */
+  ck_assert_int_ge(nfds, 1);        /* the backlog took some */
+  ck_assert_int_eq(rc, -ETIMEDOUT); /* and then the limit, not a hang */
   for (int i = 0; i < nfds; i++)
     close(fds[i]);
   close(lfd);
@@ -526,6 +642,8 @@ Suite *sender_suite(void)
   tcase_add_test(core, markers_are_sent_in_order_and_cut_at_a_character);
   tcase_add_test(core, peer_gone_ends_thread_with_one_failure);
   tcase_add_test(core, connect_reports_errno);
+  tcase_add_test(core, warm_is_called_until_done_and_not_after);
+  tcase_add_test(core, stop_ends_the_warming);
   suite_add_tcase(s, core);
   TCase *stuck = tcase_create("stuck_peer");
   tcase_set_timeout(stuck, 30);
