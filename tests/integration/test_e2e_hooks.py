@@ -88,6 +88,18 @@ DOMAIN_SQL = '''
 '''
 
 
+def run_ok_session(test, path, **env):
+    """Runs path profiled with the HEAPPROF_* settings in env, checks that it printed "ok"
+    and that nothing was dropped, stops the daemon and returns the session's id."""
+    r = run_python(path, env=test.profiled_env(**env))
+    test.assertEqual(r.returncode, 0, r.stderr)
+    test.assertEqual(r.stdout.split(), ['ok'])
+    test.daemon.stop()
+    (sid, dropped), = test.daemon.query('SELECT session_id, events_dropped FROM sessions')
+    test.assertEqual(dropped, 0)
+    return sid
+
+
 class Domains(DaemonTestCase):
 
     def test_mem_and_obj_requests_are_recorded_in_their_own_domain(self):
@@ -95,13 +107,7 @@ class Domains(DaemonTestCase):
         in the context CPython passes: a list's item array must be recorded as mem, a
         bytes object as obj, whether allocated, grown or zeroed."""
         path = write_program(self.tmp, 'domains.py', DOMAINS)
-        r = run_python(path, env=self.profiled_env(HEAPPROF_INTERVAL=1,
-                                                    HEAPPROF_ON_FULL='block'))
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(r.stdout.split(), ['ok'])
-        self.daemon.stop()
-        (sid, dropped), = self.daemon.query('SELECT session_id, events_dropped FROM sessions')
-        self.assertEqual(dropped, 0)
+        sid = run_ok_session(self, path, HEAPPROF_INTERVAL=1, HEAPPROF_ON_FULL='block')
         # 17 appends grow an empty list's capacity 0 -> 4 -> 8 -> 16 -> 24 items.
         for marker, size, domain in (('MEM_SITE', 320, 'mem'), ('REALLOC_SITE', 192, 'mem'),
                                      ('OBJ_SITE', 333, 'obj')):
@@ -136,13 +142,7 @@ class SampledReallocs(DaemonTestCase):
         to PyMem_RawRealloc, whose hook reports the free. Every sampled block that a
         later append moved must be seen freed, or it would look leaked."""
         path = write_program(self.tmp, 'grown.py', GROWN_AND_DROPPED)
-        r = run_python(path, env=self.profiled_env(HEAPPROF_INTERVAL=4096,
-                                                    HEAPPROF_ON_FULL='block'))
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(r.stdout.split(), ['ok'])
-        self.daemon.stop()
-        (sid, dropped), = self.daemon.query('SELECT session_id, events_dropped FROM sessions')
-        self.assertEqual(dropped, 0)
+        sid = run_ok_session(self, path, HEAPPROF_INTERVAL=4096, HEAPPROF_ON_FULL='block')
         (sampled, live), = self.daemon.query(
             '''SELECT COUNT(*), TOTAL(a.freed_ns IS NULL) FROM allocations a
                JOIN stack_frames sf ON sf.stack_id = a.stack_id AND sf.depth = 0

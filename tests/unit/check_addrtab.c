@@ -2,12 +2,11 @@
  * to their second bucket, slot reuse, refusal when full, sizing, buckets mapped in ahead,
  * concurrent threads. */
 #include <check.h>
-#include <pthread.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdlib.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
 
+#include "check_fault_util.h"
 #include "hp_addrtab.h"
 #include "hp_error.h"
 
@@ -154,24 +153,6 @@ START_TEST(sizing_follows_interval)
 }
 END_TEST
 
-/* Whether this kernel maps pages in on request (MADV_POPULATE_WRITE, Linux 5.14), asked
- * without the agent's code. */
-static int kernel_can_prefault(void)
-{
-  void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  ck_assert_ptr_ne(p, MAP_FAILED);
-  int ok = madvise(p, 4096, MADV_POPULATE_WRITE) == 0;
-  munmap(p, 4096);
-  return ok;
-}
-
-static long thread_minor_faults(void)
-{
-  struct rusage ru;
-  ck_assert_int_eq(getrusage(RUSAGE_THREAD, &ru), 0);
-  return ru.ru_minflt;
-}
-
 /* Samples' addresses land anywhere in the 1 MiB of buckets of a default-interval table:
  * 4096 inserts into a fresh table fault in most of its 256 pages, and none once the
  * table was mapped in. The addresses are all there either way. */
@@ -183,16 +164,16 @@ START_TEST(prefault_spares_the_inserts_page_faults)
   hp_addrtab *cold = hp_addrtab_new(hp_addrtab_slots_for_interval(65536), 1);
   ck_assert_ptr_nonnull(warm);
   ck_assert_ptr_nonnull(cold);
-  int supported = kernel_can_prefault();
+  int supported = hp_test_kernel_can_prefault();
   for (size_t done = 0; (done = hp_addrtab_prefault(warm, done, 256u << 10)) < (1u << 20);)
     ;
-  long f0 = thread_minor_faults();
+  long f0 = hp_test_thread_minor_faults();
   for (size_t i = 1; i <= n; i++)
     ck_assert_int_eq(hp_addrtab_insert(warm, i * 4096 + 48), 0);
-  long f1 = thread_minor_faults();
+  long f1 = hp_test_thread_minor_faults();
   for (size_t i = 1; i <= n; i++)
     ck_assert_int_eq(hp_addrtab_insert(cold, i * 4096 + 48), 0);
-  long f2 = thread_minor_faults();
+  long f2 = hp_test_thread_minor_faults();
   /* ThreadSanitizer's shadow and trace memory fault in by the hundred, in no fixed
    * order: the counts say nothing there. */
 #ifndef __SANITIZE_THREAD__

