@@ -590,7 +590,7 @@ def main():
             ci = median_ci(ratios) if n != 'plain' else None
             cpu_ci = median_ci(cpu_ratios) if cpu_ratios else None
             up, nonzero, p_sign = sign_test(ratios)
-            lines['time'].append('%s %.2fx' % (fmt_time(wall, startup), ratio))
+            lines['time'].append('%s %.3fx' % (fmt_time(wall, startup), ratio))
             lines['iqr'].append('%.3f-%.3f' % quartiles(ratios))
             lines['range'].append('%.2f-%.2f' % (min(ratios), max(ratios)))
             lines['ci'].append('%.3f-%.3f' % ci if ci else '-')
