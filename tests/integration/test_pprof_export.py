@@ -323,6 +323,14 @@ class GoPprofTest(ExportMixin, unittest.TestCase):
         self.assertGreaterEqual(len(ours), 3, top.stdout)
         rows = top_rows(go_pprof('-top', '-lines', '-unit=B', '-nodefraction=0', path))
         flat = {name: b for b, name in rows}
+        # heapprof top cuts a long site at its start ('...lsMetaFinder.find_spec PATH:LINE'
+        # when a start-up allocation in a long venv path was sampled): such a site is the
+        # one pprof site that ends with what is left.
+        for i, (printed, site) in enumerate(ours):
+            if site.startswith('...'):
+                whole = [name for name in flat if name.endswith(site[3:])]
+                self.assertEqual(len(whole), 1, (site, rows))
+                ours[i] = (printed, whole[0])
         for printed, site in ours:
             self.assertIn(site, flat, rows)
             self.assertEqual(_human(flat[site]), printed, site)
