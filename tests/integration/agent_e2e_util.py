@@ -36,7 +36,10 @@ class Daemon:
     def __init__(self, tmpdir):
         self.db = os.path.join(tmpdir, 'heap.sqlite')
         self.socket = os.path.join(tmpdir, 'd.sock')
-        self.log = open(os.path.join(tmpdir, 'heapprofd.log'), 'w+')
+        # Append mode: the log's open file is shared with heapprofd, and a seek(0) to
+        # read it would otherwise make heapprofd's next line overwrite the first one
+        # ('listening on' lost under 'recording into', the start never seen).
+        self.log = open(os.path.join(tmpdir, 'heapprofd.log'), 'a+')
         self.proc = subprocess.Popen([heapprofd_path(), '--db', self.db, '--socket', self.socket,
                                       '--timeline-interval', '20'],
                                      stdin=subprocess.DEVNULL, stdout=self.log,

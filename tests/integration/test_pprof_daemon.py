@@ -38,7 +38,9 @@ class PprofEveryTest(unittest.TestCase):
         sock = os.path.join(self.tmp.name, 'rec.sock')
         env = {k: v for k, v in os.environ.items() if not k.startswith('HEAPPROF_')}
         env['HEAPPROF_SOCKET'] = sock
-        self.log = open(os.path.join(self.tmp.name, 'heapprofd.log'), 'w+')
+        # Append mode, as agent_e2e_util.Daemon's log (a seek to read it must not move
+        # where heapprofd writes).
+        self.log = open(os.path.join(self.tmp.name, 'heapprofd.log'), 'a+')
         self.addCleanup(self.log.close)
         p = subprocess.Popen([rec.heapprofd_path(), '--db', db, '--socket', sock,
                               '--pprof-dir', self.out, '--pprof-every', '1',

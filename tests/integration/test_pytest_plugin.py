@@ -213,7 +213,7 @@ class PytestPluginTest(unittest.TestCase):
         # it to store each session it reads.
         d = tempfile.mkdtemp(dir=self.tmp.name)
         db, sock = os.path.join(d, 'own.sqlite'), os.path.join(d, 'd.sock')
-        log = open(os.path.join(d, 'd.log'), 'w+')
+        log = open(os.path.join(d, 'd.log'), 'a+')   # as agent_e2e_util.Daemon's log
         daemon = subprocess.Popen([os.path.join(os.path.dirname(self.python), 'heapprofd'),
                                    '--db', db, '--socket', sock], stdin=subprocess.DEVNULL,
                                   stdout=log, stderr=subprocess.STDOUT)
