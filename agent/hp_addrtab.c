@@ -129,17 +129,17 @@ size_t hp_addrtab_prefault(const hp_addrtab *t, size_t from, size_t len)
 {
   size_t bytes = t->nbuckets * HP_ADDRTAB_BUCKET * sizeof(uintptr_t);
   if (from >= bytes)
-    return bytes;
+    return 0;
   size_t end = len < bytes - from ? from + len : bytes;
   if (hp_prefault((const char *)t->slots + from, end - from) < 0)
-    return bytes;
+    return 0;
   if (from == 0) {
     (void)hp_prefault((const void *)t->spilled, (t->nbuckets + 63) / 64 * sizeof(uint64_t));
     if (t->with_filter) /* the shared all-"maybe" filter is never written */
       (void)hp_prefault((const void *)(t->filter - HP_ADDRTAB_FILTER_FRONT),
                         HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER);
   }
-  return end;
+  return end < bytes ? end : 0;
 }
 
 void hp_addrtab_free(hp_addrtab *t)

@@ -59,9 +59,9 @@ void hp_addrtab_free(hp_addrtab *t);
 int hp_addrtab_insert(hp_addrtab *t, uintptr_t addr);
 /* Maps in bytes [from, from + len) of the buckets, and with the first piece (from 0) the
  * spill bitmap and the filter (hp_prefault.h): inserts land anywhere in them, so nearly
- * every early insert would otherwise fault a page in. Returns the offset reached; the
- * buckets' size once there is nothing left to map in (also when the kernel cannot).
- * Any thread, while others use the table. */
+ * every early insert would otherwise fault a page in. Returns where the next piece
+ * starts, or 0 when nothing is left to map in (the buckets' end, or a kernel that
+ * cannot). Any thread, while others use the table. */
 size_t hp_addrtab_prefault(const hp_addrtab *t, size_t from, size_t len);
 
 /* 1 if addr was present (and is now removed), else 0. */

@@ -48,7 +48,7 @@ typedef struct session {
   hp_ring *ring;
   hp_addrtab *addrtab;
   hp_sender *sender;     /* under g_lock */
-  size_t addrtab_warmed; /* sender thread only: bytes of the table mapped in */
+  size_t addrtab_warmed; /* sender thread only: where sender_warm goes on */
   /* Settings: written before the session is published, read-only after. */
   int (*hooks_replaced)(void); /* hp_agent_opts */
   clockid_t ts_clock;          /* event time stamps, see event_ts() */
@@ -249,18 +249,14 @@ static uint64_t session_dropped(const session *s)
  * about 4 KiB are larger than this and are mapped in as far as it goes. */
 #define HP_AGENT_PREFAULT_ADDRTAB_BYTES (2u << 20)
 
+/* The sender calls it until it returns 0 (hp_sender_cfg.warm). */
 static int sender_warm(void *arg, size_t max_bytes)
 {
   session *s = arg;
-  const size_t limit = HP_AGENT_PREFAULT_ADDRTAB_BYTES;
-  if (s->addrtab_warmed >= limit)
-    return 0;
-  size_t len = limit - s->addrtab_warmed < max_bytes ? limit - s->addrtab_warmed
-                                                     : max_bytes;
-  size_t end = hp_addrtab_prefault(s->addrtab, s->addrtab_warmed, len);
-  /* Anything but from + len: the table ended, or the kernel cannot; done either way. */
-  s->addrtab_warmed = end == s->addrtab_warmed + len ? end : limit;
-  return s->addrtab_warmed < limit;
+  size_t left = HP_AGENT_PREFAULT_ADDRTAB_BYTES - s->addrtab_warmed;
+  s->addrtab_warmed = hp_addrtab_prefault(s->addrtab, s->addrtab_warmed,
+                                          max_bytes < left ? max_bytes : left);
+  return s->addrtab_warmed != 0 && s->addrtab_warmed < HP_AGENT_PREFAULT_ADDRTAB_BYTES;
 }
 
 static uint64_t sender_dropped(void *arg)

@@ -166,48 +166,52 @@ static int warm_forever(void *arg, size_t max_bytes)
   return 1;
 }
 
-static hp_sender *start_with_warm(int (*warm)(void *, size_t), int *peer, hp_ring **ring,
-                                  hp_intern **in)
+/* A sender with a warm-up callback, over a socketpair. */
+typedef struct {
+  hp_sender *s;
+  int peer;
+  hp_ring *ring;
+  hp_intern *in;
+} warm_run;
+
+/* Starts one and waits (up to 5 s) until warm was called at least calls times. */
+static warm_run start_with_warm(int (*warm)(void *, size_t), int calls)
 {
   int sv[2];
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-  *ring = hp_ring_new(64);
-  *in = hp_intern_new(0, 0);
+  warm_run w = {.peer = sv[1], .ring = hp_ring_new(64), .in = hp_intern_new(0, 0)};
   hp_hello h = test_hello();
-  hp_sender_cfg cfg = {.ring = *ring,
-                       .intern = *in,
+  hp_sender_cfg cfg = {.ring = w.ring,
+                       .intern = w.in,
                        .dropped = fake_drops,
                        .warm = warm,
                        .socket_path = "test"};
   int err = 0;
   atomic_store(&g_warm_calls, 0);
-  hp_sender *s = hp_sender_start(sv[0], &h, &cfg, &err);
-  ck_assert_ptr_nonnull(s);
-  *peer = sv[1];
-  return s;
+  w.s = hp_sender_start(sv[0], &h, &cfg, &err);
+  ck_assert_ptr_nonnull(w.s);
+  for (int i = 0; i < 5000 && atomic_load(&g_warm_calls) < calls; i++)
+    usleep(1000);
+  ck_assert_int_ge(atomic_load(&g_warm_calls), calls);
+  return w;
 }
 
-static void finish_with_warm(hp_sender *s, int peer, hp_ring *ring, hp_intern *in)
+static void finish_with_warm(warm_run *w)
 {
-  ck_assert_int_eq(hp_sender_stop(s), 0);
-  close(peer);
-  hp_ring_free(ring);
-  hp_intern_free(in);
+  ck_assert_int_eq(hp_sender_stop(w->s), 0);
+  close(w->peer);
+  hp_ring_free(w->ring);
+  hp_intern_free(w->in);
 }
 
 /* cfg.warm (the agent maps the address table in with it) is called a piece at a time
  * until it says it is done, and never after. */
 START_TEST(warm_is_called_until_done_and_not_after)
 {
-  int peer;
-  hp_ring *ring;
-  hp_intern *in;
-  hp_sender *s = start_with_warm(warm_five_pieces, &peer, &ring, &in);
-  for (int i = 0; i < 5000 && atomic_load(&g_warm_calls) < 5; i++)
-    usleep(1000);
+  warm_run w = start_with_warm(warm_five_pieces, 5);
   usleep(100000); /* turns of the sender's loop: 1 to 16 ms each */
   ck_assert_int_eq(atomic_load(&g_warm_calls), 5);
-  finish_with_warm(s, peer, ring, in);
+  finish_with_warm(&w);
   ck_assert_int_eq(atomic_load(&g_warm_calls), 5);
 }
 END_TEST
@@ -216,14 +220,8 @@ END_TEST
  * at most, never for the whole (here endless) work. */
 START_TEST(stop_ends_the_warming)
 {
-  int peer;
-  hp_ring *ring;
-  hp_intern *in;
-  hp_sender *s = start_with_warm(warm_forever, &peer, &ring, &in);
-  for (int i = 0; i < 5000 && atomic_load(&g_warm_calls) < 3; i++)
-    usleep(1000);
-  ck_assert_int_ge(atomic_load(&g_warm_calls), 3);
-  finish_with_warm(s, peer, ring, in); /* returns: the warming ended at the stop */
+  warm_run w = start_with_warm(warm_forever, 3);
+  finish_with_warm(&w); /* returns: the warming ended at the stop */
 }
 END_TEST
 
