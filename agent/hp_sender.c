@@ -590,6 +590,16 @@ static void idle_wait(hp_sender *s, uint64_t ns)
   pthread_mutex_unlock(&s->mu);
 }
 
+uint64_t hp_sender_wait_ns(uint32_t n, uint64_t elapsed_ns)
+{
+  if (n == 0 || elapsed_ns > UINT64_MAX / HP_SENDER_BATCH)
+    return HP_SENDER_IDLE_MAX_NS;
+  uint64_t ns = elapsed_ns * HP_SENDER_BATCH / n;
+  return ns < HP_SENDER_IDLE_NS       ? HP_SENDER_IDLE_NS
+         : ns > HP_SENDER_IDLE_MAX_NS ? HP_SENDER_IDLE_MAX_NS
+                                      : ns;
+}
+
 /* Encodes n events as EVENTS messages of at most HP_SENDER_FRAME_EVENTS, writing
  * whenever the encoder holds a write's worth (small frames keep the writes within the
  * data's budget, see write_data). */
@@ -646,7 +656,7 @@ static void *sender_main(void *arg)
     prefault_ahead(s);
   uint64_t last_counters = hp_now_ns();
   s->interval_sent = s->hello.sample_interval_bytes;
-  uint64_t idle_ns = HP_SENDER_IDLE_NS;
+  uint64_t last_turn = last_counters;
   while (rc == 0) {
     int stopping = atomic_load_explicit(&s->stop, memory_order_acquire);
     /* At the stop nothing is pushed any more: the counters are final. They go before
@@ -674,21 +684,15 @@ static void *sender_main(void *arg)
       if (!stopping && s->cfg.check_end && (reason = s->cfg.check_end(s->cfg.arg)) != 0)
         end_here(s, reason);
     }
-    /* A thin batch means the ring is nearly empty: wait for more rather than paying a
-     * system call per handful of events (a wake-up and a send() per millisecond cost
-     * the program and heapprofd CPU for nothing at the default interval). The wait
-     * doubles while batches stay thin and drops back as soon as a batch is
-     * substantial. At HP_SENDER_IDLE_MAX_NS the ring holds any thin flow many times
-     * over. */
     if (n == 0 && stopping)
       break;
     prefault_ahead(s);
-    idle_ns = n < HP_SENDER_BATCH / 16
-                ? (idle_ns * 2 > HP_SENDER_IDLE_MAX_NS ? HP_SENDER_IDLE_MAX_NS
-                                                       : idle_ns * 2)
-                : HP_SENDER_IDLE_NS;
+    /* A thin batch means the ring is nearly empty: wait for more (hp_sender_wait_ns)
+     * rather than paying a wake-up and a send() per handful of events. */
+    uint64_t wait_ns = hp_sender_wait_ns(n, now - last_turn);
+    last_turn = now;
     if (n < HP_SENDER_BATCH / 4 && !stopping)
-      idle_wait(s, idle_ns);
+      idle_wait(s, wait_ns);
   }
   if (rc == 0) {
     hp_goodbye g = {.ts_ns = hp_now_ns(),

@@ -385,7 +385,7 @@ static void stderr_caught(caught *c, char *msg, size_t cap)
 
 /* Everything a stream holds up to its end, decoded and tallied. */
 typedef struct {
-  unsigned events, goodbyes, counters;
+  unsigned events, event_messages, goodbyes, counters;
   uint64_t last_dropped;
 } tally;
 
@@ -411,6 +411,7 @@ static void tally_stream(int fd, unsigned pace_us, tally *t)
     ck_assert_int_eq(hp_decoder_decode(dec, payload, len, &m), 0);
     if (m.type == HP_MSG_EVENTS) {
       t->events += m.u.events.count;
+      t->event_messages++;
     } else if (m.type == HP_MSG_COUNTERS) {
       t->counters++;
       t->last_dropped = m.u.counters.events_dropped;
@@ -630,6 +631,75 @@ START_TEST(connect_gives_up_on_a_full_backlog)
 }
 END_TEST
 
+/* The wait after a turn is the time the turn's flow takes to fill a batch, within the
+ * bounds. */
+START_TEST(wait_is_the_time_to_fill_a_batch)
+{
+  const uint64_t ms = 1000000;
+  ck_assert_uint_eq(hp_sender_wait_ns(0, ms), HP_SENDER_IDLE_MAX_NS);
+  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH, ms), ms);
+  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH / 8, ms), 8 * ms);
+  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH * 4, ms), HP_SENDER_IDLE_NS);
+  ck_assert_uint_eq(hp_sender_wait_ns(180, ms), HP_SENDER_IDLE_MAX_NS);
+  ck_assert_uint_eq(hp_sender_wait_ns(1, 10000 * ms), HP_SENDER_IDLE_MAX_NS);
+}
+END_TEST
+
+/* A producer pushing 100 events every 2 ms (the order of the default interval's flow). */
+typedef struct {
+  hp_ring *ring;
+  unsigned pushes;
+  uint64_t took_ns;
+} steady;
+
+static void *steady_main(void *arg)
+{
+  steady *p = arg;
+  uint64_t start = hp_now_ns();
+  for (unsigned i = 0; i < p->pushes; i++) {
+    for (uint64_t k = 0; k < 100; k++) {
+      hp_event e = {.kind = HP_EV_ALLOC, .ts_ns = hp_now_ns(), .thread_id = 1,
+                    .address = 0x100000 + (i * 100 + k) * 64, .size = 64,
+                    .est_bytes = 65536};
+      ck_assert_int_eq(hp_ring_push(p->ring, &e), 0);
+    }
+    usleep(2000);
+  }
+  p->took_ns = hp_now_ns() - start;
+  return NULL;
+}
+
+/* Such a flow goes out in about one turn per HP_SENDER_IDLE_MAX_NS, not in turns of a
+ * handful of events: each turn wakes a core and heapprofd. Half the turns a fixed 1 ms
+ * poll doubling while thin would take is the bound (that one took 4 turns in 15 ms). */
+START_TEST(a_steady_flow_goes_out_in_few_turns)
+{
+  int sv[2], err = 0;
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  steady p = {.ring = hp_ring_new(1u << 16), .pushes = 150};
+  hp_intern *in = hp_intern_new(0, 0);
+  hp_sender_cfg cfg = {.ring = p.ring, .intern = in, .dropped = fake_drops,
+                       .socket_path = "test"};
+  hp_hello h = test_hello();
+  reader r = {.fd = sv[1]};
+  pthread_t rt, pt;
+  ck_assert_int_eq(pthread_create(&rt, NULL, reader_main, &r), 0);
+  hp_sender *s = hp_sender_start(sv[0], &h, &cfg, &err);
+  ck_assert_ptr_nonnull(s);
+  ck_assert_int_eq(pthread_create(&pt, NULL, steady_main, &p), 0);
+  pthread_join(pt, NULL);
+  ck_assert_int_eq(hp_sender_stop(s), 0);
+  pthread_join(rt, NULL);
+  ck_assert_uint_eq(r.t.events, 100 * p.pushes);
+  unsigned bound = (unsigned)(p.took_ns / HP_SENDER_IDLE_MAX_NS) * 2 + 2;
+  ck_assert_msg(r.t.event_messages <= bound, "%u EVENTS messages in %.0f ms (at most %u)",
+                r.t.event_messages, (double)p.took_ns / 1e6, bound);
+  close(sv[1]);
+  hp_ring_free(p.ring);
+  hp_intern_free(in);
+}
+END_TEST
+
 Suite *sender_suite(void)
 {
   Suite *s = suite_create("sender");
@@ -641,6 +711,8 @@ Suite *sender_suite(void)
   tcase_add_test(core, connect_reports_errno);
   tcase_add_test(core, warm_is_called_until_done_and_not_after);
   tcase_add_test(core, stop_ends_the_warming);
+  tcase_add_test(core, wait_is_the_time_to_fill_a_batch);
+  tcase_add_test(core, a_steady_flow_goes_out_in_few_turns);
   suite_add_tcase(s, core);
   TCase *stuck = tcase_create("stuck_peer");
   tcase_set_timeout(stuck, 30);
