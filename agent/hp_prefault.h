@@ -1,9 +1,8 @@
 /* hp_prefault.h — memory the hooks will write, mapped in before they write it.
  *
  * The ring and the address table are calloc()ed zero pages that cost no memory until
- * first written, and each first write takes a page fault (a read first, as the ring's
- * room test does, takes two) in whichever thread writes: the program's, inside an
- * allocation hook. The sender thread maps them in ahead instead, on the other core.
+ * first written, and each first write takes a page fault (two when a read came first)
+ * in whichever thread writes: the program's, inside an allocation hook. The sender thread maps them in ahead instead, on the other core.
  * MADV_POPULATE_WRITE (Linux 5.14) never changes what the pages hold, so it may run
  * while other threads use them. */
 #ifndef HP_PREFAULT_H

@@ -11,11 +11,15 @@
  * zero pages that cost no memory until a lap first reaches them.
  *
  * The free reserve (hp_ring.h): before claiming position pos for an ALLOC, the producer
- * checks that the slot of position pos + reserve is free for that position's lap, i.e.
- * that the consumer has emptied it. That is one more cache line, the one a later push
- * writes anyway, and no shared counter. Racing producers may each see the same free
- * slot, so a few more ALLOCs than intended can get in; a FREE that then finds the ring
- * completely full is the caller's to wait for (hp_agent.c). */
+ * checks against the consumer's index (tail) that more than reserve slots are free. The
+ * consumer writes its index only while it pops, in turns 1-16 ms apart (hp_sender.h), so
+ * between turns the producers find that cache line in their own caches. (Testing the
+ * slot reserve positions ahead instead, as this ring once did, reads a line nobody has
+ * touched since the consumer's previous lap: a miss to memory at every ALLOC.) The
+ * index is read relaxed, so it may lag: the test then sees less room than there is,
+ * never more. Racing producers may each see the same room, so a few more ALLOCs than
+ * intended can get in; a FREE that then finds the ring completely full is the caller's
+ * to wait for (hp_agent.c). */
 #include "hp_ring.h"
 
 #include <assert.h>
@@ -32,7 +36,8 @@ typedef struct {
 struct hp_ring {
   /* Written by producers (CAS); cache-line separated from the consumer's index. */
   _Alignas(64) _Atomic size_t head;
-  /* Written by the consumer only; read by producers that wait (relaxed: a hint). */
+  /* Written by the consumer only; read by the room test and by producers that wait
+   * (relaxed: a hint). */
   _Alignas(64) _Atomic size_t tail;
   _Atomic uint64_t dropped; /* any thread, relaxed: a statistic */
   size_t mask;
@@ -81,12 +86,19 @@ int hp_ring_push(hp_ring *r, const hp_event *ev)
   return rc;
 }
 
+/* Whether more than n slots are free for a push at position pos. A tail read after
+ * pos may be past it (other pushes and pops came between): then there is room, and the
+ * push's compare-and-swap finds pos taken. */
+static inline int room_past(const hp_ring *r, size_t pos, size_t n)
+{
+  size_t tail = atomic_load_explicit(&((hp_ring *)r)->tail, memory_order_relaxed);
+  return (intptr_t)(pos + n - tail) < (intptr_t)(r->mask + 1);
+}
+
 int hp_ring_has_room(const hp_ring *r, size_t n)
 {
   assert(n <= r->mask);
-  size_t ahead = atomic_load_explicit(&((hp_ring *)r)->head, memory_order_relaxed) + n;
-  size_t seq = atomic_load_explicit(&r->slots[ahead & r->mask].seq, memory_order_relaxed);
-  return (intptr_t)seq - (intptr_t)(ahead & ~r->mask) >= 0;
+  return room_past(r, atomic_load_explicit(&((hp_ring *)r)->head, memory_order_relaxed), n);
 }
 
 int hp_ring_alloc_room(const hp_ring *r)
@@ -98,13 +110,8 @@ int hp_ring_try_push(hp_ring *r, const hp_event *ev)
 {
   size_t pos = atomic_load_explicit(&r->head, memory_order_relaxed);
   for (;;) {
-    if (ev->kind != HP_EV_FREE && r->reserve) {
-      size_t ahead = pos + r->reserve;
-      size_t aseq = atomic_load_explicit(&r->slots[ahead & r->mask].seq,
-                                         memory_order_relaxed);
-      if ((intptr_t)aseq - (intptr_t)(ahead & ~r->mask) < 0)
-        return -HP_EFULL; /* only the free reserve is left */
-    }
+    if (ev->kind != HP_EV_FREE && r->reserve && !room_past(r, pos, r->reserve))
+      return -HP_EFULL; /* only the free reserve is left */
     hp_slot *s = &r->slots[pos & r->mask];
     size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
     intptr_t dif = (intptr_t)seq - (intptr_t)(pos & ~r->mask);
@@ -165,11 +172,10 @@ uint64_t hp_ring_popped(const hp_ring *r)
   return atomic_load_explicit(&((hp_ring *)r)->tail, memory_order_relaxed);
 }
 
-/* The room test reads the slot reserve positions past the head, and a push writes the
- * head's: mapping in twice the reserve ahead keeps both on mapped pages between the
- * consumer's turns. Work starts once a quarter of that is missing, so a lap takes a few
- * dozen system calls. After the first lap every slot is mapped and a call is one
- * compare. */
+/* Pushes write the slots from the head on: mapping in twice the reserve (1 MiB at the
+ * default capacity) ahead keeps them on mapped pages between the consumer's turns. Work
+ * starts once a quarter of that is missing, so a lap takes a few dozen system calls.
+ * After the first lap every slot is mapped and a call is one compare. */
 int hp_ring_prefault(hp_ring *r, size_t max_bytes)
 {
   size_t cap = r->mask + 1, ahead = 2 * r->reserve;
