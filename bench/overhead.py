@@ -8,7 +8,7 @@ under heapprof at several sampling intervals (1 = record everything), and under
                              [--workloads startup,churn,...]
                              [--tracemalloc 1,25 | --no-tracemalloc]
                              [--extra LABEL=VAR=VAL[,VAR=VAL...] ...] [--also LABEL=PYTHON ...]
-                             [--pin PROGRAM_CPUS:DAEMON_CPUS] [--discard]
+                             [--pin PROGRAM_CPUS:DAEMON_CPUS] [--discard] [--ratio-to COLUMN]
 
 --python names the interpreter that runs every column, plain, heapprof and tracemalloc
 alike (default: the one running this script); it must have heapprof installed (e.g. a
@@ -72,6 +72,10 @@ Columns:
                      (repeatable) the heapprof columns (intervals and extras) again, run by
                      another Python with another heapprof build installed (e.g. a venv holding
                      the previous commit): two builds side by side, under the same load.
+  --ratio-to COLUMN  compare every run with COLUMN's run of the same round instead of
+                     plain's, e.g. --also base=OLDVENV/bin/python --ratio-to "base default":
+                     the two builds' per-pair ratio, instead of comparing two ratios to
+                     plain that each carry plain's noise too.
   --tracemalloc N[,N...]
                      `python -X tracemalloc=N` columns, N frames kept (default 1,25)
   --no-tracemalloc   leave out the tracemalloc columns (they are slow).
@@ -427,6 +431,10 @@ def main():
                     help='a heapprof column with extra environment variables (repeatable)')
     ap.add_argument('--also', action='append', default=[], metavar='LABEL=PYTHON',
                     help='also run the heapprof columns with this Python (another build)')
+    ap.add_argument('--ratio-to', default='plain', metavar='COLUMN',
+                    help='the column each run is compared with, run of the same round '
+                    '(default plain; e.g. "base default" with --also base=...: two builds '
+                    'compared pair by pair)')
     args = ap.parse_args()
     pairs = args.pairs is not None
     if pairs:
@@ -493,6 +501,9 @@ def main():
         configs.append(('tracemalloc=%d' % frames, python, ['-X', 'tracemalloc=%d' % frames],
                         {}, False))
     names = [c[0] for c in configs]
+    if args.ratio_to not in names:
+        raise SystemExit('--ratio-to %r names no column; the columns are: %s'
+                         % (args.ratio_to, ', '.join(names)))
     if len(set(names)) != len(names):
         raise SystemExit('two columns have the same name; give --extra/--also distinct labels')
     daemon_exe = None
@@ -560,15 +571,15 @@ def main():
                            (', pinned %s' % args.pin if args.pin else '') +
                            (', daemon discarding' if args.discard else ''), load_before,
                            load_average(), idle_wait))
-    print('Cells: median wall time, median per-pair ratio to plain; Q1-Q3, min-max: that ratio '
-          'over the rounds; median CI: its 95% interval; slower: pairs with ratio > 1 and the '
-          'sign test\'s p; CPU time: the program\'s user+sys ratio, median and 95% interval; '
-          'peak RSS: ratio of medians')
+    print('Cells: median wall time, median per-pair ratio to %s; Q1-Q3, min-max: that ratio '
+          'over the rounds; median CI: its 95%% interval; slower: pairs with ratio > 1 and the '
+          'sign test\'s p; CPU time: the program\'s user+sys ratio, median and 95%% interval; '
+          'peak RSS: ratio of medians' % args.ratio_to)
     width = max(14, max(len(n) for n in names) + 2)
     print('%-16s' % 'workload' + ''.join('%*s' % (width, n) for n in names))
     for w in workloads:
         startup = w == 'startup'
-        plain = results[(w, 'plain')]
+        plain = results[(w, args.ratio_to)]
         plain_wall = statistics.median(r[0] for r in plain)
         plain_rss = statistics.median(r[2] for r in plain)
         lines = {k: [] for k in ('time', 'iqr', 'range', 'ci', 'sign', 'added', 'cpu',
@@ -577,7 +588,7 @@ def main():
             rows = results[(w, n)]
             wall = statistics.median(r[0] for r in rows)
             cpu_ratios = []
-            if n == 'plain':
+            if n == args.ratio_to:
                 ratios = [r[0] / plain_wall for r in rows]
                 ratio, cpu_ratio = 1.0, 1.0
             else:
@@ -587,18 +598,19 @@ def main():
                 cpu_ratio = statistics.median(cpu_ratios) if cpu_ratios else float('nan')
             added = statistics.median(r[0] - p[0] for r, p in zip(rows, plain))
             rss = statistics.median(r[2] for r in rows)
-            ci = median_ci(ratios) if n != 'plain' else None
+            ci = median_ci(ratios) if n != args.ratio_to else None
             cpu_ci = median_ci(cpu_ratios) if cpu_ratios else None
             up, nonzero, p_sign = sign_test(ratios)
             lines['time'].append('%s %.3fx' % (fmt_time(wall, startup), ratio))
             lines['iqr'].append('%.3f-%.3f' % quartiles(ratios))
             lines['range'].append('%.2f-%.2f' % (min(ratios), max(ratios)))
             lines['ci'].append('%.3f-%.3f' % ci if ci else '-')
-            lines['sign'].append('%d/%d p=%.2f' % (up, nonzero, p_sign) if n != 'plain' else '-')
+            lines['sign'].append('%d/%d p=%.2f' % (up, nonzero, p_sign)
+                                 if n != args.ratio_to else '-')
             lines['added'].append('%+.1f' % (added * 1e3))
             lines['cpu'].append('%.3fx' % cpu_ratio)
             lines['cpuci'].append('%.3f-%.3f' % cpu_ci if cpu_ci else '-')
-            lines['rss'].append('%.2fx' % (rss / plain_rss) if n != 'plain'
+            lines['rss'].append('%.2fx' % (rss / plain_rss) if n != args.ratio_to
                                 else '%.1fMiB' % (plain_rss / 1024))
         labels = [('time', w), ('iqr', '  Q1-Q3'), ('range', '  min-max'),
                   ('ci', '  median CI'), ('sign', '  slower'), ('cpu', '  CPU time'),
