@@ -3,7 +3,8 @@
  * count; a peer that went away ends the thread with one failure callback; a peer that
  * stops reading delays hp_sender_stop() by at most the stop timeout (review item 2: a
  * SIGSTOPped heapprofd hung the program's exit), a slow one still gets everything; the
- * warm-up callback runs in pieces until done, and a stop ends it. */
+ * warm-up callback runs in pieces until done, and a stop ends it; a steady flow goes out
+ * in turns as long as it takes to fill a batch, not every millisecond. */
 #include <check.h>
 #include <errno.h>
 #include <stdio.h>
