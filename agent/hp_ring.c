@@ -12,14 +12,14 @@
  *
  * The free reserve (hp_ring.h): before claiming position pos for an ALLOC, the producer
  * checks against the consumer's index (tail) that more than reserve slots are free. The
- * consumer writes its index only while it pops, in turns 1-16 ms apart (hp_sender.h), so
- * between turns the producers find that cache line in their own caches. (Testing the
- * slot reserve positions ahead instead, as this ring once did, reads a line nobody has
- * touched since the consumer's previous lap: a miss to memory at every ALLOC.) The
- * index is read relaxed, so it may lag: the test then sees less room than there is,
- * never more. Racing producers may each see the same room, so a few more ALLOCs than
- * intended can get in; a FREE that then finds the ring completely full is the caller's
- * to wait for (hp_agent.c). */
+ * index shares its cache line with the fields every push reads (mask, reserve, slots),
+ * so the test adds no line to a push. (Testing the slot reserve positions ahead
+ * instead, as this ring once did, reads a line nobody has touched since the consumer's
+ * previous lap: a miss to memory at every ALLOC.) The test runs again for every position
+ * a push tries, so racing producers cannot take the reserve between them. The consumer
+ * moves its index before it frees the slot, so while a pop completes the reserve may be
+ * one slot short. A FREE that finds the ring completely full is the caller's to wait for
+ * (hp_agent.c). */
 #include "hp_ring.h"
 
 #include <assert.h>
@@ -36,8 +36,8 @@ typedef struct {
 struct hp_ring {
   /* Written by producers (CAS); cache-line separated from the consumer's index. */
   _Alignas(64) _Atomic size_t head;
-  /* Written by the consumer only; read by the room test and by producers that wait
-   * (relaxed: a hint). */
+  /* Written by the consumer only; read relaxed by the room test and by producers that
+   * wait. On the line of the fields below, which every push reads anyway. */
   _Alignas(64) _Atomic size_t tail;
   _Atomic uint64_t dropped; /* any thread, relaxed: a statistic */
   size_t mask;
@@ -172,8 +172,8 @@ uint64_t hp_ring_popped(const hp_ring *r)
   return atomic_load_explicit(&((hp_ring *)r)->tail, memory_order_relaxed);
 }
 
-/* Pushes write the slots from the head on: mapping in twice the reserve (1 MiB at the
- * default capacity) ahead keeps them on mapped pages between the consumer's turns. Work
+/* Pushes write the slots from the head on: mapping in twice the reserve ahead keeps them
+ * on mapped pages between the consumer's turns. Work
  * starts once a quarter of that is missing, so a lap takes a few dozen system calls.
  * After the first lap every slot is mapped and a call is one compare. */
 int hp_ring_prefault(hp_ring *r, size_t max_bytes)

@@ -590,11 +590,13 @@ static void idle_wait(hp_sender *s, uint64_t ns)
   pthread_mutex_unlock(&s->mu);
 }
 
-uint64_t hp_sender_wait_ns(uint32_t n, uint64_t elapsed_ns)
+uint64_t hp_sender_wait_ns(uint64_t pushed, uint64_t elapsed_ns, uint64_t last_wait_ns)
 {
-  if (n == 0 || elapsed_ns > UINT64_MAX / HP_SENDER_BATCH)
-    return HP_SENDER_IDLE_MAX_NS;
-  uint64_t ns = elapsed_ns * HP_SENDER_BATCH / n;
+  uint64_t ns = pushed == 0 || elapsed_ns > UINT64_MAX / HP_SENDER_BATCH
+                  ? UINT64_MAX
+                  : elapsed_ns * HP_SENDER_BATCH / pushed;
+  if (ns / 2 > last_wait_ns)
+    ns = 2 * last_wait_ns;
   return ns < HP_SENDER_IDLE_NS       ? HP_SENDER_IDLE_NS
          : ns > HP_SENDER_IDLE_MAX_NS ? HP_SENDER_IDLE_MAX_NS
                                       : ns;
@@ -656,7 +658,8 @@ static void *sender_main(void *arg)
     prefault_ahead(s);
   uint64_t last_counters = hp_now_ns();
   s->interval_sent = s->hello.sample_interval_bytes;
-  uint64_t last_turn = last_counters;
+  uint64_t last_turn = last_counters, last_pushed = hp_ring_pushed(s->cfg.ring);
+  uint64_t wait_ns = HP_SENDER_IDLE_NS;
   while (rc == 0) {
     int stopping = atomic_load_explicit(&s->stop, memory_order_acquire);
     /* At the stop nothing is pushed any more: the counters are final. They go before
@@ -666,6 +669,9 @@ static void *sender_main(void *arg)
     uint32_t n = 0;
     while (n < HP_SENDER_BATCH && hp_ring_pop(s->cfg.ring, &s->batch[n]))
       n++;
+    /* The flow is counted by the slots producers claimed, not by the records popped: a
+     * pop stops at a record still being written, which says nothing about the flow. */
+    uint64_t turn = hp_now_ns(), pushed = hp_ring_pushed(s->cfg.ring);
     if ((rc = send_defs(s)) < 0 || (rc = send_thread_names(s, s->batch, n)) < 0 ||
         (rc = send_given_names(s)) < 0 || (rc = send_markers(s)) < 0 ||
         (rc = send_events(s, s->batch, n)) < 0 || (rc = flush_encoder(s)) < 0)
@@ -689,8 +695,9 @@ static void *sender_main(void *arg)
     prefault_ahead(s);
     /* A thin batch means the ring is nearly empty: wait for more (hp_sender_wait_ns)
      * rather than paying a wake-up and a send() per handful of events. */
-    uint64_t wait_ns = hp_sender_wait_ns(n, now - last_turn);
-    last_turn = now;
+    wait_ns = hp_sender_wait_ns(pushed - last_pushed, turn - last_turn, wait_ns);
+    last_turn = turn;
+    last_pushed = pushed;
     if (n < HP_SENDER_BATCH / 4 && !stopping)
       idle_wait(s, wait_ns);
   }

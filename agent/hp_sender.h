@@ -42,8 +42,8 @@
                                                  quarter of the socket's buffer) */
 #define HP_SENDER_IDLE_NS 1000000ull /* shortest poll period (hp_sender_wait_ns) */
 #define HP_SENDER_IDLE_MAX_NS \
-  16000000ull /* longest poll period; the ring holds 16 ms
-                                                 of 8M events/s */
+  16000000ull /* longest poll period: an idle ring, or a
+                                                 flow that fills a batch in no less */
 #define HP_SENDER_COUNTERS_NS 1000000000ull
 #define HP_SENDER_STALL_NS \
   5000000000ull /* stop: a daemon that takes nothing for
@@ -129,12 +129,15 @@ int hp_sender_thread_name(hp_sender *s, uint64_t thread_id, const char *name, si
  * on the socket. 0, -HP_ENOMEM, or -HP_EFULL when HP_SENDER_MAX_MARKERS are pending. */
 int hp_sender_marker(hp_sender *s, uint64_t ts_ns, const char *label, size_t len);
 
-/* How long the sender sleeps after a turn that took n events from the ring, elapsed_ns
- * after the turn before: the time the flow of that turn takes to fill a batch, between
- * HP_SENDER_IDLE_NS and HP_SENDER_IDLE_MAX_NS. Every wake-up of the sender interrupts a
- * core the program may be using, and a send() wakes heapprofd: at the default interval
- * one turn in 16 ms carries all its events, where a fixed 1 ms would wake 16 times. */
-uint64_t hp_sender_wait_ns(uint32_t n, uint64_t elapsed_ns);
+/* How long the sender sleeps after a turn: the time the flow since the turn before
+ * (pushed: the slots producers claimed in elapsed_ns) takes to fill a batch, at most
+ * twice the last wait, between HP_SENDER_IDLE_NS and HP_SENDER_IDLE_MAX_NS. Every
+ * wake-up of the sender interrupts a core the program may be using, and a send() wakes
+ * heapprofd: a steady flow at the default interval goes out once per
+ * HP_SENDER_IDLE_MAX_NS, where a fixed 1 ms poll would wake 16 times. The doubling
+ * bound keeps one quiet turn in a heavy flow (a pause of the program's) from putting the
+ * sender to sleep for the longest wait at once. */
+uint64_t hp_sender_wait_ns(uint64_t pushed, uint64_t elapsed_ns, uint64_t last_wait_ns);
 
 uint64_t hp_now_ns(void);  /* CLOCK_MONOTONIC */
 uint64_t hp_wall_ns(void); /* CLOCK_REALTIME */

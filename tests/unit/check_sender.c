@@ -632,17 +632,22 @@ START_TEST(connect_gives_up_on_a_full_backlog)
 }
 END_TEST
 
-/* The wait after a turn is the time the turn's flow takes to fill a batch, within the
- * bounds. */
+/* The wait after a turn is the time the flow since the turn before takes to fill a
+ * batch, within the bounds, and grows by at most a doubling a turn. */
 START_TEST(wait_is_the_time_to_fill_a_batch)
 {
-  const uint64_t ms = 1000000;
-  ck_assert_uint_eq(hp_sender_wait_ns(0, ms), HP_SENDER_IDLE_MAX_NS);
-  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH, ms), ms);
-  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH / 8, ms), 8 * ms);
-  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH * 4, ms), HP_SENDER_IDLE_NS);
-  ck_assert_uint_eq(hp_sender_wait_ns(180, ms), HP_SENDER_IDLE_MAX_NS);
-  ck_assert_uint_eq(hp_sender_wait_ns(1, 10000 * ms), HP_SENDER_IDLE_MAX_NS);
+  const uint64_t ms = 1000000, longest = HP_SENDER_IDLE_MAX_NS;
+  ck_assert_uint_eq(hp_sender_wait_ns(0, ms, longest), longest);
+  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH, ms, longest), ms);
+  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH / 8, ms, longest), 8 * ms);
+  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH * 4, ms, longest), HP_SENDER_IDLE_NS);
+  ck_assert_uint_eq(hp_sender_wait_ns(180, ms, longest), longest);
+  ck_assert_uint_eq(hp_sender_wait_ns(1, UINT64_MAX, longest), longest);
+  /* A quiet turn after a heavy flow: a doubling, not the longest wait at once. */
+  ck_assert_uint_eq(hp_sender_wait_ns(0, ms, ms), 2 * ms);
+  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH / 8, ms, 2 * ms), 4 * ms);
+  /* Shorter at once when the flow grows. */
+  ck_assert_uint_eq(hp_sender_wait_ns(HP_SENDER_BATCH / 2, ms, longest), 2 * ms);
 }
 END_TEST
 
@@ -671,8 +676,9 @@ static void *steady_main(void *arg)
 }
 
 /* Such a flow goes out in about one turn per HP_SENDER_IDLE_MAX_NS, not in turns of a
- * handful of events: each turn wakes a core and heapprofd. Half the turns a fixed 1 ms
- * poll doubling while thin would take is the bound (that one took 4 turns in 15 ms). */
+ * handful of events: each turn wakes a core and heapprofd. The bound is half the turns
+ * of a 1 ms poll that doubles while turns are thin and starts over at 1 ms after 256
+ * events: with this flow, 1, 2, 4 and 8 ms, 4 turns per 15 ms. */
 START_TEST(a_steady_flow_goes_out_in_few_turns)
 {
   int sv[2], err = 0;
