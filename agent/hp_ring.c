@@ -173,9 +173,9 @@ uint64_t hp_ring_popped(const hp_ring *r)
 }
 
 /* Pushes write the slots from the head on: mapping in twice the reserve ahead keeps them
- * on mapped pages between the consumer's turns. Work
- * starts once a quarter of that is missing, so a lap takes a few dozen system calls.
- * After the first lap every slot is mapped and a call is one compare. */
+ * on mapped pages between the consumer's turns. Work starts once a quarter of that is
+ * missing, so a lap takes a few dozen system calls. After the first lap every slot is
+ * mapped and a call is one compare. */
 int hp_ring_prefault(hp_ring *r, size_t max_bytes)
 {
   size_t cap = r->mask + 1, ahead = 2 * r->reserve;
