@@ -120,8 +120,8 @@ class Daemon:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError("heapprofd did not exit within %.0f s after signal %d"
-                                 % (timeout, sig))
+            raise AssertionError("heapprofd did not exit within %.0f s after signal %d; "
+                                 "the end of its log:\n%s" % (timeout, sig, self.log()[-4000:]))
 
     def kill(self):
         if self.proc is not None:
