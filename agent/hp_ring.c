@@ -13,13 +13,12 @@
  * The free reserve (hp_ring.h): before claiming position pos for an ALLOC, the producer
  * checks against the consumer's index (tail) that more than reserve slots are free. The
  * index shares its cache line with the fields every push reads (mask, reserve, slots),
- * so the test adds no line to a push. (Testing the slot reserve positions ahead
- * instead, as this ring once did, reads a line nobody has touched since the consumer's
- * previous lap: a miss to memory at every ALLOC.) The test runs again for every position
- * a push tries, so racing producers cannot take the reserve between them. The consumer
- * moves its index before it frees the slot, so while a pop completes the reserve may be
- * one slot short. A FREE that finds the ring completely full is the caller's to wait for
- * (hp_agent.c). */
+ * so the test adds no line to a push; a slot reserve positions ahead would be a line
+ * untouched since the consumer's previous lap, read from memory. The test runs again
+ * for every position a push tries, so racing producers cannot take the reserve between
+ * them. The consumer moves its index before it frees the slot, so while a pop completes
+ * the reserve may be one slot short. A FREE that finds the ring completely full is the
+ * caller's to wait for (hp_agent.c). */
 #include "hp_ring.h"
 
 #include <assert.h>

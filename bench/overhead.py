@@ -579,9 +579,9 @@ def main():
     print('%-16s' % 'workload' + ''.join('%*s' % (width, n) for n in names))
     for w in workloads:
         startup = w == 'startup'
-        plain = results[(w, args.ratio_to)]
-        plain_wall = statistics.median(r[0] for r in plain)
-        plain_rss = statistics.median(r[2] for r in plain)
+        ref = results[(w, args.ratio_to)]  # plain, unless --ratio-to names another
+        ref_wall = statistics.median(r[0] for r in ref)
+        ref_rss = statistics.median(r[2] for r in ref)
         lines = {k: [] for k in ('time', 'iqr', 'range', 'ci', 'sign', 'added', 'cpu',
                                  'cpuci', 'rss')}
         for n in names:
@@ -589,14 +589,14 @@ def main():
             wall = statistics.median(r[0] for r in rows)
             cpu_ratios = []
             if n == args.ratio_to:
-                ratios = [r[0] / plain_wall for r in rows]
+                ratios = [r[0] / ref_wall for r in rows]
                 ratio, cpu_ratio = 1.0, 1.0
             else:
-                ratios = [r[0] / p[0] for r, p in zip(rows, plain)]
+                ratios = [r[0] / p[0] for r, p in zip(rows, ref)]
                 ratio = statistics.median(ratios)
-                cpu_ratios = [r[1] / p[1] for r, p in zip(rows, plain) if p[1]]
+                cpu_ratios = [r[1] / p[1] for r, p in zip(rows, ref) if p[1]]
                 cpu_ratio = statistics.median(cpu_ratios) if cpu_ratios else float('nan')
-            added = statistics.median(r[0] - p[0] for r, p in zip(rows, plain))
+            added = statistics.median(r[0] - p[0] for r, p in zip(rows, ref))
             rss = statistics.median(r[2] for r in rows)
             ci = median_ci(ratios) if n != args.ratio_to else None
             cpu_ci = median_ci(cpu_ratios) if cpu_ratios else None
@@ -610,8 +610,8 @@ def main():
             lines['added'].append('%+.1f' % (added * 1e3))
             lines['cpu'].append('%.3fx' % cpu_ratio)
             lines['cpuci'].append('%.3f-%.3f' % cpu_ci if cpu_ci else '-')
-            lines['rss'].append('%.2fx' % (rss / plain_rss) if n != args.ratio_to
-                                else '%.1fMiB' % (plain_rss / 1024))
+            lines['rss'].append('%.2fx' % (rss / ref_rss) if n != args.ratio_to
+                                else '%.1fMiB' % (ref_rss / 1024))
         labels = [('time', w), ('iqr', '  Q1-Q3'), ('range', '  min-max'),
                   ('ci', '  median CI'), ('sign', '  slower'), ('cpu', '  CPU time'),
                   ('cpuci', '  CPU CI'), ('rss', '  peak RSS')]
