@@ -44,7 +44,11 @@ binomial: the k-th smallest and k-th largest ratio; with fewer than 6 pairs ther
 `-`); `slower` counts the pairs in which heapprof's run took longer, with the two-sided
 sign test's p (how likely so lopsided a count is if heapprof changed nothing). A change is
 real when its CI excludes 1.00 (equivalently p < 0.05); two builds differ when their CIs
-do not overlap. `CPU time` is the median per-pair ratio of the program's own CPU time
+do not overlap. The line named after --target (default `1.02x?`) judges each column
+against that ratio: `met` when the whole CI is at or under it, `over` when the whole CI is
+above it, else `under?..H` or `over?L..`: the median is under (over) the target, but the
+CI reaches H (L) on the other side, so the run cannot tell; a quieter machine or more pairs
+can. `CPU time` is the median per-pair ratio of the program's own CPU time
 (user + system, sender thread included, from wait4) and its 95% CI: wall time is the
 target, but when heapprofd or another job takes a core away from the program, CPU time
 shows what the program itself paid. `peak RSS` is the ratio of the medians (the plain
@@ -382,6 +386,25 @@ def sign_test(ratios):
     return up, n, min(1.0, 2 * binom_cdf(min(up, down), n))
 
 
+def verdict(ratios, target):
+    """What a run says of a ratio target (e.g. 1.02 for "at most 2% slower"), from the
+    median per-pair ratio and its CI (median_ci): 'met' when the whole CI is at or under
+    the target, 'over' when the whole CI is above it; otherwise the run cannot tell:
+    'under?..H' (the median at or under the target, the CI reaching up to H) or
+    'over?L..' (the median over it, the CI reaching down to L). '-' below 6 pairs, where there is no CI."""
+    ci = median_ci(ratios)
+    if ci is None:
+        return '-'
+    low, high = ci
+    if high <= target:
+        return 'met'
+    if low > target:
+        return 'over'
+    if statistics.median(ratios) <= target:
+        return 'under?..%.3f' % high
+    return 'over?%.3f..' % low
+
+
 def quartiles(xs):
     """(Q1, Q3) of xs (inclusive method; a single value is its own quartiles)."""
     if len(xs) < 2:
@@ -431,6 +454,9 @@ def main():
                     help='a heapprof column with extra environment variables (repeatable)')
     ap.add_argument('--also', action='append', default=[], metavar='LABEL=PYTHON',
                     help='also run the heapprof columns with this Python (another build)')
+    ap.add_argument('--target', type=float, default=1.02, metavar='RATIO',
+                    help='the per-pair ratio each column is judged against on the `target` '
+                    'line (default %(default)g: at most 2%% slower than the reference)')
     ap.add_argument('--ratio-to', default='plain', metavar='COLUMN',
                     help='the column each run is compared with, run of the same round '
                     '(default plain; e.g. "base default" with --also base=...: two builds '
@@ -573,8 +599,10 @@ def main():
                            load_average(), idle_wait))
     print('Cells: median wall time, median per-pair ratio to %s; Q1-Q3, min-max: that ratio '
           'over the rounds; median CI: its 95%% interval; slower: pairs with ratio > 1 and the '
-          'sign test\'s p; CPU time: the program\'s user+sys ratio, median and 95%% interval; '
-          'peak RSS: ratio of medians' % args.ratio_to)
+          'sign test\'s p; %gx?: met (the whole CI at or under %g), over (the whole CI above '
+          'it), or, when the run cannot tell, under?..H (the median under, the CI up to H) or '
+          'over?L.. (the median over, the CI down to L); CPU time: the program\'s user+sys ratio, median and 95%% '
+          'interval; peak RSS: ratio of medians' % (args.ratio_to, args.target, args.target))
     width = max(14, max(len(n) for n in names) + 2)
     print('%-16s' % 'workload' + ''.join('%*s' % (width, n) for n in names))
     for w in workloads:
@@ -582,8 +610,8 @@ def main():
         ref = results[(w, args.ratio_to)]  # plain, unless --ratio-to names another
         ref_wall = statistics.median(r[0] for r in ref)
         ref_rss = statistics.median(r[2] for r in ref)
-        lines = {k: [] for k in ('time', 'iqr', 'range', 'ci', 'sign', 'added', 'cpu',
-                                 'cpuci', 'rss')}
+        lines = {k: [] for k in ('time', 'iqr', 'range', 'ci', 'sign', 'target', 'added',
+                                 'cpu', 'cpuci', 'rss')}
         for n in names:
             rows = results[(w, n)]
             wall = statistics.median(r[0] for r in rows)
@@ -607,6 +635,7 @@ def main():
             lines['ci'].append('%.3f-%.3f' % ci if ci else '-')
             lines['sign'].append('%d/%d p=%.2f' % (up, nonzero, p_sign)
                                  if n != args.ratio_to else '-')
+            lines['target'].append(verdict(ratios, args.target) if n != args.ratio_to else '-')
             lines['added'].append('%+.1f' % (added * 1e3))
             lines['cpu'].append('%.3fx' % cpu_ratio)
             lines['cpuci'].append('%.3f-%.3f' % cpu_ci if cpu_ci else '-')
@@ -617,6 +646,8 @@ def main():
                   ('cpuci', '  CPU CI'), ('rss', '  peak RSS')]
         if startup:
             labels.insert(5, ('added', '  added ms'))
+        else:   # a fixed cost of some 2 ms over a 15 ms process is judged in ms, not here
+            labels.insert(5, ('target', '  %gx?' % args.target))
         for key, label in labels:
             print('%-16s' % label + ''.join('%*s' % (width, c) for c in lines[key]))
 

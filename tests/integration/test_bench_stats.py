@@ -48,6 +48,28 @@ class SignTest(unittest.TestCase):
         self.assertEqual(overhead.sign_test([1.0, 1.0]), (0, 0, 1.0))
 
 
+class Verdict(unittest.TestCase):
+    # Fifteen ratios: the CI is the 4th smallest and the 4th largest.
+
+    def ratios(self, low, median, high):
+        return [low - 0.01] * 3 + [low] + [median] * 7 + [high] + [high + 0.01] * 3
+
+    def test_a_ci_at_or_under_the_target_is_met(self):
+        self.assertEqual(overhead.verdict(self.ratios(0.99, 1.01, 1.02), 1.02), 'met')
+
+    def test_a_ci_above_the_target_is_over(self):
+        self.assertEqual(overhead.verdict(self.ratios(1.021, 1.03, 1.05), 1.02), 'over')
+
+    def test_a_ci_across_the_target_cannot_tell(self):
+        self.assertEqual(overhead.verdict(self.ratios(0.98, 1.015, 1.045), 1.02),
+                         'under?..1.045')
+        self.assertEqual(overhead.verdict(self.ratios(1.005, 1.03, 1.06), 1.02),
+                         'over?1.005..')
+
+    def test_no_verdict_below_six_pairs(self):
+        self.assertEqual(overhead.verdict([1.0, 1.0, 1.0, 1.0, 1.0], 1.02), '-')
+
+
 class Quartiles(unittest.TestCase):
 
     def test_inclusive_quartiles(self):
