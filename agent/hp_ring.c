@@ -46,6 +46,10 @@ struct hp_ring {
   size_t prefaulted;
 };
 
+#ifdef HP_RING_TEST_HOOKS
+void (*hp_ring_test_claimed)(size_t pos);
+#endif
+
 hp_ring *hp_ring_new(size_t capacity)
 {
   size_t cap = 2;
@@ -118,6 +122,10 @@ int hp_ring_try_push(hp_ring *r, const hp_event *ev)
       if (atomic_compare_exchange_weak_explicit(&r->head, &pos, pos + 1,
                                                 memory_order_relaxed,
                                                 memory_order_relaxed)) {
+#ifdef HP_RING_TEST_HOOKS
+        if (hp_ring_test_claimed)
+          hp_ring_test_claimed(pos);
+#endif
         s->ev = *ev;
         atomic_store_explicit(&s->seq, (pos & ~r->mask) + 1, memory_order_release);
         return 0;

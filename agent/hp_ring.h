@@ -57,4 +57,11 @@ uint64_t hp_ring_popped(const hp_ring *r);
  * thread. Call between pops; 1 when more is wanted now (call again), else 0. */
 int hp_ring_prefault(hp_ring *r, size_t max_bytes);
 
+#ifdef HP_RING_TEST_HOOKS
+/* Tests only (a ring built with HP_RING_TEST_HOOKS, tests/unit/meson.build): when set,
+ * every push calls it between claiming position pos and publishing its record, so that
+ * a test can hold a producer there. */
+extern void (*hp_ring_test_claimed)(size_t pos);
+#endif
+
 #endif /* HP_RING_H */
