@@ -9,6 +9,7 @@ under heapprof at several sampling intervals (1 = record everything), and under
                              [--tracemalloc 1,25 | --no-tracemalloc]
                              [--extra LABEL=VAR=VAL[,VAR=VAL...] ...] [--also LABEL=PYTHON ...]
                              [--pin PROGRAM_CPUS:DAEMON_CPUS] [--discard] [--ratio-to COLUMN]
+                             [--target 1.02]
 
 --python names the interpreter that runs every column, plain, heapprof and tracemalloc
 alike (default: the one running this script); it must have heapprof installed (e.g. a
