@@ -392,7 +392,8 @@ def verdict(ratios, target):
     median per-pair ratio and its CI (median_ci): 'met' when the whole CI is at or under
     the target, 'over' when the whole CI is above it; otherwise the run cannot tell:
     'under?..H' (the median at or under the target, the CI reaching up to H) or
-    'over?L..' (the median over it, the CI reaching down to L). '-' below 6 pairs, where there is no CI."""
+    'over?L..' (the median over it, the CI reaching down to L). '-' below 6 pairs, where
+    there is no CI."""
     ci = median_ci(ratios)
     if ci is None:
         return '-'
@@ -456,8 +457,9 @@ def main():
     ap.add_argument('--also', action='append', default=[], metavar='LABEL=PYTHON',
                     help='also run the heapprof columns with this Python (another build)')
     ap.add_argument('--target', type=float, default=1.02, metavar='RATIO',
-                    help='the per-pair ratio each column is judged against on the `target` '
-                    'line (default %(default)g: at most 2%% slower than the reference)')
+                    help='the per-pair ratio each column is judged against, on the line '
+                    'named after it (default %(default)g: the `1.02x?` line, at most 2%% '
+                    'slower than the reference)')
     ap.add_argument('--ratio-to', default='plain', metavar='COLUMN',
                     help='the column each run is compared with, run of the same round '
                     '(default plain; e.g. "base default" with --also base=...: two builds '
@@ -602,8 +604,9 @@ def main():
           'over the rounds; median CI: its 95%% interval; slower: pairs with ratio > 1 and the '
           'sign test\'s p; %gx?: met (the whole CI at or under %g), over (the whole CI above '
           'it), or, when the run cannot tell, under?..H (the median under, the CI up to H) or '
-          'over?L.. (the median over, the CI down to L); CPU time: the program\'s user+sys ratio, median and 95%% '
-          'interval; peak RSS: ratio of medians' % (args.ratio_to, args.target, args.target))
+          'over?L.. (the median over, the CI down to L); CPU time: the program\'s user+sys '
+          'ratio, median and 95%% interval; peak RSS: ratio of medians'
+          % (args.ratio_to, args.target, args.target))
     width = max(14, max(len(n) for n in names) + 2)
     print('%-16s' % 'workload' + ''.join('%*s' % (width, n) for n in names))
     for w in workloads:
