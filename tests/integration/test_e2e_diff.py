@@ -89,8 +89,11 @@ class Diff(DaemonTestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         rows = [l for l in p.stdout.splitlines() if l[:1].isdigit()]
         self.assertIn('app.py:%d' % grow_line, rows[0])
+        # A line may show in more than one site: a rare sample of the comprehension's
+        # call lands at <module> on 3.11. None of its rows may change significantly.
         steady = [l for l in rows if 'app.py:%d' % steady_line in l]
-        self.assertEqual(len(steady), 1, p.stdout)
+        self.assertGreaterEqual(len(steady), 1, p.stdout)
+        self.assertFalse([l for l in steady if '*' in l], p.stdout)
         # Percentages are of the base's total: 2.8 MB is well over 10% of a ~6 MB heap,
         # never over 1000%.
         flagged = [i for i, g in enumerate(grown) if g]
