@@ -362,10 +362,14 @@ static int write_control(hp_sender *s)
   return rc;
 }
 
+/* 0 also when a stop sent the final counters instead (write_control's 1): the stream
+ * goes on to its drain and GOODBYE. */
 static int send_counters(hp_sender *s)
 {
   int rc = encode_counters(s, 0, s->interval_sent);
-  return rc < 0 ? rc : write_control(s);
+  if (rc == 0)
+    rc = write_control(s);
+  return rc < 0 ? rc : 0;
 }
 
 /* Reports each change of interval not yet told, oldest first, each once written. */

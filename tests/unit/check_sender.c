@@ -456,6 +456,65 @@ static hp_sender *sender_on_many(hp_sender_cfg *cfg, int *peer)
   return s;
 }
 
+/* A stop that arrives while the once-a-second COUNTERS is being written: the final
+ * counters go instead of it, and the stream still ends as every stream does, with what
+ * the ring held and GOODBYE. The drop-count callback, which that COUNTERS calls first,
+ * holds the sender there until the test thread has pushed more events and asked for
+ * the stop. */
+static atomic_int g_race_calls, g_race_stopping;
+
+static uint64_t drops_stalled_for_a_stop(void *arg)
+{
+  (void)arg;
+  if (atomic_fetch_add(&g_race_calls, 1) == 0) {
+    while (!atomic_load(&g_race_stopping))
+      usleep(1000);
+    usleep(100000); /* hp_sender_stop() sets the stop flag within this */
+  }
+  return 7;
+}
+
+START_TEST(a_stop_during_the_periodic_counters_still_drains_and_says_goodbye)
+{
+  int sv[2], err = 0;
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  hp_ring *ring = hp_ring_new(64);
+  hp_intern *in = hp_intern_new(0, 0);
+  hp_event e = {.kind = HP_EV_ALLOC, .domain = HP_DOMAIN_RAW, .thread_id = 1, .size = 100};
+  for (uint64_t i = 0; i < 3; i++) {
+    e.address = 0x1000 + i * 16;
+    ck_assert_int_eq(hp_ring_push(ring, &e), 0);
+  }
+  hp_sender_cfg cfg = {.ring = ring,
+                       .intern = in,
+                       .dropped = drops_stalled_for_a_stop,
+                       .failed = on_failed,
+                       .socket_path = "test"};
+  hp_hello h = test_hello();
+  atomic_store(&g_failures, 0);
+  atomic_store(&g_race_calls, 0);
+  atomic_store(&g_race_stopping, 0);
+  hp_sender *s = hp_sender_start(sv[0], &h, &cfg, &err);
+  ck_assert_ptr_nonnull(s);
+  while (atomic_load(&g_race_calls) == 0) /* the first COUNTERS, after about a second */
+    usleep(1000);
+  for (uint64_t i = 3; i < 8; i++) { /* still in the ring when the stop comes */
+    e.address = 0x1000 + i * 16;
+    ck_assert_int_eq(hp_ring_push(ring, &e), 0);
+  }
+  atomic_store(&g_race_stopping, 1);
+  ck_assert_int_eq(hp_sender_stop(s), 0);
+  ck_assert_int_eq(atomic_load(&g_failures), 0);
+  tally t; /* the sender closed its end */
+  tally_stream(sv[1], 0, &t);
+  close(sv[1]);
+  ck_assert_uint_eq(t.events, 8);
+  ck_assert_uint_eq(t.goodbyes, 1);
+  hp_ring_free(ring);
+  hp_intern_free(in);
+}
+END_TEST
+
 START_TEST(stop_gives_up_on_a_peer_that_reads_nothing)
 {
   hp_intern *in = hp_intern_new(0, 0);
@@ -729,6 +788,7 @@ Suite *sender_suite(void)
   tcase_add_test(stuck, final_counters_get_through_to_a_peer_that_reads_nothing);
   tcase_add_test(stuck, a_daemon_given_up_on_is_given_up_at_once_by_the_family);
   tcase_add_test(stuck, connect_gives_up_on_a_full_backlog);
+  tcase_add_test(stuck, a_stop_during_the_periodic_counters_still_drains_and_says_goodbye);
   suite_add_tcase(s, stuck);
   return s;
 }
