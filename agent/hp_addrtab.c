@@ -18,13 +18,13 @@ struct hp_addrtab {
   int shift;                 /* 64 - log2(nbuckets) */
   _Atomic uint64_t *spilled; /* one bit per bucket; set once, cleared by clear() */
   _Atomic uint8_t *filter;   /* HP_ADDRTAB_FILTER counters, or g_all_maybe */
-  int with_filter;
+  hp_addrtab_filtering filtering;
   _Atomic uintptr_t *slots; /* nbuckets * HP_ADDRTAB_BUCKET, 64-byte aligned */
   void *slots_mem;          /* what calloc returned */
 };
 
 /* The filter of tables without one: never zero, so every address is a "maybe". */
-static _Atomic uint8_t g_all_maybe[HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER];
+static _Atomic uint8_t g_all_maybe[HP_ADDRTAB_FILTER];
 static pthread_once_t g_all_maybe_once = PTHREAD_ONCE_INIT;
 
 /* Filters of freed tables, kept for the next tables: the free hook reads a filter
@@ -33,7 +33,7 @@ static pthread_once_t g_all_maybe_once = PTHREAD_ONCE_INIT;
  * the agent). Protected by g_pool_lock (taken by new/free only, never by a hook). */
 typedef struct pooled_filter {
   struct pooled_filter *next; /* apart from the counters: a late reader may read them */
-  _Atomic uint8_t counters[HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER];
+  _Atomic uint8_t counters[HP_ADDRTAB_FILTER];
 } pooled_filter;
 static pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static pooled_filter *g_pool;
@@ -49,19 +49,17 @@ static _Atomic uint8_t *filter_take(void)
     g_pool = f->next;
   pthread_mutex_unlock(&g_pool_lock);
   if (!f)
-    return (f = calloc(1, sizeof(pooled_filter))) ? f->counters + HP_ADDRTAB_FILTER_FRONT
-                                                  : NULL;
+    return (f = calloc(1, sizeof(pooled_filter))) ? f->counters : NULL;
   f->next = NULL;
-  for (size_t i = 0; i < HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER; i++)
+  for (size_t i = 0; i < HP_ADDRTAB_FILTER; i++)
     atomic_store_explicit(&f->counters[i], 0, memory_order_relaxed);
-  return f->counters + HP_ADDRTAB_FILTER_FRONT;
+  return f->counters;
 }
 
 static void filter_give_back(_Atomic uint8_t *counters)
 {
-  pooled_filter *f =
-    (pooled_filter *)(void *)((char *)(counters - HP_ADDRTAB_FILTER_FRONT) -
-                              offsetof(pooled_filter, counters));
+  pooled_filter *f = (pooled_filter *)(void *)((char *)counters -
+                                               offsetof(pooled_filter, counters));
   pthread_mutex_lock(&g_pool_lock);
   f->next = g_pool;
   g_pool = f;
@@ -70,7 +68,7 @@ static void filter_give_back(_Atomic uint8_t *counters)
 
 static void fill_all_maybe(void)
 {
-  for (size_t i = 0; i < HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER; i++)
+  for (size_t i = 0; i < HP_ADDRTAB_FILTER; i++)
     atomic_init(&g_all_maybe[i], 255);
 }
 
@@ -91,7 +89,7 @@ size_t hp_addrtab_slots_for_interval(uint64_t interval)
   return (size_t)want;
 }
 
-hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
+hp_addrtab *hp_addrtab_new(size_t slots, hp_addrtab_filtering filtering)
 {
   size_t nb = HP_ADDRTAB_MIN_SLOTS / HP_ADDRTAB_BUCKET;
   int bits = 4;
@@ -106,12 +104,12 @@ hp_addrtab *hp_addrtab_new(size_t slots, int with_filter)
    * 64 extra bytes let us align the buckets to cache lines by hand. */
   t->slots_mem = calloc(nb * HP_ADDRTAB_BUCKET * sizeof(uintptr_t) + 64, 1);
   t->spilled = calloc((nb + 63) / 64, sizeof(uint64_t));
-  t->with_filter = with_filter;
-  if (with_filter) {
+  t->filtering = filtering;
+  if (filtering != HP_ADDRTAB_NO_FILTER) {
     t->filter = filter_take();
   } else {
     pthread_once(&g_all_maybe_once, fill_all_maybe);
-    t->filter = g_all_maybe + HP_ADDRTAB_FILTER_FRONT;
+    t->filter = g_all_maybe;
   }
   if (!t->slots_mem || !t->spilled || !t->filter) {
     hp_addrtab_free(t);
@@ -135,9 +133,8 @@ size_t hp_addrtab_prefault(const hp_addrtab *t, size_t from, size_t len)
     return 0;
   if (from == 0) {
     (void)hp_prefault((const void *)t->spilled, (t->nbuckets + 63) / 64 * sizeof(uint64_t));
-    if (t->with_filter) /* the shared all-"maybe" filter is never written */
-      (void)hp_prefault((const void *)(t->filter - HP_ADDRTAB_FILTER_FRONT),
-                        HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER);
+    if (t->filtering != HP_ADDRTAB_NO_FILTER) /* the all-"maybe" filter is never written */
+      (void)hp_prefault((const void *)t->filter, HP_ADDRTAB_FILTER);
   }
   return end < bytes ? end : 0;
 }
@@ -148,7 +145,7 @@ void hp_addrtab_free(hp_addrtab *t)
     return;
   free(t->slots_mem);
   free((void *)t->spilled);
-  if (t->with_filter && t->filter)
+  if (t->filtering != HP_ADDRTAB_NO_FILTER && t->filter)
     filter_give_back(t->filter);
   free(t);
 }
@@ -184,18 +181,18 @@ static inline __attribute__((always_inline)) void counter_add(_Atomic uint8_t *c
 }
 
 /* Always inlined: insert and remove pass a constant delta, and with the assert GCC
- * would otherwise call it on every sampled allocation and free. The last
- * HP_ADDRTAB_FILTER_FRONT counters have copies in front of the first, counting the same
- * addresses on their own (each is a correct counter, saturated or not). */
+ * would otherwise call it on every sampled allocation and free. */
 static inline __attribute__((always_inline)) void filter_add(hp_addrtab *t, uintptr_t addr,
                                                              int delta)
 {
-  if (!t->with_filter)
+  if (t->filtering == HP_ADDRTAB_NO_FILTER)
     return;
   size_t i = filter_index(addr);
   counter_add(&t->filter[i], delta);
-  if (i >= HP_ADDRTAB_FILTER - HP_ADDRTAB_FILTER_FRONT)
-    counter_add(&t->filter[(ptrdiff_t)i - (ptrdiff_t)HP_ADDRTAB_FILTER], delta);
+  if (t->filtering == HP_ADDRTAB_FILTER_NEAR) {
+    counter_add(&t->filter[(i + 1) & (HP_ADDRTAB_FILTER - 1)], delta);
+    counter_add(&t->filter[(i + 2) & (HP_ADDRTAB_FILTER - 1)], delta);
+  }
 }
 
 /* Same index as hp_addrtab_filter_absent() in the header. */

@@ -29,13 +29,18 @@
 #define HP_ADDRTAB_MIN_SLOTS (1u << 7)
 #define HP_ADDRTAB_MAX_SLOTS (1u << 22) /* 32 MiB of address space, touched lazily */
 #define HP_ADDRTAB_FILTER    (1u << 15) /* counting-filter bytes */
-/* Counters in front of the first one, copies of the last ones (see
- * hp_addrtab_filter_absent_near): memory holding a filter has HP_ADDRTAB_FILTER_FRONT +
- * HP_ADDRTAB_FILTER bytes, and the filter pointer points HP_ADDRTAB_FILTER_FRONT bytes
- * into it. */
-#define HP_ADDRTAB_FILTER_FRONT 2u
 
 typedef struct hp_addrtab hp_addrtab; /* opaque */
+
+/* What a table's counting filter counts (hp_addrtab_new). */
+typedef enum {
+  HP_ADDRTAB_NO_FILTER,    /* nothing: every address reads "maybe" */
+  HP_ADDRTAB_FILTER_EXACT, /* each stored address at its own counter */
+  /* each stored address also at the counters of the next two 16-byte granules, for
+   * hp_addrtab_filter_absent_near: three times the counts, so more "maybe"s for the
+   * free hooks; only where a reference tracer asks */
+  HP_ADDRTAB_FILTER_NEAR
+} hp_addrtab_filtering;
 
 /* Slots to allocate for a sampling interval (bucket mode: pass 1): about eight slots per
  * sampled block of a 1 GiB live heap, within [2^16, HP_ADDRTAB_MAX_SLOTS]. A table
@@ -44,11 +49,10 @@ size_t hp_addrtab_slots_for_interval(uint64_t interval);
 /* Whether a table for this interval should keep the counting filter (interval >= 1024). */
 int hp_addrtab_filter_for_interval(uint64_t interval);
 
-/* slots is rounded up to a power of two. with_filter: keep the counting filter; without
- * it (recording everything, where nearly every free is a hit and the filter would be
- * saturated) the filter reads as "maybe" for every address and costs nothing to keep.
- * NULL on OOM. */
-hp_addrtab *hp_addrtab_new(size_t slots, int with_filter);
+/* slots is rounded up to a power of two. Without a filter (recording everything, where
+ * nearly every free is a hit and the filter would be saturated) the filter reads as
+ * "maybe" for every address and costs nothing to keep. NULL on OOM. */
+hp_addrtab *hp_addrtab_new(size_t slots, hp_addrtab_filtering filtering);
 /* NULL is a no-op. Only once no thread inserts, removes or looks up any more; readers of
  * the filter alone (hp_addrtab_filter_absent, the free hook's unlocked test) may go on:
  * a filter is never unmapped, it is zeroed and handed to a later table, so a late read
@@ -91,18 +95,16 @@ static inline int hp_addrtab_filter_absent(const _Atomic uint8_t *filter, uintpt
                               memory_order_acquire) == 0;
 }
 
-/* 1 when none of addr, addr - 16 and addr - 32 can be in the table: the test of CPython
- * 3.13's reference tracer, which learns an object's address and would need two loads and
- * a computation from its type to find the block in front of it (up to 32 bytes of
- * pre-header). Three neighbouring counters, the two before the first being copies of
- * the last two, so that no index wraps. */
+/* 1 when none of addr, addr - 16 and addr - 32 can be in a table counting with
+ * HP_ADDRTAB_FILTER_NEAR: the test of CPython 3.13's reference tracer, which learns an
+ * object's address and would need two loads and a computation from its type to find the
+ * block in front of it (up to 32 bytes of pre-header). One load, as the free hook's:
+ * the table counted each block for the two granules after it. Wrong for other tables
+ * (it misses blocks 16 or 32 bytes before addr). */
 static inline int hp_addrtab_filter_absent_near(const _Atomic uint8_t *filter,
                                                 uintptr_t addr)
 {
-  const _Atomic uint8_t *c = &filter[hp_addrtab_filter_index(addr)];
-  return (atomic_load_explicit(&c[0], memory_order_acquire) |
-          atomic_load_explicit(&c[-1], memory_order_acquire) |
-          atomic_load_explicit(&c[-2], memory_order_acquire)) == 0;
+  return hp_addrtab_filter_absent(filter, addr);
 }
 
 #endif /* HP_ADDRTAB_H */

@@ -32,9 +32,8 @@
 
 _Atomic int hp_agent_mode = HP_MODE_OFF;
 /* Read by the free hook while not profiling: every address "never sampled". */
-static _Atomic uint8_t g_no_filter[HP_ADDRTAB_FILTER_FRONT + HP_ADDRTAB_FILTER];
-_Atomic(const _Atomic uint8_t *) hp_agent_free_filter = g_no_filter +
-                                                        HP_ADDRTAB_FILTER_FRONT;
+static _Atomic uint8_t g_no_filter[HP_ADDRTAB_FILTER];
+_Atomic(const _Atomic uint8_t *) hp_agent_free_filter = g_no_filter;
 hp_sampler_cfg hp_agent_sampler;
 _Atomic uint32_t hp_agent_gate = HP_AGENT_GATE_CLOSED;
 _Atomic uint32_t hp_agent_max_depth = HP_AGENT_DEFAULT_MAX_DEPTH;
@@ -167,7 +166,7 @@ static void profiling_off(void)
    * between these stores only counts down and calls the real allocator. */
   atomic_store(&hp_agent_mode, HP_MODE_OFF);
   atomic_store(&hp_agent_gate, HP_AGENT_GATE_CLOSED);
-  atomic_store(&hp_agent_free_filter, g_no_filter + HP_ADDRTAB_FILTER_FRONT);
+  atomic_store(&hp_agent_free_filter, g_no_filter);
 }
 
 static void session_free(session *s)
@@ -352,8 +351,11 @@ static session *session_new(const hp_agent_opts *o)
     return NULL;
   uint64_t like = o->nbuckets ? 1 : o->sample_interval; /* buckets: may sample a lot */
   s->ring = hp_ring_new(HP_RING_DEFAULT_CAPACITY);
-  s->addrtab = hp_addrtab_new(hp_addrtab_slots_for_interval(like),
-                              hp_addrtab_filter_for_interval(like));
+  hp_addrtab_filtering filtering = !hp_addrtab_filter_for_interval(like)
+                                     ? HP_ADDRTAB_NO_FILTER
+                                   : o->follow_reuse ? HP_ADDRTAB_FILTER_NEAR
+                                                     : HP_ADDRTAB_FILTER_EXACT;
+  s->addrtab = hp_addrtab_new(hp_addrtab_slots_for_interval(like), filtering);
   if (!s->ring || !s->addrtab) {
     session_free(s);
     return NULL;

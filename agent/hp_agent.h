@@ -76,6 +76,9 @@ typedef struct {
   uint32_t max_depth;  /* 1..HP_MAX_STACK_DEPTH */
   int block_when_full; /* on_full='block' */
   int adapt_when_full; /* on_full='adapt' (Poisson intervals only) */
+  /* 1 when a reference tracer will test the session's free filter for reused objects
+   * (hp_hooks_reuse_start): the filter then counts for hp_addrtab_filter_absent_near. */
+  int follow_reuse;
   uint32_t argc;
   const hp_str *argv; /* borrowed for the call */
   hp_str executable, python_version;

@@ -553,6 +553,11 @@ void hp_hooks_reuse_stop(void)
   hp_pyframe_reuse_stop();
 }
 
+int hp_hooks_reuse_available(void)
+{
+  return hp_pyframe_reuse_available();
+}
+
 /* Whether the three domains are CPython's defaults (raw malloc, pymalloc for mem and
  * obj), asked before our hooks go in. The function is CPython's own (3.11 exports
  * _PyMem_GetCurrentAllocatorName but declares it internal), looked up at run time so

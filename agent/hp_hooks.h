@@ -29,6 +29,9 @@ int hp_hooks_replaced(void);
  * stack of their first allocation until they are freed. */
 int hp_hooks_reuse_start(void);
 void hp_hooks_reuse_stop(void);
+/* 1 when hp_hooks_reuse_start can succeed here (CPython 3.13+): the session's free filter
+ * must then be made for it (hp_agent_opts.follow_reuse). */
+int hp_hooks_reuse_available(void);
 
 /* While on, the calling thread's allocations pass through unprofiled, as the agent's
  * own do (its frees are still looked up): for heapprof's own Python code at the stop.

@@ -48,8 +48,8 @@ int hp_pyframe_watch_codes(void (*destroyed)(PyCodeObject *code));
  * whether its memory is new or was kept by a free list since the last object there died
  * (CPython allocates nothing then), with block = the start of the object's memory block
  * (the object minus its pre-header: the GC header, managed dict and weakref pointers),
- * unless *filter (an hp_addrtab counting filter, read at each call) proves that block
- * absent: this runs for every object the program creates, and nearly every call ends
+ * unless *filter (an hp_addrtab counting filter, read at each call, counting with
+ * HP_ADDRTAB_FILTER_NEAR) proves that block absent: this runs for every object the program creates, and nearly every call ends
  * at that test. created() runs with the GIL of the object's interpreter held, in the
  * middle of the object's creation: it must not run Python code, allocate through Python
  * or raise. A tracer that was in place (tracemalloc's, while it traces) is still called.
@@ -58,6 +58,8 @@ int hp_pyframe_watch_codes(void (*destroyed)(PyCodeObject *code));
  * in 3.13; their free lists call only tracemalloc's private hook). */
 int hp_pyframe_reuse_start(void (*created)(uintptr_t block),
                            const _Atomic uint8_t *const _Atomic *filter);
+/* 1 when hp_pyframe_reuse_start can succeed on this interpreter (3.13+), else 0. */
+int hp_pyframe_reuse_available(void);
 /* Puts back the tracer that was in place at the start, unless someone has replaced ours
  * since (tracemalloc.start() takes the one tracer slot without calling the previous
  * one; its stop() empties the slot): theirs is then left alone. Caller holds the GIL. */

@@ -112,6 +112,11 @@ static int on_ref_event_chained(PyObject *op, PyRefTracerEvent event, void *data
   return 0;
 }
 
+int hp_pyframe_reuse_available(void)
+{
+  return 1;
+}
+
 int hp_pyframe_reuse_start(void (*created)(uintptr_t block),
                            const _Atomic uint8_t *const _Atomic *filter)
 {

@@ -124,6 +124,11 @@ int hp_pyframe_reuse_start(void (*created)(uintptr_t block),
 void hp_pyframe_reuse_stop(void)
 {
 }
+
+int hp_pyframe_reuse_available(void)
+{
+  return 0;
+}
 #endif
 
 #endif /* HP_PYFRAME_INT_H */

@@ -77,6 +77,7 @@ static PyObject *agent_start(PyObject *self, PyObject *args)
                      .max_depth = max_depth,
                      .block_when_full = on_full == 1,
                      .adapt_when_full = on_full == 2,
+                     .follow_reuse = freelists && hp_hooks_reuse_available(),
                      .hooks_replaced = hp_hooks_replaced};
   if (max_depth < 1 || max_depth > HP_MAX_STACK_DEPTH) {
     PyErr_Format(PyExc_ValueError, "max stack depth %u is outside 1..%u", max_depth,

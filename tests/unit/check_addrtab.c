@@ -22,7 +22,7 @@ static int present(hp_addrtab *t, uintptr_t addr)
 
 START_TEST(insert_contains_remove)
 {
-  hp_addrtab *t = hp_addrtab_new(1024, _i); /* with and without the filter */
+  hp_addrtab *t = hp_addrtab_new(1024, _i); /* each kind of filter */
   ck_assert_ptr_nonnull(t);
   ck_assert_int_eq(present(t, 0x1000), 0);
   ck_assert_int_eq(hp_addrtab_insert(t, 0x1000), 0);
@@ -77,7 +77,7 @@ END_TEST
  * later lookup is answered without the buckets; without a filter it always says maybe. */
 START_TEST(filter_answers_absent_without_touching_buckets)
 {
-  hp_addrtab *t = hp_addrtab_new(1024, 1);
+  hp_addrtab *t = hp_addrtab_new(1024, HP_ADDRTAB_FILTER_EXACT);
   const _Atomic uint8_t *f = hp_addrtab_filter(t);
   ck_assert_int_eq(hp_addrtab_filter_absent(f, 0x5000), 1);
   ck_assert_int_eq(hp_addrtab_insert(t, 0x5000), 0);
@@ -85,7 +85,7 @@ START_TEST(filter_answers_absent_without_touching_buckets)
   ck_assert_int_eq(hp_addrtab_remove(t, 0x5000), 1);
   ck_assert_int_eq(hp_addrtab_filter_absent(f, 0x5000), 1);
   hp_addrtab_free(t);
-  t = hp_addrtab_new(1024, 0);
+  t = hp_addrtab_new(1024, HP_ADDRTAB_NO_FILTER);
   ck_assert_int_eq(hp_addrtab_filter_absent(hp_addrtab_filter(t), 0x5000), 0);
   ck_assert_int_eq(hp_addrtab_remove(t, 0x5000), 0);
   hp_addrtab_free(t);
@@ -94,13 +94,14 @@ START_TEST(filter_answers_absent_without_touching_buckets)
 }
 END_TEST
 
-/* The reference tracer's test (hp_addrtab_filter_absent_near): an object's address stands
- * for the blocks at it, 16 and 32 bytes before it; across the wrap of the filter's index
- * too (the two counters before the first copy the last two), and in the filter of a
- * table without one (always "maybe"). */
-START_TEST(filter_absent_near_covers_two_granules_before)
+/* The reference tracer's test (hp_addrtab_filter_absent_near) in a table counting for
+ * it: an object's address stands for the blocks at it, 16 and 32 bytes before it, across
+ * the wrap of the filter's index too; the free hooks' test still finds the block itself.
+ * A table counting exactly keeps the neighbours' counters at zero; one without a filter
+ * says "maybe" everywhere. */
+START_TEST(filter_near_covers_two_granules_before)
 {
-  hp_addrtab *t = hp_addrtab_new(1024, 1);
+  hp_addrtab *t = hp_addrtab_new(1024, HP_ADDRTAB_FILTER_NEAR);
   const _Atomic uint8_t *f = hp_addrtab_filter(t);
   const uintptr_t period = (uintptr_t)HP_ADDRTAB_FILTER << 4;
   const uintptr_t blocks[] = {0x50000, 0x7000 * period - 32, 0x7000 * period - 16};
@@ -108,16 +109,25 @@ START_TEST(filter_absent_near_covers_two_granules_before)
     uintptr_t block = blocks[b];
     ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block + 32), 1);
     ck_assert_int_eq(hp_addrtab_insert(t, block), 0);
+    ck_assert_int_eq(hp_addrtab_filter_absent(f, block), 0);
     ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block), 0);
     ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block + 16), 0);
     ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block + 32), 0);
     ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block + 48), 1);
     ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block - 16), 1);
     ck_assert_int_eq(hp_addrtab_remove(t, block), 1);
-    ck_assert_int_eq(hp_addrtab_filter_absent_near(f, block + 32), 1);
+    for (uintptr_t a = block - 16; a <= block + 48; a += 16)
+      ck_assert_int_eq(hp_addrtab_filter_absent_near(f, a), 1);
   }
   hp_addrtab_free(t);
-  t = hp_addrtab_new(1024, 0);
+  t = hp_addrtab_new(1024, HP_ADDRTAB_FILTER_EXACT);
+  f = hp_addrtab_filter(t);
+  ck_assert_int_eq(hp_addrtab_insert(t, 0x50000), 0);
+  ck_assert_int_eq(hp_addrtab_filter_absent(f, 0x50000), 0);
+  ck_assert_int_eq(hp_addrtab_filter_absent(f, 0x50010), 1);
+  ck_assert_int_eq(hp_addrtab_filter_absent(f, 0x50020), 1);
+  hp_addrtab_free(t);
+  t = hp_addrtab_new(1024, HP_ADDRTAB_NO_FILTER);
   ck_assert_int_eq(hp_addrtab_filter_absent_near(hp_addrtab_filter(t), 0x7000 * period), 0);
   hp_addrtab_free(t);
 }
@@ -128,12 +138,12 @@ END_TEST
  * gets it back zeroed. */
 START_TEST(filter_outlives_its_table_and_comes_back_zeroed)
 {
-  hp_addrtab *t = hp_addrtab_new(1024, 1);
+  hp_addrtab *t = hp_addrtab_new(1024, HP_ADDRTAB_FILTER_EXACT);
   const _Atomic uint8_t *f = hp_addrtab_filter(t);
   ck_assert_int_eq(hp_addrtab_insert(t, 0x5000), 0);
   hp_addrtab_free(t); /* 0x5000 still counted: freed while live */
   ck_assert_int_eq(hp_addrtab_filter_absent(f, 0x5000), 0); /* readable, stale */
-  hp_addrtab *u = hp_addrtab_new(4096, 1);
+  hp_addrtab *u = hp_addrtab_new(4096, HP_ADDRTAB_FILTER_EXACT);
   ck_assert_ptr_eq(hp_addrtab_filter(u), f);
   ck_assert_int_eq(hp_addrtab_filter_absent(f, 0x5000), 1);
   ck_assert_int_eq(hp_addrtab_remove(u, 0x5000), 0);
@@ -147,7 +157,9 @@ START_TEST(sizing_follows_interval)
   ck_assert_uint_eq(hp_addrtab_slots_for_interval(0), HP_ADDRTAB_MAX_SLOTS);
   ck_assert_uint_eq(hp_addrtab_slots_for_interval(65536), 1u << 17);
   ck_assert_uint_eq(hp_addrtab_slots_for_interval(1ull << 30), 1u << 16);
-  hp_addrtab *t = hp_addrtab_new(1000, 1); /* rounded to a power of two (asserted) */
+  hp_addrtab *t =
+    hp_addrtab_new(1000,
+                   HP_ADDRTAB_FILTER_EXACT); /* rounded to a power of two (asserted) */
   ck_assert_ptr_nonnull(t);
   hp_addrtab_free(t);
 }
@@ -160,8 +172,10 @@ START_TEST(prefault_spares_the_inserts_page_faults)
 {
   mallopt(M_PERTURB, 0); /* meson's MALLOC_PERTURB_ makes calloc write every page */
   const size_t n = 4096;
-  hp_addrtab *warm = hp_addrtab_new(hp_addrtab_slots_for_interval(65536), 1);
-  hp_addrtab *cold = hp_addrtab_new(hp_addrtab_slots_for_interval(65536), 1);
+  hp_addrtab *warm = hp_addrtab_new(hp_addrtab_slots_for_interval(65536),
+                                    HP_ADDRTAB_FILTER_EXACT);
+  hp_addrtab *cold = hp_addrtab_new(hp_addrtab_slots_for_interval(65536),
+                                    HP_ADDRTAB_FILTER_EXACT);
   ck_assert_ptr_nonnull(warm);
   ck_assert_ptr_nonnull(cold);
   int supported = hp_test_kernel_can_prefault();
@@ -200,7 +214,7 @@ END_TEST
 
 START_TEST(full_table_refuses)
 {
-  hp_addrtab *t = hp_addrtab_new(1, 1); /* 128 slots */
+  hp_addrtab *t = hp_addrtab_new(1, HP_ADDRTAB_FILTER_EXACT); /* 128 slots */
   int refused = 0;
   for (uintptr_t i = 0; i < 1000; i++)
     if (hp_addrtab_insert(t, 0x100000 + i * 64) == -HP_EFULL)
@@ -258,11 +272,13 @@ Suite *addrtab_suite(void)
 {
   Suite *s = suite_create("addrtab");
   TCase *core = tcase_create("core");
-  tcase_add_loop_test(core, insert_contains_remove, 0, 2);
-  tcase_add_loop_test(core, collisions_and_spills, 0, 2);
+  tcase_add_loop_test(core, insert_contains_remove, HP_ADDRTAB_NO_FILTER,
+                      HP_ADDRTAB_FILTER_NEAR + 1);
+  tcase_add_loop_test(core, collisions_and_spills, HP_ADDRTAB_NO_FILTER,
+                      HP_ADDRTAB_FILTER_NEAR + 1);
   tcase_add_test(core, filter_answers_absent_without_touching_buckets);
   tcase_add_test(core, filter_outlives_its_table_and_comes_back_zeroed);
-  tcase_add_test(core, filter_absent_near_covers_two_granules_before);
+  tcase_add_test(core, filter_near_covers_two_granules_before);
   tcase_add_test(core, sizing_follows_interval);
   tcase_add_test(core, prefault_spares_the_inserts_page_faults);
   suite_add_tcase(s, core);
@@ -271,7 +287,8 @@ Suite *addrtab_suite(void)
   suite_add_tcase(s, limits);
   TCase *threads = tcase_create("threads");
   tcase_set_timeout(threads, 60);
-  tcase_add_loop_test(threads, concurrent_threads_see_their_own_keys, 0, 2);
+  tcase_add_loop_test(threads, concurrent_threads_see_their_own_keys, HP_ADDRTAB_NO_FILTER,
+                      HP_ADDRTAB_FILTER_NEAR + 1);
   suite_add_tcase(s, threads);
   return s;
 }
