@@ -49,13 +49,14 @@ int hp_pyframe_watch_codes(void (*destroyed)(PyCodeObject *code));
  * (CPython allocates nothing then), with block = the start of the object's memory block
  * (the object minus its pre-header: the GC header, managed dict and weakref pointers),
  * unless *filter (an hp_addrtab counting filter, read at each call, counting with
- * HP_ADDRTAB_FILTER_NEAR) proves that block absent: this runs for every object the program creates, and nearly every call ends
- * at that test. created() runs with the GIL of the object's interpreter held, in the
- * middle of the object's creation: it must not run Python code, allocate through Python
- * or raise. A tracer that was in place (tracemalloc's, while it traces) is still called.
- * Caller holds the GIL; calling it again while in place does nothing. 0, or -1 when this
- * interpreter has no way to see it: CPython 3.11 and 3.12 (PyRefTracer_SetTracer is new
- * in 3.13; their free lists call only tracemalloc's private hook). */
+ * HP_ADDRTAB_FILTER_NEAR) proves that block absent: this runs for every object the
+ * program creates, and nearly every call ends at that test. created() runs with the GIL
+ * of the object's interpreter held, in the middle of the object's creation: it must not
+ * run Python code, allocate through Python or raise. A tracer that was in place
+ * (tracemalloc's, while it traces) is still called. Caller holds the GIL; calling it
+ * again while in place does nothing. 0, or -1 when this interpreter has no way to see
+ * it: CPython 3.11 and 3.12 (PyRefTracer_SetTracer is new in 3.13; their free lists call
+ * only tracemalloc's private hook). */
 int hp_pyframe_reuse_start(void (*created)(uintptr_t block),
                            const _Atomic uint8_t *const _Atomic *filter);
 /* 1 when hp_pyframe_reuse_start can succeed on this interpreter (3.13+), else 0. */
